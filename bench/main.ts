@@ -1,0 +1,60 @@
+// `npm run bench [-- --json] [-- --skip-llm] [-- --model DIR]`: kernel and model throughput beside the machine's
+// limits measured in the same run (FMA-bound peak FLOP/s, DRAM read bandwidth) and a peer where there is one.
+import { execFileSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { writeRandomCheckpoint } from '../src/model/random-checkpoint.js';
+import { nativeInfo } from '../src/tensor/native.js';
+import { measureKernels, measureLimits } from './kernels.js';
+import type { LlmFigures } from './llm.js';
+import { percent, round } from './stats.js';
+
+const args = process.argv.slice(2);
+const json = args.includes('--json');
+const skipLlm = args.includes('--skip-llm');
+const modelFlag = args.indexOf('--model');
+const modelDir = modelFlag >= 0 ? args[modelFlag + 1]! : (process.env.VL3_BENCH_MODEL ?? join(tmpdir(), 'vl3-bench-2b-random'));
+const log = (line: string) => {
+  if (!json) process.stdout.write(line + '\n');
+};
+
+const allThreads = nativeInfo().defaultThreads;
+const threadCounts = [...new Set([1, allThreads])];
+
+log(`# videollama3 benchmarks (${new Date().toISOString()})`);
+const limits = measureLimits(threadCounts);
+log(`cpu: kernel ${limits.cpu.kernel}, avx2 ${limits.cpu.avx2}, fma ${limits.cpu.fma}, avx512f ${limits.cpu.avx512f}, threads ${threadCounts.join('/')}`);
+for (const n of threadCounts) log(`limit, ${n} thread(s): peak ${limits.peakGflops[n]} GFLOP/s (FMA-bound), read bandwidth ${limits.readGBs[n]} GB/s`);
+
+const kernels = measureKernels(threadCounts, limits);
+for (const n of threadCounts) {
+  const g = kernels.gemm[n]!;
+  const v = kernels.gemv[n]!;
+  log(`GEMM 512x1536x8960 bf16 weights, ${n} thread(s): ${g.gflops} GFLOP/s = ${g.percentOfPeak}% of peak`);
+  log(`GEMV 1x1536x8960 bf16 cold weights, ${n} thread(s): ${v.GBs} GB/s = ${v.percentOfBandwidth}% of read bandwidth`);
+}
+log(`peer: ${kernels.peer.name}: GEMM ${kernels.peer.gemmGflops} GFLOP/s, GEMV ${kernels.peer.gemvGBs} GB/s`);
+
+let llm: (LlmFigures & { decodeBoundTokensPerSecond: number; decodePercentOfBound: number })[] | undefined;
+if (!skipLlm) {
+  if (!existsSync(join(modelDir, 'config.json'))) {
+    log(`writing the random 2b checkpoint to ${modelDir} (set VL3_BENCH_MODEL or --model to reuse one)`);
+    await writeRandomCheckpoint({ preset: '2b', out: modelDir, seed: 0 });
+  }
+  const script = join(dirname(fileURLToPath(import.meta.url)), 'llm.js');
+  llm = threadCounts.map((n) => {
+    const figures = JSON.parse(execFileSync(process.execPath, [script, modelDir, String(n)], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] })) as LlmFigures;
+    const bound = limits.readGBs[n]! * 1e9 / figures.weightBytesPerToken;
+    return { ...figures, decodeBoundTokensPerSecond: round(bound, 2), decodePercentOfBound: percent(figures.decode.tokensPerSecond, bound) };
+  });
+  for (const f of llm) {
+    log(`LLM 2b (random weights), ${f.threads} thread(s): prefill ${f.prefill.tokensPerSecond} tokens/s (1024-token prompt); ` +
+      `decode ${f.decode.tokensPerSecond} tokens/s (64 after 256) = ${f.decodePercentOfBound}% of the bandwidth bound ` +
+      `${f.decodeBoundTokensPerSecond} tokens/s (${round(f.weightBytesPerToken / 1e9, 2)} GB read per token); ` +
+      `peak RSS ${round(f.peakRssBytes / 2 ** 30, 2)} GiB; load ${f.loadSeconds} s`);
+  }
+}
+
+if (json) process.stdout.write(JSON.stringify({ date: new Date().toISOString(), threads: threadCounts, limits, kernels, llm }) + '\n');

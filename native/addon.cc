@@ -1,0 +1,424 @@
+// Own N-API glue: ops take the tensors' TypedArrays zero-copy and run synchronously, so a decode step's ~200 calls cost about a microsecond each.
+// TypeScript validates shapes and dtypes with friendly messages; the checks here only keep a bad call from
+// touching memory outside the arrays it was given.
+#include <napi.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "cpu.h"
+#include "kernels.h"
+#include "measure.h"
+#include "pool.h"
+
+namespace vl3 {
+namespace {
+
+// One op at a time per process: kernels share the pool's per-thread scratch, and worker_threads may call in
+// concurrently.
+std::mutex opMutex;
+
+struct View {
+  void* data = nullptr;
+  size_t length = 0;
+  napi_typedarray_type type = napi_int8_array;
+};
+
+// Reads a TypedArray without copying; on failure throws a JS TypeError and returns false.
+bool view(const Napi::CallbackInfo& info, size_t i, View& out, const char* op, const char* name) {
+  Napi::Env env = info.Env();
+  Napi::Value v = info[i];
+  if (!v.IsTypedArray()) {
+    Napi::TypeError::New(env, std::string(op) + ": " + name + " must be a TypedArray").ThrowAsJavaScriptException();
+    return false;
+  }
+  napi_value buffer;
+  size_t offset;
+  if (napi_get_typedarray_info(env, v, &out.type, &out.length, &out.data, &buffer, &offset) != napi_ok) {
+    Napi::TypeError::New(env, std::string(op) + ": cannot read " + name).ThrowAsJavaScriptException();
+    return false;
+  }
+  return true;
+}
+
+bool fail(Napi::Env env, const std::string& msg) {
+  Napi::RangeError::New(env, msg).ThrowAsJavaScriptException();
+  return false;
+}
+
+bool isF32(const View& v) { return v.type == napi_float32_array; }
+bool isU16(const View& v) { return v.type == napi_uint16_array; }
+
+WType floatType(const View& v) {
+  return isF32(v) ? WType::F32 : isU16(v) ? WType::BF16 : WType::None;
+}
+
+bool needF32(Napi::Env env, const View& v, const char* op, const char* name, size_t length) {
+  if (!isF32(v)) return fail(env, std::string(op) + ": " + name + " must be a Float32Array");
+  if (v.length != length)
+    return fail(env, std::string(op) + ": " + name + " has " + std::to_string(v.length) + " elements, expected " +
+                         std::to_string(length));
+  return true;
+}
+
+bool needFloat(Napi::Env env, const View& v, const char* op, const char* name, size_t length) {
+  if (floatType(v) == WType::None)
+    return fail(env, std::string(op) + ": " + name + " must be a Float32Array (f32) or Uint16Array (bf16)");
+  if (v.length != length)
+    return fail(env, std::string(op) + ": " + name + " has " + std::to_string(v.length) + " elements, expected " +
+                         std::to_string(length));
+  return true;
+}
+
+long intArg(const Napi::CallbackInfo& info, size_t i) { return static_cast<long>(info[i].As<Napi::Number>().Int64Value()); }
+double numArg(const Napi::CallbackInfo& info, size_t i) { return info[i].As<Napi::Number>().DoubleValue(); }
+
+bool intArgs(const Napi::CallbackInfo& info, size_t from, size_t count, const char* op) {
+  for (size_t i = from; i < from + count; i++) {
+    if (!info[i].IsNumber()) return fail(info.Env(), std::string(op) + ": argument " + std::to_string(i) + " must be a number");
+    if (intArg(info, i) < 0) return fail(info.Env(), std::string(op) + ": argument " + std::to_string(i) + " must be >= 0");
+  }
+  return true;
+}
+
+// matmul(x, w, bias | null, out, M, N, K)
+Napi::Value Matmul(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const char* op = "matmul";
+  View x, w, b, out;
+  if (!intArgs(info, 4, 3, op)) return env.Undefined();
+  const long M = intArg(info, 4), N = intArg(info, 5), K = intArg(info, 6);
+  if (!view(info, 0, x, op, "x") || !view(info, 1, w, op, "w") || !view(info, 3, out, op, "out")) return env.Undefined();
+  bool hasBias = !info[2].IsNull() && !info[2].IsUndefined();
+  if (hasBias && !view(info, 2, b, op, "bias")) return env.Undefined();
+  if (!needF32(env, x, op, "x", M * K) || !needFloat(env, w, op, "w", N * K) || !needF32(env, out, op, "out", M * N))
+    return env.Undefined();
+  if (hasBias && !needFloat(env, b, op, "bias", N)) return env.Undefined();
+  MatmulArgs a{static_cast<const float*>(x.data), w.data, floatType(w), hasBias ? b.data : nullptr,
+               hasBias ? floatType(b) : WType::None, static_cast<float*>(out.data), M, N, K};
+  std::lock_guard<std::mutex> lk(opMutex);
+  kernels().matmul(a);
+  return env.Undefined();
+}
+
+// add(a, b, out) / mul(a, b, out): b has a's length or divides it (a row vector broadcast over rows).
+template <bool IsAdd>
+Napi::Value Binary(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const char* op = IsAdd ? "add" : "mul";
+  View a, b, out;
+  if (!view(info, 0, a, op, "a") || !view(info, 1, b, op, "b") || !view(info, 2, out, op, "out")) return env.Undefined();
+  if (!needF32(env, a, op, "a", a.length) || !needF32(env, b, op, "b", b.length) ||
+      !needF32(env, out, op, "out", a.length))
+    return env.Undefined();
+  if (a.length > 0 && (b.length == 0 || a.length % b.length != 0)) {
+    fail(env, std::string(op) + ": b's length must equal a's or divide it");
+    return env.Undefined();
+  }
+  std::lock_guard<std::mutex> lk(opMutex);
+  if (a.length == 0) return env.Undefined();
+  auto fn = IsAdd ? kernels().add : kernels().mul;
+  fn(static_cast<const float*>(a.data), static_cast<const float*>(b.data), static_cast<float*>(out.data),
+     static_cast<long>(a.length), static_cast<long>(b.length));
+  return env.Undefined();
+}
+
+// rmsNorm(x, weight, eps, out): rows of weight.length.
+Napi::Value RmsNorm(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const char* op = "rmsNorm";
+  View x, w, out;
+  if (!view(info, 0, x, op, "x") || !view(info, 1, w, op, "weight") || !view(info, 3, out, op, "out"))
+    return env.Undefined();
+  const long cols = static_cast<long>(w.length);
+  if (cols == 0 || x.length % cols != 0) {
+    fail(env, "rmsNorm: x's length must be a multiple of weight's");
+    return env.Undefined();
+  }
+  if (!needF32(env, x, op, "x", x.length) || !needFloat(env, w, op, "weight", w.length) ||
+      !needF32(env, out, op, "out", x.length))
+    return env.Undefined();
+  std::lock_guard<std::mutex> lk(opMutex);
+  kernels().rmsNorm(static_cast<const float*>(x.data), w.data, floatType(w), static_cast<float>(numArg(info, 2)),
+                    static_cast<float*>(out.data), static_cast<long>(x.length) / cols, cols);
+  return env.Undefined();
+}
+
+// siluMul(gate, up, out)
+Napi::Value SiluMul(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const char* op = "siluMul";
+  View g, u, out;
+  if (!view(info, 0, g, op, "gate") || !view(info, 1, u, op, "up") || !view(info, 2, out, op, "out"))
+    return env.Undefined();
+  if (!needF32(env, g, op, "gate", g.length) || !needF32(env, u, op, "up", g.length) ||
+      !needF32(env, out, op, "out", g.length))
+    return env.Undefined();
+  std::lock_guard<std::mutex> lk(opMutex);
+  kernels().siluMul(static_cast<const float*>(g.data), static_cast<const float*>(u.data), static_cast<float*>(out.data),
+                    static_cast<long>(g.length));
+  return env.Undefined();
+}
+
+// softmax(x, out, cols)
+Napi::Value Softmax(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const char* op = "softmax";
+  View x, out;
+  if (!view(info, 0, x, op, "x") || !view(info, 1, out, op, "out") || !intArgs(info, 2, 1, op)) return env.Undefined();
+  const long cols = intArg(info, 2);
+  if (!needF32(env, x, op, "x", x.length) || !needF32(env, out, op, "out", x.length)) return env.Undefined();
+  if (cols == 0 || x.length % cols != 0) {
+    fail(env, "softmax: x's length must be a multiple of cols");
+    return env.Undefined();
+  }
+  std::lock_guard<std::mutex> lk(opMutex);
+  kernels().softmax(static_cast<const float*>(x.data), static_cast<float*>(out.data), static_cast<long>(x.length) / cols,
+                    cols);
+  return env.Undefined();
+}
+
+// rope(x, cos, sin, out, T, H, D)
+Napi::Value Rope(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const char* op = "rope";
+  View x, c, s, out;
+  if (!intArgs(info, 4, 3, op)) return env.Undefined();
+  const long T = intArg(info, 4), H = intArg(info, 5), D = intArg(info, 6);
+  if (!view(info, 0, x, op, "x") || !view(info, 1, c, op, "cos") || !view(info, 2, s, op, "sin") ||
+      !view(info, 3, out, op, "out"))
+    return env.Undefined();
+  if (D % 2 != 0) {
+    fail(env, "rope: D must be even");
+    return env.Undefined();
+  }
+  if (!needF32(env, x, op, "x", T * H * D) || !needF32(env, c, op, "cos", T * D / 2) ||
+      !needF32(env, s, op, "sin", T * D / 2) || !needF32(env, out, op, "out", T * H * D))
+    return env.Undefined();
+  std::lock_guard<std::mutex> lk(opMutex);
+  kernels().rope(static_cast<const float*>(x.data), static_cast<const float*>(c.data), static_cast<const float*>(s.data),
+                 static_cast<float*>(out.data), T, H, D);
+  return env.Undefined();
+}
+
+// attention(q, k, v, out, T, S, Hq, Hkv, D, scale, causal, queryOffset)
+Napi::Value Attention(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const char* op = "attention";
+  View q, k, v, out;
+  if (!intArgs(info, 4, 5, op) || !intArgs(info, 11, 1, op)) return env.Undefined();
+  AttentionArgs a{};
+  a.T = intArg(info, 4);
+  a.S = intArg(info, 5);
+  a.Hq = intArg(info, 6);
+  a.Hkv = intArg(info, 7);
+  a.D = intArg(info, 8);
+  a.scale = static_cast<float>(numArg(info, 9));
+  a.causal = info[10].ToBoolean().Value();
+  a.queryOffset = intArg(info, 11);
+  if (!view(info, 0, q, op, "q") || !view(info, 1, k, op, "k") || !view(info, 2, v, op, "v") ||
+      !view(info, 3, out, op, "out"))
+    return env.Undefined();
+  if (a.Hkv == 0 || a.Hq % a.Hkv != 0) {
+    fail(env, "attention: query heads must be a multiple of KV heads");
+    return env.Undefined();
+  }
+  if (a.T > 0 && a.S == 0) {
+    fail(env, "attention: no keys");
+    return env.Undefined();
+  }
+  if (!needF32(env, q, op, "q", a.T * a.Hq * a.D) || !needF32(env, k, op, "k", a.S * a.Hkv * a.D) ||
+      !needF32(env, v, op, "v", a.S * a.Hkv * a.D) || !needF32(env, out, op, "out", a.T * a.Hq * a.D))
+    return env.Undefined();
+  a.q = static_cast<const float*>(q.data);
+  a.k = static_cast<const float*>(k.data);
+  a.v = static_cast<const float*>(v.data);
+  a.out = static_cast<float*>(out.data);
+  std::lock_guard<std::mutex> lk(opMutex);
+  kernels().attention(a);
+  return env.Undefined();
+}
+
+// embedding(table, ids, out, D): throws a RangeError naming the first id outside [0, V).
+Napi::Value Embedding(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const char* op = "embedding";
+  View table, ids, out;
+  if (!intArgs(info, 3, 1, op)) return env.Undefined();
+  const long D = intArg(info, 3);
+  if (!view(info, 0, table, op, "table") || !view(info, 1, ids, op, "ids") || !view(info, 2, out, op, "out"))
+    return env.Undefined();
+  if (D == 0 || table.length % D != 0) {
+    fail(env, "embedding: table's length must be a multiple of D");
+    return env.Undefined();
+  }
+  if (ids.type != napi_int32_array) {
+    fail(env, "embedding: ids must be an Int32Array");
+    return env.Undefined();
+  }
+  const long V = static_cast<long>(table.length) / D, T = static_cast<long>(ids.length);
+  if (!needFloat(env, table, op, "table", table.length) || !needF32(env, out, op, "out", T * D)) return env.Undefined();
+  const int32_t* id = static_cast<const int32_t*>(ids.data);
+  for (long t = 0; t < T; t++) {
+    if (id[t] < 0 || id[t] >= V) {
+      fail(env, "embedding: ids[" + std::to_string(t) + "] = " + std::to_string(id[t]) + " is outside [0, " +
+                    std::to_string(V) + ")");
+      return env.Undefined();
+    }
+  }
+  std::lock_guard<std::mutex> lk(opMutex);
+  kernels().embedding(table.data, floatType(table), id, static_cast<float*>(out.data), T, D);
+  return env.Undefined();
+}
+
+// argmax(x): index of the first largest element (comparison by >, so NaNs never win after index 0); -1 if empty.
+Napi::Value Argmax(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  View x;
+  if (!view(info, 0, x, "argmax", "x") || !needF32(env, x, "argmax", "x", x.length)) return env.Undefined();
+  const float* p = static_cast<const float*>(x.data);
+  long best = x.length ? 0 : -1;
+  for (size_t i = 1; i < x.length; i++)
+    if (p[i] > p[best]) best = static_cast<long>(i);
+  return Napi::Number::New(env, static_cast<double>(best));
+}
+
+// topK(x, k, indicesOut, valuesOut): the k largest, largest first, equal values by lower index first.
+Napi::Value TopK(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const char* op = "topK";
+  View x, idx, val;
+  if (!intArgs(info, 1, 1, op)) return env.Undefined();
+  const long k = intArg(info, 1);
+  if (!view(info, 0, x, op, "x") || !view(info, 2, idx, op, "indices") || !view(info, 3, val, op, "values"))
+    return env.Undefined();
+  if (!needF32(env, x, op, "x", x.length) || !needF32(env, val, op, "values", k)) return env.Undefined();
+  if (idx.type != napi_int32_array || static_cast<long>(idx.length) != k || k > static_cast<long>(x.length)) {
+    fail(env, "topK: indices must be an Int32Array of k elements, k <= x's length");
+    return env.Undefined();
+  }
+  const float* p = static_cast<const float*>(x.data);
+  const long n = static_cast<long>(x.length);
+  // "a before b" in the output order. NaN compares as smaller than every number so it never displaces one.
+  auto before = [p](int32_t a, int32_t b) {
+    const float va = p[a], vb = p[b];
+    if (std::isnan(va) || std::isnan(vb)) return !std::isnan(va) || (std::isnan(vb) && a < b);
+    return va > vb || (va == vb && a < b);
+  };
+  // A heap of the best k so far with the worst on top: one pass over x, O(n log k).
+  std::vector<int32_t> heap;
+  heap.reserve(k);
+  for (long i = 0; i < n && k > 0; i++) {
+    const int32_t c = static_cast<int32_t>(i);
+    if (static_cast<long>(heap.size()) < k) {
+      heap.push_back(c);
+      std::push_heap(heap.begin(), heap.end(), before);
+    } else if (before(c, heap.front())) {
+      std::pop_heap(heap.begin(), heap.end(), before);
+      heap.back() = c;
+      std::push_heap(heap.begin(), heap.end(), before);
+    }
+  }
+  std::sort(heap.begin(), heap.end(), before);
+  int32_t* io = static_cast<int32_t*>(idx.data);
+  float* vo = static_cast<float*>(val.data);
+  for (long i = 0; i < k; i++) {
+    io[i] = heap[i];
+    vo[i] = p[heap[i]];
+  }
+  return env.Undefined();
+}
+
+Napi::Value SetThreads(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsNumber() || intArg(info, 0) < 1) {
+    fail(env, "setThreads: expected a positive integer");
+    return env.Undefined();
+  }
+  std::lock_guard<std::mutex> lk(opMutex);
+  poolSetThreads(static_cast<int>(std::min<long>(intArg(info, 0), 256)));
+  return env.Undefined();
+}
+
+Napi::Value GetThreads(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), poolThreads()); }
+
+Napi::Value DefaultThreads(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), availableCores()); }
+
+Napi::Value SetKernel(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsString()) {
+    fail(env, "setKernel: expected 'auto', 'scalar' or 'avx2'");
+    return env.Undefined();
+  }
+  std::lock_guard<std::mutex> lk(opMutex);
+  return Napi::Boolean::New(env, setKernel(info[0].As<Napi::String>().Utf8Value().c_str()));
+}
+
+Napi::Value CpuFeaturesJs(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  CpuFeatures f = cpuFeatures();
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("avx2", f.avx2);
+  o.Set("fma", f.fma);
+  o.Set("f16c", f.f16c);
+  o.Set("avx512f", f.avx512f);
+  o.Set("kernel", kernels().name);
+  return o;
+}
+
+Napi::Value PeakFlops(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsNumber() || !info[1].IsNumber()) {
+    fail(env, "peakFlops: expected (threads, seconds)");
+    return env.Undefined();
+  }
+  std::lock_guard<std::mutex> lk(opMutex);
+  return Napi::Number::New(env, peakFlops(static_cast<int>(intArg(info, 0)), numArg(info, 1)));
+}
+
+Napi::Value ReadBandwidth(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsNumber() || !info[1].IsNumber() || !info[2].IsNumber()) {
+    fail(env, "readBandwidth: expected (threads, bytes, repeats)");
+    return env.Undefined();
+  }
+  std::lock_guard<std::mutex> lk(opMutex);
+  return Napi::Number::New(env, readBandwidth(static_cast<int>(intArg(info, 0)), static_cast<size_t>(numArg(info, 1)),
+                                              static_cast<int>(intArg(info, 2))));
+}
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  auto fn = [&](const char* name, Napi::Value (*f)(const Napi::CallbackInfo&)) {
+    exports.Set(name, Napi::Function::New(env, f, name));
+  };
+  fn("matmul", Matmul);
+  fn("add", Binary<true>);
+  fn("mul", Binary<false>);
+  fn("rmsNorm", RmsNorm);
+  fn("siluMul", SiluMul);
+  fn("softmax", Softmax);
+  fn("rope", Rope);
+  fn("attention", Attention);
+  fn("embedding", Embedding);
+  fn("argmax", Argmax);
+  fn("topK", TopK);
+  fn("setThreads", SetThreads);
+  fn("getThreads", GetThreads);
+  fn("defaultThreads", DefaultThreads);
+  fn("setKernel", SetKernel);
+  fn("cpuFeatures", CpuFeaturesJs);
+  fn("peakFlops", PeakFlops);
+  fn("readBandwidth", ReadBandwidth);
+  return exports;
+}
+
+}  // namespace
+}  // namespace vl3
+
+static Napi::Object InitModule(Napi::Env env, Napi::Object exports) { return vl3::Init(env, exports); }
+
+NODE_API_MODULE(vl3_native, InitModule)

@@ -1,0 +1,17 @@
+// Own CPU dispatch: one binary must run on any x86-64 (AVX2 where present, scalar elsewhere) and on aarch64.
+#pragma once
+#include "kernels.h"
+
+namespace vl3 {
+
+struct CpuFeatures {
+  bool avx2 = false, fma = false, f16c = false, avx512f = false;
+};
+
+CpuFeatures cpuFeatures();
+// The table ops use now: AVX2 when the CPU and OS support it, unless VL3_FORCE_SCALAR=1 or setKernel("scalar").
+const KernelTable& kernels();
+// "auto" or "scalar"; returns false for an unknown name. "avx2" is accepted where available.
+bool setKernel(const char* name);
+
+}  // namespace vl3

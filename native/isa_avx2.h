@@ -1,0 +1,354 @@
+// Own AVX2/FMA primitives: bf16 weights are widened in-register and the GEMM micro-kernel is hand-blocked, which no compiler auto-vectorizer gives us.
+// Included only by kernels_avx2.cc (compiled with -mavx2 -mfma -mf16c), inside an anonymous namespace, so none of
+// this code can be picked by the linker for a baseline translation unit.
+#pragma once
+#include <immintrin.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "kernels.h"
+
+namespace vl3 {
+namespace avx2 {
+namespace {
+
+constexpr int MR = 6;   // rows of a GEMM micro-tile: 12 accumulators + 2 B vectors + 1 broadcast fit in 16 ymm
+constexpr int NR = 16;  // columns of a micro-tile: two ymm vectors
+
+inline __m256 widenBf16x8(const uint16_t* p) {
+  __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+inline float hmax(__m256 v) {
+  __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_max_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+inline float bf16ToF32(uint16_t b) {
+  uint32_t u = static_cast<uint32_t>(b) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+// exp(x) for 8 lanes: x = n·ln2 + r with |r| <= ln2/2, exp(r) by a degree-6 minimax polynomial (Cephes
+// coefficients), 2^n assembled in the exponent field. About 1 ulp; inputs are clamped to the normal range, so
+// tiny results come out as ~1e-38 instead of denormals and huge ones saturate near 2.4e38; NaN propagates.
+inline __m256 exp8(__m256 x) {
+  const __m256 hi = _mm256_set1_ps(88.3762626647949f);
+  const __m256 lo = _mm256_set1_ps(-87.3365478515625f);
+  x = _mm256_max_ps(lo, _mm256_min_ps(hi, x));
+  __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  __m256 r2 = _mm256_mul_ps(r, r);
+  p = _mm256_fmadd_ps(p, r2, _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+inline float exp1(float x) {
+  float in[8] = {x, 0, 0, 0, 0, 0, 0, 0}, out[8];
+  _mm256_storeu_ps(out, exp8(_mm256_loadu_ps(in)));
+  return out[0];
+}
+
+inline float expScalar(float x) { return std::isinf(x) && x < 0 ? 0.0f : exp1(x); }
+
+// C[6×16] (ldc) = or += A·B over kc: A is a packed panel [kc][6], B a packed panel [kc][16]. `bias` (16 floats)
+// is added when not accumulating.
+inline void microKernel(long kc, const float* A, const float* B, float* C, long ldc, bool accumulate,
+                        const float* bias) {
+  __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();
+  __m256 c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();
+  __m256 c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps();
+  __m256 c30 = _mm256_setzero_ps(), c31 = _mm256_setzero_ps();
+  __m256 c40 = _mm256_setzero_ps(), c41 = _mm256_setzero_ps();
+  __m256 c50 = _mm256_setzero_ps(), c51 = _mm256_setzero_ps();
+#pragma GCC unroll 4
+  for (long k = 0; k < kc; k++) {
+    __m256 b0 = _mm256_loadu_ps(B);
+    __m256 b1 = _mm256_loadu_ps(B + 8);
+    __m256 a;
+    a = _mm256_broadcast_ss(A + 0);
+    c00 = _mm256_fmadd_ps(a, b0, c00);
+    c01 = _mm256_fmadd_ps(a, b1, c01);
+    a = _mm256_broadcast_ss(A + 1);
+    c10 = _mm256_fmadd_ps(a, b0, c10);
+    c11 = _mm256_fmadd_ps(a, b1, c11);
+    a = _mm256_broadcast_ss(A + 2);
+    c20 = _mm256_fmadd_ps(a, b0, c20);
+    c21 = _mm256_fmadd_ps(a, b1, c21);
+    a = _mm256_broadcast_ss(A + 3);
+    c30 = _mm256_fmadd_ps(a, b0, c30);
+    c31 = _mm256_fmadd_ps(a, b1, c31);
+    a = _mm256_broadcast_ss(A + 4);
+    c40 = _mm256_fmadd_ps(a, b0, c40);
+    c41 = _mm256_fmadd_ps(a, b1, c41);
+    a = _mm256_broadcast_ss(A + 5);
+    c50 = _mm256_fmadd_ps(a, b0, c50);
+    c51 = _mm256_fmadd_ps(a, b1, c51);
+    A += MR;
+    B += NR;
+  }
+  __m256 rows[12] = {c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51};
+  if (accumulate) {
+    for (int i = 0; i < MR; i++) {
+      float* c = C + i * ldc;
+      _mm256_storeu_ps(c, _mm256_add_ps(_mm256_loadu_ps(c), rows[2 * i]));
+      _mm256_storeu_ps(c + 8, _mm256_add_ps(_mm256_loadu_ps(c + 8), rows[2 * i + 1]));
+    }
+  } else if (bias) {
+    __m256 b0 = _mm256_loadu_ps(bias), b1 = _mm256_loadu_ps(bias + 8);
+    for (int i = 0; i < MR; i++) {
+      _mm256_storeu_ps(C + i * ldc, _mm256_add_ps(rows[2 * i], b0));
+      _mm256_storeu_ps(C + i * ldc + 8, _mm256_add_ps(rows[2 * i + 1], b1));
+    }
+  } else {
+    for (int i = 0; i < MR; i++) {
+      _mm256_storeu_ps(C + i * ldc, rows[2 * i]);
+      _mm256_storeu_ps(C + i * ldc + 8, rows[2 * i + 1]);
+    }
+  }
+}
+
+// Transposes 8 rows of 8 floats in registers: on return r[i] holds column i.
+inline void transpose8(__m256 r[8]) {
+  __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+  __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+  __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+  __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+  __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xee);
+  __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xee);
+  __m256 s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xee);
+  __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xee);
+  r[0] = _mm256_permute2f128_ps(s0, s4, 0x20);
+  r[1] = _mm256_permute2f128_ps(s1, s5, 0x20);
+  r[2] = _mm256_permute2f128_ps(s2, s6, 0x20);
+  r[3] = _mm256_permute2f128_ps(s3, s7, 0x20);
+  r[4] = _mm256_permute2f128_ps(s0, s4, 0x31);
+  r[5] = _mm256_permute2f128_ps(s1, s5, 0x31);
+  r[6] = _mm256_permute2f128_ps(s2, s6, 0x31);
+  r[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
+}
+
+// Packs nr (<= 16) rows of w (row stride ldw elements, f32 or bf16), kc elements each, into a B panel [kc][16]:
+// the transpose the micro-kernel wants, widening bf16 on the way; columns nr..15 are zero.
+inline void packB(const void* w, WType type, long ldw, int nr, long kc, float* dst) {
+  long k = 0;
+  if (nr == NR) {
+    for (; k + 8 <= kc; k += 8) {
+      for (int half = 0; half < 2; half++) {
+        __m256 r[8];
+        for (int i = 0; i < 8; i++) {
+          long off = (half * 8 + i) * ldw + k;
+          r[i] = type == WType::BF16 ? widenBf16x8(static_cast<const uint16_t*>(w) + off)
+                                     : _mm256_loadu_ps(static_cast<const float*>(w) + off);
+        }
+        transpose8(r);
+        for (int i = 0; i < 8; i++) _mm256_storeu_ps(dst + (k + i) * NR + half * 8, r[i]);
+      }
+    }
+  }
+  for (; k < kc; k++) {
+    float* d = dst + k * NR;
+    for (int j = 0; j < nr; j++) {
+      long off = j * ldw + k;
+      d[j] = type == WType::BF16 ? bf16ToF32(static_cast<const uint16_t*>(w)[off]) : static_cast<const float*>(w)[off];
+    }
+    for (int j = nr; j < NR; j++) d[j] = 0.0f;
+  }
+}
+
+inline __m256 loadW(const void* w, WType type, long off) {
+  return type == WType::BF16 ? widenBf16x8(static_cast<const uint16_t*>(w) + off)
+                             : _mm256_loadu_ps(static_cast<const float*>(w) + off);
+}
+
+inline float loadW1(const void* w, WType type, long off) {
+  return type == WType::BF16 ? bf16ToF32(static_cast<const uint16_t*>(w)[off]) : static_cast<const float*>(w)[off];
+}
+
+#ifndef VL3_GEMV_PREFETCH
+#define VL3_GEMV_PREFETCH 1024
+#endif
+
+// One weight row against MM activation rows, 32 weights (one 64-byte line of bf16) per step with U = 4 independent
+// accumulators per activation row. Rows are visited in memory order, so the whole call is one sequential stream
+// that the hardware prefetcher follows; the software prefetch covers the start of each task's range.
+template <int MM, WType TYPE>
+inline void gemvRow(const float* x, long K, const void* wRow, float* out, long ldo, float bias) {
+  constexpr int U = MM <= 2 ? 4 : 2;  // MM·U accumulators, at most 8, plus U weight vectors
+  constexpr long STEP = 8 * U;
+  const char* wb = static_cast<const char*>(wRow);
+  constexpr long esz = TYPE == WType::BF16 ? 2 : 4;
+  __m256 acc[MM][U];
+  for (int m = 0; m < MM; m++)
+    for (int u = 0; u < U; u++) acc[m][u] = _mm256_setzero_ps();
+  long k = 0;
+  for (; k + STEP <= K; k += STEP) {
+    _mm_prefetch(wb + k * esz + VL3_GEMV_PREFETCH, _MM_HINT_T0);
+    if (TYPE == WType::F32 || U == 2) _mm_prefetch(wb + k * esz + 32 + VL3_GEMV_PREFETCH, _MM_HINT_T0);
+    __m256 wv[U];
+#pragma GCC unroll 8
+    for (int u = 0; u < U; u++) wv[u] = loadW(wRow, TYPE, k + 8 * u);
+#pragma GCC unroll 8
+    for (int m = 0; m < MM; m++) {
+#pragma GCC unroll 8
+      for (int u = 0; u < U; u++) acc[m][u] = _mm256_fmadd_ps(wv[u], _mm256_loadu_ps(x + m * K + k + 8 * u), acc[m][u]);
+    }
+  }
+  for (; k + 8 <= K; k += 8) {
+    __m256 wv = loadW(wRow, TYPE, k);
+    for (int m = 0; m < MM; m++) acc[m][0] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + m * K + k), acc[m][0]);
+  }
+  for (int m = 0; m < MM; m++) {
+    __m256 a = acc[m][0];
+    for (int u = 1; u < U; u++) a = _mm256_add_ps(a, acc[m][u]);
+    float s = hsum(a);
+    for (long kk = k; kk < K; kk++) s += loadW1(wRow, TYPE, kk) * x[m * K + kk];
+    out[m * ldo] = s + bias;
+  }
+}
+
+template <int MM, WType TYPE>
+inline void gemvRowsT(const float* x, long K, const void* w, long nRows, float* out, long ldo, const float* bias) {
+  const long esz = TYPE == WType::BF16 ? 2 : 4;
+  for (long n = 0; n < nRows; n++)
+    gemvRow<MM, TYPE>(x, K, static_cast<const char*>(w) + n * K * esz, out + n, ldo, bias ? bias[n] : 0.0f);
+}
+
+template <WType TYPE>
+inline void gemvRowsM(const float* x, int M, long K, const void* w, long nRows, float* out, long ldo,
+                      const float* bias) {
+  // x rows are contiguous with stride K; more than 4 rows are done in groups (the caller avoids that case).
+  while (M > 0) {
+    int mm = M > 4 ? 4 : M;
+    switch (mm) {
+      case 1: gemvRowsT<1, TYPE>(x, K, w, nRows, out, ldo, bias); break;
+      case 2: gemvRowsT<2, TYPE>(x, K, w, nRows, out, ldo, bias); break;
+      case 3: gemvRowsT<3, TYPE>(x, K, w, nRows, out, ldo, bias); break;
+      default: gemvRowsT<4, TYPE>(x, K, w, nRows, out, ldo, bias); break;
+    }
+    x += mm * K;
+    out += mm * ldo;
+    M -= mm;
+  }
+}
+
+// out[m, n] = x[m]·w[n] (+bias[n]) for nRows weight rows starting at w; out has row stride ldo.
+inline void gemvRows(const float* x, int M, long K, const void* w, WType type, long nRows, float* out, long ldo,
+                     const float* bias) {
+  if (type == WType::BF16) gemvRowsM<WType::BF16>(x, M, K, w, nRows, out, ldo, bias);
+  else gemvRowsM<WType::F32>(x, M, K, w, nRows, out, ldo, bias);
+}
+
+inline float maxOf(const float* x, long n) {
+  long i = 0;
+  float m = -INFINITY;
+  if (n >= 32) {
+    __m256 m0 = _mm256_loadu_ps(x), m1 = _mm256_loadu_ps(x + 8), m2 = _mm256_loadu_ps(x + 16),
+           m3 = _mm256_loadu_ps(x + 24);
+    for (i = 32; i + 32 <= n; i += 32) {
+      m0 = _mm256_max_ps(m0, _mm256_loadu_ps(x + i));
+      m1 = _mm256_max_ps(m1, _mm256_loadu_ps(x + i + 8));
+      m2 = _mm256_max_ps(m2, _mm256_loadu_ps(x + i + 16));
+      m3 = _mm256_max_ps(m3, _mm256_loadu_ps(x + i + 24));
+    }
+    m = hmax(_mm256_max_ps(_mm256_max_ps(m0, m1), _mm256_max_ps(m2, m3)));
+  }
+  for (; i < n; i++) m = x[i] > m ? x[i] : m;
+  return m;
+}
+
+// x[i] = exp(x[i] - sub) in place; returns the sum of the results.
+inline float expSubSum(float* x, long n, float sub) {
+  const __m256 s = _mm256_set1_ps(sub);
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  long i = 0;
+  for (; i + 16 <= n; i += 16) {
+    __m256 e0 = exp8(_mm256_sub_ps(_mm256_loadu_ps(x + i), s));
+    __m256 e1 = exp8(_mm256_sub_ps(_mm256_loadu_ps(x + i + 8), s));
+    _mm256_storeu_ps(x + i, e0);
+    _mm256_storeu_ps(x + i + 8, e1);
+    acc0 = _mm256_add_ps(acc0, e0);
+    acc1 = _mm256_add_ps(acc1, e1);
+  }
+  float sum = hsum(_mm256_add_ps(acc0, acc1));
+  for (; i < n; i++) {
+    x[i] = exp1(x[i] - sub);
+    sum += x[i];
+  }
+  return sum;
+}
+
+inline void siluMulRange(const float* g, const float* u, float* out, long n) {
+  const __m256 one = _mm256_set1_ps(1.0f);
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  long i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m256 gv = _mm256_loadu_ps(g + i);
+    __m256 e = exp8(_mm256_xor_ps(gv, sign));
+    __m256 silu = _mm256_div_ps(gv, _mm256_add_ps(one, e));
+    _mm256_storeu_ps(out + i, _mm256_mul_ps(silu, _mm256_loadu_ps(u + i)));
+  }
+  for (; i < n; i++) out[i] = g[i] / (1.0f + exp1(-g[i])) * u[i];
+}
+
+inline void widenBf16(const uint16_t* src, float* dst, long n) {
+  long i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, widenBf16x8(src + i));
+  for (; i < n; i++) dst[i] = bf16ToF32(src[i]);
+}
+
+// 12 independent FMA chains: two FMA pipes × 4-cycle latency needs at least 8 in flight.
+inline double fmaLoop(long iters, float* sink) {
+  const __m256 a = _mm256_set1_ps(0.999999f), b = _mm256_set1_ps(1e-6f);
+  __m256 c[12];
+  for (int i = 0; i < 12; i++) c[i] = _mm256_set1_ps(sink[0] + i);
+  for (long it = 0; it < iters; it++) {
+#pragma GCC unroll 12
+    for (int i = 0; i < 12; i++) c[i] = _mm256_fmadd_ps(c[i], a, b);
+  }
+  __m256 s = c[0];
+  for (int i = 1; i < 12; i++) s = _mm256_add_ps(s, c[i]);
+  sink[0] = hsum(s);
+  return static_cast<double>(iters) * 12 * 16;
+}
+
+inline float sumRange(const float* p, long n) {
+  __m256 a[8];
+  for (int i = 0; i < 8; i++) a[i] = _mm256_setzero_ps();
+  long i = 0;
+  for (; i + 64 <= n; i += 64) {
+#pragma GCC unroll 8
+    for (int j = 0; j < 8; j++) a[j] = _mm256_add_ps(a[j], _mm256_loadu_ps(p + i + 8 * j));
+  }
+  for (int j = 1; j < 8; j++) a[0] = _mm256_add_ps(a[0], a[j]);
+  float s = hsum(a[0]);
+  for (; i < n; i++) s += p[i];
+  return s;
+}
+
+}  // namespace
+}  // namespace avx2
+}  // namespace vl3

@@ -1,0 +1,132 @@
+// Own portable primitives: the fallback for CPUs without AVX2 and for aarch64, written as plain loops the compiler can vectorize for the baseline ISA.
+// Included only by kernels_scalar.cc, inside an anonymous namespace. Same contracts as isa_avx2.h.
+#pragma once
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "kernels.h"
+
+namespace vl3 {
+namespace scalar {
+namespace {
+
+constexpr int MR = 6;
+constexpr int NR = 16;
+
+inline float bf16ToF32(uint16_t b) {
+  uint32_t u = static_cast<uint32_t>(b) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+inline float expScalar(float x) { return std::exp(x); }
+
+inline void microKernel(long kc, const float* A, const float* B, float* C, long ldc, bool accumulate,
+                        const float* bias) {
+  float acc[MR][NR] = {};
+  for (long k = 0; k < kc; k++) {
+    for (int i = 0; i < MR; i++) {
+      const float a = A[i];
+      for (int j = 0; j < NR; j++) acc[i][j] += a * B[j];
+    }
+    A += MR;
+    B += NR;
+  }
+  for (int i = 0; i < MR; i++) {
+    float* c = C + i * ldc;
+    if (accumulate) for (int j = 0; j < NR; j++) c[j] += acc[i][j];
+    else if (bias) for (int j = 0; j < NR; j++) c[j] = acc[i][j] + bias[j];
+    else for (int j = 0; j < NR; j++) c[j] = acc[i][j];
+  }
+}
+
+inline void packB(const void* w, WType type, long ldw, int nr, long kc, float* dst) {
+  for (int j = 0; j < NR; j++) {
+    if (j >= nr) {
+      for (long k = 0; k < kc; k++) dst[k * NR + j] = 0.0f;
+    } else if (type == WType::BF16) {
+      const uint16_t* row = static_cast<const uint16_t*>(w) + j * ldw;
+      for (long k = 0; k < kc; k++) dst[k * NR + j] = bf16ToF32(row[k]);
+    } else {
+      const float* row = static_cast<const float*>(w) + j * ldw;
+      for (long k = 0; k < kc; k++) dst[k * NR + j] = row[k];
+    }
+  }
+}
+
+// Several weight rows per pass with several partial sums each, so that the loop is not one long dependency chain.
+inline void gemvRows(const float* x, int M, long K, const void* w, WType type, long nRows, float* out, long ldo,
+                     const float* bias) {
+  constexpr int L = 8;  // partial sums per dot product
+  for (long n = 0; n < nRows; n++) {
+    for (int m = 0; m < M; m++) {
+      const float* xr = x + m * K;
+      float part[L] = {};
+      long k = 0;
+      if (type == WType::BF16) {
+        const uint16_t* row = static_cast<const uint16_t*>(w) + n * K;
+        for (; k + L <= K; k += L)
+          for (int l = 0; l < L; l++) part[l] += bf16ToF32(row[k + l]) * xr[k + l];
+        for (; k < K; k++) part[0] += bf16ToF32(row[k]) * xr[k];
+      } else {
+        const float* row = static_cast<const float*>(w) + n * K;
+        for (; k + L <= K; k += L)
+          for (int l = 0; l < L; l++) part[l] += row[k + l] * xr[k + l];
+        for (; k < K; k++) part[0] += row[k] * xr[k];
+      }
+      float s = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+      out[m * ldo + n] = bias ? s + bias[n] : s;
+    }
+  }
+}
+
+inline float maxOf(const float* x, long n) {
+  float m = -INFINITY;
+  for (long i = 0; i < n; i++) m = x[i] > m ? x[i] : m;
+  return m;
+}
+
+inline float expSubSum(float* x, long n, float sub) {
+  float sum = 0.0f;
+  for (long i = 0; i < n; i++) {
+    x[i] = std::exp(x[i] - sub);
+    sum += x[i];
+  }
+  return sum;
+}
+
+inline void siluMulRange(const float* g, const float* u, float* out, long n) {
+  for (long i = 0; i < n; i++) out[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
+}
+
+inline void widenBf16(const uint16_t* src, float* dst, long n) {
+  for (long i = 0; i < n; i++) dst[i] = bf16ToF32(src[i]);
+}
+
+inline double fmaLoop(long iters, float* sink) {
+  float c[16];
+  for (int i = 0; i < 16; i++) c[i] = sink[0] + i;
+  for (long it = 0; it < iters; it++)
+    for (int i = 0; i < 16; i++) c[i] = c[i] * 0.999999f + 1e-6f;
+  float s = 0;
+  for (int i = 0; i < 16; i++) s += c[i];
+  sink[0] = s;
+  return static_cast<double>(iters) * 16 * 2;
+}
+
+inline float sumRange(const float* p, long n) {
+  float part[16] = {};
+  long i = 0;
+  for (; i + 16 <= n; i += 16)
+    for (int j = 0; j < 16; j++) part[j] += p[i + j];
+  float s = 0;
+  for (int j = 0; j < 16; j++) s += part[j];
+  for (; i < n; i++) s += p[i];
+  return s;
+}
+
+}  // namespace
+}  // namespace scalar
+}  // namespace vl3

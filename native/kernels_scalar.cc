@@ -1,0 +1,9 @@
+// Own portable kernels: the build of every op for CPUs without AVX2 (and for aarch64), checked against the reference in tests via VL3_FORCE_SCALAR / setKernel.
+#define VL3_ISA scalar
+#define VL3_ISA_NAME "scalar"
+#include "isa_scalar.h"
+#include "ops_impl.h"
+
+namespace vl3 {
+const KernelTable* scalarKernels() { return &scalar::table; }
+}  // namespace vl3

@@ -1,0 +1,48 @@
+import type { ChatInput, VideoLLaMA3 } from '../api/videollama3.js';
+import { generateTokens } from '../engine/generate.js';
+import { writeSafetensors } from '../model/safetensors.js';
+import { Tensor } from '../tensor/tensor.js';
+
+export interface InspectOptions {
+  out: string;
+  /** Tokens to decode greedily (0: none). */
+  greedy: number;
+  /** Overrides the generation config's repetition penalty for the greedy decode. */
+  repetitionPenalty?: number;
+}
+
+export interface InspectSummary {
+  out: string;
+  promptTokens: number;
+  greedyIds: number[];
+}
+
+function int64(values: readonly number[], shape: readonly number[]): Tensor<'i64'> {
+  return new Tensor('i64', shape, BigInt64Array.from(values, BigInt));
+}
+
+/**
+ * Runs one conversation the way the official `generate` does (prompt embeddings in, greedy with the checkpoint's
+ * repetition penalty over generated tokens only) and writes the tensors to compare with it.
+ */
+export async function inspectConversation(model: VideoLLaMA3, conversation: unknown, options: InspectOptions): Promise<InspectSummary> {
+  const { inputIds } = model.prepare(conversation as ChatInput);
+  let lastLogits: Tensor | undefined;
+  const tokens = generateTokens(model.llm, {
+    promptEmbeds: model.embed(inputIds),
+    maxNewTokens: options.greedy,
+    sampling: { ...model.samplingFor({ greedy: true }), repetitionPenalty: options.repetitionPenalty ?? model.generationConfig.repetitionPenalty },
+    stopTokenIds: model.generationConfig.eosTokenIds,
+    onPromptLogits: (logits) => (lastLogits = Tensor.f32([logits.numel], logits.data as Float32Array)),
+  });
+  const greedyIds: number[] = [];
+  for await (const id of tokens) greedyIds.push(id);
+
+  const tensors: Record<string, Tensor> = {
+    input_ids: int64(inputIds, [1, inputIds.length]),
+    last_logits: lastLogits!,
+  };
+  if (options.greedy > 0) tensors.greedy_ids = int64(greedyIds, [greedyIds.length]);
+  writeSafetensors(options.out, tensors, { producer: 'videollama3 vl3 inspect' });
+  return { out: options.out, promptTokens: inputIds.length, greedyIds };
+}

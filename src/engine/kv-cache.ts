@@ -1,0 +1,89 @@
+import { Tensor } from '../tensor/tensor.js';
+
+/**
+ * Keys and values of every decoder layer for one sequence, laid out [position, kvHead, headDim] so appending a token
+ * is one contiguous copy and the attention op reads a prefix view without copying.
+ *
+ * Capacity grows geometrically (one copy per doubling), bounded by `maxLength`; `release()` frees it when the request
+ * ends so a finished request holds no memory.
+ */
+export class KVCache {
+  private keys: Tensor<'f32'>[] = [];
+  private values: Tensor<'f32'>[] = [];
+  private capacity = 0;
+  length = 0;
+
+  constructor(
+    readonly layers: number,
+    readonly kvHeads: number,
+    readonly headDim: number,
+    readonly maxLength: number,
+    initialCapacity = 256,
+  ) {
+    this.grow(Math.min(initialCapacity, maxLength));
+  }
+
+  /** Bytes held by the cache buffers (capacity, not length). */
+  get bytes(): number {
+    return this.capacity * this.layers * 2 * this.kvHeads * this.headDim * 4;
+  }
+
+  /** Makes room for `extra` more positions; throws past maxLength so a runaway request fails clearly. */
+  reserve(extra: number): void {
+    const needed = this.length + extra;
+    if (needed > this.maxLength) {
+      throw new Error(`sequence of ${needed} tokens exceeds the model's context of ${this.maxLength} tokens`);
+    }
+    if (needed > this.capacity) this.grow(Math.min(this.maxLength, Math.max(needed, this.capacity * 2)));
+  }
+
+  /** Writes k and v [T, kvHeads, headDim] of `layer` at positions [length, length+T). Call `advance(T)` after all layers. */
+  write(layer: number, k: Tensor, v: Tensor): void {
+    const T = k.dim(0);
+    if (this.length + T > this.capacity) throw new Error('KVCache.write past capacity: call reserve() first');
+    const row = this.kvHeads * this.headDim;
+    this.keys[layer]!.data.set(k.data as Float32Array, this.length * row);
+    this.values[layer]!.data.set(v.data as Float32Array, this.length * row);
+  }
+
+  /** Keys of `layer` for positions [0, end): a view. */
+  keysUpTo(layer: number, end: number): Tensor<'f32'> {
+    return this.keys[layer]!.rows(0, end);
+  }
+
+  valuesUpTo(layer: number, end: number): Tensor<'f32'> {
+    return this.values[layer]!.rows(0, end);
+  }
+
+  advance(T: number): void {
+    this.length += T;
+  }
+
+  /** Forgets positions from `length` on (e.g. to retry from a shared prefix). */
+  truncate(length: number): void {
+    this.length = Math.min(this.length, length);
+  }
+
+  release(): void {
+    this.keys = [];
+    this.values = [];
+    this.capacity = 0;
+    this.length = 0;
+  }
+
+  private grow(capacity: number): void {
+    const shape = [capacity, this.kvHeads, this.headDim];
+    for (let l = 0; l < this.layers; l++) {
+      const k = Tensor.empty('f32', shape);
+      const v = Tensor.empty('f32', shape);
+      if (this.keys[l]) {
+        const used = this.length * this.kvHeads * this.headDim;
+        k.data.set(this.keys[l]!.data.subarray(0, used));
+        v.data.set(this.values[l]!.data.subarray(0, used));
+      }
+      this.keys[l] = k;
+      this.values[l] = v;
+    }
+    this.capacity = capacity;
+  }
+}

@@ -1,0 +1,160 @@
+/**
+ * Opening a VideoLLaMA3 checkpoint folder (HF custom-code layout, spec 1.1): configs plus lazily read weights.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import type { DType } from '../tensor/dtype.js';
+import type { Tensor } from '../tensor/tensor.js';
+import {
+  generationConfigFromModel,
+  readGenerationConfig,
+  readModelConfig,
+  type GenerationConfig,
+  type VideoLlama3Config,
+} from './config.js';
+import { INDEX_FILE_NAME, SafetensorsCheckpoint, SINGLE_FILE_NAME, type TensorInfo } from './safetensors.js';
+
+export const LM_HEAD = 'lm_head.weight';
+export const EMBED_TOKENS = 'model.embed_tokens.weight';
+
+// The local training format (scripts/convert_hf_checkpoint.py, spec 1.6) nests the encoder one level deeper.
+const TRAINING_VISION_PREFIX = 'model.vision_encoder.vision_encoder.';
+const VISION_PREFIX = 'model.vision_encoder.';
+
+/** Maps a tensor name of any supported naming scheme to the HF custom-code name used throughout the model code. */
+export function canonicalWeightName(name: string): string {
+  return name.startsWith(TRAINING_VISION_PREFIX) ? VISION_PREFIX + name.slice(TRAINING_VISION_PREFIX.length) : name;
+}
+
+function sameShape(a: readonly number[], b: readonly number[]): boolean {
+  return a.length === b.length && a.every((d, i) => d === b[i]);
+}
+
+const fmtShape = (s: readonly number[]): string => `[${s.join(', ')}]`;
+
+/**
+ * The checkpoint's tensors by canonical name. Each tensor is read from disk at most once, on first `get`, and kept:
+ * model code holds on to its weights anyway, and a second read of a multi-GB embedding would be pure waste.
+ */
+export class CheckpointWeights {
+  /** Canonical names of the stored tensors, sorted (a tied lm_head is not listed). */
+  readonly names: readonly string[];
+  private readonly storedName = new Map<string, string>();
+  private readonly cache = new Map<string, Tensor>();
+  private readBytes = 0;
+
+  constructor(
+    readonly store: SafetensorsCheckpoint,
+    readonly tieWordEmbeddings: boolean,
+  ) {
+    for (const stored of store.names) {
+      const canonical = canonicalWeightName(stored);
+      const previous = this.storedName.get(canonical);
+      if (previous !== undefined) {
+        throw new Error(`checkpoint ${store.folder}: "${previous}" and "${stored}" are the same weight under two names`);
+      }
+      this.storedName.set(canonical, stored);
+    }
+    this.names = Object.freeze([...this.storedName.keys()].sort());
+  }
+
+  /** Which stored tensor a request resolves to: the name itself, or the embeddings for a tied lm_head. */
+  private resolve(name: string): { stored: string; note: string } | null {
+    const canonical = canonicalWeightName(name);
+    const stored = this.storedName.get(canonical);
+    if (stored !== undefined) return { stored, note: '' };
+    if (canonical === LM_HEAD && this.tieWordEmbeddings) {
+      const embed = this.storedName.get(EMBED_TOKENS);
+      if (embed !== undefined) return { stored: embed, note: ` (tied to ${EMBED_TOKENS})` };
+    }
+    return null;
+  }
+
+  private missing(name: string): never {
+    const files = this.store.files.map((f) => path.basename(f.path)).join(', ');
+    const why =
+      canonicalWeightName(name) === LM_HEAD && !this.tieWordEmbeddings
+        ? ' and tie_word_embeddings is false, so it cannot be taken from the embeddings'
+        : '';
+    throw new Error(`checkpoint ${this.store.folder}: tensor "${name}" not found in ${files}${why}`);
+  }
+
+  /** True when `get(name)` would find a tensor (counting a tied lm_head). */
+  has(name: string): boolean {
+    return this.resolve(name) !== null;
+  }
+
+  info(name: string): TensorInfo & { file: string } {
+    const hit = this.resolve(name) ?? this.missing(name);
+    return { ...this.store.info(hit.stored), file: this.store.fileOf(hit.stored).path };
+  }
+
+  /**
+   * The tensor `name`, checked against `expectedShape` and, when given, `allowedDtypes`. Shape and dtype are checked
+   * from the header before anything is read, so a mismatch costs no I/O.
+   */
+  get(name: string, expectedShape?: readonly number[], allowedDtypes?: readonly DType[]): Tensor {
+    const hit = this.resolve(name) ?? this.missing(name);
+    const file = this.store.fileOf(hit.stored);
+    const info = file.info(hit.stored);
+    const where = `checkpoint file ${file.path}: tensor "${hit.stored}"${hit.note}`;
+    if (expectedShape && !sameShape(info.shape, expectedShape)) {
+      throw new Error(`${where}: shape ${fmtShape(info.shape)}, expected ${fmtShape(expectedShape)}`);
+    }
+    if (info.dtype === 'f64' || (allowedDtypes && !allowedDtypes.includes(info.dtype))) {
+      throw new Error(`${where}: dtype ${info.dtype}, expected ${allowedDtypes?.join(' or ') ?? 'a tensor dtype'}`);
+    }
+    let tensor = this.cache.get(hit.stored);
+    if (!tensor) {
+      tensor = file.read(hit.stored);
+      this.cache.set(hit.stored, tensor);
+      this.readBytes += info.byteLength;
+    }
+    return tensor;
+  }
+
+  /** Bytes read from disk so far and the number of distinct tensors they came from. */
+  get stats(): { tensorsRead: number; bytesRead: number } {
+    return { tensorsRead: this.cache.size, bytesRead: this.readBytes };
+  }
+
+  /** Closes the files; tensors already returned stay valid (they own their storage). */
+  close(): void {
+    this.store.close();
+  }
+}
+
+export interface Checkpoint {
+  folder: string;
+  config: VideoLlama3Config;
+  generationConfig: GenerationConfig;
+  weights: CheckpointWeights;
+}
+
+/**
+ * Opens a checkpoint folder: parses config.json and generation_config.json (falling back to the model config's
+ * special ids, as transformers does, when the latter is absent) and every safetensors header. No weight is read yet.
+ */
+export function loadCheckpoint(folder: string): Checkpoint {
+  if (!fs.existsSync(folder) || !fs.statSync(folder).isDirectory()) {
+    throw new Error(`checkpoint ${folder}: not a directory`);
+  }
+  const configPath = path.join(folder, 'config.json');
+  if (!fs.existsSync(configPath)) throw new Error(`checkpoint ${folder}: config.json not found (expected ${configPath})`);
+  const config = readModelConfig(configPath);
+
+  const generationPath = path.join(folder, 'generation_config.json');
+  const generationConfig = fs.existsSync(generationPath)
+    ? readGenerationConfig(generationPath)
+    : generationConfigFromModel(config);
+
+  const single = path.join(folder, SINGLE_FILE_NAME);
+  const index = path.join(folder, INDEX_FILE_NAME);
+  if (!fs.existsSync(single) && !fs.existsSync(index)) {
+    const pickle = ['pytorch_model.bin', 'pytorch_model.bin.index.json'].find((f) => fs.existsSync(path.join(folder, f)));
+    const hint = pickle ? ` (found ${pickle}: PyTorch pickles are not supported, convert it to safetensors)` : '';
+    throw new Error(`checkpoint ${folder}: no weights, expected ${single} or ${index}${hint}`);
+  }
+  const weights = new CheckpointWeights(SafetensorsCheckpoint.open(folder), config.tieWordEmbeddings);
+  return { folder, config, generationConfig, weights };
+}

@@ -1,0 +1,178 @@
+import type { Backend } from '../tensor/backend.js';
+import { Tensor } from '../tensor/tensor.js';
+import { Workspace } from '../tensor/workspace.js';
+import { fillRopeTables, ropeInverseFrequencies } from './rope.js';
+
+/** The Qwen2.5 sizes the decoder needs (spec 8.1). */
+export interface Qwen2Dims {
+  hiddenSize: number;
+  intermediateSize: number;
+  numHiddenLayers: number;
+  numAttentionHeads: number;
+  numKeyValueHeads: number;
+  rmsNormEps: number;
+  ropeTheta: number;
+  vocabSize: number;
+  maxPositionEmbeddings: number;
+  tieWordEmbeddings: boolean;
+}
+
+/** Where weights come from: a tensor by name, checked against the expected shape (the checkpoint names the file). */
+export interface WeightSource {
+  get(name: string, shape: readonly number[]): Tensor;
+}
+
+/** Per-sequence keys and values, written layer by layer during a forward pass (implemented by the engine). */
+export interface AttentionCache {
+  readonly length: number;
+  reserve(extra: number): void;
+  write(layer: number, k: Tensor, v: Tensor): void;
+  keysUpTo(layer: number, end: number): Tensor;
+  valuesUpTo(layer: number, end: number): Tensor;
+  advance(count: number): void;
+}
+
+interface DecoderLayer {
+  inputNorm: Tensor;
+  qProj: Tensor;
+  qBias: Tensor;
+  kProj: Tensor;
+  kBias: Tensor;
+  vProj: Tensor;
+  vBias: Tensor;
+  oProj: Tensor;
+  postNorm: Tensor;
+  gateProj: Tensor;
+  upProj: Tensor;
+  downProj: Tensor;
+}
+
+export interface ForwardOptions {
+  /** Called with (index, rows) for every hidden state transformers reports: the embeddings, each layer's output
+   * except the last, and the final normed output. Rows are this call's positions; the tensor is reused after. */
+  onHiddenState?: (index: number, hidden: Tensor) => void;
+}
+
+/**
+ * The Qwen2.5 decoder: per layer h = x + O(Attn(RMSNorm(x))), out = h + Down(SiLU(Gate(RMSNorm(h))) ⊙ Up(RMSNorm(h))),
+ * then a final RMSNorm and the LM head. Activations are f32; weights stay as stored (bf16) and are widened inside the
+ * backend's kernels.
+ */
+export class Qwen2Model {
+  readonly headDim: number;
+  readonly embedTokens: Tensor;
+  readonly lmHead: Tensor;
+  private readonly layers: DecoderLayer[];
+  private readonly finalNorm: Tensor;
+  private readonly invFreq: Float32Array;
+  private readonly ws = new Workspace();
+
+  constructor(
+    readonly dims: Qwen2Dims,
+    weights: WeightSource,
+    readonly backend: Backend,
+    lmHeadName = 'lm_head.weight',
+  ) {
+    const { hiddenSize: H, intermediateSize: I, numAttentionHeads: Hq, numKeyValueHeads: Hkv, vocabSize: V } = dims;
+    if (H % Hq !== 0) throw new Error(`hidden size ${H} is not divisible by ${Hq} attention heads`);
+    if (Hq % Hkv !== 0) throw new Error(`${Hq} attention heads are not a multiple of ${Hkv} key/value heads`);
+    this.headDim = H / Hq;
+    const kv = Hkv * this.headDim;
+    this.embedTokens = weights.get('model.embed_tokens.weight', [V, H]);
+    this.lmHead = dims.tieWordEmbeddings ? this.embedTokens : weights.get(lmHeadName, [V, H]);
+    this.finalNorm = weights.get('model.norm.weight', [H]);
+    this.layers = Array.from({ length: dims.numHiddenLayers }, (_, i) => {
+      const p = `model.layers.${i}.`;
+      return {
+        inputNorm: weights.get(`${p}input_layernorm.weight`, [H]),
+        qProj: weights.get(`${p}self_attn.q_proj.weight`, [H, H]),
+        qBias: weights.get(`${p}self_attn.q_proj.bias`, [H]),
+        kProj: weights.get(`${p}self_attn.k_proj.weight`, [kv, H]),
+        kBias: weights.get(`${p}self_attn.k_proj.bias`, [kv]),
+        vProj: weights.get(`${p}self_attn.v_proj.weight`, [kv, H]),
+        vBias: weights.get(`${p}self_attn.v_proj.bias`, [kv]),
+        oProj: weights.get(`${p}self_attn.o_proj.weight`, [H, H]),
+        postNorm: weights.get(`${p}post_attention_layernorm.weight`, [H]),
+        gateProj: weights.get(`${p}mlp.gate_proj.weight`, [I, H]),
+        upProj: weights.get(`${p}mlp.up_proj.weight`, [I, H]),
+        downProj: weights.get(`${p}mlp.down_proj.weight`, [H, I]),
+      };
+    });
+    this.invFreq = ropeInverseFrequencies(this.headDim, dims.ropeTheta);
+  }
+
+  /** Embeddings of token ids, [ids.length, hidden] f32, into `out` (or a new tensor). */
+  embed(ids: ArrayLike<number>, out?: Tensor): Tensor {
+    const idTensor = Tensor.i32([ids.length], ids);
+    const target = out ?? Tensor.empty('f32', [ids.length, this.dims.hiddenSize]);
+    this.backend.embedding(this.embedTokens, idTensor, target);
+    return target;
+  }
+
+  /**
+   * Runs `embeds` [T, hidden] (in place: it holds the final normed hidden states afterwards) at positions
+   * cache.length .. cache.length+T-1, appending their keys and values to `cache`.
+   */
+  forward(embeds: Tensor, cache: AttentionCache, options: ForwardOptions = {}): Tensor {
+    const { hiddenSize: H, intermediateSize: I, numAttentionHeads: Hq, numKeyValueHeads: Hkv, rmsNormEps: eps } = this.dims;
+    const D = this.headDim;
+    const T = embeds.dim(0);
+    const b = this.backend;
+    const ws = this.ws;
+    const start = cache.length;
+    cache.reserve(T);
+
+    const cos = ws.take('rope.cos', 'f32', [T, D / 2]);
+    const sin = ws.take('rope.sin', 'f32', [T, D / 2]);
+    fillRopeTables(this.invFreq, Array.from({ length: T }, (_, t) => start + t), cos, sin);
+
+    const x = embeds;
+    const h = ws.take('h', 'f32', [T, H]);
+    const q = ws.take('q', 'f32', [T, Hq, D]);
+    const k = ws.take('k', 'f32', [T, Hkv, D]);
+    const v = ws.take('v', 'f32', [T, Hkv, D]);
+    const attn = ws.take('attn', 'f32', [T, Hq, D]);
+    const gate = ws.take('gate', 'f32', [T, I]);
+    const up = ws.take('up', 'f32', [T, I]);
+    const scale = 1 / Math.sqrt(D);
+
+    options.onHiddenState?.(0, x);
+    this.layers.forEach((layer, l) => {
+      b.rmsNorm(x, layer.inputNorm, eps, h);
+      b.matmul(h, layer.qProj, layer.qBias, q.reshape([T, H]));
+      b.matmul(h, layer.kProj, layer.kBias, k.reshape([T, Hkv * D]));
+      b.matmul(h, layer.vProj, layer.vBias, v.reshape([T, Hkv * D]));
+      b.rope(q, cos, sin, q);
+      b.rope(k, cos, sin, k);
+      cache.write(l, k, v);
+      const end = start + T;
+      b.attention(q, cache.keysUpTo(l, end), cache.valuesUpTo(l, end), attn, { scale, causal: true, queryOffset: start });
+      b.matmul(attn.reshape([T, H]), layer.oProj, null, h);
+      b.add(x, h, x);
+
+      b.rmsNorm(x, layer.postNorm, eps, h);
+      b.matmul(h, layer.gateProj, null, gate);
+      b.matmul(h, layer.upProj, null, up);
+      b.siluMul(gate, up, gate);
+      b.matmul(gate, layer.downProj, null, h);
+      b.add(x, h, x);
+      if (l < this.layers.length - 1) options.onHiddenState?.(l + 1, x);
+    });
+    cache.advance(T);
+    b.rmsNorm(x, this.finalNorm, eps, x);
+    options.onHiddenState?.(this.layers.length, x);
+    return x;
+  }
+
+  /** Full-vocabulary logits [rows, vocab] of normed hidden rows, into `out` (or a new tensor). */
+  logits(hidden: Tensor, out?: Tensor): Tensor {
+    const target = out ?? Tensor.empty('f32', [hidden.dim(0), this.dims.vocabSize]);
+    this.backend.matmul(hidden, this.lmHead, null, target);
+    return target;
+  }
+
+  /** Drops the scratch buffers; the next forward pass reallocates what it needs. */
+  releaseScratch(): void {
+    this.ws.release();
+  }
+}

@@ -1,0 +1,372 @@
+// Every NativeBackend op against ReferenceBackend on seeded random data, with the AVX2 and the scalar kernels and
+// with 1 and 2 threads. Sizes are deliberately not multiples of the vector width or the GEMM tiles.
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { after, before, describe, test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+
+import { f32ToBf16 } from '../src/tensor/dtype.js';
+import { NativeBackend, nativeInfo, setNativeKernel } from '../src/tensor/native.js';
+import { ReferenceBackend } from '../src/tensor/reference.js';
+import { Tensor } from '../src/tensor/tensor.js';
+
+/** mulberry32: a small deterministic generator, so every run sees the same data. */
+function rng(seed: number): () => number {
+  let s = seed >>> 0;
+  return () => {
+    s = (s + 0x6d2b79f5) >>> 0;
+    let t = s;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+let seedCounter = 1;
+function randomF32(shape: number[], scale = 1): Tensor<'f32'> {
+  const next = rng(seedCounter++ * 7919);
+  const t = Tensor.empty('f32', shape);
+  for (let i = 0; i < t.numel; i++) t.data[i] = (next() * 2 - 1) * scale;
+  return t;
+}
+
+function randomFloat(dtype: 'f32' | 'bf16', shape: number[], scale = 1): Tensor {
+  const f = randomF32(shape, scale);
+  if (dtype === 'f32') return f;
+  const t = Tensor.empty('bf16', shape);
+  for (let i = 0; i < t.numel; i++) t.data[i] = f32ToBf16(f.data[i]!);
+  return t;
+}
+
+function copy(t: Tensor<'f32'>): Tensor<'f32'> {
+  return Tensor.f32(t.shape, t.data);
+}
+
+/** |actual - expected| <= atol + rtol·|expected| everywhere, with the worst element named on failure. */
+function assertClose(actual: Float32Array, expected: Float32Array, what: string, rtol = 1e-5, atol = 1e-6): void {
+  assert.equal(actual.length, expected.length, `${what}: length`);
+  let worst = -1;
+  let worstExcess = 0;
+  for (let i = 0; i < actual.length; i++) {
+    const a = actual[i]!, e = expected[i]!;
+    if (Number.isNaN(e) && Number.isNaN(a)) continue;
+    const excess = Math.abs(a - e) - (atol + rtol * Math.abs(e));
+    if (!(excess <= 0) && (worst < 0 || !(excess <= worstExcess))) {
+      worst = i;
+      worstExcess = excess;
+    }
+  }
+  if (worst >= 0) {
+    assert.fail(`${what}: element ${worst} is ${actual[worst]}, expected ${expected[worst]} (rtol ${rtol}, atol ${atol})`);
+  }
+}
+
+const reference = new ReferenceBackend();
+const native = new NativeBackend();
+const info = nativeInfo();
+const kernels: Array<'avx2' | 'scalar'> = info.avx2 && info.fma && info.f16c ? ['avx2', 'scalar'] : ['scalar'];
+const defaultThreads = native.threads;
+
+after(() => {
+  setNativeKernel('auto');
+  native.threads = defaultThreads;
+});
+
+/** Reference results are computed once and shared by every kernel/thread configuration. */
+function memo<T>(make: () => T): () => T {
+  let value: T | undefined;
+  return () => (value ??= make());
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Cases, built once.
+
+interface MatmulCase {
+  name: string;
+  x: Tensor<'f32'>;
+  w: Tensor;
+  bias: Tensor | null;
+  expected: () => Float32Array;
+  K: number;
+}
+
+function matmulCase(M: number, N: number, K: number, wType: 'f32' | 'bf16', biasType: 'none' | 'f32' | 'bf16'): MatmulCase {
+  const x = randomF32([M, K]);
+  const w = randomFloat(wType, [N, K]);
+  const bias = biasType === 'none' ? null : randomFloat(biasType, [N]);
+  const expected = memo(() => {
+    const out = Tensor.empty('f32', [M, N]);
+    reference.matmul(x, w, bias, out);
+    return out.data;
+  });
+  return { name: `M=${M} N=${N} K=${K} w=${wType} bias=${biasType}`, x, w, bias, expected, K };
+}
+
+const smallMatmuls: MatmulCase[] = [];
+{
+  const biases = ['none', 'f32', 'bf16'] as const;
+  let i = 0;
+  for (const M of [1, 2, 5, 7, 13, 64])
+    for (const N of [1, 3, 17, 31, 100])
+      for (const K of [1, 7, 9, 33, 130])
+        for (const wType of ['f32', 'bf16'] as const) smallMatmuls.push(matmulCase(M, N, K, wType, biases[i++ % 3]!));
+}
+
+const largeMatmuls: MatmulCase[] = [
+  matmulCase(67, 129, 300, 'bf16', 'f32'),
+  matmulCase(67, 300, 129, 'f32', 'none'),
+  // Several K blocks (KC = 256) and M blocks (MC = 144), ragged everywhere.
+  matmulCase(151, 70, 601, 'bf16', 'bf16'),
+  // Many N tasks with a small M just above the GEMV cut-off, and a GEMV with long rows.
+  matmulCase(6, 2100, 40, 'bf16', 'f32'),
+  matmulCase(3, 257, 1000, 'bf16', 'none'),
+  matmulCase(1, 513, 1536, 'f32', 'f32'),
+];
+
+interface AttnCase {
+  name: string;
+  q: Tensor<'f32'>;
+  k: Tensor<'f32'>;
+  v: Tensor<'f32'>;
+  causal: boolean;
+  queryOffset?: number;
+  expected: () => Float32Array;
+}
+
+function attnCase(T: number, S: number, Hq: number, Hkv: number, D: number, causal: boolean, queryOffset?: number): AttnCase {
+  // Scaled-up q so that the softmax is far from uniform and masking mistakes show.
+  const q = randomF32([T, Hq, D], 3);
+  const k = randomF32([S, Hkv, D]);
+  const v = randomF32([S, Hkv, D]);
+  const scale = 1 / Math.sqrt(D);
+  const expected = memo(() => {
+    const out = Tensor.empty('f32', [T, Hq, D]);
+    reference.attention(q, k, v, out, { scale, causal, queryOffset });
+    return out.data;
+  });
+  const name = `T=${T} S=${S} Hq=${Hq} Hkv=${Hkv} D=${D} ${causal ? 'causal' : 'full'}${queryOffset === undefined ? '' : ` offset=${queryOffset}`}`;
+  return { name, q, k, v, causal, queryOffset, expected };
+}
+
+const attnCases: AttnCase[] = [
+  attnCase(1, 1, 1, 1, 1, true),
+  attnCase(7, 7, 2, 2, 5, true),
+  attnCase(7, 7, 2, 2, 5, false),
+  attnCase(13, 13, 4, 2, 16, true),
+  attnCase(33, 33, 6, 2, 72, false), // GQA 3, the vision head size
+  attnCase(20, 90, 6, 1, 24, true), // GQA 6, prefill after a cached prefix (default offset 70)
+  attnCase(9, 100, 12, 2, 128, true, 40), // offset that leaves keys past the last query unseen
+  attnCase(9, 50, 3, 3, 33, true, 0),
+  attnCase(150, 150, 12, 2, 128, true), // several query tiles and key blocks
+  attnCase(70, 130, 4, 4, 64, false),
+  attnCase(1, 3001, 12, 2, 128, true), // decode over a long cache: keys split across tasks
+  attnCase(1, 777, 6, 6, 64, false),
+  attnCase(2, 515, 6, 2, 128, true),
+];
+
+// ---------------------------------------------------------------------------------------------------------------
+
+for (const kernel of kernels) {
+  for (const threads of [1, 2]) {
+    describe(`NativeBackend (${kernel} kernels, ${threads} thread${threads > 1 ? 's' : ''})`, () => {
+      before(() => {
+        setNativeKernel(kernel);
+        native.threads = threads;
+        assert.equal(native.kernel, kernel);
+        assert.equal(native.threads, threads);
+      });
+
+      test('matmul: small, ragged sizes, f32 and bf16 weights, with and without bias', () => {
+        for (const c of smallMatmuls) {
+          const out = Tensor.empty('f32', [c.x.dim(0), c.w.dim(0)]);
+          native.matmul(c.x, c.w, c.bias, out);
+          assertClose(out.data, c.expected(), `matmul ${c.name}`, 1e-5, 1e-6 * c.K);
+        }
+      });
+
+      test('matmul: larger GEMM and GEMV shapes', () => {
+        for (const c of largeMatmuls) {
+          const out = Tensor.empty('f32', [c.x.dim(0), c.w.dim(0)]);
+          native.matmul(c.x, c.w, c.bias, out);
+          assertClose(out.data, c.expected(), `matmul ${c.name}`, 1e-5, 1e-6 * c.K);
+        }
+      });
+
+      test('matmul: leading dimensions of x are kept', () => {
+        const x = randomF32([2, 3, 9]);
+        const w = randomFloat('bf16', [5, 9]);
+        const out = Tensor.empty('f32', [2, 3, 5]);
+        const expected = Tensor.empty('f32', [2, 3, 5]);
+        native.matmul(x, w, null, out);
+        reference.matmul(x, w, null, expected);
+        assertClose(out.data, expected.data, 'matmul [2,3,9]');
+      });
+
+      test('add and mul: same shape, row broadcast, in place', () => {
+        for (const shape of [[1], [5, 33], [4, 3, 1000]]) {
+          const a = randomF32(shape);
+          const same = randomF32(shape);
+          const row = randomF32([shape[shape.length - 1]!]);
+          for (const b of [same, row]) {
+            for (const op of ['add', 'mul'] as const) {
+              const out = Tensor.empty('f32', shape);
+              const expected = Tensor.empty('f32', shape);
+              native[op](a, b, out);
+              reference[op](a, b, expected);
+              assertClose(out.data, expected.data, `${op} [${shape}] b=[${b.shape}]`, 0, 0);
+              const inPlace = copy(a);
+              native[op](inPlace, b, inPlace);
+              assertClose(inPlace.data, expected.data, `${op} in place [${shape}]`, 0, 0);
+            }
+          }
+        }
+      });
+
+      test('rmsNorm: f32 and bf16 weights, in place', () => {
+        for (const [rows, cols] of [[1, 1], [7, 130], [3, 1536], [300, 40]] as const) {
+          for (const wType of ['f32', 'bf16'] as const) {
+            const x = randomF32([rows, cols], 2);
+            const w = randomFloat(wType, [cols]);
+            const out = Tensor.empty('f32', [rows, cols]);
+            const expected = Tensor.empty('f32', [rows, cols]);
+            native.rmsNorm(x, w, 1e-6, out);
+            reference.rmsNorm(x, w, 1e-6, expected);
+            assertClose(out.data, expected.data, `rmsNorm [${rows},${cols}] w=${wType}`, 2e-6, 1e-7);
+            const inPlace = copy(x);
+            native.rmsNorm(inPlace, w, 1e-6, inPlace);
+            assertClose(inPlace.data, expected.data, `rmsNorm in place [${rows},${cols}]`, 2e-6, 1e-7);
+          }
+        }
+      });
+
+      test('siluMul: wide input range, in place over either operand', () => {
+        for (const n of [1, 7, 1003, 70001]) {
+          const g = randomF32([n], 30);
+          const u = randomF32([n], 2);
+          const out = Tensor.empty('f32', [n]);
+          const expected = Tensor.empty('f32', [n]);
+          native.siluMul(g, u, out);
+          reference.siluMul(g, u, expected);
+          assertClose(out.data, expected.data, `siluMul n=${n}`, 4e-7, 1e-30);
+          const g2 = copy(g);
+          native.siluMul(g2, u, g2);
+          assertClose(g2.data, expected.data, `siluMul in place (gate) n=${n}`, 4e-7, 1e-30);
+          const u2 = copy(u);
+          native.siluMul(g, u2, u2);
+          assertClose(u2.data, expected.data, `siluMul in place (up) n=${n}`, 4e-7, 1e-30);
+        }
+      });
+
+      test('softmax: rows of several lengths, large logits, in place', () => {
+        for (const [rows, cols, scale] of [[1, 1, 1], [9, 257, 10], [3, 1, 5], [40, 1000, 30], [1, 151936, 20]] as const) {
+          const x = randomF32([rows, cols], scale);
+          const out = Tensor.empty('f32', [rows, cols]);
+          const expected = Tensor.empty('f32', [rows, cols]);
+          native.softmax(x, out);
+          reference.softmax(x, expected);
+          assertClose(out.data, expected.data, `softmax [${rows},${cols}]`, 1e-5, 1e-9);
+          const inPlace = copy(x);
+          native.softmax(inPlace, inPlace);
+          assertClose(inPlace.data, expected.data, `softmax in place [${rows},${cols}]`, 1e-5, 1e-9);
+        }
+      });
+
+      test('rope: half-split layout, in place', () => {
+        for (const [T, H, D] of [[1, 1, 2], [5, 3, 10], [17, 12, 128], [300, 2, 64]] as const) {
+          const x = randomF32([T, H, D], 3);
+          const angles = randomF32([T, D / 2], 10);
+          const cos = Tensor.f32([T, D / 2], angles.data.map(Math.cos));
+          const sin = Tensor.f32([T, D / 2], angles.data.map(Math.sin));
+          const out = Tensor.empty('f32', [T, H, D]);
+          const expected = Tensor.empty('f32', [T, H, D]);
+          native.rope(x, cos, sin, out);
+          reference.rope(x, cos, sin, expected);
+          assertClose(out.data, expected.data, `rope [${T},${H},${D}]`, 1e-6, 1e-6);
+          const inPlace = copy(x);
+          native.rope(inPlace, cos, sin, inPlace);
+          assertClose(inPlace.data, expected.data, `rope in place [${T},${H},${D}]`, 1e-6, 1e-6);
+        }
+      });
+
+      test('attention: causal and full, query offsets, GQA 1/2/3/6, decode over long S', () => {
+        for (const c of attnCases) {
+          const out = Tensor.empty('f32', c.q.shape);
+          native.attention(c.q, c.k, c.v, out, { scale: 1 / Math.sqrt(c.q.dim(2)), causal: c.causal, queryOffset: c.queryOffset });
+          assertClose(out.data, c.expected(), `attention ${c.name}`, 1e-5, 2e-6);
+        }
+      });
+
+      test('embedding: f32 and bf16 tables, ids checked', () => {
+        for (const dtype of ['f32', 'bf16'] as const) {
+          const table = randomFloat(dtype, [50, 37]);
+          const ids = Tensor.i32([6], [0, 49, 3, 3, 17, 48]);
+          const out = Tensor.empty('f32', [6, 37]);
+          const expected = Tensor.empty('f32', [6, 37]);
+          native.embedding(table, ids, out);
+          reference.embedding(table, ids, expected);
+          assertClose(out.data, expected.data, `embedding ${dtype}`, 0, 0);
+          assert.throws(() => native.embedding(table, Tensor.i32([2], [1, 50]), Tensor.empty('f32', [2, 37])), /ids\[1\] = 50/);
+          assert.throws(() => native.embedding(table, Tensor.i32([1], [-1]), Tensor.empty('f32', [1, 37])), /ids\[0\] = -1/);
+        }
+      });
+
+      test('argmax and topK: ties keep the lower index', () => {
+        const next = rng(99);
+        const x = Tensor.f32([1000], Array.from({ length: 1000 }, () => Math.floor(next() * 50)));
+        assert.equal(native.argmax(x), reference.argmax(x));
+        assert.equal(native.argmax(Tensor.f32([4], [1, 3, 3, 2])), 1);
+        for (const k of [0, 1, 5, 37, 1000]) {
+          const got = native.topK(x, k);
+          const want = reference.topK(x, k);
+          assert.deepEqual(Array.from(got.indices), Array.from(want.indices), `topK k=${k} indices`);
+          assert.deepEqual(Array.from(got.values), Array.from(want.values), `topK k=${k} values`);
+        }
+        const r = randomF32([151936], 10);
+        assert.equal(native.argmax(r), reference.argmax(r));
+        assert.deepEqual(Array.from(native.topK(r, 40).indices), Array.from(reference.topK(r, 40).indices));
+      });
+    });
+  }
+}
+
+describe('NativeBackend checks and configuration', () => {
+  test('shape and dtype errors name the op and operand', () => {
+    const x = randomF32([2, 8]);
+    assert.throws(() => native.matmul(x, randomF32([3, 7]), null, Tensor.empty('f32', [2, 3])), /matmul: w/);
+    assert.throws(() => native.matmul(x, randomF32([3, 8]), randomF32([4]), Tensor.empty('f32', [2, 3])), /matmul: bias/);
+    assert.throws(() => native.matmul(x, randomF32([3, 8]), null, Tensor.empty('f32', [3, 2])), /matmul: out/);
+    assert.throws(() => native.matmul(x, Tensor.i32([3, 8]), null, Tensor.empty('f32', [2, 3])), /matmul: w: expected dtype/);
+    assert.throws(() => native.add(x, randomF32([3]), Tensor.empty('f32', [2, 8])), /add: b/);
+    assert.throws(() => native.rmsNorm(x, randomF32([7]), 1e-6, Tensor.empty('f32', [2, 8])), /rmsNorm: weight/);
+    assert.throws(() => native.rope(randomF32([2, 1, 3]), randomF32([2, 1]), randomF32([2, 1]), randomF32([2, 1, 3])), /rope/);
+    const q = randomF32([2, 3, 4]);
+    const kv = randomF32([5, 2, 4]);
+    assert.throws(() => native.attention(q, kv, kv, Tensor.empty('f32', [2, 3, 4]), { scale: 1, causal: true }), /multiple of KV heads/);
+    assert.throws(() => native.topK(randomF32([3]), 4), /topK: k/);
+    assert.throws(() => native.argmax(Tensor.empty('f32', [0])), /argmax/);
+  });
+
+  test('matmul refuses an out that shares storage with x', () => {
+    const buf = Tensor.empty('f32', [4, 4]);
+    const x = buf.rows(0, 2);
+    const out = buf.rows(1, 3);
+    assert.throws(() => native.matmul(x, randomF32([4, 4]), null, out), /share storage with x/);
+  });
+
+  test('cpu features and threads are reported', () => {
+    const i = nativeInfo();
+    assert.ok(i.kernel === 'avx2' || i.kernel === 'scalar');
+    assert.ok(i.threads >= 1 && i.defaultThreads >= 1);
+    assert.throws(() => {
+      native.threads = 0;
+    }, /threads/);
+  });
+
+  test('VL3_FORCE_SCALAR=1 selects the scalar kernels', () => {
+    const module = fileURLToPath(new URL('../src/tensor/native.js', import.meta.url));
+    const script = `import(${JSON.stringify(module)}).then((m) => console.log(m.nativeInfo().kernel))`;
+    const run = spawnSync(process.execPath, ['-e', script], { env: { ...process.env, VL3_FORCE_SCALAR: '1' }, encoding: 'utf8' });
+    assert.equal(run.status, 0, run.stderr);
+    assert.equal(run.stdout.trim(), 'scalar');
+  });
+});
