@@ -31,7 +31,8 @@
         "native/cpu.cc",
         "native/pool.cc",
         "native/measure.cc",
-        "native/kernels_scalar.cc"
+        "native/kernels_scalar.cc",
+        "native/resize.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_DISABLE_CPP_EXCEPTIONS", "NODE_ADDON_API_DISABLE_DEPRECATED"],

@@ -14,6 +14,7 @@
 #include "kernels.h"
 #include "measure.h"
 #include "pool.h"
+#include "resize.h"
 
 namespace vl3 {
 namespace {
@@ -145,6 +146,65 @@ Napi::Value RmsNorm(const Napi::CallbackInfo& info) {
   std::lock_guard<std::mutex> lk(opMutex);
   kernels().rmsNorm(static_cast<const float*>(x.data), w.data, floatType(w), static_cast<float>(numArg(info, 2)),
                     static_cast<float*>(out.data), static_cast<long>(x.length) / cols, cols);
+  return env.Undefined();
+}
+
+// layerNorm(x, weight, bias, eps, out): rows of weight.length.
+Napi::Value LayerNorm(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const char* op = "layerNorm";
+  View x, w, b, out;
+  if (!view(info, 0, x, op, "x") || !view(info, 1, w, op, "weight") || !view(info, 2, b, op, "bias") ||
+      !view(info, 4, out, op, "out"))
+    return env.Undefined();
+  const long cols = static_cast<long>(w.length);
+  if (cols == 0 || x.length % cols != 0) {
+    fail(env, "layerNorm: x's length must be a multiple of weight's");
+    return env.Undefined();
+  }
+  if (!needF32(env, x, op, "x", x.length) || !needFloat(env, w, op, "weight", w.length) ||
+      !needFloat(env, b, op, "bias", w.length) || !needF32(env, out, op, "out", x.length))
+    return env.Undefined();
+  std::lock_guard<std::mutex> lk(opMutex);
+  kernels().layerNorm(static_cast<const float*>(x.data), w.data, floatType(w), b.data, floatType(b),
+                      static_cast<float>(numArg(info, 3)), static_cast<float*>(out.data),
+                      static_cast<long>(x.length) / cols, cols);
+  return env.Undefined();
+}
+
+// gelu(x, out, erf): erf false for the tanh approximation.
+Napi::Value Gelu(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const char* op = "gelu";
+  View x, out;
+  if (!view(info, 0, x, op, "x") || !view(info, 1, out, op, "out")) return env.Undefined();
+  if (!needF32(env, x, op, "x", x.length) || !needF32(env, out, op, "out", x.length)) return env.Undefined();
+  std::lock_guard<std::mutex> lk(opMutex);
+  kernels().gelu(static_cast<const float*>(x.data), static_cast<float*>(out.data), static_cast<long>(x.length),
+                 info[2].ToBoolean().Value());
+  return env.Undefined();
+}
+
+// mergeBlocks(x, out, cols, m): x holds rows·m² rows of cols, out rows of cols.
+Napi::Value MergeBlocks(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const char* op = "mergeBlocks";
+  View x, out;
+  if (!view(info, 0, x, op, "x") || !view(info, 1, out, op, "out") || !intArgs(info, 2, 2, op)) return env.Undefined();
+  const long cols = intArg(info, 2), m = intArg(info, 3);
+  if (m != 1 && m != 2) {
+    fail(env, "mergeBlocks: merge size must be 1 or 2");
+    return env.Undefined();
+  }
+  if (cols == 0 || x.length % (cols * m * m) != 0) {
+    fail(env, "mergeBlocks: x's rows must be a multiple of the merge size squared");
+    return env.Undefined();
+  }
+  const long rows = static_cast<long>(x.length) / (cols * m * m);
+  if (!needF32(env, x, op, "x", x.length) || !needF32(env, out, op, "out", rows * cols)) return env.Undefined();
+  std::lock_guard<std::mutex> lk(opMutex);
+  kernels().mergeBlocks(static_cast<const float*>(x.data), static_cast<float*>(out.data), rows, cols,
+                        static_cast<int>(m));
   return env.Undefined();
 }
 
@@ -399,6 +459,9 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   fn("add", Binary<true>);
   fn("mul", Binary<false>);
   fn("rmsNorm", RmsNorm);
+  fn("layerNorm", LayerNorm);
+  fn("gelu", Gelu);
+  fn("mergeBlocks", MergeBlocks);
   fn("siluMul", SiluMul);
   fn("softmax", Softmax);
   fn("rope", Rope);
@@ -413,6 +476,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   fn("cpuFeatures", CpuFeaturesJs);
   fn("peakFlops", PeakFlops);
   fn("readBandwidth", ReadBandwidth);
+  registerResize(env, exports);
   return exports;
 }
 

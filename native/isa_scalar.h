@@ -13,6 +13,8 @@ namespace {
 
 constexpr int MR = 6;
 constexpr int NR = 16;
+// The scalar GEMV re-reads each weight row once per row of x, so the cache-blocked GEMM takes over early.
+constexpr long kGemvMaxM = 4;
 
 inline float bf16ToF32(uint16_t b) {
   uint32_t u = static_cast<uint32_t>(b) << 16;
@@ -23,7 +25,7 @@ inline float bf16ToF32(uint16_t b) {
 
 inline float expScalar(float x) { return std::exp(x); }
 
-inline void microKernel(long kc, const float* A, const float* B, float* C, long ldc, bool accumulate,
+inline void microKernel(long kc, const float* A, const float* B, long ldb, float* C, long ldc, bool accumulate,
                         const float* bias) {
   float acc[MR][NR] = {};
   for (long k = 0; k < kc; k++) {
@@ -32,7 +34,7 @@ inline void microKernel(long kc, const float* A, const float* B, float* C, long 
       for (int j = 0; j < NR; j++) acc[i][j] += a * B[j];
     }
     A += MR;
-    B += NR;
+    B += ldb;
   }
   for (int i = 0; i < MR; i++) {
     float* c = C + i * ldc;
@@ -99,6 +101,18 @@ inline float expSubSum(float* x, long n, float sub) {
 
 inline void siluMulRange(const float* g, const float* u, float* out, long n) {
   for (long i = 0; i < n; i++) out[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
+}
+
+// 0.5·u·(1 + tanh(z)) written as u / (1 + exp(−2z)): the same value without 1 + tanh cancelling for negative u.
+inline void geluTanhRange(const float* x, float* out, long n) {
+  for (long i = 0; i < n; i++) {
+    const float u = x[i];
+    out[i] = u / (1.0f + std::exp(-2.0f * 0.7978845608028654f * (u + 0.044715f * u * u * u)));
+  }
+}
+
+inline void geluErfRange(const float* x, float* out, long n) {
+  for (long i = 0; i < n; i++) out[i] = 0.5f * x[i] * std::erfc(-x[i] * 0.7071067811865476f);
 }
 
 inline void widenBf16(const uint16_t* src, float* dst, long n) {

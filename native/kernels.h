@@ -35,6 +35,13 @@ struct KernelTable {
   void (*add)(const float* a, const float* b, float* out, long n, long bLen);
   void (*mul)(const float* a, const float* b, float* out, long n, long bLen);
   void (*rmsNorm)(const float* x, const void* w, WType wType, float eps, float* out, long rows, long cols);
+  void (*layerNorm)(const float* x, const void* w, WType wType, const void* b, WType bType, float eps, float* out,
+                    long rows, long cols);
+  // erf = false: the tanh approximation (gelu_pytorch_tanh); true: the exact erf form (nn.GELU()).
+  void (*gelu)(const float* x, float* out, long n, bool erf);
+  // out[r, c] for r < rows = the m×m block of x rows r·m² .. r·m² + m² - 1 merged (m = 1 copies, m = 2 averages
+  // as the reference's bilinear ×½ downsample).
+  void (*mergeBlocks)(const float* x, float* out, long rows, long cols, int m);
   void (*siluMul)(const float* gate, const float* up, float* out, long n);
   void (*softmax)(const float* x, float* out, long rows, long cols);
   void (*rope)(const float* x, const float* cos, const float* sin, float* out, long T, long H, long D);

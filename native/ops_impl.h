@@ -38,8 +38,6 @@ inline void forRange(long n, long grain, const F& f) {
 constexpr long KC = 256;
 constexpr long MC = 144;
 constexpr long NB = 2048;
-// Up to this many rows of x, stream each weight row once (GEMV); packing would cost more than it saves.
-constexpr long kGemvMaxM = 4;
 
 // Rows [0, mc) of x into A panels of MR rows, [kc][MR] each, zero rows past mc.
 inline void packA(const float* x, long ldx, long mc, long kc, float* dst) {
@@ -61,11 +59,11 @@ inline void packA(const float* x, long ldx, long mc, long kc, float* dst) {
 inline void tile(long kc, const float* A, const float* B, float* C, long ldc, long mr, long nr, bool accumulate,
                  const float* bias) {
   if (mr == MR && nr == NR) {
-    microKernel(kc, A, B, C, ldc, accumulate, bias);
+    microKernel(kc, A, B, NR, C, ldc, accumulate, bias);
     return;
   }
   alignas(64) float t[MR * NR];
-  microKernel(kc, A, B, t, NR, false, bias);
+  microKernel(kc, A, B, NR, t, NR, false, bias);
   for (long i = 0; i < mr; i++)
     for (long j = 0; j < nr; j++) C[i * ldc + j] = accumulate ? C[i * ldc + j] + t[i * NR + j] : t[i * NR + j];
 }
@@ -112,6 +110,8 @@ void gemm(const MatmulArgs& a, const float* bias) {
   });
 }
 
+// Small M: the ISA's gemvRows reads w in place (no packing) and from memory only once. Up to kGemvMaxM rows of x
+// (set per ISA, where it measured faster than packing) this is the whole matmul.
 void gemv(const MatmulArgs& a, const float* bias) {
   const long N = a.N, K = a.K, esz = wBytes(a.wType);
   const int threads = poolThreads();
@@ -212,6 +212,74 @@ void rmsNorm(const float* x, const void* w, WType wType, float eps, float* out, 
   });
 }
 
+void layerNorm(const float* x, const void* w, WType wType, const void* b, WType bType, float eps, float* out,
+               long rows, long cols) {
+  // Weight and bias widened once per call into one scratch buffer when stored as bf16.
+  float* t = static_cast<float*>(scratch(0, kSlotShared, 2 * cols * sizeof(float)));
+  const float* wf = static_cast<const float*>(w);
+  const float* bf = static_cast<const float*>(b);
+  if (wType == WType::BF16) {
+    widenBf16(static_cast<const uint16_t*>(w), t, cols);
+    wf = t;
+  }
+  if (bType == WType::BF16) {
+    widenBf16(static_cast<const uint16_t*>(b), t + cols, cols);
+    bf = t + cols;
+  }
+  forRange(rows, lmax(1, kGrain / lmax(1, cols)), [&](long r0, long r1, int) {
+    for (long r = r0; r < r1; r++) {
+      const float* xr = x + r * cols;
+      float* o = out + r * cols;
+      // Two passes in double (mean, then the biased variance about it): no cancellation for rows with a large mean.
+      double s0 = 0, s1 = 0;
+      long j = 0;
+      for (; j + 2 <= cols; j += 2) {
+        s0 += xr[j];
+        s1 += xr[j + 1];
+      }
+      for (; j < cols; j++) s0 += xr[j];
+      const double mean = (s0 + s1) / cols;
+      double v0 = 0, v1 = 0;
+      for (j = 0; j + 2 <= cols; j += 2) {
+        const double d0 = xr[j] - mean, d1 = xr[j + 1] - mean;
+        v0 += d0 * d0;
+        v1 += d1 * d1;
+      }
+      for (; j < cols; j++) v0 += (xr[j] - mean) * (xr[j] - mean);
+      const float inv = static_cast<float>(1.0 / std::sqrt((v0 + v1) / cols + eps));
+      const float mf = static_cast<float>(mean);
+      for (long c = 0; c < cols; c++) o[c] = (xr[c] - mf) * inv * wf[c] + bf[c];
+    }
+  });
+}
+
+void gelu(const float* x, float* out, long n, bool erf) {
+  forRange(n, kGrain / 4, [&](long i0, long i1, int) {
+    if (erf) geluErfRange(x + i0, out + i0, i1 - i0);
+    else geluTanhRange(x + i0, out + i0, i1 - i0);
+  });
+}
+
+void mergeBlocks(const float* x, float* out, long rows, long cols, int m) {
+  if (m == 1) {
+    forRange(rows * cols, kGrain, [&](long i0, long i1, int) { std::memcpy(out + i0, x + i0, (i1 - i0) * sizeof(float)); });
+    return;
+  }
+  // m = 2: 0.5·(0.5a + 0.5b) + 0.5·(0.5c + 0.5d). Halving is exact, so each sum rounds once, as in the reference.
+  forRange(rows, lmax(1, kGrain / lmax(1, cols)), [&](long r0, long r1, int) {
+    for (long r = r0; r < r1; r++) {
+      const float* a = x + r * 4 * cols;
+      const float *b = a + cols, *c = b + cols, *d = c + cols;
+      float* o = out + r * cols;
+      for (long j = 0; j < cols; j++) {
+        const float top = 0.5f * a[j] + 0.5f * b[j];
+        const float bottom = 0.5f * c[j] + 0.5f * d[j];
+        o[j] = 0.5f * top + 0.5f * bottom;
+      }
+    }
+  });
+}
+
 void siluMul(const float* gate, const float* up, float* out, long n) {
   forRange(n, kGrain / 4, [&](long i0, long i1, int) { siluMulRange(gate + i0, up + i0, out + i0, i1 - i0); });
 }
@@ -268,188 +336,262 @@ void embedding(const void* table, WType type, const int32_t* ids, float* out, lo
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Attention: flash-style, one task per (KV head, tile of queries[, slice of keys]). The query heads sharing a KV
-// head are one tile's rows, so each K/V block is packed once for all of them. Per task memory is a few tiles of
-// rows × (BK or D) floats; scores never exist for more than BK keys at a time.
+// Attention: flash-style with an online softmax over blocks of BK keys. A task is one tile of queries for one KV head
+// (prefill) or for all KV heads (decode), optionally one slice of the keys; the query heads sharing a KV head are
+// rows of the same tile, so each K/V block is packed once for all of them. A task's memory is a few tiles of
+// rows × (BK or D) floats: scores never exist for more than BK keys at a time.
 
-constexpr long BK = 64;          // keys per block: packed K and V blocks of 64×128 floats stay in L1/L2
-constexpr long kRowsPerTile = 48;  // query rows (queries × grouped heads) per task: 8 micro-tile rows
+constexpr long BK = 64;             // keys per block: a packed 64×128 K block (32 KiB) stays in L1/L2
+constexpr long kRowsPerTile = 48;  // query rows (queries × grouped heads) per tile: 8 micro-tile rows
+// A tile of at most this many rows is decode-like: one task then covers every KV head of its key range, so K and V
+// are read as whole contiguous rows instead of one head's interleaved slices (decode is bound by that stream).
+constexpr long kDecodeRows = 12;
+constexpr long kMaxSplits = 64;  // key ranges of one decode step (bounds the merge's stack arrays)
 
+// Scratch of one task, in floats: per KV head handled, packed Q, the output accumulator and the running max and sum
+// of each row; shared by the heads, one packed K block, a ragged-V panel, the scores, the packed probabilities, and
+// the current key block's K and V rows for the task's heads.
 struct AttnLayout {
-  long D, Dp, rowsP;
-  long qp, kp, vp, sc, pp, o, m, l, total;  // float offsets, each 64-byte aligned
+  long headStride, qp, o, m, l;  // offsets within a head's share
+  long kp, vp, sc, pp, kraw, vraw;  // offsets after the heads' shares
+  long total;
 };
 
-inline AttnLayout attnLayout(long D, long rowsP) {
+inline AttnLayout attnLayout(long D, long Dp, long rowsP, long heads) {
   AttnLayout L{};
-  L.D = D;
-  L.Dp = roundUp(D, NR);
-  L.rowsP = rowsP;
   long off = 0;
   auto take = [&](long n) {
     long at = off;
-    off += roundUp(n, 16);
+    off += roundUp(n, 16);  // 64-byte aligned
     return at;
   };
   L.qp = take(rowsP * D);
-  L.kp = take(BK * D);
-  L.vp = take(L.Dp * BK);
-  L.sc = take(rowsP * BK);
-  L.pp = take(rowsP * BK);
-  L.o = take(rowsP * L.Dp);
+  L.o = take(rowsP * Dp);
   L.m = take(rowsP);
   L.l = take(rowsP);
+  L.headStride = off;
+  off = heads * L.headStride;
+  L.kp = take(BK * D);
+  L.vp = take(NR * BK);
+  L.sc = take(rowsP * BK);
+  L.pp = take(rowsP * BK);
+  L.kraw = take(BK * heads * D);
+  L.vraw = take(BK * heads * D);
   L.total = off;
   return L;
 }
 
+struct AttnTile {
+  const AttentionArgs* a;
+  long R, D, Dp;
+  long t0, nRows, rowsP;  // row i is query t0 + i / R of head g·R + i % R
+  float *kp, *vp, *sc, *pp;
+  const float *kBlock, *vBlock;  // the current key block's rows for this task's heads, ld floats apart
+  long ld, g0;                   // g0: the first of those heads
+};
+
+struct AttnHead {
+  long g;
+  float *qp, *o, *m, *l;
+};
+
+inline void attnBegin(const AttnTile& t, const AttnHead& h) {
+  const AttentionArgs& a = *t.a;
+  // Packed as A panels [D][MR] with the scale folded in.
+  for (long i0 = 0; i0 < t.rowsP; i0 += MR) {
+    float* d = h.qp + i0 * t.D;
+    for (long r = 0; r < MR; r++) {
+      const long i = i0 + r;
+      if (i < t.nRows) {
+        const float* src = a.q + ((t.t0 + i / t.R) * a.Hq + h.g * t.R + i % t.R) * t.D;
+        for (long k = 0; k < t.D; k++) d[k * MR + r] = src[k] * a.scale;
+      } else {
+        for (long k = 0; k < t.D; k++) d[k * MR + r] = 0.0f;
+      }
+    }
+  }
+  std::memset(h.o, 0, t.rowsP * t.Dp * sizeof(float));
+  for (long i = 0; i < t.rowsP; i++) {
+    h.m[i] = -INFINITY;
+    h.l[i] = 0.0f;
+  }
+}
+
+// Keys [j0, j0 + nb) for one KV head: scores, online-softmax update, then O += P·V.
+inline void attnBlock(const AttnTile& t, const AttnHead& h, long j0, long nb) {
+  const AttentionArgs& a = *t.a;
+  const long D = t.D, Dp = t.Dp, rowsP = t.rowsP;
+  const long kPanels = cdiv(nb, NR);
+  const float* kRows = t.kBlock + (h.g - t.g0) * D;
+  for (long p = 0; p < kPanels; p++)
+    packB(kRows + p * NR * t.ld, WType::F32, t.ld, static_cast<int>(lmin(NR, nb - p * NR)), D, t.kp + p * D * NR);
+  for (long i0 = 0; i0 < rowsP; i0 += MR)
+    for (long p = 0; p < kPanels; p++)
+      microKernel(D, h.qp + i0 * D, t.kp + p * D * NR, NR, t.sc + i0 * BK + p * NR, BK, false, nullptr);
+
+  for (long i = 0; i < rowsP; i++) {
+    float* s = t.sc + i * BK;
+    long vis = 0;
+    if (i < t.nRows) {
+      const long lim = a.causal ? lmin(a.S, a.queryOffset + t.t0 + i / t.R + 1) : a.S;
+      vis = lmax(0, lmin(nb, lim - j0));
+    }
+    if (vis > 0) {
+      const float mx = maxOf(s, vis);
+      const float mNew = mx > h.m[i] ? mx : h.m[i];
+      const float corr = expScalar(h.m[i] - mNew);
+      h.l[i] = h.l[i] * corr + expSubSum(s, vis, mNew);
+      h.m[i] = mNew;
+      if (corr != 1.0f) {
+        float* orow = h.o + i * Dp;
+        for (long d = 0; d < Dp; d++) orow[d] *= corr;
+      }
+    }
+    for (long j = vis; j < nb; j++) s[j] = 0.0f;
+  }
+
+  // P as A panels [nb][MR]; V rows read in place 16 columns at a time, a ragged last group (D not a multiple of 16)
+  // copied into a zero-padded panel.
+  for (long i0 = 0; i0 < rowsP; i0 += MR) {
+    float* d = t.pp + i0 * BK;
+    for (long j = 0; j < nb; j++)
+      for (long r = 0; r < MR; r++) d[j * MR + r] = t.sc[(i0 + r) * BK + j];
+  }
+  const float* vBlock = t.vBlock + (h.g - t.g0) * D;
+  const long dFull = D / NR * NR;
+  if (dFull < Dp) {
+    for (long j = 0; j < nb; j++) {
+      const float* src = vBlock + j * t.ld + dFull;
+      for (long c = 0; c < NR; c++) t.vp[j * NR + c] = c < D - dFull ? src[c] : 0.0f;
+    }
+  }
+  for (long i0 = 0; i0 < rowsP; i0 += MR) {
+    for (long dp = 0; dp < dFull; dp += NR)
+      microKernel(nb, t.pp + i0 * BK, vBlock + dp, t.ld, h.o + i0 * Dp + dp, Dp, true, nullptr);
+    if (dFull < Dp) microKernel(nb, t.pp + i0 * BK, t.vp, NR, h.o + i0 * Dp + dFull, Dp, true, nullptr);
+  }
+}
+
+inline void attnFinish(const AttnTile& t, const AttnHead& h) {
+  const AttentionArgs& a = *t.a;
+  for (long i = 0; i < t.nRows; i++) {
+    float* dst = a.out + ((t.t0 + i / t.R) * a.Hq + h.g * t.R + i % t.R) * t.D;
+    const float inv = 1.0f / h.l[i];
+    for (long d = 0; d < t.D; d++) dst[d] = h.o[i * t.Dp + d] * inv;
+  }
+}
+
+// Combines the partial softmaxes of one row from `splits` key ranges: each holds an unnormalized output row, its
+// running max and its sum (zero when the range held no key the row may see).
+inline void attnMerge(const float* const* o, const float* m, const float* l, long splits, long D, float* dst) {
+  float mMax = -INFINITY;
+  for (long sp = 0; sp < splits; sp++)
+    if (l[sp] > 0.0f && m[sp] > mMax) mMax = m[sp];
+  for (long d = 0; d < D; d++) dst[d] = 0.0f;
+  float lSum = 0.0f;
+  for (long sp = 0; sp < splits; sp++) {
+    if (l[sp] <= 0.0f) continue;
+    const float w = expScalar(m[sp] - mMax);
+    lSum += l[sp] * w;
+    for (long d = 0; d < D; d++) dst[d] += o[sp][d] * w;
+  }
+  const float inv = 1.0f / lSum;
+  for (long d = 0; d < D; d++) dst[d] *= inv;
+}
+
 void attention(const AttentionArgs& a) {
-  const long T = a.T, S = a.S, D = a.D, Hq = a.Hq, Hkv = a.Hkv;
+  const long T = a.T, S = a.S, D = a.D, Hkv = a.Hkv;
   if (T == 0 || D == 0) return;
-  const long R = Hq / Hkv;
+  const long R = a.Hq / Hkv;
   const long Tq = lmin(T, lmax(1, kRowsPerTile / R));
-  const long rows = Tq * R, rowsP = roundUp(rows, MR);
+  const long rowsP = roundUp(Tq * R, MR);
   const long qTiles = cdiv(T, Tq);
   const long kvEnd = a.causal ? lmin(S, a.queryOffset + T) : S;  // no query sees keys at or past kvEnd
-  const long ldkv = Hkv * D;
-  const AttnLayout L = attnLayout(D, rowsP);
-  const long Dp = L.Dp;
+  const long Dp = roundUp(D, NR);
+  const bool decode = qTiles == 1 && Tq * R <= kDecodeRows;
+  const long gPer = decode ? Hkv : 1;  // KV heads per task
+  const long hGroups = Hkv / gPer;
+  const AttnLayout L = attnLayout(D, Dp, rowsP, gPer);
 
-  // Decode-like problems have fewer (head, tile) tasks than threads: split the keys too and merge the partial
-  // softmaxes afterwards (flash-decoding).
+  // Fewer (heads, tile) tasks than threads (decode): split the keys too and merge the partial softmaxes afterwards.
   const int threads = poolThreads();
-  const long base = Hkv * qTiles;
+  const long base = hGroups * qTiles;
   long splits = 1;
-  if (threads > 1 && base < 2L * threads) splits = lmax(1, lmin(cdiv(2L * threads, base), kvEnd / (4 * BK)));
+  if (threads > 1 && base < 2L * threads)
+    splits = lmax(1, lmin(lmin(cdiv(2L * threads, base), kvEnd / (4 * BK)), kMaxSplits));
   const long splitLen = roundUp(cdiv(kvEnd, splits), BK);
   splits = lmax(1, cdiv(kvEnd, splitLen));
-  const long partStride = rowsP * (Dp + 2);
-  float* partial = splits > 1
-      ? static_cast<float*>(scratch(0, kSlotShared, base * splits * partStride * sizeof(float)))
-      : nullptr;
+  // Partial results per task: each head's O rows, then its maxima and sums.
+  const long partHead = rowsP * (Dp + 2), partTask = gPer * partHead;
+  float* partial =
+      splits > 1 ? static_cast<float*>(scratch(0, kSlotShared, base * splits * partTask * sizeof(float))) : nullptr;
 
   parallelTasks(base * splits, [&](long task, int tid) {
     const long sp = task % splits, rest = task / splits;
-    const long g = rest % Hkv;
+    const long hg = rest % hGroups;
     // Later query tiles see more keys under a causal mask; handing them out first keeps the tail of the job short.
-    const long qt = qTiles - 1 - rest / Hkv;
-    const long t0 = qt * Tq, t1 = lmin(T, t0 + Tq);
-    const long nRows = (t1 - t0) * R;
+    const long qt = qTiles - 1 - rest / hGroups;
     float* buf = static_cast<float*>(scratch(tid, kSlotC, L.total * sizeof(float)));
-    float *qp = buf + L.qp, *kp = buf + L.kp, *vp = buf + L.vp, *sc = buf + L.sc, *pp = buf + L.pp, *o = buf + L.o;
-    float *mRow = buf + L.m, *lRow = buf + L.l;
-
-    // Row i of the tile is query t0 + i / R of head g·R + i % R; the scale is folded into Q here.
-    for (long i0 = 0; i0 < rowsP; i0 += MR) {
-      float* d = qp + i0 * D;
-      for (long r = 0; r < MR; r++) {
-        const long i = i0 + r;
-        if (i < nRows) {
-          const float* src = a.q + ((t0 + i / R) * Hq + g * R + i % R) * D;
-          for (long k = 0; k < D; k++) d[k * MR + r] = src[k] * a.scale;
-        } else {
-          for (long k = 0; k < D; k++) d[k * MR + r] = 0.0f;
-        }
-      }
-    }
-    std::memset(o, 0, rowsP * Dp * sizeof(float));
-    for (long i = 0; i < rowsP; i++) {
-      mRow[i] = -INFINITY;
-      lRow[i] = 0.0f;
-    }
-
-    const long tileEnd = a.causal ? lmin(S, a.queryOffset + t1) : S;
+    AttnTile t{&a, R, D, Dp, qt * Tq, (lmin(T, qt * Tq + Tq) - qt * Tq) * R, rowsP,
+               buf + L.kp, buf + L.vp, buf + L.sc, buf + L.pp, nullptr, nullptr, gPer * D, hg * gPer};
+    float* kRaw = buf + L.kraw;
+    float* vRaw = buf + L.vraw;
+    auto head = [&](long gi) {
+      float* hb = buf + gi * L.headStride;
+      return AttnHead{hg * gPer + gi, hb + L.qp, hb + L.o, hb + L.m, hb + L.l};
+    };
+    for (long gi = 0; gi < gPer; gi++) attnBegin(t, head(gi));
+    const long tileEnd = a.causal ? lmin(S, a.queryOffset + t.t0 + t.nRows / R) : S;
     const long kb = sp * splitLen, ke = lmin(lmin(kvEnd, kb + splitLen), tileEnd);
+    const long ldkv = Hkv * D, span = gPer * D;
     for (long j0 = kb; j0 < ke; j0 += BK) {
       const long nb = lmin(BK, ke - j0);
-      const long kPanels = cdiv(nb, NR);
-      for (long p = 0; p < kPanels; p++)
-        packB(a.k + (j0 + p * NR) * ldkv + g * D, WType::F32, ldkv, static_cast<int>(lmin(NR, nb - p * NR)), D,
-              kp + p * D * NR);
-      for (long i0 = 0; i0 < rowsP; i0 += MR)
-        for (long p = 0; p < kPanels; p++)
-          microKernel(D, qp + i0 * D, kp + p * D * NR, sc + i0 * BK + p * NR, BK, false, nullptr);
-
-      for (long i = 0; i < rowsP; i++) {
-        float* s = sc + i * BK;
-        long vis = 0;
-        if (i < nRows) {
-          const long lim = a.causal ? lmin(S, a.queryOffset + t0 + i / R + 1) : S;
-          vis = lmax(0, lmin(nb, lim - j0));
-        }
-        if (vis > 0) {
-          const float mx = maxOf(s, vis);
-          const float mNew = mx > mRow[i] ? mx : mRow[i];
-          const float corr = expScalar(mRow[i] - mNew);
-          lRow[i] = lRow[i] * corr + expSubSum(s, vis, mNew);
-          mRow[i] = mNew;
-          if (corr != 1.0f) {
-            float* orow = o + i * Dp;
-            for (long d = 0; d < Dp; d++) orow[d] *= corr;
-          }
-        }
-        for (long j = vis; j < nb; j++) s[j] = 0.0f;
+      // Copied row by row first: in decode this is one sequential read of the whole block (every head), which the
+      // hardware prefetcher follows, instead of the transposing loads and 16-column sweeps of the kernels below.
+      const float* kSrc = a.k + j0 * ldkv + t.g0 * D;
+      const float* vSrc = a.v + j0 * ldkv + t.g0 * D;
+      if (span == ldkv) {
+        std::memcpy(kRaw, kSrc, nb * span * sizeof(float));
+        std::memcpy(vRaw, vSrc, nb * span * sizeof(float));
+      } else {
+        for (long j = 0; j < nb; j++) std::memcpy(kRaw + j * span, kSrc + j * ldkv, span * sizeof(float));
+        for (long j = 0; j < nb; j++) std::memcpy(vRaw + j * span, vSrc + j * ldkv, span * sizeof(float));
       }
-
-      // P·V with P as A panels [nb][MR] and V as B panels [nb][16] (zero-padded past D).
-      for (long i0 = 0; i0 < rowsP; i0 += MR) {
-        float* d = pp + i0 * BK;
-        for (long j = 0; j < nb; j++)
-          for (long r = 0; r < MR; r++) d[j * MR + r] = sc[(i0 + r) * BK + j];
-      }
-      for (long dp = 0; dp < Dp; dp += NR) {
-        const long cols = lmin(NR, D - dp);
-        float* d = vp + dp * BK;
-        for (long j = 0; j < nb; j++) {
-          const float* src = a.v + (j0 + j) * ldkv + g * D + dp;
-          for (long c = 0; c < cols; c++) d[j * NR + c] = src[c];
-          for (long c = cols; c < NR; c++) d[j * NR + c] = 0.0f;
-        }
-      }
-      for (long i0 = 0; i0 < rowsP; i0 += MR)
-        for (long dp = 0; dp < Dp; dp += NR)
-          microKernel(nb, pp + i0 * BK, vp + dp * BK, o + i0 * Dp + dp, Dp, true, nullptr);
+      t.kBlock = kRaw;
+      t.vBlock = vRaw;
+      for (long gi = 0; gi < gPer; gi++) attnBlock(t, head(gi), j0, nb);
     }
-
-    if (partial) {
-      float* part = partial + (rest * splits + sp) * partStride;
-      std::memcpy(part, o, rowsP * Dp * sizeof(float));
-      std::memcpy(part + rowsP * Dp, mRow, rowsP * sizeof(float));
-      std::memcpy(part + rowsP * Dp + rowsP, lRow, rowsP * sizeof(float));
-      return;
-    }
-    for (long i = 0; i < nRows; i++) {
-      float* dst = a.out + ((t0 + i / R) * Hq + g * R + i % R) * D;
-      const float inv = 1.0f / lRow[i];
-      for (long d = 0; d < D; d++) dst[d] = o[i * Dp + d] * inv;
+    for (long gi = 0; gi < gPer; gi++) {
+      const AttnHead h = head(gi);
+      if (!partial) {
+        attnFinish(t, h);
+        continue;
+      }
+      float* part = partial + (rest * splits + sp) * partTask + gi * partHead;
+      std::memcpy(part, h.o, rowsP * Dp * sizeof(float));
+      std::memcpy(part + rowsP * Dp, h.m, rowsP * sizeof(float));
+      std::memcpy(part + rowsP * Dp + rowsP, h.l, rowsP * sizeof(float));
     }
   });
 
   if (!partial) return;
+  // Only decode-sized problems get here: a few rows per head, merged serially.
+  float* oPtrs[kMaxSplits];
+  float mv[kMaxSplits], lv[kMaxSplits];
   for (long rest = 0; rest < base; rest++) {
-    const long g = rest % Hkv, qt = qTiles - 1 - rest / Hkv;
-    const long t0 = qt * Tq, t1 = lmin(T, t0 + Tq);
-    const long nRows = (t1 - t0) * R;
-    const float* parts = partial + rest * splits * partStride;
-    for (long i = 0; i < nRows; i++) {
-      float mMax = -INFINITY;
-      for (long sp = 0; sp < splits; sp++) {
-        const float* p = parts + sp * partStride + rowsP * Dp;
-        if (p[rowsP + i] > 0.0f && p[i] > mMax) mMax = p[i];
+    const long hg = rest % hGroups, qt = qTiles - 1 - rest / hGroups;
+    const long t0 = qt * Tq, nRows = (lmin(T, t0 + Tq) - t0) * R;
+    for (long gi = 0; gi < gPer; gi++) {
+      const long g = hg * gPer + gi;
+      for (long i = 0; i < nRows; i++) {
+        for (long sp = 0; sp < splits; sp++) {
+          float* part = partial + (rest * splits + sp) * partTask + gi * partHead;
+          oPtrs[sp] = part + i * Dp;
+          mv[sp] = part[rowsP * Dp + i];
+          lv[sp] = part[rowsP * Dp + rowsP + i];
+        }
+        attnMerge(oPtrs, mv, lv, splits, D, a.out + ((t0 + i / R) * a.Hq + g * R + i % R) * D);
       }
-      float* dst = a.out + ((t0 + i / R) * Hq + g * R + i % R) * D;
-      for (long d = 0; d < D; d++) dst[d] = 0.0f;
-      float lSum = 0.0f;
-      for (long sp = 0; sp < splits; sp++) {
-        const float* p = parts + sp * partStride;
-        const float m = p[rowsP * Dp + i], l = p[rowsP * Dp + rowsP + i];
-        if (l <= 0.0f) continue;  // this slice held no key the row may see
-        const float wgt = expScalar(m - mMax);
-        lSum += l * wgt;
-        for (long d = 0; d < D; d++) dst[d] += p[i * Dp + d] * wgt;
-      }
-      const float inv = 1.0f / lSum;
-      for (long d = 0; d < D; d++) dst[d] *= inv;
     }
   }
 }
@@ -457,8 +599,10 @@ void attention(const AttentionArgs& a) {
 double fmaLoopK(long iters, float* sink) { return fmaLoop(iters, sink); }
 float sumK(const float* p, long n) { return sumRange(p, n); }
 
+// In KernelTable's field order.
 const KernelTable table = {
-    VL3_ISA_NAME, &matmul, &add, &mul, &rmsNorm, &siluMul, &softmax, &rope, &attention, &embedding, &fmaLoopK, &sumK,
+    VL3_ISA_NAME, &matmul,    &add,  &mul,      &rmsNorm,   &layerNorm, &gelu, &mergeBlocks,
+    &siluMul,     &softmax,   &rope, &attention, &embedding, &fmaLoopK,  &sumK,
 };
 
 }  // namespace

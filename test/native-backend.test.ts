@@ -239,6 +239,54 @@ for (const kernel of kernels) {
         }
       });
 
+      test('layerNorm: f32 and bf16 weight and bias, rows with a large mean, in place', () => {
+        for (const [rows, cols] of [[1, 1], [7, 130], [33, 1152], [300, 40]] as const) {
+          for (const dtype of ['f32', 'bf16'] as const) {
+            const x = randomF32([rows, cols], 2);
+            for (let i = 0; i < x.numel; i++) x.data[i] += 5; // a mean far from zero
+            const w = randomFloat(dtype, [cols]);
+            const b = randomFloat(dtype, [cols]);
+            const out = Tensor.empty('f32', [rows, cols]);
+            const expected = Tensor.empty('f32', [rows, cols]);
+            native.layerNorm(x, w, b, 1e-6, out);
+            reference.layerNorm(x, w, b, 1e-6, expected);
+            assertClose(out.data, expected.data, `layerNorm [${rows},${cols}] ${dtype}`, 1e-5, 2e-6);
+            const inPlace = copy(x);
+            native.layerNorm(inPlace, w, b, 1e-6, inPlace);
+            assertClose(inPlace.data, expected.data, `layerNorm in place [${rows},${cols}]`, 1e-5, 2e-6);
+          }
+        }
+      });
+
+      test('gelu: tanh and erf forms over a wide range, in place', () => {
+        for (const approximation of ['tanh', 'erf'] as const) {
+          for (const n of [1, 7, 1003, 70001]) {
+            const x = randomF32([n], 12);
+            const out = Tensor.empty('f32', [n]);
+            const expected = Tensor.empty('f32', [n]);
+            native.gelu(x, out, approximation);
+            reference.gelu(x, expected, approximation);
+            assertClose(out.data, expected.data, `gelu ${approximation} n=${n}`, 2e-6, 1e-7);
+            const inPlace = copy(x);
+            native.gelu(inPlace, inPlace, approximation);
+            assertClose(inPlace.data, expected.data, `gelu ${approximation} in place n=${n}`, 2e-6, 1e-7);
+          }
+        }
+      });
+
+      test('mergeBlocks: copy for 1, the bilinear 2×2 average for 2', () => {
+        for (const m of [1, 2]) {
+          for (const [blocks, C] of [[1, 1], [5, 17], [300, 1152]] as const) {
+            const x = randomF32([blocks * m * m, C], 4);
+            const out = Tensor.empty('f32', [blocks, C]);
+            const expected = Tensor.empty('f32', [blocks, C]);
+            native.mergeBlocks(x, m, out);
+            reference.mergeBlocks(x, m, expected);
+            assertClose(out.data, expected.data, `mergeBlocks m=${m} [${blocks * m * m},${C}]`, 0, 0);
+          }
+        }
+      });
+
       test('siluMul: wide input range, in place over either operand', () => {
         for (const n of [1, 7, 1003, 70001]) {
           const g = randomF32([n], 30);
@@ -343,6 +391,10 @@ describe('NativeBackend checks and configuration', () => {
     const kv = randomF32([5, 2, 4]);
     assert.throws(() => native.attention(q, kv, kv, Tensor.empty('f32', [2, 3, 4]), { scale: 1, causal: true }), /multiple of KV heads/);
     assert.throws(() => native.topK(randomF32([3]), 4), /topK: k/);
+    assert.throws(() => native.mergeBlocks(randomF32([9, 4]), 3, Tensor.empty('f32', [1, 4])), /mergeBlocks: merge size 3/);
+    assert.throws(() => native.mergeBlocks(randomF32([6, 4]), 2, Tensor.empty('f32', [1, 4])), /mergeBlocks: x has 6 rows/);
+    assert.throws(() => native.gelu(x, Tensor.empty('f32', [2, 8]), 'fast' as 'tanh'), /gelu: approximation/);
+    assert.throws(() => native.layerNorm(x, randomF32([8]), randomF32([7]), 1e-6, Tensor.empty('f32', [2, 8])), /layerNorm: bias/);
     assert.throws(() => native.argmax(Tensor.empty('f32', [0])), /argmax/);
   });
 

@@ -171,6 +171,11 @@ export class Qwen2Model {
     return target;
   }
 
+  /** Bytes held by the activation scratch buffers (reused from call to call). */
+  get scratchBytes(): number {
+    return this.ws.bytes;
+  }
+
   /** Drops the scratch buffers; the next forward pass reallocates what it needs. */
   releaseScratch(): void {
     this.ws.release();

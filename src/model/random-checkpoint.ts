@@ -12,29 +12,25 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { f32ToBf16 } from '../tensor/dtype.js';
 import { numelOf } from '../tensor/tensor.js';
+import type { VideoLlama3Config, VisionEncoderConfig } from './config.js';
 import { INDEX_FILE_NAME, SINGLE_FILE_NAME, writeSafetensorsFrom, type TensorSource } from './safetensors.js';
 
 export type RandomPreset = '2b' | '7b';
 
-export interface VisionDims {
-  hiddenSize: number;
-  intermediateSize: number;
-  numHiddenLayers: number;
-  numAttentionHeads: number;
-  patchSize: number;
-}
+/** The sizes that shape a checkpoint's tensors: a subset of the parsed config. */
+export type VisionDims = Pick<VisionEncoderConfig, 'hiddenSize' | 'intermediateSize' | 'numHiddenLayers' | 'numAttentionHeads' | 'patchSize'>;
 
-export interface RandomCheckpointDims {
-  vocabSize: number;
-  hiddenSize: number;
-  intermediateSize: number;
-  numHiddenLayers: number;
-  numAttentionHeads: number;
-  numKeyValueHeads: number;
-  maxWindowLayers: number;
-  tieWordEmbeddings: boolean;
-  vision: VisionDims;
-}
+export type RandomCheckpointDims = Pick<
+  VideoLlama3Config,
+  | 'vocabSize'
+  | 'hiddenSize'
+  | 'intermediateSize'
+  | 'numHiddenLayers'
+  | 'numAttentionHeads'
+  | 'numKeyValueHeads'
+  | 'maxWindowLayers'
+  | 'tieWordEmbeddings'
+> & { vision: VisionDims };
 
 const RELEASED_VISION: VisionDims = {
   hiddenSize: 1152,

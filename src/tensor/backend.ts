@@ -39,6 +39,15 @@ export interface Backend {
   /** Per row of the last dimension: out = x · rsqrt(mean(x²) + eps) ⊙ weight. weight f32|bf16. out may be x. */
   rmsNorm(x: Tensor, weight: Tensor, eps: number, out: Tensor): void;
 
+  /** Per row of the last dimension: out = (x − mean) / sqrt(var + eps) ⊙ weight + bias, biased variance. out may be x. */
+  layerNorm(x: Tensor, weight: Tensor, bias: Tensor, eps: number, out: Tensor): void;
+
+  /**
+   * GELU, elementwise. 'tanh': 0.5·u·(1 + tanh(√(2/π)·(u + 0.044715·u³))) (gelu_pytorch_tanh);
+   * 'erf': 0.5·u·(1 + erf(u/√2)) (nn.GELU()). out may be x.
+   */
+  gelu(x: Tensor, out: Tensor, approximation: 'tanh' | 'erf'): void;
+
   /** out = silu(gate) ⊙ up, the SwiGLU gate of a Qwen2 MLP. out may be gate or up. */
   siluMul(gate: Tensor, up: Tensor, out: Tensor): void;
 
@@ -57,6 +66,13 @@ export interface Backend {
    * reads KV head floor(h / (Hq/Hkv)). Softmax in f32. Memory is bounded by a tile of queries, never T×S.
    */
   attention(q: Tensor, k: Tensor, v: Tensor, out: Tensor, options: AttentionOptions): void;
+
+  /**
+   * Spatial merge of m×m patch blocks whose rows are consecutive (block order): x[n·m², C] → out[n, C]. m = 1 copies;
+   * m = 2 is the reference's bilinear ×½ downsample (align_corners=False), which for each block a b / c d is
+   * 0.5·(0.5·a + 0.5·b) + 0.5·(0.5·c + 0.5·d) in f32. Other m are refused.
+   */
+  mergeBlocks(x: Tensor, mergeSize: number, out: Tensor): void;
 
   /** out[T,D] (f32) = rows ids[t] (i32) of table[V,D] (f32|bf16). An id outside [0,V) throws. */
   embedding(table: Tensor, ids: Tensor, out: Tensor): void;

@@ -33,6 +33,9 @@ interface Addon {
   add(a: F32, b: F32, out: F32): void;
   mul(a: F32, b: F32, out: F32): void;
   rmsNorm(x: F32, weight: F32 | Half, eps: number, out: F32): void;
+  layerNorm(x: F32, weight: F32 | Half, bias: F32 | Half, eps: number, out: F32): void;
+  gelu(x: F32, out: F32, erf: boolean): void;
+  mergeBlocks(x: F32, out: F32, cols: number, mergeSize: number): void;
   siluMul(gate: F32, up: F32, out: F32): void;
   softmax(x: F32, out: F32, cols: number): void;
   rope(x: F32, cos: F32, sin: F32, out: F32, T: number, H: number, D: number): void;
@@ -84,7 +87,7 @@ function native(): Addon {
   if (!path) {
     throw new Error(
       `videollama3: the native CPU backend is not built (looked for ${paths.join(' and ')}). ` +
-        'Run `npm install` in the package root, or `npx node-gyp rebuild` after changing native/ sources.',
+        'Run `npm install` in the package root (or `npm run install` to rebuild just the addon with npm\'s node-gyp).',
     );
   }
   const require = createRequire(import.meta.url);
@@ -93,11 +96,19 @@ function native(): Addon {
   } catch (err) {
     throw new Error(
       `videollama3: cannot load the native CPU backend at ${path}: ${(err as Error).message}. ` +
-        'Rebuild it for this Node and machine with `npx node-gyp rebuild` (or `npm install`).',
+        'Rebuild it for this Node and machine with `npm run install` in the package root (or `npm install`).',
     );
   }
   addonPath = path;
   return addon;
+}
+
+/**
+ * The loaded addon's exports for ops declared outside this file (src/processing/resize.ts declares its own
+ * signature); loads the addon on first use, with the same errors as the backend.
+ */
+export function nativeAddon(): object {
+  return native();
 }
 
 export function nativeInfo(): NativeInfo {
@@ -152,7 +163,10 @@ function assertNoOverlap(op: string, out: Tensor, name: string, t: Tensor): void
 
 /** An op whose out may be `t` itself, but not a partly overlapping view of it. */
 function assertSameOrDisjoint(op: string, out: Tensor, name: string, t: Tensor): void {
-  const same = out.data.buffer === t.data.buffer && out.data.byteOffset === t.data.byteOffset;
+  const same =
+    out.data.buffer === t.data.buffer &&
+    out.data.byteOffset === t.data.byteOffset &&
+    out.data.byteLength === t.data.byteLength;
   if (!same) assertNoOverlap(op, out, name, t);
 }
 
@@ -236,6 +250,51 @@ export class NativeBackend implements Backend {
     assertNoOverlap('rmsNorm', out, 'weight', weight);
     if (x.numel === 0) return;
     this.n.rmsNorm(f32(x), floatData(weight), eps, f32(out));
+  }
+
+  layerNorm(x: Tensor, weight: Tensor, bias: Tensor, eps: number, out: Tensor): void {
+    assertDType('layerNorm: x', x, 'f32');
+    assertRankAtLeast('layerNorm: x', x, 1);
+    assertDType('layerNorm: weight', weight, 'f32', 'bf16');
+    assertShape('layerNorm: weight', weight, [x.dim(-1)]);
+    assertDType('layerNorm: bias', bias, 'f32', 'bf16');
+    assertShape('layerNorm: bias', bias, [x.dim(-1)]);
+    assertDType('layerNorm: out', out, 'f32');
+    assertShape('layerNorm: out', out, x.shape);
+    if (!Number.isFinite(eps) || eps < 0) throw new Error(`layerNorm: eps must be a finite number >= 0, got ${eps}`);
+    assertSameOrDisjoint('layerNorm', out, 'x', x);
+    assertNoOverlap('layerNorm', out, 'weight', weight);
+    assertNoOverlap('layerNorm', out, 'bias', bias);
+    if (x.numel === 0) return;
+    this.n.layerNorm(f32(x), floatData(weight), floatData(bias), eps, f32(out));
+  }
+
+  gelu(x: Tensor, out: Tensor, approximation: 'tanh' | 'erf'): void {
+    assertDType('gelu: x', x, 'f32');
+    assertDType('gelu: out', out, 'f32');
+    assertShape('gelu: out', out, x.shape);
+    if (approximation !== 'tanh' && approximation !== 'erf') {
+      throw new Error(`gelu: approximation must be 'tanh' or 'erf', got ${String(approximation)}`);
+    }
+    assertSameOrDisjoint('gelu', out, 'x', x);
+    this.n.gelu(f32(x), f32(out), approximation === 'erf');
+  }
+
+  mergeBlocks(x: Tensor, mergeSize: number, out: Tensor): void {
+    if (mergeSize !== 1 && mergeSize !== 2) throw new Error(`mergeBlocks: merge size ${mergeSize} is not supported (1 or 2)`);
+    assertDType('mergeBlocks: x', x, 'f32');
+    assertRankAtLeast('mergeBlocks: x', x, 1);
+    const C = x.dim(-1);
+    const group = mergeSize * mergeSize;
+    const rows = C === 0 ? 0 : x.numel / C;
+    if (rows % group !== 0) {
+      throw new Error(`mergeBlocks: x has ${rows} rows, not a multiple of ${group} (merge size ${mergeSize})`);
+    }
+    assertDType('mergeBlocks: out', out, 'f32');
+    assertShape('mergeBlocks: out', out, [rows / group, C]);
+    assertNoOverlap('mergeBlocks', out, 'x', x);
+    if (out.numel === 0) return;
+    this.n.mergeBlocks(f32(x), f32(out), C, mergeSize);
   }
 
   siluMul(gate: Tensor, up: Tensor, out: Tensor): void {

@@ -1,5 +1,6 @@
 import type { AttentionOptions, Backend, TopK } from './backend.js';
 import { floatReader } from './dtype.js';
+import { erf } from './math.js';
 import { assertDType, assertShape, type Tensor } from './tensor.js';
 
 /**
@@ -72,6 +73,39 @@ export class ReferenceBackend implements Backend {
       for (let i = 0; i < D; i++) sum += xd[base + i]! * xd[base + i]!;
       const inv = Math.fround(1 / Math.sqrt(Math.fround(Math.fround(sum / D) + eps)));
       for (let i = 0; i < D; i++) od[base + i] = Math.fround(xd[base + i]! * inv) * wr(i);
+    }
+  }
+
+  layerNorm(x: Tensor, weight: Tensor, bias: Tensor, eps: number, out: Tensor): void {
+    assertDType('layerNorm x', x, 'f32');
+    const D = x.dim(-1);
+    assertShape('layerNorm weight', weight, [D]);
+    assertShape('layerNorm bias', bias, [D]);
+    assertShape('layerNorm out', out, x.shape);
+    const xd = x.data as Float32Array;
+    const od = out.data as Float32Array;
+    const wr = floatReader(weight.dtype, weight.data);
+    const br = floatReader(bias.dtype, bias.data);
+    for (let r = 0; r < x.numel / D; r++) {
+      const base = r * D;
+      let sum = 0;
+      for (let i = 0; i < D; i++) sum += xd[base + i]!;
+      const mean = sum / D;
+      let sq = 0;
+      for (let i = 0; i < D; i++) sq += (xd[base + i]! - mean) ** 2;
+      const inv = 1 / Math.sqrt(sq / D + eps);
+      for (let i = 0; i < D; i++) od[base + i] = (xd[base + i]! - mean) * inv * wr(i) + br(i);
+    }
+  }
+
+  gelu(x: Tensor, out: Tensor, approximation: 'tanh' | 'erf'): void {
+    assertShape('gelu out', out, x.shape);
+    const xd = x.data as Float32Array;
+    const od = out.data as Float32Array;
+    const c = Math.sqrt(2 / Math.PI);
+    for (let i = 0; i < xd.length; i++) {
+      const u = xd[i]!;
+      od[i] = approximation === 'tanh' ? 0.5 * u * (1 + Math.tanh(c * (u + 0.044715 * u * u * u))) : 0.5 * u * (1 + erf(u / Math.SQRT2));
     }
   }
 
@@ -149,6 +183,30 @@ export class ReferenceBackend implements Backend {
           for (let s = 0; s < visible; s++) acc = Math.fround(acc + Math.fround(scores[s]! * vd[(s * Hkv + g) * D + d]!));
           od[qBase + d] = acc;
         }
+      }
+    }
+  }
+
+  mergeBlocks(x: Tensor, mergeSize: number, out: Tensor): void {
+    if (mergeSize !== 1 && mergeSize !== 2) throw new Error(`mergeBlocks: merge size ${mergeSize} is not supported (1 or 2)`);
+    const C = x.dim(-1);
+    const group = mergeSize * mergeSize;
+    const n = x.numel / C / group;
+    if (!Number.isInteger(n)) throw new Error(`mergeBlocks: ${x.numel / C} rows are not a multiple of ${group}`);
+    assertShape('mergeBlocks out', out, [n, C]);
+    const xd = x.data as Float32Array;
+    const od = out.data as Float32Array;
+    if (mergeSize === 1) {
+      od.set(xd);
+      return;
+    }
+    const f = Math.fround;
+    for (let r = 0; r < n; r++) {
+      const a = r * 4 * C;
+      for (let c = 0; c < C; c++) {
+        const top = f(f(0.5 * xd[a + c]!) + f(0.5 * xd[a + C + c]!));
+        const bottom = f(f(0.5 * xd[a + 2 * C + c]!) + f(0.5 * xd[a + 3 * C + c]!));
+        od[r * C + c] = f(f(0.5 * top) + f(0.5 * bottom));
       }
     }
   }

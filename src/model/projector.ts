@@ -1,0 +1,39 @@
+import type { Backend } from '../tensor/backend.js';
+import { Tensor } from '../tensor/tensor.js';
+import type { WeightSource } from './qwen2.js';
+
+/**
+ * The `mlp2x_gelu` projector (spec 7): Linear(C→H) → GELU (exact erf form) → Linear(H→H), per visual token.
+ */
+export class Projector {
+  private readonly w1: Tensor;
+  private readonly b1: Tensor;
+  private readonly w2: Tensor;
+  private readonly b2: Tensor;
+
+  constructor(
+    visionSize: number,
+    readonly outputSize: number,
+    weights: WeightSource,
+    readonly backend: Backend,
+    type = 'mlp2x_gelu',
+    prefix = 'model.mm_projector.readout.',
+  ) {
+    if (type !== 'mlp2x_gelu') throw new Error(`projector type "${type}" is not supported (only mlp2x_gelu, used by every release)`);
+    this.w1 = weights.get(`${prefix}0.weight`, [outputSize, visionSize]);
+    this.b1 = weights.get(`${prefix}0.bias`, [outputSize]);
+    this.w2 = weights.get(`${prefix}2.weight`, [outputSize, outputSize]);
+    this.b2 = weights.get(`${prefix}2.bias`, [outputSize]);
+  }
+
+  /** features [n, C] → [n, H]. */
+  project(features: Tensor): Tensor<'f32'> {
+    const n = features.dim(0);
+    const hidden = Tensor.empty('f32', [n, this.outputSize]);
+    const out = Tensor.empty('f32', [n, this.outputSize]);
+    this.backend.matmul(features, this.w1, this.b1, hidden);
+    this.backend.gelu(hidden, hidden, 'erf');
+    this.backend.matmul(hidden, this.w2, this.b2, out);
+    return out;
+  }
+}

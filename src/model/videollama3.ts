@@ -1,0 +1,66 @@
+import type { Backend } from '../tensor/backend.js';
+import type { Tensor } from '../tensor/tensor.js';
+import type { Checkpoint } from './checkpoint.js';
+import { Projector } from './projector.js';
+import { Qwen2Model } from './qwen2.js';
+import { VisionEncoder, type EncodeOptions } from './vision-encoder.js';
+import type { VisualGrid } from './vision-rope.js';
+
+/**
+ * The whole model: vision encoder → merge → projector, and the Qwen2.5 decoder whose `<image>` embeddings are
+ * replaced by the projected visual features (spec 8.2). The vision weights are read on first use, so a text-only
+ * session never loads them.
+ */
+export class VideoLLaMA3Model {
+  readonly llm: Qwen2Model;
+  private visionParts?: { encoder: VisionEncoder; projector: Projector };
+
+  constructor(
+    readonly checkpoint: Checkpoint,
+    readonly backend: Backend,
+  ) {
+    this.llm = new Qwen2Model(checkpoint.config, checkpoint.weights, backend);
+  }
+
+  get imageTokenId(): number {
+    return this.checkpoint.config.imageTokenIndex;
+  }
+
+  private vision(): { encoder: VisionEncoder; projector: Projector } {
+    if (!this.visionParts) {
+      const c = this.checkpoint.config;
+      const encoder = new VisionEncoder(c.visionEncoderConfig, this.checkpoint.weights, this.backend);
+      const projector = new Projector(c.visionEncoderConfig.hiddenSize, c.hiddenSize, this.checkpoint.weights, this.backend, c.mmProjectorType);
+      this.visionParts = { encoder, projector };
+    }
+    return this.visionParts;
+  }
+
+  /** pixel values [Σ t·gh·gw, 588] → projected visual features [Σ t·(gh/m)·(gw/m), hidden]. */
+  encodeVisuals(pixelValues: Tensor, grids: readonly VisualGrid[], options: EncodeOptions = {}): Tensor<'f32'> {
+    const { encoder, projector } = this.vision();
+    return projector.project(encoder.encode(pixelValues, grids, options));
+  }
+
+  /**
+   * Prompt embeddings [L, hidden]: token embeddings with the `<image>` positions overwritten, in order, by the
+   * visual features. Their counts must agree.
+   */
+  embedPrompt(inputIds: readonly number[], visualFeatures?: Tensor): Tensor {
+    const embeds = this.llm.embed(inputIds);
+    const positions: number[] = [];
+    inputIds.forEach((id, i) => id === this.imageTokenId && positions.push(i));
+    const available = visualFeatures?.dim(0) ?? 0;
+    if (positions.length !== available) {
+      throw new Error(`the prompt has ${positions.length} image tokens but ${available} visual features were computed`);
+    }
+    if (visualFeatures) {
+      const H = this.checkpoint.config.hiddenSize;
+      if (visualFeatures.dim(1) !== H) throw new Error(`visual features have width ${visualFeatures.dim(1)}, the LLM expects ${H}`);
+      const dst = embeds.data as Float32Array;
+      const src = visualFeatures.data as Float32Array;
+      positions.forEach((p, k) => dst.set(src.subarray(k * H, (k + 1) * H), p * H));
+    }
+    return embeds;
+  }
+}

@@ -1,0 +1,94 @@
+// Generation behaviour on the tiny checkpoint: stop ids, max_new_tokens, abort, streaming text, bounded memory.
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import { before, describe, it } from 'node:test';
+import { VideoLLaMA3 } from '../src/api/videollama3.js';
+import { generateTokens, type GenerationResult } from '../src/engine/generate.js';
+import { fixturesDir, FIXTURES_MISSING, TINY_CHECKPOINT } from './fixtures.js';
+
+const fixtures = fixturesDir();
+const question = [{ role: 'user' as const, content: 'What is the color of bananas?' }];
+// The first greedy token of this prompt (case e_text_only with the system prompt).
+const FIRST_GREEDY = 86665;
+
+async function drain(tokens: AsyncGenerator<number, GenerationResult>): Promise<{ ids: number[]; result: GenerationResult }> {
+  const ids: number[] = [];
+  let next = await tokens.next();
+  while (!next.done) {
+    ids.push(next.value);
+    next = await tokens.next();
+  }
+  return { ids, result: next.value };
+}
+
+describe('generation', { skip: !fixtures && FIXTURES_MISSING }, () => {
+  let model: VideoLLaMA3;
+  before(async () => {
+    model = await VideoLLaMA3.load(join(fixtures!, TINY_CHECKPOINT));
+  });
+
+  const greedy = () => model.samplingFor({ greedy: true, repetitionPenalty: 1 });
+  const prompt = () => model.embed(model.prepare(question, { addSystemPrompt: true }).inputIds);
+
+  it('stops on a stop id, reporting it, and at max_new_tokens otherwise', async () => {
+    const stopped = await drain(generateTokens(model.llm, { promptEmbeds: prompt(), maxNewTokens: 10, sampling: greedy(), stopTokenIds: [FIRST_GREEDY] }));
+    assert.deepEqual(stopped.ids, [FIRST_GREEDY]);
+    assert.equal(stopped.result.finishReason, 'stop');
+
+    const capped = await drain(generateTokens(model.llm, { promptEmbeds: prompt(), maxNewTokens: 3, sampling: greedy(), stopTokenIds: [] }));
+    assert.equal(capped.ids.length, 3);
+    assert.equal(capped.result.finishReason, 'length');
+    assert.equal(capped.result.promptTokens, 45);
+
+    const none = await drain(generateTokens(model.llm, { promptEmbeds: prompt(), maxNewTokens: 0, sampling: greedy(), stopTokenIds: [] }));
+    assert.deepEqual(none.ids, []);
+  });
+
+  it('stops when aborted and reports abort', async () => {
+    const abort = new AbortController();
+    const tokens = generateTokens(model.llm, { promptEmbeds: prompt(), maxNewTokens: 50, sampling: greedy(), stopTokenIds: [], signal: abort.signal });
+    const ids: number[] = [];
+    let next = await tokens.next();
+    while (!next.done) {
+      ids.push(next.value);
+      if (ids.length === 2) abort.abort();
+      next = await tokens.next();
+    }
+    assert.equal(ids.length, 2);
+    assert.equal(next.value.finishReason, 'abort');
+  });
+
+  it('streams text deltas that add up to the final answer, with usage and timings', async () => {
+    const stream = model.chat(question, { greedy: true, maxNewTokens: 16, addSystemPrompt: true });
+    let streamed = '';
+    for await (const delta of stream) streamed += delta;
+    const result = await stream.result;
+    assert.equal(streamed.trim(), result.text);
+    assert.equal(result.tokenIds.length, 16);
+    assert.deepEqual(result.usage, { promptTokens: 45, visualTokens: 0, completionTokens: 16 });
+    assert.ok(result.timings.prefillMs > 0 && result.timings.decodeMs > 0);
+    assert.equal(result.text, model.tokenizer.decode(result.tokenIds, { skipSpecialTokens: true }).trim());
+  });
+
+  it('runs when only the result is awaited, and samples reproducibly for a seed', async () => {
+    const a = await model.chat(question, { maxNewTokens: 8, seed: 5 }).result;
+    const b = await model.chat(question, { maxNewTokens: 8, seed: 5 }).result;
+    assert.deepEqual(a.tokenIds, b.tokenIds);
+    assert.equal(a.tokenIds.length, 8);
+  });
+
+  it('rejects a conversation with media in this version, naming the count', async () => {
+    const stream = model.chat([{ role: 'user', content: [{ type: 'image', image: 'x.png' }] }] as never);
+    await assert.rejects(stream.result, /1 image\/video part/);
+  });
+
+  it('keeps scratch memory flat over a long generation', async () => {
+    const run = async (n: number) => {
+      await drain(generateTokens(model.llm, { promptEmbeds: prompt(), maxNewTokens: n, sampling: greedy(), stopTokenIds: [] }));
+      return model.llm.scratchBytes;
+    };
+    const after20 = await run(20);
+    const after300 = await run(300);
+    assert.equal(after300, after20, `scratch grew from ${after20} to ${after300} bytes`);
+  });
+});
