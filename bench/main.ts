@@ -9,6 +9,7 @@ import { writeRandomCheckpoint } from '../src/model/random-checkpoint.js';
 import { nativeInfo } from '../src/tensor/native.js';
 import { measureKernels, measureLimits } from './kernels.js';
 import type { LlmFigures } from './llm.js';
+import type { VisionFigures } from './vision.js';
 import { percent, round } from './stats.js';
 
 const args = process.argv.slice(2);
@@ -37,15 +38,20 @@ for (const n of threadCounts) {
 }
 log(`peer: ${kernels.peer.name}: GEMM ${kernels.peer.gemmGflops} GFLOP/s, GEMV ${kernels.peer.gemvGBs} GB/s`);
 
+/** Runs one of the per-model bench scripts in its own process (its peak RSS is its own) and parses its JSON. */
+function child<T>(name: string, ...argv: string[]): T {
+  const script = join(dirname(fileURLToPath(import.meta.url)), `${name}.js`);
+  return JSON.parse(execFileSync(process.execPath, [script, ...argv], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] })) as T;
+}
+
 let llm: (LlmFigures & { decodeBoundTokensPerSecond: number; decodePercentOfBound: number })[] | undefined;
 if (!skipLlm) {
   if (!existsSync(join(modelDir, 'config.json'))) {
     log(`writing the random 2b checkpoint to ${modelDir} (set VL3_BENCH_MODEL or --model to reuse one)`);
     await writeRandomCheckpoint({ preset: '2b', out: modelDir, seed: 0 });
   }
-  const script = join(dirname(fileURLToPath(import.meta.url)), 'llm.js');
   llm = threadCounts.map((n) => {
-    const figures = JSON.parse(execFileSync(process.execPath, [script, modelDir, String(n)], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] })) as LlmFigures;
+    const figures = child<LlmFigures>('llm', modelDir, String(n));
     const bound = limits.readGBs[n]! * 1e9 / figures.weightBytesPerToken;
     return { ...figures, decodeBoundTokensPerSecond: round(bound, 2), decodePercentOfBound: percent(figures.decode.tokensPerSecond, bound) };
   });
@@ -57,4 +63,15 @@ if (!skipLlm) {
   }
 }
 
-if (json) process.stdout.write(JSON.stringify({ date: new Date().toISOString(), threads: threadCounts, limits, kernels, llm }) + '\n');
+let vision: VisionFigures[] | undefined;
+if (!skipLlm) {
+  vision = threadCounts.map((n) => child<VisionFigures>('vision', modelDir, String(n)));
+  for (const f of vision) {
+    for (const image of f.images) {
+      log(`vision encoder + projector, one ${image.label} image (${image.patches} patches), ${f.threads} thread(s): ` +
+        `${image.seconds} s, ${image.gflops} GFLOP/s = ${percent(image.gflops, limits.peakGflops[f.threads]!)}% of peak (${image.gflop} GFLOP)`);
+    }
+  }
+}
+
+if (json) process.stdout.write(JSON.stringify({ date: new Date().toISOString(), threads: threadCounts, limits, kernels, llm, vision }) + '\n');

@@ -19,6 +19,10 @@
 
 #include "pool.h"
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 namespace vl3 {
 namespace {
 
@@ -83,45 +87,112 @@ inline uint8_t clip8(int32_t acc) {
   return static_cast<uint8_t>(v < 0 ? 0 : v > 255 ? 255 : v);
 }
 
+// Both passes reduce to one kernel: out[j] = clip8(kHalf + sum_t taps[t * stride + j] * k[t]) for j < lanes,
+// i.e. a weighted sum of n byte rows. The vertical pass applies it to image rows; the horizontal pass to blocks of
+// rows transposed so that each source column is one short row.
+
+void weightedSumGeneric(const uint8_t* taps, size_t stride, const int32_t* k, long n, long lanes, uint8_t* out) {
+  constexpr long kChunk = 256;
+  int32_t acc[kChunk];
+  for (long j0 = 0; j0 < lanes; j0 += kChunk) {
+    const long m = std::min(kChunk, lanes - j0);
+    std::fill(acc, acc + m, kHalf);
+    for (long t = 0; t < n; t++) {
+      const uint8_t* row = taps + t * stride + j0;
+      const int32_t kt = k[t];
+      for (long j = 0; j < m; j++) acc[j] += row[j] * kt;
+    }
+    for (long j = 0; j < m; j++) out[j0 + j] = clip8(acc[j]);
+  }
+}
+
+#if defined(__SSE2__)
+// Two taps at a time with pmaddwd on 16-bit pixels. A 22-bit weight does not fit 16 bits, so each is split as
+// k = kh * 2^15 + kl (kl in [0, 2^15), |kh| <= 2^8) and the two partial sums are recombined. All sums are modulo
+// 2^32, so a partial sum that wraps still leaves the exact total, which fits int32 as Pillow's does.
+inline __m128i weightPair(int32_t a, int32_t b) {
+  return _mm_set1_epi32(static_cast<int32_t>((static_cast<uint32_t>(b) << 16) | (static_cast<uint32_t>(a) & 0xffffu)));
+}
+
+// Returns how many lanes (a multiple of 16) it did; the caller finishes the rest.
+long weightedSumSse2(const uint8_t* taps, size_t stride, const int32_t* k, long n, long lanes, uint8_t* out) {
+  const __m128i zero = _mm_setzero_si128();
+  long j = 0;
+  for (; j + 16 <= lanes; j += 16) {
+    __m128i lo[4] = {zero, zero, zero, zero}, hi[4] = {zero, zero, zero, zero};
+    const uint8_t* p = taps + j;
+    for (long t = 0; t < n; t += 2, p += 2 * stride) {
+      const bool pair = t + 1 < n;
+      const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+      const __m128i b = pair ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + stride)) : zero;
+      const int32_t kb = pair ? k[t + 1] : 0;
+      const __m128i kl = weightPair(k[t] & 0x7fff, kb & 0x7fff);
+      const __m128i kh = weightPair(k[t] >> 15, kb >> 15);
+      const __m128i aLo = _mm_unpacklo_epi8(a, zero), aHi = _mm_unpackhi_epi8(a, zero);
+      const __m128i bLo = _mm_unpacklo_epi8(b, zero), bHi = _mm_unpackhi_epi8(b, zero);
+      const __m128i q[4] = {_mm_unpacklo_epi16(aLo, bLo), _mm_unpackhi_epi16(aLo, bLo), _mm_unpacklo_epi16(aHi, bHi),
+                            _mm_unpackhi_epi16(aHi, bHi)};
+      for (int i = 0; i < 4; i++) {
+        lo[i] = _mm_add_epi32(lo[i], _mm_madd_epi16(q[i], kl));
+        hi[i] = _mm_add_epi32(hi[i], _mm_madd_epi16(q[i], kh));
+      }
+    }
+    __m128i v[4];
+    for (int i = 0; i < 4; i++) {
+      const __m128i sum = _mm_add_epi32(_mm_add_epi32(_mm_slli_epi32(hi[i], 15), lo[i]), _mm_set1_epi32(kHalf));
+      v[i] = _mm_srai_epi32(sum, kPrecisionBits);
+    }
+    // Signed saturation to 16 bits changes nothing (|v| < 2^10); unsigned saturation to 8 bits is the clamp.
+    const __m128i bytes = _mm_packus_epi16(_mm_packs_epi32(v[0], v[1]), _mm_packs_epi32(v[2], v[3]));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + j), bytes);
+  }
+  return j;
+}
+#endif
+
+void weightedSum(const uint8_t* taps, size_t stride, const int32_t* k, long n, long lanes, uint8_t* out) {
+  long done = 0;
+#if defined(__SSE2__)
+  done = weightedSumSse2(taps, stride, k, n, lanes, out);
+#endif
+  if (done < lanes) weightedSumGeneric(taps + done, stride, k, n, lanes - done, out + done);
+}
+
+// Rows are filtered horizontally in blocks of kBlockRows, transposed so that each source column becomes one row of
+// kBlockRows * 3 bytes and the weighted-sum kernel runs across the block's rows and channels.
+constexpr long kBlockRows = 16;
+constexpr long kBlockLanes = kBlockRows * 3;
+
 // Output rows [y0, y1) of the horizontal pass; output row y reads source row y + rowOffset.
 void horizontalRows(const uint8_t* src, long srcW, uint8_t* out, long outW, const Taps& h, long rowOffset, long y0,
                     long y1) {
-  for (long y = y0; y < y1; y++) {
-    const uint8_t* in = src + static_cast<size_t>(y + rowOffset) * srcW * 3;
-    uint8_t* o = out + static_cast<size_t>(y) * outW * 3;
+  std::vector<uint8_t> columns(static_cast<size_t>(srcW) * kBlockLanes), results(static_cast<size_t>(outW) * kBlockLanes);
+  for (long yb = y0; yb < y1; yb += kBlockRows) {
+    const long rows = std::min(kBlockRows, y1 - yb);
+    if (rows < kBlockRows) std::fill(columns.begin(), columns.end(), 0);
+    for (long r = 0; r < rows; r++) {
+      const uint8_t* s = src + static_cast<size_t>(yb + r + rowOffset) * srcW * 3;
+      uint8_t* d = columns.data() + r * 3;
+      for (long x = 0; x < srcW; x++, s += 3, d += kBlockLanes) d[0] = s[0], d[1] = s[1], d[2] = s[2];
+    }
     for (long xx = 0; xx < outW; xx++) {
-      const int32_t* k = &h.k[static_cast<size_t>(xx) * h.ksize];
-      const uint8_t* p = in + h.first[xx] * 3;
-      const long n = h.count[xx];
-      int32_t s0 = kHalf, s1 = kHalf, s2 = kHalf;
-      for (long x = 0; x < n; x++, p += 3) {
-        s0 += p[0] * k[x];
-        s1 += p[1] * k[x];
-        s2 += p[2] * k[x];
-      }
-      o[xx * 3 + 0] = clip8(s0);
-      o[xx * 3 + 1] = clip8(s1);
-      o[xx * 3 + 2] = clip8(s2);
+      weightedSum(columns.data() + h.first[xx] * kBlockLanes, kBlockLanes, &h.k[static_cast<size_t>(xx) * h.ksize],
+                  h.count[xx], kBlockLanes, results.data() + xx * kBlockLanes);
+    }
+    for (long r = 0; r < rows; r++) {
+      uint8_t* o = out + static_cast<size_t>(yb + r) * outW * 3;
+      const uint8_t* s = results.data() + r * 3;
+      for (long xx = 0; xx < outW; xx++, o += 3, s += kBlockLanes) o[0] = s[0], o[1] = s[1], o[2] = s[2];
     }
   }
 }
 
 // Output rows [y0, y1) of the vertical pass over `in` (rows of rowBytes); taps are shifted up by firstRow, the
-// first input row `in` holds. The tap loop is outermost so the inner loop is a plain vectorisable row sweep.
+// first input row `in` holds.
 void verticalRows(const uint8_t* in, long rowBytes, uint8_t* out, const Taps& v, long firstRow, long y0, long y1) {
-  std::vector<int32_t> acc(rowBytes);
   for (long yy = y0; yy < y1; yy++) {
-    std::fill(acc.begin(), acc.end(), kHalf);
-    const int32_t* k = &v.k[static_cast<size_t>(yy) * v.ksize];
-    const long n = v.count[yy];
-    for (long y = 0; y < n; y++) {
-      const uint8_t* row = in + static_cast<size_t>(v.first[yy] - firstRow + y) * rowBytes;
-      const int32_t ky = k[y];
-      int32_t* a = acc.data();
-      for (long j = 0; j < rowBytes; j++) a[j] += row[j] * ky;
-    }
-    uint8_t* o = out + static_cast<size_t>(yy) * rowBytes;
-    for (long j = 0; j < rowBytes; j++) o[j] = clip8(acc[j]);
+    weightedSum(in + static_cast<size_t>(v.first[yy] - firstRow) * rowBytes, rowBytes,
+                &v.k[static_cast<size_t>(yy) * v.ksize], v.count[yy], rowBytes, out + static_cast<size_t>(yy) * rowBytes);
   }
 }
 

@@ -28,25 +28,25 @@ describe('generation', { skip: !fixtures && FIXTURES_MISSING }, () => {
   });
 
   const greedy = () => model.samplingFor({ greedy: true, repetitionPenalty: 1 });
-  const prompt = () => model.embed(model.prepare(question, { addSystemPrompt: true }).inputIds);
+  const prompt = async () => model.embed(await model.prepare(question, { addSystemPrompt: true }));
 
   it('stops on a stop id, reporting it, and at max_new_tokens otherwise', async () => {
-    const stopped = await drain(generateTokens(model.llm, { promptEmbeds: prompt(), maxNewTokens: 10, sampling: greedy(), stopTokenIds: [FIRST_GREEDY] }));
+    const stopped = await drain(generateTokens(model.llm, { promptEmbeds: await prompt(), maxNewTokens: 10, sampling: greedy(), stopTokenIds: [FIRST_GREEDY] }));
     assert.deepEqual(stopped.ids, [FIRST_GREEDY]);
     assert.equal(stopped.result.finishReason, 'stop');
 
-    const capped = await drain(generateTokens(model.llm, { promptEmbeds: prompt(), maxNewTokens: 3, sampling: greedy(), stopTokenIds: [] }));
+    const capped = await drain(generateTokens(model.llm, { promptEmbeds: await prompt(), maxNewTokens: 3, sampling: greedy(), stopTokenIds: [] }));
     assert.equal(capped.ids.length, 3);
     assert.equal(capped.result.finishReason, 'length');
     assert.equal(capped.result.promptTokens, 45);
 
-    const none = await drain(generateTokens(model.llm, { promptEmbeds: prompt(), maxNewTokens: 0, sampling: greedy(), stopTokenIds: [] }));
+    const none = await drain(generateTokens(model.llm, { promptEmbeds: await prompt(), maxNewTokens: 0, sampling: greedy(), stopTokenIds: [] }));
     assert.deepEqual(none.ids, []);
   });
 
   it('stops when aborted and reports abort', async () => {
     const abort = new AbortController();
-    const tokens = generateTokens(model.llm, { promptEmbeds: prompt(), maxNewTokens: 50, sampling: greedy(), stopTokenIds: [], signal: abort.signal });
+    const tokens = generateTokens(model.llm, { promptEmbeds: await prompt(), maxNewTokens: 50, sampling: greedy(), stopTokenIds: [], signal: abort.signal });
     const ids: number[] = [];
     let next = await tokens.next();
     while (!next.done) {
@@ -77,14 +77,14 @@ describe('generation', { skip: !fixtures && FIXTURES_MISSING }, () => {
     assert.equal(a.tokenIds.length, 8);
   });
 
-  it('rejects a conversation with media in this version, naming the count', async () => {
-    const stream = model.chat([{ role: 'user', content: [{ type: 'image', image: 'x.png' }] }] as never);
-    await assert.rejects(stream.result, /1 image\/video part/);
+  it('names the message part of an image it cannot read', async () => {
+    const stream = model.chat([{ role: 'user', content: [{ type: 'text', text: 'hi' }, { type: 'image', image: '/nonexistent/x.png' }] }]);
+    await assert.rejects(stream.result, /messages\[0\]\.content\[1\]: \/nonexistent\/x\.png: cannot read image: file not found/);
   });
 
   it('keeps scratch memory flat over a long generation', async () => {
     const run = async (n: number) => {
-      await drain(generateTokens(model.llm, { promptEmbeds: prompt(), maxNewTokens: n, sampling: greedy(), stopTokenIds: [] }));
+      await drain(generateTokens(model.llm, { promptEmbeds: await prompt(), maxNewTokens: n, sampling: greedy(), stopTokenIds: [] }));
       return model.llm.scratchBytes;
     };
     const after20 = await run(20);

@@ -1,9 +1,11 @@
 import { generateTokens, type FinishReason } from '../engine/generate.js';
 import type { SamplingOptions } from '../engine/sampling.js';
 import { loadCheckpoint, type Checkpoint } from '../model/checkpoint.js';
-import { Qwen2Model } from '../model/qwen2.js';
-import { renderChatTemplate } from '../processing/chat-template.js';
-import { collectMedia, parseConversation, type Conversation, type Message } from '../processing/conversation.js';
+import type { Qwen2Model } from '../model/qwen2.js';
+import { VideoLLaMA3Model } from '../model/videollama3.js';
+import type { EncodeOptions } from '../model/vision-encoder.js';
+import type { Conversation, Message } from '../processing/conversation.js';
+import { Processor, type ProcessedRequest, type ProcessOptions } from '../processing/processor.js';
 import { Tokenizer } from '../processing/tokenizer.js';
 import type { Tensor } from '../tensor/tensor.js';
 import { createBackend, type BackendName } from '../tensor/index.js';
@@ -13,6 +15,9 @@ export interface LoadOptions {
   threads?: number;
   /** 'native' (default) or 'reference' (plain TypeScript, slow; for checking). */
   backend?: BackendName;
+  /** Default visual token budget of a request (spec 2.3); default: the checkpoint's `max_tokens` (16384). */
+  maxVisualTokens?: number;
+  minVisualTokens?: number;
 }
 
 export interface ChatOptions {
@@ -30,6 +35,11 @@ export interface ChatOptions {
   addSystemPrompt?: boolean;
   /** End the prompt with `<|im_start|>assistant\n`. Default true. */
   addGenerationPrompt?: boolean;
+  /** Visual token budget of this request; default: the model's. */
+  maxVisualTokens?: number;
+  minVisualTokens?: number;
+  /** Relative media paths are resolved against this folder (default: the working directory). */
+  baseDir?: string;
   signal?: AbortSignal;
 }
 
@@ -61,29 +71,27 @@ export interface ChatStream extends AsyncIterable<string> {
   readonly result: Promise<ChatResult>;
 }
 
-export interface PreparedPrompt {
-  /** The chat template's output. */
-  prompt: string;
-  inputIds: number[];
-}
-
 /** Something a chat can be started from: a message list or a conversation object with its own switches. */
 export type ChatInput = Message[] | Conversation;
 
 /** A loaded VideoLLaMA3 checkpoint, ready to answer. */
 export class VideoLLaMA3 {
   private constructor(
-    readonly checkpoint: Checkpoint,
-    readonly tokenizer: Tokenizer,
-    readonly llm: Qwen2Model,
+    readonly model: VideoLLaMA3Model,
+    readonly processor: Processor,
+    private readonly defaults: LoadOptions,
   ) {}
 
   static async load(folder: string, options: LoadOptions = {}): Promise<VideoLLaMA3> {
     const backend = createBackend(options.backend ?? 'native', options.threads);
     const checkpoint = loadCheckpoint(folder);
     const tokenizer = await Tokenizer.load(folder);
-    const llm = new Qwen2Model(checkpoint.config, checkpoint.weights, backend);
-    return new VideoLLaMA3(checkpoint, tokenizer, llm);
+    const processor = await Processor.load(folder, tokenizer);
+    return new VideoLLaMA3(new VideoLLaMA3Model(checkpoint, backend), processor, options);
+  }
+
+  get checkpoint(): Checkpoint {
+    return this.model.checkpoint;
   }
 
   get config() {
@@ -94,23 +102,37 @@ export class VideoLLaMA3 {
     return this.checkpoint.generationConfig;
   }
 
-  /** Renders and tokenizes a conversation exactly as the official processor does. */
-  prepare(input: ChatInput, options: Pick<ChatOptions, 'addSystemPrompt' | 'addGenerationPrompt'> = {}): PreparedPrompt {
-    const conversation = parseConversation(input);
-    const prompt = renderChatTemplate(this.tokenizer.chatTemplate, conversation.messages, {
-      addSystemPrompt: options.addSystemPrompt ?? conversation.addSystemPrompt,
-      addGenerationPrompt: options.addGenerationPrompt ?? conversation.addGenerationPrompt,
-    });
-    const media = collectMedia(conversation.messages);
-    if (media.length > 0) {
-      throw new Error(`conversation has ${media.length} image/video part(s): this version answers text conversations only`);
-    }
-    return { prompt, inputIds: this.tokenizer.encode(prompt) };
+  get tokenizer(): Tokenizer {
+    return this.processor.tokenizer;
   }
 
-  /** Prompt embeddings [L, hidden] for prepared ids. */
-  embed(inputIds: readonly number[]): Tensor {
-    return this.llm.embed(inputIds);
+  get llm(): Qwen2Model {
+    return this.model.llm;
+  }
+
+  /** Loads the media, renders and tokenizes a conversation exactly as the official processor does. */
+  prepare(input: ChatInput, options: ChatOptions = {}): Promise<ProcessedRequest> {
+    const processOptions: ProcessOptions = {
+      addSystemPrompt: options.addSystemPrompt,
+      addGenerationPrompt: options.addGenerationPrompt,
+      maxVisualTokens: options.maxVisualTokens ?? this.defaults.maxVisualTokens,
+      minVisualTokens: options.minVisualTokens ?? this.defaults.minVisualTokens,
+      baseDir: options.baseDir,
+    };
+    return this.processor.process(input, processOptions);
+  }
+
+  /** Projected visual features of a prepared request ([visual tokens, hidden]), or undefined without media. */
+  encodeVisuals(request: ProcessedRequest, options?: EncodeOptions): Tensor | undefined {
+    const v = request.visuals;
+    if (!v) return undefined;
+    const grids = v.gridSizes.map(([frames, gridH, gridW], i) => ({ frames, gridH, gridW, mergeSize: v.mergeSizes[i]! }));
+    return this.model.encodeVisuals(v.pixelValues, grids, options);
+  }
+
+  /** Prompt embeddings [L, hidden] of a prepared request, visual features in place of its image tokens. */
+  embed(request: ProcessedRequest, visualFeatures = this.encodeVisuals(request)): Tensor {
+    return this.model.embedPrompt(request.inputIds, visualFeatures);
   }
 
   /** The sampling settings a chat uses: the checkpoint's generation config, overridden by the options. */
@@ -134,9 +156,9 @@ export class VideoLLaMA3 {
     async function* deltas(): AsyncGenerator<string> {
       try {
         const started = performance.now();
-        const { inputIds } = self.prepare(input, options);
+        const request = await self.prepare(input, options);
         const tokens = generateTokens(self.llm, {
-          promptEmbeds: self.embed(inputIds),
+          promptEmbeds: self.embed(request),
           maxNewTokens: options.maxNewTokens ?? 1024,
           sampling: self.samplingFor(options),
           stopTokenIds: self.generationConfig.eosTokenIds,
@@ -157,7 +179,7 @@ export class VideoLLaMA3 {
           text: self.tokenizer.decode(g.tokenIds, { skipSpecialTokens: true }).trim(),
           tokenIds: g.tokenIds,
           finishReason: g.finishReason,
-          usage: { promptTokens: g.promptTokens, visualTokens: 0, completionTokens: g.tokenIds.length },
+          usage: { promptTokens: g.promptTokens, visualTokens: request.visualTokens, completionTokens: g.tokenIds.length },
           timings: {
             prefillMs: g.prefillMs,
             decodeMs: g.decodeMs,

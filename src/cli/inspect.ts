@@ -9,11 +9,14 @@ export interface InspectOptions {
   greedy: number;
   /** Overrides the generation config's repetition penalty for the greedy decode. */
   repetitionPenalty?: number;
+  /** Relative media paths in the conversation are resolved against this folder. */
+  baseDir?: string;
 }
 
 export interface InspectSummary {
   out: string;
   promptTokens: number;
+  visualTokens: number;
   greedyIds: number[];
 }
 
@@ -26,10 +29,12 @@ function int64(values: readonly number[], shape: readonly number[]): Tensor<'i64
  * repetition penalty over generated tokens only) and writes the tensors to compare with it.
  */
 export async function inspectConversation(model: VideoLLaMA3, conversation: unknown, options: InspectOptions): Promise<InspectSummary> {
-  const { inputIds } = model.prepare(conversation as ChatInput);
+  const request = await model.prepare(conversation as ChatInput, { baseDir: options.baseDir });
+  const { inputIds, visuals } = request;
+  const features = model.encodeVisuals(request);
   let lastLogits: Tensor | undefined;
   const tokens = generateTokens(model.llm, {
-    promptEmbeds: model.embed(inputIds),
+    promptEmbeds: model.embed(request, features),
     maxNewTokens: options.greedy,
     sampling: { ...model.samplingFor({ greedy: true }), repetitionPenalty: options.repetitionPenalty ?? model.generationConfig.repetitionPenalty },
     stopTokenIds: model.generationConfig.eosTokenIds,
@@ -43,6 +48,11 @@ export async function inspectConversation(model: VideoLLaMA3, conversation: unkn
     last_logits: lastLogits!,
   };
   if (options.greedy > 0) tensors.greedy_ids = int64(greedyIds, [greedyIds.length]);
+  if (visuals && features) {
+    tensors.grid_sizes = int64(visuals.gridSizes.flat(), [visuals.gridSizes.length, 3]);
+    tensors.merge_sizes = int64(visuals.mergeSizes, [visuals.mergeSizes.length]);
+    tensors.vision_features = features;
+  }
   writeSafetensors(options.out, tensors, { producer: 'videollama3 vl3 inspect' });
-  return { out: options.out, promptTokens: inputIds.length, greedyIds };
+  return { out: options.out, promptTokens: inputIds.length, visualTokens: request.visualTokens, greedyIds };
 }

@@ -1,8 +1,10 @@
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
+import { dirname, resolve } from 'node:path';
 import { VideoLLaMA3 } from '../api/videollama3.js';
 import { writeRandomCheckpoint } from '../model/random-checkpoint.js';
+import type { ContentPart, Message } from '../processing/conversation.js';
 import { inspectConversation } from './inspect.js';
 
 /** Exit codes scripts can rely on. */
@@ -28,7 +30,13 @@ function flag(flags: string, description: string): Option {
 const modelOptions = (cmd: Command) =>
   cmd
     .addOption(flag('-m, --model <dir>', 'checkpoint folder (Hugging Face layout)').makeOptionMandatory())
-    .addOption(flag('-t, --threads <n>', 'kernel threads (default: available cores)').argParser(integer('--threads', 1)));
+    .addOption(flag('-t, --threads <n>', 'kernel threads (default: available cores)').argParser(integer('--threads', 1)))
+    .addOption(flag('--max-visual-tokens <n>', 'visual token budget of a request (default: the checkpoint\'s, 16384)').argParser(integer('--max-visual-tokens', 1)))
+    .addOption(flag('--min-visual-tokens <n>', 'fewest visual tokens per image (default: the checkpoint\'s, 16)').argParser(integer('--min-visual-tokens', 1)));
+
+/** Values of a repeatable flag (its environment twin holds one value: a data URL may contain any delimiter). */
+const collect = (value: string, previous: string[] = []) => [...previous, value];
+const loadOptions = (o: Record<string, number | undefined>) => ({ threads: o.threads, maxVisualTokens: o.maxVisualTokens, minVisualTokens: o.minVisualTokens });
 
 const samplingOptions = (cmd: Command) =>
   cmd
@@ -55,16 +63,17 @@ export function buildProgram(): Command {
   modelOptions(ask);
   samplingOptions(ask);
   ask
+    .addOption(flag('-i, --image <path>', 'an image (file or data URL) to ask about; repeat for several').argParser(collect))
     .addOption(flag('--system <text>', 'a system message of your own'))
     .addOption(flag('--no-system-prompt', 'do not insert the default VideoLLaMA3 system prompt'))
     .addOption(flag('--json', 'print one JSON object: text, token ids, usage, timings'))
     .action(async (parts: string[], o) => {
-      const model = await VideoLLaMA3.load(o.model, { threads: o.threads });
+      const model = await VideoLLaMA3.load(o.model, loadOptions(o));
       const question = await readQuestion(parts);
-      const messages = [
-        ...(o.system ? [{ role: 'system' as const, content: o.system as string }] : []),
-        { role: 'user' as const, content: question },
-      ];
+      const images: string[] = o.image ?? [];
+      // Media first, then the question: the layout of the official examples.
+      const content: ContentPart[] = [...images.map((image) => ({ type: 'image' as const, image })), { type: 'text', text: question }];
+      const messages: Message[] = [...(o.system ? [{ role: 'system' as const, content: o.system as string }] : []), { role: 'user', content }];
       const abort = new AbortController();
       process.once('SIGINT', () => abort.abort());
       const stream = model.chat(messages, {
@@ -103,11 +112,13 @@ export function buildProgram(): Command {
     .addOption(flag('--repetition-penalty <x>', 'override the generation config\'s penalty for --greedy').argParser(number('--repetition-penalty')));
   modelOptions(inspect);
   inspect.action(async (o) => {
-    const model = await VideoLLaMA3.load(o.model, { threads: o.threads });
+    const model = await VideoLLaMA3.load(o.model, loadOptions(o));
     const conversation = JSON.parse(await readFile(o.conversation, 'utf8').catch((e) => {
       throw new Error(`cannot read conversation file ${o.conversation}: ${(e as Error).message}`);
     })) as unknown;
-    const summary = await inspectConversation(model, conversation, { out: o.out, greedy: o.greedy ?? 0, repetitionPenalty: o.repetitionPenalty });
+    // Relative media paths in a conversation file are relative to that file, as a user writing it would expect.
+    const baseDir = dirname(resolve(o.conversation));
+    const summary = await inspectConversation(model, conversation, { out: o.out, greedy: o.greedy ?? 0, repetitionPenalty: o.repetitionPenalty, baseDir });
     process.stdout.write(JSON.stringify(summary) + '\n');
   });
 

@@ -19,10 +19,12 @@ export interface ResizeOptions {
 /** Resizes with the native kernel; a target equal to the source size gives a copy, as in Pillow. */
 export function resizeBicubicRgb(src: RgbImage, width: number, height: number, options: ResizeOptions = {}): RgbImage {
   checkResizeArgs(src, width, height);
-  const threads = options.threads ?? 0;
-  if (!Number.isInteger(threads) || threads < 0) throw new Error(`resizeBicubicRgb: threads must be an integer >= 1, got ${threads}`);
+  const threads = options.threads;
+  if (threads !== undefined && (!Number.isInteger(threads) || threads < 1)) {
+    throw new Error(`resizeBicubicRgb: threads must be an integer >= 1, got ${threads}`);
+  }
   const data = new Uint8Array(width * height * 3);
-  (nativeAddon() as ResizeAddon).resizeBicubicRgb8(src.data, src.width, src.height, data, width, height, threads);
+  (nativeAddon() as ResizeAddon).resizeBicubicRgb8(src.data, src.width, src.height, data, width, height, threads ?? 0);
   return { width, height, data };
 }
 

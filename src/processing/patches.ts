@@ -1,0 +1,143 @@
+/**
+ * The image processor after loading (spec 2.3-2.6): target sizes for the request, Pillow-exact resize, rescale and
+ * normalise in float32 exactly as numpy does, and patch flattening in block order. Its output is what the vision
+ * encoder consumes: `pixel_values` [sum t*gh*gw, 3*p*p], `grid_sizes` in patch units, `merge_sizes`, `modals`.
+ */
+import { Tensor } from '../tensor/tensor.js';
+import type { RgbImage } from './image.js';
+import { targetSizes, type TargetSize } from './image-size.js';
+import { DEFAULT_PROCESSOR_CONFIG, type ProcessorConfig } from './processor-config.js';
+import { resizeBicubicRgb } from './resize.js';
+
+export interface Normalization {
+  rescaleFactor: number;
+  mean: readonly [number, number, number];
+  std: readonly [number, number, number];
+}
+
+/**
+ * For each channel, the float32 value of every byte: float32(float32(float32(v * rescale) - mean) / std), with
+ * v * rescale in float64 then cast (numpy's rescale) and mean/std as float32 arrays (numpy's normalise).
+ */
+export function normalizationTables({ rescaleFactor, mean, std }: Normalization): [Float32Array, Float32Array, Float32Array] {
+  const table = (c: number) => {
+    const m = Math.fround(mean[c]!), s = Math.fround(std[c]!);
+    const t = new Float32Array(256);
+    for (let v = 0; v < 256; v++) t[v] = Math.fround(Math.fround(v * rescaleFactor) - m) / s;
+    return t;
+  };
+  return [table(0), table(1), table(2)];
+}
+
+/**
+ * Writes the patches of equally sized frames into `out` from row `firstRow` on, in block order: row
+ * (((f*(gh/m) + R)*(gw/m) + C)*m + dy)*m + dx holds the patch at pixel (p*(m*R + dy), p*(m*C + dx)) of frame f,
+ * its columns ordered channel, pixel row, pixel column. Returns the number of rows written (t * gh * gw).
+ */
+export function patchifyInto(
+  frames: readonly RgbImage[],
+  mergeSize: number,
+  patchSize: number,
+  tables: readonly [Float32Array, Float32Array, Float32Array],
+  out: Float32Array,
+  firstRow: number,
+): number {
+  const p = patchSize, m = mergeSize, cols = 3 * p * p;
+  let row = firstRow;
+  for (const frame of frames) {
+    const { width: W, height: H, data } = frame;
+    if (H % (p * m) !== 0 || W % (p * m) !== 0) {
+      throw new Error(`patchify: frame ${W}x${H} is not a multiple of ${p * m} pixels (patch ${p}, merge ${m})`);
+    }
+    const bh = H / (p * m), bw = W / (p * m);
+    for (let R = 0; R < bh; R++) {
+      for (let C = 0; C < bw; C++) {
+        for (let dy = 0; dy < m; dy++) {
+          for (let dx = 0; dx < m; dx++, row++) {
+            const y0 = p * (m * R + dy), x0 = p * (m * C + dx);
+            for (let c = 0; c < 3; c++) {
+              const table = tables[c]!;
+              let o = row * cols + c * p * p;
+              for (let py = 0; py < p; py++) {
+                let s = ((y0 + py) * W + x0) * 3 + c;
+                for (let px = 0; px < p; px++, s += 3) out[o++] = table[data[s]!]!;
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+  return row - firstRow;
+}
+
+export type Modality = 'image' | 'video';
+
+/** One visual item of a request, in conversation order. Video frames share one target size (their first frame's). */
+export type VisualInput =
+  | { modality: 'image'; image: RgbImage; mergeSize?: number }
+  | { modality: 'video'; frames: readonly RgbImage[]; mergeSize?: number };
+
+export interface PreprocessOptions {
+  /** Settings from the checkpoint (loadProcessorConfig); defaults to the released checkpoints' values. */
+  config?: ProcessorConfig;
+  /** Per-request overrides of the config's token budget. */
+  minTokens?: number;
+  maxTokens?: number;
+  /** Resize threads (see ResizeOptions). */
+  threads?: number;
+}
+
+export interface VisualBatch {
+  /** [sum over items of t*gh*gw, 3*p*p] float32, items in input order (cast to bf16 by the caller). */
+  pixelValues: Tensor<'f32'>;
+  /** (t, gh, gw) per item in patch units, not merged units. */
+  gridSizes: [number, number, number][];
+  mergeSizes: number[];
+  modals: Modality[];
+  /** Resized size per item (every frame of a video has it). */
+  sizes: TargetSize[];
+  /** LLM tokens per frame of each item before DiffFP: (gh/m) * (gw/m). */
+  tokensPerFrame: number[];
+  /** LLM tokens per item before DiffFP: t * tokensPerFrame. */
+  numTokens: number[];
+}
+
+/** Resizes, normalises and patchifies the visual items of one request as the reference image processor. */
+export function preprocessVisuals(items: readonly VisualInput[], options: PreprocessOptions = {}): VisualBatch {
+  const config = options.config ?? DEFAULT_PROCESSOR_CONFIG;
+  const p = config.patchSize;
+  const frameLists = items.map((item, i) => {
+    const frames = item.modality === 'image' ? [item.image] : item.frames;
+    if (frames.length === 0) throw new Error(`preprocessVisuals: video item ${i} has no frames`);
+    return frames;
+  });
+  const mergeSizes = items.map((item) => item.mergeSize ?? (item.modality === 'image' ? config.imageMergeSize : config.videoMergeSize));
+  const sizes = targetSizes(
+    items.map((_, i) => ({ height: frameLists[i]![0]!.height, width: frameLists[i]![0]!.width, frames: frameLists[i]!.length, mergeSize: mergeSizes[i]! })),
+    { minTokens: options.minTokens ?? config.minTokens, maxTokens: options.maxTokens ?? config.maxTokens, patchSize: p },
+  );
+  const gridSizes = sizes.map((s, i): [number, number, number] => [frameLists[i]!.length, s.height / p, s.width / p]);
+  const tokensPerFrame = gridSizes.map(([, gh, gw], i) => (gh / mergeSizes[i]!) * (gw / mergeSizes[i]!));
+  const rows = gridSizes.reduce((sum, [t, gh, gw]) => sum + t * gh * gw, 0);
+  const pixelValues = Tensor.empty('f32', [rows, 3 * p * p]);
+  const tables = normalizationTables({ rescaleFactor: config.rescaleFactor, mean: config.imageMean, std: config.imageStd });
+  let row = 0;
+  items.forEach((_, i) => {
+    const { width, height } = sizes[i]!;
+    // Frame by frame, so that a long video never holds all its resized frames at once.
+    for (const frame of frameLists[i]!) {
+      const resized = resizeBicubicRgb(frame, width, height, { threads: options.threads });
+      row += patchifyInto([resized], mergeSizes[i]!, p, tables, pixelValues.data, row);
+    }
+  });
+  return {
+    pixelValues,
+    gridSizes,
+    mergeSizes,
+    modals: items.map((item) => item.modality),
+    sizes,
+    tokensPerFrame,
+    numTokens: gridSizes.map(([t], i) => t * tokensPerFrame[i]!),
+  };
+}
