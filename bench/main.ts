@@ -1,11 +1,11 @@
 // `npm run bench [-- --json] [-- --skip-llm] [-- --model DIR]`: kernel and model throughput beside the machine's
 // limits measured in the same run (FMA-bound peak FLOP/s, DRAM read bandwidth) and a peer where there is one.
 import { execFileSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { copyFileSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { writeRandomCheckpoint } from '../src/model/random-checkpoint.js';
+import { TOKENIZER_FILES, writeRandomCheckpoint } from '../src/model/random-checkpoint.js';
 import { nativeInfo } from '../src/tensor/native.js';
 import { measureKernels, measureLimits } from './kernels.js';
 import type { LlmFigures } from './llm.js';
@@ -46,9 +46,14 @@ function child<T>(name: string, ...argv: string[]): T {
 
 let llm: (LlmFigures & { decodeBoundTokensPerSecond: number; decodePercentOfBound: number })[] | undefined;
 if (!skipLlm) {
+  // The tokenizer is only needed for the end-to-end figure (time to first token); the fixtures carry the real one.
+  const tokenizerFrom = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..', 'shared', 'fixtures', 'checkpoint', 'VideoLLaMA3-2B-tiny-random');
+  const haveTokenizer = existsSync(join(tokenizerFrom, 'tokenizer.json'));
   if (!existsSync(join(modelDir, 'config.json'))) {
     log(`writing the random 2b checkpoint to ${modelDir} (set VL3_BENCH_MODEL or --model to reuse one)`);
-    await writeRandomCheckpoint({ preset: '2b', out: modelDir, seed: 0 });
+    writeRandomCheckpoint({ preset: '2b', out: modelDir, seed: 0, tokenizerFrom: haveTokenizer ? tokenizerFrom : undefined });
+  } else if (haveTokenizer && !existsSync(join(modelDir, 'tokenizer.json'))) {
+    for (const name of TOKENIZER_FILES) if (existsSync(join(tokenizerFrom, name))) copyFileSync(join(tokenizerFrom, name), join(modelDir, name));
   }
   llm = threadCounts.map((n) => {
     const figures = child<LlmFigures>('llm', modelDir, String(n));
@@ -70,6 +75,11 @@ if (!skipLlm) {
     for (const image of f.images) {
       log(`vision encoder + projector, one ${image.label} image (${image.patches} patches), ${f.threads} thread(s): ` +
         `${image.seconds} s, ${image.gflops} GFLOP/s = ${percent(image.gflops, limits.peakGflops[f.threads]!)}% of peak (${image.gflop} GFLOP)`);
+    }
+    if (f.timeToFirstToken) {
+      const t = f.timeToFirstToken;
+      log(`time to first token, "${t.question}" with one 448x448 PNG, ${f.threads} thread(s): ${t.seconds} s ` +
+        `(${t.promptTokens} prompt tokens of which ${t.visualTokens} visual; prefill ${t.prefillSeconds} s)`);
     }
   }
 }

@@ -1,6 +1,11 @@
 // Vision encoder + projector throughput on one checkpoint, run as its own process (peak memory is its own).
 // Usage: node dist/bench/vision.js <checkpoint-dir> <threads>   (prints one JSON object)
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import sharp from 'sharp';
+import { VideoLLaMA3, type ChatResult } from '../src/api/videollama3.js';
 import { loadCheckpoint } from '../src/model/checkpoint.js';
+import type { Message } from '../src/processing/conversation.js';
 import { VideoLLaMA3Model } from '../src/model/videollama3.js';
 import type { VisualGrid } from '../src/model/vision-rope.js';
 import { createBackend } from '../src/tensor/index.js';
@@ -10,6 +15,8 @@ import { round } from './stats.js';
 export interface VisionFigures {
   threads: number;
   images: { label: string; patches: number; seconds: number; gflop: number; gflops: number }[];
+  /** End to end through the public API (decode, resize, encode, prefill); absent without tokenizer files. */
+  timeToFirstToken?: { question: string; seconds: number; promptTokens: number; visualTokens: number; prefillSeconds: number };
 }
 
 /** Multiply-adds ×2 of the encoder (patch embedding, 27 layers with per-image attention) and the projector. */
@@ -18,12 +25,37 @@ export function visionFlops(n: number, merged: number, c: { C: number; I: number
   return 2 * n * c.patch * c.C + c.layers * perLayer + 2 * merged * (c.C * c.H + c.H * c.H);
 }
 
-function main(): void {
+/** Seconds from `chat()` to the first generated token for a question about one 448×448 PNG. */
+async function timeToFirstToken(model: VideoLLaMA3): Promise<VisionFigures['timeToFirstToken']> {
+  const pixels = Buffer.alloc(448 * 448 * 3);
+  for (let i = 0; i < pixels.length; i++) pixels[i] = (i * 7 + (i >> 10)) & 255;
+  const png = await sharp(pixels, { raw: { width: 448, height: 448, channels: 3 } }).png().toBuffer();
+  const question = 'Describe this image.';
+  const messages: Message[] = [{ role: 'user', content: [{ type: 'image', image: `data:image/png;base64,${png.toString('base64')}` }, { type: 'text', text: question }] }];
+  const runs: { seconds: number; result: ChatResult }[] = [];
+  for (let r = 0; r < 2; r++) {
+    const t0 = performance.now();
+    const result = await model.chat(messages, { greedy: true, maxNewTokens: 1 }).result;
+    runs.push({ seconds: (performance.now() - t0) / 1000, result });
+  }
+  const last = runs[runs.length - 1]!;
+  return {
+    question,
+    seconds: round(Math.min(...runs.map((r) => r.seconds)), 2),
+    promptTokens: last.result.usage.promptTokens,
+    visualTokens: last.result.usage.visualTokens,
+    prefillSeconds: round(last.result.timings.prefillMs / 1000, 2),
+  };
+}
+
+async function main(): Promise<void> {
   const [dir, threadsArg] = process.argv.slice(2);
   if (!dir) throw new Error('usage: vision.js <checkpoint-dir> [threads]');
-  const checkpoint = loadCheckpoint(dir);
-  const backend = createBackend('native', Number(threadsArg ?? 0) || undefined);
-  const model = new VideoLLaMA3Model(checkpoint, backend);
+  const threads = Number(threadsArg ?? 0) || undefined;
+  // With tokenizer files the public API is measured end to end too; the encoder timings then use its model.
+  const api = existsSync(join(dir, 'tokenizer.json')) ? await VideoLLaMA3.load(dir, { threads }) : undefined;
+  const model = api?.model ?? new VideoLLaMA3Model(loadCheckpoint(dir), createBackend('native', threads));
+  const { checkpoint, backend } = model;
   const v = checkpoint.config.visionEncoderConfig;
   const dims = { C: v.hiddenSize, I: v.intermediateSize, layers: v.numHiddenLayers, H: checkpoint.config.hiddenSize, patch: 3 * v.patchSize ** 2 };
 
@@ -43,8 +75,8 @@ function main(): void {
     const gflop = visionFlops(n, n, dims) / 1e9;
     return { label, patches: n, seconds: round(seconds, 2), gflop: round(gflop), gflops: round(gflop / seconds) };
   });
-  const figures: VisionFigures = { threads: backend.threads, images };
+  const figures: VisionFigures = { threads: backend.threads, images, timeToFirstToken: api && (await timeToFirstToken(api)) };
   process.stdout.write(JSON.stringify(figures) + '\n');
 }
 
-main();
+await main();

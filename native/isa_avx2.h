@@ -141,6 +141,135 @@ inline void microKernel(long kc, const float* A, const float* B, long ldb, float
   }
 }
 
+// The tiled attention's two products share one register tile: C[M×16] (row stride ldc) = A·B over kc steps, A giving
+// M floats per step (lda apart: a packed K panel, or V read in place) and B 16 floats per step (ldb apart: packed
+// queries, or probabilities). With corr (16 per-column factors, the online softmax's rescaling) the tile is
+// accumulated as C = C ⊙ corr + A·B, so rescaling the output costs no separate pass. M <= 6 keeps 2·M accumulators,
+// two B vectors and a broadcast within the 16 ymm registers.
+template <int M>
+inline void attnTileT(long kc, const float* A, long lda, const float* B, long ldb, float* C, long ldc,
+                      const float* corr) {
+  __m256 c0[M], c1[M];
+#pragma GCC unroll 6
+  for (int i = 0; i < M; i++) c0[i] = c1[i] = _mm256_setzero_ps();
+#pragma GCC unroll 2
+  for (long k = 0; k < kc; k++) {
+    const __m256 b0 = _mm256_loadu_ps(B), b1 = _mm256_loadu_ps(B + 8);
+#pragma GCC unroll 6
+    for (int i = 0; i < M; i++) {
+      const __m256 a = _mm256_broadcast_ss(A + i);
+      c0[i] = _mm256_fmadd_ps(a, b0, c0[i]);
+      c1[i] = _mm256_fmadd_ps(a, b1, c1[i]);
+    }
+    A += lda;
+    B += ldb;
+  }
+  if (corr) {
+    const __m256 f0 = _mm256_loadu_ps(corr), f1 = _mm256_loadu_ps(corr + 8);
+#pragma GCC unroll 6
+    for (int i = 0; i < M; i++) {
+      float* c = C + i * ldc;
+      _mm256_storeu_ps(c, _mm256_fmadd_ps(_mm256_loadu_ps(c), f0, c0[i]));
+      _mm256_storeu_ps(c + 8, _mm256_fmadd_ps(_mm256_loadu_ps(c + 8), f1, c1[i]));
+    }
+  } else {
+#pragma GCC unroll 6
+    for (int i = 0; i < M; i++) {
+      _mm256_storeu_ps(C + i * ldc, c0[i]);
+      _mm256_storeu_ps(C + i * ldc + 8, c1[i]);
+    }
+  }
+}
+
+inline void attnTile(int m, long kc, const float* A, long lda, const float* B, long ldb, float* C, long ldc,
+                     const float* corr) {
+  switch (m) {
+    case 1: attnTileT<1>(kc, A, lda, B, ldb, C, ldc, corr); break;
+    case 2: attnTileT<2>(kc, A, lda, B, ldb, C, ldc, corr); break;
+    case 3: attnTileT<3>(kc, A, lda, B, ldb, C, ldc, corr); break;
+    case 4: attnTileT<4>(kc, A, lda, B, ldb, C, ldc, corr); break;
+    case 5: attnTileT<5>(kc, A, lda, B, ldb, C, ldc, corr); break;
+    default: attnTileT<6>(kc, A, lda, B, ldb, C, ldc, corr); break;
+  }
+}
+
+// 2^x for x <= 0 (the softmax's shifted scores, in base 2): x = n + r with n = round(x), |r| <= 1/2, 2^r by a degree-6
+// polynomial fitted here for least relative error (3.9e-9, so ~1 ulp after f32 rounding), and n added straight into
+// the exponent field. Cheaper than exp8: no range-reduction multiply, no Cody-Waite split (x − n is exact) and no
+// upper clamp. Inputs below −126 give 2^−126 (callers clear masked entries themselves); NaN propagates.
+inline __m256 exp2NonPos8(__m256 x) {
+  x = _mm256_max_ps(_mm256_set1_ps(-126.0f), x);
+  const __m256i n = _mm256_cvtps_epi32(x);  // round to nearest
+  const __m256 r = _mm256_sub_ps(x, _mm256_cvtepi32_ps(n));
+  __m256 p = _mm256_set1_ps(1.54697322e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.34100008e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(9.61803086e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.55029735e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(2.40226507e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(6.93147242e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+  return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), _mm256_slli_epi32(n, 23)));
+}
+
+template <bool MASKED>
+inline void attnSoftmax16T(float* s, long n, long j0, const int32_t* lim, float* m, float* l, float* corr) {
+  const __m256 ninf = _mm256_set1_ps(-INFINITY);
+  __m256 mx0 = _mm256_loadu_ps(m), mx1 = _mm256_loadu_ps(m + 8);
+  const __m256 mOld0 = mx0, mOld1 = mx1;
+  if (MASKED) {
+    const __m256i lim0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(lim));
+    const __m256i lim1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(lim + 8));
+    for (long j = 0; j < n; j++) {
+      const __m256i jv = _mm256_set1_epi32(static_cast<int>(j0 + j));
+      const __m256 s0 = _mm256_blendv_ps(ninf, _mm256_loadu_ps(s + j * 16),
+                                         _mm256_castsi256_ps(_mm256_cmpgt_epi32(lim0, jv)));
+      const __m256 s1 = _mm256_blendv_ps(ninf, _mm256_loadu_ps(s + j * 16 + 8),
+                                         _mm256_castsi256_ps(_mm256_cmpgt_epi32(lim1, jv)));
+      _mm256_storeu_ps(s + j * 16, s0);
+      _mm256_storeu_ps(s + j * 16 + 8, s1);
+      mx0 = _mm256_max_ps(mx0, s0);
+      mx1 = _mm256_max_ps(mx1, s1);
+    }
+  } else {
+    for (long j = 0; j < n; j++) {
+      mx0 = _mm256_max_ps(mx0, _mm256_loadu_ps(s + j * 16));
+      mx1 = _mm256_max_ps(mx1, _mm256_loadu_ps(s + j * 16 + 8));
+    }
+  }
+  // m starts at −FLT_MAX rather than −inf, so a row with nothing visible yet gets corr = 1 instead of a NaN.
+  __m256 sum0 = _mm256_setzero_ps(), sum1 = _mm256_setzero_ps();
+  for (long j = 0; j < n; j++) {
+    const __m256 s0 = _mm256_loadu_ps(s + j * 16), s1 = _mm256_loadu_ps(s + j * 16 + 8);
+    __m256 p0 = exp2NonPos8(_mm256_sub_ps(s0, mx0));
+    __m256 p1 = exp2NonPos8(_mm256_sub_ps(s1, mx1));
+    if (MASKED) {  // exactly 0 where masked, not the clamp's 2^−126
+      p0 = _mm256_and_ps(p0, _mm256_cmp_ps(s0, ninf, _CMP_NEQ_UQ));
+      p1 = _mm256_and_ps(p1, _mm256_cmp_ps(s1, ninf, _CMP_NEQ_UQ));
+    }
+    _mm256_storeu_ps(s + j * 16, p0);
+    _mm256_storeu_ps(s + j * 16 + 8, p1);
+    sum0 = _mm256_add_ps(sum0, p0);
+    sum1 = _mm256_add_ps(sum1, p1);
+  }
+  const __m256 c0 = exp2NonPos8(_mm256_sub_ps(mOld0, mx0)), c1 = exp2NonPos8(_mm256_sub_ps(mOld1, mx1));
+  _mm256_storeu_ps(corr, c0);
+  _mm256_storeu_ps(corr + 8, c1);
+  _mm256_storeu_ps(l, _mm256_fmadd_ps(_mm256_loadu_ps(l), c0, sum0));
+  _mm256_storeu_ps(l + 8, _mm256_fmadd_ps(_mm256_loadu_ps(l + 8), c1, sum1));
+  _mm256_storeu_ps(m, mx0);
+  _mm256_storeu_ps(m + 8, mx1);
+}
+
+// One online-softmax step for a panel of 16 query rows: s[n][16] holds the scores of keys j0 .. j0+n-1 in base 2
+// (log2 e folded into the queries), one column per row, so the running max and sum are plain vector ops with no
+// horizontal reductions. lim (null when the whole block is visible) gives per column the first key the row may not
+// see. On return s holds 2^(s − mNew), exactly 0 where masked; m and l the updated running max and sum; corr
+// 2^(mOld − mNew), the factor for the output accumulated so far.
+inline void attnSoftmax16(float* s, long n, long j0, const int32_t* lim, float* m, float* l, float* corr) {
+  if (lim) attnSoftmax16T<true>(s, n, j0, lim, m, l, corr);
+  else attnSoftmax16T<false>(s, n, j0, lim, m, l, corr);
+}
+
 // Transposes 8 rows of 8 floats in registers: on return r[i] holds column i.
 inline void transpose8(__m256 r[8]) {
   __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);

@@ -44,6 +44,43 @@ inline void microKernel(long kc, const float* A, const float* B, long ldb, float
   }
 }
 
+// The tiled attention's register tile (see isa_avx2.h): C[m×16] = A·B, or C ⊙ corr + A·B with per-column corr.
+inline void attnTile(int m, long kc, const float* A, long lda, const float* B, long ldb, float* C, long ldc,
+                     const float* corr) {
+  float acc[MR][NR] = {};
+  for (long k = 0; k < kc; k++) {
+    for (int i = 0; i < m; i++) {
+      const float a = A[i];
+      for (int j = 0; j < NR; j++) acc[i][j] += a * B[j];
+    }
+    A += lda;
+    B += ldb;
+  }
+  for (int i = 0; i < m; i++) {
+    float* c = C + i * ldc;
+    if (corr) for (int j = 0; j < NR; j++) c[j] = c[j] * corr[j] + acc[i][j];
+    else for (int j = 0; j < NR; j++) c[j] = acc[i][j];
+  }
+}
+
+// One online-softmax step for 16 query rows over keys j0 .. j0+n-1, scores s[n][16] in base 2 (see isa_avx2.h).
+inline void attnSoftmax16(float* s, long n, long j0, const int32_t* lim, float* m, float* l, float* corr) {
+  for (int c = 0; c < NR; c++) {
+    const long vis = lim ? lim[c] - j0 : n;  // keys [0, vis) of the block are visible to this row
+    float mx = m[c];
+    for (long j = 0; j < n && j < vis; j++) mx = s[j * NR + c] > mx ? s[j * NR + c] : mx;
+    float sum = 0.0f;
+    for (long j = 0; j < n; j++) {
+      const float p = j < vis ? std::exp2(s[j * NR + c] - mx) : 0.0f;
+      s[j * NR + c] = p;
+      sum += p;
+    }
+    corr[c] = std::exp2(m[c] - mx);
+    l[c] = l[c] * corr[c] + sum;
+    m[c] = mx;
+  }
+}
+
 inline void packB(const void* w, WType type, long ldw, int nr, long kc, float* dst) {
   for (int j = 0; j < NR; j++) {
     if (j >= nr) {

@@ -1,6 +1,7 @@
 // Own op drivers: blocking, threading and the online softmax are written once and instantiated per ISA, so the scalar fallback keeps the AVX2 path's structure and memory bounds.
 // Include exactly once per translation unit, after an isa_*.h, with VL3_ISA naming that header's namespace and
 // VL3_ISA_NAME its display name. Everything lands in an anonymous namespace inside vl3::VL3_ISA.
+#include <cfloat>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -499,9 +500,8 @@ inline void attnMerge(const float* const* o, const float* m, const float* l, lon
   for (long d = 0; d < D; d++) dst[d] *= inv;
 }
 
-void attention(const AttentionArgs& a) {
+void attentionRows(const AttentionArgs& a) {
   const long T = a.T, S = a.S, D = a.D, Hkv = a.Hkv;
-  if (T == 0 || D == 0) return;
   const long R = a.Hq / Hkv;
   const long Tq = lmin(T, lmax(1, kRowsPerTile / R));
   const long rowsP = roundUp(Tq * R, MR);
@@ -594,6 +594,127 @@ void attention(const AttentionArgs& a) {
       }
     }
   }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Tiled attention for many query rows (vision encoder, prefill chunks). Everything is laid out transposed, one column
+// per query row: scores come out of the register tile as Sᵀ[keys][16 rows], so the online softmax is vertical vector
+// math, the probabilities are already the B operand of Oᵀ[D][16 rows] += Vᵀ·Pᵀ, and V is read in place as that
+// product's A operand (a key's D values are contiguous). K is the one operand that needs a transpose: it is packed
+// once per call into panels of MR keys, shared by every query tile, which then reads it from L2/L3 without any
+// further copies. A task is one tile of up to kTilePanels panels of 16 query rows for one KV head; as in
+// attentionRows, the query heads sharing a KV head are rows of the same tile.
+
+constexpr long kTiledMinT = 32;   // below this many queries attentionRows is faster (packing K would not pay off)
+constexpr long BKT = 16 * MR;     // keys per block: per panel, the scores (6 KiB) and the packed Qᵀ stay in L1
+constexpr long kTilePanels = 8;   // 128 query rows per task: each K/V block fetched into L2 serves 8 panels
+constexpr long kPackGroups = 64;  // key groups of MR per packing task
+
+// Rows of the Vᵀ·Pᵀ product for the output rows [d0, D): 6 while that leaves no awkward rest, 4 (two tiles of 4 or
+// 4 + 3 instead of 6 + 2 or 6 + 1) to keep enough accumulators in flight, else whatever is left.
+inline int dTile(long rest) { return rest == 8 || rest == 7 ? 4 : static_cast<int>(lmin(rest, MR)); }
+
+void attentionTiled(const AttentionArgs& a) {
+  const long T = a.T, S = a.S, D = a.D, Hkv = a.Hkv, Hq = a.Hq, R = Hq / Hkv;
+  const long kvEnd = a.causal ? lmin(S, a.queryOffset + T) : S;  // no query sees keys at or past kvEnd
+  const long groups = cdiv(kvEnd, MR), ldkv = Hkv * D;
+
+  // Kᵀ panels [Hkv][groups][D][MR], zero keys past kvEnd. One copy of K's visible part: bounded by the cache, not T×S.
+  float* kp = static_cast<float*>(scratch(0, kSlotShared, Hkv * groups * MR * D * sizeof(float)));
+  const long packChunks = cdiv(groups, kPackGroups);
+  parallelTasks(Hkv * packChunks, [&](long task, int) {
+    const long g = task / packChunks, c = task % packChunks;
+    for (long grp = c * kPackGroups; grp < lmin(groups, (c + 1) * kPackGroups); grp++) {
+      float* dst = kp + (g * groups + grp) * MR * D;
+      for (long r = 0; r < MR; r++) {
+        const long j = grp * MR + r;
+        const float* src = a.k + j * ldkv + g * D;
+        if (j < kvEnd) for (long d = 0; d < D; d++) dst[d * MR + r] = src[d];
+        else for (long d = 0; d < D; d++) dst[d * MR + r] = 0.0f;
+      }
+    }
+  });
+
+  const float qScale = static_cast<float>(a.scale * 1.4426950408889634);  // log2 e
+  const long rows = T * R;  // per KV head: row i is query i / R of query head g·R + i % R
+  const long panelsPerHead = cdiv(rows, 16);
+  const int threads = poolThreads();
+  // Smaller tiles only when the big ones would leave threads idle.
+  const long tilePanels = lmax(1, lmin(kTilePanels, cdiv(Hkv * panelsPerHead, 4L * threads)));
+  const long qTiles = cdiv(panelsPerHead, tilePanels);
+  const long rowsP = tilePanels * 16;
+  long off = 0;
+  auto take = [&](long n) {
+    const long at = off;
+    off += roundUp(n, 16);
+    return at;
+  };
+  const long oQt = take(rowsP * D), oOt = take(rowsP * D), oM = take(rowsP), oL = take(rowsP), oLim = take(rowsP),
+             oCorr = take(16), oSc = take(BKT * 16), total = off;
+
+  parallelTasks(Hkv * qTiles, [&](long task, int tid) {
+    const long g = task % Hkv;
+    // Under a causal mask later tiles see more keys; handing them out first keeps the tail of the job short.
+    const long qt = qTiles - 1 - task / Hkv;
+    const long r0 = qt * rowsP, nRows = lmin(rows, r0 + rowsP) - r0, nPanels = cdiv(nRows, 16);
+    float* buf = static_cast<float*>(scratch(tid, kSlotC, total * sizeof(float)));
+    float *qt16 = buf + oQt, *ot16 = buf + oOt, *m = buf + oM, *l = buf + oL, *corr = buf + oCorr, *sc = buf + oSc;
+    int32_t* lim = reinterpret_cast<int32_t*>(buf + oLim);
+
+    // Qᵀ panels [D][16] with the scale and log2 e folded in (the softmax works in base 2); rows past the end are zero
+    // queries that see what the last real row sees, so they stay finite and change nothing.
+    for (long i = 0; i < nPanels * 16; i++) {
+      float* dst = qt16 + (i / 16) * 16 * D + i % 16;
+      if (i < nRows) {
+        const long t = (r0 + i) / R, h = g * R + (r0 + i) % R;
+        const float* src = a.q + (t * Hq + h) * D;
+        for (long d = 0; d < D; d++) dst[d * 16] = src[d] * qScale;
+        lim[i] = static_cast<int32_t>(a.causal ? lmin(S, a.queryOffset + t + 1) : S);
+      } else {
+        for (long d = 0; d < D; d++) dst[d * 16] = 0.0f;
+        lim[i] = lim[nRows - 1];
+      }
+      m[i] = -FLT_MAX;
+      l[i] = 0.0f;
+    }
+    std::memset(ot16, 0, nPanels * 16 * D * sizeof(float));
+
+    const float* vHead = a.v + g * D;
+    const float* kHead = kp + g * groups * MR * D;
+    const long tileEnd = lim[nPanels * 16 - 1];  // rows are in query order, so the last one sees the most
+    for (long j0 = 0; j0 < tileEnd; j0 += BKT) {
+      for (long p = 0; p < nPanels; p++) {
+        const int32_t* limP = lim + p * 16;
+        // Only the keys the panel's last row may see; a block past all of them is skipped outright.
+        const long cnt = lmin(BKT, limP[15] - j0);
+        if (cnt <= 0) continue;
+        const float* qp = qt16 + p * 16 * D;
+        float* op = ot16 + p * 16 * D;
+        for (long grp = 0; grp < cdiv(cnt, MR); grp++)
+          attnTile(MR, D, kHead + (j0 / MR + grp) * MR * D, MR, qp, 16, sc + grp * MR * 16, 16, nullptr);
+        attnSoftmax16(sc, cnt, j0, j0 + cnt > limP[0] ? limP : nullptr, m + p * 16, l + p * 16, corr);
+        for (long d0 = 0; d0 < D;) {
+          const int mt = dTile(D - d0);
+          attnTile(mt, cnt, vHead + j0 * ldkv + d0, ldkv, sc, 16, op + d0 * 16, 16, corr);
+          d0 += mt;
+        }
+      }
+    }
+
+    for (long i = 0; i < nRows; i++) {
+      const long t = (r0 + i) / R, h = g * R + (r0 + i) % R;
+      float* dst = a.out + (t * Hq + h) * D;
+      const float* src = ot16 + (i / 16) * 16 * D + i % 16;
+      const float inv = 1.0f / l[i];
+      for (long d = 0; d < D; d++) dst[d] = src[d * 16] * inv;
+    }
+  });
+}
+
+void attention(const AttentionArgs& a) {
+  if (a.T == 0 || a.D == 0) return;
+  if (a.T >= kTiledMinT) attentionTiled(a);
+  else attentionRows(a);
 }
 
 double fmaLoopK(long iters, float* sink) { return fmaLoop(iters, sink); }

@@ -4,13 +4,6 @@
 // sum 1, turned into int32 with 22 fractional bits; int32 accumulators starting at 1 << 21; arithmetic shift; clamp.
 #include "resize.h"
 
-// A fused multiply-add rounds once where Pillow's build rounds twice; aarch64 compilers fuse by default.
-#if defined(__clang__)
-#pragma clang fp contract(off)
-#elif defined(__GNUC__)
-#pragma GCC optimize("fp-contract=off")
-#endif
-
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -21,6 +14,14 @@
 
 #if defined(__SSE2__)
 #include <emmintrin.h>
+#endif
+
+// A fused multiply-add rounds once where Pillow's build rounds twice; aarch64 compilers fuse by default. (After the
+// includes, so that only this file's functions are affected.)
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
 #endif
 
 namespace vl3 {
@@ -120,8 +121,8 @@ long weightedSumSse2(const uint8_t* taps, size_t stride, const int32_t* k, long 
   long j = 0;
   for (; j + 16 <= lanes; j += 16) {
     __m128i lo[4] = {zero, zero, zero, zero}, hi[4] = {zero, zero, zero, zero};
-    const uint8_t* p = taps + j;
-    for (long t = 0; t < n; t += 2, p += 2 * stride) {
+    for (long t = 0; t < n; t += 2) {
+      const uint8_t* p = taps + t * stride + j;
       const bool pair = t + 1 < n;
       const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
       const __m128i b = pair ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + stride)) : zero;

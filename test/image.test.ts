@@ -266,7 +266,7 @@ describe('BMP: the layouts Pillow reads', () => {
   });
 });
 
-describe('loadImage errors name the input', () => {
+describe('loadImage inputs, and errors that name the input', () => {
   test('missing file, directory', async () => {
     await rejects(loadImage('/nonexistent/dir/photo.png'), 'unreadable', /^\/nonexistent\/dir\/photo\.png: .*file not found/);
     await rejects(loadImage('/tmp'), 'unreadable', /^\/tmp: .*directory/);
@@ -279,15 +279,23 @@ describe('loadImage errors name the input', () => {
     assert.equal(sniffImageFormat(Buffer.from('II*\0')), 'tiff');
   });
 
-  test('truncated PNG, JPEG, GIF and BMP', async () => {
+  test('truncated PNG, JPEG, WebP, GIF and BMP', async () => {
     const png = await sharp(pattern(64, 64, 3), { raw: { width: 64, height: 64, channels: 3 } }).png().toBuffer();
     await rejects(loadImage(png.subarray(0, png.length >> 1), { index: 0 }), 'truncated', /^image #0 \(\d+ bytes\): truncated PNG/);
     const jpeg = await sharp(pattern(64, 64, 3), { raw: { width: 64, height: 64, channels: 3 } }).jpeg().toBuffer();
     await rejects(loadImage(jpeg.subarray(0, jpeg.length >> 1)), 'truncated', /truncated JPEG/);
+    const webp = await sharp(pattern(64, 64, 3), { raw: { width: 64, height: 64, channels: 3 } }).webp().toBuffer();
+    await rejects(loadImage(webp.subarray(0, webp.length - 10)), 'truncated', /truncated WEBP/);
     const gif = makeGif({ width: 5, height: 4, palette: [[0, 0, 0], [1, 1, 1]], indices: Array(20).fill(1) });
     await rejects(loadImage(gif.subarray(0, gif.length - 12)), 'truncated', /truncated GIF/);
     const bmp = makeBmp({ width: 5, height: 3, bits: 24, rgb: pattern(5, 3, 3) });
     await rejects(loadImage(bmp.subarray(0, bmp.length - 4)), 'truncated', /truncated BMP/);
+  });
+
+  test('a percent-encoded data URL (no ;base64) decodes its octets', async () => {
+    const bmp = makeBmp({ width: 5, height: 3, bits: 24, rgb: pattern(5, 3, 3) });
+    const url = `data:image/bmp,${[...bmp].map((b) => `%${b.toString(16).padStart(2, '0')}`).join('')}`;
+    assert.deepEqual((await loadImage(url)).data, (await loadImage(bmp)).data);
   });
 
   test('bad data URLs', async () => {

@@ -114,11 +114,20 @@ function decodeDataUrl(url: string, name: string): Uint8Array {
     if (!/^[A-Za-z0-9+/_-]*={0,2}$/.test(clean)) throw new ImageLoadError('unreadable', `${name}: data URL is not valid base64`);
     return Buffer.from(clean, 'base64');
   }
-  try {
-    return Buffer.from(decodeURIComponent(payload), 'latin1');
-  } catch {
-    throw new ImageLoadError('unreadable', `${name}: data URL has invalid percent-encoding`);
+  // Percent-encoded octets; other characters stand for their UTF-8 bytes.
+  const bytes: number[] = [];
+  for (let i = 0; i < payload.length; i++) {
+    const hex = payload.slice(i + 1, i + 3);
+    if (payload[i] === '%' && /^[0-9a-f]{2}$/i.test(hex)) {
+      bytes.push(parseInt(hex, 16));
+      i += 2;
+    } else {
+      const code = payload.codePointAt(i)!;
+      if (code > 0xffff) i++;
+      bytes.push(...Buffer.from(String.fromCodePoint(code), 'utf8'));
+    }
   }
+  return Uint8Array.from(bytes);
 }
 
 /** The format from the first bytes (magic numbers), or undefined for anything else. */
@@ -180,6 +189,8 @@ async function decodeWithSharp(
   if (meta.space === 'cmyk') pipeline = pipeline.pipelineColourspace('cmyk'); // no ICC transform to sRGB
   if (own) pipeline = pipeline.toColourspace(meta.space); // keep the decoder's samples as they are
   const depth = own && meta.depth === 'ushort' ? 'ushort' : 'uchar';
+  // 8-bit RGB(A): libvips drops the alpha band itself (a band extraction, never a flatten), saving a copy here.
+  if (depth === 'uchar' && meta.space === 'srgb') pipeline = pipeline.removeAlpha();
   let raw: { data: Buffer; info: OutputInfo };
   try {
     raw = await pipeline.raw({ depth }).toBuffer({ resolveWithObject: true });
@@ -193,6 +204,7 @@ async function decodeWithSharp(
 
 /** Pillow's `convert("RGB")` of decoded samples: gray replicated, alpha dropped, CMYK inverted naively. */
 function toRgb(samples: Uint8Array | Uint16Array, pixels: number, channels: number, cmyk: boolean, sixteenBit: boolean): Uint8Array {
+  if (channels === 3 && !sixteenBit) return new Uint8Array(samples.buffer, samples.byteOffset, pixels * 3);
   const out = new Uint8Array(pixels * 3);
   const gray = channels <= 2;
   // One 16-bit gray channel is Pillow's I;16, clipped; other 16-bit layouts are unpacked to their high byte.
