@@ -142,8 +142,8 @@ inline void microKernel(long kc, const float* A, const float* B, long ldb, float
 }
 
 // The tiled attention's two products share one register tile: C[M×16] (row stride ldc) = A·B over kc steps, A giving
-// M floats per step (lda apart: a packed K panel, or V read in place) and B 16 floats per step (ldb apart: packed
-// queries, or probabilities). With corr (16 per-column factors, the online softmax's rescaling) the tile is
+// M floats per step (lda apart: a packed K or V panel) and B 16 floats per step (ldb apart: packed queries, or
+// probabilities). With corr (16 per-column factors, the online softmax's rescaling) the tile is
 // accumulated as C = C ⊙ corr + A·B, so rescaling the output costs no separate pass. M <= 6 keeps 2·M accumulators,
 // two B vectors and a broadcast within the 16 ymm registers.
 template <int M>
@@ -236,7 +236,8 @@ inline void attnSoftmax16T(float* s, long n, long j0, const int32_t* lim, float*
       mx1 = _mm256_max_ps(mx1, _mm256_loadu_ps(s + j * 16 + 8));
     }
   }
-  // m starts at −FLT_MAX rather than −inf, so a row with nothing visible yet gets corr = 1 instead of a NaN.
+  // The driver starts m at −FLT_MAX rather than −inf, so a row that has seen nothing yet gets corr = 2^0 = 1 instead
+  // of the NaN of −inf − −inf.
   __m256 sum0 = _mm256_setzero_ps(), sum1 = _mm256_setzero_ps();
   for (long j = 0; j < n; j++) {
     const __m256 s0 = _mm256_loadu_ps(s + j * 16), s1 = _mm256_loadu_ps(s + j * 16 + 8);
@@ -288,6 +289,77 @@ inline void transpose8(__m256 r[8]) {
   r[5] = _mm256_permute2f128_ps(s1, s5, 0x31);
   r[6] = _mm256_permute2f128_ps(s2, s6, 0x31);
   r[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
+}
+
+// Packs n <= 6 keys (rows ld floats apart, D floats each) into the tiled attention's K panel [D][6], zero keys past
+// n. Eight values of d at a time: six rows through the 8×8 register transpose give eight 6-key columns, which are
+// consecutive in the panel, so seven overlapping 8-float stores and one of 6 write them without any scalar moves.
+inline void attnPackK(const float* src, long ld, int n, long D, float* dst) {
+  long d = 0;
+  if (n == 6) {
+    for (; d + 8 <= D; d += 8) {
+      __m256 r[8];
+      for (int i = 0; i < 6; i++) r[i] = _mm256_loadu_ps(src + i * ld + d);
+      r[6] = r[7] = _mm256_setzero_ps();
+      transpose8(r);
+      float* o = dst + d * 6;
+      for (int c = 0; c < 7; c++) _mm256_storeu_ps(o + c * 6, r[c]);
+      _mm_storeu_ps(o + 42, _mm256_castps256_ps128(r[7]));
+      _mm_storel_pi(reinterpret_cast<__m64*>(o + 46), _mm256_extractf128_ps(r[7], 1));
+    }
+  }
+  for (; d < D; d++)
+    for (int i = 0; i < 6; i++) dst[d * 6 + i] = i < n ? src[i * ld + d] : 0.0f;
+}
+
+// Fills a Qᵀ panel: dst[d][c] = rows[c][d]·scale for 16 query rows (null: a zero row), 8 rows × 8 values at a time
+// through the register transpose rather than 16-float-strided scalar stores.
+inline void attnLoadPanel(const float* const rows[16], long D, float scale, float* dst) {
+  const __m256 sv = _mm256_set1_ps(scale);
+  long d = 0;
+  for (; d + 8 <= D; d += 8) {
+    for (int half = 0; half < 2; half++) {
+      __m256 r[8];
+      for (int i = 0; i < 8; i++) {
+        const float* row = rows[half * 8 + i];
+        r[i] = row ? _mm256_mul_ps(_mm256_loadu_ps(row + d), sv) : _mm256_setzero_ps();
+      }
+      transpose8(r);
+      for (int k = 0; k < 8; k++) _mm256_storeu_ps(dst + (d + k) * 16 + half * 8, r[k]);
+    }
+  }
+  for (; d < D; d++)
+    for (int c = 0; c < 16; c++) dst[d * 16 + c] = rows[c] ? rows[c][d] * scale : 0.0f;
+}
+
+// The inverse for the output: rows[c][d] = src[d][c]·inv[c] for the first n of 16 rows.
+inline void attnStorePanel(const float* src, long D, const float* inv, float* const rows[16], int n) {
+  long d = 0;
+  for (; d + 8 <= D; d += 8) {
+    for (int half = 0; half * 8 < n; half++) {
+      __m256 r[8];
+      for (int k = 0; k < 8; k++) r[k] = _mm256_loadu_ps(src + (d + k) * 16 + half * 8);
+      transpose8(r);
+      for (int i = 0; i < 8 && half * 8 + i < n; i++)
+        _mm256_storeu_ps(rows[half * 8 + i] + d, _mm256_mul_ps(r[i], _mm256_set1_ps(inv[half * 8 + i])));
+    }
+  }
+  for (; d < D; d++)
+    for (int c = 0; c < n; c++) rows[c][d] = src[d * 16 + c] * inv[c];
+}
+
+// Copies m <= 6 floats: the pieces of a V row that make up the tiled attention's V panels.
+inline void attnCopySmall(const float* src, int m, float* dst) {
+  switch (m) {
+    case 6:
+      _mm_storeu_ps(dst, _mm_loadu_ps(src));
+      _mm_storel_pi(reinterpret_cast<__m64*>(dst + 4),
+                    _mm_loadl_pi(_mm_setzero_ps(), reinterpret_cast<const __m64*>(src + 4)));
+      break;
+    case 4: _mm_storeu_ps(dst, _mm_loadu_ps(src)); break;
+    default:
+      for (int r = 0; r < m; r++) dst[r] = src[r];
+  }
 }
 
 // Packs nr (<= 16) rows of w (row stride ldw elements, f32 or bf16), kc elements each, into a B panel [kc][16]:

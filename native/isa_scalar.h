@@ -81,6 +81,28 @@ inline void attnSoftmax16(float* s, long n, long j0, const int32_t* lim, float* 
   }
 }
 
+// Packs n <= 6 keys (rows ld floats apart) into the tiled attention's K panel [D][6], zero keys past n.
+inline void attnPackK(const float* src, long ld, int n, long D, float* dst) {
+  for (long d = 0; d < D; d++)
+    for (int i = 0; i < 6; i++) dst[d * 6 + i] = i < n ? src[i * ld + d] : 0.0f;
+}
+
+// dst[d][c] = rows[c][d]·scale for 16 query rows (null: a zero row).
+inline void attnLoadPanel(const float* const rows[16], long D, float scale, float* dst) {
+  for (int c = 0; c < 16; c++)
+    for (long d = 0; d < D; d++) dst[d * 16 + c] = rows[c] ? rows[c][d] * scale : 0.0f;
+}
+
+// rows[c][d] = src[d][c]·inv[c] for the first n of 16 rows.
+inline void attnStorePanel(const float* src, long D, const float* inv, float* const rows[16], int n) {
+  for (int c = 0; c < n; c++)
+    for (long d = 0; d < D; d++) rows[c][d] = src[d * 16 + c] * inv[c];
+}
+
+inline void attnCopySmall(const float* src, int m, float* dst) {
+  for (int r = 0; r < m; r++) dst[r] = src[r];
+}
+
 inline void packB(const void* w, WType type, long ldw, int nr, long kc, float* dst) {
   for (int j = 0; j < NR; j++) {
     if (j >= nr) {

@@ -337,10 +337,11 @@ void embedding(const void* table, WType type, const int32_t* ids, float* out, lo
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Attention: flash-style with an online softmax over blocks of BK keys. A task is one tile of queries for one KV head
-// (prefill) or for all KV heads (decode), optionally one slice of the keys; the query heads sharing a KV head are
-// rows of the same tile, so each K/V block is packed once for all of them. A task's memory is a few tiles of
-// rows × (BK or D) floats: scores never exist for more than BK keys at a time.
+// Attention for few query rows (decode, short chunks; attentionTiled below takes the rest): flash-style with an
+// online softmax over blocks of BK keys. A task is one tile of queries for one KV head or for all KV heads (decode),
+// optionally one slice of the keys; the query heads sharing a KV head are rows of the same tile, so each K/V block is
+// packed once for all of them. A task's memory is a few tiles of rows × (BK or D) floats: scores never exist for more
+// than BK keys at a time.
 
 constexpr long BK = 64;             // keys per block: a packed 64×128 K block (32 KiB) stays in L1/L2
 constexpr long kRowsPerTile = 48;  // query rows (queries × grouped heads) per tile: 8 micro-tile rows
@@ -597,123 +598,152 @@ void attentionRows(const AttentionArgs& a) {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Tiled attention for many query rows (vision encoder, prefill chunks). Everything is laid out transposed, one column
-// per query row: scores come out of the register tile as Sᵀ[keys][16 rows], so the online softmax is vertical vector
-// math, the probabilities are already the B operand of Oᵀ[D][16 rows] += Vᵀ·Pᵀ, and V is read in place as that
-// product's A operand (a key's D values are contiguous). K is the one operand that needs a transpose: it is packed
-// once per call into panels of MR keys, shared by every query tile, which then reads it from L2/L3 without any
-// further copies. A task is one tile of up to kTilePanels panels of 16 query rows for one KV head; as in
-// attentionRows, the query heads sharing a KV head are rows of the same tile.
+// Tiled attention for many query rows (vision encoder, prefill chunks). Everything runs transposed, one column per
+// query row: the register tile produces scores as Sᵀ[keys][16 rows], so the online softmax is vertical vector math
+// with no reductions across lanes, and the probabilities are already the B operand of Oᵀ[D][16 rows] += Vᵀ·Pᵀ.
+// K and V are packed once per call (per round of KV heads), into the layouts the tile reads as its A operand: K in
+// panels of MR keys × D, V in panels of up to MR output rows × keys. Every query tile then streams them from L2/L3
+// with unit stride. On the vision shapes, reading V in place instead (a head's rows are Hkv·D floats apart) measured
+// ~10 points of FMA peak slower, and packing V per query tile ~20. A task is up to kTilePanels panels of 16 query
+// rows of one KV head; as in attentionRows, the query heads sharing a KV head are rows of the same tile, so one pass
+// over K and V serves all of them. Memory: one round's packed K and V (kPackBudget, or one head's if larger) and a
+// few tiles of rows × (D or BKT) floats per thread.
 
-constexpr long kTiledMinT = 32;   // below this many queries attentionRows is faster (packing K would not pay off)
-constexpr long BKT = 16 * MR;     // keys per block: per panel, the scores (6 KiB) and the packed Qᵀ stay in L1
-constexpr long kTilePanels = 8;   // 128 query rows per task: each K/V block fetched into L2 serves 8 panels
-constexpr long kPackGroups = 64;  // key groups of MR per packing task
+// Packing K and V costs about as much as 1/rows of the arithmetic (rows = queries × grouped heads): below ~64 rows
+// attentionRows measured faster, for 1 and 6 query heads per KV head alike. Decode (T = 1) always stays there.
+constexpr long kTiledMinRows = 64;
+constexpr long BKT = 16 * MR;     // keys per block: the panel's scores (6 KiB) stay in L1 between the two products
+constexpr long kTilePanels = 8;   // 128 query rows per task
+constexpr long kPackKeys = 4 * BKT;  // keys per packing task
+constexpr long kPackBudget = 16L << 20;  // bytes of packed K and V per round of heads: about the L3, whatever S
 
-// Rows of the Vᵀ·Pᵀ product for the output rows [d0, D): 6 while that leaves no awkward rest, 4 (two tiles of 4 or
-// 4 + 3 instead of 6 + 2 or 6 + 1) to keep enough accumulators in flight, else whatever is left.
+// Output rows [d0, D) are covered by V panels of 6 rows while that leaves no awkward rest, then 4 (4 + 4 rather than
+// 6 + 2, 4 + 3 rather than 6 + 1), so that the tile keeps at least 8 accumulators in flight.
 inline int dTile(long rest) { return rest == 8 || rest == 7 ? 4 : static_cast<int>(lmin(rest, MR)); }
+
+// Keys [j0, j1) of KV head g (j0 a multiple of BKT): K into panels [Sp/MR][D][MR]; V block-major, each block of BKT
+// keys one contiguous [D][BKT] region made of panels [BKT][m] (the group of output rows starting at d0 at d0·BKT), so
+// a block's V is one stream however many heads sit between two of its rows in memory. Zero past kvEnd.
+inline void attnPack(const AttentionArgs& a, long g, long j0, long j1, long kvEnd, float* kp, float* vp) {
+  const long D = a.D, ld = a.Hkv * D;
+  for (long j = j0; j < j1; j += MR)
+    attnPackK(a.k + j * ld + g * D, ld, static_cast<int>(lmax(0, lmin(MR, kvEnd - j))), D, kp + j * D);
+  for (long j = j0; j < j1; j++) {
+    const float* src = a.v + j * ld + g * D;
+    float* blk = vp + (j / BKT) * BKT * D;
+    const long jb = j % BKT;
+    for (long d0 = 0; d0 < D;) {
+      const int mt = dTile(D - d0);
+      if (j < kvEnd) attnCopySmall(src + d0, mt, blk + d0 * BKT + jb * mt);
+      else for (int r = 0; r < mt; r++) blk[d0 * BKT + jb * mt + r] = 0.0f;
+      d0 += mt;
+    }
+  }
+}
 
 void attentionTiled(const AttentionArgs& a) {
   const long T = a.T, S = a.S, D = a.D, Hkv = a.Hkv, Hq = a.Hq, R = Hq / Hkv;
   const long kvEnd = a.causal ? lmin(S, a.queryOffset + T) : S;  // no query sees keys at or past kvEnd
-  const long groups = cdiv(kvEnd, MR), ldkv = Hkv * D;
+  const long Sp = roundUp(kvEnd, BKT);
+  const long headFloats = 2 * Sp * D;  // packed K then packed V
+  const long maxHeads = lmax(1, lmin(Hkv, kPackBudget / static_cast<long>(sizeof(float)) / headFloats));
+  const long rounds = cdiv(Hkv, maxHeads), roundHeads = cdiv(Hkv, rounds);  // equal rounds balance better
+  float* packed = static_cast<float*>(scratch(0, kSlotShared, roundHeads * headFloats * sizeof(float)));
 
-  // Kᵀ panels [Hkv][groups][D][MR], zero keys past kvEnd. One copy of K's visible part: bounded by the cache, not T×S.
-  float* kp = static_cast<float*>(scratch(0, kSlotShared, Hkv * groups * MR * D * sizeof(float)));
-  const long packChunks = cdiv(groups, kPackGroups);
-  parallelTasks(Hkv * packChunks, [&](long task, int) {
-    const long g = task / packChunks, c = task % packChunks;
-    for (long grp = c * kPackGroups; grp < lmin(groups, (c + 1) * kPackGroups); grp++) {
-      float* dst = kp + (g * groups + grp) * MR * D;
-      for (long r = 0; r < MR; r++) {
-        const long j = grp * MR + r;
-        const float* src = a.k + j * ldkv + g * D;
-        if (j < kvEnd) for (long d = 0; d < D; d++) dst[d * MR + r] = src[d];
-        else for (long d = 0; d < D; d++) dst[d * MR + r] = 0.0f;
-      }
-    }
-  });
-
-  const float qScale = static_cast<float>(a.scale * 1.4426950408889634);  // log2 e
+  const float qScale = static_cast<float>(a.scale * 1.4426950408889634);  // log2 e: the softmax works in base 2
   const long rows = T * R;  // per KV head: row i is query i / R of query head g·R + i % R
   const long panelsPerHead = cdiv(rows, 16);
   const int threads = poolThreads();
   // Smaller tiles only when the big ones would leave threads idle.
-  const long tilePanels = lmax(1, lmin(kTilePanels, cdiv(Hkv * panelsPerHead, 4L * threads)));
+  const long tilePanels = lmax(1, lmin(kTilePanels, cdiv(roundHeads * panelsPerHead, 4L * threads)));
   const long qTiles = cdiv(panelsPerHead, tilePanels);
   const long rowsP = tilePanels * 16;
   long off = 0;
   auto take = [&](long n) {
     const long at = off;
-    off += roundUp(n, 16);
+    off += roundUp(n, 16);  // 64-byte aligned
     return at;
   };
   const long oQt = take(rowsP * D), oOt = take(rowsP * D), oM = take(rowsP), oL = take(rowsP), oLim = take(rowsP),
              oCorr = take(16), oSc = take(BKT * 16), total = off;
 
-  parallelTasks(Hkv * qTiles, [&](long task, int tid) {
-    const long g = task % Hkv;
-    // Under a causal mask later tiles see more keys; handing them out first keeps the tail of the job short.
-    const long qt = qTiles - 1 - task / Hkv;
-    const long r0 = qt * rowsP, nRows = lmin(rows, r0 + rowsP) - r0, nPanels = cdiv(nRows, 16);
-    float* buf = static_cast<float*>(scratch(tid, kSlotC, total * sizeof(float)));
-    float *qt16 = buf + oQt, *ot16 = buf + oOt, *m = buf + oM, *l = buf + oL, *corr = buf + oCorr, *sc = buf + oSc;
-    int32_t* lim = reinterpret_cast<int32_t*>(buf + oLim);
+  for (long g0 = 0; g0 < Hkv; g0 += roundHeads) {
+    const long nh = lmin(roundHeads, Hkv - g0);
+    const long packTasks = cdiv(Sp, kPackKeys);
+    parallelTasks(nh * packTasks, [&](long task, int) {
+      const long gi = task / packTasks, j0 = task % packTasks * kPackKeys;
+      float* kp = packed + gi * headFloats;
+      attnPack(a, g0 + gi, j0, lmin(Sp, j0 + kPackKeys), kvEnd, kp, kp + Sp * D);
+    });
 
-    // Qᵀ panels [D][16] with the scale and log2 e folded in (the softmax works in base 2); rows past the end are zero
-    // queries that see what the last real row sees, so they stay finite and change nothing.
-    for (long i = 0; i < nPanels * 16; i++) {
-      float* dst = qt16 + (i / 16) * 16 * D + i % 16;
-      if (i < nRows) {
+    parallelTasks(nh * qTiles, [&](long task, int tid) {
+      const long gi = task % nh, g = g0 + gi;
+      // Under a causal mask later tiles see more keys; handing them out first keeps the tail of the job short.
+      const long qt = qTiles - 1 - task / nh;
+      const long r0 = qt * rowsP, nRows = lmin(rows, r0 + rowsP) - r0, nPanels = cdiv(nRows, 16);
+      float* buf = static_cast<float*>(scratch(tid, kSlotC, total * sizeof(float)));
+      float *qt16 = buf + oQt, *ot16 = buf + oOt, *m = buf + oM, *l = buf + oL, *corr = buf + oCorr, *sc = buf + oSc;
+      int32_t* lim = reinterpret_cast<int32_t*>(buf + oLim);  // per row: the first key it may not see
+
+      // Qᵀ panels [D][16], scaled; rows past the end are zero queries that see what the last real row sees, so they
+      // stay finite and change nothing.
+      auto rowOf = [&](long i) {  // offset of tile row i in q and out
         const long t = (r0 + i) / R, h = g * R + (r0 + i) % R;
-        const float* src = a.q + (t * Hq + h) * D;
-        for (long d = 0; d < D; d++) dst[d * 16] = src[d] * qScale;
-        lim[i] = static_cast<int32_t>(a.causal ? lmin(S, a.queryOffset + t + 1) : S);
-      } else {
-        for (long d = 0; d < D; d++) dst[d * 16] = 0.0f;
-        lim[i] = lim[nRows - 1];
-      }
-      m[i] = -FLT_MAX;
-      l[i] = 0.0f;
-    }
-    std::memset(ot16, 0, nPanels * 16 * D * sizeof(float));
-
-    const float* vHead = a.v + g * D;
-    const float* kHead = kp + g * groups * MR * D;
-    const long tileEnd = lim[nPanels * 16 - 1];  // rows are in query order, so the last one sees the most
-    for (long j0 = 0; j0 < tileEnd; j0 += BKT) {
+        return (t * Hq + h) * D;
+      };
       for (long p = 0; p < nPanels; p++) {
-        const int32_t* limP = lim + p * 16;
-        // Only the keys the panel's last row may see; a block past all of them is skipped outright.
-        const long cnt = lmin(BKT, limP[15] - j0);
-        if (cnt <= 0) continue;
-        const float* qp = qt16 + p * 16 * D;
-        float* op = ot16 + p * 16 * D;
-        for (long grp = 0; grp < cdiv(cnt, MR); grp++)
-          attnTile(MR, D, kHead + (j0 / MR + grp) * MR * D, MR, qp, 16, sc + grp * MR * 16, 16, nullptr);
-        attnSoftmax16(sc, cnt, j0, j0 + cnt > limP[0] ? limP : nullptr, m + p * 16, l + p * 16, corr);
-        for (long d0 = 0; d0 < D;) {
-          const int mt = dTile(D - d0);
-          attnTile(mt, cnt, vHead + j0 * ldkv + d0, ldkv, sc, 16, op + d0 * 16, 16, corr);
-          d0 += mt;
+        const float* src[16];
+        for (long c = 0; c < 16; c++) {
+          const long i = p * 16 + c;
+          src[c] = i < nRows ? a.q + rowOf(i) : nullptr;
+          lim[i] = i < nRows ? static_cast<int32_t>(a.causal ? lmin(S, a.queryOffset + (r0 + i) / R + 1) : S)
+                             : lim[nRows - 1];
+          m[i] = -FLT_MAX;
+          l[i] = 0.0f;
+        }
+        attnLoadPanel(src, D, qScale, qt16 + p * 16 * D);
+      }
+      std::memset(ot16, 0, nPanels * 16 * D * sizeof(float));
+
+      const float* kHead = packed + gi * headFloats;
+      const float* vHead = kHead + Sp * D;
+      const long tileEnd = lim[nPanels * 16 - 1];  // rows are in query order, so the last one sees the most
+      for (long j0 = 0; j0 < tileEnd; j0 += BKT) {
+        for (long p = 0; p < nPanels; p++) {
+          const int32_t* limP = lim + p * 16;
+          // Only the keys the panel's last row may see; a block past all of them is skipped outright.
+          const long cnt = lmin(BKT, limP[15] - j0);
+          if (cnt <= 0) continue;
+          const float* qp = qt16 + p * 16 * D;
+          float* op = ot16 + p * 16 * D;
+          for (long grp = 0; grp < cdiv(cnt, MR); grp++)
+            attnTile(MR, D, kHead + (j0 + grp * MR) * D, MR, qp, 16, sc + grp * MR * 16, 16, nullptr);
+          attnSoftmax16(sc, cnt, j0, j0 + cnt > limP[0] ? limP : nullptr, m + p * 16, l + p * 16, corr);
+          for (long d0 = 0; d0 < D;) {
+            const int mt = dTile(D - d0);
+            attnTile(mt, cnt, vHead + j0 * D + d0 * BKT, mt, sc, 16, op + d0 * 16, 16, corr);
+            d0 += mt;
+          }
         }
       }
-    }
 
-    for (long i = 0; i < nRows; i++) {
-      const long t = (r0 + i) / R, h = g * R + (r0 + i) % R;
-      float* dst = a.out + (t * Hq + h) * D;
-      const float* src = ot16 + (i / 16) * 16 * D + i % 16;
-      const float inv = 1.0f / l[i];
-      for (long d = 0; d < D; d++) dst[d] = src[d * 16] * inv;
-    }
-  });
+      for (long p = 0; p < nPanels; p++) {
+        float* dst[16];
+        float inv[16];
+        const int n = static_cast<int>(lmin(16, nRows - p * 16));
+        for (int c = 0; c < n; c++) {
+          dst[c] = a.out + rowOf(p * 16 + c);
+          inv[c] = 1.0f / l[p * 16 + c];
+        }
+        attnStorePanel(ot16 + p * 16 * D, D, inv, dst, n);
+      }
+    });
+  }
 }
 
 void attention(const AttentionArgs& a) {
   if (a.T == 0 || a.D == 0) return;
-  if (a.T >= kTiledMinT) attentionTiled(a);
+  if (a.T > 1 && a.T * (a.Hq / a.Hkv) >= kTiledMinRows) attentionTiled(a);
   else attentionRows(a);
 }
 

@@ -162,6 +162,18 @@ const attnCases: AttnCase[] = [
   attnCase(1, 3001, 12, 2, 128, true), // decode over a long cache: keys split across tasks
   attnCase(1, 777, 6, 6, 64, false),
   attnCase(2, 515, 6, 2, 128, true),
+  // The tiled path (T > 1 and at least 64 query rows per KV head): key blocks of 96, tiles of up to 128 rows in panels
+  // of 16, output rows in groups of 6 and 4. Sizes are multiples of none of them.
+  attnCase(300, 300, 2, 2, 72, false), // the vision head size, several tiles
+  attnCase(70, 1000, 12, 2, 128, true), // GQA 6, a long cached prefix (default offset 930)
+  attnCase(40, 500, 6, 1, 128, true, 200), // keys past the last query's position are never seen
+  attnCase(200, 200, 2, 2, 72, true, 0), // masks cut through every diagonal block
+  attnCase(65, 211, 3, 1, 37, true), // ragged head size: output rows in groups 6,6,6,6,6,4,3
+  attnCase(64, 97, 1, 1, 8, false), // exactly at the tiled path's threshold, head size 4 + 4
+  attnCase(63, 97, 1, 1, 8, false), // just below it
+  attnCase(11, 300, 6, 1, 2, true), // 66 rows: tiled with few queries, head size 2
+  attnCase(64, 4500, 4, 4, 128, false), // K and V packed in two rounds of heads
+  attnCase(1, 300, 64, 1, 16, true), // 64 rows from one query: still the decode path
 ];
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -336,7 +348,7 @@ for (const kernel of kernels) {
         }
       });
 
-      test('attention: causal and full, query offsets, GQA 1/2/3/6, decode over long S', () => {
+      test('attention: causal and full, query offsets, GQA 1/2/3/6/64, decode and tiled prefill over long S', () => {
         for (const c of attnCases) {
           const out = Tensor.empty('f32', c.q.shape);
           native.attention(c.q, c.k, c.v, out, { scale: 1 / Math.sqrt(c.q.dim(2)), causal: c.causal, queryOffset: c.queryOffset });

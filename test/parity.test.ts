@@ -52,6 +52,10 @@ const CASES: [string, BackendName[]][] = [
   ['e_text_only', ['native', 'reference']],
   ['a_single_image', ['native', 'reference']],
   ['b_two_images', ['native']],
+  ['c_video', ['native']],
+  ['d_video_short', ['native']],
+  ['f_video_and_image', ['native']],
+  ['g_video_diffp_synthetic', ['native', 'reference']],
 ];
 
 for (const [caseName, backends] of CASES) {
@@ -77,8 +81,10 @@ for (const [caseName, backends] of CASES) {
         features = model.encodeVisuals(request, {
           onTensor: (name, rows, first) => {
             const width = rows.dim(-1);
+            // Some fixtures store only the first rows of a tensor: keep what they can be compared with.
             const all = (vision[name] ??= new Float32Array(files.vision!.info(name).shape.reduce((a, b) => a * b, 1)));
-            all.set(rows.data as Float32Array, first * width);
+            const start = first * width;
+            if (start < all.length) all.set((rows.data as Float32Array).subarray(0, all.length - start), start);
           },
         });
       });
@@ -87,7 +93,17 @@ for (const [caseName, backends] of CASES) {
       it('renders the prompt and tokenizes it exactly', () => {
         assert.equal(request.prompt, readFileSync(join(caseDir, 'prompt.txt'), 'utf8'));
         assert.deepEqual(request.inputIds, ids(files.inputs!.read('input_ids')));
-        assert.deepEqual(request.inputIds, ids(files.llm!.read('llm_input_ids')));
+        assert.deepEqual(request.llmInputIds, ids(files.llm!.read('llm_input_ids')));
+      });
+
+      it('samples video frames at the reference timestamps and prunes the same tokens', () => {
+        manifest.modals.forEach((modal, i) => {
+          if (modal !== 'video') return;
+          const video = manifest.modals.slice(0, i).filter((m) => m === 'video').length;
+          assert.deepEqual(request.videoTimestamps[video], files.inputs!.readF64(`item${i}_timestamps`).data);
+        });
+        if (!request.visuals) return assert.equal(request.keepMask, undefined);
+        assert.deepEqual(request.keepMask, files.vision!.read('compression_mask').data);
       });
 
       it('preprocesses the media exactly: grids, merge sizes, modalities, pixel values', () => {
@@ -103,6 +119,7 @@ for (const [caseName, backends] of CASES) {
       it('matches every vision tensor within tolerance', () => {
         if (!request.visuals) return assert.equal(features, undefined);
         for (const name of ['patch_embeds', 'encoder_layer0_out', 'encoder_layer1_out', 'pre_merge', 'post_merge']) {
+          if (!files.vision!.has(name)) continue;
           assert.ok(vision[name], `no ${name} captured`);
           assertClose(vision[name]!, files.vision!.read(name).data as Float32Array, VISION_ABS, name);
         }
@@ -153,12 +170,13 @@ describe('vl3 inspect', { skip: !fixtures && FIXTURES_MISSING }, () => {
     ['e_text_only', 'greedy', ['--repetition-penalty', '1.0']],
     ['e_text_only', 'greedy_rep1.1', []],
     ['a_single_image', 'greedy_rep1.1', []],
+    ['g_video_diffp_synthetic', 'greedy', ['--repetition-penalty', '1']],
   ] as const) {
     it(`writes what the reference can be compared with (${caseName}, ${variant})`, async () => {
       const caseDir = join(fixtures!, 'cases', caseName);
       const manifest = JSON.parse(readFileSync(join(caseDir, 'manifest.json'), 'utf8'));
       // The official image-part form, with paths made absolute as a user's file would have them.
-      const messages = JSON.parse(JSON.stringify(manifest.conversation).replace(/"image_path":"([^"]+)"/g, (_, f) => `"image_path":${JSON.stringify(join(mediaDir!, f))}`));
+      const messages = JSON.parse(JSON.stringify(manifest.conversation).replace(/"(image|video)_path":"([^"]+)"/g, (_, kind, f) => `"${kind}_path":${JSON.stringify(join(mediaDir!, f))}`));
       const conversation = join(dir, `${caseName}.json`);
       writeFileSync(conversation, JSON.stringify({ messages, add_system_prompt: true, add_generation_prompt: true }));
       const out = join(dir, `${caseName}-${variant}.safetensors`);
@@ -174,10 +192,15 @@ describe('vl3 inspect', { skip: !fixtures && FIXTURES_MISSING }, () => {
         assertClose(written.read('last_logits').data as Float32Array, llm.read('last_logits_forward').data as Float32Array, LOGITS_ABS, 'last_logits');
         const generation = JSON.parse(readFileSync(join(caseDir, 'generation.json'), 'utf8'));
         assert.deepEqual(ids(written.read('greedy_ids')), generation[variant].new_token_ids);
+        assert.deepEqual(ids(written.read('llm_input_ids')), ids(llm.read('llm_input_ids')));
+        manifest.modals.forEach((modal: string, i: number) => {
+          if (modal === 'video') assert.deepEqual(written.readF64(`timestamps_${i}`).data, inputs.readF64(`item${i}_timestamps`).data);
+        });
         if (manifest.modals.length > 0) {
           assert.deepEqual(ids(written.read('grid_sizes')), ids(inputs.read('grid_sizes')));
           assert.deepEqual(ids(written.read('merge_sizes')), ids(inputs.read('merge_sizes')));
           assertClose(written.read('vision_features').data as Float32Array, vision!.read('projector_out').data as Float32Array, VISION_ABS, 'vision_features');
+          assert.deepEqual(written.read('compression_mask').data, vision!.read('compression_mask').data);
         } else {
           assert.equal(written.has('vision_features'), false);
         }

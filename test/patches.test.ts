@@ -163,7 +163,7 @@ describe('preprocessVisuals matches the fixtures bit for bit', { skip: !fixtures
           if (file.startsWith('<')) items.push({ modality: 'video', frames: framesOf(st, `item${i}_decoded_u8`) });
           else items.push({ modality: 'image', image: await loadImage(join(fixtures!, 'media', file)) });
         }
-        const batch = preprocessVisuals(items, { config });
+        const batch = await preprocessVisuals(items, { config });
         const grid = st.read('grid_sizes');
         const merge = st.read('merge_sizes');
         assert.deepEqual(batch.gridSizes, [...(grid.data as BigInt64Array)].map(Number).reduce<number[][]>((rows, v, k) => (k % 3 ? rows[rows.length - 1]!.push(v) : rows.push([v]), rows), []));
@@ -188,7 +188,7 @@ describe('preprocessVisuals matches the fixtures bit for bit', { skip: !fixtures
   test('manifest token counts: case f has 3 x 13 x 23 video tokens and 34 x 51 image tokens', async () => {
     const st = SafetensorsFile.open(join(fixtures!, 'cases', 'f_video_and_image', 'inputs.safetensors'));
     try {
-      const batch = preprocessVisuals([
+      const batch = await preprocessVisuals([
         { modality: 'video', frames: framesOf(st, 'item0_decoded_u8') },
         { modality: 'image', image: await loadImage(join(fixtures!, 'media', 'desert.jpg')) },
       ]);
@@ -207,7 +207,7 @@ describe('preprocessVisuals matches the fixtures bit for bit', { skip: !fixtures
   ];
   for (const [file, sha] of checksums) {
     test(`spec 2.7 pixel_values checksum of ${file}`, async () => {
-      const batch = preprocessVisuals([{ modality: 'image', image: await loadImage(join(fixtures!, 'media', file)) }]);
+      const batch = await preprocessVisuals([{ modality: 'image', image: await loadImage(join(fixtures!, 'media', file)) }]);
       const bytes = Buffer.from(batch.pixelValues.data.buffer, batch.pixelValues.data.byteOffset, batch.pixelValues.data.byteLength);
       assert.equal(createHash('sha256').update(bytes).digest('hex').slice(0, 16), sha);
     });

@@ -5,7 +5,7 @@ import type { Qwen2Model } from '../model/qwen2.js';
 import { VideoLLaMA3Model } from '../model/videollama3.js';
 import type { EncodeOptions } from '../model/vision-encoder.js';
 import type { Conversation, Message } from '../processing/conversation.js';
-import { Processor, type ProcessedRequest, type ProcessOptions } from '../processing/processor.js';
+import { Processor, type ProcessedRequest, type ProcessOptions, type ProgressEvent } from '../processing/processor.js';
 import { Tokenizer } from '../processing/tokenizer.js';
 import type { Tensor } from '../tensor/tensor.js';
 import { createBackend, type BackendName } from '../tensor/index.js';
@@ -18,6 +18,9 @@ export interface LoadOptions {
   /** Default visual token budget of a request (spec 2.3); default: the checkpoint's `max_tokens` (16384). */
   maxVisualTokens?: number;
   minVisualTokens?: number;
+  /** Default video sampling (frames per second, most frames); default: the checkpoint's processor config. */
+  fps?: number;
+  maxFrames?: number;
 }
 
 export interface ChatOptions {
@@ -40,6 +43,13 @@ export interface ChatOptions {
   minVisualTokens?: number;
   /** Relative media paths are resolved against this folder (default: the working directory). */
   baseDir?: string;
+  /** Video sampling for items that do not set their own: frames per second and most frames kept. */
+  fps?: number;
+  maxFrames?: number;
+  /** Prune unchanged video tokens (DiffFP); default: the checkpoint's `use_token_compression`. */
+  tokenCompression?: boolean;
+  /** Long work as it goes: frames decoded, frames encoded, prompt positions prefilled. */
+  onProgress?: (event: ProgressEvent) => void;
   signal?: AbortSignal;
 }
 
@@ -118,11 +128,16 @@ export class VideoLLaMA3 {
       maxVisualTokens: options.maxVisualTokens ?? this.defaults.maxVisualTokens,
       minVisualTokens: options.minVisualTokens ?? this.defaults.minVisualTokens,
       baseDir: options.baseDir,
+      fps: options.fps ?? this.defaults.fps,
+      maxFrames: options.maxFrames ?? this.defaults.maxFrames,
+      tokenCompression: options.tokenCompression ?? this.config.useTokenCompression,
+      signal: options.signal,
+      onProgress: options.onProgress,
     };
     return this.processor.process(input, processOptions);
   }
 
-  /** Projected visual features of a prepared request ([visual tokens, hidden]), or undefined without media. */
+  /** Projected features of every visual token of a prepared request (before pruning), or undefined without media. */
   encodeVisuals(request: ProcessedRequest, options?: EncodeOptions): Tensor | undefined {
     const v = request.visuals;
     if (!v) return undefined;
@@ -130,9 +145,9 @@ export class VideoLLaMA3 {
     return this.model.encodeVisuals(v.pixelValues, grids, options);
   }
 
-  /** Prompt embeddings [L, hidden] of a prepared request, visual features in place of its image tokens. */
+  /** Prompt embeddings [L', hidden] of a prepared request: its pruned ids, kept visual features in place. */
   embed(request: ProcessedRequest, visualFeatures = this.encodeVisuals(request)): Tensor {
-    return this.model.embedPrompt(request.inputIds, visualFeatures);
+    return this.model.embedPrompt(request.llmInputIds, visualFeatures, request.keepMask);
   }
 
   /** The sampling settings a chat uses: the checkpoint's generation config, overridden by the options. */
@@ -157,8 +172,11 @@ export class VideoLLaMA3 {
       try {
         const started = performance.now();
         const request = await self.prepare(input, options);
+        const progress = options.onProgress;
+        const features = self.encodeVisuals(request, { onProgress: progress && ((done, total) => progress({ stage: 'encode', done, total })) });
         const tokens = generateTokens(self.llm, {
-          promptEmbeds: self.embed(request),
+          promptEmbeds: self.embed(request, features),
+          onPrefillProgress: progress && ((done, total) => progress({ stage: 'prefill', done, total })),
           maxNewTokens: options.maxNewTokens ?? 1024,
           sampling: self.samplingFor(options),
           stopTokenIds: self.generationConfig.eosTokenIds,

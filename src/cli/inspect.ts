@@ -1,6 +1,6 @@
 import type { ChatInput, VideoLLaMA3 } from '../api/videollama3.js';
 import { generateTokens } from '../engine/generate.js';
-import { writeSafetensors } from '../model/safetensors.js';
+import { writeSafetensors, type F64Array } from '../model/safetensors.js';
 import { Tensor } from '../tensor/tensor.js';
 
 export interface InspectOptions {
@@ -11,6 +11,8 @@ export interface InspectOptions {
   repetitionPenalty?: number;
   /** Relative media paths in the conversation are resolved against this folder. */
   baseDir?: string;
+  /** Override the checkpoint's `use_token_compression` (DiffFP). */
+  tokenCompression?: boolean;
 }
 
 export interface InspectSummary {
@@ -29,7 +31,7 @@ function int64(values: readonly number[], shape: readonly number[]): Tensor<'i64
  * repetition penalty over generated tokens only) and writes the tensors to compare with it.
  */
 export async function inspectConversation(model: VideoLLaMA3, conversation: unknown, options: InspectOptions): Promise<InspectSummary> {
-  const request = await model.prepare(conversation as ChatInput, { baseDir: options.baseDir });
+  const request = await model.prepare(conversation as ChatInput, { baseDir: options.baseDir, tokenCompression: options.tokenCompression });
   const { inputIds, visuals } = request;
   const features = model.encodeVisuals(request);
   let lastLogits: Tensor | undefined;
@@ -48,11 +50,15 @@ export async function inspectConversation(model: VideoLLaMA3, conversation: unkn
     last_logits: lastLogits!,
   };
   if (options.greedy > 0) tensors.greedy_ids = int64(greedyIds, [greedyIds.length]);
+  tensors.llm_input_ids = int64(request.llmInputIds, [request.llmInputIds.length]);
   if (visuals && features) {
     tensors.grid_sizes = int64(visuals.gridSizes.flat(), [visuals.gridSizes.length, 3]);
     tensors.merge_sizes = int64(visuals.mergeSizes, [visuals.mergeSizes.length]);
     tensors.vision_features = features;
+    tensors.compression_mask = new Tensor('u8', [request.keepMask!.length], request.keepMask!);
   }
-  writeSafetensors(options.out, tensors, { producer: 'videollama3 vl3 inspect' });
+  const timestamps: Record<string, F64Array> = {};
+  request.videoTimestamps.forEach((t, i) => (timestamps[`timestamps_${i}`] = { dtype: 'f64', shape: [t.length], data: t }));
+  writeSafetensors(options.out, { ...tensors, ...timestamps }, { producer: 'videollama3 vl3 inspect' });
   return { out: options.out, promptTokens: inputIds.length, visualTokens: request.visualTokens, greedyIds };
 }

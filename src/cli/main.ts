@@ -6,6 +6,7 @@ import { VideoLLaMA3 } from '../api/videollama3.js';
 import { writeRandomCheckpoint } from '../model/random-checkpoint.js';
 import type { ContentPart, Message } from '../processing/conversation.js';
 import { inspectConversation } from './inspect.js';
+import { ProgressBars } from './progress.js';
 
 /** Exit codes scripts can rely on. */
 export const EXIT = { ok: 0, failure: 1, usage: 2, interrupted: 130 } as const;
@@ -21,6 +22,17 @@ const number = (name: string) => (value: string) => {
   return n;
 };
 
+const positive = (name: string) => (value: string) => {
+  const n = Number(value);
+  if (!(n > 0) || !Number.isFinite(n)) throw new InvalidArgumentError(`${name} must be a number > 0`);
+  return n;
+};
+const seconds = (name: string) => (value: string) => {
+  const n = Number(value);
+  if (!(n >= 0) || !Number.isFinite(n)) throw new InvalidArgumentError(`${name} must be a number of seconds >= 0`);
+  return n;
+};
+
 /** A flag with its environment twin: --max-new-tokens ↔ VL3_MAX_NEW_TOKENS. */
 function flag(flags: string, description: string): Option {
   const long = /--([a-z0-9-]+)/.exec(flags)![1]!;
@@ -32,11 +44,20 @@ const modelOptions = (cmd: Command) =>
     .addOption(flag('-m, --model <dir>', 'checkpoint folder (Hugging Face layout)').makeOptionMandatory())
     .addOption(flag('-t, --threads <n>', 'kernel threads (default: available cores)').argParser(integer('--threads', 1)))
     .addOption(flag('--max-visual-tokens <n>', 'visual token budget of a request (default: the checkpoint\'s, 16384)').argParser(integer('--max-visual-tokens', 1)))
-    .addOption(flag('--min-visual-tokens <n>', 'fewest visual tokens per image (default: the checkpoint\'s, 16)').argParser(integer('--min-visual-tokens', 1)));
+    .addOption(flag('--min-visual-tokens <n>', 'fewest visual tokens per image (default: the checkpoint\'s, 16)').argParser(integer('--min-visual-tokens', 1)))
+    .addOption(flag('--fps <x>', 'video frames sampled per second (default: the checkpoint\'s, 1)').argParser(positive('--fps')))
+    .addOption(flag('--max-frames <n>', 'most frames kept per video (default: the checkpoint\'s, 128; the paper uses 180)').argParser(integer('--max-frames', 1)))
+    .addOption(flag('--no-token-compression', 'keep every video token (turn the Differential Frame Pruner off)'));
 
 /** Values of a repeatable flag (its environment twin holds one value: a data URL may contain any delimiter). */
 const collect = (value: string, previous: string[] = []) => [...previous, value];
-const loadOptions = (o: Record<string, number | undefined>) => ({ threads: o.threads, maxVisualTokens: o.maxVisualTokens, minVisualTokens: o.minVisualTokens });
+const loadOptions = (o: Record<string, number | undefined>) => ({
+  threads: o.threads,
+  maxVisualTokens: o.maxVisualTokens,
+  minVisualTokens: o.minVisualTokens,
+  fps: o.fps,
+  maxFrames: o.maxFrames,
+});
 
 const samplingOptions = (cmd: Command) =>
   cmd
@@ -64,6 +85,9 @@ export function buildProgram(): Command {
   samplingOptions(ask);
   ask
     .addOption(flag('-i, --image <path>', 'an image (file or data URL) to ask about; repeat for several').argParser(collect))
+    .addOption(flag('-v, --video <path>', 'a video file (or GIF, or folder of frames) to ask about; repeat for several').argParser(collect))
+    .addOption(flag('--start-time <s>', 'start of the video clips, in seconds').argParser(seconds('--start-time')))
+    .addOption(flag('--end-time <s>', 'end of the video clips, in seconds').argParser(seconds('--end-time')))
     .addOption(flag('--system <text>', 'a system message of your own'))
     .addOption(flag('--no-system-prompt', 'do not insert the default VideoLLaMA3 system prompt'))
     .addOption(flag('--json', 'print one JSON object: text, token ids, usage, timings'))
@@ -71,12 +95,20 @@ export function buildProgram(): Command {
       const model = await VideoLLaMA3.load(o.model, loadOptions(o));
       const question = await readQuestion(parts);
       const images: string[] = o.image ?? [];
-      // Media first, then the question: the layout of the official examples.
-      const content: ContentPart[] = [...images.map((image) => ({ type: 'image' as const, image })), { type: 'text', text: question }];
+      const videos: string[] = o.video ?? [];
+      const video = (path: string): ContentPart => ({
+        type: 'video',
+        video: { video_path: path, fps: o.fps, max_frames: o.maxFrames, start_time: o.startTime, end_time: o.endTime },
+      });
+      // Media first (videos, then images), then the question: the layout of the official examples.
+      const content: ContentPart[] = [...videos.map(video), ...images.map((image) => ({ type: 'image' as const, image })), { type: 'text', text: question }];
       const messages: Message[] = [...(o.system ? [{ role: 'system' as const, content: o.system as string }] : []), { role: 'user', content }];
       const abort = new AbortController();
       process.once('SIGINT', () => abort.abort());
+      const bars = new ProgressBars();
       const stream = model.chat(messages, {
+        onProgress: bars.update,
+        tokenCompression: o.tokenCompression === false ? false : undefined,
         maxNewTokens: o.maxNewTokens,
         greedy: o.greedy,
         temperature: o.temperature,
@@ -87,18 +119,23 @@ export function buildProgram(): Command {
         addSystemPrompt: o.systemPrompt,
         signal: abort.signal,
       });
-      if (o.json) {
-        process.stdout.write(JSON.stringify(await stream.result) + '\n');
-      } else {
-        let started = false;
-        for await (const delta of stream) {
-          // The official answer is trimmed; trim the stream's start the same way.
-          const text = started ? delta : delta.trimStart();
-          if (text) started = true;
-          process.stdout.write(text);
+      try {
+        if (o.json) {
+          process.stdout.write(JSON.stringify(await stream.result) + '\n');
+        } else {
+          let started = false;
+          for await (const delta of stream) {
+            bars.stop();
+            // The official answer is trimmed; trim the stream's start the same way.
+            const text = started ? delta : delta.trimStart();
+            if (text) started = true;
+            process.stdout.write(text);
+          }
+          process.stdout.write('\n');
+          await stream.result;
         }
-        process.stdout.write('\n');
-        await stream.result;
+      } finally {
+        bars.stop();
       }
       if (abort.signal.aborted) process.exitCode = EXIT.interrupted;
     });
@@ -118,7 +155,13 @@ export function buildProgram(): Command {
     })) as unknown;
     // Relative media paths in a conversation file are relative to that file, as a user writing it would expect.
     const baseDir = dirname(resolve(o.conversation));
-    const summary = await inspectConversation(model, conversation, { out: o.out, greedy: o.greedy ?? 0, repetitionPenalty: o.repetitionPenalty, baseDir });
+    const summary = await inspectConversation(model, conversation, {
+      out: o.out,
+      greedy: o.greedy ?? 0,
+      repetitionPenalty: o.repetitionPenalty,
+      baseDir,
+      tokenCompression: o.tokenCompression === false ? false : undefined,
+    });
     process.stdout.write(JSON.stringify(summary) + '\n');
   });
 

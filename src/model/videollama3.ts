@@ -44,13 +44,17 @@ export class VideoLLaMA3Model {
 
   /**
    * Prompt embeddings [L, hidden]: token embeddings with the `<image>` positions overwritten, in order, by the
-   * visual features. Their counts must agree.
+   * visual features — only those `keepMask` keeps, when DiffFP pruned some (spec 4.3). Their counts must agree.
    */
-  embedPrompt(inputIds: readonly number[], visualFeatures?: Tensor): Tensor {
+  embedPrompt(inputIds: readonly number[], visualFeatures?: Tensor, keepMask?: Uint8Array): Tensor {
     const embeds = this.llm.embed(inputIds);
     const positions: number[] = [];
     inputIds.forEach((id, i) => id === this.imageTokenId && positions.push(i));
-    const available = visualFeatures?.dim(0) ?? 0;
+    if (visualFeatures && keepMask && keepMask.length !== visualFeatures.dim(0)) {
+      throw new Error(`the keep mask covers ${keepMask.length} visual tokens but ${visualFeatures.dim(0)} were computed`);
+    }
+    const kept = keepMask ? Array.from(keepMask.keys()).filter((k) => keepMask[k]) : Array.from({ length: visualFeatures?.dim(0) ?? 0 }, (_, k) => k);
+    const available = visualFeatures ? kept.length : 0;
     if (positions.length !== available) {
       throw new Error(`the prompt has ${positions.length} image tokens but ${available} visual features were computed`);
     }
@@ -59,7 +63,7 @@ export class VideoLLaMA3Model {
       if (visualFeatures.dim(1) !== H) throw new Error(`visual features have width ${visualFeatures.dim(1)}, the LLM expects ${H}`);
       const dst = embeds.data as Float32Array;
       const src = visualFeatures.data as Float32Array;
-      positions.forEach((p, k) => dst.set(src.subarray(k * H, (k + 1) * H), p * H));
+      positions.forEach((p, j) => dst.set(src.subarray(kept[j]! * H, (kept[j]! + 1) * H), p * H));
     }
     return embeds;
   }

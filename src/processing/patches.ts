@@ -73,10 +73,20 @@ export function patchifyInto(
 
 export type Modality = 'image' | 'video';
 
+/** Full-size frames of a video, delivered one at a time so that a long video is never held whole in memory. */
+export interface FrameStream {
+  /** Size of every frame (the first frame's decides the target size of all). */
+  width: number;
+  height: number;
+  frameCount: number;
+  /** Calls `onFrame` for each frame, in order; resolves when all were delivered. */
+  read(onFrame: (frame: RgbImage, index: number) => void | Promise<void>): Promise<void>;
+}
+
 /** One visual item of a request, in conversation order. Video frames share one target size (their first frame's). */
 export type VisualInput =
   | { modality: 'image'; image: RgbImage; mergeSize?: number }
-  | { modality: 'video'; frames: readonly RgbImage[]; mergeSize?: number };
+  | { modality: 'video'; frames: readonly RgbImage[] | FrameStream; mergeSize?: number };
 
 export interface PreprocessOptions {
   /** Settings from the checkpoint (loadProcessorConfig); defaults to the released checkpoints' values. */
@@ -103,34 +113,48 @@ export interface VisualBatch {
   numTokens: number[];
 }
 
-/** Resizes, normalises and patchifies the visual items of one request as the reference image processor. */
-export function preprocessVisuals(items: readonly VisualInput[], options: PreprocessOptions = {}): VisualBatch {
+function asStream(frames: readonly RgbImage[], item: number): FrameStream {
+  if (frames.length === 0) throw new Error(`preprocessVisuals: video item ${item} has no frames`);
+  return {
+    width: frames[0]!.width,
+    height: frames[0]!.height,
+    frameCount: frames.length,
+    read: async (onFrame) => {
+      for (const [i, frame] of frames.entries()) await onFrame(frame, i);
+    },
+  };
+}
+
+/**
+ * Resizes, normalises and patchifies the visual items of one request as the reference image processor. Frames are
+ * resized and patchified as they arrive, so only one full-size frame per item needs to exist at a time.
+ */
+export async function preprocessVisuals(items: readonly VisualInput[], options: PreprocessOptions = {}): Promise<VisualBatch> {
   const config = options.config ?? DEFAULT_PROCESSOR_CONFIG;
   const p = config.patchSize;
-  const frameLists = items.map((item, i) => {
-    const frames = item.modality === 'image' ? [item.image] : item.frames;
-    if (frames.length === 0) throw new Error(`preprocessVisuals: video item ${i} has no frames`);
-    return frames;
-  });
+  const streams = items.map((item, i) => (item.modality === 'image' ? asStream([item.image], i) : Array.isArray(item.frames) ? asStream(item.frames, i) : (item.frames as FrameStream)));
   const mergeSizes = items.map((item) => item.mergeSize ?? (item.modality === 'image' ? config.imageMergeSize : config.videoMergeSize));
   const sizes = targetSizes(
-    items.map((_, i) => ({ height: frameLists[i]![0]!.height, width: frameLists[i]![0]!.width, frames: frameLists[i]!.length, mergeSize: mergeSizes[i]! })),
+    streams.map((s, i) => ({ height: s.height, width: s.width, frames: s.frameCount, mergeSize: mergeSizes[i]! })),
     { minTokens: options.minTokens ?? config.minTokens, maxTokens: options.maxTokens ?? config.maxTokens, patchSize: p },
   );
-  const gridSizes = sizes.map((s, i): [number, number, number] => [frameLists[i]!.length, s.height / p, s.width / p]);
+  const gridSizes = sizes.map((s, i): [number, number, number] => [streams[i]!.frameCount, s.height / p, s.width / p]);
   const tokensPerFrame = gridSizes.map(([, gh, gw], i) => (gh / mergeSizes[i]!) * (gw / mergeSizes[i]!));
   const rows = gridSizes.reduce((sum, [t, gh, gw]) => sum + t * gh * gw, 0);
   const pixelValues = Tensor.empty('f32', [rows, 3 * p * p]);
   const tables = normalizationTables({ rescaleFactor: config.rescaleFactor, mean: config.imageMean, std: config.imageStd });
   let row = 0;
-  items.forEach((_, i) => {
+  for (const [i, stream] of streams.entries()) {
     const { width, height } = sizes[i]!;
-    // Frame by frame, so that a long video never holds all its resized frames at once.
-    for (const frame of frameLists[i]!) {
+    let delivered = 0;
+    await stream.read((frame) => {
+      if (delivered >= stream.frameCount) throw new Error(`preprocessVisuals: item ${i} delivered more than its ${stream.frameCount} frames`);
       const resized = resizeBicubicRgb(frame, width, height, { threads: options.threads });
       row += patchifyInto([resized], mergeSizes[i]!, p, tables, pixelValues.data, row);
-    }
-  });
+      delivered++;
+    });
+    if (delivered !== stream.frameCount) throw new Error(`preprocessVisuals: item ${i} delivered ${delivered} of its ${stream.frameCount} frames`);
+  }
   return {
     pixelValues,
     gridSizes,
