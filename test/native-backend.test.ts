@@ -172,6 +172,7 @@ const attnCases: AttnCase[] = [
   attnCase(64, 97, 1, 1, 8, false), // exactly at the tiled path's threshold, head size 4 + 4
   attnCase(63, 97, 1, 1, 8, false), // just below it
   attnCase(11, 300, 6, 1, 2, true), // 66 rows: tiled with few queries, head size 2
+  attnCase(70, 70, 1, 1, 1, true), // head size 1
   attnCase(64, 4500, 4, 4, 128, false), // K and V packed in two rounds of heads
   attnCase(1, 300, 64, 1, 16, true), // 64 rows from one query: still the decode path
 ];

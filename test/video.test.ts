@@ -12,7 +12,8 @@ import { SafetensorsFile } from '../src/model/safetensors.js';
 import { clearToolCache, findFfmpeg, findFfprobe, runTool, type Tool } from '../src/processing/ffmpeg.js';
 import { decodeGifFirstFrame } from '../src/processing/gif.js';
 import type { RgbImage } from '../src/processing/image.js';
-import { decodeVideo, loadVideo, planVideo, type VideoOptions } from '../src/processing/video.js';
+import type { VideoMedia } from '../src/processing/conversation.js';
+import { decodeVideo, framesInRange, groupVideoItems, loadVideo, planVideo, type VideoOptions } from '../src/processing/video.js';
 import { parseInputReport } from '../src/processing/video-probe.js';
 import {
   doubleToRational,
@@ -227,6 +228,14 @@ describe('generated media', { skip: !ffmpeg && NO_FFMPEG }, () => {
     await ffmpegRun([...testsrc('48x32', 10, 3), '-vf', 'split[a][b];[a]palettegen[p];[b][p]paletteuse', media('anim.gif')]);
     await ffmpegRun(['-f', 'lavfi', '-i', 'sine=duration=1', media('sound.wav')]);
     writeFileSync(media('notes.mp4'), 'not a video\n');
+    // A display matrix turning the picture 90 degrees, written into the MP4 track header (tkhd version 0: the
+    // matrix follows 40 bytes of box header and fields).
+    await ffmpegRun([...testsrc('48x32', 10, 2.5), '-c:v', 'mpeg4', media('plain.mp4')]);
+    const bytes = readFileSync(media('plain.mp4'));
+    const tkhd = bytes.indexOf('tkhd') - 4;
+    assert.equal(bytes[tkhd + 8], 0, 'tkhd version 0');
+    [0, 0x10000, 0, -0x10000, 0, 0, 0, 0, 0x40000000].forEach((v, i) => bytes.writeInt32BE(v, tkhd + 48 + 4 * i));
+    writeFileSync(media('rotated.mp4'), bytes);
   });
 
   after(() => {
@@ -318,30 +327,58 @@ describe('generated media', { skip: !ffmpeg && NO_FFMPEG }, () => {
   it('reads a folder of frames in Python\'s sorted() order at an assumed 3 fps', async () => {
     const folder = media('frames');
     mkdirSync(folder);
-    const names = ['f_1.png', 'f_10.png', 'f_2.png', 'f_3.png', 'f_4.png', 'f_5.png', 'f_6.png']; // already sorted by code point
-    const images = names.map((_, k) => {
-      const data = new Uint8Array(8 * 6 * 3).map((_, i) => (i * 7 + k * 31) & 255);
-      return { width: 8, height: 6, data };
-    });
-    for (const [k, name] of [...names].reverse().entries()) {
-      const image = images[names.length - 1 - k]!;
-      await sharp(image.data, { raw: { width: 8, height: 6, channels: 3 } }).png().toFile(join(folder, name));
+    // Python's sorted(): "f_10" before "f_2"; the fullwidth "Ａ" (U+FF21) before the astral "𝒜" (U+1D49C), where
+    // UTF-16 order (JavaScript's default sort) puts the surrogate pair (0xD835 ...) first.
+    const names = ['f_1.png', 'f_10.png', 'f_2.png', 'f_3.png', 'f_4.png', 'f_Ａ.png', 'f_𝒜.png'];
+    const images = names.map((_, k) => new Uint8Array(8 * 6 * 3).map((_, i) => (i * 7 + k * 31) & 255));
+    for (const [k, name] of names.entries()) {
+      await sharp(images[k]!, { raw: { width: 8, height: 6, channels: 3 } }).png().toFile(join(folder, name));
     }
     const { frames, timestamps, plan } = await loadVideo(folder, { fps: 1, maxFrames: 180 });
     assert.equal(plan.kind, 'folder');
     assert.deepEqual(plan.files, names);
     assert.deepEqual(plan.frameIndices, [1, 4]);
     assert.deepEqual(Array.from(timestamps), [1 / 3, 4 / 3]);
-    assert.ok(sameBytes(frames[0]!.data, images[1]!.data));
-    assert.ok(sameBytes(frames[1]!.data, images[4]!.data));
+    assert.ok(sameBytes(frames[0]!.data, images[1]!));
+    assert.ok(sameBytes(frames[1]!.data, images[4]!));
+  });
+
+  it('hands out rotated videos upright, at the rotated size', async () => {
+    const plain = await loadVideo(media('plain.mp4'), { fps: 1, maxFrames: 180 });
+    const { frames, plan } = await loadVideo(media('rotated.mp4'), { fps: 1, maxFrames: 180 });
+    assert.deepEqual([plan.width, plan.height, plan.frameCount], [32, 48, 2]);
+    assert.deepEqual([plain.plan.width, plain.plan.height], [48, 32]);
+    // Column x of the upright frame is row x of the stored one, read bottom-up (a quarter turn clockwise).
+    const stored = plain.frames[1]!;
+    const upright = frames[1]!;
+    let same = 0;
+    for (let y = 0; y < 48; y++) {
+      for (let x = 0; x < 32; x++) {
+        const a = (y * 32 + x) * 3;
+        const b = ((31 - x) * 48 + y) * 3;
+        if (upright.data[a] === stored.data[b]) same++;
+      }
+    }
+    assert.ok(same > 0.95 * 48 * 32, `${same} of ${48 * 32} pixels in place`);
   });
 
   it('names the file when it is missing, not a video, or has no video stream', async () => {
     await assert.rejects(planVideo(media('missing.mp4'), { fps: 1, maxFrames: 180 }), /video file not found: .*missing\.mp4/);
-    await assert.rejects(planVideo(media('notes.mp4'), { fps: 1, maxFrames: 180 }), /cannot read video .*notes\.mp4/);
+    await assert.rejects(planVideo(media('notes.mp4'), { fps: 1, maxFrames: 180 }), /cannot read video .*notes\.mp4: [^]*\n[^]*Invalid data found/);
     await assert.rejects(planVideo(media('sound.wav'), { fps: 1, maxFrames: 180 }), /sound\.wav: the file has no video stream/);
     await assert.rejects(planVideo(media('av.mkv'), { fps: 0, maxFrames: 180 }), /fps must be a positive number/);
     await assert.rejects(planVideo(media('av.mkv'), { fps: 1, maxFrames: 2.5 }), /max_frames must be a positive integer/);
+  });
+
+  it('reports an ffmpeg failure with the file and the end of its stderr', async () => {
+    writeFileSync(media('gone.mkv'), readFileSync(media('short.mkv')));
+    const plan = await planVideo(media('gone.mkv'), { fps: 5, maxFrames: 180 });
+    rmSync(media('gone.mkv'));
+    await assert.rejects(decodeVideo(plan, () => {}), (err: Error) => {
+      assert.equal(err.name, 'FfmpegError');
+      assert.match(err.message, /^decoding .*gone\.mkv failed: .* exited with code 1:\n.*No such file or directory/);
+      return true;
+    });
   });
 
   /** ffmpeg processes whose arguments mention `path` (Linux /proc; undefined elsewhere). */
@@ -396,6 +433,37 @@ describe('generated media', { skip: !ffmpeg && NO_FFMPEG }, () => {
       running--;
     });
     assert.deepEqual(order, Array.from({ length: plan.frameCount }, (_, i) => i));
+  });
+});
+
+describe('several items on one file (spec 3.4)', () => {
+  const item = (source: string, startTime?: number, endTime?: number, fps?: number): VideoMedia => ({
+    kind: 'video',
+    source,
+    ...(fps === undefined ? {} : { fps }),
+    ...(startTime === undefined ? {} : { startTime }),
+    ...(endTime === undefined ? {} : { endTime }),
+    location: { messageIndex: 0, partIndex: 0 },
+  });
+  const defaults = { fps: 1, maxFrames: 180 };
+
+  it('loads once from the smallest start to the largest end; each item keeps its own range', () => {
+    const groups = groupVideoItems([item('a.mp4', 2, 4), item('b.mp4'), item('a.mp4', 3, 9), item('a.mp4', 1, 5, 2)], defaults);
+    assert.deepEqual(
+      groups.map((g) => [g.source, g.options, g.members]),
+      [
+        ['a.mp4', { fps: 1, maxFrames: 180, startTime: 2, endTime: 9 }, [{ item: 0, start: 2, end: 4 }, { item: 2, start: 3, end: 9 }]],
+        ['b.mp4', { fps: 1, maxFrames: 180 }, [{ item: 1, start: 0, end: Infinity }]],
+        ['a.mp4', { fps: 2, maxFrames: 180, startTime: 1, endTime: 5 }, [{ item: 3, start: 1, end: 5 }]],
+      ],
+    );
+    assert.deepEqual(framesInRange([2, 3, 4, 5, 6, 7, 8], 3, 5), [1, 2, 3]);
+  });
+
+  it('keeps the reference\'s quirk: an unbounded item does not widen the first item\'s bounds', () => {
+    const [group] = groupVideoItems([item('a.mp4', 5, 10), item('a.mp4')], defaults);
+    assert.deepEqual(group!.options, { fps: 1, maxFrames: 180, startTime: 5, endTime: 10 });
+    assert.deepEqual(group!.members[1], { item: 1, start: 0, end: Infinity });
   });
 });
 

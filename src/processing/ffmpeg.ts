@@ -135,6 +135,9 @@ function missingMessage(name: ToolName): string {
 // ---------------------------------------------------------------------------------------------------------------
 // Running
 
+/** Leading ffmpeg options that change nothing in the output: no console interaction, only errors on stderr. */
+export const FFMPEG_QUIET: readonly string[] = ['-nostdin', '-hide_banner', '-nostats', '-loglevel', 'error'];
+
 /** A tool ran and failed: names the input and carries the end of the tool's stderr. */
 export class FfmpegError extends Error {
   constructor(

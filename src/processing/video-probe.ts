@@ -48,6 +48,14 @@ export interface VideoProbe {
   via: 'ffprobe' | 'ffmpeg';
 }
 
+/** The size of the frames ffmpeg outputs: it turns frames with a 90/270 degree display rotation upright. */
+export function displaySize(probe: VideoProbe): { width: number; height: number } {
+  const { width, height, rotation } = probe.stream;
+  const quarters = Math.round(rotation / 90);
+  const sideways = Math.abs(rotation - quarters * 90) < 1 && quarters % 2 !== 0;
+  return sideways ? { width: height, height: width } : { width, height };
+}
+
 /** How to name a local file to ffmpeg so that no part of it is read as a protocol or an option. */
 export function ffmpegInput(path: string): string {
   return `file:${resolve(path)}`;

@@ -9,11 +9,17 @@
  * - everything else takes the ffmpeg path (spec 3.2): `fps=fps=F:round=down` into raw RGB, N = the frames ffmpeg
  *   returns, timestamps `np.arange(start, start + duration + 1/F, 1/F)[:N]`, then `linspace` down to max_frames.
  *
+ * The ffmpeg command is the one ffmpeg-python builds for the reference: `[-ss S -t T] -i F -filter_complex
+ * "[0]fps=fps=R:round=down[s0]" -map "[s0]" -f rawvideo -pix_fmt rgb24 pipe:` (input-side trimming, the reference's
+ * default; its `precise_time` variant is not offered), preceded only by options that leave the frames alone
+ * (-nostdin -hide_banner -nostats -loglevel error) and with the input named `file:<absolute path>`.
+ *
  * The reference keeps whatever ffmpeg returns and only then subsamples; to stream with bounded memory the count is
- * worked out beforehand from the frame timestamps (video-sampling.ts `predictFfmpegFrameCount`), and checked
- * while decoding. It equals floor(duration * fps) for an untrimmed file whose video lasts as long as its container,
- * and differs when they do not (audio longer than video) or for a start without an end (the reference then passes
- * `-t` = the whole container duration and the clip simply ends earlier).
+ * worked out beforehand from the frame timestamps (video-sampling.ts `predictFfmpegFrameCount`) and checked while
+ * decoding (fewer frames than planned is an error; more are ignored). It equals floor(duration * fps) for an
+ * untrimmed file whose video lasts as long as its container, and differs when they do not (audio longer than video)
+ * or for a start without an end (the reference then passes `-t` = the whole container duration and the clip simply
+ * ends earlier).
  *
  * Deliberate differences, where the reference fails or returns garbage:
  * - A clip that gives zero frames on the ffmpeg path (shorter than 1/fps; the reference crashes on an empty array)
@@ -30,22 +36,20 @@
 import { readdir, stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 
-import { findFfmpeg, streamTool } from './ffmpeg.js';
+import { FFMPEG_QUIET, findFfmpeg, streamTool } from './ffmpeg.js';
 import { loadImage, type RgbImage } from './image.js';
-import type { ProcessorConfig } from './processor-config.js';
-import type { VideoMedia } from './conversation.js';
-import { ffmpegInput, probeVideo, scanFrameTimes, type VideoProbe } from './video-probe.js';
+import { planClip, planFolder, planGif } from './video-index.js';
+import { displaySize, ffmpegInput, probeVideo, scanFrameTimes, type VideoProbe } from './video-probe.js';
 import {
   ffmpegPathTimestamps,
   ffmpegTimeArg,
-  MICROSECONDS,
   predictFfmpegFrameCount,
-  rescaleQ,
-  sampleFrameIndices,
   subsampleIndices,
   type TrimArgs,
   type VideoStreamTiming,
 } from './video-sampling.js';
+
+export { framesInRange, groupVideoItems, videoOptionsFor, type VideoLoadGroup } from './video-groups.js';
 
 export interface VideoOptions {
   /** Frames per second to sample (> 0). */
@@ -97,14 +101,6 @@ export interface VideoPlan {
   files?: readonly string[];
 }
 
-/** The fps / max_frames / range of a conversation's video item, with the processor's defaults. */
-export function videoOptionsFor(media: VideoMedia, config: Pick<ProcessorConfig, 'fps' | 'maxFrames'>): VideoOptions {
-  const options: VideoOptions = { fps: media.fps ?? config.fps, maxFrames: media.maxFrames ?? config.maxFrames };
-  if (media.startTime !== undefined) options.startTime = media.startTime;
-  if (media.endTime !== undefined) options.endTime = media.endTime;
-  return options;
-}
-
 function checkOptions(source: string, o: VideoOptions): void {
   if (!(Number.isFinite(o.fps) && o.fps > 0)) throw new RangeError(`video ${source}: fps must be a positive number, got ${o.fps}`);
   if (!(Number.isInteger(o.maxFrames) && o.maxFrames >= 1)) {
@@ -141,18 +137,8 @@ export async function planVideo(source: string, options: VideoOptions): Promise<
   return planFfmpeg(base, options, probe);
 }
 
-type PlanBase = Pick<VideoPlan, 'source' | 'path' | 'fps' | 'maxFrames'>;
-
-/** The size of the frames ffmpeg outputs: it turns frames with a 90/270 degree display rotation upright. */
-function outputSize(probe: VideoProbe): { width: number; height: number } {
-  const { width, height, rotation } = probe.stream;
-  const quarters = Math.round(rotation / 90);
-  const sideways = Math.abs(rotation - quarters * 90) < 1 && quarters % 2 !== 0;
-  return sideways ? { width: height, height: width } : { width, height };
-}
-
-/** Leading options that change nothing in the decoded frames: no console interaction, only errors on stderr. */
-const QUIET = ['-nostdin', '-hide_banner', '-nostats', '-loglevel', 'error'];
+/** What every plan starts from. */
+export type PlanBase = Pick<VideoPlan, 'source' | 'path' | 'fps' | 'maxFrames'>;
 
 async function planFfmpeg(base: PlanBase, options: VideoOptions, probe: VideoProbe): Promise<VideoPlan> {
   const { fps, maxFrames, startTime: s, endTime: e, signal } = options;
@@ -178,7 +164,7 @@ async function planFfmpeg(base: PlanBase, options: VideoOptions, probe: VideoPro
   }
   const keep = subsampleIndices(all.length, maxFrames);
   const args = [
-    ...QUIET,
+    ...FFMPEG_QUIET,
     ...(trim ? ['-ss', trim.start, '-t', trim.duration] : []),
     '-i',
     ffmpegInput(probe.path),
@@ -195,7 +181,7 @@ async function planFfmpeg(base: PlanBase, options: VideoOptions, probe: VideoPro
   return {
     ...base,
     kind: 'ffmpeg',
-    ...outputSize(probe),
+    ...displaySize(probe),
     timestamps: Float64Array.from(keep, (i) => all[i]!),
     frameCount: keep.length,
     decoderFrames: all.length,
@@ -213,121 +199,6 @@ function timingDuration(t: VideoStreamTiming): number {
   if (n === 0) return 0;
   const ticks = t.pts[n - 1]! + t.durations[n - 1]! - t.pts[0]!;
   return (ticks * t.timeBase[0]) / t.timeBase[1];
-}
-
-function noFrames(source: string, what: string): Error {
-  return new Error(`video ${source}: ${what}`);
-}
-
-/** The index path on a video file (decord in the reference): all frames decoded, the sampled ones kept. */
-async function planClip(
-  base: PlanBase,
-  options: VideoOptions,
-  probe: VideoProbe,
-  note: string,
-  known?: VideoStreamTiming,
-): Promise<VideoPlan> {
-  const timing = known ?? (await scanFrameTimes(probe, options.signal));
-  const rate = probe.stream.avgFrameRate ?? probe.stream.realFrameRate;
-  if (!rate) throw noFrames(base.source, 'the video stream states no frame rate');
-  const vidFps = rate[0] / rate[1];
-  const totalFrames = timing.pts.length;
-  const sampling = sampleFrameIndices({ vidFps, totalFrames, fps: options.fps, maxFrames: options.maxFrames, start: options.startTime, end: options.endTime });
-  const { frameIndices } = sampling;
-  if (frameIndices.length === 0) {
-    const range = `start ${options.startTime ?? 'none'}, end ${options.endTime ?? 'none'}`;
-    throw noFrames(base.source, `no frames in the requested range (${range}; the video has ${totalFrames} frames at ${vidFps} fps, ${probe.duration ?? '?'} s)`);
-  }
-  // Seek to just before the first kept frame, in containers with an index where ffmpeg's accurate seek starts
-  // decoding at a keyframe (elsewhere, e.g. MPEG-TS, it can land mid-GOP and return damaged frames).
-  const first = frameIndices[0]!;
-  const indexed = /\b(mp4|mov|matroska|webm)\b/.test(probe.formatName);
-  const seek = indexed && first > 0 ? seekBefore(timing, first) : undefined;
-  const skipped = seek === undefined ? 0 : first;
-  const args = [...QUIET, ...(seek ? ['-ss', seek] : []), '-i', ffmpegInput(probe.path), '-map', `0:${probe.stream.index}`, ...ALL_FRAMES];
-  return indexPlan(base, 'clip', outputSize(probe), sampling.timestamps, frameIndices, skipped, { vidFps, totalFrames, args, note });
-}
-
-/** Every decoded frame exactly once, in order (no frame-rate conversion), as raw RGB. */
-const ALL_FRAMES = ['-vsync', 'passthrough', '-f', 'rawvideo', '-pix_fmt', 'rgb24', 'pipe:'];
-
-/**
- * An `-ss` value after frame `index - 1` and at or before frame `index`: ffmpeg then drops exactly the frames before
- * `index` (its trim keeps pts - (ss + container start) >= 0, in the stream's time base). Undefined when rounding
- * could make that uncertain.
- */
-function seekBefore(t: VideoStreamTiming, index: number): string | undefined {
-  const [num, den] = t.timeBase;
-  const middle = (t.pts[index - 1]! + t.pts[index]!) / 2;
-  const micros = BigInt(Math.round((middle * num * 1e6) / den)) - t.formatStartMicros;
-  if (micros <= 0n) return undefined;
-  const offset = rescaleQ(-(micros + t.formatStartMicros), MICROSECONDS, t.timeBase);
-  const keepsIndex = BigInt(t.pts[index]!) + offset >= 0n;
-  const dropsBefore = BigInt(t.pts[index - 1]!) + offset < 0n;
-  if (!keepsIndex || !dropsBefore) return undefined;
-  const whole = micros / 1_000_000n;
-  return `${whole}.${String(micros % 1_000_000n).padStart(6, '0')}`;
-}
-
-function indexPlan(
-  base: PlanBase,
-  kind: VideoPathKind,
-  size: { width: number; height: number },
-  timestamps: Float64Array,
-  frameIndices: number[],
-  skipped: number,
-  extra: Pick<VideoPlan, 'vidFps' | 'totalFrames' | 'args' | 'files' | 'note'>,
-): VideoPlan {
-  const keep = frameIndices.map((i) => i - skipped);
-  const plan: VideoPlan = {
-    ...base,
-    kind,
-    ...size,
-    timestamps,
-    frameCount: frameIndices.length,
-    decoderFrames: keep[keep.length - 1]! + 1,
-    keep,
-    frameIndices,
-    ...extra,
-  };
-  if (plan.note === undefined) delete plan.note;
-  return plan;
-}
-
-/** GIF (imageio in the reference): 25 fps assumed, every frame decoded in order, the sampled ones kept. */
-async function planGif(base: PlanBase, options: VideoOptions): Promise<VideoPlan> {
-  const probe = await probeVideo(base.path, options.signal);
-  const timing = await scanFrameTimes(probe, options.signal);
-  const vidFps = 25;
-  const totalFrames = timing.pts.length;
-  const sampling = sampleFrameIndices({ vidFps, totalFrames, fps: options.fps, maxFrames: options.maxFrames, start: options.startTime, end: options.endTime });
-  if (sampling.frameIndices.length === 0) throw noFrames(base.source, `no frames in the requested range (the GIF has ${totalFrames} frames)`);
-  const args = [...QUIET, '-i', ffmpegInput(probe.path), '-map', `0:${probe.stream.index}`, ...ALL_FRAMES];
-  return indexPlan(base, 'gif', outputSize(probe), sampling.timestamps, sampling.frameIndices, 0, { vidFps, totalFrames, args });
-}
-
-/** Python's sorted() on str: by code point (JavaScript's default sort compares UTF-16 units). */
-function compareCodePoints(a: string, b: string): number {
-  const x = Array.from(a);
-  const y = Array.from(b);
-  for (let i = 0; i < Math.min(x.length, y.length); i++) {
-    const d = x[i]!.codePointAt(0)! - y[i]!.codePointAt(0)!;
-    if (d !== 0) return d;
-  }
-  return x.length - y.length;
-}
-
-/** A folder of frames (OpenCV in the reference): every entry is a frame, 3 fps assumed. */
-async function planFolder(base: PlanBase, options: VideoOptions): Promise<VideoPlan> {
-  const files = (await readdir(base.path)).sort(compareCodePoints);
-  const vidFps = 3;
-  const sampling = sampleFrameIndices({ vidFps, totalFrames: files.length, fps: options.fps, maxFrames: options.maxFrames, start: options.startTime, end: options.endTime });
-  if (sampling.frameIndices.length === 0) {
-    throw noFrames(base.source, files.length ? `no frames in the requested range (the folder has ${files.length} entries)` : 'the folder is empty');
-  }
-  const first = await loadImage(join(base.path, files[sampling.frameIndices[0]!]!));
-  const size = { width: first.width, height: first.height };
-  return indexPlan(base, 'folder', size, sampling.timestamps, sampling.frameIndices, 0, { vidFps, totalFrames: files.length, files });
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -372,7 +243,8 @@ export async function decodeVideo(plan: VideoPlan, onFrame: FrameCallback, optio
         const kept = next < keep.length && keep[next] === decoded;
         const take = Math.min(frameBytes - filled, chunk.length - offset);
         if (kept) {
-          buffer ??= new Uint8Array(frameBytes);
+          // Not zero-filled: every byte is written before the frame is handed out.
+          buffer ??= uninitialized(frameBytes);
           buffer.set(chunk.subarray(offset, offset + take), filled);
         }
         filled += take;
@@ -403,6 +275,11 @@ export async function decodeVideo(plan: VideoPlan, onFrame: FrameCallback, optio
         `${keep.length - next} of the ${keep.length} sampled frames are missing`,
     );
   }
+}
+
+function uninitialized(bytes: number): Uint8Array {
+  const b = Buffer.allocUnsafeSlow(bytes);
+  return new Uint8Array(b.buffer, b.byteOffset, b.byteLength);
 }
 
 async function decodeFolder(plan: VideoPlan, onFrame: FrameCallback, options: DecodeOptions): Promise<void> {
