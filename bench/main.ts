@@ -10,6 +10,9 @@ import { nativeInfo } from '../src/tensor/native.js';
 import { measureKernels, measureLimits } from './kernels.js';
 import type { LlmFigures } from './llm.js';
 import type { VisionFigures } from './vision.js';
+import { measureResize } from './resize.js';
+import { makeBenchClip, measureVideoDecodeFigures } from './video.js';
+import type { VideoModelFigures } from './video-model.js';
 import { percent, round } from './stats.js';
 
 const args = process.argv.slice(2);
@@ -84,4 +87,33 @@ if (!skipLlm) {
   }
 }
 
-if (json) process.stdout.write(JSON.stringify({ date: new Date().toISOString(), threads: threadCounts, limits, kernels, llm, vision }) + '\n');
+const resize = measureResize(threadCounts);
+for (const n of threadCounts) {
+  log(`resize ${resize.source.width}x${resize.source.height} (12 MP) to ${resize.target.width}x${resize.target.height}, Pillow-exact bicubic, ${n} thread(s): ${resize.ms[n]} ms (${resize.megapixelsPerSecond[n]} MP/s)`);
+}
+
+// Video: a generated 3-minute 1280x720 30 fps H.264 clip (needs ffmpeg), decoded and sampled to 180 frames, then one
+// question about it end to end on all threads (the longest part of the run).
+const clip = process.env.VL3_BENCH_CLIP ?? join(tmpdir(), 'vl3-bench-720p-3min.mp4');
+let videoDecode: Awaited<ReturnType<typeof measureVideoDecodeFigures>> | undefined;
+let video: (VideoModelFigures & { memoryBudgetBytes: number }) | undefined;
+try {
+  await makeBenchClip(clip);
+  videoDecode = await measureVideoDecodeFigures(clip);
+  log(`video decode + sample 180 frames of a 3-min 1280x720 30 fps H.264 clip: ${videoDecode.seconds} s (median of ${videoDecode.runs.length})`);
+} catch (err) {
+  log(`video: skipped (${(err as Error).message})`);
+}
+if (videoDecode && !skipLlm) {
+  const f = child<VideoModelFigures>('video-model', modelDir, clip, String(allThreads));
+  video = { ...f, memoryBudgetBytes: f.peakRssBytes - f.weightBytes };
+  log(`video question end to end (2b random weights, ${f.threads} threads, ${f.frames} frames): decode ${f.decodeSeconds} s, ` +
+    `vision encoding ${f.encodeSeconds} s, prefill ${f.prefillSeconds} s, time to first token ${f.timeToFirstTokenSeconds} s; ` +
+    `visual tokens ${f.visualTokensBeforePruning} before DiffFP, ${f.visualTokensAfterPruning} after; prompt ${f.promptTokens} tokens; ` +
+    `peak RSS ${round(f.peakRssBytes / 2 ** 30, 2)} GiB = weights ${round(f.weightBytes / 2 ** 30, 2)} GiB + ${round(video.memoryBudgetBytes / 2 ** 30, 2)} GiB`);
+}
+
+if (json) {
+  const figures = { date: new Date().toISOString(), threads: threadCounts, limits, kernels, llm, vision, resize, videoDecode, video };
+  process.stdout.write(JSON.stringify(figures) + '\n');
+}

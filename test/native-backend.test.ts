@@ -9,17 +9,12 @@ import { f32ToBf16 } from '../src/tensor/dtype.js';
 import { NativeBackend, nativeInfo, setNativeKernel } from '../src/tensor/native.js';
 import { ReferenceBackend } from '../src/tensor/reference.js';
 import { Tensor } from '../src/tensor/tensor.js';
+import { Rng } from '../src/engine/rng.js';
 
-/** mulberry32: a small deterministic generator, so every run sees the same data. */
+/** A seeded generator, so every run sees the same data. */
 function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  const r = new Rng(seed);
+  return () => r.next();
 }
 
 let seedCounter = 1;

@@ -8,17 +8,12 @@ import { SafetensorsFile } from '../src/model/safetensors.js';
 import type { RgbImage } from '../src/processing/image.js';
 import { resizeBicubicRgb, resizeBicubicRgbReference } from '../src/processing/resize.js';
 import { FIXTURES_MISSING, fixturesDir } from './fixtures.js';
+import { Rng } from '../src/engine/rng.js';
 
-/** mulberry32: deterministic data for every run. */
+/** A seeded generator: deterministic data for every run. */
 function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  const r = new Rng(seed);
+  return () => r.next();
 }
 
 /** Random bytes with some smooth regions and hard 0/255 edges, so the clamps are exercised. */
