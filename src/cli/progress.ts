@@ -14,6 +14,7 @@ const LABELS: Record<ProgressEvent['stage'], string> = {
 export class ProgressBars {
   private readonly multi?: MultiBar;
   private readonly bars = new Map<ProgressEvent['stage'], SingleBar>();
+  private lastDraw = 0;
 
   constructor(enabled = process.stderr.isTTY === true) {
     if (enabled) {
@@ -33,6 +34,12 @@ export class ProgressBars {
     }
     bar.setTotal(event.total);
     bar.update(event.done);
+    // Encoding and prefill run synchronously and starve the bars' redraw timer: redraw from here (at most 10/s).
+    const now = performance.now();
+    if (event.done === event.total || now - this.lastDraw > 100) {
+      this.lastDraw = now;
+      this.multi.update();
+    }
   };
 
   /** Removes the bars (before the answer streams). */
