@@ -1,13 +1,14 @@
 import { isAbsolute, resolve } from 'node:path';
 import { renderChatTemplate } from './chat-template.js';
-import { collectMedia, isDataUrl, parseConversation, withVideoFrames, type Conversation, type MediaItem } from './conversation.js';
+import { collectMedia, isDataUrl, parseConversation, withVideoFrames, type Conversation, type MediaItem, type VideoMedia } from './conversation.js';
 import { diffFpMask, pruneImageTokens } from './diffp.js';
 import { loadImage } from './image.js';
-import { preprocessVisuals, type VisualBatch, type VisualInput } from './patches.js';
+import { preprocessVisuals, type FrameStream, type VisualBatch, type VisualInput } from './patches.js';
 import { expandImageTokens } from './placeholders.js';
 import { loadProcessorConfig, type ProcessorConfig } from './processor-config.js';
 import type { Tokenizer } from './tokenizer.js';
-import { decodeVideo, planVideo } from './video.js';
+import { decodeVideo, planVideo, type VideoPlan } from './video.js';
+import { framesInRange, groupVideoItems } from './video-groups.js';
 
 /** Long work a request reports as it goes. */
 export interface ProgressEvent {
@@ -77,45 +78,24 @@ export class Processor {
   async process(input: unknown, options: ProcessOptions = {}): Promise<ProcessedRequest> {
     const conversation = parseConversation(input);
     const media = collectMedia(conversation.messages);
+    const resolveSource = (source: string) => (isDataUrl(source) || isAbsolute(source) ? source : resolve(options.baseDir ?? '.', source));
+    const videoMedia = media.filter((m): m is VideoMedia => m.kind === 'video').map((m) => ({ ...m, source: resolveSource(m.source) }));
+    const videoInputs = await this.planVideos(videoMedia, options);
     const visualInputs: VisualInput[] = [];
-    const videos: { numFrames: number; timestamps: number[] }[] = [];
-    const videoTimestamps: Float64Array[] = [];
-    const totalFrames = { planned: 0, decoded: 0 };
+    let video = 0;
     for (const [index, item] of media.entries()) {
-      const source = isDataUrl(item.source) || isAbsolute(item.source) ? item.source : resolve(options.baseDir ?? '.', item.source);
+      if (item.kind === 'video') {
+        visualInputs.push({ modality: 'video', frames: videoInputs[video++]!.frames });
+        continue;
+      }
       try {
-        if (item.kind === 'image') {
-          visualInputs.push({ modality: 'image', image: await loadImage(source, { maxPixels: options.maxImagePixels, index }) });
-          continue;
-        }
-        const plan = await planVideo(source, {
-          fps: item.fps ?? options.fps ?? this.config.fps,
-          maxFrames: item.maxFrames ?? options.maxFrames ?? this.config.maxFrames,
-          startTime: item.startTime,
-          endTime: item.endTime,
-          signal: options.signal,
-        });
-        totalFrames.planned += plan.frameCount;
-        videos.push({ numFrames: plan.frameCount, timestamps: Array.from(plan.timestamps) });
-        videoTimestamps.push(plan.timestamps);
-        visualInputs.push({
-          modality: 'video',
-          frames: {
-            width: plan.width,
-            height: plan.height,
-            frameCount: plan.frameCount,
-            // Decoded while preprocessing runs: each frame is resized and patchified as it arrives.
-            read: (onFrame) =>
-              decodeVideo(plan, (frame, i) => {
-                onFrame(frame, i);
-                options.onProgress?.({ stage: 'decode', done: ++totalFrames.decoded, total: totalFrames.planned });
-              }, { signal: options.signal }),
-          },
-        });
+        visualInputs.push({ modality: 'image', image: await loadImage(resolveSource(item.source), { maxPixels: options.maxImagePixels, index }) });
       } catch (err) {
         throw new Error(`${where(item)}: ${(err as Error).message}`);
       }
     }
+    const videos = videoInputs.map((v) => ({ numFrames: v.timestamps.length, timestamps: Array.from(v.timestamps) }));
+    const videoTimestamps = videoInputs.map((v) => v.timestamps);
     const visuals = visualInputs.length
       ? await preprocessVisuals(visualInputs, { config: this.config, minTokens: options.minVisualTokens, maxTokens: options.maxVisualTokens })
       : undefined;
@@ -140,5 +120,53 @@ export class Processor {
     }
     const visualTokens = keepMask ? keepMask.reduce((a, b) => a + b, 0) : 0;
     return { conversation, prompt, inputIds, visuals, videoTimestamps, keepMask, llmInputIds, visualTokens };
+  }
+
+  /**
+   * Plans the videos of a request as the reference loads them (spec 3.4): items on the same file with the same
+   * sampling share one load over the union of their ranges, and each keeps the loaded frames inside its own range.
+   * Frames are decoded when preprocessing reads them, each item streaming its share of the shared plan.
+   */
+  private async planVideos(items: VideoMedia[], options: ProcessOptions): Promise<{ frames: FrameStream; timestamps: Float64Array }[]> {
+    const defaults = { fps: options.fps ?? this.config.fps, maxFrames: options.maxFrames ?? this.config.maxFrames };
+    const out: { frames: FrameStream; timestamps: Float64Array }[] = [];
+    const progress = { planned: 0, decoded: 0 };
+    for (const group of groupVideoItems(items, defaults)) {
+      let plan: VideoPlan;
+      try {
+        plan = await planVideo(group.source, { ...group.options, signal: options.signal });
+      } catch (err) {
+        throw new Error(`${where(items[group.members[0]!.item]!)}: ${(err as Error).message}`);
+      }
+      for (const member of group.members) {
+        const kept = framesInRange(plan.timestamps, member.start, member.end);
+        if (kept.length === 0) {
+          throw new Error(`${where(items[member.item]!)}: no sampled frame of ${group.source} lies between ${member.start} s and ${member.end} s`);
+        }
+        const keep = new Set(kept);
+        progress.planned += kept.length;
+        out[member.item] = {
+          timestamps: Float64Array.from(kept, (i) => plan.timestamps[i]!),
+          frames: {
+            width: plan.width,
+            height: plan.height,
+            frameCount: kept.length,
+            read: async (onFrame) => {
+              let delivered = 0;
+              await decodeVideo(
+                plan,
+                (frame, i) => {
+                  if (!keep.has(i)) return;
+                  onFrame(frame, delivered++);
+                  options.onProgress?.({ stage: 'decode', done: ++progress.decoded, total: progress.planned });
+                },
+                { signal: options.signal },
+              );
+            },
+          },
+        };
+      }
+    }
+    return out;
   }
 }
