@@ -70,6 +70,12 @@ describe('generation', { skip: !fixtures && FIXTURES_MISSING }, () => {
     assert.equal(result.text, model.tokenizer.decode(result.tokenIds, { skipSpecialTokens: true }).trim());
   });
 
+  it('frees the request when the caller stops iterating early, and says so through result', async () => {
+    const stream = model.chat(question, { greedy: true, maxNewTokens: 50 });
+    for await (const _ of stream) break;
+    await assert.rejects(stream.result, /closed before generation finished/);
+  });
+
   it('runs when only the result is awaited, and samples reproducibly for a seed', async () => {
     const a = await model.chat(question, { maxNewTokens: 8, seed: 5 }).result;
     const b = await model.chat(question, { maxNewTokens: 8, seed: 5 }).result;

@@ -1,4 +1,4 @@
-import { generateTokens, type FinishReason } from '../engine/generate.js';
+import { generateTokens, type FinishReason, type GenerationResult } from '../engine/generate.js';
 import type { SamplingOptions } from '../engine/sampling.js';
 import { loadCheckpoint, type Checkpoint } from '../model/checkpoint.js';
 import type { Qwen2Model } from '../model/qwen2.js';
@@ -169,12 +169,14 @@ export class VideoLLaMA3 {
     result.catch(() => {}); // a caller who only iterates sees the error there
     const self = this;
     async function* deltas(): AsyncGenerator<string> {
+      let tokens: AsyncGenerator<number, GenerationResult> | undefined;
+      let settled = false;
       try {
         const started = performance.now();
         const request = await self.prepare(input, options);
         const progress = options.onProgress;
         const features = self.encodeVisuals(request, { onProgress: progress && ((done, total) => progress({ stage: 'encode', done, total })) });
-        const tokens = generateTokens(self.llm, {
+        tokens = generateTokens(self.llm, {
           promptEmbeds: self.embed(request, features),
           onPrefillProgress: progress && ((done, total) => progress({ stage: 'prefill', done, total })),
           maxNewTokens: options.maxNewTokens ?? 1024,
@@ -192,6 +194,7 @@ export class VideoLLaMA3 {
         const tail = decoder.flush();
         if (tail) yield tail;
         const g = next.value;
+        settled = true;
         const seconds = (ms: number) => Math.max(ms, 1e-9) / 1000;
         settle.resolve({
           text: self.tokenizer.decode(g.tokenIds, { skipSpecialTokens: true }).trim(),
@@ -207,8 +210,15 @@ export class VideoLLaMA3 {
           },
         });
       } catch (e) {
+        settled = true;
         settle.reject(e);
         throw e;
+      } finally {
+        if (!settled) {
+          // The caller stopped iterating early: end generation now so its KV cache is freed at once.
+          await tokens?.return(undefined as never);
+          settle.reject(new Error('the chat stream was closed before generation finished'));
+        }
       }
     }
     const iterator = deltas();
