@@ -1,21 +1,22 @@
 import type { Backend } from '../tensor/backend.js';
 import { Tensor } from '../tensor/tensor.js';
 import { Workspace } from '../tensor/workspace.js';
+import type { VideoLlama3Config } from './config.js';
 import { fillRopeTables, ropeInverseFrequencies } from './rope.js';
 
-/** The Qwen2.5 sizes the decoder needs (spec 8.1). */
-export interface Qwen2Dims {
-  hiddenSize: number;
-  intermediateSize: number;
-  numHiddenLayers: number;
-  numAttentionHeads: number;
-  numKeyValueHeads: number;
-  rmsNormEps: number;
-  ropeTheta: number;
-  vocabSize: number;
-  maxPositionEmbeddings: number;
-  tieWordEmbeddings: boolean;
-}
+/** The Qwen2.5 sizes the decoder needs (spec 8.1), as the checkpoint's config states them. */
+export type Qwen2Dims = Pick<
+  VideoLlama3Config,
+  | 'hiddenSize'
+  | 'intermediateSize'
+  | 'numHiddenLayers'
+  | 'numAttentionHeads'
+  | 'numKeyValueHeads'
+  | 'rmsNormEps'
+  | 'ropeTheta'
+  | 'vocabSize'
+  | 'maxPositionEmbeddings'
+>;
 
 /** Where weights come from: a tensor by name, checked against the expected shape (the checkpoint names the file). */
 export interface WeightSource {
@@ -79,7 +80,8 @@ export class Qwen2Model {
     this.headDim = H / Hq;
     const kv = Hkv * this.headDim;
     this.embedTokens = weights.get('model.embed_tokens.weight', [V, H]);
-    this.lmHead = dims.tieWordEmbeddings ? this.embedTokens : weights.get(lmHeadName, [V, H]);
+    // The weight source resolves a tied head to the embedding table (2B stores no lm_head.weight).
+    this.lmHead = weights.get(lmHeadName, [V, H]);
     this.finalNorm = weights.get('model.norm.weight', [H]);
     this.layers = Array.from({ length: dims.numHiddenLayers }, (_, i) => {
       const p = `model.layers.${i}.`;

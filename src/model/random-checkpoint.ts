@@ -18,7 +18,7 @@ import { INDEX_FILE_NAME, SINGLE_FILE_NAME, writeSafetensorsFrom, type TensorSou
 export type RandomPreset = '2b' | '7b';
 
 /** The sizes that shape a checkpoint's tensors: a subset of the parsed config. */
-export type VisionDims = Pick<VisionEncoderConfig, 'hiddenSize' | 'intermediateSize' | 'numHiddenLayers' | 'numAttentionHeads' | 'patchSize'>;
+export type VisionShape = Pick<VisionEncoderConfig, 'hiddenSize' | 'intermediateSize' | 'numHiddenLayers' | 'numAttentionHeads' | 'patchSize'>;
 
 export type RandomCheckpointDims = Pick<
   VideoLlama3Config,
@@ -30,9 +30,9 @@ export type RandomCheckpointDims = Pick<
   | 'numKeyValueHeads'
   | 'maxWindowLayers'
   | 'tieWordEmbeddings'
-> & { vision: VisionDims };
+> & { vision: VisionShape };
 
-const RELEASED_VISION: VisionDims = {
+const RELEASED_VISION: VisionShape = {
   hiddenSize: 1152,
   intermediateSize: 4304,
   numHiddenLayers: 27,
@@ -93,7 +93,7 @@ export interface RandomCheckpointOptions {
   /** Called after each written chunk with bytes of weights written so far and the total. */
   onProgress?: (written: number, total: number) => void;
   /** @internal For tests: replace some of the preset's sizes. */
-  dims?: Partial<Omit<RandomCheckpointDims, 'vision'>> & { vision?: Partial<VisionDims> };
+  dims?: Partial<Omit<RandomCheckpointDims, 'vision'>> & { vision?: Partial<VisionShape> };
   /** @internal For tests: shard size limit (the 7B preset shards like transformers, at 5 GB). */
   maxShardBytes?: number;
 }

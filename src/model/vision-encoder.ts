@@ -1,19 +1,15 @@
 import type { Backend } from '../tensor/backend.js';
 import { Tensor } from '../tensor/tensor.js';
 import { Workspace } from '../tensor/workspace.js';
+import type { VisionEncoderConfig } from './config.js';
 import type { WeightSource } from './qwen2.js';
 import { visionRopeTables, type VisualGrid } from './vision-rope.js';
 
-/** The sizes of the SigLIP-style encoder (spec 6). */
-export interface VisionDims {
-  hiddenSize: number;
-  intermediateSize: number;
-  numHiddenLayers: number;
-  numAttentionHeads: number;
-  patchSize: number;
-  numChannels: number;
-  layerNormEps: number;
-}
+/** The sizes of the SigLIP-style encoder (spec 6), as the checkpoint's config states them. */
+export type VisionDims = Pick<
+  VisionEncoderConfig,
+  'hiddenSize' | 'intermediateSize' | 'numHiddenLayers' | 'numAttentionHeads' | 'patchSize' | 'numChannels' | 'layerNormEps'
+>;
 
 interface EncoderLayer {
   norm1: [Tensor, Tensor];

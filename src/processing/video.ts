@@ -33,7 +33,7 @@
  *   transparent areas), and folder images from loadImage (Pillow's pixels, not OpenCV's: no EXIF rotation).
  * - Times passed to ffmpeg never use exponent notation (Python writes 5e-05, which ffmpeg rejects).
  */
-import { readdir, stat } from 'node:fs/promises';
+import { stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 
 import { FFMPEG_QUIET, findFfmpeg, streamTool } from './ffmpeg.js';
