@@ -1,4 +1,4 @@
-// `npm run bench [-- --json] [-- --skip-llm] [-- --model DIR]`: kernel and model throughput beside the machine's
+// `npm run bench [-- --json] [-- --skip-llm] [-- --skip-server] [-- --model DIR]`: kernel and model throughput beside the machine's
 // limits measured in the same run (FMA-bound peak FLOP/s, DRAM read bandwidth) and a peer where there is one.
 import { execFileSync } from 'node:child_process';
 import { copyFileSync, existsSync } from 'node:fs';
@@ -9,6 +9,7 @@ import { TOKENIZER_FILES, writeRandomCheckpoint } from '../src/model/random-chec
 import { nativeInfo } from '../src/tensor/native.js';
 import { measureKernels, measureLimits } from './kernels.js';
 import type { LlmFigures } from './llm.js';
+import type { ServerFigures } from './server.js';
 import type { VisionFigures } from './vision.js';
 import { measureResize } from './resize.js';
 import { makeBenchClip, measureVideoDecodeFigures } from './video.js';
@@ -113,7 +114,21 @@ if (videoDecode && !skipLlm) {
     `peak RSS ${round(f.peakRssBytes / 2 ** 30, 2)} GiB = weights ${round(f.weightBytes / 2 ** 30, 2)} GiB + ${round(video.memoryBudgetBytes / 2 ** 30, 2)} GiB`);
 }
 
+// Serving: `vl3 serve` in its own process, 1/4/16 concurrent streaming clients asking about a 448×448 image.
+let server: ServerFigures | undefined;
+if (!skipLlm && !args.includes('--skip-server')) {
+  server = child<ServerFigures>('server', modelDir);
+  const single = vision?.find((f) => f.threads === allThreads)?.timeToFirstToken;
+  log(`server (2b random weights, ${server.promptTokens}-token prompt, ${server.maxTokens} tokens per answer, ${round(server.gflopPerRequest)} GFLOP per request ` +
+    `= ${server.requestsPerMinuteAtPeak} requests/min at the ${server.peakGflops} GFLOP/s peak; library alone, same request: ${single ? `${single.seconds} s to first token` : 'not measured'}):`);
+  for (const r of server.runs) {
+    log(`  ${r.clients} client(s): ${r.requestsPerMinute} requests/min (${percent(r.requestsPerMinute, server.requestsPerMinuteAtPeak)}% of the peak bound), ` +
+      `time to first token median ${r.ttftMedianSeconds} s, p95 ${r.ttftP95Seconds} s (${r.requests} requests in ${r.seconds} s)`);
+  }
+  log(`  server peak RSS ${round(server.peakRssBytes / 2 ** 30, 2)} GiB`);
+}
+
 if (json) {
-  const figures = { date: new Date().toISOString(), threads: threadCounts, limits, kernels, llm, vision, resize, videoDecode, video };
+  const figures = { date: new Date().toISOString(), threads: threadCounts, limits, kernels, llm, vision, resize, videoDecode, video, server };
   process.stdout.write(JSON.stringify(figures) + '\n');
 }

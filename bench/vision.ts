@@ -2,7 +2,6 @@
 // Usage: node dist/bench/vision.js <checkpoint-dir> <threads>   (prints one JSON object)
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import sharp from 'sharp';
 import { VideoLLaMA3, type ChatResult } from '../src/api/videollama3.js';
 import { loadCheckpoint } from '../src/model/checkpoint.js';
 import type { Message } from '../src/processing/conversation.js';
@@ -10,6 +9,8 @@ import { VideoLLaMA3Model } from '../src/model/videollama3.js';
 import type { VisualGrid } from '../src/model/vision-rope.js';
 import { createBackend } from '../src/tensor/index.js';
 import { Tensor } from '../src/tensor/tensor.js';
+import { visionDims, visionFlops } from './flops.js';
+import { benchImageDataUrl } from './image.js';
 import { round } from './stats.js';
 
 export interface VisionFigures {
@@ -19,19 +20,11 @@ export interface VisionFigures {
   timeToFirstToken?: { question: string; seconds: number; promptTokens: number; visualTokens: number; prefillSeconds: number };
 }
 
-/** Multiply-adds ×2 of the encoder (patch embedding, 27 layers with per-image attention) and the projector. */
-export function visionFlops(n: number, merged: number, c: { C: number; I: number; layers: number; H: number; patch: number }): number {
-  const perLayer = 2 * n * c.C * c.C * 4 + 2 * n * c.C * c.I * 2 + 2 * 2 * n * n * c.C;
-  return 2 * n * c.patch * c.C + c.layers * perLayer + 2 * merged * (c.C * c.H + c.H * c.H);
-}
-
 /** Seconds from `chat()` to the first generated token for a question about one 448×448 PNG. */
 async function timeToFirstToken(model: VideoLLaMA3): Promise<VisionFigures['timeToFirstToken']> {
-  const pixels = Buffer.alloc(448 * 448 * 3);
-  for (let i = 0; i < pixels.length; i++) pixels[i] = (i * 7 + (i >> 10)) & 255;
-  const png = await sharp(pixels, { raw: { width: 448, height: 448, channels: 3 } }).png().toBuffer();
+  const image = await benchImageDataUrl();
   const question = 'Describe this image.';
-  const messages: Message[] = [{ role: 'user', content: [{ type: 'image', image: `data:image/png;base64,${png.toString('base64')}` }, { type: 'text', text: question }] }];
+  const messages: Message[] = [{ role: 'user', content: [{ type: 'image', image }, { type: 'text', text: question }] }];
   const runs: { seconds: number; result: ChatResult }[] = [];
   for (let r = 0; r < 2; r++) {
     const t0 = performance.now();
@@ -56,8 +49,7 @@ async function main(): Promise<void> {
   const api = existsSync(join(dir, 'tokenizer.json')) ? await VideoLLaMA3.load(dir, { threads }) : undefined;
   const model = api?.model ?? new VideoLLaMA3Model(loadCheckpoint(dir), createBackend('native', threads));
   const { checkpoint, backend } = model;
-  const v = checkpoint.config.visionEncoderConfig;
-  const dims = { C: v.hiddenSize, I: v.intermediateSize, layers: v.numHiddenLayers, H: checkpoint.config.hiddenSize, patch: 3 * v.patchSize ** 2 };
+  const dims = visionDims(checkpoint.config);
 
   // 448×448 → 32×32 patches; 1024×1024 → round(1024/14)·14 = 1022 → 73×73 patches (spec 2.3, one image, m = 1).
   const cases: { label: string; grid: VisualGrid }[] = [

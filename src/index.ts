@@ -1,6 +1,7 @@
 // The public surface of the package: the library API, the pieces it is built from, and their types.
 export {
   VideoLLaMA3,
+  DEFAULT_MAX_ACTIVE_REQUESTS,
   type ChatInput,
   type ChatOptions,
   type ChatResult,
@@ -9,6 +10,10 @@ export {
   type Timings,
   type Usage,
 } from './api/videollama3.js';
+export type { ChatModel } from './api/chat-model.js';
+export { AbortError, InvalidRequestError } from './api/errors.js';
+export { ModelWorker } from './api/model-worker.js';
+export type { SchedulerStats } from './engine/scheduler.js';
 export type { FinishReason } from './engine/generate.js';
 export type { SamplingOptions } from './engine/sampling.js';
 export { loadCheckpoint, type Checkpoint } from './model/checkpoint.js';
@@ -20,3 +25,18 @@ export { ImageLoadError, loadImage, type LoadedImage } from './processing/image.
 export type { ProcessedRequest, ProgressEvent } from './processing/processor.js';
 export { Tokenizer } from './processing/tokenizer.js';
 export { createBackend, Tensor, type Backend, type BackendName, type DType } from './tensor/index.js';
+export { startServer, SERVER_DEFAULTS, type RunningServer, type ServerOptions } from './server/server.js';
+export {
+  HubError,
+  listCachedModels,
+  parseModelRef,
+  pullModel,
+  resolveModel,
+  type CachedModel,
+  type CachedSnapshot,
+  type DownloadProgressEvent,
+  type HubErrorCode,
+  type HubOptions,
+  type ModelRef,
+  type PullResult,
+} from './hub/index.js';

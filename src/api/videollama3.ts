@@ -1,5 +1,7 @@
-import { generateTokens, type FinishReason, type GenerationResult } from '../engine/generate.js';
-import type { SamplingOptions } from '../engine/sampling.js';
+import { generateTokens, type FinishReason } from '../engine/generate.js';
+import { validateSampling, type SamplingOptions } from '../engine/sampling.js';
+import { ABORTED, Scheduler, type SchedulerStats } from '../engine/scheduler.js';
+import { resolveModel, type HubOptions } from '../hub/index.js';
 import { loadCheckpoint, type Checkpoint } from '../model/checkpoint.js';
 import type { Qwen2Model } from '../model/qwen2.js';
 import { VideoLLaMA3Model } from '../model/videollama3.js';
@@ -8,7 +10,11 @@ import type { Conversation, Message } from '../processing/conversation.js';
 import { Processor, type ProcessedRequest, type ProcessOptions, type ProgressEvent } from '../processing/processor.js';
 import { Tokenizer } from '../processing/tokenizer.js';
 import type { Tensor } from '../tensor/tensor.js';
+import type { ChatModel } from './chat-model.js';
 import { createBackend, type BackendName } from '../tensor/index.js';
+import { ChatStreamSource } from './chat-stream.js';
+import { AbortError, InvalidRequestError } from './errors.js';
+import { StopStrings } from './stop-strings.js';
 
 export interface LoadOptions {
   /** Kernel threads; default: the cores available to the process. */
@@ -21,7 +27,13 @@ export interface LoadOptions {
   /** Default video sampling (frames per second, most frames); default: the checkpoint's processor config. */
   fps?: number;
   maxFrames?: number;
+  /** Requests holding memory (media, features, KV cache) at once; more wait their turn. Default 4. */
+  maxActiveRequests?: number;
+  /** Where and how a hub id is fetched: cache folder, endpoint, token, offline, download progress. */
+  hub?: HubOptions;
 }
+
+export const DEFAULT_MAX_ACTIVE_REQUESTS = 4;
 
 export interface ChatOptions {
   /** Default 1024. */
@@ -50,6 +62,8 @@ export interface ChatOptions {
   tokenCompression?: boolean;
   /** Long work as it goes: frames decoded, frames encoded, prompt positions prefilled. */
   onProgress?: (event: ProgressEvent) => void;
+  /** Generation ends before any of these strings; the text returned stops just before it (finishReason 'stop'). */
+  stop?: string[];
   signal?: AbortSignal;
 }
 
@@ -85,14 +99,24 @@ export interface ChatStream extends AsyncIterable<string> {
 export type ChatInput = Message[] | Conversation;
 
 /** A loaded VideoLLaMA3 checkpoint, ready to answer. */
-export class VideoLLaMA3 {
+export class VideoLLaMA3 implements ChatModel {
+  private readonly scheduler: Scheduler;
+  private readonly closing = new AbortController();
+
   private constructor(
     readonly model: VideoLLaMA3Model,
     readonly processor: Processor,
     private readonly defaults: LoadOptions,
-  ) {}
+  ) {
+    this.scheduler = new Scheduler(defaults.maxActiveRequests ?? DEFAULT_MAX_ACTIVE_REQUESTS);
+  }
 
-  static async load(folder: string, options: LoadOptions = {}): Promise<VideoLLaMA3> {
+  /**
+   * Loads a checkpoint from a local folder, or from the Hugging Face hub by id (`DAMO-NLP-SG/VideoLLaMA3-2B`,
+   * optionally `@revision`), downloading into the shared Hugging Face cache on first use.
+   */
+  static async load(ref: string, options: LoadOptions = {}): Promise<VideoLLaMA3> {
+    const folder = await resolveModel(ref, options.hub);
     const backend = createBackend(options.backend ?? 'native', options.threads);
     const checkpoint = loadCheckpoint(folder);
     const tokenizer = await Tokenizer.load(folder);
@@ -154,7 +178,8 @@ export class VideoLLaMA3 {
   samplingFor(options: ChatOptions): SamplingOptions {
     const g = this.generationConfig;
     return {
-      doSample: options.greedy === undefined ? g.doSample : !options.greedy,
+      // Temperature 0 means greedy, as OpenAI-style clients use it; sampling would divide by zero.
+      doSample: options.temperature === 0 ? false : options.greedy === undefined ? g.doSample : !options.greedy,
       temperature: options.temperature ?? g.temperature,
       topK: options.topK ?? g.topK,
       topP: options.topP ?? g.topP,
@@ -163,86 +188,109 @@ export class VideoLLaMA3 {
     };
   }
 
+  /**
+   * Answers a conversation, streaming text deltas; `result` settles with the whole answer, usage and timings.
+   *
+   * Requests share the model fairly (see `Scheduler`): each has its own KV cache, freed when it ends. Aborting
+   * `options.signal` (or breaking out of the iteration) ends the request at its next step and frees its memory: a
+   * request aborted before its first token rejects with `AbortError`, one aborted later resolves with the text so
+   * far and finishReason 'abort'. Bad input rejects with `InvalidRequestError`.
+   */
   chat(input: ChatInput, options: ChatOptions = {}): ChatStream {
-    let settle!: { resolve: (r: ChatResult) => void; reject: (e: unknown) => void };
-    const result = new Promise<ChatResult>((resolve, reject) => (settle = { resolve, reject }));
-    result.catch(() => {}); // a caller who only iterates sees the error there
-    const self = this;
-    async function* deltas(): AsyncGenerator<string> {
-      let tokens: AsyncGenerator<number, GenerationResult> | undefined;
-      let settled = false;
-      try {
-        const started = performance.now();
-        const request = await self.prepare(input, options);
-        const progress = options.onProgress;
-        const features = self.encodeVisuals(request, { onProgress: progress && ((done, total) => progress({ stage: 'encode', done, total })) });
-        tokens = generateTokens(self.llm, {
-          promptEmbeds: self.embed(request, features),
-          onPrefillProgress: progress && ((done, total) => progress({ stage: 'prefill', done, total })),
-          maxNewTokens: options.maxNewTokens ?? 1024,
-          sampling: self.samplingFor(options),
-          stopTokenIds: self.generationConfig.eosTokenIds,
-          signal: options.signal,
-        });
-        const decoder = self.tokenizer.createStreamDecoder({ skipSpecialTokens: true });
-        let next = await tokens.next();
-        while (!next.done) {
-          const delta = decoder.push(next.value);
-          if (delta) yield delta;
-          next = await tokens.next();
-        }
-        const tail = decoder.flush();
-        if (tail) yield tail;
-        const g = next.value;
-        settled = true;
-        const seconds = (ms: number) => Math.max(ms, 1e-9) / 1000;
-        settle.resolve({
-          text: self.tokenizer.decode(g.tokenIds, { skipSpecialTokens: true }).trim(),
-          tokenIds: g.tokenIds,
-          finishReason: g.finishReason,
-          usage: { promptTokens: g.promptTokens, visualTokens: request.visualTokens, completionTokens: g.tokenIds.length },
-          timings: {
-            prefillMs: g.prefillMs,
-            decodeMs: g.decodeMs,
-            totalMs: performance.now() - started,
-            prefillTokensPerSecond: g.promptTokens / seconds(g.prefillMs),
-            decodeTokensPerSecond: Math.max(0, g.tokenIds.length - 1) / seconds(g.decodeMs),
-          },
-        });
-      } catch (e) {
-        settled = true;
-        settle.reject(e);
-        throw e;
-      } finally {
-        if (!settled) {
-          // The caller stopped iterating early: end generation now so its KV cache is freed at once.
-          await tokens?.return(undefined as never);
-          settle.reject(new Error('the chat stream was closed before generation finished'));
-        }
-      }
+    const cancel = new AbortController();
+    const source = new ChatStreamSource(() => {
+      cancel.abort();
+      source.fail(new Error('the chat stream was closed before generation finished'));
+    });
+    const signal = options.signal ? AbortSignal.any([options.signal, cancel.signal, this.closing.signal]) : AbortSignal.any([cancel.signal, this.closing.signal]);
+    this.answer(input, { ...options, signal }, source).catch((e: unknown) => source.fail(e));
+    return source.stream();
+  }
+
+  /** Frees the model for garbage collection once running requests, which are aborted, have ended. */
+  async close(): Promise<void> {
+    this.closing.abort();
+  }
+
+  /** Requests admitted and waiting: for a server's queue limits and health reports. */
+  get load(): SchedulerStats {
+    return this.scheduler.stats;
+  }
+
+  /** Checks the request's own settings before it waits for anything. */
+  private validated(options: ChatOptions): { sampling: SamplingOptions; stops: StopStrings } {
+    try {
+      const n = options.maxNewTokens;
+      if (n !== undefined && (!Number.isInteger(n) || n < 0)) throw new Error(`invalid maxNewTokens ${n}: must be an integer >= 0`);
+      if (options.stop !== undefined && !Array.isArray(options.stop)) throw new Error('stop must be a list of strings');
+      const sampling = this.samplingFor(options);
+      validateSampling(sampling);
+      return { sampling, stops: new StopStrings(options.stop ?? []) };
+    } catch (e) {
+      throw new InvalidRequestError((e as Error).message, { cause: e });
     }
-    const iterator = deltas();
-    let iterated = false;
-    return {
-      // Awaiting `result` without iterating still runs the generation (the deltas are then dropped).
-      get result() {
-        if (!iterated) {
-          iterated = true;
-          void (async () => {
-            try {
-              for await (const _ of iterator);
-            } catch {
-              // reported through `result`
-            }
-          })();
-        }
-        return result;
-      },
-      [Symbol.asyncIterator]: () => {
-        if (iterated) throw new Error('a chat stream can be iterated once');
-        iterated = true;
-        return iterator;
-      },
-    };
+  }
+
+  private async answer(input: ChatInput, options: ChatOptions & { signal: AbortSignal }, out: ChatStreamSource): Promise<void> {
+    const { signal } = options;
+    const started = performance.now();
+    const { sampling, stops } = this.validated(options);
+    const release = await this.scheduler.admit(signal);
+    if (!release) throw new AbortError();
+    try {
+      const request = await this.prepare(input, options).catch((e: unknown) => {
+        if (signal.aborted) throw new AbortError();
+        throw e instanceof InvalidRequestError ? e : new InvalidRequestError((e as Error).message, { cause: e });
+      });
+      const context = this.config.maxPositionEmbeddings;
+      if (request.llmInputIds.length >= context) {
+        throw new InvalidRequestError(`the prompt has ${request.llmInputIds.length} tokens; the model's context is ${context}: use fewer or smaller media (maxVisualTokens, fps, maxFrames)`);
+      }
+      const progress = options.onProgress;
+      const features = await this.scheduler.step(
+        () => this.encodeVisuals(request, { onProgress: progress && ((done, total) => progress({ stage: 'encode', done, total })) }),
+        signal,
+      );
+      if (features === ABORTED) throw new AbortError();
+      // A stop string ends generation the way an abort does, at the next step; it is then reported as 'stop'.
+      const stopped = new AbortController();
+      const tokens = generateTokens(this.llm, {
+        promptEmbeds: this.embed(request, features),
+        onPrefillProgress: progress && ((done, total) => progress({ stage: 'prefill', done, total })),
+        maxNewTokens: options.maxNewTokens ?? 1024,
+        sampling,
+        stopTokenIds: this.generationConfig.eosTokenIds,
+        signal: AbortSignal.any([signal, stopped.signal]),
+        step: (work) => this.scheduler.step(work, signal),
+      });
+      const decoder = this.tokenizer.createStreamDecoder({ skipSpecialTokens: true });
+      let next = await tokens.next();
+      while (!next.done) {
+        out.push(stops.push(decoder.push(next.value)));
+        if (stops.stopped) stopped.abort();
+        next = await tokens.next();
+      }
+      out.push(stops.push(decoder.flush()));
+      out.push(stops.flush());
+      const summary = next.value;
+      if (signal.aborted && summary.tokenIds.length === 0) throw new AbortError();
+      const { tokenIds } = summary;
+      const seconds = (ms: number) => Math.max(ms, 1e-9) / 1000;
+      out.finish({
+        text: stops.answer.trim(),
+        tokenIds,
+        finishReason: stops.stopped && !signal.aborted ? 'stop' : summary.finishReason,
+        usage: { promptTokens: summary.promptTokens, visualTokens: request.visualTokens, completionTokens: tokenIds.length },
+        timings: {
+          prefillMs: summary.prefillMs,
+          decodeMs: summary.decodeMs,
+          totalMs: performance.now() - started,
+          prefillTokensPerSecond: summary.promptTokens / seconds(summary.prefillMs),
+          decodeTokensPerSecond: Math.max(0, tokenIds.length - 1) / seconds(summary.decodeMs),
+        },
+      });
+    } finally {
+      release();
+    }
   }
 }

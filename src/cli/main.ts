@@ -1,47 +1,23 @@
-import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
+import { Command, CommanderError } from 'commander';
 import { readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
 import { VideoLLaMA3 } from '../api/videollama3.js';
 import { writeRandomCheckpoint } from '../model/random-checkpoint.js';
 import type { ContentPart, Message } from '../processing/conversation.js';
+import { runChat } from './chat.js';
+import { collect, EXIT, flag, integer, number, positive, seconds } from './flags.js';
+import { serve } from './serve.js';
+import { addHubCommands } from './hub-commands.js';
 import { inspectConversation } from './inspect.js';
-import { ProgressBars } from './progress.js';
+import { DownloadBars, ProgressBars } from './progress.js';
 
-/** Exit codes scripts can rely on. */
-export const EXIT = { ok: 0, failure: 1, usage: 2, interrupted: 130 } as const;
-
-const integer = (name: string, min: number) => (value: string) => {
-  const n = Number(value);
-  if (!Number.isInteger(n) || n < min) throw new InvalidArgumentError(`${name} must be an integer >= ${min}`);
-  return n;
-};
-const number = (name: string) => (value: string) => {
-  const n = Number(value);
-  if (!Number.isFinite(n)) throw new InvalidArgumentError(`${name} must be a number`);
-  return n;
-};
-
-const positive = (name: string) => (value: string) => {
-  const n = Number(value);
-  if (!(n > 0) || !Number.isFinite(n)) throw new InvalidArgumentError(`${name} must be a number > 0`);
-  return n;
-};
-const seconds = (name: string) => (value: string) => {
-  const n = Number(value);
-  if (!(n >= 0) || !Number.isFinite(n)) throw new InvalidArgumentError(`${name} must be a number of seconds >= 0`);
-  return n;
-};
-
-/** A flag with its environment twin: --max-new-tokens ↔ VL3_MAX_NEW_TOKENS. */
-function flag(flags: string, description: string): Option {
-  const long = /--([a-z0-9-]+)/.exec(flags)![1]!;
-  return new Option(flags, description).env(`VL3_${long.toUpperCase().replaceAll('-', '_')}`);
-}
+export { EXIT } from './flags.js';
 
 const modelOptions = (cmd: Command) =>
   cmd
-    .addOption(flag('-m, --model <dir>', 'checkpoint folder (Hugging Face layout)').makeOptionMandatory())
+    .addOption(flag('-m, --model <ref>', 'checkpoint folder, or hub id ORG/NAME[@revision] (downloaded into the Hugging Face cache)').makeOptionMandatory())
+    .addOption(flag('--max-active-requests <n>', 'requests holding memory at once; more wait their turn (default 4)').argParser(integer('--max-active-requests', 1)))
     .addOption(flag('-t, --threads <n>', 'kernel threads (default: available cores)').argParser(integer('--threads', 1)))
     .addOption(flag('--max-visual-tokens <n>', 'visual token budget of a request (default: the checkpoint\'s, 16384)').argParser(integer('--max-visual-tokens', 1)))
     .addOption(flag('--min-visual-tokens <n>', 'fewest visual tokens per image (default: the checkpoint\'s, 16)').argParser(integer('--min-visual-tokens', 1)))
@@ -49,14 +25,16 @@ const modelOptions = (cmd: Command) =>
     .addOption(flag('--max-frames <n>', 'most frames kept per video (default: the checkpoint\'s, 128; the paper uses 180)').argParser(integer('--max-frames', 1)))
     .addOption(flag('--no-token-compression', 'keep every video token (turn the Differential Frame Pruner off)'));
 
-/** Values of a repeatable flag (its environment twin holds one value: a data URL may contain any delimiter). */
-const collect = (value: string, previous: string[] = []) => [...previous, value];
+const list = (value: string) => value.split(',').map((s) => s.trim()).filter(Boolean);
+
 const loadOptions = (o: Record<string, number | undefined>) => ({
   threads: o.threads,
   maxVisualTokens: o.maxVisualTokens,
   minVisualTokens: o.minVisualTokens,
   fps: o.fps,
   maxFrames: o.maxFrames,
+  maxActiveRequests: o.maxActiveRequests,
+  hub: { onProgress: new DownloadBars().update },
 });
 
 const samplingOptions = (cmd: Command) =>
@@ -68,6 +46,16 @@ const samplingOptions = (cmd: Command) =>
     .addOption(flag('--top-p <x>', 'nucleus sampling mass').argParser(number('--top-p')))
     .addOption(flag('--repetition-penalty <x>', 'penalty on generated tokens (1: off)').argParser(number('--repetition-penalty')))
     .addOption(flag('--seed <n>', 'sampling seed').argParser(integer('--seed', 0)));
+
+const samplingFrom = (o: Record<string, unknown>) => ({
+  maxNewTokens: o.maxNewTokens as number,
+  greedy: o.greedy as boolean | undefined,
+  temperature: o.temperature as number | undefined,
+  topK: o.topK as number | undefined,
+  topP: o.topP as number | undefined,
+  repetitionPenalty: o.repetitionPenalty as number | undefined,
+  seed: o.seed as number | undefined,
+});
 
 async function readQuestion(parts: string[]): Promise<string> {
   if (parts.length === 1 && parts[0] === '-') return readFileSync(0, 'utf8').trim();
@@ -109,13 +97,7 @@ export function buildProgram(): Command {
       const stream = model.chat(messages, {
         onProgress: bars.update,
         tokenCompression: o.tokenCompression === false ? false : undefined,
-        maxNewTokens: o.maxNewTokens,
-        greedy: o.greedy,
-        temperature: o.temperature,
-        topK: o.topK,
-        topP: o.topP,
-        repetitionPenalty: o.repetitionPenalty,
-        seed: o.seed,
+        ...samplingFrom(o),
         addSystemPrompt: o.systemPrompt,
         signal: abort.signal,
       });
@@ -138,6 +120,67 @@ export function buildProgram(): Command {
         bars.stop();
       }
       if (abort.signal.aborted) process.exitCode = EXIT.interrupted;
+    });
+
+  const chat = program.command('chat').description('talk with the model in the terminal (/image, /video, /reset, /help)');
+  modelOptions(chat);
+  samplingOptions(chat);
+  chat
+    .addOption(flag('--system <text>', 'a system message of your own'))
+    .addOption(flag('--no-system-prompt', 'do not insert the default VideoLLaMA3 system prompt'))
+    .action(async (o) => {
+      const model = await VideoLLaMA3.load(o.model, loadOptions(o));
+      await runChat({
+        model,
+        system: o.system,
+        video: { fps: o.fps, max_frames: o.maxFrames },
+        options: {
+          tokenCompression: o.tokenCompression === false ? false : undefined,
+          addSystemPrompt: o.systemPrompt,
+          ...samplingFrom(o),
+        },
+      });
+    });
+
+  const serveCommand = program.command('serve').description('serve the OpenAI-compatible API and a chat page');
+  modelOptions(serveCommand);
+  serveCommand
+    .addOption(flag('--host <address>', 'address to listen on').default('127.0.0.1'))
+    .addOption(flag('-p, --port <n>', 'port to listen on (0: any free port)').argParser(integer('--port', 0)).default(8080))
+    .addOption(flag('--served-model-name <name>', 'the model name clients use (default: the hub id, or the folder name)'))
+    .addOption(flag('--api-key <key>', 'require "Authorization: Bearer <key>" on /v1 requests'))
+    .addOption(flag('--allowed-local-media-path <dir>', 'folder whose files requests may name by path or file:// URL (default: none)'))
+    .addOption(flag('--allowed-media-domains <hosts>', 'comma-separated hosts media URLs may point to (default: any public host)').argParser(list))
+    .addOption(flag('--allow-private-network', 'allow media URLs on loopback and private addresses'))
+    .addOption(flag('--max-body-bytes <n>', 'largest request body (default 128 MiB)').argParser(integer('--max-body-bytes', 1)))
+    .addOption(flag('--max-image-bytes <n>', 'largest image, fetched or inline (default 20 MiB)').argParser(integer('--max-image-bytes', 1)))
+    .addOption(flag('--max-video-bytes <n>', 'largest video, fetched or inline (default 256 MiB)').argParser(integer('--max-video-bytes', 1)))
+    .addOption(flag('--image-fetch-timeout <s>', 'seconds to download an image URL (default 5)').argParser(positive('--image-fetch-timeout')))
+    .addOption(flag('--video-fetch-timeout <s>', 'seconds to download a video URL (default 30)').argParser(positive('--video-fetch-timeout')))
+    .addOption(flag('--max-images-per-request <n>', 'most images in one request (default 8)').argParser(integer('--max-images-per-request', 0)))
+    .addOption(flag('--max-videos-per-request <n>', 'most videos in one request (default 2)').argParser(integer('--max-videos-per-request', 0)))
+    .addOption(flag('--max-queued-requests <n>', 'requests waiting beyond the active ones before 503 (default 32)').argParser(integer('--max-queued-requests', 0)))
+    .addOption(flag('--log-json', 'log one JSON line per request on stderr'))
+    .action(async (o) => {
+      const ms = (s: number | undefined) => (s === undefined ? undefined : Math.round(s * 1000));
+      await serve(o.model, loadOptions(o), {
+        host: o.host,
+        port: o.port,
+        modelId: o.servedModelName,
+        apiKey: o.apiKey,
+        allowedLocalMediaPath: o.allowedLocalMediaPath,
+        allowedMediaDomains: o.allowedMediaDomains,
+        allowPrivateNetwork: o.allowPrivateNetwork,
+        maxBodyBytes: o.maxBodyBytes,
+        maxImageBytes: o.maxImageBytes,
+        maxVideoBytes: o.maxVideoBytes,
+        imageFetchTimeoutMs: ms(o.imageFetchTimeout),
+        videoFetchTimeoutMs: ms(o.videoFetchTimeout),
+        maxImagesPerRequest: o.maxImagesPerRequest,
+        maxVideosPerRequest: o.maxVideosPerRequest,
+        maxQueuedRequests: o.maxQueuedRequests,
+        log: o.logJson ? (line) => process.stderr.write(JSON.stringify(line) + '\n') : undefined,
+      });
     });
 
   const inspect = program
@@ -164,6 +207,8 @@ export function buildProgram(): Command {
     });
     process.stdout.write(JSON.stringify(summary) + '\n');
   });
+
+  addHubCommands(program);
 
   const dev = program.command('dev').description('developer tools');
   dev

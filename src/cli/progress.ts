@@ -1,4 +1,5 @@
 import { MultiBar, Presets, type SingleBar } from 'cli-progress';
+import type { DownloadProgressEvent } from '../hub/index.js';
 import type { ProgressEvent } from '../processing/processor.js';
 
 const LABELS: Record<ProgressEvent['stage'], string> = {
@@ -47,3 +48,55 @@ export class ProgressBars {
     this.multi?.stop();
   }
 }
+
+/** Decimal units, as the hub shows sizes. */
+export function humanBytes(bytes: number): string {
+  const units = ['B', 'kB', 'MB', 'GB', 'TB'];
+  let value = bytes;
+  let unit = 0;
+  while (value >= 1000 && unit < units.length - 1) {
+    value /= 1000;
+    unit++;
+  }
+  return unit === 0 ? `${bytes} B` : `${value.toFixed(value < 10 ? 2 : 1)} ${units[unit]}`;
+}
+
+/**
+ * One bar per file on a terminal. Elsewhere (CI logs, pipes) bars would be escape-code noise, so each finished file
+ * gets one plain line instead.
+ */
+export class DownloadBars {
+  private readonly multi?: MultiBar;
+  private readonly bars = new Map<string, SingleBar>();
+
+  constructor(private readonly tty = process.stderr.isTTY === true) {
+    if (tty) {
+      this.multi = new MultiBar(
+        { stream: process.stderr, format: ' {file} [{bar}] {percentage}% {have}/{size}', barsize: 24, hideCursor: true, clearOnComplete: false, stopOnComplete: false },
+        Presets.shades_classic,
+      );
+    }
+  }
+
+  readonly update = (e: DownloadProgressEvent): void => {
+    const payload = { file: fit(e.file, 28), have: humanBytes(e.downloadedBytes), size: humanBytes(e.totalBytes) };
+    if (!this.multi) {
+      if (e.done) process.stderr.write(`downloaded ${e.file} (${humanBytes(e.totalBytes)})\n`);
+      return;
+    }
+    let bar = this.bars.get(e.file);
+    if (!bar) {
+      bar = this.multi.create(Math.max(e.totalBytes, 1), 0, payload);
+      this.bars.set(e.file, bar);
+    }
+    bar.update(e.totalBytes === 0 && e.done ? 1 : e.downloadedBytes, payload);
+  };
+
+  stop(): void {
+    this.multi?.stop();
+  }
+}
+
+/** A name in a fixed width, keeping its end (the file name) when it is too long: bars fit 80 columns. */
+const fit = (name: string, width: number) => (name.length <= width ? name.padEnd(width) : `…${name.slice(name.length - width + 1)}`);
+

@@ -1,6 +1,7 @@
 import type { Qwen2Model } from '../model/qwen2.js';
 import { Tensor } from '../tensor/tensor.js';
 import { KVCache } from './kv-cache.js';
+import { ABORTED } from './scheduler.js';
 import { Sampler, type SamplingOptions } from './sampling.js';
 
 export interface GenerateRequest {
@@ -18,7 +19,15 @@ export interface GenerateRequest {
   onPrefillProgress?: (done: number, total: number) => void;
   /** Called once with the logits at the last prompt position, before any processing. */
   onPromptLogits?: (logits: Tensor) => void;
+  /**
+   * Runs each forward pass (a prefill chunk, a decoded token) as one turn: a scheduler shares the model fairly
+   * between requests this way (`Scheduler.step`). Returning ABORTED skips the work and ends generation. Default: run
+   * the work, then let the event loop run once.
+   */
+  step?: StepRunner;
 }
+
+export type StepRunner = <T>(work: () => T) => Promise<T | typeof ABORTED>;
 
 export type FinishReason = 'stop' | 'length' | 'abort';
 
@@ -39,39 +48,45 @@ export const DEFAULT_PREFILL_CHUNK = 512;
  * it is released on completion, on abort and on error.
  */
 export async function* generateTokens(model: Qwen2Model, request: GenerateRequest): AsyncGenerator<number, GenerationResult> {
-  const { promptEmbeds, maxNewTokens, stopTokenIds, signal } = request;
+  const { promptEmbeds, stopTokenIds, signal } = request;
   const L = promptEmbeds.dim(0);
-  if (L === 0) throw new Error('cannot generate from an empty prompt');
-  if (!Number.isInteger(maxNewTokens) || maxNewTokens < 0) throw new Error(`invalid max_new_tokens ${maxNewTokens}`);
   const d = model.dims;
+  if (L === 0) throw new Error('cannot generate from an empty prompt');
+  if (L > d.maxPositionEmbeddings) throw new Error(`the prompt has ${L} positions; the model's context is ${d.maxPositionEmbeddings}`);
+  if (!Number.isInteger(request.maxNewTokens) || request.maxNewTokens < 0) throw new Error(`invalid max_new_tokens ${request.maxNewTokens}`);
+  // The context is full when every position holds a token: generation then ends with 'length'.
+  const maxNewTokens = Math.min(request.maxNewTokens, d.maxPositionEmbeddings - L + 1);
   const cache = new KVCache(d.numHiddenLayers, d.numKeyValueHeads, model.headDim, d.maxPositionEmbeddings, L + Math.min(maxNewTokens, 1024));
   const sampler = new Sampler(request.sampling, model.backend);
   const stops = new Set(stopTokenIds);
   const tokenIds: number[] = [];
   const logits = Tensor.empty('f32', [1, d.vocabSize]);
-  const step = Tensor.empty('f32', [1, d.hiddenSize]);
+  const embedded = Tensor.empty('f32', [1, d.hiddenSize]);
   const started = performance.now();
   let prefillMs = 0;
   let finishReason: FinishReason = 'length';
+  const step = request.step ?? runThenYield;
+  const aborted = (): GenerationResult => {
+    const elapsed = performance.now() - started;
+    return { tokenIds, finishReason: 'abort', promptTokens: L, prefillMs: prefillMs || elapsed, decodeMs: prefillMs ? elapsed - prefillMs : 0 };
+  };
   try {
     const chunk = Math.max(1, request.prefillChunk ?? DEFAULT_PREFILL_CHUNK);
-    let last: Tensor | undefined;
     for (let s = 0; s < L; s += chunk) {
-      if (signal?.aborted) return { tokenIds, finishReason: 'abort', promptTokens: L, prefillMs: performance.now() - started, decodeMs: 0 };
-      const rows = promptEmbeds.rows(s, Math.min(L, s + chunk));
-      last = model.forward(rows, cache);
-      request.onPrefillProgress?.(Math.min(L, s + chunk), L);
-      if (s + chunk < L) await yieldToEventLoop();
+      if (signal?.aborted) return aborted();
+      const end = Math.min(L, s + chunk);
+      const done = await step(() => {
+        const hidden = model.forward(promptEmbeds.rows(s, end), cache);
+        if (end === L) model.logits(hidden.rows(hidden.dim(0) - 1, hidden.dim(0)), logits);
+      });
+      if (done === ABORTED) return aborted();
+      request.onPrefillProgress?.(end, L);
     }
-    model.logits(last!.rows(last!.dim(0) - 1, last!.dim(0)), logits);
     request.onPromptLogits?.(logits);
     prefillMs = performance.now() - started;
 
     while (tokenIds.length < maxNewTokens) {
-      if (signal?.aborted) {
-        finishReason = 'abort';
-        break;
-      }
+      if (signal?.aborted) return aborted();
       const id = sampler.next(logits.reshape([d.vocabSize]));
       tokenIds.push(id);
       sampler.observe(id);
@@ -81,9 +96,11 @@ export async function* generateTokens(model: Qwen2Model, request: GenerateReques
         break;
       }
       if (tokenIds.length >= maxNewTokens) break;
-      model.embed([id], step);
-      model.logits(model.forward(step, cache), logits);
-      await yieldToEventLoop();
+      const done = await step(() => {
+        model.embed([id], embedded);
+        model.logits(model.forward(embedded, cache), logits);
+      });
+      if (done === ABORTED) return aborted();
     }
     return { tokenIds, finishReason, promptTokens: L, prefillMs, decodeMs: performance.now() - started - prefillMs };
   } finally {
@@ -91,7 +108,9 @@ export async function* generateTokens(model: Qwen2Model, request: GenerateReques
   }
 }
 
-/** Lets timers and I/O (streamed output, an HTTP client's disconnect) run between tokens. */
-function yieldToEventLoop(): Promise<void> {
-  return new Promise((resolve) => setImmediate(resolve));
+/** Runs a step, then lets timers and I/O (streamed output, an HTTP client's disconnect) run before the next. */
+async function runThenYield<T>(work: () => T): Promise<T> {
+  const result = work();
+  await new Promise((resolve) => setImmediate(resolve));
+  return result;
 }

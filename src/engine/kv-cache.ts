@@ -12,6 +12,8 @@ export class KVCache {
   private values: Tensor<'f32'>[] = [];
   private capacity = 0;
   length = 0;
+  /** Bytes held by every cache of the process not yet released: shows that ended requests hold nothing. */
+  static liveBytes = 0;
 
   constructor(
     readonly layers: number,
@@ -65,6 +67,7 @@ export class KVCache {
   }
 
   release(): void {
+    KVCache.liveBytes -= this.bytes;
     this.keys = [];
     this.values = [];
     this.capacity = 0;
@@ -72,6 +75,7 @@ export class KVCache {
   }
 
   private grow(capacity: number): void {
+    KVCache.liveBytes -= this.bytes;
     const shape = [capacity, this.kvHeads, this.headDim];
     for (let l = 0; l < this.layers; l++) {
       const k = Tensor.empty('f32', shape);
@@ -85,5 +89,6 @@ export class KVCache {
       this.values[l] = v;
     }
     this.capacity = capacity;
+    KVCache.liveBytes += this.bytes;
   }
 }

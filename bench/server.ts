@@ -1,0 +1,119 @@
+// Serving throughput: `vl3 serve` with the 2b random checkpoint in its own process, and 1, 4 and 16 concurrent
+// clients each asking about a 448×448 image over HTTP (streaming). Reports requests per minute, median and 95th
+// percentile time to first token (first streamed content), and the server's peak memory (VmHWM).
+// Usage: node dist/bench/server.js <checkpoint-dir> [clients,...]   (prints one JSON object)
+import { spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { readModelConfig } from '../src/model/config.js';
+import { nativeInfo, peakFlops } from '../src/tensor/native.js';
+import { prefillFlops, visionDims, visionFlops } from './flops.js';
+import { benchImageDataUrl } from './image.js';
+import { median, round } from './stats.js';
+
+export interface ServerFigures {
+  maxTokens: number;
+  promptTokens: number;
+  /** Work of one request's vision encoding and prefill, and the requests per minute it allows at the machine's peak. */
+  gflopPerRequest: number;
+  peakGflops: number;
+  requestsPerMinuteAtPeak: number;
+  runs: { clients: number; requests: number; seconds: number; requestsPerMinute: number; ttftMedianSeconds: number; ttftP95Seconds: number }[];
+  peakRssBytes: number;
+}
+
+/** The q-quantile by nearest rank (for small samples: p95 of 4 values is the largest). */
+function quantile(xs: number[], q: number): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.ceil(q * s.length) - 1)]!;
+}
+
+/** One streamed chat completion; resolves with seconds to the first content delta and the prompt's token count. */
+async function timeToFirstToken(url: string, body: object): Promise<{ seconds: number; promptTokens: number }> {
+  const t0 = performance.now();
+  const response = await fetch(`${url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+  if (!response.ok || !response.body) throw new Error(`HTTP ${response.status}: ${await response.text()}`);
+  let first: number | undefined;
+  let buffered = '';
+  for await (const chunk of response.body as unknown as AsyncIterable<Uint8Array>) {
+    buffered += Buffer.from(chunk).toString('utf8');
+    if (first === undefined && /"content":"/.test(buffered)) first = performance.now();
+    if (buffered.includes('"error"')) throw new Error(`stream error: ${buffered}`);
+  }
+  if (first === undefined) throw new Error('no content was streamed');
+  const usage = /"prompt_tokens":(\d+)/.exec(buffered);
+  if (!usage) throw new Error('no usage chunk was streamed');
+  return { seconds: (first - t0) / 1000, promptTokens: Number(usage[1]) };
+}
+
+async function main(): Promise<void> {
+  const [dir, clientsArg] = process.argv.slice(2);
+  if (!dir) throw new Error('usage: server.js <checkpoint-dir> [clients,...]');
+  const clientCounts = (clientsArg ?? '1,4,16').split(',').map(Number);
+  // The machine's FMA peak on all threads, measured before the server starts competing for them.
+  const threads = nativeInfo().defaultThreads;
+  const peak = Math.max(peakFlops(threads, 0.4), peakFlops(threads, 0.4), peakFlops(threads, 0.4));
+  const vl3 = join(dirname(fileURLToPath(import.meta.url)), '..', 'src', 'cli', 'vl3.js');
+  const server = spawn(process.execPath, [vl3, 'serve', '--model', dir, '--port', '0', '--served-model-name', 'bench', '--max-queued-requests', '64'], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const url = await new Promise<string>((resolve, reject) => {
+    let text = '';
+    server.stderr.on('data', (d: Buffer) => {
+      text += d.toString();
+      const m = / at (http:\/\/[^\s]+) \(/.exec(text);
+      if (m) resolve(m[1]!);
+    });
+    server.once('exit', (code) => reject(new Error(`vl3 serve exited (code ${code}): ${text}`)));
+  });
+  const maxTokens = 8;
+  const body = {
+    model: 'bench',
+    stream: true,
+    stream_options: { include_usage: true },
+    max_tokens: maxTokens,
+    temperature: 0,
+    messages: [{ role: 'user', content: [{ type: 'image_url', image_url: { url: await benchImageDataUrl() } }, { type: 'text', text: 'Describe this image.' }] }],
+  };
+  try {
+    const { promptTokens } = await timeToFirstToken(url, body); // warm-up: weights read, scratch sized
+    const runs: ServerFigures['runs'] = [];
+    for (const clients of clientCounts) {
+      // Each client sends its requests one after another; a lone client sends three so the median means something.
+      const perClient = clients === 1 ? 3 : 1;
+      const t0 = performance.now();
+      const ttfts = (await Promise.all(Array.from({ length: clients }, async () => {
+        const times: number[] = [];
+        for (let r = 0; r < perClient; r++) times.push((await timeToFirstToken(url, body)).seconds);
+        return times;
+      }))).flat();
+      const seconds = (performance.now() - t0) / 1000;
+      runs.push({
+        clients,
+        requests: ttfts.length,
+        seconds: round(seconds, 1),
+        requestsPerMinute: round((60 * ttfts.length) / seconds, 2),
+        ttftMedianSeconds: round(median(ttfts), 1),
+        ttftP95Seconds: round(quantile(ttfts, 0.95), 1),
+      });
+    }
+    const status = readFileSync(`/proc/${server.pid}/status`, 'utf8');
+    const peakRssBytes = Number(/VmHWM:\s+(\d+) kB/.exec(status)![1]) * 1024;
+    // 448×448 is 32×32 patches, one visual token each (images are not merged).
+    const config = readModelConfig(join(dir, 'config.json'));
+    const gflop = (visionFlops(1024, 1024, visionDims(config)) + prefillFlops(promptTokens, config)) / 1e9;
+    const figures: ServerFigures = {
+      maxTokens,
+      promptTokens,
+      gflopPerRequest: round(gflop),
+      peakGflops: round(peak),
+      requestsPerMinuteAtPeak: round((60 * peak) / gflop, 2),
+      runs,
+      peakRssBytes,
+    };
+    process.stdout.write(JSON.stringify(figures) + '\n');
+  } finally {
+    server.kill('SIGTERM');
+  }
+}
+
+await main();

@@ -1,0 +1,126 @@
+/**
+ * A VideoLLaMA3 model running in a worker thread.
+ *
+ * Inference is synchronous native work that holds its thread for up to seconds per step; run on a server's own
+ * thread it would stall every other connection. `ModelWorker` keeps the model on a worker and offers the same
+ * `chat()` as `VideoLLaMA3`, so the caller's event loop only moves messages: text deltas, progress, results.
+ */
+import { Worker } from 'node:worker_threads';
+import { resolveModel } from '../hub/index.js';
+import type { ChatModel } from './chat-model.js';
+import { ChatStreamSource } from './chat-stream.js';
+import { AbortError } from './errors.js';
+import type { ChatInput, ChatOptions, ChatStream, LoadOptions } from './videollama3.js';
+import { deserializeError, type FromWorker, type ToWorker, type WorkerData } from './worker-protocol.js';
+
+interface Pending {
+  source: ChatStreamSource;
+  options: ChatOptions;
+  detach: () => void;
+}
+
+export class ModelWorker implements ChatModel {
+  private nextId = 1;
+  private readonly pending = new Map<number, Pending>();
+  private exited?: Error;
+
+  private constructor(
+    private readonly worker: Worker,
+    /** The local checkpoint folder the model was loaded from. */
+    readonly folder: string,
+  ) {
+    worker.on('message', (message: FromWorker) => this.receive(message));
+    worker.on('error', (e) => this.stop(new Error(`the model worker failed: ${e.message}`)));
+    worker.on('exit', (code) => this.stop(new Error(`the model worker exited (code ${code})`)));
+  }
+
+  /** Resolves `ref` (folder or hub id; downloads happen on this thread, with progress), then loads it on a worker. */
+  static async load(ref: string, options: LoadOptions = {}): Promise<ModelWorker> {
+    const folder = await resolveModel(ref, options.hub);
+    const { hub: _, ...rest } = options;
+    const data: WorkerData = { folder, options: rest };
+    const worker = new Worker(new URL('./worker-thread.js', import.meta.url), { workerData: data });
+    await new Promise<void>((resolve, reject) => {
+      const onMessage = (message: FromWorker) => {
+        if (message.type === 'ready') resolve();
+        else if (message.type === 'load-error') reject(deserializeError(message.error));
+        else return;
+        worker.off('message', onMessage);
+        worker.off('exit', onExit);
+      };
+      const onExit = (code: number) => reject(new Error(`the model worker exited while loading ${folder} (code ${code})`));
+      worker.on('message', onMessage);
+      worker.once('exit', onExit);
+      worker.once('error', reject);
+    }).catch(async (e: unknown) => {
+      await worker.terminate();
+      throw e;
+    });
+    return new ModelWorker(worker, folder);
+  }
+
+  chat(input: ChatInput, options: ChatOptions = {}): ChatStream {
+    const id = this.nextId++;
+    const source = new ChatStreamSource(() => {
+      this.post({ type: 'abort', id });
+      source.fail(new Error('the chat stream was closed before generation finished'));
+    });
+    if (this.exited) {
+      source.fail(this.exited);
+      return source.stream();
+    }
+    const { signal, onProgress, ...rest } = options;
+    if (signal?.aborted) {
+      source.fail(new AbortError());
+      return source.stream();
+    }
+    const onAbort = () => this.post({ type: 'abort', id });
+    signal?.addEventListener('abort', onAbort, { once: true });
+    this.pending.set(id, { source, options, detach: () => signal?.removeEventListener('abort', onAbort) });
+    this.post({ type: 'chat', id, input, options: rest, progress: onProgress !== undefined });
+    return source.stream();
+  }
+
+  /** Aborts running requests and stops the worker. */
+  async close(): Promise<void> {
+    if (this.exited) return;
+    this.post({ type: 'close' });
+    await new Promise<void>((resolve) => this.worker.once('exit', () => resolve()));
+  }
+
+  private post(message: ToWorker): void {
+    if (!this.exited) this.worker.postMessage(message);
+  }
+
+  private receive(message: FromWorker): void {
+    if (!('id' in message)) return;
+    const request = this.pending.get(message.id);
+    if (!request) return;
+    switch (message.type) {
+      case 'delta':
+        request.source.push(message.text);
+        return;
+      case 'progress':
+        request.options.onProgress?.(message.event);
+        return;
+      case 'result':
+        request.source.finish(message.result);
+        break;
+      case 'error':
+        request.source.fail(deserializeError(message.error));
+        break;
+    }
+    request.detach();
+    this.pending.delete(message.id);
+  }
+
+  /** The worker is gone: every request still waiting fails with the reason. */
+  private stop(reason: Error): void {
+    this.exited ??= reason;
+    for (const request of this.pending.values()) {
+      request.detach();
+      request.source.fail(reason);
+    }
+    this.pending.clear();
+  }
+}

@@ -1,0 +1,125 @@
+// `vl3 chat`: an interactive conversation in the terminal, keeping its history; media are attached with commands.
+import { existsSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { createInterface } from 'node:readline';
+import { AbortError } from '../api/errors.js';
+import type { ChatOptions, VideoLLaMA3 } from '../api/videollama3.js';
+import type { ContentPart, Message } from '../processing/conversation.js';
+import { ProgressBars } from './progress.js';
+
+const HELP = `Commands:
+  /image PATH   attach an image (file or data URL) to your next message
+  /video PATH   attach a video (file, GIF or folder of frames) to your next message
+  /reset        forget the conversation and pending attachments
+  /help         show this help
+  /exit         leave (or Ctrl-D)
+Ctrl-C stops an answer; at the prompt it leaves.`;
+
+export interface ChatSession {
+  model: VideoLLaMA3;
+  /** Options of every answer (sampling, budgets); signal and progress are set per answer. */
+  options: ChatOptions;
+  /** Video sampling for attached videos. */
+  video: { fps?: number; max_frames?: number };
+  system?: string;
+  input?: NodeJS.ReadableStream;
+  output?: NodeJS.WritableStream;
+}
+
+/** Runs until /exit or end of input. */
+export async function runChat(session: ChatSession): Promise<void> {
+  const output = session.output ?? process.stdout;
+  const input = session.input ?? process.stdin;
+  const rl = createInterface({ input, output, terminal: input === process.stdin && process.stdin.isTTY === true });
+  const say = (text: string) => output.write(text + '\n');
+  let history: Message[] = session.system ? [{ role: 'system', content: session.system }] : [];
+  let pending: ContentPart[] = [];
+  let answering: AbortController | undefined;
+  // The line iterator buffers lines typed (or piped) while an answer streams; none is lost.
+  const lines = rl[Symbol.asyncIterator]();
+  // Ctrl-C while answering stops the answer; at the prompt it leaves, as in other REPLs.
+  rl.on('SIGINT', () => (answering ? answering.abort() : rl.close()));
+
+  say('VideoLLaMA3 chat. /help for commands.');
+  for (;;) {
+    rl.setPrompt(pending.length ? `you (${pending.length} attached)> ` : 'you> ');
+    rl.prompt();
+    const line = await lines.next();
+    if (line.done) break;
+    const text = line.value.trim();
+    if (!text) continue;
+    if (text.startsWith('/')) {
+      const [command, ...rest] = text.split(/\s+/);
+      const arg = unquote(text.slice(command!.length).trim());
+      switch (command) {
+        case '/image':
+        case '/video': {
+          if (!rest.length) {
+            say(`usage: ${command} PATH`);
+            break;
+          }
+          const isDataUrl = arg.startsWith('data:');
+          const path = isDataUrl ? arg : resolve(arg);
+          if (!isDataUrl && !existsSync(path)) {
+            say(`no such file: ${path}`);
+            break;
+          }
+          pending.push(command === '/image' ? { type: 'image', image: path } : { type: 'video', video: { video_path: path, ...session.video } });
+          say(`attached ${command.slice(1)} ${isDataUrl ? '(data URL)' : path}`);
+          break;
+        }
+        case '/reset':
+          history = session.system ? [{ role: 'system', content: session.system }] : [];
+          pending = [];
+          say('conversation cleared');
+          break;
+        case '/help':
+          say(HELP);
+          break;
+        case '/exit':
+        case '/quit':
+          rl.close();
+          return;
+        default:
+          say(`unknown command ${command}; /help lists them`);
+      }
+      continue;
+    }
+
+    // Media first, then the text: the layout of the official examples.
+    const message: Message = { role: 'user', content: [...pending, { type: 'text', text }] };
+    answering = new AbortController();
+    const bars = new ProgressBars();
+    const stream = session.model.chat([...history, message], { ...session.options, signal: answering.signal, onProgress: bars.update });
+    let streamed = '';
+    try {
+      output.write('assistant> ');
+      for await (const delta of stream) {
+        bars.stop();
+        const piece = streamed ? delta : delta.trimStart();
+        streamed += piece;
+        output.write(piece);
+      }
+      const result = await stream.result;
+      output.write('\n');
+      if (result.finishReason === 'abort') say('(stopped)');
+      history.push(message, { role: 'assistant', content: result.text });
+      pending = [];
+    } catch (e) {
+      bars.stop();
+      if (e instanceof AbortError) {
+        say('\n(stopped)');
+        continue;
+      }
+      // The message is not kept: the user can fix the attachment (/reset) or retry, and the history stays valid.
+      say(`\nerror: ${(e as Error).message}`);
+    } finally {
+      answering = undefined;
+    }
+  }
+  rl.close();
+}
+
+function unquote(s: string): string {
+  return /^(['"]).*\1$/.test(s) ? s.slice(1, -1) : s;
+}

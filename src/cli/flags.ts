@@ -1,0 +1,36 @@
+// What every `vl3` command shares: exit codes, flags with environment twins, argument parsers.
+import { InvalidArgumentError, Option } from 'commander';
+
+/** Exit codes scripts can rely on. */
+export const EXIT = { ok: 0, failure: 1, usage: 2, interrupted: 130 } as const;
+
+export const integer = (name: string, min: number) => (value: string) => {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < min) throw new InvalidArgumentError(`${name} must be an integer >= ${min}`);
+  return n;
+};
+export const number = (name: string) => (value: string) => {
+  const n = Number(value);
+  if (!Number.isFinite(n)) throw new InvalidArgumentError(`${name} must be a number`);
+  return n;
+};
+
+export const positive = (name: string) => (value: string) => {
+  const n = Number(value);
+  if (!(n > 0) || !Number.isFinite(n)) throw new InvalidArgumentError(`${name} must be a number > 0`);
+  return n;
+};
+export const seconds = (name: string) => (value: string) => {
+  const n = Number(value);
+  if (!(n >= 0) || !Number.isFinite(n)) throw new InvalidArgumentError(`${name} must be a number of seconds >= 0`);
+  return n;
+};
+
+/** A flag with its environment twin: --max-new-tokens ↔ VL3_MAX_NEW_TOKENS. */
+export function flag(flags: string, description: string): Option {
+  const long = /--([a-z0-9-]+)/.exec(flags)![1]!;
+  return new Option(flags, description).env(`VL3_${long.toUpperCase().replaceAll('-', '_')}`);
+}
+
+/** Values of a repeatable flag (its environment twin holds one value: a data URL may contain any delimiter). */
+export const collect = (value: string, previous: string[] = []) => [...previous, value];

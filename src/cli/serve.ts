@@ -1,0 +1,40 @@
+// `vl3 serve`: the OpenAI-compatible server, with the model in a worker thread so connections are served meanwhile.
+import { basename, resolve } from 'node:path';
+import { ModelWorker } from '../api/model-worker.js';
+import type { LoadOptions } from '../api/videollama3.js';
+import { parseModelRef } from '../hub/index.js';
+import { startServer, type ServerOptions } from '../server/server.js';
+
+export interface ServeSettings extends Omit<ServerOptions, 'model' | 'modelId'> {
+  modelId?: string;
+}
+
+/** The name clients send as `model`: the hub id as given, or the folder's name. */
+export function defaultModelId(ref: string, folder: string): string {
+  try {
+    if (resolve(ref) !== resolve(folder)) return parseModelRef(ref).repoId;
+  } catch {
+    // not a hub id: a folder
+  }
+  return basename(resolve(folder));
+}
+
+/** Loads the model, serves until SIGINT or SIGTERM, then closes connections and the worker. */
+export async function serve(ref: string, load: LoadOptions, settings: ServeSettings): Promise<void> {
+  const model = await ModelWorker.load(ref, load);
+  const modelId = settings.modelId ?? defaultModelId(ref, model.folder);
+  const server = await startServer({ ...settings, model, modelId, maxConcurrentRequests: load.maxActiveRequests });
+  process.stderr.write(`vl3: serving ${modelId} at ${server.url} (OpenAI API at ${server.url}/v1, chat page at ${server.url}/)\n`);
+  await new Promise<void>((done) => {
+    const stop = () => {
+      process.off('SIGINT', stop);
+      process.off('SIGTERM', stop);
+      done();
+    };
+    process.on('SIGINT', stop);
+    process.on('SIGTERM', stop);
+  });
+  process.stderr.write('vl3: shutting down\n');
+  await server.close();
+  await model.close();
+}

@@ -1,0 +1,170 @@
+/**
+ * The OpenAI-compatible HTTP server: `POST /v1/chat/completions`, `GET /v1/models`, `GET /health` and the web page
+ * at `/`. Plain `node:http`: four routes, a bounded body reader and server-sent events need no framework, and the
+ * package gains no runtime dependency. Every error is an OpenAI-style JSON body (errors.ts); a client that
+ * disconnects aborts its request's signal, which stops its downloads and its generation.
+ */
+import { timingSafeEqual } from 'node:crypto';
+import http, { type IncomingMessage, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+
+import { Admission } from './admission.js';
+import { handleChatCompletion, type CompletionContext } from './completions.js';
+import { HttpError, toHttpError } from './errors.js';
+import type { ModelList } from './openai-types.js';
+import { resolveOptions, type ServerOptions } from './options.js';
+import { serveStatic, webRoot } from './static.js';
+
+export { SERVER_DEFAULTS, type ServerOptions } from './options.js';
+
+export interface RunningServer {
+  /** e.g. `http://127.0.0.1:8080` */
+  url: string;
+  port: number;
+  /** Stops accepting connections, aborts the requests in flight and waits for them to clean up. The model stays open. */
+  close(): Promise<void>;
+}
+
+function sendJson(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
+  if (res.headersSent) {
+    res.destroy();
+    return;
+  }
+  const text = JSON.stringify(body);
+  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text), ...headers });
+  res.end(text);
+}
+
+/**
+ * Reads the whole body, refusing more than `limit` bytes. An oversized body is refused from its declared length
+ * when there is one; either way the connection is closed after the 413, so the rest of the upload is not read.
+ */
+function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
+  const tooLarge = () => new HttpError(413, `the request body is larger than the limit of ${limit} bytes`, null, 'request_too_large', { connection: 'close' });
+  if (Number(req.headers['content-length']) > limit) return Promise.reject(tooLarge());
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    req.on('data', (chunk: Buffer) => {
+      size += chunk.length;
+      if (size > limit) {
+        req.removeAllListeners('data');
+        req.pause();
+        reject(tooLarge());
+      } else {
+        chunks.push(chunk);
+      }
+    });
+    req.once('end', () => resolve(Buffer.concat(chunks)));
+    req.once('error', reject);
+    // A client that leaves mid-upload: 'close' without 'end' (after 'end' this rejection is a no-op).
+    req.once('close', () => reject(new Error('the client disconnected during the upload')));
+  });
+}
+
+function authorized(req: IncomingMessage, apiKey: string): boolean {
+  const header = req.headers.authorization ?? '';
+  const match = /^Bearer (.+)$/i.exec(header);
+  if (!match) return false;
+  const given = Buffer.from(match[1]!.trim());
+  const wanted = Buffer.from(apiKey);
+  return given.length === wanted.length && timingSafeEqual(given, wanted);
+}
+
+export async function startServer(serverOptions: ServerOptions): Promise<RunningServer> {
+  const options = resolveOptions(serverOptions);
+  const ctx: CompletionContext = {
+    options,
+    model: options.model,
+    admission: new Admission(options.maxConcurrentRequests, options.maxQueuedRequests, options.retryAfterSeconds),
+  };
+  const web = webRoot();
+  const created = Math.floor(Date.now() / 1000);
+  const inFlight = new Map<Promise<void>, AbortController>();
+
+  async function route(req: IncomingMessage, res: ServerResponse, signal: AbortSignal, log: Record<string, unknown>): Promise<void> {
+    const path = new URL(req.url ?? '/', 'http://server').pathname;
+    const method = req.method ?? 'GET';
+    if (path === '/health') {
+      if (method !== 'GET' && method !== 'HEAD') throw new HttpError(405, `${method} ${path} is not supported (use GET)`, null, 'method_not_allowed', { allow: 'GET, HEAD' });
+      return sendJson(res, 200, { status: 'ok' });
+    }
+    if (path.startsWith('/v1/')) {
+      if (options.apiKey !== undefined && !authorized(req, options.apiKey)) {
+        throw new HttpError(401, 'missing or incorrect API key (send "Authorization: Bearer <key>")', null, 'invalid_api_key', { 'www-authenticate': 'Bearer' });
+      }
+      if (path === '/v1/models') {
+        if (method !== 'GET') throw new HttpError(405, `${method} ${path} is not supported (use GET)`, null, 'method_not_allowed', { allow: 'GET' });
+        const list: ModelList = { object: 'list', data: [{ id: options.modelId, object: 'model', created, owned_by: 'videollama3' }] };
+        return sendJson(res, 200, list);
+      }
+      if (path === '/v1/chat/completions') {
+        if (method !== 'POST') throw new HttpError(405, `${method} ${path} is not supported (use POST)`, null, 'method_not_allowed', { allow: 'POST' });
+        const raw = await readBody(req, options.maxBodyBytes);
+        let body: unknown;
+        try {
+          body = JSON.parse(raw.toString('utf8'));
+        } catch (err) {
+          throw new HttpError(400, `the request body is not valid JSON: ${(err as Error).message}`, null, 'invalid_json');
+        }
+        return handleChatCompletion(body, res, signal, ctx, log);
+      }
+      throw new HttpError(404, `no route ${method} ${path}`, null, 'not_found');
+    }
+    if ((method === 'GET' || method === 'HEAD') && (await serveStatic(web, path, req, res))) return;
+    throw new HttpError(404, `no route ${method} ${path}`, null, 'not_found');
+  }
+
+  const server = http.createServer((req, res) => {
+    const started = performance.now();
+    const abort = new AbortController();
+    // 'close' before the response finished: the client went away (or the connection broke).
+    res.once('close', () => {
+      if (!res.writableFinished) abort.abort(new Error('the client disconnected'));
+    });
+    const log: Record<string, unknown> = { method: req.method, path: req.url };
+    const handled = route(req, res, abort.signal, log)
+      .catch((err: unknown) => {
+        const e = toHttpError(err);
+        log.error = e.message;
+        if (e.status >= 500 && e.code === 'internal_error' && err instanceof Error) log.stack = err.stack;
+        if (!abort.signal.aborted) sendJson(res, e.status, e.toJSON(), e.headers);
+        // A refused upload is not read to its end; closing the connection ends it.
+        if (e.headers.connection === 'close') res.once('finish', () => req.socket.destroySoon());
+      })
+      .finally(() => {
+        inFlight.delete(handled);
+        if (options.log) {
+          options.log({
+            time: new Date().toISOString(),
+            ...log,
+            status: abort.signal.aborted ? 499 : res.statusCode,
+            ms: Math.round(performance.now() - started),
+            ...(abort.signal.aborted && { aborted: true }),
+          });
+        }
+      });
+    inFlight.set(handled, abort);
+  });
+
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(options.port, options.host, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+  const port = (server.address() as AddressInfo).port;
+  const host = options.host.includes(':') ? `[${options.host}]` : options.host;
+  return {
+    url: `http://${host}:${port}`,
+    port,
+    async close() {
+      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      for (const abort of inFlight.values()) abort.abort(new Error('the server is shutting down'));
+      server.closeAllConnections();
+      await Promise.allSettled([...inFlight.keys()]);
+      await closed;
+    },
+  };
+}
