@@ -4,6 +4,7 @@
 // Usage: node dist/bench/server.js <checkpoint-dir> [clients,...]   (prints one JSON object)
 import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
+import http from 'node:http';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { readModelConfig } from '../src/model/config.js';
@@ -29,22 +30,34 @@ function quantile(xs: number[], q: number): number {
   return s[Math.min(s.length - 1, Math.ceil(q * s.length) - 1)]!;
 }
 
-/** One streamed chat completion; resolves with seconds to the first content delta and the prompt's token count. */
-async function timeToFirstToken(url: string, body: object): Promise<{ seconds: number; promptTokens: number }> {
+/**
+ * One streamed chat completion; resolves with seconds to the first content delta and the prompt's token count.
+ * node:http rather than fetch: fetch gives up after 300 s without response headers, and with 16 clients on two
+ * cores the last requests wait longer than that in the queue.
+ */
+function timeToFirstToken(url: string, body: object): Promise<{ seconds: number; promptTokens: number }> {
   const t0 = performance.now();
-  const response = await fetch(`${url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
-  if (!response.ok || !response.body) throw new Error(`HTTP ${response.status}: ${await response.text()}`);
-  let first: number | undefined;
-  let buffered = '';
-  for await (const chunk of response.body as unknown as AsyncIterable<Uint8Array>) {
-    buffered += Buffer.from(chunk).toString('utf8');
-    if (first === undefined && /"content":"/.test(buffered)) first = performance.now();
-    if (buffered.includes('"error"')) throw new Error(`stream error: ${buffered}`);
-  }
-  if (first === undefined) throw new Error('no content was streamed');
-  const usage = /"prompt_tokens":(\d+)/.exec(buffered);
-  if (!usage) throw new Error('no usage chunk was streamed');
-  return { seconds: (first - t0) / 1000, promptTokens: Number(usage[1]) };
+  const payload = JSON.stringify(body);
+  return new Promise((resolve, reject) => {
+    const request = http.request(`${url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) } }, (response) => {
+      let first: number | undefined;
+      let buffered = '';
+      response.setEncoding('utf8');
+      response.on('data', (text: string) => {
+        buffered += text;
+        if (first === undefined && /"content":"/.test(buffered)) first = performance.now();
+      });
+      response.on('error', reject);
+      response.on('end', () => {
+        if (response.statusCode !== 200 || buffered.includes('"error"')) return reject(new Error(`HTTP ${response.statusCode}: ${buffered.slice(0, 500)}`));
+        const usage = /"prompt_tokens":(\d+)/.exec(buffered);
+        if (first === undefined || !usage) return reject(new Error('no content or no usage chunk was streamed'));
+        resolve({ seconds: (first - t0) / 1000, promptTokens: Number(usage[1]) });
+      });
+    });
+    request.on('error', reject);
+    request.end(payload);
+  });
 }
 
 async function main(): Promise<void> {

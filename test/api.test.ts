@@ -103,6 +103,20 @@ describe('VideoLLaMA3 chat', { skip: !fixtures && FIXTURES_MISSING }, () => {
   });
 });
 
+describe('VideoLLaMA3 close', { skip: !fixtures && FIXTURES_MISSING }, () => {
+  it('aborts running requests and refuses new ones', async () => {
+    const model = await VideoLLaMA3.load(join(fixtures!, TINY_CHECKPOINT));
+    const running = model.chat(ask('Count to one hundred.'), { ...greedy, maxNewTokens: 500 });
+    for await (const _ of running) break;
+    const other = model.chat(ask('Count to one hundred.'), { ...greedy, maxNewTokens: 500 });
+    await model.close();
+    const result = await other.result.catch((e: Error) => e);
+    assert.ok(result instanceof AbortError || (!(result instanceof Error) && result.finishReason === 'abort'), String(result));
+    await assert.rejects(model.chat(ask('hi')).result, /the model was closed/);
+    assert.equal(KVCache.liveBytes, 0);
+  });
+});
+
 describe('ModelWorker', { skip: !fixtures && FIXTURES_MISSING }, () => {
   let worker: ModelWorker;
   let local: VideoLLaMA3;

@@ -1,7 +1,7 @@
 // Fair sharing of one model: admission in arrival order up to a cap, round-robin turns, aborts that leave at once.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { ABORTED, Scheduler } from '../src/engine/scheduler.js';
+import { ABORTED, Scheduler, Slots } from '../src/engine/scheduler.js';
 
 const tick = () => new Promise((resolve) => setImmediate(resolve));
 
@@ -83,5 +83,25 @@ describe('Scheduler', () => {
       throw new Error('kernel failed');
     }), /kernel failed/);
     assert.equal(await s.step(() => 7), 7);
+  });
+
+  it('lets one request read its prompt at a time, oldest first, while others keep taking turns', async () => {
+    const s = new Scheduler(4);
+    const order: string[] = [];
+    const request = async (name: string) => {
+      const endPrompt = await s.beginPrompt();
+      for (let i = 0; i < 2; i++) await s.step(() => order.push(`${name}-prefill`));
+      endPrompt!();
+      for (let i = 0; i < 2; i++) await s.step(() => order.push(`${name}-decode`));
+    };
+    await Promise.all([request('a'), request('b')]);
+    // b starts reading its prompt only once a has its first token; a decodes meanwhile, turn by turn.
+    assert.deepEqual(order, ['a-prefill', 'a-prefill', 'a-decode', 'b-prefill', 'a-decode', 'b-prefill', 'b-decode', 'b-decode']);
+  });
+});
+
+describe('Slots', () => {
+  it('rejects a size below one', () => {
+    assert.throws(() => new Slots(0), /integer >= 1/);
   });
 });

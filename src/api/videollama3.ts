@@ -202,12 +202,16 @@ export class VideoLLaMA3 implements ChatModel {
       cancel.abort();
       source.fail(new Error('the chat stream was closed before generation finished'));
     });
+    if (this.closing.signal.aborted) {
+      source.fail(new Error('the model was closed'));
+      return source.stream();
+    }
     const signal = options.signal ? AbortSignal.any([options.signal, cancel.signal, this.closing.signal]) : AbortSignal.any([cancel.signal, this.closing.signal]);
     this.answer(input, { ...options, signal }, source).catch((e: unknown) => source.fail(e));
     return source.stream();
   }
 
-  /** Frees the model for garbage collection once running requests, which are aborted, have ended. */
+  /** Aborts running and waiting requests and refuses new ones; the weights are freed when the object is dropped. */
   async close(): Promise<void> {
     this.closing.abort();
   }
@@ -246,51 +250,72 @@ export class VideoLLaMA3 implements ChatModel {
       if (request.llmInputIds.length >= context) {
         throw new InvalidRequestError(`the prompt has ${request.llmInputIds.length} tokens; the model's context is ${context}: use fewer or smaller media (maxVisualTokens, fps, maxFrames)`);
       }
-      const progress = options.onProgress;
-      const features = await this.scheduler.step(
-        () => this.encodeVisuals(request, { onProgress: progress && ((done, total) => progress({ stage: 'encode', done, total })) }),
-        signal,
-      );
-      if (features === ABORTED) throw new AbortError();
-      // A stop string ends generation the way an abort does, at the next step; it is then reported as 'stop'.
-      const stopped = new AbortController();
-      const tokens = generateTokens(this.llm, {
-        promptEmbeds: this.embed(request, features),
-        onPrefillProgress: progress && ((done, total) => progress({ stage: 'prefill', done, total })),
-        maxNewTokens: options.maxNewTokens ?? 1024,
-        sampling,
-        stopTokenIds: this.generationConfig.eosTokenIds,
-        signal: AbortSignal.any([signal, stopped.signal]),
-        step: (work) => this.scheduler.step(work, signal),
-      });
-      const decoder = this.tokenizer.createStreamDecoder({ skipSpecialTokens: true });
-      let next = await tokens.next();
-      while (!next.done) {
-        out.push(stops.push(decoder.push(next.value)));
-        if (stops.stopped) stopped.abort();
-        next = await tokens.next();
+      const endPrompt = await this.scheduler.beginPrompt(signal);
+      if (!endPrompt) throw new AbortError();
+      try {
+        await this.generate(request, options, sampling, stops, out, endPrompt, started);
+      } finally {
+        endPrompt();
       }
-      out.push(stops.push(decoder.flush()));
-      out.push(stops.flush());
-      const summary = next.value;
-      if (signal.aborted && summary.tokenIds.length === 0) throw new AbortError();
-      const { tokenIds } = summary;
-      const seconds = (ms: number) => Math.max(ms, 1e-9) / 1000;
-      out.finish({
-        text: stops.answer.trim(),
-        tokenIds,
-        finishReason: stops.stopped && !signal.aborted ? 'stop' : summary.finishReason,
-        usage: { promptTokens: summary.promptTokens, visualTokens: request.visualTokens, completionTokens: tokenIds.length },
-        timings: {
-          prefillMs: summary.prefillMs,
-          decodeMs: summary.decodeMs,
-          totalMs: performance.now() - started,
-          prefillTokensPerSecond: summary.promptTokens / seconds(summary.prefillMs),
-          decodeTokensPerSecond: Math.max(0, tokenIds.length - 1) / seconds(summary.decodeMs),
-        },
-      });
     } finally {
       release();
     }
+  }
+
+  /** Encodes the media, prefills and decodes; `endPrompt` is called once the first token is out. */
+  private async generate(
+    request: ProcessedRequest,
+    options: ChatOptions & { signal: AbortSignal },
+    sampling: SamplingOptions,
+    stops: StopStrings,
+    out: ChatStreamSource,
+    endPrompt: () => void,
+    started: number,
+  ): Promise<void> {
+    const { signal } = options;
+    const progress = options.onProgress;
+    const features = await this.scheduler.step(
+      () => this.encodeVisuals(request, { onProgress: progress && ((done, total) => progress({ stage: 'encode', done, total })) }),
+      signal,
+    );
+    if (features === ABORTED) throw new AbortError();
+    // A stop string ends generation the way an abort does, at the next step; it is then reported as 'stop'.
+    const stopped = new AbortController();
+    const tokens = generateTokens(this.llm, {
+      promptEmbeds: this.embed(request, features),
+      onPrefillProgress: progress && ((done, total) => progress({ stage: 'prefill', done, total })),
+      maxNewTokens: options.maxNewTokens ?? 1024,
+      sampling,
+      stopTokenIds: this.generationConfig.eosTokenIds,
+      signal: AbortSignal.any([signal, stopped.signal]),
+      step: (work) => this.scheduler.step(work, signal),
+    });
+    const decoder = this.tokenizer.createStreamDecoder({ skipSpecialTokens: true });
+    let next = await tokens.next();
+    endPrompt();
+    while (!next.done) {
+      out.push(stops.push(decoder.push(next.value)));
+      if (stops.stopped) stopped.abort();
+      next = await tokens.next();
+    }
+    out.push(stops.push(decoder.flush()));
+    out.push(stops.flush());
+    const summary = next.value;
+    if (signal.aborted && summary.tokenIds.length === 0) throw new AbortError();
+    const { tokenIds } = summary;
+    const seconds = (ms: number) => Math.max(ms, 1e-9) / 1000;
+    out.finish({
+      text: stops.answer.trim(),
+      tokenIds,
+      finishReason: stops.stopped && !signal.aborted ? 'stop' : summary.finishReason,
+      usage: { promptTokens: summary.promptTokens, visualTokens: request.visualTokens, completionTokens: tokenIds.length },
+      timings: {
+        prefillMs: summary.prefillMs,
+        decodeMs: summary.decodeMs,
+        totalMs: performance.now() - started,
+        prefillTokensPerSecond: summary.promptTokens / seconds(summary.prefillMs),
+        decodeTokensPerSecond: Math.max(0, tokenIds.length - 1) / seconds(summary.decodeMs),
+      },
+    });
   }
 }

@@ -8,7 +8,8 @@
  * of starving them. The event loop runs between turns, so streamed output, new requests and aborts are seen.
  *
  * Admission bounds memory: at most `maxActive` requests hold media, features and a KV cache at once; the rest wait,
- * in arrival order, holding nothing but their input.
+ * in arrival order, holding nothing but their input. Among the active ones, one reads its prompt at a time (see
+ * `beginPrompt`), as in vLLM's first-come-first-served scheduling with chunked prefill.
  */
 
 /** Returned by `step` instead of running the work when the request was aborted while waiting. */
@@ -55,6 +56,44 @@ class FairQueue {
   }
 }
 
+/** A fixed number of slots, handed out first come, first served; waiters leave at once when their signal aborts. */
+export class Slots {
+  private taken = 0;
+  private readonly waiting = new FairQueue();
+
+  constructor(readonly size: number) {
+    if (!Number.isInteger(size) || size < 1) throw new Error(`the number of slots must be an integer >= 1, got ${size}`);
+  }
+
+  get inUse(): number {
+    return this.taken;
+  }
+
+  get queued(): number {
+    return this.waiting.length;
+  }
+
+  /**
+   * Waits for a slot. Resolves with a release function (call it once, when done with the slot), or undefined when
+   * the signal aborted first.
+   */
+  async acquire(signal?: AbortSignal): Promise<(() => void) | undefined> {
+    if (signal?.aborted) return undefined;
+    if (this.taken >= this.size || this.waiting.length > 0) {
+      // A waiter is only ever granted by a release, which hands its slot over: the count stays as it is.
+      if (!(await this.waiting.wait(signal))) return undefined;
+    } else {
+      this.taken++;
+    }
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      if (!this.waiting.grantNext()) this.taken--;
+    };
+  }
+}
+
 export interface SchedulerStats {
   /** Requests admitted and not yet finished. */
   active: number;
@@ -63,37 +102,35 @@ export interface SchedulerStats {
 }
 
 export class Scheduler {
-  private activeCount = 0;
   private stepping = false;
-  private readonly admissions = new FairQueue();
+  private readonly admissions: Slots;
+  private readonly prefills = new Slots(1);
   private readonly turns = new FairQueue();
 
   constructor(readonly maxActive: number) {
-    if (!Number.isInteger(maxActive) || maxActive < 1) throw new Error(`maxActive must be an integer >= 1, got ${maxActive}`);
+    this.admissions = new Slots(maxActive);
   }
 
   get stats(): SchedulerStats {
-    return { active: this.activeCount, queued: this.admissions.length };
+    return { active: this.admissions.inUse, queued: this.admissions.queued };
   }
 
   /**
    * Waits for a slot among the active requests. Resolves with a release function (call it exactly once when the
    * request ends), or undefined when the signal aborted while waiting.
    */
-  async admit(signal?: AbortSignal): Promise<(() => void) | undefined> {
-    if (signal?.aborted) return undefined;
-    if (this.activeCount >= this.maxActive || this.admissions.length > 0) {
-      // A waiter is only ever granted by a release, which hands its slot over: the count stays as it is.
-      if (!(await this.admissions.wait(signal))) return undefined;
-    } else {
-      this.activeCount++;
-    }
-    let released = false;
-    return () => {
-      if (released) return;
-      released = true;
-      if (!this.admissions.grantNext()) this.activeCount--;
-    };
+  admit(signal?: AbortSignal): Promise<(() => void) | undefined> {
+    return this.admissions.acquire(signal);
+  }
+
+  /**
+   * Waits until no other request is reading its prompt (encoding media, prefilling), oldest first; release when the
+   * first token is out. Prompts are read one at a time while decoding requests keep taking their turns: requests
+   * arriving together then get their first tokens one after another, instead of all at the end of an interleaved
+   * prefill, at no cost in throughput.
+   */
+  beginPrompt(signal?: AbortSignal): Promise<(() => void) | undefined> {
+    return this.prefills.acquire(signal);
   }
 
   /**
