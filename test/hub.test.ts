@@ -13,7 +13,10 @@ import { HubError, listCachedModels, parseModelRef, pullModel, resolveModel, typ
 import { withLock } from '../src/hub/lock.js';
 import { defaultCacheDir, defaultToken } from '../src/hub/paths.js';
 import { globToRegExp } from '../src/hub/patterns.js';
-import { repoRoot } from './fixtures.js';
+import { VideoLLaMA3 } from '../src/api/videollama3.js';
+import { fixturesDir, FIXTURES_MISSING, repoRoot, TINY_CHECKPOINT } from './fixtures.js';
+
+const fixtures = fixturesDir();
 
 const sha256 = (data: Buffer) => createHash('sha256').update(data).digest('hex');
 const gitSha1 = (data: Buffer) => createHash('sha1').update(`blob ${data.length}\0`).update(data).digest('hex');
@@ -740,5 +743,26 @@ describe('vl3 pull and vl3 ls', () => {
     const offline = await run(['pull', 'org/other', '--offline', '--cache-dir', cache], {});
     assert.equal(offline.code, 1);
     assert.match(offline.stderr, /org\/other@main is not in the cache/);
+  });
+
+  test('a model loads by hub id, from the library and from vl3 ask, with the answers of the local folder', { skip: !fixtures && FIXTURES_MISSING, timeout: 120_000 }, async () => {
+    const folder = join(fixtures!, TINY_CHECKPOINT);
+    const files: Record<string, string | Buffer | { lfs: Buffer }> = {};
+    for (const name of readdirSync(folder)) {
+      const data = readFileSync(join(folder, name));
+      files[name] = name.endsWith('.safetensors') ? { lfs: data } : data;
+    }
+    const commit = hub.addRepo('damo/tiny', files);
+    const cache = tempDir('load');
+    const question = [{ role: 'user' as const, content: 'Hello.' }];
+    const expected = await (await VideoLLaMA3.load(folder)).chat(question, { greedy: true, maxNewTokens: 6 }).result;
+    const model = await VideoLLaMA3.load('damo/tiny', { hub: options(cache) });
+    assert.equal(model.checkpoint.folder, join(cache, 'models--damo--tiny', 'snapshots', commit));
+    assert.deepEqual((await model.chat(question, { greedy: true, maxNewTokens: 6 }).result).tokenIds, expected.tokenIds);
+
+    // Offline, from the cache the library filled; the answer is the local folder's.
+    const asked = await run(['ask', '--model', 'damo/tiny', '--greedy', '--max-new-tokens', '6', '--no-system-prompt', '--json', 'Hello.'], { HF_HUB_CACHE: cache, HF_HUB_OFFLINE: '1' });
+    assert.equal(asked.code, 0, asked.stderr);
+    assert.deepEqual((JSON.parse(asked.stdout) as { tokenIds: number[] }).tokenIds, expected.tokenIds);
   });
 });

@@ -2,7 +2,8 @@ import { Command, CommanderError } from 'commander';
 import { readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
-import { VideoLLaMA3 } from '../api/videollama3.js';
+import { ModelWorker } from '../api/model-worker.js';
+import { VideoLLaMA3, type LoadOptions } from '../api/videollama3.js';
 import { writeRandomCheckpoint } from '../model/random-checkpoint.js';
 import type { ContentPart, Message } from '../processing/conversation.js';
 import { runChat } from './chat.js';
@@ -34,8 +35,18 @@ const loadOptions = (o: Record<string, number | undefined>) => ({
   fps: o.fps,
   maxFrames: o.maxFrames,
   maxActiveRequests: o.maxActiveRequests,
-  hub: { onProgress: new DownloadBars().update },
 });
+
+/** Loads a model (a folder, or a hub id downloaded with one progress bar per file), removing the bars after. */
+async function withDownloadBars<T>(load: (options: LoadOptions) => Promise<T>, o: Record<string, number | undefined>): Promise<T> {
+  const bars = new DownloadBars();
+  try {
+    return await load({ ...loadOptions(o), hub: { onProgress: bars.update } });
+  } finally {
+    bars.stop();
+  }
+}
+const loadModel = (o: Record<string, number | undefined> & { model?: unknown }) => withDownloadBars((options) => VideoLLaMA3.load(String(o.model), options), o);
 
 const samplingOptions = (cmd: Command) =>
   cmd
@@ -80,7 +91,7 @@ export function buildProgram(): Command {
     .addOption(flag('--no-system-prompt', 'do not insert the default VideoLLaMA3 system prompt'))
     .addOption(flag('--json', 'print one JSON object: text, token ids, usage, timings'))
     .action(async (parts: string[], o) => {
-      const model = await VideoLLaMA3.load(o.model, loadOptions(o));
+      const model = await loadModel(o);
       const question = await readQuestion(parts);
       const images: string[] = o.image ?? [];
       const videos: string[] = o.video ?? [];
@@ -129,7 +140,7 @@ export function buildProgram(): Command {
     .addOption(flag('--system <text>', 'a system message of your own'))
     .addOption(flag('--no-system-prompt', 'do not insert the default VideoLLaMA3 system prompt'))
     .action(async (o) => {
-      const model = await VideoLLaMA3.load(o.model, loadOptions(o));
+      const model = await loadModel(o);
       await runChat({
         model,
         system: o.system,
@@ -163,7 +174,7 @@ export function buildProgram(): Command {
     .addOption(flag('--log-json', 'log one JSON line per request on stderr'))
     .action(async (o) => {
       const ms = (s: number | undefined) => (s === undefined ? undefined : Math.round(s * 1000));
-      await serve(o.model, loadOptions(o), {
+      await serve(o.model, await withDownloadBars((options) => ModelWorker.load(o.model, options), o), o.maxActiveRequests, {
         host: o.host,
         port: o.port,
         modelId: o.servedModelName,
@@ -192,7 +203,7 @@ export function buildProgram(): Command {
     .addOption(flag('--repetition-penalty <x>', 'override the generation config\'s penalty for --greedy').argParser(number('--repetition-penalty')));
   modelOptions(inspect);
   inspect.action(async (o) => {
-    const model = await VideoLLaMA3.load(o.model, loadOptions(o));
+    const model = await loadModel(o);
     const conversation = JSON.parse(await readFile(o.conversation, 'utf8').catch((e) => {
       throw new Error(`cannot read conversation file ${o.conversation}: ${(e as Error).message}`);
     })) as unknown;

@@ -1,7 +1,6 @@
 // `vl3 serve`: the OpenAI-compatible server, with the model in a worker thread so connections are served meanwhile.
 import { basename, resolve } from 'node:path';
-import { ModelWorker } from '../api/model-worker.js';
-import type { LoadOptions } from '../api/videollama3.js';
+import type { ModelWorker } from '../api/model-worker.js';
 import { parseModelRef } from '../hub/index.js';
 import { startServer, type ServerOptions } from '../server/server.js';
 
@@ -19,11 +18,10 @@ export function defaultModelId(ref: string, folder: string): string {
   return basename(resolve(folder));
 }
 
-/** Loads the model, serves until SIGINT or SIGTERM, then closes connections and the worker. */
-export async function serve(ref: string, load: LoadOptions, settings: ServeSettings): Promise<void> {
-  const model = await ModelWorker.load(ref, load);
+/** Serves a loaded model until SIGINT or SIGTERM, then closes connections and the worker. */
+export async function serve(ref: string, model: ModelWorker, maxActiveRequests: number | undefined, settings: ServeSettings): Promise<void> {
   const modelId = settings.modelId ?? defaultModelId(ref, model.folder);
-  const server = await startServer({ ...settings, model, modelId, maxConcurrentRequests: load.maxActiveRequests });
+  const server = await startServer({ ...settings, model, modelId, maxConcurrentRequests: maxActiveRequests });
   process.stderr.write(`vl3: serving ${modelId} at ${server.url} (OpenAI API at ${server.url}/v1, chat page at ${server.url}/)\n`);
   await new Promise<void>((done) => {
     const stop = () => {
