@@ -63,7 +63,7 @@ describe('generation', { skip: !fixtures && FIXTURES_MISSING }, () => {
     let streamed = '';
     for await (const delta of stream) streamed += delta;
     const result = await stream.result;
-    assert.equal(streamed.trim(), result.text);
+    assert.equal(streamed, result.text);
     assert.equal(result.tokenIds.length, 16);
     assert.deepEqual(result.usage, { promptTokens: 45, visualTokens: 0, completionTokens: 16 });
     assert.ok(result.timings.prefillMs > 0 && result.timings.decodeMs > 0);

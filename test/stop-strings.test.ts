@@ -1,7 +1,9 @@
-// Stop strings over streamed text: cut before the first stop string, nothing after it streamed, partial matches held.
+// Streamed-text filters: stop strings (cut before the first one, nothing after it streamed, partial matches held)
+// and trimming (deltas that add up to the trimmed answer).
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { StopStrings } from '../src/api/stop-strings.js';
+import { TrimmedText } from '../src/api/trimmed-text.js';
 
 function stream(stops: string[], deltas: string[]): { streamed: string[]; answer: string; stopped: boolean } {
   const s = new StopStrings(stops);
@@ -37,5 +39,14 @@ describe('StopStrings', () => {
 
   it('rejects empty stop strings, naming the entry', () => {
     assert.throws(() => new StopStrings(['ok', '']), /stop\[1\] must be a non-empty string/);
+  });
+});
+
+describe('TrimmedText', () => {
+  it('streams pieces that add up to the trimmed whole, holding back whitespace until text follows it', () => {
+    const t = new TrimmedText();
+    const out = ['  \n', ' Hello', ' ', 'world \n', '\n'].map((d) => t.push(d));
+    assert.deepEqual(out, ['', 'Hello', '', ' world', '']);
+    assert.equal(out.join(''), '  \n Hello world \n\n'.trim());
   });
 });

@@ -43,10 +43,6 @@ export class ChatStreamSource {
     this.wakeConsumer();
   }
 
-  get finished(): boolean {
-    return this.ended;
-  }
-
   private wakeConsumer(): void {
     const wake = this.wake;
     this.wake = undefined;

@@ -15,6 +15,7 @@ import { createBackend, type BackendName } from '../tensor/index.js';
 import { ChatStreamSource } from './chat-stream.js';
 import { AbortError, InvalidRequestError } from './errors.js';
 import { StopStrings } from './stop-strings.js';
+import { TrimmedText } from './trimmed-text.js';
 
 export interface LoadOptions {
   /** Kernel threads; default: the cores available to the process. */
@@ -217,7 +218,7 @@ export class VideoLLaMA3 implements ChatModel {
   }
 
   /** Requests admitted and waiting: for a server's queue limits and health reports. */
-  get load(): SchedulerStats {
+  get requests(): SchedulerStats {
     return this.scheduler.stats;
   }
 
@@ -291,15 +292,17 @@ export class VideoLLaMA3 implements ChatModel {
       step: (work) => this.scheduler.step(work, signal),
     });
     const decoder = this.tokenizer.createStreamDecoder({ skipSpecialTokens: true });
+    // The answer is trimmed, as the official pipeline returns it; the deltas are trimmed the same way.
+    const trimmed = new TrimmedText();
     let next = await tokens.next();
     endPrompt();
     while (!next.done) {
-      out.push(stops.push(decoder.push(next.value)));
+      out.push(trimmed.push(stops.push(decoder.push(next.value))));
       if (stops.stopped) stopped.abort();
       next = await tokens.next();
     }
-    out.push(stops.push(decoder.flush()));
-    out.push(stops.flush());
+    out.push(trimmed.push(stops.push(decoder.flush())));
+    out.push(trimmed.push(stops.flush()));
     const summary = next.value;
     if (signal.aborted && summary.tokenIds.length === 0) throw new AbortError();
     const { tokenIds } = summary;

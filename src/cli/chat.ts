@@ -91,14 +91,11 @@ export async function runChat(session: ChatSession): Promise<void> {
     answering = new AbortController();
     const bars = new ProgressBars();
     const stream = session.model.chat([...history, message], { ...session.options, signal: answering.signal, onProgress: bars.update });
-    let streamed = '';
     try {
       output.write('assistant> ');
       for await (const delta of stream) {
         bars.stop();
-        const piece = streamed ? delta : delta.trimStart();
-        streamed += piece;
-        output.write(piece);
+        output.write(delta);
       }
       const result = await stream.result;
       output.write('\n');

@@ -116,13 +116,9 @@ export function buildProgram(): Command {
         if (o.json) {
           process.stdout.write(JSON.stringify(await stream.result) + '\n');
         } else {
-          let started = false;
           for await (const delta of stream) {
             bars.stop();
-            // The official answer is trimmed; trim the stream's start the same way.
-            const text = started ? delta : delta.trimStart();
-            if (text) started = true;
-            process.stdout.write(text);
+            process.stdout.write(delta);
           }
           process.stdout.write('\n');
           await stream.result;

@@ -14,7 +14,7 @@ import { RequestMedia } from './media.js';
 import type { ChatCompletion, ChatCompletionChunk, CompletionTimings, CompletionUsage, FinishReason } from './openai-types.js';
 import type { ResolvedOptions } from './options.js';
 import { parseChatRequest } from './request.js';
-import { SseWriter, TrimmedText } from './sse.js';
+import { SseWriter } from './sse.js';
 
 export interface CompletionContext {
   options: ResolvedOptions;
@@ -133,10 +133,8 @@ export async function handleChatCompletion(body: unknown, res: ServerResponse, s
     log.status = 200;
     sse.send(chunk({ role: 'assistant', content: '' }, null));
     try {
-      const trimmed = new TrimmedText();
       while (!next.done) {
-        const text = trimmed.push(next.value);
-        if (text) sse.send(chunk({ content: text }, null));
+        if (next.value) sse.send(chunk({ content: next.value }, null));
         next = await deltas.next();
       }
       drained = true;
