@@ -33,6 +33,10 @@ class RecordingModel implements ChatModel {
   readonly calls: ChatRecord[] = [];
   constructor(private readonly model: VideoLLaMA3) {}
 
+  get info() {
+    return this.model.info;
+  }
+
   chat(input: ChatInput, options: ChatOptions = {}): ChatStream {
     const stream = this.model.chat(input, options);
     const record: ChatRecord = { aborted: false, settled: Promise.resolve() };
@@ -253,7 +257,7 @@ describe('OpenAI-compatible server', { skip: fixtures ? false : FIXTURES_MISSING
   it('refuses private addresses unless allowed, checked on the resolved address', async () => {
     const ask = (url: string) => strictClient.chat.completions.create({ ...greedy, messages: [{ role: 'user', content: [image(url), text('?')] }] });
     const err = await expectApiError(ask(`${mediaUrl}/cat.jpg`), 400, /not a public address/);
-    assert.equal(err.param, 'messages[0].content[0]');
+    assert.equal(err.param, 'messages[0].content[0].image_url');
     const port = (mediaServer.address() as AddressInfo).port;
     await expectApiError(ask(`http://localhost:${port}/cat.jpg`), 400, /localhost resolves to .*not a public address/);
     await expectApiError(ask(`http://[::ffff:127.0.0.1]:${port}/cat.jpg`), 400, /not a public address/);
@@ -402,7 +406,7 @@ describe('OpenAI-compatible server', { skip: fixtures ? false : FIXTURES_MISSING
     const models = await client.models.list();
     assert.deepEqual(models.data.map((m) => [m.id, m.object]), [[MODEL_ID, 'model']]);
     const health = await fetch(`${main.url}/health`);
-    assert.deepEqual(await health.json(), { status: 'ok' });
+    assert.deepEqual(await health.json(), { status: 'ok', requests: { active: 0, queued: 0, limit: 4, queue_limit: 32 }, buffered_body_bytes: 0 });
     const page = await fetch(`${main.url}/`);
     assert.equal(page.status, 200);
     assert.match(page.headers.get('content-type')!, /^text\/html/);

@@ -5,8 +5,11 @@
  */
 export class InvalidRequestError extends Error {
   override readonly name = 'InvalidRequestError';
-  constructor(message: string, options?: { cause?: unknown }) {
+  /** Where the request is wrong: a part of the conversation (`messages[0].content[1]`) or an option (`fps`). */
+  readonly path?: string;
+  constructor(message: string, options?: { cause?: unknown; path?: string }) {
     super(message, options);
+    this.path = options?.path;
   }
 }
 
@@ -14,6 +17,17 @@ export class InvalidRequestError extends Error {
 export class AbortError extends Error {
   override readonly name = 'AbortError';
   constructor(message = 'the request was aborted') {
+    super(message);
+  }
+}
+
+/** An option given to `VideoLLaMA3.load` (or `ModelWorker.load`) that cannot work; `option` names it. */
+export class InvalidOptionError extends Error {
+  override readonly name = 'InvalidOptionError';
+  constructor(
+    readonly option: string,
+    message: string,
+  ) {
     super(message);
   }
 }

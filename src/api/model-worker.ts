@@ -9,8 +9,9 @@ import { Worker } from 'node:worker_threads';
 import { resolveModel } from '../hub/index.js';
 import type { ChatModel } from './chat-model.js';
 import { ChatStreamSource } from './chat-stream.js';
-import { AbortError } from './errors.js';
-import type { ChatInput, ChatOptions, ChatStream, LoadOptions } from './videollama3.js';
+import { AbortError, InvalidOptionError } from './errors.js';
+import { checkNumbers, LOAD_RULES } from './options.js';
+import type { ChatInput, ChatOptions, ChatStream, LoadOptions, ModelInfo } from './videollama3.js';
 import { deserializeError, type FromWorker, type ToWorker, type WorkerData } from './worker-protocol.js';
 
 interface Pending {
@@ -28,6 +29,7 @@ export class ModelWorker implements ChatModel {
     private readonly worker: Worker,
     /** The local checkpoint folder the model was loaded from. */
     readonly folder: string,
+    readonly info: ModelInfo,
   ) {
     worker.on('message', (message: FromWorker) => this.receive(message));
     worker.on('error', (e) => this.stop(new Error(`the model worker failed: ${e.message}`)));
@@ -36,13 +38,18 @@ export class ModelWorker implements ChatModel {
 
   /** Resolves `ref` (folder or hub id; downloads happen on this thread, with progress), then loads it on a worker. */
   static async load(ref: string, options: LoadOptions = {}): Promise<ModelWorker> {
-    const folder = await resolveModel(ref, options.hub);
-    const { hub: _, ...rest } = options;
-    const data: WorkerData = { folder, options: rest };
+    const { hub, onProgress, onWarning, ...rest } = options;
+    // Checked here too, so that a bad option fails before a download or a worker start.
+    checkNumbers(rest, LOAD_RULES, (option, message) => new InvalidOptionError(option, message));
+    const folder = await resolveModel(ref, hub);
+    const data: WorkerData = { folder, options: rest, progress: onProgress !== undefined };
     const worker = new Worker(new URL('./worker-thread.js', import.meta.url), { workerData: data });
-    await new Promise<void>((resolve, reject) => {
+    const warn = onWarning ?? ((message: string) => process.emitWarning(message, { code: 'VL3_CHECKPOINT' }));
+    const info = await new Promise<ModelInfo>((resolve, reject) => {
       const onMessage = (message: FromWorker) => {
-        if (message.type === 'ready') resolve();
+        if (message.type === 'load-progress') return onProgress?.(message.event);
+        if (message.type === 'warning') return warn(message.message);
+        if (message.type === 'ready') resolve(message.info);
         else if (message.type === 'load-error') reject(deserializeError(message.error));
         else return;
         worker.off('message', onMessage);
@@ -56,7 +63,7 @@ export class ModelWorker implements ChatModel {
       await worker.terminate();
       throw e;
     });
-    return new ModelWorker(worker, folder);
+    return new ModelWorker(worker, folder, info);
   }
 
   chat(input: ChatInput, options: ChatOptions = {}): ChatStream {
@@ -93,6 +100,7 @@ export class ModelWorker implements ChatModel {
   }
 
   private receive(message: FromWorker): void {
+    if (message.type === 'warning') return void process.emitWarning(message.message, { code: 'VL3_CHECKPOINT' });
     if (!('id' in message)) return;
     const request = this.pending.get(message.id);
     if (!request) return;

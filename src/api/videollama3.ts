@@ -5,15 +5,20 @@ import { resolveModel, type HubOptions } from '../hub/index.js';
 import { loadCheckpoint, type Checkpoint } from '../model/checkpoint.js';
 import type { Qwen2Model } from '../model/qwen2.js';
 import { VideoLLaMA3Model } from '../model/videollama3.js';
+import { checkpointWeightSpecs, decoderWeights, flattenSpecs } from '../model/weight-names.js';
 import type { EncodeOptions } from '../model/vision-encoder.js';
 import type { Conversation, Message } from '../processing/conversation.js';
+import { describeValue } from '../processing/describe.js';
+import { DEFAULT_MAX_PIXELS } from '../processing/image.js';
+import { InputError } from '../processing/input-error.js';
 import { Processor, type ProcessedRequest, type ProcessOptions, type ProgressEvent } from '../processing/processor.js';
 import { Tokenizer } from '../processing/tokenizer.js';
 import type { Tensor } from '../tensor/tensor.js';
 import type { ChatModel } from './chat-model.js';
 import { createBackend, type BackendName } from '../tensor/index.js';
 import { ChatStreamSource } from './chat-stream.js';
-import { AbortError, InvalidRequestError } from './errors.js';
+import { AbortError, InvalidOptionError, InvalidRequestError } from './errors.js';
+import { CHAT_RULES, checkBudgets, checkNumbers, LOAD_RULES } from './options.js';
 import { StopStrings } from './stop-strings.js';
 import { TrimmedText } from './trimmed-text.js';
 
@@ -30,8 +35,38 @@ export interface LoadOptions {
   maxFrames?: number;
   /** Requests holding memory (media, features, KV cache) at once; more wait their turn. Default 4. */
   maxActiveRequests?: number;
+  /** Largest image, in pixels, a request may decode (read from its header first); default 178,956,970, twice
+   * Pillow's MAX_IMAGE_PIXELS, where the reference refuses. A request decodes one image at a time. */
+  maxImagePixels?: number;
   /** Where and how a hub id is fetched: cache folder, endpoint, token, offline, download progress. */
   hub?: HubOptions;
+  /** Hears the weights being read while the model loads (bytes). */
+  onProgress?: (event: LoadProgressEvent) => void;
+  /** Hears what loading had to assume (a missing preprocessor config, say); default: `process.emitWarning`. */
+  onWarning?: (message: string) => void;
+}
+
+/** Weights read from disk so far while loading, in bytes. */
+export interface LoadProgressEvent {
+  stage: 'load';
+  done: number;
+  total: number;
+}
+
+/** What a loaded model is and allows: for servers that bound requests and commands that show it. */
+export interface ModelInfo {
+  /** Prompt plus answer, in tokens (the checkpoint's max_position_embeddings). */
+  contextLength: number;
+  /** Token ids the model scores (the config's vocab_size). */
+  vocabSize: number;
+  /** UTF-8 bytes of the longest token: a text of more than contextLength × maxTokenBytes bytes cannot fit. */
+  maxTokenBytes: number;
+  /** The budgets a request gets unless it sets its own (the load options, else the checkpoint's). */
+  maxVisualTokens: number;
+  minVisualTokens: number;
+  fps: number;
+  maxFrames: number;
+  maxImagePixels: number;
 }
 
 export const DEFAULT_MAX_ACTIVE_REQUESTS = 4;
@@ -61,6 +96,14 @@ export interface ChatOptions {
   maxFrames?: number;
   /** Prune unchanged video tokens (DiffFP); default: the checkpoint's `use_token_compression`. */
   tokenCompression?: boolean;
+  /** Largest image of this request, in pixels; default: the model's (`LoadOptions.maxImagePixels`). */
+  maxImagePixels?: number;
+  /**
+   * How special-token strings typed in message text (`<|im_end|>`, `<image>`) are read: 'control' makes them the
+   * control tokens they spell, as the official processor does (the default); 'plain' reads them as ordinary text,
+   * so that text from an untrusted user cannot end its turn or open another role's.
+   */
+  textSpecialTokens?: 'control' | 'plain';
   /** Long work as it goes: frames decoded, frames encoded, prompt positions prefilled. */
   onProgress?: (event: ProgressEvent) => void;
   /** Generation ends before any of these strings; the text returned stops just before it (finishReason 'stop'). */
@@ -107,7 +150,7 @@ export class VideoLLaMA3 implements ChatModel {
   private constructor(
     readonly model: VideoLLaMA3Model,
     readonly processor: Processor,
-    private readonly defaults: LoadOptions,
+    private readonly defaults: LoadOptions & Omit<ModelInfo, 'contextLength' | 'vocabSize' | 'maxTokenBytes'>,
   ) {
     this.scheduler = new Scheduler(defaults.maxActiveRequests ?? DEFAULT_MAX_ACTIVE_REQUESTS);
   }
@@ -117,12 +160,56 @@ export class VideoLLaMA3 implements ChatModel {
    * optionally `@revision`), downloading into the shared Hugging Face cache on first use.
    */
   static async load(ref: string, options: LoadOptions = {}): Promise<VideoLLaMA3> {
+    const invalid = (option: string, message: string) => new InvalidOptionError(option, message);
+    checkNumbers(options, LOAD_RULES, invalid);
+    if (options.backend !== undefined && options.backend !== 'native' && options.backend !== 'reference') {
+      throw invalid('backend', `backend must be 'native' or 'reference', got ${describeValue(options.backend)}`);
+    }
     const folder = await resolveModel(ref, options.hub);
     const backend = createBackend(options.backend ?? 'native', options.threads);
     const checkpoint = loadCheckpoint(folder);
+    // Every tensor against the config, from the headers: a mismatch fails here, not on the first image request.
+    const specs = checkpointWeightSpecs(checkpoint.config);
+    for (const spec of specs) checkpoint.weights.check(spec.name, spec.shape);
     const tokenizer = await Tokenizer.load(folder);
-    const processor = await Processor.load(folder, tokenizer);
-    return new VideoLLaMA3(new VideoLLaMA3Model(checkpoint, backend), processor, options);
+    const warn = options.onWarning ?? ((message: string) => process.emitWarning(message, { code: 'VL3_CHECKPOINT' }));
+    const processor = await Processor.load(folder, tokenizer, (file) => warn(`${file} is missing: the processor uses the released checkpoints' values`));
+    const c = processor.config;
+    const defaults = {
+      ...options,
+      maxVisualTokens: options.maxVisualTokens ?? c.maxTokens,
+      minVisualTokens: options.minVisualTokens ?? c.minTokens,
+      fps: options.fps ?? c.fps,
+      maxFrames: options.maxFrames ?? c.maxFrames,
+      maxImagePixels: options.maxImagePixels ?? DEFAULT_MAX_PIXELS,
+    };
+    checkBudgets(defaults, checkpoint.config.maxPositionEmbeddings, invalid);
+    const progress = options.onProgress;
+    if (progress) {
+      const total = checkpoint.weights.unreadBytes(flattenSpecs(decoderWeights(checkpoint.config)).map((s) => s.name));
+      let done = 0;
+      checkpoint.weights.onRead = (bytes) => progress({ stage: 'load', done: (done += bytes), total });
+    }
+    try {
+      return new VideoLLaMA3(new VideoLLaMA3Model(checkpoint, backend), processor, defaults);
+    } finally {
+      checkpoint.weights.onRead = undefined;
+    }
+  }
+
+  /** The model's context and vocabulary, and the budgets requests get by default. */
+  get info(): ModelInfo {
+    const d = this.defaults;
+    return {
+      contextLength: this.config.maxPositionEmbeddings,
+      vocabSize: this.config.vocabSize,
+      maxTokenBytes: this.tokenizer.maxTokenBytes,
+      maxVisualTokens: d.maxVisualTokens,
+      minVisualTokens: d.minVisualTokens,
+      fps: d.fps,
+      maxFrames: d.maxFrames,
+      maxImagePixels: d.maxImagePixels,
+    };
   }
 
   get checkpoint(): Checkpoint {
@@ -152,6 +239,9 @@ export class VideoLLaMA3 implements ChatModel {
       addGenerationPrompt: options.addGenerationPrompt,
       maxVisualTokens: options.maxVisualTokens ?? this.defaults.maxVisualTokens,
       minVisualTokens: options.minVisualTokens ?? this.defaults.minVisualTokens,
+      maxImagePixels: options.maxImagePixels ?? this.defaults.maxImagePixels,
+      textSpecialTokens: options.textSpecialTokens,
+      maxTextTokens: this.config.maxPositionEmbeddings - 1,
       baseDir: options.baseDir,
       fps: options.fps ?? this.defaults.fps,
       maxFrames: options.maxFrames ?? this.defaults.maxFrames,
@@ -224,10 +314,20 @@ export class VideoLLaMA3 implements ChatModel {
 
   /** Checks the request's own settings before it waits for anything. */
   private validated(options: ChatOptions): { sampling: SamplingOptions; stops: StopStrings } {
+    const invalid = (path: string, message: string) => new InvalidRequestError(message, { path });
+    checkNumbers(options, CHAT_RULES, invalid);
+    checkBudgets(
+      { maxVisualTokens: options.maxVisualTokens ?? this.defaults.maxVisualTokens, minVisualTokens: options.minVisualTokens ?? this.defaults.minVisualTokens },
+      this.config.maxPositionEmbeddings,
+      invalid,
+    );
+    if (options.textSpecialTokens !== undefined && options.textSpecialTokens !== 'control' && options.textSpecialTokens !== 'plain') {
+      throw invalid('textSpecialTokens', `textSpecialTokens must be 'control' or 'plain', got ${describeValue(options.textSpecialTokens)}`);
+    }
+    if (options.stop !== undefined && (!Array.isArray(options.stop) || !options.stop.every((s) => typeof s === 'string'))) {
+      throw invalid('stop', 'stop must be a list of strings');
+    }
     try {
-      const n = options.maxNewTokens;
-      if (n !== undefined && (!Number.isInteger(n) || n < 0)) throw new Error(`invalid maxNewTokens ${n}: must be an integer >= 0`);
-      if (options.stop !== undefined && !Array.isArray(options.stop)) throw new Error('stop must be a list of strings');
       const sampling = this.samplingFor(options);
       validateSampling(sampling);
       return { sampling, stops: new StopStrings(options.stop ?? []) };
@@ -245,7 +345,8 @@ export class VideoLLaMA3 implements ChatModel {
     try {
       const request = await this.prepare(input, options).catch((e: unknown) => {
         if (signal.aborted) throw new AbortError();
-        throw e instanceof InvalidRequestError ? e : new InvalidRequestError((e as Error).message, { cause: e });
+        if (e instanceof InvalidRequestError) throw e;
+        throw new InvalidRequestError((e as Error).message, { cause: e, path: e instanceof InputError ? e.path : undefined });
       });
       const context = this.config.maxPositionEmbeddings;
       if (request.llmInputIds.length >= context) {

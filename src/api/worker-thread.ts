@@ -5,11 +5,15 @@ import { VideoLLaMA3 } from './videollama3.js';
 
 const port = parentPort!;
 const send = (message: FromWorker) => port.postMessage(message);
-const { folder, options } = workerData as WorkerData;
+const { folder, options, progress } = workerData as WorkerData;
 const running = new Map<number, AbortController>();
 
 try {
-  const model = await VideoLLaMA3.load(folder, options);
+  const model = await VideoLLaMA3.load(folder, {
+    ...options,
+    onProgress: progress ? (event) => send({ type: 'load-progress', event }) : undefined,
+    onWarning: (message) => send({ type: 'warning', message }),
+  });
   port.on('message', (message: ToWorker) => {
     switch (message.type) {
       case 'chat': {
@@ -41,7 +45,7 @@ try {
         break;
     }
   });
-  send({ type: 'ready' });
+  send({ type: 'ready', info: model.info });
 } catch (e) {
   send({ type: 'load-error', error: serializeError(e) });
 }

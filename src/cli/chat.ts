@@ -91,13 +91,21 @@ export async function runChat(session: ChatSession): Promise<void> {
     answering = new AbortController();
     const bars = new ProgressBars();
     const stream = session.model.chat([...history, message], { ...session.options, signal: answering.signal, onProgress: bars.update });
-    try {
+    // The prefix is written once the bars are gone: removing them clears the line the cursor is on.
+    let started = false;
+    const start = () => {
+      if (started) return;
+      started = true;
+      bars.stop();
       output.write('assistant> ');
+    };
+    try {
       for await (const delta of stream) {
-        bars.stop();
+        start();
         output.write(delta);
       }
       const result = await stream.result;
+      start();
       output.write('\n');
       if (result.finishReason === 'abort') say('(stopped)');
       history.push(message, { role: 'assistant', content: result.text });
@@ -105,11 +113,11 @@ export async function runChat(session: ChatSession): Promise<void> {
     } catch (e) {
       bars.stop();
       if (e instanceof AbortError) {
-        say('\n(stopped)');
+        say(`${started ? '\n' : ''}(stopped)`);
         continue;
       }
       // The message is not kept: the user can fix the attachment (/reset) or retry, and the history stays valid.
-      say(`\nerror: ${(e as Error).message}`);
+      say(`${started ? '\n' : ''}error: ${(e as Error).message}`);
     } finally {
       answering = undefined;
     }

@@ -24,6 +24,7 @@ const modelOptions = (cmd: Command) =>
     .addOption(flag('--min-visual-tokens <n>', 'fewest visual tokens per image (default: the checkpoint\'s, 16)').argParser(integer('--min-visual-tokens', 1)))
     .addOption(flag('--fps <x>', 'video frames sampled per second (default: the checkpoint\'s, 1)').argParser(positive('--fps')))
     .addOption(flag('--max-frames <n>', 'most frames kept per video (default: the checkpoint\'s, 128; the paper uses 180)').argParser(integer('--max-frames', 1)))
+    .addOption(flag('--max-image-pixels <n>', 'largest image or video frame in pixels, read from its header before decoding (default 178956970; serve: 40000000)').argParser(integer('--max-image-pixels', 1)))
     .addOption(flag('--no-token-compression', 'keep every video token (turn the Differential Frame Pruner off)'));
 
 const list = (value: string) => value.split(',').map((s) => s.trim()).filter(Boolean);
@@ -35,22 +36,35 @@ const loadOptions = (o: Record<string, number | undefined>) => ({
   fps: o.fps,
   maxFrames: o.maxFrames,
   maxActiveRequests: o.maxActiveRequests,
+  maxImagePixels: o.maxImagePixels,
 });
 
-/** Loads a model (a folder, or a hub id downloaded with one progress bar per file), removing the bars after. */
-async function withDownloadBars<T>(load: (options: LoadOptions) => Promise<T>, o: Record<string, number | undefined>): Promise<T> {
-  const bars = new DownloadBars();
+/**
+ * Loads a model (a folder, or a hub id downloaded with one progress bar per file) with a bar for the weights being
+ * read, removing the bars after.
+ */
+async function withLoadBars<T>(load: (options: LoadOptions) => Promise<T>, o: Record<string, number | undefined>): Promise<T> {
+  const downloads = new DownloadBars();
+  const loading = new ProgressBars();
   try {
-    return await load({ ...loadOptions(o), hub: { onProgress: bars.update } });
+    return await load({
+      ...loadOptions(o),
+      hub: { onProgress: downloads.update },
+      onProgress: (event) => {
+        downloads.stop();
+        loading.update(event);
+      },
+    });
   } finally {
-    bars.stop();
+    downloads.stop();
+    loading.stop();
   }
 }
-const loadModel = (o: Record<string, number | undefined> & { model?: unknown }) => withDownloadBars((options) => VideoLLaMA3.load(String(o.model), options), o);
+const loadModel = (o: Record<string, number | undefined> & { model?: unknown }) => withLoadBars((options) => VideoLLaMA3.load(String(o.model), options), o);
 
 const samplingOptions = (cmd: Command) =>
   cmd
-    .addOption(flag('--max-new-tokens <n>', 'most tokens to generate').argParser(integer('--max-new-tokens', 0)).default(1024))
+    .addOption(flag('--max-new-tokens <n>', 'most tokens to generate').argParser(integer('--max-new-tokens', 0)).default(256))
     .addOption(flag('--greedy', 'greedy decoding instead of the checkpoint\'s sampling settings'))
     .addOption(flag('--temperature <x>', 'sampling temperature').argParser(number('--temperature')))
     .addOption(flag('--top-k <n>', 'sample among the k most likely tokens (0: off)').argParser(integer('--top-k', 0)))
@@ -74,10 +88,7 @@ async function readQuestion(parts: string[]): Promise<string> {
 }
 
 export function buildProgram(): Command {
-  const program = new Command('vl3')
-    .description('VideoLLaMA3 image and video understanding, in TypeScript')
-    .showHelpAfterError()
-    .exitOverride();
+  const program = new Command('vl3').description('VideoLLaMA3 image and video understanding, in TypeScript').exitOverride();
 
   const ask = program.command('ask').description('ask one question and stream the answer').argument('<question...>', 'the question ("-" reads stdin)');
   modelOptions(ask);
@@ -167,10 +178,19 @@ export function buildProgram(): Command {
     .addOption(flag('--max-images-per-request <n>', 'most images in one request (default 8)').argParser(integer('--max-images-per-request', 0)))
     .addOption(flag('--max-videos-per-request <n>', 'most videos in one request (default 2)').argParser(integer('--max-videos-per-request', 0)))
     .addOption(flag('--max-queued-requests <n>', 'requests waiting beyond the active ones before 503 (default 32)').argParser(integer('--max-queued-requests', 0)))
+    .addOption(flag('--max-messages <n>', 'most messages in one request (default 512)').argParser(integer('--max-messages', 1)))
+    .addOption(flag('--max-content-parts <n>', 'most content parts in one request, all messages together (default 2048)').argParser(integer('--max-content-parts', 1)))
+    .addOption(flag('--max-buffered-body-bytes <n>', 'request bodies held at once, all requests together, before 503 (default 256 MiB)').argParser(integer('--max-buffered-body-bytes', 1)))
+    .addOption(
+      flag('--text-special-tokens <mode>', 'special-token strings in message text, e.g. <|im_end|>: "plain" text (default) or "control" tokens as the official processor reads them').choices([
+        'plain',
+        'control',
+      ]),
+    )
     .addOption(flag('--log-json', 'log one JSON line per request on stderr'))
     .action(async (o) => {
       const ms = (s: number | undefined) => (s === undefined ? undefined : Math.round(s * 1000));
-      await serve(o.model, await withDownloadBars((options) => ModelWorker.load(o.model, options), o), o.maxActiveRequests, {
+      await serve(o.model, await withLoadBars((options) => ModelWorker.load(o.model, options), o), o.maxActiveRequests, {
         host: o.host,
         port: o.port,
         modelId: o.servedModelName,
@@ -186,6 +206,11 @@ export function buildProgram(): Command {
         maxImagesPerRequest: o.maxImagesPerRequest,
         maxVideosPerRequest: o.maxVideosPerRequest,
         maxQueuedRequests: o.maxQueuedRequests,
+        maxImagePixels: o.maxImagePixels,
+        maxMessages: o.maxMessages,
+        maxContentParts: o.maxContentParts,
+        maxBufferedBodyBytes: o.maxBufferedBodyBytes,
+        textSpecialTokens: o.textSpecialTokens,
         log: o.logJson ? (line) => process.stderr.write(JSON.stringify(line) + '\n') : undefined,
       });
     });
@@ -231,7 +256,14 @@ export function buildProgram(): Command {
       process.stderr.write(`wrote ${o.out} in ${((performance.now() - started) / 1000).toFixed(1)} s\n`);
     });
 
+  usageHints(program, 'vl3');
   return program;
+}
+
+/** A usage error prints its one line and where to read more, not the whole help. */
+function usageHints(command: Command, path: string): void {
+  command.showHelpAfterError(`(see "${path} --help")`);
+  for (const sub of command.commands) usageHints(sub, `${path} ${sub.name()}`);
 }
 
 export async function main(argv: string[]): Promise<number> {

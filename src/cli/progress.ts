@@ -1,52 +1,74 @@
-import { MultiBar, Presets, type SingleBar } from 'cli-progress';
+import { MultiBar, Presets, type Options, type SingleBar } from 'cli-progress';
+import type { LoadProgressEvent } from '../api/videollama3.js';
 import type { DownloadProgressEvent } from '../hub/index.js';
 import type { ProgressEvent } from '../processing/processor.js';
 
-const LABELS: Record<ProgressEvent['stage'], string> = {
+const LABELS: Record<BarEvent['stage'], string> = {
+  load: 'loading weights',
   decode: 'decoding frames',
   encode: 'encoding frames',
   prefill: 'reading prompt',
 };
 
+/** A stage of a model load or of a request. */
+type BarEvent = ProgressEvent | LoadProgressEvent;
+
+/** Bars that are drawn only once something happens, and removed exactly once. */
+abstract class TerminalBars {
+  protected readonly multi?: MultiBar;
+  private state: 'idle' | 'drawing' | 'stopped' = 'idle';
+
+  constructor(options: Options | undefined) {
+    if (options) this.multi = new MultiBar({ stream: process.stderr, hideCursor: true, stopOnComplete: false, ...options }, Presets.shades_classic);
+  }
+
+  /** True while bars may be drawn; marks them as drawn. */
+  protected drawing(): boolean {
+    if (!this.multi || this.state === 'stopped') return false;
+    this.state = 'drawing';
+    return true;
+  }
+
+  /**
+   * Removes the bars, once. Later calls and updates do nothing: each stop of cli-progress returns the cursor to the
+   * start of its line and clears the screen below, which would erase the answer printed since.
+   */
+  stop(): void {
+    if (this.state === 'drawing') this.multi!.stop();
+    this.state = 'stopped';
+  }
+}
+
 /**
- * Progress bars on stderr for the long stages of a request (decode, encode, prefill), shown only when stderr is a
- * terminal so that pipes and logs stay clean. `stop()` must be called before printing the answer.
+ * Progress bars on stderr for the long stages of a model load (weights read) and of a request (decode, encode,
+ * prefill), shown only when stderr is a terminal so that pipes and logs stay clean. `stop()` must be called before
+ * printing the answer.
  */
-export class ProgressBars {
-  private readonly multi?: MultiBar;
-  private readonly bars = new Map<ProgressEvent['stage'], SingleBar>();
+export class ProgressBars extends TerminalBars {
+  private readonly bars = new Map<BarEvent['stage'], SingleBar>();
   private lastDraw = 0;
 
   constructor(enabled = process.stderr.isTTY === true) {
-    if (enabled) {
-      this.multi = new MultiBar(
-        { stream: process.stderr, format: ' {stage} [{bar}] {value}/{total}', hideCursor: true, clearOnComplete: true, stopOnComplete: false },
-        Presets.shades_classic,
-      );
-    }
+    super(enabled ? { format: ' {stage} [{bar}] {amount}', clearOnComplete: true } : undefined);
   }
 
-  readonly update = (event: ProgressEvent): void => {
-    if (!this.multi) return;
+  readonly update = (event: BarEvent): void => {
+    if (!this.drawing()) return;
+    const amount = event.stage === 'load' ? `${humanBytes(event.done)} of ${humanBytes(event.total)}` : `${event.done}/${event.total}`;
     let bar = this.bars.get(event.stage);
     if (!bar) {
-      bar = this.multi.create(event.total, 0, { stage: LABELS[event.stage].padEnd(16) });
+      bar = this.multi!.create(event.total, 0, { stage: LABELS[event.stage].padEnd(16), amount });
       this.bars.set(event.stage, bar);
     }
     bar.setTotal(event.total);
-    bar.update(event.done);
-    // Encoding and prefill run synchronously and starve the bars' redraw timer: redraw from here (at most 10/s).
+    bar.update(event.done, { amount });
+    // Loading, encoding and prefill run synchronously and starve the bars' redraw timer: redraw from here (10/s).
     const now = performance.now();
     if (event.done === event.total || now - this.lastDraw > 100) {
       this.lastDraw = now;
-      this.multi.update();
+      this.multi!.update();
     }
   };
-
-  /** Removes the bars (before the answer streams). */
-  stop(): void {
-    this.multi?.stop();
-  }
 }
 
 /** Decimal units, as the hub shows sizes. */
@@ -65,17 +87,11 @@ export function humanBytes(bytes: number): string {
  * One bar per file on a terminal. Elsewhere (CI logs, pipes) bars would be escape-code noise, so each finished file
  * gets one plain line instead.
  */
-export class DownloadBars {
-  private readonly multi?: MultiBar;
+export class DownloadBars extends TerminalBars {
   private readonly bars = new Map<string, SingleBar>();
 
-  constructor(private readonly tty = process.stderr.isTTY === true) {
-    if (tty) {
-      this.multi = new MultiBar(
-        { stream: process.stderr, format: ' {file} [{bar}] {percentage}% {have}/{size}', barsize: 24, hideCursor: true, clearOnComplete: false, stopOnComplete: false },
-        Presets.shades_classic,
-      );
-    }
+  constructor(tty = process.stderr.isTTY === true) {
+    super(tty ? { format: ' {file} [{bar}] {percentage}% {have}/{size}', barsize: 24, clearOnComplete: false } : undefined);
   }
 
   readonly update = (e: DownloadProgressEvent): void => {
@@ -84,6 +100,7 @@ export class DownloadBars {
       if (e.done) process.stderr.write(`downloaded ${e.file} (${humanBytes(e.totalBytes)})\n`);
       return;
     }
+    if (!this.drawing()) return;
     let bar = this.bars.get(e.file);
     if (!bar) {
       bar = this.multi.create(Math.max(e.totalBytes, 1), 0, payload);
@@ -91,10 +108,6 @@ export class DownloadBars {
     }
     bar.update(e.totalBytes === 0 && e.done ? 1 : e.downloadedBytes, payload);
   };
-
-  stop(): void {
-    this.multi?.stop();
-  }
 }
 
 /** A name in a fixed width, keeping its end (the file name) when it is too long: bars fit 80 columns. */

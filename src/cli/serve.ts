@@ -2,7 +2,7 @@
 import { basename, resolve } from 'node:path';
 import type { ModelWorker } from '../api/model-worker.js';
 import { parseModelRef } from '../hub/index.js';
-import { startServer, type ServerOptions } from '../server/server.js';
+import { startServer, type RunningServer, type ServerOptions } from '../server/server.js';
 
 export interface ServeSettings extends Omit<ServerOptions, 'model' | 'modelId'> {
   modelId?: string;
@@ -21,7 +21,17 @@ export function defaultModelId(ref: string, folder: string): string {
 /** Serves a loaded model until SIGINT or SIGTERM, then closes connections and the worker. */
 export async function serve(ref: string, model: ModelWorker, maxActiveRequests: number | undefined, settings: ServeSettings): Promise<void> {
   const modelId = settings.modelId ?? defaultModelId(ref, model.folder);
-  const server = await startServer({ ...settings, model, modelId, maxConcurrentRequests: maxActiveRequests });
+  let server: RunningServer;
+  try {
+    server = await startServer({ ...settings, model, modelId, maxConcurrentRequests: maxActiveRequests });
+  } catch (e) {
+    // The worker thread would keep the process alive after the error is printed.
+    await model.close();
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'EADDRINUSE') throw new Error(`cannot listen on ${settings.host ?? '127.0.0.1'}:${settings.port}: the port is in use`, { cause: e });
+    if (code === 'EACCES') throw new Error(`cannot listen on ${settings.host ?? '127.0.0.1'}:${settings.port}: permission denied`, { cause: e });
+    throw e;
+  }
   process.stderr.write(`vl3: serving ${modelId} at ${server.url} (OpenAI API at ${server.url}/v1, chat page at ${server.url}/)\n`);
   await new Promise<void>((done) => {
     const stop = () => {

@@ -4,6 +4,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { DType } from '../tensor/dtype.js';
+import { CheckpointError } from './errors.js';
 import type { Tensor } from '../tensor/tensor.js';
 import {
   generationConfigFromModel,
@@ -12,7 +13,7 @@ import {
   type GenerationConfig,
   type VideoLlama3Config,
 } from './config.js';
-import { INDEX_FILE_NAME, SafetensorsCheckpoint, SINGLE_FILE_NAME, type TensorInfo } from './safetensors.js';
+import { INDEX_FILE_NAME, SafetensorsCheckpoint, SINGLE_FILE_NAME, type SafetensorsFile, type TensorInfo } from './safetensors.js';
 
 export const LM_HEAD = 'lm_head.weight';
 export const EMBED_TOKENS = 'model.embed_tokens.weight';
@@ -42,6 +43,8 @@ export class CheckpointWeights {
   private readonly storedName = new Map<string, string>();
   private readonly cache = new Map<string, Tensor>();
   private readBytes = 0;
+  /** Called with the byte length of each tensor as it is read from disk. */
+  onRead?: (bytes: number) => void;
 
   constructor(
     readonly store: SafetensorsCheckpoint,
@@ -51,7 +54,7 @@ export class CheckpointWeights {
       const canonical = canonicalWeightName(stored);
       const previous = this.storedName.get(canonical);
       if (previous !== undefined) {
-        throw new Error(`checkpoint ${store.folder}: "${previous}" and "${stored}" are the same weight under two names`);
+        throw new CheckpointError(`checkpoint ${store.folder}: "${previous}" and "${stored}" are the same weight under two names`, store.folder, stored);
       }
       this.storedName.set(canonical, stored);
     }
@@ -76,7 +79,7 @@ export class CheckpointWeights {
       canonicalWeightName(name) === LM_HEAD && !this.tieWordEmbeddings
         ? ' and tie_word_embeddings is false, so it cannot be taken from the embeddings'
         : '';
-    throw new Error(`checkpoint ${this.store.folder}: tensor "${name}" not found in ${files}${why}`);
+    throw new CheckpointError(`checkpoint ${this.store.folder}: tensor "${name}" not found in ${files}${why}`, this.store.folder, name);
   }
 
   /** True when `get(name)` would find a tensor (counting a tied lm_head). */
@@ -90,27 +93,43 @@ export class CheckpointWeights {
   }
 
   /**
-   * The tensor `name`, checked against `expectedShape` and, when given, `allowedDtypes`. Shape and dtype are checked
-   * from the header before anything is read, so a mismatch costs no I/O.
+   * Checks the tensor `name` against `expectedShape` and, when given, `allowedDtypes`, from the header alone (no I/O).
+   * Returns where it is stored.
    */
-  get(name: string, expectedShape?: readonly number[], allowedDtypes?: readonly DType[]): Tensor {
+  check(name: string, expectedShape?: readonly number[], allowedDtypes?: readonly DType[]): { stored: string; file: SafetensorsFile; info: TensorInfo } {
     const hit = this.resolve(name) ?? this.missing(name);
     const file = this.store.fileOf(hit.stored);
     const info = file.info(hit.stored);
     const where = `checkpoint file ${file.path}: tensor "${hit.stored}"${hit.note}`;
     if (expectedShape && !sameShape(info.shape, expectedShape)) {
-      throw new Error(`${where}: shape ${fmtShape(info.shape)}, expected ${fmtShape(expectedShape)}`);
+      throw new CheckpointError(`${where}: shape ${fmtShape(info.shape)}, expected ${fmtShape(expectedShape)} from the config`, file.path, hit.stored);
     }
     if (info.dtype === 'f64' || (allowedDtypes && !allowedDtypes.includes(info.dtype))) {
-      throw new Error(`${where}: dtype ${info.dtype}, expected ${allowedDtypes?.join(' or ') ?? 'a tensor dtype'}`);
+      throw new CheckpointError(`${where}: dtype ${info.dtype}, expected ${allowedDtypes?.join(' or ') ?? 'a tensor dtype'}`, file.path, hit.stored);
     }
-    let tensor = this.cache.get(hit.stored);
+    return { stored: hit.stored, file, info };
+  }
+
+  /**
+   * The tensor `name`, checked as `check` does before anything is read, so a mismatch costs no I/O. `onRead` (set
+   * by the loader) hears of every tensor read from disk, for progress.
+   */
+  get(name: string, expectedShape?: readonly number[], allowedDtypes?: readonly DType[]): Tensor {
+    const { stored, file, info } = this.check(name, expectedShape, allowedDtypes);
+    let tensor = this.cache.get(stored);
     if (!tensor) {
-      tensor = file.read(hit.stored);
-      this.cache.set(hit.stored, tensor);
+      tensor = file.read(stored);
+      this.cache.set(stored, tensor);
       this.readBytes += info.byteLength;
+      this.onRead?.(info.byteLength);
     }
     return tensor;
+  }
+
+  /** Bytes of the tensors `names` resolve to that are not read yet (a tied lm_head counts once). */
+  unreadBytes(names: readonly string[]): number {
+    const stored = new Set(names.map((n) => this.check(n).stored).filter((s) => !this.cache.has(s)));
+    return [...stored].reduce((sum, s) => sum + this.store.info(s).byteLength, 0);
   }
 
   /** Bytes read from disk so far and the number of distinct tensors they came from. */
@@ -137,10 +156,10 @@ export interface Checkpoint {
  */
 export function loadCheckpoint(folder: string): Checkpoint {
   if (!fs.existsSync(folder) || !fs.statSync(folder).isDirectory()) {
-    throw new Error(`checkpoint ${folder}: not a directory`);
+    throw new CheckpointError(`checkpoint ${folder}: not a directory`, folder);
   }
   const configPath = path.join(folder, 'config.json');
-  if (!fs.existsSync(configPath)) throw new Error(`checkpoint ${folder}: config.json not found (expected ${configPath})`);
+  if (!fs.existsSync(configPath)) throw new CheckpointError(`checkpoint ${folder}: config.json not found (expected ${configPath})`, configPath);
   const config = readModelConfig(configPath);
 
   const generationPath = path.join(folder, 'generation_config.json');
@@ -153,7 +172,7 @@ export function loadCheckpoint(folder: string): Checkpoint {
   if (!fs.existsSync(single) && !fs.existsSync(index)) {
     const pickle = ['pytorch_model.bin', 'pytorch_model.bin.index.json'].find((f) => fs.existsSync(path.join(folder, f)));
     const hint = pickle ? ` (found ${pickle}: PyTorch pickles are not supported, convert it to safetensors)` : '';
-    throw new Error(`checkpoint ${folder}: no weights, expected ${single} or ${index}${hint}`);
+    throw new CheckpointError(`checkpoint ${folder}: no weights, expected ${single} or ${index}${hint}`, folder);
   }
   const weights = new CheckpointWeights(SafetensorsCheckpoint.open(folder), config.tieWordEmbeddings);
   return { folder, config, generationConfig, weights };

@@ -7,6 +7,7 @@
  * when absent. Any key present with the wrong JSON type is an error naming the file and the key.
  */
 import * as fs from 'node:fs';
+import { CheckpointError } from './errors.js';
 
 export interface VisionEncoderConfig {
   modelType: string;
@@ -81,7 +82,7 @@ class KeyReader {
   ) {}
 
   private fail(key: string, problem: string): never {
-    throw new Error(`${this.file}: key "${this.prefix}${key}" ${problem}`);
+    throw new CheckpointError(`${this.file}: key "${this.prefix}${key}" ${problem}`, this.file);
   }
 
   private get(key: string): unknown {
@@ -169,21 +170,21 @@ function readJsonObject(file: string): Json {
   try {
     text = fs.readFileSync(file, 'utf8');
   } catch (err) {
-    throw new Error(`${file}: cannot read (${(err as Error).message})`);
+    throw new CheckpointError(`${file}: cannot read (${(err as Error).message})`, file);
   }
   let value: unknown;
   try {
     value = JSON.parse(text);
   } catch (err) {
-    throw new Error(`${file}: invalid JSON (${(err as Error).message})`);
+    throw new CheckpointError(`${file}: invalid JSON (${(err as Error).message})`, file);
   }
-  if (value === null || typeof value !== 'object' || Array.isArray(value)) throw new Error(`${file}: not a JSON object`);
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) throw new CheckpointError(`${file}: not a JSON object`, file);
   return value as Json;
 }
 
 function headDimOf(file: string, keyPrefix: string, hidden: number, heads: number): number {
   if (hidden % heads !== 0) {
-    throw new Error(`${file}: "${keyPrefix}hidden_size" ${hidden} is not divisible by "${keyPrefix}num_attention_heads" ${heads}`);
+    throw new CheckpointError(`${file}: "${keyPrefix}hidden_size" ${hidden} is not divisible by "${keyPrefix}num_attention_heads" ${heads}`, file);
   }
   return hidden / heads;
 }
@@ -212,7 +213,7 @@ export function parseModelConfig(json: Json, file = 'config.json'): VideoLlama3C
   const r = new KeyReader(file, json);
   const modelType = r.str('model_type');
   if (modelType !== 'videollama3_qwen2') {
-    throw new Error(`${file}: key "model_type" is "${modelType}"; only "videollama3_qwen2" checkpoints are supported`);
+    throw new CheckpointError(`${file}: key "model_type" is "${modelType}"; only "videollama3_qwen2" checkpoints are supported`, file);
   }
   const hiddenSize = r.positiveInt('hidden_size');
   const numAttentionHeads = r.positiveInt('num_attention_heads');
@@ -220,7 +221,7 @@ export function parseModelConfig(json: Json, file = 'config.json'): VideoLlama3C
   // Qwen2Config: a missing num_key_value_heads means plain multi-head attention.
   const numKeyValueHeads = r.positiveInt('num_key_value_heads', numAttentionHeads);
   if (numAttentionHeads % numKeyValueHeads !== 0) {
-    throw new Error(`${file}: "num_attention_heads" ${numAttentionHeads} is not a multiple of "num_key_value_heads" ${numKeyValueHeads}`);
+    throw new CheckpointError(`${file}: "num_attention_heads" ${numAttentionHeads} is not a multiple of "num_key_value_heads" ${numKeyValueHeads}`, file);
   }
   return {
     modelType,

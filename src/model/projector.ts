@@ -1,6 +1,7 @@
 import type { Backend } from '../tensor/backend.js';
 import { Tensor } from '../tensor/tensor.js';
 import type { WeightSource } from './qwen2.js';
+import { loadSpecs, projectorWeights } from './weight-names.js';
 
 /**
  * The `mlp2x_gelu` projector (spec 7): Linear(C→H) → GELU (exact erf form) → Linear(H→H), per visual token.
@@ -20,10 +21,11 @@ export class Projector {
     prefix = 'model.mm_projector.readout.',
   ) {
     if (type !== 'mlp2x_gelu') throw new Error(`projector type "${type}" is not supported (only mlp2x_gelu, used by every release)`);
-    this.w1 = weights.get(`${prefix}0.weight`, [outputSize, visionSize]);
-    this.b1 = weights.get(`${prefix}0.bias`, [outputSize]);
-    this.w2 = weights.get(`${prefix}2.weight`, [outputSize, outputSize]);
-    this.b2 = weights.get(`${prefix}2.bias`, [outputSize]);
+    const w = loadSpecs(projectorWeights(visionSize, outputSize, prefix), (spec) => weights.get(spec.name, spec.shape));
+    this.w1 = w.fc1.weight;
+    this.b1 = w.fc1.bias;
+    this.w2 = w.fc2.weight;
+    this.b2 = w.fc2.bias;
   }
 
   /** features [n, C] → [n, H]. */

@@ -3,6 +3,7 @@ import { Tensor } from '../tensor/tensor.js';
 import { Workspace } from '../tensor/workspace.js';
 import type { VideoLlama3Config } from './config.js';
 import { fillRopeTables, ropeInverseFrequencies } from './rope.js';
+import { decoderWeights, loadSpecs, type Loaded } from './weight-names.js';
 
 /** The Qwen2.5 sizes the decoder needs (spec 8.1), as the checkpoint's config states them. */
 export type Qwen2Dims = Pick<
@@ -33,20 +34,8 @@ export interface AttentionCache {
   advance(count: number): void;
 }
 
-interface DecoderLayer {
-  inputNorm: Tensor;
-  qProj: Tensor;
-  qBias: Tensor;
-  kProj: Tensor;
-  kBias: Tensor;
-  vProj: Tensor;
-  vBias: Tensor;
-  oProj: Tensor;
-  postNorm: Tensor;
-  gateProj: Tensor;
-  upProj: Tensor;
-  downProj: Tensor;
-}
+/** One decoder layer's tensors, named as in `decoderWeights`. */
+type DecoderLayer = Loaded<ReturnType<typeof decoderWeights>['layers'][number], Tensor>;
 
 export interface ForwardOptions {
   /** Called with (index, rows) for every hidden state transformers reports: the embeddings, each layer's output
@@ -74,32 +63,16 @@ export class Qwen2Model {
     readonly backend: Backend,
     lmHeadName = 'lm_head.weight',
   ) {
-    const { hiddenSize: H, intermediateSize: I, numAttentionHeads: Hq, numKeyValueHeads: Hkv, vocabSize: V } = dims;
+    const { hiddenSize: H, numAttentionHeads: Hq, numKeyValueHeads: Hkv } = dims;
     if (H % Hq !== 0) throw new Error(`hidden size ${H} is not divisible by ${Hq} attention heads`);
     if (Hq % Hkv !== 0) throw new Error(`${Hq} attention heads are not a multiple of ${Hkv} key/value heads`);
     this.headDim = H / Hq;
-    const kv = Hkv * this.headDim;
-    this.embedTokens = weights.get('model.embed_tokens.weight', [V, H]);
+    const w = loadSpecs(decoderWeights(dims, lmHeadName), (spec) => weights.get(spec.name, spec.shape));
+    this.embedTokens = w.embedTokens;
     // The weight source resolves a tied head to the embedding table (2B stores no lm_head.weight).
-    this.lmHead = weights.get(lmHeadName, [V, H]);
-    this.finalNorm = weights.get('model.norm.weight', [H]);
-    this.layers = Array.from({ length: dims.numHiddenLayers }, (_, i) => {
-      const p = `model.layers.${i}.`;
-      return {
-        inputNorm: weights.get(`${p}input_layernorm.weight`, [H]),
-        qProj: weights.get(`${p}self_attn.q_proj.weight`, [H, H]),
-        qBias: weights.get(`${p}self_attn.q_proj.bias`, [H]),
-        kProj: weights.get(`${p}self_attn.k_proj.weight`, [kv, H]),
-        kBias: weights.get(`${p}self_attn.k_proj.bias`, [kv]),
-        vProj: weights.get(`${p}self_attn.v_proj.weight`, [kv, H]),
-        vBias: weights.get(`${p}self_attn.v_proj.bias`, [kv]),
-        oProj: weights.get(`${p}self_attn.o_proj.weight`, [H, H]),
-        postNorm: weights.get(`${p}post_attention_layernorm.weight`, [H]),
-        gateProj: weights.get(`${p}mlp.gate_proj.weight`, [I, H]),
-        upProj: weights.get(`${p}mlp.up_proj.weight`, [I, H]),
-        downProj: weights.get(`${p}mlp.down_proj.weight`, [H, I]),
-      };
-    });
+    this.lmHead = w.lmHead;
+    this.finalNorm = w.finalNorm;
+    this.layers = w.layers;
     this.invFreq = ropeInverseFrequencies(this.headDim, dims.ropeTheta);
   }
 

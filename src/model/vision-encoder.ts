@@ -4,6 +4,7 @@ import { Workspace } from '../tensor/workspace.js';
 import type { VisionEncoderConfig } from './config.js';
 import type { WeightSource } from './qwen2.js';
 import { visionRopeTables, type VisualGrid } from './vision-rope.js';
+import { loadSpecs, visionEncoderWeights } from './weight-names.js';
 
 /** The sizes of the SigLIP-style encoder (spec 6), as the checkpoint's config states them. */
 export type VisionDims = Pick<
@@ -11,16 +12,8 @@ export type VisionDims = Pick<
   'hiddenSize' | 'intermediateSize' | 'numHiddenLayers' | 'numAttentionHeads' | 'patchSize' | 'numChannels' | 'layerNormEps'
 >;
 
-interface EncoderLayer {
-  norm1: [Tensor, Tensor];
-  q: [Tensor, Tensor];
-  k: [Tensor, Tensor];
-  v: [Tensor, Tensor];
-  out: [Tensor, Tensor];
-  norm2: [Tensor, Tensor];
-  fc1: [Tensor, Tensor];
-  fc2: [Tensor, Tensor];
-}
+type LinearWeights = { weight: Tensor; bias: Tensor };
+type EncoderLayer = Record<'norm1' | 'q' | 'k' | 'v' | 'out' | 'norm2' | 'fc1' | 'fc2', LinearWeights>;
 
 export interface EncodeOptions {
   /** Receives intermediate tensors by the fixtures' names ('patch_embeds', 'encoder_layer{i}_out', 'pre_merge',
@@ -40,9 +33,9 @@ export const ENCODER_CHUNK_ROWS = 4096;
  */
 export class VisionEncoder {
   readonly headDim: number;
-  private readonly patchEmbed: [Tensor, Tensor];
+  private readonly patchEmbed: LinearWeights;
   private readonly layers: EncoderLayer[];
-  private readonly postNorm: [Tensor, Tensor];
+  private readonly postNorm: LinearWeights;
   private readonly ws = new Workspace();
 
   constructor(
@@ -51,30 +44,14 @@ export class VisionEncoder {
     readonly backend: Backend,
     prefix = 'model.vision_encoder.',
   ) {
-    const { hiddenSize: C, intermediateSize: I, numAttentionHeads: heads, patchSize: p, numChannels: ch } = dims;
+    const { hiddenSize: C, numAttentionHeads: heads, patchSize: p, numChannels: ch } = dims;
     if (C % heads !== 0) throw new Error(`vision hidden size ${C} is not divisible by ${heads} heads`);
     this.headDim = C / heads;
     if (this.headDim % 4 !== 0) throw new Error(`vision head dim ${this.headDim} must be a multiple of 4 for 2-D RoPE`);
-    const pair = (name: string, shape: number[]): [Tensor, Tensor] => [
-      weights.get(`${prefix}${name}.weight`, shape),
-      weights.get(`${prefix}${name}.bias`, [shape[0]!]),
-    ];
-    const [convW, convB] = pair('embeddings.patch_embedding', [C, ch, p, p]);
-    this.patchEmbed = [convW.reshape([C, ch * p * p]), convB];
-    this.layers = Array.from({ length: dims.numHiddenLayers }, (_, i) => {
-      const l = `encoder.layers.${i}.`;
-      return {
-        norm1: pair(`${l}layer_norm1`, [C]),
-        q: pair(`${l}self_attn.q_proj`, [C, C]),
-        k: pair(`${l}self_attn.k_proj`, [C, C]),
-        v: pair(`${l}self_attn.v_proj`, [C, C]),
-        out: pair(`${l}self_attn.out_proj`, [C, C]),
-        norm2: pair(`${l}layer_norm2`, [C]),
-        fc1: pair(`${l}mlp.fc1`, [I, C]),
-        fc2: pair(`${l}mlp.fc2`, [C, I]),
-      };
-    });
-    this.postNorm = pair('post_layernorm', [C]);
+    const w = loadSpecs(visionEncoderWeights(dims, prefix), (spec) => weights.get(spec.name, spec.shape));
+    this.patchEmbed = { weight: w.patchEmbed.weight.reshape([C, ch * p * p]), bias: w.patchEmbed.bias };
+    this.layers = w.layers;
+    this.postNorm = w.postNorm;
   }
 
   /** Patch values per row (channels × patch × patch). */
@@ -153,13 +130,13 @@ export class VisionEncoder {
     }
     const scale = 1 / Math.sqrt(D);
 
-    b.matmul(pixels, this.patchEmbed[0], this.patchEmbed[1], x);
+    b.matmul(pixels, this.patchEmbed.weight, this.patchEmbed.bias, x);
     options.onTensor?.('patch_embeds', x, firstRow);
     this.layers.forEach((layer, i) => {
-      b.layerNorm(x, layer.norm1[0], layer.norm1[1], eps, h);
-      b.matmul(h, layer.q[0], layer.q[1], q.reshape([n, C]));
-      b.matmul(h, layer.k[0], layer.k[1], k.reshape([n, C]));
-      b.matmul(h, layer.v[0], layer.v[1], v.reshape([n, C]));
+      b.layerNorm(x, layer.norm1.weight, layer.norm1.bias, eps, h);
+      b.matmul(h, layer.q.weight, layer.q.bias, q.reshape([n, C]));
+      b.matmul(h, layer.k.weight, layer.k.bias, k.reshape([n, C]));
+      b.matmul(h, layer.v.weight, layer.v.bias, v.reshape([n, C]));
       b.rope(q, cos, sin, q);
       b.rope(k, cos, sin, k);
       // Attention never crosses an image or frame boundary.
@@ -169,16 +146,16 @@ export class VisionEncoder {
         b.attention(q.rows(s, e), k.rows(s, e), v.rows(s, e), attn.rows(s, e), { scale, causal: false });
         s = e;
       }
-      b.matmul(attn.reshape([n, C]), layer.out[0], layer.out[1], h);
+      b.matmul(attn.reshape([n, C]), layer.out.weight, layer.out.bias, h);
       b.add(x, h, x);
-      b.layerNorm(x, layer.norm2[0], layer.norm2[1], eps, h);
-      b.matmul(h, layer.fc1[0], layer.fc1[1], mlp);
+      b.layerNorm(x, layer.norm2.weight, layer.norm2.bias, eps, h);
+      b.matmul(h, layer.fc1.weight, layer.fc1.bias, mlp);
       b.gelu(mlp, mlp, 'tanh');
-      b.matmul(mlp, layer.fc2[0], layer.fc2[1], h);
+      b.matmul(mlp, layer.fc2.weight, layer.fc2.bias, h);
       b.add(x, h, x);
       options.onTensor?.(`encoder_layer${i}_out`, x, firstRow);
     });
-    b.layerNorm(x, this.postNorm[0], this.postNorm[1], eps, x);
+    b.layerNorm(x, this.postNorm.weight, this.postNorm.bias, eps, x);
     options.onTensor?.('pre_merge', x, firstRow);
     return x;
   }

@@ -15,6 +15,8 @@
  *
  * Errors name the offending place, e.g. `messages[1].content[0]: unknown part type "foo"`.
  */
+import { describeValue, quoted } from './describe.js';
+import { InputError } from './input-error.js';
 import { isPlainObject } from './json-file.js';
 
 export type Role = 'system' | 'user' | 'assistant' | 'stream';
@@ -73,27 +75,17 @@ export const DEFAULT_ADD_GENERATION_PROMPT = true;
 
 /** Where a validation problem was found, e.g. `messages[1].content[0]`. */
 function fail(where: string, problem: string): never {
-  throw new Error(`${where}: ${problem}`);
-}
-
-/** A short description of a bad value for an error message. */
-function describe(value: unknown): string {
-  if (value === undefined) return 'nothing';
-  if (value === null) return 'null';
-  if (Array.isArray(value)) return 'a list';
-  if (typeof value === 'string') return `the string ${JSON.stringify(value.length > 40 ? value.slice(0, 40) + '…' : value)}`;
-  if (typeof value === 'object') return 'an object';
-  return String(value);
+  throw new InputError(where, problem);
 }
 
 function rejectUnknownKeys(where: string, object: Record<string, unknown>, allowed: readonly string[]): void {
   for (const key of Object.keys(object)) {
-    if (!allowed.includes(key)) fail(where, `unknown key "${key}" (allowed: ${allowed.join(', ')})`);
+    if (!allowed.includes(key)) fail(where, `unknown key ${quoted(key)} (allowed: ${allowed.join(', ')})`);
   }
 }
 
 function nonEmptyString(where: string, value: unknown): string {
-  if (typeof value !== 'string' || value.length === 0) fail(where, `expected a non-empty string, got ${describe(value)}`);
+  if (typeof value !== 'string' || value.length === 0) fail(where, `expected a non-empty string, got ${describeValue(value)}`);
   return value;
 }
 
@@ -104,7 +96,7 @@ function optionalNumber(
 ): number | undefined {
   if (value === undefined) return undefined;
   const wanted = `${check.integer ? 'an integer' : 'a number'}${check.positive ? ' > 0' : check.min !== undefined ? ` >= ${check.min}` : ''}`;
-  if (typeof value !== 'number' || !Number.isFinite(value)) fail(where, `expected ${wanted}, got ${describe(value)}`);
+  if (typeof value !== 'number' || !Number.isFinite(value)) fail(where, `expected ${wanted}, got ${describeValue(value)}`);
   if (check.integer && !Number.isInteger(value)) fail(where, `expected ${wanted}, got ${value}`);
   if (check.positive && !(value > 0)) fail(where, `expected ${wanted}, got ${value}`);
   if (check.min !== undefined && value < check.min) fail(where, `expected ${wanted}, got ${value}`);
@@ -113,7 +105,7 @@ function optionalNumber(
 
 function optionalBoolean(where: string, value: unknown): boolean | undefined {
   if (value === undefined) return undefined;
-  if (typeof value !== 'boolean') fail(where, `expected true or false, got ${describe(value)}`);
+  if (typeof value !== 'boolean') fail(where, `expected true or false, got ${describeValue(value)}`);
   return value;
 }
 
@@ -127,7 +119,7 @@ const PART_TYPES = ['text', 'image', 'video'] as const;
 function partType(where: string, part: Record<string, unknown>): ContentPart['type'] {
   if (part.type !== undefined) {
     if (typeof part.type !== 'string' || !(PART_TYPES as readonly string[]).includes(part.type)) {
-      fail(where, `unknown part type ${typeof part.type === 'string' ? JSON.stringify(part.type) : describe(part.type)} (expected text, image or video)`);
+      fail(where, `unknown part type ${typeof part.type === 'string' ? quoted(part.type) : describeValue(part.type)} (expected text, image or video)`);
     }
     return part.type as ContentPart['type'];
   }
@@ -138,7 +130,7 @@ function partType(where: string, part: Record<string, unknown>): ContentPart['ty
 
 function parseVideoSpec(where: string, value: unknown): string | VideoSpec {
   if (typeof value === 'string') return nonEmptyString(where, value);
-  if (!isPlainObject(value)) fail(where, `expected a path or {video_path, fps, max_frames, start_time, end_time}, got ${describe(value)}`);
+  if (!isPlainObject(value)) fail(where, `expected a path or {video_path, fps, max_frames, start_time, end_time}, got ${describeValue(value)}`);
   rejectUnknownKeys(where, value, ['video_path', 'fps', 'max_frames', 'start_time', 'end_time']);
   const spec: VideoSpec = withoutUndefined({
     video_path: nonEmptyString(`${where}.video_path`, value.video_path),
@@ -155,19 +147,19 @@ function parseVideoSpec(where: string, value: unknown): string | VideoSpec {
 
 function parseImageSource(where: string, value: unknown): string | { image_path: string } {
   if (typeof value === 'string') return nonEmptyString(where, value);
-  if (!isPlainObject(value)) fail(where, `expected a path, a data URL or {image_path}, got ${describe(value)}`);
+  if (!isPlainObject(value)) fail(where, `expected a path, a data URL or {image_path}, got ${describeValue(value)}`);
   rejectUnknownKeys(where, value, ['image_path']);
   return { image_path: nonEmptyString(`${where}.image_path`, value.image_path) };
 }
 
 function parsePart(where: string, value: unknown): ContentPart {
   if (typeof value === 'string') return { type: 'text', text: value };
-  if (!isPlainObject(value)) fail(where, `expected a string or a part object, got ${describe(value)}`);
+  if (!isPlainObject(value)) fail(where, `expected a string or a part object, got ${describeValue(value)}`);
   const type = partType(where, value);
   switch (type) {
     case 'text':
       rejectUnknownKeys(where, value, ['type', 'text']);
-      if (typeof value.text !== 'string') fail(`${where}.text`, `expected a string, got ${describe(value.text)}`);
+      if (typeof value.text !== 'string') fail(`${where}.text`, `expected a string, got ${describeValue(value.text)}`);
       return { type, text: value.text };
     case 'image':
       rejectUnknownKeys(where, value, ['type', 'image', 'timestamp']);
@@ -195,28 +187,28 @@ function parseTimestamps(where: string, value: unknown, numFrames: number | unde
       ? Array.from(value)
       : undefined;
   if (list === undefined || !list.every((t) => typeof t === 'number' && Number.isFinite(t))) {
-    fail(where, `expected a list of numbers, got ${describe(value)}`);
+    fail(where, `expected a list of numbers, got ${describeValue(value)}`);
   }
   if (list.length !== numFrames) fail(where, `has ${list.length} entries for num_frames ${numFrames}`);
   return list.slice() as number[];
 }
 
 function parseMessage(where: string, value: unknown): Message {
-  if (!isPlainObject(value)) fail(where, `expected a {role, content} object, got ${describe(value)}`);
+  if (!isPlainObject(value)) fail(where, `expected a {role, content} object, got ${describeValue(value)}`);
   rejectUnknownKeys(where, value, ['role', 'content']);
   const role = value.role;
   if (typeof role !== 'string' || !(ROLES as readonly string[]).includes(role)) {
-    const got = typeof role === 'string' ? `unknown role ${JSON.stringify(role)}` : `expected a role, got ${describe(role)}`;
+    const got = typeof role === 'string' ? `unknown role ${quoted(role)}` : `expected a role, got ${describeValue(role)}`;
     fail(`${where}.role`, `${got} (one of ${ROLES.join(', ')})`);
   }
   const content = value.content;
   if (typeof content === 'string') return { role: role as Role, content };
-  if (!Array.isArray(content)) fail(`${where}.content`, `expected a string or a list of parts, got ${describe(content)}`);
+  if (!Array.isArray(content)) fail(`${where}.content`, `expected a string or a list of parts, got ${describeValue(content)}`);
   return { role: role as Role, content: content.map((part, j) => parsePart(`${where}.content[${j}]`, part)) };
 }
 
 function parseMessages(value: unknown): Message[] {
-  if (!Array.isArray(value)) fail('messages', `expected a list of messages, got ${describe(value)}`);
+  if (!Array.isArray(value)) fail('messages', `expected a list of messages, got ${describeValue(value)}`);
   if (value.length === 0) fail('messages', 'the conversation has no messages');
   return value.map((m, i) => parseMessage(`messages[${i}]`, m));
 }
@@ -238,7 +230,7 @@ export function parseConversation(input: unknown): Conversation {
       addGenerationPrompt: DEFAULT_ADD_GENERATION_PROMPT,
     };
   }
-  if (!isPlainObject(input)) fail('conversation', `expected a list of messages or an object with "messages", got ${describe(input)}`);
+  if (!isPlainObject(input)) fail('conversation', `expected a list of messages or an object with "messages", got ${describeValue(input)}`);
   rejectUnknownKeys('conversation', input, [
     'messages',
     'add_system_prompt',

@@ -166,10 +166,17 @@ export interface RunResult {
 /** Most stderr kept (its end: ffmpeg reports the fatal error last). */
 const STDERR_LIMIT = 64 * 1024;
 
-/** The last `n` non-empty lines of a tool's stderr, for messages. */
+/**
+ * The last `n` non-empty lines of a tool's stderr, for messages. ffmpeg names its components with their memory
+ * address (`[mov,mp4,m4a @ 0x55d5c8a0e2c0] moov atom not found`): the address tells a reader nothing and tells an
+ * attacker about the server's memory layout, so it is dropped and the component kept.
+ */
 export function lastLines(stderr: string, n = 12): string {
   const lines = stderr.split(/\r?\n|\r/).filter((l) => l.trim() !== '');
-  return lines.slice(-n).join('\n');
+  return lines
+    .slice(-n)
+    .map((l) => l.replace(/ @ 0x[0-9a-f]+\]/gi, ']'))
+    .join('\n');
 }
 
 /**

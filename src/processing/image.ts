@@ -47,44 +47,80 @@ export interface LoadImageOptions {
   index?: number;
 }
 
+/** An image whose header was read and checked; its pixels are decoded on demand. */
+export interface ProbedImage {
+  width: number;
+  height: number;
+  format: ImageFormat;
+  /** How errors name the input: its path, or "image #k (N bytes)". */
+  name: string;
+  /** Decodes the pixels (each call decodes again: callers keep the result only as long as they need it). */
+  decode(): Promise<LoadedImage>;
+}
+
 /**
  * Loads an image from a file path, a `data:` URL or bytes and decodes it to 8-bit RGB exactly as the reference
  * does. Errors are ImageLoadError with a kind and a message naming the input.
  */
 export async function loadImage(input: string | Uint8Array, options: LoadImageOptions = {}): Promise<LoadedImage> {
+  return (await probeImage(input, options)).decode();
+}
+
+/**
+ * Reads an image's bytes and header: its format and size, refused above `maxPixels` before any pixel is decoded.
+ * A request can then size all its images first and decode them one at a time, so that it never holds more than
+ * one full-size image.
+ */
+export async function probeImage(input: string | Uint8Array, options: LoadImageOptions = {}): Promise<ProbedImage> {
   const maxPixels = options.maxPixels ?? DEFAULT_MAX_PIXELS;
   if (!(maxPixels > 0)) throw new Error(`loadImage: maxPixels must be > 0, got ${maxPixels}`);
   const { bytes, name } = await readInput(input, options.index);
+  const named = (err: unknown): ImageLoadError => {
+    if (err instanceof ImageLoadError) return err;
+    if (err instanceof DecodeFailure) return new ImageLoadError(err.kind, `${name}: ${err.message}`);
+    return new ImageLoadError('unreadable', `${name}: cannot decode image: ${(err as Error).message}`);
+  };
   try {
     const format = sniffImageFormat(bytes);
     if (!format) {
       const what = describeOtherFormat(bytes);
       throw new ImageLoadError('unsupported', `${name}: unsupported image format${what ? ` (${what})` : ''}; expected PNG, JPEG, WebP, GIF, BMP or TIFF`);
     }
-    const guard = (width: number, height: number) => {
-      if (width < 1 || height < 1) throw new DecodeFailure('unreadable', `image has no pixels (${width}x${height})`);
-      if (width * height > maxPixels) {
-        throw new ImageLoadError('too-large', `${name}: ${width}x${height} = ${width * height} pixels is more than the limit of ${maxPixels}`);
-      }
-    };
-    let image: RgbImage;
-    if (format === 'bmp') {
-      const size = bmpSize(bytes);
-      guard(size.width, size.height);
-      image = decodeBmp(bytes);
-    } else if (format === 'gif') {
-      const size = gifSize(bytes);
-      guard(size.width, size.height);
-      image = decodeGifFirstFrame(bytes);
-    } else {
-      image = await decodeWithSharp(bytes, format, maxPixels, guard);
+    const { width, height, meta } = await readHeader(bytes, format);
+    if (width < 1 || height < 1) throw new DecodeFailure('unreadable', `image has no pixels (${width}x${height})`);
+    if (width * height > maxPixels) {
+      throw new ImageLoadError('too-large', `${name}: ${width}x${height} = ${width * height} pixels is more than the limit of ${maxPixels}`);
     }
-    return { ...image, format };
+    const decode = async (): Promise<LoadedImage> => {
+      let image: RgbImage;
+      try {
+        image = format === 'bmp' ? decodeBmp(bytes) : format === 'gif' ? decodeGifFirstFrame(bytes) : await decodeWithSharp(bytes, format, maxPixels, meta!);
+      } catch (err) {
+        throw named(err);
+      }
+      if (image.width !== width || image.height !== height) {
+        throw new ImageLoadError('unreadable', `${name}: the header says ${width}x${height} but ${image.width}x${image.height} pixels were decoded`);
+      }
+      return { ...image, format };
+    };
+    return { width, height, format, name, decode };
   } catch (err) {
-    if (err instanceof ImageLoadError) throw err;
-    if (err instanceof DecodeFailure) throw new ImageLoadError(err.kind, `${name}: ${err.message}`);
-    throw new ImageLoadError('unreadable', `${name}: cannot decode image: ${(err as Error).message}`);
+    throw named(err);
   }
+}
+
+/** The size from the header alone; sharp's metadata is kept for the decode that follows. */
+async function readHeader(bytes: Uint8Array, format: ImageFormat): Promise<{ width: number; height: number; meta?: Metadata }> {
+  if (format === 'bmp') return bmpSize(bytes);
+  if (format === 'gif') return gifSize(bytes);
+  let meta: Metadata;
+  try {
+    // Header only; our guard, not sharp's limit, decides on the size so the refusal says why.
+    meta = await sharp(bytes, { failOn: 'error', limitInputPixels: false }).metadata();
+  } catch (err) {
+    throw sharpFailure(bytes, format, err);
+  }
+  return { width: meta.width, height: meta.height, meta };
 }
 
 async function readInput(input: string | Uint8Array, index: number | undefined): Promise<{ bytes: Uint8Array; name: string }> {
@@ -166,23 +202,10 @@ function describeOtherFormat(b: Uint8Array): string | undefined {
 /** Colourspaces whose samples we convert ourselves; anything else goes through sharp's own sRGB conversion. */
 const OWN_COLOURSPACES = new Set(['srgb', 'b-w', 'rgb16', 'grey16', 'cmyk']);
 
-async function decodeWithSharp(
-  bytes: Uint8Array,
-  format: ImageFormat,
-  maxPixels: number,
-  guard: (width: number, height: number) => void,
-): Promise<RgbImage> {
+async function decodeWithSharp(bytes: Uint8Array, format: ImageFormat, maxPixels: number, meta: Metadata): Promise<RgbImage> {
   // failOn 'error': abort on truncated or broken data as Pillow does, but accept what libjpeg and libpng only
   // warn about (Pillow ignores those warnings too).
   const input = { failOn: 'error' } as const;
-  let meta: Metadata;
-  try {
-    // Header only; our guard, not sharp's limit, decides on the size so the refusal says why.
-    meta = await sharp(bytes, { ...input, limitInputPixels: false }).metadata();
-  } catch (err) {
-    throw sharpFailure(bytes, format, err);
-  }
-  guard(meta.width, meta.height);
   const own = OWN_COLOURSPACES.has(meta.space);
   const limitInputPixels = Number.isFinite(maxPixels) ? Math.ceil(maxPixels) : false;
   let pipeline = sharp(bytes, { ...input, limitInputPixels, ignoreIcc: true, autoOrient: false, page: 0, pages: 1 });

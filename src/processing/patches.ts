@@ -85,7 +85,7 @@ export interface FrameStream {
 
 /** One visual item of a request, in conversation order. Video frames share one target size (their first frame's). */
 export type VisualInput =
-  | { modality: 'image'; image: RgbImage; mergeSize?: number }
+  | { modality: 'image'; image: RgbImage | FrameStream; mergeSize?: number }
   | { modality: 'video'; frames: readonly RgbImage[] | FrameStream; mergeSize?: number };
 
 export interface PreprocessOptions {
@@ -132,7 +132,11 @@ function asStream(frames: readonly RgbImage[], item: number): FrameStream {
 export async function preprocessVisuals(items: readonly VisualInput[], options: PreprocessOptions = {}): Promise<VisualBatch> {
   const config = options.config ?? DEFAULT_PROCESSOR_CONFIG;
   const p = config.patchSize;
-  const streams = items.map((item, i) => (item.modality === 'image' ? asStream([item.image], i) : Array.isArray(item.frames) ? asStream(item.frames, i) : (item.frames as FrameStream)));
+  const streams = items.map((item, i) => {
+    const source = item.modality === 'image' ? item.image : item.frames;
+    if ('read' in source) return source;
+    return asStream(Array.isArray(source) ? source : [source as RgbImage], i);
+  });
   const mergeSizes = items.map((item) => item.mergeSize ?? (item.modality === 'image' ? config.imageMergeSize : config.videoMergeSize));
   const sizes = targetSizes(
     streams.map((s, i) => ({ height: s.height, width: s.width, frames: s.frameCount, mergeSize: mergeSizes[i]! })),

@@ -38,10 +38,19 @@ export const DEFAULT_PROCESSOR_CONFIG: Readonly<ProcessorConfig> = Object.freeze
 export const PREPROCESSOR_CONFIG_FILE = 'preprocessor_config.json';
 export const PROCESSOR_CONFIG_FILE = 'processor_config.json';
 
-/** Reads both files from a checkpoint folder; either may be missing. */
-export async function loadProcessorConfig(checkpointDir: string): Promise<ProcessorConfig> {
-  const pre = await readJsonFile(join(checkpointDir, PREPROCESSOR_CONFIG_FILE), { optional: true });
-  const proc = await readJsonFile(join(checkpointDir, PROCESSOR_CONFIG_FILE), { optional: true });
+/**
+ * Reads both files from a checkpoint folder; either may be missing, and `onMissing` hears of each that is (the
+ * defaults then decide the image size and normalisation, which a user would want to know).
+ */
+export async function loadProcessorConfig(checkpointDir: string, onMissing?: (file: string) => void): Promise<ProcessorConfig> {
+  const read = async (name: string) => {
+    const file = join(checkpointDir, name);
+    const value = await readJsonFile(file, { optional: true });
+    if (value === undefined) onMissing?.(file);
+    return value;
+  };
+  const pre = await read(PREPROCESSOR_CONFIG_FILE);
+  const proc = await read(PROCESSOR_CONFIG_FILE);
   return parseProcessorConfig(pre, proc, checkpointDir);
 }
 

@@ -2,7 +2,8 @@ import { isAbsolute, resolve } from 'node:path';
 import { renderChatTemplate } from './chat-template.js';
 import { collectMedia, isDataUrl, parseConversation, withVideoFrames, type Conversation, type MediaItem, type VideoMedia } from './conversation.js';
 import { diffFpMask, pruneImageTokens } from './diffp.js';
-import { loadImage } from './image.js';
+import { DEFAULT_MAX_PIXELS, probeImage } from './image.js';
+import { InputError } from './input-error.js';
 import { preprocessVisuals, type FrameStream, type VisualBatch, type VisualInput } from './patches.js';
 import { expandImageTokens } from './placeholders.js';
 import { loadProcessorConfig, type ProcessorConfig } from './processor-config.js';
@@ -26,6 +27,10 @@ export interface ProcessOptions {
   maxVisualTokens?: number;
   /** Refuse images of more pixels than this (header check before decoding). */
   maxImagePixels?: number;
+  /** 'plain': special-token strings in message text are read as ordinary text, not as control tokens. */
+  textSpecialTokens?: 'control' | 'plain';
+  /** Refuse (early, without tokenising the rest) a prompt of more text tokens than this; visual tokens not counted. */
+  maxTextTokens?: number;
   /** Relative media paths are resolved against this folder (default: the working directory). */
   baseDir?: string;
   /** Prune unchanged video tokens (DiffFP); default true, as `use_token_compression` in the released configs. */
@@ -71,8 +76,9 @@ export class Processor {
     readonly config: ProcessorConfig,
   ) {}
 
-  static async load(folder: string, tokenizer: Tokenizer): Promise<Processor> {
-    return new Processor(tokenizer, await loadProcessorConfig(folder));
+  /** `onMissing` hears of each processor config file the folder lacks. */
+  static async load(folder: string, tokenizer: Tokenizer, onMissing?: (file: string) => void): Promise<Processor> {
+    return new Processor(tokenizer, await loadProcessorConfig(folder, onMissing));
   }
 
   async process(input: unknown, options: ProcessOptions = {}): Promise<ProcessedRequest> {
@@ -88,11 +94,19 @@ export class Processor {
         visualInputs.push({ modality: 'video', frames: videoInputs[video++]!.frames });
         continue;
       }
-      try {
-        visualInputs.push({ modality: 'image', image: await loadImage(resolveSource(item.source), { maxPixels: options.maxImagePixels, index }) });
-      } catch (err) {
-        throw new Error(`${where(item)}: ${(err as Error).message}`);
-      }
+      const named = (err: unknown) => new InputError(where(item), (err as Error).message, { cause: err });
+      // Only the header is read here; the pixels are decoded when preprocessing reaches the image, one image at a
+      // time, so a request never holds more than one full-size image.
+      const image = await probeImage(resolveSource(item.source), { maxPixels: options.maxImagePixels, index }).catch((err: unknown) => {
+        throw named(err);
+      });
+      const stream: FrameStream = {
+        width: image.width,
+        height: image.height,
+        frameCount: 1,
+        read: async (onFrame) => onFrame(await image.decode().catch((err: unknown) => Promise.reject(named(err))), 0),
+      };
+      visualInputs.push({ modality: 'image', image: stream });
     }
     const videos = videoInputs.map((v) => ({ numFrames: v.timestamps.length, timestamps: Array.from(v.timestamps) }));
     const videoTimestamps = videoInputs.map((v) => v.timestamps);
@@ -136,12 +150,17 @@ export class Processor {
       try {
         plan = await planVideo(group.source, { ...group.options, signal: options.signal });
       } catch (err) {
-        throw new Error(`${where(items[group.members[0]!.item]!)}: ${(err as Error).message}`);
+        throw new InputError(where(items[group.members[0]!.item]!), (err as Error).message, { cause: err });
+      }
+      const maxPixels = options.maxImagePixels ?? DEFAULT_MAX_PIXELS;
+      if (plan.width * plan.height > maxPixels) {
+        const item = items[group.members[0]!.item]!;
+        throw new InputError(where(item), `${group.source}: frames of ${plan.width}x${plan.height} = ${plan.width * plan.height} pixels are more than the limit of ${maxPixels}`);
       }
       for (const member of group.members) {
         const kept = framesInRange(plan.timestamps, member.start, member.end);
         if (kept.length === 0) {
-          throw new Error(`${where(items[member.item]!)}: no sampled frame of ${group.source} lies between ${member.start} s and ${member.end} s`);
+          throw new InputError(where(items[member.item]!), `no sampled frame of ${group.source} lies between ${member.start} s and ${member.end} s`);
         }
         const keep = new Set(kept);
         progress.planned += kept.length;
@@ -161,7 +180,10 @@ export class Processor {
                   options.onProgress?.({ stage: 'decode', done: ++progress.decoded, total: progress.planned });
                 },
                 { signal: options.signal },
-              );
+              ).catch((err: unknown) => {
+                if (options.signal?.aborted || err instanceof InputError) throw err;
+                throw new InputError(where(items[member.item]!), (err as Error).message, { cause: err });
+              });
             },
           },
         };

@@ -12,7 +12,7 @@ import { Tokenizer as HfTokenizer } from '@huggingface/tokenizers';
 import * as path from 'node:path';
 import { loadChatTemplate, type ChatTemplate } from './chat-template.js';
 import { isPlainObject, readJsonFile } from './json-file.js';
-import { ByteLevelStreamDecoder, type StreamDecoder } from './stream-decoder.js';
+import { ByteLevelStreamDecoder, byteLevelTokenBytes, type StreamDecoder } from './stream-decoder.js';
 
 export type { StreamDecoder } from './stream-decoder.js';
 
@@ -63,6 +63,9 @@ export class Tokenizer {
   readonly specialIds: ReadonlySet<number>;
   /** `len(tokenizer)`: base vocabulary plus added tokens (151668), below the model's vocab_size (151936). */
   readonly vocabSize: number;
+  /** UTF-8 bytes of the longest token's text (128 for Qwen2): a text of more than n × this many bytes cannot fit in
+   * n tokens. */
+  readonly maxTokenBytes: number;
 
   /** Content of every added token, by id (`<|im_start|>`, `<image>`, ...): decoded verbatim, not as bytes. */
   private readonly addedTokens: ReadonlyMap<number, string>;
@@ -75,6 +78,11 @@ export class Tokenizer {
   ) {
     this.addedTokens = new Map([...hf.get_added_tokens_decoder()].map(([id, token]) => [id, token.content]));
     this.vocabSize = hf.get_vocab(true).size;
+    let longest = 0;
+    for (const [token, id] of hf.get_vocab(true)) {
+      longest = Math.max(longest, this.addedTokens.has(id) ? Buffer.byteLength(token) : byteLevelTokenBytes(token).length);
+    }
+    this.maxTokenBytes = longest;
 
     const idOf = (token: string, role: string): number => {
       const id = hf.token_to_id(token);

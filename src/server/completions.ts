@@ -50,7 +50,18 @@ function finishReasonOf(r: ChatResult): FinishReason {
  */
 export async function handleChatCompletion(body: unknown, res: ServerResponse, signal: AbortSignal, ctx: CompletionContext, log: Record<string, unknown>): Promise<void> {
   const o = ctx.options;
-  const request = parseChatRequest(body, { modelId: o.modelId, maxImages: o.maxImagesPerRequest, maxVideos: o.maxVideosPerRequest });
+  const model = ctx.model.info;
+  const request = parseChatRequest(body, {
+    modelId: o.modelId,
+    model,
+    maxImages: o.maxImagesPerRequest,
+    maxVideos: o.maxVideosPerRequest,
+    maxMessages: o.maxMessages,
+    maxContentParts: o.maxContentParts,
+    maxImagePixels: Math.min(o.maxImagePixels, model.maxImagePixels),
+    maxStopStrings: o.maxStopStrings,
+    maxStopLength: o.maxStopLength,
+  });
   log.stream = request.stream;
   log.media = request.media.length;
   const release = await ctx.admission.enter(signal);
@@ -76,10 +87,12 @@ export async function handleChatCompletion(body: unknown, res: ServerResponse, s
     const failed = resolved.find((r): r is PromiseRejectedResult => r.status === 'rejected');
     if (failed) throw failed.reason;
     if (signal.aborted) return;
-    stream = ctx.model.chat(request.messages, { ...request.options, signal });
+    stream = ctx.model.chat(request.messages, { ...request.options, textSpecialTokens: o.textSpecialTokens, signal });
     deltas = stream[Symbol.asyncIterator]();
+    // The library names a media part by its place in the conversation; the client's name for it ends in its key.
+    const paramOf = (path: string) => request.media.find((m) => m.param.startsWith(`${path}.`))?.param ?? path;
     const describe = (err: unknown) => {
-      const e = modelErrorToHttp(err);
+      const e = modelErrorToHttp(err, paramOf);
       return new HttpError(e.status, media.describe(e.message), e.param, e.code);
     };
     let next: IteratorResult<string>;

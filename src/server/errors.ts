@@ -4,7 +4,6 @@
  * is what matters most; `type` follows OpenAI's names.
  */
 import { AbortError, InvalidRequestError } from '../api/errors.js';
-import { ImageLoadError } from '../processing/image-error.js';
 
 export type ErrorType =
   | 'invalid_request_error'
@@ -54,20 +53,33 @@ export class HttpError extends Error {
 export const badRequest = (message: string, param: string | null = null, code: string | null = null) =>
   new HttpError(400, message, param, code);
 
+/** Request fields by the library's option names, for errors the library finds in options the server passed on. */
+const FIELD_OF_OPTION: Record<string, string> = {
+  maxNewTokens: 'max_tokens',
+  maxVisualTokens: 'max_visual_tokens',
+  minVisualTokens: 'max_visual_tokens',
+  maxFrames: 'max_frames',
+  topK: 'top_k',
+  topP: 'top_p',
+  repetitionPenalty: 'repetition_penalty',
+};
+
 /**
  * What a chat's error means for the client. The library throws `InvalidRequestError` for everything the request
- * itself got wrong (conversation, media that cannot be read or decoded, options, a prompt beyond the context) and
- * `AbortError` when the request was cancelled; the names are checked too, since errors crossing from the model's
- * worker thread are re-created there. Anything else is an internal fault (500).
+ * itself got wrong (conversation, media that cannot be read or decoded, options, a prompt beyond the context), with
+ * the `path` of the part or option at fault, and `AbortError` when the request was cancelled; the names are checked
+ * too, since errors crossing from the model's worker thread are re-created there. Anything else is an internal
+ * fault (500). `paramOf` turns a library path (`messages[0].content[1]`) into the request's own
+ * (`messages[0].content[1].image_url`).
  */
-export function modelErrorToHttp(err: unknown): HttpError {
+export function modelErrorToHttp(err: unknown, paramOf: (path: string) => string = (path) => path): HttpError {
   if (err instanceof HttpError) return err;
   const name = err instanceof Error ? err.name : '';
   const message = err instanceof Error ? err.message : String(err);
-  if (err instanceof InvalidRequestError || err instanceof ImageLoadError || name === 'InvalidRequestError') {
-    // The library names the part at fault first (`messages[0].content[1]: ...`): that is the `param`.
-    const part = /^messages\[\d+\](?:\.content\[\d+\])?/.exec(message);
-    return badRequest(message, part ? part[0] : 'messages', part?.[0].includes('.content') ? 'invalid_media' : 'invalid_request');
+  if (err instanceof InvalidRequestError || name === 'InvalidRequestError') {
+    const path = (err as InvalidRequestError).path;
+    const param = path === undefined ? 'messages' : paramOf(FIELD_OF_OPTION[path] ?? path);
+    return badRequest(message, param, path?.startsWith('messages[') && path.includes('.content[') ? 'invalid_media' : 'invalid_request');
   }
   if (err instanceof AbortError || name === 'AbortError') return new HttpError(503, 'the request was cancelled (the model is shutting down)', null, 'aborted');
   return new HttpError(500, `internal error: ${message}`, null, 'internal_error');

@@ -5,7 +5,7 @@
  * resolving symlinks and `..` on both sides, so neither can lead outside it.
  */
 import { createWriteStream } from 'node:fs';
-import { mkdtemp, open, realpath, rm } from 'node:fs/promises';
+import { mkdtemp, open, realpath, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { extname, isAbsolute, join, relative, sep } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -37,6 +37,9 @@ export class RequestMedia {
   /** The library source for one image or video URL of the request. */
   async resolve(kind: MediaKind, url: string, param: string): Promise<string> {
     if (/^data:/i.test(url)) return this.fromDataUrl(kind, url, param);
+    // No file system call accepts a NUL byte; URLs and paths holding one are refused before they get that far.
+    const nul = () => badRequest(`${param}: the ${kind} URL holds a NUL byte`, param, 'invalid_media_url');
+    if (url.includes('\0')) throw nul();
     if (/^https?:/i.test(url)) return this.fromWeb(kind, url, param);
     if (/^file:/i.test(url)) {
       let path: string;
@@ -45,9 +48,10 @@ export class RequestMedia {
       } catch (err) {
         throw badRequest(`${param}: ${(err as Error).message}`, param, 'invalid_media_url');
       }
-      return this.fromLocalFile(path, param);
+      if (path.includes('\0')) throw nul();
+      return this.fromLocalFile(kind, path, param);
     }
-    if (isAbsolute(url)) return this.fromLocalFile(url, param);
+    if (isAbsolute(url)) return this.fromLocalFile(kind, url, param);
     throw badRequest(`${param}: ${kind} URL ${displayUrl(url)} is not an http(s) URL, a data URL or an absolute file path`, param, 'invalid_media_url');
   }
 
@@ -134,31 +138,30 @@ export class RequestMedia {
     return path;
   }
 
-  private async fromLocalFile(path: string, param: string): Promise<string> {
-    const allowed = this.options.allowedLocalMediaPath;
-    if (allowed === undefined) {
+  private async fromLocalFile(kind: MediaKind, path: string, param: string): Promise<string> {
+    const root = this.options.allowedLocalMediaPath;
+    if (root === undefined) {
       throw badRequest(`${param}: local files are not accepted by this server (no allowed media folder is set)`, param, 'local_media_not_allowed');
     }
-    let root: string;
+    // Not found and outside look the same from here, so a client cannot probe the server's file system.
+    const notInside = () => badRequest(`${param}: ${path} is not a file inside the allowed media folder`, param, 'local_media_not_allowed');
     let real: string;
-    try {
-      root = await realpath(allowed);
-    } catch {
-      throw new HttpError(500, `the allowed media folder ${allowed} does not exist`, null, 'internal_error');
-    }
     try {
       real = await realpath(path);
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code;
-      // Not found and outside look the same from here, so a client cannot probe the server's file system.
-      if (code === 'ENOENT' || code === 'ENOTDIR' || code === 'EACCES') {
-        throw badRequest(`${param}: ${path} is not a file inside the allowed media folder`, param, 'local_media_not_allowed');
-      }
+      if (code === 'ENOENT' || code === 'ENOTDIR' || code === 'EACCES' || code === 'ELOOP' || code === 'ENAMETOOLONG') throw notInside();
       throw err;
     }
+    // The root is already a real path (resolved at start-up), so both sides are compared without links or `..`.
     const inside = relative(root, real);
-    if (inside === '..' || inside.startsWith(`..${sep}`) || isAbsolute(inside)) {
-      throw badRequest(`${param}: ${path} is not a file inside the allowed media folder`, param, 'local_media_not_allowed');
+    if (inside === '..' || inside.startsWith(`..${sep}`) || isAbsolute(inside)) throw notInside();
+    // Videos may be folders of frames; images must be files. The size limits hold as for fetched media.
+    const info = await stat(real);
+    if (info.isFile()) {
+      if (info.size > this.maxBytes(kind)) throw this.tooLarge(kind, param, info.size);
+    } else if (kind === 'image' || !info.isDirectory()) {
+      throw notInside();
     }
     return real;
   }

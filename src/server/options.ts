@@ -3,6 +3,8 @@
  * 5 s for images and 30 s for videos, no local files unless a folder is allowed, an API key only when set) and add
  * what vLLM leaves to a proxy: body and media size limits, a request cap and a block on private addresses.
  */
+import { realpath, stat } from 'node:fs/promises';
+
 import type { ChatModel } from '../api/chat-model.js';
 
 export interface ServerOptions {
@@ -35,6 +37,24 @@ export interface ServerOptions {
   /** Items per request. Defaults 8 images, 2 videos. */
   maxImagesPerRequest?: number;
   maxVideosPerRequest?: number;
+  /** Largest image or video frame in pixels, read from its header before decoding. Default 40,000,000 (a request
+   * decodes one image at a time: at most 120 MB of pixels). */
+  maxImagePixels?: number;
+  /** Messages per request. Default 512. */
+  maxMessages?: number;
+  /** Content parts per request, all messages together. Default 2048. */
+  maxContentParts?: number;
+  /** Stop strings per request and characters per stop string. Defaults 16 and 256. */
+  maxStopStrings?: number;
+  maxStopLength?: number;
+  /** Request bodies held at once, all requests together, bytes; a body beyond it is answered 503. Default 256 MiB. */
+  maxBufferedBodyBytes?: number;
+  /**
+   * How special-token strings typed in message text (`<|im_end|>`, `<image>`) are read: 'plain' (default) as
+   * ordinary text, so that a client cannot end its turn or write another role's; 'control' as the control tokens
+   * they spell, as the official processor does.
+   */
+  textSpecialTokens?: 'plain' | 'control';
   /** Chats handed to the model at once (the model interleaves them). Default 4. */
   maxConcurrentRequests?: number;
   /** Chat requests waiting beyond those; one more is answered 503 with Retry-After. Default 32. */
@@ -62,6 +82,13 @@ export const SERVER_DEFAULTS = {
   maxRedirects: 5,
   maxImagesPerRequest: 8,
   maxVideosPerRequest: 2,
+  maxImagePixels: 40_000_000,
+  maxMessages: 512,
+  maxContentParts: 2048,
+  maxStopStrings: 16,
+  maxStopLength: 256,
+  maxBufferedBodyBytes: 256 * MiB,
+  textSpecialTokens: 'plain',
   maxConcurrentRequests: 4,
   maxQueuedRequests: 32,
   retryAfterSeconds: 5,
@@ -72,7 +99,11 @@ function positiveInteger(name: string, value: number, min = 1): number {
   return value;
 }
 
-export function resolveOptions(options: ServerOptions): ResolvedOptions {
+/**
+ * The options with their defaults, checked. A mistyped allowed-media folder fails here, at start-up, rather than on
+ * every request that names a file; the folder is kept as its real path.
+ */
+export async function resolveOptions(options: ServerOptions): Promise<ResolvedOptions> {
   if (!options.modelId) throw new Error('server option modelId must be a non-empty string');
   const o = { ...SERVER_DEFAULTS, ...withoutUndefined(options) } as ResolvedOptions;
   positiveInteger('port', o.port, 0);
@@ -84,10 +115,30 @@ export function resolveOptions(options: ServerOptions): ResolvedOptions {
     'videoFetchTimeoutMs',
     'maxConcurrentRequests',
     'retryAfterSeconds',
+    'maxImagePixels',
+    'maxMessages',
+    'maxContentParts',
+    'maxStopStrings',
+    'maxStopLength',
+    'maxBufferedBodyBytes',
   ] as const) {
     positiveInteger(key, o[key]);
   }
+  if (o.maxBufferedBodyBytes < o.maxBodyBytes) {
+    throw new Error(`server option maxBufferedBodyBytes (${o.maxBufferedBodyBytes}) must be at least maxBodyBytes (${o.maxBodyBytes})`);
+  }
+  if (o.textSpecialTokens !== 'plain' && o.textSpecialTokens !== 'control') {
+    throw new Error(`server option textSpecialTokens must be 'plain' or 'control', got ${String(o.textSpecialTokens)}`);
+  }
   for (const key of ['maxRedirects', 'maxImagesPerRequest', 'maxVideosPerRequest', 'maxQueuedRequests'] as const) positiveInteger(key, o[key], 0);
+  if (o.allowedLocalMediaPath !== undefined) {
+    const folder = o.allowedLocalMediaPath;
+    const real = await realpath(folder).catch((e: NodeJS.ErrnoException) => {
+      throw new Error(`the allowed local media folder ${folder} cannot be used: ${e.code === 'ENOENT' ? 'it does not exist' : e.message}`);
+    });
+    if (!(await stat(real)).isDirectory()) throw new Error(`the allowed local media folder ${folder} is not a folder`);
+    o.allowedLocalMediaPath = real;
+  }
   return o;
 }
 

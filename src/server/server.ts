@@ -36,30 +36,79 @@ function sendJson(res: ServerResponse, status: number, body: unknown, headers: R
 }
 
 /**
- * Reads the whole body, refusing more than `limit` bytes. An oversized body is refused from its declared length
- * when there is one; either way the connection is closed after the 413, so the rest of the upload is not read.
+ * Bytes of request bodies held at once, across requests: each body is counted from its first byte (or its declared
+ * length) until its request ends, since the parsed body (data URLs included) lives that long. Without this bound,
+ * eight 100 MB uploads waiting for a slot would hold gigabytes before any is admitted.
  */
-function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
-  const tooLarge = () => new HttpError(413, `the request body is larger than the limit of ${limit} bytes`, null, 'request_too_large', { connection: 'close' });
-  if (Number(req.headers['content-length']) > limit) return Promise.reject(tooLarge());
+class BodyBudget {
+  used = 0;
+  constructor(readonly limit: number) {}
+
+  /** Takes `bytes` if they fit; false otherwise. */
+  take(bytes: number): boolean {
+    if (this.used + bytes > this.limit) return false;
+    this.used += bytes;
+    return true;
+  }
+
+  give(bytes: number): void {
+    this.used -= bytes;
+  }
+}
+
+/**
+ * Reads the whole body, refusing more than `limit` bytes, and counting it against `budget` through `held` (which the
+ * caller gives back when the request ends). An oversized body is refused from its declared length when there is
+ * one; either way the connection is closed after the error, so the rest of the upload is not read.
+ */
+function readBody(req: IncomingMessage, limit: number, budget: BodyBudget, retryAfterSeconds: number, held: { bytes: number }): Promise<Buffer> {
+  const close = { connection: 'close' };
+  const tooLarge = () => new HttpError(413, `the request body is larger than the limit of ${limit} bytes`, null, 'request_too_large', close);
+  const busy = () =>
+    new HttpError(503, `the server is receiving too much request data at once (${budget.limit} bytes); retry later`, null, 'server_busy', {
+      ...close,
+      'retry-after': String(retryAfterSeconds),
+    });
+  const take = (bytes: number) => {
+    if (!budget.take(bytes)) return false;
+    held.bytes += bytes;
+    return true;
+  };
+  const declared = Number(req.headers['content-length']);
+  if (declared > limit) return Promise.reject(tooLarge());
+  // A declared length is reserved whole up front, so a body that cannot fit is refused before it is read.
+  const reserved = Number.isSafeInteger(declared) && declared > 0 ? declared : 0;
+  if (reserved && !take(reserved)) return Promise.reject(busy());
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
     let size = 0;
+    const refuse = (error: HttpError) => {
+      req.removeAllListeners('data');
+      req.pause();
+      reject(error);
+    };
     req.on('data', (chunk: Buffer) => {
       size += chunk.length;
-      if (size > limit) {
-        req.removeAllListeners('data');
-        req.pause();
-        reject(tooLarge());
-      } else {
-        chunks.push(chunk);
-      }
+      if (size > limit) return refuse(tooLarge());
+      if (size > reserved && !take(size - Math.max(reserved, size - chunk.length))) return refuse(busy());
+      chunks.push(chunk);
     });
     req.once('end', () => resolve(Buffer.concat(chunks)));
     req.once('error', reject);
     // A client that leaves mid-upload: 'close' without 'end' (after 'end' this rejection is a no-op).
     req.once('close', () => reject(new Error('the client disconnected during the upload')));
   });
+}
+
+/** JSON text as clients send it; a leading byte-order mark (some Windows tools write one) is not part of it. */
+function parseJsonBody(raw: Buffer): unknown {
+  let text = raw.toString('utf8');
+  if (text.charCodeAt(0) === 0xfeff) text = text.slice(1);
+  try {
+    return JSON.parse(text);
+  } catch (err) {
+    throw new HttpError(400, `the request body is not valid JSON: ${(err as Error).message}`, null, 'invalid_json');
+  }
 }
 
 function authorized(req: IncomingMessage, apiKey: string): boolean {
@@ -72,7 +121,7 @@ function authorized(req: IncomingMessage, apiKey: string): boolean {
 }
 
 export async function startServer(serverOptions: ServerOptions): Promise<RunningServer> {
-  const options = resolveOptions(serverOptions);
+  const options = await resolveOptions(serverOptions);
   const ctx: CompletionContext = {
     options,
     model: options.model,
@@ -82,12 +131,16 @@ export async function startServer(serverOptions: ServerOptions): Promise<Running
   const created = Math.floor(Date.now() / 1000);
   const inFlight = new Map<Promise<void>, AbortController>();
 
-  async function route(req: IncomingMessage, res: ServerResponse, signal: AbortSignal, log: Record<string, unknown>): Promise<void> {
+  const bodies = new BodyBudget(options.maxBufferedBodyBytes);
+
+  async function route(req: IncomingMessage, res: ServerResponse, signal: AbortSignal, log: Record<string, unknown>, held: { bytes: number }): Promise<void> {
     const path = new URL(req.url ?? '/', 'http://server').pathname;
     const method = req.method ?? 'GET';
     if (path === '/health') {
       if (method !== 'GET' && method !== 'HEAD') throw new HttpError(405, `${method} ${path} is not supported (use GET)`, null, 'method_not_allowed', { allow: 'GET, HEAD' });
-      return sendJson(res, 200, { status: 'ok' });
+      // Load, so that a stalled or saturated server shows: requests holding a slot, waiting for one, body bytes held.
+      const { active, queued } = ctx.admission.stats;
+      return sendJson(res, 200, { status: 'ok', requests: { active, queued, limit: options.maxConcurrentRequests, queue_limit: options.maxQueuedRequests }, buffered_body_bytes: bodies.used });
     }
     if (path.startsWith('/v1/')) {
       if (options.apiKey !== undefined && !authorized(req, options.apiKey)) {
@@ -100,13 +153,7 @@ export async function startServer(serverOptions: ServerOptions): Promise<Running
       }
       if (path === '/v1/chat/completions') {
         if (method !== 'POST') throw new HttpError(405, `${method} ${path} is not supported (use POST)`, null, 'method_not_allowed', { allow: 'POST' });
-        const raw = await readBody(req, options.maxBodyBytes);
-        let body: unknown;
-        try {
-          body = JSON.parse(raw.toString('utf8'));
-        } catch (err) {
-          throw new HttpError(400, `the request body is not valid JSON: ${(err as Error).message}`, null, 'invalid_json');
-        }
+        const body = parseJsonBody(await readBody(req, options.maxBodyBytes, bodies, options.retryAfterSeconds, held));
         return handleChatCompletion(body, res, signal, ctx, log);
       }
       throw new HttpError(404, `no route ${method} ${path}`, null, 'not_found');
@@ -123,7 +170,8 @@ export async function startServer(serverOptions: ServerOptions): Promise<Running
       if (!res.writableFinished) abort.abort(new Error('the client disconnected'));
     });
     const log: Record<string, unknown> = { method: req.method, path: req.url };
-    const handled = route(req, res, abort.signal, log)
+    const held = { bytes: 0 };
+    const handled = route(req, res, abort.signal, log, held)
       .catch((err: unknown) => {
         const e = toHttpError(err);
         log.error = e.message;
@@ -133,6 +181,7 @@ export async function startServer(serverOptions: ServerOptions): Promise<Running
         if (e.headers.connection === 'close') res.once('finish', () => req.socket.destroySoon());
       })
       .finally(() => {
+        bodies.give(held.bytes);
         inFlight.delete(handled);
         if (options.log) {
           options.log({

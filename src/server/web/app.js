@@ -376,7 +376,8 @@ async function send() {
   const items = pending;
   const inConversation = conversation;
   // Busy from here: reading a large video into a data URL takes a moment, and a second Enter must not send twice.
-  controller = new AbortController();
+  const mine = new AbortController();
+  controller = mine;
   setBusy(true);
   let parts;
   try {
@@ -389,10 +390,10 @@ async function send() {
     );
   } catch (e) {
     showAttachError(`Could not read a file: ${errorText(e)}`);
-    controller = null;
-    setBusy(false);
+    release(mine);
     return;
   }
+  if (mine.signal.aborted) return; // "New chat" while the files were being read
   if (text) parts.push({ type: 'text', text });
   pending = [];
   renderAttachments();
@@ -423,7 +424,7 @@ async function send() {
       method: 'POST',
       headers: apiHeaders({ 'content-type': 'application/json', accept: 'text/event-stream' }),
       body: JSON.stringify(body),
-      signal: controller.signal,
+      signal: mine.signal,
     });
     if (!res.ok) throw await responseError(res);
     if (!res.body) throw new Error('the server sent no response body');
@@ -464,7 +465,7 @@ async function send() {
       pageTokensPerSecond: generated > 1 && firstAt !== undefined && ended > firstAt ? ((generated - 1) * 1000) / (ended - firstAt) : undefined,
     });
   } catch (e) {
-    const aborted = controller.signal.aborted;
+    const aborted = mine.signal.aborted;
     if (aborted && answer) {
       // Keep what arrived, so the next question can refer to it, as chat apps do.
       if (inConversation === conversation) history.push(user, { role: 'assistant', content: answer });
@@ -479,15 +480,31 @@ async function send() {
     }
   } finally {
     view.article.removeAttribute('aria-busy');
-    controller = null;
-    setBusy(false);
-    scrollToEnd(false);
-    prompt.focus();
+    if (release(mine)) {
+      scrollToEnd(false);
+      prompt.focus();
+    }
   }
 }
 
+/**
+ * Ends the busy state of the request `mine`, unless "New chat" already did and another request may be running: a
+ * request that settles late must not touch the next one's state. True when `mine` was still the current request.
+ */
+function release(mine) {
+  if (controller !== mine) return false;
+  controller = null;
+  setBusy(false);
+  return true;
+}
+
 function newChat() {
-  controller?.abort();
+  // The request in flight is cancelled and forgotten at once: the page is ready for the next question now, not when
+  // the cancelled request has finished settling.
+  if (controller) {
+    controller.abort();
+    release(controller);
+  }
   conversation++;
   history = [];
   for (const item of pending) URL.revokeObjectURL(item.url);
