@@ -7,16 +7,19 @@ export {
   type ChatResult,
   type ChatStream,
   type LoadOptions,
+  type LoadProgressEvent,
+  type ModelInfo,
   type Timings,
   type Usage,
 } from './api/videollama3.js';
 export type { ChatModel } from './api/chat-model.js';
-export { AbortError, InvalidRequestError } from './api/errors.js';
+export { AbortError, InvalidOptionError, InvalidRequestError } from './api/errors.js';
 export { ModelWorker } from './api/model-worker.js';
 export type { SchedulerStats } from './engine/scheduler.js';
 export type { FinishReason } from './engine/generate.js';
 export type { SamplingOptions } from './engine/sampling.js';
 export { loadCheckpoint, type Checkpoint } from './model/checkpoint.js';
+export { CheckpointError } from './model/errors.js';
 export type { GenerationConfig, VideoLlama3Config, VisionEncoderConfig } from './model/config.js';
 export { writeRandomCheckpoint } from './model/random-checkpoint.js';
 export { SafetensorsFile, SafetensorsCheckpoint, writeSafetensors } from './model/safetensors.js';

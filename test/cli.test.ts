@@ -2,6 +2,8 @@
 // input keeping its history, and `serve` answering over HTTP until SIGTERM.
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { before, describe, it } from 'node:test';
 import { VideoLLaMA3 } from '../src/api/videollama3.js';
@@ -12,6 +14,14 @@ const fixtures = fixturesDir();
 const vl3 = join(repoRoot(), 'dist', 'src', 'cli', 'vl3.js');
 const run = (args: string[], input?: string, env: NodeJS.ProcessEnv = {}) =>
   spawnSync(process.execPath, [vl3, ...args], { input, encoding: 'utf8', env: { ...process.env, ...env }, timeout: 120_000 });
+/** As `run`, without blocking this process (a test may serve something the child connects to). */
+const runAsync = (args: string[]) =>
+  new Promise<{ status: number | null; stderr: string }>((resolve) => {
+    const child = spawn(process.execPath, [vl3, ...args], { stdio: ['ignore', 'ignore', 'pipe'], timeout: 120_000 });
+    let stderr = '';
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    child.once('exit', (status) => resolve({ status, stderr }));
+  });
 
 describe('vl3 command line', () => {
   it('documents every command with --help, each flag with its VL3_ twin', () => {
@@ -27,6 +37,21 @@ describe('vl3 command line', () => {
     const usage = run(['ask', '--model', 'x', '--threads', 'zero', 'hi']);
     assert.equal(usage.status, 2);
     assert.match(usage.stderr, /--threads must be an integer/);
+    // One line naming the problem and a hint, not the whole help.
+    for (const [args, problem, hint] of [
+      [['ask', '--model', 'x', '--threads', 'zero', 'hi'], /--threads must be an integer/, 'vl3 ask --help'],
+      [['chat'], /required option '-m, --model <ref>'/, 'vl3 chat --help'],
+      [['serve', '--model', 'x', '--port', '-1'], /--port must be an integer >= 0/, 'vl3 serve --help'],
+      [['dev', 'random-checkpoint', '--preset', '3b', '--out', '/tmp/x'], /Allowed choices are 2b, 7b/, 'vl3 dev random-checkpoint --help'],
+      [['frobnicate'], /unknown command 'frobnicate'/, 'vl3 --help'],
+    ] as const) {
+      const r = run([...args]);
+      assert.equal(r.status, 2, args.join(' '));
+      const lines = r.stderr.trimEnd().split('\n');
+      assert.equal(lines.length, 2, `${args.join(' ')}: ${r.stderr}`);
+      assert.match(lines[0]!, problem);
+      assert.ok(lines[1]!.includes(hint), lines[1]);
+    }
     const failure = run(['ask', '--model', '/nonexistent/model-dir', 'hi'], undefined, { HF_HUB_OFFLINE: '1' });
     assert.equal(failure.status, 1);
     assert.match(failure.stderr, /^vl3: .*nonexistent\/model-dir/m);
@@ -58,6 +83,27 @@ describe('vl3 chat and serve', { skip: !fixtures && FIXTURES_MISSING }, () => {
     assert.match(r.stdout, /no such file: \/nonexistent\.mp4/);
     assert.match(r.stdout, /conversation cleared/);
     assert.match(r.stdout, /unknown command \/nope/);
+  });
+
+  it('serve exits at once, naming the problem, when it cannot start', async () => {
+    const busy = http.createServer();
+    await new Promise<void>((resolve) => busy.listen(0, '127.0.0.1', resolve));
+    const port = String((busy.address() as AddressInfo).port);
+    try {
+      for (const [args, problem] of [
+        [['--port', port], new RegExp(`127\\.0\\.0\\.1:${port}: the port is in use`)],
+        [['--port', '0', '--allowed-local-media-path', '/nonexistent/media'], /allowed local media folder \/nonexistent\/media cannot be used: it does not exist/],
+      ] as const) {
+        const started = Date.now();
+        const r = await runAsync(['serve', '--model', checkpoint, ...args]);
+        assert.equal(r.status, 1, r.stderr);
+        assert.match(r.stderr, problem);
+        // The model's worker thread is closed too: the process ends by itself, well before the test's limit.
+        assert.ok(Date.now() - started < 60_000);
+      }
+    } finally {
+      busy.close();
+    }
   });
 
   it('serve answers over HTTP from a worker thread and shuts down cleanly on SIGTERM', async () => {
