@@ -6,6 +6,7 @@ import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, 
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { pathToFileURL } from 'node:url';
 import sharp from 'sharp';
 
 import { SafetensorsFile } from '../src/model/safetensors.js';
@@ -368,6 +369,25 @@ describe('generated media', { skip: !ffmpeg && NO_FFMPEG }, () => {
     await assert.rejects(planVideo(media('sound.wav'), { fps: 1, maxFrames: 180 }), /sound\.wav: the file has no video stream/);
     await assert.rejects(planVideo(media('av.mkv'), { fps: 0, maxFrames: 180 }), /fps must be a positive number/);
     await assert.rejects(planVideo(media('av.mkv'), { fps: 1, maxFrames: 2.5 }), /max_frames must be a positive integer/);
+  });
+
+  it('refuses playlists, whose entries ffmpeg would open, with ffprobe and without', async () => {
+    // Both name a real video beside them: what is refused is the format, not a broken entry.
+    const target = pathToFileURL(media('av.mkv')).href;
+    writeFileSync(media('playlist.mp4'), `#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXT-X-MEDIA-SEQUENCE:0\n#EXTINF:8.0,\n${target}\n#EXT-X-ENDLIST\n`);
+    writeFileSync(media('list.mp4'), 'ffconcat version 1.0\nfile short.mkv\n');
+    const saved = process.env.VL3_FFPROBE;
+    try {
+      for (const probe of [saved, 'none']) {
+        if (probe === undefined) delete process.env.VL3_FFPROBE;
+        else process.env.VL3_FFPROBE = probe;
+        await assert.rejects(planVideo(media('playlist.mp4'), { fps: 1, maxFrames: 4 }), /cannot read video .*playlist\.mp4: its format \(hls\) is not read/, `VL3_FFPROBE=${probe}`);
+        await assert.rejects(planVideo(media('list.mp4'), { fps: 1, maxFrames: 4 }), /cannot read video .*list\.mp4: its format \(concat\) is not read/, `VL3_FFPROBE=${probe}`);
+      }
+    } finally {
+      if (saved === undefined) delete process.env.VL3_FFPROBE;
+      else process.env.VL3_FFPROBE = saved;
+    }
   });
 
   it('reports an ffmpeg failure with the file and the end of its stderr', async () => {

@@ -350,7 +350,11 @@ export class VideoLLaMA3 implements ChatModel {
       });
       const context = this.config.maxPositionEmbeddings;
       if (request.llmInputIds.length >= context) {
-        throw new InvalidRequestError(`the prompt has ${request.llmInputIds.length} tokens; the model's context is ${context}: use fewer or smaller media (maxVisualTokens, fps, maxFrames)`);
+        // The advice fits the prompt: media budgets cannot shorten a prompt whose text alone is too long.
+        const visual = request.visualTokens;
+        const advice =
+          visual === 0 || request.llmInputIds.length - visual >= context ? 'shorten the text' : 'use fewer or smaller media (maxVisualTokens, fps, maxFrames) or shorten the text';
+        throw new InvalidRequestError(`the prompt has ${request.llmInputIds.length} tokens (${visual} of them visual); the model's context is ${context}: ${advice}`);
       }
       const endPrompt = await this.scheduler.beginPrompt(signal);
       if (!endPrompt) throw new AbortError();

@@ -41,7 +41,7 @@ export async function planClip(
   const indexed = /\b(mp4|mov|matroska|webm)\b/.test(probe.formatName);
   const seek = indexed && first > 0 ? seekBefore(timing, first) : undefined;
   const skipped = seek === undefined ? 0 : first;
-  const args = [...FFMPEG_QUIET, ...(seek ? ['-ss', seek] : []), '-i', ffmpegInput(probe.path), '-map', `0:${probe.stream.index}`, ...ALL_FRAMES];
+  const args = [...FFMPEG_QUIET, ...(seek ? ['-ss', seek] : []), ...ffmpegInput(probe.path), '-map', `0:${probe.stream.index}`, ...ALL_FRAMES];
   return indexPlan(base, 'clip', displaySize(probe), sampling.timestamps, frameIndices, skipped, { vidFps, totalFrames, args, note });
 }
 
@@ -99,7 +99,7 @@ export async function planGif(base: PlanBase, options: VideoOptions): Promise<Vi
   const totalFrames = timing.pts.length;
   const sampling = sampleFrameIndices({ vidFps, totalFrames, fps: options.fps, maxFrames: options.maxFrames, start: options.startTime, end: options.endTime });
   if (sampling.frameIndices.length === 0) throw noFrames(base.source, `no frames in the requested range (the GIF has ${totalFrames} frames)`);
-  const args = [...FFMPEG_QUIET, '-i', ffmpegInput(probe.path), '-map', `0:${probe.stream.index}`, ...ALL_FRAMES];
+  const args = [...FFMPEG_QUIET, ...ffmpegInput(probe.path), '-map', `0:${probe.stream.index}`, ...ALL_FRAMES];
   return indexPlan(base, 'gif', displaySize(probe), sampling.timestamps, sampling.frameIndices, 0, { vidFps, totalFrames, args });
 }
 

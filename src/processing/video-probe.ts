@@ -56,9 +56,32 @@ export function displaySize(probe: VideoProbe): { width: number; height: number 
   return sideways ? { width: height, height: width } : { width, height };
 }
 
-/** How to name a local file to ffmpeg so that no part of it is read as a protocol or an option. */
-export function ffmpegInput(path: string): string {
-  return `file:${resolve(path)}`;
+/**
+ * The demuxers a video is read with: containers and streams that hold their media themselves (audio-only ones too,
+ * so that such a file is reported as having no video stream). Playlist formats are left out because ffmpeg would
+ * open the files they name: an HLS playlist, a DASH or IMF manifest or an ffconcat list passed as a "video" (or
+ * inlined as a data URL) would read media from anywhere on the machine, past any folder or size limit its caller
+ * checked, and an SDP file would open network sockets.
+ */
+const SELF_CONTAINED_FORMATS = [
+  'mov', 'matroska', 'avi', 'flv', 'mpegts', 'mpeg', 'mpegvideo', 'm4v', 'h264', 'hevc', 'h263', 'vc1', 'obu', 'ivf',
+  'ogg', 'asf', 'rm', 'nut', 'mxf', 'dv', 'yuv4mpegpipe', 'mjpeg', 'gif', 'gif_pipe', 'apng', 'image2', 'png_pipe',
+  'jpeg_pipe', 'webp_pipe', 'bmp_pipe', 'tiff_pipe', 'wav', 'mp3', 'flac', 'aac',
+].join(',');
+
+/**
+ * The arguments naming a local file as the input of ffmpeg or ffprobe: `file:` so that no part of the path is read
+ * as a protocol or an option, and only self-contained formats (`-format_whitelist`), so that the file cannot make
+ * ffmpeg read others.
+ */
+export function ffmpegInput(path: string): string[] {
+  return ['-format_whitelist', SELF_CONTAINED_FORMATS, '-i', `file:${resolve(path)}`];
+}
+
+/** ffmpeg's refusal of a format left out of SELF_CONTAINED_FORMATS, as a message naming the format. */
+function refusedFormat(stderr: string): string | undefined {
+  const format = /^\[([^\]\s@]+)[^\]]*\] Format not on whitelist/m.exec(stderr)?.[1];
+  return format && `its format (${format}) is not read: it is not a self-contained media file, and a playlist or manifest would make ffmpeg open other files`;
 }
 
 function parseRational(text: unknown): Rational | undefined {
@@ -92,10 +115,13 @@ export async function probeVideo(file: string, signal?: AbortSignal): Promise<Vi
 }
 
 async function probeWithFfprobe(program: string, path: string, signal?: AbortSignal): Promise<VideoProbe> {
-  const { code, stdout, stderr } = await runTool(program, ['-v', 'error', '-show_format', '-show_streams', '-of', 'json', ffmpegInput(path)], {
+  const { code, stdout, stderr } = await runTool(program, ['-v', 'error', '-show_format', '-show_streams', '-of', 'json', ...ffmpegInput(path)], {
     signal,
   });
-  if (code !== 0) throw notAVideo(path, `ffprobe exited with code ${code}`, stderr);
+  if (code !== 0) {
+    const refused = refusedFormat(stderr);
+    throw refused ? notAVideo(path, refused) : notAVideo(path, `ffprobe exited with code ${code}`, stderr);
+  }
   let info: { format?: Record<string, unknown>; streams?: Record<string, unknown>[] };
   try {
     info = JSON.parse(stdout.toString('utf8'));
@@ -145,9 +171,12 @@ function rotationOf(stream: Record<string, unknown>): number {
 async function probeWithFfmpeg(path: string, signal?: AbortSignal): Promise<VideoProbe> {
   const ffmpeg = await findFfmpeg();
   // Without an output ffmpeg prints the input report and exits with code 1; that is the expected outcome.
-  const { stderr } = await runTool(ffmpeg.program, ['-hide_banner', '-nostdin', '-i', ffmpegInput(path)], { signal });
+  const { stderr } = await runTool(ffmpeg.program, ['-hide_banner', '-nostdin', ...ffmpegInput(path)], { signal });
   const report = parseInputReport(stderr);
-  if (!report) throw notAVideo(path, 'ffmpeg cannot read it', stderr);
+  if (!report) {
+    const refused = refusedFormat(stderr);
+    throw refused ? notAVideo(path, refused) : notAVideo(path, 'ffmpeg cannot read it', stderr);
+  }
   if (!report.video) throw notAVideo(path, 'the file has no video stream');
   const { video } = report;
   const timing = await frameTimesWithFfmpeg(ffmpeg.program, path, video.index, signal);
@@ -255,7 +284,7 @@ async function frameTimesWithFfprobe(program: string, probe: VideoProbe, signal?
   const packets: Packet[] = [];
   await collectLines(
     program,
-    ['-v', 'error', '-select_streams', String(probe.stream.index), '-show_entries', 'packet=pts,dts,duration,flags', '-of', 'compact=p=0', ffmpegInput(probe.path)],
+    ['-v', 'error', '-select_streams', String(probe.stream.index), '-show_entries', 'packet=pts,dts,duration,flags', '-of', 'compact=p=0', ...ffmpegInput(probe.path)],
     probe.path,
     (line) => {
       const fields = Object.fromEntries(line.split('|').map((kv) => kv.split('=') as [string, string]));
@@ -273,7 +302,7 @@ async function frameTimesWithFfmpeg(program: string, path: string, streamIndex: 
   // -copyts keeps the container's own timestamps (the count model applies ffmpeg's shift itself).
   await collectLines(
     program,
-    ['-nostdin', '-hide_banner', '-v', 'error', '-copyts', '-i', ffmpegInput(path), '-map', `0:${streamIndex}`, '-c', 'copy', '-f', 'framecrc', '-'],
+    ['-nostdin', '-hide_banner', '-v', 'error', '-copyts', ...ffmpegInput(path), '-map', `0:${streamIndex}`, '-c', 'copy', '-f', 'framecrc', '-'],
     path,
     (line) => {
       const tb = /^#tb 0: (\d+)\/(\d+)/.exec(line);

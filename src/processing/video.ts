@@ -12,7 +12,8 @@
  * The ffmpeg command is the one ffmpeg-python builds for the reference: `[-ss S -t T] -i F -filter_complex
  * "[0]fps=fps=R:round=down[s0]" -map "[s0]" -f rawvideo -pix_fmt rgb24 pipe:` (input-side trimming, the reference's
  * default; its `precise_time` variant is not offered), preceded only by options that leave the frames alone
- * (-nostdin -hide_banner -nostats -loglevel error) and with the input named `file:<absolute path>`.
+ * (-nostdin -hide_banner -nostats -loglevel error) and with the input named `file:<absolute path>`, read only by
+ * the demuxers of self-contained formats (video-probe.ts `ffmpegInput`).
  *
  * The reference keeps whatever ffmpeg returns and only then subsamples; to stream with bounded memory the count is
  * worked out beforehand from the frame timestamps (video-sampling.ts `predictFfmpegFrameCount`) and checked while
@@ -166,8 +167,7 @@ async function planFfmpeg(base: PlanBase, options: VideoOptions, probe: VideoPro
   const args = [
     ...FFMPEG_QUIET,
     ...(trim ? ['-ss', trim.start, '-t', trim.duration] : []),
-    '-i',
-    ffmpegInput(probe.path),
+    ...ffmpegInput(probe.path),
     '-filter_complex',
     `[0]fps=fps=${fps}:round=down[s0]`,
     '-map',

@@ -113,6 +113,8 @@ export class RequestMedia {
   }
 
   private async fromWeb(kind: MediaKind, url: string, param: string): Promise<string> {
+    // Checked before the temporary file is named from the URL's path (fetchMedia would say the same, too late).
+    if (!URL.canParse(url)) throw badRequest(`${param}: ${kind} URL ${displayUrl(url)} is not a valid URL`, param, 'invalid_media_url');
     const o = this.options;
     const path = await this.tempPath(kind, url);
     const out = createWriteStream(path);
@@ -143,8 +145,10 @@ export class RequestMedia {
     if (root === undefined) {
       throw badRequest(`${param}: local files are not accepted by this server (no allowed media folder is set)`, param, 'local_media_not_allowed');
     }
-    // Not found and outside look the same from here, so a client cannot probe the server's file system.
-    const notInside = () => badRequest(`${param}: ${path} is not a file inside the allowed media folder`, param, 'local_media_not_allowed');
+    // Not found and outside look the same from here, so a client cannot probe the server's file system. The path is
+    // shortened: a request may send one of megabytes.
+    const shown = path.length > 200 ? `${path.slice(0, 197)}... (${path.length} characters)` : path;
+    const notInside = () => badRequest(`${param}: ${shown} is not a file inside the allowed media folder`, param, 'local_media_not_allowed');
     let real: string;
     try {
       real = await realpath(path);

@@ -96,8 +96,9 @@ class RequestParser {
   parse(body: unknown): ParsedRequest {
     if (!isObject(body)) throw badRequest(`the request body must be a JSON object, got ${describeValue(body)}`, null, 'invalid_request');
     const l = this.limits;
-    if (body.model !== undefined && body.model !== null && body.model !== l.modelId) {
-      throw new HttpError(404, `the model ${typeof body.model === 'string' ? quoted(body.model) : describeValue(body.model)} does not exist; this server serves "${l.modelId}"`, 'model', 'model_not_found');
+    if (body.model !== undefined && body.model !== null) {
+      if (typeof body.model !== 'string') throw badRequest(`"model" must be a string, got ${describeValue(body.model)}`, 'model', 'invalid_value');
+      if (body.model !== l.modelId) throw new HttpError(404, `the model ${quoted(body.model)} does not exist; this server serves "${l.modelId}"`, 'model', 'model_not_found');
     }
     for (const [field, harmless] of Object.entries(UNSUPPORTED)) {
       if (body[field] !== undefined && body[field] !== null && !harmless(body[field])) throw unsupported(field);
@@ -105,6 +106,10 @@ class RequestParser {
     if (body.stream !== undefined && body.stream !== null && typeof body.stream !== 'boolean') throw badRequest(`"stream" must be true or false, got ${describeValue(body.stream)}`, 'stream', 'invalid_value');
     const streamOptions = body.stream_options;
     if (streamOptions !== undefined && streamOptions !== null && !isObject(streamOptions)) throw badRequest(`"stream_options" must be an object, got ${describeValue(streamOptions)}`, 'stream_options', 'invalid_value');
+    const includeUsage = isObject(streamOptions) ? streamOptions.include_usage : undefined;
+    if (includeUsage !== undefined && includeUsage !== null && typeof includeUsage !== 'boolean') {
+      throw badRequest(`"stream_options.include_usage" must be true or false, got ${describeValue(includeUsage)}`, 'stream_options.include_usage', 'invalid_value');
+    }
 
     const messages = this.messages(body.messages);
     const count = (kind: MediaKind) => this.media.filter((m) => m.kind === kind).length;
@@ -122,8 +127,11 @@ class RequestParser {
     }
 
     const m = l.model;
-    const maxTokens =
-      number(body, 'max_completion_tokens', { integer: true, min: 1, max: m.contextLength }) ?? number(body, 'max_tokens', { integer: true, min: 1, max: m.contextLength });
+    // Both names are checked, though the newer one wins: a bad value in either is the client's mistake to hear of.
+    const tokensRule = { integer: true, min: 1, max: m.contextLength };
+    const maxCompletionTokens = number(body, 'max_completion_tokens', tokensRule);
+    const legacyMaxTokens = number(body, 'max_tokens', tokensRule);
+    const maxTokens = maxCompletionTokens ?? legacyMaxTokens;
     const temperature = number(body, 'temperature', { min: 0, max: 2 });
     const topK = number(body, 'top_k', { integer: true, min: -1, max: m.vocabSize });
     const budget = (field: string, rule: NumberRule, max: number, flag: string) => {
@@ -151,7 +159,7 @@ class RequestParser {
       media: this.media,
       options: Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) as ChatOptions,
       stream: body.stream === true,
-      includeUsage: body.stream === true && isObject(streamOptions) && streamOptions.include_usage === true,
+      includeUsage: body.stream === true && includeUsage === true,
     };
   }
 
@@ -185,7 +193,7 @@ class RequestParser {
         const got = typeof m.role === 'string' ? quoted(m.role) : describeValue(m.role);
         throw badRequest(`${where}.role: ${got} is not supported (system, developer, user, assistant)`, `${where}.role`, 'invalid_value');
       }
-      if (m.tool_calls !== undefined || m.function_call !== undefined) throw unsupported(`${where}.tool_calls`);
+      for (const field of ['tool_calls', 'function_call']) if (m[field] !== undefined) throw unsupported(`${where}.${field}`);
       if (typeof m.content === 'string') {
         this.text(m.content);
         return { role, content: m.content };
@@ -242,8 +250,10 @@ function mediaUrl(part: Json, key: 'image_url' | 'video_url', where: string): { 
   const param = `${where}.${key}`;
   // A bare string is accepted as well as the documented {url} object.
   const spec = typeof value === 'string' ? { url: value } : value;
-  if (!isObject(spec) || typeof spec.url !== 'string' || spec.url.length === 0) {
-    throw badRequest(`${param}: expected {"url": "..."}, got ${describeValue(value)}`, param, 'invalid_value');
+  if (!isObject(spec)) throw badRequest(`${param}: expected {"url": "..."}, got ${describeValue(value)}`, param, 'invalid_value');
+  if (typeof spec.url !== 'string' || spec.url.length === 0) {
+    const field = typeof value === 'string' ? param : `${param}.url`;
+    throw badRequest(`${field}: expected a non-empty URL string, got ${describeValue(spec.url)}`, param, 'invalid_value');
   }
   return { url: spec.url, spec, param };
 }

@@ -7,6 +7,7 @@
 import { timingSafeEqual } from 'node:crypto';
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import type { Duplex } from 'node:stream';
 
 import { Admission } from './admission.js';
 import { handleChatCompletion, type CompletionContext } from './completions.js';
@@ -100,10 +101,20 @@ function readBody(req: IncomingMessage, limit: number, budget: BodyBudget, retry
   });
 }
 
-/** JSON text as clients send it; a leading byte-order mark (some Windows tools write one) is not part of it. */
+/** Fails on bytes that are not UTF-8 rather than turning them into U+FFFD, which would change the client's text. */
+const utf8 = new TextDecoder('utf-8', { fatal: true });
+
+/**
+ * JSON text as clients send it: UTF-8 (RFC 8259), where a leading byte-order mark (some Windows tools write one) is
+ * not part of the text; the decoder drops it.
+ */
 function parseJsonBody(raw: Buffer): unknown {
-  let text = raw.toString('utf8');
-  if (text.charCodeAt(0) === 0xfeff) text = text.slice(1);
+  let text: string;
+  try {
+    text = utf8.decode(raw);
+  } catch {
+    throw new HttpError(400, 'the request body is not valid UTF-8 (JSON must be sent as UTF-8)', null, 'invalid_json');
+  }
   try {
     return JSON.parse(text);
   } catch (err) {
@@ -194,6 +205,19 @@ export async function startServer(serverOptions: ServerOptions): Promise<Running
         }
       });
     inFlight.set(handled, abort);
+  });
+
+  // Requests Node's HTTP parser refuses (a malformed Content-Length or chunk, headers too large) get an OpenAI-style
+  // body too, rather than Node's bare status line. A connection whose response has begun can only be dropped.
+  server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => {
+    const started = (socket as Duplex & { _httpMessage?: ServerResponse })._httpMessage?.headersSent;
+    if (!socket.writable || started || err.code === 'ECONNRESET') return void socket.destroy();
+    const status = err.code === 'HPE_HEADER_OVERFLOW' ? 431 : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : 400;
+    const why = status === 431 ? 'its headers are too large' : status === 408 ? 'it did not arrive in time' : err.message.replace(/^Parse Error: /, '');
+    const text = JSON.stringify(new HttpError(status, `malformed HTTP request: ${why}`, null, 'invalid_http_request').toJSON());
+    socket.end(
+      `HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(text)}\r\nconnection: close\r\n\r\n${text}`,
+    );
   });
 
   await new Promise<void>((resolve, reject) => {
