@@ -26,7 +26,7 @@ export { SafetensorsFile, SafetensorsCheckpoint, writeSafetensors } from './mode
 export type { ContentPart, Conversation, Message, Role } from './processing/conversation.js';
 export { ImageLoadError, loadImage, type LoadedImage } from './processing/image.js';
 export type { ProcessedRequest, ProgressEvent } from './processing/processor.js';
-export { Tokenizer } from './processing/tokenizer.js';
+export { PromptTooLongError, Tokenizer, type EncodePromptOptions } from './processing/tokenizer.js';
 export { createBackend, Tensor, type Backend, type BackendName, type DType } from './tensor/index.js';
 export { startServer, SERVER_DEFAULTS, type RunningServer, type ServerOptions } from './server/server.js';
 export {
