@@ -43,7 +43,8 @@ export class ModelWorker implements ChatModel {
     checkNumbers(rest, LOAD_RULES, (option, message) => new InvalidOptionError(option, message));
     const folder = await resolveModel(ref, hub);
     const data: WorkerData = { folder, options: rest, progress: onProgress !== undefined };
-    const worker = new Worker(new URL('./worker-thread.js', import.meta.url), { workerData: data });
+    // The caller's own node options are not the worker's: `--input-type` or `-e` code would break it.
+    const worker = new Worker(new URL('./worker-thread.js', import.meta.url), { workerData: data, execArgv: [] });
     const warn = onWarning ?? ((message: string) => process.emitWarning(message, { code: 'VL3_CHECKPOINT' }));
     const info = await new Promise<ModelInfo>((resolve, reject) => {
       const onMessage = (message: FromWorker) => {

@@ -305,6 +305,7 @@ export class VideoLLaMA3 implements ChatModel {
   /** Aborts running and waiting requests and refuses new ones; the weights are freed when the object is dropped. */
   async close(): Promise<void> {
     this.closing.abort();
+    this.tokenizer.close();
   }
 
   /** Requests admitted and waiting: for a server's queue limits and health reports. */

@@ -1,13 +1,13 @@
 import { isAbsolute, resolve } from 'node:path';
 import { renderChatTemplate } from './chat-template.js';
-import { collectMedia, isDataUrl, parseConversation, withVideoFrames, type Conversation, type MediaItem, type VideoMedia } from './conversation.js';
+import { collectMedia, isDataUrl, parseConversation, withVideoFrames, type ContentPart, type Conversation, type MediaItem, type Message, type VideoMedia } from './conversation.js';
 import { diffFpMask, pruneImageTokens } from './diffp.js';
 import { DEFAULT_MAX_PIXELS, probeImage } from './image.js';
 import { InputError } from './input-error.js';
 import { preprocessVisuals, type FrameStream, type VisualBatch, type VisualInput } from './patches.js';
 import { expandImageTokens } from './placeholders.js';
 import { loadProcessorConfig, type ProcessorConfig } from './processor-config.js';
-import type { Tokenizer } from './tokenizer.js';
+import { PromptTooLongError, type Tokenizer } from './tokenizer.js';
 import { decodeVideo, planVideo, type VideoPlan } from './video.js';
 import { framesInRange, groupVideoItems } from './video-groups.js';
 
@@ -45,7 +45,8 @@ export interface ProcessOptions {
 /** What the model needs for one request, built exactly as the official processor builds it. */
 export interface ProcessedRequest {
   conversation: Conversation;
-  /** The chat template's output (one `<image>` per image and per video frame). */
+  /** The chat template's output (one `<image>` per image and per video frame), the special tokens typed in the
+   * messages written as they were typed whatever `textSpecialTokens` says. */
   prompt: string;
   /** Token ids of the prompt with every `<image>` expanded to its visual token count. */
   inputIds: number[];
@@ -115,13 +116,25 @@ export class Processor {
       : undefined;
 
     const messages = videos.length ? withVideoFrames(conversation.messages, videos) : conversation.messages;
-    const prompt = renderChatTemplate(this.tokenizer.chatTemplate, messages, {
-      addSystemPrompt: options.addSystemPrompt ?? conversation.addSystemPrompt,
-      addGenerationPrompt: options.addGenerationPrompt ?? conversation.addGenerationPrompt,
-    });
+    const render = (list: readonly Message[]) =>
+      renderChatTemplate(this.tokenizer.chatTemplate, list, {
+        addSystemPrompt: options.addSystemPrompt ?? conversation.addSystemPrompt,
+        addGenerationPrompt: options.addGenerationPrompt ?? conversation.addGenerationPrompt,
+      });
+    const prompt = render(messages);
+    // Plain mode: the messages' own text is escaped, so that the special tokens it spells are tokenised as text and
+    // only the template's are control tokens. Text without them renders to the same prompt.
+    const escaped = options.textSpecialTokens === 'plain' ? this.escapeTexts(messages) : messages;
+    const tokenized = escaped === messages ? prompt : render(escaped);
     // One count per image token of the prompt: one per image, one per video frame.
     const counts = visuals ? visuals.gridSizes.flatMap(([t], i) => Array<number>(t).fill(visuals.tokensPerFrame[i]!)) : [];
-    const inputIds = this.tokenizer.encode(expandImageTokens(prompt, counts));
+    const maxTokens = options.maxTextTokens;
+    const inputIds = await this.tokenizer
+      .encodePrompt(expandImageTokens(tokenized, counts), { maxTokens, countExcept: this.tokenizer.imageTokenId, signal: options.signal })
+      .catch((err: unknown) => {
+        if (!(err instanceof PromptTooLongError)) throw err;
+        throw new InputError('messages', `the prompt has more than ${err.limit} tokens of text, which cannot fit in the model's context of ${err.limit + 1} tokens: shorten the text`, { cause: err });
+      });
 
     let keepMask: Uint8Array | undefined;
     let llmInputIds = inputIds;
@@ -134,6 +147,23 @@ export class Processor {
     }
     const visualTokens = keepMask ? keepMask.reduce((a, b) => a + b, 0) : 0;
     return { conversation, prompt, inputIds, visuals, videoTimestamps, keepMask, llmInputIds, visualTokens };
+  }
+
+  /** The messages with every text escaped (`Tokenizer.escapeSpecialTokens`); the same array when nothing changed. */
+  private escapeTexts(messages: readonly Message[]): readonly Message[] {
+    let changed = false;
+    const escape = (text: string) => {
+      const out = this.tokenizer.escapeSpecialTokens(text);
+      if (out !== text) changed = true;
+      return out;
+    };
+    const escaped = messages.map(
+      (m): Message => ({
+        ...m,
+        content: typeof m.content === 'string' ? escape(m.content) : m.content.map((p): ContentPart => (p.type === 'text' ? { ...p, text: escape(p.text) } : p)),
+      }),
+    );
+    return changed ? escaped : messages;
   }
 
   /**
