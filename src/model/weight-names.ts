@@ -32,14 +32,7 @@ export function flattenSpecs(specs: unknown): WeightSpec[] {
 const spec = (name: string, shape: number[]): WeightSpec => ({ name, shape });
 
 /** The sizes of the Qwen2.5 decoder's weights. */
-export interface DecoderShape {
-  vocabSize: number;
-  hiddenSize: number;
-  intermediateSize: number;
-  numHiddenLayers: number;
-  numAttentionHeads: number;
-  numKeyValueHeads: number;
-}
+export type DecoderShape = Pick<VideoLlama3Config, 'vocabSize' | 'hiddenSize' | 'intermediateSize' | 'numHiddenLayers' | 'numAttentionHeads' | 'numKeyValueHeads'>;
 
 /** The Qwen2.5 decoder (spec 8.1). A tied `lm_head` is resolved to the embeddings by the weight source. */
 export function decoderWeights(d: DecoderShape, lmHead = 'lm_head.weight') {
