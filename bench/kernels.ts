@@ -53,7 +53,7 @@ export function measureLimits(threadCounts: number[]): MachineLimits {
  * 1×1536×8960 over enough distinct bf16 matrices (> 256 MiB) that every call reads its weights from DRAM.
  */
 export function measureKernels(threadCounts: number[], limits: MachineLimits): KernelFigures {
-  const native = new NativeBackend();
+  let native = new NativeBackend();
   const [M, K, N] = [512, 1536, 8960];
   const x = randomF32([M, K], 1);
   const w = randomBf16(N * K, 2).reshape([N, K]);
@@ -64,7 +64,7 @@ export function measureKernels(threadCounts: number[], limits: MachineLimits): K
   const x1 = randomF32([1, K], 3);
   const y1 = Tensor.empty('f32', [1, N]);
   for (const n of threadCounts) {
-    native.threads = n;
+    native = new NativeBackend({ threads: n });
     const s = timeMedian(() => native.matmul(x, w, null, out), 5);
     const gflops = (2 * M * N * K) / s / 1e9;
     gemm[n] = { gflops: round(gflops), percentOfPeak: percent(gflops, limits.peakGflops[n]!) };

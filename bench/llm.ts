@@ -38,7 +38,7 @@ async function main(): Promise<void> {
   const threads = Number(threadsArg ?? 0) || undefined;
   const t0 = performance.now();
   const checkpoint = loadCheckpoint(dir);
-  const backend = createBackend('native', threads);
+  const backend = createBackend('native', { threads });
   const model = new Qwen2Model(checkpoint.config, checkpoint.weights, backend);
   const loadSeconds = (performance.now() - t0) / 1000;
 

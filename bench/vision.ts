@@ -47,7 +47,7 @@ async function main(): Promise<void> {
   const threads = Number(threadsArg ?? 0) || undefined;
   // With tokenizer files the public API is measured end to end too; the encoder timings then use its model.
   const api = existsSync(join(dir, 'tokenizer.json')) ? await VideoLLaMA3.load(dir, { threads }) : undefined;
-  const model = api?.model ?? new VideoLLaMA3Model(loadCheckpoint(dir), createBackend('native', threads));
+  const model = api?.model ?? new VideoLLaMA3Model(loadCheckpoint(dir), createBackend('native', { threads }));
   const { checkpoint, backend } = model;
   const dims = visionDims(checkpoint.config);
 

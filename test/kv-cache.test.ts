@@ -1,11 +1,14 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { KVCache } from '../src/engine/kv-cache.js';
+import { ReferenceBackend } from '../src/tensor/reference.js';
 import { Tensor } from '../src/tensor/tensor.js';
+
+const backend = new ReferenceBackend();
 
 describe('KVCache', () => {
   it('appends, grows without losing rows, and reports views of the prefix', () => {
-    const cache = new KVCache(2, 1, 2, 100, 2);
+    const cache = new KVCache(backend, 2, 1, 2, 100, 2);
     for (let t = 0; t < 5; t++) {
       cache.reserve(1);
       for (let l = 0; l < 2; l++) {
@@ -19,12 +22,12 @@ describe('KVCache', () => {
   });
 
   it('refuses to grow past the context length, naming both numbers', () => {
-    const cache = new KVCache(1, 1, 4, 8);
+    const cache = new KVCache(backend, 1, 1, 4, 8);
     assert.throws(() => cache.reserve(9), /9 tokens exceeds the model's context of 8/);
   });
 
   it('releases its memory', () => {
-    const cache = new KVCache(2, 2, 8, 1000, 100);
+    const cache = new KVCache(backend, 2, 2, 8, 1000, 100);
     assert.equal(cache.bytes, 100 * 2 * 2 * 2 * 8 * 4);
     cache.release();
     assert.equal(cache.bytes, 0);

@@ -57,14 +57,14 @@ function assertClose(actual: Float32Array, expected: Float32Array, what: string,
 }
 
 const reference = new ReferenceBackend();
-const native = new NativeBackend();
+let native = new NativeBackend();
 const info = nativeInfo();
 const kernels: Array<'avx2' | 'scalar'> = info.avx2 && info.fma && info.f16c ? ['avx2', 'scalar'] : ['scalar'];
 const defaultThreads = native.threads;
 
 after(() => {
   setNativeKernel('auto');
-  native.threads = defaultThreads;
+  native = new NativeBackend({ threads: defaultThreads });
 });
 
 /** Reference results are computed once and shared by every kernel/thread configuration. */
@@ -179,7 +179,7 @@ for (const kernel of kernels) {
     describe(`NativeBackend (${kernel} kernels, ${threads} thread${threads > 1 ? 's' : ''})`, () => {
       before(() => {
         setNativeKernel(kernel);
-        native.threads = threads;
+        native = new NativeBackend({ threads });
         assert.equal(native.kernel, kernel);
         assert.equal(native.threads, threads);
       });
@@ -417,9 +417,7 @@ describe('NativeBackend checks and configuration', () => {
     const i = nativeInfo();
     assert.ok(i.kernel === 'avx2' || i.kernel === 'scalar');
     assert.ok(i.threads >= 1 && i.defaultThreads >= 1);
-    assert.throws(() => {
-      native.threads = 0;
-    }, /threads/);
+    assert.throws(() => new NativeBackend({ threads: 0 }), /threads/);
   });
 
   test('VL3_FORCE_SCALAR=1 selects the scalar kernels', () => {

@@ -128,7 +128,7 @@ for (const [caseName, backends] of CASES) {
 
       it('matches every hidden state and the logits within tolerance', () => {
         const d = model.config;
-        const cache = new KVCache(d.numHiddenLayers, d.numKeyValueHeads, model.llm.headDim, d.maxPositionEmbeddings);
+        const cache = new KVCache(model.llm.backend, d.numHiddenLayers, d.numKeyValueHeads, model.llm.headDim, d.maxPositionEmbeddings);
         const hidden: Float32Array[] = [];
         const final = model.llm.forward(model.embed(request, features), cache, {
           onHiddenState: (i, h) => (hidden[i] = Float32Array.from(h.data as Float32Array)),

@@ -15,7 +15,7 @@ import { Processor, type ProcessedRequest, type ProcessOptions, type ProgressEve
 import { Tokenizer } from '../processing/tokenizer.js';
 import type { Tensor } from '../tensor/tensor.js';
 import type { ChatModel } from './chat-model.js';
-import { createBackend, type BackendName } from '../tensor/index.js';
+import { createBackend, type Backend, type BackendName } from '../tensor/index.js';
 import { ChatStreamSource } from './chat-stream.js';
 import { AbortError, InvalidOptionError, InvalidRequestError } from './errors.js';
 import { CHAT_RULES, checkBudgets, checkNumbers, LOAD_RULES } from './options.js';
@@ -25,8 +25,8 @@ import { TrimmedText } from './trimmed-text.js';
 export interface LoadOptions {
   /** Kernel threads; default: the cores available to the process. */
   threads?: number;
-  /** 'native' (default) or 'reference' (plain TypeScript, slow; for checking). */
-  backend?: BackendName;
+  /** 'native' (default), 'reference' (plain TypeScript, slow; for checking), or a backend of your own making. */
+  backend?: BackendName | Backend;
   /** Default visual token budget of a request (spec 2.3); default: the checkpoint's `max_tokens` (16384). */
   maxVisualTokens?: number;
   minVisualTokens?: number;
@@ -162,11 +162,12 @@ export class VideoLLaMA3 implements ChatModel {
   static async load(ref: string, options: LoadOptions = {}): Promise<VideoLLaMA3> {
     const invalid = (option: string, message: string) => new InvalidOptionError(option, message);
     checkNumbers(options, LOAD_RULES, invalid);
-    if (options.backend !== undefined && options.backend !== 'native' && options.backend !== 'reference') {
-      throw invalid('backend', `backend must be 'native' or 'reference', got ${describeValue(options.backend)}`);
+    const named = typeof options.backend === 'string' || options.backend === undefined;
+    if (named && options.backend !== undefined && options.backend !== 'native' && options.backend !== 'reference') {
+      throw invalid('backend', `backend must be 'native', 'reference' or a Backend, got ${describeValue(options.backend)}`);
     }
     const folder = await resolveModel(ref, options.hub);
-    const backend = createBackend(options.backend ?? 'native', options.threads);
+    const backend = named ? createBackend((options.backend as BackendName | undefined) ?? 'native', { threads: options.threads }) : (options.backend as Backend);
     const checkpoint = loadCheckpoint(folder);
     // Every tensor against the config, from the headers: a mismatch fails here, not on the first image request.
     const specs = checkpointWeightSpecs(checkpoint.config);

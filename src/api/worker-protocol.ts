@@ -1,12 +1,13 @@
 // Messages between `ModelWorker` (the caller's thread) and the worker thread running the model.
 import type { ProgressEvent } from '../processing/processor.js';
 import { CheckpointError } from '../model/errors.js';
+import type { BackendName } from '../tensor/index.js';
 import { AbortError, InvalidOptionError, InvalidRequestError } from './errors.js';
 import type { ChatInput, ChatOptions, ChatResult, LoadOptions, LoadProgressEvent, ModelInfo } from './videollama3.js';
 
 /** What crosses to the worker: everything but callbacks and signals, which are re-made on its side. */
 export type WorkerChatOptions = Omit<ChatOptions, 'signal' | 'onProgress'>;
-export type WorkerLoadOptions = Omit<LoadOptions, 'hub' | 'onProgress' | 'onWarning'>;
+export type WorkerLoadOptions = Omit<LoadOptions, 'hub' | 'onProgress' | 'onWarning' | 'backend'> & { backend?: BackendName };
 
 export interface WorkerData {
   folder: string;

@@ -40,7 +40,8 @@ export async function inspectConversation(model: VideoLLaMA3, conversation: unkn
     maxNewTokens: options.greedy,
     sampling: { ...model.samplingFor({ greedy: true }), repetitionPenalty: options.repetitionPenalty ?? model.generationConfig.repetitionPenalty },
     stopTokenIds: model.generationConfig.eosTokenIds,
-    onPromptLogits: (logits) => (lastLogits = Tensor.f32([logits.numel], logits.data as Float32Array)),
+    // Copied: the logits tensor is reused for every later step.
+    onPromptLogits: (logits) => (lastLogits = Tensor.f32([logits.numel], model.llm.backend.download(logits).data as Float32Array)),
   });
   const greedyIds: number[] = [];
   for await (const id of tokens) greedyIds.push(id);
@@ -54,7 +55,7 @@ export async function inspectConversation(model: VideoLLaMA3, conversation: unkn
   if (visuals && features) {
     tensors.grid_sizes = int64(visuals.gridSizes.flat(), [visuals.gridSizes.length, 3]);
     tensors.merge_sizes = int64(visuals.mergeSizes, [visuals.mergeSizes.length]);
-    tensors.vision_features = features;
+    tensors.vision_features = model.llm.backend.download(features);
     tensors.compression_mask = new Tensor('u8', [request.keepMask!.length], request.keepMask!);
   }
   const timestamps: Record<string, F64Array> = {};

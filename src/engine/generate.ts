@@ -1,5 +1,5 @@
 import type { Qwen2Model } from '../model/qwen2.js';
-import { Tensor } from '../tensor/tensor.js';
+import type { Tensor } from '../tensor/tensor.js';
 import { KVCache } from './kv-cache.js';
 import { ABORTED } from './scheduler.js';
 import { Sampler, type SamplingOptions } from './sampling.js';
@@ -56,12 +56,12 @@ export async function* generateTokens(model: Qwen2Model, request: GenerateReques
   if (!Number.isInteger(request.maxNewTokens) || request.maxNewTokens < 0) throw new Error(`invalid max_new_tokens ${request.maxNewTokens}`);
   // The context is full when every position holds a token: generation then ends with 'length'.
   const maxNewTokens = Math.min(request.maxNewTokens, d.maxPositionEmbeddings - L + 1);
-  const cache = new KVCache(d.numHiddenLayers, d.numKeyValueHeads, model.headDim, d.maxPositionEmbeddings, L + Math.min(maxNewTokens, 1024));
+  const cache = new KVCache(model.backend, d.numHiddenLayers, d.numKeyValueHeads, model.headDim, d.maxPositionEmbeddings, L + Math.min(maxNewTokens, 1024));
   const sampler = new Sampler(request.sampling, model.backend);
   const stops = new Set(stopTokenIds);
   const tokenIds: number[] = [];
-  const logits = Tensor.empty('f32', [1, d.vocabSize]);
-  const embedded = Tensor.empty('f32', [1, d.hiddenSize]);
+  const logits = model.backend.allocate('f32', [1, d.vocabSize]);
+  const embedded = model.backend.allocate('f32', [1, d.hiddenSize]);
   const started = performance.now();
   let prefillMs = 0;
   let finishReason: FinishReason = 'length';

@@ -1,4 +1,5 @@
-import { Tensor } from '../tensor/tensor.js';
+import type { Backend } from '../tensor/backend.js';
+import type { Tensor } from '../tensor/tensor.js';
 
 /**
  * Keys and values of every decoder layer for one sequence, laid out [position, kvHead, headDim] so appending a token
@@ -16,6 +17,7 @@ export class KVCache {
   static liveBytes = 0;
 
   constructor(
+    private readonly backend: Pick<Backend, 'allocate' | 'copy'>,
     readonly layers: number,
     readonly kvHeads: number,
     readonly headDim: number,
@@ -43,9 +45,8 @@ export class KVCache {
   write(layer: number, k: Tensor, v: Tensor): void {
     const T = k.dim(0);
     if (this.length + T > this.capacity) throw new Error('KVCache.write past capacity: call reserve() first');
-    const row = this.kvHeads * this.headDim;
-    this.keys[layer]!.data.set(k.data as Float32Array, this.length * row);
-    this.values[layer]!.data.set(v.data as Float32Array, this.length * row);
+    this.backend.copy(k, this.keys[layer]!.rows(this.length, this.length + T));
+    this.backend.copy(v, this.values[layer]!.rows(this.length, this.length + T));
   }
 
   /** Keys of `layer` for positions [0, end): a view. */
@@ -78,12 +79,11 @@ export class KVCache {
     KVCache.liveBytes -= this.bytes;
     const shape = [capacity, this.kvHeads, this.headDim];
     for (let l = 0; l < this.layers; l++) {
-      const k = Tensor.empty('f32', shape);
-      const v = Tensor.empty('f32', shape);
+      const k = this.backend.allocate('f32', shape);
+      const v = this.backend.allocate('f32', shape);
       if (this.keys[l]) {
-        const used = this.length * this.kvHeads * this.headDim;
-        k.data.set(this.keys[l]!.data.subarray(0, used));
-        v.data.set(this.values[l]!.data.subarray(0, used));
+        this.backend.copy(this.keys[l]!.rows(0, this.length), k.rows(0, this.length));
+        this.backend.copy(this.values[l]!.rows(0, this.length), v.rows(0, this.length));
       }
       this.keys[l] = k;
       this.values[l] = v;

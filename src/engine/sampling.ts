@@ -50,17 +50,24 @@ export class Sampler {
   }
 
   next(logits: Tensor): number {
-    const scores = logits.data as Float32Array;
-    const p = this.options.repetitionPenalty;
-    if (p !== 1) {
-      for (const id of this.penalized) {
-        const s = scores[id]!;
-        scores[id] = s < 0 ? s * p : s / p;
-      }
-    }
+    if (this.options.repetitionPenalty !== 1 && this.penalized.size > 0) this.penalize(logits);
     const greedy = !this.options.doSample || this.options.temperature === 0;
     if (greedy) return this.backend.argmax(logits);
-    return this.sample(logits, scores);
+    return this.sample(logits, this.backend.download(logits).data as Float32Array);
+  }
+
+  /** The penalty on the scores of the generated tokens, in place: only those few values cross to the host and back. */
+  private penalize(logits: Tensor): void {
+    const b = this.backend;
+    const p = this.options.repetitionPenalty;
+    const ids = Int32Array.from(this.penalized);
+    const order = Int32Array.from(ids.keys());
+    const column = logits.reshape([logits.numel, 1]);
+    const picked = b.allocate('f32', [ids.length, 1]);
+    b.copyRows(column, ids, picked, order);
+    const scores = b.download(picked).data as Float32Array;
+    b.write(picked, scores.map((s) => (s < 0 ? s * p : s / p)));
+    b.copyRows(picked, order, column, ids);
   }
 
   private sample(logits: Tensor, scores: Float32Array): number {

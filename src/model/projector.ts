@@ -1,5 +1,5 @@
 import type { Backend } from '../tensor/backend.js';
-import { Tensor } from '../tensor/tensor.js';
+import type { Tensor } from '../tensor/tensor.js';
 import type { WeightSource } from './qwen2.js';
 import { loadSpecs, projectorWeights } from './weight-names.js';
 
@@ -21,7 +21,7 @@ export class Projector {
     prefix = 'model.mm_projector.readout.',
   ) {
     if (type !== 'mlp2x_gelu') throw new Error(`projector type "${type}" is not supported (only mlp2x_gelu, used by every release)`);
-    const w = loadSpecs(projectorWeights(visionSize, outputSize, prefix), (spec) => weights.get(spec.name, spec.shape));
+    const w = loadSpecs(projectorWeights(visionSize, outputSize, prefix), (spec) => backend.upload(weights.get(spec.name, spec.shape)));
     this.w1 = w.fc1.weight;
     this.b1 = w.fc1.bias;
     this.w2 = w.fc2.weight;
@@ -31,8 +31,8 @@ export class Projector {
   /** features [n, C] → [n, H]. */
   project(features: Tensor): Tensor<'f32'> {
     const n = features.dim(0);
-    const hidden = Tensor.empty('f32', [n, this.outputSize]);
-    const out = Tensor.empty('f32', [n, this.outputSize]);
+    const hidden = this.backend.allocate('f32', [n, this.outputSize]);
+    const out = this.backend.allocate('f32', [n, this.outputSize]);
     this.backend.matmul(features, this.w1, this.b1, hidden);
     this.backend.gelu(hidden, hidden, 'erf');
     this.backend.matmul(hidden, this.w2, this.b2, out);

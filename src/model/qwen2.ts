@@ -1,8 +1,8 @@
 import type { Backend } from '../tensor/backend.js';
-import { Tensor } from '../tensor/tensor.js';
+import type { Tensor } from '../tensor/tensor.js';
 import { Workspace } from '../tensor/workspace.js';
 import type { VideoLlama3Config } from './config.js';
-import { fillRopeTables, ropeInverseFrequencies } from './rope.js';
+import { ropeInverseFrequencies, ropeTables } from './rope.js';
 import { decoderWeights, loadSpecs, type Loaded } from './weight-names.js';
 
 /** The Qwen2.5 sizes the decoder needs (spec 8.1), as the checkpoint's config states them. */
@@ -55,7 +55,7 @@ export class Qwen2Model {
   private readonly layers: DecoderLayer[];
   private readonly finalNorm: Tensor;
   private readonly invFreq: Float32Array;
-  private readonly ws = new Workspace();
+  private readonly ws: Workspace;
 
   constructor(
     readonly dims: Qwen2Dims,
@@ -67,7 +67,8 @@ export class Qwen2Model {
     if (H % Hq !== 0) throw new Error(`hidden size ${H} is not divisible by ${Hq} attention heads`);
     if (Hq % Hkv !== 0) throw new Error(`${Hq} attention heads are not a multiple of ${Hkv} key/value heads`);
     this.headDim = H / Hq;
-    const w = loadSpecs(decoderWeights(dims, lmHeadName), (spec) => weights.get(spec.name, spec.shape));
+    this.ws = new Workspace(backend);
+    const w = loadSpecs(decoderWeights(dims, lmHeadName), (spec) => backend.upload(weights.get(spec.name, spec.shape)));
     this.embedTokens = w.embedTokens;
     // The weight source resolves a tied head to the embedding table (2B stores no lm_head.weight).
     this.lmHead = w.lmHead;
@@ -78,8 +79,9 @@ export class Qwen2Model {
 
   /** Embeddings of token ids, [ids.length, hidden] f32, into `out` (or a new tensor). */
   embed(ids: ArrayLike<number>, out?: Tensor): Tensor {
-    const idTensor = Tensor.i32([ids.length], ids);
-    const target = out ?? Tensor.empty('f32', [ids.length, this.dims.hiddenSize]);
+    const idTensor = this.ws.take('ids', 'i32', [ids.length]);
+    this.backend.write(idTensor, ids);
+    const target = out ?? this.backend.allocate('f32', [ids.length, this.dims.hiddenSize]);
     this.backend.embedding(this.embedTokens, idTensor, target);
     return target;
   }
@@ -99,7 +101,9 @@ export class Qwen2Model {
 
     const cos = ws.take('rope.cos', 'f32', [T, D / 2]);
     const sin = ws.take('rope.sin', 'f32', [T, D / 2]);
-    fillRopeTables(this.invFreq, Array.from({ length: T }, (_, t) => start + t), cos, sin);
+    const tables = ropeTables(this.invFreq, Array.from({ length: T }, (_, t) => start + t));
+    b.write(cos, tables.cos);
+    b.write(sin, tables.sin);
 
     const x = embeds;
     const h = ws.take('h', 'f32', [T, H]);
@@ -141,7 +145,7 @@ export class Qwen2Model {
 
   /** Full-vocabulary logits [rows, vocab] of normed hidden rows, into `out` (or a new tensor). */
   logits(hidden: Tensor, out?: Tensor): Tensor {
-    const target = out ?? Tensor.empty('f32', [hidden.dim(0), this.dims.vocabSize]);
+    const target = out ?? this.backend.allocate('f32', [hidden.dim(0), this.dims.vocabSize]);
     this.backend.matmul(hidden, this.lmHead, null, target);
     return target;
   }

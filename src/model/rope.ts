@@ -1,5 +1,3 @@
-import { Tensor } from '../tensor/tensor.js';
-
 /**
  * Inverse frequencies of 1-D rotary embedding, computed in float32 like transformers' Qwen2 rotary module:
  * inv_freq[j] = 1 / theta^(2j / dim), j = 0 .. dim/2-1.
@@ -15,18 +13,19 @@ export function ropeInverseFrequencies(dim: number, theta: number): Float32Array
 
 /**
  * cos and sin tables [positions.length, dim/2] for the given positions (angles pos·inv_freq rounded to float32 before
- * the trigonometric functions, as the reference computes them), written into the given tensors.
+ * the trigonometric functions, as the reference computes them), as host arrays for the backend to `write`.
  */
-export function fillRopeTables(invFreq: Float32Array, positions: ArrayLike<number>, cos: Tensor, sin: Tensor): void {
+export function ropeTables(invFreq: Float32Array, positions: ArrayLike<number>): { cos: Float32Array; sin: Float32Array } {
   const half = invFreq.length;
-  const c = cos.data as Float32Array;
-  const s = sin.data as Float32Array;
+  const cos = new Float32Array(positions.length * half);
+  const sin = new Float32Array(positions.length * half);
   for (let t = 0; t < positions.length; t++) {
     const p = positions[t]!;
     for (let j = 0; j < half; j++) {
       const angle = Math.fround(p * invFreq[j]!);
-      c[t * half + j] = Math.cos(angle);
-      s[t * half + j] = Math.sin(angle);
+      cos[t * half + j] = Math.cos(angle);
+      sin[t * half + j] = Math.sin(angle);
     }
   }
+  return { cos, sin };
 }

@@ -39,7 +39,8 @@ export class VideoLLaMA3Model {
   /** pixel values [Σ t·gh·gw, 588] → projected visual features [Σ t·(gh/m)·(gw/m), hidden]. */
   encodeVisuals(pixelValues: Tensor, grids: readonly VisualGrid[], options: EncodeOptions = {}): Tensor<'f32'> {
     const { encoder, projector } = this.vision();
-    return projector.project(encoder.encode(pixelValues, grids, options));
+    const pixels = pixelValues.isHost ? this.backend.upload(pixelValues) : pixelValues;
+    return projector.project(encoder.encode(pixels, grids, options));
   }
 
   /**
@@ -61,9 +62,7 @@ export class VideoLLaMA3Model {
     if (visualFeatures) {
       const H = this.checkpoint.config.hiddenSize;
       if (visualFeatures.dim(1) !== H) throw new Error(`visual features have width ${visualFeatures.dim(1)}, the LLM expects ${H}`);
-      const dst = embeds.data as Float32Array;
-      const src = visualFeatures.data as Float32Array;
-      positions.forEach((p, j) => dst.set(src.subarray(kept[j]! * H, (kept[j]! + 1) * H), p * H));
+      this.backend.copyRows(visualFeatures, Int32Array.from(kept), embeds, Int32Array.from(positions));
     }
     return embeds;
   }

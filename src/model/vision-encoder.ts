@@ -36,7 +36,7 @@ export class VisionEncoder {
   private readonly patchEmbed: LinearWeights;
   private readonly layers: EncoderLayer[];
   private readonly postNorm: LinearWeights;
-  private readonly ws = new Workspace();
+  private readonly ws: Workspace;
 
   constructor(
     readonly dims: VisionDims,
@@ -48,7 +48,8 @@ export class VisionEncoder {
     if (C % heads !== 0) throw new Error(`vision hidden size ${C} is not divisible by ${heads} heads`);
     this.headDim = C / heads;
     if (this.headDim % 4 !== 0) throw new Error(`vision head dim ${this.headDim} must be a multiple of 4 for 2-D RoPE`);
-    const w = loadSpecs(visionEncoderWeights(dims, prefix), (spec) => weights.get(spec.name, spec.shape));
+    this.ws = new Workspace(backend);
+    const w = loadSpecs(visionEncoderWeights(dims, prefix), (spec) => backend.upload(weights.get(spec.name, spec.shape)));
     this.patchEmbed = { weight: w.patchEmbed.weight.reshape([C, ch * p * p]), bias: w.patchEmbed.bias };
     this.layers = w.layers;
     this.postNorm = w.postNorm;
@@ -74,7 +75,7 @@ export class VisionEncoder {
       if (g.gridH % g.mergeSize || g.gridW % g.mergeSize) throw new Error(`grid ${g.gridH}×${g.gridW} is not a multiple of merge size ${g.mergeSize}`);
     }
     const mergedRows = frames.reduce((n, g) => n + (g.gridH * g.gridW) / g.mergeSize ** 2, 0);
-    const features = Tensor.empty('f32', [mergedRows, C]);
+    const features = this.backend.allocate('f32', [mergedRows, C]);
 
     let row = 0;
     let merged = 0;
@@ -121,13 +122,18 @@ export class VisionEncoder {
     const mlp = ws.take('mlp', 'f32', [n, I]);
     const cos = ws.take('cos', 'f32', [n, D / 2]);
     const sin = ws.take('sin', 'f32', [n, D / 2]);
+    // The tables of a frame depend on its grid only: computed on the host, written once per chunk.
+    const cosHost = new Float32Array(n * (D / 2));
+    const sinHost = new Float32Array(n * (D / 2));
     let offset = 0;
     for (const g of frames) {
       const tables = visionRopeTables(g, D);
-      (cos.data as Float32Array).set(tables.cos.data, offset * (D / 2));
-      (sin.data as Float32Array).set(tables.sin.data, offset * (D / 2));
+      cosHost.set(tables.cos, offset * (D / 2));
+      sinHost.set(tables.sin, offset * (D / 2));
       offset += g.gridH * g.gridW;
     }
+    b.write(cos, cosHost);
+    b.write(sin, sinHost);
     const scale = 1 / Math.sqrt(D);
 
     b.matmul(pixels, this.patchEmbed.weight, this.patchEmbed.bias, x);

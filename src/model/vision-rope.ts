@@ -1,5 +1,3 @@
-import { Tensor } from '../tensor/tensor.js';
-
 /** One visual item as the encoder sees it: t frames of gh×gw patches, merged m×m afterwards (spec 2.6). */
 export interface VisualGrid {
   frames: number;
@@ -34,10 +32,10 @@ export function patchPositions(grid: VisualGrid): { rows: Int32Array; cols: Int3
 
 /**
  * 2-D rotary tables of one frame for head dim D: per patch, D/2 angles = [row·inv_freq (D/4), col·inv_freq (D/4)],
- * inv_freq[j] = 1/10000^(2j/(D/2)), all in float32 as the reference computes them. Returns cos and sin [n, D/2], the
+ * inv_freq[j] = 1/10000^(2j/(D/2)), all in float32 as the reference computes them. Returns cos and sin [n, D/2] (host arrays), the
  * layout the backend's half-split `rope` op takes, so q'[d] = q[d]·cos − q[d+D/2]·sin as in spec 6.2.
  */
-export function visionRopeTables(grid: VisualGrid, headDim: number): { cos: Tensor<'f32'>; sin: Tensor<'f32'>; angles: Float32Array } {
+export function visionRopeTables(grid: VisualGrid, headDim: number): { cos: Float32Array; sin: Float32Array; angles: Float32Array } {
   const rotaryDim = headDim / 2;
   const quarter = rotaryDim / 2;
   const invFreq = new Float32Array(quarter);
@@ -53,7 +51,5 @@ export function visionRopeTables(grid: VisualGrid, headDim: number): { cos: Tens
       angles[i * rotaryDim + quarter + j] = Math.fround(cols[i]! * invFreq[j]!);
     }
   }
-  const cos = Tensor.f32([n, rotaryDim], angles.map(Math.cos));
-  const sin = Tensor.f32([n, rotaryDim], angles.map(Math.sin));
-  return { cos, sin, angles };
+  return { cos: angles.map(Math.cos), sin: angles.map(Math.sin), angles };
 }

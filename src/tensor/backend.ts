@@ -1,4 +1,5 @@
-import type { Tensor } from './tensor.js';
+import type { DType } from './dtype.js';
+import type { Storage, Tensor } from './tensor.js';
 
 export interface AttentionOptions {
   /** Multiplier applied to q·k before the softmax, usually 1/sqrt(headDim). */
@@ -15,17 +16,72 @@ export interface TopK {
 }
 
 /**
- * The narrow set of operations model code is written against.
+ * How matmul multiplies (`Backend.compute`): 'exact' in f32 (activations f32, weights widened), the numerics the
+ * parity tests check; 'bf16' with activations and weights rounded to bf16 and the products summed in f32, the
+ * numerics of the official model run in bf16 on a GPU, and the fast path of CPUs with bf16 dot-product instructions.
+ */
+export type ComputeMode = 'exact' | 'bf16';
+
+/**
+ * The narrow set of operations model code is written against, and the only way it reaches tensor memory.
  *
- * Conventions shared by every op: activations are f32; weights may be f32 or bf16 (widened inside the op, never in
- * memory); every op writes into an `out` tensor its caller allocated, so a caller can reuse buffers; `out` may be the
- * same tensor as an input where the op says so. Shapes are checked and a mismatch throws an error naming the op and
- * the operand. A GPU backend implements the same interface over its own storage; backward ops join it for training.
+ * Memory: a tensor's storage belongs to its backend (host memory for the CPU backends, a buffer on a device later).
+ * Model, engine and processing code create, fill and read tensors only through the memory ops below, never through
+ * `Tensor.data`, so the same model code runs on a device whose memory the host cannot address.
+ *
+ * Compute: activations are f32; weights may be f32 or bf16 (widened inside the op, never in memory); every op writes
+ * into an `out` tensor its caller allocated, so a caller can reuse buffers; `out` may be the same tensor as an input
+ * where the op says so. Every backend's ops are checked by one layer (`CheckedBackend`): shapes, dtypes, storage and
+ * aliasing, with the same error for every backend, naming the op and the operand.
+ *
+ * Why each op is here: the set is what VideoLLaMA3's three parts need and no more. matmul (every linear layer),
+ * add/mul (residuals, scaling), rmsNorm/layerNorm (the decoder's and the encoder's norms), gelu (encoder MLP and
+ * projector), siluMul (decoder MLP), softmax (sampling), rope (both rotary embeddings, tables from the host),
+ * attention (causal with grouped KV heads for the decoder, blocked per frame for the encoder), mergeBlocks (the 2×2
+ * video merge), embedding (token lookup), argmax/topK (greedy and sampled decoding, so only ids and a few scores
+ * leave the device). Memory ops: allocate (activations, caches), upload (weights and pixels, once), write (small
+ * host tables: rope angles, ids), download (logits for sampling, outputs), copy (KV appends, cache growth), copyRows
+ * (the visual-feature scatter into the prompt), fill.
+ *
+ * Growing the interface without touching model code:
+ * - Quantized weights: `upload` takes a weight tensor and may return the backend's own layout (int8/int4 blocks,
+ *   repacked rows) under a new dtype; matmul dispatches on the weight's dtype, and the checks accept the new dtypes
+ *   for `w` only. Model code keeps passing "the weight".
+ * - Training: backward ops join this interface beside their forward (matmulBackward returning dX and dW, and so on),
+ *   checked by the same layer; a forward that must keep activations for its backward allocates them through
+ *   `allocate` like any activation, so saved activations live in the backend's memory too.
+ * - A GPU backend: implements `Kernels` over its buffers (Storage with its own `device`), queues work and syncs only
+ *   in `download`, `argmax` and `topK`; the checks refuse a tensor from another device's storage by name.
  */
 export interface Backend {
   readonly name: string;
-  /** Worker threads used by the backend's kernels. */
-  threads: number;
+  /** The memory family this backend's tensors live in ('host' for the CPU backends). */
+  readonly device: string;
+  /** Threads the backend's kernels run on (this instance's own pool). */
+  readonly threads: number;
+  /** How matmul multiplies; fixed when the backend is made. */
+  readonly compute: ComputeMode;
+
+  // -- memory ----------------------------------------------------------------------------------------------------
+
+  /** A new zero-filled tensor in this backend's memory. */
+  allocate<D extends DType>(dtype: D, shape: readonly number[]): Tensor<D>;
+  /** Raw storage of `bytes` in this backend's memory, for buffers reused under several shapes (Workspace). */
+  allocateStorage(bytes: number): Storage;
+  /** A tensor in this backend's memory holding a host tensor's values: `host` itself where that is host memory. */
+  upload<D extends DType>(host: Tensor<D>): Tensor<D>;
+  /** Writes host values into a tensor of this backend (its dtype's numbers, its element count). */
+  write(dst: Tensor, values: ArrayLike<number>): void;
+  /** A host tensor holding t's values: t itself where t is host memory. Read it, do not write to it. */
+  download<D extends DType>(t: Tensor<D>): Tensor<D>;
+  /** dst ← src: the same dtype and element count (any shapes). dst must not partly overlap src. */
+  copy(src: Tensor, dst: Tensor): void;
+  /** Row dstRows[i] of dst ← row srcRows[i] of src (rows along the first dimension, of equal size and dtype). */
+  copyRows(src: Tensor, srcRows: Int32Array, dst: Tensor, dstRows: Int32Array): void;
+  /** Every element of t ← value. */
+  fill(t: Tensor, value: number): void;
+
+  // -- compute ---------------------------------------------------------------------------------------------------
 
   /** out[M,N] = x[M,K] · w[N,K]ᵀ (+ bias[N]). x f32, w f32|bf16, bias f32|bf16 or null, out f32. */
   matmul(x: Tensor, w: Tensor, bias: Tensor | null, out: Tensor): void;
@@ -83,3 +139,11 @@ export interface Backend {
   /** The k largest elements of a 1-D f32 tensor, largest first; ties keep the lower index first. */
   topK(x: Tensor, k: number): TopK;
 }
+
+/**
+ * What a backend implements: the ops of `Backend` without any checking (the one checking layer, `CheckedBackend`,
+ * runs before every call and builds `allocate` on `allocateStorage`), on tensors of its own storage. When a kernel
+ * runs its arguments are valid: shapes agree, dtypes are the allowed ones, ids are in range, outputs do not partly
+ * overlap inputs, every tensor is in this backend's memory (`upload`'s argument excepted: a host tensor).
+ */
+export type Kernels = Omit<Backend, 'allocate'>;

@@ -1,32 +1,44 @@
-import type { AttentionOptions, Backend, TopK } from './backend.js';
-import { floatReader } from './dtype.js';
+import type { AttentionOptions, ComputeMode, Kernels, TopK } from './backend.js';
+import { CheckedBackend } from './checked.js';
+import { bf16ToF32, f32ToBf16, floatReader } from './dtype.js';
+import { hostMemory } from './host.js';
 import { erf } from './math.js';
-import { assertDType, assertShape, type Tensor } from './tensor.js';
+import type { Tensor } from './tensor.js';
+
+/** A value as bf16 holds it: round-to-nearest-even to 8 significant bits (NaN stays NaN, infinities stay). */
+const toBf16 = (v: number) => bf16ToF32(f32ToBf16(v));
 
 /**
- * Plain TypeScript loops, one per op: the definition every faster backend is tested against, and a backend that
- * runs anywhere. Accumulation is in f32 (Math.fround) where the native kernels accumulate in f32, so the two can be
- * compared tightly; clarity comes before speed here.
+ * Plain TypeScript loops, one per op: the definition every faster backend's kernels are tested against, and kernels
+ * that run anywhere. Accumulation is in f32 (Math.fround) where the native kernels accumulate in f32, so the two can
+ * be compared tightly; clarity comes before speed here. Arguments were checked by `CheckedBackend`.
  */
-export class ReferenceBackend implements Backend {
+export class ReferenceKernels implements Kernels {
   readonly name = 'reference';
-  threads = 1;
+  readonly threads = 1;
+  readonly device = hostMemory.device;
+  readonly allocateStorage = hostMemory.allocateStorage;
+  readonly upload = hostMemory.upload;
+  readonly download = hostMemory.download;
+  readonly write = hostMemory.write;
+  readonly copy = hostMemory.copy;
+  readonly copyRows = hostMemory.copyRows;
+  readonly fill = hostMemory.fill;
 
+  constructor(readonly compute: ComputeMode = 'exact') {}
+
+  /** In bf16 mode x and w are rounded to bf16 first; their products are exact in f32, summed in f32 as in exact mode. */
   matmul(x: Tensor, w: Tensor, bias: Tensor | null, out: Tensor): void {
-    assertDType('matmul x', x, 'f32');
-    assertDType('matmul w', w, 'f32', 'bf16');
     const [N, K] = [w.dim(0), w.dim(1)];
-    const M = x.numel / K;
-    if (w.rank !== 2 || x.dim(-1) !== K) throw new Error(`matmul: x [${x.shape}] does not match w [${w.shape}]`);
-    assertShape('matmul out', out, [...x.shape.slice(0, -1), N]);
-    if (bias) assertShape('matmul bias', bias, [N]);
-    const xd = x.data as Float32Array;
+    const M = K === 0 ? out.numel / N : x.numel / K;
+    const bf16 = this.compute === 'bf16';
+    const xd = bf16 ? (x.data as Float32Array).map(toBf16) : (x.data as Float32Array);
     const od = out.data as Float32Array;
     const wr = floatReader(w.dtype, w.data);
     const br = bias ? floatReader(bias.dtype, bias.data) : null;
     const wRow = new Float32Array(K);
     for (let n = 0; n < N; n++) {
-      for (let k = 0; k < K; k++) wRow[k] = wr(n * K + k);
+      for (let k = 0; k < K; k++) wRow[k] = bf16 ? toBf16(wr(n * K + k)) : wr(n * K + k);
       const b = br ? br(n) : 0;
       for (let m = 0; m < M; m++) {
         let acc = 0;
@@ -38,32 +50,23 @@ export class ReferenceBackend implements Backend {
   }
 
   add(a: Tensor, b: Tensor, out: Tensor): void {
-    this.binary('add', a, b, out, (p, q) => p + q);
+    this.binary(a, b, out, (p, q) => p + q);
   }
 
   mul(a: Tensor, b: Tensor, out: Tensor): void {
-    this.binary('mul', a, b, out, (p, q) => p * q);
+    this.binary(a, b, out, (p, q) => p * q);
   }
 
-  private binary(op: string, a: Tensor, b: Tensor, out: Tensor, f: (p: number, q: number) => number): void {
-    assertDType(`${op} a`, a, 'f32');
-    assertShape(`${op} out`, out, a.shape);
-    const broadcast = b.numel !== a.numel;
-    if (broadcast && (b.rank !== 1 || b.numel !== a.dim(-1))) {
-      throw new Error(`${op}: b [${b.shape}] is neither a's shape [${a.shape}] nor its last dimension`);
-    }
+  private binary(a: Tensor, b: Tensor, out: Tensor, f: (p: number, q: number) => number): void {
     const ad = a.data as Float32Array;
+    const bd = b.data as Float32Array;
     const od = out.data as Float32Array;
-    const br = floatReader(b.dtype, b.data);
-    const inner = b.numel;
-    for (let i = 0; i < ad.length; i++) od[i] = f(ad[i]!, br(broadcast ? i % inner : i));
+    const inner = bd.length;
+    for (let i = 0; i < ad.length; i++) od[i] = f(ad[i]!, bd[i % inner]!);
   }
 
   rmsNorm(x: Tensor, weight: Tensor, eps: number, out: Tensor): void {
-    assertDType('rmsNorm x', x, 'f32');
     const D = x.dim(-1);
-    assertShape('rmsNorm weight', weight, [D]);
-    assertShape('rmsNorm out', out, x.shape);
     const xd = x.data as Float32Array;
     const od = out.data as Float32Array;
     const wr = floatReader(weight.dtype, weight.data);
@@ -77,11 +80,7 @@ export class ReferenceBackend implements Backend {
   }
 
   layerNorm(x: Tensor, weight: Tensor, bias: Tensor, eps: number, out: Tensor): void {
-    assertDType('layerNorm x', x, 'f32');
     const D = x.dim(-1);
-    assertShape('layerNorm weight', weight, [D]);
-    assertShape('layerNorm bias', bias, [D]);
-    assertShape('layerNorm out', out, x.shape);
     const xd = x.data as Float32Array;
     const od = out.data as Float32Array;
     const wr = floatReader(weight.dtype, weight.data);
@@ -99,7 +98,6 @@ export class ReferenceBackend implements Backend {
   }
 
   gelu(x: Tensor, out: Tensor, approximation: 'tanh' | 'erf'): void {
-    assertShape('gelu out', out, x.shape);
     const xd = x.data as Float32Array;
     const od = out.data as Float32Array;
     const c = Math.sqrt(2 / Math.PI);
@@ -110,8 +108,6 @@ export class ReferenceBackend implements Backend {
   }
 
   siluMul(gate: Tensor, up: Tensor, out: Tensor): void {
-    assertShape('siluMul up', up, gate.shape);
-    assertShape('siluMul out', out, gate.shape);
     const g = gate.data as Float32Array;
     const u = up.data as Float32Array;
     const o = out.data as Float32Array;
@@ -119,7 +115,6 @@ export class ReferenceBackend implements Backend {
   }
 
   softmax(x: Tensor, out: Tensor): void {
-    assertShape('softmax out', out, x.shape);
     const D = x.dim(-1);
     const xd = x.data as Float32Array;
     const od = out.data as Float32Array;
@@ -127,12 +122,8 @@ export class ReferenceBackend implements Backend {
   }
 
   rope(x: Tensor, cos: Tensor, sin: Tensor, out: Tensor): void {
-    if (x.rank !== 3) throw new Error(`rope: x must be [T,H,D], got [${x.shape}]`);
     const [T, H, D] = x.shape as [number, number, number];
     const half = D / 2;
-    assertShape('rope cos', cos, [T, half]);
-    assertShape('rope sin', sin, [T, half]);
-    assertShape('rope out', out, x.shape);
     const xd = x.data as Float32Array;
     const od = out.data as Float32Array;
     const c = cos.data as Float32Array;
@@ -153,13 +144,8 @@ export class ReferenceBackend implements Backend {
   }
 
   attention(q: Tensor, k: Tensor, v: Tensor, out: Tensor, options: AttentionOptions): void {
-    if (q.rank !== 3 || k.rank !== 3) throw new Error(`attention: q and k must be [T,H,D], got [${q.shape}] and [${k.shape}]`);
     const [T, Hq, D] = q.shape as [number, number, number];
     const [S, Hkv] = k.shape as [number, number, number];
-    assertShape('attention k', k, [S, Hkv, D]);
-    assertShape('attention v', v, [S, Hkv, D]);
-    assertShape('attention out', out, [T, Hq, D]);
-    if (Hq % Hkv !== 0) throw new Error(`attention: ${Hq} query heads are not a multiple of ${Hkv} KV heads`);
     const offset = options.queryOffset ?? S - T;
     const qd = q.data as Float32Array;
     const kd = k.data as Float32Array;
@@ -188,12 +174,8 @@ export class ReferenceBackend implements Backend {
   }
 
   mergeBlocks(x: Tensor, mergeSize: number, out: Tensor): void {
-    if (mergeSize !== 1 && mergeSize !== 2) throw new Error(`mergeBlocks: merge size ${mergeSize} is not supported (1 or 2)`);
     const C = x.dim(-1);
-    const group = mergeSize * mergeSize;
-    const n = x.numel / C / group;
-    if (!Number.isInteger(n)) throw new Error(`mergeBlocks: ${x.numel / C} rows are not a multiple of ${group}`);
-    assertShape('mergeBlocks out', out, [n, C]);
+    const n = out.dim(0);
     const xd = x.data as Float32Array;
     const od = out.data as Float32Array;
     if (mergeSize === 1) {
@@ -212,22 +194,18 @@ export class ReferenceBackend implements Backend {
   }
 
   embedding(table: Tensor, ids: Tensor, out: Tensor): void {
-    assertDType('embedding ids', ids, 'i32');
-    const [V, D] = table.shape as [number, number];
-    assertShape('embedding out', out, [ids.numel, D]);
+    const D = table.dim(1);
     const read = floatReader(table.dtype, table.data);
     const od = out.data as Float32Array;
     const idd = ids.data as Int32Array;
     for (let t = 0; t < idd.length; t++) {
       const id = idd[t]!;
-      if (id < 0 || id >= V) throw new Error(`embedding: token id ${id} at position ${t} is outside the table's ${V} rows`);
       for (let d = 0; d < D; d++) od[t * D + d] = read(id * D + d);
     }
   }
 
   argmax(x: Tensor): number {
     const d = x.data as Float32Array;
-    if (d.length === 0) throw new Error('argmax: empty tensor');
     let best = 0;
     for (let i = 1; i < d.length; i++) if (d[i]! > d[best]!) best = i;
     return best;
@@ -252,4 +230,11 @@ function softmaxRow(x: Float32Array, out: Float32Array, base: number, n: number)
   }
   const inv = 1 / sum;
   for (let i = 0; i < n; i++) out[base + i] = Math.fround(out[base + i]! * inv);
+}
+
+/** The reference kernels behind the checking layer: a complete backend in plain TypeScript. */
+export class ReferenceBackend extends CheckedBackend {
+  constructor(options: { compute?: ComputeMode } = {}) {
+    super(new ReferenceKernels(options.compute));
+  }
 }

@@ -10,31 +10,76 @@ export function numelOf(shape: readonly number[]): number {
 }
 
 /**
- * A dense, row-major, contiguous tensor in host memory.
+ * Where a tensor's elements live, owned by the backend that made it: host memory for the CPU backends (and for what
+ * processing and file I/O produce), a device buffer for a GPU backend. Model code holds storage only through
+ * tensors and moves data with the backend's memory ops; only backends and host-side I/O read the bytes.
+ */
+export interface Storage {
+  /** The memory family: 'host' for the CPU backends; a GPU backend names its own. */
+  readonly device: string;
+  readonly byteLength: number;
+  /** The identity of the underlying memory: two storages with the same `memory` may alias each other. */
+  readonly memory: object;
+}
+
+/** Host memory: one ArrayBuffer (several tensors, and several HostStorage objects, may share it). */
+export class HostStorage implements Storage {
+  readonly device = 'host';
+  constructor(readonly buffer: ArrayBufferLike) {}
+
+  get byteLength(): number {
+    return this.buffer.byteLength;
+  }
+
+  get memory(): object {
+    return this.buffer;
+  }
+}
+
+/**
+ * A dense, row-major, contiguous tensor: a dtype, a shape and a range of a backend's storage.
  *
- * `data` is exactly the tensor's elements: a tensor never aliases more than it covers, so a view (`reshape`,
- * `rows`) is another Tensor over a sub-range of the same storage. Storage is owned by whoever allocated it (a
- * checkpoint mapping, a Workspace, or `Tensor.empty`); views never outlive their meaning because model code only
- * takes them from buffers it holds for the duration of a call.
+ * A view (`reshape`, `rows`) is another Tensor over a sub-range of the same storage. Storage is owned by whoever
+ * allocated it (a checkpoint read, a Workspace, a backend's `allocate`); views never outlive their meaning because
+ * model code only takes them from buffers it holds for the duration of a call. `data` is the elements as a typed
+ * array, and exists only for host storage: model and engine code never read it (they use the backend's memory ops,
+ * so that the same code runs on a device whose memory the host cannot address).
  */
 export class Tensor<D extends DType = DType> {
   readonly dtype: D;
   readonly shape: readonly number[];
-  readonly data: TypedArrayFor<D>;
+  readonly storage: Storage;
+  /** Where the first element starts in the storage, in bytes. */
+  readonly byteOffset: number;
+  readonly numel: number;
+  private hostData?: TypedArrayFor<D>;
 
-  constructor(dtype: D, shape: readonly number[], data: TypedArrayFor<D>) {
+  /** A tensor over `data` (host memory), or over `storage` from `byteOffset` on. */
+  constructor(dtype: D, shape: readonly number[], data: TypedArrayFor<D>);
+  constructor(dtype: D, shape: readonly number[], storage: Storage, byteOffset?: number);
+  constructor(dtype: D, shape: readonly number[], source: TypedArrayFor<D> | Storage, byteOffset = 0) {
     const n = numelOf(shape);
-    if (data.length !== n) {
-      throw new Error(`tensor data has ${data.length} elements but shape [${shape.join(', ')}] needs ${n}`);
-    }
     this.dtype = dtype;
     this.shape = Object.freeze([...shape]);
-    this.data = data;
+    this.numel = n;
+    if (ArrayBuffer.isView(source)) {
+      if (source.length !== n) throw new Error(`tensor data has ${source.length} elements but shape [${shape.join(', ')}] needs ${n}`);
+      this.storage = new HostStorage(source.buffer);
+      this.byteOffset = source.byteOffset;
+      this.hostData = source;
+    } else {
+      const bytes = n * BYTES_PER_ELEMENT[dtype];
+      if (byteOffset < 0 || byteOffset % BYTES_PER_ELEMENT[dtype] !== 0 || byteOffset + bytes > source.byteLength) {
+        throw new Error(`tensor [${shape.join(', ')}] ${dtype} at byte ${byteOffset} does not fit its storage of ${source.byteLength} bytes`);
+      }
+      this.storage = source;
+      this.byteOffset = byteOffset;
+    }
   }
 
+  /** A zero-filled host tensor (processing, I/O and tests; model code asks its backend to `allocate`). */
   static empty<D extends DType>(dtype: D, shape: readonly number[]): Tensor<D> {
-    const n = numelOf(shape);
-    return new Tensor(dtype, shape, arrayFor(dtype, new ArrayBuffer(n * BYTES_PER_ELEMENT[dtype]), 0, n) as TypedArrayFor<D>);
+    return new Tensor(dtype, shape, new HostStorage(new ArrayBuffer(numelOf(shape) * BYTES_PER_ELEMENT[dtype])));
   }
 
   static f32(shape: readonly number[], values?: ArrayLike<number>): Tensor<'f32'> {
@@ -49,8 +94,19 @@ export class Tensor<D extends DType = DType> {
     return t;
   }
 
-  get numel(): number {
-    return this.data.length;
+  /** True when the elements are in host memory, where `data` can read them. */
+  get isHost(): boolean {
+    return this.storage instanceof HostStorage;
+  }
+
+  /** The elements, in host memory. A tensor on a device has none here: its backend's `download` brings them. */
+  get data(): TypedArrayFor<D> {
+    if (this.hostData) return this.hostData;
+    if (!(this.storage instanceof HostStorage)) {
+      throw new Error(`${this} lives on ${this.storage.device}, not in host memory: read it through its backend's download()`);
+    }
+    this.hostData = arrayFor(this.dtype, this.storage.buffer, this.byteOffset, this.numel) as TypedArrayFor<D>;
+    return this.hostData;
   }
 
   get rank(): number {
@@ -58,7 +114,7 @@ export class Tensor<D extends DType = DType> {
   }
 
   get byteLength(): number {
-    return this.data.byteLength;
+    return this.numel * BYTES_PER_ELEMENT[this.dtype];
   }
 
   /** Size of dimension i; negative i counts from the end. */
@@ -70,25 +126,28 @@ export class Tensor<D extends DType = DType> {
 
   /** Same storage, new shape with the same number of elements. */
   reshape(shape: readonly number[]): Tensor<D> {
-    return new Tensor(this.dtype, shape, this.data);
+    const n = numelOf(shape);
+    if (n !== this.numel) throw new Error(`cannot reshape [${this.shape.join(', ')}] (${this.numel} elements) to [${shape.join(', ')}]`);
+    return new Tensor(this.dtype, shape, this.storage, this.byteOffset);
   }
 
   /** Rows [start, end) along the first dimension: a view, no copy. */
   rows(start: number, end: number): Tensor<D> {
     const rowSize = this.shape.length === 0 ? 1 : this.numel / this.shape[0]!;
-    if (start < 0 || end > this.shape[0]! || start > end) {
+    if (!Number.isInteger(start) || !Number.isInteger(end) || start < 0 || end > this.shape[0]! || start > end) {
       throw new Error(`rows(${start}, ${end}) out of range for shape [${this.shape.join(', ')}]`);
     }
-    const data = this.data.subarray(start * rowSize, end * rowSize) as TypedArrayFor<D>;
-    return new Tensor(this.dtype, [end - start, ...this.shape.slice(1)], data);
+    const offset = this.byteOffset + start * rowSize * BYTES_PER_ELEMENT[this.dtype];
+    return new Tensor(this.dtype, [end - start, ...this.shape.slice(1)], this.storage, offset);
   }
 
-  /** Copies the elements into a new Float32Array (widening half floats); for tests, sampling and output. */
+  /** Copies the elements into a new Float32Array (widening half floats); host tensors only: tests and output. */
   toFloat32(): Float32Array {
-    if (this.dtype === 'f32') return Float32Array.from(this.data as Float32Array);
-    if (this.dtype === 'i32' || this.dtype === 'u8') return Float32Array.from(this.data as Int32Array);
-    if (this.dtype === 'i64') return Float32Array.from(this.data as BigInt64Array, Number);
-    const read = floatReader(this.dtype, this.data);
+    const data = this.data;
+    if (this.dtype === 'f32') return Float32Array.from(data as Float32Array);
+    if (this.dtype === 'i32' || this.dtype === 'u8') return Float32Array.from(data as Int32Array);
+    if (this.dtype === 'i64') return Float32Array.from(data as BigInt64Array, Number);
+    const read = floatReader(this.dtype, data);
     const out = new Float32Array(this.numel);
     for (let i = 0; i < out.length; i++) out[i] = read(i);
     return out;

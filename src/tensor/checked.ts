@@ -1,0 +1,336 @@
+/**
+ * The one checking layer over every backend: each op's shapes, dtypes, storage and aliasing are checked here, once,
+ * with an error naming the op and the operand, and then the backend's kernel runs on arguments known to be valid.
+ * Backends implement kernels only (`Kernels`), so two backends can never disagree on what a call means.
+ */
+import type { AttentionOptions, Backend, ComputeMode, Kernels, TopK } from './backend.js';
+import { BYTES_PER_ELEMENT, type DType } from './dtype.js';
+import { assertDType, assertShape, numelOf, Tensor, type Storage } from './tensor.js';
+
+function assertRank(name: string, t: Tensor, rank: number): void {
+  if (t.rank !== rank) throw new Error(`${name}: expected rank ${rank}, got shape [${t.shape.join(', ')}]`);
+}
+
+function assertRankAtLeast(name: string, t: Tensor, rank: number): void {
+  if (t.rank < rank) throw new Error(`${name}: expected rank >= ${rank}, got shape [${t.shape.join(', ')}]`);
+}
+
+/** Byte ranges of two tensors' storage intersect (the same tensor twice counts). */
+function overlaps(a: Tensor, b: Tensor): boolean {
+  if (a.storage.memory !== b.storage.memory) return false;
+  return a.byteOffset < b.byteOffset + b.byteLength && b.byteOffset < a.byteOffset + a.byteLength;
+}
+
+function assertNoOverlap(op: string, out: Tensor, name: string, t: Tensor): void {
+  if (out.numel > 0 && t.numel > 0 && overlaps(out, t)) throw new Error(`${op}: out must not share storage with ${name}`);
+}
+
+/** An op whose out may be `t` itself, but not a partly overlapping view of it. */
+function assertSameOrDisjoint(op: string, out: Tensor, name: string, t: Tensor): void {
+  const same = out.storage.memory === t.storage.memory && out.byteOffset === t.byteOffset && out.byteLength === t.byteLength;
+  if (!same) assertNoOverlap(op, out, name, t);
+}
+
+function checkEps(op: string, eps: number): void {
+  if (!Number.isFinite(eps) || eps < 0) throw new Error(`${op}: eps must be a finite number >= 0, got ${eps}`);
+}
+
+function checkRowIndices(op: string, name: string, rows: Int32Array, count: number): void {
+  if (!(rows instanceof Int32Array)) throw new Error(`${op}: ${name} must be an Int32Array`);
+  rows.forEach((r, i) => {
+    if (r < 0 || r >= count) throw new Error(`${op}: ${name}[${i}] = ${r} is outside [0, ${count})`);
+  });
+}
+
+export class CheckedBackend implements Backend {
+  constructor(protected readonly kernels: Kernels) {}
+
+  get name(): string {
+    return this.kernels.name;
+  }
+
+  get device(): string {
+    return this.kernels.device;
+  }
+
+  get threads(): number {
+    return this.kernels.threads;
+  }
+
+  get compute(): ComputeMode {
+    return this.kernels.compute;
+  }
+
+  // -- memory ----------------------------------------------------------------------------------------------------
+
+  allocateStorage(bytes: number): Storage {
+    if (!Number.isSafeInteger(bytes) || bytes < 0) throw new Error(`allocateStorage: bytes must be an integer >= 0, got ${bytes}`);
+    return this.kernels.allocateStorage(bytes);
+  }
+
+  allocate<D extends DType>(dtype: D, shape: readonly number[]): Tensor<D> {
+    if (!(dtype in BYTES_PER_ELEMENT)) throw new Error(`allocate: unknown dtype ${String(dtype)}`);
+    return new Tensor(dtype, shape, this.kernels.allocateStorage(numelOf(shape) * BYTES_PER_ELEMENT[dtype]));
+  }
+
+  upload<D extends DType>(host: Tensor<D>): Tensor<D> {
+    if (!host.isHost) throw new Error(`upload: ${host} is not in host memory (it lives on ${host.storage.device})`);
+    return this.kernels.upload(host);
+  }
+
+  write(dst: Tensor, values: ArrayLike<number>): void {
+    this.mine('write', { dst });
+    assertDType('write: dst', dst, 'f32', 'i32', 'u8');
+    if (values.length !== dst.numel) throw new Error(`write: ${values.length} values for ${dst} of ${dst.numel} elements`);
+    this.kernels.write(dst, values);
+  }
+
+  download<D extends DType>(t: Tensor<D>): Tensor<D> {
+    this.mine('download', { t });
+    return this.kernels.download(t);
+  }
+
+  copy(src: Tensor, dst: Tensor): void {
+    this.mine('copy', { src, dst });
+    if (src.dtype !== dst.dtype) throw new Error(`copy: src is ${src.dtype}, dst is ${dst.dtype}`);
+    if (src.numel !== dst.numel) throw new Error(`copy: src has ${src.numel} elements, dst ${dst.numel}`);
+    assertSameOrDisjoint('copy', dst, 'src', src);
+    this.kernels.copy(src, dst);
+  }
+
+  copyRows(src: Tensor, srcRows: Int32Array, dst: Tensor, dstRows: Int32Array): void {
+    this.mine('copyRows', { src, dst });
+    assertRankAtLeast('copyRows: src', src, 1);
+    assertRankAtLeast('copyRows: dst', dst, 1);
+    if (src.dtype !== dst.dtype) throw new Error(`copyRows: src is ${src.dtype}, dst is ${dst.dtype}`);
+    const rowSize = (t: Tensor) => (t.dim(0) === 0 ? numelOf(t.shape.slice(1)) : t.numel / t.dim(0));
+    if (rowSize(src) !== rowSize(dst)) throw new Error(`copyRows: rows of ${src} and ${dst} differ in size`);
+    if (srcRows.length !== dstRows.length) throw new Error(`copyRows: ${srcRows.length} source rows for ${dstRows.length} destination rows`);
+    checkRowIndices('copyRows', 'srcRows', srcRows, src.dim(0));
+    checkRowIndices('copyRows', 'dstRows', dstRows, dst.dim(0));
+    assertNoOverlap('copyRows', dst, 'src', src);
+    this.kernels.copyRows(src, srcRows, dst, dstRows);
+  }
+
+  fill(t: Tensor, value: number): void {
+    this.mine('fill', { t });
+    assertDType('fill: t', t, 'f32', 'i32', 'u8');
+    this.kernels.fill(t, value);
+  }
+
+  // -- compute ---------------------------------------------------------------------------------------------------
+
+  matmul(x: Tensor, w: Tensor, bias: Tensor | null, out: Tensor): void {
+    this.mine('matmul', { x, w, bias, out });
+    // x may carry leading dimensions ([..., K]); they are flattened into M rows and kept in out ([..., N]).
+    assertDType('matmul: x', x, 'f32');
+    assertRankAtLeast('matmul: x', x, 1);
+    assertDType('matmul: w', w, 'f32', 'bf16');
+    assertRank('matmul: w', w, 2);
+    const K = x.dim(-1);
+    const N = w.dim(0);
+    assertShape('matmul: w', w, [N, K]);
+    if (bias) {
+      assertDType('matmul: bias', bias, 'f32', 'bf16');
+      assertShape('matmul: bias', bias, [N]);
+    }
+    assertDType('matmul: out', out, 'f32');
+    assertShape('matmul: out', out, [...x.shape.slice(0, -1), N]);
+    assertNoOverlap('matmul', out, 'x', x);
+    assertNoOverlap('matmul', out, 'w', w);
+    if (bias) assertNoOverlap('matmul', out, 'bias', bias);
+    this.kernels.matmul(x, w, bias, out);
+  }
+
+  add(a: Tensor, b: Tensor, out: Tensor): void {
+    this.checkBinary('add', a, b, out);
+    this.kernels.add(a, b, out);
+  }
+
+  mul(a: Tensor, b: Tensor, out: Tensor): void {
+    this.checkBinary('mul', a, b, out);
+    this.kernels.mul(a, b, out);
+  }
+
+  rmsNorm(x: Tensor, weight: Tensor, eps: number, out: Tensor): void {
+    this.mine('rmsNorm', { x, weight, out });
+    assertDType('rmsNorm: x', x, 'f32');
+    assertRankAtLeast('rmsNorm: x', x, 1);
+    assertDType('rmsNorm: weight', weight, 'f32', 'bf16');
+    assertShape('rmsNorm: weight', weight, [x.dim(-1)]);
+    assertDType('rmsNorm: out', out, 'f32');
+    assertShape('rmsNorm: out', out, x.shape);
+    checkEps('rmsNorm', eps);
+    assertSameOrDisjoint('rmsNorm', out, 'x', x);
+    assertNoOverlap('rmsNorm', out, 'weight', weight);
+    if (x.numel > 0) this.kernels.rmsNorm(x, weight, eps, out);
+  }
+
+  layerNorm(x: Tensor, weight: Tensor, bias: Tensor, eps: number, out: Tensor): void {
+    this.mine('layerNorm', { x, weight, bias, out });
+    assertDType('layerNorm: x', x, 'f32');
+    assertRankAtLeast('layerNorm: x', x, 1);
+    assertDType('layerNorm: weight', weight, 'f32', 'bf16');
+    assertShape('layerNorm: weight', weight, [x.dim(-1)]);
+    assertDType('layerNorm: bias', bias, 'f32', 'bf16');
+    assertShape('layerNorm: bias', bias, [x.dim(-1)]);
+    assertDType('layerNorm: out', out, 'f32');
+    assertShape('layerNorm: out', out, x.shape);
+    checkEps('layerNorm', eps);
+    assertSameOrDisjoint('layerNorm', out, 'x', x);
+    assertNoOverlap('layerNorm', out, 'weight', weight);
+    assertNoOverlap('layerNorm', out, 'bias', bias);
+    if (x.numel > 0) this.kernels.layerNorm(x, weight, bias, eps, out);
+  }
+
+  gelu(x: Tensor, out: Tensor, approximation: 'tanh' | 'erf'): void {
+    this.mine('gelu', { x, out });
+    assertDType('gelu: x', x, 'f32');
+    assertDType('gelu: out', out, 'f32');
+    assertShape('gelu: out', out, x.shape);
+    if (approximation !== 'tanh' && approximation !== 'erf') {
+      throw new Error(`gelu: approximation must be 'tanh' or 'erf', got ${String(approximation)}`);
+    }
+    assertSameOrDisjoint('gelu', out, 'x', x);
+    if (x.numel > 0) this.kernels.gelu(x, out, approximation);
+  }
+
+  mergeBlocks(x: Tensor, mergeSize: number, out: Tensor): void {
+    this.mine('mergeBlocks', { x, out });
+    if (mergeSize !== 1 && mergeSize !== 2) throw new Error(`mergeBlocks: merge size ${mergeSize} is not supported (1 or 2)`);
+    assertDType('mergeBlocks: x', x, 'f32');
+    assertRankAtLeast('mergeBlocks: x', x, 1);
+    const C = x.dim(-1);
+    const group = mergeSize * mergeSize;
+    const rows = C === 0 ? 0 : x.numel / C;
+    if (rows % group !== 0) throw new Error(`mergeBlocks: x has ${rows} rows, not a multiple of ${group} (merge size ${mergeSize})`);
+    assertDType('mergeBlocks: out', out, 'f32');
+    assertShape('mergeBlocks: out', out, [rows / group, C]);
+    assertNoOverlap('mergeBlocks', out, 'x', x);
+    if (out.numel > 0) this.kernels.mergeBlocks(x, mergeSize, out);
+  }
+
+  siluMul(gate: Tensor, up: Tensor, out: Tensor): void {
+    this.mine('siluMul', { gate, up, out });
+    assertDType('siluMul: gate', gate, 'f32');
+    assertDType('siluMul: up', up, 'f32');
+    assertShape('siluMul: up', up, gate.shape);
+    assertDType('siluMul: out', out, 'f32');
+    assertShape('siluMul: out', out, gate.shape);
+    assertSameOrDisjoint('siluMul', out, 'gate', gate);
+    assertSameOrDisjoint('siluMul', out, 'up', up);
+    if (gate.numel > 0) this.kernels.siluMul(gate, up, out);
+  }
+
+  softmax(x: Tensor, out: Tensor): void {
+    this.mine('softmax', { x, out });
+    assertDType('softmax: x', x, 'f32');
+    assertRankAtLeast('softmax: x', x, 1);
+    assertDType('softmax: out', out, 'f32');
+    assertShape('softmax: out', out, x.shape);
+    assertSameOrDisjoint('softmax', out, 'x', x);
+    if (x.numel > 0) this.kernels.softmax(x, out);
+  }
+
+  rope(x: Tensor, cos: Tensor, sin: Tensor, out: Tensor): void {
+    this.mine('rope', { x, cos, sin, out });
+    assertDType('rope: x', x, 'f32');
+    assertRank('rope: x', x, 3);
+    const [T, , D] = x.shape as [number, number, number];
+    if (D % 2 !== 0) throw new Error(`rope: head dimension must be even, got ${D}`);
+    assertDType('rope: cos', cos, 'f32');
+    assertShape('rope: cos', cos, [T, D / 2]);
+    assertDType('rope: sin', sin, 'f32');
+    assertShape('rope: sin', sin, [T, D / 2]);
+    assertDType('rope: out', out, 'f32');
+    assertShape('rope: out', out, x.shape);
+    assertSameOrDisjoint('rope', out, 'x', x);
+    assertNoOverlap('rope', out, 'cos', cos);
+    assertNoOverlap('rope', out, 'sin', sin);
+    if (x.numel > 0) this.kernels.rope(x, cos, sin, out);
+  }
+
+  attention(q: Tensor, k: Tensor, v: Tensor, out: Tensor, options: AttentionOptions): void {
+    this.mine('attention', { q, k, v, out });
+    assertDType('attention: q', q, 'f32');
+    assertRank('attention: q', q, 3);
+    assertDType('attention: k', k, 'f32');
+    assertRank('attention: k', k, 3);
+    const [T, Hq, D] = q.shape as [number, number, number];
+    const [S, Hkv] = k.shape as [number, number, number];
+    assertShape('attention: k', k, [S, Hkv, D]);
+    assertDType('attention: v', v, 'f32');
+    assertShape('attention: v', v, [S, Hkv, D]);
+    assertDType('attention: out', out, 'f32');
+    assertShape('attention: out', out, q.shape);
+    if (Hkv === 0 || Hq % Hkv !== 0) throw new Error(`attention: query heads (${Hq}) must be a multiple of KV heads (${Hkv})`);
+    if (T > 0 && S === 0) throw new Error('attention: k and v hold no keys');
+    if (!Number.isFinite(options.scale)) throw new Error(`attention: scale must be finite, got ${options.scale}`);
+    const queryOffset = options.queryOffset ?? S - T;
+    if (options.causal && (!Number.isInteger(queryOffset) || queryOffset < 0)) {
+      throw new Error(`attention: causal queryOffset must be an integer >= 0, got ${queryOffset} (T=${T}, S=${S})`);
+    }
+    assertNoOverlap('attention', out, 'q', q);
+    assertNoOverlap('attention', out, 'k', k);
+    assertNoOverlap('attention', out, 'v', v);
+    if (T > 0) this.kernels.attention(q, k, v, out, { scale: options.scale, causal: options.causal, queryOffset: options.causal ? queryOffset : 0 });
+  }
+
+  embedding(table: Tensor, ids: Tensor, out: Tensor): void {
+    this.mine('embedding', { table, ids, out });
+    assertDType('embedding: table', table, 'f32', 'bf16');
+    assertRank('embedding: table', table, 2);
+    assertDType('embedding: ids', ids, 'i32');
+    assertRank('embedding: ids', ids, 1);
+    const [V, D] = table.shape as [number, number];
+    assertDType('embedding: out', out, 'f32');
+    assertShape('embedding: out', out, [ids.dim(0), D]);
+    assertNoOverlap('embedding', out, 'table', table);
+    // Ids come from the host (tokenizer, sampler), so checking them here costs no transfer.
+    const idData = this.kernels.download(ids).data as Int32Array;
+    idData.forEach((id, i) => {
+      if (id < 0 || id >= V) throw new Error(`embedding: ids[${i}] = ${id} is outside [0, ${V})`);
+    });
+    if (out.numel > 0) this.kernels.embedding(table, ids, out);
+  }
+
+  argmax(x: Tensor): number {
+    this.mine('argmax', { x });
+    assertDType('argmax: x', x, 'f32');
+    assertRank('argmax: x', x, 1);
+    if (x.numel === 0) throw new Error('argmax: x is empty');
+    return this.kernels.argmax(x);
+  }
+
+  topK(x: Tensor, k: number): TopK {
+    this.mine('topK', { x });
+    assertDType('topK: x', x, 'f32');
+    assertRank('topK: x', x, 1);
+    if (!Number.isInteger(k) || k < 0 || k > x.numel) throw new Error(`topK: k must be an integer in [0, ${x.numel}], got ${k}`);
+    return this.kernels.topK(x, k);
+  }
+
+  private checkBinary(op: string, a: Tensor, b: Tensor, out: Tensor): void {
+    this.mine(op, { a, b, out });
+    assertDType(`${op}: a`, a, 'f32');
+    assertDType(`${op}: b`, b, 'f32');
+    const sameShape = b.rank === a.rank && b.shape.every((d, i) => d === a.shape[i]);
+    if (!sameShape) {
+      if (a.rank === 0) assertShape(`${op}: b`, b, a.shape);
+      assertShape(`${op}: b (a's shape or a vector over its last dimension)`, b, [a.dim(-1)]);
+    }
+    assertDType(`${op}: out`, out, 'f32');
+    assertShape(`${op}: out`, out, a.shape);
+    assertSameOrDisjoint(op, out, 'a', a);
+    assertSameOrDisjoint(op, out, 'b', b);
+  }
+
+  /** Every operand must be in this backend's memory: a tensor of another device is refused by name. */
+  private mine(op: string, operands: Record<string, Tensor | null>): void {
+    for (const [name, t] of Object.entries(operands)) {
+      if (t && t.storage.device !== this.kernels.device) {
+        throw new Error(`${op}: ${name} (${t}) lives on ${t.storage.device}, this backend (${this.name}) on ${this.kernels.device}: upload it first`);
+      }
+    }
+  }
+}

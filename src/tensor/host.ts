@@ -1,0 +1,45 @@
+/**
+ * The memory ops of backends whose tensors live in host memory (the CPU backends): allocation is an ArrayBuffer,
+ * upload and download are the tensor itself, copies are typed-array copies (memmove, so a tensor may be copied over
+ * itself shifted).
+ */
+import type { Kernels } from './backend.js';
+import type { DType } from './dtype.js';
+import { HostStorage, type Storage, type Tensor } from './tensor.js';
+
+type HostMemory = Pick<Kernels, 'device' | 'allocateStorage' | 'upload' | 'download' | 'write' | 'copy' | 'copyRows' | 'fill'>;
+
+export const hostMemory: HostMemory = {
+  device: 'host',
+
+  allocateStorage(bytes: number): Storage {
+    return new HostStorage(new ArrayBuffer(bytes));
+  },
+
+  upload<D extends DType>(host: Tensor<D>): Tensor<D> {
+    return host;
+  },
+
+  download<D extends DType>(t: Tensor<D>): Tensor<D> {
+    return t;
+  },
+
+  write(dst: Tensor, values: ArrayLike<number>): void {
+    (dst.data as Float32Array | Int32Array | Uint8Array).set(values);
+  },
+
+  copy(src: Tensor, dst: Tensor): void {
+    (dst.data as Uint8Array).set(src.data as Uint8Array);
+  },
+
+  copyRows(src: Tensor, srcRows: Int32Array, dst: Tensor, dstRows: Int32Array): void {
+    const row = src.dim(0) === 0 ? 0 : src.numel / src.dim(0);
+    const from = src.data as Float32Array;
+    const to = dst.data as Float32Array;
+    for (let i = 0; i < srcRows.length; i++) to.set(from.subarray(srcRows[i]! * row, (srcRows[i]! + 1) * row), dstRows[i]! * row);
+  },
+
+  fill(t: Tensor, value: number): void {
+    (t.data as Float32Array).fill(value);
+  },
+};
