@@ -52,7 +52,7 @@ describe('loading a model', { skip: !fixtures && FIXTURES_MISSING }, () => {
       [{ threads: 0 }, 'threads', /threads must be an integer >= 1, got 0/],
       [{ maxActiveRequests: 0 }, 'maxActiveRequests', /maxActiveRequests must be an integer >= 1/],
       [{ maxImagePixels: Infinity }, 'maxImagePixels', /got Infinity/],
-      [{ backend: 'gpu' as never }, 'backend', /backend must be 'native' or 'reference', got the string "gpu"/],
+      [{ backend: 'gpu' as never }, 'backend', /backend must be 'native', 'reference' or a Backend, got the string "gpu"/],
     ];
     for (const [options, option, message] of cases) {
       await assert.rejects(VideoLLaMA3.load(tiny, options), (e: unknown) => {
