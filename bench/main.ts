@@ -30,7 +30,7 @@ const threadCounts = [...new Set([1, allThreads])];
 
 log(`# videollama3 benchmarks (${new Date().toISOString()})`);
 const limits = measureLimits(threadCounts);
-log(`cpu: kernel ${limits.cpu.kernel}, avx2 ${limits.cpu.avx2}, fma ${limits.cpu.fma}, avx512f ${limits.cpu.avx512f}, threads ${threadCounts.join('/')}`);
+log(`cpu: tiers ${limits.cpu.tiers.join('/')}, default ${limits.cpu.isa} with ${limits.cpu.compute} compute, threads ${threadCounts.join('/')}`);
 for (const n of threadCounts) log(`limit, ${n} thread(s): peak ${limits.peakGflops[n]} GFLOP/s (FMA-bound), read bandwidth ${limits.readGBs[n]} GB/s`);
 
 const kernels = measureKernels(threadCounts, limits);
