@@ -37,8 +37,16 @@ constexpr int NR = 32;  // columns: two zmm vectors
 constexpr long KC = 256;
 constexpr long MC = 192;
 constexpr long NB = 2048;
-// Up to this many rows of x the unpacked GEMV beat the packed GEMM (see gemvRows).
-constexpr long kGemvMaxM = 31;
+#if VL3_BF16_DOT
+// The bf16 GEMM's K block: its B panels hold 2-byte values, so twice the depth fills the same 32 KiB of L1 (and
+// halves the C-tile updates); measured 2-5 % faster than 256 on Zen 5, and no better at 768 or 1024.
+constexpr long KCDot = 512;
+#endif
+// Up to this many rows of x the unpacked GEMV beat the packed GEMM on the Qwen2 shapes (Zen 5, one thread): the f32
+// GEMV runs at ~95 % of the zmm FMA peak up to M = 48-63, where the packed GEMM reached 75-85 %; the bf16-pair GEMV
+// (Compute::Bf16 on avx512bf16) at 250-270 GFLOP/s for M = 24-63, which the packed bf16 GEMM passes from M = 32-48.
+constexpr long kGemvMaxM = 63;
+constexpr long kGemvMaxMDot = 31;
 // Keys per K panel and output rows per V panel of the tiled attention: 12 zmm accumulators of 16 query rows.
 constexpr long kAttnMR = 12;
 
@@ -260,8 +268,9 @@ inline void tileBf16(long kp, const uint16_t* A, const uint16_t* B, float* C, lo
 // GEMV: w read in place, once, as one sequential stream per block of rows (the structure of the AVX2 tier's, with
 // 16-lane vectors and masked tails).
 
-// Prefetching a line ahead of the weight stream, as on AVX2 (see isa_avx2.h).
-constexpr long kGemvPrefetch = 64;
+// Prefetching ahead of the weight stream, as on AVX2 (see isa_avx2.h), but farther: a step here reads 128 bytes,
+// and 256 bytes ahead measured best of 0-1024 on Zen 5 (about 85 % of the read bandwidth on one thread, best of 5).
+constexpr long kGemvPrefetch = 256;
 
 template <WType TYPE>
 inline __m512 loadW16(const void* w, long off) {

@@ -11,7 +11,8 @@ namespace vl3 {
 // (AVX512-VNNI vpdpbusd), "int8-ymm" (AVX-VNNI vpdpbusd).
 std::vector<const char*> peakKinds();
 // GFLOP/s (GOP/s for the int8 kinds) of a loop of independent chains of that instruction, on `threads` threads of a
-// pool of its own (each runs for about `seconds`); `error` is set for an unknown or unavailable kind.
+// pool of its own (each runs for about `seconds`; the sum of each thread's best 10 ms window); `error` is set for an
+// unknown or unavailable kind.
 double peakFlops(const std::string& kind, int threads, double seconds, std::string& error);
 // GB/s of a read-only sum over a `bytes` array split across `threads` threads of a pool of its own; the best of
 // `repeats` passes.

@@ -3,7 +3,8 @@
 // VL3_ISA_NAME its display name. Everything lands in an anonymous namespace inside vl3::VL3_ISA. The ISA header
 // gives the GEMM's tile (MR×NR) and blocking (KC, MC, NB), the GEMV cut-off kGemvMaxM, the tiled attention's panel
 // height kAttnMR, and its primitives; with VL3_BF16_DOT set to 1 it also gives the bf16 dot-product GEMM and GEMV
-// (packABf16, packBBf16, tileBf16, gemvRowsBf16) that Compute::Bf16 then runs on.
+// (packABf16, packBBf16, tileBf16, gemvRowsBf16, their K blocking KCDot and GEMV cut-off kGemvMaxMDot) that
+// Compute::Bf16 then runs on.
 #include <cfloat>
 #include <cmath>
 #include <cstdint>
@@ -90,20 +91,25 @@ void gemm(const MatmulArgs& a, const float* bias, bool round) {
   if (threads > 1 && nTn < 4L * threads) nTm = lmin(cdiv(M, MR), cdiv(4L * threads, nTn));
   const long mChunk = roundUp(cdiv(M, nTm), MR);
   nTm = cdiv(M, mChunk);
-  // Panel elements: f32, or bf16 with k padded to whole pairs.
+  // Panel elements: f32, or bf16 with k padded to whole pairs (whose panels take the ISA's own K blocking).
   const long pairK = DOT ? 2 : 1;
   const long elt = DOT ? 2 : 4;
+#if VL3_BF16_DOT
+  const long kcMax = DOT ? KCDot : KC;
+#else
+  const long kcMax = KC;
+#endif
   parallelTasks(nTn * nTm, [&](long task, int tid) {
     const long tn = task % nTn, tm = task / nTn;
     const long p0 = tn * nPanels / nTn, p1 = (tn + 1) * nPanels / nTn;
     const long m0 = tm * mChunk, m1 = lmin(M, m0 + mChunk);
     if (p0 >= p1 || m0 >= m1) return;
-    char* bp = static_cast<char*>(scratch(tid, kSlotB, (p1 - p0) * KC * NR * elt));
-    char* ap = static_cast<char*>(scratch(tid, kSlotA, MC * KC * elt));
+    char* bp = static_cast<char*>(scratch(tid, kSlotB, (p1 - p0) * kcMax * NR * elt));
+    char* ap = static_cast<char*>(scratch(tid, kSlotA, MC * kcMax * elt));
     const long mBlocks = cdiv(m1 - m0, MC);
     const long mc0 = roundUp(cdiv(m1 - m0, mBlocks), MR);  // equal A blocks rather than a ragged last one
-    for (long pc = 0; pc < K; pc += KC) {
-      const long kc = lmin(KC, K - pc), kp = roundUp(kc, pairK);
+    for (long pc = 0; pc < K; pc += kcMax) {
+      const long kc = lmin(kcMax, K - pc), kp = roundUp(kc, pairK);
       for (long p = p0; p < p1; p++) {
         const void* w = static_cast<const char*>(a.w) + (p * NR * K + pc) * esz;
         const int nr = static_cast<int>(lmin(NR, N - p * NR));
@@ -225,10 +231,14 @@ void matmul(const MatmulArgs& a) {
     return;
   }
   const bool bf16 = a.compute == Compute::Bf16;
-  if (a.M <= kGemvMaxM) gemv(a, bias);
 #if VL3_BF16_DOT
-  else if (bf16) gemm<true>(a, bias, false);
+  if (bf16) {
+    if (a.M <= kGemvMaxMDot) gemv(a, bias);
+    else gemm<true>(a, bias, false);
+    return;
+  }
 #endif
+  if (a.M <= kGemvMaxM) gemv(a, bias);
   else gemm<false>(a, bias, bf16);
 }
 

@@ -134,8 +134,9 @@ const smallMatmuls: MatmulCase[] = [];
 const largeMatmuls: MatmulCase[] = [
   matmulCase(67, 129, 300, 'bf16', 'f32'),
   matmulCase(67, 300, 129, 'f32', 'none'),
-  // Several K blocks (KC = 256) and M blocks (MC = 144), ragged everywhere.
+  // Several K blocks (KC = 256, 512 for bf16 pairs) and M blocks (MC = 144, 192 on AVX-512), ragged everywhere.
   matmulCase(151, 70, 601, 'bf16', 'bf16'),
+  matmulCase(200, 45, 1031, 'bf16', 'none'),
   // Many N tasks with a small M just above the scalar GEMV cut-off, and a GEMV with long rows.
   matmulCase(6, 2100, 40, 'bf16', 'f32'),
   // Around the AVX2 (63) and AVX-512 (31) GEMV cut-offs, with odd K (a half-filled last bf16 pair).
