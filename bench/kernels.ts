@@ -80,7 +80,7 @@ export function measureLimits(threadCounts: number[]): MachineLimits {
     for (const n of threadCounts) perThreads[n] = round(Math.max(peakFlops(n, 0.4, kind), peakFlops(n, 0.4, kind), peakFlops(n, 0.4, kind)));
     peaks[kind] = perThreads;
   }
-  for (const n of threadCounts) readGBs[n] = round(readBandwidth(n, 256 * 2 ** 20, 5));
+  for (const n of threadCounts) readGBs[n] = round(readBandwidth(n, 256 * 2 ** 20, 15));
   const widest = (['fp32-zmm', 'fp32-ymm', 'fp32-scalar'] as const).find((k) => peaks[k])!;
   return { cpu, peaks, peakGflops: peaks[widest]!, readGBs };
 }

@@ -711,9 +711,14 @@ constexpr long kTilePanels = 8;   // 128 query rows per task
 constexpr long kPackKeys = 4 * BKT;  // keys per packing task
 constexpr long kPackBudget = 16L << 20;  // bytes of packed K and V per round of heads: about the L3, whatever S
 
-// Output rows [d0, D) are covered by V panels of (nearly) equal height, at most kAttnMR: 4 + 4 rather than 6 + 2,
-// so that the tile keeps as many accumulators in flight as the remaining rows allow.
-inline int dTile(long rest) { return static_cast<int>(cdiv(rest, cdiv(rest, kAttnMR))); }
+// Output rows [d0, D) are covered by V panels of kAttnMR rows while that leaves no awkward rest, then two halves
+// (4 + 4 rather than 6 + 2, 4 + 3 rather than 6 + 1), so that the tile keeps enough accumulators in flight. No
+// division by a variable: this runs per key while packing V.
+inline int dTile(long rest) {
+  if (rest <= kAttnMR) return static_cast<int>(rest);
+  if (rest < kAttnMR + kAttnMR / 2) return static_cast<int>((rest + 1) / 2);
+  return static_cast<int>(kAttnMR);
+}
 
 // Keys [j0, j1) of KV head g (j0 a multiple of BKT): K into panels [Sp/kAttnMR][D][kAttnMR]; V block-major, each block of BKT
 // keys one contiguous [D][BKT] region made of panels [BKT][m] (the group of output rows starting at d0 at d0·BKT), so
