@@ -1,6 +1,7 @@
 {
-  # Own native CPU backend. The AVX2/FMA kernels are a static library compiled with -mavx2 -mfma -mf16c; everything
-  # else is baseline x86-64 (or aarch64), and picks the AVX2 table at run time only when the CPU has it.
+  # Own native CPU backend. Each x86 kernel tier is a static library compiled with its own instruction-set flags
+  # (AVX2: -mavx2 -mfma -mf16c; AVX-512: -mavx512f/bw/dq/vl on top; AVX-512 BF16: -mavx512bf16 on top of that);
+  # everything else is baseline x86-64 (or aarch64), and a backend picks a tier at run time from what the CPU has.
   "target_defaults": {
     "cflags!": ["-O0", "-O2"],
     "cflags_cc!": ["-std=gnu++17", "-std=gnu++14", "-std=gnu++1y"],
@@ -24,8 +25,34 @@
       ]
     },
     {
+      "target_name": "vl3_avx512",
+      "type": "static_library",
+      "sources": ["native/kernels_avx512.cc"],
+      "conditions": [
+        ["target_arch=='x64'", {
+          "cflags": ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl",
+                     "-mprefer-vector-width=512"],
+          "xcode_settings": {"OTHER_CFLAGS": ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512dq",
+                                              "-mavx512vl", "-mprefer-vector-width=512"]}
+        }]
+      ]
+    },
+    {
+      "target_name": "vl3_avx512bf16",
+      "type": "static_library",
+      "sources": ["native/kernels_avx512bf16.cc"],
+      "conditions": [
+        ["target_arch=='x64'", {
+          "cflags": ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx512bf16",
+                     "-mprefer-vector-width=512"],
+          "xcode_settings": {"OTHER_CFLAGS": ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512dq",
+                                              "-mavx512vl", "-mavx512bf16", "-mprefer-vector-width=512"]}
+        }]
+      ]
+    },
+    {
       "target_name": "vl3_native",
-      "dependencies": ["vl3_avx2"],
+      "dependencies": ["vl3_avx2", "vl3_avx512", "vl3_avx512bf16"],
       "sources": [
         "native/addon.cc",
         "native/cpu.cc",

@@ -1,5 +1,6 @@
 // `npm run bench [-- --json] [-- --skip-llm] [-- --skip-server] [-- --model DIR]`: kernel and model throughput beside the machine's
-// limits measured in the same run (FMA-bound peak FLOP/s, DRAM read bandwidth) and a peer where there is one.
+// limits measured in the same run (peak of each instruction kind, DRAM read bandwidth) and a peer where there is one.
+// Kernels run on every tier the CPU has, matmuls in both compute modes; models run as createBackend makes them.
 import { execFileSync } from 'node:child_process';
 import { copyFileSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -30,15 +31,22 @@ const threadCounts = [...new Set([1, allThreads])];
 
 log(`# videollama3 benchmarks (${new Date().toISOString()})`);
 const limits = measureLimits(threadCounts);
-log(`cpu: kernel ${limits.cpu.kernel}, avx2 ${limits.cpu.avx2}, fma ${limits.cpu.fma}, avx512f ${limits.cpu.avx512f}, threads ${threadCounts.join('/')}`);
-for (const n of threadCounts) log(`limit, ${n} thread(s): peak ${limits.peakGflops[n]} GFLOP/s (FMA-bound), read bandwidth ${limits.readGBs[n]} GB/s`);
+const cpu = limits.cpu;
+log(`cpu: tiers ${cpu.tiers.join('/')} (models run ${cpu.isa}, ${process.env['VL3_COMPUTE'] ?? 'exact'} compute), features ${Object.entries(cpu.features).filter(([, on]) => on).map(([f]) => f).join(' ')}`);
+for (const n of threadCounts) {
+  const peaks = Object.entries(limits.peaks).map(([kind, r]) => `${kind} ${r[n]}`).join(', ');
+  log(`limit, ${n} thread(s): peak ${peaks} GFLOP/s (GOP/s for int8); read bandwidth ${limits.readGBs[n]} GB/s`);
+}
 
 const kernels = measureKernels(threadCounts, limits);
-for (const n of threadCounts) {
-  const g = kernels.gemm[n]!;
-  const v = kernels.gemv[n]!;
-  log(`GEMM 512x1536x8960 bf16 weights, ${n} thread(s): ${g.gflops} GFLOP/s = ${g.percentOfPeak}% of peak`);
-  log(`GEMV 1x1536x8960 bf16 cold weights, ${n} thread(s): ${v.GBs} GB/s = ${v.percentOfBandwidth}% of read bandwidth`);
+for (const g of kernels.gemm) {
+  log(`GEMM 512x1536x8960 bf16 weights, ${g.isa} ${g.compute}, ${g.threads} thread(s): ${g.gflops} GFLOP/s = ${g.percentOfPeak}% of the ${g.limit} peak`);
+}
+for (const v of kernels.gemv) {
+  log(`GEMV 1x1536x8960 bf16 cold weights, ${v.isa} ${v.compute}, ${v.threads} thread(s): ${v.GBs} GB/s = ${v.percentOfBandwidth}% of read bandwidth`);
+}
+for (const a of kernels.attention) {
+  log(`attention ${a.case}, ${a.isa}, ${a.threads} thread(s): ${a.rate} ${a.unit} = ${a.percentOfLimit}% of the ${a.limit === 'read' ? 'read bandwidth' : `${a.limit} peak`}`);
 }
 log(`peer: ${kernels.peer.name}: GEMM ${kernels.peer.gemmGflops} GFLOP/s, GEMV ${kernels.peer.gemvGBs} GB/s`);
 

@@ -1,11 +1,13 @@
 // Own N-API glue: ops take the tensors' TypedArrays zero-copy and run synchronously, so a decode step's ~200 calls cost about a microsecond each.
 // TypeScript validates shapes and dtypes with friendly messages; the checks here only keep a bad call from
-// touching memory outside the arrays it was given.
+// touching memory outside the arrays it was given. Ops are methods of a Context (one per NativeBackend): its thread
+// pool, kernel tier and compute mode.
 #include <napi.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -19,9 +21,97 @@
 namespace vl3 {
 namespace {
 
-// One op at a time per process: kernels share the pool's per-thread scratch, and worker_threads may call in
-// concurrently.
-std::mutex opMutex;
+bool fail(Napi::Env env, const std::string& msg);
+
+// A backend's native half: a thread pool with its scratch arenas, a kernel tier and a compute mode. Contexts share
+// nothing, so models on different JS threads run at the same time; within one, ops take turns (its kernels share
+// the pool's per-thread scratch).
+class Context : public Napi::ObjectWrap<Context> {
+ public:
+  static Napi::Function Define(Napi::Env env);
+
+  // new Context(threads | undefined, isa | null, compute | null): null picks the default (VL3_ISA / VL3_COMPUTE,
+  // else the best the CPU has).
+  explicit Context(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Context>(info) {
+    Napi::Env env = info.Env();
+    int threads = availableCores();
+    if (!info[0].IsUndefined()) {
+      const double t = info[0].IsNumber() ? info[0].As<Napi::Number>().DoubleValue() : 0;
+      if (!(t >= 1 && t <= 256) || t != std::floor(t)) {
+        fail(env, "Context: threads must be an integer in [1, 256]");
+        return;
+      }
+      threads = static_cast<int>(t);
+    }
+    std::string error;
+    if (info[1].IsString()) table_ = tierKernels(info[1].As<Napi::String>().Utf8Value(), error);
+    else table_ = defaultKernels(error);
+    if (!table_) {
+      Napi::Error::New(env, error).ThrowAsJavaScriptException();
+      return;
+    }
+    if (info[2].IsString()) {
+      const std::string name = info[2].As<Napi::String>().Utf8Value();
+      if (!parseCompute(name, compute_)) {
+        fail(env, "Context: compute must be 'exact' or 'bf16', got '" + name + "'");
+        return;
+      }
+    } else if (!defaultCompute(*table_, compute_, error)) {
+      Napi::Error::New(env, error).ThrowAsJavaScriptException();
+      return;
+    }
+    pool_ = makePool(threads);
+  }
+
+  ~Context() override {
+    if (reported_) Napi::MemoryManagement::AdjustExternalMemory(Env(), -reported_);
+  }
+
+  const KernelTable& k() const { return *table_; }
+  Compute compute() const { return compute_; }
+
+ private:
+  friend class OpScope;
+
+  template <Napi::Value (*F)(const Napi::CallbackInfo&, Context&)>
+  Napi::Value Op(const Napi::CallbackInfo& info) {
+    if (!pool_) return Napi::Value();  // the constructor threw
+    return F(info, *this);
+  }
+
+  Napi::Value Isa(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), table_ ? table_->name : ""); }
+  Napi::Value ComputeMode(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), computeName(compute_)); }
+  Napi::Value Threads(const Napi::CallbackInfo& info) {
+    return Napi::Number::New(info.Env(), pool_ ? poolSize(*pool_) : 0);
+  }
+  Napi::Value SetThreads(const Napi::CallbackInfo& info);
+
+  // Lets V8 know what the scratch arenas hold, so that a program dropping backends collects them soon enough.
+  void reportMemory() {
+    const int64_t now = static_cast<int64_t>(poolScratchBytes(*pool_));
+    if (now == reported_) return;
+    Napi::MemoryManagement::AdjustExternalMemory(Env(), now - reported_);
+    reported_ = now;
+  }
+
+  std::mutex mu_;
+  PoolPtr pool_;
+  const KernelTable* table_ = nullptr;
+  Compute compute_ = Compute::Exact;
+  int64_t reported_ = 0;
+};
+
+// Held for the length of one op: the context's lock, and its pool as the one the kernels see on this thread.
+class OpScope {
+ public:
+  explicit OpScope(Context& c) : c_(c), lock_(c.mu_), pool_(*c.pool_) {}
+  ~OpScope() { c_.reportMemory(); }
+
+ private:
+  Context& c_;
+  std::lock_guard<std::mutex> lock_;
+  PoolScope pool_;
+};
 
 struct View {
   void* data = nullptr;
@@ -87,7 +177,7 @@ bool intArgs(const Napi::CallbackInfo& info, size_t from, size_t count, const ch
 }
 
 // matmul(x, w, bias | null, out, M, N, K)
-Napi::Value Matmul(const Napi::CallbackInfo& info) {
+Napi::Value Matmul(const Napi::CallbackInfo& info, Context& ctx) {
   Napi::Env env = info.Env();
   const char* op = "matmul";
   View x, w, b, out;
@@ -100,15 +190,15 @@ Napi::Value Matmul(const Napi::CallbackInfo& info) {
     return env.Undefined();
   if (hasBias && !needFloat(env, b, op, "bias", N)) return env.Undefined();
   MatmulArgs a{static_cast<const float*>(x.data), w.data, floatType(w), hasBias ? b.data : nullptr,
-               hasBias ? floatType(b) : WType::None, static_cast<float*>(out.data), M, N, K};
-  std::lock_guard<std::mutex> lk(opMutex);
-  kernels().matmul(a);
+               hasBias ? floatType(b) : WType::None, static_cast<float*>(out.data), M, N, K, ctx.compute()};
+  OpScope scope(ctx);
+  ctx.k().matmul(a);
   return env.Undefined();
 }
 
 // add(a, b, out) / mul(a, b, out): b has a's length or divides it (a row vector broadcast over rows).
 template <bool IsAdd>
-Napi::Value Binary(const Napi::CallbackInfo& info) {
+Napi::Value Binary(const Napi::CallbackInfo& info, Context& ctx) {
   Napi::Env env = info.Env();
   const char* op = IsAdd ? "add" : "mul";
   View a, b, out;
@@ -120,16 +210,16 @@ Napi::Value Binary(const Napi::CallbackInfo& info) {
     fail(env, std::string(op) + ": b's length must equal a's or divide it");
     return env.Undefined();
   }
-  std::lock_guard<std::mutex> lk(opMutex);
+  OpScope scope(ctx);
   if (a.length == 0) return env.Undefined();
-  auto fn = IsAdd ? kernels().add : kernels().mul;
+  auto fn = IsAdd ? ctx.k().add : ctx.k().mul;
   fn(static_cast<const float*>(a.data), static_cast<const float*>(b.data), static_cast<float*>(out.data),
      static_cast<long>(a.length), static_cast<long>(b.length));
   return env.Undefined();
 }
 
 // rmsNorm(x, weight, eps, out): rows of weight.length.
-Napi::Value RmsNorm(const Napi::CallbackInfo& info) {
+Napi::Value RmsNorm(const Napi::CallbackInfo& info, Context& ctx) {
   Napi::Env env = info.Env();
   const char* op = "rmsNorm";
   View x, w, out;
@@ -143,14 +233,14 @@ Napi::Value RmsNorm(const Napi::CallbackInfo& info) {
   if (!needF32(env, x, op, "x", x.length) || !needFloat(env, w, op, "weight", w.length) ||
       !needF32(env, out, op, "out", x.length))
     return env.Undefined();
-  std::lock_guard<std::mutex> lk(opMutex);
-  kernels().rmsNorm(static_cast<const float*>(x.data), w.data, floatType(w), static_cast<float>(numArg(info, 2)),
+  OpScope scope(ctx);
+  ctx.k().rmsNorm(static_cast<const float*>(x.data), w.data, floatType(w), static_cast<float>(numArg(info, 2)),
                     static_cast<float*>(out.data), static_cast<long>(x.length) / cols, cols);
   return env.Undefined();
 }
 
 // layerNorm(x, weight, bias, eps, out): rows of weight.length.
-Napi::Value LayerNorm(const Napi::CallbackInfo& info) {
+Napi::Value LayerNorm(const Napi::CallbackInfo& info, Context& ctx) {
   Napi::Env env = info.Env();
   const char* op = "layerNorm";
   View x, w, b, out;
@@ -165,28 +255,28 @@ Napi::Value LayerNorm(const Napi::CallbackInfo& info) {
   if (!needF32(env, x, op, "x", x.length) || !needFloat(env, w, op, "weight", w.length) ||
       !needFloat(env, b, op, "bias", w.length) || !needF32(env, out, op, "out", x.length))
     return env.Undefined();
-  std::lock_guard<std::mutex> lk(opMutex);
-  kernels().layerNorm(static_cast<const float*>(x.data), w.data, floatType(w), b.data, floatType(b),
+  OpScope scope(ctx);
+  ctx.k().layerNorm(static_cast<const float*>(x.data), w.data, floatType(w), b.data, floatType(b),
                       static_cast<float>(numArg(info, 3)), static_cast<float*>(out.data),
                       static_cast<long>(x.length) / cols, cols);
   return env.Undefined();
 }
 
 // gelu(x, out, erf): erf false for the tanh approximation.
-Napi::Value Gelu(const Napi::CallbackInfo& info) {
+Napi::Value Gelu(const Napi::CallbackInfo& info, Context& ctx) {
   Napi::Env env = info.Env();
   const char* op = "gelu";
   View x, out;
   if (!view(info, 0, x, op, "x") || !view(info, 1, out, op, "out")) return env.Undefined();
   if (!needF32(env, x, op, "x", x.length) || !needF32(env, out, op, "out", x.length)) return env.Undefined();
-  std::lock_guard<std::mutex> lk(opMutex);
-  kernels().gelu(static_cast<const float*>(x.data), static_cast<float*>(out.data), static_cast<long>(x.length),
+  OpScope scope(ctx);
+  ctx.k().gelu(static_cast<const float*>(x.data), static_cast<float*>(out.data), static_cast<long>(x.length),
                  info[2].ToBoolean().Value());
   return env.Undefined();
 }
 
 // mergeBlocks(x, out, cols, m): x holds rows·m² rows of cols, out rows of cols.
-Napi::Value MergeBlocks(const Napi::CallbackInfo& info) {
+Napi::Value MergeBlocks(const Napi::CallbackInfo& info, Context& ctx) {
   Napi::Env env = info.Env();
   const char* op = "mergeBlocks";
   View x, out;
@@ -202,14 +292,14 @@ Napi::Value MergeBlocks(const Napi::CallbackInfo& info) {
   }
   const long rows = static_cast<long>(x.length) / (cols * m * m);
   if (!needF32(env, x, op, "x", x.length) || !needF32(env, out, op, "out", rows * cols)) return env.Undefined();
-  std::lock_guard<std::mutex> lk(opMutex);
-  kernels().mergeBlocks(static_cast<const float*>(x.data), static_cast<float*>(out.data), rows, cols,
+  OpScope scope(ctx);
+  ctx.k().mergeBlocks(static_cast<const float*>(x.data), static_cast<float*>(out.data), rows, cols,
                         static_cast<int>(m));
   return env.Undefined();
 }
 
 // siluMul(gate, up, out)
-Napi::Value SiluMul(const Napi::CallbackInfo& info) {
+Napi::Value SiluMul(const Napi::CallbackInfo& info, Context& ctx) {
   Napi::Env env = info.Env();
   const char* op = "siluMul";
   View g, u, out;
@@ -218,14 +308,14 @@ Napi::Value SiluMul(const Napi::CallbackInfo& info) {
   if (!needF32(env, g, op, "gate", g.length) || !needF32(env, u, op, "up", g.length) ||
       !needF32(env, out, op, "out", g.length))
     return env.Undefined();
-  std::lock_guard<std::mutex> lk(opMutex);
-  kernels().siluMul(static_cast<const float*>(g.data), static_cast<const float*>(u.data), static_cast<float*>(out.data),
+  OpScope scope(ctx);
+  ctx.k().siluMul(static_cast<const float*>(g.data), static_cast<const float*>(u.data), static_cast<float*>(out.data),
                     static_cast<long>(g.length));
   return env.Undefined();
 }
 
 // softmax(x, out, cols)
-Napi::Value Softmax(const Napi::CallbackInfo& info) {
+Napi::Value Softmax(const Napi::CallbackInfo& info, Context& ctx) {
   Napi::Env env = info.Env();
   const char* op = "softmax";
   View x, out;
@@ -236,14 +326,14 @@ Napi::Value Softmax(const Napi::CallbackInfo& info) {
     fail(env, "softmax: x's length must be a multiple of cols");
     return env.Undefined();
   }
-  std::lock_guard<std::mutex> lk(opMutex);
-  kernels().softmax(static_cast<const float*>(x.data), static_cast<float*>(out.data), static_cast<long>(x.length) / cols,
+  OpScope scope(ctx);
+  ctx.k().softmax(static_cast<const float*>(x.data), static_cast<float*>(out.data), static_cast<long>(x.length) / cols,
                     cols);
   return env.Undefined();
 }
 
 // rope(x, cos, sin, out, T, H, D)
-Napi::Value Rope(const Napi::CallbackInfo& info) {
+Napi::Value Rope(const Napi::CallbackInfo& info, Context& ctx) {
   Napi::Env env = info.Env();
   const char* op = "rope";
   View x, c, s, out;
@@ -259,14 +349,14 @@ Napi::Value Rope(const Napi::CallbackInfo& info) {
   if (!needF32(env, x, op, "x", T * H * D) || !needF32(env, c, op, "cos", T * D / 2) ||
       !needF32(env, s, op, "sin", T * D / 2) || !needF32(env, out, op, "out", T * H * D))
     return env.Undefined();
-  std::lock_guard<std::mutex> lk(opMutex);
-  kernels().rope(static_cast<const float*>(x.data), static_cast<const float*>(c.data), static_cast<const float*>(s.data),
+  OpScope scope(ctx);
+  ctx.k().rope(static_cast<const float*>(x.data), static_cast<const float*>(c.data), static_cast<const float*>(s.data),
                  static_cast<float*>(out.data), T, H, D);
   return env.Undefined();
 }
 
 // attention(q, k, v, out, T, S, Hq, Hkv, D, scale, causal, queryOffset)
-Napi::Value Attention(const Napi::CallbackInfo& info) {
+Napi::Value Attention(const Napi::CallbackInfo& info, Context& ctx) {
   Napi::Env env = info.Env();
   const char* op = "attention";
   View q, k, v, out;
@@ -298,13 +388,13 @@ Napi::Value Attention(const Napi::CallbackInfo& info) {
   a.k = static_cast<const float*>(k.data);
   a.v = static_cast<const float*>(v.data);
   a.out = static_cast<float*>(out.data);
-  std::lock_guard<std::mutex> lk(opMutex);
-  kernels().attention(a);
+  OpScope scope(ctx);
+  ctx.k().attention(a);
   return env.Undefined();
 }
 
 // embedding(table, ids, out, D): throws a RangeError naming the first id outside [0, V).
-Napi::Value Embedding(const Napi::CallbackInfo& info) {
+Napi::Value Embedding(const Napi::CallbackInfo& info, Context& ctx) {
   Napi::Env env = info.Env();
   const char* op = "embedding";
   View table, ids, out;
@@ -330,8 +420,8 @@ Napi::Value Embedding(const Napi::CallbackInfo& info) {
       return env.Undefined();
     }
   }
-  std::lock_guard<std::mutex> lk(opMutex);
-  kernels().embedding(table.data, floatType(table), id, static_cast<float*>(out.data), T, D);
+  OpScope scope(ctx);
+  ctx.k().embedding(table.data, floatType(table), id, static_cast<float*>(out.data), T, D);
   return env.Undefined();
 }
 
@@ -393,51 +483,98 @@ Napi::Value TopK(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
-Napi::Value SetThreads(const Napi::CallbackInfo& info) {
+Napi::Value Context::SetThreads(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (!info[0].IsNumber() || intArg(info, 0) < 1) {
-    fail(env, "setThreads: expected a positive integer");
+  const double t = info[0].IsNumber() ? info[0].As<Napi::Number>().DoubleValue() : 0;
+  if (!(t >= 1 && t <= 256) || t != std::floor(t)) {
+    fail(env, "setThreads: expected an integer in [1, 256]");
     return env.Undefined();
   }
-  std::lock_guard<std::mutex> lk(opMutex);
-  poolSetThreads(static_cast<int>(std::min<long>(intArg(info, 0), 256)));
+  std::lock_guard<std::mutex> lk(mu_);
+  poolResize(*pool_, static_cast<int>(t));
   return env.Undefined();
 }
 
-Napi::Value GetThreads(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), poolThreads()); }
+Napi::Function Context::Define(Napi::Env env) {
+  return DefineClass(env, "Context",
+                     {
+                         InstanceMethod("matmul", &Context::Op<Matmul>),
+                         InstanceMethod("add", &Context::Op<Binary<true>>),
+                         InstanceMethod("mul", &Context::Op<Binary<false>>),
+                         InstanceMethod("rmsNorm", &Context::Op<RmsNorm>),
+                         InstanceMethod("layerNorm", &Context::Op<LayerNorm>),
+                         InstanceMethod("gelu", &Context::Op<Gelu>),
+                         InstanceMethod("mergeBlocks", &Context::Op<MergeBlocks>),
+                         InstanceMethod("siluMul", &Context::Op<SiluMul>),
+                         InstanceMethod("softmax", &Context::Op<Softmax>),
+                         InstanceMethod("rope", &Context::Op<Rope>),
+                         InstanceMethod("attention", &Context::Op<Attention>),
+                         InstanceMethod("embedding", &Context::Op<Embedding>),
+                         InstanceMethod("setThreads", &Context::SetThreads),
+                         InstanceAccessor("threads", &Context::Threads, nullptr),
+                         InstanceAccessor("isa", &Context::Isa, nullptr),
+                         InstanceAccessor("compute", &Context::ComputeMode, nullptr),
+                     });
+}
 
 Napi::Value DefaultThreads(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), availableCores()); }
 
-Napi::Value SetKernel(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  if (!info[0].IsString()) {
-    fail(env, "setKernel: expected 'auto', 'scalar' or 'avx2'");
-    return env.Undefined();
-  }
-  std::lock_guard<std::mutex> lk(opMutex);
-  return Napi::Boolean::New(env, setKernel(info[0].As<Napi::String>().Utf8Value().c_str()));
-}
-
 Napi::Value CpuFeaturesJs(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  CpuFeatures f = cpuFeatures();
+  const CpuFeatures f = cpuFeatures();
   Napi::Object o = Napi::Object::New(env);
-  o.Set("avx2", f.avx2);
-  o.Set("fma", f.fma);
-  o.Set("f16c", f.f16c);
-  o.Set("avx512f", f.avx512f);
-  o.Set("kernel", kernels().name);
+  const std::pair<const char*, bool> fields[] = {
+      {"avx2", f.avx2},       {"fma", f.fma},           {"f16c", f.f16c},         {"avx512f", f.avx512f},
+      {"avx512bw", f.avx512bw}, {"avx512dq", f.avx512dq}, {"avx512vl", f.avx512vl}, {"avx512bf16", f.avx512bf16},
+      {"avx512vnni", f.avx512vnni}, {"avxvnni", f.avxvnni}, {"neon", f.neon},     {"dotprod", f.dotprod},
+      {"i8mm", f.i8mm},       {"bf16", f.bf16},
+  };
+  for (const auto& [name, on] : fields) o.Set(name, on);
   return o;
 }
 
-Napi::Value PeakFlops(const Napi::CallbackInfo& info) {
+Napi::Value Strings(Napi::Env env, const std::vector<const char*>& names) {
+  Napi::Array a = Napi::Array::New(env, names.size());
+  for (size_t i = 0; i < names.size(); i++) a.Set(static_cast<uint32_t>(i), names[i]);
+  return a;
+}
+
+// The tiers this CPU and build support, worst first.
+Napi::Value Tiers(const Napi::CallbackInfo& info) { return Strings(info.Env(), supportedTiers()); }
+
+// { isa, compute }: what a context created without options gets; throws what its constructor would.
+Napi::Value Defaults(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (!info[0].IsNumber() || !info[1].IsNumber()) {
-    fail(env, "peakFlops: expected (threads, seconds)");
+  std::string error;
+  const KernelTable* k = defaultKernels(error);
+  Compute c = Compute::Exact;
+  if (!k || !defaultCompute(*k, c, error)) {
+    Napi::Error::New(env, error).ThrowAsJavaScriptException();
     return env.Undefined();
   }
-  std::lock_guard<std::mutex> lk(opMutex);
-  return Napi::Number::New(env, peakFlops(static_cast<int>(intArg(info, 0)), numArg(info, 1)));
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("isa", k->name);
+  o.Set("compute", computeName(c));
+  return o;
+}
+
+Napi::Value PeakKinds(const Napi::CallbackInfo& info) { return Strings(info.Env(), peakKinds()); }
+
+// peakFlops(kind, threads, seconds): GFLOP/s (GOP/s for the int8 kinds) on a pool of its own.
+Napi::Value PeakFlops(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsString() || !info[1].IsNumber() || !info[2].IsNumber()) {
+    fail(env, "peakFlops: expected (kind, threads, seconds)");
+    return env.Undefined();
+  }
+  std::string error;
+  const double r = peakFlops(info[0].As<Napi::String>().Utf8Value(), static_cast<int>(intArg(info, 1)), numArg(info, 2),
+                             error);
+  if (!error.empty()) {
+    fail(env, "peakFlops: " + error);
+    return env.Undefined();
+  }
+  return Napi::Number::New(env, r);
 }
 
 Napi::Value ReadBandwidth(const Napi::CallbackInfo& info) {
@@ -446,7 +583,6 @@ Napi::Value ReadBandwidth(const Napi::CallbackInfo& info) {
     fail(env, "readBandwidth: expected (threads, bytes, repeats)");
     return env.Undefined();
   }
-  std::lock_guard<std::mutex> lk(opMutex);
   return Napi::Number::New(env, readBandwidth(static_cast<int>(intArg(info, 0)), static_cast<size_t>(numArg(info, 1)),
                                               static_cast<int>(intArg(info, 2))));
 }
@@ -455,25 +591,14 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   auto fn = [&](const char* name, Napi::Value (*f)(const Napi::CallbackInfo&)) {
     exports.Set(name, Napi::Function::New(env, f, name));
   };
-  fn("matmul", Matmul);
-  fn("add", Binary<true>);
-  fn("mul", Binary<false>);
-  fn("rmsNorm", RmsNorm);
-  fn("layerNorm", LayerNorm);
-  fn("gelu", Gelu);
-  fn("mergeBlocks", MergeBlocks);
-  fn("siluMul", SiluMul);
-  fn("softmax", Softmax);
-  fn("rope", Rope);
-  fn("attention", Attention);
-  fn("embedding", Embedding);
+  exports.Set("Context", Context::Define(env));
   fn("argmax", Argmax);
   fn("topK", TopK);
-  fn("setThreads", SetThreads);
-  fn("getThreads", GetThreads);
   fn("defaultThreads", DefaultThreads);
-  fn("setKernel", SetKernel);
   fn("cpuFeatures", CpuFeaturesJs);
+  fn("tiers", Tiers);
+  fn("defaults", Defaults);
+  fn("peakKinds", PeakKinds);
   fn("peakFlops", PeakFlops);
   fn("readBandwidth", ReadBandwidth);
   registerResize(env, exports);

@@ -1,12 +1,14 @@
-// Own CPU dispatch: one binary must run on any x86-64 (AVX2 where present, scalar elsewhere) and on aarch64.
+// Own CPU dispatch: one binary must run on any x86-64 (the best of scalar/AVX2/AVX-512 that the CPU has) and on aarch64, and a backend may be pinned to any tier the CPU supports.
 #include "cpu.h"
 
-#include <atomic>
 #include <cstdlib>
 #include <cstring>
 
 #if defined(__x86_64__)
 #include <cpuid.h>
+#endif
+#if defined(__aarch64__) && defined(__linux__)
+#include <sys/auxv.h>
 #endif
 
 namespace vl3 {
@@ -25,37 +27,83 @@ CpuFeatures detect() {
 #if defined(__x86_64__)
   unsigned a, b, c, d;
   if (!__get_cpuid(1, &a, &b, &c, &d)) return f;
-  bool osxsave = c & (1u << 27);
-  bool avx = c & (1u << 28);
-  bool fma = c & (1u << 12);
-  bool f16c = c & (1u << 29);
+  const bool osxsave = c & (1u << 27);
+  const bool avx = c & (1u << 28);
+  const bool fma = c & (1u << 12);
+  const bool f16c = c & (1u << 29);
   // The OS must save the YMM (and for AVX-512 the ZMM/opmask) state, or using those registers faults.
-  uint64_t xcr0 = osxsave ? xgetbv0() : 0;
-  bool osYmm = (xcr0 & 0x6) == 0x6;
-  bool osZmm = (xcr0 & 0xe6) == 0xe6;
-  bool avx2 = false, avx512f = false;
+  const uint64_t xcr0 = osxsave ? xgetbv0() : 0;
+  const bool osYmm = avx && (xcr0 & 0x6) == 0x6;
+  const bool osZmm = osYmm && (xcr0 & 0xe6) == 0xe6;
+  f.fma = fma && osYmm;
+  f.f16c = f16c && osYmm;
   if (__get_cpuid_count(7, 0, &a, &b, &c, &d)) {
-    avx2 = b & (1u << 5);
-    avx512f = b & (1u << 16);
+    const unsigned maxSub = a;
+    f.avx2 = (b & (1u << 5)) && osYmm;
+    f.avx512f = (b & (1u << 16)) && osZmm;
+    f.avx512dq = (b & (1u << 17)) && f.avx512f;
+    f.avx512bw = (b & (1u << 30)) && f.avx512f;
+    f.avx512vl = (b & (1u << 31)) && f.avx512f;
+    f.avx512vnni = (c & (1u << 11)) && f.avx512f;
+    if (maxSub >= 1 && __get_cpuid_count(7, 1, &a, &b, &c, &d)) {
+      f.avxvnni = (a & (1u << 4)) && osYmm;
+      f.avx512bf16 = (a & (1u << 5)) && f.avx512f;
+    }
   }
-  f.avx2 = avx && avx2 && osYmm;
-  f.fma = fma && avx && osYmm;
-  f.f16c = f16c && avx && osYmm;
-  f.avx512f = avx512f && osZmm;
+#elif defined(__aarch64__) && defined(__linux__)
+  // Bits of AT_HWCAP / AT_HWCAP2 (linux/arch/arm64/include/uapi/asm/hwcap.h), spelled out for old headers.
+  const unsigned long hw = getauxval(AT_HWCAP), hw2 = getauxval(AT_HWCAP2);
+  f.neon = hw & (1ul << 1);      // HWCAP_ASIMD
+  f.dotprod = hw & (1ul << 20);  // HWCAP_ASIMDDP
+  f.i8mm = hw2 & (1ul << 13);    // HWCAP2_I8MM
+  f.bf16 = hw2 & (1ul << 14);    // HWCAP2_BF16
+#elif defined(__aarch64__)
+  f.neon = true;  // Advanced SIMD is part of every ARMv8-A core
 #endif
   return f;
 }
 
-const KernelTable* autoTable() {
-  CpuFeatures f = cpuFeatures();
-  const char* force = std::getenv("VL3_FORCE_SCALAR");
-  bool forced = force && force[0] && std::strcmp(force, "0") != 0;
-  const KernelTable* avx2 = avx2Kernels();
-  if (!forced && avx2 && f.avx2 && f.fma && f.f16c) return avx2;
-  return scalarKernels();
+struct Need {
+  const char* feature;
+  bool CpuFeatures::*flag;
+};
+
+struct Tier {
+  const char* name;
+  const KernelTable* (*kernels)();  // null: this build has none
+  std::vector<Need> needs;
+};
+
+// Worst first. The AVX-512 tiers are compiled with -mavx512f/bw/dq/vl (Skylake-SP's set, which every AVX-512 core
+// since has), on top of AVX2/FMA/F16C.
+const std::vector<Tier>& tiers() {
+  static const std::vector<Need> avx2 = {{"avx2", &CpuFeatures::avx2}, {"fma", &CpuFeatures::fma}, {"f16c", &CpuFeatures::f16c}};
+  static const std::vector<Need> avx512 = [] {
+    std::vector<Need> n = avx2;
+    n.insert(n.end(), {{"avx512f", &CpuFeatures::avx512f}, {"avx512bw", &CpuFeatures::avx512bw},
+                       {"avx512dq", &CpuFeatures::avx512dq}, {"avx512vl", &CpuFeatures::avx512vl}});
+    return n;
+  }();
+  static const std::vector<Tier> t = {
+      {"scalar", &scalarKernels, {}},
+      {"avx2", &avx2Kernels, avx2},
+      {"avx512", &avx512Kernels, avx512},
+      {"avx512bf16", &avx512bf16Kernels, [] {
+         std::vector<Need> n = avx512;
+         n.push_back({"avx512bf16", &CpuFeatures::avx512bf16});
+         return n;
+       }()},
+      {"neon", nullptr, {{"neon", &CpuFeatures::neon}}},
+  };
+  return t;
 }
 
-std::atomic<const KernelTable*> active{nullptr};
+std::string listNames() {
+  std::string s;
+  const auto& t = tiers();
+  for (size_t i = 0; i < t.size(); i++) s += std::string(i == 0 ? "" : i + 1 == t.size() ? " or " : ", ") + t[i].name;
+  return s;
+}
 
 }  // namespace
 
@@ -64,31 +112,68 @@ CpuFeatures cpuFeatures() {
   return f;
 }
 
-const KernelTable& kernels() {
-  const KernelTable* t = active.load(std::memory_order_acquire);
-  if (!t) {
-    t = autoTable();
-    active.store(t, std::memory_order_release);
-  }
-  return *t;
+const std::vector<const char*>& tierNames() {
+  static const std::vector<const char*> names = [] {
+    std::vector<const char*> n;
+    for (const Tier& t : tiers()) n.push_back(t.name);
+    return n;
+  }();
+  return names;
 }
 
-bool setKernel(const char* name) {
-  if (std::strcmp(name, "auto") == 0) {
-    active.store(autoTable());
-    return true;
+const KernelTable* tierKernels(const std::string& name, std::string& error) {
+  for (const Tier& t : tiers()) {
+    if (name != t.name) continue;
+    const CpuFeatures f = cpuFeatures();
+    std::string missing;
+    for (const Need& n : t.needs)
+      if (!(f.*n.flag)) missing += std::string(missing.empty() ? "" : ", ") + n.feature;
+    const KernelTable* k = t.kernels ? t.kernels() : nullptr;
+    if (!missing.empty()) error = "isa '" + name + "' is not available: this CPU lacks " + missing;
+    else if (!k) error = "isa '" + name + "' is not available: this build has no " + name + " kernels";
+    else return k;
+    return nullptr;
   }
-  if (std::strcmp(name, "scalar") == 0) {
-    active.store(scalarKernels());
-    return true;
+  error = "isa '" + name + "' is unknown (expected " + listNames() + ")";
+  return nullptr;
+}
+
+std::vector<const char*> supportedTiers() {
+  std::vector<const char*> out;
+  std::string ignored;
+  for (const Tier& t : tiers())
+    if (tierKernels(t.name, ignored)) out.push_back(t.name);
+  return out;
+}
+
+const KernelTable* defaultKernels(std::string& error) {
+  const char* env = std::getenv("VL3_ISA");
+  if (env && env[0]) {
+    const KernelTable* k = tierKernels(env, error);
+    if (!k) error = std::string("VL3_ISA=") + env + ": " + error;
+    return k;
   }
-  if (std::strcmp(name, "avx2") == 0) {
-    CpuFeatures f = cpuFeatures();
-    if (!avx2Kernels() || !f.avx2 || !f.fma || !f.f16c) return false;
-    active.store(avx2Kernels());
-    return true;
+  return tierKernels(supportedTiers().back(), error);
+}
+
+bool parseCompute(const std::string& name, Compute& out) {
+  if (name == "exact") out = Compute::Exact;
+  else if (name == "bf16") out = Compute::Bf16;
+  else return false;
+  return true;
+}
+
+const char* computeName(Compute c) { return c == Compute::Bf16 ? "bf16" : "exact"; }
+
+bool defaultCompute(const KernelTable& table, Compute& out, std::string& error) {
+  const char* env = std::getenv("VL3_COMPUTE");
+  if (env && env[0]) {
+    if (parseCompute(env, out)) return true;
+    error = std::string("VL3_COMPUTE=") + env + ": expected 'exact' or 'bf16'";
+    return false;
   }
-  return false;
+  out = table.bf16Dot ? Compute::Bf16 : Compute::Exact;
+  return true;
 }
 
 }  // namespace vl3

@@ -16,13 +16,31 @@ namespace {
 
 constexpr int MR = 6;   // rows of a GEMM micro-tile: 12 accumulators + 2 B vectors + 1 broadcast fit in 16 ymm
 constexpr int NR = 16;  // columns of a micro-tile: two ymm vectors
+// Blocking of the packed GEMM (see ops_impl.h): a KC×NR panel of B (16 KiB) stays in L1 while an MC×KC block of A
+// (144 KiB) stays in L2 (512 KiB on Zen 3), and each task's KC×(≤NB) slice of packed B is read from L2/L3.
+constexpr long KC = 256;
+constexpr long MC = 144;
+constexpr long NB = 2048;
 // Below 64 rows of x the unpacked register-tiled GEMV path (gemvRows) beat the packed GEMM on the Qwen2 shapes
 // (74-77 % of FMA peak at M = 32-64, 1 and 2 threads); packing B only pays off once it is reused by more rows.
 constexpr long kGemvMaxM = 63;
+// Keys per K panel and output rows per V panel of the tiled attention: 2·6 accumulators fill the 16 ymm registers.
+constexpr long kAttnMR = 6;
 
 inline __m256 widenBf16x8(const uint16_t* p) {
   __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+// Round-to-nearest-even to bf16 values (low 16 bits cleared), NaN kept quiet: f32ToBf16 on 8 lanes.
+inline __m256 roundBf16x8(__m256 v) {
+  const __m256i u = _mm256_castps_si256(v);
+  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+  const __m256i r = _mm256_add_epi32(u, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff)));
+  const __m256i nan = _mm256_or_si256(u, _mm256_set1_epi32(0x400000));
+  const __m256 isNan = _mm256_cmp_ps(v, v, _CMP_UNORD_Q);
+  const __m256 out = _mm256_blendv_ps(_mm256_castsi256_ps(r), _mm256_castsi256_ps(nan), isNan);
+  return _mm256_and_ps(out, _mm256_castsi256_ps(_mm256_set1_epi32(static_cast<int>(0xffff0000u))));
 }
 
 inline float hsum(__m256 v) {
@@ -363,8 +381,9 @@ inline void attnCopySmall(const float* src, int m, float* dst) {
 }
 
 // Packs nr (<= 16) rows of w (row stride ldw elements, f32 or bf16), kc elements each, into a B panel [kc][16]:
-// the transpose the micro-kernel wants, widening bf16 on the way; columns nr..15 are zero.
-inline void packB(const void* w, WType type, long ldw, int nr, long kc, float* dst) {
+// the transpose the micro-kernel wants, widening bf16 on the way; columns nr..15 are zero. `round`: f32 weights are
+// rounded to bf16 values (Compute::Bf16).
+inline void packB(const void* w, WType type, long ldw, int nr, long kc, float* dst, bool round) {
   long k = 0;
   if (nr == NR) {
     for (; k + 8 <= kc; k += 8) {
@@ -374,6 +393,7 @@ inline void packB(const void* w, WType type, long ldw, int nr, long kc, float* d
           long off = (half * 8 + i) * ldw + k;
           r[i] = type == WType::BF16 ? widenBf16x8(static_cast<const uint16_t*>(w) + off)
                                      : _mm256_loadu_ps(static_cast<const float*>(w) + off);
+          if (round && type == WType::F32) r[i] = roundBf16x8(r[i]);
         }
         transpose8(r);
         for (int i = 0; i < 8; i++) _mm256_storeu_ps(dst + (k + i) * NR + half * 8, r[i]);
@@ -384,7 +404,8 @@ inline void packB(const void* w, WType type, long ldw, int nr, long kc, float* d
     float* d = dst + k * NR;
     for (int j = 0; j < nr; j++) {
       long off = j * ldw + k;
-      d[j] = type == WType::BF16 ? bf16ToF32(static_cast<const uint16_t*>(w)[off]) : static_cast<const float*>(w)[off];
+      const float v = type == WType::BF16 ? bf16ToF32(static_cast<const uint16_t*>(w)[off]) : static_cast<const float*>(w)[off];
+      d[j] = round && type == WType::F32 ? roundBf16(v) : v;
     }
     for (int j = nr; j < NR; j++) d[j] = 0.0f;
   }

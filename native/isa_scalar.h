@@ -13,8 +13,14 @@ namespace {
 
 constexpr int MR = 6;
 constexpr int NR = 16;
+// The GEMM's blocking, as the AVX2 tier's (see ops_impl.h).
+constexpr long KC = 256;
+constexpr long MC = 144;
+constexpr long NB = 2048;
 // The scalar GEMV re-reads each weight row once per row of x, so the cache-blocked GEMM takes over early.
 constexpr long kGemvMaxM = 4;
+// Keys per K panel and output rows per V panel of the tiled attention.
+constexpr long kAttnMR = 6;
 
 inline float bf16ToF32(uint16_t b) {
   uint32_t u = static_cast<uint32_t>(b) << 16;
@@ -81,10 +87,10 @@ inline void attnSoftmax16(float* s, long n, long j0, const int32_t* lim, float* 
   }
 }
 
-// Packs n <= 6 keys (rows ld floats apart) into the tiled attention's K panel [D][6], zero keys past n.
+// Packs n <= kAttnMR keys (rows ld floats apart) into the tiled attention's K panel [D][kAttnMR], zero keys past n.
 inline void attnPackK(const float* src, long ld, int n, long D, float* dst) {
   for (long d = 0; d < D; d++)
-    for (int i = 0; i < 6; i++) dst[d * 6 + i] = i < n ? src[i * ld + d] : 0.0f;
+    for (int i = 0; i < kAttnMR; i++) dst[d * kAttnMR + i] = i < n ? src[i * ld + d] : 0.0f;
 }
 
 // dst[d][c] = rows[c][d]·scale for 16 query rows (null: a zero row).
@@ -103,7 +109,8 @@ inline void attnCopySmall(const float* src, int m, float* dst) {
   for (int r = 0; r < m; r++) dst[r] = src[r];
 }
 
-inline void packB(const void* w, WType type, long ldw, int nr, long kc, float* dst) {
+// `round`: f32 weights are rounded to bf16 values (Compute::Bf16).
+inline void packB(const void* w, WType type, long ldw, int nr, long kc, float* dst, bool round) {
   for (int j = 0; j < NR; j++) {
     if (j >= nr) {
       for (long k = 0; k < kc; k++) dst[k * NR + j] = 0.0f;
@@ -112,7 +119,8 @@ inline void packB(const void* w, WType type, long ldw, int nr, long kc, float* d
       for (long k = 0; k < kc; k++) dst[k * NR + j] = bf16ToF32(row[k]);
     } else {
       const float* row = static_cast<const float*>(w) + j * ldw;
-      for (long k = 0; k < kc; k++) dst[k * NR + j] = row[k];
+      if (round) for (long k = 0; k < kc; k++) dst[k * NR + j] = roundBf16(row[k]);
+      else for (long k = 0; k < kc; k++) dst[k * NR + j] = row[k];
     }
   }
 }

@@ -7,6 +7,22 @@ namespace vl3 {
 
 enum class WType : int { None = 0, F32 = 1, BF16 = 2 };
 
+// A context's compute mode; it changes matmul only. Softmax, norms, attention and every other op are f32 in both.
+//
+// Exact: out[m,n] = Σ_k x[m,k]·w[n,k] (+ bias[n]) with f32 x, w as stored (f32, or bf16 widened exactly), products
+// and sums in f32 in an order of the kernel's choosing (so within K·2⁻²⁴·Σ|x·w| of the exact sum).
+//
+// Bf16: x[m,k] and f32 weights are first rounded to bf16, round-to-nearest-even (ties to even; ±Inf and ±0 kept;
+// a NaN stays a quiet NaN with its sign and top payload bits; values beyond the largest bf16 round to ±Inf), bf16
+// weights are used as stored. Every product of two bf16 values is exact in f32, and the products are summed in f32
+// in an order of the kernel's choosing, then the f32 bias is added: so the result is the exact-mode result for the
+// rounded operands, within the same accumulation bound. Tiers with a bf16 dot instruction (avx512bf16: vdpbf16ps)
+// multiply the bf16 pairs natively; that instruction also treats subnormal bf16 operands as zero and flushes
+// subnormal partial sums to zero (|values| < 2⁻¹²⁶, far below anything a model produces). Other tiers round the same
+// way and run their f32 kernels on the rounded values, so their results match the exact arithmetic on the rounded
+// operands up to accumulation order.
+enum class Compute : int { Exact = 0, Bf16 = 1 };
+
 struct MatmulArgs {
   const float* x;    // [M,K]
   const void* w;     // [N,K], f32 or bf16
@@ -15,6 +31,7 @@ struct MatmulArgs {
   WType biasType;
   float* out;        // [M,N]
   long M, N, K;
+  Compute compute;
 };
 
 struct AttentionArgs {
@@ -30,6 +47,8 @@ struct AttentionArgs {
 
 struct KernelTable {
   const char* name;
+  // The tier multiplies bf16 pairs natively, so bf16 compute is faster than exact on it (and its default).
+  bool bf16Dot;
   void (*matmul)(const MatmulArgs&);
   // out = a (op) b, where b has n elements (same shape) or bLen elements broadcast over rows of length bLen.
   void (*add)(const float* a, const float* b, float* out, long n, long bLen);
@@ -54,8 +73,26 @@ struct KernelTable {
   float (*sum)(const float* p, long n);
 };
 
+// Round-to-nearest-even f32 -> bf16 bits, as Compute::Bf16 rounds its operands (NaN stays a quiet NaN).
+inline uint16_t f32ToBf16(float f) {
+  uint32_t u;
+  __builtin_memcpy(&u, &f, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40);
+  return static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1)) >> 16);
+}
+
+// f32 rounded to the nearest bf16 value, kept as f32.
+inline float roundBf16(float f) {
+  const uint32_t u = static_cast<uint32_t>(f32ToBf16(f)) << 16;
+  float r;
+  __builtin_memcpy(&r, &u, 4);
+  return r;
+}
+
 const KernelTable* scalarKernels();
-// Null when this build has no AVX2 kernels (non-x86 targets).
+// Each is null when this build has no such kernels (the x86 tiers on aarch64).
 const KernelTable* avx2Kernels();
+const KernelTable* avx512Kernels();
+const KernelTable* avx512bf16Kernels();
 
 }  // namespace vl3

@@ -1,4 +1,4 @@
-// Own portable kernels: the build of every op for CPUs without AVX2 (and for aarch64), checked against the reference in tests via VL3_FORCE_SCALAR / setKernel.
+// Own portable kernels: the build of every op for CPUs without AVX2 (and for aarch64), checked against the reference in tests through a backend pinned to isa: "scalar" (or VL3_ISA=scalar).
 #define VL3_ISA scalar
 #define VL3_ISA_NAME "scalar"
 #include "isa_scalar.h"

@@ -1,13 +1,18 @@
-// Own measurement kernels: the benchmark compares our ops with this machine's FMA peak and DRAM read bandwidth, measured the same way on the same thread pool.
+// Own measurement kernels: the benchmark compares our ops with this machine's limits (peak of each instruction kind, DRAM read bandwidth), measured the same way on the same kind of thread pool.
 #include "measure.h"
 
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
-#include <vector>
 
 #if defined(__linux__)
 #include <sys/mman.h>
+#endif
+#if defined(__x86_64__)
+#include <immintrin.h>
+// GCC 12 reports the _mm512_undefined_* placeholders inside its own reductions as uninitialized (a false positive).
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
 
 #include "cpu.h"
@@ -17,27 +22,82 @@ namespace vl3 {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+using Loop = double (*)(long iters, float* sink);
 
-// The fastest FMA loop this CPU can run, whatever kernel the ops currently use.
-const KernelTable& bestTable() {
-  CpuFeatures f = cpuFeatures();
-  if (avx2Kernels() && f.avx2 && f.fma) return *avx2Kernels();
-  return *scalarKernels();
+#if defined(__x86_64__)
+// The dot-product loops exist only here, so they are compiled for their instruction sets function by function
+// rather than as kernel tiers. Each keeps 16 independent accumulators: two pipes × latencies up to 8 cycles.
+// Returns the operations done: 16 lanes × 2 bf16 products × 2 (multiply, add) per instruction.
+__attribute__((target("avx512f,avx512bf16"))) double bf16DotLoop(long iters, float* sink) {
+  const __m512bh a = (__m512bh)_mm512_set1_epi32(0x3f803f80);  // (1, 1)
+  const __m512bh b = (__m512bh)_mm512_set1_epi32(0x358637bd);  // (1e-6, 1e-6) roughly
+  __m512 c[16];
+  for (int i = 0; i < 16; i++) c[i] = _mm512_set1_ps(sink[0] + i);
+  for (long it = 0; it < iters; it++) {
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; i++) c[i] = _mm512_dpbf16_ps(c[i], a, b);
+  }
+  __m512 s = c[0];
+  for (int i = 1; i < 16; i++) s = _mm512_add_ps(s, c[i]);
+  sink[0] = _mm512_reduce_add_ps(s);
+  return static_cast<double>(iters) * 16 * 64;
 }
 
-// Grows the pool for the duration of a measurement when asked for more threads than it has.
-class ThreadsAtLeast {
- public:
-  explicit ThreadsAtLeast(int n) : prev_(poolThreads()) {
-    if (n > prev_) poolSetThreads(n);
+// 16 lanes × 4 u8·s8 products × 2 per instruction.
+__attribute__((target("avx512f,avx512vnni"))) double int8DotZmmLoop(long iters, float* sink) {
+  const __m512i a = _mm512_set1_epi32(0x01010101), b = _mm512_set1_epi32(0x01010101);
+  __m512i c[16];
+  for (int i = 0; i < 16; i++) c[i] = _mm512_set1_epi32(static_cast<int>(sink[0]) + i);
+  for (long it = 0; it < iters; it++) {
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; i++) c[i] = _mm512_dpbusd_epi32(c[i], a, b);
   }
-  ~ThreadsAtLeast() {
-    if (poolThreads() != prev_) poolSetThreads(prev_);
-  }
+  __m512i s = c[0];
+  for (int i = 1; i < 16; i++) s = _mm512_add_epi32(s, c[i]);
+  sink[0] = static_cast<float>(_mm512_reduce_add_epi32(s));
+  return static_cast<double>(iters) * 16 * 128;
+}
 
- private:
-  int prev_;
-};
+// 8 lanes × 4 products × 2 per instruction. VEX code has 16 ymm registers: 12 chains and the operand stay in them.
+__attribute__((target("avx2,avxvnni"))) double int8DotYmmLoop(long iters, float* sink) {
+  const __m256i a = _mm256_set1_epi32(0x01010101);
+  __m256i c[12];
+  for (int i = 0; i < 12; i++) c[i] = _mm256_set1_epi32(static_cast<int>(sink[0]) + i);
+  for (long it = 0; it < iters; it++) {
+#pragma GCC unroll 12
+    for (int i = 0; i < 12; i++) c[i] = _mm256_dpbusd_avx_epi32(c[i], a, a);
+  }
+  __m256i s = c[0];
+  for (int i = 1; i < 12; i++) s = _mm256_add_epi32(s, c[i]);
+  alignas(32) int32_t v[8];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(v), s);
+  sink[0] = static_cast<float>(v[0] + v[7]);
+  return static_cast<double>(iters) * 12 * 64;
+}
+#endif
+
+const KernelTable* tier(const char* name) {
+  std::string ignored;
+  return tierKernels(name, ignored);
+}
+
+// The loop of a kind, or null where this machine cannot run it.
+Loop loopOf(const std::string& kind) {
+  const KernelTable* t = nullptr;
+  if (kind == "fp32-scalar") t = tier("scalar");
+  else if (kind == "fp32-ymm") t = tier("avx2");
+  else if (kind == "fp32-zmm") t = tier("avx512");
+  if (t) return t->fmaLoop;
+#if defined(__x86_64__)
+  const CpuFeatures f = cpuFeatures();
+  if (kind == "bf16-zmm" && f.avx512bf16) return bf16DotLoop;
+  if (kind == "int8-zmm" && f.avx512vnni) return int8DotZmmLoop;
+  if (kind == "int8-ymm" && f.avxvnni) return int8DotYmmLoop;
+#endif
+  return nullptr;
+}
+
+const char* const kKinds[] = {"fp32-scalar", "fp32-ymm", "fp32-zmm", "bf16-zmm", "int8-zmm", "int8-ymm"};
 
 void spinBarrier(std::atomic<int>& arrived, int threads) {
   arrived.fetch_add(1);
@@ -47,23 +107,39 @@ void spinBarrier(std::atomic<int>& arrived, int threads) {
 
 }  // namespace
 
-double peakFlops(int threads, double seconds) {
+std::vector<const char*> peakKinds() {
+  std::vector<const char*> out;
+  for (const char* k : kKinds)
+    if (loopOf(k)) out.push_back(k);
+  return out;
+}
+
+double peakFlops(const std::string& kind, int threads, double seconds, std::string& error) {
+  const Loop loop = loopOf(kind);
+  if (!loop) {
+    error = "kind '" + kind + "' is unknown or not available on this CPU";
+    return 0;
+  }
   if (threads < 1) threads = 1;
-  ThreadsAtLeast guard(threads);
-  threads = poolThreads() < threads ? poolThreads() : threads;
-  const KernelTable& k = bestTable();
+  PoolPtr pool = makePool(threads);
+  PoolScope scope(*pool);
+  threads = poolThreads();
   std::vector<double> rate(threads, 0.0);
   std::vector<float> sink(threads * 16, 1.0f);
   std::atomic<int> arrived{0};
+  // The best 10 ms window of each thread: on a shared machine a neighbour's time slice would otherwise count as ours.
   parallelEach(threads, [&](long, int tid) {
     spinBarrier(arrived, threads);
     const auto t0 = Clock::now();
-    double flops = 0, elapsed = 0;
-    do {
-      flops += k.fmaLoop(1L << 15, &sink[tid * 16]);
-      elapsed = std::chrono::duration<double>(Clock::now() - t0).count();
-    } while (elapsed < seconds);
-    rate[tid] = flops / elapsed;
+    for (auto w0 = t0; std::chrono::duration<double>(w0 - t0).count() < seconds;) {
+      double flops = 0, elapsed = 0;
+      do {
+        flops += loop(1L << 12, &sink[tid * 16]);
+        elapsed = std::chrono::duration<double>(Clock::now() - w0).count();
+      } while (elapsed < 1e-2);
+      if (flops / elapsed > rate[tid]) rate[tid] = flops / elapsed;
+      w0 = Clock::now();
+    }
   });
   double total = 0;
   for (double r : rate) total += r;
@@ -73,9 +149,10 @@ double peakFlops(int threads, double seconds) {
 double readBandwidth(int threads, size_t bytes, int repeats) {
   if (threads < 1) threads = 1;
   if (repeats < 1) repeats = 1;
-  ThreadsAtLeast guard(threads);
-  threads = poolThreads() < threads ? poolThreads() : threads;
-  const KernelTable& k = bestTable();
+  PoolPtr pool = makePool(threads);
+  PoolScope scope(*pool);
+  threads = poolThreads();
+  const KernelTable& k = *tier(supportedTiers().back());  // the widest loads this CPU has
   const long n = static_cast<long>(bytes / sizeof(float)) / 64 * 64;
   if (n <= 0) return 0;
   void* mem = nullptr;

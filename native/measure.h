@@ -1,12 +1,21 @@
-// Own measurement kernels: the benchmark compares our ops with this machine's FMA peak and DRAM read bandwidth, measured the same way on the same thread pool.
+// Own measurement kernels: the benchmark compares our ops with this machine's limits (peak of each instruction kind, DRAM read bandwidth), measured the same way on the same kind of thread pool.
 #pragma once
 #include <cstddef>
+#include <string>
+#include <vector>
 
 namespace vl3 {
 
-// GFLOP/s of an FMA-bound loop on `threads` pool threads (each runs for about `seconds`).
-double peakFlops(int threads, double seconds);
-// GB/s of a read-only sum over a `bytes` array split across `threads` pool threads; the best of `repeats` passes.
+// The peak kinds this machine can run, of: "fp32-scalar" (the scalar tier's FMA loop, as the compiler vectorizes it
+// for the baseline ISA), "fp32-ymm" (AVX2 FMA), "fp32-zmm" (AVX-512 FMA), "bf16-zmm" (vdpbf16ps), "int8-zmm"
+// (AVX512-VNNI vpdpbusd), "int8-ymm" (AVX-VNNI vpdpbusd).
+std::vector<const char*> peakKinds();
+// GFLOP/s (GOP/s for the int8 kinds) of a loop of independent chains of that instruction, on `threads` threads of a
+// pool of its own (each runs for about `seconds`; the sum of each thread's best 10 ms window); `error` is set for an
+// unknown or unavailable kind.
+double peakFlops(const std::string& kind, int threads, double seconds, std::string& error);
+// GB/s of a read-only sum over a `bytes` array split across `threads` threads of a pool of its own; the best of
+// `repeats` passes.
 double readBandwidth(int threads, size_t bytes, int repeats);
 
 }  // namespace vl3

@@ -1,6 +1,10 @@
 // Own op drivers: blocking, threading and the online softmax are written once and instantiated per ISA, so the scalar fallback keeps the AVX2 path's structure and memory bounds.
 // Include exactly once per translation unit, after an isa_*.h, with VL3_ISA naming that header's namespace and
-// VL3_ISA_NAME its display name. Everything lands in an anonymous namespace inside vl3::VL3_ISA.
+// VL3_ISA_NAME its display name. Everything lands in an anonymous namespace inside vl3::VL3_ISA. The ISA header
+// gives the GEMM's tile (MR×NR) and blocking (KC, MC, NB), the GEMV cut-off kGemvMaxM, the tiled attention's panel
+// height kAttnMR, and its primitives; with VL3_BF16_DOT set to 1 it also gives the bf16 dot-product GEMM and GEMV
+// (packABf16, packBBf16, tileBf16, gemvRowsBf16, their K blocking KCDot and GEMV cut-off kGemvMaxMDot) that
+// Compute::Bf16 then runs on.
 #include <cfloat>
 #include <cmath>
 #include <cstdint>
@@ -8,6 +12,10 @@
 
 #include "kernels.h"
 #include "pool.h"
+
+#ifndef VL3_BF16_DOT
+#define VL3_BF16_DOT 0
+#endif
 
 namespace vl3 {
 namespace VL3_ISA {
@@ -34,20 +42,16 @@ inline void forRange(long n, long grain, const F& f) {
 // ---------------------------------------------------------------------------------------------------------------
 // Matmul: out[M,N] = x[M,K]·w[N,K]ᵀ (+bias).
 
-// Blocking of the packed GEMM: a KC×NR panel of B (16 KiB) stays in L1 while an MC×KC block of A (144 KiB) stays in
-// L2 (512 KiB on Zen 3), and each task's KC×(≤NB) slice of packed B is read from L2/L3.
-constexpr long KC = 256;
-constexpr long MC = 144;
-constexpr long NB = 2048;
-
-// Rows [0, mc) of x into A panels of MR rows, [kc][MR] each, zero rows past mc.
-inline void packA(const float* x, long ldx, long mc, long kc, float* dst) {
+// Rows [0, mc) of x into A panels of MR rows, [kc][MR] each, zero rows past mc; rounded to bf16 values for
+// Compute::Bf16 on tiers that multiply in f32.
+inline void packA(const float* x, long ldx, long mc, long kc, float* dst, bool round) {
   for (long i0 = 0; i0 < mc; i0 += MR) {
     float* d = dst + i0 * kc;
     for (long r = 0; r < MR; r++) {
       if (i0 + r < mc) {
         const float* s = x + (i0 + r) * ldx;
-        for (long k = 0; k < kc; k++) d[k * MR + r] = s[k];
+        if (round) for (long k = 0; k < kc; k++) d[k * MR + r] = roundBf16(s[k]);
+        else for (long k = 0; k < kc; k++) d[k * MR + r] = s[k];
       } else {
         for (long k = 0; k < kc; k++) d[k * MR + r] = 0.0f;
       }
@@ -71,7 +75,12 @@ inline void tile(long kc, const float* A, const float* B, float* C, long ldc, lo
 
 inline long wBytes(WType t) { return t == WType::BF16 ? 2 : 4; }
 
-void gemm(const MatmulArgs& a, const float* bias) {
+// The packed GEMM. Blocking (KC, MC, NB: the ISA's): a KC×NR panel of B stays in L1 while an MC×KC block of A stays
+// in L2, and each task's KC×(≤NB) slice of packed B is read from L2/L3. DOT: the operands are packed as bf16 pairs
+// for the ISA's bf16 dot-product micro-kernel (Compute::Bf16 on such a tier); otherwise as f32, rounded to bf16
+// values first when `round` (Compute::Bf16 elsewhere).
+template <bool DOT>
+void gemm(const MatmulArgs& a, const float* bias, bool round) {
   const long M = a.M, N = a.N, K = a.K, esz = wBytes(a.wType);
   const long nPanels = cdiv(N, NR);
   const int threads = poolThreads();
@@ -82,47 +91,123 @@ void gemm(const MatmulArgs& a, const float* bias) {
   if (threads > 1 && nTn < 4L * threads) nTm = lmin(cdiv(M, MR), cdiv(4L * threads, nTn));
   const long mChunk = roundUp(cdiv(M, nTm), MR);
   nTm = cdiv(M, mChunk);
+  // Panel elements: f32, or bf16 with k padded to whole pairs (whose panels take the ISA's own K blocking).
+  const long pairK = DOT ? 2 : 1;
+  const long elt = DOT ? 2 : 4;
+#if VL3_BF16_DOT
+  const long kcMax = DOT ? KCDot : KC;
+#else
+  const long kcMax = KC;
+#endif
   parallelTasks(nTn * nTm, [&](long task, int tid) {
     const long tn = task % nTn, tm = task / nTn;
     const long p0 = tn * nPanels / nTn, p1 = (tn + 1) * nPanels / nTn;
     const long m0 = tm * mChunk, m1 = lmin(M, m0 + mChunk);
     if (p0 >= p1 || m0 >= m1) return;
-    float* bp = static_cast<float*>(scratch(tid, kSlotB, (p1 - p0) * KC * NR * sizeof(float)));
-    float* ap = static_cast<float*>(scratch(tid, kSlotA, MC * KC * sizeof(float)));
+    char* bp = static_cast<char*>(scratch(tid, kSlotB, (p1 - p0) * kcMax * NR * elt));
+    char* ap = static_cast<char*>(scratch(tid, kSlotA, MC * kcMax * elt));
     const long mBlocks = cdiv(m1 - m0, MC);
     const long mc0 = roundUp(cdiv(m1 - m0, mBlocks), MR);  // equal A blocks rather than a ragged last one
-    for (long pc = 0; pc < K; pc += KC) {
-      const long kc = lmin(KC, K - pc);
-      for (long p = p0; p < p1; p++)
-        packB(static_cast<const char*>(a.w) + (p * NR * K + pc) * esz, a.wType, K, static_cast<int>(lmin(NR, N - p * NR)),
-              kc, bp + (p - p0) * kc * NR);
+    for (long pc = 0; pc < K; pc += kcMax) {
+      const long kc = lmin(kcMax, K - pc), kp = roundUp(kc, pairK);
+      for (long p = p0; p < p1; p++) {
+        const void* w = static_cast<const char*>(a.w) + (p * NR * K + pc) * esz;
+        const int nr = static_cast<int>(lmin(NR, N - p * NR));
+        char* dst = bp + (p - p0) * kp * NR * elt;
+#if VL3_BF16_DOT
+        if (DOT) {
+          packBBf16(w, a.wType, K, nr, kc, reinterpret_cast<uint16_t*>(dst));
+          continue;
+        }
+#endif
+        packB(w, a.wType, K, nr, kc, reinterpret_cast<float*>(dst), round);
+      }
       for (long ic = m0; ic < m1; ic += mc0) {
         const long mc = lmin(mc0, m1 - ic);
-        packA(a.x + ic * K + pc, K, mc, kc, ap);
+#if VL3_BF16_DOT
+        if (DOT) packABf16(a.x + ic * K + pc, K, mc, kc, reinterpret_cast<uint16_t*>(ap));
+        else
+#endif
+          packA(a.x + ic * K + pc, K, mc, kc, reinterpret_cast<float*>(ap), round);
         for (long p = p0; p < p1; p++) {
           const long nr = lmin(NR, N - p * NR);
-          const float* b = bp + (p - p0) * kc * NR;
-          for (long ir = 0; ir < mc; ir += MR)
-            tile(kc, ap + ir * kc, b, a.out + (ic + ir) * N + p * NR, N, lmin(MR, mc - ir), nr, pc > 0,
-                 pc == 0 && bias ? bias + p * NR : nullptr);
+          const char* b = bp + (p - p0) * kp * NR * elt;
+          for (long ir = 0; ir < mc; ir += MR) {
+            float* c = a.out + (ic + ir) * N + p * NR;
+            const long mr = lmin(MR, mc - ir);
+            const float* bb = pc == 0 && bias ? bias + p * NR : nullptr;
+#if VL3_BF16_DOT
+            if (DOT) {
+              tileBf16(kp, reinterpret_cast<const uint16_t*>(ap + ir * kp * elt), reinterpret_cast<const uint16_t*>(b),
+                       c, N, mr, nr, pc > 0, bb);
+              continue;
+            }
+#endif
+            tile(kc, reinterpret_cast<const float*>(ap) + ir * kc, reinterpret_cast<const float*>(b), c, N, mr, nr,
+                 pc > 0, bb);
+          }
         }
       }
     }
   });
 }
 
+// Weight rows [n0, n1) for the GEMV as bf16: in place when stored so, else (f32 weights under Compute::Bf16) rounded
+// into `buf` (rows of K), at most kRoundRows rows at a time so the copy stays in L2.
+constexpr long kRoundRows = 32;
+
+inline const uint16_t* bf16Rows(const MatmulArgs& a, long n0, long n1, uint16_t* buf) {
+  if (a.wType == WType::BF16) return static_cast<const uint16_t*>(a.w) + n0 * a.K;
+  const float* w = static_cast<const float*>(a.w) + n0 * a.K;
+  for (long i = 0; i < (n1 - n0) * a.K; i++) buf[i] = f32ToBf16(w[i]);
+  return buf;
+}
+
 // Small M: the ISA's gemvRows reads w in place (no packing) and from memory only once. Up to kGemvMaxM rows of x
-// (set per ISA, where it measured faster than packing) this is the whole matmul.
+// (set per ISA, where it measured faster than packing) this is the whole matmul. Under Compute::Bf16, x is rounded
+// once into scratch (to bf16 words for a bf16-dot tier, to bf16 values in f32 elsewhere), and f32 weights are
+// rounded kRoundRows rows at a time.
 void gemv(const MatmulArgs& a, const float* bias) {
-  const long N = a.N, K = a.K, esz = wBytes(a.wType);
+  const long M = a.M, N = a.N, K = a.K, esz = wBytes(a.wType);
+  const bool bf16 = a.compute == Compute::Bf16;
   const int threads = poolThreads();
+  const float* x = a.x;
+#if VL3_BF16_DOT
+  const uint16_t* xb = nullptr;
+#endif
+  if (bf16) {
+#if VL3_BF16_DOT
+    uint16_t* t = static_cast<uint16_t*>(scratch(0, kSlotE, M * K * sizeof(uint16_t)));
+    for (long i = 0; i < M * K; i++) t[i] = f32ToBf16(a.x[i]);
+    xb = t;
+#else
+    float* t = static_cast<float*>(scratch(0, kSlotE, M * K * sizeof(float)));
+    for (long i = 0; i < M * K; i++) t[i] = roundBf16(a.x[i]);
+    x = t;
+#endif
+  }
   // Several contiguous row ranges per thread so that one thread slowed by a noisy neighbour does not hold up the
   // others; tiny problems stay on one thread.
-  long tasks = threads == 1 || a.M * N * K < (1L << 15) ? 1 : lmin(cdiv(N, 16), 4L * threads);
-  auto body = [&](long t, int) {
+  long tasks = threads == 1 || M * N * K < (1L << 15) ? 1 : lmin(cdiv(N, 16), 4L * threads);
+  auto body = [&](long t, int tid) {
     const long n0 = N * t / tasks, n1 = N * (t + 1) / tasks;
-    gemvRows(a.x, static_cast<int>(a.M), K, static_cast<const char*>(a.w) + n0 * K * esz, a.wType, n1 - n0,
-             a.out + n0, N, bias ? bias + n0 : nullptr);
+    if (!bf16) {
+      gemvRows(x, static_cast<int>(M), K, static_cast<const char*>(a.w) + n0 * K * esz, a.wType, n1 - n0, a.out + n0,
+               N, bias ? bias + n0 : nullptr);
+      return;
+    }
+    const long step = a.wType == WType::BF16 ? n1 - n0 : kRoundRows;
+    uint16_t* buf =
+        a.wType == WType::BF16 ? nullptr : static_cast<uint16_t*>(scratch(tid, kSlotD, kRoundRows * K * sizeof(uint16_t)));
+    for (long r0 = n0; r0 < n1; r0 += step) {
+      const long r1 = lmin(n1, r0 + step);
+      const uint16_t* w = bf16Rows(a, r0, r1, buf);
+#if VL3_BF16_DOT
+      gemvRowsBf16(xb, static_cast<int>(M), K, w, r1 - r0, a.out + r0, N, bias ? bias + r0 : nullptr);
+#else
+      gemvRows(x, static_cast<int>(M), K, w, WType::BF16, r1 - r0, a.out + r0, N, bias ? bias + r0 : nullptr);
+#endif
+    }
   };
   if (tasks == 1) body(0, 0);
   else parallelTasks(tasks, body);
@@ -145,8 +230,16 @@ void matmul(const MatmulArgs& a) {
       for (long n = 0; n < a.N; n++) a.out[m * a.N + n] = bias ? bias[n] : 0.0f;
     return;
   }
+  const bool bf16 = a.compute == Compute::Bf16;
+#if VL3_BF16_DOT
+  if (bf16) {
+    if (a.M <= kGemvMaxMDot) gemv(a, bias);
+    else gemm<true>(a, bias, false);
+    return;
+  }
+#endif
   if (a.M <= kGemvMaxM) gemv(a, bias);
-  else gemm(a, bias);
+  else gemm<false>(a, bias, bf16);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -426,7 +519,8 @@ inline void attnBlock(const AttnTile& t, const AttnHead& h, long j0, long nb) {
   const long kPanels = cdiv(nb, NR);
   const float* kRows = t.kBlock + (h.g - t.g0) * D;
   for (long p = 0; p < kPanels; p++)
-    packB(kRows + p * NR * t.ld, WType::F32, t.ld, static_cast<int>(lmin(NR, nb - p * NR)), D, t.kp + p * D * NR);
+    packB(kRows + p * NR * t.ld, WType::F32, t.ld, static_cast<int>(lmin(NR, nb - p * NR)), D, t.kp + p * D * NR,
+          false);
   for (long i0 = 0; i0 < rowsP; i0 += MR)
     for (long p = 0; p < kPanels; p++)
       microKernel(D, h.qp + i0 * D, t.kp + p * D * NR, NR, t.sc + i0 * BK + p * NR, BK, false, nullptr);
@@ -602,7 +696,7 @@ void attentionRows(const AttentionArgs& a) {
 // query row: the register tile produces scores as Sᵀ[keys][16 rows], so the online softmax is vertical vector math
 // with no reductions across lanes, and the probabilities are already the B operand of Oᵀ[D][16 rows] += Vᵀ·Pᵀ.
 // K and V are packed once per call (per round of KV heads), into the layouts the tile reads as its A operand: K in
-// panels of MR keys × D, V in panels of up to MR output rows × keys. Every query tile then streams them from L2/L3
+// panels of kAttnMR keys × D, V in panels of up to kAttnMR output rows × keys. Every query tile then streams them from L2/L3
 // with unit stride. On the vision shapes, reading V in place instead (a head's rows are Hkv·D floats apart) measured
 // ~10 points of FMA peak slower, and packing V per query tile ~20. A task is up to kTilePanels panels of 16 query
 // rows of one KV head; as in attentionRows, the query heads sharing a KV head are rows of the same tile, so one pass
@@ -612,22 +706,27 @@ void attentionRows(const AttentionArgs& a) {
 // Packing K and V costs about as much as 1/rows of the arithmetic (rows = queries × grouped heads): below ~64 rows
 // attentionRows measured faster, for 1 and 6 query heads per KV head alike. Decode (T = 1) always stays there.
 constexpr long kTiledMinRows = 64;
-constexpr long BKT = 16 * MR;     // keys per block: the panel's scores (6 KiB) stay in L1 between the two products
+constexpr long BKT = 16 * kAttnMR;  // keys per block: the panel's scores (6-12 KiB) stay in L1 between the two products
 constexpr long kTilePanels = 8;   // 128 query rows per task
 constexpr long kPackKeys = 4 * BKT;  // keys per packing task
 constexpr long kPackBudget = 16L << 20;  // bytes of packed K and V per round of heads: about the L3, whatever S
 
-// Output rows [d0, D) are covered by V panels of 6 rows while that leaves no awkward rest, then 4 (4 + 4 rather than
-// 6 + 2, 4 + 3 rather than 6 + 1), so that the tile keeps at least 8 accumulators in flight.
-inline int dTile(long rest) { return rest == 8 || rest == 7 ? 4 : static_cast<int>(lmin(rest, MR)); }
+// Output rows [d0, D) are covered by V panels of kAttnMR rows while that leaves no awkward rest, then two halves
+// (4 + 4 rather than 6 + 2, 4 + 3 rather than 6 + 1), so that the tile keeps enough accumulators in flight. No
+// division by a variable: this runs per key while packing V.
+inline int dTile(long rest) {
+  if (rest <= kAttnMR) return static_cast<int>(rest);
+  if (rest < kAttnMR + kAttnMR / 2) return static_cast<int>((rest + 1) / 2);
+  return static_cast<int>(kAttnMR);
+}
 
-// Keys [j0, j1) of KV head g (j0 a multiple of BKT): K into panels [Sp/MR][D][MR]; V block-major, each block of BKT
+// Keys [j0, j1) of KV head g (j0 a multiple of BKT): K into panels [Sp/kAttnMR][D][kAttnMR]; V block-major, each block of BKT
 // keys one contiguous [D][BKT] region made of panels [BKT][m] (the group of output rows starting at d0 at d0·BKT), so
 // a block's V is one stream however many heads sit between two of its rows in memory. Zero past kvEnd.
 inline void attnPack(const AttentionArgs& a, long g, long j0, long j1, long kvEnd, float* kp, float* vp) {
   const long D = a.D, ld = a.Hkv * D;
-  for (long j = j0; j < j1; j += MR)
-    attnPackK(a.k + j * ld + g * D, ld, static_cast<int>(lmax(0, lmin(MR, kvEnd - j))), D, kp + j * D);
+  for (long j = j0; j < j1; j += kAttnMR)
+    attnPackK(a.k + j * ld + g * D, ld, static_cast<int>(lmax(0, lmin(kAttnMR, kvEnd - j))), D, kp + j * D);
   for (long j = j0; j < j1; j++) {
     const float* src = a.v + j * ld + g * D;
     float* blk = vp + (j / BKT) * BKT * D;
@@ -716,8 +815,9 @@ void attentionTiled(const AttentionArgs& a) {
           if (cnt <= 0) continue;
           const float* qp = qt16 + p * 16 * D;
           float* op = ot16 + p * 16 * D;
-          for (long grp = 0; grp < cdiv(cnt, MR); grp++)
-            attnTile(MR, D, kHead + (j0 + grp * MR) * D, MR, qp, 16, sc + grp * MR * 16, 16, nullptr);
+          for (long grp = 0; grp < cdiv(cnt, kAttnMR); grp++)
+            attnTile(kAttnMR, D, kHead + (j0 + grp * kAttnMR) * D, kAttnMR, qp, 16, sc + grp * kAttnMR * 16, 16,
+                     nullptr);
           attnSoftmax16(sc, cnt, j0, j0 + cnt > limP[0] ? limP : nullptr, m + p * 16, l + p * 16, corr);
           for (long d0 = 0; d0 < D;) {
             const int mt = dTile(D - d0);
@@ -752,7 +852,7 @@ float sumK(const float* p, long n) { return sumRange(p, n); }
 
 // In KernelTable's field order.
 const KernelTable table = {
-    VL3_ISA_NAME, &matmul,    &add,  &mul,      &rmsNorm,   &layerNorm, &gelu, &mergeBlocks,
+    VL3_ISA_NAME, VL3_BF16_DOT != 0, &matmul,    &add,  &mul,      &rmsNorm,   &layerNorm, &gelu, &mergeBlocks,
     &siluMul,     &softmax,   &rope, &attention, &embedding, &fmaLoopK,  &sumK,
 };
 

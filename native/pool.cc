@@ -1,10 +1,11 @@
-// Own thread pool: one persistent pool per process so that a decode step of ~200 small ops never pays thread start-up or a second threading runtime.
+// Own thread pool: persistent workers so that a decode step of ~200 small ops never pays thread start-up or a second threading runtime; one pool per backend context so that two models on two JS threads never wait on each other.
 #include "pool.h"
 
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <mutex>
 #include <thread>
@@ -36,10 +37,19 @@ struct Arena {
 };
 
 thread_local int tlsTid = -1;  // >= 0 while this thread runs a pool task
+// The pool kernels on this thread use: set by PoolScope, and for good on a pool's own workers.
+thread_local Pool* tlsPool = nullptr;
+
+}  // namespace
 
 class Pool {
  public:
   explicit Pool(int n) { start(n); }
+  ~Pool() {
+    stop();
+    for (Arena& a : arenas_)
+      for (void* p : a.ptr) std::free(p);
+  }
 
   int threads() const { return threads_; }
 
@@ -77,6 +87,13 @@ class Pool {
     sleepCv_.notify_all();
     work(0);
     while (pending_.load(std::memory_order_acquire) != 0) cpuRelax();
+  }
+
+  size_t scratchBytes() const {
+    size_t total = 0;
+    for (const Arena& a : arenas_)
+      for (size_t b : a.size) total += b;
+    return total;
   }
 
   void* scratch(int tid, int slot, size_t bytes) {
@@ -130,6 +147,7 @@ class Pool {
   }
 
   void workerLoop(int id, uint64_t seen) {
+    tlsPool = this;
     for (;;) {
       auto began = std::chrono::steady_clock::now();
       unsigned spins = 0;
@@ -165,14 +183,37 @@ class Pool {
   int each_ = 0;
 };
 
+namespace {
+
+Pool& current() {
+  if (!tlsPool) {
+    // A kernel reached outside every PoolScope: a bug in the addon, and the wrong pool's scratch would be worse.
+    std::fprintf(stderr, "vl3: internal error: a kernel ran without a thread pool (missing PoolScope)\n");
+    std::abort();
+  }
+  return *tlsPool;
+}
+
+}  // namespace
+
+void PoolDeleter::operator()(Pool* p) const { delete p; }
+
+PoolPtr makePool(int threads) { return PoolPtr(new Pool(threads)); }
+int poolSize(const Pool& p) { return p.threads(); }
+void poolResize(Pool& p, int threads) {
+  if (threads != p.threads()) p.setThreads(threads);
+}
+size_t poolScratchBytes(const Pool& p) { return p.scratchBytes(); }
+
 // Never destroyed: the process may exit while JS still holds the module, and joining threads from a static
 // destructor at exit buys nothing.
-Pool& pool() {
+Pool& sharedPool() {
   static Pool* p = new Pool(availableCores());
   return *p;
 }
 
-}  // namespace
+PoolScope::PoolScope(Pool& p) : prev_(tlsPool) { tlsPool = &p; }
+PoolScope::~PoolScope() { tlsPool = prev_; }
 
 int availableCores() {
 #if defined(__linux__)
@@ -188,22 +229,18 @@ int availableCores() {
 
 void poolRun(long tasks, TaskFn fn, void* ctx) {
   if (tasks <= 0) return;
-  pool().run(tasks, fn, ctx, 0);
+  current().run(tasks, fn, ctx, 0);
 }
 
 void poolRunEach(int threads, TaskFn fn, void* ctx) {
-  Pool& p = pool();
+  Pool& p = current();
   if (threads > p.threads()) threads = p.threads();
   if (threads < 1) threads = 1;
   p.run(threads, fn, ctx, threads);
 }
 
-int poolThreads() { return pool().threads(); }
+int poolThreads() { return current().threads(); }
 
-void poolSetThreads(int n) {
-  if (n != pool().threads()) pool().setThreads(n);
-}
-
-void* scratch(int tid, int slot, size_t bytes) { return pool().scratch(tid, slot, bytes); }
+void* scratch(int tid, int slot, size_t bytes) { return current().scratch(tid, slot, bytes); }
 
 }  // namespace vl3

@@ -260,6 +260,8 @@ Napi::Value ResizeJs(const Napi::CallbackInfo& info) {
     fail(env, "src and dst must not overlap");
     return env.Undefined();
   }
+  // No backend context here: resizes share the process-wide pool (they need no scratch), one at a time.
+  PoolScope scope(sharedPool());
   resizeBicubicRgb8(src, srcW, srcH, dst, dstW, dstH, threads);
   return env.Undefined();
 }

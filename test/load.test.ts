@@ -12,6 +12,7 @@ import { VideoLLaMA3, type LoadOptions, type LoadProgressEvent } from '../src/ap
 import { CheckpointError } from '../src/model/errors.js';
 import { decoderWeights, flattenSpecs } from '../src/model/weight-names.js';
 import { loadCheckpoint } from '../src/model/checkpoint.js';
+import { nativeInfo, type Isa } from '../src/tensor/native.js';
 import { fixturesDir, FIXTURES_MISSING, TINY_CHECKPOINT } from './fixtures.js';
 
 const fixtures = fixturesDir();
@@ -42,6 +43,8 @@ describe('loading a model', { skip: !fixtures && FIXTURES_MISSING }, () => {
   after(() => rmSync(scratch, { recursive: true, force: true }));
 
   it('refuses bad options in their own names, before reading anything', async () => {
+    // A kernel tier of the other architecture: never available here.
+    const foreignTier: Isa = process.arch === 'arm64' ? 'avx2' : 'neon';
     const cases: [LoadOptions, string, RegExp][] = [
       [{ maxVisualTokens: -5 }, 'maxVisualTokens', /maxVisualTokens must be an integer >= 1, got -5/],
       [{ fps: -3 }, 'fps', /fps must be a number > 0, got -3/],
@@ -52,6 +55,8 @@ describe('loading a model', { skip: !fixtures && FIXTURES_MISSING }, () => {
       [{ threads: 0 }, 'threads', /threads must be an integer >= 1, got 0/],
       [{ maxActiveRequests: 0 }, 'maxActiveRequests', /maxActiveRequests must be an integer >= 1/],
       [{ maxImagePixels: Infinity }, 'maxImagePixels', /got Infinity/],
+      [{ compute: 'fast' as never }, 'compute', /compute must be 'exact' or 'bf16', got the string "fast"/],
+      [{ isa: foreignTier }, 'isa', new RegExp(`isa '${foreignTier}' is not available: this CPU lacks`)],
       [{ backend: 'gpu' as never }, 'backend', /backend must be 'native', 'reference' or a Backend, got the string "gpu"/],
     ];
     for (const [options, option, message] of cases) {
@@ -120,8 +125,11 @@ describe('loading a model', { skip: !fixtures && FIXTURES_MISSING }, () => {
   });
 
   it('tells what it allows, and refuses per-request budgets in their own names', async () => {
-    const model = await VideoLLaMA3.load(tiny, { maxVisualTokens: 4096, fps: 2 });
-    assert.deepEqual(model.info, {
+    const model = await VideoLLaMA3.load(tiny, { maxVisualTokens: 4096, fps: 2, threads: 1, compute: 'exact' });
+    const { backend, ...budgets } = model.info;
+    assert.deepEqual({ ...backend, isa: undefined }, { name: 'native', threads: 1, compute: 'exact', isa: undefined });
+    assert.ok(nativeInfo().tiers.includes(backend.isa as Isa), `${backend.isa} is one of this CPU's tiers`);
+    assert.deepEqual(budgets, {
       contextLength: 32768,
       vocabSize: 151936,
       maxTokenBytes: 128,

@@ -1,12 +1,14 @@
-// Every NativeBackend op against ReferenceBackend on seeded random data, with the AVX2 and the scalar kernels and
-// with 1 and 2 threads. Sizes are deliberately not multiples of the vector width or the GEMM tiles.
+// Every NativeBackend op against ReferenceBackend on seeded random data, on every kernel tier this CPU supports, in
+// both compute modes, with 1 and 2 threads. Sizes are deliberately not multiples of the vector width or the GEMM
+// tiles. Then the bf16 rounding, backends that share nothing, and the tier/mode choice (VL3_ISA, VL3_COMPUTE).
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { after, before, describe, test } from 'node:test';
+import { before, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
+import { Worker } from 'node:worker_threads';
 
-import { f32ToBf16 } from '../src/tensor/dtype.js';
-import { NativeBackend, nativeInfo, setNativeKernel } from '../src/tensor/native.js';
+import { bf16ToF32, f32ToBf16 } from '../src/tensor/dtype.js';
+import { type ComputeMode, type Isa, NativeBackend, nativeInfo } from '../src/tensor/native.js';
 import { ReferenceBackend } from '../src/tensor/reference.js';
 import { Tensor } from '../src/tensor/tensor.js';
 import { Rng } from '../src/engine/rng.js';
@@ -57,15 +59,12 @@ function assertClose(actual: Float32Array, expected: Float32Array, what: string,
 }
 
 const reference = new ReferenceBackend();
-let native = new NativeBackend();
 const info = nativeInfo();
-const kernels: Array<'avx2' | 'scalar'> = info.avx2 && info.fma && info.f16c ? ['avx2', 'scalar'] : ['scalar'];
-const defaultThreads = native.threads;
-
-after(() => {
-  setNativeKernel('auto');
-  native = new NativeBackend({ threads: defaultThreads });
-});
+// Every tier this CPU and build support, best first (the one models get by default leads).
+const tiers: Isa[] = [...info.tiers].reverse();
+const modes: ComputeMode[] = ['exact', 'bf16'];
+// For the checks below that do not depend on the tier.
+const native = new NativeBackend({ compute: 'exact' });
 
 /** Reference results are computed once and shared by every kernel/thread configuration. */
 function memo<T>(make: () => T): () => T {
@@ -81,19 +80,44 @@ interface MatmulCase {
   x: Tensor<'f32'>;
   w: Tensor;
   bias: Tensor | null;
-  expected: () => Float32Array;
+  /** The reference result in each compute mode. */
+  expected: Record<ComputeMode, () => Float32Array>;
   K: number;
+}
+
+/** x with every element rounded to the nearest bf16 value (kept as f32): what bf16 compute does to activations. */
+function roundedToBf16(x: Tensor<'f32'>): Tensor<'f32'> {
+  return Tensor.f32(x.shape, x.data.map((v) => bf16ToF32(f32ToBf16(v))));
+}
+
+/** w as bf16: itself when stored so, else each element rounded to nearest even. */
+function asBf16(w: Tensor): Tensor {
+  if (w.dtype === 'bf16') return w;
+  const t = Tensor.empty('bf16', w.shape);
+  (w.data as Float32Array).forEach((v, i) => (t.data[i] = f32ToBf16(v)));
+  return t;
+}
+
+/**
+ * The reference semantics of matmul in each mode. 'bf16': the reference matmul on bf16-rounded x and w (bias as
+ * given): every product of two bf16 values is exact in f32, so native and reference sum the same products and differ
+ * only in summation order, which the exact mode's tolerance already covers.
+ */
+function referenceMatmul(x: Tensor<'f32'>, w: Tensor, bias: Tensor | null, mode: ComputeMode): Float32Array {
+  const out = Tensor.empty('f32', [...x.shape.slice(0, -1), w.dim(0)]);
+  if (mode === 'exact') reference.matmul(x, w, bias, out);
+  else reference.matmul(roundedToBf16(x), asBf16(w), bias, out);
+  return out.data;
 }
 
 function matmulCase(M: number, N: number, K: number, wType: 'f32' | 'bf16', biasType: 'none' | 'f32' | 'bf16'): MatmulCase {
   const x = randomF32([M, K]);
   const w = randomFloat(wType, [N, K]);
   const bias = biasType === 'none' ? null : randomFloat(biasType, [N]);
-  const expected = memo(() => {
-    const out = Tensor.empty('f32', [M, N]);
-    reference.matmul(x, w, bias, out);
-    return out.data;
-  });
+  const expected = {
+    exact: memo(() => referenceMatmul(x, w, bias, 'exact')),
+    bf16: memo(() => referenceMatmul(x, w, bias, 'bf16')),
+  };
   return { name: `M=${M} N=${N} K=${K} w=${wType} bias=${biasType}`, x, w, bias, expected, K };
 }
 
@@ -110,10 +134,16 @@ const smallMatmuls: MatmulCase[] = [];
 const largeMatmuls: MatmulCase[] = [
   matmulCase(67, 129, 300, 'bf16', 'f32'),
   matmulCase(67, 300, 129, 'f32', 'none'),
-  // Several K blocks (KC = 256) and M blocks (MC = 144), ragged everywhere.
+  // Several K blocks (KC = 256, 512 for bf16 pairs) and M blocks (MC = 144, 192 on AVX-512), ragged everywhere.
   matmulCase(151, 70, 601, 'bf16', 'bf16'),
-  // Many N tasks with a small M just above the GEMV cut-off, and a GEMV with long rows.
+  matmulCase(200, 45, 1031, 'bf16', 'none'),
+  // Many N tasks with a small M just above the scalar GEMV cut-off, and a GEMV with long rows.
   matmulCase(6, 2100, 40, 'bf16', 'f32'),
+  // Around the AVX2 (63) and AVX-512 (31) GEMV cut-offs, with odd K (a half-filled last bf16 pair).
+  matmulCase(31, 75, 97, 'bf16', 'bf16'),
+  matmulCase(32, 75, 97, 'f32', 'f32'),
+  matmulCase(63, 40, 515, 'bf16', 'none'),
+  matmulCase(64, 40, 515, 'f32', 'none'),
   matmulCase(3, 257, 1000, 'bf16', 'none'),
   matmulCase(1, 513, 1536, 'f32', 'f32'),
 ];
@@ -174,215 +204,215 @@ const attnCases: AttnCase[] = [
 
 // ---------------------------------------------------------------------------------------------------------------
 
-for (const kernel of kernels) {
-  for (const threads of [1, 2]) {
-    describe(`NativeBackend (${kernel} kernels, ${threads} thread${threads > 1 ? 's' : ''})`, () => {
-      before(() => {
-        setNativeKernel(kernel);
-        native = new NativeBackend({ threads });
-        assert.equal(native.kernel, kernel);
-        assert.equal(native.threads, threads);
-      });
+const configs = tiers.flatMap((isa) => modes.flatMap((mode) => [1, 2].map((threads) => ({ isa, mode, threads }))));
 
-      test('matmul: small, ragged sizes, f32 and bf16 weights, with and without bias', () => {
-        for (const c of smallMatmuls) {
-          const out = Tensor.empty('f32', [c.x.dim(0), c.w.dim(0)]);
-          native.matmul(c.x, c.w, c.bias, out);
-          assertClose(out.data, c.expected(), `matmul ${c.name}`, 1e-5, 1e-6 * c.K);
-        }
-      });
+for (const { isa, mode, threads } of configs) {
+  describe(`NativeBackend (${isa} kernels, ${mode} compute, ${threads} thread${threads > 1 ? 's' : ''})`, () => {
+    let native: NativeBackend;
+    before(() => {
+      native = new NativeBackend({ isa, compute: mode, threads });
+      assert.equal(native.isa, isa);
+      assert.equal(native.compute, mode);
+      assert.equal(native.threads, threads);
+    });
 
-      test('matmul: larger GEMM and GEMV shapes', () => {
-        for (const c of largeMatmuls) {
-          const out = Tensor.empty('f32', [c.x.dim(0), c.w.dim(0)]);
-          native.matmul(c.x, c.w, c.bias, out);
-          assertClose(out.data, c.expected(), `matmul ${c.name}`, 1e-5, 1e-6 * c.K);
-        }
-      });
+    // Tolerance for either mode: both sides sum the same exact products in f32 and differ only in order.
+    test('matmul: small, ragged sizes, f32 and bf16 weights, with and without bias', () => {
+      for (const c of smallMatmuls) {
+        const out = Tensor.empty('f32', [c.x.dim(0), c.w.dim(0)]);
+        native.matmul(c.x, c.w, c.bias, out);
+        assertClose(out.data, c.expected[mode](), `matmul ${c.name}`, 1e-5, 1e-6 * c.K);
+      }
+    });
 
-      test('matmul: leading dimensions of x are kept', () => {
-        const x = randomF32([2, 3, 9]);
-        const w = randomFloat('bf16', [5, 9]);
-        const out = Tensor.empty('f32', [2, 3, 5]);
-        const expected = Tensor.empty('f32', [2, 3, 5]);
-        native.matmul(x, w, null, out);
-        reference.matmul(x, w, null, expected);
-        assertClose(out.data, expected.data, 'matmul [2,3,9]');
-      });
+    test('matmul: larger GEMM and GEMV shapes', () => {
+      for (const c of largeMatmuls) {
+        const out = Tensor.empty('f32', [c.x.dim(0), c.w.dim(0)]);
+        native.matmul(c.x, c.w, c.bias, out);
+        assertClose(out.data, c.expected[mode](), `matmul ${c.name}`, 1e-5, 1e-6 * c.K);
+      }
+    });
 
-      test('add and mul: same shape, row broadcast, in place', () => {
-        for (const shape of [[1], [5, 33], [4, 3, 1000]]) {
-          const a = randomF32(shape);
-          const same = randomF32(shape);
-          const row = randomF32([shape[shape.length - 1]!]);
-          for (const b of [same, row]) {
-            for (const op of ['add', 'mul'] as const) {
-              const out = Tensor.empty('f32', shape);
-              const expected = Tensor.empty('f32', shape);
-              native[op](a, b, out);
-              reference[op](a, b, expected);
-              assertClose(out.data, expected.data, `${op} [${shape}] b=[${b.shape}]`, 0, 0);
-              const inPlace = copy(a);
-              native[op](inPlace, b, inPlace);
-              assertClose(inPlace.data, expected.data, `${op} in place [${shape}]`, 0, 0);
-            }
+    test('matmul: leading dimensions of x are kept', () => {
+      const x = randomF32([2, 3, 9]);
+      const w = randomFloat('bf16', [5, 9]);
+      const out = Tensor.empty('f32', [2, 3, 5]);
+      native.matmul(x, w, null, out);
+      assertClose(out.data, referenceMatmul(x, w, null, mode), 'matmul [2,3,9]');
+    });
+
+    test('add and mul: same shape, row broadcast, in place', () => {
+      for (const shape of [[1], [5, 33], [4, 3, 1000]]) {
+        const a = randomF32(shape);
+        const same = randomF32(shape);
+        const row = randomF32([shape[shape.length - 1]!]);
+        for (const b of [same, row]) {
+          for (const op of ['add', 'mul'] as const) {
+            const out = Tensor.empty('f32', shape);
+            const expected = Tensor.empty('f32', shape);
+            native[op](a, b, out);
+            reference[op](a, b, expected);
+            assertClose(out.data, expected.data, `${op} [${shape}] b=[${b.shape}]`, 0, 0);
+            const inPlace = copy(a);
+            native[op](inPlace, b, inPlace);
+            assertClose(inPlace.data, expected.data, `${op} in place [${shape}]`, 0, 0);
           }
         }
-      });
+      }
+    });
 
-      test('rmsNorm: f32 and bf16 weights, in place', () => {
-        for (const [rows, cols] of [[1, 1], [7, 130], [3, 1536], [300, 40]] as const) {
-          for (const wType of ['f32', 'bf16'] as const) {
-            const x = randomF32([rows, cols], 2);
-            const w = randomFloat(wType, [cols]);
-            const out = Tensor.empty('f32', [rows, cols]);
-            const expected = Tensor.empty('f32', [rows, cols]);
-            native.rmsNorm(x, w, 1e-6, out);
-            reference.rmsNorm(x, w, 1e-6, expected);
-            assertClose(out.data, expected.data, `rmsNorm [${rows},${cols}] w=${wType}`, 2e-6, 1e-7);
-            const inPlace = copy(x);
-            native.rmsNorm(inPlace, w, 1e-6, inPlace);
-            assertClose(inPlace.data, expected.data, `rmsNorm in place [${rows},${cols}]`, 2e-6, 1e-7);
-          }
-        }
-      });
-
-      test('layerNorm: f32 and bf16 weight and bias, rows with a large mean, in place', () => {
-        for (const [rows, cols] of [[1, 1], [7, 130], [33, 1152], [300, 40]] as const) {
-          for (const dtype of ['f32', 'bf16'] as const) {
-            const x = randomF32([rows, cols], 2);
-            for (let i = 0; i < x.numel; i++) x.data[i] += 5; // a mean far from zero
-            const w = randomFloat(dtype, [cols]);
-            const b = randomFloat(dtype, [cols]);
-            const out = Tensor.empty('f32', [rows, cols]);
-            const expected = Tensor.empty('f32', [rows, cols]);
-            native.layerNorm(x, w, b, 1e-6, out);
-            reference.layerNorm(x, w, b, 1e-6, expected);
-            assertClose(out.data, expected.data, `layerNorm [${rows},${cols}] ${dtype}`, 1e-5, 2e-6);
-            const inPlace = copy(x);
-            native.layerNorm(inPlace, w, b, 1e-6, inPlace);
-            assertClose(inPlace.data, expected.data, `layerNorm in place [${rows},${cols}]`, 1e-5, 2e-6);
-          }
-        }
-      });
-
-      test('gelu: tanh and erf forms over a wide range, in place', () => {
-        for (const approximation of ['tanh', 'erf'] as const) {
-          for (const n of [1, 7, 1003, 70001]) {
-            const x = randomF32([n], 12);
-            const out = Tensor.empty('f32', [n]);
-            const expected = Tensor.empty('f32', [n]);
-            native.gelu(x, out, approximation);
-            reference.gelu(x, expected, approximation);
-            assertClose(out.data, expected.data, `gelu ${approximation} n=${n}`, 2e-6, 1e-7);
-            const inPlace = copy(x);
-            native.gelu(inPlace, inPlace, approximation);
-            assertClose(inPlace.data, expected.data, `gelu ${approximation} in place n=${n}`, 2e-6, 1e-7);
-          }
-        }
-      });
-
-      test('mergeBlocks: copy for 1, the bilinear 2×2 average for 2', () => {
-        for (const m of [1, 2]) {
-          for (const [blocks, C] of [[1, 1], [5, 17], [300, 1152]] as const) {
-            const x = randomF32([blocks * m * m, C], 4);
-            const out = Tensor.empty('f32', [blocks, C]);
-            const expected = Tensor.empty('f32', [blocks, C]);
-            native.mergeBlocks(x, m, out);
-            reference.mergeBlocks(x, m, expected);
-            assertClose(out.data, expected.data, `mergeBlocks m=${m} [${blocks * m * m},${C}]`, 0, 0);
-          }
-        }
-      });
-
-      test('siluMul: wide input range, in place over either operand', () => {
-        for (const n of [1, 7, 1003, 70001]) {
-          const g = randomF32([n], 30);
-          const u = randomF32([n], 2);
-          const out = Tensor.empty('f32', [n]);
-          const expected = Tensor.empty('f32', [n]);
-          native.siluMul(g, u, out);
-          reference.siluMul(g, u, expected);
-          assertClose(out.data, expected.data, `siluMul n=${n}`, 4e-7, 1e-30);
-          const g2 = copy(g);
-          native.siluMul(g2, u, g2);
-          assertClose(g2.data, expected.data, `siluMul in place (gate) n=${n}`, 4e-7, 1e-30);
-          const u2 = copy(u);
-          native.siluMul(g, u2, u2);
-          assertClose(u2.data, expected.data, `siluMul in place (up) n=${n}`, 4e-7, 1e-30);
-        }
-      });
-
-      test('softmax: rows of several lengths, large logits, in place', () => {
-        for (const [rows, cols, scale] of [[1, 1, 1], [9, 257, 10], [3, 1, 5], [40, 1000, 30], [1, 151936, 20]] as const) {
-          const x = randomF32([rows, cols], scale);
+    test('rmsNorm: f32 and bf16 weights, in place', () => {
+      for (const [rows, cols] of [[1, 1], [7, 130], [3, 1536], [300, 40]] as const) {
+        for (const wType of ['f32', 'bf16'] as const) {
+          const x = randomF32([rows, cols], 2);
+          const w = randomFloat(wType, [cols]);
           const out = Tensor.empty('f32', [rows, cols]);
           const expected = Tensor.empty('f32', [rows, cols]);
-          native.softmax(x, out);
-          reference.softmax(x, expected);
-          assertClose(out.data, expected.data, `softmax [${rows},${cols}]`, 1e-5, 1e-9);
+          native.rmsNorm(x, w, 1e-6, out);
+          reference.rmsNorm(x, w, 1e-6, expected);
+          assertClose(out.data, expected.data, `rmsNorm [${rows},${cols}] w=${wType}`, 2e-6, 1e-7);
           const inPlace = copy(x);
-          native.softmax(inPlace, inPlace);
-          assertClose(inPlace.data, expected.data, `softmax in place [${rows},${cols}]`, 1e-5, 1e-9);
+          native.rmsNorm(inPlace, w, 1e-6, inPlace);
+          assertClose(inPlace.data, expected.data, `rmsNorm in place [${rows},${cols}]`, 2e-6, 1e-7);
         }
-      });
-
-      test('rope: half-split layout, in place', () => {
-        for (const [T, H, D] of [[1, 1, 2], [5, 3, 10], [17, 12, 128], [300, 2, 64]] as const) {
-          const x = randomF32([T, H, D], 3);
-          const angles = randomF32([T, D / 2], 10);
-          const cos = Tensor.f32([T, D / 2], angles.data.map(Math.cos));
-          const sin = Tensor.f32([T, D / 2], angles.data.map(Math.sin));
-          const out = Tensor.empty('f32', [T, H, D]);
-          const expected = Tensor.empty('f32', [T, H, D]);
-          native.rope(x, cos, sin, out);
-          reference.rope(x, cos, sin, expected);
-          assertClose(out.data, expected.data, `rope [${T},${H},${D}]`, 1e-6, 1e-6);
-          const inPlace = copy(x);
-          native.rope(inPlace, cos, sin, inPlace);
-          assertClose(inPlace.data, expected.data, `rope in place [${T},${H},${D}]`, 1e-6, 1e-6);
-        }
-      });
-
-      test('attention: causal and full, query offsets, GQA 1/2/3/6/64, decode and tiled prefill over long S', () => {
-        for (const c of attnCases) {
-          const out = Tensor.empty('f32', c.q.shape);
-          native.attention(c.q, c.k, c.v, out, { scale: 1 / Math.sqrt(c.q.dim(2)), causal: c.causal, queryOffset: c.queryOffset });
-          assertClose(out.data, c.expected(), `attention ${c.name}`, 1e-5, 2e-6);
-        }
-      });
-
-      test('embedding: f32 and bf16 tables, ids checked', () => {
-        for (const dtype of ['f32', 'bf16'] as const) {
-          const table = randomFloat(dtype, [50, 37]);
-          const ids = Tensor.i32([6], [0, 49, 3, 3, 17, 48]);
-          const out = Tensor.empty('f32', [6, 37]);
-          const expected = Tensor.empty('f32', [6, 37]);
-          native.embedding(table, ids, out);
-          reference.embedding(table, ids, expected);
-          assertClose(out.data, expected.data, `embedding ${dtype}`, 0, 0);
-          assert.throws(() => native.embedding(table, Tensor.i32([2], [1, 50]), Tensor.empty('f32', [2, 37])), /ids\[1\] = 50/);
-          assert.throws(() => native.embedding(table, Tensor.i32([1], [-1]), Tensor.empty('f32', [1, 37])), /ids\[0\] = -1/);
-        }
-      });
-
-      test('argmax and topK: ties keep the lower index', () => {
-        const next = rng(99);
-        const x = Tensor.f32([1000], Array.from({ length: 1000 }, () => Math.floor(next() * 50)));
-        assert.equal(native.argmax(x), reference.argmax(x));
-        assert.equal(native.argmax(Tensor.f32([4], [1, 3, 3, 2])), 1);
-        for (const k of [0, 1, 5, 37, 1000]) {
-          const got = native.topK(x, k);
-          const want = reference.topK(x, k);
-          assert.deepEqual(Array.from(got.indices), Array.from(want.indices), `topK k=${k} indices`);
-          assert.deepEqual(Array.from(got.values), Array.from(want.values), `topK k=${k} values`);
-        }
-        const r = randomF32([151936], 10);
-        assert.equal(native.argmax(r), reference.argmax(r));
-        assert.deepEqual(Array.from(native.topK(r, 40).indices), Array.from(reference.topK(r, 40).indices));
-      });
+      }
     });
-  }
+
+    test('layerNorm: f32 and bf16 weight and bias, rows with a large mean, in place', () => {
+      for (const [rows, cols] of [[1, 1], [7, 130], [33, 1152], [300, 40]] as const) {
+        for (const dtype of ['f32', 'bf16'] as const) {
+          const x = randomF32([rows, cols], 2);
+          for (let i = 0; i < x.numel; i++) x.data[i] += 5; // a mean far from zero
+          const w = randomFloat(dtype, [cols]);
+          const b = randomFloat(dtype, [cols]);
+          const out = Tensor.empty('f32', [rows, cols]);
+          const expected = Tensor.empty('f32', [rows, cols]);
+          native.layerNorm(x, w, b, 1e-6, out);
+          reference.layerNorm(x, w, b, 1e-6, expected);
+          assertClose(out.data, expected.data, `layerNorm [${rows},${cols}] ${dtype}`, 1e-5, 2e-6);
+          const inPlace = copy(x);
+          native.layerNorm(inPlace, w, b, 1e-6, inPlace);
+          assertClose(inPlace.data, expected.data, `layerNorm in place [${rows},${cols}]`, 1e-5, 2e-6);
+        }
+      }
+    });
+
+    test('gelu: tanh and erf forms over a wide range, in place', () => {
+      for (const approximation of ['tanh', 'erf'] as const) {
+        for (const n of [1, 7, 1003, 70001]) {
+          const x = randomF32([n], 12);
+          const out = Tensor.empty('f32', [n]);
+          const expected = Tensor.empty('f32', [n]);
+          native.gelu(x, out, approximation);
+          reference.gelu(x, expected, approximation);
+          assertClose(out.data, expected.data, `gelu ${approximation} n=${n}`, 2e-6, 1e-7);
+          const inPlace = copy(x);
+          native.gelu(inPlace, inPlace, approximation);
+          assertClose(inPlace.data, expected.data, `gelu ${approximation} in place n=${n}`, 2e-6, 1e-7);
+        }
+      }
+    });
+
+    test('mergeBlocks: copy for 1, the bilinear 2×2 average for 2', () => {
+      for (const m of [1, 2]) {
+        for (const [blocks, C] of [[1, 1], [5, 17], [300, 1152]] as const) {
+          const x = randomF32([blocks * m * m, C], 4);
+          const out = Tensor.empty('f32', [blocks, C]);
+          const expected = Tensor.empty('f32', [blocks, C]);
+          native.mergeBlocks(x, m, out);
+          reference.mergeBlocks(x, m, expected);
+          assertClose(out.data, expected.data, `mergeBlocks m=${m} [${blocks * m * m},${C}]`, 0, 0);
+        }
+      }
+    });
+
+    test('siluMul: wide input range, in place over either operand', () => {
+      for (const n of [1, 7, 1003, 70001]) {
+        const g = randomF32([n], 30);
+        const u = randomF32([n], 2);
+        const out = Tensor.empty('f32', [n]);
+        const expected = Tensor.empty('f32', [n]);
+        native.siluMul(g, u, out);
+        reference.siluMul(g, u, expected);
+        assertClose(out.data, expected.data, `siluMul n=${n}`, 4e-7, 1e-30);
+        const g2 = copy(g);
+        native.siluMul(g2, u, g2);
+        assertClose(g2.data, expected.data, `siluMul in place (gate) n=${n}`, 4e-7, 1e-30);
+        const u2 = copy(u);
+        native.siluMul(g, u2, u2);
+        assertClose(u2.data, expected.data, `siluMul in place (up) n=${n}`, 4e-7, 1e-30);
+      }
+    });
+
+    test('softmax: rows of several lengths, large logits, in place', () => {
+      for (const [rows, cols, scale] of [[1, 1, 1], [9, 257, 10], [3, 1, 5], [40, 1000, 30], [1, 151936, 20]] as const) {
+        const x = randomF32([rows, cols], scale);
+        const out = Tensor.empty('f32', [rows, cols]);
+        const expected = Tensor.empty('f32', [rows, cols]);
+        native.softmax(x, out);
+        reference.softmax(x, expected);
+        assertClose(out.data, expected.data, `softmax [${rows},${cols}]`, 1e-5, 1e-9);
+        const inPlace = copy(x);
+        native.softmax(inPlace, inPlace);
+        assertClose(inPlace.data, expected.data, `softmax in place [${rows},${cols}]`, 1e-5, 1e-9);
+      }
+    });
+
+    test('rope: half-split layout, in place', () => {
+      for (const [T, H, D] of [[1, 1, 2], [5, 3, 10], [17, 12, 128], [300, 2, 64]] as const) {
+        const x = randomF32([T, H, D], 3);
+        const angles = randomF32([T, D / 2], 10);
+        const cos = Tensor.f32([T, D / 2], angles.data.map(Math.cos));
+        const sin = Tensor.f32([T, D / 2], angles.data.map(Math.sin));
+        const out = Tensor.empty('f32', [T, H, D]);
+        const expected = Tensor.empty('f32', [T, H, D]);
+        native.rope(x, cos, sin, out);
+        reference.rope(x, cos, sin, expected);
+        assertClose(out.data, expected.data, `rope [${T},${H},${D}]`, 1e-6, 1e-6);
+        const inPlace = copy(x);
+        native.rope(inPlace, cos, sin, inPlace);
+        assertClose(inPlace.data, expected.data, `rope in place [${T},${H},${D}]`, 1e-6, 1e-6);
+      }
+    });
+
+    test('attention: causal and full, query offsets, GQA 1/2/3/6/64, decode and tiled prefill over long S', () => {
+      for (const c of attnCases) {
+        const out = Tensor.empty('f32', c.q.shape);
+        native.attention(c.q, c.k, c.v, out, { scale: 1 / Math.sqrt(c.q.dim(2)), causal: c.causal, queryOffset: c.queryOffset });
+        assertClose(out.data, c.expected(), `attention ${c.name}`, 1e-5, 2e-6);
+      }
+    });
+
+    test('embedding: f32 and bf16 tables, ids checked', () => {
+      for (const dtype of ['f32', 'bf16'] as const) {
+        const table = randomFloat(dtype, [50, 37]);
+        const ids = Tensor.i32([6], [0, 49, 3, 3, 17, 48]);
+        const out = Tensor.empty('f32', [6, 37]);
+        const expected = Tensor.empty('f32', [6, 37]);
+        native.embedding(table, ids, out);
+        reference.embedding(table, ids, expected);
+        assertClose(out.data, expected.data, `embedding ${dtype}`, 0, 0);
+        assert.throws(() => native.embedding(table, Tensor.i32([2], [1, 50]), Tensor.empty('f32', [2, 37])), /ids\[1\] = 50/);
+        assert.throws(() => native.embedding(table, Tensor.i32([1], [-1]), Tensor.empty('f32', [1, 37])), /ids\[0\] = -1/);
+      }
+    });
+
+    test('argmax and topK: ties keep the lower index', () => {
+      const next = rng(99);
+      const x = Tensor.f32([1000], Array.from({ length: 1000 }, () => Math.floor(next() * 50)));
+      assert.equal(native.argmax(x), reference.argmax(x));
+      assert.equal(native.argmax(Tensor.f32([4], [1, 3, 3, 2])), 1);
+      for (const k of [0, 1, 5, 37, 1000]) {
+        const got = native.topK(x, k);
+        const want = reference.topK(x, k);
+        assert.deepEqual(Array.from(got.indices), Array.from(want.indices), `topK k=${k} indices`);
+        assert.deepEqual(Array.from(got.values), Array.from(want.values), `topK k=${k} values`);
+      }
+      const r = randomF32([151936], 10);
+      assert.equal(native.argmax(r), reference.argmax(r));
+      assert.deepEqual(Array.from(native.topK(r, 40).indices), Array.from(reference.topK(r, 40).indices));
+    });
+  });
 }
 
 describe('NativeBackend checks and configuration', () => {
@@ -413,18 +443,203 @@ describe('NativeBackend checks and configuration', () => {
     assert.throws(() => native.matmul(x, randomF32([4, 4]), null, out), /share storage with x/);
   });
 
-  test('cpu features and threads are reported', () => {
-    const i = nativeInfo();
-    assert.ok(i.kernel === 'avx2' || i.kernel === 'scalar');
-    assert.ok(i.threads >= 1 && i.defaultThreads >= 1);
-    assert.throws(() => new NativeBackend({ threads: 0 }), /threads/);
+  test('features, tiers and thread counts are reported; each backend has its own', () => {
+    const f = info.features;
+    assert.ok(info.tiers.includes('scalar'));
+    assert.equal(info.tiers.includes('avx2'), f.avx2 && f.fma && f.f16c);
+    assert.equal(info.tiers.includes('avx512'), info.tiers.includes('avx2') && f.avx512f && f.avx512bw && f.avx512dq && f.avx512vl);
+    assert.equal(info.tiers.includes('avx512bf16'), info.tiers.includes('avx512') && f.avx512bf16);
+    assert.ok(info.defaultThreads >= 1);
+    assert.ok(info.peakKinds.includes('fp32-scalar'));
+    const a = new NativeBackend({ threads: 3, compute: 'exact' });
+    const b = new NativeBackend({ threads: 1, compute: 'exact' });
+    assert.equal(a.threads, 3);
+    a.threads = 2;
+    assert.equal(a.threads, 2);
+    assert.equal(b.threads, 1);
+    assert.throws(() => {
+      a.threads = 0;
+    }, /threads/);
+    assert.throws(() => new NativeBackend({ threads: 1.5 }), /threads/);
+    assert.throws(() => new NativeBackend({ threads: 257 }), /threads/);
   });
 
-  test('VL3_FORCE_SCALAR=1 selects the scalar kernels', () => {
+  test('a tier the CPU lacks is an error naming it and the missing features; unknown names and modes too', () => {
+    for (const isa of ['scalar', 'avx2', 'avx512', 'avx512bf16', 'neon'] as const) {
+      if (info.tiers.includes(isa)) continue;
+      assert.throws(() => new NativeBackend({ isa }), new RegExp(`NativeBackend: isa '${isa}' is not available: this (CPU lacks [a-z0-9]+|build has no)`));
+    }
+    assert.throws(() => new NativeBackend({ isa: 'sse9' as Isa }), /isa must be one of scalar, avx2, avx512, avx512bf16, neon, got sse9/);
+    assert.throws(() => new NativeBackend({ compute: 'fp8' as ComputeMode }), /compute must be 'exact' or 'bf16', got fp8/);
+  });
+
+  // (input f32 bits, bf16 bits it rounds to): ties go to the even neighbour, past the largest bf16 is infinity.
+  const roundings: Array<[number, number]> = [
+    [0x3f800000, 0x3f80], // 1
+    [0x3f808000, 0x3f80], // 1 + 2^-8: a tie, kept even
+    [0x3f818000, 0x3f82], // 1 + 3·2^-8: a tie, rounded up to even
+    [0x3f808001, 0x3f81], // just above the tie
+    [0x3f807fff, 0x3f80], // just below it
+    [0xbf818000, 0xbf82], // negative tie: away from zero to even
+    [0x40490fdb, 0x4049], // pi
+    [0x3eaaaaab, 0x3eab], // 1/3
+    [0x00800000, 0x0080], // the smallest normal
+    [0x7f7f7fff, 0x7f7f], // the largest f32 that stays finite
+    [0x7f7fffff, 0x7f80], // the largest f32: +Inf
+    [0xff7fffff, 0xff80], // and its negative: -Inf
+    [0x7f800000, 0x7f80], // +Inf
+    [0xff800000, 0xff80], // -Inf
+    [0x7fc00000, 0x7fc0], // quiet NaN
+    [0x7f800001, 0x7fc0], // signalling NaN: a NaN (quiet) after rounding
+  ];
+  const roundIn = new Float32Array(new Uint32Array(roundings.map(([i]) => i)).buffer);
+  const roundOut = roundings.map(([, o]) => bf16ToF32(o));
+
+  function assertRounded(got: Float32Array, rows: number, what: string, rounded: boolean): void {
+    for (let r = 0; r < rows; r++) {
+      roundIn.forEach((v, i) => {
+        const want = rounded ? roundOut[i]! : v;
+        const g = got[r * roundIn.length + i]!;
+        assert.ok(Number.isNaN(want) ? Number.isNaN(g) : g === want, `${what}: row ${r}, input 0x${roundings[i]![0].toString(16)} gave ${g}, expected ${want}`);
+      });
+    }
+  }
+
+  test('bf16 compute rounds activations and f32 weights to nearest even (ties, ±Inf, NaN); exact compute does not', () => {
+    // K = 1 with a unit operand makes the product the rounded value itself, through the GEMV (3 rows of x) and the
+    // packed GEMM (130 rows) alike.
+    for (const isa of tiers) {
+      for (const mode of modes) {
+        const backend = new NativeBackend({ isa, compute: mode, threads: 2 });
+        const rounded = mode === 'bf16';
+        for (const rows of [3, 130]) {
+          // Activations: x = the inputs, w = 1 (f32 and bf16).
+          for (const wType of ['f32', 'bf16'] as const) {
+            const x = Tensor.f32([rows * roundIn.length, 1], Array.from({ length: rows }, () => Array.from(roundIn)).flat());
+            const out = Tensor.empty('f32', [rows * roundIn.length, 1]);
+            const one = wType === 'f32' ? Tensor.f32([1, 1], [1]) : Tensor.empty('bf16', [1, 1]);
+            if (wType === 'bf16') one.data[0] = 0x3f80;
+            backend.matmul(x, one, null, out);
+            assertRounded(out.data, rows, `${isa} ${mode} x, ${rows} rows, w ${wType}`, rounded);
+          }
+          // f32 weights: x = 1, w = the inputs.
+          const out = Tensor.empty('f32', [rows, roundIn.length]);
+          backend.matmul(Tensor.f32([rows, 1], new Float32Array(rows).fill(1)), Tensor.f32([roundIn.length, 1], roundIn), null, out);
+          assertRounded(out.data, rows, `${isa} ${mode} w, ${rows} rows`, rounded);
+        }
+      }
+    }
+  });
+
+  test('backends with different tiers and thread counts, used alternately, give what each gives alone', () => {
+    const worst = tiers[tiers.length - 1]!;
+    const a = new NativeBackend({ isa: tiers[0], threads: 2, compute: 'bf16' });
+    const b = new NativeBackend({ isa: worst, threads: 1, compute: 'exact' });
+    const x = randomF32([70, 300]);
+    const w = randomFloat('bf16', [129, 300]);
+    const x1 = randomF32([1, 300]);
+    const att = attnCases[8]!; // 150 queries: the tiled path
+    function run(backend: NativeBackend): Float32Array[] {
+      const gemm = Tensor.empty('f32', [70, 129]);
+      const gemv = Tensor.empty('f32', [1, 129]);
+      const attn = Tensor.empty('f32', att.q.shape);
+      const soft = Tensor.empty('f32', [70, 129]);
+      backend.matmul(x, w, null, gemm);
+      backend.matmul(x1, w, null, gemv);
+      backend.attention(att.q, att.k, att.v, attn, { scale: 1 / Math.sqrt(att.q.dim(2)), causal: att.causal });
+      backend.softmax(gemm, soft);
+      return [gemm.data, gemv.data, attn.data, soft.data];
+    }
+    const aloneA = run(a);
+    const aloneB = run(b);
+    for (let round = 0; round < 3; round++) {
+      assert.deepEqual(run(a), aloneA, `backend a, round ${round}`);
+      assert.deepEqual(run(b), aloneB, `backend b, round ${round}`);
+    }
+    assert.equal(a.threads, 2);
+    assert.equal(b.threads, 1);
+  });
+
+  test('two JS threads run their own backends at the same time with the results each gets alone', async () => {
     const module = fileURLToPath(new URL('../src/tensor/native.js', import.meta.url));
-    const script = `import(${JSON.stringify(module)}).then((m) => console.log(m.nativeInfo().kernel))`;
-    const run = spawnSync(process.execPath, ['-e', script], { env: { ...process.env, VL3_FORCE_SCALAR: '1' }, encoding: 'utf8' });
+    const tensor = fileURLToPath(new URL('../src/tensor/tensor.js', import.meta.url));
+    // Each thread runs the same 40 GEMMs on its own backend and reports whether every result equals its first.
+    const body = `
+      const [{ NativeBackend }, { Tensor }] = await Promise.all([import(${JSON.stringify(module)}), import(${JSON.stringify(tensor)})]);
+      const backend = new NativeBackend({ threads: 2, compute: 'exact' });
+      const x = Tensor.f32([96, 256], Array.from({ length: 96 * 256 }, (_, i) => Math.sin(i)));
+      const w = Tensor.f32([200, 256], Array.from({ length: 200 * 256 }, (_, i) => Math.cos(i)));
+      const first = Tensor.empty('f32', [96, 200]);
+      backend.matmul(x, w, null, first);
+      let same = true;
+      for (let i = 0; i < 40; i++) {
+        const out = Tensor.empty('f32', [96, 200]);
+        backend.matmul(x, w, null, out);
+        same &&= out.data.every((v, j) => v === first.data[j]);
+      }
+      return { same, first: first.data };`;
+    const worker = new Worker(`const { parentPort } = require('node:worker_threads');
+      (async () => { ${body} })().then((r) => parentPort.postMessage(r), (e) => parentPort.postMessage({ error: String(e) }));`, { eval: true });
+    const fromWorker = new Promise<{ same: boolean; first: Float32Array; error?: string }>((resolve, reject) => {
+      worker.once('message', resolve);
+      worker.once('error', reject);
+    });
+    // The main thread's share, in a function of the same text so that both compute the same thing.
+    const here = await (new Function(`return (async () => { ${body} })();`) as () => Promise<{ same: boolean; first: Float32Array }>)();
+    const there = await fromWorker;
+    await worker.terminate();
+    assert.equal(there.error, undefined);
+    assert.ok(here.same && there.same);
+    assert.deepEqual(there.first, here.first);
+  });
+
+  /** Runs `script` (a module body with `m` the native module) in a child with the given environment changes. */
+  function child(env: Record<string, string | undefined>, script: string) {
+    const module = fileURLToPath(new URL('../src/tensor/native.js', import.meta.url));
+    const full = { ...process.env, ...env };
+    for (const [k, v] of Object.entries(env)) if (v === undefined) delete full[k];
+    return spawnSync(process.execPath, ['--input-type=module', '-e', `const m = await import(${JSON.stringify(module)}); ${script}`], {
+      env: full,
+      encoding: 'utf8',
+    });
+  }
+
+  const report = 'const b = new m.NativeBackend(); const i = m.nativeInfo(); console.log(JSON.stringify([i.isa, i.compute, b.isa, b.compute]));';
+
+  test('without options a backend gets the best tier, and bf16 compute only where the tier has a bf16 dot instruction', () => {
+    const run = child({ VL3_ISA: undefined, VL3_COMPUTE: undefined }, report);
     assert.equal(run.status, 0, run.stderr);
-    assert.equal(run.stdout.trim(), 'scalar');
+    const best = info.tiers[info.tiers.length - 1]!;
+    const compute = best === 'avx512bf16' ? 'bf16' : 'exact';
+    assert.deepEqual(JSON.parse(run.stdout), [best, compute, best, compute]);
+  });
+
+  test('VL3_ISA forces a tier for every backend without an isa option; an unavailable or unknown one is an error', () => {
+    for (const isa of info.tiers) {
+      const run = child({ VL3_ISA: isa, VL3_COMPUTE: 'exact' }, report);
+      assert.equal(run.status, 0, run.stderr);
+      assert.deepEqual(JSON.parse(run.stdout), [isa, 'exact', isa, 'exact']);
+    }
+    // The option still wins for the backend that names one.
+    const pinned = child({ VL3_ISA: 'scalar' }, `console.log(new m.NativeBackend({ isa: ${JSON.stringify(tiers[0])} }).isa)`);
+    assert.equal(pinned.stdout.trim(), tiers[0], pinned.stderr);
+    const missing = (['avx512bf16', 'avx512', 'avx2', 'neon'] as const).find((t) => !info.tiers.includes(t))!;
+    const run = child({ VL3_ISA: missing }, 'new m.NativeBackend()');
+    assert.notEqual(run.status, 0);
+    assert.match(run.stderr, new RegExp(`NativeBackend: VL3_ISA=${missing}: isa '${missing}' is not available: this CPU lacks [a-z0-9]+`));
+    const unknown = child({ VL3_ISA: 'avx9' }, 'm.nativeInfo()');
+    assert.notEqual(unknown.status, 0);
+    assert.match(unknown.stderr, /VL3_ISA=avx9: isa 'avx9' is unknown \(expected scalar, avx2, avx512, avx512bf16 or neon\)/);
+  });
+
+  test('VL3_COMPUTE sets the default compute mode on any tier; an invalid one is an error', () => {
+    for (const compute of modes) {
+      const run = child({ VL3_ISA: 'scalar', VL3_COMPUTE: compute }, report);
+      assert.equal(run.status, 0, run.stderr);
+      assert.deepEqual(JSON.parse(run.stdout), ['scalar', compute, 'scalar', compute]);
+    }
+    const bad = child({ VL3_COMPUTE: 'fp16' }, 'new m.NativeBackend()');
+    assert.notEqual(bad.status, 0);
+    assert.match(bad.stderr, /VL3_COMPUTE=fp16: expected 'exact' or 'bf16'/);
   });
 });

@@ -70,7 +70,8 @@ for (const [caseName, backends] of CASES) {
       const vision: Record<string, Float32Array> = {};
 
       before(async () => {
-        model = await VideoLLaMA3.load(checkpointDir!, { backend });
+        // The fixtures are fp32: exact compute (bf16 mode has its own tolerance, in parity-bf16.test.ts).
+        model = await VideoLLaMA3.load(checkpointDir!, { backend, compute: 'exact' });
         manifest = JSON.parse(readFileSync(join(caseDir, 'manifest.json'), 'utf8'));
         for (const f of ['inputs', 'vision', 'llm']) {
           if (f !== 'vision' || manifest.modals.length > 0) files[f] = SafetensorsFile.open(join(caseDir, `${f}.safetensors`));
@@ -180,7 +181,7 @@ describe('vl3 inspect', { skip: !fixtures && FIXTURES_MISSING }, () => {
       const conversation = join(dir, `${caseName}.json`);
       writeFileSync(conversation, JSON.stringify({ messages, add_system_prompt: true, add_generation_prompt: true }));
       const out = join(dir, `${caseName}-${variant}.safetensors`);
-      const code = await main(['inspect', '--model', checkpointDir!, '--conversation', conversation, '--out', out, '--greedy', '16', ...extra]);
+      const code = await main(['inspect', '--model', checkpointDir!, '--compute', 'exact', '--conversation', conversation, '--out', out, '--greedy', '16', ...extra]);
       assert.equal(code, 0);
 
       const written = SafetensorsFile.open(out);

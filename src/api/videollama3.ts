@@ -15,7 +15,7 @@ import { Processor, type ProcessedRequest, type ProcessOptions, type ProgressEve
 import { Tokenizer } from '../processing/tokenizer.js';
 import type { Tensor } from '../tensor/tensor.js';
 import type { ChatModel } from './chat-model.js';
-import { createBackend, type Backend, type BackendName } from '../tensor/index.js';
+import { createBackend, type Backend, type BackendName, type ComputeMode, type Isa } from '../tensor/index.js';
 import { ChatStreamSource } from './chat-stream.js';
 import { AbortError, InvalidOptionError, InvalidRequestError } from './errors.js';
 import { CHAT_RULES, checkBudgets, checkNumbers, LOAD_RULES } from './options.js';
@@ -27,6 +27,14 @@ export interface LoadOptions {
   threads?: number;
   /** 'native' (default), 'reference' (plain TypeScript, slow; for checking), or a backend of your own making. */
   backend?: BackendName | Backend;
+  /**
+   * How matmul multiplies: 'exact' (f32 activations, the fixtures' numerics) or 'bf16' (activations rounded to bf16,
+   * products summed in f32: the official model's numerics in bf16, and the fast path of CPUs with bf16 dot
+   * products). Default: $VL3_COMPUTE, else the fastest mode this CPU has.
+   */
+  compute?: ComputeMode;
+  /** The native kernel tier (scalar, avx2, avx512, avx512bf16, neon); default $VL3_ISA, else the best this CPU has. */
+  isa?: Isa;
   /** Default visual token budget of a request (spec 2.3); default: the checkpoint's `max_tokens` (16384). */
   maxVisualTokens?: number;
   minVisualTokens?: number;
@@ -55,6 +63,8 @@ export interface LoadProgressEvent {
 
 /** What a loaded model is and allows: for servers that bound requests and commands that show it. */
 export interface ModelInfo {
+  /** What runs the model: backend name, kernel threads, compute mode (and the native kernel tier). */
+  backend: { name: string; threads: number; compute: ComputeMode; isa?: string };
   /** Prompt plus answer, in tokens (the checkpoint's max_position_embeddings). */
   contextLength: number;
   /** Token ids the model scores (the config's vocab_size). */
@@ -150,7 +160,7 @@ export class VideoLLaMA3 implements ChatModel {
   private constructor(
     readonly model: VideoLLaMA3Model,
     readonly processor: Processor,
-    private readonly defaults: LoadOptions & Omit<ModelInfo, 'contextLength' | 'vocabSize' | 'maxTokenBytes'>,
+    private readonly defaults: LoadOptions & Omit<ModelInfo, 'contextLength' | 'vocabSize' | 'maxTokenBytes' | 'backend'>,
   ) {
     this.scheduler = new Scheduler(defaults.maxActiveRequests ?? DEFAULT_MAX_ACTIVE_REQUESTS);
   }
@@ -167,7 +177,18 @@ export class VideoLLaMA3 implements ChatModel {
       throw invalid('backend', `backend must be 'native', 'reference' or a Backend, got ${describeValue(options.backend)}`);
     }
     const folder = await resolveModel(ref, options.hub);
-    const backend = named ? createBackend((options.backend as BackendName | undefined) ?? 'native', { threads: options.threads }) : (options.backend as Backend);
+    if (options.compute !== undefined && options.compute !== 'exact' && options.compute !== 'bf16') {
+      throw invalid('compute', `compute must be 'exact' or 'bf16', got ${describeValue(options.compute)}`);
+    }
+    let backend: Backend;
+    try {
+      backend = named
+        ? createBackend((options.backend as BackendName | undefined) ?? 'native', { threads: options.threads, compute: options.compute, isa: options.isa })
+        : (options.backend as Backend);
+    } catch (e) {
+      // An unknown tier, or one this CPU lacks: the option (or $VL3_ISA) named in the message.
+      throw invalid(options.isa !== undefined ? 'isa' : 'backend', (e as Error).message);
+    }
     const checkpoint = loadCheckpoint(folder);
     // Every tensor against the config, from the headers: a mismatch fails here, not on the first image request.
     const specs = checkpointWeightSpecs(checkpoint.config);
@@ -201,7 +222,9 @@ export class VideoLLaMA3 implements ChatModel {
   /** The model's context and vocabulary, and the budgets requests get by default. */
   get info(): ModelInfo {
     const d = this.defaults;
+    const b = this.model.backend;
     return {
+      backend: { name: b.name, threads: b.threads, compute: b.compute, ...('isa' in b && { isa: String(b.isa) }) },
       contextLength: this.config.maxPositionEmbeddings,
       vocabSize: this.config.vocabSize,
       maxTokenBytes: this.tokenizer.maxTokenBytes,

@@ -5,12 +5,14 @@ import { dirname, resolve } from 'node:path';
 import { ModelWorker } from '../api/model-worker.js';
 import { VideoLLaMA3, type LoadOptions } from '../api/videollama3.js';
 import { writeRandomCheckpoint } from '../model/random-checkpoint.js';
+import type { ComputeMode, Isa } from '../tensor/index.js';
 import type { ContentPart, Message } from '../processing/conversation.js';
 import { runChat } from './chat.js';
 import { collect, EXIT, flag, integer, number, positive, seconds } from './flags.js';
 import { serve } from './serve.js';
 import { addHubCommands } from './hub-commands.js';
 import { inspectConversation } from './inspect.js';
+import { printInfo } from './info.js';
 import { DownloadBars, ProgressBars } from './progress.js';
 
 export { EXIT } from './flags.js';
@@ -25,11 +27,15 @@ const modelOptions = (cmd: Command) =>
     .addOption(flag('--fps <x>', 'video frames sampled per second (default: the checkpoint\'s, 1)').argParser(positive('--fps')))
     .addOption(flag('--max-frames <n>', 'most frames kept per video (default: the checkpoint\'s, 128; the paper uses 180)').argParser(integer('--max-frames', 1)))
     .addOption(flag('--max-image-pixels <n>', 'largest image or video frame in pixels, read from its header before decoding (default 178956970; serve: 40000000)').argParser(integer('--max-image-pixels', 1)))
-    .addOption(flag('--no-token-compression', 'keep every video token (turn the Differential Frame Pruner off)'));
+    .addOption(flag('--no-token-compression', 'keep every video token (turn the Differential Frame Pruner off)'))
+    .addOption(flag('--compute <mode>', 'matmul numerics: "exact" (f32) or "bf16" (as the official model in bf16; fast where the CPU has bf16 dot products); default: the fastest this CPU has').choices(['exact', 'bf16']))
+    .addOption(flag('--isa <tier>', 'kernel tier (default: the best this CPU has; `vl3 info` lists them)').choices(['scalar', 'avx2', 'avx512', 'avx512bf16', 'neon']));
 
 const list = (value: string) => value.split(',').map((s) => s.trim()).filter(Boolean);
 
 const loadOptions = (o: Record<string, number | undefined>) => ({
+  compute: o.compute as unknown as ComputeMode | undefined,
+  isa: o.isa as unknown as Isa | undefined,
   threads: o.threads,
   maxVisualTokens: o.maxVisualTokens,
   minVisualTokens: o.minVisualTokens,
@@ -241,6 +247,12 @@ export function buildProgram(): Command {
   });
 
   addHubCommands(program);
+
+  program
+    .command('info')
+    .description('show the CPU features found, the kernel tiers this machine can run, and what a model would use')
+    .addOption(flag('--json', 'print one JSON object'))
+    .action((o) => printInfo(o.json === true));
 
   const dev = program.command('dev').description('developer tools');
   dev

@@ -16,9 +16,10 @@ export interface TopK {
 }
 
 /**
- * How matmul multiplies (`Backend.compute`): 'exact' in f32 (activations f32, weights widened), the numerics the
- * parity tests check; 'bf16' with activations and weights rounded to bf16 and the products summed in f32, the
- * numerics of the official model run in bf16 on a GPU, and the fast path of CPUs with bf16 dot-product instructions.
+ * How matmul multiplies (`Backend.compute`; every other op is f32 in both): 'exact' multiplies f32 activations by the
+ * stored weights in f32, the numerics the parity tests check; 'bf16' first rounds activations (and f32 weights) to
+ * bf16, round-to-nearest-even, then sums the exact products in f32: the numerics of the official model run in bf16
+ * on a GPU, and the fast path of CPUs with bf16 dot-product instructions (native/kernels.h states the contract).
  */
 export type ComputeMode = 'exact' | 'bf16';
 

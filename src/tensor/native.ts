@@ -8,29 +8,68 @@ import { CheckedBackend } from './checked.js';
 import { hostMemory } from './host.js';
 import type { Tensor } from './tensor.js';
 
-/** CPU features the addon detected, and the kernel set ops use now. */
+export type { ComputeMode } from './backend.js';
+
+/** CPU features the addon detected (x86: CPUID with the OS's register-state checks; aarch64: getauxval). */
 export interface CpuFeatures {
   avx2: boolean;
   fma: boolean;
   f16c: boolean;
   avx512f: boolean;
-  kernel: 'avx2' | 'scalar';
+  avx512bw: boolean;
+  avx512dq: boolean;
+  avx512vl: boolean;
+  avx512bf16: boolean;
+  avx512vnni: boolean;
+  avxvnni: boolean;
+  neon: boolean;
+  dotprod: boolean;
+  i8mm: boolean;
+  bf16: boolean;
 }
 
-export interface NativeInfo extends CpuFeatures {
-  /** Threads the shared pool runs ops on (the calling thread included). */
-  threads: number;
-  /** Cores available to this process: the pool's default size. */
+/**
+ * A kernel tier: 'scalar' (portable loops), 'avx2' (AVX2+FMA+F16C), 'avx512' (AVX-512 F/BW/DQ/VL), 'avx512bf16'
+ * (avx512 whose bf16 compute mode multiplies with vdpbf16ps), 'neon' (aarch64).
+ */
+export type Isa = 'scalar' | 'avx2' | 'avx512' | 'avx512bf16' | 'neon';
+
+
+/** An instruction kind whose peak `peakFlops` measures (GOP/s for the int8 kinds). */
+export type PeakKind = 'fp32-scalar' | 'fp32-ymm' | 'fp32-zmm' | 'bf16-zmm' | 'int8-zmm' | 'int8-ymm';
+
+export interface NativeInfo {
+  features: CpuFeatures;
+  /** The tiers this CPU and build can run, worst first. */
+  tiers: Isa[];
+  /** The tier a NativeBackend gets without an `isa` option: $VL3_ISA, else the best of `tiers`. */
+  isa: Isa;
+  /** The compute mode it gets without a `compute` option: $VL3_COMPUTE, else 'bf16' on a tier with a bf16 dot instruction. */
+  compute: ComputeMode;
+  /** Cores available to this process: a backend's default thread count. */
   defaultThreads: number;
+  /** The peak kinds `peakFlops` can measure here. */
+  peakKinds: PeakKind[];
   /** Path the addon was loaded from. */
   path: string;
 }
 
+export interface NativeBackendOptions {
+  /** Threads of this backend's own pool (the calling thread included); default: the cores available. */
+  threads?: number;
+  /** Kernel tier; default $VL3_ISA, else the best this CPU supports. A tier the CPU lacks is an error. */
+  isa?: Isa;
+  /** Default $VL3_COMPUTE, else 'bf16' where the tier has a bf16 dot instruction (avx512bf16), 'exact' elsewhere. */
+  compute?: ComputeMode;
+}
+
+const ISAS: readonly Isa[] = ['scalar', 'avx2', 'avx512', 'avx512bf16', 'neon'];
+
 type F32 = Float32Array;
 type Half = Uint16Array;
 
-/** The C++ addon's exports (native/addon.cc). Arrays are read in place, never copied. */
-interface Addon {
+/** A backend's native half (native/addon.cc): its own thread pool, kernel tier and compute mode; ops run one at a time. */
+interface NativeContext {
   matmul(x: F32, w: F32 | Half, bias: F32 | Half | null, out: F32, M: number, N: number, K: number): void;
   add(a: F32, b: F32, out: F32): void;
   mul(a: F32, b: F32, out: F32): void;
@@ -56,14 +95,23 @@ interface Addon {
     queryOffset: number,
   ): void;
   embedding(table: F32 | Half, ids: Int32Array, out: F32, D: number): void;
+  setThreads(n: number): void;
+  readonly threads: number;
+  readonly isa: Isa;
+  readonly compute: ComputeMode;
+}
+
+/** The C++ addon's exports (native/addon.cc). Arrays are read in place, never copied. */
+interface Addon {
+  Context: new (threads: number | undefined, isa: Isa | null, compute: ComputeMode | null) => NativeContext;
   argmax(x: F32): number;
   topK(x: F32, k: number, indices: Int32Array, values: F32): void;
-  setThreads(n: number): void;
-  getThreads(): number;
   defaultThreads(): number;
-  setKernel(name: string): boolean;
   cpuFeatures(): CpuFeatures;
-  peakFlops(threads: number, seconds: number): number;
+  tiers(): Isa[];
+  defaults(): { isa: Isa; compute: ComputeMode };
+  peakKinds(): PeakKind[];
+  peakFlops(kind: PeakKind, threads: number, seconds: number): number;
   readBandwidth(threads: number, bytes: number, repeats: number): number;
 }
 
@@ -81,7 +129,7 @@ function candidatePaths(): string[] {
   ];
 }
 
-/** Loads the addon once per process (it holds the process's one thread pool). */
+/** Loads the addon once per process. */
 function native(): Addon {
   if (addon) return addon;
   const paths = candidatePaths();
@@ -113,23 +161,32 @@ export function nativeAddon(): object {
   return native();
 }
 
+/** What the addon detected and what a backend created without options gets; throws where $VL3_ISA or $VL3_COMPUTE is invalid. */
 export function nativeInfo(): NativeInfo {
   const a = native();
-  return { ...a.cpuFeatures(), threads: a.getThreads(), defaultThreads: a.defaultThreads(), path: addonPath };
+  const d = a.defaults();
+  return {
+    features: a.cpuFeatures(),
+    tiers: a.tiers(),
+    isa: d.isa,
+    compute: d.compute,
+    defaultThreads: a.defaultThreads(),
+    peakKinds: a.peakKinds(),
+    path: addonPath,
+  };
 }
 
 /**
- * Chooses the kernel set for every later op: 'auto' (AVX2 when the CPU has it, unless VL3_FORCE_SCALAR=1),
- * 'scalar' (the portable fallback), or 'avx2' (throws where unavailable). For tests and benchmarks.
+ * GFLOP/s (GOP/s for int8 kinds) of a loop of independent `kind` instructions on `threads` threads of a pool of its
+ * own, each running for about `seconds`. Default kind: the widest fp32 FMA this CPU has.
  */
-export function setNativeKernel(kind: 'auto' | 'scalar' | 'avx2'): void {
-  if (!native().setKernel(kind)) throw new Error(`setNativeKernel: kernel '${kind}' is not available on this CPU/build`);
-}
-
-/** GFLOP/s of an AVX2 FMA-bound loop on `threads` pool threads, each running for about `seconds`. */
-export function peakFlops(threads: number, seconds = 0.5): number {
+export function peakFlops(threads: number, seconds = 0.5, kind?: PeakKind): number {
   checkPositiveInt('peakFlops', 'threads', threads);
-  return native().peakFlops(threads, seconds);
+  const a = native();
+  const kinds = a.peakKinds();
+  const k = kind ?? (['fp32-zmm', 'fp32-ymm', 'fp32-scalar'] as const).find((f) => kinds.includes(f))!;
+  if (!kinds.includes(k)) throw new Error(`peakFlops: kind '${k}' is not available on this CPU (available: ${kinds.join(', ')})`);
+  return a.peakFlops(k, threads, seconds);
 }
 
 /** GB/s of a read-only sum over a `bytes` array (default 256 MiB) on `threads` threads; best of `repeats`. */
@@ -153,12 +210,12 @@ function floatData(t: Tensor): F32 | Half {
 }
 
 /**
- * The CPU kernels: C++ (AVX2/FMA with a portable fallback) run synchronously on the addon's thread pool, reading
- * the tensors' host arrays in place. Arguments were checked by `CheckedBackend`.
+ * The CPU kernels: C++ run synchronously on a thread pool of this instance's own, with a kernel tier and a compute
+ * mode fixed at construction, reading the tensors' host arrays in place. Instances share nothing, so two models on
+ * two JS threads run at the same time, each with its own thread count. Arguments were checked by `CheckedBackend`.
  */
 export class NativeKernels implements Kernels {
   readonly name = 'native';
-  readonly compute: ComputeMode = 'exact';
   readonly device = hostMemory.device;
   readonly allocateStorage = hostMemory.allocateStorage;
   readonly upload = hostMemory.upload;
@@ -167,77 +224,96 @@ export class NativeKernels implements Kernels {
   readonly copy = hostMemory.copy;
   readonly copyRows = hostMemory.copyRows;
   readonly fill = hostMemory.fill;
+  private readonly ctx: NativeContext;
   private readonly n: Addon;
 
-  constructor(options: { threads?: number } = {}) {
+  constructor(options: NativeBackendOptions = {}) {
     this.n = native();
-    if (options.threads !== undefined) {
-      checkPositiveInt('NativeBackend', 'threads', options.threads);
-      this.n.setThreads(options.threads);
+    const { threads, isa, compute } = options;
+    if (threads !== undefined) checkPositiveInt('NativeBackend', 'threads', threads);
+    if (isa !== undefined && !ISAS.includes(isa)) {
+      throw new Error(`NativeBackend: isa must be one of ${ISAS.join(', ')}, got ${String(isa)}`);
+    }
+    if (compute !== undefined && compute !== 'exact' && compute !== 'bf16') {
+      throw new Error(`NativeBackend: compute must be 'exact' or 'bf16', got ${String(compute)}`);
+    }
+    try {
+      this.ctx = new this.n.Context(threads, isa ?? null, compute ?? null);
+    } catch (err) {
+      throw new Error(`NativeBackend: ${(err as Error).message}`);
     }
   }
 
   get threads(): number {
-    return this.n.getThreads();
+    return this.ctx.threads;
   }
 
-  /** The kernel set ops use now: 'avx2' or 'scalar'. */
-  get kernel(): 'avx2' | 'scalar' {
-    return this.n.cpuFeatures().kernel;
+  /** Resizes this instance's pool only. */
+  setThreads(n: number): void {
+    checkPositiveInt('NativeBackend', 'threads', n);
+    this.ctx.setThreads(n);
+  }
+
+  get isa(): Isa {
+    return this.ctx.isa;
+  }
+
+  get compute(): ComputeMode {
+    return this.ctx.compute;
   }
 
   matmul(x: Tensor, w: Tensor, bias: Tensor | null, out: Tensor): void {
     const K = x.dim(-1);
     const N = w.dim(0);
     const M = K === 0 ? out.numel / Math.max(N, 1) : x.numel / K;
-    this.n.matmul(f32(x), floatData(w), bias ? floatData(bias) : null, f32(out), M, N, K);
+    this.ctx.matmul(f32(x), floatData(w), bias ? floatData(bias) : null, f32(out), M, N, K);
   }
 
   add(a: Tensor, b: Tensor, out: Tensor): void {
-    this.n.add(f32(a), f32(b), f32(out));
+    this.ctx.add(f32(a), f32(b), f32(out));
   }
 
   mul(a: Tensor, b: Tensor, out: Tensor): void {
-    this.n.mul(f32(a), f32(b), f32(out));
+    this.ctx.mul(f32(a), f32(b), f32(out));
   }
 
   rmsNorm(x: Tensor, weight: Tensor, eps: number, out: Tensor): void {
-    this.n.rmsNorm(f32(x), floatData(weight), eps, f32(out));
+    this.ctx.rmsNorm(f32(x), floatData(weight), eps, f32(out));
   }
 
   layerNorm(x: Tensor, weight: Tensor, bias: Tensor, eps: number, out: Tensor): void {
-    this.n.layerNorm(f32(x), floatData(weight), floatData(bias), eps, f32(out));
+    this.ctx.layerNorm(f32(x), floatData(weight), floatData(bias), eps, f32(out));
   }
 
   gelu(x: Tensor, out: Tensor, approximation: 'tanh' | 'erf'): void {
-    this.n.gelu(f32(x), f32(out), approximation === 'erf');
+    this.ctx.gelu(f32(x), f32(out), approximation === 'erf');
   }
 
   mergeBlocks(x: Tensor, mergeSize: number, out: Tensor): void {
-    this.n.mergeBlocks(f32(x), f32(out), x.dim(-1), mergeSize);
+    this.ctx.mergeBlocks(f32(x), f32(out), x.dim(-1), mergeSize);
   }
 
   siluMul(gate: Tensor, up: Tensor, out: Tensor): void {
-    this.n.siluMul(f32(gate), f32(up), f32(out));
+    this.ctx.siluMul(f32(gate), f32(up), f32(out));
   }
 
   softmax(x: Tensor, out: Tensor): void {
-    this.n.softmax(f32(x), f32(out), x.dim(-1));
+    this.ctx.softmax(f32(x), f32(out), x.dim(-1));
   }
 
   rope(x: Tensor, cos: Tensor, sin: Tensor, out: Tensor): void {
     const [T, H, D] = x.shape as [number, number, number];
-    this.n.rope(f32(x), f32(cos), f32(sin), f32(out), T, H, D);
+    this.ctx.rope(f32(x), f32(cos), f32(sin), f32(out), T, H, D);
   }
 
   attention(q: Tensor, k: Tensor, v: Tensor, out: Tensor, options: AttentionOptions): void {
     const [T, Hq, D] = q.shape as [number, number, number];
     const [S, Hkv] = k.shape as [number, number, number];
-    this.n.attention(f32(q), f32(k), f32(v), f32(out), T, S, Hq, Hkv, D, options.scale, options.causal, options.queryOffset ?? 0);
+    this.ctx.attention(f32(q), f32(k), f32(v), f32(out), T, S, Hq, Hkv, D, options.scale, options.causal, options.queryOffset ?? 0);
   }
 
   embedding(table: Tensor, ids: Tensor, out: Tensor): void {
-    this.n.embedding(floatData(table), ids.data as Int32Array, f32(out), table.dim(1));
+    this.ctx.embedding(floatData(table), ids.data as Int32Array, f32(out), table.dim(1));
   }
 
   argmax(x: Tensor): number {
@@ -254,12 +330,21 @@ export class NativeKernels implements Kernels {
 
 /** The native kernels behind the checking layer: the CPU backend models run on. */
 export class NativeBackend extends CheckedBackend {
-  constructor(options: { threads?: number } = {}) {
+  constructor(options: NativeBackendOptions = {}) {
     super(new NativeKernels(options));
   }
 
-  /** The kernel set ops use now: 'avx2' or 'scalar'. */
-  get kernel(): 'avx2' | 'scalar' {
-    return (this.kernels as NativeKernels).kernel;
+  /** The kernel tier this backend runs. */
+  get isa(): Isa {
+    return (this.kernels as NativeKernels).isa;
+  }
+
+  override get threads(): number {
+    return this.kernels.threads;
+  }
+
+  /** Resizes this backend's pool only. */
+  override set threads(n: number) {
+    (this.kernels as NativeKernels).setThreads(n);
   }
 }

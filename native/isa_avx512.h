@@ -1,0 +1,807 @@
+// Own AVX-512 primitives: 32 zmm registers hold a GEMM tile twice the AVX2 one's, masks replace scalar tails, and vdpbf16ps multiplies bf16 pairs natively where the CPU has it.
+// Included by kernels_avx512.cc and kernels_avx512bf16.cc (compiled with -mavx512f/bw/dq/vl, the latter also with
+// -mavx512bf16), inside an anonymous namespace in vl3::VL3_ISA, so nothing here can be picked by the linker for
+// another translation unit. VL3_BF16_DOT = 1 adds the bf16 dot-product GEMM and GEMV that Compute::Bf16 runs on.
+// Where 512-bit vectors buy nothing (register transposes, copies of query panels) the AVX2 tier's ymm code is reused
+// as it is: it compiles to the same instructions here.
+#pragma once
+#include <immintrin.h>
+
+// GCC 12 reports the _mm512_undefined_* placeholders inside its own intrinsics as uninitialized wherever they are
+// inlined (a false positive); the rest of this translation unit's diagnostics stay on.
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "isa_avx2.h"
+#include "kernels.h"
+
+namespace vl3 {
+namespace VL3_ISA {
+namespace {
+
+using avx2::attnLoadPanel;
+using avx2::attnStorePanel;
+using avx2::bf16ToF32;
+using avx2::expScalar;
+using avx2::roundBf16x8;
+using avx2::transpose8;
+using avx2::widenBf16x8;
+
+constexpr int MR = 8;   // rows of a GEMM micro-tile: 16 accumulators, two B vectors and broadcasts in 32 zmm
+constexpr int NR = 32;  // columns: two zmm vectors
+// A KC×NR f32 panel of B (32 KiB) stays in L1 (48 KiB on Zen 5) while the MC×KC block of A (192 KiB) stays in L2.
+constexpr long KC = 256;
+constexpr long MC = 192;
+constexpr long NB = 2048;
+#if VL3_BF16_DOT
+// The bf16 GEMM's K block: its B panels hold 2-byte values, so twice the depth fills the same 32 KiB of L1 (and
+// halves the C-tile updates); measured 2-5 % faster than 256 on Zen 5, and no better at 768 or 1024.
+constexpr long KCDot = 512;
+#endif
+// Up to this many rows of x the unpacked GEMV beat the packed GEMM on the Qwen2 shapes (Zen 5, one thread): the f32
+// GEMV runs at ~95 % of the zmm FMA peak up to M = 48-63, where the packed GEMM reached 75-85 %; the bf16-pair GEMV
+// (Compute::Bf16 on avx512bf16) at 250-270 GFLOP/s for M = 24-63, which the packed bf16 GEMM passes from M = 32-48.
+constexpr long kGemvMaxM = 63;
+constexpr long kGemvMaxMDot = 31;
+// Keys per K panel and output rows per V panel of the tiled attention: 12 zmm accumulators of 16 query rows.
+constexpr long kAttnMR = 12;
+
+inline __mmask16 mask16(long n) { return n >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << n) - 1); }
+inline __mmask32 mask32(long n) { return n >= 32 ? 0xffffffffu : (1u << n) - 1; }
+
+inline __m512 widenBf16x16(const uint16_t* p) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16));
+}
+
+inline __m512 widenBf16x16Masked(const uint16_t* p, __mmask16 m) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
+}
+
+// f32ToBf16 on 16 lanes, the bf16 words in the low halves (zero high halves).
+inline __m512i bf16Bits16(__m512 v) {
+  const __m512i u = _mm512_castps_si512(v);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+  __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff)));
+  r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_or_si512(u, _mm512_set1_epi32(0x400000)));
+  return _mm512_srli_epi32(r, 16);
+}
+
+inline float hsum16(__m512 v) { return _mm512_reduce_add_ps(v); }
+
+// ---------------------------------------------------------------------------------------------------------------
+// GEMM
+
+// C[MR×32] (ldc) = or += A·B over kc: A a packed panel [kc][MR]; B 32 floats per k, ldb apart (NR for a packed
+// panel, or rows of a matrix read in place). `bias` (32 floats) is added when not accumulating.
+inline void microKernel(long kc, const float* A, const float* B, long ldb, float* C, long ldc, bool accumulate,
+                        const float* bias) {
+  for (int i = 0; i < MR; i++) {
+    _mm_prefetch(reinterpret_cast<const char*>(C + i * ldc), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(C + i * ldc + NR - 1), _MM_HINT_T0);
+  }
+  __m512 c0[MR], c1[MR];
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; i++) c0[i] = c1[i] = _mm512_setzero_ps();
+#pragma GCC unroll 4
+  for (long k = 0; k < kc; k++) {
+    const __m512 b0 = _mm512_loadu_ps(B), b1 = _mm512_loadu_ps(B + 16);
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; i++) {
+      const __m512 a = _mm512_set1_ps(A[i]);
+      c0[i] = _mm512_fmadd_ps(a, b0, c0[i]);
+      c1[i] = _mm512_fmadd_ps(a, b1, c1[i]);
+    }
+    A += MR;
+    B += ldb;
+  }
+  if (accumulate) {
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; i++) {
+      float* c = C + i * ldc;
+      _mm512_storeu_ps(c, _mm512_add_ps(_mm512_loadu_ps(c), c0[i]));
+      _mm512_storeu_ps(c + 16, _mm512_add_ps(_mm512_loadu_ps(c + 16), c1[i]));
+    }
+  } else {
+    const __m512 b0 = bias ? _mm512_loadu_ps(bias) : _mm512_setzero_ps();
+    const __m512 b1 = bias ? _mm512_loadu_ps(bias + 16) : _mm512_setzero_ps();
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; i++) {
+      _mm512_storeu_ps(C + i * ldc, _mm512_add_ps(c0[i], b0));
+      _mm512_storeu_ps(C + i * ldc + 16, _mm512_add_ps(c1[i], b1));
+    }
+  }
+}
+
+// Packs nr (<= 32) rows of w (row stride ldw elements, f32 or bf16), kc elements each, into a B panel [kc][32]:
+// 8×8 register transposes, widening bf16 on the way; columns nr..31 are zero. `round`: f32 weights are rounded to
+// bf16 values (Compute::Bf16 without the dot instruction).
+inline void packB(const void* w, WType type, long ldw, int nr, long kc, float* dst, bool round) {
+  long k = 0;
+  if (nr == NR) {
+    for (; k + 8 <= kc; k += 8) {
+      for (int q = 0; q < 4; q++) {
+        __m256 r[8];
+        for (int i = 0; i < 8; i++) {
+          const long off = (q * 8 + i) * ldw + k;
+          r[i] = type == WType::BF16 ? widenBf16x8(static_cast<const uint16_t*>(w) + off)
+                                     : _mm256_loadu_ps(static_cast<const float*>(w) + off);
+          if (round && type == WType::F32) r[i] = roundBf16x8(r[i]);
+        }
+        transpose8(r);
+        for (int i = 0; i < 8; i++) _mm256_storeu_ps(dst + (k + i) * NR + q * 8, r[i]);
+      }
+    }
+  }
+  for (; k < kc; k++) {
+    float* d = dst + k * NR;
+    for (int j = 0; j < nr; j++) {
+      const long off = j * ldw + k;
+      const float v = type == WType::BF16 ? bf16ToF32(static_cast<const uint16_t*>(w)[off]) : static_cast<const float*>(w)[off];
+      d[j] = round && type == WType::F32 ? roundBf16(v) : v;
+    }
+    for (int j = nr; j < NR; j++) d[j] = 0.0f;
+  }
+}
+
+#if VL3_BF16_DOT
+// The bf16 GEMM works on pairs: element (i, p) of a panel is one 32-bit word holding k = 2p (low half) and 2p + 1
+// (high half), so vdpbf16ps multiplies a broadcast pair of x by a vector of 16 weight pairs. kp: kc rounded up to
+// even, the odd tail padded with a zero.
+
+inline uint32_t pairOf(uint16_t lo, uint16_t hi) { return lo | static_cast<uint32_t>(hi) << 16; }
+
+// Rows [0, mc) of x (f32) into A panels of MR rows, [kp/2][MR] pairs each, rounded to bf16; zero rows past mc.
+// Sixteen values of each of 8 rows at a time: rounded to 8 pairs per row, then one 8×8 transpose of 32-bit words
+// makes them 8 consecutive pair-rows of the panel.
+inline void packABf16(const float* x, long ldx, long mc, long kc, uint16_t* dst) {
+  const long kp = (kc + 1) / 2 * 2;
+  for (long i0 = 0; i0 < mc; i0 += MR) {
+    uint32_t* d = reinterpret_cast<uint32_t*>(dst + i0 * kp);
+    long k = 0;
+    if (i0 + MR <= mc) {
+      for (; k + 16 <= kc; k += 16) {
+        __m256 r[8];
+        for (int i = 0; i < 8; i++)
+          r[i] = _mm256_castsi256_ps(_mm512_cvtepi32_epi16(bf16Bits16(_mm512_loadu_ps(x + (i0 + i) * ldx + k))));
+        transpose8(r);
+        for (int i = 0; i < 8; i++) _mm256_storeu_ps(reinterpret_cast<float*>(d + (k / 2 + i) * MR), r[i]);
+      }
+    }
+    for (; k < kc; k += 2) {
+      for (long r = 0; r < MR; r++) {
+        const float* s = x + (i0 + r) * ldx;
+        const bool row = i0 + r < mc;
+        d[k / 2 * MR + r] = row ? pairOf(f32ToBf16(s[k]), k + 1 < kc ? f32ToBf16(s[k + 1]) : 0) : 0;
+      }
+    }
+  }
+}
+
+// nr (<= 32) rows of w into a B panel [kp/2][32] pairs; bf16 rows are already pairs in memory, so whole-panel
+// packing is 8×8 transposes of 32-bit words; f32 weights are rounded one by one (Compute::Bf16 with f32 weights).
+inline void packBBf16(const void* w, WType type, long ldw, int nr, long kc, uint16_t* dst) {
+  uint32_t* d = reinterpret_cast<uint32_t*>(dst);
+  long k = 0;
+  if (nr == NR && type == WType::BF16) {
+    const uint16_t* wb = static_cast<const uint16_t*>(w);
+    for (; k + 16 <= kc; k += 16) {
+      for (int q = 0; q < 4; q++) {
+        __m256 r[8];
+        for (int i = 0; i < 8; i++) r[i] = _mm256_loadu_ps(reinterpret_cast<const float*>(wb + (q * 8 + i) * ldw + k));
+        transpose8(r);
+        for (int i = 0; i < 8; i++) _mm256_storeu_ps(reinterpret_cast<float*>(d + (k / 2 + i) * NR + q * 8), r[i]);
+      }
+    }
+  }
+  auto at = [&](int j, long kk) -> uint16_t {
+    if (kk >= kc) return 0;
+    const long off = j * ldw + kk;
+    return type == WType::BF16 ? static_cast<const uint16_t*>(w)[off] : f32ToBf16(static_cast<const float*>(w)[off]);
+  };
+  for (; k < kc; k += 2) {
+    uint32_t* row = d + k / 2 * NR;
+    for (int j = 0; j < NR; j++) row[j] = j < nr ? pairOf(at(j, k), at(j, k + 1)) : 0;
+  }
+}
+
+// C[MR×32] = or += A·B over kp/2 pairs (the bf16 twin of microKernel).
+inline void microKernelBf16(long kp, const uint16_t* A, const uint16_t* B, float* C, long ldc, bool accumulate,
+                            const float* bias) {
+  for (int i = 0; i < MR; i++) {
+    _mm_prefetch(reinterpret_cast<const char*>(C + i * ldc), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(C + i * ldc + NR - 1), _MM_HINT_T0);
+  }
+  const uint32_t* a32 = reinterpret_cast<const uint32_t*>(A);
+  const __m512i* b = reinterpret_cast<const __m512i*>(B);
+  __m512 c0[MR], c1[MR];
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; i++) c0[i] = c1[i] = _mm512_setzero_ps();
+#pragma GCC unroll 4
+  for (long p = 0; p < kp / 2; p++) {
+    const __m512bh b0 = (__m512bh)_mm512_loadu_si512(b), b1 = (__m512bh)_mm512_loadu_si512(b + 1);
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; i++) {
+      const __m512bh a = (__m512bh)_mm512_set1_epi32(static_cast<int>(a32[i]));
+      c0[i] = _mm512_dpbf16_ps(c0[i], a, b0);
+      c1[i] = _mm512_dpbf16_ps(c1[i], a, b1);
+    }
+    a32 += MR;
+    b += 2;
+  }
+  if (accumulate) {
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; i++) {
+      float* c = C + i * ldc;
+      _mm512_storeu_ps(c, _mm512_add_ps(_mm512_loadu_ps(c), c0[i]));
+      _mm512_storeu_ps(c + 16, _mm512_add_ps(_mm512_loadu_ps(c + 16), c1[i]));
+    }
+  } else {
+    const __m512 b0 = bias ? _mm512_loadu_ps(bias) : _mm512_setzero_ps();
+    const __m512 b1 = bias ? _mm512_loadu_ps(bias + 16) : _mm512_setzero_ps();
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; i++) {
+      _mm512_storeu_ps(C + i * ldc, _mm512_add_ps(c0[i], b0));
+      _mm512_storeu_ps(C + i * ldc + 16, _mm512_add_ps(c1[i], b1));
+    }
+  }
+}
+
+// A bf16 micro-tile that may be cut by the edge of C (see tile in ops_impl.h).
+inline void tileBf16(long kp, const uint16_t* A, const uint16_t* B, float* C, long ldc, long mr, long nr,
+                     bool accumulate, const float* bias) {
+  if (mr == MR && nr == NR) {
+    microKernelBf16(kp, A, B, C, ldc, accumulate, bias);
+    return;
+  }
+  alignas(64) float t[MR * NR];
+  microKernelBf16(kp, A, B, t, NR, false, bias);
+  for (long i = 0; i < mr; i++)
+    for (long j = 0; j < nr; j++) C[i * ldc + j] = accumulate ? C[i * ldc + j] + t[i * NR + j] : t[i * NR + j];
+}
+#endif  // VL3_BF16_DOT
+
+// ---------------------------------------------------------------------------------------------------------------
+// GEMV: w read in place, once, as one sequential stream per block of rows (the structure of the AVX2 tier's, with
+// 16-lane vectors and masked tails).
+
+// Prefetching ahead of the weight stream, as on AVX2 (see isa_avx2.h), but farther: a step here reads 128 bytes,
+// and 256 bytes ahead measured best of 0-1024 on Zen 5 (about 85 % of the read bandwidth on one thread, best of 5).
+constexpr long kGemvPrefetch = 256;
+
+template <WType TYPE>
+inline __m512 loadW16(const void* w, long off) {
+  if (TYPE == WType::BF16) return widenBf16x16(static_cast<const uint16_t*>(w) + off);
+  return _mm512_loadu_ps(static_cast<const float*>(w) + off);
+}
+
+template <WType TYPE>
+inline __m512 loadW16Masked(const void* w, long off, __mmask16 m) {
+  if (TYPE == WType::BF16) return widenBf16x16Masked(static_cast<const uint16_t*>(w) + off, m);
+  return _mm512_maskz_loadu_ps(m, static_cast<const float*>(w) + off);
+}
+
+// One weight row against MM activation rows, U vectors of weights per step with U accumulators per activation row:
+// the M = 1 decode path, rows visited in memory order as one stream.
+template <int MM, WType TYPE>
+inline void gemvRow(const float* x, long K, const void* wRow, float* out, long ldo, float bias) {
+  constexpr int U = MM <= 2 ? 4 : 2;
+  constexpr long STEP = 16 * U;
+  constexpr long esz = TYPE == WType::BF16 ? 2 : 4;
+  const char* wb = static_cast<const char*>(wRow);
+  __m512 acc[MM][U];
+  for (int m = 0; m < MM; m++)
+    for (int u = 0; u < U; u++) acc[m][u] = _mm512_setzero_ps();
+  long k = 0;
+  for (; k + STEP <= K; k += STEP) {
+    for (long off = 0; off < STEP * esz; off += 64) _mm_prefetch(wb + k * esz + off + kGemvPrefetch, _MM_HINT_T0);
+    __m512 wv[U];
+#pragma GCC unroll 8
+    for (int u = 0; u < U; u++) wv[u] = loadW16<TYPE>(wRow, k + 16 * u);
+#pragma GCC unroll 8
+    for (int m = 0; m < MM; m++)
+#pragma GCC unroll 8
+      for (int u = 0; u < U; u++) acc[m][u] = _mm512_fmadd_ps(wv[u], _mm512_loadu_ps(x + m * K + k + 16 * u), acc[m][u]);
+  }
+  for (; k < K; k += 16) {
+    const __mmask16 mk = mask16(K - k);
+    const __m512 wv = loadW16Masked<TYPE>(wRow, k, mk);
+    for (int m = 0; m < MM; m++) acc[m][0] = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(mk, x + m * K + k), acc[m][0]);
+  }
+  for (int m = 0; m < MM; m++) {
+    __m512 a = acc[m][0];
+    for (int u = 1; u < U; u++) a = _mm512_add_ps(a, acc[m][u]);
+    out[m * ldo] = hsum16(a) + bias;
+  }
+}
+
+// R weight rows against MM activation rows (MM·R accumulators): each weight vector serves MM rows of x and each x
+// vector R weight rows. The R rows are one contiguous block; `next` (the following tile's block) is pulled into L2
+// in order while this one computes, as on AVX2.
+template <int MM, int R, WType TYPE>
+inline void gemvTile(const float* x, long K, const void* w, float* out, long ldo, const float* bias, const char* next,
+                     long nextBytes) {
+  constexpr long esz = TYPE == WType::BF16 ? 2 : 4;
+  constexpr int linesPerStep = (R * esz * 16 + 63) / 64;
+  __m512 acc[MM][R];
+  for (int m = 0; m < MM; m++)
+    for (int r = 0; r < R; r++) acc[m][r] = _mm512_setzero_ps();
+  long k = 0, pf = 0;
+  for (; k + 16 <= K; k += 16) {
+#pragma GCC unroll 4
+    for (int i = 0; i < linesPerStep; i++, pf += 64)
+      if (pf < nextBytes) _mm_prefetch(next + pf, _MM_HINT_T1);
+    __m512 wv[R];
+#pragma GCC unroll 8
+    for (int r = 0; r < R; r++) wv[r] = loadW16<TYPE>(w, r * K + k);
+#pragma GCC unroll 4
+    for (int m = 0; m < MM; m++) {
+      const __m512 xv = _mm512_loadu_ps(x + m * K + k);
+#pragma GCC unroll 8
+      for (int r = 0; r < R; r++) acc[m][r] = _mm512_fmadd_ps(wv[r], xv, acc[m][r]);
+    }
+  }
+  if (k < K) {
+    const __mmask16 mk = mask16(K - k);
+    __m512 wv[R];
+    for (int r = 0; r < R; r++) wv[r] = loadW16Masked<TYPE>(w, r * K + k, mk);
+    for (int m = 0; m < MM; m++) {
+      const __m512 xv = _mm512_maskz_loadu_ps(mk, x + m * K + k);
+      for (int r = 0; r < R; r++) acc[m][r] = _mm512_fmadd_ps(wv[r], xv, acc[m][r]);
+    }
+  }
+  for (int m = 0; m < MM; m++)
+    for (int r = 0; r < R; r++) out[m * ldo + r] = hsum16(acc[m][r]) + (bias ? bias[r] : 0.0f);
+}
+
+// Weight rows in blocks of ~128 KiB (a multiple of the tile height): the first group of activation rows streams a
+// block from memory, the others find it in L2, so w is read from DRAM once for any M.
+template <class Tile, class Row>
+inline void gemvBlocks(int M, long K, long esz, long nRows, int R, const Tile& tile4, const Row& row) {
+  long block = (128L << 10) / (K * esz) / 12 * 12;
+  if (block < 12) block = 12;
+  for (long n0 = 0; n0 < nRows; n0 += block) {
+    const long nb = n0 + block <= nRows ? block : nRows - n0;
+    for (int m0 = 0; m0 < M; m0 += 4) {
+      const int mm = M - m0 >= 4 ? 4 : M - m0;
+      long n = 0;
+      if (mm >= 2)
+        for (; n + R <= nb; n += R) tile4(m0, mm, n0 + n, n + 2 * R <= nb ? R : nb - n - R);
+      for (; n < nb; n++) row(m0, mm, n0 + n);
+    }
+  }
+}
+
+template <WType TYPE>
+inline void gemvRowsM(const float* x, int M, long K, const void* w, long nRows, float* out, long ldo,
+                      const float* bias) {
+  constexpr long esz = TYPE == WType::BF16 ? 2 : 4;
+  constexpr int R = 6;  // 4·6 accumulators, 6 weight vectors and one x vector in 32 registers
+  const char* wb = static_cast<const char*>(w);
+  auto tile = [&](int m0, int mm, long n, long nextRows) {
+    const float* xm = x + m0 * K;
+    float* om = out + m0 * ldo + n;
+    const float* bb = bias ? bias + n : nullptr;
+    const char* cur = wb + n * K * esz;
+    const char* next = cur + R * K * esz;
+    const long nextBytes = nextRows * K * esz;
+    switch (mm) {
+      case 2: gemvTile<2, R, TYPE>(xm, K, cur, om, ldo, bb, next, nextBytes); break;
+      case 3: gemvTile<3, R, TYPE>(xm, K, cur, om, ldo, bb, next, nextBytes); break;
+      default: gemvTile<4, R, TYPE>(xm, K, cur, om, ldo, bb, next, nextBytes); break;
+    }
+  };
+  auto row = [&](int m0, int mm, long n) {
+    const float* xm = x + m0 * K;
+    float* om = out + m0 * ldo + n;
+    const float b = bias ? bias[n] : 0.0f;
+    const char* cur = wb + n * K * esz;
+    switch (mm) {
+      case 1: gemvRow<1, TYPE>(xm, K, cur, om, ldo, b); break;
+      case 2: gemvRow<2, TYPE>(xm, K, cur, om, ldo, b); break;
+      case 3: gemvRow<3, TYPE>(xm, K, cur, om, ldo, b); break;
+      default: gemvRow<4, TYPE>(xm, K, cur, om, ldo, b); break;
+    }
+  };
+  gemvBlocks(M, K, esz, nRows, R, tile, row);
+}
+
+// out[m, n] = x[m]·w[n] (+bias[n]) for nRows weight rows starting at w; out has row stride ldo.
+inline void gemvRows(const float* x, int M, long K, const void* w, WType type, long nRows, float* out, long ldo,
+                     const float* bias) {
+  if (type == WType::BF16) gemvRowsM<WType::BF16>(x, M, K, w, nRows, out, ldo, bias);
+  else gemvRowsM<WType::F32>(x, M, K, w, nRows, out, ldo, bias);
+}
+
+#if VL3_BF16_DOT
+// The same GEMV on bf16 words: x (rounded once by the driver) and w are both bf16, 32 per vector, multiplied in
+// pairs by vdpbf16ps; tails are masked loads, so a pair's missing half is zero.
+inline __m512bh loadBf16x32(const uint16_t* p) { return (__m512bh)_mm512_loadu_si512(p); }
+inline __m512bh loadBf16x32Masked(const uint16_t* p, __mmask32 m) { return (__m512bh)_mm512_maskz_loadu_epi16(m, p); }
+
+template <int MM>
+inline void gemvRowBf16(const uint16_t* x, long K, const uint16_t* w, float* out, long ldo, float bias) {
+  constexpr int U = MM <= 2 ? 4 : 2;
+  constexpr long STEP = 32 * U;
+  __m512 acc[MM][U];
+  for (int m = 0; m < MM; m++)
+    for (int u = 0; u < U; u++) acc[m][u] = _mm512_setzero_ps();
+  long k = 0;
+  for (; k + STEP <= K; k += STEP) {
+    for (long off = 0; off < STEP * 2; off += 64)
+      _mm_prefetch(reinterpret_cast<const char*>(w + k) + off + kGemvPrefetch, _MM_HINT_T0);
+    __m512bh wv[U];
+#pragma GCC unroll 8
+    for (int u = 0; u < U; u++) wv[u] = loadBf16x32(w + k + 32 * u);
+#pragma GCC unroll 8
+    for (int m = 0; m < MM; m++)
+#pragma GCC unroll 8
+      for (int u = 0; u < U; u++) acc[m][u] = _mm512_dpbf16_ps(acc[m][u], wv[u], loadBf16x32(x + m * K + k + 32 * u));
+  }
+  for (; k < K; k += 32) {
+    const __mmask32 mk = mask32(K - k);
+    const __m512bh wv = loadBf16x32Masked(w + k, mk);
+    for (int m = 0; m < MM; m++) acc[m][0] = _mm512_dpbf16_ps(acc[m][0], wv, loadBf16x32Masked(x + m * K + k, mk));
+  }
+  for (int m = 0; m < MM; m++) {
+    __m512 a = acc[m][0];
+    for (int u = 1; u < U; u++) a = _mm512_add_ps(a, acc[m][u]);
+    out[m * ldo] = hsum16(a) + bias;
+  }
+}
+
+template <int MM, int R>
+inline void gemvTileBf16(const uint16_t* x, long K, const uint16_t* w, float* out, long ldo, const float* bias,
+                         const char* next, long nextBytes) {
+  constexpr int linesPerStep = R;  // 32 bf16 per row per step: one line each
+  __m512 acc[MM][R];
+  for (int m = 0; m < MM; m++)
+    for (int r = 0; r < R; r++) acc[m][r] = _mm512_setzero_ps();
+  long k = 0, pf = 0;
+  for (; k + 32 <= K; k += 32) {
+#pragma GCC unroll 8
+    for (int i = 0; i < linesPerStep; i++, pf += 64)
+      if (pf < nextBytes) _mm_prefetch(next + pf, _MM_HINT_T1);
+    __m512bh wv[R];
+#pragma GCC unroll 8
+    for (int r = 0; r < R; r++) wv[r] = loadBf16x32(w + r * K + k);
+#pragma GCC unroll 4
+    for (int m = 0; m < MM; m++) {
+      const __m512bh xv = loadBf16x32(x + m * K + k);
+#pragma GCC unroll 8
+      for (int r = 0; r < R; r++) acc[m][r] = _mm512_dpbf16_ps(acc[m][r], wv[r], xv);
+    }
+  }
+  if (k < K) {
+    const __mmask32 mk = mask32(K - k);
+    __m512bh wv[R];
+    for (int r = 0; r < R; r++) wv[r] = loadBf16x32Masked(w + r * K + k, mk);
+    for (int m = 0; m < MM; m++) {
+      const __m512bh xv = loadBf16x32Masked(x + m * K + k, mk);
+      for (int r = 0; r < R; r++) acc[m][r] = _mm512_dpbf16_ps(acc[m][r], wv[r], xv);
+    }
+  }
+  for (int m = 0; m < MM; m++)
+    for (int r = 0; r < R; r++) out[m * ldo + r] = hsum16(acc[m][r]) + (bias ? bias[r] : 0.0f);
+}
+
+inline void gemvRowsBf16(const uint16_t* x, int M, long K, const uint16_t* w, long nRows, float* out, long ldo,
+                         const float* bias) {
+  constexpr int R = 6;
+  auto tile = [&](int m0, int mm, long n, long nextRows) {
+    const uint16_t* xm = x + m0 * K;
+    float* om = out + m0 * ldo + n;
+    const float* bb = bias ? bias + n : nullptr;
+    const uint16_t* cur = w + n * K;
+    const char* next = reinterpret_cast<const char*>(cur + R * K);
+    const long nextBytes = nextRows * K * 2;
+    switch (mm) {
+      case 2: gemvTileBf16<2, R>(xm, K, cur, om, ldo, bb, next, nextBytes); break;
+      case 3: gemvTileBf16<3, R>(xm, K, cur, om, ldo, bb, next, nextBytes); break;
+      default: gemvTileBf16<4, R>(xm, K, cur, om, ldo, bb, next, nextBytes); break;
+    }
+  };
+  auto row = [&](int m0, int mm, long n) {
+    const uint16_t* xm = x + m0 * K;
+    float* om = out + m0 * ldo + n;
+    const float b = bias ? bias[n] : 0.0f;
+    switch (mm) {
+      case 1: gemvRowBf16<1>(xm, K, w + n * K, om, ldo, b); break;
+      case 2: gemvRowBf16<2>(xm, K, w + n * K, om, ldo, b); break;
+      case 3: gemvRowBf16<3>(xm, K, w + n * K, om, ldo, b); break;
+      default: gemvRowBf16<4>(xm, K, w + n * K, om, ldo, b); break;
+    }
+  };
+  gemvBlocks(M, K, 2, nRows, R, tile, row);
+}
+#endif  // VL3_BF16_DOT
+
+// ---------------------------------------------------------------------------------------------------------------
+// Attention tiles (see ops_impl.h): a panel of 16 query rows is one zmm vector.
+
+// C[M×16] (ldc) = A·B over kc (A: M floats per step, lda apart; B: 16 floats per step, ldb apart), or
+// C ⊙ corr + A·B with per-column factors corr.
+template <int M>
+inline void attnTileT(long kc, const float* A, long lda, const float* B, long ldb, float* C, long ldc,
+                      const float* corr) {
+  __m512 c[M];
+#pragma GCC unroll 12
+  for (int i = 0; i < M; i++) c[i] = _mm512_setzero_ps();
+#pragma GCC unroll 2
+  for (long k = 0; k < kc; k++) {
+    const __m512 b = _mm512_loadu_ps(B);
+#pragma GCC unroll 12
+    for (int i = 0; i < M; i++) c[i] = _mm512_fmadd_ps(_mm512_set1_ps(A[i]), b, c[i]);
+    A += lda;
+    B += ldb;
+  }
+  if (corr) {
+    const __m512 f = _mm512_loadu_ps(corr);
+#pragma GCC unroll 12
+    for (int i = 0; i < M; i++) _mm512_storeu_ps(C + i * ldc, _mm512_fmadd_ps(_mm512_loadu_ps(C + i * ldc), f, c[i]));
+  } else {
+#pragma GCC unroll 12
+    for (int i = 0; i < M; i++) _mm512_storeu_ps(C + i * ldc, c[i]);
+  }
+}
+
+inline void attnTile(int m, long kc, const float* A, long lda, const float* B, long ldb, float* C, long ldc,
+                     const float* corr) {
+  switch (m) {
+    case 1: attnTileT<1>(kc, A, lda, B, ldb, C, ldc, corr); break;
+    case 2: attnTileT<2>(kc, A, lda, B, ldb, C, ldc, corr); break;
+    case 3: attnTileT<3>(kc, A, lda, B, ldb, C, ldc, corr); break;
+    case 4: attnTileT<4>(kc, A, lda, B, ldb, C, ldc, corr); break;
+    case 5: attnTileT<5>(kc, A, lda, B, ldb, C, ldc, corr); break;
+    case 6: attnTileT<6>(kc, A, lda, B, ldb, C, ldc, corr); break;
+    case 7: attnTileT<7>(kc, A, lda, B, ldb, C, ldc, corr); break;
+    case 8: attnTileT<8>(kc, A, lda, B, ldb, C, ldc, corr); break;
+    case 9: attnTileT<9>(kc, A, lda, B, ldb, C, ldc, corr); break;
+    case 10: attnTileT<10>(kc, A, lda, B, ldb, C, ldc, corr); break;
+    case 11: attnTileT<11>(kc, A, lda, B, ldb, C, ldc, corr); break;
+    default: attnTileT<12>(kc, A, lda, B, ldb, C, ldc, corr); break;
+  }
+}
+
+// 2^x for x <= 0 on 16 lanes: the AVX2 tier's exp2NonPos8 (same polynomial, same clamp at −126).
+inline __m512 exp2NonPos16(__m512 x) {
+  x = _mm512_max_ps(_mm512_set1_ps(-126.0f), x);
+  const __m512i n = _mm512_cvtps_epi32(x);  // round to nearest
+  const __m512 r = _mm512_sub_ps(x, _mm512_cvtepi32_ps(n));
+  __m512 p = _mm512_set1_ps(1.54697322e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.34100008e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(9.61803086e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.55029735e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(2.40226507e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(6.93147242e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  return _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(p), _mm512_slli_epi32(n, 23)));
+}
+
+// One online-softmax step for a panel of 16 query rows (the contract of avx2::attnSoftmax16): s[n][16] scores in
+// base 2 of keys j0 .. j0+n-1, lim (null: all visible) the first key each row may not see.
+template <bool MASKED>
+inline void attnSoftmax16T(float* s, long n, long j0, const int32_t* lim, float* m, float* l, float* corr) {
+  const __m512 ninf = _mm512_set1_ps(-INFINITY);
+  __m512 mx = _mm512_loadu_ps(m);
+  const __m512 mOld = mx;
+  if (MASKED) {
+    const __m512i limv = _mm512_loadu_si512(lim);
+    for (long j = 0; j < n; j++) {
+      const __mmask16 vis = _mm512_cmpgt_epi32_mask(limv, _mm512_set1_epi32(static_cast<int>(j0 + j)));
+      const __m512 sv = _mm512_mask_blend_ps(vis, ninf, _mm512_loadu_ps(s + j * 16));
+      _mm512_storeu_ps(s + j * 16, sv);
+      mx = _mm512_max_ps(mx, sv);
+    }
+  } else {
+    for (long j = 0; j < n; j++) mx = _mm512_max_ps(mx, _mm512_loadu_ps(s + j * 16));
+  }
+  __m512 sum = _mm512_setzero_ps();
+  for (long j = 0; j < n; j++) {
+    const __m512 sv = _mm512_loadu_ps(s + j * 16);
+    __m512 p = exp2NonPos16(_mm512_sub_ps(sv, mx));
+    if (MASKED) p = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(sv, ninf, _CMP_NEQ_UQ), p);  // exactly 0 where masked
+    _mm512_storeu_ps(s + j * 16, p);
+    sum = _mm512_add_ps(sum, p);
+  }
+  const __m512 c = exp2NonPos16(_mm512_sub_ps(mOld, mx));
+  _mm512_storeu_ps(corr, c);
+  _mm512_storeu_ps(l, _mm512_fmadd_ps(_mm512_loadu_ps(l), c, sum));
+  _mm512_storeu_ps(m, mx);
+}
+
+inline void attnSoftmax16(float* s, long n, long j0, const int32_t* lim, float* m, float* l, float* corr) {
+  if (lim) attnSoftmax16T<true>(s, n, j0, lim, m, l, corr);
+  else attnSoftmax16T<false>(s, n, j0, lim, m, l, corr);
+}
+
+// Packs n <= 12 keys (rows ld floats apart, D floats each) into a K panel [D][12], zero keys past n: eight values of
+// d at a time, keys 0-7 and 8-11 through two register transposes.
+inline void attnPackK(const float* src, long ld, int n, long D, float* dst) {
+  long d = 0;
+  if (n == kAttnMR) {
+    for (; d + 8 <= D; d += 8) {
+      __m256 lo[8], hi[8];
+      for (int i = 0; i < 8; i++) lo[i] = _mm256_loadu_ps(src + i * ld + d);
+      for (int i = 0; i < 4; i++) hi[i] = _mm256_loadu_ps(src + (8 + i) * ld + d);
+      for (int i = 4; i < 8; i++) hi[i] = _mm256_setzero_ps();
+      transpose8(lo);
+      transpose8(hi);
+      for (int c = 0; c < 8; c++) {
+        _mm256_storeu_ps(dst + (d + c) * kAttnMR, lo[c]);
+        _mm_storeu_ps(dst + (d + c) * kAttnMR + 8, _mm256_castps256_ps128(hi[c]));
+      }
+    }
+  }
+  for (; d < D; d++)
+    for (int i = 0; i < kAttnMR; i++) dst[d * kAttnMR + i] = i < n ? src[i * ld + d] : 0.0f;
+}
+
+// Copies m <= 16 floats: the pieces of a V row that make up the tiled attention's V panels. The common heights get
+// plain moves: through masks this copy was 5 % of a vision image's attention.
+inline void attnCopySmall(const float* src, int m, float* dst) {
+  switch (m) {
+    case 12:
+      _mm256_storeu_ps(dst, _mm256_loadu_ps(src));
+      _mm_storeu_ps(dst + 8, _mm_loadu_ps(src + 8));
+      break;
+    case 8: _mm256_storeu_ps(dst, _mm256_loadu_ps(src)); break;
+    default: {
+      const __mmask16 k = mask16(m);
+      _mm512_mask_storeu_ps(dst, k, _mm512_maskz_loadu_ps(k, src));
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Row and elementwise primitives, 16 lanes with masked tails.
+
+// exp(x) on 16 lanes: the AVX2 tier's exp8 (Cephes polynomial, clamped to the normal range, NaN propagates).
+inline __m512 exp16(__m512 x) {
+  x = _mm512_max_ps(_mm512_set1_ps(-87.3365478515625f), _mm512_min_ps(_mm512_set1_ps(88.3762626647949f), x));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+  return _mm512_mul_ps(p, _mm512_castsi512_ps(e));
+}
+
+inline float maxOf(const float* x, long n) {
+  __m512 m0 = _mm512_set1_ps(-INFINITY), m1 = m0, m2 = m0, m3 = m0;
+  long i = 0;
+  for (; i + 64 <= n; i += 64) {
+    m0 = _mm512_max_ps(m0, _mm512_loadu_ps(x + i));
+    m1 = _mm512_max_ps(m1, _mm512_loadu_ps(x + i + 16));
+    m2 = _mm512_max_ps(m2, _mm512_loadu_ps(x + i + 32));
+    m3 = _mm512_max_ps(m3, _mm512_loadu_ps(x + i + 48));
+  }
+  for (; i < n; i += 16) m0 = _mm512_max_ps(m0, _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), mask16(n - i), x + i));
+  return _mm512_reduce_max_ps(_mm512_max_ps(_mm512_max_ps(m0, m1), _mm512_max_ps(m2, m3)));
+}
+
+// x[i] = exp(x[i] - sub) in place; returns the sum of the results.
+inline float expSubSum(float* x, long n, float sub) {
+  const __m512 s = _mm512_set1_ps(sub);
+  __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+  long i = 0;
+  for (; i + 32 <= n; i += 32) {
+    const __m512 e0 = exp16(_mm512_sub_ps(_mm512_loadu_ps(x + i), s));
+    const __m512 e1 = exp16(_mm512_sub_ps(_mm512_loadu_ps(x + i + 16), s));
+    _mm512_storeu_ps(x + i, e0);
+    _mm512_storeu_ps(x + i + 16, e1);
+    acc0 = _mm512_add_ps(acc0, e0);
+    acc1 = _mm512_add_ps(acc1, e1);
+  }
+  for (; i < n; i += 16) {
+    const __mmask16 k = mask16(n - i);
+    const __m512 e = _mm512_maskz_mov_ps(k, exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + i), s)));
+    _mm512_mask_storeu_ps(x + i, k, e);
+    acc0 = _mm512_add_ps(acc0, e);
+  }
+  return hsum16(_mm512_add_ps(acc0, acc1));
+}
+
+// Applies f (16 lanes) to [0, n), the tail through masks.
+template <class F>
+inline void map16(const float* x, float* out, long n, const F& f) {
+  long i = 0;
+  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(out + i, f(_mm512_loadu_ps(x + i), i, static_cast<__mmask16>(0xffff)));
+  if (i < n) {
+    const __mmask16 k = mask16(n - i);
+    _mm512_mask_storeu_ps(out + i, k, f(_mm512_maskz_loadu_ps(k, x + i), i, k));
+  }
+}
+
+inline void siluMulRange(const float* g, const float* u, float* out, long n) {
+  const __m512 one = _mm512_set1_ps(1.0f), sign = _mm512_set1_ps(-0.0f);
+  map16(g, out, n, [&](__m512 gv, long i, __mmask16 k) {
+    const __m512 silu = _mm512_div_ps(gv, _mm512_add_ps(one, exp16(_mm512_xor_ps(gv, sign))));
+    return _mm512_mul_ps(silu, _mm512_maskz_loadu_ps(k, u + i));
+  });
+}
+
+// gelu_pytorch_tanh as u / (1 + exp(−2z)), z = √(2/π)·(u + 0.044715·u³) (see isa_avx2.h).
+inline void geluTanhRange(const float* x, float* out, long n) {
+  const __m512 one = _mm512_set1_ps(1.0f), kk = _mm512_set1_ps(-2.0f * 0.7978845608028654f), c3 = _mm512_set1_ps(0.044715f);
+  map16(x, out, n, [&](__m512 u, long, __mmask16) {
+    const __m512 inner = _mm512_fmadd_ps(_mm512_mul_ps(c3, u), _mm512_mul_ps(u, u), u);
+    return _mm512_div_ps(u, _mm512_add_ps(one, exp16(_mm512_mul_ps(kk, inner))));
+  });
+}
+
+// erfc(z) for z >= 0: the AVX2 tier's erfcNonNeg8 (Numerical Recipes' erfcc fit, fractional error below 1.2e-7).
+inline __m512 erfcNonNeg16(__m512 z) {
+  const __m512 t = _mm512_div_ps(_mm512_set1_ps(1.0f), _mm512_fmadd_ps(_mm512_set1_ps(0.5f), z, _mm512_set1_ps(1.0f)));
+  __m512 p = _mm512_set1_ps(0.17087277f);
+  p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(-0.82215223f));
+  p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(1.48851587f));
+  p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(-1.13520398f));
+  p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(0.27886807f));
+  p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(-0.18628806f));
+  p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(0.09678418f));
+  p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(0.37409196f));
+  p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(1.00002368f));
+  p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(-1.26551223f));
+  return _mm512_mul_ps(t, exp16(_mm512_fnmadd_ps(z, z, p)));
+}
+
+// nn.GELU(): 0.5·u·erfc(−u/√2), with erfc(−y) = 2 − erfc(y) for y > 0.
+inline void geluErfRange(const float* x, float* out, long n) {
+  const __m512 half = _mm512_set1_ps(0.5f), two = _mm512_set1_ps(2.0f), rs2 = _mm512_set1_ps(0.7071067811865476f);
+  map16(x, out, n, [&](__m512 u, long, __mmask16) {
+    const __m512 y = _mm512_mul_ps(u, rs2);
+    const __m512 e = erfcNonNeg16(_mm512_abs_ps(y));
+    const __m512 c = _mm512_mask_sub_ps(e, _mm512_cmp_ps_mask(y, _mm512_setzero_ps(), _CMP_GT_OQ), two, e);
+    return _mm512_mul_ps(_mm512_mul_ps(half, u), c);
+  });
+}
+
+inline void widenBf16(const uint16_t* src, float* dst, long n) {
+  long i = 0;
+  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(dst + i, widenBf16x16(src + i));
+  if (i < n) _mm512_mask_storeu_ps(dst + i, mask16(n - i), widenBf16x16Masked(src + i, mask16(n - i)));
+}
+
+// 16 independent FMA chains: two 512-bit FMA pipes × 4-cycle latency need 8 in flight; twice that leaves room.
+inline double fmaLoop(long iters, float* sink) {
+  const __m512 a = _mm512_set1_ps(0.999999f), b = _mm512_set1_ps(1e-6f);
+  __m512 c[16];
+  for (int i = 0; i < 16; i++) c[i] = _mm512_set1_ps(sink[0] + i);
+  for (long it = 0; it < iters; it++) {
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; i++) c[i] = _mm512_fmadd_ps(c[i], a, b);
+  }
+  __m512 s = c[0];
+  for (int i = 1; i < 16; i++) s = _mm512_add_ps(s, c[i]);
+  sink[0] = hsum16(s);
+  return static_cast<double>(iters) * 16 * 32;
+}
+
+inline float sumRange(const float* p, long n) {
+  __m512 a[8];
+  for (int i = 0; i < 8; i++) a[i] = _mm512_setzero_ps();
+  long i = 0;
+  for (; i + 128 <= n; i += 128) {
+#pragma GCC unroll 8
+    for (int j = 0; j < 8; j++) a[j] = _mm512_add_ps(a[j], _mm512_loadu_ps(p + i + 16 * j));
+  }
+  for (int j = 1; j < 8; j++) a[0] = _mm512_add_ps(a[0], a[j]);
+  float s = hsum16(a[0]);
+  for (; i < n; i++) s += p[i];
+  return s;
+}
+
+}  // namespace
+}  // namespace VL3_ISA
+}  // namespace vl3
