@@ -9,6 +9,25 @@
 #include <cpuid.h>
 #endif
 
+// On aarch64 the ID registers are privileged, so the OS reports the features: hwcaps on Linux, sysctl on macOS.
+#if defined(__aarch64__) && defined(__linux__)
+#include <sys/auxv.h>
+#ifndef HWCAP_ASIMD
+#define HWCAP_ASIMD (1UL << 1)
+#endif
+#ifndef HWCAP_ASIMDDP
+#define HWCAP_ASIMDDP (1UL << 20)
+#endif
+#ifndef HWCAP2_I8MM
+#define HWCAP2_I8MM (1UL << 13)
+#endif
+#ifndef HWCAP2_BF16
+#define HWCAP2_BF16 (1UL << 14)
+#endif
+#elif defined(__aarch64__) && defined(__APPLE__)
+#include <sys/sysctl.h>
+#endif
+
 namespace vl3 {
 namespace {
 
@@ -20,8 +39,28 @@ uint64_t xgetbv0() {
 }
 #endif
 
+#if defined(__aarch64__) && defined(__APPLE__)
+bool sysctlFlag(const char* name) {
+  int v = 0;
+  size_t len = sizeof(v);
+  return sysctlbyname(name, &v, &len, nullptr, 0) == 0 && v != 0;
+}
+#endif
+
 CpuFeatures detect() {
   CpuFeatures f;
+#if defined(__aarch64__) && defined(__linux__)
+  const unsigned long hw = getauxval(AT_HWCAP), hw2 = getauxval(AT_HWCAP2);
+  f.neon = hw & HWCAP_ASIMD;
+  f.dotprod = hw & HWCAP_ASIMDDP;
+  f.i8mm = hw2 & HWCAP2_I8MM;
+  f.bf16 = hw2 & HWCAP2_BF16;
+#elif defined(__aarch64__) && defined(__APPLE__)
+  f.neon = true;  // every Apple arm64 CPU
+  f.dotprod = sysctlFlag("hw.optional.arm.FEAT_DotProd");
+  f.i8mm = sysctlFlag("hw.optional.arm.FEAT_I8MM");
+  f.bf16 = sysctlFlag("hw.optional.arm.FEAT_BF16");
+#endif
 #if defined(__x86_64__)
   unsigned a, b, c, d;
   if (!__get_cpuid(1, &a, &b, &c, &d)) return f;
@@ -52,6 +91,7 @@ const KernelTable* autoTable() {
   bool forced = force && force[0] && std::strcmp(force, "0") != 0;
   const KernelTable* avx2 = avx2Kernels();
   if (!forced && avx2 && f.avx2 && f.fma && f.f16c) return avx2;
+  if (!forced && neonKernels() && f.neon) return neonKernels();
   return scalarKernels();
 }
 
@@ -86,6 +126,11 @@ bool setKernel(const char* name) {
     CpuFeatures f = cpuFeatures();
     if (!avx2Kernels() || !f.avx2 || !f.fma || !f.f16c) return false;
     active.store(avx2Kernels());
+    return true;
+  }
+  if (std::strcmp(name, "neon") == 0) {
+    if (!neonKernels() || !cpuFeatures().neon) return false;
+    active.store(neonKernels());
     return true;
   }
   return false;

@@ -57,5 +57,7 @@ struct KernelTable {
 const KernelTable* scalarKernels();
 // Null when this build has no AVX2 kernels (non-x86 targets).
 const KernelTable* avx2Kernels();
+// Null when this build has no NEON kernels (non-aarch64 targets).
+const KernelTable* neonKernels();
 
 }  // namespace vl3

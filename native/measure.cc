@@ -22,6 +22,7 @@ using Clock = std::chrono::steady_clock;
 const KernelTable& bestTable() {
   CpuFeatures f = cpuFeatures();
   if (avx2Kernels() && f.avx2 && f.fma) return *avx2Kernels();
+  if (neonKernels() && f.neon) return *neonKernels();
   return *scalarKernels();
 }
 

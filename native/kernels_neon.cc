@@ -1,0 +1,22 @@
+// Own AArch64 NEON kernels: arm64 CPUs (Linux and macOS) get a hand-blocked build of every op instead of the portable loops; baseline Advanced SIMD only, so it runs on any ARMv8-A.
+#include "kernels.h"
+#include "neon_bf16.h"
+
+#if defined(__aarch64__)
+#include "cpu.h"
+#define VL3_ISA neon
+#define VL3_ISA_NAME "neon"
+#include "isa_neon.h"
+#include "ops_impl.h"
+
+namespace vl3 {
+const KernelTable* neonKernels() { return &neon::table; }
+// The +bf16 translation unit may only run where the CPU has BFDOT/BFMMLA; this check lives here, in baseline code.
+MatmulFn neonBf16Matmul() { return cpuFeatures().bf16 ? neonBf16MatmulUnchecked() : nullptr; }
+}  // namespace vl3
+#else
+namespace vl3 {
+const KernelTable* neonKernels() { return nullptr; }
+MatmulFn neonBf16Matmul() { return nullptr; }
+}  // namespace vl3
+#endif

@@ -1,0 +1,192 @@
+// The arm64 build, checked on an x86-64 machine: the kernel harness (native/harness/harness.cc, plain C++) is
+// cross-compiled with Debian's aarch64-linux-gnu-g++ and run under qemu-user, comparing the NEON and scalar tables
+// (and the bf16 matmul) with the TypeScript reference; the same source also runs natively; and the addon itself is
+// built for arm64 by node-gyp, which proves binding.gyp passes no x86 flag there. With CI set, missing tools fail the
+// run; otherwise these tests skip with a message.
+import assert from 'node:assert/strict';
+import { spawn, spawnSync } from 'node:child_process';
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+
+import { repoRoot } from './fixtures.js';
+import { writeHarnessCases } from './harness-cases.js';
+
+const root = repoRoot();
+const native = join(root, 'native');
+const CROSS = 'aarch64-linux-gnu-g++';
+const QEMU = 'qemu-aarch64-static';
+
+function found(cmd: string): boolean {
+  return spawnSync(cmd, ['--version'], { stdio: 'ignore' }).status === 0;
+}
+
+const missing = [CROSS, QEMU].filter((c) => !found(c));
+const SKIP = missing.length && !process.env.CI
+  ? `${missing.join(' and ')} not found (Debian: apt-get install g++-aarch64-linux-gnu qemu-user-static); arm64 checks skipped`
+  : false;
+
+interface Run {
+  code: number | null;
+  out: string;
+}
+
+/** Runs a command without blocking the event loop, so that independent builds overlap on both cores. */
+function run(cmd: string, args: string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv } = {}): Promise<Run> {
+  return new Promise((resolve) => {
+    const child = spawn(cmd, args, { cwd: opts.cwd ?? root, env: opts.env ?? process.env });
+    let out = '';
+    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (out += d.toString()));
+    child.once('error', (e) => resolve({ code: -1, out: `${out}${String(e)}` }));
+    child.once('close', (code) => resolve({ code, out }));
+  });
+}
+
+function ok(r: Run, what: string): void {
+  assert.equal(r.code, 0, `${what} failed (exit ${r.code}):\n${r.out.slice(-6000)}`);
+}
+
+// What the harness links: every kernel table (each compiles to a null table off its ISA), the pool and the CPU
+// dispatch. The bf16 unit gets the flags binding.gyp gives it on arm64.
+const SOURCES = [
+  'harness/harness.cc',
+  'cpu.cc',
+  'pool.cc',
+  ...readdirSync(native).filter((f) => /^kernels_\w+\.cc$/.test(f)).sort(),
+];
+const ARM64_FLAGS: Record<string, string[]> = { 'kernels_neon_bf16.cc': ['-march=armv8.2-a+bf16'] };
+
+/** Compiles every source (two at a time) and links a static harness; returns the compiler's output on failure. */
+async function buildHarness(cxx: string, dir: string, arm64: boolean): Promise<string> {
+  const objects = SOURCES.map((s) => join(dir, s.replace(/\W/g, '_') + '.o'));
+  const queue = SOURCES.map((s, i) => [s, objects[i]!] as const);
+  const worker = async (): Promise<void> => {
+    for (let job = queue.shift(); job; job = queue.shift()) {
+      const [src, obj] = job;
+      const flags = arm64 ? (ARM64_FLAGS[src] ?? []) : [];
+      const r = await run(cxx, ['-O3', '-std=c++17', '-pthread', '-Wall', '-Wno-unused-function', ...flags, '-c', join(native, src), '-o', obj]);
+      ok(r, `${cxx} ${src}`);
+    }
+  };
+  await Promise.all([worker(), worker()]);
+  const exe = join(dir, 'harness');
+  ok(await run(cxx, ['-static', '-pthread', ...objects, '-o', exe]), `${cxx} link`);
+  return exe;
+}
+
+describe('arm64 kernels: cross-compiled harness under qemu-user, and the arm64 addon build', { skip: SKIP }, () => {
+  let dir = '';
+  let cases = '';
+  let arm64Harness = '';
+  let nativeHarness = '';
+  let caseCount = 0;
+  let addonBuild: Promise<{ run: Run; work: string }>;
+
+  before(async () => {
+    assert.deepEqual(missing, [], `${missing.join(' and ')} not found: CI needs g++-aarch64-linux-gnu and qemu-user-static (.ci/run installs them)`);
+    dir = mkdtempSync(join(tmpdir(), 'vl3-neon-'));
+    cases = join(dir, 'cases.bin');
+    caseCount = writeHarnessCases(cases);
+    const armDir = join(dir, 'arm64');
+    const hostDir = join(dir, 'host');
+    for (const d of [armDir, hostDir]) mkdirSync(d);
+    arm64Harness = await buildHarness(CROSS, armDir, true);
+    // Overlaps the qemu runs below; the last test waits for it.
+    addonBuild = buildAddonArm64(dir);
+    nativeHarness = await buildHarness('g++', hostDir, false);
+  });
+
+  after(async () => {
+    await addonBuild;
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+
+  test('NEON and scalar tables and the bf16 matmul match the reference (qemu -cpu max: neon, dotprod, i8mm, bf16)', async () => {
+    const r = await run(QEMU, ['-cpu', 'max', arm64Harness, cases, '--tables', 'neon,scalar', '--threads', '1,2',
+      '--expect-features', 'neon=1,dotprod=1,i8mm=1,bf16=1', '--expect-kernel', 'neon', '--expect-bf16', 'yes']);
+    ok(r, 'harness under qemu -cpu max');
+    assert.match(r.out, new RegExp(`^ok: \\d+ case runs \\(${caseCount} cases; tables neon scalar neon-bf16;`, 'm'));
+  });
+
+  test('a baseline ARMv8.0 CPU (qemu -cpu cortex-a57): NEON table correct, no dotprod/i8mm/bf16, bf16 matmul not offered', async () => {
+    // Any instruction past ARMv8.0 in the code this CPU runs would stop it with SIGILL.
+    const r = await run(QEMU, ['-cpu', 'cortex-a57', arm64Harness, cases, '--tables', 'neon', '--threads', '2',
+      '--expect-features', 'neon=1,dotprod=0,i8mm=0,bf16=0', '--expect-kernel', 'neon', '--expect-bf16', 'no']);
+    ok(r, 'harness under qemu -cpu cortex-a57');
+    assert.match(r.out, /^ok: .*tables neon; threads 2\)/m);
+  });
+
+  test('feature detection tells dotprod from i8mm and bf16 (qemu -cpu neoverse-n1)', async () => {
+    const r = await run(QEMU, ['-cpu', 'neoverse-n1', arm64Harness, cases, '--tables', 'none', '--threads', '1',
+      '--expect-features', 'neon=1,dotprod=1,i8mm=0,bf16=0', '--expect-kernel', 'neon', '--expect-bf16', 'no']);
+    ok(r, 'harness under qemu -cpu neoverse-n1');
+  });
+
+  test('the same harness source built for this machine: its tables match the reference', async () => {
+    const tables = process.arch === 'arm64' ? 'neon,scalar' : 'scalar';
+    const r = await run(nativeHarness, [cases, '--tables', tables, '--threads', '1,2']);
+    ok(r, 'native harness');
+    assert.match(r.out, /^ok: /m);
+  });
+
+  test('the +bf16 object shares no inline code with baseline objects (no weak symbols the linker could pick)', async () => {
+    const obj = join(dir, 'arm64', 'kernels_neon_bf16_cc.o');
+    const r = await run('aarch64-linux-gnu-nm', ['--defined-only', '-C', obj]);
+    ok(r, 'nm');
+    const weak = r.out.split('\n').filter((l) => /^\S+ [WVuiw] /.test(l));
+    assert.deepEqual(weak, [], 'weak symbols in the +bf16 object');
+    assert.match(r.out, / T vl3::neonBf16MatmulUnchecked\(\)/);
+  });
+
+  test('node-gyp builds the addon for arm64 with the cross compiler, with no x86 flag', async () => {
+    const { run: r, work } = await addonBuild;
+    ok(r, 'node-gyp rebuild --arch=arm64');
+    const x86 = r.out.match(/\s-m(avx\w*|fma\w*|f16c|sse\w*|ssse3|bmi\w*|lzcnt|popcnt|arch=(?!armv)\S+|tune=\S+)/);
+    assert.equal(x86, null, `an x86 flag in the arm64 build: ${x86?.[0]}`);
+    const compiles = r.out.split('\n').filter((l) => / -c\s*$/.test(l) || / -c /.test(l));
+    const bf16Unit = compiles.filter((l) => l.includes('kernels_neon_bf16.cc'));
+    assert.equal(bf16Unit.length, 1, 'one compile of the bf16 unit');
+    assert.match(bf16Unit[0]!, / -march=armv8\.2-a\+bf16 /);
+    const others = compiles.filter((l) => !l.includes('kernels_neon_bf16.cc'));
+    assert.ok(others.length >= 7, `compiles seen: ${others.length}`);
+    for (const l of others) assert.doesNotMatch(l, / -march=/, 'only the bf16 unit leaves the baseline ISA');
+    const elf = readFileSync(join(work, 'build', 'Release', 'vl3_native.node'));
+    assert.equal(elf.readUInt32BE(0), 0x7f454c46, 'not an ELF file');
+    assert.equal(elf.readUInt16LE(18), 183, 'e_machine is not EM_AARCH64');
+  });
+});
+
+/**
+ * node-gyp rebuild --arch=arm64 with the cross compiler, in a copy of binding.gyp and native/ so that the x86 build in
+ * build/ is left alone (node_modules linked for node-addon-api's include dir). Node's headers do not depend on the
+ * architecture, so the x86 install's serve. Never rejects: the test reads the outcome.
+ */
+async function buildAddonArm64(dir: string): Promise<{ run: Run; work: string }> {
+  const work = join(dir, 'addon-arm64');
+  const nodeGyp = findNodeGyp();
+  if (!nodeGyp) return { run: { code: -1, out: 'node-gyp not found (npm bundles it; run the tests through npm)' }, work };
+  cpSync(join(root, 'binding.gyp'), join(work, 'binding.gyp'));
+  cpSync(native, join(work, 'native'), { recursive: true });
+  symlinkSync(join(root, 'node_modules'), join(work, 'node_modules'), 'dir');
+  const nodedir = findNodeDir();
+  const env = { ...process.env, CC: 'aarch64-linux-gnu-gcc', CXX: CROSS, LINK: CROSS, AR: 'aarch64-linux-gnu-ar', V: '1' };
+  const args = [nodeGyp, 'rebuild', '--arch=arm64', '-j', '2', ...(nodedir ? [`--nodedir=${nodedir}`] : [])];
+  return { run: await run(process.execPath, args, { cwd: work, env }), work };
+}
+
+/** npm sets npm_config_node_gyp for scripts; otherwise the copy bundled with the npm beside this node. */
+function findNodeGyp(): string | undefined {
+  const candidates = [
+    process.env['npm_config_node_gyp'],
+    join(dirname(process.execPath), '..', 'lib', 'node_modules', 'npm', 'node_modules', 'node-gyp', 'bin', 'node-gyp.js'),
+  ];
+  return candidates.find((c): c is string => !!c && existsSync(c));
+}
+
+/** Node's headers as the x86 build found them (npm's nodedir, or the prefix of this node); else node-gyp's cache. */
+function findNodeDir(): string | undefined {
+  const candidates = [process.env['npm_config_nodedir'], join(dirname(process.execPath), '..')];
+  return candidates.find((c): c is string => !!c && existsSync(join(c, 'include', 'node', 'node_api.h')));
+}
