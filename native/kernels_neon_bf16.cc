@@ -1,4 +1,4 @@
-// Own arm64 bf16-compute matmul: BFDOT and BFMMLA take bf16 operands straight from the weights, halving the work per weight of the widening f32 path; no library offers this for our layouts.
+// Own arm64 bf16-compute matmul: BFDOT and BFMMLA multiply bf16 weights as stored, with two to four times the products per instruction of f32 FMLA and no widening; no library offers this for our layouts.
 // Compiled alone with -march=armv8.2-a+bf16 (binding.gyp, the harness; GCC's bf16 intrinsics need v8.2, and every CPU
 // with BF16 has it), so that nothing else is built past baseline ARMv8-A. Everything here sits in an anonymous
 // namespace and only unique lambdas instantiate shared templates, so the linker cannot hand a v8.2 copy of shared

@@ -1,8 +1,8 @@
 // The arm64 build, checked on an x86-64 machine: the kernel harness (native/harness/harness.cc, plain C++) is
 // cross-compiled with Debian's aarch64-linux-gnu-g++ and run under qemu-user, comparing the NEON and scalar tables
-// (and the bf16 matmul) with the TypeScript reference; the same source also runs natively; and the addon itself is
-// built for arm64 by node-gyp, which proves binding.gyp passes no x86 flag there. With CI set, missing tools fail the
-// run; otherwise these tests skip with a message.
+// (and the bf16 matmul) with the TypeScript reference; the NEON units are also built with clang (the compiler of
+// macOS); the addon itself is built for arm64 by node-gyp, which shows binding.gyp passes no x86 flag there; and the
+// same harness source runs natively. With CI set, missing tools fail the run; otherwise those tests skip, saying why.
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
@@ -15,24 +15,28 @@ import { writeHarnessCases } from './harness-cases.js';
 
 const root = repoRoot();
 const native = join(root, 'native');
+const ON_ARM64 = process.arch === 'arm64';
 const CROSS = 'aarch64-linux-gnu-g++';
 const QEMU = 'qemu-aarch64-static';
+const CLANG = 'clang++';
 
 function found(cmd: string): boolean {
   return spawnSync(cmd, ['--version'], { stdio: 'ignore' }).status === 0;
 }
 
-const missing = [CROSS, QEMU].filter((c) => !found(c));
-const SKIP = missing.length && !process.env.CI
-  ? `${missing.join(' and ')} not found (Debian: apt-get install g++-aarch64-linux-gnu qemu-user-static); arm64 checks skipped`
-  : false;
+const missing = ON_ARM64 ? [] : [CROSS, QEMU, CLANG].filter((c) => !found(c));
+const CROSS_SKIP = ON_ARM64
+  ? 'an arm64 machine: the harness built for it runs the NEON kernels natively instead'
+  : missing.length && !process.env.CI
+    ? `${missing.join(', ')} not found (Debian: apt-get install g++-aarch64-linux-gnu qemu-user-static clang); arm64 checks skipped`
+    : false;
 
 interface Run {
   code: number | null;
   out: string;
 }
 
-/** Runs a command without blocking the event loop, so that independent builds overlap on both cores. */
+/** Runs a command without blocking the event loop, so that independent builds and runs overlap on both cores. */
 function run(cmd: string, args: string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv } = {}): Promise<Run> {
   return new Promise((resolve) => {
     const child = spawn(cmd, args, { cwd: opts.cwd ?? root, env: opts.env ?? process.env });
@@ -49,7 +53,7 @@ function ok(r: Run, what: string): void {
 }
 
 // What the harness links: every kernel table (each compiles to a null table off its ISA), the pool and the CPU
-// dispatch. The bf16 unit gets the flags binding.gyp gives it on arm64.
+// dispatch. On arm64 the bf16 unit gets the flags binding.gyp gives it.
 const SOURCES = [
   'harness/harness.cc',
   'cpu.cc',
@@ -58,53 +62,72 @@ const SOURCES = [
 ];
 const ARM64_FLAGS: Record<string, string[]> = { 'kernels_neon_bf16.cc': ['-march=armv8.2-a+bf16'] };
 
-/** Compiles every source (two at a time) and links a static harness; returns the compiler's output on failure. */
-async function buildHarness(cxx: string, dir: string, arm64: boolean): Promise<string> {
-  const objects = SOURCES.map((s) => join(dir, s.replace(/\W/g, '_') + '.o'));
-  const queue = SOURCES.map((s, i) => [s, objects[i]!] as const);
+function objectOf(dir: string, src: string): string {
+  return join(dir, src.replace(/\W/g, '_') + '.o');
+}
+
+/** Compiles `sources` into dir, two at a time. */
+async function compile(cxx: string, extra: string[], sources: string[], dir: string, arm64: boolean): Promise<void> {
+  const queue = [...sources];
   const worker = async (): Promise<void> => {
-    for (let job = queue.shift(); job; job = queue.shift()) {
-      const [src, obj] = job;
+    for (let src = queue.shift(); src; src = queue.shift()) {
       const flags = arm64 ? (ARM64_FLAGS[src] ?? []) : [];
-      const r = await run(cxx, ['-O3', '-std=c++17', '-pthread', '-Wall', '-Wno-unused-function', ...flags, '-c', join(native, src), '-o', obj]);
-      ok(r, `${cxx} ${src}`);
+      const args = [...extra, '-O3', '-std=c++17', '-pthread', '-Wall', '-Wno-unused-function', ...flags, '-c', join(native, src), '-o', objectOf(dir, src)];
+      ok(await run(cxx, args), `${cxx} ${src}`);
     }
   };
   await Promise.all([worker(), worker()]);
-  const exe = join(dir, 'harness');
+}
+
+async function link(cxx: string, objects: string[], exe: string): Promise<string> {
   ok(await run(cxx, ['-static', '-pthread', ...objects, '-o', exe]), `${cxx} link`);
   return exe;
 }
 
-describe('arm64 kernels: cross-compiled harness under qemu-user, and the arm64 addon build', { skip: SKIP }, () => {
-  let dir = '';
-  let cases = '';
-  let arm64Harness = '';
-  let nativeHarness = '';
-  let caseCount = 0;
-  let addonBuild: Promise<{ run: Run; work: string }>;
+let dir = '';
+let cases = '';
+let caseCount = 0;
+
+before(() => {
+  dir = mkdtempSync(join(tmpdir(), 'vl3-neon-'));
+  cases = join(dir, 'cases.bin');
+  caseCount = writeHarnessCases(cases);
+});
+
+describe('the kernel harness built for this machine', () => {
+  test('its tables match the reference', async () => {
+    const host = join(dir, 'host');
+    mkdirSync(host);
+    await compile('g++', [], SOURCES, host, ON_ARM64);
+    const exe = await link('g++', SOURCES.map((s) => objectOf(host, s)), join(host, 'harness'));
+    const tables = ON_ARM64 ? 'neon,scalar' : 'scalar';
+    const r = await run(exe, [cases, '--tables', tables, '--threads', '1,2']);
+    ok(r, 'native harness');
+    assert.match(r.out, new RegExp(`^ok: \\d+ case runs \\(${caseCount} cases; tables ${tables.replace(',', ' ')}`, 'm'));
+  });
+});
+
+describe('arm64: cross-compiled harness under qemu-user, clang, and the arm64 addon build', { skip: CROSS_SKIP }, () => {
+  let arm = '';
+  let harness = '';
+  let addonBuild: Promise<{ run: Run; work: string }> | undefined;
 
   before(async () => {
-    assert.deepEqual(missing, [], `${missing.join(' and ')} not found: CI needs g++-aarch64-linux-gnu and qemu-user-static (.ci/run installs them)`);
-    dir = mkdtempSync(join(tmpdir(), 'vl3-neon-'));
-    cases = join(dir, 'cases.bin');
-    caseCount = writeHarnessCases(cases);
-    const armDir = join(dir, 'arm64');
-    const hostDir = join(dir, 'host');
-    for (const d of [armDir, hostDir]) mkdirSync(d);
-    arm64Harness = await buildHarness(CROSS, armDir, true);
+    assert.deepEqual(missing, [], `${missing.join(', ')} not found: CI needs g++-aarch64-linux-gnu, qemu-user-static and clang (.ci/run installs them)`);
+    arm = join(dir, 'arm64');
+    mkdirSync(arm);
+    await compile(CROSS, [], SOURCES, arm, true);
+    harness = await link(CROSS, SOURCES.map((s) => objectOf(arm, s)), join(arm, 'harness'));
     // Overlaps the qemu runs below; the last test waits for it.
     addonBuild = buildAddonArm64(dir);
-    nativeHarness = await buildHarness('g++', hostDir, false);
   });
 
   after(async () => {
     await addonBuild;
-    if (dir) rmSync(dir, { recursive: true, force: true });
   });
 
   test('NEON and scalar tables and the bf16 matmul match the reference (qemu -cpu max: neon, dotprod, i8mm, bf16)', async () => {
-    const r = await run(QEMU, ['-cpu', 'max', arm64Harness, cases, '--tables', 'neon,scalar', '--threads', '1,2',
+    const r = await run(QEMU, ['-cpu', 'max', harness, cases, '--tables', 'neon,scalar', '--threads', '1,2',
       '--expect-features', 'neon=1,dotprod=1,i8mm=1,bf16=1', '--expect-kernel', 'neon', '--expect-bf16', 'yes']);
     ok(r, 'harness under qemu -cpu max');
     assert.match(r.out, new RegExp(`^ok: \\d+ case runs \\(${caseCount} cases; tables neon scalar neon-bf16;`, 'm'));
@@ -112,28 +135,33 @@ describe('arm64 kernels: cross-compiled harness under qemu-user, and the arm64 a
 
   test('a baseline ARMv8.0 CPU (qemu -cpu cortex-a57): NEON table correct, no dotprod/i8mm/bf16, bf16 matmul not offered', async () => {
     // Any instruction past ARMv8.0 in the code this CPU runs would stop it with SIGILL.
-    const r = await run(QEMU, ['-cpu', 'cortex-a57', arm64Harness, cases, '--tables', 'neon', '--threads', '2',
+    const r = await run(QEMU, ['-cpu', 'cortex-a57', harness, cases, '--tables', 'neon', '--threads', '2',
       '--expect-features', 'neon=1,dotprod=0,i8mm=0,bf16=0', '--expect-kernel', 'neon', '--expect-bf16', 'no']);
     ok(r, 'harness under qemu -cpu cortex-a57');
     assert.match(r.out, /^ok: .*tables neon; threads 2\)/m);
   });
 
-  test('feature detection tells dotprod from i8mm and bf16 (qemu -cpu neoverse-n1)', async () => {
-    const r = await run(QEMU, ['-cpu', 'neoverse-n1', arm64Harness, cases, '--tables', 'none', '--threads', '1',
-      '--expect-features', 'neon=1,dotprod=1,i8mm=0,bf16=0', '--expect-kernel', 'neon', '--expect-bf16', 'no']);
-    ok(r, 'harness under qemu -cpu neoverse-n1');
+  test('feature detection tells dotprod from i8mm and bf16 (qemu -cpu neoverse-n1); VL3_FORCE_SCALAR=1 is obeyed', async () => {
+    const args = ['-cpu', 'neoverse-n1', harness, cases, '--tables', 'none', '--threads', '1',
+      '--expect-features', 'neon=1,dotprod=1,i8mm=0,bf16=0', '--expect-bf16', 'no', '--expect-kernel'];
+    ok(await run(QEMU, [...args, 'neon']), 'harness under qemu -cpu neoverse-n1');
+    ok(await run(QEMU, [...args, 'scalar'], { env: { ...process.env, VL3_FORCE_SCALAR: '1' } }), 'the same with VL3_FORCE_SCALAR=1');
   });
 
-  test('the same harness source built for this machine: its tables match the reference', async () => {
-    const tables = process.arch === 'arm64' ? 'neon,scalar' : 'scalar';
-    const r = await run(nativeHarness, [cases, '--tables', tables, '--threads', '1,2']);
-    ok(r, 'native harness');
-    assert.match(r.out, /^ok: /m);
+  test('the NEON units and the CPU dispatch built with clang (the compiler of macOS) match the reference too', async () => {
+    const clang = join(dir, 'clang');
+    mkdirSync(clang);
+    const own = ['cpu.cc', 'kernels_neon.cc', 'kernels_neon_bf16.cc'];
+    await compile(CLANG, ['--target=aarch64-linux-gnu'], own, clang, true);
+    const objects = SOURCES.map((s) => objectOf(own.includes(s) ? clang : arm, s));
+    const exe = await link(CROSS, objects, join(clang, 'harness'));
+    const r = await run(QEMU, ['-cpu', 'max', exe, cases, '--tables', 'neon', '--threads', '1,2', '--expect-bf16', 'yes']);
+    ok(r, 'clang-built harness under qemu -cpu max');
+    assert.match(r.out, /^ok: .*tables neon neon-bf16;/m);
   });
 
   test('the +bf16 object shares no inline code with baseline objects (no weak symbols the linker could pick)', async () => {
-    const obj = join(dir, 'arm64', 'kernels_neon_bf16_cc.o');
-    const r = await run('aarch64-linux-gnu-nm', ['--defined-only', '-C', obj]);
+    const r = await run('aarch64-linux-gnu-nm', ['--defined-only', '-C', objectOf(arm, 'kernels_neon_bf16.cc')]);
     ok(r, 'nm');
     const weak = r.out.split('\n').filter((l) => /^\S+ [WVuiw] /.test(l));
     assert.deepEqual(weak, [], 'weak symbols in the +bf16 object');
@@ -141,6 +169,7 @@ describe('arm64 kernels: cross-compiled harness under qemu-user, and the arm64 a
   });
 
   test('node-gyp builds the addon for arm64 with the cross compiler, with no x86 flag', async () => {
+    assert.ok(addonBuild);
     const { run: r, work } = await addonBuild;
     ok(r, 'node-gyp rebuild --arch=arm64');
     const x86 = r.out.match(/\s-m(avx\w*|fma\w*|f16c|sse\w*|ssse3|bmi\w*|lzcnt|popcnt|arch=(?!armv)\S+|tune=\S+)/);
@@ -190,3 +219,7 @@ function findNodeDir(): string | undefined {
   const candidates = [process.env['npm_config_nodedir'], join(dirname(process.execPath), '..')];
   return candidates.find((c): c is string => !!c && existsSync(join(c, 'include', 'node', 'node_api.h')));
 }
+
+after(() => {
+  if (dir) rmSync(dir, { recursive: true, force: true });
+});
