@@ -1,4 +1,4 @@
-// Own CPU dispatch: one binary must run on any x86-64 (the best of scalar/AVX2/AVX-512 that the CPU has) and on aarch64, and a backend may be pinned to any tier the CPU supports.
+// Own CPU dispatch: one binary must run on any x86-64 (the best of scalar/AVX2/AVX-512 that the CPU has) and on any arm64 (NEON, built twice: baseline and for CPUs with BF16), and a backend may be pinned to any tier the CPU supports.
 #include "cpu.h"
 
 #include <cstdlib>
@@ -7,8 +7,11 @@
 #if defined(__x86_64__)
 #include <cpuid.h>
 #endif
+// On aarch64 the ID registers are privileged, so the OS reports the features: hwcaps on Linux, sysctl on macOS.
 #if defined(__aarch64__) && defined(__linux__)
 #include <sys/auxv.h>
+#elif defined(__aarch64__) && defined(__APPLE__)
+#include <sys/sysctl.h>
 #endif
 
 namespace vl3 {
@@ -19,6 +22,14 @@ uint64_t xgetbv0() {
   uint32_t lo, hi;
   asm volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
   return (static_cast<uint64_t>(hi) << 32) | lo;
+}
+#endif
+
+#if defined(__aarch64__) && defined(__APPLE__)
+bool sysctlFlag(const char* name) {
+  int v = 0;
+  size_t len = sizeof(v);
+  return sysctlbyname(name, &v, &len, nullptr, 0) == 0 && v != 0;
 }
 #endif
 
@@ -57,6 +68,11 @@ CpuFeatures detect() {
   f.dotprod = hw & (1ul << 20);  // HWCAP_ASIMDDP
   f.i8mm = hw2 & (1ul << 13);    // HWCAP2_I8MM
   f.bf16 = hw2 & (1ul << 14);    // HWCAP2_BF16
+#elif defined(__aarch64__) && defined(__APPLE__)
+  f.neon = true;  // every Apple arm64 CPU
+  f.dotprod = sysctlFlag("hw.optional.arm.FEAT_DotProd");
+  f.i8mm = sysctlFlag("hw.optional.arm.FEAT_I8MM");
+  f.bf16 = sysctlFlag("hw.optional.arm.FEAT_BF16");
 #elif defined(__aarch64__)
   f.neon = true;  // Advanced SIMD is part of every ARMv8-A core
 #endif
@@ -75,7 +91,8 @@ struct Tier {
 };
 
 // Worst first. The AVX-512 tiers are compiled with -mavx512f/bw/dq/vl (Skylake-SP's set, which every AVX-512 core
-// since has), on top of AVX2/FMA/F16C.
+// since has), on top of AVX2/FMA/F16C. neon needs only Advanced SIMD: where the CPU also has BF16, neonKernels()
+// gives its +bf16 build, whose bf16Dot makes bf16 the default compute mode as on avx512bf16.
 const std::vector<Tier>& tiers() {
   static const std::vector<Need> avx2 = {{"avx2", &CpuFeatures::avx2}, {"fma", &CpuFeatures::fma}, {"f16c", &CpuFeatures::f16c}};
   static const std::vector<Need> avx512 = [] {
@@ -93,7 +110,7 @@ const std::vector<Tier>& tiers() {
          n.push_back({"avx512bf16", &CpuFeatures::avx512bf16});
          return n;
        }()},
-      {"neon", nullptr, {{"neon", &CpuFeatures::neon}}},
+      {"neon", &neonKernels, {{"neon", &CpuFeatures::neon}}},
   };
   return t;
 }

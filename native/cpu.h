@@ -1,4 +1,4 @@
-// Own CPU dispatch: one binary must run on any x86-64 (the best of scalar/AVX2/AVX-512 that the CPU has) and on aarch64, and a backend may be pinned to any tier the CPU supports.
+// Own CPU dispatch: one binary must run on any x86-64 (the best of scalar/AVX2/AVX-512 that the CPU has) and on any arm64 (NEON, built twice: baseline and for CPUs with BF16), and a backend may be pinned to any tier the CPU supports.
 #pragma once
 #include <string>
 #include <vector>
@@ -7,8 +7,8 @@
 
 namespace vl3 {
 
-// What the CPU and OS support (x86: CPUID with the XCR0 state checks; aarch64: getauxval). Field names are
-// shared with the TypeScript side (nativeInfo().features).
+// What the CPU and OS support (x86: CPUID with the XCR0 state checks; aarch64: getauxval on Linux, sysctl on
+// macOS). Field names are shared with the TypeScript side (nativeInfo().features).
 struct CpuFeatures {
   bool avx2 = false, fma = false, f16c = false;
   bool avx512f = false, avx512bw = false, avx512dq = false, avx512vl = false;

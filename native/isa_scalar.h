@@ -1,4 +1,4 @@
-// Own portable primitives: the fallback for CPUs without AVX2 and for aarch64, written as plain loops the compiler can vectorize for the baseline ISA.
+// Own portable primitives: the fallback for CPUs without AVX2 or NEON, written as plain loops the compiler can vectorize for the baseline ISA.
 // Included only by kernels_scalar.cc, inside an anonymous namespace. Same contracts as isa_avx2.h.
 #pragma once
 #include <cmath>

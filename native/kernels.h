@@ -16,11 +16,12 @@ enum class WType : int { None = 0, F32 = 1, BF16 = 2 };
 // a NaN stays a quiet NaN with its sign and top payload bits; values beyond the largest bf16 round to ±Inf), bf16
 // weights are used as stored. Every product of two bf16 values is exact in f32, and the products are summed in f32
 // in an order of the kernel's choosing, then the f32 bias is added: so the result is the exact-mode result for the
-// rounded operands, within the same accumulation bound. Tiers with a bf16 dot instruction (avx512bf16: vdpbf16ps)
-// multiply the bf16 pairs natively; that instruction also treats subnormal bf16 operands as zero and flushes
-// subnormal partial sums to zero (|values| < 2⁻¹²⁶, far below anything a model produces). Other tiers round the same
-// way and run their f32 kernels on the rounded values, so their results match the exact arithmetic on the rounded
-// operands up to accumulation order.
+// rounded operands, within the same accumulation bound. Tiers with a bf16 dot instruction (avx512bf16: vdpbf16ps;
+// neon on a CPU with BF16: BFMMLA and BFDOT) multiply the bf16 values natively; those instructions also treat
+// subnormal bf16 operands as zero and flush subnormal partial sums to zero (|values| < 2⁻¹²⁶, far below anything a
+// model produces), and the arm64 ones round their partial sums to odd rather than to nearest (within one f32 ulp
+// instead of half, so within twice the bound). Other tiers round the same way and run their f32 kernels on the
+// rounded values, so their results match the exact arithmetic on the rounded operands up to accumulation order.
 enum class Compute : int { Exact = 0, Bf16 = 1 };
 
 struct MatmulArgs {
@@ -47,7 +48,7 @@ struct AttentionArgs {
 
 struct KernelTable {
   const char* name;
-  // The tier multiplies bf16 pairs natively, so bf16 compute is faster than exact on it (and its default).
+  // The tier multiplies bf16 values natively, so bf16 compute is faster than exact on it (and its default).
   bool bf16Dot;
   void (*matmul)(const MatmulArgs&);
   // out = a (op) b, where b has n elements (same shape) or bLen elements broadcast over rows of length bLen.
@@ -94,5 +95,8 @@ const KernelTable* scalarKernels();
 const KernelTable* avx2Kernels();
 const KernelTable* avx512Kernels();
 const KernelTable* avx512bf16Kernels();
+// Null off aarch64. Where the CPU has BF16, the build whose bf16 compute multiplies with BFMMLA/BFDOT (bf16Dot set);
+// elsewhere the baseline ARMv8.0 build, whose bf16 compute rounds and runs the f32 kernels.
+const KernelTable* neonKernels();
 
 }  // namespace vl3

@@ -87,6 +87,7 @@ Loop loopOf(const std::string& kind) {
   if (kind == "fp32-scalar") t = tier("scalar");
   else if (kind == "fp32-ymm") t = tier("avx2");
   else if (kind == "fp32-zmm") t = tier("avx512");
+  else if (kind == "fp32-neon") t = tier("neon");
   if (t) return t->fmaLoop;
 #if defined(__x86_64__)
   const CpuFeatures f = cpuFeatures();
@@ -97,7 +98,7 @@ Loop loopOf(const std::string& kind) {
   return nullptr;
 }
 
-const char* const kKinds[] = {"fp32-scalar", "fp32-ymm", "fp32-zmm", "bf16-zmm", "int8-zmm", "int8-ymm"};
+const char* const kKinds[] = {"fp32-scalar", "fp32-ymm", "fp32-zmm", "fp32-neon", "bf16-zmm", "int8-zmm", "int8-ymm"};
 
 void spinBarrier(std::atomic<int>& arrived, int threads) {
   arrived.fetch_add(1);

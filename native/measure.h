@@ -7,8 +7,8 @@
 namespace vl3 {
 
 // The peak kinds this machine can run, of: "fp32-scalar" (the scalar tier's FMA loop, as the compiler vectorizes it
-// for the baseline ISA), "fp32-ymm" (AVX2 FMA), "fp32-zmm" (AVX-512 FMA), "bf16-zmm" (vdpbf16ps), "int8-zmm"
-// (AVX512-VNNI vpdpbusd), "int8-ymm" (AVX-VNNI vpdpbusd).
+// for the baseline ISA), "fp32-ymm" (AVX2 FMA), "fp32-zmm" (AVX-512 FMA), "fp32-neon" (NEON FMLA), "bf16-zmm"
+// (vdpbf16ps), "int8-zmm" (AVX512-VNNI vpdpbusd), "int8-ymm" (AVX-VNNI vpdpbusd).
 std::vector<const char*> peakKinds();
 // GFLOP/s (GOP/s for the int8 kinds) of a loop of independent chains of that instruction, on `threads` threads of a
 // pool of its own (each runs for about `seconds`; the sum of each thread's best 10 ms window); `error` is set for an

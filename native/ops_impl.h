@@ -3,8 +3,8 @@
 // VL3_ISA_NAME its display name. Everything lands in an anonymous namespace inside vl3::VL3_ISA. The ISA header
 // gives the GEMM's tile (MR×NR) and blocking (KC, MC, NB), the GEMV cut-off kGemvMaxM, the tiled attention's panel
 // height kAttnMR, and its primitives; with VL3_BF16_DOT set to 1 it also gives the bf16 dot-product GEMM and GEMV
-// (packABf16, packBBf16, tileBf16, gemvRowsBf16, their K blocking KCDot and GEMV cut-off kGemvMaxMDot) that
-// Compute::Bf16 then runs on.
+// (packABf16, packBBf16, tileBf16, gemvRowsBf16, the k per dot step kDotK that packed panels are padded to, their K
+// blocking KCDot and GEMV cut-off kGemvMaxMDot) that Compute::Bf16 then runs on.
 #include <cfloat>
 #include <cmath>
 #include <cstdint>
@@ -91,12 +91,14 @@ void gemm(const MatmulArgs& a, const float* bias, bool round) {
   if (threads > 1 && nTn < 4L * threads) nTm = lmin(cdiv(M, MR), cdiv(4L * threads, nTn));
   const long mChunk = roundUp(cdiv(M, nTm), MR);
   nTm = cdiv(M, mChunk);
-  // Panel elements: f32, or bf16 with k padded to whole pairs (whose panels take the ISA's own K blocking).
-  const long pairK = DOT ? 2 : 1;
+  // Panel elements: f32, or bf16 with k padded to whole dot steps (pairs for vdpbf16ps, quads for BFMMLA), whose
+  // panels take the ISA's own K blocking.
   const long elt = DOT ? 2 : 4;
 #if VL3_BF16_DOT
+  const long stepK = DOT ? kDotK : 1;
   const long kcMax = DOT ? KCDot : KC;
 #else
+  const long stepK = 1;
   const long kcMax = KC;
 #endif
   parallelTasks(nTn * nTm, [&](long task, int tid) {
@@ -109,7 +111,7 @@ void gemm(const MatmulArgs& a, const float* bias, bool round) {
     const long mBlocks = cdiv(m1 - m0, MC);
     const long mc0 = roundUp(cdiv(m1 - m0, mBlocks), MR);  // equal A blocks rather than a ragged last one
     for (long pc = 0; pc < K; pc += kcMax) {
-      const long kc = lmin(kcMax, K - pc), kp = roundUp(kc, pairK);
+      const long kc = lmin(kcMax, K - pc), kp = roundUp(kc, stepK);
       for (long p = p0; p < p1; p++) {
         const void* w = static_cast<const char*>(a.w) + (p * NR * K + pc) * esz;
         const int nr = static_cast<int>(lmin(NR, N - p * NR));
