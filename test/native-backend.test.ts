@@ -134,7 +134,7 @@ const smallMatmuls: MatmulCase[] = [];
 const largeMatmuls: MatmulCase[] = [
   matmulCase(67, 129, 300, 'bf16', 'f32'),
   matmulCase(67, 300, 129, 'f32', 'none'),
-  // Several K blocks (KC = 256, 512 for bf16 pairs) and M blocks (MC = 144, 192 on AVX-512), ragged everywhere.
+  // Several K blocks (KC = 256, 512 for bf16 pairs and quads) and M blocks (MC = 144, 192 on AVX-512), ragged everywhere.
   matmulCase(151, 70, 601, 'bf16', 'bf16'),
   matmulCase(200, 45, 1031, 'bf16', 'none'),
   // Many N tasks with a small M just above the scalar GEMV cut-off, and a GEMV with long rows.
@@ -146,6 +146,9 @@ const largeMatmuls: MatmulCase[] = [
   matmulCase(64, 40, 515, 'f32', 'none'),
   matmulCase(3, 257, 1000, 'bf16', 'none'),
   matmulCase(1, 513, 1536, 'f32', 'f32'),
+  // Either side of the NEON BFDOT GEMV's cut-off (7), K past one bf16 block and not a multiple of 4 or 8.
+  matmulCase(7, 70, 603, 'bf16', 'f32'),
+  matmulCase(8, 70, 603, 'f32', 'bf16'),
 ];
 
 interface AttnCase {
@@ -216,7 +219,8 @@ for (const { isa, mode, threads } of configs) {
       assert.equal(native.threads, threads);
     });
 
-    // Tolerance for either mode: both sides sum the same exact products in f32 and differ only in order.
+    // Tolerance for either mode: both sides sum the same exact products in f32 and differ only in order (and, for
+    // neon's BFMMLA/BFDOT, in rounding partial sums to odd: within twice the error, far inside the tolerance).
     test('matmul: small, ragged sizes, f32 and bf16 weights, with and without bias', () => {
       for (const c of smallMatmuls) {
         const out = Tensor.empty('f32', [c.x.dim(0), c.w.dim(0)]);
@@ -449,8 +453,11 @@ describe('NativeBackend checks and configuration', () => {
     assert.equal(info.tiers.includes('avx2'), f.avx2 && f.fma && f.f16c);
     assert.equal(info.tiers.includes('avx512'), info.tiers.includes('avx2') && f.avx512f && f.avx512bw && f.avx512dq && f.avx512vl);
     assert.equal(info.tiers.includes('avx512bf16'), info.tiers.includes('avx512') && f.avx512bf16);
+    // The neon tier needs only Advanced SIMD; BF16 changes which of its builds runs, not whether it is there.
+    assert.equal(info.tiers.includes('neon'), f.neon);
     assert.ok(info.defaultThreads >= 1);
     assert.ok(info.peakKinds.includes('fp32-scalar'));
+    assert.equal(info.peakKinds.includes('fp32-neon'), info.tiers.includes('neon'));
     const a = new NativeBackend({ threads: 3, compute: 'exact' });
     const b = new NativeBackend({ threads: 1, compute: 'exact' });
     assert.equal(a.threads, 3);
@@ -606,11 +613,12 @@ describe('NativeBackend checks and configuration', () => {
 
   const report = 'const b = new m.NativeBackend(); const i = m.nativeInfo(); console.log(JSON.stringify([i.isa, i.compute, b.isa, b.compute]));';
 
-  test('without options a backend gets the best tier, and bf16 compute only where the tier has a bf16 dot instruction', () => {
+  test('without options a backend gets the best tier, and bf16 compute only where the tier multiplies bf16 natively', () => {
     const run = child({ VL3_ISA: undefined, VL3_COMPUTE: undefined }, report);
     assert.equal(run.status, 0, run.stderr);
     const best = info.tiers[info.tiers.length - 1]!;
-    const compute = best === 'avx512bf16' ? 'bf16' : 'exact';
+    // avx512bf16 (vdpbf16ps), and neon where the CPU has BF16 (its BFMMLA/BFDOT build).
+    const compute = best === 'avx512bf16' || (best === 'neon' && info.features.bf16) ? 'bf16' : 'exact';
     assert.deepEqual(JSON.parse(run.stdout), [best, compute, best, compute]);
   });
 

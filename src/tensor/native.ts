@@ -10,7 +10,10 @@ import type { Tensor } from './tensor.js';
 
 export type { ComputeMode } from './backend.js';
 
-/** CPU features the addon detected (x86: CPUID with the OS's register-state checks; aarch64: getauxval). */
+/**
+ * CPU features the addon detected (x86: CPUID with the OS's register-state checks; aarch64: getauxval on Linux,
+ * sysctl on macOS).
+ */
 export interface CpuFeatures {
   avx2: boolean;
   fma: boolean;
@@ -30,13 +33,14 @@ export interface CpuFeatures {
 
 /**
  * A kernel tier: 'scalar' (portable loops), 'avx2' (AVX2+FMA+F16C), 'avx512' (AVX-512 F/BW/DQ/VL), 'avx512bf16'
- * (avx512 whose bf16 compute mode multiplies with vdpbf16ps), 'neon' (aarch64).
+ * (avx512 whose bf16 compute mode multiplies with vdpbf16ps), 'neon' (aarch64 Advanced SIMD; on a CPU with BF16 its
+ * bf16 compute mode multiplies with BFMMLA/BFDOT).
  */
 export type Isa = 'scalar' | 'avx2' | 'avx512' | 'avx512bf16' | 'neon';
 
 
 /** An instruction kind whose peak `peakFlops` measures (GOP/s for the int8 kinds). */
-export type PeakKind = 'fp32-scalar' | 'fp32-ymm' | 'fp32-zmm' | 'bf16-zmm' | 'int8-zmm' | 'int8-ymm';
+export type PeakKind = 'fp32-scalar' | 'fp32-ymm' | 'fp32-zmm' | 'fp32-neon' | 'bf16-zmm' | 'int8-zmm' | 'int8-ymm';
 
 export interface NativeInfo {
   features: CpuFeatures;
@@ -44,7 +48,7 @@ export interface NativeInfo {
   tiers: Isa[];
   /** The tier a NativeBackend gets without an `isa` option: $VL3_ISA, else the best of `tiers`. */
   isa: Isa;
-  /** The compute mode it gets without a `compute` option: $VL3_COMPUTE, else 'bf16' on a tier with a bf16 dot instruction. */
+  /** The compute mode it gets without a `compute` option: $VL3_COMPUTE, else 'bf16' where the tier multiplies bf16 natively. */
   compute: ComputeMode;
   /** Cores available to this process: a backend's default thread count. */
   defaultThreads: number;
@@ -59,7 +63,10 @@ export interface NativeBackendOptions {
   threads?: number;
   /** Kernel tier; default $VL3_ISA, else the best this CPU supports. A tier the CPU lacks is an error. */
   isa?: Isa;
-  /** Default $VL3_COMPUTE, else 'bf16' where the tier has a bf16 dot instruction (avx512bf16), 'exact' elsewhere. */
+  /**
+   * Default $VL3_COMPUTE, else 'bf16' where the tier multiplies bf16 natively (avx512bf16, and neon on a CPU with
+   * BF16), 'exact' elsewhere.
+   */
   compute?: ComputeMode;
 }
 
@@ -184,7 +191,7 @@ export function peakFlops(threads: number, seconds = 0.5, kind?: PeakKind): numb
   checkPositiveInt('peakFlops', 'threads', threads);
   const a = native();
   const kinds = a.peakKinds();
-  const k = kind ?? (['fp32-zmm', 'fp32-ymm', 'fp32-scalar'] as const).find((f) => kinds.includes(f))!;
+  const k = kind ?? (['fp32-zmm', 'fp32-ymm', 'fp32-neon', 'fp32-scalar'] as const).find((f) => kinds.includes(f))!;
   if (!kinds.includes(k)) throw new Error(`peakFlops: kind '${k}' is not available on this CPU (available: ${kinds.join(', ')})`);
   return a.peakFlops(k, threads, seconds);
 }
