@@ -1,8 +1,9 @@
-// `npm run bench [-- --json] [-- --skip-llm] [-- --skip-server] [-- --model DIR]`: kernel and model throughput beside the machine's
-// limits measured in the same run (FMA-bound peak FLOP/s, DRAM read bandwidth) and a peer where there is one.
+// `npm run bench [-- --json] [-- --skip-llm] [-- --skip-server] [-- --skip-peers] [-- --peers-only] [-- --peer-threads 1,2] [-- --model DIR]`:
+// kernel and model throughput beside the machine's limits measured in the same run (FMA-bound peak FLOP/s, DRAM read
+// bandwidth) and beside peers measured in the same run (llama.cpp through node-llama-cpp, PyTorch), each optional.
 import { execFileSync } from 'node:child_process';
 import { copyFileSync, existsSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { loadavg, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { TOKENIZER_FILES, writeRandomCheckpoint } from '../src/model/random-checkpoint.js';
@@ -15,10 +16,15 @@ import { measureResize } from './resize.js';
 import { makeBenchClip, measureVideoDecodeFigures } from './video.js';
 import type { VideoModelFigures } from './video-model.js';
 import { percent, round } from './stats.js';
+import { measurePeers, printPeers, type PeersFigures } from './peers.js';
 
 const args = process.argv.slice(2);
 const json = args.includes('--json');
 const skipLlm = args.includes('--skip-llm');
+// Limits, kernels, our LLM figures and the peers beside them, nothing else: for iterating on the comparison.
+const peersOnly = args.includes('--peers-only');
+const skipPeers = args.includes('--skip-peers');
+const peerThreadsFlag = args.indexOf('--peer-threads');
 const modelFlag = args.indexOf('--model');
 const modelDir = modelFlag >= 0 ? args[modelFlag + 1]! : (process.env.VL3_BENCH_MODEL ?? join(tmpdir(), 'vl3-bench-2b-random'));
 const log = (line: string) => {
@@ -27,8 +33,12 @@ const log = (line: string) => {
 
 const allThreads = nativeInfo().defaultThreads;
 const threadCounts = [...new Set([1, allThreads])];
+// Peers run on all threads unless told otherwise: each of their configurations costs about a minute per thread count.
+const peerThreads = peerThreadsFlag >= 0 ? args[peerThreadsFlag + 1]!.split(',').map(Number) : [allThreads];
 
 log(`# videollama3 benchmarks (${new Date().toISOString()})`);
+// Every figure is a share of two cores: other work running now shows up in every line, so say so up front.
+if (loadavg()[0]! > 0.5) log(`warning: 1-minute load average ${round(loadavg()[0]!, 2)} before the run; figures will read low`);
 const limits = measureLimits(threadCounts);
 log(`cpu: kernel ${limits.cpu.kernel}, avx2 ${limits.cpu.avx2}, fma ${limits.cpu.fma}, avx512f ${limits.cpu.avx512f}, threads ${threadCounts.join('/')}`);
 for (const n of threadCounts) log(`limit, ${n} thread(s): peak ${limits.peakGflops[n]} GFLOP/s (FMA-bound), read bandwidth ${limits.readGBs[n]} GB/s`);
@@ -59,7 +69,7 @@ if (!skipLlm) {
   } else if (haveTokenizer && !existsSync(join(modelDir, 'tokenizer.json'))) {
     for (const name of TOKENIZER_FILES) if (existsSync(join(tokenizerFrom, name))) copyFileSync(join(tokenizerFrom, name), join(modelDir, name));
   }
-  llm = threadCounts.map((n) => {
+  llm = (peersOnly ? peerThreads : threadCounts).map((n) => {
     const figures = child<LlmFigures>('llm', modelDir, String(n));
     const bound = limits.readGBs[n]! * 1e9 / figures.weightBytesPerToken;
     return { ...figures, decodeBoundTokensPerSecond: round(bound, 2), decodePercentOfBound: percent(figures.decode.tokensPerSecond, bound) };
@@ -72,8 +82,16 @@ if (!skipLlm) {
   }
 }
 
+// Peers in the same run, beside our prefill and decode: llama.cpp on GGUFs of the same checkpoint, PyTorch eager.
+let peers: PeersFigures | undefined;
+if (!skipPeers) {
+  log('peers:');
+  peers = measurePeers({ modelDir: skipLlm ? undefined : modelDir, threadCounts, peerThreads, log: (line) => log(`  ${line}`), child });
+  printPeers(peers, llm, kernels, limits, skipLlm ? undefined : modelDir, log);
+}
+
 let vision: VisionFigures[] | undefined;
-if (!skipLlm) {
+if (!skipLlm && !peersOnly) {
   vision = threadCounts.map((n) => child<VisionFigures>('vision', modelDir, String(n)));
   for (const f of vision) {
     for (const image of f.images) {
@@ -88,9 +106,9 @@ if (!skipLlm) {
   }
 }
 
-const resize = measureResize(threadCounts);
-for (const n of threadCounts) {
-  log(`resize ${resize.source.width}x${resize.source.height} (12 MP) to ${resize.target.width}x${resize.target.height}, Pillow-exact bicubic, ${n} thread(s): ${resize.ms[n]} ms (${resize.megapixelsPerSecond[n]} MP/s)`);
+const resize = peersOnly ? undefined : measureResize(threadCounts);
+for (const n of resize ? threadCounts : []) {
+  log(`resize ${resize!.source.width}x${resize!.source.height} (12 MP) to ${resize!.target.width}x${resize!.target.height}, Pillow-exact bicubic, ${n} thread(s): ${resize!.ms[n]} ms (${resize!.megapixelsPerSecond[n]} MP/s)`);
 }
 
 // Video: a generated 3-minute 1280x720 30 fps H.264 clip (needs ffmpeg), decoded and sampled to 180 frames, then one
@@ -98,7 +116,7 @@ for (const n of threadCounts) {
 const clip = process.env.VL3_BENCH_CLIP ?? join(tmpdir(), 'vl3-bench-720p-3min.mp4');
 let videoDecode: Awaited<ReturnType<typeof measureVideoDecodeFigures>> | undefined;
 let video: (VideoModelFigures & { memoryBudgetBytes: number }) | undefined;
-try {
+if (!peersOnly) try {
   await makeBenchClip(clip);
   videoDecode = await measureVideoDecodeFigures(clip);
   log(`video decode + sample 180 frames of a 3-min 1280x720 30 fps H.264 clip: ${videoDecode.seconds} s (median of ${videoDecode.runs.length})`);
@@ -116,7 +134,7 @@ if (videoDecode && !skipLlm) {
 
 // Serving: `vl3 serve` in its own process, 1/4/16 concurrent streaming clients asking about a 448×448 image.
 let server: ServerFigures | undefined;
-if (!skipLlm && !args.includes('--skip-server')) {
+if (!skipLlm && !peersOnly && !args.includes('--skip-server')) {
   server = child<ServerFigures>('server', modelDir);
   const single = vision?.find((f) => f.threads === allThreads)?.timeToFirstToken;
   log(`server (2b random weights, ${server.promptTokens}-token prompt, ${server.maxTokens} tokens per answer, ${round(server.gflopPerRequest)} GFLOP per request ` +
@@ -129,6 +147,6 @@ if (!skipLlm && !args.includes('--skip-server')) {
 }
 
 if (json) {
-  const figures = { date: new Date().toISOString(), threads: threadCounts, limits, kernels, llm, vision, resize, videoDecode, video, server };
+  const figures = { date: new Date().toISOString(), threads: threadCounts, limits, kernels, llm, peers, vision, resize, videoDecode, video, server };
   process.stdout.write(JSON.stringify(figures) + '\n');
 }
