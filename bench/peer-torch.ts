@@ -78,7 +78,8 @@ export function measureTorch(threadCounts: number[], modelDir: string | undefine
     const r = spawnSync(python, argv, { encoding: 'utf8', env, maxBuffer: 64 * 2 ** 20, stdio: ['ignore', 'pipe', 'pipe'] });
     for (const line of (r.stderr ?? '').split('\n')) if (line.trim()) log(`  ${line}`);
     if (r.status !== 0) {
-      report.skipped = `${python} ${script} failed with ${r.error?.message ?? `exit ${r.status}`}`;
+      const why = r.error?.message ?? (r.signal ? `signal ${r.signal}` : `exit ${r.status}`);
+      report.skipped = `${python} ${script} failed (${why}): ${(r.stderr ?? '').trim().split('\n').pop() ?? ''}`;
       return report;
     }
     last = JSON.parse(r.stdout.trim().split('\n').pop()!) as ScriptOutput;
