@@ -434,7 +434,7 @@ interface TokenizerJson {
 
 /**
  * The tokenizer as llama.cpp's `gpt2` (byte-level BPE) vocabulary, padded to the embedding's row count: the model has
- * 151936 rows but the tokenizer names 151665 + added tokens, and llama.cpp wants one token per row, so the rows no
+ * 151936 rows but the tokenizer names 151668 tokens (151643 + 25 added), and llama.cpp wants one token per row, so the rows no
  * token uses get placeholder names ("[PAD<id>]", user-defined), as llama.cpp's own converter does for Qwen2.
  */
 export function qwen2Vocabulary(checkpointDir: string, rows: number, config: Pick<VideoLlama3Config, 'bosTokenId'>) {
