@@ -1,15 +1,20 @@
 // LLM throughput on one checkpoint, run as its own process so that its peak resident memory is the model's alone.
-// Usage: node dist/bench/llm.js <checkpoint-dir> <threads>   (prints one JSON object)
+// Usage: node dist/bench/llm.js <checkpoint-dir> <threads> [exact|bf16]   (prints one JSON object; default: the fastest mode)
 import { generateTokens } from '../src/engine/generate.js';
 import { Rng } from '../src/engine/rng.js';
 import { loadCheckpoint } from '../src/model/checkpoint.js';
 import { Qwen2Model } from '../src/model/qwen2.js';
-import { createBackend } from '../src/tensor/index.js';
+import { type ComputeMode, createBackend } from '../src/tensor/index.js';
+import type { NativeBackend } from '../src/tensor/native.js';
 import { median, round } from './stats.js';
 
 export interface LlmFigures {
   threads: number;
+  compute: ComputeMode;
+  isa: string;
   loadSeconds: number;
+  /** Weights of every decoder layer's matmuls (q, k, v, o, gate, up, down): a prefill token costs twice this in FLOPs. */
+  decoderMatmulParams: number;
   /** Bytes of LLM weights one decode step reads: every decoder layer, the final norm and the LM head. */
   weightBytesPerToken: number;
   prefill: { tokens: number; seconds: number; tokensPerSecond: number };
@@ -33,12 +38,12 @@ async function run(model: Qwen2Model, promptLength: number, newTokens: number, s
 }
 
 async function main(): Promise<void> {
-  const [dir, threadsArg] = process.argv.slice(2);
-  if (!dir) throw new Error('usage: llm.js <checkpoint-dir> [threads]');
+  const [dir, threadsArg, computeArg] = process.argv.slice(2);
+  if (!dir) throw new Error('usage: llm.js <checkpoint-dir> [threads] [exact|bf16]');
   const threads = Number(threadsArg ?? 0) || undefined;
   const t0 = performance.now();
   const checkpoint = loadCheckpoint(dir);
-  const backend = createBackend('native', { threads });
+  const backend = createBackend('native', { threads, compute: computeArg as ComputeMode | undefined }) as NativeBackend;
   const model = new Qwen2Model(checkpoint.config, checkpoint.weights, backend);
   const loadSeconds = (performance.now() - t0) / 1000;
 
@@ -61,7 +66,10 @@ async function main(): Promise<void> {
 
   const figures: LlmFigures = {
     threads: backend.threads,
+    compute: backend.compute,
+    isa: backend.isa,
     loadSeconds: round(loadSeconds, 2),
+    decoderMatmulParams: c.numHiddenLayers * layerParams,
     weightBytesPerToken,
     prefill: { tokens: 1024, seconds: round(prefillSeconds, 2), tokensPerSecond: round(1024 / prefillSeconds) },
     decode: { promptTokens: 256, tokens: 64, seconds: round(decodeSeconds, 2), tokensPerSecond: round(64 / decodeSeconds, 2) },

@@ -1,14 +1,16 @@
-// `npm run bench [-- --json] [-- --skip-llm] [-- --skip-server] [-- --model DIR]`: kernel and model throughput beside the machine's
-// limits measured in the same run (peak of each instruction kind, DRAM read bandwidth) and a peer where there is one.
+// `npm run bench [-- --json] [-- --skip-llm] [-- --skip-server] [-- --skip-peers] [-- --peers-only] [-- --peer-threads 1,2] [-- --model DIR]`:
+// kernel and model throughput beside the machine's limits measured in the same run (peak of each instruction kind, DRAM
+// read bandwidth) and beside peers measured in the same run (llama.cpp through node-llama-cpp, PyTorch), each optional.
 // Kernels run on every tier the CPU has, matmuls in both compute modes; models run as createBackend makes them.
 import { execFileSync } from 'node:child_process';
 import { copyFileSync, existsSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { loadavg, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { TOKENIZER_FILES, writeRandomCheckpoint } from '../src/model/random-checkpoint.js';
 import { nativeInfo } from '../src/tensor/native.js';
-import { measureKernels, measureLimits } from './kernels.js';
+import { limitOf, measureKernels, measureLimits } from './kernels.js';
+import type { ComputeMode, Isa } from '../src/tensor/native.js';
 import type { LlmFigures } from './llm.js';
 import type { ServerFigures } from './server.js';
 import type { VisionFigures } from './vision.js';
@@ -16,10 +18,15 @@ import { measureResize } from './resize.js';
 import { makeBenchClip, measureVideoDecodeFigures } from './video.js';
 import type { VideoModelFigures } from './video-model.js';
 import { percent, round } from './stats.js';
+import { measurePeers, printPeers, type PeersFigures } from './peers.js';
 
 const args = process.argv.slice(2);
 const json = args.includes('--json');
 const skipLlm = args.includes('--skip-llm');
+// Limits, kernels, our LLM figures and the peers beside them, nothing else: for iterating on the comparison.
+const peersOnly = args.includes('--peers-only');
+const skipPeers = args.includes('--skip-peers');
+const peerThreadsFlag = args.indexOf('--peer-threads');
 const modelFlag = args.indexOf('--model');
 const modelDir = modelFlag >= 0 ? args[modelFlag + 1]! : (process.env.VL3_BENCH_MODEL ?? join(tmpdir(), 'vl3-bench-2b-random'));
 const log = (line: string) => {
@@ -28,11 +35,15 @@ const log = (line: string) => {
 
 const allThreads = nativeInfo().defaultThreads;
 const threadCounts = [...new Set([1, allThreads])];
+// Peers run on all threads unless told otherwise: each of their configurations costs about a minute per thread count.
+const peerThreads = peerThreadsFlag >= 0 ? args[peerThreadsFlag + 1]!.split(',').map(Number) : [allThreads];
 
 log(`# videollama3 benchmarks (${new Date().toISOString()})`);
+// Every figure is a share of two cores: other work running now shows up in every line, so say so up front.
+if (loadavg()[0]! > 0.5) log(`warning: 1-minute load average ${round(loadavg()[0]!, 2)} before the run; figures will read low`);
 const limits = measureLimits(threadCounts);
 const cpu = limits.cpu;
-log(`cpu: tiers ${cpu.tiers.join('/')} (models run ${cpu.isa}, ${process.env['VL3_COMPUTE'] ?? 'exact'} compute), features ${Object.entries(cpu.features).filter(([, on]) => on).map(([f]) => f).join(' ')}`);
+log(`cpu: tiers ${cpu.tiers.join('/')} (models run ${cpu.isa} by default, ${cpu.compute} compute; below in both modes), features ${Object.entries(cpu.features).filter(([, on]) => on).map(([f]) => f).join(' ')}`);
 for (const n of threadCounts) {
   const peaks = Object.entries(limits.peaks).map(([kind, r]) => `${kind} ${r[n]}`).join(', ');
   log(`limit, ${n} thread(s): peak ${peaks} GFLOP/s (GOP/s for int8); read bandwidth ${limits.readGBs[n]} GB/s`);
@@ -56,7 +67,16 @@ function child<T>(name: string, ...argv: string[]): T {
   return JSON.parse(execFileSync(process.execPath, [script, ...argv], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] })) as T;
 }
 
-let llm: (LlmFigures & { decodeBoundTokensPerSecond: number; decodePercentOfBound: number })[] | undefined;
+// The models run in both compute modes, the default (fastest) one first; each figure is set against its mode's peak.
+const modes: ComputeMode[] = cpu.compute === 'bf16' ? ['bf16', 'exact'] : ['exact', 'bf16'];
+/** The peak, on `threads` threads, of the instruction kind a model's matmuls use on this tier in this mode. */
+const modePeak = (isa: string, compute: ComputeMode, threads: number) => {
+  const kind = limitOf(isa as Isa, compute);
+  return { kind, gflops: limits.peaks[kind]![threads]! };
+};
+
+type LlmRun = LlmFigures & { prefillGflops: number; prefillPercentOfPeak: number; peakKind: string; decodeBoundTokensPerSecond: number; decodePercentOfBound: number };
+let llm: LlmRun[] | undefined;
 if (!skipLlm) {
   // The tokenizer is only needed for the end-to-end figure (time to first token); the fixtures carry the real one.
   const tokenizerFrom = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..', 'shared', 'fixtures', 'checkpoint', 'VideoLLaMA3-2B-tiny-random');
@@ -67,38 +87,54 @@ if (!skipLlm) {
   } else if (haveTokenizer && !existsSync(join(modelDir, 'tokenizer.json'))) {
     for (const name of TOKENIZER_FILES) if (existsSync(join(tokenizerFrom, name))) copyFileSync(join(tokenizerFrom, name), join(modelDir, name));
   }
-  llm = threadCounts.map((n) => {
-    const figures = child<LlmFigures>('llm', modelDir, String(n));
+  llm = modes.flatMap((compute) => (peersOnly ? peerThreads : threadCounts).map((n) => {
+    const figures = child<LlmFigures>('llm', modelDir, String(n), compute);
     const bound = limits.readGBs[n]! * 1e9 / figures.weightBytesPerToken;
-    return { ...figures, decodeBoundTokensPerSecond: round(bound, 2), decodePercentOfBound: percent(figures.decode.tokensPerSecond, bound) };
-  });
+    const peak = modePeak(figures.isa, figures.compute, n);
+    // Prefill FLOPs: the decoder layers' matmuls (the attention scores add under 2 % at 1024 tokens; no LM head but the last row's).
+    const prefillGflops = round((2 * figures.decoderMatmulParams * figures.prefill.tokensPerSecond) / 1e9);
+    return {
+      ...figures, prefillGflops, prefillPercentOfPeak: percent(prefillGflops, peak.gflops), peakKind: peak.kind,
+      decodeBoundTokensPerSecond: round(bound, 2), decodePercentOfBound: percent(figures.decode.tokensPerSecond, bound),
+    };
+  }));
   for (const f of llm) {
-    log(`LLM 2b (random weights), ${f.threads} thread(s): prefill ${f.prefill.tokensPerSecond} tokens/s (1024-token prompt); ` +
+    log(`LLM 2b (random weights), ${f.isa} ${f.compute}, ${f.threads} thread(s): prefill ${f.prefill.tokensPerSecond} tokens/s (1024-token prompt) ` +
+      `= ${f.prefillGflops} GFLOP/s = ${f.prefillPercentOfPeak}% of the ${f.peakKind} peak; ` +
       `decode ${f.decode.tokensPerSecond} tokens/s (64 after 256) = ${f.decodePercentOfBound}% of the bandwidth bound ` +
       `${f.decodeBoundTokensPerSecond} tokens/s (${round(f.weightBytesPerToken / 1e9, 2)} GB read per token); ` +
       `peak RSS ${round(f.peakRssBytes / 2 ** 30, 2)} GiB; load ${f.loadSeconds} s`);
   }
 }
 
+// Peers in the same run, beside our prefill and decode: llama.cpp on GGUFs of the same checkpoint, PyTorch eager.
+let peers: PeersFigures | undefined;
+if (!skipPeers) {
+  log('peers:');
+  peers = measurePeers({ modelDir: skipLlm ? undefined : modelDir, threadCounts, peerThreads, log: (line) => log(`  ${line}`), child });
+  printPeers(peers, llm, kernels, limits, skipLlm ? undefined : modelDir, log);
+}
+
 let vision: VisionFigures[] | undefined;
-if (!skipLlm) {
-  vision = threadCounts.map((n) => child<VisionFigures>('vision', modelDir, String(n)));
+if (!skipLlm && !peersOnly) {
+  vision = modes.flatMap((compute) => threadCounts.map((n) => child<VisionFigures>('vision', modelDir, String(n), compute)));
   for (const f of vision) {
+    const peak = modePeak(f.isa, f.compute, f.threads);
     for (const image of f.images) {
-      log(`vision encoder + projector, one ${image.label} image (${image.patches} patches), ${f.threads} thread(s): ` +
-        `${image.seconds} s, ${image.gflops} GFLOP/s = ${percent(image.gflops, limits.peakGflops[f.threads]!)}% of peak (${image.gflop} GFLOP)`);
+      log(`vision encoder + projector, one ${image.label} image (${image.patches} patches), ${f.isa} ${f.compute}, ${f.threads} thread(s): ` +
+        `${image.seconds} s, ${image.gflops} GFLOP/s = ${percent(image.gflops, peak.gflops)}% of the ${peak.kind} peak (${image.gflop} GFLOP)`);
     }
     if (f.timeToFirstToken) {
       const t = f.timeToFirstToken;
-      log(`time to first token, "${t.question}" with one 448x448 PNG, ${f.threads} thread(s): ${t.seconds} s ` +
+      log(`time to first token, "${t.question}" with one 448x448 PNG, ${f.isa} ${f.compute}, ${f.threads} thread(s): ${t.seconds} s ` +
         `(${t.promptTokens} prompt tokens of which ${t.visualTokens} visual; prefill ${t.prefillSeconds} s)`);
     }
   }
 }
 
-const resize = measureResize(threadCounts);
-for (const n of threadCounts) {
-  log(`resize ${resize.source.width}x${resize.source.height} (12 MP) to ${resize.target.width}x${resize.target.height}, Pillow-exact bicubic, ${n} thread(s): ${resize.ms[n]} ms (${resize.megapixelsPerSecond[n]} MP/s)`);
+const resize = peersOnly ? undefined : measureResize(threadCounts);
+for (const n of resize ? threadCounts : []) {
+  log(`resize ${resize!.source.width}x${resize!.source.height} (12 MP) to ${resize!.target.width}x${resize!.target.height}, Pillow-exact bicubic, ${n} thread(s): ${resize!.ms[n]} ms (${resize!.megapixelsPerSecond[n]} MP/s)`);
 }
 
 // Video: a generated 3-minute 1280x720 30 fps H.264 clip (needs ffmpeg), decoded and sampled to 180 frames, then one
@@ -106,7 +142,7 @@ for (const n of threadCounts) {
 const clip = process.env.VL3_BENCH_CLIP ?? join(tmpdir(), 'vl3-bench-720p-3min.mp4');
 let videoDecode: Awaited<ReturnType<typeof measureVideoDecodeFigures>> | undefined;
 let video: (VideoModelFigures & { memoryBudgetBytes: number }) | undefined;
-try {
+if (!peersOnly) try {
   await makeBenchClip(clip);
   videoDecode = await measureVideoDecodeFigures(clip);
   log(`video decode + sample 180 frames of a 3-min 1280x720 30 fps H.264 clip: ${videoDecode.seconds} s (median of ${videoDecode.runs.length})`);
@@ -124,9 +160,9 @@ if (videoDecode && !skipLlm) {
 
 // Serving: `vl3 serve` in its own process, 1/4/16 concurrent streaming clients asking about a 448×448 image.
 let server: ServerFigures | undefined;
-if (!skipLlm && !args.includes('--skip-server')) {
+if (!skipLlm && !peersOnly && !args.includes('--skip-server')) {
   server = child<ServerFigures>('server', modelDir);
-  const single = vision?.find((f) => f.threads === allThreads)?.timeToFirstToken;
+  const single = vision?.find((f) => f.threads === allThreads && f.compute === cpu.compute)?.timeToFirstToken;
   log(`server (2b random weights, ${server.promptTokens}-token prompt, ${server.maxTokens} tokens per answer, ${round(server.gflopPerRequest)} GFLOP per request ` +
     `= ${server.requestsPerMinuteAtPeak} requests/min at the ${server.peakGflops} GFLOP/s peak; library alone, same request: ${single ? `${single.seconds} s to first token` : 'not measured'}):`);
   for (const r of server.runs) {
@@ -137,6 +173,6 @@ if (!skipLlm && !args.includes('--skip-server')) {
 }
 
 if (json) {
-  const figures = { date: new Date().toISOString(), threads: threadCounts, limits, kernels, llm, vision, resize, videoDecode, video, server };
+  const figures = { date: new Date().toISOString(), threads: threadCounts, limits, kernels, llm, peers, vision, resize, videoDecode, video, server };
   process.stdout.write(JSON.stringify(figures) + '\n');
 }

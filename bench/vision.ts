@@ -1,5 +1,5 @@
 // Vision encoder + projector throughput on one checkpoint, run as its own process (peak memory is its own).
-// Usage: node dist/bench/vision.js <checkpoint-dir> <threads>   (prints one JSON object)
+// Usage: node dist/bench/vision.js <checkpoint-dir> <threads> [exact|bf16]   (prints one JSON object; default: the fastest mode)
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { VideoLLaMA3, type ChatResult } from '../src/api/videollama3.js';
@@ -7,7 +7,7 @@ import { loadCheckpoint } from '../src/model/checkpoint.js';
 import type { Message } from '../src/processing/conversation.js';
 import { VideoLLaMA3Model } from '../src/model/videollama3.js';
 import type { VisualGrid } from '../src/model/vision-rope.js';
-import { createBackend } from '../src/tensor/index.js';
+import { type ComputeMode, createBackend } from '../src/tensor/index.js';
 import { Tensor } from '../src/tensor/tensor.js';
 import { visionDims, visionFlops } from './flops.js';
 import { benchImageDataUrl } from './image.js';
@@ -15,6 +15,8 @@ import { round } from './stats.js';
 
 export interface VisionFigures {
   threads: number;
+  compute: ComputeMode;
+  isa: string;
   images: { label: string; patches: number; seconds: number; gflop: number; gflops: number }[];
   /** End to end through the public API (decode, resize, encode, prefill); absent without tokenizer files. */
   timeToFirstToken?: { question: string; seconds: number; promptTokens: number; visualTokens: number; prefillSeconds: number };
@@ -42,12 +44,13 @@ async function timeToFirstToken(model: VideoLLaMA3): Promise<VisionFigures['time
 }
 
 async function main(): Promise<void> {
-  const [dir, threadsArg] = process.argv.slice(2);
-  if (!dir) throw new Error('usage: vision.js <checkpoint-dir> [threads]');
+  const [dir, threadsArg, computeArg] = process.argv.slice(2);
+  if (!dir) throw new Error('usage: vision.js <checkpoint-dir> [threads] [exact|bf16]');
   const threads = Number(threadsArg ?? 0) || undefined;
+  const compute = computeArg as ComputeMode | undefined;
   // With tokenizer files the public API is measured end to end too; the encoder timings then use its model.
-  const api = existsSync(join(dir, 'tokenizer.json')) ? await VideoLLaMA3.load(dir, { threads }) : undefined;
-  const model = api?.model ?? new VideoLLaMA3Model(loadCheckpoint(dir), createBackend('native', { threads }));
+  const api = existsSync(join(dir, 'tokenizer.json')) ? await VideoLLaMA3.load(dir, { threads, compute }) : undefined;
+  const model = api?.model ?? new VideoLLaMA3Model(loadCheckpoint(dir), createBackend('native', { threads, compute }));
   const { checkpoint, backend } = model;
   const dims = visionDims(checkpoint.config);
 
@@ -67,7 +70,7 @@ async function main(): Promise<void> {
     const gflop = visionFlops(n, n, dims) / 1e9;
     return { label, patches: n, seconds: round(seconds, 2), gflop: round(gflop), gflops: round(gflop / seconds) };
   });
-  const figures: VisionFigures = { threads: backend.threads, images, timeToFirstToken: api && (await timeToFirstToken(api)) };
+  const figures: VisionFigures = { threads: backend.threads, compute: backend.compute, isa: 'isa' in backend ? String(backend.isa) : backend.name, images, timeToFirstToken: api && (await timeToFirstToken(api)) };
   process.stdout.write(JSON.stringify(figures) + '\n');
 }
 
