@@ -54,7 +54,8 @@ int availableCores();
 
 // A per-thread, per-slot scratch buffer of the current pool, at least `bytes`, 64-byte aligned, kept between calls
 // (contents are unspecified). Only thread `tid` may use its slots while a pool job runs.
-enum ScratchSlot { kSlotA = 0, kSlotB, kSlotC, kSlotD, kSlotE, kSlotShared, kSlotCount };
+// kSlotShared and kSlotPackedA are the caller's (tid 0) buffers that every task of one job reads.
+enum ScratchSlot { kSlotA = 0, kSlotB, kSlotC, kSlotD, kSlotE, kSlotShared, kSlotPackedA, kSlotCount };
 void* scratch(int tid, int slot, size_t bytes);
 
 template <class F>

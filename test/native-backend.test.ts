@@ -121,6 +121,8 @@ function matmulCase(M: number, N: number, K: number, wType: 'f32' | 'bf16', bias
   return { name: `M=${M} N=${N} K=${K} w=${wType} bias=${biasType}`, x, w, bias, expected, K };
 }
 
+const superBlockMatmul = memo(() => matmulCase(4200, 19, 4099, 'bf16', 'f32'));
+
 const smallMatmuls: MatmulCase[] = [];
 {
   const biases = ['none', 'f32', 'bf16'] as const;
@@ -235,6 +237,15 @@ for (const { isa, mode, threads } of configs) {
         native.matmul(c.x, c.w, c.bias, out);
         assertClose(out.data, c.expected[mode](), `matmul ${c.name}`, 1e-5, 1e-6 * c.K);
       }
+    });
+
+    // The GEMM packs x once per super-block of rows whose packed form fits 32 MiB: 4200×4099 is three such blocks in
+    // f32 and two in bf16.
+    test('matmul: x larger than one shared packed block', { skip: threads === 1 }, () => {
+      const c = superBlockMatmul();
+      const out = Tensor.empty('f32', [c.x.dim(0), c.w.dim(0)]);
+      native.matmul(c.x, c.w, c.bias, out);
+      assertClose(out.data, c.expected[mode](), `matmul ${c.name}`, 1e-5, 1e-6 * c.K);
     });
 
     test('matmul: leading dimensions of x are kept', () => {
