@@ -164,7 +164,7 @@ if (!skipLlm && !peersOnly && !args.includes('--skip-server')) {
   server = child<ServerFigures>('server', modelDir);
   const single = vision?.find((f) => f.threads === allThreads && f.compute === cpu.compute)?.timeToFirstToken;
   log(`server (2b random weights, ${server.promptTokens}-token prompt, ${server.maxTokens} tokens per answer, ${round(server.gflopPerRequest)} GFLOP per request ` +
-    `= ${server.requestsPerMinuteAtPeak} requests/min at the ${server.peakGflops} GFLOP/s peak; library alone, same request: ${single ? `${single.seconds} s to first token` : 'not measured'}):`);
+    `= ${server.requestsPerMinuteAtPeak} requests/min at the ${server.peakGflops} GFLOP/s ${server.peakKind} peak; library alone, same request: ${single ? `${single.seconds} s to first token` : 'not measured'}):`);
   for (const r of server.runs) {
     log(`  ${r.clients} client(s): ${r.requestsPerMinute} requests/min (${percent(r.requestsPerMinute, server.requestsPerMinuteAtPeak)}% of the peak bound), ` +
       `time to first token median ${r.ttftMedianSeconds} s, p95 ${r.ttftP95Seconds} s (${r.requests} requests in ${r.seconds} s)`);

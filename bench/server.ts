@@ -9,6 +9,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { readModelConfig } from '../src/model/config.js';
 import { nativeInfo, peakFlops } from '../src/tensor/native.js';
+import { limitOf } from './kernels.js';
 import { prefillFlops, visionDims, visionFlops } from './flops.js';
 import { benchImageDataUrl } from './image.js';
 import { median, round } from './stats.js';
@@ -19,6 +20,7 @@ export interface ServerFigures {
   /** Work of one request's vision encoding and prefill, and the requests per minute it allows at the machine's peak. */
   gflopPerRequest: number;
   peakGflops: number;
+  peakKind: string;
   requestsPerMinuteAtPeak: number;
   runs: { clients: number; requests: number; seconds: number; requestsPerMinute: number; ttftMedianSeconds: number; ttftP95Seconds: number }[];
   peakRssBytes: number;
@@ -64,9 +66,12 @@ async function main(): Promise<void> {
   const [dir, clientsArg] = process.argv.slice(2);
   if (!dir) throw new Error('usage: server.js <checkpoint-dir> [clients,...]');
   const clientCounts = (clientsArg ?? '1,4,16').split(',').map(Number);
-  // The machine's FMA peak on all threads, measured before the server starts competing for them.
-  const threads = nativeInfo().defaultThreads;
-  const peak = Math.max(peakFlops(threads, 0.4), peakFlops(threads, 0.4), peakFlops(threads, 0.4));
+  // The peak, on all threads, of what the server's matmuls run on (its default tier and compute mode), measured before
+  // the server starts competing for the cores.
+  const info = nativeInfo();
+  const threads = info.defaultThreads;
+  const peakKind = limitOf(info.isa, info.compute);
+  const peak = Math.max(...[0, 1, 2].map(() => peakFlops(threads, 0.4, peakKind)));
   const vl3 = join(dirname(fileURLToPath(import.meta.url)), '..', 'src', 'cli', 'vl3.js');
   const server = spawn(process.execPath, [vl3, 'serve', '--model', dir, '--port', '0', '--served-model-name', 'bench', '--max-queued-requests', '64'], { stdio: ['ignore', 'ignore', 'pipe'] });
   const url = await new Promise<string>((resolve, reject) => {
@@ -119,6 +124,7 @@ async function main(): Promise<void> {
       promptTokens,
       gflopPerRequest: round(gflop),
       peakGflops: round(peak),
+      peakKind,
       requestsPerMinuteAtPeak: round((60 * peak) / gflop, 2),
       runs,
       peakRssBytes,
