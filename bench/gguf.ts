@@ -11,7 +11,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { readModelConfig, type VideoLlama3Config } from '../src/model/config.js';
-import { SafetensorsCheckpoint } from '../src/model/safetensors.js';
+import { SafetensorsCheckpoint, writeFileAtomically } from '../src/model/safetensors.js';
 import { decoderWeights } from '../src/model/weight-names.js';
 
 export const GGUF_MAGIC = 0x46554747; // the bytes "GGUF" read as a little-endian u32
@@ -385,35 +385,23 @@ export function encodeGgufHeader(
   return { header: w.result(), alignment, sizes, offsets };
 }
 
-function writeFully(fd: number, bytes: Uint8Array): void {
-  for (let done = 0; done < bytes.length; ) done += fs.writeSync(fd, bytes, done, Math.min(bytes.length - done, 1 << 30));
-}
-
 /** Writes a GGUF file, streaming each tensor; it appears under its name only once complete. */
 export function writeGguf(file: string, metadata: ReadonlyMap<string, GgufValue>, tensors: readonly GgufTensor[]): void {
   const { header, alignment, sizes } = encodeGgufHeader(metadata, tensors);
-  const partial = `${file}.partial-${process.pid}`;
-  const fd = fs.openSync(partial, 'w');
-  try {
-    writeFully(fd, header);
+  writeFileAtomically(file, (write) => {
+    write(header);
     const padding = new Uint8Array(alignment);
     tensors.forEach((t, i) => {
       let written = 0;
       t.produce((chunk) => {
         written += chunk.length;
         if (written > sizes[i]!) throw new Error(`gguf ${file}: tensor "${t.name}" produced more than ${sizes[i]} bytes`);
-        writeFully(fd, chunk);
+        write(chunk);
       });
       if (written !== sizes[i]) throw new Error(`gguf ${file}: tensor "${t.name}" produced ${written} bytes, expected ${sizes[i]}`);
-      if (i < tensors.length - 1) writeFully(fd, padding.subarray(0, alignUp(written, alignment) - written));
+      if (i < tensors.length - 1) write(padding.subarray(0, alignUp(written, alignment) - written));
     });
-    fs.closeSync(fd);
-  } catch (err) {
-    fs.closeSync(fd);
-    fs.rmSync(partial, { force: true });
-    throw err;
-  }
-  fs.renameSync(partial, file);
+  });
 }
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -402,10 +402,8 @@ export function writeSafetensorsFrom(
   metadata?: Record<string, string>,
 ): void {
   const { bytes, order } = encodeHeader(sources, metadata);
-  const partial = `${file}.partial-${process.pid}`;
-  const fd = fs.openSync(partial, 'w');
-  try {
-    writeFully(fd, bytes);
+  writeFileAtomically(file, (write) => {
+    write(bytes);
     for (const name of order) {
       const source = sources[name]!;
       const expected = numelOf(source.shape) * itemSize(source.dtype);
@@ -413,12 +411,24 @@ export function writeSafetensorsFrom(
       source.produce((chunk) => {
         written += chunk.length;
         if (written > expected) throw new Error(`safetensors ${file}: tensor "${name}" produced more than ${expected} bytes`);
-        writeFully(fd, chunk);
+        write(chunk);
       });
       if (written !== expected) {
         throw new Error(`safetensors ${file}: tensor "${name}" produced ${written} bytes, expected ${expected}`);
       }
     }
+  });
+}
+
+/**
+ * Runs `body` with a writer into `file` that appears under its name only once `body` returns: the bytes go to a
+ * temporary name beside it, renamed at the end and removed if `body` throws.
+ */
+export function writeFileAtomically(file: string, body: (write: (bytes: Uint8Array) => void) => void): void {
+  const partial = `${file}.partial-${process.pid}`;
+  const fd = fs.openSync(partial, 'w');
+  try {
+    body((bytes) => writeFully(fd, bytes));
     fs.closeSync(fd);
   } catch (err) {
     fs.closeSync(fd);
