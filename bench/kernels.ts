@@ -22,8 +22,6 @@ export interface MachineLimits {
   cpu: ReturnType<typeof nativeInfo>;
   /** Peak of each instruction kind this CPU has (GFLOP/s; GOP/s for int8), per thread count. */
   peaks: Partial<Record<PeakKind, Record<string, number>>>;
-  /** The widest fp32 FMA's peak per thread count (the bound for model figures computed in exact mode). */
-  peakGflops: Record<string, number>;
   readGBs: Record<string, number>;
 }
 
@@ -86,8 +84,7 @@ export function measureLimits(threadCounts: number[]): MachineLimits {
     peaks[kind] = perThreads;
   }
   for (const n of threadCounts) readGBs[n] = round(readBandwidth(n, 256 * 2 ** 20, 15));
-  const widest = (['fp32-zmm', 'fp32-ymm', 'fp32-neon', 'fp32-scalar'] as const).find((k) => peaks[k])!;
-  return { cpu, peaks, peakGflops: peaks[widest]!, readGBs };
+  return { cpu, peaks, readGBs };
 }
 
 /**
