@@ -1,4 +1,5 @@
-// `npm run bench [-- --json] [-- --skip-llm] [-- --skip-server] [-- --skip-peers] [-- --peers-only] [-- --peer-threads 1,2] [-- --model DIR]`:
+// `npm run bench [-- --json] [-- --skip-llm] [-- --skip-server] [-- --skip-peers] [-- --peers-only] [-- --peer-threads 1,2]
+// [-- --decode-pairs N] [-- --model DIR]`:
 // kernel and model throughput beside the machine's limits measured in the same run (peak of each instruction kind, DRAM
 // read bandwidth) and beside peers measured in the same run (llama.cpp through node-llama-cpp, PyTorch), each optional.
 // Kernels run on every tier the CPU has, matmuls in both compute modes; models run as createBackend makes them.
@@ -17,7 +18,7 @@ import { measureResize } from './resize.js';
 import { makeBenchClip, measureVideoDecodeFigures } from './video.js';
 import type { VideoModelFigures } from './video-model.js';
 import { percent, round } from './stats.js';
-import { measurePeers, printPeers, type PeersFigures } from './peers.js';
+import { measureDecodePairs, measurePeers, printDecodePairs, printPeers, type PeersFigures } from './peers.js';
 
 const args = process.argv.slice(2);
 const json = args.includes('--json');
@@ -26,6 +27,9 @@ const skipLlm = args.includes('--skip-llm');
 const peersOnly = args.includes('--peers-only');
 const skipPeers = args.includes('--skip-peers');
 const peerThreadsFlag = args.indexOf('--peer-threads');
+// Ours and llama.cpp BF16 alternately this many times (0: not at all); each pair costs about a minute.
+const pairsFlag = args.indexOf('--decode-pairs');
+const decodePairs = pairsFlag >= 0 ? Number(args[pairsFlag + 1]) : 3;
 const modelFlag = args.indexOf('--model');
 const modelDir = modelFlag >= 0 ? args[modelFlag + 1]! : (process.env.VL3_BENCH_MODEL ?? join(tmpdir(), 'vl3-bench-2b-random'));
 const log = (line: string) => {
@@ -112,6 +116,10 @@ if (!skipPeers) {
   log('peers:');
   peers = measurePeers({ modelDir: skipLlm ? undefined : modelDir, threadCounts, peerThreads, log: (line) => log(`  ${line}`), child });
   printPeers(peers, llm, kernels, limits, skipLlm ? undefined : modelDir, log);
+  if (!skipLlm && peers.llamaCpp.available && decodePairs > 0) {
+    peers.pairs = measureDecodePairs({ modelDir, threads: Math.max(...peerThreads), compute: cpu.compute, pairs: decodePairs, child });
+    if (peers.pairs) printDecodePairs(peers.pairs, (line) => log(line));
+  }
 }
 
 let vision: VisionFigures[] | undefined;

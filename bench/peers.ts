@@ -4,10 +4,10 @@ import { join } from 'node:path';
 import { readModelConfig } from '../src/model/config.js';
 import type { KernelFigures, MachineLimits } from './kernels.js';
 import type { LlmFigures } from './llm.js';
-import { agreement, CHECK, DECODE, PREFILL, type CheckFigures, type PeerReport, type PeerRun } from './peer-common.js';
+import { agreement, CHECK, DECODE, PREFILL, type CheckFigures, type PeerReport, type PeerRun, type Throughput } from './peer-common.js';
 import type { LlamaCppExtra } from './peer-llamacpp.js';
 import { measureTorch, type TorchExtra } from './peer-torch.js';
-import { percent, round } from './stats.js';
+import { median, percent, round } from './stats.js';
 
 export interface PeersFigures {
   threads: number[];
@@ -17,6 +17,18 @@ export interface PeersFigures {
   ours?: CheckFigures;
   llamaCpp: PeerReport<LlamaCppExtra>;
   torch: PeerReport<TorchExtra>;
+  /** Ours (default mode) and llama.cpp BF16 run alternately on all peer threads: see measureDecodePairs. */
+  pairs?: DecodePairs;
+}
+
+export interface DecodePairs {
+  threads: number;
+  compute: string;
+  runs: { ours: Throughput; llamaCpp: Throughput }[];
+  median: { ours: Throughput; llamaCpp: Throughput };
+  /** Median of ours ÷ llama.cpp over the pairs (decode and prefill). */
+  decodeRatio: number;
+  prefillRatio: number;
 }
 
 type Child = <T>(name: string, ...argv: string[]) => T;
@@ -52,6 +64,48 @@ export function measurePeers(o: { modelDir?: string; threadCounts: number[]; pee
   const after = round(loadavg()[0]!, 2);
   log(`load average (1 min) ${before} before the peers, ${after} after`);
   return { threads: o.peerThreads, loadAverage: { before, after }, ours, llamaCpp, torch };
+}
+
+/**
+ * Decode reads every weight once per token, so it runs at the memory bandwidth the host leaves this VM, which moves by
+ * ±15 % from one minute to the next: one decode figure per runtime, minutes apart, cannot rank two runtimes that are
+ * both near the bound. So ours (in `compute`) and llama.cpp's BF16 GGUF run alternately, `pairs` times each, on the
+ * same threads, each pair within about a minute; the ratios are taken per pair and their median reported.
+ */
+export function measureDecodePairs(o: { modelDir: string; threads: number; compute: string; pairs: number; child: Child }): DecodePairs | undefined {
+  const runs: DecodePairs['runs'] = [];
+  for (let r = 0; r < o.pairs; r++) {
+    const ours = o.child<LlmFigures>('llm', o.modelDir, String(o.threads), o.compute);
+    const llama = o.child<PeerReport<LlamaCppExtra>>('peer-llamacpp', o.modelDir, String(o.threads), 'bf16').runs[0];
+    if (!llama) return undefined;
+    runs.push({ ours: { prefill: ours.prefill, decode: ours.decode }, llamaCpp: { prefill: llama.prefill, decode: llama.decode } });
+  }
+  const med = (pick: (t: Throughput) => number, side: 'ours' | 'llamaCpp') => round(median(runs.map((p) => pick(p[side]))), 2);
+  const medianOf = (side: 'ours' | 'llamaCpp'): Throughput => ({
+    prefill: { ...runs[0]![side].prefill, tokensPerSecond: med((t) => t.prefill.tokensPerSecond, side), seconds: med((t) => t.prefill.seconds, side) },
+    decode: { ...runs[0]![side].decode, tokensPerSecond: med((t) => t.decode.tokensPerSecond, side), seconds: med((t) => t.decode.seconds, side) },
+  });
+  const ratio = (pick: (t: Throughput) => number) => round(median(runs.map((p) => pick(p.ours) / pick(p.llamaCpp))), 2);
+  return {
+    threads: o.threads,
+    compute: o.compute,
+    runs,
+    median: { ours: medianOf('ours'), llamaCpp: medianOf('llamaCpp') },
+    decodeRatio: ratio((t) => t.decode.tokensPerSecond),
+    prefillRatio: ratio((t) => t.prefill.tokensPerSecond),
+  };
+}
+
+export function printDecodePairs(p: DecodePairs, log: (line: string) => void): void {
+  log(`ours (${p.compute}) and llama.cpp BF16 alternately, ${p.threads} thread(s), ${p.runs.length} pairs (prefill ${PREFILL.tokens} tokens, decode ${DECODE.tokens} after ${DECODE.promptTokens}):`);
+  p.runs.forEach((r, i) => {
+    log(`  pair ${i + 1}: ours ${r.ours.prefill.tokensPerSecond} / ${r.ours.decode.tokensPerSecond} tokens/s, ` +
+      `llama.cpp ${r.llamaCpp.prefill.tokensPerSecond} / ${r.llamaCpp.decode.tokensPerSecond} (prefill / decode); ` +
+      `decode ratio ${round(r.ours.decode.tokensPerSecond / r.llamaCpp.decode.tokensPerSecond, 2)}`);
+  });
+  log(`  median: ours ${p.median.ours.prefill.tokensPerSecond} / ${p.median.ours.decode.tokensPerSecond}, llama.cpp ` +
+    `${p.median.llamaCpp.prefill.tokensPerSecond} / ${p.median.llamaCpp.decode.tokensPerSecond}; median of the pairs' ratios: ` +
+    `prefill ${p.prefillRatio}×, decode ${p.decodeRatio}×`);
 }
 
 /** Bytes one decode step reads per weight, by the weight type a run names (norms and biases are negligible here). */
