@@ -25,7 +25,7 @@ const runAsync = (args: string[]) =>
 
 describe('vl3 command line', () => {
   it('documents every command with --help, each flag with its VL3_ twin', () => {
-    for (const command of ['ask', 'chat', 'serve', 'pull', 'ls', 'inspect']) {
+    for (const command of ['ask', 'chat', 'serve', 'pull', 'ls', 'inspect', 'info']) {
       const r = run([command, '--help']);
       assert.equal(r.status, 0, `${command}: ${r.stderr}`);
       const flags = [...r.stdout.matchAll(/--([a-z][a-z0-9-]+)/g)].map((m) => m[1]!).filter((f) => f !== 'help');
@@ -55,6 +55,24 @@ describe('vl3 command line', () => {
     const failure = run(['ask', '--model', '/nonexistent/model-dir', 'hi'], undefined, { HF_HUB_OFFLINE: '1' });
     assert.equal(failure.status, 1);
     assert.match(failure.stderr, /^vl3: .*nonexistent\/model-dir/m);
+  });
+
+  it('info shows the tiers and what the runtime flags or their VL3_ twins resolve to', () => {
+    const defaults = run(['info', '--json'], undefined, { VL3_ISA: undefined, VL3_COMPUTE: undefined, VL3_THREADS: undefined });
+    assert.equal(defaults.status, 0, defaults.stderr);
+    const info = JSON.parse(defaults.stdout) as { tiers: string[]; isa: string; compute: string; threads: number; features: string[] };
+    assert.ok(info.tiers.includes('scalar'));
+    assert.equal(info.isa, info.tiers.at(-1), 'the best tier by default');
+    const chosen = JSON.parse(run(['info', '--json', '--isa', 'scalar', '--compute', 'exact', '--threads', '1']).stdout) as typeof info;
+    assert.deepEqual([chosen.isa, chosen.compute, chosen.threads], ['scalar', 'exact', 1]);
+    const fromEnv = JSON.parse(run(['info', '--json'], undefined, { VL3_ISA: 'scalar', VL3_COMPUTE: 'bf16' }).stdout) as typeof info;
+    assert.deepEqual([fromEnv.isa, fromEnv.compute], ['scalar', 'bf16']);
+    const text = run(['info', '--isa', 'scalar']);
+    assert.match(text.stdout, /^in use {4}scalar kernels, \d+ threads?, (exact|bf16) compute \(isa set by flag or environment\)$/m);
+    const absent = ['neon', 'avx2', 'avx512', 'avx512bf16'].find((t) => !info.tiers.includes(t))!;
+    const missing = run(['info', '--isa', absent]);
+    assert.equal(missing.status, 1);
+    assert.match(missing.stderr, new RegExp(`isa '${absent}' is not available`));
   });
 });
 

@@ -38,13 +38,13 @@ export class ModelWorker implements ChatModel {
 
   /** Resolves `ref` (folder or hub id; downloads happen on this thread, with progress), then loads it on a worker. */
   static async load(ref: string, options: LoadOptions = {}): Promise<ModelWorker> {
-    const { hub, onProgress, onWarning, backend, ...numbers } = options;
+    const { hub, onProgress, onWarning, backend, ...others } = options;
     // Checked here too, so that a bad option fails before a download or a worker start.
-    checkNumbers(numbers, LOAD_RULES, (option, message) => new InvalidOptionError(option, message));
+    checkNumbers(others, LOAD_RULES, (option, message) => new InvalidOptionError(option, message));
     if (backend !== undefined && typeof backend !== 'string') {
       throw new InvalidOptionError('backend', 'a model in a worker thread takes a backend by name (native or reference): a Backend object cannot cross threads');
     }
-    const rest = { ...numbers, backend };
+    const rest = { ...others, backend };
     const folder = await resolveModel(ref, hub);
     const data: WorkerData = { folder, options: rest, progress: onProgress !== undefined };
     // The caller's own node options are not the worker's: `--input-type` or `-e` code would break it.

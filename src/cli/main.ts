@@ -18,16 +18,20 @@ import { DownloadBars, ProgressBars } from './progress.js';
 export { EXIT } from './flags.js';
 
 const modelOptions = (cmd: Command) =>
-  cmd
+  runtimeOptions(cmd)
     .addOption(flag('-m, --model <ref>', 'checkpoint folder, or hub id ORG/NAME[@revision] (downloaded into the Hugging Face cache)').makeOptionMandatory())
     .addOption(flag('--max-active-requests <n>', 'requests holding memory at once; more wait their turn (default 4)').argParser(integer('--max-active-requests', 1)))
-    .addOption(flag('-t, --threads <n>', 'kernel threads (default: available cores)').argParser(integer('--threads', 1)))
     .addOption(flag('--max-visual-tokens <n>', 'visual token budget of a request (default: the checkpoint\'s, 16384)').argParser(integer('--max-visual-tokens', 1)))
     .addOption(flag('--min-visual-tokens <n>', 'fewest visual tokens per image (default: the checkpoint\'s, 16)').argParser(integer('--min-visual-tokens', 1)))
     .addOption(flag('--fps <x>', 'video frames sampled per second (default: the checkpoint\'s, 1)').argParser(positive('--fps')))
     .addOption(flag('--max-frames <n>', 'most frames kept per video (default: the checkpoint\'s, 128; the paper uses 180)').argParser(integer('--max-frames', 1)))
     .addOption(flag('--max-image-pixels <n>', 'largest image or video frame in pixels, read from its header before decoding (default 178956970; serve: 40000000)').argParser(integer('--max-image-pixels', 1)))
-    .addOption(flag('--no-token-compression', 'keep every video token (turn the Differential Frame Pruner off)'))
+    .addOption(flag('--no-token-compression', 'keep every video token (turn the Differential Frame Pruner off)'));
+
+/** How the kernels run: the model commands' flags, and `vl3 info`'s, which shows what they resolve to. */
+const runtimeOptions = (cmd: Command) =>
+  cmd
+    .addOption(flag('-t, --threads <n>', 'kernel threads (default: available cores)').argParser(integer('--threads', 1)))
     .addOption(flag('--compute <mode>', 'matmul numerics: "exact" (f32) or "bf16" (as the official model in bf16; fast where the CPU has bf16 dot products); default: the fastest this CPU has').choices(['exact', 'bf16']))
     .addOption(flag('--isa <tier>', 'kernel tier (default: the best this CPU has; `vl3 info` lists them)').choices(['scalar', 'avx2', 'avx512', 'avx512bf16', 'neon']));
 
@@ -248,11 +252,11 @@ export function buildProgram(): Command {
 
   addHubCommands(program);
 
-  program
-    .command('info')
-    .description('show the CPU features found, the kernel tiers this machine can run, and what a model would use')
+  runtimeOptions(
+    program.command('info').description('show the CPU features found, the kernel tiers this machine can run, and what a model would use'),
+  )
     .addOption(flag('--json', 'print one JSON object'))
-    .action((o) => printInfo(o.json === true));
+    .action((o) => printInfo({ threads: o.threads, compute: o.compute, isa: o.isa }, o.json === true));
 
   const dev = program.command('dev').description('developer tools');
   dev

@@ -43,3 +43,15 @@ export const hostMemory: HostMemory = {
     (t.data as Float32Array).fill(value);
   },
 };
+
+/** The CPU backends' kernels start from this: their memory ops are the host ones above. */
+export abstract class HostKernels {
+  readonly device = hostMemory.device;
+  readonly allocateStorage = hostMemory.allocateStorage;
+  readonly upload = hostMemory.upload;
+  readonly download = hostMemory.download;
+  readonly write = hostMemory.write;
+  readonly copy = hostMemory.copy;
+  readonly copyRows = hostMemory.copyRows;
+  readonly fill = hostMemory.fill;
+}

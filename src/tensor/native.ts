@@ -5,7 +5,7 @@ import { fileURLToPath } from 'node:url';
 
 import type { AttentionOptions, ComputeMode, Kernels, TopK } from './backend.js';
 import { CheckedBackend } from './checked.js';
-import { hostMemory } from './host.js';
+import { HostKernels } from './host.js';
 import type { Tensor } from './tensor.js';
 
 export type { ComputeMode } from './backend.js';
@@ -221,20 +221,13 @@ function floatData(t: Tensor): F32 | Half {
  * mode fixed at construction, reading the tensors' host arrays in place. Instances share nothing, so two models on
  * two JS threads run at the same time, each with its own thread count. Arguments were checked by `CheckedBackend`.
  */
-export class NativeKernels implements Kernels {
+export class NativeKernels extends HostKernels implements Kernels {
   readonly name = 'native';
-  readonly device = hostMemory.device;
-  readonly allocateStorage = hostMemory.allocateStorage;
-  readonly upload = hostMemory.upload;
-  readonly download = hostMemory.download;
-  readonly write = hostMemory.write;
-  readonly copy = hostMemory.copy;
-  readonly copyRows = hostMemory.copyRows;
-  readonly fill = hostMemory.fill;
   private readonly ctx: NativeContext;
   private readonly n: Addon;
 
   constructor(options: NativeBackendOptions = {}) {
+    super();
     this.n = native();
     const { threads, isa, compute } = options;
     if (threads !== undefined) checkPositiveInt('NativeBackend', 'threads', threads);

@@ -1,7 +1,7 @@
 import type { AttentionOptions, ComputeMode, Kernels, TopK } from './backend.js';
 import { CheckedBackend } from './checked.js';
 import { bf16ToF32, f32ToBf16, floatReader } from './dtype.js';
-import { hostMemory } from './host.js';
+import { HostKernels } from './host.js';
 import { erf } from './math.js';
 import type { Tensor } from './tensor.js';
 
@@ -13,19 +13,13 @@ const toBf16 = (v: number) => bf16ToF32(f32ToBf16(v));
  * that run anywhere. Accumulation is in f32 (Math.fround) where the native kernels accumulate in f32, so the two can
  * be compared tightly; clarity comes before speed here. Arguments were checked by `CheckedBackend`.
  */
-export class ReferenceKernels implements Kernels {
+export class ReferenceKernels extends HostKernels implements Kernels {
   readonly name = 'reference';
   readonly threads = 1;
-  readonly device = hostMemory.device;
-  readonly allocateStorage = hostMemory.allocateStorage;
-  readonly upload = hostMemory.upload;
-  readonly download = hostMemory.download;
-  readonly write = hostMemory.write;
-  readonly copy = hostMemory.copy;
-  readonly copyRows = hostMemory.copyRows;
-  readonly fill = hostMemory.fill;
 
-  constructor(readonly compute: ComputeMode = 'exact') {}
+  constructor(readonly compute: ComputeMode = 'exact') {
+    super();
+  }
 
   /** In bf16 mode x and w are rounded to bf16 first; their products are exact in f32, summed in f32 as in exact mode. */
   matmul(x: Tensor, w: Tensor, bias: Tensor | null, out: Tensor): void {
