@@ -47,10 +47,10 @@
       "sources": ["native/kernels_avx512bf16.cc"],
       "conditions": [
         ["target_arch=='x64'", {
-          "cflags": ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx512bf16",
+          "cflags": ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx512bf16", "-mavx512vnni",
                      "-mprefer-vector-width=512"],
           "xcode_settings": {"OTHER_CFLAGS": ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512dq",
-                                              "-mavx512vl", "-mavx512bf16", "-mprefer-vector-width=512"]}
+                                              "-mavx512vl", "-mavx512bf16", "-mavx512vnni", "-mprefer-vector-width=512"]}
         }]
       ]
     },
@@ -75,7 +75,8 @@
         "native/measure.cc",
         "native/kernels_scalar.cc",
         "native/kernels_neon.cc",
-        "native/resize.cc"
+        "native/resize.cc",
+        "native/quant_addon.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_DISABLE_CPP_EXCEPTIONS", "NODE_ADDON_API_DISABLE_DEPRECATED"],

@@ -16,6 +16,7 @@
 #include "kernels.h"
 #include "measure.h"
 #include "pool.h"
+#include "quant.h"
 #include "resize.h"
 
 namespace vl3 {
@@ -176,7 +177,23 @@ bool intArgs(const Napi::CallbackInfo& info, size_t from, size_t count, const ch
   return true;
 }
 
-// matmul(x, w, bias | null, out, M, N, K)
+// The weight format a JS caller names for a Uint8Array of packed blocks (quant.h); WType::None for any other value.
+WType quantFormat(const Napi::Value& v) {
+  if (!v.IsNumber()) return WType::None;
+  const WType t = static_cast<WType>(v.As<Napi::Number>().Int32Value());
+  return quant::isQuantized(t) ? t : WType::None;
+}
+
+bool needPacked(Napi::Env env, const View& v, WType t, const char* op, const char* name, long rows, long K) {
+  if (v.type != napi_uint8_array) return fail(env, std::string(op) + ": " + name + " must be a Uint8Array of packed blocks");
+  if (K % quant::kBlock != 0) return fail(env, std::string(op) + ": K must be a multiple of 32 for quantized weights");
+  if (static_cast<long>(v.length) != rows * quant::rowBytes(t, K))
+    return fail(env, std::string(op) + ": " + name + " has " + std::to_string(v.length) + " bytes, expected " +
+                         std::to_string(rows * quant::rowBytes(t, K)));
+  return true;
+}
+
+// matmul(x, w, bias | null, out, M, N, K, wFormat?): wFormat (a WType number) marks w as packed quantized blocks.
 Napi::Value Matmul(const Napi::CallbackInfo& info, Context& ctx) {
   Napi::Env env = info.Env();
   const char* op = "matmul";
@@ -186,10 +203,11 @@ Napi::Value Matmul(const Napi::CallbackInfo& info, Context& ctx) {
   if (!view(info, 0, x, op, "x") || !view(info, 1, w, op, "w") || !view(info, 3, out, op, "out")) return env.Undefined();
   bool hasBias = !info[2].IsNull() && !info[2].IsUndefined();
   if (hasBias && !view(info, 2, b, op, "bias")) return env.Undefined();
-  if (!needF32(env, x, op, "x", M * K) || !needFloat(env, w, op, "w", N * K) || !needF32(env, out, op, "out", M * N))
-    return env.Undefined();
+  const WType q = quantFormat(info[7]);
+  if (!needF32(env, x, op, "x", M * K) || !needF32(env, out, op, "out", M * N)) return env.Undefined();
+  if (q != WType::None ? !needPacked(env, w, q, op, "w", N, K) : !needFloat(env, w, op, "w", N * K)) return env.Undefined();
   if (hasBias && !needFloat(env, b, op, "bias", N)) return env.Undefined();
-  MatmulArgs a{static_cast<const float*>(x.data), w.data, floatType(w), hasBias ? b.data : nullptr,
+  MatmulArgs a{static_cast<const float*>(x.data), w.data, q != WType::None ? q : floatType(w), hasBias ? b.data : nullptr,
                hasBias ? floatType(b) : WType::None, static_cast<float*>(out.data), M, N, K, ctx.compute()};
   OpScope scope(ctx);
   ctx.k().matmul(a);
@@ -393,7 +411,7 @@ Napi::Value Attention(const Napi::CallbackInfo& info, Context& ctx) {
   return env.Undefined();
 }
 
-// embedding(table, ids, out, D): throws a RangeError naming the first id outside [0, V).
+// embedding(table, ids, out, D, format?): format as matmul's wFormat. Throws a RangeError naming the first id outside [0, V).
 Napi::Value Embedding(const Napi::CallbackInfo& info, Context& ctx) {
   Napi::Env env = info.Env();
   const char* op = "embedding";
@@ -402,16 +420,18 @@ Napi::Value Embedding(const Napi::CallbackInfo& info, Context& ctx) {
   const long D = intArg(info, 3);
   if (!view(info, 0, table, op, "table") || !view(info, 1, ids, op, "ids") || !view(info, 2, out, op, "out"))
     return env.Undefined();
-  if (D == 0 || table.length % D != 0) {
-    fail(env, "embedding: table's length must be a multiple of D");
+  const WType q = quantFormat(info[4]);
+  const size_t rowSize = q != WType::None && D % quant::kBlock == 0 ? quant::rowBytes(q, D) : D;
+  if (D == 0 || table.length % rowSize != 0) {
+    fail(env, "embedding: table's length must be a multiple of its row size");
     return env.Undefined();
   }
   if (ids.type != napi_int32_array) {
     fail(env, "embedding: ids must be an Int32Array");
     return env.Undefined();
   }
-  const long V = static_cast<long>(table.length) / D, T = static_cast<long>(ids.length);
-  if (!needFloat(env, table, op, "table", table.length) || !needF32(env, out, op, "out", T * D)) return env.Undefined();
+  const long V = static_cast<long>(table.length / rowSize), T = static_cast<long>(ids.length);
+  if ((q != WType::None ? !needPacked(env, table, q, op, "table", V, D) : !needFloat(env, table, op, "table", table.length)) || !needF32(env, out, op, "out", T * D)) return env.Undefined();
   const int32_t* id = static_cast<const int32_t*>(ids.data);
   for (long t = 0; t < T; t++) {
     if (id[t] < 0 || id[t] >= V) {
@@ -421,7 +441,7 @@ Napi::Value Embedding(const Napi::CallbackInfo& info, Context& ctx) {
     }
   }
   OpScope scope(ctx);
-  ctx.k().embedding(table.data, floatType(table), id, static_cast<float*>(out.data), T, D);
+  ctx.k().embedding(table.data, q != WType::None ? q : floatType(table), id, static_cast<float*>(out.data), T, D, V);
   return env.Undefined();
 }
 
@@ -602,6 +622,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   fn("peakFlops", PeakFlops);
   fn("readBandwidth", ReadBandwidth);
   registerResize(env, exports);
+  registerQuant(env, exports);
   return exports;
 }
 

@@ -108,6 +108,7 @@ const std::vector<Tier>& tiers() {
       {"avx512bf16", &avx512bf16Kernels, [] {
          std::vector<Need> n = avx512;
          n.push_back({"avx512bf16", &CpuFeatures::avx512bf16});
+         n.push_back({"avx512vnni", &CpuFeatures::avx512vnni});
          return n;
        }()},
       {"neon", &neonKernels, {{"neon", &CpuFeatures::neon}}},

@@ -18,6 +18,7 @@
 
 #include "isa_avx2.h"
 #include "kernels.h"
+#include "quant.h"
 
 namespace vl3 {
 namespace VL3_ISA {
@@ -803,6 +804,100 @@ inline float sumRange(const float* p, long n) {
   for (; i < n; i++) s += p[i];
   return s;
 }
+
+#if defined(__AVX512VNNI__)
+// Quantized weights' integer dot (ops_impl.h quantMatmulInt) for a full group of 4 weight rows and MT rows of x, over
+// every whole chunk of 4 blocks (128 k): vpdpbusd multiplies the unsigned codes by the signed activations, 4 k per
+// int32 lane, starting from the activation's lane sums −z·Σq so that each lane sums (u − z)·q exactly; lanes 0–7 and
+// 8–15 of a vector are one block each, scaled by d_w·d_x in f32. Returns the blocks done; the rest is generic.
+#define VL3_QUANT_DOT 1
+
+template <WType T, int MT>
+inline long groupDotT(const uint8_t* g, const quant::QuantizedRows& A, long m0, float (*res)[quant::kGroupRows]) {
+  constexpr int R = quant::kGroupRows;
+  const long K = A.K, nb = K / quant::kBlock, chunks = nb / quant::kChunkBlocks;
+  const long chunkBytes = R * quant::kChunkBlocks * quant::blockBytes(T);
+  const long paramBytes = R * quant::kChunkBlocks * quant::paramBytes(T);
+  const __m512i nibble = _mm512_set1_epi8(0x0f);
+  __m512i idxLo[R], idxHi[R];
+  for (int r = 0; r < R; r++) {
+    idxLo[r] = _mm512_set_epi32(4 * r + 1, 4 * r + 1, 4 * r + 1, 4 * r + 1, 4 * r + 1, 4 * r + 1, 4 * r + 1, 4 * r + 1,
+                                4 * r, 4 * r, 4 * r, 4 * r, 4 * r, 4 * r, 4 * r, 4 * r);
+    idxHi[r] = _mm512_add_epi32(idxLo[r], _mm512_set1_epi32(2));
+  }
+  __m512 acc[MT][R], accMin[MT];
+  for (int i = 0; i < MT; i++) {
+    accMin[i] = _mm512_setzero_ps();
+    for (int r = 0; r < R; r++) acc[i][r] = _mm512_setzero_ps();
+  }
+  for (long c = 0; c < chunks; c++) {
+    const uint8_t* ch = g + c * chunkBytes;
+    const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(ch)));
+    const uint8_t* codes = ch + paramBytes;
+    __m512i wLo[R], wHi[R];
+    for (int r = 0; r < R; r++) {
+      if (T == WType::Int8) {
+        wLo[r] = _mm512_loadu_si512(codes + r * 128);
+        wHi[r] = _mm512_loadu_si512(codes + r * 128 + 64);
+      } else {
+        const __m512i v = _mm512_loadu_si512(codes + r * 64);
+        wLo[r] = _mm512_and_si512(v, nibble);
+        wHi[r] = _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble);
+      }
+    }
+    for (int i = 0; i < MT; i++) {
+      const long m = m0 + i;
+      const int8_t* xq = A.q + m * K + c * 128;
+      const __m512i xLo = _mm512_loadu_si512(xq), xHi = _mm512_loadu_si512(xq + 64);
+      __m512i initLo = _mm512_setzero_si512(), initHi = _mm512_setzero_si512();
+      if (T != WType::Int4m) {
+        const int32_t* li = A.laneInit + m * (K / 4) + c * 32;
+        initLo = _mm512_loadu_si512(li);
+        initHi = _mm512_loadu_si512(li + 16);
+      }
+      const __m512 p = _mm512_mul_ps(dw, _mm512_broadcast_f32x4(_mm_loadu_ps(A.d + m * nb + c * 4)));
+      if (T == WType::Int4m) {
+        const __m512 mw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(ch + 32)));
+        accMin[i] = _mm512_fmadd_ps(mw, _mm512_broadcast_f32x4(_mm_loadu_ps(A.dsum + m * nb + c * 4)), accMin[i]);
+      }
+      for (int r = 0; r < R; r++) {
+        const __m512i lo = _mm512_dpbusd_epi32(initLo, wLo[r], xLo);
+        const __m512i hi = _mm512_dpbusd_epi32(initHi, wHi[r], xHi);
+        acc[i][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(lo), _mm512_permutexvar_ps(idxLo[r], p), acc[i][r]);
+        acc[i][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(hi), _mm512_permutexvar_ps(idxHi[r], p), acc[i][r]);
+      }
+    }
+  }
+  for (int i = 0; i < MT; i++) {
+    alignas(64) float mins[16];
+    _mm512_store_ps(mins, accMin[i]);
+    for (int r = 0; r < R; r++) {
+      res[i][r] += hsum16(acc[i][r]);
+      if (T == WType::Int4m) res[i][r] += (mins[4 * r] + mins[4 * r + 1]) + (mins[4 * r + 2] + mins[4 * r + 3]);
+    }
+  }
+  return chunks * quant::kChunkBlocks;
+}
+
+template <WType T>
+inline long groupDotMT(const uint8_t* g, const quant::QuantizedRows& A, long m0, int mt, float (*res)[quant::kGroupRows]) {
+  switch (mt) {
+    case 1: return groupDotT<T, 1>(g, A, m0, res);
+    case 2: return groupDotT<T, 2>(g, A, m0, res);
+    case 3: return groupDotT<T, 3>(g, A, m0, res);
+    default: return groupDotT<T, 4>(g, A, m0, res);
+  }
+}
+
+// Full groups only (a matrix's last group may be short and goes the generic way).
+inline long groupDot(WType t, const uint8_t* g, int rows, const quant::QuantizedRows& A, long m0, int mt,
+                     float (*res)[quant::kGroupRows]) {
+  if (rows != quant::kGroupRows) return 0;
+  if (t == WType::Int8) return groupDotMT<WType::Int8>(g, A, m0, mt, res);
+  if (t == WType::Int4) return groupDotMT<WType::Int4>(g, A, m0, mt, res);
+  return groupDotMT<WType::Int4m>(g, A, m0, mt, res);
+}
+#endif
 
 }  // namespace
 }  // namespace VL3_ISA

@@ -5,7 +5,9 @@
 
 namespace vl3 {
 
-enum class WType : int { None = 0, F32 = 1, BF16 = 2 };
+// Int8, Int4 and Int4m are block-quantized weights in the packed layout of quant.h (matmul weights and embedding
+// tables only).
+enum class WType : int { None = 0, F32 = 1, BF16 = 2, Int8 = 3, Int4 = 4, Int4m = 5 };
 
 // A context's compute mode; it changes matmul only. Softmax, norms, attention and every other op are f32 in both.
 //
@@ -22,6 +24,13 @@ enum class WType : int { None = 0, F32 = 1, BF16 = 2 };
 // model produces), and the arm64 ones round their partial sums to odd rather than to nearest (within one f32 ulp
 // instead of half, so within twice the bound). Other tiers round the same way and run their f32 kernels on the
 // rounded values, so their results match the exact arithmetic on the rounded operands up to accumulation order.
+//
+// Quantized weights (WType::Int8/Int4/Int4m): Exact multiplies f32 x by the exactly dequantized weights (quant.h's
+// decode), as above. Bf16 (the fast mode) quantizes each row of x per block of 32 to int8 (quant.h's
+// quantizeActivationRow, the same on every tier) and computes Σ_blocks d_w·d_x·(exact integer block dot), plus
+// m_w·d_x·Σq for Int4m, summed in f32 in an order of the kernel's choosing. The integer dots use the tier's int8 dot
+// instruction (vpdpbusd, sdot) where it has one, exact integer arithmetic elsewhere, so every tier computes the same
+// integers.
 enum class Compute : int { Exact = 0, Bf16 = 1 };
 
 struct MatmulArgs {
@@ -66,8 +75,8 @@ struct KernelTable {
   void (*softmax)(const float* x, float* out, long rows, long cols);
   void (*rope)(const float* x, const float* cos, const float* sin, float* out, long T, long H, long D);
   void (*attention)(const AttentionArgs&);
-  // Widens rows ids[t] of table[.,D] into out[t,D]; ids were bounds-checked by the caller.
-  void (*embedding)(const void* table, WType type, const int32_t* ids, float* out, long T, long D);
+  // Widens (dequantizes) rows ids[t] of table[V,D] into out[t,D]; ids were bounds-checked by the caller.
+  void (*embedding)(const void* table, WType type, const int32_t* ids, float* out, long T, long D, long V);
   // Measurement loops: `iters` rounds of an FMA-bound body (returns flops done, result kept live via sink), and a
   // read-only sum of n floats.
   double (*fmaLoop)(long iters, float* sink);

@@ -12,9 +12,14 @@
 
 #include "kernels.h"
 #include "pool.h"
+#include "quant.h"
 
 #ifndef VL3_BF16_DOT
 #define VL3_BF16_DOT 0
+#endif
+// Set by an ISA header that gives groupDot (the quantized weights' integer dot over whole chunks, see quantMatmul).
+#ifndef VL3_QUANT_DOT
+#define VL3_QUANT_DOT 0
 #endif
 
 namespace vl3 {
@@ -243,6 +248,84 @@ void gemv(const MatmulArgs& a, const float* bias) {
   else parallelTasks(tasks, body);
 }
 
+void matmul(const MatmulArgs& a);
+
+// Quantized weights under Compute::Exact: chunks of rows dequantized into scratch and multiplied as f32 weights (the
+// same GEMV/GEMM), each chunk's columns then copied into out. Slow by design: this is the numerics reference.
+void quantMatmulExact(const MatmulArgs& a, const float* bias) {
+  const long M = a.M, N = a.N, K = a.K;
+  const long rows = lmax(quant::kGroupRows, lmin(roundUp(N, quant::kGroupRows), (8L << 20) / (K * 4) / 4 * 4));
+  float* w = static_cast<float*>(scratch(0, kSlotC, rows * K * sizeof(float)));
+  float* part = static_cast<float*>(scratch(0, kSlotD, M * rows * sizeof(float)));
+  const uint8_t* packed = static_cast<const uint8_t*>(a.w);
+  for (long n0 = 0; n0 < N; n0 += rows) {
+    const long nc = lmin(rows, N - n0);
+    forRange(nc, 16, [&](long r0, long r1, int) {
+      for (long r = r0; r < r1; r++) quant::dequantizeRow(a.wType, packed, N, K, n0 + r, w + r * K);
+    });
+    MatmulArgs sub = a;
+    sub.w = w;
+    sub.wType = WType::F32;
+    sub.bias = nullptr;
+    sub.biasType = WType::None;
+    sub.out = part;
+    sub.N = nc;
+    matmul(sub);
+    for (long m = 0; m < M; m++)
+      for (long j = 0; j < nc; j++) a.out[m * N + n0 + j] = part[m * nc + j] + (bias ? bias[n0 + j] : 0.0f);
+  }
+}
+
+// Quantized weights under Compute::Bf16 (kernels.h): x quantized once per call into scratch, then tasks of (row
+// block of x, range of 4-row weight groups). A row block of x (kQuantRowsM rows) stays in L2 while its tasks stream
+// the weights, read once per row block: decode reads them exactly once.
+constexpr long kQuantRowsM = 64;
+
+void quantMatmulInt(const MatmulArgs& a, const float* bias) {
+  const long M = a.M, N = a.N, K = a.K, nb = K / quant::kBlock;
+  const WType t = a.wType;
+  char* s = static_cast<char*>(scratch(0, kSlotE, M * K + M * nb * 8 + M * K + 64));
+  int8_t* q = reinterpret_cast<int8_t*>(s);
+  float* d = reinterpret_cast<float*>(s + roundUp(M * K, 64));
+  float* dsum = d + M * nb;
+  int32_t* laneInit = reinterpret_cast<int32_t*>(dsum + M * nb);
+  forRange(M, lmax(1, (1L << 15) / K), [&](long m0, long m1, int) {
+    for (long m = m0; m < m1; m++)
+      quant::quantizeActivationRow(t, a.x + m * K, K, q + m * K, d + m * nb, laneInit + m * (K / 4), dsum + m * nb);
+  });
+  const quant::QuantizedRows A{q, d, laneInit, dsum, K};
+  const long groups = cdiv(N, quant::kGroupRows), mBlocks = cdiv(M, kQuantRowsM);
+  const int threads = poolThreads();
+  const long gTasks = threads == 1 || M * N * K < (1L << 15) ? 1 : lmax(1, lmin(groups, cdiv(4L * threads, mBlocks)));
+  const long gBytes = quant::kGroupRows * quant::rowBytes(t, K);
+  auto body = [&](long task, int) {
+    const long mb = task / gTasks, gt = task % gTasks;
+    const long g0 = groups * gt / gTasks, g1 = groups * (gt + 1) / gTasks;
+    const long mEnd = lmin(M, (mb + 1) * kQuantRowsM);
+    for (long g = g0; g < g1; g++) {
+      const int rows = static_cast<int>(lmin(quant::kGroupRows, N - g * quant::kGroupRows));
+      const uint8_t* grp = static_cast<const uint8_t*>(a.w) + g * gBytes;
+      for (long m0 = mb * kQuantRowsM; m0 < mEnd; m0 += quant::kGroupRows) {
+        const int mt = static_cast<int>(lmin(quant::kGroupRows, mEnd - m0));
+        float res[quant::kGroupRows][quant::kGroupRows] = {};
+#if VL3_QUANT_DOT
+        const long done = groupDot(t, grp, rows, A, m0, mt, res);
+#else
+        const long done = 0;
+#endif
+        quant::groupDotGeneric(t, grp, rows, done, A, m0, mt, res);
+        for (int i = 0; i < mt; i++)
+          for (int r = 0; r < rows; r++) {
+            const long n = g * quant::kGroupRows + r;
+            a.out[(m0 + i) * N + n] = res[i][r] + (bias ? bias[n] : 0.0f);
+          }
+      }
+    }
+  };
+  if (gTasks * mBlocks == 1) body(0, 0);
+  else parallelTasks(gTasks * mBlocks, body);
+}
+
 void matmul(const MatmulArgs& a) {
   if (a.M == 0 || a.N == 0) return;
   const float* bias = nullptr;
@@ -261,6 +344,11 @@ void matmul(const MatmulArgs& a) {
     return;
   }
   const bool bf16 = a.compute == Compute::Bf16;
+  if (quant::isQuantized(a.wType)) {
+    if (bf16) quantMatmulInt(a, bias);
+    else quantMatmulExact(a, bias);
+    return;
+  }
 #if VL3_BF16_DOT
   if (bf16) {
     if (a.M <= kGemvMaxMDot) gemv(a, bias);
@@ -449,11 +537,12 @@ void rope(const float* x, const float* cos, const float* sin, float* out, long T
   });
 }
 
-void embedding(const void* table, WType type, const int32_t* ids, float* out, long T, long D) {
+void embedding(const void* table, WType type, const int32_t* ids, float* out, long T, long D, long V) {
   forRange(T, lmax(1, kGrain / lmax(1, D)), [&](long t0, long t1, int) {
     for (long t = t0; t < t1; t++) {
       const long row = ids[t];
-      if (type == WType::BF16) widenBf16(static_cast<const uint16_t*>(table) + row * D, out + t * D, D);
+      if (quant::isQuantized(type)) quant::dequantizeRow(type, static_cast<const uint8_t*>(table), V, D, row, out + t * D);
+      else if (type == WType::BF16) widenBf16(static_cast<const uint16_t*>(table) + row * D, out + t * D, D);
       else std::memcpy(out + t * D, static_cast<const float*>(table) + row * D, D * sizeof(float));
     }
   });

@@ -14,5 +14,7 @@ void resizeBicubicRgb8(const uint8_t* src, long srcW, long srcH, uint8_t* dst, l
 
 // Adds `resizeBicubicRgb8(src, srcW, srcH, dst, dstW, dstH, threads)` to the addon's exports.
 void registerResize(Napi::Env env, Napi::Object exports);
+// Defined in quant_addon.cc: quantize and mapFile.
+void registerQuant(Napi::Env env, Napi::Object exports);
 
 }  // namespace vl3

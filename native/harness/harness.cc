@@ -208,7 +208,7 @@ void runCase(const vl3::KernelTable& t, const Case& c) {
     t.attention(a);
     check(out, c, "");
   } else if (c.op == "embedding") {
-    t.embedding(A[0].raw(), A[0].wtype(), reinterpret_cast<const int32_t*>(A[1].raw()), out.data(), I[0], I[1]);
+    t.embedding(A[0].raw(), A[0].wtype(), reinterpret_cast<const int32_t*>(A[1].raw()), out.data(), I[0], I[1], A[0].n / I[1]);
     check(out, c, "");
   } else if (c.op == "sum") {
     out[0] = t.sum(A[0].f32(), A[0].n);

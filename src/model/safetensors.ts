@@ -11,14 +11,17 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { arrayFor, BYTES_PER_ELEMENT, type DType, type TypedArrayFor } from '../tensor/dtype.js';
+import { arrayFor, BYTES_PER_ELEMENT, isQuantized, type DType, type QuantFormat, type TypedArrayFor } from '../tensor/dtype.js';
 import { numelOf, Tensor } from '../tensor/tensor.js';
 
 // Typed arrays over the file's bytes are only meaningful on a little-endian host (every platform Node ships for).
 if (os.endianness() !== 'LE') throw new Error('safetensors: a little-endian host is required');
 
-/** Element types a safetensors file may hold here: every tensor DType plus f64 (fixture timestamps). */
-export type StoredDType = DType | 'f64';
+/**
+ * Element types a safetensors file may hold here: every plain tensor DType plus f64 (fixture timestamps). Quantized
+ * weights are stored as U8 bytes of their packed layout (src/model/weight-formats.ts reads them back).
+ */
+export type StoredDType = Exclude<DType, QuantFormat> | 'f64';
 
 /** A float64 array: our Tensor has no f64, but fixtures store timestamps that way. */
 export interface F64Array {
@@ -446,11 +449,13 @@ export function writeSafetensors(
 ): void {
   const sources: Record<string, TensorSource> = {};
   for (const [name, t] of Object.entries(tensors)) {
+    if (t.dtype !== 'f64' && isQuantized(t.dtype)) throw new Error(`safetensors ${file}: tensor "${name}" is ${t.dtype}: write its packed bytes as u8`);
+    const dtype: StoredDType = t.dtype;
     const expected = numelOf(t.shape);
     if (t.data.length !== expected) {
       throw new Error(`safetensors ${file}: tensor "${name}" has ${t.data.length} elements, shape needs ${expected}`);
     }
-    sources[name] = { dtype: t.dtype, shape: t.shape, produce: (emit) => emit(bytesOf(t.data)) };
+    sources[name] = { dtype, shape: t.shape, produce: (emit) => emit(bytesOf(t.data)) };
   }
   writeSafetensorsFrom(file, sources, metadata);
 }

@@ -4,7 +4,7 @@
  * Backends implement kernels only (`Kernels`), so two backends can never disagree on what a call means.
  */
 import type { AttentionOptions, Backend, ComputeMode, Kernels, TopK } from './backend.js';
-import { BYTES_PER_ELEMENT, type DType } from './dtype.js';
+import { BYTES_PER_ELEMENT, QUANT_FORMATS, byteSizeOf, type DType } from './dtype.js';
 import { assertDType, assertShape, numelOf, Tensor, type Storage } from './tensor.js';
 
 function assertRank(name: string, t: Tensor, rank: number): void {
@@ -70,7 +70,7 @@ export class CheckedBackend implements Backend {
 
   allocate<D extends DType>(dtype: D, shape: readonly number[]): Tensor<D> {
     if (!(dtype in BYTES_PER_ELEMENT)) throw new Error(`allocate: unknown dtype ${String(dtype)}`);
-    return new Tensor(dtype, shape, this.kernels.allocateStorage(numelOf(shape) * BYTES_PER_ELEMENT[dtype]));
+    return new Tensor(dtype, shape, this.kernels.allocateStorage(byteSizeOf(dtype, numelOf(shape))));
   }
 
   upload<D extends DType>(host: Tensor<D>): Tensor<D> {
@@ -125,7 +125,7 @@ export class CheckedBackend implements Backend {
     // x may carry leading dimensions ([..., K]); they are flattened into M rows and kept in out ([..., N]).
     assertDType('matmul: x', x, 'f32');
     assertRankAtLeast('matmul: x', x, 1);
-    assertDType('matmul: w', w, 'f32', 'bf16');
+    assertDType('matmul: w', w, 'f32', 'bf16', ...QUANT_FORMATS);
     assertRank('matmul: w', w, 2);
     const K = x.dim(-1);
     const N = w.dim(0);
@@ -278,7 +278,7 @@ export class CheckedBackend implements Backend {
 
   embedding(table: Tensor, ids: Tensor, out: Tensor): void {
     this.mine('embedding', { table, ids, out });
-    assertDType('embedding: table', table, 'f32', 'bf16');
+    assertDType('embedding: table', table, 'f32', 'bf16', ...QUANT_FORMATS);
     assertRank('embedding: table', table, 2);
     assertDType('embedding: ids', ids, 'i32');
     assertRank('embedding: ids', ids, 1);

@@ -1,5 +1,18 @@
+/**
+ * Block-quantized weight formats (src/tensor/quant.ts and docs/quantization.md give the layout): blocks of 32 values
+ * of a row, each with an f16 scale; 'int8' 8-bit codes, 'int4' 4-bit codes (symmetric), 'int4m' 4-bit codes with an
+ * f16 minimum per block (asymmetric). A tensor of these holds a [N, K] weight matrix, K a multiple of 32, as packed
+ * bytes: only matmul weights and embedding tables take them.
+ */
+export type QuantFormat = 'int8' | 'int4' | 'int4m';
+export const QUANT_FORMATS: readonly QuantFormat[] = ['int8', 'int4', 'int4m'];
+
 /** Element types a tensor can hold. Half-precision floats are stored as raw 16-bit words. */
-export type DType = 'f32' | 'bf16' | 'f16' | 'i32' | 'i64' | 'u8';
+export type DType = 'f32' | 'bf16' | 'f16' | 'i32' | 'i64' | 'u8' | QuantFormat;
+
+export function isQuantized(dtype: DType): dtype is QuantFormat {
+  return dtype === 'int8' || dtype === 'int4' || dtype === 'int4m';
+}
 
 export type TypedArrayFor<D extends DType> = D extends 'f32'
   ? Float32Array
@@ -13,7 +26,27 @@ export type TypedArrayFor<D extends DType> = D extends 'f32'
 
 export type AnyTypedArray = Float32Array | Uint16Array | Int32Array | BigInt64Array | Uint8Array;
 
-export const BYTES_PER_ELEMENT: Record<DType, number> = { f32: 4, bf16: 2, f16: 2, i32: 4, i64: 8, u8: 1 };
+/** Bytes per block of 32 values of each quantized format: the f16 scale (and minimum) and the codes. */
+export const QUANT_BLOCK_BYTES: Record<QuantFormat, number> = { int8: 34, int4: 18, int4m: 20 };
+
+/** Bytes per element: a fraction for the quantized formats (a block's bytes over its 32 values). */
+export const BYTES_PER_ELEMENT: Record<DType, number> = {
+  f32: 4,
+  bf16: 2,
+  f16: 2,
+  i32: 4,
+  i64: 8,
+  u8: 1,
+  int8: QUANT_BLOCK_BYTES.int8 / 32,
+  int4: QUANT_BLOCK_BYTES.int4 / 32,
+  int4m: QUANT_BLOCK_BYTES.int4m / 32,
+};
+
+/** Bytes of `numel` elements; quantized formats count whole blocks of 32 only. */
+export function byteSizeOf(dtype: DType, numel: number): number {
+  if (isQuantized(dtype) && numel % 32 !== 0) throw new Error(`${dtype} holds whole blocks of 32 values, not ${numel}`);
+  return numel * BYTES_PER_ELEMENT[dtype];
+}
 
 export function isFloat(dtype: DType): boolean {
   return dtype === 'f32' || dtype === 'bf16' || dtype === 'f16';
@@ -32,6 +65,10 @@ export function arrayFor(dtype: DType, buffer: ArrayBufferLike, byteOffset: numb
       return new BigInt64Array(buffer, byteOffset, length);
     case 'u8':
       return new Uint8Array(buffer, byteOffset, length);
+    case 'int8':
+    case 'int4':
+    case 'int4m':
+      return new Uint8Array(buffer, byteOffset, byteSizeOf(dtype, length));
   }
 }
 

@@ -6,6 +6,8 @@ import { fileURLToPath } from 'node:url';
 import type { AttentionOptions, ComputeMode, Kernels, TopK } from './backend.js';
 import { CheckedBackend } from './checked.js';
 import { HostKernels } from './host.js';
+import { isQuantized, type QuantFormat } from './dtype.js';
+import { packedBytes, QuantizeRangeError } from './quant.js';
 import type { Tensor } from './tensor.js';
 
 export type { ComputeMode } from './backend.js';
@@ -77,7 +79,7 @@ type Half = Uint16Array;
 
 /** A backend's native half (native/addon.cc): its own thread pool, kernel tier and compute mode; ops run one at a time. */
 interface NativeContext {
-  matmul(x: F32, w: F32 | Half, bias: F32 | Half | null, out: F32, M: number, N: number, K: number): void;
+  matmul(x: F32, w: F32 | Half | Uint8Array, bias: F32 | Half | null, out: F32, M: number, N: number, K: number, wFormat?: number): void;
   add(a: F32, b: F32, out: F32): void;
   mul(a: F32, b: F32, out: F32): void;
   rmsNorm(x: F32, weight: F32 | Half, eps: number, out: F32): void;
@@ -101,7 +103,7 @@ interface NativeContext {
     causal: boolean,
     queryOffset: number,
   ): void;
-  embedding(table: F32 | Half, ids: Int32Array, out: F32, D: number): void;
+  embedding(table: F32 | Half | Uint8Array, ids: Int32Array, out: F32, D: number, format?: number): void;
   setThreads(n: number): void;
   readonly threads: number;
   readonly isa: Isa;
@@ -120,7 +122,13 @@ interface Addon {
   peakKinds(): PeakKind[];
   peakFlops(kind: PeakKind, threads: number, seconds: number): number;
   readBandwidth(threads: number, bytes: number, repeats: number): number;
+  quantize(format: QuantFormat, src: F32 | Half, dst: Uint8Array, N: number, K: number): number;
+  mapFile(path: string): ArrayBuffer;
 }
+
+/** The WType numbers of native/kernels.h for the quantized formats. */
+const NATIVE_FORMAT: Record<QuantFormat, number> = { int8: 3, int4: 4, int4m: 5 };
+const nativeFormat = (t: Tensor) => (isQuantized(t.dtype) ? NATIVE_FORMAT[t.dtype] : undefined);
 
 let addon: Addon | undefined;
 let addonPath = '';
@@ -217,6 +225,24 @@ function floatData(t: Tensor): F32 | Half {
 }
 
 /**
+ * Packs an f32 or bf16 [N, K] host tensor in a quantized format with the native encoder (threaded; byte-identical to
+ * quant.ts `quantize`). A block holding a non-finite value, or needing a scale beyond f16, throws naming its row.
+ */
+export function quantizeNative(format: QuantFormat, t: Tensor): Uint8Array {
+  if (t.rank !== 2 || (t.dtype !== 'f32' && t.dtype !== 'bf16')) throw new Error(`quantize: expected an f32 or bf16 matrix, got ${t}`);
+  const [N, K] = t.shape as [number, number];
+  const dst = new Uint8Array(packedBytes(format, N, K));
+  const bad = native().quantize(format, floatData(t), dst, N, K);
+  if (bad >= 0) throw new QuantizeRangeError(bad, `row ${bad} holds a value that is not finite or needs a scale beyond the f16 range`);
+  return dst;
+}
+
+/** A file's bytes, memory-mapped (private, copy-on-write): pages are read when first touched. */
+export function mapFile(path: string): ArrayBuffer {
+  return native().mapFile(path);
+}
+
+/**
  * The CPU kernels: C++ run synchronously on a thread pool of this instance's own, with a kernel tier and a compute
  * mode fixed at construction, reading the tensors' host arrays in place. Instances share nothing, so two models on
  * two JS threads run at the same time, each with its own thread count. Arguments were checked by `CheckedBackend`.
@@ -266,7 +292,7 @@ export class NativeKernels extends HostKernels implements Kernels {
     const K = x.dim(-1);
     const N = w.dim(0);
     const M = K === 0 ? out.numel / Math.max(N, 1) : x.numel / K;
-    this.ctx.matmul(f32(x), floatData(w), bias ? floatData(bias) : null, f32(out), M, N, K);
+    this.ctx.matmul(f32(x), w.data as F32 | Half | Uint8Array, bias ? floatData(bias) : null, f32(out), M, N, K, nativeFormat(w));
   }
 
   add(a: Tensor, b: Tensor, out: Tensor): void {
@@ -313,7 +339,7 @@ export class NativeKernels extends HostKernels implements Kernels {
   }
 
   embedding(table: Tensor, ids: Tensor, out: Tensor): void {
-    this.ctx.embedding(floatData(table), ids.data as Int32Array, f32(out), table.dim(1));
+    this.ctx.embedding(table.data as F32 | Half | Uint8Array, ids.data as Int32Array, f32(out), table.dim(1), nativeFormat(table));
   }
 
   argmax(x: Tensor): number {

@@ -1,6 +1,7 @@
 import type { AttentionOptions, ComputeMode, Kernels, TopK } from './backend.js';
 import { CheckedBackend } from './checked.js';
-import { bf16ToF32, f32ToBf16, floatReader } from './dtype.js';
+import { bf16ToF32, f32ToBf16, floatReader, isQuantized } from './dtype.js';
+import { quantizedMatmulInt } from './quant.js';
 import { HostKernels } from './host.js';
 import { erf } from './math.js';
 import type { Tensor } from './tensor.js';
@@ -21,15 +22,24 @@ export class ReferenceKernels extends HostKernels implements Kernels {
     super();
   }
 
-  /** In bf16 mode x and w are rounded to bf16 first; their products are exact in f32, summed in f32 as in exact mode. */
+  /**
+   * In bf16 mode x and w are rounded to bf16 first; their products are exact in f32, summed in f32 as in exact mode.
+   * Quantized weights: exact mode multiplies by their exactly dequantized values; bf16 mode (the fast mode) quantizes
+   * x per block and sums exact integer block dots (quant.ts `quantizedMatmulInt`).
+   */
   matmul(x: Tensor, w: Tensor, bias: Tensor | null, out: Tensor): void {
     const [N, K] = [w.dim(0), w.dim(1)];
     const M = K === 0 ? out.numel / N : x.numel / K;
     const bf16 = this.compute === 'bf16';
-    const xd = bf16 ? (x.data as Float32Array).map(toBf16) : (x.data as Float32Array);
     const od = out.data as Float32Array;
-    const wr = floatReader(w.dtype, w.data);
     const br = bias ? floatReader(bias.dtype, bias.data) : null;
+    if (isQuantized(w.dtype) && bf16) {
+      quantizedMatmulInt(w.dtype, x.data as Float32Array, w.data as Uint8Array, br ?? (() => 0), od, M, N, K);
+      return;
+    }
+    const xd = bf16 ? (x.data as Float32Array).map(toBf16) : (x.data as Float32Array);
+    const wf = isQuantized(w.dtype) ? w.toFloat32() : null;
+    const wr = wf ? (i: number) => wf[i]! : floatReader(w.dtype, w.data);
     const wRow = new Float32Array(K);
     for (let n = 0; n < N; n++) {
       for (let k = 0; k < K; k++) wRow[k] = bf16 ? toBf16(wr(n * K + k)) : wr(n * K + k);
@@ -189,7 +199,8 @@ export class ReferenceKernels extends HostKernels implements Kernels {
 
   embedding(table: Tensor, ids: Tensor, out: Tensor): void {
     const D = table.dim(1);
-    const read = floatReader(table.dtype, table.data);
+    const dequantized = isQuantized(table.dtype) ? table.toFloat32() : null;
+    const read = dequantized ? (i: number) => dequantized[i]! : floatReader(table.dtype, table.data);
     const od = out.data as Float32Array;
     const idd = ids.data as Int32Array;
     for (let t = 0; t < idd.length; t++) {

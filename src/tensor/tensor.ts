@@ -1,4 +1,5 @@
-import { arrayFor, BYTES_PER_ELEMENT, floatReader, type AnyTypedArray, type DType, type TypedArrayFor } from './dtype.js';
+import { arrayFor, BYTES_PER_ELEMENT, byteSizeOf, floatReader, isQuantized, type AnyTypedArray, type DType, type TypedArrayFor } from './dtype.js';
+import { dequantize } from './quant.js';
 
 export function numelOf(shape: readonly number[]): number {
   let n = 1;
@@ -62,14 +63,19 @@ export class Tensor<D extends DType = DType> {
     this.dtype = dtype;
     this.shape = Object.freeze([...shape]);
     this.numel = n;
+    if (isQuantized(dtype) && (shape.length !== 2 || shape[1]! % 32 !== 0)) {
+      throw new Error(`a ${dtype} tensor is a matrix whose rows are whole blocks of 32 values, not [${shape.join(', ')}]`);
+    }
     if (ArrayBuffer.isView(source)) {
-      if (source.length !== n) throw new Error(`tensor data has ${source.length} elements but shape [${shape.join(', ')}] needs ${n}`);
+      const length = isQuantized(dtype) ? byteSizeOf(dtype, n) : n;
+      if (source.length !== length) throw new Error(`tensor data has ${source.length} elements but ${dtype} [${shape.join(', ')}] needs ${length}`);
       this.storage = new HostStorage(source.buffer);
       this.byteOffset = source.byteOffset;
       this.hostData = source;
     } else {
-      const bytes = n * BYTES_PER_ELEMENT[dtype];
-      if (byteOffset < 0 || byteOffset % BYTES_PER_ELEMENT[dtype] !== 0 || byteOffset + bytes > source.byteLength) {
+      const bytes = byteSizeOf(dtype, n);
+      const align = isQuantized(dtype) ? 1 : BYTES_PER_ELEMENT[dtype];
+      if (!Number.isInteger(byteOffset) || byteOffset < 0 || byteOffset % align !== 0 || byteOffset + bytes > source.byteLength) {
         throw new Error(`tensor [${shape.join(', ')}] ${dtype} at byte ${byteOffset} does not fit its storage of ${source.byteLength} bytes`);
       }
       this.storage = source;
@@ -79,7 +85,7 @@ export class Tensor<D extends DType = DType> {
 
   /** A zero-filled host tensor (processing, I/O and tests; model code asks its backend to `allocate`). */
   static empty<D extends DType>(dtype: D, shape: readonly number[]): Tensor<D> {
-    return new Tensor(dtype, shape, new HostStorage(new ArrayBuffer(numelOf(shape) * BYTES_PER_ELEMENT[dtype])));
+    return new Tensor(dtype, shape, new HostStorage(new ArrayBuffer(byteSizeOf(dtype, numelOf(shape)))));
   }
 
   static f32(shape: readonly number[], values?: ArrayLike<number>): Tensor<'f32'> {
@@ -114,7 +120,7 @@ export class Tensor<D extends DType = DType> {
   }
 
   get byteLength(): number {
-    return this.numel * BYTES_PER_ELEMENT[this.dtype];
+    return byteSizeOf(this.dtype, this.numel);
   }
 
   /** Size of dimension i; negative i counts from the end. */
@@ -128,11 +134,13 @@ export class Tensor<D extends DType = DType> {
   reshape(shape: readonly number[]): Tensor<D> {
     const n = numelOf(shape);
     if (n !== this.numel) throw new Error(`cannot reshape [${this.shape.join(', ')}] (${this.numel} elements) to [${shape.join(', ')}]`);
+    if (isQuantized(this.dtype) && shape[1] !== this.shape[1]) throw new Error(`cannot reshape ${this}: its rows are packed in blocks`);
     return new Tensor(this.dtype, shape, this.storage, this.byteOffset);
   }
 
-  /** Rows [start, end) along the first dimension: a view, no copy. */
+  /** Rows [start, end) along the first dimension: a view, no copy. Quantized rows are interleaved: none. */
   rows(start: number, end: number): Tensor<D> {
+    if (isQuantized(this.dtype)) throw new Error(`rows(${start}, ${end}): the rows of ${this} are packed in groups, not sliceable`);
     const rowSize = this.shape.length === 0 ? 1 : this.numel / this.shape[0]!;
     if (!Number.isInteger(start) || !Number.isInteger(end) || start < 0 || end > this.shape[0]! || start > end) {
       throw new Error(`rows(${start}, ${end}) out of range for shape [${this.shape.join(', ')}]`);
@@ -141,9 +149,10 @@ export class Tensor<D extends DType = DType> {
     return new Tensor(this.dtype, [end - start, ...this.shape.slice(1)], this.storage, offset);
   }
 
-  /** Copies the elements into a new Float32Array (widening half floats); host tensors only: tests and output. */
+  /** Copies the elements into a new Float32Array (widening half floats, dequantizing); host tensors only: tests and output. */
   toFloat32(): Float32Array {
     const data = this.data;
+    if (isQuantized(this.dtype)) return dequantize(this.dtype, data as Uint8Array, this.dim(0), this.dim(1));
     if (this.dtype === 'f32') return Float32Array.from(data as Float32Array);
     if (this.dtype === 'i32' || this.dtype === 'u8') return Float32Array.from(data as Int32Array);
     if (this.dtype === 'i64') return Float32Array.from(data as BigInt64Array, Number);

@@ -1,0 +1,133 @@
+// Own quantized-weight entry points: the encoder runs threaded in C++ because quantizing 7B weights at load in JS would take minutes, and file mapping needs mmap, which Node lacks.
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <napi.h>
+#include <string>
+
+#include "kernels.h"
+#include "pool.h"
+#include "quant.h"
+
+namespace vl3 {
+namespace {
+
+WType formatOf(const std::string& name) {
+  if (name == "int8") return WType::Int8;
+  if (name == "int4") return WType::Int4;
+  if (name == "int4m") return WType::Int4m;
+  return WType::None;
+}
+
+// quantize(format, src: Float32Array | Uint16Array (bf16), dst: Uint8Array, N, K): packs src [N, K] into dst in the
+// layout of quant.h. Returns -1, or the index of the first row holding a value (or needing a scale) that is not
+// finite in f16; dst is then incomplete.
+Napi::Value Quantize(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto fail = [&](const std::string& m) {
+    Napi::RangeError::New(env, "quantize: " + m).ThrowAsJavaScriptException();
+    return env.Undefined();
+  };
+  if (info.Length() < 5 || !info[0].IsString() || !info[1].IsTypedArray() || !info[2].IsTypedArray() ||
+      !info[3].IsNumber() || !info[4].IsNumber())
+    return fail("expected (format, src, dst, N, K)");
+  const WType t = formatOf(info[0].As<Napi::String>().Utf8Value());
+  if (t == WType::None) return fail("format must be int8, int4 or int4m");
+  const Napi::TypedArray src = info[1].As<Napi::TypedArray>(), dst = info[2].As<Napi::TypedArray>();
+  const long N = info[3].As<Napi::Number>().Int64Value(), K = info[4].As<Napi::Number>().Int64Value();
+  if (N < 0 || K <= 0 || K % quant::kBlock != 0) return fail("K must be a positive multiple of 32");
+  const bool bf16 = src.TypedArrayType() == napi_uint16_array;
+  if (!bf16 && src.TypedArrayType() != napi_float32_array) return fail("src must be a Float32Array or a Uint16Array (bf16)");
+  if (static_cast<long>(src.ElementLength()) != N * K) return fail("src must hold N·K values");
+  if (dst.TypedArrayType() != napi_uint8_array || static_cast<long>(dst.ElementLength()) != N * quant::rowBytes(t, K))
+    return fail("dst must be a Uint8Array of N·K/32 blocks");
+  const uint8_t* s = static_cast<const uint8_t*>(src.ArrayBuffer().Data()) + src.ByteOffset();
+  uint8_t* d = static_cast<uint8_t*>(dst.ArrayBuffer().Data()) + dst.ByteOffset();
+  const long nb = K / quant::kBlock, groups = (N + quant::kGroupRows - 1) / quant::kGroupRows;
+  std::atomic<long> bad{N};
+  PoolScope scope(sharedPool());
+  parallelTasks(groups, [&](long g, int) {
+    const int rows = static_cast<int>(N - g * quant::kGroupRows < quant::kGroupRows ? N - g * quant::kGroupRows : quant::kGroupRows);
+    uint8_t* grp = d + g * quant::kGroupRows * quant::rowBytes(t, K);
+    std::memset(grp, 0, rows * quant::rowBytes(t, K));
+    float v[quant::kBlock];
+    int u[quant::kBlock];
+    for (int r = 0; r < rows; r++) {
+      const long n = g * quant::kGroupRows + r;
+      for (long blk = 0; blk < nb; blk++) {
+        for (long j = 0; j < quant::kBlock; j++) {
+          const long i = n * K + blk * quant::kBlock + j;
+          if (bf16) {
+            uint16_t h;
+            std::memcpy(&h, s + i * 2, 2);
+            const uint32_t w = static_cast<uint32_t>(h) << 16;
+            std::memcpy(&v[j], &w, 4);
+          } else {
+            std::memcpy(&v[j], s + i * 4, 4);
+          }
+        }
+        uint16_t dBits, mBits;
+        if (!quant::encodeBlock(t, v, dBits, mBits, u)) {
+          long cur = bad.load();
+          while (n < cur && !bad.compare_exchange_weak(cur, n)) {}
+          return;
+        }
+        quant::BlockRef ref = quant::blockRef(t, grp, rows, r, blk, nb);
+        std::memcpy(const_cast<uint8_t*>(ref.d), &dBits, 2);
+        if (ref.m) std::memcpy(const_cast<uint8_t*>(ref.m), &mBits, 2);
+        uint8_t* codes = const_cast<uint8_t*>(ref.codes);
+        for (long j = 0; j < quant::kBlock; j++) quant::setCode(t, codes, ref.chunkBlocks, ref.index * quant::kBlock + j, u[j]);
+      }
+    }
+  });
+  return Napi::Number::New(env, bad.load() == N ? -1.0 : static_cast<double>(bad.load()));
+}
+
+// mapFile(path): the file's bytes as an ArrayBuffer over a private mapping (pages are read on first touch and stay
+// shared with the page cache; a write would only copy the page). Unmapped when the buffer is collected.
+Napi::Value MapFile(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsString()) {
+    Napi::TypeError::New(env, "mapFile: expected a path").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  const std::string path = info[0].As<Napi::String>().Utf8Value();
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  auto sysFail = [&](const char* what) {
+    const std::string m = std::string("mapFile ") + path + ": " + what + ": " + std::strerror(errno);
+    Napi::Error::New(env, m).ThrowAsJavaScriptException();
+    return env.Undefined();
+  };
+  if (fd < 0) return sysFail("open");
+  struct stat st;
+  if (::fstat(fd, &st) != 0) {
+    ::close(fd);
+    return sysFail("fstat");
+  }
+  const size_t size = static_cast<size_t>(st.st_size);
+  if (size == 0) {
+    ::close(fd);
+    return Napi::ArrayBuffer::New(env, 0);
+  }
+  void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
+  ::close(fd);
+  if (p == MAP_FAILED) return sysFail("mmap");
+  return Napi::ArrayBuffer::New(env, p, size, [](Napi::Env, void* data, size_t* bytes) {
+    ::munmap(data, *bytes);
+    delete bytes;
+  }, new size_t(size));
+}
+
+}  // namespace
+
+void registerQuant(Napi::Env env, Napi::Object exports) {
+  exports.Set("quantize", Napi::Function::New(env, Quantize, "quantize"));
+  exports.Set("mapFile", Napi::Function::New(env, MapFile, "mapFile"));
+}
+
+}  // namespace vl3
