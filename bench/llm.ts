@@ -1,8 +1,12 @@
 // LLM throughput on one checkpoint, run as its own process so that its peak resident memory is the model's alone.
-// Usage: node dist/bench/llm.js <checkpoint-dir> <threads> [exact|bf16]   (prints one JSON object; default: the fastest mode)
+// Usage: node dist/bench/llm.js <checkpoint-dir> <threads> [exact|bf16] [bf16|int8|int4|int4m]
+// (prints one JSON object; defaults: the fastest compute mode, the weights as stored)
 import { generateTokens } from '../src/engine/generate.js';
 import { Rng } from '../src/engine/rng.js';
-import { loadCheckpoint } from '../src/model/checkpoint.js';
+import { EMBED_TOKENS, loadCheckpoint } from '../src/model/checkpoint.js';
+import { FormattedWeights } from '../src/model/weight-formats.js';
+import { decoderWeights, flattenSpecs } from '../src/model/weight-names.js';
+import type { WeightFormat } from '../src/tensor/dtype.js';
 import { Qwen2Model } from '../src/model/qwen2.js';
 import { type ComputeMode, createBackend } from '../src/tensor/index.js';
 import type { NativeBackend } from '../src/tensor/native.js';
@@ -11,11 +15,13 @@ import { median, round } from './stats.js';
 export interface LlmFigures {
   threads: number;
   compute: ComputeMode;
+  /** The format of the decoder's matmul weights and LM head. */
+  weights: WeightFormat;
   isa: string;
   loadSeconds: number;
   /** Weights of every decoder layer's matmuls (q, k, v, o, gate, up, down): a prefill token costs twice this in FLOPs. */
   decoderMatmulParams: number;
-  /** Bytes of LLM weights one decode step reads: every decoder layer, the final norm and the LM head. */
+  /** Bytes of LLM weights one decode step reads: every decoder layer, the final norm and the LM head, as loaded. */
   weightBytesPerToken: number;
   prefill: { tokens: number; seconds: number; tokensPerSecond: number };
   decode: { promptTokens: number; tokens: number; seconds: number; tokensPerSecond: number };
@@ -38,19 +44,22 @@ async function run(model: Qwen2Model, promptLength: number, newTokens: number, s
 }
 
 async function main(): Promise<void> {
-  const [dir, threadsArg, computeArg] = process.argv.slice(2);
-  if (!dir) throw new Error('usage: llm.js <checkpoint-dir> [threads] [exact|bf16]');
+  const [dir, threadsArg, computeArg, weightsArg] = process.argv.slice(2);
+  if (!dir) throw new Error('usage: llm.js <checkpoint-dir> [threads] [exact|bf16] [bf16|int8|int4|int4m]');
   const threads = Number(threadsArg ?? 0) || undefined;
   const t0 = performance.now();
   const checkpoint = loadCheckpoint(dir);
-  const backend = createBackend('native', { threads, compute: computeArg as ComputeMode | undefined }) as NativeBackend;
-  const model = new Qwen2Model(checkpoint.config, checkpoint.weights, backend);
+  const backend = createBackend('native', { threads, compute: (computeArg || undefined) as ComputeMode | undefined }) as NativeBackend;
+  const weights = new FormattedWeights(checkpoint.weights, checkpoint.config.quantization, { language: weightsArg as WeightFormat | undefined });
+  const model = new Qwen2Model(checkpoint.config, weights, backend);
   const loadSeconds = (performance.now() - t0) / 1000;
 
   const c = checkpoint.config;
   const layerParams =
     c.hiddenSize * c.hiddenSize * 2 + 2 * c.numKeyValueHeads * c.headDim * c.hiddenSize + 3 * c.hiddenSize * c.intermediateSize;
-  const weightBytesPerToken = 2 * (c.numHiddenLayers * layerParams + c.vocabSize * c.hiddenSize);
+  // Every weight a decode step reads once: all but the embedding table (one row of it), as loaded.
+  const read = new Set(flattenSpecs(decoderWeights(c)).filter((s) => s.name !== EMBED_TOKENS).map((s) => weights.get(s)));
+  const weightBytesPerToken = [...read].reduce((sum, t) => sum + t.byteLength, 0);
 
   const prefillRuns: number[] = [];
   for (let r = 0; r < 2; r++) prefillRuns.push((await run(model, 1024, 1, 100 + r)).prefillMs / 1000);
@@ -67,6 +76,7 @@ async function main(): Promise<void> {
   const figures: LlmFigures = {
     threads: backend.threads,
     compute: backend.compute,
+    weights: weights.formats.language,
     isa: backend.isa,
     loadSeconds: round(loadSeconds, 2),
     decoderMatmulParams: c.numHiddenLayers * layerParams,

@@ -5,6 +5,7 @@ import { generateTokens } from '../src/engine/generate.js';
 import { KVCache } from '../src/engine/kv-cache.js';
 import { loadCheckpoint } from '../src/model/checkpoint.js';
 import { Qwen2Model } from '../src/model/qwen2.js';
+import { FormattedWeights } from '../src/model/weight-formats.js';
 import { createBackend } from '../src/tensor/index.js';
 import { benchPrompt, CHECK, type CheckFigures } from './peer-common.js';
 
@@ -13,7 +14,7 @@ async function main(): Promise<void> {
   if (!dir) throw new Error('usage: peer-ours.js <checkpoint-dir> [threads]');
   const checkpoint = loadCheckpoint(dir);
   const backend = createBackend('native', { threads: Number(threadsArg ?? 0) || undefined, compute: 'exact' });
-  const model = new Qwen2Model(checkpoint.config, checkpoint.weights, backend);
+  const model = new Qwen2Model(checkpoint.config, new FormattedWeights(checkpoint.weights, checkpoint.config.quantization), backend);
   const d = checkpoint.config;
   const prompt = benchPrompt(CHECK.promptTokens, CHECK.seed);
 

@@ -5,7 +5,10 @@ import { dirname, resolve } from 'node:path';
 import { ModelWorker } from '../api/model-worker.js';
 import { VideoLLaMA3, type LoadOptions } from '../api/videollama3.js';
 import { writeRandomCheckpoint } from '../model/random-checkpoint.js';
+import { writeQuantizedCheckpoint } from '../model/quantize-checkpoint.js';
+import { resolveModel } from '../hub/index.js';
 import type { ComputeMode, Isa } from '../tensor/index.js';
+import { WEIGHT_FORMATS, type WeightFormat } from '../tensor/dtype.js';
 import type { ContentPart, Message } from '../processing/conversation.js';
 import { runChat } from './chat.js';
 import { collect, EXIT, flag, integer, number, positive, seconds } from './flags.js';
@@ -26,7 +29,9 @@ const modelOptions = (cmd: Command) =>
     .addOption(flag('--fps <x>', 'video frames sampled per second (default: the checkpoint\'s, 1)').argParser(positive('--fps')))
     .addOption(flag('--max-frames <n>', 'most frames kept per video (default: the checkpoint\'s, 128; the paper uses 180)').argParser(integer('--max-frames', 1)))
     .addOption(flag('--max-image-pixels <n>', 'largest image or video frame in pixels, read from its header before decoding (default 178956970; serve: 40000000)').argParser(integer('--max-image-pixels', 1)))
-    .addOption(flag('--no-token-compression', 'keep every video token (turn the Differential Frame Pruner off)'));
+    .addOption(flag('--no-token-compression', 'keep every video token (turn the Differential Frame Pruner off)'))
+    .addOption(flag('--weights <format>', 'language model weights: bf16, or int8, int4, int4m quantized at load (faster decode, less memory; default: as the checkpoint stores them)').choices([...WEIGHT_FORMATS]))
+    .addOption(flag('--vision-weights <format>', 'vision encoder weights, as --weights (default: as the checkpoint stores them)').choices([...WEIGHT_FORMATS]));
 
 /** How the kernels run: the model commands' flags, and `vl3 info`'s, which shows what they resolve to. */
 const runtimeOptions = (cmd: Command) =>
@@ -38,6 +43,8 @@ const runtimeOptions = (cmd: Command) =>
 const list = (value: string) => value.split(',').map((s) => s.trim()).filter(Boolean);
 
 const loadOptions = (o: Record<string, number | undefined>) => ({
+  weights: o.weights as unknown as WeightFormat | undefined,
+  visionWeights: o.visionWeights as unknown as WeightFormat | undefined,
   compute: o.compute as unknown as ComputeMode | undefined,
   isa: o.isa as unknown as Isa | undefined,
   threads: o.threads,
@@ -257,6 +264,38 @@ export function buildProgram(): Command {
   )
     .addOption(flag('--json', 'print one JSON object'))
     .action((o) => printInfo({ threads: o.threads, compute: o.compute, isa: o.isa }, o.json === true));
+
+  program
+    .command('quantize')
+    .description('write a copy of a checkpoint with block-quantized weights, which ask, chat and serve load directly (memory-mapped)')
+    .addOption(flag('-m, --model <ref>', 'bf16 checkpoint folder, or hub id ORG/NAME[@revision]').makeOptionMandatory())
+    .addOption(flag('--weights <format>', 'language model weights (decoder, embeddings, LM head)').choices([...WEIGHT_FORMATS]).makeOptionMandatory())
+    .addOption(flag('--vision-weights <format>', 'vision encoder and projector weights').choices([...WEIGHT_FORMATS]).default('bf16'))
+    .addOption(flag('-o, --out <dir>', 'output folder (new, or empty)').makeOptionMandatory())
+    .action(async (o) => {
+      const started = performance.now();
+      const downloads = new DownloadBars();
+      const bars = new ProgressBars();
+      let result;
+      try {
+        const from = await resolveModel(o.model, { onProgress: downloads.update });
+        downloads.stop();
+        result = writeQuantizedCheckpoint({
+          from,
+          out: o.out,
+          formats: { language: o.weights, vision: o.visionWeights },
+          onProgress: (done, total) => bars.update({ stage: 'quantize', done, total }),
+        });
+      } finally {
+        downloads.stop();
+        bars.stop();
+      }
+      const gb = (b: number) => (b / 1e9).toFixed(2);
+      process.stderr.write(
+        `wrote ${o.out}: ${result.quantized} of ${result.tensors} tensors quantized (language ${o.weights}, vision ${o.visionWeights}), ` +
+          `${gb(result.bytesIn)} GB → ${gb(result.bytesOut)} GB in ${((performance.now() - started) / 1000).toFixed(1)} s\n`,
+      );
+    });
 
   const dev = program.command('dev').description('developer tools');
   dev

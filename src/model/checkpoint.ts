@@ -5,6 +5,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { DType } from '../tensor/dtype.js';
 import { CheckpointError } from './errors.js';
+import { mapFile } from '../tensor/native.js';
 import type { Tensor } from '../tensor/tensor.js';
 import {
   generationConfigFromModel,
@@ -126,6 +127,11 @@ export class CheckpointWeights {
     return tensor;
   }
 
+  /** Drops the kept copy of a tensor (once a quantized copy replaces it); a later `get` reads it again. */
+  forget(name: string): void {
+    this.cache.delete(this.check(name).stored);
+  }
+
   /** Bytes of the tensors `names` resolve to that are not read yet (a tied lm_head counts once). */
   unreadBytes(names: readonly string[]): number {
     const stored = new Set(names.map((n) => this.check(n).stored).filter((s) => !this.cache.has(s)));
@@ -174,6 +180,8 @@ export function loadCheckpoint(folder: string): Checkpoint {
     const hint = pickle ? ` (found ${pickle}: PyTorch pickles are not supported, convert it to safetensors)` : '';
     throw new CheckpointError(`checkpoint ${folder}: no weights, expected ${single} or ${index}${hint}`, folder);
   }
-  const weights = new CheckpointWeights(SafetensorsCheckpoint.open(folder), config.tieWordEmbeddings);
+  // A quantized checkpoint is read in place: its packed weights are exactly what the kernels read, so mapping the files
+  // costs no copy and no load time, and the pages are shared with the page cache.
+  const weights = new CheckpointWeights(SafetensorsCheckpoint.open(folder, config.quantization ? mapFile : undefined), config.tieWordEmbeddings);
   return { folder, config, generationConfig, weights };
 }

@@ -7,7 +7,20 @@
  * when absent. Any key present with the wrong JSON type is an error naming the file and the key.
  */
 import * as fs from 'node:fs';
+import { WEIGHT_FORMATS, type WeightFormat } from '../tensor/dtype.js';
 import { CheckpointError } from './errors.js';
+
+/** The `quantization_config` a checkpoint written by `vl3 quantize` carries (docs/quantization.md). */
+export interface CheckpointQuantization {
+  /** The format of the decoder's matmul weights and its embedding table (and LM head). */
+  languageModel: WeightFormat;
+  /** The format of the vision encoder's and the projector's matmul weights. */
+  visionEncoder: WeightFormat;
+}
+
+/** `quant_method` of our checkpoints, and the version of the packed layout they hold. */
+export const QUANT_METHOD = 'vl3';
+export const QUANT_LAYOUT_VERSION = 1;
 
 export interface VisionEncoderConfig {
   modelType: string;
@@ -56,6 +69,8 @@ export interface VideoLlama3Config {
   /** Non-null only in the local training format, where it names a separately stored encoder. */
   visionEncoder: string | null;
   visionEncoderConfig: VisionEncoderConfig;
+  /** Present when the checkpoint's weights are stored block-quantized (written by `vl3 quantize`). */
+  quantization: CheckpointQuantization | null;
 }
 
 export interface GenerationConfig {
@@ -251,7 +266,30 @@ export function parseModelConfig(json: Json, file = 'config.json'): VideoLlama3C
     mmProjectorType: r.str('mm_projector_type', 'mlp2x_gelu'),
     visionEncoder: r.optionalStr('vision_encoder'),
     visionEncoderConfig: parseVisionEncoderConfig(file, r.nested('vision_encoder_config')),
+    quantization: parseQuantization(file, r.optionalObject('quantization_config')),
   };
+}
+
+function parseQuantization(file: string, json: Json | null): CheckpointQuantization | null {
+  if (json === null) return null;
+  const r = new KeyReader(`${file}: "quantization_config"`, json);
+  const method = r.str('quant_method');
+  if (method !== QUANT_METHOD) {
+    throw new CheckpointError(`${file}: "quantization_config" has quant_method "${method}"; only "${QUANT_METHOD}" (written by vl3 quantize) is supported`, file);
+  }
+  const version = r.int('format_version');
+  if (version !== QUANT_LAYOUT_VERSION) {
+    throw new CheckpointError(`${file}: "quantization_config" has format_version ${version}; this version of videollama3 reads ${QUANT_LAYOUT_VERSION}`, file);
+  }
+  const format = (key: string): WeightFormat => {
+    const v = r.str(key);
+    if (!(WEIGHT_FORMATS as readonly string[]).includes(v)) {
+      throw new CheckpointError(`${file}: "quantization_config.${key}" is "${v}", expected one of ${WEIGHT_FORMATS.join(', ')}`, file);
+    }
+    return v as WeightFormat;
+  };
+  if (r.int('block_size') !== 32) throw new CheckpointError(`${file}: "quantization_config.block_size" must be 32`, file);
+  return { languageModel: format('language_model'), visionEncoder: format('vision_encoder') };
 }
 
 /**

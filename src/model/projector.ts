@@ -1,6 +1,6 @@
 import type { Backend } from '../tensor/backend.js';
 import type { Tensor } from '../tensor/tensor.js';
-import type { WeightSource } from './qwen2.js';
+import type { WeightSource } from './weight-formats.js';
 import { loadSpecs, projectorWeights } from './weight-names.js';
 
 /**
@@ -21,7 +21,7 @@ export class Projector {
     prefix = 'model.mm_projector.readout.',
   ) {
     if (type !== 'mlp2x_gelu') throw new Error(`projector type "${type}" is not supported (only mlp2x_gelu, used by every release)`);
-    const w = loadSpecs(projectorWeights(visionSize, outputSize, prefix), (spec) => backend.upload(weights.get(spec.name, spec.shape)));
+    const w = loadSpecs(projectorWeights(visionSize, outputSize, prefix), (spec) => backend.upload(weights.get(spec)));
     this.w1 = w.fc1.weight;
     this.b1 = w.fc1.bias;
     this.w2 = w.fc2.weight;

@@ -3,6 +3,7 @@ import type { Tensor } from '../tensor/tensor.js';
 import { Workspace } from '../tensor/workspace.js';
 import type { VideoLlama3Config } from './config.js';
 import { ropeInverseFrequencies, ropeTables } from './rope.js';
+import type { WeightSource } from './weight-formats.js';
 import { decoderWeights, loadSpecs, type Loaded } from './weight-names.js';
 
 /** The Qwen2.5 sizes the decoder needs (spec 8.1), as the checkpoint's config states them. */
@@ -18,11 +19,6 @@ export type Qwen2Dims = Pick<
   | 'vocabSize'
   | 'maxPositionEmbeddings'
 >;
-
-/** Where weights come from: a tensor by name, checked against the expected shape (the checkpoint names the file). */
-export interface WeightSource {
-  get(name: string, shape: readonly number[]): Tensor;
-}
 
 /** Per-sequence keys and values, written layer by layer during a forward pass (implemented by the engine). */
 export interface AttentionCache {
@@ -45,8 +41,8 @@ export interface ForwardOptions {
 
 /**
  * The Qwen2.5 decoder: per layer h = x + O(Attn(RMSNorm(x))), out = h + Down(SiLU(Gate(RMSNorm(h))) ⊙ Up(RMSNorm(h))),
- * then a final RMSNorm and the LM head. Activations are f32; weights stay as stored (bf16) and are widened inside the
- * backend's kernels.
+ * then a final RMSNorm and the LM head. Activations are f32; weights stay as loaded (bf16, or block-quantized) and are
+ * widened inside the backend's kernels.
  */
 export class Qwen2Model {
   readonly headDim: number;
@@ -68,7 +64,7 @@ export class Qwen2Model {
     if (Hq % Hkv !== 0) throw new Error(`${Hq} attention heads are not a multiple of ${Hkv} key/value heads`);
     this.headDim = H / Hq;
     this.ws = new Workspace(backend);
-    const w = loadSpecs(decoderWeights(dims, lmHeadName), (spec) => backend.upload(weights.get(spec.name, spec.shape)));
+    const w = loadSpecs(decoderWeights(dims, lmHeadName), (spec) => backend.upload(weights.get(spec)));
     this.embedTokens = w.embedTokens;
     // The weight source resolves a tied head to the embedding table (2B stores no lm_head.weight).
     this.lmHead = w.lmHead;

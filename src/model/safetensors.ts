@@ -12,7 +12,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { arrayFor, BYTES_PER_ELEMENT, isQuantized, type DType, type QuantFormat, type TypedArrayFor } from '../tensor/dtype.js';
-import { numelOf, Tensor } from '../tensor/tensor.js';
+import { HostStorage, numelOf, Tensor } from '../tensor/tensor.js';
 
 // Typed arrays over the file's bytes are only meaningful on a little-endian host (every platform Node ships for).
 if (os.endianness() !== 'LE') throw new Error('safetensors: a little-endian host is required');
@@ -171,6 +171,8 @@ export class SafetensorsFile {
   readonly metadata: Readonly<Record<string, string>>;
   private readonly tensors: ReadonlyMap<string, TensorInfo>;
   private fd: number | null;
+  /** The whole file, memory-mapped, when opened with `map`: tensors are then views of it, read on first touch. */
+  private mapped: ArrayBuffer | null = null;
 
   private constructor(file: string, fd: number, tensors: Map<string, TensorInfo>, metadata: Record<string, string>) {
     this.path = file;
@@ -180,7 +182,12 @@ export class SafetensorsFile {
     this.metadata = Object.freeze(metadata);
   }
 
-  static open(file: string): SafetensorsFile {
+  /**
+   * Opens a file and validates its header. `map` maps the whole file (through `map(path)`, the native addon's mmap):
+   * `read` then returns views of the mapping instead of reading into new memory, so weights are paged in on first
+   * use and shared with the page cache.
+   */
+  static open(file: string, map?: (path: string) => ArrayBuffer): SafetensorsFile {
     let fd: number;
     try {
       fd = fs.openSync(file, 'r');
@@ -199,7 +206,15 @@ export class SafetensorsFile {
       const headerBytes = new Uint8Array(Number(headerLength));
       readFully(fd, file, headerBytes, 8);
       const { tensors, metadata } = parseHeader(file, fileSize, headerBytes, 8 + headerBytes.length);
-      return new SafetensorsFile(file, fd, tensors, metadata);
+      const opened = new SafetensorsFile(file, fd, tensors, metadata);
+      if (map) {
+        try {
+          opened.mapped = map(file);
+        } catch (err) {
+          fail(file, `cannot map (${(err as Error).message})`);
+        }
+      }
+      return opened;
     } catch (err) {
       fs.closeSync(fd);
       throw err;
@@ -221,6 +236,8 @@ export class SafetensorsFile {
     const info = this.info(name);
     if (info.dtype === 'f64') fail(this.path, `tensor "${name}" is F64; read it with readF64()`);
     const dtype = info.dtype;
+    // A tensor the writer did not align to its element size (other writers may not) is copied out of the mapping.
+    if (this.mapped && info.fileOffset % itemSize(dtype) === 0) return new Tensor(dtype, info.shape, new HostStorage(this.mapped), info.fileOffset);
     return new Tensor(dtype, info.shape, arrayFor(dtype, this.readBytes(name), 0, numelOf(info.shape)) as TypedArrayFor<DType>);
   }
 
@@ -233,6 +250,11 @@ export class SafetensorsFile {
   /** Either kind, for generic code such as copying a file. */
   readAny(name: string): Tensor | F64Array {
     return this.info(name).dtype === 'f64' ? this.readF64(name) : this.read(name);
+  }
+
+  /** True when tensors are views of a memory mapping of the file. */
+  get isMapped(): boolean {
+    return this.mapped !== null;
   }
 
   /** The tensor's raw little-endian bytes in a new ArrayBuffer of exactly its size. */
@@ -274,18 +296,19 @@ export class SafetensorsCheckpoint {
     this.names = Object.freeze([...fileByName.keys()].sort());
   }
 
-  static open(folder: string): SafetensorsCheckpoint {
+  /** Opens every file of the folder; `map` as for `SafetensorsFile.open`. */
+  static open(folder: string, map?: (path: string) => ArrayBuffer): SafetensorsCheckpoint {
     const single = path.join(folder, SINGLE_FILE_NAME);
     const index = path.join(folder, INDEX_FILE_NAME);
     if (fs.existsSync(single)) {
-      const file = SafetensorsFile.open(single);
+      const file = SafetensorsFile.open(single, map);
       return new SafetensorsCheckpoint(folder, [file], new Map(file.names.map((n) => [n, file])));
     }
-    if (fs.existsSync(index)) return SafetensorsCheckpoint.openIndex(folder, index);
+    if (fs.existsSync(index)) return SafetensorsCheckpoint.openIndex(folder, index, map);
     throw new Error(`checkpoint ${folder}: no weights found (expected ${SINGLE_FILE_NAME} or ${INDEX_FILE_NAME})`);
   }
 
-  private static openIndex(folder: string, indexPath: string): SafetensorsCheckpoint {
+  private static openIndex(folder: string, indexPath: string, map?: (path: string) => ArrayBuffer): SafetensorsCheckpoint {
     let weightMap: unknown;
     try {
       weightMap = (JSON.parse(fs.readFileSync(indexPath, 'utf8')) as { weight_map?: unknown }).weight_map;
@@ -305,7 +328,7 @@ export class SafetensorsCheckpoint {
         }
         let file = opened.get(fileName);
         if (!file) {
-          file = SafetensorsFile.open(path.join(folder, fileName));
+          file = SafetensorsFile.open(path.join(folder, fileName), map);
           opened.set(fileName, file);
         }
         if (!file.has(name)) throw new Error(`safetensors index ${indexPath}: tensor "${name}" is not in ${file.path}`);

@@ -4,6 +4,7 @@ import type { Checkpoint } from './checkpoint.js';
 import { Projector } from './projector.js';
 import { Qwen2Model } from './qwen2.js';
 import { VisionEncoder, type EncodeOptions } from './vision-encoder.js';
+import { FormattedWeights } from './weight-formats.js';
 import type { VisualGrid } from './vision-rope.js';
 
 /**
@@ -13,13 +14,18 @@ import type { VisualGrid } from './vision-rope.js';
  */
 export class VideoLLaMA3Model {
   readonly llm: Qwen2Model;
+  /** The weights in their load formats (`weights.formats`). */
+  readonly weights: FormattedWeights;
   private visionParts?: { encoder: VisionEncoder; projector: Projector };
 
+  /** `weights`: the checkpoint's weights in the formats to load them in; default, as the checkpoint stores them. */
   constructor(
     readonly checkpoint: Checkpoint,
     readonly backend: Backend,
+    weights?: FormattedWeights,
   ) {
-    this.llm = new Qwen2Model(checkpoint.config, checkpoint.weights, backend);
+    this.weights = weights ?? new FormattedWeights(checkpoint.weights, checkpoint.config.quantization);
+    this.llm = new Qwen2Model(checkpoint.config, this.weights, backend);
   }
 
   get imageTokenId(): number {
@@ -29,8 +35,8 @@ export class VideoLLaMA3Model {
   private vision(): { encoder: VisionEncoder; projector: Projector } {
     if (!this.visionParts) {
       const c = this.checkpoint.config;
-      const encoder = new VisionEncoder(c.visionEncoderConfig, this.checkpoint.weights, this.backend);
-      const projector = new Projector(c.visionEncoderConfig.hiddenSize, c.hiddenSize, this.checkpoint.weights, this.backend, c.mmProjectorType);
+      const encoder = new VisionEncoder(c.visionEncoderConfig, this.weights, this.backend);
+      const projector = new Projector(c.visionEncoderConfig.hiddenSize, c.hiddenSize, this.weights, this.backend, c.mmProjectorType);
       this.visionParts = { encoder, projector };
     }
     return this.visionParts;

@@ -2,7 +2,7 @@ import type { Backend } from '../tensor/backend.js';
 import { Tensor } from '../tensor/tensor.js';
 import { Workspace } from '../tensor/workspace.js';
 import type { VisionEncoderConfig } from './config.js';
-import type { WeightSource } from './qwen2.js';
+import type { WeightSource } from './weight-formats.js';
 import { visionRopeTables, type VisualGrid } from './vision-rope.js';
 import { loadSpecs, visionEncoderWeights } from './weight-names.js';
 
@@ -49,7 +49,7 @@ export class VisionEncoder {
     this.headDim = C / heads;
     if (this.headDim % 4 !== 0) throw new Error(`vision head dim ${this.headDim} must be a multiple of 4 for 2-D RoPE`);
     this.ws = new Workspace(backend);
-    const w = loadSpecs(visionEncoderWeights(dims, prefix), (spec) => backend.upload(weights.get(spec.name, spec.shape)));
+    const w = loadSpecs(visionEncoderWeights(dims, prefix), (spec) => backend.upload(weights.get(spec)));
     this.patchEmbed = { weight: w.patchEmbed.weight.reshape([C, ch * p * p]), bias: w.patchEmbed.bias };
     this.layers = w.layers;
     this.postNorm = w.postNorm;

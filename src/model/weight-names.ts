@@ -9,6 +9,8 @@ import type { VideoLlama3Config, VisionEncoderConfig } from './config.js';
 export interface WeightSpec {
   name: string;
   shape: readonly number[];
+  /** A matmul weight or embedding table [N, K]: it may be stored or loaded block-quantized (weight-formats.ts). */
+  quantizable?: boolean;
 }
 
 /** A structure of specs with each spec replaced by what `load` made of it. */
@@ -30,6 +32,7 @@ export function flattenSpecs(specs: unknown): WeightSpec[] {
 }
 
 const spec = (name: string, shape: number[]): WeightSpec => ({ name, shape });
+const linear = (name: string, shape: number[]): WeightSpec => ({ name, shape, quantizable: true });
 
 /** The sizes of the Qwen2.5 decoder's weights. */
 export type DecoderShape = Pick<VideoLlama3Config, 'vocabSize' | 'hiddenSize' | 'intermediateSize' | 'numHiddenLayers' | 'numAttentionHeads' | 'numKeyValueHeads'>;
@@ -39,24 +42,24 @@ export function decoderWeights(d: DecoderShape, lmHead = 'lm_head.weight') {
   const { vocabSize: V, hiddenSize: H, intermediateSize: I } = d;
   const kv = d.numKeyValueHeads * (H / d.numAttentionHeads);
   return {
-    embedTokens: spec('model.embed_tokens.weight', [V, H]),
-    lmHead: spec(lmHead, [V, H]),
+    embedTokens: linear('model.embed_tokens.weight', [V, H]),
+    lmHead: linear(lmHead, [V, H]),
     finalNorm: spec('model.norm.weight', [H]),
     layers: Array.from({ length: d.numHiddenLayers }, (_, i) => {
       const p = `model.layers.${i}.`;
       return {
         inputNorm: spec(`${p}input_layernorm.weight`, [H]),
-        qProj: spec(`${p}self_attn.q_proj.weight`, [H, H]),
+        qProj: linear(`${p}self_attn.q_proj.weight`, [H, H]),
         qBias: spec(`${p}self_attn.q_proj.bias`, [H]),
-        kProj: spec(`${p}self_attn.k_proj.weight`, [kv, H]),
+        kProj: linear(`${p}self_attn.k_proj.weight`, [kv, H]),
         kBias: spec(`${p}self_attn.k_proj.bias`, [kv]),
-        vProj: spec(`${p}self_attn.v_proj.weight`, [kv, H]),
+        vProj: linear(`${p}self_attn.v_proj.weight`, [kv, H]),
         vBias: spec(`${p}self_attn.v_proj.bias`, [kv]),
-        oProj: spec(`${p}self_attn.o_proj.weight`, [H, H]),
+        oProj: linear(`${p}self_attn.o_proj.weight`, [H, H]),
         postNorm: spec(`${p}post_attention_layernorm.weight`, [H]),
-        gateProj: spec(`${p}mlp.gate_proj.weight`, [I, H]),
-        upProj: spec(`${p}mlp.up_proj.weight`, [I, H]),
-        downProj: spec(`${p}mlp.down_proj.weight`, [H, I]),
+        gateProj: linear(`${p}mlp.gate_proj.weight`, [I, H]),
+        upProj: linear(`${p}mlp.up_proj.weight`, [I, H]),
+        downProj: linear(`${p}mlp.down_proj.weight`, [H, I]),
       };
     }),
   };
@@ -64,8 +67,11 @@ export function decoderWeights(d: DecoderShape, lmHead = 'lm_head.weight') {
 
 export type VisionShape = Pick<VisionEncoderConfig, 'hiddenSize' | 'intermediateSize' | 'numHiddenLayers' | 'patchSize' | 'numChannels'>;
 
-/** A linear or norm layer's weight and bias; the bias has the weight's first dimension. */
-const withBias = (name: string, shape: number[]) => ({ weight: spec(`${name}.weight`, shape), bias: spec(`${name}.bias`, [shape[0]!]) });
+/** A norm layer's weight and bias, or (`linear`) a linear layer's; the bias has the weight's first dimension. */
+const withBias = (name: string, shape: number[], isLinear = false) => ({
+  weight: (isLinear ? linear : spec)(`${name}.weight`, shape),
+  bias: spec(`${name}.bias`, [shape[0]!]),
+});
 
 /** The SigLIP-style vision encoder (spec 6). The patch embedding is stored as a convolution [C, ch, p, p]. */
 export function visionEncoderWeights(d: VisionShape, prefix = 'model.vision_encoder.') {
@@ -76,13 +82,13 @@ export function visionEncoderWeights(d: VisionShape, prefix = 'model.vision_enco
       const l = `${prefix}encoder.layers.${i}.`;
       return {
         norm1: withBias(`${l}layer_norm1`, [C]),
-        q: withBias(`${l}self_attn.q_proj`, [C, C]),
-        k: withBias(`${l}self_attn.k_proj`, [C, C]),
-        v: withBias(`${l}self_attn.v_proj`, [C, C]),
-        out: withBias(`${l}self_attn.out_proj`, [C, C]),
+        q: withBias(`${l}self_attn.q_proj`, [C, C], true),
+        k: withBias(`${l}self_attn.k_proj`, [C, C], true),
+        v: withBias(`${l}self_attn.v_proj`, [C, C], true),
+        out: withBias(`${l}self_attn.out_proj`, [C, C], true),
         norm2: withBias(`${l}layer_norm2`, [C]),
-        fc1: withBias(`${l}mlp.fc1`, [I, C]),
-        fc2: withBias(`${l}mlp.fc2`, [C, I]),
+        fc1: withBias(`${l}mlp.fc1`, [I, C], true),
+        fc2: withBias(`${l}mlp.fc2`, [C, I], true),
       };
     }),
     postNorm: withBias(`${prefix}post_layernorm`, [C]),
@@ -92,8 +98,8 @@ export function visionEncoderWeights(d: VisionShape, prefix = 'model.vision_enco
 /** The `mlp2x_gelu` projector (spec 7): Linear(C→H), GELU, Linear(H→H). */
 export function projectorWeights(visionSize: number, outputSize: number, prefix = 'model.mm_projector.readout.') {
   return {
-    fc1: withBias(`${prefix}0`, [outputSize, visionSize]),
-    fc2: withBias(`${prefix}2`, [outputSize, outputSize]),
+    fc1: withBias(`${prefix}0`, [outputSize, visionSize], true),
+    fc2: withBias(`${prefix}2`, [outputSize, outputSize], true),
   };
 }
 

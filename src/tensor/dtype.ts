@@ -7,6 +7,10 @@
 export type QuantFormat = 'int8' | 'int4' | 'int4m';
 export const QUANT_FORMATS: readonly QuantFormat[] = ['int8', 'int4', 'int4m'];
 
+/** How a model's weights are held: as stored in bf16 (or f32), or block-quantized. */
+export type WeightFormat = 'bf16' | QuantFormat;
+export const WEIGHT_FORMATS: readonly WeightFormat[] = ['bf16', ...QUANT_FORMATS];
+
 /** Element types a tensor can hold. Half-precision floats are stored as raw 16-bit words. */
 export type DType = 'f32' | 'bf16' | 'f16' | 'i32' | 'i64' | 'u8' | QuantFormat;
 
