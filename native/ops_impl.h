@@ -277,9 +277,10 @@ void quantMatmulExact(const MatmulArgs& a, const float* bias) {
 }
 
 // Quantized weights under Compute::Bf16 (kernels.h): x quantized once per call into scratch, then tasks of (row
-// block of x, range of 4-row weight groups). A row block of x (kQuantRowsM rows) stays in L2 while its tasks stream
-// the weights, read once per row block: decode reads them exactly once.
-constexpr long kQuantRowsM = 64;
+// block of x, range of 4-row weight groups). A row block of x (its codes and lane sums, 2 bytes per k, at most
+// kQuantBlockBytes, at most 64 rows) stays in L2 while its tasks stream the weights, read once per row block:
+// decode reads them exactly once.
+constexpr long kQuantBlockBytes = 192L << 10;
 
 void quantMatmulInt(const MatmulArgs& a, const float* bias) {
   const long M = a.M, N = a.N, K = a.K, nb = K / quant::kBlock;
@@ -294,6 +295,7 @@ void quantMatmulInt(const MatmulArgs& a, const float* bias) {
       quant::quantizeActivationRow(t, a.x + m * K, K, q + m * K, d + m * nb, laneInit + m * (K / 4), dsum + m * nb);
   });
   const quant::QuantizedRows A{q, d, laneInit, dsum, K};
+  const long kQuantRowsM = lmax(quant::kGroupRows, lmin(64, kQuantBlockBytes / (2 * K) / quant::kGroupRows * quant::kGroupRows));
   const long groups = cdiv(N, quant::kGroupRows), mBlocks = cdiv(M, kQuantRowsM);
   const int threads = poolThreads();
   const long gTasks = threads == 1 || M * N * K < (1L << 15) ? 1 : lmax(1, lmin(groups, cdiv(4L * threads, mBlocks)));

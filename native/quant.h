@@ -181,27 +181,44 @@ struct QuantizedRows {
   long K;
 };
 
-inline void quantizeActivationRow(WType t, const float* x, long K, int8_t* q, float* d, int32_t* laneInit, float* dsum) {
+// The activation codes must be the same integers on every tier and in the TS reference: x·inv is rounded to f32
+// before it is rounded to an integer, so the compiler may not fuse the two steps into one FMA.
+#if defined(__clang__)
+#define VL3_NO_FP_CONTRACT
+#define VL3_NO_FP_CONTRACT_BODY _Pragma("clang fp contract(off)")
+#elif defined(__GNUC__)
+#define VL3_NO_FP_CONTRACT __attribute__((optimize("fp-contract=off")))
+#define VL3_NO_FP_CONTRACT_BODY
+#else
+#define VL3_NO_FP_CONTRACT
+#define VL3_NO_FP_CONTRACT_BODY
+#endif
+
+VL3_NO_FP_CONTRACT inline void quantizeActivationRow(WType t, const float* x, long K, int8_t* q, float* d,
+                                                     int32_t* laneInit, float* dsum) {
+  VL3_NO_FP_CONTRACT_BODY
   const int z = zeroCode(t);
+  constexpr float kMagic = 12582912.0f;
   for (long b = 0; b < K / kBlock; b++) {
     const float* v = x + b * kBlock;
     float amax = 0.0f;
     for (int j = 0; j < kBlock; j++) amax = std::fabs(v[j]) > amax ? std::fabs(v[j]) : amax;
     const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
     d[b] = amax / 127.0f;
+    int8_t* qb = q + b * kBlock;
     int sum = 0;
     for (int j = 0; j < kBlock; j++) {
-      const int qj = static_cast<int>(std::nearbyint(v[j] * inv));
-      q[b * kBlock + j] = static_cast<int8_t>(qj);
+      // Adding 1.5·2²³ leaves no fraction bits and rounds half to even (|v·inv| ≤ 127, default rounding mode);
+      // plain arithmetic, so this loop vectorizes where nearbyint would not.
+      const float r = v[j] * inv + kMagic;
+      const int qj = static_cast<int>(r - kMagic);
+      qb[j] = static_cast<int8_t>(qj);
       sum += qj;
     }
     if (t == WType::Int4m) {
       dsum[b] = d[b] * static_cast<float>(sum);
     } else {
-      for (int l = 0; l < kBlock / 4; l++) {
-        const int8_t* p = q + b * kBlock + l * 4;
-        laneInit[b * 8 + l] = -z * (p[0] + p[1] + p[2] + p[3]);
-      }
+      for (int l = 0; l < kBlock / 4; l++) laneInit[b * 8 + l] = -z * (qb[4 * l] + qb[4 * l + 1] + qb[4 * l + 2] + qb[4 * l + 3]);
     }
   }
 }
