@@ -1,6 +1,6 @@
 // LLM throughput on one checkpoint, run as its own process so that its peak resident memory is the model's alone.
-// Usage: node dist/bench/llm.js <checkpoint-dir> <threads> [exact|bf16] [bf16|int8|int4|int4m]
-// (prints one JSON object; defaults: the fastest compute mode, the weights as stored)
+// Usage: node dist/bench/llm.js <checkpoint-dir> <threads> [exact|bf16] [bf16|int8|int4|int4m] [decode-only]
+// (prints one JSON object; defaults: the fastest compute mode, the weights as stored; decode-only skips the prefill runs)
 import { generateTokens } from '../src/engine/generate.js';
 import { Rng } from '../src/engine/rng.js';
 import { EMBED_TOKENS, loadCheckpoint } from '../src/model/checkpoint.js';
@@ -9,7 +9,7 @@ import { decoderWeights, flattenSpecs } from '../src/model/weight-names.js';
 import type { WeightFormat } from '../src/tensor/dtype.js';
 import { Qwen2Model } from '../src/model/qwen2.js';
 import { type ComputeMode, createBackend } from '../src/tensor/index.js';
-import type { NativeBackend } from '../src/tensor/native.js';
+import { type NativeBackend, readBandwidth } from '../src/tensor/native.js';
 import { median, round } from './stats.js';
 
 export interface LlmFigures {
@@ -23,8 +23,11 @@ export interface LlmFigures {
   decoderMatmulParams: number;
   /** Bytes of LLM weights one decode step reads: every decoder layer, the final norm and the LM head, as loaded. */
   weightBytesPerToken: number;
+  /** 0 tokens in decode-only runs. */
   prefill: { tokens: number; seconds: number; tokensPerSecond: number };
   decode: { promptTokens: number; tokens: number; seconds: number; tokensPerSecond: number };
+  /** DRAM read bandwidth on the same threads, measured right after the decode runs: the bound decode is held to. */
+  readGBs: number;
   peakRssBytes: number;
 }
 
@@ -44,7 +47,7 @@ async function run(model: Qwen2Model, promptLength: number, newTokens: number, s
 }
 
 async function main(): Promise<void> {
-  const [dir, threadsArg, computeArg, weightsArg] = process.argv.slice(2);
+  const [dir, threadsArg, computeArg, weightsArg, decodeOnly] = process.argv.slice(2);
   if (!dir) throw new Error('usage: llm.js <checkpoint-dir> [threads] [exact|bf16] [bf16|int8|int4|int4m]');
   const threads = Number(threadsArg ?? 0) || undefined;
   const t0 = performance.now();
@@ -62,8 +65,8 @@ async function main(): Promise<void> {
   const weightBytesPerToken = [...read].reduce((sum, t) => sum + t.byteLength, 0);
 
   const prefillRuns: number[] = [];
-  for (let r = 0; r < 2; r++) prefillRuns.push((await run(model, 1024, 1, 100 + r)).prefillMs / 1000);
-  const prefillSeconds = median(prefillRuns);
+  if (decodeOnly !== 'decode-only') for (let r = 0; r < 2; r++) prefillRuns.push((await run(model, 1024, 1, 100 + r)).prefillMs / 1000);
+  const prefillSeconds = prefillRuns.length ? median(prefillRuns) : 0;
 
   const decodeRuns: number[] = [];
   for (let r = 0; r < 3; r++) {
@@ -72,6 +75,7 @@ async function main(): Promise<void> {
     decodeRuns.push(g.decodeMs / 1000);
   }
   const decodeSeconds = median(decodeRuns);
+  const readGBs = round(readBandwidth(backend.threads), 1);
 
   const figures: LlmFigures = {
     threads: backend.threads,
@@ -81,8 +85,11 @@ async function main(): Promise<void> {
     loadSeconds: round(loadSeconds, 2),
     decoderMatmulParams: c.numHiddenLayers * layerParams,
     weightBytesPerToken,
-    prefill: { tokens: 1024, seconds: round(prefillSeconds, 2), tokensPerSecond: round(1024 / prefillSeconds) },
+    prefill: prefillRuns.length
+      ? { tokens: 1024, seconds: round(prefillSeconds, 2), tokensPerSecond: round(1024 / prefillSeconds) }
+      : { tokens: 0, seconds: 0, tokensPerSecond: 0 },
     decode: { promptTokens: 256, tokens: 64, seconds: round(decodeSeconds, 2), tokensPerSecond: round(64 / decodeSeconds, 2) },
+    readGBs,
     peakRssBytes: process.resourceUsage().maxRSS * 1024,
   };
   process.stdout.write(JSON.stringify(figures) + '\n');

@@ -19,6 +19,7 @@ import { makeBenchClip, measureVideoDecodeFigures } from './video.js';
 import type { VideoModelFigures } from './video-model.js';
 import { percent, round } from './stats.js';
 import { measureDecodePairs, measurePeers, printDecodePairs, printPeers, type PeersFigures } from './peers.js';
+import { measureQuantizedRounds, printQuantized, type QuantizedFigures } from './quantized.js';
 
 const args = process.argv.slice(2);
 const json = args.includes('--json');
@@ -27,7 +28,8 @@ const skipLlm = args.includes('--skip-llm');
 const peersOnly = args.includes('--peers-only');
 const skipPeers = args.includes('--skip-peers');
 const peerThreadsFlag = args.indexOf('--peer-threads');
-// Ours and llama.cpp BF16 alternately this many times (0: not at all); each pair costs about a minute.
+// Ours and llama.cpp BF16 alternately this many times (0: not at all); each pair costs about a minute. The quantized
+// formats' rounds (ours bf16/int8/int4/int4m, llama.cpp Q8_0/Q4_0) run as many times, about three minutes each.
 const pairsFlag = args.indexOf('--decode-pairs');
 const decodePairs = pairsFlag >= 0 ? Number(args[pairsFlag + 1]) : 3;
 const modelFlag = args.indexOf('--model');
@@ -101,8 +103,21 @@ if (!skipLlm) {
       decodeBoundTokensPerSecond: round(bound, 2), decodePercentOfBound: percent(figures.decode.tokensPerSecond, bound),
     };
   }));
+  // Quantized weights: prefill (and a first decode figure) on all threads in the default mode; decode is compared in
+  // rounds below.
+  for (const weights of ['int8', 'int4', 'int4m']) {
+    const figures = child<LlmFigures>('llm', modelDir, String(allThreads), cpu.compute, weights);
+    const bound = (figures.readGBs * 1e9) / figures.weightBytesPerToken;
+    const peak = modePeak(figures.isa, figures.compute, allThreads);
+    const prefillGflops = round((2 * figures.decoderMatmulParams * figures.prefill.tokensPerSecond) / 1e9);
+    llm.push({
+      ...figures, prefillGflops, prefillPercentOfPeak: percent(prefillGflops, limits.peaks['int8-zmm']?.[allThreads] ?? peak.gflops),
+      peakKind: limits.peaks['int8-zmm'] ? 'int8-zmm' : peak.kind,
+      decodeBoundTokensPerSecond: round(bound, 2), decodePercentOfBound: percent(figures.decode.tokensPerSecond, bound),
+    });
+  }
   for (const f of llm) {
-    log(`LLM 2b (random weights), ${f.isa} ${f.compute}, ${f.threads} thread(s): prefill ${f.prefill.tokensPerSecond} tokens/s (1024-token prompt) ` +
+    log(`LLM 2b (random weights), ${f.weights} weights, ${f.isa} ${f.compute}, ${f.threads} thread(s): prefill ${f.prefill.tokensPerSecond} tokens/s (1024-token prompt) ` +
       `= ${f.prefillGflops} GFLOP/s = ${f.prefillPercentOfPeak}% of the ${f.peakKind} peak; ` +
       `decode ${f.decode.tokensPerSecond} tokens/s (64 after 256) = ${f.decodePercentOfBound}% of the bandwidth bound ` +
       `${f.decodeBoundTokensPerSecond} tokens/s (${round(f.weightBytesPerToken / 1e9, 2)} GB read per token); ` +
@@ -122,13 +137,21 @@ if (!skipPeers) {
   }
 }
 
+let quantized: QuantizedFigures | undefined;
+if (!skipLlm && decodePairs > 0) {
+  quantized = measureQuantizedRounds({ modelDir, threads: allThreads, compute: cpu.compute, rounds: decodePairs, llamaCpp: !skipPeers && peers?.llamaCpp.available === true, child });
+  printQuantized(quantized, log);
+}
+
 let vision: VisionFigures[] | undefined;
 if (!skipLlm && !peersOnly) {
   vision = modes.flatMap((compute) => threadCounts.map((n) => child<VisionFigures>('vision', modelDir, String(n), compute)));
+  // The encoder is compute-bound: quantized weights save memory, not time (int8 dot products replace bf16 ones).
+  for (const weights of ['int8', 'int4']) vision.push(child<VisionFigures>('vision', modelDir, String(allThreads), cpu.compute, weights));
   for (const f of vision) {
     const peak = modePeak(f.isa, f.compute, f.threads);
     for (const image of f.images) {
-      log(`vision encoder + projector, one ${image.label} image (${image.patches} patches), ${f.isa} ${f.compute}, ${f.threads} thread(s): ` +
+      log(`vision encoder + projector, one ${image.label} image (${image.patches} patches), ${f.weights} weights, ${f.isa} ${f.compute}, ${f.threads} thread(s): ` +
         `${image.seconds} s, ${image.gflops} GFLOP/s = ${percent(image.gflops, peak.gflops)}% of the ${peak.kind} peak (${image.gflop} GFLOP)`);
     }
     if (f.timeToFirstToken) {
@@ -169,7 +192,7 @@ if (videoDecode && !skipLlm) {
 let server: ServerFigures | undefined;
 if (!skipLlm && !peersOnly && !args.includes('--skip-server')) {
   server = child<ServerFigures>('server', modelDir);
-  const single = vision?.find((f) => f.threads === allThreads && f.compute === cpu.compute)?.timeToFirstToken;
+  const single = vision?.find((f) => f.threads === allThreads && f.compute === cpu.compute && f.weights === 'bf16')?.timeToFirstToken;
   log(`server (2b random weights, ${server.promptTokens}-token prompt, ${server.maxTokens} tokens per answer, ${round(server.gflopPerRequest)} GFLOP per request ` +
     `= ${server.requestsPerMinuteAtPeak} requests/min at the ${server.peakGflops} GFLOP/s ${server.peakKind} peak; library alone, same request: ${single ? `${single.seconds} s to first token` : 'not measured'}):`);
   for (const r of server.runs) {
@@ -180,6 +203,6 @@ if (!skipLlm && !peersOnly && !args.includes('--skip-server')) {
 }
 
 if (json) {
-  const figures = { date: new Date().toISOString(), threads: threadCounts, limits, kernels, llm, peers, vision, resize, videoDecode, video, server };
+  const figures = { date: new Date().toISOString(), threads: threadCounts, limits, kernels, llm, peers, quantized, vision, resize, videoDecode, video, server };
   process.stdout.write(JSON.stringify(figures) + '\n');
 }

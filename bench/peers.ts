@@ -111,8 +111,9 @@ export function printDecodePairs(p: DecodePairs, log: (line: string) => void): v
 /** Bytes one decode step reads per weight, by the weight type a run names (norms and biases are negligible here). */
 function bytesPerWeight(weights: string): number {
   const w = weights.toLowerCase();
-  if (w.startsWith('q8_0')) return 34 / 32;
-  if (w.startsWith('q4_0')) return 18 / 32;
+  if (w.startsWith('q8_0') || w.startsWith('int8')) return 34 / 32;
+  if (w.startsWith('q4_0') || w.startsWith('int4,')) return 18 / 32;
+  if (w.startsWith('int4m')) return 20 / 32;
   if (w.startsWith('fp32')) return 4;
   return 2; // bf16
 }
@@ -148,13 +149,13 @@ export function printPeers(
   line(['---', '---', '---', '---', '---', '---', '---', '---', '---', '---']);
   for (const n of peers.threads) {
     // "× ours" is against our default (fastest) mode; the agreement reference is our exact mode (bench/peer-ours.ts).
-    const mine = llm.find((f) => f.threads === n && f.compute === limits.cpu.compute);
+    const mine = llm.find((f) => f.threads === n && f.compute === limits.cpu.compute && f.weights === 'bf16');
     const bound = (weights: string) => (limits.readGBs[n]! * 1e9) / (decodeParams * bytesPerWeight(weights));
     const gflops = (tps: number) => round((2 * layerParams * tps) / 1e9);
     const rows: { runtime: string; run: Pick<PeerRun, 'weights' | 'prefill' | 'decode' | 'agreement'> }[] = [];
     for (const f of llm) {
       if (f.threads !== n) continue;
-      const weights = f.compute === 'bf16' ? 'bf16, bf16 compute' : 'bf16, exact (f32 activations)';
+      const weights = f.compute === 'bf16' ? `${f.weights}, ${f.weights === 'bf16' ? 'bf16' : 'int8-activation'} compute` : `${f.weights}, exact (f32 activations)`;
       rows.push({ runtime: `ours (${f.isa})`, run: { weights, prefill: f.prefill, decode: f.decode } });
     }
     for (const run of [...peers.llamaCpp.runs, ...peers.torch.runs]) if (run.threads === n) rows.push({ runtime: run.peer, run });
@@ -170,7 +171,7 @@ export function printPeers(
         run.decode.tokensPerSecond,
         `${percent(run.decode.tokensPerSecond, bound(run.weights))} %`,
         mine ? `${round(run.decode.tokensPerSecond / mine.decode.tokensPerSecond, 2)}` : '-',
-        a ? `${a.argmaxSame}/${a.positions}, greedy ${a.greedyPrefix}/${a.greedyTokens}` : run.weights.includes('exact') ? '(reference)' : '-',
+        a ? `${a.argmaxSame}/${a.positions}, greedy ${a.greedyPrefix}/${a.greedyTokens}` : run.weights === 'bf16, exact (f32 activations)' ? '(reference)' : '-',
       ]);
     }
   }

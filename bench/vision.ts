@@ -1,11 +1,14 @@
 // Vision encoder + projector throughput on one checkpoint, run as its own process (peak memory is its own).
-// Usage: node dist/bench/vision.js <checkpoint-dir> <threads> [exact|bf16]   (prints one JSON object; default: the fastest mode)
+// Usage: node dist/bench/vision.js <checkpoint-dir> <threads> [exact|bf16] [bf16|int8|int4|int4m]
+// (prints one JSON object; defaults: the fastest mode, the vision weights as stored)
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { VideoLLaMA3, type ChatResult } from '../src/api/videollama3.js';
 import { loadCheckpoint } from '../src/model/checkpoint.js';
 import type { Message } from '../src/processing/conversation.js';
 import { VideoLLaMA3Model } from '../src/model/videollama3.js';
+import { FormattedWeights } from '../src/model/weight-formats.js';
+import type { WeightFormat } from '../src/tensor/dtype.js';
 import type { VisualGrid } from '../src/model/vision-rope.js';
 import { type ComputeMode, createBackend } from '../src/tensor/index.js';
 import { Tensor } from '../src/tensor/tensor.js';
@@ -16,6 +19,8 @@ import { round } from './stats.js';
 export interface VisionFigures {
   threads: number;
   compute: ComputeMode;
+  /** The format of the encoder's and projector's matmul weights. */
+  weights: WeightFormat;
   isa: string;
   images: { label: string; patches: number; seconds: number; gflop: number; gflops: number }[];
   /** End to end through the public API (decode, resize, encode, prefill); absent without tokenizer files. */
@@ -44,13 +49,17 @@ async function timeToFirstToken(model: VideoLLaMA3): Promise<VisionFigures['time
 }
 
 async function main(): Promise<void> {
-  const [dir, threadsArg, computeArg] = process.argv.slice(2);
-  if (!dir) throw new Error('usage: vision.js <checkpoint-dir> [threads] [exact|bf16]');
+  const [dir, threadsArg, computeArg, weightsArg] = process.argv.slice(2);
+  if (!dir) throw new Error('usage: vision.js <checkpoint-dir> [threads] [exact|bf16] [bf16|int8|int4|int4m]');
   const threads = Number(threadsArg ?? 0) || undefined;
-  const compute = computeArg as ComputeMode | undefined;
+  const compute = (computeArg || undefined) as ComputeMode | undefined;
+  const visionWeights = (weightsArg || undefined) as WeightFormat | undefined;
   // With tokenizer files the public API is measured end to end too; the encoder timings then use its model.
-  const api = existsSync(join(dir, 'tokenizer.json')) ? await VideoLLaMA3.load(dir, { threads, compute }) : undefined;
-  const model = api?.model ?? new VideoLLaMA3Model(loadCheckpoint(dir), createBackend('native', { threads, compute }));
+  const api = existsSync(join(dir, 'tokenizer.json')) ? await VideoLLaMA3.load(dir, { threads, compute, visionWeights }) : undefined;
+  const opened = api ? undefined : loadCheckpoint(dir);
+  const model =
+    api?.model ??
+    new VideoLLaMA3Model(opened!, createBackend('native', { threads, compute }), new FormattedWeights(opened!.weights, opened!.config.quantization, { vision: visionWeights }));
   const { checkpoint, backend } = model;
   const dims = visionDims(checkpoint.config);
 
@@ -70,7 +79,7 @@ async function main(): Promise<void> {
     const gflop = visionFlops(n, n, dims) / 1e9;
     return { label, patches: n, seconds: round(seconds, 2), gflop: round(gflop), gflops: round(gflop / seconds) };
   });
-  const figures: VisionFigures = { threads: backend.threads, compute: backend.compute, isa: 'isa' in backend ? String(backend.isa) : backend.name, images, timeToFirstToken: api && (await timeToFirstToken(api)) };
+  const figures: VisionFigures = { threads: backend.threads, compute: backend.compute, weights: model.weights.formats.vision, isa: 'isa' in backend ? String(backend.isa) : backend.name, images, timeToFirstToken: api && (await timeToFirstToken(api)) };
   process.stdout.write(JSON.stringify(figures) + '\n');
 }
 

@@ -8,6 +8,9 @@
 
 namespace vl3 {
 namespace quant {
+// Internal linkage: every kernel tier compiles this header with its own ISA flags, and the linker must never pick one
+// tier's copy of a function for another (an AVX-512 body on a CPU without it).
+namespace {
 
 // Every format quantizes blocks of 32 consecutive k of one weight row; a block is one f16 scale d (and for Int4m one
 // f16 minimum m) and 32 codes u. Values: Int8 d·(u − 128), u in [1, 255]; Int4 d·(u − 8), u in [0, 15];
@@ -250,5 +253,6 @@ inline void groupDotGeneric(WType t, const uint8_t* g, int rows, long blk0, cons
   }
 }
 
+}  // namespace
 }  // namespace quant
 }  // namespace vl3

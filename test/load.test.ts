@@ -126,8 +126,9 @@ describe('loading a model', { skip: !fixtures && FIXTURES_MISSING }, () => {
 
   it('tells what it allows, and refuses per-request budgets in their own names', async () => {
     const model = await VideoLLaMA3.load(tiny, { maxVisualTokens: 4096, fps: 2, threads: 1, compute: 'exact' });
-    const { backend, ...budgets } = model.info;
+    const { backend, weights, ...budgets } = model.info;
     assert.deepEqual({ ...backend, isa: undefined }, { name: 'native', threads: 1, compute: 'exact', isa: undefined });
+    assert.deepEqual(weights, { language: 'bf16', vision: 'bf16' });
     assert.ok(nativeInfo().tiers.includes(backend.isa as Isa), `${backend.isa} is one of this CPU's tiers`);
     assert.deepEqual(budgets, {
       contextLength: 32768,
