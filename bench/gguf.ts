@@ -13,6 +13,8 @@ import * as path from 'node:path';
 import { readModelConfig, type VideoLlama3Config } from '../src/model/config.js';
 import { SafetensorsCheckpoint, writeFileAtomically } from '../src/model/safetensors.js';
 import { decoderWeights } from '../src/model/weight-names.js';
+import { f16ToF32 } from '../src/tensor/dtype.js';
+import { f32ToF16 } from '../src/tensor/quant.js';
 
 export const GGUF_MAGIC = 0x46554747; // the bytes "GGUF" read as a little-endian u32
 export const GGUF_VERSION = 3;
@@ -98,44 +100,8 @@ export interface GgufTensor {
 // ---------------------------------------------------------------------------------------------------------------
 // fp16 and the block quantizers
 
-const f32Scratch = new Float32Array(1);
-const u32Scratch = new Uint32Array(f32Scratch.buffer);
-
-/** IEEE half precision bits of `value`, rounded to nearest even (subnormals kept, overflow to infinity). */
-export function f32ToF16(value: number): number {
-  f32Scratch[0] = value;
-  const u = u32Scratch[0]!;
-  const sign = (u >>> 16) & 0x8000;
-  const exp = (u >>> 23) & 0xff;
-  const mant = u & 0x7fffff;
-  if (exp === 0xff) return sign | 0x7c00 | (mant ? 0x200 : 0);
-  const e = exp - 127 + 15;
-  if (e >= 0x1f) return sign | 0x7c00;
-  if (e <= 0) {
-    if (e < -10) return sign;
-    // Subnormal: shift the implicit-one mantissa right, rounding to nearest even on the bits shifted out.
-    const m = mant | 0x800000;
-    const shift = 14 - e;
-    const half = 1 << (shift - 1);
-    const rest = m & ((1 << shift) - 1);
-    let r = m >>> shift;
-    if (rest > half || (rest === half && (r & 1))) r++;
-    return sign | r;
-  }
-  let r = (e << 10) | (mant >>> 13);
-  const rest = mant & 0x1fff;
-  if (rest > 0x1000 || (rest === 0x1000 && (r & 1))) r++; // a carry into the exponent is the correct rounding
-  return sign | r;
-}
-
-export function f16ToF32Bits(h: number): number {
-  const sign = h & 0x8000 ? -1 : 1;
-  const exp = (h >>> 10) & 0x1f;
-  const frac = h & 0x3ff;
-  if (exp === 0) return sign * frac * 2 ** -24;
-  if (exp === 0x1f) return frac ? NaN : sign * Infinity;
-  return sign * (1 + frac / 1024) * 2 ** (exp - 15);
-}
+// The half-precision conversions are the tensor layer's (the quantized weights' encoder uses the same).
+export { f32ToF16 };
 
 /**
  * Q8_0: per block of 32, scale d = max|x| / 127 stored as fp16, then round(x / d) as signed bytes. The quotients use
@@ -149,7 +115,7 @@ export function quantizeQ8_0(src: Float32Array, out: Uint8Array, outOffset = 0):
     let amax = 0;
     for (let j = 0; j < QK; j++) amax = Math.max(amax, Math.abs(src[b + j]!));
     const dBits = f32ToF16(amax / 127);
-    const d = f16ToF32Bits(dBits);
+    const d = f16ToF32(dBits);
     const id = d > 0 ? 1 / d : 0;
     view.setUint16(o, dBits, true);
     for (let j = 0; j < QK; j++) {
@@ -173,7 +139,7 @@ export function quantizeQ4_0(src: Float32Array, out: Uint8Array, outOffset = 0):
     let m = 0;
     for (let j = 0; j < QK; j++) if (Math.abs(src[b + j]!) > Math.abs(m)) m = src[b + j]!;
     const dBits = f32ToF16(m / -8);
-    const d = f16ToF32Bits(dBits);
+    const d = f16ToF32(dBits);
     const id = d !== 0 ? 1 / d : 0;
     view.setUint16(o, dBits, true);
     for (let j = 0; j < QK; j++) codes[j] = Math.max(0, Math.min(15, Math.round(src[b + j]! * id) + 8));
@@ -186,7 +152,7 @@ export function dequantizeQ8_0(src: Uint8Array, numel: number): Float32Array {
   const view = new DataView(src.buffer, src.byteOffset, src.byteLength);
   const out = new Float32Array(numel);
   for (let b = 0, o = 0; b < numel; b += QK, o += Q8_0_BLOCK_BYTES) {
-    const d = f16ToF32Bits(view.getUint16(o, true));
+    const d = f16ToF32(view.getUint16(o, true));
     for (let j = 0; j < QK; j++) out[b + j] = view.getInt8(o + 2 + j) * d;
   }
   return out;
@@ -196,7 +162,7 @@ export function dequantizeQ4_0(src: Uint8Array, numel: number): Float32Array {
   const view = new DataView(src.buffer, src.byteOffset, src.byteLength);
   const out = new Float32Array(numel);
   for (let b = 0, o = 0; b < numel; b += QK, o += Q4_0_BLOCK_BYTES) {
-    const d = f16ToF32Bits(view.getUint16(o, true));
+    const d = f16ToF32(view.getUint16(o, true));
     for (let j = 0; j < QK / 2; j++) {
       const byte = src[o + 2 + j]!;
       out[b + j] = ((byte & 0x0f) - 8) * d;
