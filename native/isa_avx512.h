@@ -833,6 +833,7 @@ inline long groupDotT(const uint8_t* g, const quant::QuantizedRows& A, long m0, 
   for (long c = 0; c < chunks; c++) {
     const uint8_t* ch = g + c * chunkBytes;
     const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(ch)));
+    const __m512 mw = T == WType::Int4m ? _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(ch + 32))) : dw;
     const uint8_t* codes = ch + paramBytes;
     __m512i wLo[R], wHi[R];
     for (int r = 0; r < R; r++) {
@@ -856,10 +857,7 @@ inline long groupDotT(const uint8_t* g, const quant::QuantizedRows& A, long m0, 
         initHi = _mm512_loadu_si512(li + 16);
       }
       const __m512 p = _mm512_mul_ps(dw, _mm512_broadcast_f32x4(_mm_loadu_ps(A.d + m * nb + c * 4)));
-      if (T == WType::Int4m) {
-        const __m512 mw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(ch + 32)));
-        accMin[i] = _mm512_fmadd_ps(mw, _mm512_broadcast_f32x4(_mm_loadu_ps(A.dsum + m * nb + c * 4)), accMin[i]);
-      }
+      if (T == WType::Int4m) accMin[i] = _mm512_fmadd_ps(mw, _mm512_broadcast_f32x4(_mm_loadu_ps(A.dsum + m * nb + c * 4)), accMin[i]);
       for (int r = 0; r < R; r++) {
         const __m512i lo = _mm512_dpbusd_epi32(initLo, wLo[r], xLo);
         const __m512i hi = _mm512_dpbusd_epi32(initHi, wHi[r], xHi);
