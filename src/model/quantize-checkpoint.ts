@@ -8,7 +8,6 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { quantizeNative } from '../tensor/native.js';
 import { packedBytes, QuantizeRangeError } from '../tensor/quant.js';
-import type { WeightFormat } from '../tensor/dtype.js';
 import { canonicalWeightName, loadCheckpoint } from './checkpoint.js';
 import { QUANT_LAYOUT_VERSION, QUANT_METHOD } from './config.js';
 import { CheckpointError } from './errors.js';
@@ -127,4 +126,3 @@ function writeConfig(source: string, target: string, formats: WeightFormats): vo
   fs.writeFileSync(target, JSON.stringify(json, null, 2) + '\n');
 }
 
-export type { WeightFormat };
