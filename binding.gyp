@@ -1,11 +1,11 @@
 {
   # Own native CPU backend. Each kernel tier that needs instruction-set flags is a static library compiled with them:
   # on x86-64, AVX2 (-mavx2 -mfma -mf16c), AVX-512 (-mavx512f/bw/dq/vl on top) and AVX-512 BF16 (-mavx512bf16 on top
-  # of that); on arm64 (Linux, macOS), the NEON tier's BF16 build (-march=armv8.2-a+bf16), used only on CPUs with
-  # BF16. Everything else, the baseline NEON tier included (Advanced SIMD is part of every ARMv8-A), is baseline
-  # x86-64 or ARMv8.0-A, and a backend picks a tier at run time from what the CPU has. Flags are set only under their
-  # target_arch, and every kernels_*.cc compiles on every target (to a null table where its ISA is absent), so the
-  # source lists stay the same everywhere.
+  # of that); on arm64 (Linux, macOS), the NEON tier's BF16 build (-march=armv8.2-a+bf16+dotprod), used only on CPUs
+  # with BF16 and dotprod. Everything else, the baseline NEON tier included (Advanced SIMD is part of every ARMv8-A),
+  # is baseline x86-64 or ARMv8.0-A, and a backend picks a tier at run time from what the CPU has. Flags are set only
+  # under their target_arch, and every kernels_*.cc compiles on every target (to a null table where its ISA is
+  # absent), so the source lists stay the same everywhere.
   "target_defaults": {
     "cflags!": ["-O0", "-O2"],
     "cflags_cc!": ["-std=gnu++17", "-std=gnu++14", "-std=gnu++1y"],
@@ -60,8 +60,8 @@
       "sources": ["native/kernels_neon_bf16.cc"],
       "conditions": [
         ["target_arch=='arm64'", {
-          "cflags": ["-march=armv8.2-a+bf16"],
-          "xcode_settings": {"OTHER_CFLAGS": ["-march=armv8.2-a+bf16"]}
+          "cflags": ["-march=armv8.2-a+bf16+dotprod"],
+          "xcode_settings": {"OTHER_CFLAGS": ["-march=armv8.2-a+bf16+dotprod"]}
         }]
       ]
     },

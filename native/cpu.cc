@@ -91,8 +91,8 @@ struct Tier {
 };
 
 // Worst first. The AVX-512 tiers are compiled with -mavx512f/bw/dq/vl (Skylake-SP's set, which every AVX-512 core
-// since has), on top of AVX2/FMA/F16C. neon needs only Advanced SIMD: where the CPU also has BF16, neonKernels()
-// gives its +bf16 build, whose bf16Dot makes bf16 the default compute mode as on avx512bf16.
+// since has), on top of AVX2/FMA/F16C. neon needs only Advanced SIMD: where the CPU also has BF16 and dotprod,
+// neonKernels() gives its +bf16+dotprod build, whose bf16Dot makes bf16 the default compute mode as on avx512bf16.
 const std::vector<Tier>& tiers() {
   static const std::vector<Need> avx2 = {{"avx2", &CpuFeatures::avx2}, {"fma", &CpuFeatures::fma}, {"f16c", &CpuFeatures::f16c}};
   static const std::vector<Need> avx512 = [] {

@@ -1,5 +1,5 @@
 // Own AArch64 NEON primitives: Advanced SIMD is baseline on every arm64 CPU, and no auto-vectorizer gives us the register-blocked GEMM, the in-register bf16 widening or the transposes of the attention tiles.
-// Included by kernels_neon.cc (baseline ARMv8.0-A) and kernels_neon_bf16.cc (-march=armv8.2-a+bf16, with
+// Included by kernels_neon.cc (baseline ARMv8.0-A) and kernels_neon_bf16.cc (-march=armv8.2-a+bf16+dotprod, with
 // VL3_BF16_DOT = 1: the bf16 dot-product GEMM and GEMV, BFMMLA and BFDOT, that Compute::Bf16 then runs on), inside an
 // anonymous namespace in vl3::VL3_ISA, so nothing here can be picked by the linker for another translation unit. Same
 // contracts as isa_avx2.h (the x86 header explains each primitive's role in the drivers of ops_impl.h); this file only
@@ -12,6 +12,7 @@
 #include <cstring>
 
 #include "kernels.h"
+#include "quant.h"
 
 namespace vl3 {
 namespace VL3_ISA {
@@ -801,6 +802,113 @@ inline float sumRange(const float* p, long n) {
   float s = vaddvq_f32(a[0]);
   for (; i < n; i++) s += p[i];
   return s;
+}
+
+// Quantized weights' integer dot (ops_impl.h quantMatmulInt) for a full group of 4 weight rows and MT rows of x, over
+// every whole chunk of 4 blocks (128 k). The codes are made signed (Int8: u XOR 0x80 = u − 128, Int4: u − 8; Int4m's
+// u ≤ 15 are already), so that signed products sum (u − z)·q directly and the activation's lane sums go unused.
+// Where the build has dotprod (the +bf16 one) sdot sums 4 products per int32 lane; the baseline ARMv8.0 build
+// multiplies into int16 (smull, smlal) as many products as int16 holds exactly, then widens pairwise (saddlp,
+// sadalp). Pairwise adds fold a row's 4 block sums into one vector, a lane per block, which is scaled by d_w·d_x in
+// f32 (the layout of the chunk's scales).
+#define VL3_QUANT_DOT 1
+
+inline float32x4_t widenF16x4(const uint8_t* p) { return vcvt_f32_f16(vreinterpret_f16_u8(vld1_u8(p))); }
+
+// The sums over blocks 0–3 of one chunk of a weight row (w: its 128 signed codes in k order) times x's.
+template <WType T>
+inline int32x4_t chunkDot(const int8x16_t (&w)[8], const int8_t* x) {
+#if defined(__ARM_FEATURE_DOTPROD)
+  int32x4_t s[4];
+  for (int b = 0; b < 4; b++) {
+    const int32x4_t half = vdotq_s32(vdupq_n_s32(0), w[2 * b], vld1q_s8(x + 32 * b));
+    s[b] = vdotq_s32(half, w[2 * b + 1], vld1q_s8(x + 32 * b + 16));
+  }
+  return vpaddq_s32(vpaddq_s32(s[0], s[1]), vpaddq_s32(s[2], s[3]));
+#else
+  if (T == WType::Int8) {
+    // |(u − 128)·q| ≤ 128·127: two products per int16 lane.
+    int32x4_t s[4];
+    for (int b = 0; b < 4; b++) {
+      const int8x16_t x0 = vld1q_s8(x + 32 * b), x1 = vld1q_s8(x + 32 * b + 16);
+      s[b] = vpaddlq_s16(vmlal_high_s8(vmull_s8(vget_low_s8(w[2 * b]), vget_low_s8(x0)), w[2 * b], x0));
+      s[b] = vpadalq_s16(s[b], vmlal_high_s8(vmull_s8(vget_low_s8(w[2 * b + 1]), vget_low_s8(x1)), w[2 * b + 1], x1));
+    }
+    return vpaddq_s32(vpaddq_s32(s[0], s[1]), vpaddq_s32(s[2], s[3]));
+  }
+  // |u − z| ≤ 15: sixteen products (≤ 16·15·127) fit an int16 lane, so a block's 32 stay in int16 through two
+  // rounds of pairwise adds and are widened only once they are 4 lanes, one per block.
+  int16x8_t p[4];
+  for (int b = 0; b < 4; b++) {
+    const int8x16_t x0 = vld1q_s8(x + 32 * b), x1 = vld1q_s8(x + 32 * b + 16);
+    p[b] = vmlal_high_s8(vmull_s8(vget_low_s8(w[2 * b]), vget_low_s8(x0)), w[2 * b], x0);
+    p[b] = vmlal_high_s8(vmlal_s8(p[b], vget_low_s8(w[2 * b + 1]), vget_low_s8(x1)), w[2 * b + 1], x1);
+  }
+  return vpaddlq_s16(vpaddq_s16(vpaddq_s16(p[0], p[1]), vpaddq_s16(p[2], p[3])));
+#endif
+}
+
+template <WType T, int MT>
+inline long groupDotT(const uint8_t* g, const quant::QuantizedRows& A, long m0, float (*res)[quant::kGroupRows]) {
+  constexpr int R = quant::kGroupRows, B = quant::kChunkBlocks;
+  const long K = A.K, nb = K / quant::kBlock, chunks = nb / B;
+  const long chunkBytes = R * B * quant::blockBytes(T);
+  const long paramBytes = R * B * quant::paramBytes(T);
+  float32x4_t acc[MT][R];
+  for (int i = 0; i < MT; i++)
+    for (int r = 0; r < R; r++) acc[i][r] = vdupq_n_f32(0.0f);
+  for (long c = 0; c < chunks; c++) {
+    const uint8_t* ch = g + c * chunkBytes;
+    const uint8_t* codes = ch + paramBytes;
+    for (int r = 0; r < R; r++) {
+      int8x16_t w[8];
+      if (T == WType::Int8) {
+        for (int j = 0; j < 8; j++)
+          w[j] = vreinterpretq_s8_u8(veorq_u8(vld1q_u8(codes + r * 128 + 16 * j), vdupq_n_u8(0x80)));
+      } else {
+        // Low nibbles of a row's 64 bytes are k 0–63, high nibbles k 64–127.
+        for (int j = 0; j < 4; j++) {
+          const uint8x16_t v = vld1q_u8(codes + r * 64 + 16 * j);
+          w[j] = vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(0x0f)));
+          w[4 + j] = vreinterpretq_s8_u8(vshrq_n_u8(v, 4));
+          if (T == WType::Int4) {
+            w[j] = vsubq_s8(w[j], vdupq_n_s8(8));
+            w[4 + j] = vsubq_s8(w[4 + j], vdupq_n_s8(8));
+          }
+        }
+      }
+      const float32x4_t dw = widenF16x4(ch + r * 8);
+      for (int i = 0; i < MT; i++) {
+        const long m = m0 + i;
+        const int32x4_t s = chunkDot<T>(w, A.q + m * K + c * 128);
+        acc[i][r] = vfmaq_f32(acc[i][r], vcvtq_f32_s32(s), vmulq_f32(dw, vld1q_f32(A.d + m * nb + c * B)));
+        if (T == WType::Int4m)
+          acc[i][r] = vfmaq_f32(acc[i][r], widenF16x4(ch + 32 + r * 8), vld1q_f32(A.dsum + m * nb + c * B));
+      }
+    }
+  }
+  for (int i = 0; i < MT; i++)
+    for (int r = 0; r < R; r++) res[i][r] += vaddvq_f32(acc[i][r]);
+  return chunks * B;
+}
+
+template <WType T>
+inline long groupDotMT(const uint8_t* g, const quant::QuantizedRows& A, long m0, int mt, float (*res)[quant::kGroupRows]) {
+  switch (mt) {
+    case 1: return groupDotT<T, 1>(g, A, m0, res);
+    case 2: return groupDotT<T, 2>(g, A, m0, res);
+    case 3: return groupDotT<T, 3>(g, A, m0, res);
+    default: return groupDotT<T, 4>(g, A, m0, res);
+  }
+}
+
+// Full groups only (a matrix's last group may be short and goes the generic way).
+inline long groupDot(WType t, const uint8_t* g, int rows, const quant::QuantizedRows& A, long m0, int mt,
+                     float (*res)[quant::kGroupRows]) {
+  if (rows != quant::kGroupRows) return 0;
+  if (t == WType::Int8) return groupDotMT<WType::Int8>(g, A, m0, mt, res);
+  if (t == WType::Int4) return groupDotMT<WType::Int4>(g, A, m0, mt, res);
+  return groupDotMT<WType::Int4m>(g, A, m0, mt, res);
 }
 
 }  // namespace

@@ -104,8 +104,8 @@ const KernelTable* scalarKernels();
 const KernelTable* avx2Kernels();
 const KernelTable* avx512Kernels();
 const KernelTable* avx512bf16Kernels();
-// Null off aarch64. Where the CPU has BF16, the build whose bf16 compute multiplies with BFMMLA/BFDOT (bf16Dot set);
-// elsewhere the baseline ARMv8.0 build, whose bf16 compute rounds and runs the f32 kernels.
+// Null off aarch64. Where the CPU has BF16 and dotprod, the build whose bf16 compute multiplies with BFMMLA/BFDOT
+// (bf16Dot set); elsewhere the baseline ARMv8.0 build, whose bf16 compute rounds and runs the f32 kernels.
 const KernelTable* neonKernels();
 
 }  // namespace vl3

@@ -12,10 +12,12 @@
 namespace vl3 {
 const KernelTable* neonBaselineKernels() { return &neon::table; }
 
-// The +bf16 build may only run where the CPU has BF16, so the choice is made here, in baseline code.
+// The +bf16+dotprod build may only run where the CPU has both, so the choice is made here, in baseline code.
 const KernelTable* neonKernels() {
-  static const KernelTable* const t =
-      cpuFeatures().bf16 && neonBf16KernelsUnchecked() ? neonBf16KernelsUnchecked() : &neon::table;
+  static const KernelTable* const t = [] {
+    const CpuFeatures f = cpuFeatures();
+    return f.bf16 && f.dotprod && neonBf16KernelsUnchecked() ? neonBf16KernelsUnchecked() : &neon::table;
+  }();
   return t;
 }
 }  // namespace vl3

@@ -1,13 +1,15 @@
 // The cases the native kernel harness (native/harness/harness.cc) runs: seeded random inputs of odd sizes, the
 // ReferenceBackend's outputs and the tolerances of native-backend.test.ts, in the binary layout the harness reads.
 // The cases of native-backend.test.ts (every matmul in both compute modes, bf16 against the reference on
-// bf16-rounded x and w, and the rounding edges: ties, ±Inf, NaN) plus a few edges of the arm64 kernels, with the
-// largest attention shapes scaled down for qemu-user; left out is only the K/V packing in several rounds of heads
-// (>= 268M multiply-adds, and driver code shared by every ISA).
+// bf16-rounded x and w, and the rounding edges: ties, ±Inf, NaN), the quantized weights' matmul of
+// quant-kernels.test.ts (every format, both modes) and a few edges of the arm64 kernels, with the largest attention
+// shapes scaled down for qemu-user; left out is only the K/V packing in several rounds of heads (>= 268M
+// multiply-adds, and driver code shared by every ISA).
 import { writeFileSync } from 'node:fs';
 
 import { Rng } from '../src/engine/rng.js';
-import { bf16ToF32, f32ToBf16 } from '../src/tensor/dtype.js';
+import { bf16ToF32, f32ToBf16, isQuantized, QUANT_FORMATS, type QuantFormat } from '../src/tensor/dtype.js';
+import { quantize } from '../src/tensor/quant.js';
 import { ReferenceBackend } from '../src/tensor/reference.js';
 import { Tensor } from '../src/tensor/tensor.js';
 
@@ -22,6 +24,7 @@ interface HarnessCase {
 }
 
 const reference = new ReferenceBackend();
+const fastReference = new ReferenceBackend({ compute: 'bf16' });
 let seed = 1;
 
 function randomF32(shape: number[], scale = 1, offset = 0): Tensor<'f32'> {
@@ -78,6 +81,30 @@ function matmulCase(M: number, N: number, K: number, wType: 'f32' | 'bf16', bias
   const w = randomFloat(wType, [N, K]);
   const bias = biasType === 'none' ? null : randomFloat(biasType, [N]);
   return matmulCases(x, w, bias, `M=${M} N=${N} K=${K} w=${wType} bias=${biasType}`);
+}
+
+/**
+ * A matmul by a quantized weight (the native encoder's bytes are the TS one's, test/quant-kernels.test.ts) in both
+ * modes: exact against the dequantized weight, bf16 (the fast mode) against the reference's int8-activation product.
+ * `extreme`: every weight and activation at ± its block's largest magnitude, so that every code is an extreme one and
+ * |q| = 127, and the first row of x has the signs of the first weight row, where a kernel whose int16 partial sums
+ * overflow is far off.
+ */
+function quantMatmulCases(M: number, N: number, K: number, format: QuantFormat, biasType: 'none' | 'f32' | 'bf16', extreme = false): HarnessCase[] {
+  const r = new Rng(seed++ * 7919);
+  const sign = () => (r.next() < 0.5 ? -1 : 1);
+  const x = extreme ? Tensor.f32([M, K], Array.from({ length: M * K }, sign)) : randomF32([M, K]);
+  const wValues = extreme ? Float32Array.from({ length: N * K }, () => sign() * 0.5) : randomF32([N, K], 0.5).data;
+  if (extreme) for (let k = 0; k < K; k++) x.data[k] = Math.sign(wValues[k]!); // row 0 of x along row 0 of w: no cancellation
+  const w = new Tensor(format, [N, K], quantize(format, (i) => wValues[i]!, N, K));
+  const bias = biasType === 'none' ? null : randomFloat(biasType, [N]);
+  return (['exact', 'bf16'] as Mode[]).map((mode) => ({
+    name: `M=${M} N=${N} K=${K} w=${format}${extreme ? ' (extreme codes)' : ''} bias=${biasType} ${mode}`,
+    op: 'matmul',
+    ints: [M, N, K, bias ? 1 : 0, mode === 'bf16' ? 1 : 0],
+    reals: [1e-5, 1e-6 * K],
+    arrays: [x, w, ...(bias ? [bias] : []), out([M, N], (o) => (mode === 'bf16' ? fastReference : reference).matmul(x, w, bias, o))],
+  }));
 }
 
 // (f32 bits, the bf16 bits they round to): ties to even, past the largest bf16 to ±Inf, NaN stays NaN (as in
@@ -154,6 +181,19 @@ export function harnessCases(): HarnessCase[] {
     ...matmulCase(9, 23, 27, 'bf16', 'none'),
   );
   cases.push(...roundingCases());
+  // Quantized weights: a short last row group (N % 4), K in whole chunks of 128 and not, M across the 4-row tiles
+  // and the 64-row blocks of x.
+  for (const format of QUANT_FORMATS) {
+    cases.push(
+      ...quantMatmulCases(1, 13, 160, format, 'f32'),
+      ...quantMatmulCases(3, 8, 512, format, 'none'),
+      ...quantMatmulCases(5, 17, 96, format, 'bf16'),
+      ...quantMatmulCases(70, 12, 256, format, 'f32'),
+      ...quantMatmulCases(2, 4, 32, format, 'none'),
+      ...quantMatmulCases(7, 9, 1056, format, 'none'),
+      ...quantMatmulCases(5, 8, 256, format, 'f32', true),
+    );
+  }
 
   for (const shape of [[1], [5, 33], [4, 3, 1000]]) {
     const a = randomF32(shape);
@@ -256,7 +296,7 @@ export function harnessCases(): HarnessCase[] {
   return cases;
 }
 
-const KIND = { f32: 0, bf16: 1, i32: 2 } as const;
+const KIND = { f32: 0, bf16: 1, i32: 2, int8: 3, int4: 4, int4m: 5 } as const;
 
 /** Writes harnessCases() to `path` in the harness's format; returns the number of cases. */
 export function writeHarnessCases(path: string): number {
@@ -288,12 +328,12 @@ export function writeHarnessCases(path: string): number {
     parts.push(reals);
     u32(c.arrays.length);
     for (const a of c.arrays) {
-      if (a.dtype !== 'f32' && a.dtype !== 'bf16' && a.dtype !== 'i32') throw new Error(`harness case ${c.name}: ${a.dtype} array`);
+      if (a.dtype !== 'f32' && a.dtype !== 'bf16' && a.dtype !== 'i32' && !isQuantized(a.dtype)) throw new Error(`harness case ${c.name}: ${a.dtype} array`);
       u32(KIND[a.dtype]);
+      const d = a.data as Float32Array | Uint16Array | Int32Array | Uint8Array;
       const n = Buffer.alloc(8);
-      n.writeBigUInt64LE(BigInt(a.numel));
+      n.writeBigUInt64LE(BigInt(isQuantized(a.dtype) ? d.byteLength : a.numel));
       parts.push(n);
-      const d = a.data as Float32Array | Uint16Array | Int32Array;
       parts.push(Buffer.from(d.buffer, d.byteOffset, d.byteLength));
     }
   }

@@ -61,7 +61,7 @@ const SOURCES = [
   'pool.cc',
   ...readdirSync(native).filter((f) => /^kernels_\w+\.cc$/.test(f)).sort(),
 ];
-const ARM64_FLAGS: Record<string, string[]> = { 'kernels_neon_bf16.cc': ['-march=armv8.2-a+bf16'] };
+const ARM64_FLAGS: Record<string, string[]> = { 'kernels_neon_bf16.cc': ['-march=armv8.2-a+bf16+dotprod'] };
 
 function objectOf(dir: string, src: string): string {
   return join(dir, src.replace(/\W/g, '_') + '.o');
@@ -183,7 +183,7 @@ describe('arm64: cross-compiled harness under qemu-user, clang, and the arm64 ad
     const compiles = r.out.split('\n').filter((l) => / -c\s*$/.test(l) || / -c /.test(l));
     const bf16Unit = compiles.filter((l) => l.includes('kernels_neon_bf16.cc'));
     assert.equal(bf16Unit.length, 1, 'one compile of the bf16 unit');
-    assert.match(bf16Unit[0]!, / -march=armv8\.2-a\+bf16 /);
+    assert.match(bf16Unit[0]!, / -march=armv8\.2-a\+bf16\+dotprod /);
     const others = compiles.filter((l) => !l.includes('kernels_neon_bf16.cc'));
     assert.ok(others.length >= 7, `compiles seen: ${others.length}`);
     for (const l of others) assert.doesNotMatch(l, / -march=/, 'only the bf16 unit leaves the baseline ISA');

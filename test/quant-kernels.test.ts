@@ -117,13 +117,25 @@ describe('quantized matmul and embedding on every tier', () => {
     [2, 4, 32],
   ];
   for (const format of QUANT_FORMATS) {
-    const cases = shapes.map(([M, N, K], i) => {
+    const cases: { M: number; N: number; K: number; w: Tensor; x: Tensor<'f32'>; bias: Tensor<'f32'>; expected: Map<ComputeMode, Float32Array> }[] = shapes.map(([M, N, K], i) => {
       const w = quantizedTensor(format, randomBf16([N, K], 100 + i, 0.5));
       const x = randomF32([M, K], 200 + i);
       x.data[0] = 0; // a block with a zero keeps its scale finite
       const bias = randomF32([N], 300 + i);
       return { M, N, K, w, x, bias, expected: new Map<ComputeMode, Float32Array>() };
     });
+    // Every weight and activation at ± its block's largest magnitude: the extreme codes and |q| = 127 everywhere, so
+    // that a kernel whose int16 pair sums saturate (255·127·2 for int8) is far off.
+    {
+      const [M, N, K] = [5, 8, 256];
+      const signs = new Rng(500);
+      const w = Tensor.empty('bf16', [N, K]);
+      for (let i = 0; i < w.numel; i++) w.data[i] = f32ToBf16(signs.next() < 0.5 ? -0.5 : 0.5);
+      const x = Tensor.empty('f32', [M, K]);
+      for (let i = 0; i < x.numel; i++) x.data[i] = signs.next() < 0.5 ? -1 : 1;
+      for (let k = 0; k < K; k++) x.data[k] = bf16ToF32(w.data[k]!) * 2; // row 0 aligned with weight row 0
+      cases.push({ M, N, K, w: quantizedTensor(format, w), x, bias: randomF32([N], 501), expected: new Map() });
+    }
     for (const mode of modes) {
       const reference = new ReferenceBackend({ compute: mode });
       for (const c of cases) {

@@ -36,7 +36,8 @@ using vl3::WType;
 // ---------------------------------------------------------------------------------------------------------------
 // The case file (little-endian): "VL3CASES", u32 version, u32 count, then per case: name, op (u32 length + bytes),
 // u32 n + i64[n] integer parameters, u32 n + f64[n] real parameters (the last two are rtol and atol), u32 n arrays
-// (u32 kind: 0 f32, 1 bf16, 2 i32; u64 elements; the data). The expected output is the last array.
+// (u32 kind: 0 f32, 1 bf16, 2 i32, or a quantized weight in quant.h's packed layout: 3 int8, 4 int4, 5 int4m; u64
+// elements, bytes for the quantized; the data). The expected output is the last array.
 
 struct Array {
   int kind = 0;
@@ -44,7 +45,11 @@ struct Array {
   long n = 0;
   const float* f32() const { return reinterpret_cast<const float*>(bytes.data()); }
   const void* raw() const { return bytes.data(); }
-  WType wtype() const { return kind == 1 ? WType::BF16 : WType::F32; }
+  WType wtype() const {
+    static const WType types[] = {WType::F32, WType::BF16, WType::F32, WType::Int8, WType::Int4, WType::Int4m};
+    return types[kind];
+  }
+  static long elementBytes(int kind) { return kind == 1 ? 2 : kind >= 3 ? 1 : 4; }
 };
 
 struct Case {
@@ -100,8 +105,9 @@ std::vector<Case> readCases(const char* path) {
     c.arrays.resize(r.get<uint32_t>());
     for (Array& a : c.arrays) {
       a.kind = static_cast<int>(r.get<uint32_t>());
+      if (a.kind < 0 || a.kind > 5) usage("case " + c.name + " has an array of unknown kind");
       a.n = static_cast<long>(r.get<uint64_t>());
-      a.bytes.resize(a.n * (a.kind == 1 ? 2 : 4));
+      a.bytes.resize(a.n * Array::elementBytes(a.kind));
       r.read(a.bytes.data(), a.bytes.size());
     }
     if (c.arrays.empty() || c.expected().kind != 0) usage("case " + c.name + " has no f32 expected output");
