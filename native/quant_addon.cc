@@ -1,7 +1,6 @@
 // Own quantized-weight entry points: the encoder runs threaded in C++ because quantizing 7B weights at load in JS would take minutes, and file mapping needs mmap, which Node lacks.
 #include <fcntl.h>
 #include <sys/mman.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -88,39 +87,42 @@ Napi::Value Quantize(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, bad.load() == N ? -1.0 : static_cast<double>(bad.load()));
 }
 
-// mapFile(path): the file's bytes as an ArrayBuffer over a private mapping (pages are read on first touch and stay
-// shared with the page cache; a write would only copy the page). Unmapped when the buffer is collected.
+// mapFile(path, offset, length): bytes [offset, offset + length) of the file as an ArrayBuffer over a private mapping
+// that starts at offset rounded down to 64 KiB (a multiple of every page size in use), so the caller's bytes begin at
+// offset % 65536 of it. Pages are read on first touch and stay shared with the page cache; a write would only copy
+// the page. Unmapped when the buffer is collected. One mapping per tensor rather than per file: an ArrayBuffer holds
+// at most 4 GiB here, and checkpoint files are larger.
 Napi::Value MapFile(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (info.Length() < 1 || !info[0].IsString()) {
-    Napi::TypeError::New(env, "mapFile: expected a path").ThrowAsJavaScriptException();
+  if (info.Length() < 3 || !info[0].IsString() || !info[1].IsNumber() || !info[2].IsNumber()) {
+    Napi::TypeError::New(env, "mapFile: expected (path, offset, length)").ThrowAsJavaScriptException();
     return env.Undefined();
   }
   const std::string path = info[0].As<Napi::String>().Utf8Value();
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  auto sysFail = [&](const char* what) {
-    const std::string m = std::string("mapFile ") + path + ": " + what + ": " + std::strerror(errno);
-    Napi::Error::New(env, m).ThrowAsJavaScriptException();
+  const int64_t offset = info[1].As<Napi::Number>().Int64Value(), length = info[2].As<Napi::Number>().Int64Value();
+  constexpr int64_t kAlign = 1 << 16;
+  const int64_t start = offset / kAlign * kAlign, size = offset - start + length;
+  if (offset < 0 || length <= 0 || size > (int64_t{1} << 32)) {
+    Napi::RangeError::New(env, "mapFile " + path + ": cannot map " + std::to_string(length) + " bytes at " +
+                                   std::to_string(offset) + " (1 to 4 GiB)").ThrowAsJavaScriptException();
     return env.Undefined();
-  };
-  if (fd < 0) return sysFail("open");
-  struct stat st;
-  if (::fstat(fd, &st) != 0) {
-    ::close(fd);
-    return sysFail("fstat");
   }
-  const size_t size = static_cast<size_t>(st.st_size);
-  if (size == 0) {
-    ::close(fd);
-    return Napi::ArrayBuffer::New(env, 0);
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    Napi::Error::New(env, "mapFile " + path + ": open: " + std::strerror(errno)).ThrowAsJavaScriptException();
+    return env.Undefined();
   }
-  void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
+  void* p = ::mmap(nullptr, static_cast<size_t>(size), PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, start);
+  const int mmapErrno = errno;
   ::close(fd);
-  if (p == MAP_FAILED) return sysFail("mmap");
-  return Napi::ArrayBuffer::New(env, p, size, [](Napi::Env, void* data, size_t* bytes) {
+  if (p == MAP_FAILED) {
+    Napi::Error::New(env, "mapFile " + path + ": mmap: " + std::strerror(mmapErrno)).ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  return Napi::ArrayBuffer::New(env, p, static_cast<size_t>(size), [](Napi::Env, void* data, size_t* bytes) {
     ::munmap(data, *bytes);
     delete bytes;
-  }, new size_t(size));
+  }, new size_t(static_cast<size_t>(size)));
 }
 
 }  // namespace

@@ -30,6 +30,9 @@ export interface F64Array {
   readonly data: Float64Array;
 }
 
+/** Maps bytes [offset, offset + length) of a file: the buffer and where the range starts in it. */
+export type MapRange = (path: string, offset: number, length: number) => { buffer: ArrayBuffer; byteOffset: number };
+
 export interface TensorInfo {
   readonly dtype: StoredDType;
   readonly shape: readonly number[];
@@ -171,8 +174,8 @@ export class SafetensorsFile {
   readonly metadata: Readonly<Record<string, string>>;
   private readonly tensors: ReadonlyMap<string, TensorInfo>;
   private fd: number | null;
-  /** The whole file, memory-mapped, when opened with `map`: tensors are then views of it, read on first touch. */
-  private mapped: ArrayBuffer | null = null;
+  /** Maps a range of this file, when opened with `map`: tensors are then views of mappings, read on first touch. */
+  private map: MapRange | null = null;
 
   private constructor(file: string, fd: number, tensors: Map<string, TensorInfo>, metadata: Record<string, string>) {
     this.path = file;
@@ -183,11 +186,11 @@ export class SafetensorsFile {
   }
 
   /**
-   * Opens a file and validates its header. `map` maps the whole file (through `map(path)`, the native addon's mmap):
-   * `read` then returns views of the mapping instead of reading into new memory, so weights are paged in on first
-   * use and shared with the page cache.
+   * Opens a file and validates its header. With `map` (the native addon's mmap), `read` returns a view of a mapping
+   * of the tensor's bytes instead of reading them into new memory, so weights are paged in on first use and shared
+   * with the page cache.
    */
-  static open(file: string, map?: (path: string) => ArrayBuffer): SafetensorsFile {
+  static open(file: string, map?: MapRange): SafetensorsFile {
     let fd: number;
     try {
       fd = fs.openSync(file, 'r');
@@ -207,13 +210,7 @@ export class SafetensorsFile {
       readFully(fd, file, headerBytes, 8);
       const { tensors, metadata } = parseHeader(file, fileSize, headerBytes, 8 + headerBytes.length);
       const opened = new SafetensorsFile(file, fd, tensors, metadata);
-      if (map) {
-        try {
-          opened.mapped = map(file);
-        } catch (err) {
-          fail(file, `cannot map (${(err as Error).message})`);
-        }
-      }
+      opened.map = map ?? null;
       return opened;
     } catch (err) {
       fs.closeSync(fd);
@@ -236,8 +233,16 @@ export class SafetensorsFile {
     const info = this.info(name);
     if (info.dtype === 'f64') fail(this.path, `tensor "${name}" is F64; read it with readF64()`);
     const dtype = info.dtype;
-    // A tensor the writer did not align to its element size (other writers may not) is copied out of the mapping.
-    if (this.mapped && info.fileOffset % itemSize(dtype) === 0) return new Tensor(dtype, info.shape, new HostStorage(this.mapped), info.fileOffset);
+    // A tensor the writer did not align to its element size (other writers may not) is read instead.
+    if (this.map && info.byteLength > 0 && info.fileOffset % itemSize(dtype) === 0) {
+      let range: { buffer: ArrayBuffer; byteOffset: number };
+      try {
+        range = this.map(this.path, info.fileOffset, info.byteLength);
+      } catch (err) {
+        fail(this.path, `cannot map tensor "${name}" (${(err as Error).message})`);
+      }
+      return new Tensor(dtype, info.shape, new HostStorage(range.buffer), range.byteOffset);
+    }
     return new Tensor(dtype, info.shape, arrayFor(dtype, this.readBytes(name), 0, numelOf(info.shape)) as TypedArrayFor<DType>);
   }
 
@@ -252,9 +257,9 @@ export class SafetensorsFile {
     return this.info(name).dtype === 'f64' ? this.readF64(name) : this.read(name);
   }
 
-  /** True when tensors are views of a memory mapping of the file. */
+  /** True when tensors are views of memory mappings of the file. */
   get isMapped(): boolean {
-    return this.mapped !== null;
+    return this.map !== null;
   }
 
   /** The tensor's raw little-endian bytes in a new ArrayBuffer of exactly its size. */
@@ -297,7 +302,7 @@ export class SafetensorsCheckpoint {
   }
 
   /** Opens every file of the folder; `map` as for `SafetensorsFile.open`. */
-  static open(folder: string, map?: (path: string) => ArrayBuffer): SafetensorsCheckpoint {
+  static open(folder: string, map?: MapRange): SafetensorsCheckpoint {
     const single = path.join(folder, SINGLE_FILE_NAME);
     const index = path.join(folder, INDEX_FILE_NAME);
     if (fs.existsSync(single)) {
@@ -308,7 +313,7 @@ export class SafetensorsCheckpoint {
     throw new Error(`checkpoint ${folder}: no weights found (expected ${SINGLE_FILE_NAME} or ${INDEX_FILE_NAME})`);
   }
 
-  private static openIndex(folder: string, indexPath: string, map?: (path: string) => ArrayBuffer): SafetensorsCheckpoint {
+  private static openIndex(folder: string, indexPath: string, map?: MapRange): SafetensorsCheckpoint {
     let weightMap: unknown;
     try {
       weightMap = (JSON.parse(fs.readFileSync(indexPath, 'utf8')) as { weight_map?: unknown }).weight_map;

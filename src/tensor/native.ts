@@ -123,7 +123,7 @@ interface Addon {
   peakFlops(kind: PeakKind, threads: number, seconds: number): number;
   readBandwidth(threads: number, bytes: number, repeats: number): number;
   quantize(format: QuantFormat, src: F32 | Half, dst: Uint8Array, N: number, K: number): number;
-  mapFile(path: string): ArrayBuffer;
+  mapFile(path: string, offset: number, length: number): ArrayBuffer;
 }
 
 /** The WType numbers of native/kernels.h for the quantized formats. */
@@ -237,9 +237,16 @@ export function quantizeNative(format: QuantFormat, t: Tensor): Uint8Array {
   return dst;
 }
 
-/** A file's bytes, memory-mapped (private, copy-on-write): pages are read when first touched. */
-export function mapFile(path: string): ArrayBuffer {
-  return native().mapFile(path);
+/** A range of a file, memory-mapped (private, copy-on-write; pages are read when first touched). */
+export interface MappedRange {
+  buffer: ArrayBuffer;
+  /** Where the range starts in `buffer` (the mapping starts at a 64 KiB boundary of the file). */
+  byteOffset: number;
+}
+
+/** Bytes [offset, offset + length) of a file, memory-mapped; length 1 byte to 4 GiB. */
+export function mapFile(path: string, offset: number, length: number): MappedRange {
+  return { buffer: native().mapFile(path, offset, length), byteOffset: offset % 65536 };
 }
 
 /**
