@@ -15,6 +15,16 @@ export {
 export type { ChatModel } from './api/chat-model.js';
 export { AbortError, InvalidOptionError, InvalidRequestError } from './api/errors.js';
 export { ModelWorker } from './api/model-worker.js';
+export {
+  compareWeights,
+  readComparePrompts,
+  defaultComparePrompts,
+  type CompareOptions,
+  type CompareProgress,
+  type ComparePrompt,
+  type CompareReport,
+  type CompareResult,
+} from './api/compare-weights.js';
 export type { SchedulerStats } from './engine/scheduler.js';
 export type { FinishReason } from './engine/generate.js';
 export type { SamplingOptions } from './engine/sampling.js';

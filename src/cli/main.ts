@@ -15,6 +15,8 @@ import { collect, EXIT, flag, integer, number, positive, seconds } from './flags
 import { serve } from './serve.js';
 import { addHubCommands } from './hub-commands.js';
 import { inspectConversation } from './inspect.js';
+import { runCompareWeights, weightFormatList } from './compare-weights.js';
+import { DEFAULT_COMPARE_POSITIONS, DEFAULT_GREEDY_TOKENS } from '../api/compare-weights.js';
 import { printInfo } from './info.js';
 import { DownloadBars, ProgressBars } from './progress.js';
 
@@ -309,6 +311,35 @@ export function buildProgram(): Command {
       const started = performance.now();
       await writeRandomCheckpoint({ preset: o.preset, out: o.out, seed: o.seed, tokenizerFrom: o.tokenizerFrom });
       process.stderr.write(`wrote ${o.out} in ${((performance.now() - started) / 1000).toFixed(1)} s\n`);
+    });
+
+  runtimeOptions(
+    dev
+      .command('compare-weights')
+      .description('measure quantized weights against the checkpoint as stored (bf16): KL divergence, top-1 agreement, greedy decodes'),
+  )
+    .addOption(flag('-m, --model <ref>', 'bf16 checkpoint folder, or hub id ORG/NAME[@revision]').makeOptionMandatory())
+    .addOption(flag('--weights <formats>', 'language model format(s) to measure: int8, int4, int4m (or bf16), several joined by commas').argParser(weightFormatList).makeOptionMandatory())
+    .addOption(flag('--vision-weights <format>', 'vision encoder format of the measured loads').choices([...WEIGHT_FORMATS]).default('bf16'))
+    .addOption(flag('--data <file>', 'prompts, one per line: a text, or a JSON conversation as vl3 inspect takes (default: a built-in set of about 2,500 positions)'))
+    .addOption(flag('--positions <n>', 'most prompt positions scored; later prompts are not run').argParser(integer('--positions', 1)).default(DEFAULT_COMPARE_POSITIONS))
+    .addOption(flag('--greedy-tokens <n>', 'greedy tokens decoded and compared per prompt').argParser(integer('--greedy-tokens', 0)).default(DEFAULT_GREEDY_TOKENS))
+    .addOption(flag('--tmp-dir <dir>', 'where the reference logits go while the command runs (positions × vocabulary × 4 bytes; default: the OS temp folder)'))
+    .addOption(flag('--json', 'print one JSON object'))
+    .action(async (o) => {
+      await runCompareWeights({
+        model: o.model,
+        weights: o.weights,
+        visionWeights: o.visionWeights,
+        data: o.data,
+        positions: o.positions,
+        greedyTokens: o.greedyTokens,
+        tmpDir: o.tmpDir,
+        threads: o.threads,
+        compute: o.compute,
+        isa: o.isa,
+        json: o.json === true,
+      });
     });
 
   usageHints(program, 'vl3');

@@ -20,6 +20,11 @@ export interface GenerateRequest {
   /** Called once with the logits at the last prompt position, before any processing. */
   onPromptLogits?: (logits: Tensor) => void;
   /**
+   * Called after each prefill chunk with its final normed hidden states [rows, hidden] and the position of its first
+   * row, for callers that score every prompt position (the tensor is overwritten after the call).
+   */
+  onPrefillHidden?: (hidden: Tensor, start: number) => void;
+  /**
    * Runs each forward pass (a prefill chunk, a decoded token) as one turn: a scheduler shares the model fairly
    * between requests this way (`Scheduler.step`). Returning ABORTED skips the work and ends generation. Default: run
    * the work, then let the event loop run once.
@@ -77,6 +82,7 @@ export async function* generateTokens(model: Qwen2Model, request: GenerateReques
       const end = Math.min(L, s + chunk);
       const done = await step(() => {
         const hidden = model.forward(promptEmbeds.rows(s, end), cache);
+        request.onPrefillHidden?.(hidden, s);
         if (end === L) model.logits(hidden.rows(hidden.dim(0) - 1, hidden.dim(0)), logits);
       });
       if (done === ABORTED) return aborted();
