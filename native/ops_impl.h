@@ -17,7 +17,7 @@
 #ifndef VL3_BF16_DOT
 #define VL3_BF16_DOT 0
 #endif
-// Set by an ISA header that gives groupDot (the quantized weights' integer dot over whole chunks, see quantMatmul).
+// Set by an ISA header that gives groupDot (the quantized weights' integer dot over whole chunks, see quantMatmulInt).
 #ifndef VL3_QUANT_DOT
 #define VL3_QUANT_DOT 0
 #endif
@@ -251,10 +251,12 @@ void gemv(const MatmulArgs& a, const float* bias) {
 void matmul(const MatmulArgs& a);
 
 // Quantized weights under Compute::Exact: chunks of rows dequantized into scratch and multiplied as f32 weights (the
-// same GEMV/GEMM), each chunk's columns then copied into out. Slow by design: this is the numerics reference.
+// same GEMV/GEMM), each chunk's columns then copied into out. Slow by design: this is the numerics reference. A chunk
+// takes at most 8 MiB of dequantized weights and 16 MiB of partial output, whatever M and K.
 void quantMatmulExact(const MatmulArgs& a, const float* bias) {
   const long M = a.M, N = a.N, K = a.K;
-  const long rows = lmax(quant::kGroupRows, lmin(roundUp(N, quant::kGroupRows), (8L << 20) / (K * 4) / 4 * 4));
+  const long fit = lmin((8L << 20) / (K * 4), (16L << 20) / (M * 4)) / quant::kGroupRows * quant::kGroupRows;
+  const long rows = lmax(quant::kGroupRows, lmin(roundUp(N, quant::kGroupRows), fit));
   float* w = static_cast<float*>(scratch(0, kSlotC, rows * K * sizeof(float)));
   float* part = static_cast<float*>(scratch(0, kSlotD, M * rows * sizeof(float)));
   const uint8_t* packed = static_cast<const uint8_t*>(a.w);

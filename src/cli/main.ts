@@ -321,7 +321,7 @@ export function buildProgram(): Command {
     .addOption(flag('-m, --model <ref>', 'bf16 checkpoint folder, or hub id ORG/NAME[@revision]').makeOptionMandatory())
     .addOption(flag('--weights <formats>', 'language model format(s) to measure: int8, int4, int4m (or bf16), several joined by commas').argParser(weightFormatList).makeOptionMandatory())
     .addOption(flag('--vision-weights <format>', 'vision encoder format of the measured loads').choices([...WEIGHT_FORMATS]).default('bf16'))
-    .addOption(flag('--data <file>', 'prompts, one per line: a text, or a JSON conversation as vl3 inspect takes (default: a built-in set of about 2,500 positions)'))
+    .addOption(flag('--data <file>', 'prompts, one per line: a text, or a JSON conversation as vl3 inspect takes (default: a built-in set of about 2,300 positions)'))
     .addOption(flag('--positions <n>', 'most prompt positions scored; later prompts are not run').argParser(integer('--positions', 1)).default(DEFAULT_COMPARE_POSITIONS))
     .addOption(flag('--greedy-tokens <n>', 'greedy tokens decoded and compared per prompt').argParser(integer('--greedy-tokens', 0)).default(DEFAULT_GREEDY_TOKENS))
     .addOption(flag('--tmp-dir <dir>', 'where the reference logits go while the command runs (positions × vocabulary × 4 bytes; default: the OS temp folder)'))
