@@ -967,25 +967,6 @@ inline long groupDotT(const uint8_t* g, const quant::QuantizedRows& A, long m0, 
 #endif
 #define VL3_QUANT_DOT 1
 
-template <WType T>
-inline long groupDotMT(const uint8_t* g, const quant::QuantizedRows& A, long m0, int mt, float (*res)[quant::kGroupRows]) {
-  switch (mt) {
-    case 1: return groupDotT<T, 1>(g, A, m0, res);
-    case 2: return groupDotT<T, 2>(g, A, m0, res);
-    case 3: return groupDotT<T, 3>(g, A, m0, res);
-    default: return groupDotT<T, 4>(g, A, m0, res);
-  }
-}
-
-// Full groups only (a matrix's last group may be short and goes the generic way).
-inline long groupDot(WType t, const uint8_t* g, int rows, const quant::QuantizedRows& A, long m0, int mt,
-                     float (*res)[quant::kGroupRows]) {
-  if (rows != quant::kGroupRows) return 0;
-  if (t == WType::Int8) return groupDotMT<WType::Int8>(g, A, m0, mt, res);
-  if (t == WType::Int4) return groupDotMT<WType::Int4>(g, A, m0, mt, res);
-  return groupDotMT<WType::Int4m>(g, A, m0, mt, res);
-}
-
 }  // namespace
 }  // namespace VL3_ISA
 }  // namespace vl3

@@ -17,7 +17,7 @@
 #ifndef VL3_BF16_DOT
 #define VL3_BF16_DOT 0
 #endif
-// Set by an ISA header that gives groupDot (the quantized weights' integer dot over whole chunks, see quantMatmulInt).
+// Set by an ISA header that gives groupDotT (the quantized weights' integer dot over whole chunks, see quantMatmulInt).
 #ifndef VL3_QUANT_DOT
 #define VL3_QUANT_DOT 0
 #endif
@@ -277,6 +277,28 @@ void quantMatmulExact(const MatmulArgs& a, const float* bias) {
       for (long j = 0; j < nc; j++) a.out[m * N + n0 + j] = part[m * nc + j] + (bias ? bias[n0 + j] : 0.0f);
   }
 }
+
+#if VL3_QUANT_DOT
+// The ISA's groupDotT<format, activation rows> for a full group; a matrix's last group may be short and goes the
+// generic way.
+template <WType T>
+inline long groupDotRows(const uint8_t* g, const quant::QuantizedRows& A, long m0, int mt, float (*res)[quant::kGroupRows]) {
+  switch (mt) {
+    case 1: return groupDotT<T, 1>(g, A, m0, res);
+    case 2: return groupDotT<T, 2>(g, A, m0, res);
+    case 3: return groupDotT<T, 3>(g, A, m0, res);
+    default: return groupDotT<T, 4>(g, A, m0, res);
+  }
+}
+
+inline long groupDot(WType t, const uint8_t* g, int rows, const quant::QuantizedRows& A, long m0, int mt,
+                     float (*res)[quant::kGroupRows]) {
+  if (rows != quant::kGroupRows) return 0;
+  if (t == WType::Int8) return groupDotRows<WType::Int8>(g, A, m0, mt, res);
+  if (t == WType::Int4) return groupDotRows<WType::Int4>(g, A, m0, mt, res);
+  return groupDotRows<WType::Int4m>(g, A, m0, mt, res);
+}
+#endif
 
 // Quantized weights under Compute::Bf16 (kernels.h): x quantized once per call into scratch, then tasks of (row
 // block of x, range of 4-row weight groups). A row block of x (its codes and lane sums, 2 bytes per k, at most
