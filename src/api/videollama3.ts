@@ -40,7 +40,8 @@ export interface LoadOptions {
   /**
    * The format of the language model's matmul weights, embedding table and LM head: 'bf16' (as stored), 'int8',
    * 'int4' or 'int4m' (block-quantized as they load, docs/quantization.md; a quantized checkpoint loads in its own
-   * format). Decode reads every weight once per token, so int8 and int4 decode about 2× and 3× faster than bf16.
+   * format). Decode reads every weight once per token: int8 and int4 decode about 1.3× and 2× faster than bf16 on a
+   * CPU with AVX512-BF16 (BENCHMARKS.md, run 6), and take about half and a quarter of the memory.
    * Default: $VL3_WEIGHTS, else as the checkpoint stores them.
    */
   weights?: WeightFormat;
