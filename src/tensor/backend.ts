@@ -45,9 +45,10 @@ export type ComputeMode = 'exact' | 'bf16';
  * (the visual-feature scatter into the prompt), fill.
  *
  * Growing the interface without touching model code:
- * - Quantized weights: `upload` takes a weight tensor and may return the backend's own layout (int8/int4 blocks,
- *   repacked rows) under a new dtype; matmul dispatches on the weight's dtype, and the checks accept the new dtypes
- *   for `w` only. Model code keeps passing "the weight".
+ * - Quantized weights (done): the block-quantized dtypes ('int8', 'int4', 'int4m'; quant.ts) are accepted for
+ *   matmul's `w` and embedding's table only; matmul dispatches on the weight's dtype. Their packed layout is the one
+ *   the CPU kernels read, so `upload` keeps it; a device backend would repack it in `upload` under the same dtype.
+ *   Model code keeps passing "the weight".
  * - Training: backward ops join this interface beside their forward (matmulBackward returning dX and dW, and so on),
  *   checked by the same layer; a forward that must keep activations for its backward allocates them through
  *   `allocate` like any activation, so saved activations live in the backend's memory too.
@@ -84,7 +85,10 @@ export interface Backend {
 
   // -- compute ---------------------------------------------------------------------------------------------------
 
-  /** out[M,N] = x[M,K] · w[N,K]ᵀ (+ bias[N]). x f32, w f32|bf16, bias f32|bf16 or null, out f32. */
+  /**
+   * out[M,N] = x[M,K] · w[N,K]ᵀ (+ bias[N]). x f32, w f32|bf16|int8|int4|int4m, bias f32|bf16 or null, out f32.
+   * Quantized weights in 'bf16' compute multiply int8-quantized activations (native/kernels.h states the contract).
+   */
   matmul(x: Tensor, w: Tensor, bias: Tensor | null, out: Tensor): void;
 
   /** out = a + b. b has a's shape, or is a vector broadcast over a's last dimension. out may be a. */
@@ -131,7 +135,7 @@ export interface Backend {
    */
   mergeBlocks(x: Tensor, mergeSize: number, out: Tensor): void;
 
-  /** out[T,D] (f32) = rows ids[t] (i32) of table[V,D] (f32|bf16). An id outside [0,V) throws. */
+  /** out[T,D] (f32) = rows ids[t] (i32) of table[V,D] (f32|bf16, or quantized: dequantized). An id outside [0,V) throws. */
   embedding(table: Tensor, ids: Tensor, out: Tensor): void;
 
   /** Index of the largest element of a 1-D f32 tensor; the first one on ties. */
