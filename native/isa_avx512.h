@@ -805,11 +805,50 @@ inline float sumRange(const float* p, long n) {
   return s;
 }
 
-#if defined(__AVX512VNNI__)
 // Quantized weights' integer dot (ops_impl.h quantMatmulInt) for a full group of 4 weight rows and MT rows of x, over
-// every whole chunk of 4 blocks (128 k): vpdpbusd multiplies the unsigned codes by the signed activations, 4 k per
-// int32 lane, starting from the activation's lane sums −z·Σq so that each lane sums (u − z)·q exactly; lanes 0–7 and
-// 8–15 of a vector are one block each, scaled by d_w·d_x in f32. Returns the blocks done; the rest is generic.
+// every whole chunk of 4 blocks (128 k). The integer step differs by instruction set (blockLanes below); each gives
+// int32 lanes of 4 k, lanes 0–7 and 8–15 of a vector one block each, summing (u − z)·q exactly, which are scaled by
+// d_w·d_x in f32. Returns the blocks done; the rest is generic.
+#if defined(__AVX512VNNI__)
+// vpdpbusd multiplies the unsigned codes by the signed activations, starting from the activation's lane sums −z·Σq.
+template <WType T>
+constexpr bool kLaneInit = T != WType::Int4m;
+
+template <WType T>
+inline __m512i codeOperand(__m512i stored) {
+  return stored;
+}
+
+template <WType T>
+inline __m512i blockLanes(__m512i init, __m512i w, __m512i x) {
+  return _mm512_dpbusd_epi32(init, w, x);
+}
+#else
+// Without VNNI (the avx512 tier): vpmaddubsw (u8·s8 pairs summed in int16, saturating) and vpmaddwd by ones (pairs of
+// those into int32 lanes of 4 k). Int4 and Int4m codes (≤ 15) keep a pair within 2·15·127. Int8 codes reach 255, past
+// what a pair may hold, so its weights are made signed (u XOR 0x80 = u − 128): |u − 128| ≤ 128 is the unsigned operand
+// and the activation takes the weight's sign, pairs within 2·128·127; that sums (u − z)·q directly, without lane sums.
+template <WType T>
+constexpr bool kLaneInit = T == WType::Int4;
+
+template <WType T>
+inline __m512i codeOperand(__m512i stored) {
+  return T == WType::Int8 ? _mm512_xor_si512(stored, _mm512_set1_epi8(static_cast<char>(0x80))) : stored;
+}
+
+template <WType T>
+inline __m512i blockLanes(__m512i init, __m512i w, __m512i x) {
+  const __m512i ones = _mm512_set1_epi16(1);
+  if (T == WType::Int8) {
+    // The sign mask taken at its use: hoisted per chunk, 8 of them outnumber the 7 usable mask registers, and their
+    // spills through general registers cost a third of the decode rate on streamed weights.
+    const __m512i xs = _mm512_mask_sub_epi8(x, _mm512_movepi8_mask(w), _mm512_setzero_si512(), x);
+    return _mm512_madd_epi16(_mm512_maddubs_epi16(_mm512_abs_epi8(w), xs), ones);
+  }
+  return _mm512_add_epi32(_mm512_madd_epi16(_mm512_maddubs_epi16(w, x), ones), init);
+}
+#endif
+
 template <WType T, int MT>
 inline long groupDotT(const uint8_t* g, const quant::QuantizedRows& A, long m0, float (*res)[quant::kGroupRows]) {
   constexpr int R = quant::kGroupRows;
@@ -836,8 +875,8 @@ inline long groupDotT(const uint8_t* g, const quant::QuantizedRows& A, long m0, 
     __m512i wLo[R], wHi[R];
     for (int r = 0; r < R; r++) {
       if (T == WType::Int8) {
-        wLo[r] = _mm512_loadu_si512(codes + r * 128);
-        wHi[r] = _mm512_loadu_si512(codes + r * 128 + 64);
+        wLo[r] = codeOperand<T>(_mm512_loadu_si512(codes + r * 128));
+        wHi[r] = codeOperand<T>(_mm512_loadu_si512(codes + r * 128 + 64));
       } else {
         const __m512i v = _mm512_loadu_si512(codes + r * 64);
         wLo[r] = _mm512_and_si512(v, nibble);
@@ -849,7 +888,7 @@ inline long groupDotT(const uint8_t* g, const quant::QuantizedRows& A, long m0, 
       const int8_t* xq = A.q + m * K + c * 128;
       const __m512i xLo = _mm512_loadu_si512(xq), xHi = _mm512_loadu_si512(xq + 64);
       __m512i initLo = _mm512_setzero_si512(), initHi = _mm512_setzero_si512();
-      if (T != WType::Int4m) {
+      if (kLaneInit<T>) {
         const int32_t* li = A.laneInit + m * (K / 4) + c * 32;
         initLo = _mm512_loadu_si512(li);
         initHi = _mm512_loadu_si512(li + 16);
@@ -857,8 +896,8 @@ inline long groupDotT(const uint8_t* g, const quant::QuantizedRows& A, long m0, 
       const __m512 p = _mm512_mul_ps(dw, _mm512_broadcast_f32x4(_mm_loadu_ps(A.d + m * nb + c * 4)));
       if (T == WType::Int4m) accMin[i] = _mm512_fmadd_ps(mw, _mm512_broadcast_f32x4(_mm_loadu_ps(A.dsum + m * nb + c * 4)), accMin[i]);
       for (int r = 0; r < R; r++) {
-        const __m512i lo = _mm512_dpbusd_epi32(initLo, wLo[r], xLo);
-        const __m512i hi = _mm512_dpbusd_epi32(initHi, wHi[r], xHi);
+        const __m512i lo = blockLanes<T>(initLo, wLo[r], xLo);
+        const __m512i hi = blockLanes<T>(initHi, wHi[r], xHi);
         acc[i][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(lo), _mm512_permutexvar_ps(idxLo[r], p), acc[i][r]);
         acc[i][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(hi), _mm512_permutexvar_ps(idxHi[r], p), acc[i][r]);
       }
@@ -874,97 +913,6 @@ inline long groupDotT(const uint8_t* g, const quant::QuantizedRows& A, long m0, 
   }
   return chunks * quant::kChunkBlocks;
 }
-
-#else
-// Without VNNI (the avx512 tier): the same kernel, with vpmaddubsw (u8·s8 pairs summed in int16, saturating) and
-// vpmaddwd by ones (pairs of those into the int32 lanes of 4 k that vpdpbusd gives). Int4 and Int4m codes (≤ 15)
-// keep a pair within 2·15·127. Int8 codes reach 255, past what a pair may hold, so its weights are made signed
-// (u XOR 0x80 = u − 128): |u − 128| ≤ 128 is the unsigned operand and the activation takes the weight's sign,
-// pairs within 2·128·127; that sums (u − z)·q directly, so Int8 leaves out the lane sums.
-template <WType T, int MT>
-inline long groupDotT(const uint8_t* g, const quant::QuantizedRows& A, long m0, float (*res)[quant::kGroupRows]) {
-  constexpr int R = quant::kGroupRows;
-  const long K = A.K, nb = K / quant::kBlock, chunks = nb / quant::kChunkBlocks;
-  const long chunkBytes = R * quant::kChunkBlocks * quant::blockBytes(T);
-  const long paramBytes = R * quant::kChunkBlocks * quant::paramBytes(T);
-  const __m512i nibble = _mm512_set1_epi8(0x0f), flip = _mm512_set1_epi8(static_cast<char>(0x80));
-  const __m512i ones = _mm512_set1_epi16(1), zero = _mm512_setzero_si512();
-  __m512i idxLo[R], idxHi[R];
-  for (int r = 0; r < R; r++) {
-    idxLo[r] = _mm512_set_epi32(4 * r + 1, 4 * r + 1, 4 * r + 1, 4 * r + 1, 4 * r + 1, 4 * r + 1, 4 * r + 1, 4 * r + 1,
-                                4 * r, 4 * r, 4 * r, 4 * r, 4 * r, 4 * r, 4 * r, 4 * r);
-    idxHi[r] = _mm512_add_epi32(idxLo[r], _mm512_set1_epi32(2));
-  }
-  __m512 acc[MT][R], accMin[MT];
-  for (int i = 0; i < MT; i++) {
-    accMin[i] = _mm512_setzero_ps();
-    for (int r = 0; r < R; r++) acc[i][r] = _mm512_setzero_ps();
-  }
-  for (long c = 0; c < chunks; c++) {
-    const uint8_t* ch = g + c * chunkBytes;
-    const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(ch)));
-    const uint8_t* codes = ch + paramBytes;
-    __m512i wLo[R], wHi[R], sLo[R], sHi[R];
-    for (int r = 0; r < R; r++) {
-      if (T == WType::Int8) {
-        sLo[r] = _mm512_xor_si512(_mm512_loadu_si512(codes + r * 128), flip);
-        sHi[r] = _mm512_xor_si512(_mm512_loadu_si512(codes + r * 128 + 64), flip);
-        wLo[r] = _mm512_abs_epi8(sLo[r]);
-        wHi[r] = _mm512_abs_epi8(sHi[r]);
-      } else {
-        const __m512i v = _mm512_loadu_si512(codes + r * 64);
-        wLo[r] = _mm512_and_si512(v, nibble);
-        wHi[r] = _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble);
-      }
-    }
-    for (int i = 0; i < MT; i++) {
-      const long m = m0 + i;
-      const int8_t* xq = A.q + m * K + c * 128;
-      const __m512i xLo = _mm512_loadu_si512(xq), xHi = _mm512_loadu_si512(xq + 64);
-      __m512i initLo = zero, initHi = zero;
-      if (T == WType::Int4) {
-        const int32_t* li = A.laneInit + m * (K / 4) + c * 32;
-        initLo = _mm512_loadu_si512(li);
-        initHi = _mm512_loadu_si512(li + 16);
-      }
-      const __m512 p = _mm512_mul_ps(dw, _mm512_broadcast_f32x4(_mm_loadu_ps(A.d + m * nb + c * 4)));
-      if (T == WType::Int4m) {
-        const __m512 mw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(ch + 32)));
-        accMin[i] = _mm512_fmadd_ps(mw, _mm512_broadcast_f32x4(_mm_loadu_ps(A.dsum + m * nb + c * 4)), accMin[i]);
-      }
-      for (int r = 0; r < R; r++) {
-        __m512i lo, hi;
-        if (T == WType::Int8) {
-          // Sign masks taken at their use: hoisted per chunk, 8 of them outnumber the 7 usable mask registers, and
-          // their spills through general registers cost a third of the decode rate on streamed weights.
-          const __m512i xsLo = _mm512_mask_sub_epi8(xLo, _mm512_movepi8_mask(sLo[r]), zero, xLo);
-          const __m512i xsHi = _mm512_mask_sub_epi8(xHi, _mm512_movepi8_mask(sHi[r]), zero, xHi);
-          lo = _mm512_madd_epi16(_mm512_maddubs_epi16(wLo[r], xsLo), ones);
-          hi = _mm512_madd_epi16(_mm512_maddubs_epi16(wHi[r], xsHi), ones);
-        } else {
-          lo = _mm512_madd_epi16(_mm512_maddubs_epi16(wLo[r], xLo), ones);
-          hi = _mm512_madd_epi16(_mm512_maddubs_epi16(wHi[r], xHi), ones);
-          if (T == WType::Int4) {
-            lo = _mm512_add_epi32(lo, initLo);
-            hi = _mm512_add_epi32(hi, initHi);
-          }
-        }
-        acc[i][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(lo), _mm512_permutexvar_ps(idxLo[r], p), acc[i][r]);
-        acc[i][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(hi), _mm512_permutexvar_ps(idxHi[r], p), acc[i][r]);
-      }
-    }
-  }
-  for (int i = 0; i < MT; i++) {
-    alignas(64) float mins[16];
-    _mm512_store_ps(mins, accMin[i]);
-    for (int r = 0; r < R; r++) {
-      res[i][r] += hsum16(acc[i][r]);
-      if (T == WType::Int4m) res[i][r] += (mins[4 * r] + mins[4 * r + 1]) + (mins[4 * r + 2] + mins[4 * r + 3]);
-    }
-  }
-  return chunks * quant::kChunkBlocks;
-}
-#endif
 #define VL3_QUANT_DOT 1
 
 }  // namespace
