@@ -1,7 +1,5 @@
 // Own quantized-weight entry points: the encoder runs threaded in C++ because quantizing 7B weights at load in JS would take minutes, and file mapping needs mmap, which Node lacks.
-#include <fcntl.h>
 #include <sys/mman.h>
-#include <unistd.h>
 
 #include <atomic>
 #include <cerrno>
@@ -87,36 +85,30 @@ Napi::Value Quantize(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, bad.load() == N ? -1.0 : static_cast<double>(bad.load()));
 }
 
-// mapFile(path, offset, length): bytes [offset, offset + length) of the file as an ArrayBuffer over a private mapping
-// that starts at offset rounded down to 64 KiB (a multiple of every page size in use), so the caller's bytes begin at
-// offset % 65536 of it. Pages are read on first touch and stay shared with the page cache; a write would only copy
-// the page. Unmapped when the buffer is collected. One mapping per tensor rather than per file: an ArrayBuffer holds
-// at most 4 GiB here, and checkpoint files are larger.
+// mapFile(fd, offset, length): bytes [offset, offset + length) of an open file (the caller's descriptor, which it keeps
+// and may close: a mapping outlives it) as an ArrayBuffer over a private mapping that starts at offset rounded down to
+// 64 KiB (a multiple of every page size in use), so the caller's bytes begin at offset % 65536 of it. Pages are read
+// on first touch and stay shared with the page cache; a write would only copy the page. Unmapped when the buffer is
+// collected. One mapping per tensor rather than per file: an ArrayBuffer holds at most 4 GiB here, and checkpoint
+// files are larger.
 Napi::Value MapFile(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (info.Length() < 3 || !info[0].IsString() || !info[1].IsNumber() || !info[2].IsNumber()) {
-    Napi::TypeError::New(env, "mapFile: expected (path, offset, length)").ThrowAsJavaScriptException();
+  if (info.Length() < 3 || !info[0].IsNumber() || !info[1].IsNumber() || !info[2].IsNumber()) {
+    Napi::TypeError::New(env, "mapFile: expected (fd, offset, length)").ThrowAsJavaScriptException();
     return env.Undefined();
   }
-  const std::string path = info[0].As<Napi::String>().Utf8Value();
+  const int fd = info[0].As<Napi::Number>().Int32Value();
   const int64_t offset = info[1].As<Napi::Number>().Int64Value(), length = info[2].As<Napi::Number>().Int64Value();
   constexpr int64_t kAlign = 1 << 16;
   const int64_t start = offset / kAlign * kAlign, size = offset - start + length;
   if (offset < 0 || length <= 0 || size > (int64_t{1} << 32)) {
-    Napi::RangeError::New(env, "mapFile " + path + ": cannot map " + std::to_string(length) + " bytes at " +
-                                   std::to_string(offset) + " (1 to 4 GiB)").ThrowAsJavaScriptException();
-    return env.Undefined();
-  }
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    Napi::Error::New(env, "mapFile " + path + ": open: " + std::strerror(errno)).ThrowAsJavaScriptException();
+    Napi::RangeError::New(env, "mapFile: cannot map " + std::to_string(length) + " bytes at " + std::to_string(offset) +
+                                   " (1 to 4 GiB)").ThrowAsJavaScriptException();
     return env.Undefined();
   }
   void* p = ::mmap(nullptr, static_cast<size_t>(size), PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, start);
-  const int mmapErrno = errno;
-  ::close(fd);
   if (p == MAP_FAILED) {
-    Napi::Error::New(env, "mapFile " + path + ": mmap: " + std::strerror(mmapErrno)).ThrowAsJavaScriptException();
+    Napi::Error::New(env, std::string("mapFile: mmap: ") + std::strerror(errno)).ThrowAsJavaScriptException();
     return env.Undefined();
   }
   return Napi::ArrayBuffer::New(env, p, static_cast<size_t>(size), [](Napi::Env, void* data, size_t* bytes) {

@@ -30,8 +30,8 @@ export interface F64Array {
   readonly data: Float64Array;
 }
 
-/** Maps bytes [offset, offset + length) of a file: the buffer and where the range starts in it. */
-export type MapRange = (path: string, offset: number, length: number) => { buffer: ArrayBuffer; byteOffset: number };
+/** Maps bytes [offset, offset + length) of an open file: the buffer and where the range starts in it. */
+export type MapRange = (fd: number, offset: number, length: number) => { buffer: ArrayBuffer; byteOffset: number };
 
 export interface TensorInfo {
   readonly dtype: StoredDType;
@@ -235,9 +235,10 @@ export class SafetensorsFile {
     const dtype = info.dtype;
     // A tensor the writer did not align to its element size (other writers may not) is read instead.
     if (this.map && info.byteLength > 0 && info.fileOffset % itemSize(dtype) === 0) {
+      if (this.fd === null) fail(this.path, `read of "${name}" after close()`);
       let range: { buffer: ArrayBuffer; byteOffset: number };
       try {
-        range = this.map(this.path, info.fileOffset, info.byteLength);
+        range = this.map(this.fd, info.fileOffset, info.byteLength);
       } catch (err) {
         fail(this.path, `cannot map tensor "${name}" (${(err as Error).message})`);
       }

@@ -123,7 +123,7 @@ interface Addon {
   peakFlops(kind: PeakKind, threads: number, seconds: number): number;
   readBandwidth(threads: number, bytes: number, repeats: number): number;
   quantize(format: QuantFormat, src: F32 | Half, dst: Uint8Array, N: number, K: number): number;
-  mapFile(path: string, offset: number, length: number): ArrayBuffer;
+  mapFile(fd: number, offset: number, length: number): ArrayBuffer;
 }
 
 /** The WType numbers of native/kernels.h for the quantized formats. */
@@ -244,9 +244,9 @@ export interface MappedRange {
   byteOffset: number;
 }
 
-/** Bytes [offset, offset + length) of a file, memory-mapped; length 1 byte to 4 GiB. */
-export function mapFile(path: string, offset: number, length: number): MappedRange {
-  return { buffer: native().mapFile(path, offset, length), byteOffset: offset % 65536 };
+/** Bytes [offset, offset + length) of the open file `fd`, memory-mapped; length 1 byte to 4 GiB. The mapping outlives fd. */
+export function mapFile(fd: number, offset: number, length: number): MappedRange {
+  return { buffer: native().mapFile(fd, offset, length), byteOffset: offset % 65536 };
 }
 
 /**
