@@ -693,28 +693,23 @@ inline float sumRange(const float* p, long n) {
 }
 
 // Quantized weights' integer dot (ops_impl.h quantMatmulInt) for a full group of 4 weight rows and MT rows of x, over
-// every whole chunk of 4 blocks (128 k), one block per ymm. Without an int8 dot instruction, vpmaddubsw (u8·s8 pairs
-// summed in int16, saturating) and vpmaddwd by ones give a block's 8 int32 lanes of 4 k. Int4 and Int4m codes (≤ 15)
-// keep a pair within 2·15·127, and Int4 adds the activation's lane sums −z·Σq so that it sums (u − z)·q. Int8 codes
-// reach 255, past what a pair may hold, so its weights are made signed (u XOR 0x80 = u − 128): |u − 128| ≤ 128 is
-// the unsigned operand and vpsignb gives the activation the weight's sign (pairs within 2·128·127), which sums
-// (u − z)·q directly. vphaddd folds a row's 4 blocks into one vector before the f32 work, so that a conversion and an
-// FMA serve 4 blocks rather than one.
+// every whole chunk of 4 blocks (128 k). A row's chunk is two halves (quant.h halvesOffset); a ymm of either holds 16 k
+// of two blocks, as does the activation's, so the halves add into one vector of int32 lanes, 4 per block. Without an
+// int8 dot instruction, vpmaddubsw (u8·s8 pairs summed in int16, saturating) and vpmaddwd by ones give those lanes.
+// Int4 and Int4m codes (≤ 15) keep a pair within 2·15·127, and Int4 starts from the activation's lane sums −z·Σq so
+// that it sums (u − z)·q. Int8 codes reach 255, past what a pair may hold, so its weights are made signed (u XOR 0x80 =
+// u − 128): |u − 128| ≤ 128 is the unsigned operand and vpsignb gives the activation the weight's sign (pairs within
+// 2·128·127), which sums (u − z)·q directly. vphaddd folds two rows' lanes into one vector of (row, block) sums before
+// the f32 work, so that a conversion and an FMA serve 8 blocks; the scales are permuted once per chunk to match.
 #define VL3_QUANT_DOT 1
 
-// Lanes 0–3: the sums over the first 4 lanes of s[0..3]; lanes 4–7: over their last 4.
-inline __m256i foldBlocks(const __m256i (&s)[quant::kChunkBlocks]) {
-  return _mm256_hadd_epi32(_mm256_hadd_epi32(s[0], s[1]), _mm256_hadd_epi32(s[2], s[3]));
-}
+// The order of (row, block) after foldRows for rows 2p, 2p + 1: lane i holds row 2p + kFoldRow[i], block kFoldBlock[i].
+constexpr int kFoldRow[8] = {0, 0, 1, 1, 0, 0, 1, 1};
+constexpr int kFoldBlock[8] = {0, 2, 0, 2, 1, 3, 1, 3};
 
-inline __m256 broadcast4(const float* p) {
-  const __m128 v = _mm_loadu_ps(p);
-  return _mm256_set_m128(v, v);
-}
-
-inline float hsum4(__m128 v) {
-  v = _mm_add_ps(v, _mm_movehl_ps(v, v));
-  return _mm_cvtss_f32(_mm_add_ss(v, _mm_movehdup_ps(v)));
+// s[r][h]: row r's int32 lanes, h = 0 blocks 0–1, h = 1 blocks 2–3 (a 128-bit half per block, 4 lanes each).
+inline __m256i foldRows(const __m256i (&a)[2], const __m256i (&b)[2]) {
+  return _mm256_hadd_epi32(_mm256_hadd_epi32(a[0], a[1]), _mm256_hadd_epi32(b[0], b[1]));
 }
 
 template <WType T, int MT>
@@ -725,70 +720,75 @@ inline long groupDotT(const uint8_t* g, const quant::QuantizedRows& A, long m0, 
   const long paramBytes = R * B * quant::paramBytes(T);
   const __m256i nibble = _mm256_set1_epi8(0x0f), flip = _mm256_set1_epi8(static_cast<char>(0x80));
   const __m256i ones = _mm256_set1_epi16(1);
-  // acc[i][h]: lanes 0–3 row 2h, lanes 4–7 row 2h + 1, a lane per block of the chunk (the layout of the scales).
+  // Gathers a pair of rows' row-major scales, or a block-indexed activation vector, into the fold's lane order.
+  const __m256i rowScales = _mm256_setr_epi32(4 * kFoldRow[0] + kFoldBlock[0], 4 * kFoldRow[1] + kFoldBlock[1],
+                                              4 * kFoldRow[2] + kFoldBlock[2], 4 * kFoldRow[3] + kFoldBlock[3],
+                                              4 * kFoldRow[4] + kFoldBlock[4], 4 * kFoldRow[5] + kFoldBlock[5],
+                                              4 * kFoldRow[6] + kFoldBlock[6], 4 * kFoldRow[7] + kFoldBlock[7]);
+  const __m256i blockScales = _mm256_setr_epi32(kFoldBlock[0], kFoldBlock[1], kFoldBlock[2], kFoldBlock[3],
+                                                kFoldBlock[4], kFoldBlock[5], kFoldBlock[6], kFoldBlock[7]);
   __m256 acc[MT][2];
   for (int i = 0; i < MT; i++) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
   for (long c = 0; c < chunks; c++) {
     const uint8_t* ch = g + c * chunkBytes;
     const __m128i* params = reinterpret_cast<const __m128i*>(ch);
-    const __m256 dw[2] = {_mm256_cvtph_ps(_mm_loadu_si128(params)), _mm256_cvtph_ps(_mm_loadu_si128(params + 1))};
+    __m256 dw[2], mw[2];
+    for (int p = 0; p < 2; p++) {
+      dw[p] = _mm256_permutevar8x32_ps(_mm256_cvtph_ps(_mm_loadu_si128(params + p)), rowScales);
+      mw[p] = T == WType::Int4m ? _mm256_permutevar8x32_ps(_mm256_cvtph_ps(_mm_loadu_si128(params + 2 + p)), rowScales) : dw[p];
+    }
     const uint8_t* codes = ch + paramBytes;
-    __m256i w[R][B], sw[R][B] = {};  // the unsigned operand; Int8: also u − 128, whose sign x takes
+    // w[r][half][h]: the unsigned operand; Int8: sw also u − 128, whose sign x takes.
+    __m256i w[R][2][2], sw[R][2][2] = {};
     for (int r = 0; r < R; r++) {
-      if (T == WType::Int8) {
-        for (int b = 0; b < B; b++) {
-          const __m256i u = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + r * 128 + b * 32));
-          sw[r][b] = _mm256_xor_si256(u, flip);
-          w[r][b] = _mm256_abs_epi8(sw[r][b]);
+      for (int h = 0; h < 2; h++) {
+        if (T == WType::Int8) {
+          for (int half = 0; half < 2; half++) {
+            const __m256i u = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + r * 128 + half * 64 + h * 32));
+            sw[r][half][h] = _mm256_xor_si256(u, flip);
+            w[r][half][h] = _mm256_abs_epi8(sw[r][half][h]);
+          }
+        } else {
+          const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + r * 64 + h * 32));
+          w[r][0][h] = _mm256_and_si256(v, nibble);
+          w[r][1][h] = _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble);
         }
-      } else {
-        // Bytes 0–31 of a row hold blocks 0 (low nibbles) and 2 (high), bytes 32–63 blocks 1 and 3.
-        const __m256i v0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + r * 64));
-        const __m256i v1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + r * 64 + 32));
-        w[r][0] = _mm256_and_si256(v0, nibble);
-        w[r][1] = _mm256_and_si256(v1, nibble);
-        w[r][2] = _mm256_and_si256(_mm256_srli_epi16(v0, 4), nibble);
-        w[r][3] = _mm256_and_si256(_mm256_srli_epi16(v1, 4), nibble);
       }
     }
     for (int i = 0; i < MT; i++) {
       const long m = m0 + i;
       const int8_t* xq = A.q + m * K + c * 128;
-      __m256i x[B];
-      for (int b = 0; b < B; b++) x[b] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + b * 32));
-      __m256i h[R];
-      for (int r = 0; r < R; r++) {
-        __m256i s[B];
-        for (int b = 0; b < B; b++) {
-          const __m256i xs = T == WType::Int8 ? _mm256_sign_epi8(x[b], sw[r][b]) : x[b];
-          s[b] = _mm256_madd_epi16(_mm256_maddubs_epi16(w[r][b], xs), ones);
+      __m256i x[2][2], init[2] = {};
+      for (int half = 0; half < 2; half++)
+        for (int h = 0; h < 2; h++) x[half][h] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + half * 64 + h * 32));
+      if (T == WType::Int4)
+        for (int h = 0; h < 2; h++) init[h] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(A.laneInit + m * (K / 8) + c * 16 + h * 8));
+      __m256i s[R][2];
+      for (int r = 0; r < R; r++)
+        for (int h = 0; h < 2; h++) {
+          s[r][h] = init[h];
+          for (int half = 0; half < 2; half++) {
+            const __m256i xs = T == WType::Int8 ? _mm256_sign_epi8(x[half][h], sw[r][half][h]) : x[half][h];
+            s[r][h] = _mm256_add_epi32(s[r][h], _mm256_madd_epi16(_mm256_maddubs_epi16(w[r][half][h], xs), ones));
+          }
         }
-        h[r] = foldBlocks(s);
-      }
-      if (T == WType::Int4) {
-        const int32_t* li = A.laneInit + m * (K / 4) + c * 32;
-        __m256i l[B];
-        for (int b = 0; b < B; b++) l[b] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(li + b * 8));
-        const __m256i init = foldBlocks(l);
-        for (int r = 0; r < R; r++) h[r] = _mm256_add_epi32(h[r], init);
-      }
-      const __m256 dx = broadcast4(A.d + m * nb + c * B);
+      const __m128 dx4 = _mm_loadu_ps(A.d + m * nb + c * B);
+      const __m256 dx = _mm256_permutevar8x32_ps(_mm256_set_m128(dx4, dx4), blockScales);
       for (int p = 0; p < 2; p++) {
-        const __m256i lo = h[2 * p], hi = h[2 * p + 1];
-        const __m256i t =
-            _mm256_add_epi32(_mm256_permute2x128_si256(lo, hi, 0x20), _mm256_permute2x128_si256(lo, hi, 0x31));
-        acc[i][p] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), _mm256_mul_ps(dw[p], dx), acc[i][p]);
+        acc[i][p] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(foldRows(s[2 * p], s[2 * p + 1])), _mm256_mul_ps(dw[p], dx), acc[i][p]);
         if (T == WType::Int4m) {
-          const __m256 mw = _mm256_cvtph_ps(_mm_loadu_si128(params + 2 + p));
-          acc[i][p] = _mm256_fmadd_ps(mw, broadcast4(A.dsum + m * nb + c * B), acc[i][p]);
+          const __m128 ds4 = _mm_loadu_ps(A.dsum + m * nb + c * B);
+          acc[i][p] = _mm256_fmadd_ps(mw[p], _mm256_permutevar8x32_ps(_mm256_set_m128(ds4, ds4), blockScales), acc[i][p]);
         }
       }
     }
   }
   for (int i = 0; i < MT; i++)
     for (int p = 0; p < 2; p++) {
-      res[i][2 * p] += hsum4(_mm256_castps256_ps128(acc[i][p]));
-      res[i][2 * p + 1] += hsum4(_mm256_extractf128_ps(acc[i][p], 1));
+      alignas(32) float lanes[8];
+      _mm256_store_ps(lanes, acc[i][p]);
+      res[i][2 * p] += (lanes[0] + lanes[1]) + (lanes[4] + lanes[5]);
+      res[i][2 * p + 1] += (lanes[2] + lanes[3]) + (lanes[6] + lanes[7]);
     }
   return chunks * B;
 }

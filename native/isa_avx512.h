@@ -806,9 +806,10 @@ inline float sumRange(const float* p, long n) {
 }
 
 // Quantized weights' integer dot (ops_impl.h quantMatmulInt) for a full group of 4 weight rows and MT rows of x, over
-// every whole chunk of 4 blocks (128 k). The integer step differs by instruction set (blockLanes below); each gives
-// int32 lanes of 4 k, lanes 0–7 and 8–15 of a vector one block each, summing (u − z)·q exactly, which are scaled by
-// d_w·d_x in f32. Returns the blocks done; the rest is generic.
+// every whole chunk of 4 blocks (128 k). A row's chunk is two halves of 64 codes (quant.h halvesOffset), each a vector
+// whose 128-bit lane b holds 16 k of block b, as are the activation's: both halves add into one vector of int32 lanes,
+// 4 per block, summing (u − z)·q exactly, which one conversion and one FMA by d_w·d_x (broadcast per block) finish.
+// The integer step differs by instruction set (blockLanes below). Returns the blocks done; the rest is generic.
 #if defined(__AVX512VNNI__)
 // vpdpbusd multiplies the unsigned codes by the signed activations, starting from the activation's lane sums −z·Σq.
 template <WType T>
@@ -820,8 +821,8 @@ inline __m512i codeOperand(__m512i stored) {
 }
 
 template <WType T>
-inline __m512i blockLanes(__m512i init, __m512i w, __m512i x) {
-  return _mm512_dpbusd_epi32(init, w, x);
+inline __m512i blockLanes(__m512i acc, __m512i w, __m512i x) {
+  return _mm512_dpbusd_epi32(acc, w, x);
 }
 #else
 // Without VNNI (the avx512 tier): vpmaddubsw (u8·s8 pairs summed in int16, saturating) and vpmaddwd by ones (pairs of
@@ -837,15 +838,15 @@ inline __m512i codeOperand(__m512i stored) {
 }
 
 template <WType T>
-inline __m512i blockLanes(__m512i init, __m512i w, __m512i x) {
+inline __m512i blockLanes(__m512i acc, __m512i w, __m512i x) {
   const __m512i ones = _mm512_set1_epi16(1);
   if (T == WType::Int8) {
     // The sign mask taken at its use: hoisted per chunk, 8 of them outnumber the 7 usable mask registers, and their
     // spills through general registers cost a third of the decode rate on streamed weights.
     const __m512i xs = _mm512_mask_sub_epi8(x, _mm512_movepi8_mask(w), _mm512_setzero_si512(), x);
-    return _mm512_madd_epi16(_mm512_maddubs_epi16(_mm512_abs_epi8(w), xs), ones);
+    return _mm512_add_epi32(_mm512_madd_epi16(_mm512_maddubs_epi16(_mm512_abs_epi8(w), xs), ones), acc);
   }
-  return _mm512_add_epi32(_mm512_madd_epi16(_mm512_maddubs_epi16(w, x), ones), init);
+  return _mm512_add_epi32(_mm512_madd_epi16(_mm512_maddubs_epi16(w, x), ones), acc);
 }
 #endif
 
@@ -856,12 +857,10 @@ inline long groupDotT(const uint8_t* g, const quant::QuantizedRows& A, long m0, 
   const long chunkBytes = R * quant::kChunkBlocks * quant::blockBytes(T);
   const long paramBytes = R * quant::kChunkBlocks * quant::paramBytes(T);
   const __m512i nibble = _mm512_set1_epi8(0x0f);
-  __m512i idxLo[R], idxHi[R];
-  for (int r = 0; r < R; r++) {
-    idxLo[r] = _mm512_set_epi32(4 * r + 1, 4 * r + 1, 4 * r + 1, 4 * r + 1, 4 * r + 1, 4 * r + 1, 4 * r + 1, 4 * r + 1,
-                                4 * r, 4 * r, 4 * r, 4 * r, 4 * r, 4 * r, 4 * r, 4 * r);
-    idxHi[r] = _mm512_add_epi32(idxLo[r], _mm512_set1_epi32(2));
-  }
+  // Lanes 4b..4b+3 of row r's scale vector: element 4r + b of the chunk's scales (row, then block).
+  __m512i scaleOf[R];
+  for (int r = 0; r < R; r++)
+    scaleOf[r] = _mm512_add_epi32(_mm512_set1_epi32(4 * r), _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0));
   __m512 acc[MT][R], accMin[MT];
   for (int i = 0; i < MT; i++) {
     accMin[i] = _mm512_setzero_ps();
@@ -887,19 +886,12 @@ inline long groupDotT(const uint8_t* g, const quant::QuantizedRows& A, long m0, 
       const long m = m0 + i;
       const int8_t* xq = A.q + m * K + c * 128;
       const __m512i xLo = _mm512_loadu_si512(xq), xHi = _mm512_loadu_si512(xq + 64);
-      __m512i initLo = _mm512_setzero_si512(), initHi = _mm512_setzero_si512();
-      if (kLaneInit<T>) {
-        const int32_t* li = A.laneInit + m * (K / 4) + c * 32;
-        initLo = _mm512_loadu_si512(li);
-        initHi = _mm512_loadu_si512(li + 16);
-      }
+      const __m512i init = kLaneInit<T> ? _mm512_loadu_si512(A.laneInit + m * (K / 8) + c * 16) : _mm512_setzero_si512();
       const __m512 p = _mm512_mul_ps(dw, _mm512_broadcast_f32x4(_mm_loadu_ps(A.d + m * nb + c * 4)));
       if (T == WType::Int4m) accMin[i] = _mm512_fmadd_ps(mw, _mm512_broadcast_f32x4(_mm_loadu_ps(A.dsum + m * nb + c * 4)), accMin[i]);
       for (int r = 0; r < R; r++) {
-        const __m512i lo = blockLanes<T>(initLo, wLo[r], xLo);
-        const __m512i hi = blockLanes<T>(initHi, wHi[r], xHi);
-        acc[i][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(lo), _mm512_permutexvar_ps(idxLo[r], p), acc[i][r]);
-        acc[i][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(hi), _mm512_permutexvar_ps(idxHi[r], p), acc[i][r]);
+        const __m512i s = blockLanes<T>(blockLanes<T>(init, wLo[r], xLo), wHi[r], xHi);
+        acc[i][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_permutexvar_ps(scaleOf[r], p), acc[i][r]);
       }
     }
   }

@@ -815,14 +815,15 @@ inline float sumRange(const float* p, long n) {
 
 inline float32x4_t widenF16x4(const uint8_t* p) { return vcvt_f32_f16(vreinterpret_f16_u8(vld1_u8(p))); }
 
-// The sums over blocks 0–3 of one chunk of a weight row (w: its 128 signed codes in k order) times x's.
+// The sums over blocks 0–3 of one chunk of a weight row times x's: w[b] and w[4 + b] are block b's two halves of 16
+// signed codes (quant.h halvesOffset), and x's codes come in the same order.
 template <WType T>
 inline int32x4_t chunkDot(const int8x16_t (&w)[8], const int8_t* x) {
 #if defined(__ARM_FEATURE_DOTPROD)
   int32x4_t s[4];
   for (int b = 0; b < 4; b++) {
-    const int32x4_t half = vdotq_s32(vdupq_n_s32(0), w[2 * b], vld1q_s8(x + 32 * b));
-    s[b] = vdotq_s32(half, w[2 * b + 1], vld1q_s8(x + 32 * b + 16));
+    const int32x4_t lo = vdotq_s32(vdupq_n_s32(0), w[b], vld1q_s8(x + 16 * b));
+    s[b] = vdotq_s32(lo, w[4 + b], vld1q_s8(x + 64 + 16 * b));
   }
   return vpaddq_s32(vpaddq_s32(s[0], s[1]), vpaddq_s32(s[2], s[3]));
 #else
@@ -830,9 +831,9 @@ inline int32x4_t chunkDot(const int8x16_t (&w)[8], const int8_t* x) {
     // |(u − 128)·q| ≤ 128·127: two products per int16 lane.
     int32x4_t s[4];
     for (int b = 0; b < 4; b++) {
-      const int8x16_t x0 = vld1q_s8(x + 32 * b), x1 = vld1q_s8(x + 32 * b + 16);
-      s[b] = vpaddlq_s16(vmlal_high_s8(vmull_s8(vget_low_s8(w[2 * b]), vget_low_s8(x0)), w[2 * b], x0));
-      s[b] = vpadalq_s16(s[b], vmlal_high_s8(vmull_s8(vget_low_s8(w[2 * b + 1]), vget_low_s8(x1)), w[2 * b + 1], x1));
+      const int8x16_t x0 = vld1q_s8(x + 16 * b), x1 = vld1q_s8(x + 64 + 16 * b);
+      s[b] = vpaddlq_s16(vmlal_high_s8(vmull_s8(vget_low_s8(w[b]), vget_low_s8(x0)), w[b], x0));
+      s[b] = vpadalq_s16(s[b], vmlal_high_s8(vmull_s8(vget_low_s8(w[4 + b]), vget_low_s8(x1)), w[4 + b], x1));
     }
     return vpaddq_s32(vpaddq_s32(s[0], s[1]), vpaddq_s32(s[2], s[3]));
   }
@@ -840,9 +841,9 @@ inline int32x4_t chunkDot(const int8x16_t (&w)[8], const int8_t* x) {
   // rounds of pairwise adds and are widened only once they are 4 lanes, one per block.
   int16x8_t p[4];
   for (int b = 0; b < 4; b++) {
-    const int8x16_t x0 = vld1q_s8(x + 32 * b), x1 = vld1q_s8(x + 32 * b + 16);
-    p[b] = vmlal_high_s8(vmull_s8(vget_low_s8(w[2 * b]), vget_low_s8(x0)), w[2 * b], x0);
-    p[b] = vmlal_high_s8(vmlal_s8(p[b], vget_low_s8(w[2 * b + 1]), vget_low_s8(x1)), w[2 * b + 1], x1);
+    const int8x16_t x0 = vld1q_s8(x + 16 * b), x1 = vld1q_s8(x + 64 + 16 * b);
+    p[b] = vmlal_high_s8(vmull_s8(vget_low_s8(w[b]), vget_low_s8(x0)), w[b], x0);
+    p[b] = vmlal_high_s8(vmlal_s8(p[b], vget_low_s8(w[4 + b]), vget_low_s8(x1)), w[4 + b], x1);
   }
   return vpaddlq_s16(vpaddq_s16(vpaddq_s16(p[0], p[1]), vpaddq_s16(p[2], p[3])));
 #endif
@@ -866,7 +867,7 @@ inline long groupDotT(const uint8_t* g, const quant::QuantizedRows& A, long m0, 
         for (int j = 0; j < 8; j++)
           w[j] = vreinterpretq_s8_u8(veorq_u8(vld1q_u8(codes + r * 128 + 16 * j), vdupq_n_u8(0x80)));
       } else {
-        // Low nibbles of a row's 64 bytes are k 0–63, high nibbles k 64–127.
+        // Each 16 bytes of a row are one block: its first half in the low nibbles, its second in the high.
         for (int j = 0; j < 4; j++) {
           const uint8x16_t v = vld1q_u8(codes + r * 64 + 16 * j);
           w[j] = vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(0x0f)));

@@ -301,7 +301,7 @@ inline long groupDot(WType t, const uint8_t* g, int rows, const quant::Quantized
 #endif
 
 // Quantized weights under Compute::Bf16 (kernels.h): x quantized once per call into scratch, then tasks of (row
-// block of x, range of 4-row weight groups). A row block of x (its codes and lane sums, 2 bytes per k, at most
+// block of x, range of 4-row weight groups). A row block of x (its codes, scales and lane sums, under 2 bytes per k, at most
 // kQuantBlockBytes, at most 64 rows) stays in L2 while its tasks stream the weights, read once per row block:
 // decode reads them exactly once.
 constexpr long kQuantBlockBytes = 192L << 10;
@@ -309,14 +309,14 @@ constexpr long kQuantBlockBytes = 192L << 10;
 void quantMatmulInt(const MatmulArgs& a, const float* bias) {
   const long M = a.M, N = a.N, K = a.K, nb = K / quant::kBlock;
   const WType t = a.wType;
-  char* s = static_cast<char*>(scratch(0, kSlotE, M * K + M * nb * 8 + M * K + 64));
+  char* s = static_cast<char*>(scratch(0, kSlotE, M * K + M * nb * 8 + M * K / 2 + 64));
   int8_t* q = reinterpret_cast<int8_t*>(s);
   float* d = reinterpret_cast<float*>(s + roundUp(M * K, 64));
   float* dsum = d + M * nb;
   int32_t* laneInit = reinterpret_cast<int32_t*>(dsum + M * nb);
   forRange(M, lmax(1, (1L << 15) / K), [&](long m0, long m1, int) {
     for (long m = m0; m < m1; m++)
-      quant::quantizeActivationRow(t, a.x + m * K, K, q + m * K, d + m * nb, laneInit + m * (K / 4), dsum + m * nb);
+      quant::quantizeActivationRow(t, a.x + m * K, K, q + m * K, d + m * nb, laneInit + m * (K / 8), dsum + m * nb);
   });
   const quant::QuantizedRows A{q, d, laneInit, dsum, K};
   const long kQuantRowsM = lmax(quant::kGroupRows, lmin(64, kQuantBlockBytes / (2 * K) / quant::kGroupRows * quant::kGroupRows));

@@ -86,23 +86,27 @@ inline BlockRef blockRef(WType t, const uint8_t* g, int rows, int r, long blk, l
   return ref;
 }
 
-// Code of element j (0..31) of a block: Int8 codes are bytes in k order; Int4 and Int4m chunks of b blocks put k in
-// [0, 16b) in the low nibbles of a row's 16b bytes and k in [16b, 32b) in their high nibbles.
-inline int codeAt(WType t, const BlockRef& ref, long j) {
-  const long k = ref.index * kBlock + j;
-  if (t == WType::Int8) return ref.codes[k];
-  const long half = 16 * ref.chunkBlocks;
-  return k < half ? ref.codes[k] & 15 : ref.codes[k - half] >> 4;
+// A row's codes in a chunk of b blocks come in two halves: elements 0..15 of blocks 0..b−1, then their elements
+// 16..31, so that both halves add into one integer accumulator with a lane per 4 k of each block. Int8 weight codes
+// and the activation codes are bytes in that order; Int4 and Int4m pack the halves into nibbles: byte 16·i + j of a
+// row holds element j of block i (low nibble) and element 16 + j (high nibble).
+inline long halvesOffset(long chunkBlocks, long index, long j) {
+  return (j >= 16 ? 16 * chunkBlocks : 0) + 16 * index + (j & 15);
 }
 
-inline void setCode(WType t, uint8_t* codes, long chunkBlocks, long k, int u) {
+inline int codeAt(WType t, const BlockRef& ref, long j) {
+  if (t == WType::Int8) return ref.codes[halvesOffset(ref.chunkBlocks, ref.index, j)];
+  const uint8_t byte = ref.codes[16 * ref.index + (j & 15)];
+  return j < 16 ? byte & 15 : byte >> 4;
+}
+
+inline void setCode(WType t, uint8_t* codes, const BlockRef& ref, long j, int u) {
   if (t == WType::Int8) {
-    codes[k] = static_cast<uint8_t>(u);
+    codes[halvesOffset(ref.chunkBlocks, ref.index, j)] = static_cast<uint8_t>(u);
     return;
   }
-  const long half = 16 * chunkBlocks;
-  if (k < half) codes[k] = static_cast<uint8_t>((codes[k] & 0xf0) | u);
-  else codes[k - half] = static_cast<uint8_t>((codes[k - half] & 0x0f) | (u << 4));
+  uint8_t& byte = codes[16 * ref.index + (j & 15)];
+  byte = static_cast<uint8_t>(j < 16 ? (byte & 0xf0) | u : (byte & 0x0f) | (u << 4));
 }
 
 // Encodes one block of 32 f32 values: scale (and minimum) as f16 bits and codes. False when a value or the scale is
@@ -173,9 +177,11 @@ inline void dequantizeRow(WType t, const uint8_t* w, long N, long K, long n, flo
 }
 
 // Activations of one matmul quantized per block of 32 for the integer dot: q = round-half-even(x · (127/amax)) in
-// [−127, 127], scale amax/127 (0 for an all-zero block). Per row of x: K codes, K/32 scales, and what each format's
-// correction needs: K/4 lane sums −z·Σ of 4 consecutive codes (Int8, Int4: added to the integer dot so that it sums
-// (u − z)·q exactly), or K/32 products scale·Σq (Int4m: multiplied by the weight minimum).
+// [−127, 127], scale amax/127 (0 for an all-zero block). Per row of x: K codes (in each chunk of blocks, in the halves
+// order of the weight codes: halvesOffset), K/32 scales, and what each format's correction needs: K/8 lane sums, one
+// per 4 k of each half of a block (lane l of block i: −z·Σ of the codes of elements 4l..4l+3 and 16+4l..16+4l+3; Int8,
+// Int4: the integer dot starts from them so that it sums (u − z)·q exactly), or K/32 products scale·Σq (Int4m:
+// multiplied by the weight minimum).
 struct QuantizedRows {
   const int8_t* q;
   const float* d;
@@ -201,14 +207,15 @@ VL3_NO_FP_CONTRACT inline void quantizeActivationRow(WType t, const float* x, lo
                                                      int32_t* laneInit, float* dsum) {
   VL3_NO_FP_CONTRACT_BODY
   const int z = zeroCode(t);
+  const long nb = K / kBlock;
   constexpr float kMagic = 12582912.0f;
-  for (long b = 0; b < K / kBlock; b++) {
+  for (long b = 0; b < nb; b++) {
     const float* v = x + b * kBlock;
     float amax = 0.0f;
     for (int j = 0; j < kBlock; j++) amax = std::fabs(v[j]) > amax ? std::fabs(v[j]) : amax;
     const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
     d[b] = amax / 127.0f;
-    int8_t* qb = q + b * kBlock;
+    int8_t qb[kBlock];
     int sum = 0;
     for (int j = 0; j < kBlock; j++) {
       // Adding 1.5·2²³ leaves no fraction bits and rounds half to even (|v·inv| ≤ 127, default rounding mode);
@@ -218,19 +225,27 @@ VL3_NO_FP_CONTRACT inline void quantizeActivationRow(WType t, const float* x, lo
       qb[j] = static_cast<int8_t>(qj);
       sum += qj;
     }
+    const long c0 = b / kChunkBlocks * kChunkBlocks, chunkBlocks = nb - c0 < kChunkBlocks ? nb - c0 : kChunkBlocks;
+    int8_t* chunk = q + c0 * kBlock;
+    std::memcpy(chunk + halvesOffset(chunkBlocks, b - c0, 0), qb, 16);
+    std::memcpy(chunk + halvesOffset(chunkBlocks, b - c0, 16), qb + 16, 16);
     if (t == WType::Int4m) {
       dsum[b] = d[b] * static_cast<float>(sum);
     } else {
-      for (int l = 0; l < kBlock / 4; l++) laneInit[b * 8 + l] = -z * (qb[4 * l] + qb[4 * l + 1] + qb[4 * l + 2] + qb[4 * l + 3]);
+      for (int l = 0; l < 4; l++) {
+        const int8_t* lo = qb + 4 * l;
+        const int8_t* hi = qb + 16 + 4 * l;
+        laneInit[b * 4 + l] = -z * ((lo[0] + lo[1] + lo[2] + lo[3]) + (hi[0] + hi[1] + hi[2] + hi[3]));
+      }
     }
   }
 }
 
-// Σ_k (u − z)·q over one block (Int4m: Σ u·q), exact in int32.
-inline int32_t blockDot(WType t, const BlockRef& ref, const int8_t* q) {
+// Σ_k (u − z)·q over one block (Int4m: Σ u·q), exact in int32; qChunk: the activation codes of the block's chunk.
+inline int32_t blockDot(WType t, const BlockRef& ref, const int8_t* qChunk) {
   const int z = zeroCode(t);
   int32_t s = 0;
-  for (long j = 0; j < kBlock; j++) s += (codeAt(t, ref, j) - z) * q[j];
+  for (long j = 0; j < kBlock; j++) s += (codeAt(t, ref, j) - z) * qChunk[halvesOffset(ref.chunkBlocks, ref.index, j)];
   return s;
 }
 
@@ -245,7 +260,7 @@ inline void groupDotGeneric(WType t, const uint8_t* g, int rows, long blk0, cons
       const float dw = readF16(ref.d), mw = ref.m ? readF16(ref.m) : 0.0f;
       for (int i = 0; i < mt; i++) {
         const long m = m0 + i;
-        const int32_t s = blockDot(t, ref, A.q + m * A.K + blk * kBlock);
+        const int32_t s = blockDot(t, ref, A.q + m * A.K + (blk - ref.index) * kBlock);
         res[i][r] += dw * A.d[m * nb + blk] * static_cast<float>(s);
         if (ref.m) res[i][r] += mw * A.dsum[m * nb + blk];
       }

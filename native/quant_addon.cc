@@ -78,7 +78,7 @@ Napi::Value Quantize(const Napi::CallbackInfo& info) {
         std::memcpy(const_cast<uint8_t*>(ref.d), &dBits, 2);
         if (ref.m) std::memcpy(const_cast<uint8_t*>(ref.m), &mBits, 2);
         uint8_t* codes = const_cast<uint8_t*>(ref.codes);
-        for (long j = 0; j < quant::kBlock; j++) quant::setCode(t, codes, ref.chunkBlocks, ref.index * quant::kBlock + j, u[j]);
+        for (long j = 0; j < quant::kBlock; j++) quant::setCode(t, codes, ref, j, u[j]);
       }
     }
   });

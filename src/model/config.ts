@@ -20,7 +20,7 @@ export interface CheckpointQuantization {
 
 /** `quant_method` of our checkpoints, and the version of the packed layout they hold. */
 export const QUANT_METHOD = 'vl3';
-export const QUANT_LAYOUT_VERSION = 1;
+export const QUANT_LAYOUT_VERSION = 2;
 
 export interface VisionEncoderConfig {
   modelType: string;
@@ -279,7 +279,7 @@ function parseQuantization(file: string, json: Json | null): CheckpointQuantizat
   }
   const version = r.int('format_version');
   if (version !== QUANT_LAYOUT_VERSION) {
-    throw new CheckpointError(`${file}: "quantization_config" has format_version ${version}; this version of videollama3 reads ${QUANT_LAYOUT_VERSION}`, file);
+    throw new CheckpointError(`${file}: "quantization_config" has format_version ${version}; this version of videollama3 reads ${QUANT_LAYOUT_VERSION}; quantize the bf16 checkpoint again with \`vl3 quantize\``, file);
   }
   const format = (key: string): WeightFormat => {
     const v = r.str(key);

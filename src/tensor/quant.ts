@@ -12,9 +12,12 @@
  * Packed layout (what kernels read, and what a quantized checkpoint stores): rows in groups of 4 (the last group of a
  * matrix may be shorter), blocks in chunks of 4 (the last chunk of a row may be shorter). Groups follow each other,
  * each taking rows·K/32 blocks' bytes; inside a group, chunks follow each other; a chunk of b blocks of a group of r
- * rows is: the r·b f16 scales (row-major: row, then block), for int4m the r·b f16 minimums, then each row's codes:
- * int8 32·b bytes in k order; int4/int4m 16·b bytes, byte i holding the code of k = i in its low nibble and of
- * k = 16·b + i in its high nibble. So a 4-row group's chunk is one contiguous run a vector kernel streams through.
+ * rows is: the r·b f16 scales (row-major: row, then block), for int4m the r·b f16 minimums, then each row's codes in
+ * two halves, element j of a block being in the first when j < 16. int8: 32·b bytes, the first 16·b holding elements
+ * 0..15 of blocks 0..b−1 (16 bytes a block), the last 16·b their elements 16..31; int4/int4m: 16·b bytes, 16 a block,
+ * byte 16·i + j holding element j of block i in its low nibble and element 16 + j in its high nibble. So a 4-row
+ * group's chunk is one contiguous run a vector kernel streams through, and both halves of a row's chunk add into one
+ * integer accumulator with a lane per 4 k of each block (native/quant.h orders the activation codes to match).
  */
 import { f16ToF32, type QuantFormat } from './dtype.js';
 
@@ -88,22 +91,22 @@ function blockRef(f: QuantFormat, N: number, K: number, n: number, blk: number):
   };
 }
 
+/** Byte of element j of the block at `ref` among its row's codes in the chunk (int4: its low nibble when j < 16). */
+function codeOffset(f: QuantFormat, ref: BlockRef, j: number): number {
+  const inBlock = 16 * ref.index + (j & 15);
+  return f === 'int8' && j >= 16 ? 16 * ref.chunkBlocks + inBlock : inBlock;
+}
+
 function codeAt(f: QuantFormat, bytes: Uint8Array, ref: BlockRef, j: number): number {
-  const k = ref.index * QUANT_BLOCK + j;
-  if (f === 'int8') return bytes[ref.codes + k]!;
-  const half = 16 * ref.chunkBlocks;
-  return k < half ? bytes[ref.codes + k]! & 15 : bytes[ref.codes + k - half]! >> 4;
+  const byte = bytes[ref.codes + codeOffset(f, ref, j)]!;
+  return f === 'int8' ? byte : j < 16 ? byte & 15 : byte >> 4;
 }
 
 function setCode(f: QuantFormat, bytes: Uint8Array, ref: BlockRef, j: number, u: number): void {
-  const k = ref.index * QUANT_BLOCK + j;
-  if (f === 'int8') {
-    bytes[ref.codes + k] = u;
-    return;
-  }
-  const half = 16 * ref.chunkBlocks;
-  if (k < half) bytes[ref.codes + k] = (bytes[ref.codes + k]! & 0xf0) | u;
-  else bytes[ref.codes + k - half] = (bytes[ref.codes + k - half]! & 0x0f) | (u << 4);
+  const at = ref.codes + codeOffset(f, ref, j);
+  if (f === 'int8') bytes[at] = u;
+  else if (j < 16) bytes[at] = (bytes[at]! & 0xf0) | u;
+  else bytes[at] = (bytes[at]! & 0x0f) | (u << 4);
 }
 
 const readF16 = (bytes: Uint8Array, at: number) => f16ToF32(bytes[at]! | (bytes[at + 1]! << 8));
