@@ -425,12 +425,14 @@ inline float loadW1(const void* w, WType type, long off) {
 // before the loads that need them reach the head of the queue); farther distances were slower again.
 constexpr long kGemvPrefetch = 64;
 
-// One weight row against MM activation rows, U vectors of weights per step (32 weights, one line of bf16, when
-// MM <= 2) with U independent accumulators per activation row. Visiting rows one after another in memory order makes
-// the whole call one sequential stream that the hardware prefetcher follows: the M = 1 decode path.
+// One weight row against MM (1 or 2) activation rows, U vectors of weights per step (32 weights, one line of bf16)
+// with U independent accumulators per activation row. Visiting rows one after another in memory order makes the whole
+// call one sequential stream that the hardware prefetcher follows. Every output is summed in the same order whatever
+// MM is, so a row of x gets the same bits alone (decode) as in a batch of decoding sequences (the engine relies on it).
 template <int MM, WType TYPE>
 inline void gemvRow(const float* x, long K, const void* wRow, float* out, long ldo, float bias) {
-  constexpr int U = MM <= 2 ? 4 : 2;  // MM·U accumulators, at most 8, plus U weight vectors
+  static_assert(MM <= 2, "MM·U accumulators and U weight vectors must fit the 16 ymm registers");
+  constexpr int U = 4;
   constexpr long STEP = 8 * U;
   const char* wb = static_cast<const char*>(wRow);
   constexpr long esz = TYPE == WType::BF16 ? 2 : 4;
@@ -462,82 +464,25 @@ inline void gemvRow(const float* x, long K, const void* wRow, float* out, long l
   }
 }
 
-// R weight rows against MM activation rows (MM·R <= 12 accumulators): each weight vector is used MM times and each
-// activation vector R times, so loads stay well below FMAs; for 2-4 activation rows, where one row at a time would
-// be load-bound. R rows read at once are R streams that DRAM and the hardware prefetcher serve poorly, but together
-// they are one contiguous block: `next` (nextBytes long) is the following tile's block, prefetched into L2 in order
-// while this one computes (into L1 it measured no better than nothing; into L2 it doubled the DRAM rate).
-template <int MM, int R, WType TYPE>
-inline void gemvTile(const float* x, long K, const void* w, float* out, long ldo, const float* bias, const char* next,
-                     long nextBytes) {
-  constexpr long esz = TYPE == WType::BF16 ? 2 : 4;
-  constexpr int linesPerStep = (R * esz * 8 + 63) / 64;
-  __m256 acc[MM][R];
-  for (int m = 0; m < MM; m++)
-    for (int r = 0; r < R; r++) acc[m][r] = _mm256_setzero_ps();
-  long k = 0, pf = 0;
-  for (; k + 8 <= K; k += 8) {
-#pragma GCC unroll 2
-    for (int i = 0; i < linesPerStep; i++, pf += 64)
-      if (pf < nextBytes) _mm_prefetch(next + pf, _MM_HINT_T1);
-    __m256 wv[R];
-#pragma GCC unroll 4
-    for (int r = 0; r < R; r++) wv[r] = loadW(w, TYPE, r * K + k);
-#pragma GCC unroll 4
-    for (int m = 0; m < MM; m++) {
-      const __m256 xv = _mm256_loadu_ps(x + m * K + k);
-#pragma GCC unroll 4
-      for (int r = 0; r < R; r++) acc[m][r] = _mm256_fmadd_ps(wv[r], xv, acc[m][r]);
-    }
-  }
-  for (int m = 0; m < MM; m++) {
-    for (int r = 0; r < R; r++) {
-      float s = hsum(acc[m][r]);
-      for (long kk = k; kk < K; kk++) s += loadW1(w, TYPE, r * K + kk) * x[m * K + kk];
-      out[m * ldo + r] = bias ? s + bias[r] : s;
-    }
-  }
-}
-
-template <int MM, WType TYPE>
-inline void gemvRowsT(const float* x, long K, const void* w, long nRows, float* out, long ldo, const float* bias) {
-  const long esz = TYPE == WType::BF16 ? 2 : 4;
-  long n = 0;
-  if (MM >= 2) {
-    // Accumulators, weight vectors and one activation vector must fit the 16 ymm registers.
-    constexpr int R = MM <= 2 ? 4 : 3;
-    const char* wb = static_cast<const char*>(w);
-    for (; n + R <= nRows; n += R) {
-      const long nextBytes = (n + 2 * R <= nRows ? R : nRows - n - R) * K * esz;
-      gemvTile<MM, R, TYPE>(x, K, wb + n * K * esz, out + n, ldo, bias ? bias + n : nullptr, wb + (n + R) * K * esz,
-                            nextBytes);
-    }
-  }
-  for (; n < nRows; n++)
-    gemvRow<MM, TYPE>(x, K, static_cast<const char*>(w) + n * K * esz, out + n, ldo, bias ? bias[n] : 0.0f);
-}
-
 template <WType TYPE>
 inline void gemvRowsM(const float* x, int M, long K, const void* w, long nRows, float* out, long ldo,
                       const float* bias) {
-  // Weight rows go in blocks of ~128 KiB (a multiple of both tile heights): the first group of up to 4 activation
-  // rows streams a block from memory, the other groups find it in L2. So the weights are read from DRAM once for
-  // any M, and nothing is packed.
+  // Weight rows go in blocks of ~128 KiB: the first pair of activation rows streams a block from memory, the other
+  // pairs find it in L2. So the weights are read from DRAM once for any M, and nothing is packed. (Tiles of several
+  // weight rows would load less per FMA, but they sum in another order than one row at a time, and a batch's rows
+  // must get the bits they get alone.)
   const long esz = TYPE == WType::BF16 ? 2 : 4;
-  long block = (128L << 10) / (K * esz) / 12 * 12;
-  if (block < 12) block = 12;
+  long block = (128L << 10) / (K * esz);
+  if (block < 1) block = 1;
   for (long n0 = 0; n0 < nRows; n0 += block) {
     const long nb = n0 + block <= nRows ? block : nRows - n0;
-    const char* wb = static_cast<const char*>(w) + n0 * K * esz;
-    const float* bb = bias ? bias + n0 : nullptr;
-    for (int m0 = 0; m0 < M; m0 += 4) {
+    for (int m0 = 0; m0 < M; m0 += 2) {
       const float* xm = x + m0 * K;
-      float* om = out + m0 * ldo + n0;
-      switch (M - m0 >= 4 ? 4 : M - m0) {
-        case 1: gemvRowsT<1, TYPE>(xm, K, wb, nb, om, ldo, bb); break;
-        case 2: gemvRowsT<2, TYPE>(xm, K, wb, nb, om, ldo, bb); break;
-        case 3: gemvRowsT<3, TYPE>(xm, K, wb, nb, om, ldo, bb); break;
-        default: gemvRowsT<4, TYPE>(xm, K, wb, nb, om, ldo, bb); break;
+      for (long n = n0; n < n0 + nb; n++) {
+        const char* row = static_cast<const char*>(w) + n * K * esz;
+        const float b = bias ? bias[n] : 0.0f;
+        if (M - m0 >= 2) gemvRow<2, TYPE>(xm, K, row, out + m0 * ldo + n, ldo, b);
+        else gemvRow<1, TYPE>(xm, K, row, out + m0 * ldo + n, ldo, b);
       }
     }
   }

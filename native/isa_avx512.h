@@ -287,11 +287,12 @@ inline __m512 loadW16Masked(const void* w, long off, __mmask16 m) {
   return _mm512_maskz_loadu_ps(m, static_cast<const float*>(w) + off);
 }
 
-// One weight row against MM activation rows, U vectors of weights per step with U accumulators per activation row:
-// the M = 1 decode path, rows visited in memory order as one stream.
+// One weight row against MM activation rows, U vectors of weights per step with U accumulators per activation row,
+// rows visited in memory order as one stream. Every output is summed in the same order whatever MM is, so a row of x
+// gets the same bits alone (decode) as in a batch of decoding sequences (the engine's batched decode relies on it).
 template <int MM, WType TYPE>
 inline void gemvRow(const float* x, long K, const void* wRow, float* out, long ldo, float bias) {
-  constexpr int U = MM <= 2 ? 4 : 2;
+  constexpr int U = 4;
   constexpr long STEP = 16 * U;
   constexpr long esz = TYPE == WType::BF16 ? 2 : 4;
   const char* wb = static_cast<const char*>(wRow);
@@ -321,59 +322,18 @@ inline void gemvRow(const float* x, long K, const void* wRow, float* out, long l
   }
 }
 
-// R weight rows against MM activation rows (MM·R accumulators): each weight vector serves MM rows of x and each x
-// vector R weight rows. The R rows are one contiguous block; `next` (the following tile's block) is pulled into L2
-// in order while this one computes, as on AVX2.
-template <int MM, int R, WType TYPE>
-inline void gemvTile(const float* x, long K, const void* w, float* out, long ldo, const float* bias, const char* next,
-                     long nextBytes) {
-  constexpr long esz = TYPE == WType::BF16 ? 2 : 4;
-  constexpr int linesPerStep = (R * esz * 16 + 63) / 64;
-  __m512 acc[MM][R];
-  for (int m = 0; m < MM; m++)
-    for (int r = 0; r < R; r++) acc[m][r] = _mm512_setzero_ps();
-  long k = 0, pf = 0;
-  for (; k + 16 <= K; k += 16) {
-#pragma GCC unroll 4
-    for (int i = 0; i < linesPerStep; i++, pf += 64)
-      if (pf < nextBytes) _mm_prefetch(next + pf, _MM_HINT_T1);
-    __m512 wv[R];
-#pragma GCC unroll 8
-    for (int r = 0; r < R; r++) wv[r] = loadW16<TYPE>(w, r * K + k);
-#pragma GCC unroll 4
-    for (int m = 0; m < MM; m++) {
-      const __m512 xv = _mm512_loadu_ps(x + m * K + k);
-#pragma GCC unroll 8
-      for (int r = 0; r < R; r++) acc[m][r] = _mm512_fmadd_ps(wv[r], xv, acc[m][r]);
-    }
-  }
-  if (k < K) {
-    const __mmask16 mk = mask16(K - k);
-    __m512 wv[R];
-    for (int r = 0; r < R; r++) wv[r] = loadW16Masked<TYPE>(w, r * K + k, mk);
-    for (int m = 0; m < MM; m++) {
-      const __m512 xv = _mm512_maskz_loadu_ps(mk, x + m * K + k);
-      for (int r = 0; r < R; r++) acc[m][r] = _mm512_fmadd_ps(wv[r], xv, acc[m][r]);
-    }
-  }
-  for (int m = 0; m < MM; m++)
-    for (int r = 0; r < R; r++) out[m * ldo + r] = hsum16(acc[m][r]) + (bias ? bias[r] : 0.0f);
-}
-
-// Weight rows in blocks of ~128 KiB (a multiple of the tile height): the first group of activation rows streams a
-// block from memory, the others find it in L2, so w is read from DRAM once for any M.
-template <class Tile, class Row>
-inline void gemvBlocks(int M, long K, long esz, long nRows, int R, const Tile& tile4, const Row& row) {
-  long block = (128L << 10) / (K * esz) / 12 * 12;
-  if (block < 12) block = 12;
+// Weight rows in blocks of ~128 KiB: the first group of activation rows streams a block from memory, the others find
+// it in L2, so w is read from DRAM once for any M. (Tiles of several weight rows would load less per FMA, but they sum
+// in another order than one row at a time, and a batch's rows must get the bits they get alone.)
+template <class Row>
+inline void gemvBlocks(int M, long K, long esz, long nRows, const Row& row) {
+  long block = (128L << 10) / (K * esz);
+  if (block < 1) block = 1;
   for (long n0 = 0; n0 < nRows; n0 += block) {
     const long nb = n0 + block <= nRows ? block : nRows - n0;
     for (int m0 = 0; m0 < M; m0 += 4) {
       const int mm = M - m0 >= 4 ? 4 : M - m0;
-      long n = 0;
-      if (mm >= 2)
-        for (; n + R <= nb; n += R) tile4(m0, mm, n0 + n, n + 2 * R <= nb ? R : nb - n - R);
-      for (; n < nb; n++) row(m0, mm, n0 + n);
+      for (long n = 0; n < nb; n++) row(m0, mm, n0 + n);
     }
   }
 }
@@ -382,21 +342,7 @@ template <WType TYPE>
 inline void gemvRowsM(const float* x, int M, long K, const void* w, long nRows, float* out, long ldo,
                       const float* bias) {
   constexpr long esz = TYPE == WType::BF16 ? 2 : 4;
-  constexpr int R = 6;  // 4·6 accumulators, 6 weight vectors and one x vector in 32 registers
   const char* wb = static_cast<const char*>(w);
-  auto tile = [&](int m0, int mm, long n, long nextRows) {
-    const float* xm = x + m0 * K;
-    float* om = out + m0 * ldo + n;
-    const float* bb = bias ? bias + n : nullptr;
-    const char* cur = wb + n * K * esz;
-    const char* next = cur + R * K * esz;
-    const long nextBytes = nextRows * K * esz;
-    switch (mm) {
-      case 2: gemvTile<2, R, TYPE>(xm, K, cur, om, ldo, bb, next, nextBytes); break;
-      case 3: gemvTile<3, R, TYPE>(xm, K, cur, om, ldo, bb, next, nextBytes); break;
-      default: gemvTile<4, R, TYPE>(xm, K, cur, om, ldo, bb, next, nextBytes); break;
-    }
-  };
   auto row = [&](int m0, int mm, long n) {
     const float* xm = x + m0 * K;
     float* om = out + m0 * ldo + n;
@@ -409,7 +355,7 @@ inline void gemvRowsM(const float* x, int M, long K, const void* w, long nRows, 
       default: gemvRow<4, TYPE>(xm, K, cur, om, ldo, b); break;
     }
   };
-  gemvBlocks(M, K, esz, nRows, R, tile, row);
+  gemvBlocks(M, K, esz, nRows, row);
 }
 
 // out[m, n] = x[m]·w[n] (+bias[n]) for nRows weight rows starting at w; out has row stride ldo.
@@ -425,9 +371,10 @@ inline void gemvRows(const float* x, int M, long K, const void* w, WType type, l
 inline __m512bh loadBf16x32(const uint16_t* p) { return (__m512bh)_mm512_loadu_si512(p); }
 inline __m512bh loadBf16x32Masked(const uint16_t* p, __mmask32 m) { return (__m512bh)_mm512_maskz_loadu_epi16(m, p); }
 
+// gemvRow on bf16 pairs: the same order of sums for every MM.
 template <int MM>
 inline void gemvRowBf16(const uint16_t* x, long K, const uint16_t* w, float* out, long ldo, float bias) {
-  constexpr int U = MM <= 2 ? 4 : 2;
+  constexpr int U = 4;
   constexpr long STEP = 32 * U;
   __m512 acc[MM][U];
   for (int m = 0; m < MM; m++)
@@ -456,57 +403,8 @@ inline void gemvRowBf16(const uint16_t* x, long K, const uint16_t* w, float* out
   }
 }
 
-template <int MM, int R>
-inline void gemvTileBf16(const uint16_t* x, long K, const uint16_t* w, float* out, long ldo, const float* bias,
-                         const char* next, long nextBytes) {
-  constexpr int linesPerStep = R;  // 32 bf16 per row per step: one line each
-  __m512 acc[MM][R];
-  for (int m = 0; m < MM; m++)
-    for (int r = 0; r < R; r++) acc[m][r] = _mm512_setzero_ps();
-  long k = 0, pf = 0;
-  for (; k + 32 <= K; k += 32) {
-#pragma GCC unroll 8
-    for (int i = 0; i < linesPerStep; i++, pf += 64)
-      if (pf < nextBytes) _mm_prefetch(next + pf, _MM_HINT_T1);
-    __m512bh wv[R];
-#pragma GCC unroll 8
-    for (int r = 0; r < R; r++) wv[r] = loadBf16x32(w + r * K + k);
-#pragma GCC unroll 4
-    for (int m = 0; m < MM; m++) {
-      const __m512bh xv = loadBf16x32(x + m * K + k);
-#pragma GCC unroll 8
-      for (int r = 0; r < R; r++) acc[m][r] = _mm512_dpbf16_ps(acc[m][r], wv[r], xv);
-    }
-  }
-  if (k < K) {
-    const __mmask32 mk = mask32(K - k);
-    __m512bh wv[R];
-    for (int r = 0; r < R; r++) wv[r] = loadBf16x32Masked(w + r * K + k, mk);
-    for (int m = 0; m < MM; m++) {
-      const __m512bh xv = loadBf16x32Masked(x + m * K + k, mk);
-      for (int r = 0; r < R; r++) acc[m][r] = _mm512_dpbf16_ps(acc[m][r], wv[r], xv);
-    }
-  }
-  for (int m = 0; m < MM; m++)
-    for (int r = 0; r < R; r++) out[m * ldo + r] = hsum16(acc[m][r]) + (bias ? bias[r] : 0.0f);
-}
-
 inline void gemvRowsBf16(const uint16_t* x, int M, long K, const uint16_t* w, long nRows, float* out, long ldo,
                          const float* bias) {
-  constexpr int R = 6;
-  auto tile = [&](int m0, int mm, long n, long nextRows) {
-    const uint16_t* xm = x + m0 * K;
-    float* om = out + m0 * ldo + n;
-    const float* bb = bias ? bias + n : nullptr;
-    const uint16_t* cur = w + n * K;
-    const char* next = reinterpret_cast<const char*>(cur + R * K);
-    const long nextBytes = nextRows * K * 2;
-    switch (mm) {
-      case 2: gemvTileBf16<2, R>(xm, K, cur, om, ldo, bb, next, nextBytes); break;
-      case 3: gemvTileBf16<3, R>(xm, K, cur, om, ldo, bb, next, nextBytes); break;
-      default: gemvTileBf16<4, R>(xm, K, cur, om, ldo, bb, next, nextBytes); break;
-    }
-  };
   auto row = [&](int m0, int mm, long n) {
     const uint16_t* xm = x + m0 * K;
     float* om = out + m0 * ldo + n;
@@ -518,7 +416,7 @@ inline void gemvRowsBf16(const uint16_t* x, int M, long K, const uint16_t* w, lo
       default: gemvRowBf16<4>(xm, K, w + n * K, om, ldo, b); break;
     }
   };
-  gemvBlocks(M, K, 2, nRows, R, tile, row);
+  gemvBlocks(M, K, 2, nRows, row);
 }
 #endif  // VL3_BF16_DOT
 

@@ -379,14 +379,16 @@ inline float loadW1(const void* w, long off) {
   else return static_cast<const float*>(w)[off];
 }
 
-// R weight rows (one contiguous block) against MM activation rows, 8 k per step. Each weight vector feeds MM FMAs and
-// each activation vector R, so a step has MM + R loads for MM·R·2 FMAs. Small tiles keep separate accumulators for
-// the two halves of a step so that enough FMA chains are in flight; `next` (nextBytes) is the following tile's
-// block, pulled towards L2 in memory order while this one computes, as in the AVX2 path.
+// R weight rows (one contiguous block) against MM (1 or 2) activation rows, 8 k per step. Each weight vector feeds
+// MM FMAs and each activation vector R, so a step has MM + R loads for MM·R·2 FMAs. Separate accumulators for the two
+// halves of a step keep enough FMA chains in flight, and fix the order of the sums whatever MM and R are: a row of x
+// gets the same bits alone (decode) as in a batch of decoding sequences (the engine relies on it). `next` (nextBytes)
+// is the following tile's block, pulled towards L2 in memory order while this one computes, as in the AVX2 path.
 template <int MM, int R, WType TYPE>
 inline void gemvTile(const float* x, long K, const void* w, float* out, long ldo, const float* bias, const char* next,
                      long nextBytes) {
-  constexpr int SETS = MM * R <= 8 ? 2 : 1;
+  static_assert(MM <= 2, "2·MM·R accumulators and 2·R weight vectors must fit the 32 vector registers");
+  constexpr int SETS = 2;
   constexpr long esz = TYPE == WType::BF16 ? 2 : 4;
   constexpr int linesPerStep = (R * esz * 8 + 63) / 64;
   float32x4_t acc[SETS][MM][R];
@@ -437,8 +439,8 @@ inline void gemvRowsT(const float* x, long K, const void* w, long nRows, float* 
     gemvTile<MM, 1, TYPE>(x, K, wb + n * K * esz, out + n, ldo, bias ? bias + n : nullptr, nullptr, 0);
 }
 
-// Weight rows in blocks of ~128 KiB: the first group of up to 4 activation rows streams a block from memory, the
-// others find it in L2, so the weights are read from DRAM once for any M and nothing is packed.
+// Weight rows in blocks of ~128 KiB: the first pair of activation rows streams a block from memory, the others find
+// it in L2, so the weights are read from DRAM once for any M and nothing is packed.
 template <WType TYPE>
 inline void gemvRowsM(const float* x, int M, long K, const void* w, long nRows, float* out, long ldo,
                       const float* bias) {
@@ -449,15 +451,11 @@ inline void gemvRowsM(const float* x, int M, long K, const void* w, long nRows, 
     const long nb = n0 + block <= nRows ? block : nRows - n0;
     const char* wb = static_cast<const char*>(w) + n0 * K * esz;
     const float* bb = bias ? bias + n0 : nullptr;
-    for (int m0 = 0; m0 < M; m0 += 4) {
+    for (int m0 = 0; m0 < M; m0 += 2) {
       const float* xm = x + m0 * K;
       float* om = out + m0 * ldo + n0;
-      switch (M - m0 >= 4 ? 4 : M - m0) {
-        case 1: gemvRowsT<1, TYPE>(xm, K, wb, nb, om, ldo, bb); break;
-        case 2: gemvRowsT<2, TYPE>(xm, K, wb, nb, om, ldo, bb); break;
-        case 3: gemvRowsT<3, TYPE>(xm, K, wb, nb, om, ldo, bb); break;
-        default: gemvRowsT<4, TYPE>(xm, K, wb, nb, om, ldo, bb); break;
-      }
+      if (M - m0 >= 2) gemvRowsT<2, TYPE>(xm, K, wb, nb, om, ldo, bb);
+      else gemvRowsT<1, TYPE>(xm, K, wb, nb, om, ldo, bb);
     }
   }
 }
@@ -480,10 +478,10 @@ inline void gemvRows(const float* x, int M, long K, const void* w, WType type, l
 constexpr long kDotK = 4;
 // A KCDot×16 bf16 panel of B takes the 16 KiB of L1 that a KC×16 f32 panel does, as on the other bf16 tier.
 constexpr long KCDot = 512;
-// Up to 7 rows of x the BFDOT GEMV, from 8 the packed BFMMLA GEMM: by instruction counts (not measured on arm64
-// hardware), a GEMV tile of 4 weight rows × 4 rows of x does half the products per instruction of the GEMM's and
-// only saves packing, which 8 rows of x already amortize.
-constexpr long kGemvMaxMDot = 7;
+// Up to kBatchRows rows of x the BFDOT GEMV, beyond the packed BFMMLA GEMM. By instruction counts (not measured on
+// arm64 hardware) the GEMM would pay from 8 rows (a GEMV tile does half the products per instruction of the GEMM's
+// and only saves packing), but up to kBatchRows a batch's rows must get the bits they get alone (kernels.h).
+constexpr long kGemvMaxMDot = kBatchRows;
 
 inline bfloat16x8_t asBf16(uint16x8_t v) { return vreinterpretq_bf16_u16(v); }
 
@@ -585,13 +583,15 @@ inline void tileBf16(long kp, const uint16_t* A, const uint16_t* B, float* C, lo
     for (long j = 0; j < nr; j++) C[i * ldc + j] = accumulate ? C[i * ldc + j] + t[i * NR + j] : t[i * NR + j];
 }
 
-// R weight rows against MM rows of x, all bf16 words K apart, 16 k per step: each BFDOT adds four pairs of products
-// into four f32 lanes. Small tiles keep a second accumulator set for the step's second half, so that enough chains
-// cover the BFDOT latency; `next` (nextBytes) is pulled towards L2 as in the f32 GEMV.
+// R weight rows against MM (1 or 2) rows of x, all bf16 words K apart, 16 k per step: each BFDOT adds four pairs of
+// products into four f32 lanes. A second accumulator set for the step's second half covers the BFDOT latency and, as
+// in gemvTile, fixes the order of the sums whatever MM and R are; `next` (nextBytes) is pulled towards L2 as in the
+// f32 GEMV.
 template <int MM, int R>
 inline void gemvTileBf16(const uint16_t* x, long K, const uint16_t* w, float* out, long ldo, const float* bias,
                          const char* next, long nextBytes) {
-  constexpr int SETS = MM * R <= 8 ? 2 : 1;
+  static_assert(MM <= 2, "2·MM·R accumulators must fit the 32 vector registers");
+  constexpr int SETS = 2;
   constexpr int linesPerStep = (R * 16 * 2 + 63) / 64;
   float32x4_t acc[SETS][MM][R];
   for (int s = 0; s < SETS; s++)
@@ -651,15 +651,11 @@ inline void gemvRowsBf16(const uint16_t* x, int M, long K, const uint16_t* w, lo
     const long nb = n0 + block <= nRows ? block : nRows - n0;
     const uint16_t* wb = w + n0 * K;
     const float* bb = bias ? bias + n0 : nullptr;
-    for (int m0 = 0; m0 < M; m0 += 4) {
+    for (int m0 = 0; m0 < M; m0 += 2) {
       const uint16_t* xm = x + m0 * K;
       float* om = out + m0 * ldo + n0;
-      switch (M - m0 >= 4 ? 4 : M - m0) {
-        case 1: gemvRowsBf16T<1>(xm, K, wb, nb, om, ldo, bb); break;
-        case 2: gemvRowsBf16T<2>(xm, K, wb, nb, om, ldo, bb); break;
-        case 3: gemvRowsBf16T<3>(xm, K, wb, nb, om, ldo, bb); break;
-        default: gemvRowsBf16T<4>(xm, K, wb, nb, om, ldo, bb); break;
-      }
+      if (M - m0 >= 2) gemvRowsBf16T<2>(xm, K, wb, nb, om, ldo, bb);
+      else gemvRowsBf16T<1>(xm, K, wb, nb, om, ldo, bb);
     }
   }
 }

@@ -17,8 +17,9 @@ constexpr int NR = 16;
 constexpr long KC = 256;
 constexpr long MC = 144;
 constexpr long NB = 2048;
-// The scalar GEMV re-reads each weight row once per row of x, so the cache-blocked GEMM takes over early.
-constexpr long kGemvMaxM = 4;
+// The scalar GEMV re-reads each weight row once per row of x from L1; it serves up to kBatchRows rows of x all the
+// same, so that a batch's rows get the bits they get alone (kernels.h).
+constexpr long kGemvMaxM = kBatchRows;
 // Keys per K panel and output rows per V panel of the tiled attention.
 constexpr long kAttnMR = 6;
 

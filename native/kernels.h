@@ -31,7 +31,13 @@ enum class WType : int { None = 0, F32 = 1, BF16 = 2, Int8 = 3, Int4 = 4, Int4m 
 // m_w·d_x·Σq for Int4m, summed in f32 in an order of the kernel's choosing. The integer dots use the tier's int8 dot
 // instruction (vpdpbusd, sdot) where it has one, exact integer arithmetic elsewhere, so every tier computes the same
 // integers.
+//
+// In both modes, a matmul of at most kBatchRows rows of x gives each row the same bits as a matmul of that row alone
+// (every tier sums each output in one order whatever M is): a batch of decoding sequences, one token each, then
+// answers exactly as each sequence alone (the engine's batched decode).
 enum class Compute : int { Exact = 0, Bf16 = 1 };
+
+constexpr long kBatchRows = 16;
 
 struct MatmulArgs {
   const float* x;    // [M,K]

@@ -202,6 +202,12 @@ inline const uint16_t* bf16Rows(const MatmulArgs& a, long n0, long n1, uint16_t*
 // (set per ISA, where it measured faster than packing) this is the whole matmul. Under Compute::Bf16, x is rounded
 // once into scratch (to bf16 words for a bf16-dot tier, to bf16 values in f32 elsewhere), and f32 weights are
 // rounded kRoundRows rows at a time.
+// Up to kBatchRows rows the GEMV serves every matmul, whose rows each get the bits they get alone (kernels.h).
+static_assert(kGemvMaxM >= kBatchRows, "the GEMV must serve every batch of up to kBatchRows rows");
+#if VL3_BF16_DOT
+static_assert(kGemvMaxMDot >= kBatchRows, "the bf16 dot GEMV must serve every batch of up to kBatchRows rows");
+#endif
+
 void gemv(const MatmulArgs& a, const float* bias) {
   const long M = a.M, N = a.N, K = a.K, esz = wBytes(a.wType);
   const bool bf16 = a.compute == Compute::Bf16;

@@ -55,6 +55,12 @@ export type ComputeMode = 'exact' | 'bf16';
  * - A GPU backend: implements `Kernels` over its buffers (Storage with its own `device`), queues work and syncs only
  *   in `download`, `argmax` and `topK`; the checks refuse a tensor from another device's storage by name.
  */
+/**
+ * The most rows of x for which every backend's matmul gives each row the bits it gets alone (native/kernels.h
+ * kBatchRows): the engine decodes at most this many sequences in one batch.
+ */
+export const BATCH_ROWS = 16;
+
 export interface Backend {
   readonly name: string;
   /** The memory family this backend's tensors live in ('host' for the CPU backends). */
@@ -88,6 +94,7 @@ export interface Backend {
   /**
    * out[M,N] = x[M,K] · w[N,K]ᵀ (+ bias[N]). x f32, w f32|bf16|int8|int4|int4m, bias f32|bf16 or null, out f32.
    * Quantized weights in 'bf16' compute multiply int8-quantized activations (native/kernels.h states the contract).
+   * With at most BATCH_ROWS rows, each row of out has the bits it would have in a matmul of that row alone.
    */
   matmul(x: Tensor, w: Tensor, bias: Tensor | null, out: Tensor): void;
 
