@@ -525,7 +525,12 @@ void mergeBlocks(const float* x, float* out, long rows, long cols, int m) {
 }
 
 void siluMul(const float* gate, const float* up, float* out, long n) {
-  forRange(n, kGrain / 4, [&](long i0, long i1, int) { siluMulRange(gate + i0, up + i0, out + i0, i1 - i0); });
+  // Tasks split at multiples of 16, so that where a tier's vector and scalar tail differ in the last bit, an element
+  // takes the same path in a batch's rows as in one row alone (rows are multiples of 16 wide in every model).
+  forRange(cdiv(n, 16), kGrain / 64, [&](long u0, long u1, int) {
+    const long i0 = u0 * 16, i1 = lmin(n, u1 * 16);
+    siluMulRange(gate + i0, up + i0, out + i0, i1 - i0);
+  });
 }
 
 void softmax(const float* x, float* out, long rows, long cols) {

@@ -6,6 +6,7 @@ export {
   type ChatOptions,
   type ChatResult,
   type ChatStream,
+  type DecodingStats,
   type LoadOptions,
   type LoadProgressEvent,
   type ModelInfo,

@@ -1,3 +1,4 @@
+import { DecodeBatcher } from '../engine/decode-batch.js';
 import { generateTokens, type FinishReason } from '../engine/generate.js';
 import { validateSampling, type SamplingOptions } from '../engine/sampling.js';
 import { ABORTED, Scheduler, type SchedulerStats } from '../engine/scheduler.js';
@@ -163,12 +164,19 @@ export interface ChatStream extends AsyncIterable<string> {
   readonly result: Promise<ChatResult>;
 }
 
+export interface DecodingStats {
+  tokens: number;
+  batches: number;
+}
+
 /** Something a chat can be started from: a message list or a conversation object with its own switches. */
 export type ChatInput = Message[] | Conversation;
 
 /** A loaded VideoLLaMA3 checkpoint, ready to answer. */
 export class VideoLLaMA3 implements ChatModel {
   private readonly scheduler: Scheduler;
+  /** Every request's decoding goes through it: requests decoding at the same time advance as one batch. */
+  private decoder: DecodeBatcher | undefined;
   private readonly closing = new AbortController();
 
   private constructor(
@@ -361,6 +369,11 @@ export class VideoLLaMA3 implements ChatModel {
     return this.scheduler.stats;
   }
 
+  /** Tokens decoded and the forward passes that decoded them (batches of the requests decoding at the same time). */
+  get decoding(): DecodingStats {
+    return { tokens: this.decoder?.tokens ?? 0, batches: this.decoder?.batches ?? 0 };
+  }
+
   /** Checks the request's own settings before it waits for anything. */
   private validated(options: ChatOptions): { sampling: SamplingOptions; stops: StopStrings } {
     const invalid = (path: string, message: string) => new InvalidRequestError(message, { path });
@@ -444,6 +457,7 @@ export class VideoLLaMA3 implements ChatModel {
       stopTokenIds: this.generationConfig.eosTokenIds,
       signal: AbortSignal.any([signal, stopped.signal]),
       step: (work) => this.scheduler.step(work, signal),
+      decoder: (this.decoder ??= new DecodeBatcher(this.llm, (work) => this.scheduler.step(work))),
     });
     const decoder = this.tokenizer.createStreamDecoder({ skipSpecialTokens: true });
     // The answer is trimmed, as the official pipeline returns it; the deltas are trimmed the same way.

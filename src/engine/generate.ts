@@ -1,5 +1,6 @@
 import type { Qwen2Model } from '../model/qwen2.js';
 import type { Tensor } from '../tensor/tensor.js';
+import { DecodeBatcher, type StepRunner } from './decode-batch.js';
 import { KVCache } from './kv-cache.js';
 import { ABORTED } from './scheduler.js';
 import { Sampler, type SamplingOptions } from './sampling.js';
@@ -30,9 +31,15 @@ export interface GenerateRequest {
    * the work, then let the event loop run once.
    */
   step?: StepRunner;
+  /**
+   * Decodes through this batcher, with every other sequence that decodes through it at the same time (one forward
+   * pass per turn for all of them; the answer is the same as alone). Default: a batcher of this request alone, run
+   * by `step`.
+   */
+  decoder?: DecodeBatcher;
 }
 
-export type StepRunner = <T>(work: () => T) => Promise<T | typeof ABORTED>;
+export type { StepRunner };
 
 export type FinishReason = 'stop' | 'length' | 'abort';
 
@@ -66,11 +73,11 @@ export async function* generateTokens(model: Qwen2Model, request: GenerateReques
   const stops = new Set(stopTokenIds);
   const tokenIds: number[] = [];
   const logits = model.backend.allocate('f32', [1, d.vocabSize]);
-  const embedded = model.backend.allocate('f32', [1, d.hiddenSize]);
   const started = performance.now();
   let prefillMs = 0;
   let finishReason: FinishReason = 'length';
   const step = request.step ?? runThenYield;
+  const decoder = request.decoder ?? new DecodeBatcher(model, step);
   const aborted = (): GenerationResult => {
     const elapsed = performance.now() - started;
     return { tokenIds, finishReason: 'abort', promptTokens: L, prefillMs: prefillMs || elapsed, decodeMs: prefillMs ? elapsed - prefillMs : 0 };
@@ -102,11 +109,7 @@ export async function* generateTokens(model: Qwen2Model, request: GenerateReques
         break;
       }
       if (tokenIds.length >= maxNewTokens) break;
-      const done = await step(() => {
-        model.embed([id], embedded);
-        model.logits(model.forward(embedded, cache), logits);
-      });
-      if (done === ABORTED) return aborted();
+      if ((await decoder.decode(id, cache, logits, signal)) === ABORTED) return aborted();
     }
     return { tokenIds, finishReason, promptTokens: L, prefillMs, decodeMs: performance.now() - started - prefillMs };
   } finally {

@@ -1,4 +1,4 @@
-import type { Backend } from '../tensor/backend.js';
+import { BATCH_ROWS, type Backend } from '../tensor/backend.js';
 import type { Tensor } from '../tensor/tensor.js';
 import { Workspace } from '../tensor/workspace.js';
 import type { VideoLlama3Config } from './config.js';
@@ -87,21 +87,61 @@ export class Qwen2Model {
    * cache.length .. cache.length+T-1, appending their keys and values to `cache`.
    */
   forward(embeds: Tensor, cache: AttentionCache, options: ForwardOptions = {}): Tensor {
-    const { hiddenSize: H, intermediateSize: I, numAttentionHeads: Hq, numKeyValueHeads: Hkv, rmsNormEps: eps } = this.dims;
-    const D = this.headDim;
     const T = embeds.dim(0);
-    const b = this.backend;
-    const ws = this.ws;
     const start = cache.length;
     cache.reserve(T);
+    const scale = 1 / Math.sqrt(this.headDim);
+    const out = this.run(embeds, Array.from({ length: T }, (_, t) => start + t), options, (l, q, k, v, attn) => {
+      cache.write(l, k, v);
+      const end = start + T;
+      this.backend.attention(q, cache.keysUpTo(l, end), cache.valuesUpTo(l, end), attn, { scale, causal: true, queryOffset: start });
+    });
+    cache.advance(T);
+    return out;
+  }
+
+  /**
+   * One decode step of several sequences: row i of `embeds` [B, hidden] (in place, as in `forward`) is the next token
+   * of the sequence whose keys and values are caches[i], at position caches[i].length. The linear layers run once
+   * over the batch (every weight read once for B tokens); each row attends to its own cache only. With B at most
+   * BATCH_ROWS, row i gets the bits `forward` gives it alone.
+   */
+  forwardBatch(embeds: Tensor, caches: readonly AttentionCache[]): Tensor {
+    const B = embeds.dim(0);
+    if (caches.length !== B) throw new Error(`forwardBatch: ${B} rows of embeddings for ${caches.length} caches`);
+    if (B > BATCH_ROWS) throw new Error(`forwardBatch: ${B} sequences; a batch holds at most ${BATCH_ROWS}`);
+    const starts = caches.map((c) => c.length);
+    for (const c of caches) c.reserve(1);
+    const scale = 1 / Math.sqrt(this.headDim);
+    const out = this.run(embeds, starts, {}, (l, q, k, v, attn) => {
+      caches.forEach((cache, i) => {
+        cache.write(l, k.rows(i, i + 1), v.rows(i, i + 1));
+        const end = starts[i]! + 1;
+        this.backend.attention(q.rows(i, i + 1), cache.keysUpTo(l, end), cache.valuesUpTo(l, end), attn.rows(i, i + 1), {
+          scale,
+          causal: true,
+          queryOffset: starts[i]!,
+        });
+      });
+    });
+    for (const c of caches) c.advance(1);
+    return out;
+  }
+
+  /** The decoder layers over rows at `positions`; `attend` writes each layer's keys and values and fills `attn`. */
+  private run(x: Tensor, positions: number[], options: ForwardOptions, attend: (layer: number, q: Tensor, k: Tensor, v: Tensor, attn: Tensor) => void): Tensor {
+    const { hiddenSize: H, intermediateSize: I, numAttentionHeads: Hq, numKeyValueHeads: Hkv, rmsNormEps: eps } = this.dims;
+    const D = this.headDim;
+    const T = x.dim(0);
+    const b = this.backend;
+    const ws = this.ws;
 
     const cos = ws.take('rope.cos', 'f32', [T, D / 2]);
     const sin = ws.take('rope.sin', 'f32', [T, D / 2]);
-    const tables = ropeTables(this.invFreq, Array.from({ length: T }, (_, t) => start + t));
+    const tables = ropeTables(this.invFreq, positions);
     b.write(cos, tables.cos);
     b.write(sin, tables.sin);
 
-    const x = embeds;
     const h = ws.take('h', 'f32', [T, H]);
     const q = ws.take('q', 'f32', [T, Hq, D]);
     const k = ws.take('k', 'f32', [T, Hkv, D]);
@@ -109,7 +149,6 @@ export class Qwen2Model {
     const attn = ws.take('attn', 'f32', [T, Hq, D]);
     const gate = ws.take('gate', 'f32', [T, I]);
     const up = ws.take('up', 'f32', [T, I]);
-    const scale = 1 / Math.sqrt(D);
 
     options.onHiddenState?.(0, x);
     this.layers.forEach((layer, l) => {
@@ -119,9 +158,7 @@ export class Qwen2Model {
       b.matmul(h, layer.vProj, layer.vBias, v.reshape([T, Hkv * D]));
       b.rope(q, cos, sin, q);
       b.rope(k, cos, sin, k);
-      cache.write(l, k, v);
-      const end = start + T;
-      b.attention(q, cache.keysUpTo(l, end), cache.valuesUpTo(l, end), attn, { scale, causal: true, queryOffset: start });
+      attend(l, q, k, v, attn);
       b.matmul(attn.reshape([T, H]), layer.oProj, null, h);
       b.add(x, h, x);
 
@@ -133,7 +170,6 @@ export class Qwen2Model {
       b.add(x, h, x);
       if (l < this.layers.length - 1) options.onHiddenState?.(l + 1, x);
     });
-    cache.advance(T);
     b.rmsNorm(x, this.finalNorm, eps, x);
     options.onHiddenState?.(this.layers.length, x);
     return x;
