@@ -2,13 +2,17 @@
 export {
   VideoLLaMA3,
   DEFAULT_MAX_ACTIVE_REQUESTS,
+  DEFAULT_FEATURE_CACHE_BYTES,
+  DEFAULT_PREFIX_CACHE_BYTES,
   type ChatInput,
   type ChatOptions,
   type ChatResult,
   type ChatStream,
   type LoadOptions,
   type LoadProgressEvent,
+  type ModelCacheStats,
   type ModelInfo,
+  type ModelStats,
   type Timings,
   type Usage,
 } from './api/videollama3.js';
@@ -26,6 +30,8 @@ export {
   type CompareResult,
 } from './api/compare-weights.js';
 export type { SchedulerStats } from './engine/scheduler.js';
+export type { CacheStats } from './engine/feature-cache.js';
+export type { PrefixCacheStats } from './engine/prefix-cache.js';
 export type { FinishReason } from './engine/generate.js';
 export type { SamplingOptions } from './engine/sampling.js';
 export { loadCheckpoint, type Checkpoint } from './model/checkpoint.js';
