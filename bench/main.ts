@@ -17,7 +17,7 @@ import type { VisionFigures } from './vision.js';
 import { measureResize } from './resize.js';
 import { makeBenchClip, measureVideoDecodeFigures } from './video.js';
 import type { VideoModelFigures } from './video-model.js';
-import type { ReuseFigures } from './reuse.js';
+import type { ReuseFigures, TurnPair } from './reuse.js';
 import { percent, round } from './stats.js';
 import { measureDecodePairs, measurePeers, printDecodePairs, printPeers, type PeersFigures } from './peers.js';
 import { measureQuantizedRounds, printQuantized, type QuantizedFigures } from './quantized.js';
@@ -194,7 +194,7 @@ if (videoDecode && !skipLlm) {
 let reuse: ReuseFigures | undefined;
 if (videoDecode && !skipLlm && !args.includes('--skip-reuse')) {
   reuse = child<ReuseFigures>('reuse', modelDir, clip, String(allThreads));
-  const turns = (r: ReuseFigures['video'] | ReuseFigures['serverImage']) =>
+  const turns = (r: TurnPair) =>
     `first turn ${r.first.timeToFirstTokenSeconds} s to first token (${r.first.promptTokens}-token prompt), second ${r.second.timeToFirstTokenSeconds} s ` +
     `(${r.second.cachedTokens} of ${r.second.promptTokens} prompt tokens from the prefix cache) = ${round(100 * r.secondOverFirst, 1)}% of the first`;
   log(`second turn, video chat (2b random weights, ${reuse.threads} threads, ${reuse.video.frames} frames, library): ${turns(reuse.video)}`);

@@ -15,15 +15,24 @@ export interface TurnFigures {
   cachedTokens: number;
 }
 
+/** Two turns of one chat; the ratio of their times to first token is the figure. */
+export interface TurnPair {
+  first: TurnFigures;
+  second: TurnFigures;
+  secondOverFirst: number;
+}
+
 export interface ReuseFigures {
   threads: number;
-  video: { frames: number; first: TurnFigures; second: TurnFigures; secondOverFirst: number };
-  serverImage: { first: TurnFigures; second: TurnFigures; secondOverFirst: number };
+  video: TurnPair & { frames: number };
+  serverImage: TurnPair;
 }
 
 const MAX_NEW_TOKENS = 16;
 
 /** From the request's start (media decoding included) to its first token. */
+const pair = (first: TurnFigures, second: TurnFigures): TurnPair => ({ first, second, secondOverFirst: round(second.timeToFirstTokenSeconds / first.timeToFirstTokenSeconds, 4) });
+
 const turnOf = (r: ChatResult): TurnFigures => ({
   timeToFirstTokenSeconds: round((r.timings.totalMs - r.timings.decodeMs) / 1000, 2),
   promptTokens: r.usage.promptTokens,
@@ -39,8 +48,7 @@ async function videoChat(dir: string, clip: string, threads: number | undefined)
   history.push({ role: 'assistant', content: first.text }, { role: 'user', content: 'What colour is the background at the end?' });
   const second = await model.chat(history, options).result;
   await model.close();
-  const [a, b] = [turnOf(first), turnOf(second)];
-  return { threads: model.llm.backend.threads, frames, first: a, second: b, secondOverFirst: round(b.timeToFirstTokenSeconds / a.timeToFirstTokenSeconds, 4) };
+  return { threads: model.llm.backend.threads, frames, ...pair(turnOf(first), turnOf(second)) };
 }
 
 async function serverImageChat(dir: string, threads: number | undefined): Promise<ReuseFigures['serverImage']> {
@@ -52,7 +60,7 @@ async function serverImageChat(dir: string, threads: number | undefined): Promis
     messages.push({ role: 'assistant', content: first.text }, { role: 'user', content: 'What is in its top left corner?' });
     const second = await streamChat(url, body(messages));
     const turn = (t: typeof first): TurnFigures => ({ timeToFirstTokenSeconds: round(t.seconds, 2), promptTokens: t.promptTokens, cachedTokens: t.cachedTokens });
-    return { first: turn(first), second: turn(second), secondOverFirst: round(second.seconds / first.seconds, 4) };
+    return pair(turn(first), turn(second));
   } finally {
     server.kill('SIGTERM');
   }
