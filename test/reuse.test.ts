@@ -8,7 +8,7 @@ import { ModelWorker } from '../src/api/model-worker.js';
 import { VideoLLaMA3, type ChatOptions, type ChatResult } from '../src/api/videollama3.js';
 import { FeatureCache, featureKey, type FeatureSettings } from '../src/engine/feature-cache.js';
 import { KVCache } from '../src/engine/kv-cache.js';
-import { messageBreaks, PrefixCache } from '../src/engine/prefix-cache.js';
+import { MIN_BREAK_PIECE, PrefixCache, turnBreaks } from '../src/engine/prefix-cache.js';
 import type { ContentPart, Message } from '../src/processing/conversation.js';
 import { fixturesDir, FIXTURES_MISSING, TINY_CHECKPOINT } from './fixtures.js';
 
@@ -63,14 +63,14 @@ describe('feature and prefix caches', { skip: !fixtures && FIXTURES_MISSING }, (
     const cached = await converse(model, turns);
     assertSameAnswers(cached, await converse(plain, turns));
     assert.equal(cached[0]!.usage.cachedTokens, 0);
-    // Turn n+1 resumes at the end of turn n's prompt: it reads turn n's answer and its own message only.
-    for (const n of [1, 2]) {
-      assert.equal(cached[n]!.usage.cachedTokens, cached[n - 1]!.usage.promptTokens, `turn ${n + 1}`);
-    }
+    // Turn 2 resumes at the end of turn 1's prompt: it reads turn 1's answer and its own message only. Turn 2 added
+    // fewer than MIN_BREAK_PIECE positions, so its end is no chunk end: turn 3 resumes where turn 2 did.
+    assert.ok(cached[1]!.usage.promptTokens - cached[0]!.usage.promptTokens < MIN_BREAK_PIECE);
+    for (const n of [1, 2]) assert.equal(cached[n]!.usage.cachedTokens, cached[0]!.usage.promptTokens, `turn ${n + 1}`);
     const s = model.cacheStats;
     assert.equal(s.prefix.hits, 2);
     assert.equal(s.prefix.misses, 1);
-    assert.equal(s.prefix.reusedTokens, cached[0]!.usage.promptTokens + cached[1]!.usage.promptTokens);
+    assert.equal(s.prefix.reusedTokens, 2 * cached[0]!.usage.promptTokens);
     // Each turn's entry extends the last one, which it replaces.
     assert.equal(s.prefix.entries, 1);
     assert.ok(s.prefix.bytes > 0);
@@ -113,15 +113,19 @@ describe('feature and prefix caches', { skip: !fixtures && FIXTURES_MISSING }, (
     while (a[shared] === b[shared]) shared++;
     assert.ok(shared > 512);
     assert.equal(second.usage.cachedTokens, Math.floor(shared / 512) * 512);
-    // A different user message from its first word on: only the system message and the user header are reused.
-    const third = await model.chat([{ role: 'system', content: 'You answer briefly.' }, { role: 'user', content: 'Hello there.' }], greedy).result;
-    const system = await plain.tokenizer.encodePrompt('<|im_start|>system\nYou answer briefly.<|im_end|>\n<|im_start|>user\n');
-    assert.equal(third.usage.cachedTokens, system.length);
-    assert.deepEqual(third.tokenIds, (await plain.chat([{ role: 'system', content: 'You answer briefly.' }, { role: 'user', content: 'Hello there.' }], greedy).result).tokenIds);
-    // The same prompt again: its last position must be prefilled for its logits, from the last break before it.
+    // A different user message from its first word on: the shared system message is shorter than a chunk and ends
+    // at no turn break, so nothing is reused (and that counts as a miss).
+    const misses = model.cacheStats.prefix.misses;
+    const other: Message[] = [{ role: 'system', content: 'You answer briefly.' }, { role: 'user', content: 'Hello there.' }];
+    const third = await model.chat(other, greedy).result;
+    assert.equal(third.usage.cachedTokens, 0);
+    assert.equal(model.cacheStats.prefix.misses, misses + 1);
+    assert.deepEqual(third.tokenIds, (await plain.chat(other, greedy).result).tokenIds);
+    // The same prompt again: its last position must be prefilled for its logits, so it resumes at the chunk end
+    // before it.
     const again = await model.chat(ask('Which item is smallest?'), greedy).result;
     assert.deepEqual(again.tokenIds, expected.tokenIds);
-    assert.ok(again.usage.cachedTokens > 512 && again.usage.cachedTokens < again.usage.promptTokens);
+    assert.equal(again.usage.cachedTokens, Math.floor((again.usage.promptTokens - 1) / 512) * 512);
   });
 
   it('evict the least recently used entries beyond their byte bounds', async () => {
@@ -209,11 +213,16 @@ describe('cache keys', () => {
     }
   });
 
-  it('break prompts after message headers and message ends only', () => {
-    const t = { imStart: 1, imEnd: 2, newline: 3 };
-    // <s> system \n hi <e> \n <s> user \n x \n y <e> \n <s> assistant \n
-    const ids = [1, 10, 3, 20, 2, 3, 1, 11, 3, 30, 3, 31, 2, 3, 1, 12, 3];
-    assert.deepEqual(messageBreaks(ids, t), [3, 6, 9, 14, 17]);
+  it('break prompts after a turn start, when that leaves a long enough piece since the last chunk end', () => {
+    const turn = [1, 2, 3]; // <|im_start|> assistant \n
+    const filler = (n: number) => Array<number>(n).fill(9);
+    // Turns start at 70; at 103, too close to 70; at 203; and at 259, too close to the chunk end at 256.
+    const ids = [...filler(67), ...turn, ...filler(30), ...turn, ...filler(97), ...turn, ...filler(53), ...turn];
+    assert.equal(ids.length, 259);
+    assert.deepEqual(turnBreaks(ids, turn, 256), [70, 203]);
+    // With chunks of 200, the turn start at 203 is too close to the chunk end at 200.
+    assert.deepEqual(turnBreaks(ids, turn, 200), [70]);
+    assert.deepEqual(turnBreaks(ids, [], 256), []);
   });
 
   it('count cache hits and misses, and keep nothing at 0 bytes', () => {

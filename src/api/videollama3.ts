@@ -1,7 +1,7 @@
 import { DEFAULT_PREFILL_CHUNK, generateTokens, type FinishReason } from '../engine/generate.js';
 import { FeatureCache, featureKey, type CacheStats } from '../engine/feature-cache.js';
 import { KVCache } from '../engine/kv-cache.js';
-import { messageBreaks, PrefixCache, type MessageTokens, type PositionKey, type PrefixCacheStats } from '../engine/prefix-cache.js';
+import { PrefixCache, turnBreaks, type PrefixCacheStats } from '../engine/prefix-cache.js';
 import { positionKeys, visualPositions, type VisualPositions } from '../engine/visual-tokens.js';
 import { validateSampling, type SamplingOptions } from '../engine/sampling.js';
 import { ABORTED, Scheduler, type SchedulerStats } from '../engine/scheduler.js';
@@ -206,8 +206,8 @@ export class VideoLLaMA3 implements ChatModel {
   private readonly closing = new AbortController();
   private readonly features: FeatureCache;
   private readonly prefixes: PrefixCache;
-  /** The template's message framing, for prefill breaks; undefined when the tokenizer lacks one of its tokens. */
-  private readonly messageTokens?: MessageTokens;
+  /** Token ids of `<|im_start|>assistant\n`, which starts each answer: prefill chunks may end after it. */
+  private readonly turnStart: readonly number[];
 
   private constructor(
     readonly model: VideoLLaMA3Model,
@@ -217,13 +217,7 @@ export class VideoLLaMA3 implements ChatModel {
     this.scheduler = new Scheduler(defaults.maxActiveRequests ?? DEFAULT_MAX_ACTIVE_REQUESTS);
     this.features = new FeatureCache(defaults.featureCacheBytes);
     this.prefixes = new PrefixCache(defaults.prefixCacheBytes);
-    const t = processor.tokenizer;
-    try {
-      const newline = t.encode('\n');
-      if (newline.length === 1) this.messageTokens = { imStart: t.tokenId('<|im_start|>'), imEnd: t.tokenId('<|im_end|>'), newline: newline[0]! };
-    } catch {
-      // A template without <|im_start|>/<|im_end|>: prompts then break only at chunk multiples.
-    }
+    this.turnStart = processor.tokenizer.encode('<|im_start|>assistant\n');
   }
 
   /**
@@ -499,7 +493,7 @@ export class VideoLLaMA3 implements ChatModel {
     const v = request.visuals;
     const visual = visualPositions(ids, this.model.imageTokenId, v?.numTokens ?? [], request.keepMask);
     const itemKeys = v && (this.features.enabled || this.prefixes.enabled) ? this.featureKeys(request) : undefined;
-    const breaks = this.messageTokens ? messageBreaks(ids, this.messageTokens) : [];
+    const breaks = turnBreaks(ids, this.turnStart, DEFAULT_PREFILL_CHUNK);
     const keys = this.prefixes.enabled ? positionKeys(ids, visual, itemKeys ?? []) : undefined;
     const reuse = keys && this.prefixes.match(keys, { limit: L - 1, chunk: DEFAULT_PREFILL_CHUNK, breaks });
     const P = reuse?.length ?? 0;

@@ -14,24 +14,30 @@ export interface PrefixCacheStats extends CacheStats {
   reusedTokens: number;
 }
 
-/** The control tokens a chat template frames messages with (`<|im_start|>role\n … <|im_end|>\n`). */
-export interface MessageTokens {
-  imStart: number;
-  imEnd: number;
-  newline: number;
-}
+/**
+ * Fewest prompt positions since the last chunk end for a turn break to end a chunk. Below this, the native matmul
+ * takes its GEMV path, which reads every weight once per call: a short piece as its own chunk would cost nearly as
+ * much as a full one, in every prompt, whether or not a cache ever resumes there.
+ */
+export const MIN_BREAK_PIECE = 64;
 
 /**
- * Prompt positions where a message or its header ends: after `<|im_end|>\n` and after `<|im_start|>role\n`. Each is
- * decided by the tokens before it, so a prompt and any longer prompt sharing its first p tokens agree on the breaks
- * up to p. The end of a turn's prompt (`<|im_start|>assistant\n`) is one, which is where the next turn, or a client
- * re-sending the history, resumes.
+ * Prompt positions where a prefill chunk ends besides the multiples of `chunk`: after each occurrence of
+ * `turnStart` (the template's `<|im_start|>assistant\n`), where a turn's prompt ends and the next turn, or a client
+ * re-sending the history, resumes — unless fewer than MIN_BREAK_PIECE positions lie since the last chunk end. Each
+ * break is decided by the tokens before it, so a prompt and any longer prompt sharing its first p tokens agree on
+ * the breaks up to p.
  */
-export function messageBreaks(ids: readonly number[], t: MessageTokens): number[] {
+export function turnBreaks(ids: readonly number[], turnStart: readonly number[], chunk: number): number[] {
   const breaks: number[] = [];
-  for (let p = 2; p <= ids.length; p++) {
-    if (ids[p - 1] !== t.newline) continue;
-    if (ids[p - 2] === t.imEnd || (p >= 3 && ids[p - 3] === t.imStart)) breaks.push(p);
+  const k = turnStart.length;
+  if (k === 0) return breaks;
+  for (let p = k; p <= ids.length; p++) {
+    let match = true;
+    for (let i = 0; i < k && match; i++) match = ids[p - k + i] === turnStart[i];
+    if (!match) continue;
+    const lastEnd = Math.max(breaks.at(-1) ?? 0, Math.floor((p - 1) / chunk) * chunk);
+    if (p - lastEnd >= MIN_BREAK_PIECE) breaks.push(p);
   }
   return breaks;
 }
@@ -54,7 +60,7 @@ function commonLength(a: readonly PositionKey[], b: readonly PositionKey[], limi
 /**
  * The KV caches of finished requests, least recently used first out once their bytes pass the bound. A request
  * reuses the longest prefix of its positions some entry holds, cut back to a position where its prefill would have
- * ended a chunk anyway (a multiple of the chunk size or a message break, see `GenerateRequest.prefillBreaks`):
+ * ended a chunk anyway (a multiple of the chunk size or a turn break, see `turnBreaks`):
  * resuming there, the rest of the prompt is computed by the same kernel calls on the same rows as without the cache,
  * so the answer is bit for bit the same.
  */
