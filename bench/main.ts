@@ -1,4 +1,4 @@
-// `npm run bench [-- --json] [-- --skip-llm] [-- --skip-server] [-- --skip-peers] [-- --peers-only] [-- --peer-threads 1,2]
+// `npm run bench [-- --json] [-- --skip-llm] [-- --skip-server] [-- --skip-reuse] [-- --skip-peers] [-- --peers-only] [-- --peer-threads 1,2]
 // [-- --decode-pairs N] [-- --model DIR]`:
 // kernel and model throughput beside the machine's limits measured in the same run (peak of each instruction kind, DRAM
 // read bandwidth) and beside peers measured in the same run (llama.cpp through node-llama-cpp, PyTorch), each optional.
@@ -17,6 +17,7 @@ import type { VisionFigures } from './vision.js';
 import { measureResize } from './resize.js';
 import { makeBenchClip, measureVideoDecodeFigures } from './video.js';
 import type { VideoModelFigures } from './video-model.js';
+import type { ReuseFigures, TurnPair } from './reuse.js';
 import { percent, round } from './stats.js';
 import { measureDecodePairs, measurePeers, printDecodePairs, printPeers, type PeersFigures } from './peers.js';
 import { measureQuantizedRounds, printQuantized, type QuantizedFigures } from './quantized.js';
@@ -188,6 +189,18 @@ if (videoDecode && !skipLlm) {
     `peak RSS ${round(f.peakRssBytes / 2 ** 30, 2)} GiB = weights ${round(f.weightBytes / 2 ** 30, 2)} GiB + ${round(video.memoryBudgetBytes / 2 ** 30, 2)} GiB`);
 }
 
+// The caches: a second turn about the same video (library) and about the same image (server, history re-sent),
+// each beside the first turn's time to first token.
+let reuse: ReuseFigures | undefined;
+if (videoDecode && !skipLlm && !args.includes('--skip-reuse')) {
+  reuse = child<ReuseFigures>('reuse', modelDir, clip, String(allThreads));
+  const turns = (r: TurnPair) =>
+    `first turn ${r.first.timeToFirstTokenSeconds} s to first token (${r.first.promptTokens}-token prompt), second ${r.second.timeToFirstTokenSeconds} s ` +
+    `(${r.second.cachedTokens} of ${r.second.promptTokens} prompt tokens from the prefix cache) = ${round(100 * r.secondOverFirst, 1)}% of the first`;
+  log(`second turn, video chat (2b random weights, ${reuse.threads} threads, ${reuse.video.frames} frames, library): ${turns(reuse.video)}`);
+  log(`second turn, image chat through vl3 serve with the history re-sent: ${turns(reuse.serverImage)}`);
+}
+
 // Serving: `vl3 serve` in its own process, 1/4/16 concurrent streaming clients asking about a 448×448 image.
 let server: ServerFigures | undefined;
 if (!skipLlm && !peersOnly && !args.includes('--skip-server')) {
@@ -203,6 +216,6 @@ if (!skipLlm && !peersOnly && !args.includes('--skip-server')) {
 }
 
 if (json) {
-  const figures = { date: new Date().toISOString(), threads: threadCounts, limits, kernels, llm, peers, quantized, vision, resize, videoDecode, video, server };
+  const figures = { date: new Date().toISOString(), threads: threadCounts, limits, kernels, llm, peers, quantized, vision, resize, videoDecode, video, reuse, server };
   process.stdout.write(JSON.stringify(figures) + '\n');
 }

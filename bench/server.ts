@@ -2,16 +2,14 @@
 // clients each asking about a 448×448 image over HTTP (streaming). Reports requests per minute, median and 95th
 // percentile time to first token (first streamed content), and the server's peak memory (VmHWM).
 // Usage: node dist/bench/server.js <checkpoint-dir> [clients,...]   (prints one JSON object)
-import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
-import http from 'node:http';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { readModelConfig } from '../src/model/config.js';
 import { nativeInfo, peakFlops } from '../src/tensor/native.js';
 import { limitOf } from './kernels.js';
 import { prefillFlops, visionDims, visionFlops } from './flops.js';
 import { benchImageDataUrl } from './image.js';
+import { startServe, streamChat } from './serve-client.js';
 import { median, round } from './stats.js';
 
 export interface ServerFigures {
@@ -32,36 +30,6 @@ function quantile(xs: number[], q: number): number {
   return s[Math.min(s.length - 1, Math.ceil(q * s.length) - 1)]!;
 }
 
-/**
- * One streamed chat completion; resolves with seconds to the first content delta and the prompt's token count.
- * node:http rather than fetch: fetch gives up after 300 s without response headers, and with 16 clients on two
- * cores the last requests wait longer than that in the queue.
- */
-function timeToFirstToken(url: string, body: object): Promise<{ seconds: number; promptTokens: number }> {
-  const t0 = performance.now();
-  const payload = JSON.stringify(body);
-  return new Promise((resolve, reject) => {
-    const request = http.request(`${url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) } }, (response) => {
-      let first: number | undefined;
-      let buffered = '';
-      response.setEncoding('utf8');
-      response.on('data', (text: string) => {
-        buffered += text;
-        if (first === undefined && /"content":"/.test(buffered)) first = performance.now();
-      });
-      response.on('error', reject);
-      response.on('end', () => {
-        if (response.statusCode !== 200 || buffered.includes('"error"')) return reject(new Error(`HTTP ${response.statusCode}: ${buffered.slice(0, 500)}`));
-        const usage = /"prompt_tokens":(\d+)/.exec(buffered);
-        if (first === undefined || !usage) return reject(new Error('no content or no usage chunk was streamed'));
-        resolve({ seconds: (first - t0) / 1000, promptTokens: Number(usage[1]) });
-      });
-    });
-    request.on('error', reject);
-    request.end(payload);
-  });
-}
-
 async function main(): Promise<void> {
   const [dir, clientsArg] = process.argv.slice(2);
   if (!dir) throw new Error('usage: server.js <checkpoint-dir> [clients,...]');
@@ -72,28 +40,17 @@ async function main(): Promise<void> {
   const threads = info.defaultThreads;
   const peakKind = limitOf(info.isa, info.compute);
   const peak = Math.max(...[0, 1, 2].map(() => peakFlops(threads, 0.4, peakKind)));
-  const vl3 = join(dirname(fileURLToPath(import.meta.url)), '..', 'src', 'cli', 'vl3.js');
-  const server = spawn(process.execPath, [vl3, 'serve', '--model', dir, '--port', '0', '--served-model-name', 'bench', '--max-queued-requests', '64'], { stdio: ['ignore', 'ignore', 'pipe'] });
-  const url = await new Promise<string>((resolve, reject) => {
-    let text = '';
-    server.stderr.on('data', (d: Buffer) => {
-      text += d.toString();
-      const m = / at (http:\/\/[^\s]+) \(/.exec(text);
-      if (m) resolve(m[1]!);
-    });
-    server.once('exit', (code) => reject(new Error(`vl3 serve exited (code ${code}): ${text}`)));
-  });
+  // The caches off: every client asks the same question, which they would answer from memory.
+  const { url, process: server } = await startServe(dir, ['--max-queued-requests', '64', '--feature-cache-bytes', '0', '--prefix-cache-bytes', '0']);
   const maxTokens = 8;
   const body = {
     model: 'bench',
-    stream: true,
-    stream_options: { include_usage: true },
     max_tokens: maxTokens,
     temperature: 0,
     messages: [{ role: 'user', content: [{ type: 'image_url', image_url: { url: await benchImageDataUrl() } }, { type: 'text', text: 'Describe this image.' }] }],
   };
   try {
-    const { promptTokens } = await timeToFirstToken(url, body); // warm-up: weights read, scratch sized
+    const { promptTokens } = await streamChat(url, body); // warm-up: weights read, scratch sized
     const runs: ServerFigures['runs'] = [];
     for (const clients of clientCounts) {
       // Each client sends its requests one after another; a lone client sends three so the median means something.
@@ -101,7 +58,7 @@ async function main(): Promise<void> {
       const t0 = performance.now();
       const ttfts = (await Promise.all(Array.from({ length: clients }, async () => {
         const times: number[] = [];
-        for (let r = 0; r < perClient; r++) times.push((await timeToFirstToken(url, body)).seconds);
+        for (let r = 0; r < perClient; r++) times.push((await streamChat(url, body)).seconds);
         return times;
       }))).flat();
       const seconds = (performance.now() - t0) / 1000;

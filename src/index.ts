@@ -2,6 +2,8 @@
 export {
   VideoLLaMA3,
   DEFAULT_MAX_ACTIVE_REQUESTS,
+  DEFAULT_FEATURE_CACHE_BYTES,
+  DEFAULT_PREFIX_CACHE_BYTES,
   type ChatInput,
   type ChatOptions,
   type ChatResult,
@@ -9,7 +11,9 @@ export {
   type DecodingStats,
   type LoadOptions,
   type LoadProgressEvent,
+  type ModelCacheStats,
   type ModelInfo,
+  type ModelStats,
   type Timings,
   type Usage,
 } from './api/videollama3.js';
@@ -27,6 +31,8 @@ export {
   type CompareResult,
 } from './api/compare-weights.js';
 export type { SchedulerStats } from './engine/scheduler.js';
+export type { CacheStats } from './engine/feature-cache.js';
+export type { PrefixCacheStats } from './engine/prefix-cache.js';
 export type { FinishReason } from './engine/generate.js';
 export type { SamplingOptions } from './engine/sampling.js';
 export { loadCheckpoint, type Checkpoint } from './model/checkpoint.js';

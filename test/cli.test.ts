@@ -103,6 +103,21 @@ describe('vl3 chat and serve', { skip: !fixtures && FIXTURES_MISSING }, () => {
     assert.match(r.stdout, /unknown command \/nope/);
   });
 
+  it('chat reads only the new message of each turn from the prefix cache; --feature-cache-bytes and its twin bound the caches', () => {
+    const image = join(fixtures!, 'media', 'cat.jpg');
+    const script = [`/image ${image}`, 'What is this?', 'Tell me more.', 'And then?', '/stats', ''].join('\n');
+    const r = run(['chat', '--model', checkpoint, '--greedy', '--max-new-tokens', '4', '--feature-cache-bytes', '64MiB'], script, { VL3_PREFIX_CACHE_BYTES: '3GiB' });
+    assert.equal(r.status, 0, r.stderr);
+    // Turns 2 and 3 each resume where the turn before left off; the image was encoded once.
+    assert.match(r.stdout, /feature cache: 0 hits, 1 misses, 1 entries, [\d.]+ MiB of 64\.0 MiB/);
+    assert.match(r.stdout, /prefix cache: 2 hits \(\d+ prompt tokens reused\), 1 misses, 1 entries, [\d.]+ MiB of 3072\.0 MiB/);
+    const off = run(['chat', '--model', checkpoint, '--max-new-tokens', '1', '--prefix-cache-bytes', '0'], 'Hi.\n/stats\n', { VL3_FEATURE_CACHE_BYTES: '0' });
+    assert.match(off.stdout, /feature cache: off\nprefix cache: off/);
+    const bad = run(['chat', '--model', checkpoint, '--prefix-cache-bytes', '2 GB']);
+    assert.equal(bad.status, 2);
+    assert.match(bad.stderr, /--prefix-cache-bytes must be a whole number of bytes/);
+  });
+
   it('serve exits at once, naming the problem, when it cannot start', async () => {
     const busy = http.createServer();
     await new Promise<void>((resolve) => busy.listen(0, '127.0.0.1', resolve));
@@ -125,7 +140,10 @@ describe('vl3 chat and serve', { skip: !fixtures && FIXTURES_MISSING }, () => {
   });
 
   it('serve answers over HTTP from a worker thread and shuts down cleanly on SIGTERM', async () => {
-    const server = spawn(process.execPath, [vl3, 'serve', '--port', '0'], { env: { ...process.env, VL3_MODEL: checkpoint }, stdio: ['ignore', 'ignore', 'pipe'] });
+    const server = spawn(process.execPath, [vl3, 'serve', '--port', '0', '--feature-cache-bytes', '1048576'], {
+      env: { ...process.env, VL3_MODEL: checkpoint, VL3_PREFIX_CACHE_BYTES: '512MiB' },
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
     let stderr = '';
     const url = await new Promise<string>((resolve, reject) => {
       server.stderr.on('data', (d: Buffer) => {
@@ -147,6 +165,10 @@ describe('vl3 chat and serve', { skip: !fixtures && FIXTURES_MISSING }, () => {
     const expected = await model.chat([{ role: 'user', content: 'Hello.' }], { greedy: true, maxNewTokens: 5, repetitionPenalty: 1 }).result;
     assert.equal(body.choices[0]!.message.content, expected.text);
     assert.equal(body.usage.completion_tokens, 5);
+    // The caches' bounds from the flag and from the environment twin, the request counted.
+    const health = (await (await fetch(`${url}/health`)).json()) as { caches: Record<string, { misses: number; max_bytes: number; entries: number }> };
+    assert.equal(health.caches.features!.max_bytes, 1048576);
+    assert.deepEqual([health.caches.prefix!.max_bytes, health.caches.prefix!.misses, health.caches.prefix!.entries], [512 * 2 ** 20, 1, 1]);
     const exited = new Promise<number | null>((resolve) => server.once('exit', resolve));
     server.kill('SIGTERM');
     assert.equal(await exited, 0, stderr);

@@ -125,10 +125,13 @@ describe('a backend with memory of its own', { skip: !fixtures && FIXTURES_MISSI
   const checkpoint = fixtures ? join(fixtures, TINY_CHECKPOINT) : '';
   const media = fixtures ? join(fixtures, 'media') : '';
   let onDevice: VideoLLaMA3;
+  let cachedOnDevice: VideoLLaMA3;
   let onHost: VideoLLaMA3;
 
   before(async () => {
-    onDevice = await VideoLLaMA3.load(checkpoint, { backend: new CheckedBackend(new DeviceKernels()) });
+    // Without the caches, so that every request uploads its pixels; with them, the device holds features and KV.
+    onDevice = await VideoLLaMA3.load(checkpoint, { backend: new CheckedBackend(new DeviceKernels()), featureCacheBytes: 0, prefixCacheBytes: 0 });
+    cachedOnDevice = await VideoLLaMA3.load(checkpoint, { backend: new CheckedBackend(new DeviceKernels()) });
     onHost = await VideoLLaMA3.load(checkpoint, { backend: 'native' });
   });
 
@@ -155,6 +158,11 @@ describe('a backend with memory of its own', { skip: !fixtures && FIXTURES_MISSI
         const uploads = counts.uploads;
         assert.deepEqual((await onDevice.chat(messages, options).result).tokenIds, host.tokenIds);
         assert.equal(counts.uploads - uploads, name === 'text' ? 0 : 1);
+        // The caches keep what they hold on the device: asked again, the media are not uploaded again.
+        assert.deepEqual((await cachedOnDevice.chat(messages, options).result).tokenIds, host.tokenIds);
+        const cachedUploads = counts.uploads;
+        assert.deepEqual((await cachedOnDevice.chat(messages, options).result).tokenIds, host.tokenIds);
+        assert.equal(counts.uploads - cachedUploads, 0);
       }
     });
   }

@@ -65,7 +65,7 @@ describe('generation', { skip: !fixtures && FIXTURES_MISSING }, () => {
     const result = await stream.result;
     assert.equal(streamed, result.text);
     assert.equal(result.tokenIds.length, 16);
-    assert.deepEqual(result.usage, { promptTokens: 45, visualTokens: 0, completionTokens: 16 });
+    assert.deepEqual(result.usage, { promptTokens: 45, cachedTokens: 0, visualTokens: 0, completionTokens: 16 });
     assert.ok(result.timings.prefillMs > 0 && result.timings.decodeMs > 0);
     assert.equal(result.text, model.tokenizer.decode(result.tokenIds, { skipSpecialTokens: true }).trim());
   });

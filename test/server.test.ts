@@ -58,6 +58,10 @@ class RecordingModel implements ChatModel {
     };
   }
 
+  stats() {
+    return this.model.stats();
+  }
+
   close(): Promise<void> {
     return Promise.resolve();
   }
@@ -194,6 +198,29 @@ describe('OpenAI-compatible server', { skip: fixtures ? false : FIXTURES_MISSING
     assert.deepEqual(last.usage, whole.usage);
     assert.equal(typeof last.timings?.decode_tokens_per_second, 'number');
     assert.ok(chunks.every((c) => c.id === chunks[0]!.id && c.object === 'chat.completion.chunk'));
+  });
+
+  it('answers a client re-sending an image chat from the prefix cache, and counts it in /health', async () => {
+    const health = async () => ((await (await fetch(`${main.url}/health`)).json()) as { caches: { prefix: { hits: number; reused_tokens: number } } }).caches.prefix;
+    const messages: OpenAI.ChatCompletionMessageParam[] = [
+      { role: 'user', content: [{ type: 'image_url', image_url: { url: catDataUrl } }, { type: 'text', text: 'What animal is this?' }] },
+    ];
+    const first = await client.chat.completions.create({ ...greedy, messages });
+    const before = await health();
+    messages.push({ role: 'assistant', content: first.choices[0]!.message.content! }, { role: 'user', content: 'What colour is it?' });
+    const second = await client.chat.completions.create({ ...greedy, messages });
+    assert.equal(second.usage!.prompt_tokens_details!.cached_tokens, first.usage!.prompt_tokens);
+    const now = await health();
+    assert.equal(now.hits, before.hits + 1);
+    assert.equal(now.reused_tokens, before.reused_tokens + first.usage!.prompt_tokens);
+    // The answer is the one the library gives the whole conversation from scratch.
+    const plain = await VideoLLaMA3.load(join(fixtures!, TINY_CHECKPOINT), { featureCacheBytes: 0, prefixCacheBytes: 0 });
+    const history: Message[] = [
+      { role: 'user', content: [{ type: 'image', image: catDataUrl }, { type: 'text', text: 'What animal is this?' }] },
+      { role: 'assistant', content: first.choices[0]!.message.content! },
+      { role: 'user', content: 'What colour is it?' },
+    ];
+    assert.equal(second.choices[0]!.message.content, (await plain.chat(history, { greedy: true, maxNewTokens: 12, textSpecialTokens: 'plain' }).result).text);
   });
 
   it('ends the answer before a stop string, streamed or not', async () => {
@@ -425,8 +452,12 @@ describe('OpenAI-compatible server', { skip: fixtures ? false : FIXTURES_MISSING
   it('serves /v1/models, /health, the web page and JSON 404s', async () => {
     const models = await client.models.list();
     assert.deepEqual(models.data.map((m) => [m.id, m.object]), [[MODEL_ID, 'model']]);
-    const health = await fetch(`${main.url}/health`);
-    assert.deepEqual(await health.json(), { status: 'ok', requests: { active: 0, queued: 0, limit: 4, queue_limit: 32 }, buffered_body_bytes: 0 });
+    const health = (await (await fetch(`${main.url}/health`)).json()) as Record<string, unknown> & { caches: Record<string, Record<string, number>> };
+    assert.deepEqual({ ...health, caches: undefined }, { status: 'ok', requests: { active: 0, queued: 0, limit: 4, queue_limit: 32 }, buffered_body_bytes: 0, caches: undefined });
+    assert.deepEqual(Object.keys(health.caches.features!), ['hits', 'misses', 'entries', 'bytes', 'max_bytes']);
+    assert.deepEqual(Object.keys(health.caches.prefix!), ['hits', 'misses', 'entries', 'bytes', 'max_bytes', 'reused_tokens']);
+    assert.equal(health.caches.features!.max_bytes, 2 ** 30);
+    assert.equal(health.caches.prefix!.max_bytes, 2 ** 31);
     const page = await fetch(`${main.url}/`);
     assert.equal(page.status, 200);
     assert.match(page.headers.get('content-type')!, /^text\/html/);

@@ -11,7 +11,7 @@ import type { ChatModel } from './chat-model.js';
 import { ChatStreamSource } from './chat-stream.js';
 import { AbortError, InvalidOptionError } from './errors.js';
 import { checkNumbers, LOAD_RULES } from './options.js';
-import type { ChatInput, ChatOptions, ChatStream, LoadOptions, ModelInfo } from './videollama3.js';
+import type { ChatInput, ChatOptions, ChatStream, LoadOptions, ModelInfo, ModelStats } from './videollama3.js';
 import { deserializeError, type FromWorker, type ToWorker, type WorkerData } from './worker-protocol.js';
 
 interface Pending {
@@ -23,6 +23,7 @@ interface Pending {
 export class ModelWorker implements ChatModel {
   private nextId = 1;
   private readonly pending = new Map<number, Pending>();
+  private readonly statsAsked = new Map<number, { resolve: (stats: ModelStats) => void; reject: (e: Error) => void }>();
   private exited?: Error;
 
   private constructor(
@@ -93,6 +94,16 @@ export class ModelWorker implements ChatModel {
     return source.stream();
   }
 
+  /** Requests and caches as the worker's model counts them. */
+  stats(): Promise<ModelStats> {
+    if (this.exited) return Promise.reject(this.exited);
+    const id = this.nextId++;
+    return new Promise((resolve, reject) => {
+      this.statsAsked.set(id, { resolve, reject });
+      this.post({ type: 'stats', id });
+    });
+  }
+
   /** Aborts running requests and stops the worker. */
   async close(): Promise<void> {
     if (this.exited) return;
@@ -107,6 +118,11 @@ export class ModelWorker implements ChatModel {
   private receive(message: FromWorker): void {
     if (message.type === 'warning') return void process.emitWarning(message.message, { code: 'VL3_CHECKPOINT' });
     if (!('id' in message)) return;
+    if (message.type === 'stats') {
+      this.statsAsked.get(message.id)?.resolve(message.stats);
+      this.statsAsked.delete(message.id);
+      return;
+    }
     const request = this.pending.get(message.id);
     if (!request) return;
     switch (message.type) {
@@ -135,5 +151,7 @@ export class ModelWorker implements ChatModel {
       request.source.fail(reason);
     }
     this.pending.clear();
+    for (const asked of this.statsAsked.values()) asked.reject(reason);
+    this.statsAsked.clear();
   }
 }

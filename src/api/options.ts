@@ -52,6 +52,8 @@ export const LOAD_RULES = {
   maxFrames: INTEGER_FROM_1,
   maxActiveRequests: INTEGER_FROM_1,
   maxImagePixels: INTEGER_FROM_1,
+  featureCacheBytes: { integer: true, min: 0 },
+  prefixCacheBytes: { integer: true, min: 0 },
 } satisfies Record<string, NumberRule>;
 
 /** What a chat request accepts on its own; its budgets are checked against the model's with `checkBudgets`. */

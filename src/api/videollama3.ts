@@ -1,11 +1,15 @@
 import { DecodeBatcher } from '../engine/decode-batch.js';
-import { generateTokens, type FinishReason } from '../engine/generate.js';
+import { DEFAULT_PREFILL_CHUNK, generateTokens, type FinishReason } from '../engine/generate.js';
+import { FeatureCache, featureKey, type CacheStats } from '../engine/feature-cache.js';
+import { KVCache } from '../engine/kv-cache.js';
+import { PrefixCache, turnBreaks, type PrefixCacheStats } from '../engine/prefix-cache.js';
+import { positionKeys, visualPositions, type VisualPositions } from '../engine/visual-tokens.js';
 import { validateSampling, type SamplingOptions } from '../engine/sampling.js';
 import { ABORTED, Scheduler, type SchedulerStats } from '../engine/scheduler.js';
 import { resolveModel, type HubOptions } from '../hub/index.js';
 import { loadCheckpoint, type Checkpoint } from '../model/checkpoint.js';
 import type { Qwen2Model } from '../model/qwen2.js';
-import { VideoLLaMA3Model } from '../model/videollama3.js';
+import { VideoLLaMA3Model, type FeaturePlacement } from '../model/videollama3.js';
 import { FormattedWeights, type WeightFormats } from '../model/weight-formats.js';
 import { checkpointWeightSpecs, decoderWeights, flattenSpecs } from '../model/weight-names.js';
 import type { EncodeOptions } from '../model/vision-encoder.js';
@@ -56,6 +60,18 @@ export interface LoadOptions {
   maxFrames?: number;
   /** Requests holding memory (media, features, KV cache) at once; more wait their turn. Default 4. */
   maxActiveRequests?: number;
+  /**
+   * Bytes of projected image and video features kept for later requests (LRU): a second question about the same
+   * media skips its encoding. 0 turns the cache off. Default: $VL3_FEATURE_CACHE_BYTES, else 1 GiB.
+   */
+  featureCacheBytes?: number;
+  /**
+   * Bytes of finished requests' KV caches kept (LRU) so that a request sharing the start of its prompt with an
+   * earlier one (the next turn of a chat, a client re-sending the history) prefills only the rest: 56 KiB per
+   * position for the 2B model, 112 KiB for the 7B. 0 turns the cache off. Default: $VL3_PREFIX_CACHE_BYTES, else
+   * 2 GiB.
+   */
+  prefixCacheBytes?: number;
   /** Largest image, in pixels, a request may decode (read from its header first); default 178,956,970, twice
    * Pillow's MAX_IMAGE_PIXELS, where the reference refuses. A request decodes one image at a time. */
   maxImagePixels?: number;
@@ -95,6 +111,22 @@ export interface ModelInfo {
 }
 
 export const DEFAULT_MAX_ACTIVE_REQUESTS = 4;
+export const DEFAULT_FEATURE_CACHE_BYTES = 2 ** 30;
+export const DEFAULT_PREFIX_CACHE_BYTES = 2 ** 31;
+
+/** How the reuse caches of a model have served its requests (`VideoLLaMA3.cacheStats`). */
+export interface ModelCacheStats {
+  /** Projected image and video features, by the content of the media and the settings that shape them. */
+  features: CacheStats;
+  /** KV caches of finished requests' prompts, reused by requests that start the same way. */
+  prefix: PrefixCacheStats;
+}
+
+/** A model's load: requests running and waiting, and its caches. */
+export interface ModelStats {
+  requests: SchedulerStats;
+  caches: ModelCacheStats;
+}
 
 export interface ChatOptions {
   /** Default 1024. */
@@ -138,6 +170,8 @@ export interface ChatOptions {
 
 export interface Usage {
   promptTokens: number;
+  /** Prompt tokens whose keys and values came from the prefix cache rather than prefill (part of promptTokens). */
+  cachedTokens: number;
   visualTokens: number;
   completionTokens: number;
 }
@@ -178,13 +212,20 @@ export class VideoLLaMA3 implements ChatModel {
   /** Every request's decoding goes through it: requests decoding at the same time advance as one batch. */
   private decoder: DecodeBatcher | undefined;
   private readonly closing = new AbortController();
+  private readonly features: FeatureCache;
+  private readonly prefixes: PrefixCache;
+  /** Token ids of `<|im_start|>assistant\n`, which starts each answer: prefill chunks may end after it. */
+  private readonly turnStart: readonly number[];
 
   private constructor(
     readonly model: VideoLLaMA3Model,
     readonly processor: Processor,
-    private readonly defaults: LoadOptions & Omit<ModelInfo, 'contextLength' | 'vocabSize' | 'maxTokenBytes' | 'backend' | 'weights'>,
+    private readonly defaults: LoadOptions & Omit<ModelInfo, 'contextLength' | 'vocabSize' | 'maxTokenBytes' | 'backend' | 'weights'> & { featureCacheBytes: number; prefixCacheBytes: number },
   ) {
     this.scheduler = new Scheduler(defaults.maxActiveRequests ?? DEFAULT_MAX_ACTIVE_REQUESTS);
+    this.features = new FeatureCache(defaults.featureCacheBytes);
+    this.prefixes = new PrefixCache(defaults.prefixCacheBytes);
+    this.turnStart = processor.tokenizer.encode('<|im_start|>assistant\n');
   }
 
   /**
@@ -194,6 +235,10 @@ export class VideoLLaMA3 implements ChatModel {
   static async load(ref: string, options: LoadOptions = {}): Promise<VideoLLaMA3> {
     const invalid = (option: string, message: string) => new InvalidOptionError(option, message);
     checkNumbers(options, LOAD_RULES, invalid);
+    const cacheBytes = {
+      featureCacheBytes: cacheBound(options, 'featureCacheBytes', 'VL3_FEATURE_CACHE_BYTES', DEFAULT_FEATURE_CACHE_BYTES),
+      prefixCacheBytes: cacheBound(options, 'prefixCacheBytes', 'VL3_PREFIX_CACHE_BYTES', DEFAULT_PREFIX_CACHE_BYTES),
+    };
     const named = typeof options.backend === 'string' || options.backend === undefined;
     if (named && options.backend !== undefined && options.backend !== 'native' && options.backend !== 'reference') {
       throw invalid('backend', `backend must be 'native', 'reference' or a Backend, got ${describeValue(options.backend)}`);
@@ -230,6 +275,7 @@ export class VideoLLaMA3 implements ChatModel {
     const c = processor.config;
     const defaults = {
       ...options,
+      ...cacheBytes,
       maxVisualTokens: options.maxVisualTokens ?? c.maxTokens,
       minVisualTokens: options.minVisualTokens ?? c.minTokens,
       fps: options.fps ?? c.fps,
@@ -369,6 +415,16 @@ export class VideoLLaMA3 implements ChatModel {
     return this.scheduler.stats;
   }
 
+  /** Hits, misses, entries and bytes of the feature and prefix caches. */
+  get cacheStats(): ModelCacheStats {
+    return { features: this.features.stats, prefix: this.prefixes.stats };
+  }
+
+  /** `requests` and `cacheStats` together, as `ModelWorker` answers them from its thread. */
+  stats(): Promise<ModelStats> {
+    return Promise.resolve({ requests: this.requests, caches: this.cacheStats });
+  }
+
   /** Tokens decoded and the forward passes that decoded them (batches of the requests decoding at the same time). */
   get decoding(): DecodingStats {
     return { tokens: this.decoder?.tokens ?? 0, batches: this.decoder?.batches ?? 0 };
@@ -430,7 +486,10 @@ export class VideoLLaMA3 implements ChatModel {
     }
   }
 
-  /** Encodes the media, prefills and decodes; `endPrompt` is called once the first token is out. */
+  /**
+   * Reuses what the caches hold, encodes the media the rest of the prompt needs, prefills and decodes; `endPrompt` is
+   * called once the first token is out. The prompt's keys and values go to the prefix cache when it ends.
+   */
   private async generate(
     request: ProcessedRequest,
     options: ChatOptions & { signal: AbortSignal },
@@ -442,23 +501,132 @@ export class VideoLLaMA3 implements ChatModel {
   ): Promise<void> {
     const { signal } = options;
     const progress = options.onProgress;
-    const features = await this.scheduler.step(
-      () => this.encodeVisuals(request, { onProgress: progress && ((done, total) => progress({ stage: 'encode', done, total })) }),
-      signal,
-    );
-    if (features === ABORTED) throw new AbortError();
-    // A stop string ends generation the way an abort does, at the next step; it is then reported as 'stop'.
-    const stopped = new AbortController();
-    const tokens = generateTokens(this.llm, {
-      promptEmbeds: this.embed(request, features),
-      onPrefillProgress: progress && ((done, total) => progress({ stage: 'prefill', done, total })),
-      maxNewTokens: options.maxNewTokens ?? 1024,
-      sampling,
-      stopTokenIds: this.generationConfig.eosTokenIds,
-      signal: AbortSignal.any([signal, stopped.signal]),
-      step: (work) => this.scheduler.step(work, signal),
-      decoder: (this.decoder ??= new DecodeBatcher(this.llm, (work) => this.scheduler.step(work))),
+    const ids = request.llmInputIds;
+    const L = ids.length;
+    const v = request.visuals;
+    const visual = visualPositions(ids, this.model.imageTokenId, v?.numTokens ?? [], request.keepMask);
+    const itemKeys = v && (this.features.enabled || this.prefixes.enabled) ? this.featureKeys(request) : undefined;
+    const breaks = turnBreaks(ids, this.turnStart, DEFAULT_PREFILL_CHUNK);
+    const keys = this.prefixes.enabled ? positionKeys(ids, visual, itemKeys ?? []) : undefined;
+    const reuse = keys && this.prefixes.match(keys, { limit: L - 1, chunk: DEFAULT_PREFILL_CHUNK, breaks });
+    const P = reuse?.length ?? 0;
+
+    const placements = await this.visualFeatures(request, visual, P, itemKeys, signal, progress);
+    const d = this.config;
+    const maxNewTokens = options.maxNewTokens ?? 1024;
+    const cache = new KVCache(this.model.backend, d.numHiddenLayers, d.numKeyValueHeads, this.llm.headDim, d.maxPositionEmbeddings, L + Math.min(maxNewTokens, 1024));
+    let result: ChatResult;
+    try {
+      if (reuse && (await this.scheduler.step(() => cache.loadPrefix(reuse.prefix, P), signal)) === ABORTED) throw new AbortError();
+      // A stop string ends generation the way an abort does, at the next step; it is then reported as 'stop'.
+      const stopped = new AbortController();
+      const tokens = generateTokens(this.llm, {
+        promptEmbeds: this.model.embedTokens(ids.slice(P), placements),
+        cache,
+        prefillBreaks: breaks,
+        onPrefillProgress: progress && ((done, total) => progress({ stage: 'prefill', done, total })),
+        maxNewTokens,
+        sampling,
+        stopTokenIds: this.generationConfig.eosTokenIds,
+        signal: AbortSignal.any([signal, stopped.signal]),
+        step: (work) => this.scheduler.step(work, signal),
+        decoder: (this.decoder ??= new DecodeBatcher(this.llm, (work) => this.scheduler.step(work))),
+      });
+      result = await this.stream(tokens, request, stops, stopped, out, endPrompt, started, signal);
+    } finally {
+      // Only prompt positions are kept: the answer's were computed one token at a time, whose float rounding differs
+      // from a prefill's, so a later prompt re-reads them rather than reuse them, and its answer stays bit-exact.
+      if (keys) this.prefixes.store(keys, cache.detach(Math.min(cache.length, L)));
+      else cache.release();
+    }
+    // Settled after the store, so that a client's next turn finds this one's prompt in the cache.
+    out.finish(result);
+  }
+
+  /** The feature cache's key of every visual item of a request. */
+  private featureKeys(request: ProcessedRequest): string[] {
+    const v = request.visuals!;
+    const width = v.pixelValues.dim(1);
+    const pixels = v.pixelValues.data;
+    const b = this.model.backend;
+    let row = 0;
+    return v.gridSizes.map((grid, i) => {
+      const rows = grid[0] * grid[1] * grid[2];
+      const key = featureKey(pixels.subarray(row * width, (row + rows) * width), {
+        modality: v.modals[i]!,
+        grid,
+        mergeSize: v.mergeSizes[i]!,
+        visionWeights: this.model.weights.formats.vision,
+        compute: b.compute,
+        isa: 'isa' in b ? String(b.isa) : undefined,
+      });
+      row += rows;
+      return key;
     });
+  }
+
+  /**
+   * Features of every item with a visual token at or after prompt position `from` (the rest are in the reused
+   * prefix), from the feature cache or encoded, one item per scheduler turn: an item is always encoded alone, so its
+   * features are the same bits whichever other items its request has, or whether the cache had them.
+   */
+  private async visualFeatures(
+    request: ProcessedRequest,
+    visual: VisualPositions,
+    from: number,
+    itemKeys: string[] | undefined,
+    signal: AbortSignal,
+    progress: ChatOptions['onProgress'],
+  ): Promise<FeaturePlacement[]> {
+    const v = request.visuals;
+    if (!v) return [];
+    const wanted = new Map<number, { from: number[]; to: number[] }>();
+    visual.positions.forEach((p, j) => {
+      if (p < from) return;
+      const item = visual.items[j]!;
+      const rows = wanted.get(item) ?? { from: [], to: [] };
+      rows.from.push(visual.rows[j]!);
+      rows.to.push(p - from);
+      wanted.set(item, rows);
+    });
+    const firstRow = v.gridSizes.map((_, i) => v.gridSizes.slice(0, i).reduce((n, [t, h, w]) => n + t * h * w, 0));
+    const found = new Map<number, Tensor>();
+    for (const item of wanted.keys()) {
+      const cached = itemKeys && this.features.get(itemKeys[item]!);
+      if (cached) found.set(item, cached);
+    }
+    const toEncode = [...wanted.keys()].filter((item) => !found.has(item));
+    const totalFrames = toEncode.reduce((n, item) => n + v.gridSizes[item]![0], 0);
+    let framesDone = 0;
+    for (const item of toEncode) {
+      const [frames, gridH, gridW] = v.gridSizes[item]!;
+      const pixels = v.pixelValues.rows(firstRow[item]!, firstRow[item]! + frames * gridH * gridW);
+      const encoded = await this.scheduler.step(
+        () =>
+          this.model.encodeVisuals(pixels, [{ frames, gridH, gridW, mergeSize: v.mergeSizes[item]! }], {
+            onProgress: progress && ((done) => progress({ stage: 'encode', done: framesDone + done, total: totalFrames })),
+          }),
+        signal,
+      );
+      if (encoded === ABORTED) throw new AbortError();
+      framesDone += frames;
+      if (itemKeys) this.features.set(itemKeys[item]!, encoded);
+      found.set(item, encoded);
+    }
+    return [...wanted].map(([item, rows]) => ({ features: found.get(item)!, from: Int32Array.from(rows.from), to: Int32Array.from(rows.to) }));
+  }
+
+  /** Streams the answer of a running generation into `out`; returns the whole answer with usage and timings. */
+  private async stream(
+    tokens: ReturnType<typeof generateTokens>,
+    request: ProcessedRequest,
+    stops: StopStrings,
+    stopped: AbortController,
+    out: ChatStreamSource,
+    endPrompt: () => void,
+    started: number,
+    signal: AbortSignal,
+  ): Promise<ChatResult> {
     const decoder = this.tokenizer.createStreamDecoder({ skipSpecialTokens: true });
     // The answer is trimmed, as the official pipeline returns it; the deltas are trimmed the same way.
     const trimmed = new TrimmedText();
@@ -475,18 +643,30 @@ export class VideoLLaMA3 implements ChatModel {
     if (signal.aborted && summary.tokenIds.length === 0) throw new AbortError();
     const { tokenIds } = summary;
     const seconds = (ms: number) => Math.max(ms, 1e-9) / 1000;
-    out.finish({
+    return {
       text: stops.answer.trim(),
       tokenIds,
       finishReason: stops.stopped && !signal.aborted ? 'stop' : summary.finishReason,
-      usage: { promptTokens: summary.promptTokens, visualTokens: request.visualTokens, completionTokens: tokenIds.length },
+      usage: { promptTokens: summary.promptTokens, cachedTokens: summary.cachedTokens, visualTokens: request.visualTokens, completionTokens: tokenIds.length },
       timings: {
         prefillMs: summary.prefillMs,
         decodeMs: summary.decodeMs,
         totalMs: performance.now() - started,
-        prefillTokensPerSecond: summary.promptTokens / seconds(summary.prefillMs),
+        prefillTokensPerSecond: (summary.promptTokens - summary.cachedTokens) / seconds(summary.prefillMs),
         decodeTokensPerSecond: Math.max(0, tokenIds.length - 1) / seconds(summary.decodeMs),
       },
-    });
+    };
   }
+}
+
+/** A cache bound from its option, else its environment variable, else the default; checked as a byte count. */
+function cacheBound(options: LoadOptions, option: 'featureCacheBytes' | 'prefixCacheBytes', env: string, fallback: number): number {
+  const given = options[option];
+  const raw = given ?? (process.env[env] || undefined);
+  if (raw === undefined) return fallback;
+  const value = typeof raw === 'string' ? Number(raw) : raw;
+  if (!Number.isSafeInteger(value) || value < 0) {
+    throw new InvalidOptionError(option, `${option}${given === undefined ? ` ($${env})` : ''} must be an integer number of bytes >= 0, got ${describeValue(raw)}`);
+  }
+  return value;
 }

@@ -3,7 +3,7 @@ import type { ProgressEvent } from '../processing/processor.js';
 import { CheckpointError } from '../model/errors.js';
 import type { BackendName } from '../tensor/index.js';
 import { AbortError, InvalidOptionError, InvalidRequestError } from './errors.js';
-import type { ChatInput, ChatOptions, ChatResult, LoadOptions, LoadProgressEvent, ModelInfo } from './videollama3.js';
+import type { ChatInput, ChatOptions, ChatResult, LoadOptions, LoadProgressEvent, ModelInfo, ModelStats } from './videollama3.js';
 
 /** What crosses to the worker: everything but callbacks and signals, which are re-made on its side. */
 export type WorkerChatOptions = Omit<ChatOptions, 'signal' | 'onProgress'>;
@@ -19,6 +19,7 @@ export interface WorkerData {
 export type ToWorker =
   | { type: 'chat'; id: number; input: ChatInput; options: WorkerChatOptions; progress: boolean }
   | { type: 'abort'; id: number }
+  | { type: 'stats'; id: number }
   | { type: 'close' };
 
 export type FromWorker =
@@ -29,6 +30,7 @@ export type FromWorker =
   | { type: 'delta'; id: number; text: string }
   | { type: 'progress'; id: number; event: ProgressEvent }
   | { type: 'result'; id: number; result: ChatResult }
+  | { type: 'stats'; id: number; stats: ModelStats }
   | { type: 'error'; id: number; error: SerializedError };
 
 export interface SerializedError {

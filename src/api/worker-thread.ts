@@ -40,6 +40,9 @@ try {
       case 'abort':
         running.get(message.id)?.abort();
         break;
+      case 'stats':
+        void model.stats().then((stats) => send({ type: 'stats', id: message.id, stats }));
+        break;
       case 'close':
         void model.close().then(() => port.close());
         break;

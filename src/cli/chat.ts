@@ -3,7 +3,8 @@ import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { AbortError } from '../api/errors.js';
-import type { ChatOptions, VideoLLaMA3 } from '../api/videollama3.js';
+import type { ChatOptions, ModelCacheStats, VideoLLaMA3 } from '../api/videollama3.js';
+import type { CacheStats } from '../engine/feature-cache.js';
 import type { ContentPart, Message } from '../processing/conversation.js';
 import { ProgressBars } from './progress.js';
 
@@ -11,6 +12,7 @@ const HELP = `Commands:
   /image PATH   attach an image (file or data URL) to your next message
   /video PATH   attach a video (file, GIF or folder of frames) to your next message
   /reset        forget the conversation and pending attachments
+  /stats        how the feature and prefix caches have served this chat
   /help         show this help
   /exit         leave (or Ctrl-D)
 Ctrl-C stops an answer; at the prompt it leaves.`;
@@ -76,6 +78,9 @@ export async function runChat(session: ChatSession): Promise<void> {
         case '/help':
           say(HELP);
           break;
+        case '/stats':
+          say(describeCaches(session.model.cacheStats));
+          break;
         case '/exit':
         case '/quit':
           rl.close();
@@ -123,6 +128,14 @@ export async function runChat(session: ChatSession): Promise<void> {
     }
   }
   rl.close();
+}
+
+/** Two lines: each cache's hits, misses, entries and bytes held of its bound. */
+export function describeCaches(s: ModelCacheStats): string {
+  const mib = (n: number) => `${(n / 2 ** 20).toFixed(1)} MiB`;
+  const line = (name: string, c: CacheStats, extra = '') =>
+    c.maxBytes === 0 ? `${name}: off` : `${name}: ${c.hits} hits${extra}, ${c.misses} misses, ${c.entries} entries, ${mib(c.bytes)} of ${mib(c.maxBytes)}`;
+  return [line('feature cache', s.features), line('prefix cache', s.prefix, ` (${s.prefix.reusedTokens} prompt tokens reused)`)].join('\n');
 }
 
 function unquote(s: string): string {

@@ -26,6 +26,16 @@ export const seconds = (name: string) => (value: string) => {
   return n;
 };
 
+const BINARY_UNITS: Record<string, number> = { '': 1, kib: 2 ** 10, mib: 2 ** 20, gib: 2 ** 30, tib: 2 ** 40 };
+
+/** A size in bytes: a whole number, optionally with a binary unit (512MiB, 2GiB). */
+export const byteCount = (name: string) => (value: string) => {
+  const m = /^(\d+(?:\.\d+)?)\s*([kmgt]ib)?$/i.exec(value.trim());
+  const n = m ? Number(m[1]) * BINARY_UNITS[(m[2] ?? '').toLowerCase()]! : NaN;
+  if (!Number.isSafeInteger(n)) throw new InvalidArgumentError(`${name} must be a whole number of bytes, optionally with KiB, MiB, GiB or TiB (e.g. 2GiB)`);
+  return n;
+};
+
 /** A flag with its environment twin: --max-new-tokens ↔ VL3_MAX_NEW_TOKENS. */
 export function flag(flags: string, description: string): Option {
   const long = /--([a-z0-9-]+)/.exec(flags)![1]!;

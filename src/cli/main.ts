@@ -11,7 +11,7 @@ import type { ComputeMode, Isa } from '../tensor/index.js';
 import { WEIGHT_FORMATS, type WeightFormat } from '../tensor/dtype.js';
 import type { ContentPart, Message } from '../processing/conversation.js';
 import { runChat } from './chat.js';
-import { collect, EXIT, flag, integer, number, positive, seconds } from './flags.js';
+import { byteCount, collect, EXIT, flag, integer, number, positive, seconds } from './flags.js';
 import { serve } from './serve.js';
 import { addHubCommands } from './hub-commands.js';
 import { inspectConversation } from './inspect.js';
@@ -33,7 +33,9 @@ const modelOptions = (cmd: Command) =>
     .addOption(flag('--max-image-pixels <n>', 'largest image or video frame in pixels, read from its header before decoding (default 178956970; serve: 40000000)').argParser(integer('--max-image-pixels', 1)))
     .addOption(flag('--no-token-compression', 'keep every video token (turn the Differential Frame Pruner off)'))
     .addOption(flag('--weights <format>', 'language model weights: bf16, or int8, int4, int4m quantized at load (faster decode, less memory; default: as the checkpoint stores them)').choices([...WEIGHT_FORMATS]))
-    .addOption(flag('--vision-weights <format>', 'vision encoder weights, as --weights (default: as the checkpoint stores them)').choices([...WEIGHT_FORMATS]));
+    .addOption(flag('--vision-weights <format>', 'vision encoder weights, as --weights (default: as the checkpoint stores them)').choices([...WEIGHT_FORMATS]))
+    .addOption(flag('--feature-cache-bytes <n>', 'image and video features kept for later requests, LRU (e.g. 512MiB; 0: off; default 1GiB, ask and inspect: 0)').argParser(byteCount('--feature-cache-bytes')))
+    .addOption(flag('--prefix-cache-bytes <n>', 'prompt KV caches kept so that a later prompt starting the same way prefills only the rest, LRU (0: off; default 2GiB, ask and inspect: 0)').argParser(byteCount('--prefix-cache-bytes')));
 
 /** How the kernels run: the model commands' flags, and `vl3 info`'s, which shows what they resolve to. */
 const runtimeOptions = (cmd: Command) =>
@@ -56,7 +58,12 @@ const loadOptions = (o: Record<string, number | undefined>) => ({
   maxFrames: o.maxFrames,
   maxActiveRequests: o.maxActiveRequests,
   maxImagePixels: o.maxImagePixels,
+  featureCacheBytes: o.featureCacheBytes,
+  prefixCacheBytes: o.prefixCacheBytes,
 });
+
+/** One request per process: nothing is asked twice, so the caches would only hold memory (unless asked for). */
+const withoutCaches = <T extends Record<string, unknown>>(o: T): T => ({ ...o, featureCacheBytes: o.featureCacheBytes ?? 0, prefixCacheBytes: o.prefixCacheBytes ?? 0 });
 
 /**
  * Loads a model (a folder, or a hub id downloaded with one progress bar per file) with a bar for the weights being
@@ -121,7 +128,7 @@ export function buildProgram(): Command {
     .addOption(flag('--no-system-prompt', 'do not insert the default VideoLLaMA3 system prompt'))
     .addOption(flag('--json', 'print one JSON object: text, token ids, usage, timings'))
     .action(async (parts: string[], o) => {
-      const model = await loadModel(o);
+      const model = await loadModel(withoutCaches(o));
       const question = await readQuestion(parts);
       const images: string[] = o.image ?? [];
       const videos: string[] = o.video ?? [];
@@ -243,7 +250,7 @@ export function buildProgram(): Command {
     .addOption(flag('--repetition-penalty <x>', 'override the generation config\'s penalty for --greedy').argParser(number('--repetition-penalty')));
   modelOptions(inspect);
   inspect.action(async (o) => {
-    const model = await loadModel(o);
+    const model = await loadModel(withoutCaches(o));
     const conversation = JSON.parse(await readFile(o.conversation, 'utf8').catch((e) => {
       throw new Error(`cannot read conversation file ${o.conversation}: ${(e as Error).message}`);
     })) as unknown;

@@ -6,9 +6,20 @@ import { ABORTED } from './scheduler.js';
 import { Sampler, type SamplingOptions } from './sampling.js';
 
 export interface GenerateRequest {
-  /** Prompt embeddings [L, hidden] f32 (text embeddings with visual features already in place). Consumed: the
-   * tensor is overwritten during prefill. */
+  /** Prompt embeddings [L, hidden] f32 (text embeddings with visual features already in place): the positions after
+   * those `cache` holds. Consumed: the tensor is overwritten during prefill. */
   promptEmbeds: Tensor;
+  /**
+   * A cache already holding the prompt's first positions (a reused prefix), which the call extends and leaves to the
+   * caller to release. Default: a cache of the call's own, released when it ends.
+   */
+  cache?: KVCache;
+  /**
+   * Absolute prompt positions where a prefill chunk must end, besides every multiple of `prefillChunk`. Row blocks
+   * change the kernels' float rounding, so a prompt resumed from a cached prefix of length P is prefilled exactly as
+   * the whole prompt would be only if P is a chunk end of both: the prefix cache reuses prefixes that end here.
+   */
+  prefillBreaks?: readonly number[];
   maxNewTokens: number;
   sampling: SamplingOptions;
   /** Generation stops after emitting one of these ids (it is reported, with finishReason 'stop'). */
@@ -47,6 +58,8 @@ export interface GenerationResult {
   tokenIds: number[];
   finishReason: FinishReason;
   promptTokens: number;
+  /** Prompt positions that came from `request.cache` rather than prefill. */
+  cachedTokens: number;
   /** Milliseconds spent in prefill (prompt → first logits) and in decoding the remaining tokens. */
   prefillMs: number;
   decodeMs: number;
@@ -61,14 +74,15 @@ export const DEFAULT_PREFILL_CHUNK = 512;
  */
 export async function* generateTokens(model: Qwen2Model, request: GenerateRequest): AsyncGenerator<number, GenerationResult> {
   const { promptEmbeds, stopTokenIds, signal } = request;
-  const L = promptEmbeds.dim(0);
+  const cached = request.cache?.length ?? 0;
+  const L = cached + promptEmbeds.dim(0);
   const d = model.dims;
-  if (L === 0) throw new Error('cannot generate from an empty prompt');
+  if (L === cached) throw new Error(L === 0 ? 'cannot generate from an empty prompt' : 'the prompt must have a position after the cached prefix');
   if (L > d.maxPositionEmbeddings) throw new Error(`the prompt has ${L} positions; the model's context is ${d.maxPositionEmbeddings}`);
   if (!Number.isInteger(request.maxNewTokens) || request.maxNewTokens < 0) throw new Error(`invalid max_new_tokens ${request.maxNewTokens}`);
   // The context is full when every position holds a token: generation then ends with 'length'.
   const maxNewTokens = Math.min(request.maxNewTokens, d.maxPositionEmbeddings - L + 1);
-  const cache = new KVCache(model.backend, d.numHiddenLayers, d.numKeyValueHeads, model.headDim, d.maxPositionEmbeddings, L + Math.min(maxNewTokens, 1024));
+  const cache = request.cache ?? new KVCache(model.backend, d.numHiddenLayers, d.numKeyValueHeads, model.headDim, d.maxPositionEmbeddings, L + Math.min(maxNewTokens, 1024));
   const sampler = new Sampler(request.sampling, model.backend);
   const stops = new Set(stopTokenIds);
   const tokenIds: number[] = [];
@@ -80,18 +94,23 @@ export async function* generateTokens(model: Qwen2Model, request: GenerateReques
   const decoder = request.decoder ?? new DecodeBatcher(model, step);
   const aborted = (): GenerationResult => {
     const elapsed = performance.now() - started;
-    return { tokenIds, finishReason: 'abort', promptTokens: L, prefillMs: prefillMs || elapsed, decodeMs: prefillMs ? elapsed - prefillMs : 0 };
+    return { tokenIds, finishReason: 'abort', promptTokens: L, cachedTokens: cached, prefillMs: prefillMs || elapsed, decodeMs: prefillMs ? elapsed - prefillMs : 0 };
   };
   try {
     const chunk = Math.max(1, request.prefillChunk ?? DEFAULT_PREFILL_CHUNK);
-    for (let s = 0; s < L; s += chunk) {
+    const breaks = request.prefillBreaks ?? [];
+    let nextBreak = 0;
+    for (let s = cached; s < L; ) {
       if (signal?.aborted) return aborted();
-      const end = Math.min(L, s + chunk);
+      while (nextBreak < breaks.length && breaks[nextBreak]! <= s) nextBreak++;
+      const end = Math.min(L, (Math.floor(s / chunk) + 1) * chunk, breaks[nextBreak] ?? L);
+      const start = s;
       const done = await step(() => {
-        const hidden = model.forward(promptEmbeds.rows(s, end), cache);
-        request.onPrefillHidden?.(hidden, s);
+        const hidden = model.forward(promptEmbeds.rows(start - cached, end - cached), cache);
+        request.onPrefillHidden?.(hidden, start);
         if (end === L) model.logits(hidden.rows(hidden.dim(0) - 1, hidden.dim(0)), logits);
       });
+      s = end;
       if (done === ABORTED) return aborted();
       request.onPrefillProgress?.(end, L);
     }
@@ -111,9 +130,9 @@ export async function* generateTokens(model: Qwen2Model, request: GenerateReques
       if (tokenIds.length >= maxNewTokens) break;
       if ((await decoder.decode(id, cache, logits, signal)) === ABORTED) return aborted();
     }
-    return { tokenIds, finishReason, promptTokens: L, prefillMs, decodeMs: performance.now() - started - prefillMs };
+    return { tokenIds, finishReason, promptTokens: L, cachedTokens: cached, prefillMs, decodeMs: performance.now() - started - prefillMs };
   } finally {
-    cache.release();
+    if (!request.cache) cache.release();
   }
 }
 

@@ -2,6 +2,18 @@ import type { Backend } from '../tensor/backend.js';
 import type { Tensor } from '../tensor/tensor.js';
 
 /**
+ * Keys and values of positions [0, length) of a finished request, taken out of its cache (`KVCache.detach`) to be
+ * reused by later requests that share the prefix. Nothing writes to them again: a request copies what it reuses.
+ */
+export interface KVPrefix {
+  readonly keys: readonly Tensor<'f32'>[];
+  readonly values: readonly Tensor<'f32'>[];
+  readonly length: number;
+  /** Bytes the buffers hold (their capacity, which may exceed `length` a little). */
+  readonly bytes: number;
+}
+
+/**
  * Keys and values of every decoder layer for one sequence, laid out [position, kvHead, headDim] so appending a token
  * is one contiguous copy and the attention op reads a prefix view without copying.
  *
@@ -65,6 +77,35 @@ export class KVCache {
   /** Forgets positions from `length` on (e.g. to retry from a shared prefix). */
   truncate(length: number): void {
     this.length = Math.min(this.length, length);
+  }
+
+  /** Positions [0, length) of `prefix` copied into this (empty) cache, which grows to hold them. */
+  loadPrefix(prefix: KVPrefix, length: number): void {
+    if (this.length !== 0) throw new Error('KVCache.loadPrefix needs an empty cache');
+    if (length > prefix.length) throw new Error(`KVCache.loadPrefix: the prefix holds ${prefix.length} positions, not ${length}`);
+    if (prefix.keys.length !== this.layers) throw new Error(`KVCache.loadPrefix: the prefix has ${prefix.keys.length} layers, the cache ${this.layers}`);
+    this.reserve(length);
+    for (let l = 0; l < this.layers; l++) {
+      this.backend.copy(prefix.keys[l]!.rows(0, length), this.keys[l]!.rows(0, length));
+      this.backend.copy(prefix.values[l]!.rows(0, length), this.values[l]!.rows(0, length));
+    }
+    this.length = length;
+  }
+
+  /**
+   * Hands positions [0, length) over as a KVPrefix and leaves this cache released. The buffers move without a copy
+   * unless most of their capacity would be wasted (a prompt with room reserved for a long answer): then the rows are
+   * copied into buffers of their own size, so that a cache bounded in bytes holds positions, not spare room.
+   */
+  detach(length = this.length): KVPrefix {
+    const kept = Math.min(length, this.length);
+    if (kept > 0 && this.capacity - kept > Math.max(64, kept / 4)) {
+      this.length = kept;
+      this.grow(kept);
+    }
+    const prefix: KVPrefix = { keys: this.keys, values: this.values, length: kept, bytes: this.bytes };
+    this.release();
+    return prefix;
   }
 
   release(): void {

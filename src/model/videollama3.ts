@@ -7,6 +7,13 @@ import { VisionEncoder, type EncodeOptions } from './vision-encoder.js';
 import { FormattedWeights } from './weight-formats.js';
 import type { VisualGrid } from './vision-rope.js';
 
+/** Visual features [n, hidden] whose rows `from` go to prompt rows `to`. */
+export interface FeaturePlacement {
+  features: Tensor;
+  from: Int32Array;
+  to: Int32Array;
+}
+
 /**
  * The whole model: vision encoder → merge → projector, and the Qwen2.5 decoder whose `<image>` embeddings are
  * replaced by the projected visual features (spec 8.2). The vision weights are read on first use, so a text-only
@@ -54,7 +61,6 @@ export class VideoLLaMA3Model {
    * visual features — only those `keepMask` keeps, when DiffFP pruned some (spec 4.3). Their counts must agree.
    */
   embedPrompt(inputIds: readonly number[], visualFeatures?: Tensor, keepMask?: Uint8Array): Tensor {
-    const embeds = this.llm.embed(inputIds);
     const positions: number[] = [];
     inputIds.forEach((id, i) => id === this.imageTokenId && positions.push(i));
     if (visualFeatures && keepMask && keepMask.length !== visualFeatures.dim(0)) {
@@ -65,10 +71,16 @@ export class VideoLLaMA3Model {
     if (positions.length !== available) {
       throw new Error(`the prompt has ${positions.length} image tokens but ${available} visual features were computed`);
     }
-    if (visualFeatures) {
-      const H = this.checkpoint.config.hiddenSize;
-      if (visualFeatures.dim(1) !== H) throw new Error(`visual features have width ${visualFeatures.dim(1)}, the LLM expects ${H}`);
-      this.backend.copyRows(visualFeatures, Int32Array.from(kept), embeds, Int32Array.from(positions));
+    return this.embedTokens(inputIds, visualFeatures ? [{ features: visualFeatures, from: Int32Array.from(kept), to: Int32Array.from(positions) }] : []);
+  }
+
+  /** Token embeddings [ids.length, hidden] with rows `from` of each placement's features written at rows `to`. */
+  embedTokens(ids: readonly number[], placements: readonly FeaturePlacement[]): Tensor {
+    const embeds = this.llm.embed(ids);
+    const H = this.checkpoint.config.hiddenSize;
+    for (const { features, from, to } of placements) {
+      if (features.dim(1) !== H) throw new Error(`visual features have width ${features.dim(1)}, the LLM expects ${H}`);
+      this.backend.copyRows(features, from, embeds, to);
     }
     return embeds;
   }

@@ -24,7 +24,13 @@ export interface CompletionContext {
 
 function usageOf(r: ChatResult): CompletionUsage {
   const u = r.usage;
-  return { prompt_tokens: u.promptTokens, completion_tokens: u.completionTokens, total_tokens: u.promptTokens + u.completionTokens, visual_tokens: u.visualTokens };
+  return {
+    prompt_tokens: u.promptTokens,
+    completion_tokens: u.completionTokens,
+    total_tokens: u.promptTokens + u.completionTokens,
+    prompt_tokens_details: { cached_tokens: u.cachedTokens },
+    visual_tokens: u.visualTokens,
+  };
 }
 
 function timingsOf(r: ChatResult): CompletionTimings {

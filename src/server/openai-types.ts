@@ -38,6 +38,8 @@ export interface CompletionUsage {
   prompt_tokens: number;
   completion_tokens: number;
   total_tokens: number;
+  /** Prompt tokens read from the prefix cache (a request re-sending an earlier conversation), as OpenAI reports them. */
+  prompt_tokens_details: { cached_tokens: number };
   /** Extension: image and video tokens in the prompt (after pruning), included in prompt_tokens. */
   visual_tokens: number;
 }

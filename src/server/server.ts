@@ -9,6 +9,7 @@ import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Duplex } from 'node:stream';
 
+import type { CacheStats } from '../engine/feature-cache.js';
 import { Admission } from './admission.js';
 import { handleChatCompletion, type CompletionContext } from './completions.js';
 import { HttpError, toHttpError } from './errors.js';
@@ -24,6 +25,10 @@ export interface RunningServer {
   port: number;
   /** Stops accepting connections, aborts the requests in flight and waits for them to clean up. The model stays open. */
   close(): Promise<void>;
+}
+
+function snakeCacheStats(s: CacheStats): Record<string, number> {
+  return { hits: s.hits, misses: s.misses, entries: s.entries, bytes: s.bytes, max_bytes: s.maxBytes };
 }
 
 function sendJson(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
@@ -149,9 +154,16 @@ export async function startServer(serverOptions: ServerOptions): Promise<Running
     const method = req.method ?? 'GET';
     if (path === '/health') {
       if (method !== 'GET' && method !== 'HEAD') throw new HttpError(405, `${method} ${path} is not supported (use GET)`, null, 'method_not_allowed', { allow: 'GET, HEAD' });
-      // Load, so that a stalled or saturated server shows: requests holding a slot, waiting for one, body bytes held.
+      // Load, so that a stalled or saturated server shows: requests holding a slot, waiting for one, body bytes held;
+      // and whether the caches serve the clients (hits) within their bounds.
       const { active, queued } = ctx.admission.stats;
-      return sendJson(res, 200, { status: 'ok', requests: { active, queued, limit: options.maxConcurrentRequests, queue_limit: options.maxQueuedRequests }, buffered_body_bytes: bodies.used });
+      const { features, prefix } = (await ctx.model.stats()).caches;
+      return sendJson(res, 200, {
+        status: 'ok',
+        requests: { active, queued, limit: options.maxConcurrentRequests, queue_limit: options.maxQueuedRequests },
+        buffered_body_bytes: bodies.used,
+        caches: { features: snakeCacheStats(features), prefix: { ...snakeCacheStats(prefix), reused_tokens: prefix.reusedTokens } },
+      });
     }
     if (path.startsWith('/v1/')) {
       if (options.apiKey !== undefined && !authorized(req, options.apiKey)) {
