@@ -15,24 +15,24 @@ export const NODE_LLAMA_CPP_VERSION = '3.21.1';
  * The part of node-llama-cpp's API the bench uses. Declared here rather than imported so that the bench compiles and
  * reports "skipped" where the optional package is not installed.
  */
-interface Sequence {
+export interface Sequence {
   clearHistory(): Promise<void>;
   evaluate(tokens: number[], options?: { temperature?: number }): AsyncGenerator<number, void, void>;
   controlledEvaluate(
     input: [number, { generateNext?: { token?: boolean; options?: { temperature?: number } } }][],
   ): Promise<({ next: { token?: number | null } } | undefined)[]>;
 }
-interface Context {
+export interface Context {
   getSequence(): Sequence;
   readonly flashAttention: boolean | 'auto';
   readonly currentThreads: number;
   dispose(): Promise<void>;
 }
-interface Model {
+export interface Model {
   createContext(options: { contextSize: number; batchSize: number; sequences: number; threads: { ideal: number; min: number } }): Promise<Context>;
   dispose(): Promise<void>;
 }
-interface Llama {
+export interface Llama {
   readonly gpu: string | false;
   readonly buildType: string;
   readonly systemInfo: string;
@@ -139,6 +139,25 @@ export interface LlamaCppExtra {
   flashAttention: string;
 }
 
+/** llama.cpp's prebuilt CPU library through node-llama-cpp, or why it cannot run here. */
+export async function loadLlama(maxThreads: number): Promise<{ llama: Llama; version?: string } | { skipped: string; version?: string }> {
+  let nlc: NodeLlamaCpp;
+  try {
+    const name = 'node-llama-cpp'; // through a variable: compiled without the optional package's types
+    nlc = (await import(name)) as NodeLlamaCpp;
+  } catch (err) {
+    return { skipped: `node-llama-cpp is not installed (${(err as Error).message.split('\n')[0]}); \`npm install\` with dev dependencies brings ${NODE_LLAMA_CPP_VERSION}` };
+  }
+  const version = installedVersion();
+  try {
+    // Prebuilt CPU binaries only: never compile llama.cpp or download its sources.
+    const llama = await nlc.getLlama({ gpu: false, build: 'never', usePrebuiltBinaries: true, skipDownload: true, progressLogs: false, logLevel: 'error', maxThreads });
+    return { llama, version };
+  } catch (err) {
+    return { skipped: `node-llama-cpp ${version ?? ''} has no usable prebuilt binary here (${(err as Error).message.split('\n')[0]})`, version };
+  }
+}
+
 async function main(): Promise<void> {
   const [dir, threadsArg, typesArg] = process.argv.slice(2);
   if (!dir || !threadsArg) throw new Error('usage: peer-llamacpp.js <checkpoint-dir> <threads,...> [bf16,q8_0,q4_0]');
@@ -150,31 +169,13 @@ async function main(): Promise<void> {
   };
   const log = (line: string) => process.stderr.write(line + '\n');
 
-  let nlc: NodeLlamaCpp;
-  try {
-    const name = 'node-llama-cpp'; // through a variable: compiled without the optional package's types
-    nlc = (await import(name)) as NodeLlamaCpp;
-  } catch (err) {
-    report.skipped = `node-llama-cpp is not installed (${(err as Error).message.split('\n')[0]}); \`npm install\` with dev dependencies brings ${NODE_LLAMA_CPP_VERSION}`;
+  const loaded = await loadLlama(Math.max(...threadCounts));
+  report.version = loaded.version;
+  if ('skipped' in loaded) {
+    report.skipped = loaded.skipped;
     return done();
   }
-  report.version = installedVersion();
-  let llama: Llama;
-  try {
-    // Prebuilt CPU binaries only: never compile llama.cpp or download its sources.
-    llama = await nlc.getLlama({
-      gpu: false,
-      build: 'never',
-      usePrebuiltBinaries: true,
-      skipDownload: true,
-      progressLogs: false,
-      logLevel: 'error',
-      maxThreads: Math.max(...threadCounts),
-    });
-  } catch (err) {
-    report.skipped = `node-llama-cpp ${report.version ?? ''} has no usable prebuilt binary here (${(err as Error).message.split('\n')[0]})`;
-    return done();
-  }
+  const { llama } = loaded;
   report.available = true;
   const contextSize = 2048;
   const batchSize = 512; // bench/llm.ts prefills in chunks of 512, llama.cpp's default micro-batch

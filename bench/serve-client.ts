@@ -32,6 +32,9 @@ export interface StreamedAnswer {
   promptTokens: number;
   /** Prompt tokens the server read from its prefix cache. */
   cachedTokens: number;
+  /** Seconds from sending the request to the end of the stream, and the answer's tokens. */
+  totalSeconds: number;
+  completionTokens: number;
 }
 
 /**
@@ -58,11 +61,18 @@ export function streamChat(url: string, body: object): Promise<StreamedAnswer> {
         const events = buffered
           .split('\n')
           .filter((line) => line.startsWith('data: {'))
-          .map((line) => JSON.parse(line.slice(6)) as { choices: { delta: { content?: string } }[]; usage?: { prompt_tokens: number; prompt_tokens_details?: { cached_tokens: number } } });
+          .map((line) => JSON.parse(line.slice(6)) as { choices: { delta: { content?: string } }[]; usage?: { prompt_tokens: number; completion_tokens: number; prompt_tokens_details?: { cached_tokens: number } } });
         const usage = events.find((e) => e.usage)?.usage;
         if (first === undefined || !usage) return reject(new Error('no content or no usage chunk was streamed'));
         const text = events.map((e) => e.choices[0]?.delta.content ?? '').join('');
-        resolve({ seconds: (first - t0) / 1000, text, promptTokens: usage.prompt_tokens, cachedTokens: usage.prompt_tokens_details?.cached_tokens ?? 0 });
+        resolve({
+          seconds: (first - t0) / 1000,
+          text,
+          promptTokens: usage.prompt_tokens,
+          cachedTokens: usage.prompt_tokens_details?.cached_tokens ?? 0,
+          totalSeconds: (performance.now() - t0) / 1000,
+          completionTokens: usage.completion_tokens,
+        });
       });
     });
     request.on('error', reject);

@@ -223,6 +223,20 @@ describe('OpenAI-compatible server', { skip: fixtures ? false : FIXTURES_MISSING
     assert.equal(second.choices[0]!.message.content, (await plain.chat(history, { greedy: true, maxNewTokens: 12, textSpecialTokens: 'plain' }).result).text);
   });
 
+  it('answers concurrent clients as it answers them one by one, counting decode steps and passes in /health', async () => {
+    const decoding = async () => ((await (await fetch(`${main.url}/health`)).json()) as { decoding: { tokens: number; batches: number } }).decoding;
+    const ask = (text: string) => client.chat.completions.create({ ...greedy, max_tokens: 20, messages: [{ role: 'user', content: text }] });
+    const questions = ['Name a river.', 'What is a prime number? Explain it in detail.', 'hi'];
+    const alone: OpenAI.ChatCompletion[] = [];
+    for (const q of questions) alone.push(await ask(q));
+    const before = await decoding();
+    const together = await Promise.all(questions.map(ask));
+    const after = await decoding();
+    together.forEach((r, i) => assert.equal(r.choices[0]!.message.content, alone[i]!.choices[0]!.message.content));
+    assert.equal(after.tokens - before.tokens, together.reduce((a, r) => a + r.usage!.completion_tokens - 1, 0));
+    assert.ok(after.batches - before.batches <= after.tokens - before.tokens);
+  });
+
   it('ends the answer before a stop string, streamed or not', async () => {
     const messages: OpenAI.ChatCompletionMessageParam[] = [{ role: 'user', content: 'Count to ten.' }];
     const full = (await client.chat.completions.create({ ...greedy, messages })).choices[0]!.message.content!;
@@ -452,8 +466,13 @@ describe('OpenAI-compatible server', { skip: fixtures ? false : FIXTURES_MISSING
   it('serves /v1/models, /health, the web page and JSON 404s', async () => {
     const models = await client.models.list();
     assert.deepEqual(models.data.map((m) => [m.id, m.object]), [[MODEL_ID, 'model']]);
-    const health = (await (await fetch(`${main.url}/health`)).json()) as Record<string, unknown> & { caches: Record<string, Record<string, number>> };
-    assert.deepEqual({ ...health, caches: undefined }, { status: 'ok', requests: { active: 0, queued: 0, limit: 4, queue_limit: 32 }, buffered_body_bytes: 0, caches: undefined });
+    const health = (await (await fetch(`${main.url}/health`)).json()) as Record<string, unknown> & { caches: Record<string, Record<string, number>>; decoding: Record<string, number> };
+    assert.deepEqual(
+      { ...health, caches: undefined, decoding: undefined },
+      { status: 'ok', requests: { active: 0, queued: 0, limit: 4, queue_limit: 32 }, buffered_body_bytes: 0, caches: undefined, decoding: undefined },
+    );
+    assert.deepEqual(Object.keys(health.decoding), ['tokens', 'batches']);
+    assert.ok(health.decoding.batches! <= health.decoding.tokens!);
     assert.deepEqual(Object.keys(health.caches.features!), ['hits', 'misses', 'entries', 'bytes', 'max_bytes']);
     assert.deepEqual(Object.keys(health.caches.prefix!), ['hits', 'misses', 'entries', 'bytes', 'max_bytes', 'reused_tokens']);
     assert.equal(health.caches.features!.max_bytes, 2 ** 30);

@@ -126,6 +126,7 @@ export interface ModelCacheStats {
 export interface ModelStats {
   requests: SchedulerStats;
   caches: ModelCacheStats;
+  decoding: DecodingStats;
 }
 
 export interface ChatOptions {
@@ -420,9 +421,9 @@ export class VideoLLaMA3 implements ChatModel {
     return { features: this.features.stats, prefix: this.prefixes.stats };
   }
 
-  /** `requests` and `cacheStats` together, as `ModelWorker` answers them from its thread. */
+  /** `requests`, `cacheStats` and `decoding` together, as `ModelWorker` answers them from its thread. */
   stats(): Promise<ModelStats> {
-    return Promise.resolve({ requests: this.requests, caches: this.cacheStats });
+    return Promise.resolve({ requests: this.requests, caches: this.cacheStats, decoding: this.decoding });
   }
 
   /** Tokens decoded and the forward passes that decoded them (batches of the requests decoding at the same time). */

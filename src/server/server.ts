@@ -157,12 +157,15 @@ export async function startServer(serverOptions: ServerOptions): Promise<Running
       // Load, so that a stalled or saturated server shows: requests holding a slot, waiting for one, body bytes held;
       // and whether the caches serve the clients (hits) within their bounds.
       const { active, queued } = ctx.admission.stats;
-      const { features, prefix } = (await ctx.model.stats()).caches;
+      const stats = await ctx.model.stats();
+      const { features, prefix } = stats.caches;
       return sendJson(res, 200, {
         status: 'ok',
         requests: { active, queued, limit: options.maxConcurrentRequests, queue_limit: options.maxQueuedRequests },
         buffered_body_bytes: bodies.used,
         caches: { features: snakeCacheStats(features), prefix: { ...snakeCacheStats(prefix), reused_tokens: prefix.reusedTokens } },
+        // Decoded tokens and the forward passes that decoded them: concurrent requests share passes (batching).
+        decoding: stats.decoding,
       });
     }
     if (path.startsWith('/v1/')) {
