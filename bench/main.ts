@@ -1,4 +1,4 @@
-// `npm run bench [-- --json] [-- --skip-llm] [-- --skip-server] [-- --skip-reuse] [-- --skip-peers] [-- --peers-only] [-- --peer-threads 1,2]
+// `npm run bench [-- --json] [-- --skip-llm] [-- --skip-server] [-- --skip-reuse] [-- --skip-batch] [-- --skip-peers] [-- --peers-only] [-- --peer-threads 1,2]
 // [-- --decode-pairs N] [-- --model DIR]`:
 // kernel and model throughput beside the machine's limits measured in the same run (peak of each instruction kind, DRAM
 // read bandwidth) and beside peers measured in the same run (llama.cpp through node-llama-cpp, PyTorch), each optional.
@@ -17,6 +17,7 @@ import type { VisionFigures } from './vision.js';
 import { measureResize } from './resize.js';
 import { makeBenchClip, measureVideoDecodeFigures } from './video.js';
 import type { VideoModelFigures } from './video-model.js';
+import type { BatchFigures } from './batch.js';
 import type { ReuseFigures, TurnPair } from './reuse.js';
 import { percent, round } from './stats.js';
 import { measureDecodePairs, measurePeers, printDecodePairs, printPeers, type PeersFigures } from './peers.js';
@@ -215,7 +216,25 @@ if (!skipLlm && !peersOnly && !args.includes('--skip-server')) {
   log(`  server peak RSS ${round(server.peakRssBytes / 2 ** 30, 2)} GiB`);
 }
 
+// Batched decoding: `vl3 serve` with 1, 2, 4 and 8 clients decoding at once, beside llama.cpp's batched sequences.
+let batch: BatchFigures | undefined;
+if (!skipLlm && !peersOnly && !args.includes('--skip-batch')) {
+  batch = child<BatchFigures>('batch', modelDir, '1,2,4,8', ...(skipPeers ? ['--no-peer'] : []));
+  const one = batch.ours[0]!.tokensPerSecond;
+  log(`batched decoding through vl3 serve (2b random weights, ${batch.threads} threads, ${batch.answerTokens} greedy tokens per client after a short prompt):`);
+  for (const r of batch.ours) {
+    log(`  ${r.clients} client(s): ${r.tokensPerSecond} tokens/s aggregate (${round(r.tokensPerSecond / one, 2)}x one client), ` +
+      `time per output token median ${r.tpotMedianSeconds} s, p95 ${r.tpotP95Seconds} s; time to first token median ${r.ttftMedianSeconds} s`);
+  }
+  log(`  server: ${batch.serverDecoding?.tokens} tokens decoded in ${batch.serverDecoding?.batches} forward passes; peak RSS ${round(batch.peakRssBytes / 2 ** 30, 2)} GiB`);
+  if (batch.llamaCpp.available) {
+    for (const r of batch.llamaCpp.runs) log(`  llama.cpp ${batch.llamaCpp.weights}, ${r.clients} sequence(s): ${r.tokensPerSecond} tokens/s aggregate, time per output token median ${r.tpotMedianSeconds} s`);
+  } else {
+    log(`  llama.cpp: skipped (${batch.llamaCpp.skipped})`);
+  }
+}
+
 if (json) {
-  const figures = { date: new Date().toISOString(), threads: threadCounts, limits, kernels, llm, peers, quantized, vision, resize, videoDecode, video, reuse, server };
+  const figures = { date: new Date().toISOString(), threads: threadCounts, limits, kernels, llm, peers, quantized, vision, resize, videoDecode, video, reuse, server, batch };
   process.stdout.write(JSON.stringify(figures) + '\n');
 }
