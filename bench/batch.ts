@@ -1,10 +1,11 @@
 // Batched decoding through the server: `vl3 serve` with the 2b random checkpoint in its own process, 1, 2, 4 and 8
-// concurrent clients each streaming 128 greedy tokens after a short prompt (the caches off). Reports the aggregate
-// decode rate (every client's tokens over the wall time of the run), each client's time per output token (median and
-// p95 over the clients of every run of that size), the forward passes the server ran, and the server's peak memory;
-// then llama.cpp's batched decoding (node-llama-cpp, one context with a sequence per client) on the BF16 GGUF of the
-// same weights, in the same run.
-// Usage: node dist/bench/batch.js <checkpoint-dir> [clients,...] [--no-peer]   (prints one JSON object)
+// concurrent clients each streaming 128 greedy tokens after a short prompt (the caches off), in rounds (the host's
+// memory bandwidth drifts from minute to minute: each round runs every client count, and each count's figures and
+// its ratio to one client's are the medians over the rounds). Reports the aggregate decode rate (every client's
+// tokens over the wall time of the run), each client's time per output token, the forward passes the server ran, and
+// its peak memory; then llama.cpp's batched decoding (node-llama-cpp, one context with a sequence per client) on the
+// BF16 GGUF of the same weights, in the same run.
+// Usage: node dist/bench/batch.js <checkpoint-dir> [clients,...] [--rounds N] [--no-peer]   (prints one JSON object)
 import { readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -32,7 +33,11 @@ export interface BatchFigures {
   cpu: string;
   threads: number;
   answerTokens: number;
+  /** Per client count, the round whose aggregate rate is the median (ours: `rounds` rounds). */
   ours: BatchRun[];
+  rounds: number;
+  /** Per client count: the aggregate rate over one client's, in each round, and their median. */
+  speedup: { clients: number; ratios: number[]; median: number }[];
   /** The server's decode steps (`/health`): forward passes and tokens, over all runs. */
   serverDecoding?: { tokens: number; batches: number };
   peakRssBytes: number;
@@ -59,7 +64,7 @@ function summarise(clients: number, seconds: number, answers: { ttft: number; to
   };
 }
 
-async function ours(dir: string, clientCounts: number[]): Promise<Pick<BatchFigures, 'ours' | 'peakRssBytes' | 'serverDecoding'>> {
+async function ours(dir: string, clientCounts: number[], rounds: number): Promise<Pick<BatchFigures, 'ours' | 'rounds' | 'speedup' | 'peakRssBytes' | 'serverDecoding'>> {
   const most = Math.max(...clientCounts);
   const { url, process: server } = await startServe(dir, ['--max-active-requests', String(most), '--max-queued-requests', '64', '--feature-cache-bytes', '0', '--prefix-cache-bytes', '0']);
   const body = (i: number) => ({
@@ -70,21 +75,33 @@ async function ours(dir: string, clientCounts: number[]): Promise<Pick<BatchFigu
   });
   try {
     await streamChat(url, { ...body(0), max_tokens: 4 }); // warm-up: weights read, scratch sized
-    const runs: BatchRun[] = [];
-    for (const clients of clientCounts) {
-      const t0 = performance.now();
-      const answers = await Promise.all(
-        Array.from({ length: clients }, async (_, i) => {
-          const a = await streamChat(url, body(i + 1));
-          return { ttft: a.seconds, total: a.totalSeconds, tokens: a.completionTokens };
-        }),
-      );
-      runs.push(summarise(clients, (performance.now() - t0) / 1000, answers));
-      process.stderr.write(`ours, ${clients} client(s): ${runs.at(-1)!.tokensPerSecond} tokens/s\n`);
+    const byRound: BatchRun[][] = [];
+    for (let r = 0; r < rounds; r++) {
+      const runs: BatchRun[] = [];
+      for (const clients of clientCounts) {
+        const t0 = performance.now();
+        const answers = await Promise.all(
+          Array.from({ length: clients }, async (_, i) => {
+            const a = await streamChat(url, body(i + 1));
+            return { ttft: a.seconds, total: a.totalSeconds, tokens: a.completionTokens };
+          }),
+        );
+        runs.push(summarise(clients, (performance.now() - t0) / 1000, answers));
+        process.stderr.write(`ours, round ${r + 1}, ${clients} client(s): ${runs.at(-1)!.tokensPerSecond} tokens/s\n`);
+      }
+      byRound.push(runs);
     }
+    const medianRun = (i: number) => {
+      const sorted = byRound.map((runs) => runs[i]!).sort((a, b) => a.tokensPerSecond - b.tokensPerSecond);
+      return sorted[Math.floor((sorted.length - 1) / 2)]!;
+    };
+    const speedup = clientCounts.map((clients, i) => {
+      const ratios = byRound.map((runs) => round(runs[i]!.tokensPerSecond / runs[0]!.tokensPerSecond, 2));
+      return { clients, ratios, median: round(median(ratios), 2) };
+    });
     const health = (await (await fetch(`${url}/health`)).json()) as { decoding?: { tokens: number; batches: number } };
     const status = readFileSync(`/proc/${server.pid}/status`, 'utf8');
-    return { ours: runs, serverDecoding: health.decoding, peakRssBytes: Number(/VmHWM:\s+(\d+) kB/.exec(status)![1]) * 1024 };
+    return { ours: clientCounts.map((_, i) => medianRun(i)), rounds, speedup, serverDecoding: health.decoding, peakRssBytes: Number(/VmHWM:\s+(\d+) kB/.exec(status)![1]) * 1024 };
   } finally {
     server.kill();
   }
@@ -130,15 +147,18 @@ async function llamaCpp(dir: string, clientCounts: number[], threads: number): P
 
 async function main(): Promise<void> {
   const argv = process.argv.slice(2);
-  const [dir, clientsArg] = argv.filter((a) => !a.startsWith('--'));
-  if (!dir) throw new Error('usage: batch.js <checkpoint-dir> [clients,...] [--no-peer]');
+  const roundsFlag = argv.indexOf('--rounds');
+  const rounds = roundsFlag >= 0 ? Number(argv[roundsFlag + 1]) : 3;
+  const [dir, clientsArg] = argv.filter((a, i) => !a.startsWith('--') && i !== roundsFlag + 1);
+  if (!dir) throw new Error('usage: batch.js <checkpoint-dir> [clients,...] [--rounds N] [--no-peer]');
   const clientCounts = (clientsArg ?? '1,2,4,8').split(',').map(Number);
+  if (clientCounts[0] !== 1) throw new Error('the first client count must be 1: the others are set against it');
   const info = nativeInfo();
   const figures: BatchFigures = {
     cpu: `${info.isa} tier, ${Object.entries(info.features).filter(([, on]) => on).map(([f]) => f).join(' ')}`,
     threads: info.defaultThreads,
     answerTokens: ANSWER_TOKENS,
-    ...(await ours(dir, clientCounts)),
+    ...(await ours(dir, clientCounts, rounds)),
     llamaCpp: argv.includes('--no-peer') ? { available: false, skipped: '--no-peer', runs: [] } : await llamaCpp(dir, clientCounts, info.defaultThreads),
   };
   process.stdout.write(JSON.stringify(figures) + '\n');

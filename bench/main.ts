@@ -220,10 +220,10 @@ if (!skipLlm && !peersOnly && !args.includes('--skip-server')) {
 let batch: BatchFigures | undefined;
 if (!skipLlm && !peersOnly && !args.includes('--skip-batch')) {
   batch = child<BatchFigures>('batch', modelDir, '1,2,4,8', ...(skipPeers ? ['--no-peer'] : []));
-  const one = batch.ours[0]!.tokensPerSecond;
-  log(`batched decoding through vl3 serve (2b random weights, ${batch.threads} threads, ${batch.answerTokens} greedy tokens per client after a short prompt):`);
-  for (const r of batch.ours) {
-    log(`  ${r.clients} client(s): ${r.tokensPerSecond} tokens/s aggregate (${round(r.tokensPerSecond / one, 2)}x one client), ` +
+  log(`batched decoding through vl3 serve (2b random weights, ${batch.threads} threads, ${batch.answerTokens} greedy tokens per client after a short prompt, medians of ${batch.rounds} rounds):`);
+  for (const [i, r] of batch.ours.entries()) {
+    const s = batch.speedup[i]!;
+    log(`  ${r.clients} client(s): ${r.tokensPerSecond} tokens/s aggregate (${s.median}x one client; rounds ${s.ratios.join(', ')}), ` +
       `time per output token median ${r.tpotMedianSeconds} s, p95 ${r.tpotP95Seconds} s; time to first token median ${r.ttftMedianSeconds} s`);
   }
   log(`  server: ${batch.serverDecoding?.tokens} tokens decoded in ${batch.serverDecoding?.batches} forward passes; peak RSS ${round(batch.peakRssBytes / 2 ** 30, 2)} GiB`);

@@ -371,52 +371,83 @@ inline void gemvRows(const float* x, int M, long K, const void* w, WType type, l
 inline __m512bh loadBf16x32(const uint16_t* p) { return (__m512bh)_mm512_loadu_si512(p); }
 inline __m512bh loadBf16x32Masked(const uint16_t* p, __mmask32 m) { return (__m512bh)_mm512_maskz_loadu_epi16(m, p); }
 
-// gemvRow on bf16 pairs: the same order of sums for every MM.
-template <int MM>
-inline void gemvRowBf16(const uint16_t* x, long K, const uint16_t* w, float* out, long ldo, float bias) {
-  constexpr int U = 4;
-  constexpr long STEP = 32 * U;
-  __m512 acc[MM][U];
+// R weight rows against MM rows of x, 32 k per step, one accumulator per (row of x, weight row): each weight vector
+// feeds MM products and each x vector R. Every output is summed in one order, one chain over k, whatever MM and R
+// are, so a row of x gets the same bits alone (decode) as in a batch (the engine's batched decode relies on it).
+// `next` (nextBytes long) is the following tile's block, pulled into L2 in order while this one computes.
+template <int MM, int R>
+inline void gemvTileBf16(const uint16_t* x, long K, const uint16_t* w, float* out, long ldo, const float* bias,
+                         const char* next, long nextBytes) {
+  constexpr int linesPerStep = R;  // 32 bf16 per row per step: one line each
+  __m512 acc[MM][R];
   for (int m = 0; m < MM; m++)
-    for (int u = 0; u < U; u++) acc[m][u] = _mm512_setzero_ps();
-  long k = 0;
-  for (; k + STEP <= K; k += STEP) {
-    for (long off = 0; off < STEP * 2; off += 64)
-      _mm_prefetch(reinterpret_cast<const char*>(w + k) + off + kGemvPrefetch, _MM_HINT_T0);
-    __m512bh wv[U];
+    for (int r = 0; r < R; r++) acc[m][r] = _mm512_setzero_ps();
+  long k = 0, pf = 0;
+  for (; k + 32 <= K; k += 32) {
 #pragma GCC unroll 8
-    for (int u = 0; u < U; u++) wv[u] = loadBf16x32(w + k + 32 * u);
+    for (int i = 0; i < linesPerStep; i++, pf += 64)
+      if (pf < nextBytes) _mm_prefetch(next + pf, _MM_HINT_T1);
+    __m512bh wv[R];
 #pragma GCC unroll 8
-    for (int m = 0; m < MM; m++)
+    for (int r = 0; r < R; r++) wv[r] = loadBf16x32(w + r * K + k);
+#pragma GCC unroll 4
+    for (int m = 0; m < MM; m++) {
+      const __m512bh xv = loadBf16x32(x + m * K + k);
 #pragma GCC unroll 8
-      for (int u = 0; u < U; u++) acc[m][u] = _mm512_dpbf16_ps(acc[m][u], wv[u], loadBf16x32(x + m * K + k + 32 * u));
+      for (int r = 0; r < R; r++) acc[m][r] = _mm512_dpbf16_ps(acc[m][r], wv[r], xv);
+    }
   }
-  for (; k < K; k += 32) {
+  if (k < K) {
     const __mmask32 mk = mask32(K - k);
-    const __m512bh wv = loadBf16x32Masked(w + k, mk);
-    for (int m = 0; m < MM; m++) acc[m][0] = _mm512_dpbf16_ps(acc[m][0], wv, loadBf16x32Masked(x + m * K + k, mk));
+    __m512bh wv[R];
+    for (int r = 0; r < R; r++) wv[r] = loadBf16x32Masked(w + r * K + k, mk);
+    for (int m = 0; m < MM; m++) {
+      const __m512bh xv = loadBf16x32Masked(x + m * K + k, mk);
+      for (int r = 0; r < R; r++) acc[m][r] = _mm512_dpbf16_ps(acc[m][r], wv[r], xv);
+    }
   }
-  for (int m = 0; m < MM; m++) {
-    __m512 a = acc[m][0];
-    for (int u = 1; u < U; u++) a = _mm512_add_ps(a, acc[m][u]);
-    out[m * ldo] = hsum16(a) + bias;
-  }
+  for (int m = 0; m < MM; m++)
+    for (int r = 0; r < R; r++) out[m * ldo + r] = hsum16(acc[m][r]) + (bias ? bias[r] : 0.0f);
 }
 
+// Weight rows in blocks of ~128 KiB, in tiles of 6 (the last ones alone): the first group of up to 4 rows of x
+// streams a block from memory, the others find it in L2.
 inline void gemvRowsBf16(const uint16_t* x, int M, long K, const uint16_t* w, long nRows, float* out, long ldo,
                          const float* bias) {
-  auto row = [&](int m0, int mm, long n) {
-    const uint16_t* xm = x + m0 * K;
-    float* om = out + m0 * ldo + n;
-    const float b = bias ? bias[n] : 0.0f;
-    switch (mm) {
-      case 1: gemvRowBf16<1>(xm, K, w + n * K, om, ldo, b); break;
-      case 2: gemvRowBf16<2>(xm, K, w + n * K, om, ldo, b); break;
-      case 3: gemvRowBf16<3>(xm, K, w + n * K, om, ldo, b); break;
-      default: gemvRowBf16<4>(xm, K, w + n * K, om, ldo, b); break;
+  constexpr int R = 6;  // 4·6 accumulators, 6 weight vectors and one x vector in 32 registers
+  long block = (128L << 10) / (K * 2) / R * R;
+  if (block < R) block = R;
+  for (long n0 = 0; n0 < nRows; n0 += block) {
+    const long nb = n0 + block <= nRows ? block : nRows - n0;
+    for (int m0 = 0; m0 < M; m0 += 4) {
+      const int mm = M - m0 >= 4 ? 4 : M - m0;
+      const uint16_t* xm = x + m0 * K;
+      long n = n0;
+      for (; n + R <= n0 + nb; n += R) {
+        float* om = out + m0 * ldo + n;
+        const float* bb = bias ? bias + n : nullptr;
+        const uint16_t* cur = w + n * K;
+        const char* next = reinterpret_cast<const char*>(cur + R * K);
+        const long nextBytes = (n + 2 * R <= n0 + nb ? R : n0 + nb - n - R) * K * 2;
+        switch (mm) {
+          case 1: gemvTileBf16<1, R>(xm, K, cur, om, ldo, bb, next, nextBytes); break;
+          case 2: gemvTileBf16<2, R>(xm, K, cur, om, ldo, bb, next, nextBytes); break;
+          case 3: gemvTileBf16<3, R>(xm, K, cur, om, ldo, bb, next, nextBytes); break;
+          default: gemvTileBf16<4, R>(xm, K, cur, om, ldo, bb, next, nextBytes); break;
+        }
+      }
+      for (; n < n0 + nb; n++) {
+        float* om = out + m0 * ldo + n;
+        const float* bb = bias ? bias + n : nullptr;
+        switch (mm) {
+          case 1: gemvTileBf16<1, 1>(xm, K, w + n * K, om, ldo, bb, nullptr, 0); break;
+          case 2: gemvTileBf16<2, 1>(xm, K, w + n * K, om, ldo, bb, nullptr, 0); break;
+          case 3: gemvTileBf16<3, 1>(xm, K, w + n * K, om, ldo, bb, nullptr, 0); break;
+          default: gemvTileBf16<4, 1>(xm, K, w + n * K, om, ldo, bb, nullptr, 0); break;
+        }
+      }
     }
-  };
-  gemvBlocks(M, K, 2, nRows, row);
+  }
 }
 #endif  // VL3_BF16_DOT
 
