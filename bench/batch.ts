@@ -149,7 +149,7 @@ async function main(): Promise<void> {
   const argv = process.argv.slice(2);
   const roundsFlag = argv.indexOf('--rounds');
   const rounds = roundsFlag >= 0 ? Number(argv[roundsFlag + 1]) : 3;
-  const [dir, clientsArg] = argv.filter((a, i) => !a.startsWith('--') && i !== roundsFlag + 1);
+  const [dir, clientsArg] = argv.filter((a, i) => !a.startsWith('--') && (roundsFlag < 0 || i !== roundsFlag + 1));
   if (!dir) throw new Error('usage: batch.js <checkpoint-dir> [clients,...] [--rounds N] [--no-peer]');
   const clientCounts = (clientsArg ?? '1,2,4,8').split(',').map(Number);
   if (clientCounts[0] !== 1) throw new Error('the first client count must be 1: the others are set against it');
