@@ -323,8 +323,9 @@ inline void gemvRow(const float* x, long K, const void* wRow, float* out, long l
 }
 
 // Weight rows in blocks of ~128 KiB: the first group of activation rows streams a block from memory, the others find
-// it in L2, so w is read from DRAM once for any M. (Tiles of several weight rows would load less per FMA, but they sum
-// in another order than one row at a time, and a batch's rows must get the bits they get alone.)
+// it in L2, so w is read from DRAM once for any M. (Tiles of several weight rows, as the bf16 dot GEMV below runs,
+// would load less per FMA, but they sum in another order than this one-row kernel does at M = 1, and a batch's rows
+// must get the bits they get alone.)
 template <class Row>
 inline void gemvBlocks(int M, long K, long esz, long nRows, const Row& row) {
   long block = (128L << 10) / (K * esz);
