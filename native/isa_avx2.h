@@ -660,9 +660,8 @@ inline __m256i foldRows(const __m256i (&a)[2], const __m256i (&b)[2]) {
 template <WType T, int MT>
 inline long groupDotT(const uint8_t* g, const quant::QuantizedRows& A, long m0, float (*res)[quant::kGroupRows]) {
   constexpr int R = quant::kGroupRows, B = quant::kChunkBlocks;
-  const long K = A.K, nb = K / quant::kBlock, chunks = nb / B;
-  const long chunkBytes = R * B * quant::blockBytes(T);
-  const long paramBytes = R * B * quant::paramBytes(T);
+  const long K = A.K;
+  const auto [nb, chunks, chunkBytes, paramBytes] = quant::groupChunks(T, K);
   const __m256i nibble = _mm256_set1_epi8(0x0f), flip = _mm256_set1_epi8(static_cast<char>(0x80));
   const __m256i ones = _mm256_set1_epi16(1);
   // Gathers a pair of rows' row-major scales, or a block-indexed activation vector, into the fold's lane order.

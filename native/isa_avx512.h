@@ -783,9 +783,8 @@ inline __m512i blockLanes(__m512i acc, __m512i w, __m512i x) {
 template <WType T, int MT>
 inline long groupDotT(const uint8_t* g, const quant::QuantizedRows& A, long m0, float (*res)[quant::kGroupRows]) {
   constexpr int R = quant::kGroupRows;
-  const long K = A.K, nb = K / quant::kBlock, chunks = nb / quant::kChunkBlocks;
-  const long chunkBytes = R * quant::kChunkBlocks * quant::blockBytes(T);
-  const long paramBytes = R * quant::kChunkBlocks * quant::paramBytes(T);
+  const long K = A.K;
+  const auto [nb, chunks, chunkBytes, paramBytes] = quant::groupChunks(T, K);
   const __m512i nibble = _mm512_set1_epi8(0x0f);
   // Lanes 4b..4b+3 of row r's scale vector: element 4r + b of the chunk's scales (row, then block).
   __m512i scaleOf[R];

@@ -848,9 +848,8 @@ inline int32x4_t chunkDot(const int8x16_t (&w)[8], const int8_t* x) {
 template <WType T, int MT>
 inline long groupDotT(const uint8_t* g, const quant::QuantizedRows& A, long m0, float (*res)[quant::kGroupRows]) {
   constexpr int R = quant::kGroupRows, B = quant::kChunkBlocks;
-  const long K = A.K, nb = K / quant::kBlock, chunks = nb / B;
-  const long chunkBytes = R * B * quant::blockBytes(T);
-  const long paramBytes = R * B * quant::paramBytes(T);
+  const long K = A.K;
+  const auto [nb, chunks, chunkBytes, paramBytes] = quant::groupChunks(T, K);
   float32x4_t acc[MT][R];
   for (int i = 0; i < MT; i++)
     for (int r = 0; r < R; r++) acc[i][r] = vdupq_n_f32(0.0f);

@@ -26,6 +26,17 @@ inline long codeBytes(WType t) { return t == WType::Int8 ? 32 : 16; }
 inline long paramBytes(WType t) { return t == WType::Int4m ? 4 : 2; }
 inline long blockBytes(WType t) { return codeBytes(t) + paramBytes(t); }
 inline long rowBytes(WType t, long K) { return K / kBlock * blockBytes(t); }
+// How a kernel walks a full group of kGroupRows rows over a row of K: `chunks` whole chunks of kChunkBlocks blocks,
+// `chunkBytes` apart, each starting with `paramBytes` of scales (and minimums) before the rows' codes; `blocks` is
+// K / kBlock, the stride of a row's activation scales.
+struct GroupChunks {
+  long blocks, chunks, chunkBytes, paramBytes;
+};
+inline GroupChunks groupChunks(WType t, long K) {
+  const long blocks = K / kBlock;
+  return {blocks, blocks / kChunkBlocks, kGroupRows * kChunkBlocks * blockBytes(t), kGroupRows * kChunkBlocks * paramBytes(t)};
+}
+
 // The code subtracted before scaling (Int4m has none: its minimum is a separate term).
 inline int zeroCode(WType t) { return t == WType::Int8 ? 128 : t == WType::Int4 ? 8 : 0; }
 
