@@ -103,14 +103,28 @@ describe('vl3 chat and serve', { skip: !fixtures && FIXTURES_MISSING }, () => {
     assert.match(r.stdout, /unknown command \/nope/);
   });
 
-  it('chat reads only the new message of each turn from the prefix cache; --feature-cache-bytes and its twin bound the caches', () => {
+  it('chat reads only the new message of each turn from the prefix cache; --feature-cache-bytes and its twin bound the caches', async () => {
     const image = join(fixtures!, 'media', 'cat.jpg');
     const script = [`/image ${image}`, 'What is this?', 'Tell me more.', 'And then?', '/stats', ''].join('\n');
-    const r = run(['chat', '--model', checkpoint, '--greedy', '--max-new-tokens', '4', '--feature-cache-bytes', '64MiB'], script, { VL3_PREFIX_CACHE_BYTES: '3GiB' });
+    const r = run(['chat', '--model', checkpoint, '--greedy', '--max-new-tokens', '70', '--feature-cache-bytes', '64MiB'], script, { VL3_PREFIX_CACHE_BYTES: '3GiB' });
     assert.equal(r.status, 0, r.stderr);
-    // Turns 2 and 3 each resume where the turn before left off; the image was encoded once.
+    // After each answer the chat reads its history back with the answer (cachePrompt); each turn then resumes right
+    // before its new message, and each read-back where its turn resumed (the messages are too short to end a chunk).
+    // The image was encoded once.
+    const options = { greedy: true, maxNewTokens: 70, addSystemPrompt: true };
+    const history: Message[] = [];
+    const prompts: number[] = [];
+    const readBacks: number[] = [];
+    for (const text of ['What is this?', 'Tell me more.', 'And then?']) {
+      history.push({ role: 'user', content: [...(history.length ? [] : [{ type: 'image' as const, image }]), { type: 'text', text }] });
+      const result = await model.chat(history, options).result;
+      prompts.push(result.usage.promptTokens);
+      history.push({ role: 'assistant', content: result.text });
+      readBacks.push((await model.prepare(history, { addSystemPrompt: true, addGenerationPrompt: false })).llmInputIds.length);
+    }
+    const reused = prompts[0]! + 2 * readBacks[0]! + 2 * readBacks[1]!;
     assert.match(r.stdout, /feature cache: 0 hits, 1 misses, 1 entries, [\d.]+ MiB of 64\.0 MiB/);
-    assert.match(r.stdout, /prefix cache: 2 hits \(\d+ prompt tokens reused\), 1 misses, 1 entries, [\d.]+ MiB of 3072\.0 MiB/);
+    assert.match(r.stdout, new RegExp(`prefix cache: 5 hits \\(${reused} prompt tokens reused\\), 1 misses, 1 entries, [\\d.]+ MiB of 3072\\.0 MiB`));
     const off = run(['chat', '--model', checkpoint, '--max-new-tokens', '1', '--prefix-cache-bytes', '0'], 'Hi.\n/stats\n', { VL3_FEATURE_CACHE_BYTES: '0' });
     assert.match(off.stdout, /feature cache: off\nprefix cache: off/);
     const bad = run(['chat', '--model', checkpoint, '--prefix-cache-bytes', '2 GB']);

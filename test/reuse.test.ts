@@ -96,6 +96,37 @@ describe('feature and prefix caches', { skip: !fixtures && FIXTURES_MISSING }, (
     assert.equal(model.cacheStats.features.hits, 2);
   });
 
+  it('let a chat read back its history with each answer (cachePrompt), so that the next turn prefills only its new message', async () => {
+    const model = await load();
+    const long = { ...greedy, maxNewTokens: 80 };
+    const turns = [[image('cat.jpg'), text('What is this?')], [text('Tell me more.')], [video('sample_demo_3.mp4'), text('And this video?')], [text('Why?')]];
+    const history: Message[] = [];
+    const read: number[] = [];
+    for (const [n, content] of turns.entries()) {
+      history.push({ role: 'user', content });
+      const result = await model.chat(history, { ...long, addSystemPrompt: true }).result;
+      // Without any cache, from scratch: the same answer, token for token.
+      const expected = await plain.chat(history, { ...long, addSystemPrompt: true }).result;
+      assert.deepEqual(result.tokenIds, expected.tokenIds, `turn ${n + 1}`);
+      assert.ok(result.tokenIds.length >= MIN_BREAK_PIECE, 'answers long enough to end a chunk');
+      const message = (await plain.prepare([{ role: 'user', content }], { addGenerationPrompt: true })).llmInputIds.length;
+      if (n > 0) {
+        // Everything up to the new message came from the cache: what was prefilled is exactly the new message.
+        assert.equal(result.usage.cachedTokens, read.at(-1), `turn ${n + 1}`);
+        assert.equal(result.usage.promptTokens - result.usage.cachedTokens, message, `turn ${n + 1} prefills its message and the generation prompt`);
+      }
+      history.push({ role: 'assistant', content: result.text });
+      const back = await model.cachePrompt(history, { addSystemPrompt: true });
+      assert.equal(back!.promptTokens, (await plain.prepare(history, { addSystemPrompt: true, addGenerationPrompt: false })).llmInputIds.length);
+      // The read-back resumes where the turn's prompt ended, prefilling the answer only; after a message too short to
+      // end a chunk of its own (the text-only ones), where the turn resumed, prefilling the message with the answer.
+      assert.equal(back!.cachedTokens, n === 0 || message >= MIN_BREAK_PIECE ? result.usage.promptTokens : read.at(-1), `read-back ${n + 1}`);
+      read.push(back!.promptTokens);
+    }
+    assert.equal(model.cacheStats.prefix.entries, 1);
+    assert.equal(await plain.cachePrompt(history), undefined, 'nothing to do with the prefix cache off');
+  });
+
   it('reuse a cached prompt that diverges mid-prompt up to the last break before the difference', async () => {
     const model = await load();
     // About 700 tokens of text: the first 512 positions are one prefill chunk.
@@ -215,14 +246,32 @@ describe('cache keys', () => {
 
   it('break prompts after a turn start, when that leaves a long enough piece since the last chunk end', () => {
     const turn = [1, 2, 3]; // <|im_start|> assistant \n
+    const user = [1, 4, 3]; // <|im_start|> user \n
     const filler = (n: number) => Array<number>(n).fill(9);
-    // Turns start at 70; at 103, too close to 70; at 203; and at 259, too close to the chunk end at 256.
-    const ids = [...filler(67), ...turn, ...filler(30), ...turn, ...filler(97), ...turn, ...filler(53), ...turn];
-    assert.equal(ids.length, 259);
-    assert.deepEqual(turnBreaks(ids, turn, 256), [70, 203]);
-    // With chunks of 200, the turn start at 203 is too close to the chunk end at 200.
-    assert.deepEqual(turnBreaks(ids, turn, 200), [70]);
+    // Turns start at 67; at 143 (76 after 67); and at 209 (66 after 143). The answers between are shorter than
+    // MIN_BREAK_PIECE, so the user messages after them start no chunk.
+    const ids = [...filler(64), ...turn, ...filler(40), ...user, ...filler(30), ...turn, ...filler(10), ...user, ...filler(50), ...turn, ...filler(5)];
+    assert.equal(ids.length, 214);
+    assert.deepEqual(turnBreaks(ids, turn, 256), [67, 143, 209]);
+    // With chunks of 200, the turn start at 209 is too close to the chunk end at 200.
+    assert.deepEqual(turnBreaks(ids, turn, 200), [67, 143]);
+    // Two turn starts 33 positions apart with no message between: the second is too close to the first.
+    assert.deepEqual(turnBreaks([...filler(67), ...turn, ...filler(30), ...turn], turn, 256), [70]);
     assert.deepEqual(turnBreaks(ids, [], 256), []);
+  });
+
+  it('break prompts where the message after an answer starts, under the same rule', () => {
+    const turn = [1, 2, 3]; // <|im_start|> assistant \n
+    const user = [1, 4, 3]; // <|im_start|> user \n
+    const filler = (n: number) => Array<number>(n).fill(9);
+    // A user message, then an answer of 80 (a break at 70 + 80), then a short user message (its turn start at 180 is
+    // too close to 150), then an answer of 20 whose end is too close to 150 as well, then the next user message.
+    const ids = [...filler(67), ...turn, ...filler(80), ...user, ...filler(24), ...turn, ...filler(20), ...user, ...filler(5)];
+    assert.deepEqual(turnBreaks(ids, turn, 512), [70, 150]);
+    // A prefix of the prompt agrees on every break before its end, the end being a chunk end anyway.
+    assert.deepEqual(turnBreaks(ids.slice(0, 150), turn, 512), [70]);
+    // Messages before the first answer end no chunk: a system or user message is not an answer.
+    assert.deepEqual(turnBreaks([...user, ...filler(100), ...user, ...filler(5)], turn, 512), []);
   });
 
   it('count cache hits and misses, and keep nothing at 0 bytes', () => {

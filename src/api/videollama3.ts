@@ -405,6 +405,22 @@ export class VideoLLaMA3 implements ChatModel {
     return source.stream();
   }
 
+  /**
+   * Reads a conversation into the prefix cache without answering it, so that a later request continuing it (the
+   * same messages, then more) prefills only what follows. A chat calls it with the history and the answer just given
+   * (`vl3 chat` does, while the user types): the answer's keys and values from decoding are not reused, since their
+   * rounding differs from a prefill's and the next answer would then differ from the one without the cache. Media,
+   * budgets and switches (`addSystemPrompt`, …) must be those of the later request for its prompt to match; the
+   * generation prompt is left off unless `addGenerationPrompt` says otherwise. Runs as a request of its own (admitted,
+   * scheduled and abortable like `chat`); resolves with the prompt's size and the part of it that was cached already,
+   * or undefined, having done nothing, when the prefix cache is off.
+   */
+  async cachePrompt(input: ChatInput, options: Omit<ChatOptions, 'maxNewTokens' | 'stop'> = {}): Promise<Pick<Usage, 'promptTokens' | 'cachedTokens'> | undefined> {
+    if (!this.prefixes.enabled) return undefined;
+    const { usage } = await this.chat(input, { ...options, addGenerationPrompt: options.addGenerationPrompt ?? false, maxNewTokens: 0 }).result;
+    return { promptTokens: usage.promptTokens, cachedTokens: usage.cachedTokens };
+  }
+
   /** Aborts running and waiting requests and refuses new ones; the weights are freed when the object is dropped. */
   async close(): Promise<void> {
     this.closing.abort();
@@ -536,7 +552,7 @@ export class VideoLLaMA3 implements ChatModel {
       result = await this.stream(tokens, request, stops, stopped, out, endPrompt, started, signal);
     } finally {
       // Only prompt positions are kept: the answer's were computed one token at a time, whose float rounding differs
-      // from a prefill's, so a later prompt re-reads them rather than reuse them, and its answer stays bit-exact.
+      // from a prefill's, so a later prompt re-reads them (or `cachePrompt` does), and its answer stays bit-exact.
       if (keys) this.prefixes.store(keys, cache.detach(Math.min(cache.length, L)));
       else cache.release();
     }

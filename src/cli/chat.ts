@@ -42,6 +42,27 @@ export async function runChat(session: ChatSession): Promise<void> {
   // Ctrl-C while answering stops the answer; at the prompt it leaves, as in other REPLs.
   rl.on('SIGINT', () => (answering ? answering.abort() : rl.close()));
 
+  // The history with the last answer, read into the prefix cache while the user types (`cachePrompt`): the next turn
+  // then prefills only its new message. It never fails a turn; a turn that comes first waits for it, showing its bars.
+  let backlog: { done: Promise<unknown>; stop: AbortController; show?: ProgressBars } | undefined;
+  const readBack = (conversation: Message[]) => {
+    const stop = new AbortController();
+    const { maxNewTokens: _, stop: __, ...options } = session.options;
+    const entry: NonNullable<typeof backlog> = { stop, done: Promise.resolve() };
+    entry.done = session.model.cachePrompt(conversation, { ...options, signal: stop.signal, onProgress: (e) => entry.show?.update(e) }).catch(() => undefined);
+    backlog = entry;
+  };
+  const finishBacklog = async (bars?: ProgressBars) => {
+    if (!backlog) return;
+    backlog.show = bars;
+    await backlog.done;
+    backlog = undefined;
+  };
+  const dropBacklog = () => {
+    backlog?.stop.abort();
+    backlog = undefined;
+  };
+
   say('VideoLLaMA3 chat. /help for commands.');
   for (;;) {
     rl.setPrompt(pending.length ? `you (${pending.length} attached)> ` : 'you> ');
@@ -71,6 +92,7 @@ export async function runChat(session: ChatSession): Promise<void> {
           break;
         }
         case '/reset':
+          dropBacklog();
           history = session.system ? [{ role: 'system', content: session.system }] : [];
           pending = [];
           say('conversation cleared');
@@ -79,10 +101,12 @@ export async function runChat(session: ChatSession): Promise<void> {
           say(HELP);
           break;
         case '/stats':
+          await finishBacklog();
           say(describeCaches(session.model.cacheStats));
           break;
         case '/exit':
         case '/quit':
+          dropBacklog();
           rl.close();
           return;
         default:
@@ -95,6 +119,8 @@ export async function runChat(session: ChatSession): Promise<void> {
     const message: Message = { role: 'user', content: [...pending, { type: 'text', text }] };
     answering = new AbortController();
     const bars = new ProgressBars();
+    answering.signal.addEventListener('abort', () => backlog?.stop.abort(), { once: true });
+    await finishBacklog(bars);
     const stream = session.model.chat([...history, message], { ...session.options, signal: answering.signal, onProgress: bars.update });
     // The prefix is written once the bars are gone: removing them clears the line the cursor is on.
     let started = false;
@@ -115,6 +141,7 @@ export async function runChat(session: ChatSession): Promise<void> {
       if (result.finishReason === 'abort') say('(stopped)');
       history.push(message, { role: 'assistant', content: result.text });
       pending = [];
+      readBack([...history]);
     } catch (e) {
       bars.stop();
       if (e instanceof AbortError) {
@@ -127,6 +154,7 @@ export async function runChat(session: ChatSession): Promise<void> {
       answering = undefined;
     }
   }
+  dropBacklog();
   rl.close();
 }
 

@@ -24,20 +24,26 @@ export const MIN_BREAK_PIECE = 64;
 /**
  * Prompt positions where a prefill chunk ends besides the multiples of `chunk`: after each occurrence of
  * `turnStart` (the template's `<|im_start|>assistant\n`), where a turn's prompt ends and the next turn, or a client
- * re-sending the history, resumes — unless fewer than MIN_BREAK_PIECE positions lie since the last chunk end. Each
- * break is decided by the tokens before it, so a prompt and any longer prompt sharing its first p tokens agree on
- * the breaks up to p.
+ * re-sending the history, resumes; and where the message after an assistant message starts (at the next occurrence
+ * of turnStart's first token, `<|im_start|>`), where a conversation read back with its answer (`cachePrompt`) ends
+ * and the next turn's new message begins. A candidate is dropped when fewer than MIN_BREAK_PIECE positions lie since
+ * the last chunk end. Each break at p is decided by the tokens up to p, so a prompt and any longer prompt sharing its
+ * first p tokens agree on the breaks before p, and a prompt's end is a chunk end anyway.
  */
 export function turnBreaks(ids: readonly number[], turnStart: readonly number[], chunk: number): number[] {
   const breaks: number[] = [];
   const k = turnStart.length;
   if (k === 0) return breaks;
-  for (let p = k; p <= ids.length; p++) {
-    let match = true;
-    for (let i = 0; i < k && match; i++) match = ids[p - k + i] === turnStart[i];
-    if (!match) continue;
-    const lastEnd = Math.max(breaks.at(-1) ?? 0, Math.floor((p - 1) / chunk) * chunk);
-    if (p - lastEnd >= MIN_BREAK_PIECE) breaks.push(p);
+  const messageStart = turnStart[0];
+  const lastEnd = (p: number) => Math.max(breaks.at(-1) ?? 0, Math.floor((p - 1) / chunk) * chunk);
+  let inAnswer = false;
+  for (let p = 1; p <= ids.length; p++) {
+    let isTurnStart = p >= k;
+    for (let i = 0; i < k && isTurnStart; i++) isTurnStart = ids[p - k + i] === turnStart[i];
+    const endsAnswer = inAnswer && ids[p] === messageStart;
+    if (isTurnStart) inAnswer = true;
+    else if (endsAnswer) inAnswer = false;
+    if ((isTurnStart || endsAnswer) && p - lastEnd(p) >= MIN_BREAK_PIECE) breaks.push(p);
   }
   return breaks;
 }
