@@ -200,6 +200,11 @@ if (videoDecode && !skipLlm && !args.includes('--skip-reuse')) {
     `(${r.second.cachedTokens} of ${r.second.promptTokens} prompt tokens from the prefix cache) = ${round(100 * r.secondOverFirst, 1)}% of the first`;
   log(`second turn, video chat (2b random weights, ${reuse.threads} threads, ${reuse.video.frames} frames, library): ${turns(reuse.video)}`);
   log(`second turn, image chat through vl3 serve with the history re-sent: ${turns(reuse.serverImage)}`);
+  const b = reuse.readBack;
+  log(
+    `second turn, image chat (library) after a ${b.first.answerTokens}-token answer: ${b.before.timeToFirstTokenSeconds} s to first token prefilling ${b.prefilledBefore} positions; ` +
+      `after reading the answer back (${b.readBackSeconds} s, as vl3 chat does while the user types) ${b.after.timeToFirstTokenSeconds} s prefilling ${b.prefilledAfter} (its new message)`,
+  );
 }
 
 // Serving: `vl3 serve` in its own process, 1/4/16 concurrent streaming clients asking about a 448×448 image.
