@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { before, describe, it } from 'node:test';
 import { VideoLLaMA3 } from '../src/api/videollama3.js';
-import type { ComputeMode, Kernels, TopK } from '../src/tensor/backend.js';
+import type { AttentionOptions, ComputeMode, Kernels, TopK } from '../src/tensor/backend.js';
 import { CheckedBackend } from '../src/tensor/checked.js';
 import type { DType } from '../src/tensor/dtype.js';
 import { hostMemory } from '../src/tensor/host.js';
@@ -118,6 +118,27 @@ class DeviceKernels implements Kernels {
   }
   topK(x: Tensor, k: number): TopK {
     return this.cpu.topK(hostView(x), k);
+  }
+  matmulBackward(dy: Tensor, x: Tensor, w: Tensor, dx: Tensor | null, dw: Tensor | null, dbias: Tensor | null): void {
+    this.cpu.matmulBackward(hostView(dy), hostView(x), hostView(w), dx && hostView(dx), dw && hostView(dw), dbias && hostView(dbias));
+  }
+  rmsNormBackward(dy: Tensor, x: Tensor, weight: Tensor, eps: number, dx: Tensor, dweight: Tensor | null): void {
+    this.cpu.rmsNormBackward(hostView(dy), hostView(x), hostView(weight), eps, hostView(dx), dweight && hostView(dweight));
+  }
+  siluMulBackward(dy: Tensor, gate: Tensor, up: Tensor, dgate: Tensor, dup: Tensor): void {
+    this.cpu.siluMulBackward(hostView(dy), hostView(gate), hostView(up), hostView(dgate), hostView(dup));
+  }
+  ropeBackward(dy: Tensor, cos: Tensor, sin: Tensor, dx: Tensor): void {
+    this.cpu.ropeBackward(hostView(dy), hostView(cos), hostView(sin), hostView(dx));
+  }
+  attentionBackward(q: Tensor, k: Tensor, v: Tensor, dout: Tensor, dq: Tensor, dk: Tensor, dv: Tensor, options: AttentionOptions): void {
+    this.cpu.attentionBackward(hostView(q), hostView(k), hostView(v), hostView(dout), hostView(dq), hostView(dk), hostView(dv), options);
+  }
+  embeddingBackward(dy: Tensor, ids: Tensor, dtable: Tensor): void {
+    this.cpu.embeddingBackward(hostView(dy), hostView(ids), hostView(dtable));
+  }
+  crossEntropy(hidden: Tensor, head: Tensor, targets: Tensor, scale: number, losses: Tensor, dhidden: Tensor | null, dhead: Tensor | null): void {
+    this.cpu.crossEntropy(hostView(hidden), hostView(head), hostView(targets), scale, hostView(losses), dhidden && hostView(dhidden), dhead && hostView(dhead));
   }
 }
 

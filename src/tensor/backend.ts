@@ -61,7 +61,36 @@ export type ComputeMode = 'exact' | 'bf16';
  */
 export const BATCH_ROWS = 16;
 
-export interface Backend {
+/**
+ * Backward passes of the ops training uses. Gradients of parameters (`dw`, `dbias`, `dweight`, `dtable`, `dhead`) are
+ * added to what their tensors hold, so that micro-batches, and a table used twice (a tied LM head), sum up; gradients
+ * of activations (`dx`, `dq`, …) are written. All f32; weights read as f32 or bf16.
+ */
+export interface GradientOps {
+  /** For out = x·wᵀ (+ bias): dx[M,K] = dy[M,N]·w, dw[N,K] += dyᵀ·x, dbias[N] += Σ rows of dy; each optional. */
+  matmulBackward(dy: Tensor, x: Tensor, w: Tensor, dx: Tensor | null, dw: Tensor | null, dbias: Tensor | null): void;
+  /** For out = rmsNorm(x)·weight (rows of x): dx written, dweight added to (optional). */
+  rmsNormBackward(dy: Tensor, x: Tensor, weight: Tensor, eps: number, dx: Tensor, dweight: Tensor | null): void;
+  /** For out = SiLU(gate) ⊙ up: dgate and dup written. */
+  siluMulBackward(dy: Tensor, gate: Tensor, up: Tensor, dgate: Tensor, dup: Tensor): void;
+  /** For out = rope(x, cos, sin): dx written (the inverse rotation of dy; dx may be dy itself). */
+  ropeBackward(dy: Tensor, cos: Tensor, sin: Tensor, dx: Tensor): void;
+  /**
+   * For out = attention(q, k, v, options): dq, dk, dv written. The probabilities are recomputed from q and k, one
+   * query row at a time, never stored for more than one row.
+   */
+  attentionBackward(q: Tensor, k: Tensor, v: Tensor, dout: Tensor, dq: Tensor, dk: Tensor, dv: Tensor, options: AttentionOptions): void;
+  /** For out = rows ids of table: dtable[ids[t]] += dy[t]. */
+  embeddingBackward(dy: Tensor, ids: Tensor, dtable: Tensor): void;
+  /**
+   * Cross-entropy of the logits hidden[n,H]·head[V,H]ᵀ against targets[n] (i32): writes each row's loss into
+   * losses[n] and, for the loss scale·Σ losses, dhidden[n,H] (written) and dhead (added to), each optional. The
+   * logits are computed a vocabulary chunk at a time and never exist whole.
+   */
+  crossEntropy(hidden: Tensor, head: Tensor, targets: Tensor, scale: number, losses: Tensor, dhidden: Tensor | null, dhead: Tensor | null): void;
+}
+
+export interface Backend extends GradientOps {
   readonly name: string;
   /** The memory family this backend's tensors live in ('host' for the CPU backends). */
   readonly device: string;

@@ -252,28 +252,13 @@ export class CheckedBackend implements Backend {
 
   attention(q: Tensor, k: Tensor, v: Tensor, out: Tensor, options: AttentionOptions): void {
     this.mine('attention', { q, k, v, out });
-    assertDType('attention: q', q, 'f32');
-    assertRank('attention: q', q, 3);
-    assertDType('attention: k', k, 'f32');
-    assertRank('attention: k', k, 3);
-    const [T, Hq, D] = q.shape as [number, number, number];
-    const [S, Hkv] = k.shape as [number, number, number];
-    assertShape('attention: k', k, [S, Hkv, D]);
-    assertDType('attention: v', v, 'f32');
-    assertShape('attention: v', v, [S, Hkv, D]);
+    const queryOffset = this.checkAttention('attention', q, k, v, options);
     assertDType('attention: out', out, 'f32');
     assertShape('attention: out', out, q.shape);
-    if (Hkv === 0 || Hq % Hkv !== 0) throw new Error(`attention: query heads (${Hq}) must be a multiple of KV heads (${Hkv})`);
-    if (T > 0 && S === 0) throw new Error('attention: k and v hold no keys');
-    if (!Number.isFinite(options.scale)) throw new Error(`attention: scale must be finite, got ${options.scale}`);
-    const queryOffset = options.queryOffset ?? S - T;
-    if (options.causal && (!Number.isInteger(queryOffset) || queryOffset < 0)) {
-      throw new Error(`attention: causal queryOffset must be an integer >= 0, got ${queryOffset} (T=${T}, S=${S})`);
-    }
     assertNoOverlap('attention', out, 'q', q);
     assertNoOverlap('attention', out, 'k', k);
     assertNoOverlap('attention', out, 'v', v);
-    if (T > 0) this.kernels.attention(q, k, v, out, { scale: options.scale, causal: options.causal, queryOffset: options.causal ? queryOffset : 0 });
+    if (q.dim(0) > 0) this.kernels.attention(q, k, v, out, { scale: options.scale, causal: options.causal, queryOffset });
   }
 
   embedding(table: Tensor, ids: Tensor, out: Tensor): void {
@@ -286,11 +271,7 @@ export class CheckedBackend implements Backend {
     assertDType('embedding: out', out, 'f32');
     assertShape('embedding: out', out, [ids.dim(0), D]);
     assertNoOverlap('embedding', out, 'table', table);
-    // Ids come from the host (tokenizer, sampler), so checking them here costs no transfer.
-    const idData = this.kernels.download(ids).data as Int32Array;
-    idData.forEach((id, i) => {
-      if (id < 0 || id >= V) throw new Error(`embedding: ids[${i}] = ${id} is outside [0, ${V})`);
-    });
+    this.checkIds('embedding', ids, V);
     if (out.numel > 0) this.kernels.embedding(table, ids, out);
   }
 
@@ -308,6 +289,171 @@ export class CheckedBackend implements Backend {
     assertRank('topK: x', x, 1);
     if (!Number.isInteger(k) || k < 0 || k > x.numel) throw new Error(`topK: k must be an integer in [0, ${x.numel}], got ${k}`);
     return this.kernels.topK(x, k);
+  }
+
+  // -- gradients ------------------------------------------------------------------------------------------------
+
+  matmulBackward(dy: Tensor, x: Tensor, w: Tensor, dx: Tensor | null, dw: Tensor | null, dbias: Tensor | null): void {
+    const op = 'matmulBackward';
+    this.mine(op, { dy, x, w, dx, dw, dbias });
+    assertDType(`${op}: x`, x, 'f32');
+    assertRankAtLeast(`${op}: x`, x, 1);
+    assertDType(`${op}: w`, w, 'f32', 'bf16');
+    assertRank(`${op}: w`, w, 2);
+    const [N, K] = w.shape as [number, number];
+    assertShape(`${op}: w`, w, [N, x.dim(-1)]);
+    assertDType(`${op}: dy`, dy, 'f32');
+    assertShape(`${op}: dy`, dy, [...x.shape.slice(0, -1), N]);
+    const outputs = { dx, dw, dbias };
+    const shapes = { dx: x.shape, dw: [N, K], dbias: [N] };
+    for (const [name, t] of Object.entries(outputs)) {
+      if (!t) continue;
+      assertDType(`${op}: ${name}`, t, 'f32');
+      assertShape(`${op}: ${name}`, t, shapes[name as keyof typeof shapes]);
+      for (const [inName, input] of Object.entries({ dy, x, w })) assertNoOverlap(op, t, inName, input);
+    }
+    if (dx && dw) assertNoOverlap(op, dx, 'dw', dw);
+    if (dy.numel > 0) this.kernels.matmulBackward(dy, x, w, dx, dw, dbias);
+  }
+
+  rmsNormBackward(dy: Tensor, x: Tensor, weight: Tensor, eps: number, dx: Tensor, dweight: Tensor | null): void {
+    const op = 'rmsNormBackward';
+    this.mine(op, { dy, x, weight, dx, dweight });
+    assertDType(`${op}: x`, x, 'f32');
+    assertRankAtLeast(`${op}: x`, x, 1);
+    assertDType(`${op}: weight`, weight, 'f32', 'bf16');
+    assertShape(`${op}: weight`, weight, [x.dim(-1)]);
+    for (const [name, t] of Object.entries({ dy, dx })) {
+      assertDType(`${op}: ${name}`, t, 'f32');
+      assertShape(`${op}: ${name}`, t, x.shape);
+    }
+    if (dweight) {
+      assertDType(`${op}: dweight`, dweight, 'f32');
+      assertShape(`${op}: dweight`, dweight, weight.shape);
+      assertNoOverlap(op, dweight, 'dx', dx);
+    }
+    checkEps(op, eps);
+    assertSameOrDisjoint(op, dx, 'dy', dy);
+    assertNoOverlap(op, dx, 'x', x);
+    if (x.numel > 0) this.kernels.rmsNormBackward(dy, x, weight, eps, dx, dweight);
+  }
+
+  siluMulBackward(dy: Tensor, gate: Tensor, up: Tensor, dgate: Tensor, dup: Tensor): void {
+    const op = 'siluMulBackward';
+    this.mine(op, { dy, gate, up, dgate, dup });
+    for (const [name, t] of Object.entries({ dy, gate, up, dgate, dup })) {
+      assertDType(`${op}: ${name}`, t, 'f32');
+      assertShape(`${op}: ${name}`, t, gate.shape);
+    }
+    // Each element is read before it is written, so the gradients may replace dy, gate or up element for element.
+    for (const [name, t] of Object.entries({ dy, gate, up })) {
+      assertSameOrDisjoint(op, dgate, name, t);
+      assertSameOrDisjoint(op, dup, name, t);
+    }
+    assertNoOverlap(op, dgate, 'dup', dup);
+    if (gate.numel > 0) this.kernels.siluMulBackward(dy, gate, up, dgate, dup);
+  }
+
+  ropeBackward(dy: Tensor, cos: Tensor, sin: Tensor, dx: Tensor): void {
+    const op = 'ropeBackward';
+    this.mine(op, { dy, cos, sin, dx });
+    assertDType(`${op}: dy`, dy, 'f32');
+    assertRank(`${op}: dy`, dy, 3);
+    const [T, , D] = dy.shape as [number, number, number];
+    if (D % 2 !== 0) throw new Error(`${op}: head dimension must be even, got ${D}`);
+    for (const [name, t] of Object.entries({ cos, sin })) {
+      assertDType(`${op}: ${name}`, t, 'f32');
+      assertShape(`${op}: ${name}`, t, [T, D / 2]);
+      assertNoOverlap(op, dx, name, t);
+    }
+    assertDType(`${op}: dx`, dx, 'f32');
+    assertShape(`${op}: dx`, dx, dy.shape);
+    assertSameOrDisjoint(op, dx, 'dy', dy);
+    if (dy.numel > 0) this.kernels.ropeBackward(dy, cos, sin, dx);
+  }
+
+  attentionBackward(q: Tensor, k: Tensor, v: Tensor, dout: Tensor, dq: Tensor, dk: Tensor, dv: Tensor, options: AttentionOptions): void {
+    const op = 'attentionBackward';
+    this.mine(op, { q, k, v, dout, dq, dk, dv });
+    const queryOffset = this.checkAttention(op, q, k, v, options);
+    for (const [name, t, like] of [['dout', dout, q], ['dq', dq, q], ['dk', dk, k], ['dv', dv, v]] as const) {
+      assertDType(`${op}: ${name}`, t, 'f32');
+      assertShape(`${op}: ${name}`, t, like.shape);
+    }
+    for (const [outName, out] of Object.entries({ dq, dk, dv })) {
+      for (const [name, t] of Object.entries({ q, k, v, dout })) assertNoOverlap(op, out, name, t);
+      for (const [name, t] of Object.entries({ dq, dk, dv })) if (name !== outName) assertNoOverlap(op, out, name, t);
+    }
+    if (q.numel > 0) this.kernels.attentionBackward(q, k, v, dout, dq, dk, dv, { scale: options.scale, causal: options.causal, queryOffset });
+  }
+
+  embeddingBackward(dy: Tensor, ids: Tensor, dtable: Tensor): void {
+    const op = 'embeddingBackward';
+    this.mine(op, { dy, ids, dtable });
+    assertDType(`${op}: dtable`, dtable, 'f32');
+    assertRank(`${op}: dtable`, dtable, 2);
+    assertDType(`${op}: ids`, ids, 'i32');
+    assertRank(`${op}: ids`, ids, 1);
+    assertDType(`${op}: dy`, dy, 'f32');
+    assertShape(`${op}: dy`, dy, [ids.dim(0), dtable.dim(1)]);
+    assertNoOverlap(op, dtable, 'dy', dy);
+    this.checkIds(op, ids, dtable.dim(0));
+    if (dy.numel > 0) this.kernels.embeddingBackward(dy, ids, dtable);
+  }
+
+  crossEntropy(hidden: Tensor, head: Tensor, targets: Tensor, scale: number, losses: Tensor, dhidden: Tensor | null, dhead: Tensor | null): void {
+    const op = 'crossEntropy';
+    this.mine(op, { hidden, head, targets, losses, dhidden, dhead });
+    assertDType(`${op}: hidden`, hidden, 'f32');
+    assertRank(`${op}: hidden`, hidden, 2);
+    assertDType(`${op}: head`, head, 'f32', 'bf16');
+    assertRank(`${op}: head`, head, 2);
+    const [n, H] = hidden.shape as [number, number];
+    assertShape(`${op}: head`, head, [head.dim(0), H]);
+    assertDType(`${op}: targets`, targets, 'i32');
+    assertShape(`${op}: targets`, targets, [n]);
+    assertDType(`${op}: losses`, losses, 'f32');
+    assertShape(`${op}: losses`, losses, [n]);
+    if (!Number.isFinite(scale)) throw new Error(`${op}: scale must be finite, got ${scale}`);
+    this.checkIds(op, targets, head.dim(0));
+    const outputs: [string, Tensor | null, readonly number[]][] = [['dhidden', dhidden, hidden.shape], ['dhead', dhead, head.shape]];
+    for (const [name, t, shape] of outputs) {
+      if (!t) continue;
+      assertDType(`${op}: ${name}`, t, 'f32');
+      assertShape(`${op}: ${name}`, t, shape);
+      for (const [inName, input] of Object.entries({ hidden, head, losses })) assertNoOverlap(op, t, inName, input);
+    }
+    if (dhidden && dhead) assertNoOverlap(op, dhidden, 'dhead', dhead);
+    if (n > 0) this.kernels.crossEntropy(hidden, head, targets, scale, losses, dhidden, dhead);
+  }
+
+  /** Checks q, k, v and the options of an attention op; returns the causal query offset (0 when not causal). */
+  private checkAttention(op: string, q: Tensor, k: Tensor, v: Tensor, options: AttentionOptions): number {
+    assertDType(`${op}: q`, q, 'f32');
+    assertRank(`${op}: q`, q, 3);
+    assertDType(`${op}: k`, k, 'f32');
+    assertRank(`${op}: k`, k, 3);
+    const [T, Hq, D] = q.shape as [number, number, number];
+    const [S, Hkv] = k.shape as [number, number, number];
+    assertShape(`${op}: k`, k, [S, Hkv, D]);
+    assertDType(`${op}: v`, v, 'f32');
+    assertShape(`${op}: v`, v, [S, Hkv, D]);
+    if (Hkv === 0 || Hq % Hkv !== 0) throw new Error(`${op}: query heads (${Hq}) must be a multiple of KV heads (${Hkv})`);
+    if (T > 0 && S === 0) throw new Error(`${op}: k and v hold no keys`);
+    if (!Number.isFinite(options.scale)) throw new Error(`${op}: scale must be finite, got ${options.scale}`);
+    const queryOffset = options.queryOffset ?? S - T;
+    if (options.causal && (!Number.isInteger(queryOffset) || queryOffset < 0)) {
+      throw new Error(`${op}: causal queryOffset must be an integer >= 0, got ${queryOffset} (T=${T}, S=${S})`);
+    }
+    return options.causal ? queryOffset : 0;
+  }
+
+  /** Ids come from the host (tokenizer, labels), so checking them here costs no transfer. */
+  private checkIds(op: string, ids: Tensor, count: number): void {
+    const idData = this.kernels.download(ids).data as Int32Array;
+    idData.forEach((id, i) => {
+      if (id < 0 || id >= count) throw new Error(`${op}: ids[${i}] = ${id} is outside [0, ${count})`);
+    });
   }
 
   private checkBinary(op: string, a: Tensor, b: Tensor, out: Tensor): void {

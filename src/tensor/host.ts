@@ -4,6 +4,7 @@
  * itself shifted).
  */
 import type { Kernels } from './backend.js';
+import { hostGradients } from './host-gradients.js';
 import type { DType } from './dtype.js';
 import { HostStorage, type Storage, type Tensor } from './tensor.js';
 
@@ -44,7 +45,10 @@ export const hostMemory: HostMemory = {
   },
 };
 
-/** The CPU backends' kernels start from this: their memory ops are the host ones above. */
+/**
+ * The CPU backends' kernels start from this: their memory ops are the host ones above, and their gradient ops the
+ * TypeScript ones of host-gradients.ts (the native backend has no native backward kernels yet).
+ */
 export abstract class HostKernels {
   readonly device = hostMemory.device;
   readonly allocateStorage = hostMemory.allocateStorage;
@@ -54,4 +58,11 @@ export abstract class HostKernels {
   readonly copy = hostMemory.copy;
   readonly copyRows = hostMemory.copyRows;
   readonly fill = hostMemory.fill;
+  readonly matmulBackward = hostGradients.matmulBackward;
+  readonly rmsNormBackward = hostGradients.rmsNormBackward;
+  readonly siluMulBackward = hostGradients.siluMulBackward;
+  readonly ropeBackward = hostGradients.ropeBackward;
+  readonly attentionBackward = hostGradients.attentionBackward;
+  readonly embeddingBackward = hostGradients.embeddingBackward;
+  readonly crossEntropy = hostGradients.crossEntropy;
 }
