@@ -125,6 +125,9 @@ class DeviceKernels implements Kernels {
   rmsNormBackward(dy: Tensor, x: Tensor, weight: Tensor, eps: number, dx: Tensor, dweight: Tensor | null): void {
     this.cpu.rmsNormBackward(hostView(dy), hostView(x), hostView(weight), eps, hostView(dx), dweight && hostView(dweight));
   }
+  geluBackward(dy: Tensor, x: Tensor, dx: Tensor, approximation: 'tanh' | 'erf'): void {
+    this.cpu.geluBackward(hostView(dy), hostView(x), hostView(dx), approximation);
+  }
   siluMulBackward(dy: Tensor, gate: Tensor, up: Tensor, dgate: Tensor, dup: Tensor): void {
     this.cpu.siluMulBackward(hostView(dy), hostView(gate), hostView(up), hostView(dgate), hostView(dup));
   }

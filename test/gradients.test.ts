@@ -96,6 +96,18 @@ describe('gradient ops against finite differences', () => {
     assertMatchesDifferences('dweight', weight, dweight.data as Float32Array, loss);
   });
 
+  for (const approximation of ['tanh', 'erf'] as const) {
+    it(`geluBackward, ${approximation} form`, () => {
+      const rnd = random(9);
+      const x = tensor([4, 5], rnd, 3);
+      const r = tensor([4, 5], rnd);
+      const out = b.allocate('f32', [4, 5]);
+      const dx = b.allocate('f32', [4, 5]);
+      b.geluBackward(r, x, dx, approximation);
+      assertMatchesDifferences('dx', x, dx.data as Float32Array, () => (b.gelu(x, out, approximation), dot(out, r)));
+    });
+  }
+
   it('siluMulBackward, also written over its inputs', () => {
     const rnd = random(4);
     const gate = tensor([4, 6], rnd, 3);

@@ -1,17 +1,22 @@
-// The decoder's training forward, loss and backward against PyTorch autograd (fixtures/training, README "Loss" and
-// "Tolerances observed"): the loss of a text-only sample, and the gradient of every decoder parameter, the tied
-// embedding table's included (stored as rows and whole-tensor sums).
+// The decoder's and the projector's training forward, loss and backward against PyTorch autograd (fixtures/training,
+// README "Loss" and "Tolerances observed"): for every stored sample and stage, the loss, the final hidden states, and
+// the gradient of every decoder and projector parameter the stage trains, the tied embedding table's included (stored
+// as rows and whole-tensor sums). The visual features come from our inference encoder; its own gradients are not
+// computed yet, so the vision encoder's stored gradients are not compared.
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { before, describe, it } from 'node:test';
 import { readModelConfig, type VideoLlama3Config } from '../src/model/config.js';
 import { SafetensorsFile } from '../src/model/safetensors.js';
-import { IGNORE_INDEX, packedBounds, Qwen2Training, type DecoderParameters } from '../src/model/qwen2-training.js';
+import { packedBounds, Qwen2Training, type DecoderParameters } from '../src/model/qwen2-training.js';
 import { decoderWeights, loadSpecs, type WeightSpec } from '../src/model/weight-names.js';
 import { createBackend } from '../src/tensor/index.js';
 import { floatReader } from '../src/tensor/dtype.js';
 import type { Backend } from '../src/tensor/backend.js';
 import { Tensor } from '../src/tensor/tensor.js';
+import { ProjectorTraining } from '../src/model/projector-training.js';
+import { VisionEncoder } from '../src/model/vision-encoder.js';
+import { projectorWeights } from '../src/model/weight-names.js';
 import { fixturesDir, FIXTURES_MISSING, TINY_CHECKPOINT } from './fixtures.js';
 
 const fixtures = fixturesDir();
@@ -41,79 +46,153 @@ function assertGradClose(name: string, actual: Float32Array, expected: Float32Ar
   assert.ok(maxDiff <= 1e-3 * maxRef + 1e-8, `${name}: max |Δ| ${maxDiff.toExponential(3)} against max |g| ${maxRef.toExponential(3)}`);
 }
 
-describe('decoder training forward and backward against PyTorch autograd', { skip: !fixtures && FIXTURES_MISSING }, () => {
+/** The stored (sample, stage) pairs: README "Loss" table. */
+const CASES: [string, number][] = [
+  ['a_text_two_turns', 1],
+  ['a_text_two_turns', 3],
+  ['b_image_caption', 1],
+  ['b_image_caption', 3],
+  ['b_image_caption', 4],
+  ['c_two_images', 3],
+  ['c_two_images', 4],
+  ['d_video', 2],
+  ['d_video', 3],
+  ['e_packed_video_image', 1],
+  ['e_packed_video_image', 2],
+  ['e_packed_video_image', 3],
+  ['f_video_natural', 3],
+];
+
+const EMBED = 'model.embed_tokens.weight';
+
+describe('decoder and projector training against PyTorch autograd', { skip: !fixtures && FIXTURES_MISSING }, () => {
   let backend: Backend;
-  let params: DecoderParameters;
-  let dims: VideoLlama3Config;
+  let config: VideoLlama3Config;
+  let weights: SafetensorsFile;
+  const f32Weights = { get: (spec: WeightSpec) => asF32(weights.read(spec.name)) };
   before(() => {
     const checkpoint = join(fixtures!, TINY_CHECKPOINT);
-    dims = readModelConfig(join(checkpoint, 'config.json'));
+    config = readModelConfig(join(checkpoint, 'config.json'));
     backend = createBackend('reference');
-    const weights = SafetensorsFile.open(join(checkpoint, 'model.safetensors'));
-    // The checkpoint is tied: the head is the embedding table.
-    params = loadSpecs(decoderWeights(dims, 'model.embed_tokens.weight'), (spec) => asF32(weights.read(spec.name)));
-    params.lmHead = params.embedTokens;
-    weights.close();
+    weights = SafetensorsFile.open(join(checkpoint, 'model.safetensors'));
   });
 
-  it('gives a text-only sample its loss and every decoder gradient (stage 3, a_text_two_turns)', () => {
-    const inputs = SafetensorsFile.open(join(sampleDir('a_text_two_turns'), 'inputs.safetensors'));
-    const stored = SafetensorsFile.open(join(sampleDir('a_text_two_turns'), 'stage3.safetensors'));
-    const ids = ints(inputs.read('input_ids'));
-    const labels = ints(inputs.read('labels'));
-    const positions = ints(inputs.read('position_ids'));
-    assert.ok(labels.includes(IGNORE_INDEX));
+  for (const [sample, stage] of CASES) {
+    it(`${sample}, stage ${stage}: loss, hidden states and gradients`, () => {
+      const stored = SafetensorsFile.open(join(sampleDir(sample), `stage${stage}.safetensors`));
+      const inputs = SafetensorsFile.open(join(sampleDir(sample), stored.metadata.input_file!));
+      const trained = new Set(stored.names.filter((n) => n.startsWith('grad/')).map((n) => n.slice(5)));
+      for (const n of stored.names) if (n.startsWith('grad_rows/')) trained.add(n.slice(10));
+      const grads = new Map<string, Tensor>();
+      const gradientOf = (spec: WeightSpec) => {
+        if (!trained.has(spec.name)) return null;
+        const t = grads.get(spec.name) ?? backend.allocate('f32', spec.shape);
+        grads.set(spec.name, t);
+        return t;
+      };
+      // The checkpoint is tied: the head is the embedding table.
+      const params: DecoderParameters = loadSpecs(decoderWeights(config, EMBED), (spec) => f32Weights.get(spec));
+      params.lmHead = params.embedTokens;
+      const decoder = new Qwen2Training(config, params, gradientOf, backend, EMBED);
+      const C = config.visionEncoderConfig.hiddenSize;
+      const projector = new ProjectorTraining(loadSpecs(projectorWeights(C, config.hiddenSize), (spec) => f32Weights.get(spec)), gradientOf, backend);
 
-    const grads = new Map<string, Tensor>();
-    const gradientOf = (spec: WeightSpec) => {
-      const t = grads.get(spec.name) ?? backend.allocate('f32', spec.shape);
-      grads.set(spec.name, t);
-      return t;
-    };
-    const model = new Qwen2Training(dims, params, gradientOf, backend, 'model.embed_tokens.weight');
-    const embeds = backend.allocate('f32', [ids.length, dims.hiddenSize]);
-    const idTensor = backend.allocate('i32', [ids.length]);
-    backend.write(idTensor, ids);
-    backend.embedding(params.embedTokens, idTensor, embeds);
+      // After DiffFP (stages 3-4 delete the pruned tokens): the stored ids, labels and positions are those the
+      // model trains on; our features are placed at their <image> positions.
+      const ids = ints(stored.read('llm_input_ids'));
+      const labels = ints(stored.read('llm_labels'));
+      const positions = ints(stored.read('llm_position_ids'));
+      const features = visualFeatures(inputs, stored, stage >= 3, new VisionEncoder(config.visionEncoderConfig, f32Weights, backend), backend);
+      const imagePositions = ids.flatMap((id, i) => (id === config.imageTokenIndex ? [i] : []));
+      const textPositions = ids.flatMap((id, i) => (id === config.imageTokenIndex ? [] : [i]));
+      assert.equal(features.dim(0), imagePositions.length, 'one kept feature per <image> position');
+      const projected = projector.forward(features);
+      const idTensor = backend.allocate('i32', [ids.length]);
+      backend.write(idTensor, ids);
+      const embeds = backend.allocate('f32', [ids.length, config.hiddenSize]);
+      backend.embedding(params.embedTokens, idTensor, embeds);
+      const imageRows = Int32Array.from(imagePositions);
+      const featureRows = Int32Array.from(imagePositions.keys());
+      // The official merge is embeds·0 + features: the <image> rows take the features, and no gradient goes to the table.
+      backend.copyRows(projected.out, featureRows, embeds, imageRows);
 
-    const acts = model.forward(embeds, positions, packedBounds(positions));
-    const numItems = Number(ints(stored.read('num_items_in_batch'))[0]);
-    const result = model.loss(acts, labels, 1 / numItems);
-    const loss = result.lossSum / numItems;
-    const expectedLoss = stored.readF64('loss').data[0]!;
-    assert.ok(Math.abs(loss - expectedLoss) <= 1e-5 * expectedLoss, `loss ${loss} against ${expectedLoss}`);
-    assert.deepEqual(Array.from(result.positions), ints(stored.read('supervised_positions')));
-    assertGradClose('token_losses', result.tokenLosses, stored.read('token_losses').data as Float32Array);
-    assertGradClose('hidden_final', acts.hidden.data as Float32Array, stored.read('hidden_final').data as Float32Array);
+      const acts = decoder.forward(embeds, positions, packedBounds(positions));
+      const numItems = ints(stored.read('num_items_in_batch'))[0]!;
+      const result = decoder.loss(acts, labels, 1 / numItems);
+      const loss = result.lossSum / numItems;
+      const expectedLoss = stored.readF64('loss').data[0]!;
+      assert.ok(Math.abs(loss - expectedLoss) <= 1e-5 * expectedLoss, `loss ${loss} against ${expectedLoss}`);
+      assert.deepEqual(Array.from(result.positions), ints(stored.read('supervised_positions')));
+      assertGradClose('token_losses', result.tokenLosses, stored.read('token_losses').data as Float32Array);
+      assertGradClose('hidden_final', acts.hidden.data as Float32Array, stored.read('hidden_final').data as Float32Array);
 
-    const dEmbeds = model.backward(acts, result.dHidden);
-    // The input side of the tied table: every position here is a text token.
-    backend.embeddingBackward(dEmbeds, idTensor, grads.get('model.embed_tokens.weight')!);
-
-    for (const [name, grad] of grads) {
-      if (name === 'model.embed_tokens.weight') continue;
-      assertGradClose(name, grad.data as Float32Array, stored.read(`grad/${name}`).data as Float32Array);
-    }
-    // The embedding gradient: its stored rows, and the whole-tensor sums (README Conventions).
-    const table = grads.get('model.embed_tokens.weight')!.data as Float32Array;
-    const H = dims.hiddenSize;
-    const rowIds = ints(stored.read('vocab_row_index'));
-    const rows = Float32Array.from(rowIds.flatMap((r) => Array.from(table.subarray(r * H, (r + 1) * H))));
-    assertGradClose('embed_tokens rows', rows, stored.read('grad_rows/model.embed_tokens.weight').data as Float32Array);
-    let sumsq = 0;
-    const colsumW = new Float64Array(H);
-    for (let v = 0; v < table.length / H; v++)
-      for (let c = 0; c < H; c++) {
-        sumsq += table[v * H + c]! ** 2;
-        colsumW[c] += ((v % 7) - 3) * table[v * H + c]!;
+      const dEmbeds = decoder.backward(acts, result.dHidden);
+      const tableGrad = grads.get(EMBED);
+      if (tableGrad) {
+        const dText = backend.allocate('f32', [textPositions.length, config.hiddenSize]);
+        backend.copyRows(dEmbeds, Int32Array.from(textPositions), dText, Int32Array.from(textPositions.keys()));
+        const textIds = backend.allocate('i32', [textPositions.length]);
+        backend.write(textIds, textPositions.map((i) => ids[i]!));
+        backend.embeddingBackward(dText, textIds, tableGrad);
       }
-    const expectedSumsq = stored.readF64('grad_sumsq/model.embed_tokens.weight').data[0]!;
-    assert.ok(Math.abs(sumsq - expectedSumsq) <= 1e-4 * expectedSumsq, `sum of squares ${sumsq} against ${expectedSumsq}`);
-    const expectedColsumW = stored.readF64('grad_colsum_w/model.embed_tokens.weight').data;
-    const scaleW = Math.max(...Array.from(expectedColsumW, Math.abs));
-    colsumW.forEach((v, c) => assert.ok(Math.abs(v - expectedColsumW[c]!) <= 1e-4 * scaleW, `weighted column sum ${c}: ${v} against ${expectedColsumW[c]}`));
-    inputs.close();
-    stored.close();
-  });
+      const dProjected = backend.allocate('f32', projected.out.shape);
+      backend.copyRows(dEmbeds, imageRows, dProjected, featureRows);
+      projector.backward(projected, dProjected);
+
+      const compared = [...grads.keys()];
+      for (const name of compared) {
+        if (name === EMBED) assertTableGradient(stored, grads.get(name)!, config.hiddenSize);
+        else assertGradClose(name, grads.get(name)!.data as Float32Array, stored.read(`grad/${name}`).data as Float32Array);
+      }
+      // Everything the stage trains outside the vision encoder was compared.
+      assert.deepEqual(compared.sort(), [...trained].filter((n) => !n.includes('vision_encoder')).sort());
+      inputs.close();
+      stored.close();
+    });
+  }
 });
 
+/**
+ * The projector's input: our encoder's merged features of every item, the text-only dummy item's dropped (README step
+ * 4), and with `pruned` only the tokens the stored DiffFP mask keeps.
+ */
+function visualFeatures(inputs: SafetensorsFile, stored: SafetensorsFile, pruned: boolean, encoder: VisionEncoder, backend: Backend): Tensor {
+  const modals = JSON.parse(inputs.metadata.modals!) as string[];
+  const grids = ints(inputs.read('grid_sizes'));
+  const merges = ints(inputs.read('merge_sizes'));
+  const items = modals.map((modal, i) => ({ modal, frames: grids[3 * i]!, gridH: grids[3 * i + 1]!, gridW: grids[3 * i + 2]!, mergeSize: merges[i]! }));
+  const all = encoder.encode(inputs.read('pixel_values'), items);
+  const keep: number[] = [];
+  let row = 0;
+  for (const item of items) {
+    const tokens = (item.frames * item.gridH * item.gridW) / item.mergeSize ** 2;
+    if (item.modal !== 'text') for (let t = 0; t < tokens; t++) keep.push(row + t);
+    row += tokens;
+  }
+  const mask = stored.read('compression_mask').data as Uint8Array;
+  assert.equal(mask.length, keep.length, 'the DiffFP mask covers every visual token');
+  const kept = pruned ? keep.filter((_, j) => mask[j]) : keep;
+  const out = backend.allocate('f32', [kept.length, all.dim(1)]);
+  backend.copyRows(all, Int32Array.from(kept), out, Int32Array.from(kept.keys()));
+  return out;
+}
+
+/** The tied table's gradient: the stored rows, and the whole-tensor sums (README Conventions). */
+function assertTableGradient(stored: SafetensorsFile, grad: Tensor, H: number): void {
+  const table = grad.data as Float32Array;
+  const rowIds = ints(stored.read('vocab_row_index'));
+  const rows = Float32Array.from(rowIds.flatMap((r) => Array.from(table.subarray(r * H, (r + 1) * H))));
+  assertGradClose('embed_tokens rows', rows, stored.read(`grad_rows/${EMBED}`).data as Float32Array);
+  let sumsq = 0;
+  const colsumW = new Float64Array(H);
+  for (let v = 0; v < table.length / H; v++)
+    for (let c = 0; c < H; c++) {
+      sumsq += table[v * H + c]! ** 2;
+      colsumW[c] += ((v % 7) - 3) * table[v * H + c]!;
+    }
+  const expectedSumsq = stored.readF64(`grad_sumsq/${EMBED}`).data[0]!;
+  assert.ok(Math.abs(sumsq - expectedSumsq) <= 1e-4 * expectedSumsq, `sum of squares ${sumsq} against ${expectedSumsq}`);
+  const expectedColsumW = stored.readF64(`grad_colsum_w/${EMBED}`).data;
+  const scale = Math.max(...Array.from(expectedColsumW, Math.abs));
+  colsumW.forEach((v, c) => assert.ok(Math.abs(v - expectedColsumW[c]!) <= 1e-4 * scale, `weighted column sum ${c}: ${v} against ${expectedColsumW[c]}`));
+}

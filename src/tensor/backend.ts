@@ -71,6 +71,8 @@ export interface GradientOps {
   matmulBackward(dy: Tensor, x: Tensor, w: Tensor, dx: Tensor | null, dw: Tensor | null, dbias: Tensor | null): void;
   /** For out = rmsNorm(x)·weight (rows of x): dx written, dweight added to (optional). */
   rmsNormBackward(dy: Tensor, x: Tensor, weight: Tensor, eps: number, dx: Tensor, dweight: Tensor | null): void;
+  /** For out = gelu(x, approximation): dx written (dx may be dy itself). */
+  geluBackward(dy: Tensor, x: Tensor, dx: Tensor, approximation: 'tanh' | 'erf'): void;
   /** For out = SiLU(gate) ⊙ up: dgate and dup written. */
   siluMulBackward(dy: Tensor, gate: Tensor, up: Tensor, dgate: Tensor, dup: Tensor): void;
   /** For out = rope(x, cos, sin): dx written (the inverse rotation of dy; dx may be dy itself). */

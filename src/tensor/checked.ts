@@ -338,6 +338,19 @@ export class CheckedBackend implements Backend {
     if (x.numel > 0) this.kernels.rmsNormBackward(dy, x, weight, eps, dx, dweight);
   }
 
+  geluBackward(dy: Tensor, x: Tensor, dx: Tensor, approximation: 'tanh' | 'erf'): void {
+    const op = 'geluBackward';
+    this.mine(op, { dy, x, dx });
+    for (const [name, t] of Object.entries({ dy, x, dx })) {
+      assertDType(`${op}: ${name}`, t, 'f32');
+      assertShape(`${op}: ${name}`, t, x.shape);
+    }
+    if (approximation !== 'tanh' && approximation !== 'erf') throw new Error(`${op}: approximation must be 'tanh' or 'erf', got ${String(approximation)}`);
+    assertSameOrDisjoint(op, dx, 'dy', dy);
+    assertSameOrDisjoint(op, dx, 'x', x);
+    if (x.numel > 0) this.kernels.geluBackward(dy, x, dx, approximation);
+  }
+
   siluMulBackward(dy: Tensor, gate: Tensor, up: Tensor, dgate: Tensor, dup: Tensor): void {
     const op = 'siluMulBackward';
     this.mine(op, { dy, gate, up, dgate, dup });

@@ -1,6 +1,7 @@
 // Own backward kernels in TypeScript: the definition the native ones will be tested against, so the numerics are ours; sums run in f64, results are stored in f32.
 import type { AttentionOptions, GradientOps } from './backend.js';
 import { floatReader } from './dtype.js';
+import { erf } from './math.js';
 import type { Tensor } from './tensor.js';
 
 const f32 = (t: Tensor) => t.data as Float32Array;
@@ -80,6 +81,26 @@ export const hostGradients: GradientOps = {
     if (dweight && dwSum) {
       const out = f32(dweight);
       for (let i = 0; i < D; i++) out[i] += dwSum[i]!;
+    }
+  },
+
+  geluBackward(dy: Tensor, x: Tensor, dx: Tensor, approximation: 'tanh' | 'erf'): void {
+    const g = f32(dy);
+    const xd = f32(x);
+    const out = f32(dx);
+    const c = Math.sqrt(2 / Math.PI);
+    for (let i = 0; i < xd.length; i++) {
+      const u = xd[i]!;
+      let slope: number;
+      if (approximation === 'tanh') {
+        // 0.5·u·(1 + tanh(z)), z = c·(u + 0.044715·u³).
+        const t = Math.tanh(c * (u + 0.044715 * u * u * u));
+        slope = 0.5 * (1 + t) + 0.5 * u * (1 - t * t) * c * (1 + 3 * 0.044715 * u * u);
+      } else {
+        // 0.5·u·(1 + erf(u/√2)): Φ(u) + u·φ(u).
+        slope = 0.5 * (1 + erf(u / Math.SQRT2)) + (u * Math.exp(-0.5 * u * u)) / Math.sqrt(2 * Math.PI);
+      }
+      out[i] = g[i]! * slope;
     }
   },
 

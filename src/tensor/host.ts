@@ -60,6 +60,7 @@ export abstract class HostKernels {
   readonly fill = hostMemory.fill;
   readonly matmulBackward = hostGradients.matmulBackward;
   readonly rmsNormBackward = hostGradients.rmsNormBackward;
+  readonly geluBackward = hostGradients.geluBackward;
   readonly siluMulBackward = hostGradients.siluMulBackward;
   readonly ropeBackward = hostGradients.ropeBackward;
   readonly attentionBackward = hostGradients.attentionBackward;
