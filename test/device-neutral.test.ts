@@ -125,6 +125,12 @@ class DeviceKernels implements Kernels {
   rmsNormBackward(dy: Tensor, x: Tensor, weight: Tensor, eps: number, dx: Tensor, dweight: Tensor | null): void {
     this.cpu.rmsNormBackward(hostView(dy), hostView(x), hostView(weight), eps, hostView(dx), dweight && hostView(dweight));
   }
+  layerNormBackward(dy: Tensor, x: Tensor, weight: Tensor, eps: number, dx: Tensor, dweight: Tensor | null, dbias: Tensor | null): void {
+    this.cpu.layerNormBackward(hostView(dy), hostView(x), hostView(weight), eps, hostView(dx), dweight && hostView(dweight), dbias && hostView(dbias));
+  }
+  mergeBlocksBackward(dy: Tensor, mergeSize: number, dx: Tensor): void {
+    this.cpu.mergeBlocksBackward(hostView(dy), mergeSize, hostView(dx));
+  }
   geluBackward(dy: Tensor, x: Tensor, dx: Tensor, approximation: 'tanh' | 'erf'): void {
     this.cpu.geluBackward(hostView(dy), hostView(x), hostView(dx), approximation);
   }

@@ -96,6 +96,35 @@ describe('gradient ops against finite differences', () => {
     assertMatchesDifferences('dweight', weight, dweight.data as Float32Array, loss);
   });
 
+  it('layerNormBackward', () => {
+    const rnd = random(10);
+    const x = tensor([3, 8], rnd, 2);
+    const weight = tensor([8], rnd);
+    const bias = tensor([8], rnd);
+    const r = tensor([3, 8], rnd);
+    const out = b.allocate('f32', [3, 8]);
+    const loss = () => (b.layerNorm(x, weight, bias, 1e-6, out), dot(out, r));
+    const dx = b.allocate('f32', [3, 8]);
+    const [dweight, dbias] = [b.allocate('f32', [8]), b.allocate('f32', [8])];
+    b.layerNormBackward(r, x, weight, 1e-6, dx, dweight, dbias);
+    assertMatchesDifferences('dx', x, dx.data as Float32Array, loss, 1e-2, 1e-3);
+    assertMatchesDifferences('dweight', weight, dweight.data as Float32Array, loss);
+    assertMatchesDifferences('dbias', bias, dbias.data as Float32Array, loss);
+  });
+
+  for (const mergeSize of [1, 2]) {
+    it(`mergeBlocksBackward, merge size ${mergeSize}`, () => {
+      const rnd = random(11);
+      const x = tensor([8, 3], rnd);
+      const rows = 8 / mergeSize ** 2;
+      const r = tensor([rows, 3], rnd);
+      const out = b.allocate('f32', [rows, 3]);
+      const dx = b.allocate('f32', [8, 3]);
+      b.mergeBlocksBackward(r, mergeSize, dx);
+      assertMatchesDifferences('dx', x, dx.data as Float32Array, () => (b.mergeBlocks(x, mergeSize, out), dot(out, r)));
+    });
+  }
+
   for (const approximation of ['tanh', 'erf'] as const) {
     it(`geluBackward, ${approximation} form`, () => {
       const rnd = random(9);

@@ -71,6 +71,10 @@ export interface GradientOps {
   matmulBackward(dy: Tensor, x: Tensor, w: Tensor, dx: Tensor | null, dw: Tensor | null, dbias: Tensor | null): void;
   /** For out = rmsNorm(x)·weight (rows of x): dx written, dweight added to (optional). */
   rmsNormBackward(dy: Tensor, x: Tensor, weight: Tensor, eps: number, dx: Tensor, dweight: Tensor | null): void;
+  /** For out = layerNorm(x)·weight + bias (rows of x): dx written, dweight and dbias added to (each optional). */
+  layerNormBackward(dy: Tensor, x: Tensor, weight: Tensor, eps: number, dx: Tensor, dweight: Tensor | null, dbias: Tensor | null): void;
+  /** For out = mergeBlocks(x, mergeSize): dx written (each row of a block gets its share of the block's dy). */
+  mergeBlocksBackward(dy: Tensor, mergeSize: number, dx: Tensor): void;
   /** For out = gelu(x, approximation): dx written (dx may be dy itself). */
   geluBackward(dy: Tensor, x: Tensor, dx: Tensor, approximation: 'tanh' | 'erf'): void;
   /** For out = SiLU(gate) ⊙ up: dgate and dup written. */

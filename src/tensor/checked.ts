@@ -338,6 +338,42 @@ export class CheckedBackend implements Backend {
     if (x.numel > 0) this.kernels.rmsNormBackward(dy, x, weight, eps, dx, dweight);
   }
 
+  layerNormBackward(dy: Tensor, x: Tensor, weight: Tensor, eps: number, dx: Tensor, dweight: Tensor | null, dbias: Tensor | null): void {
+    const op = 'layerNormBackward';
+    this.mine(op, { dy, x, weight, dx, dweight, dbias });
+    assertDType(`${op}: x`, x, 'f32');
+    assertRankAtLeast(`${op}: x`, x, 1);
+    assertDType(`${op}: weight`, weight, 'f32', 'bf16');
+    assertShape(`${op}: weight`, weight, [x.dim(-1)]);
+    for (const [name, t] of Object.entries({ dy, dx })) {
+      assertDType(`${op}: ${name}`, t, 'f32');
+      assertShape(`${op}: ${name}`, t, x.shape);
+    }
+    for (const [name, t] of Object.entries({ dweight, dbias })) {
+      if (!t) continue;
+      assertDType(`${op}: ${name}`, t, 'f32');
+      assertShape(`${op}: ${name}`, t, weight.shape);
+      assertNoOverlap(op, t, 'dx', dx);
+    }
+    if (dweight && dbias) assertNoOverlap(op, dweight, 'dbias', dbias);
+    checkEps(op, eps);
+    assertSameOrDisjoint(op, dx, 'dy', dy);
+    assertNoOverlap(op, dx, 'x', x);
+    if (x.numel > 0) this.kernels.layerNormBackward(dy, x, weight, eps, dx, dweight, dbias);
+  }
+
+  mergeBlocksBackward(dy: Tensor, mergeSize: number, dx: Tensor): void {
+    const op = 'mergeBlocksBackward';
+    this.mine(op, { dy, dx });
+    if (mergeSize !== 1 && mergeSize !== 2) throw new Error(`${op}: merge size ${mergeSize} is not supported (1 or 2)`);
+    assertDType(`${op}: dy`, dy, 'f32');
+    assertRank(`${op}: dy`, dy, 2);
+    assertDType(`${op}: dx`, dx, 'f32');
+    assertShape(`${op}: dx`, dx, [dy.dim(0) * mergeSize * mergeSize, dy.dim(1)]);
+    assertNoOverlap(op, dx, 'dy', dy);
+    if (dy.numel > 0) this.kernels.mergeBlocksBackward(dy, mergeSize, dx);
+  }
+
   geluBackward(dy: Tensor, x: Tensor, dx: Tensor, approximation: 'tanh' | 'erf'): void {
     const op = 'geluBackward';
     this.mine(op, { dy, x, dx });

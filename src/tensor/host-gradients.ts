@@ -84,6 +84,60 @@ export const hostGradients: GradientOps = {
     }
   },
 
+  layerNormBackward(dy: Tensor, x: Tensor, weight: Tensor, eps: number, dx: Tensor, dweight: Tensor | null, dbias: Tensor | null): void {
+    const D = x.dim(-1);
+    const rows = x.numel / D;
+    const g = f32(dy);
+    const xd = f32(x);
+    const wr = reader(weight);
+    const out = f32(dx);
+    const dwSum = new Float64Array(D);
+    const dbSum = new Float64Array(D);
+    const normed = new Float64Array(D);
+    for (let r = 0; r < rows; r++) {
+      const base = r * D;
+      let sum = 0;
+      for (let i = 0; i < D; i++) sum += xd[base + i]!;
+      const mean = sum / D;
+      let sq = 0;
+      for (let i = 0; i < D; i++) sq += (xd[base + i]! - mean) ** 2;
+      const inv = 1 / Math.sqrt(sq / D + eps);
+      // With n = (x − μ)·inv and dn = dy·weight: dx = inv·(dn − mean(dn) − n·mean(dn·n)).
+      let dnMean = 0;
+      let dnDot = 0;
+      for (let i = 0; i < D; i++) {
+        normed[i] = (xd[base + i]! - mean) * inv;
+        const dn = g[base + i]! * wr(i);
+        dnMean += dn;
+        dnDot += dn * normed[i]!;
+        dwSum[i] += g[base + i]! * normed[i]!;
+        dbSum[i] += g[base + i]!;
+      }
+      dnMean /= D;
+      dnDot /= D;
+      for (let i = 0; i < D; i++) out[base + i] = inv * (g[base + i]! * wr(i) - dnMean - normed[i]! * dnDot);
+    }
+    if (dweight) {
+      const w = f32(dweight);
+      for (let i = 0; i < D; i++) w[i] += dwSum[i]!;
+    }
+    if (dbias) {
+      const bb = f32(dbias);
+      for (let i = 0; i < D; i++) bb[i] += dbSum[i]!;
+    }
+  },
+
+  mergeBlocksBackward(dy: Tensor, mergeSize: number, dx: Tensor): void {
+    const C = dy.dim(-1);
+    const g = f32(dy);
+    const out = f32(dx);
+    const group = mergeSize * mergeSize;
+    // m = 1 copies; m = 2 averages the block's 4 rows (0.5·(0.5·a + 0.5·b) + 0.5·(0.5·c + 0.5·d)): each gets dy / 4.
+    for (let r = 0; r < g.length / C; r++)
+      for (let j = 0; j < group; j++)
+        for (let c = 0; c < C; c++) out[(r * group + j) * C + c] = g[r * C + c]! / group;
+  },
+
   geluBackward(dy: Tensor, x: Tensor, dx: Tensor, approximation: 'tanh' | 'erf'): void {
     const g = f32(dy);
     const xd = f32(x);

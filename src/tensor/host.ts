@@ -60,6 +60,8 @@ export abstract class HostKernels {
   readonly fill = hostMemory.fill;
   readonly matmulBackward = hostGradients.matmulBackward;
   readonly rmsNormBackward = hostGradients.rmsNormBackward;
+  readonly layerNormBackward = hostGradients.layerNormBackward;
+  readonly mergeBlocksBackward = hostGradients.mergeBlocksBackward;
   readonly geluBackward = hostGradients.geluBackward;
   readonly siluMulBackward = hostGradients.siluMulBackward;
   readonly ropeBackward = hostGradients.ropeBackward;

@@ -1,0 +1,193 @@
+import type { Backend } from '../tensor/backend.js';
+import type { Tensor } from '../tensor/tensor.js';
+import type { VisionDims } from './vision-encoder.js';
+import { visionRopeTables, type VisualGrid } from './vision-rope.js';
+import { loadSpecs, visionEncoderWeights, type Loaded, type WeightSpec } from './weight-names.js';
+
+export type VisionParameters = Loaded<ReturnType<typeof visionEncoderWeights>, Tensor>;
+type VisionGradients = Loaded<ReturnType<typeof visionEncoderWeights>, Tensor | null>;
+
+/** What one encoder layer's backward needs from its forward. */
+interface LayerActivations {
+  x: Tensor; // the layer's input
+  h1: Tensor; // layer_norm1(x)
+  q: Tensor; // rotated [n, heads, D]
+  k: Tensor;
+  v: Tensor;
+  attn: Tensor;
+  x2: Tensor; // x + out_proj(attn)
+  h2: Tensor; // layer_norm2(x2)
+  pre: Tensor; // fc1(h2), before the GELU
+  act: Tensor; // GELU(pre)
+}
+
+export interface VisionActivations {
+  pixels: Tensor;
+  frames: VisualGrid[];
+  layers: LayerActivations[];
+  beforeNorm: Tensor;
+  /** Merged features [Σ t·(gh/m)·(gw/m), C], items in order: what the projector reads. */
+  features: Tensor;
+  cos: Tensor;
+  sin: Tensor;
+}
+
+/**
+ * The vision encoder (spec 6) for training: patch embedding, 2-D RoPE, pre-norm layers with attention inside each
+ * image or frame, post-LayerNorm and the m×m merge; the forward keeps every layer's activations for the backward
+ * beside it. All frames of a micro-batch run as one sequence of patch rows (training inputs are small by
+ * `mm_max_length`); attention still never crosses a frame.
+ */
+export class VisionEncoderTraining {
+  readonly headDim: number;
+  private readonly grads: VisionGradients;
+  private readonly patchWeight: Tensor;
+  private readonly patchGrad: Tensor | null;
+
+  constructor(
+    readonly dims: VisionDims,
+    readonly params: VisionParameters,
+    gradientOf: (spec: WeightSpec) => Tensor | null,
+    readonly backend: Backend,
+    prefix = 'model.vision_encoder.',
+  ) {
+    const { hiddenSize: C, numAttentionHeads: heads, patchSize: p, numChannels: ch } = dims;
+    this.headDim = C / heads;
+    this.grads = loadSpecs(visionEncoderWeights(dims, prefix), gradientOf);
+    // The patch embedding is stored as a convolution [C, ch, p, p]; on 588-value patch rows it is a matmul.
+    this.patchWeight = params.patchEmbed.weight.reshape([C, ch * p * p]);
+    this.patchGrad = this.grads.patchEmbed.weight?.reshape([C, ch * p * p]) ?? null;
+  }
+
+  forward(pixels: Tensor, grids: readonly VisualGrid[]): VisionActivations {
+    const { hiddenSize: C, intermediateSize: I, numAttentionHeads: heads, layerNormEps: eps } = this.dims;
+    const D = this.headDim;
+    const b = this.backend;
+    const n = pixels.dim(0);
+    const f32 = (shape: number[]) => b.allocate('f32', shape);
+    const frames = grids.flatMap((g) => Array.from({ length: g.frames }, () => g));
+    const { cos, sin } = this.ropeTables(frames, n);
+
+    let x = f32([n, C]);
+    b.matmul(pixels, this.patchWeight, this.params.patchEmbed.bias, x);
+    const layers = this.params.layers.map((p) => {
+      const a: LayerActivations = {
+        x,
+        h1: f32([n, C]),
+        q: f32([n, heads, D]),
+        k: f32([n, heads, D]),
+        v: f32([n, heads, D]),
+        attn: f32([n, heads, D]),
+        x2: f32([n, C]),
+        h2: f32([n, C]),
+        pre: f32([n, I]),
+        act: f32([n, I]),
+      };
+      b.layerNorm(a.x, p.norm1.weight, p.norm1.bias, eps, a.h1);
+      b.matmul(a.h1, p.q.weight, p.q.bias, a.q.reshape([n, C]));
+      b.matmul(a.h1, p.k.weight, p.k.bias, a.k.reshape([n, C]));
+      b.matmul(a.h1, p.v.weight, p.v.bias, a.v.reshape([n, C]));
+      b.rope(a.q, cos, sin, a.q);
+      b.rope(a.k, cos, sin, a.k);
+      this.perFrame(frames, (s, e) => b.attention(a.q.rows(s, e), a.k.rows(s, e), a.v.rows(s, e), a.attn.rows(s, e), { scale: 1 / Math.sqrt(D), causal: false }));
+      b.matmul(a.attn.reshape([n, C]), p.out.weight, p.out.bias, a.x2);
+      b.add(a.x, a.x2, a.x2);
+      b.layerNorm(a.x2, p.norm2.weight, p.norm2.bias, eps, a.h2);
+      b.matmul(a.h2, p.fc1.weight, p.fc1.bias, a.pre);
+      b.gelu(a.pre, a.act, 'tanh');
+      x = f32([n, C]);
+      b.matmul(a.act, p.fc2.weight, p.fc2.bias, x);
+      b.add(a.x2, x, x);
+      return a;
+    });
+    const normed = f32([n, C]);
+    b.layerNorm(x, this.params.postNorm.weight, this.params.postNorm.bias, eps, normed);
+    const merged = frames.reduce((m, g) => m + (g.gridH * g.gridW) / g.mergeSize ** 2, 0);
+    const features = f32([merged, C]);
+    this.perFrame(frames, (s, e, g, m) => b.mergeBlocks(normed.rows(s, e), g.mergeSize, features.rows(m, m + (e - s) / g.mergeSize ** 2)));
+    return { pixels, frames, layers, beforeNorm: x, features, cos, sin };
+  }
+
+  /** Adds the trainable parameters' gradients, from d(loss)/d(features). */
+  backward(acts: VisionActivations, dFeatures: Tensor): void {
+    const { hiddenSize: C, intermediateSize: I, numAttentionHeads: heads, layerNormEps: eps } = this.dims;
+    const D = this.headDim;
+    const b = this.backend;
+    const n = acts.pixels.dim(0);
+    const f32 = (shape: number[]) => b.allocate('f32', shape);
+    const dNormed = f32([n, C]);
+    this.perFrame(acts.frames, (s, e, g, m) => b.mergeBlocksBackward(dFeatures.rows(m, m + (e - s) / g.mergeSize ** 2), g.mergeSize, dNormed.rows(s, e)));
+    let dx = f32([n, C]);
+    const post = this.grads.postNorm;
+    b.layerNormBackward(dNormed, acts.beforeNorm, this.params.postNorm.weight, eps, dx, post.weight, post.bias);
+    const dBranch = f32([n, C]);
+    const dAct = f32([n, I]);
+    const dAttn = f32([n, heads, D]);
+    const dq = f32([n, heads, D]);
+    const dk = f32([n, heads, D]);
+    const dv = f32([n, heads, D]);
+    for (let l = this.params.layers.length - 1; l >= 0; l--) {
+      const p = this.params.layers[l]!;
+      const g = this.grads.layers[l]!;
+      const a = acts.layers[l]!;
+      // MLP branch: out = x2 + fc2(GELU(fc1(norm2(x2)))).
+      b.matmulBackward(dx, a.act, p.fc2.weight, dAct, g.fc2.weight, g.fc2.bias);
+      b.geluBackward(dAct, a.pre, dAct, 'tanh');
+      b.matmulBackward(dAct, a.h2, p.fc1.weight, dBranch, g.fc1.weight, g.fc1.bias);
+      b.layerNormBackward(dBranch, a.x2, p.norm2.weight, eps, dNormed, g.norm2.weight, g.norm2.bias);
+      b.add(dx, dNormed, dx);
+      // Attention branch: x2 = x + out(attention per frame(rope(q(h1)), rope(k(h1)), v(h1))), h1 = norm1(x).
+      b.matmulBackward(dx, a.attn.reshape([n, C]), p.out.weight, dAttn.reshape([n, C]), g.out.weight, g.out.bias);
+      this.perFrame(acts.frames, (s, e) =>
+        b.attentionBackward(a.q.rows(s, e), a.k.rows(s, e), a.v.rows(s, e), dAttn.rows(s, e), dq.rows(s, e), dk.rows(s, e), dv.rows(s, e), {
+          scale: 1 / Math.sqrt(D),
+          causal: false,
+        }),
+      );
+      b.ropeBackward(dq, acts.cos, acts.sin, dq);
+      b.ropeBackward(dk, acts.cos, acts.sin, dk);
+      b.matmulBackward(dq.reshape([n, C]), a.h1, p.q.weight, dNormed, g.q.weight, g.q.bias);
+      b.matmulBackward(dk.reshape([n, C]), a.h1, p.k.weight, dBranch, g.k.weight, g.k.bias);
+      b.add(dNormed, dBranch, dNormed);
+      b.matmulBackward(dv.reshape([n, C]), a.h1, p.v.weight, dBranch, g.v.weight, g.v.bias);
+      b.add(dNormed, dBranch, dNormed);
+      b.layerNormBackward(dNormed, a.x, p.norm1.weight, eps, dBranch, g.norm1.weight, g.norm1.bias);
+      const dIn = f32([n, C]);
+      b.add(dx, dBranch, dIn);
+      dx = dIn;
+    }
+    // The pixels are data: only the patch embedding's own gradients are wanted.
+    b.matmulBackward(dx, acts.pixels, this.patchWeight, null, this.patchGrad, this.grads.patchEmbed.bias);
+  }
+
+  /** The 2-D RoPE tables of every patch row: each frame's depend on its grid only. */
+  private ropeTables(frames: VisualGrid[], n: number): { cos: Tensor; sin: Tensor } {
+    const half = this.headDim / 2;
+    const cosHost = new Float32Array(n * half);
+    const sinHost = new Float32Array(n * half);
+    let offset = 0;
+    for (const g of frames) {
+      const tables = visionRopeTables(g, this.headDim);
+      cosHost.set(tables.cos, offset * half);
+      sinHost.set(tables.sin, offset * half);
+      offset += g.gridH * g.gridW;
+    }
+    const cos = this.backend.allocate('f32', [n, half]);
+    const sin = this.backend.allocate('f32', [n, half]);
+    this.backend.write(cos, cosHost);
+    this.backend.write(sin, sinHost);
+    return { cos, sin };
+  }
+
+  /** Runs `run(start, end, grid, mergedStart)` for each frame's patch rows and its first merged row. */
+  private perFrame(frames: readonly VisualGrid[], run: (start: number, end: number, grid: VisualGrid, merged: number) => void): void {
+    let s = 0;
+    let m = 0;
+    for (const g of frames) {
+      const e = s + g.gridH * g.gridW;
+      run(s, e, g, m);
+      m += (e - s) / g.mergeSize ** 2;
+      s = e;
+    }
+  }
+}
