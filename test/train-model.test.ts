@@ -1,8 +1,7 @@
-// The decoder's and the projector's training forward, loss and backward against PyTorch autograd (fixtures/training,
-// README "Loss" and "Tolerances observed"): for every stored sample and stage, the loss, the final hidden states, and
-// the gradient of every decoder and projector parameter the stage trains, the tied embedding table's included (stored
-// as rows and whole-tensor sums). The visual features come from our inference encoder; its own gradients are not
-// computed yet, so the vision encoder's stored gradients are not compared.
+// The whole model's training forward, loss and backward against PyTorch autograd (fixtures/training, README "Loss"
+// and "Tolerances observed"): for every stored sample and stage, the loss, the final hidden states, and the gradient of
+// every parameter the stage trains (vision encoder, projector, decoder, and the tied embedding table, stored as rows
+// and whole-tensor sums).
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { before, describe, it } from 'node:test';
@@ -15,8 +14,8 @@ import { floatReader } from '../src/tensor/dtype.js';
 import type { Backend } from '../src/tensor/backend.js';
 import { Tensor } from '../src/tensor/tensor.js';
 import { ProjectorTraining } from '../src/model/projector-training.js';
-import { VisionEncoder } from '../src/model/vision-encoder.js';
-import { projectorWeights } from '../src/model/weight-names.js';
+import { VisionEncoderTraining, type VisionActivations } from '../src/model/vision-training.js';
+import { projectorWeights, visionEncoderWeights } from '../src/model/weight-names.js';
 import { fixturesDir, FIXTURES_MISSING, TINY_CHECKPOINT } from './fixtures.js';
 
 const fixtures = fixturesDir();
@@ -65,7 +64,7 @@ const CASES: [string, number][] = [
 
 const EMBED = 'model.embed_tokens.weight';
 
-describe('decoder and projector training against PyTorch autograd', { skip: !fixtures && FIXTURES_MISSING }, () => {
+describe('model training against PyTorch autograd', { skip: !fixtures && FIXTURES_MISSING }, () => {
   let backend: Backend;
   let config: VideoLlama3Config;
   let weights: SafetensorsFile;
@@ -102,7 +101,15 @@ describe('decoder and projector training against PyTorch autograd', { skip: !fix
       const ids = ints(stored.read('llm_input_ids'));
       const labels = ints(stored.read('llm_labels'));
       const positions = ints(stored.read('llm_position_ids'));
-      const features = visualFeatures(inputs, stored, stage >= 3, new VisionEncoder(config.visionEncoderConfig, f32Weights, backend), backend);
+      const vision = new VisionEncoderTraining(
+        config.visionEncoderConfig,
+        loadSpecs(visionEncoderWeights(config.visionEncoderConfig), (spec) => f32Weights.get(spec)),
+        gradientOf,
+        backend,
+      );
+      const { visionActs, kept } = encode(inputs, stored, stage >= 3, vision);
+      const features = backend.allocate('f32', [kept.length, C]);
+      backend.copyRows(visionActs.features, kept, features, Int32Array.from(kept.keys()));
       const imagePositions = ids.flatMap((id, i) => (id === config.imageTokenIndex ? [i] : []));
       const textPositions = ids.flatMap((id, i) => (id === config.imageTokenIndex ? [] : [i]));
       assert.equal(features.dim(0), imagePositions.length, 'one kept feature per <image> position');
@@ -137,15 +144,19 @@ describe('decoder and projector training against PyTorch autograd', { skip: !fix
       }
       const dProjected = backend.allocate('f32', projected.out.shape);
       backend.copyRows(dEmbeds, imageRows, dProjected, featureRows);
-      projector.backward(projected, dProjected);
+      const dFeatures = projector.backward(projected, dProjected);
+      // Pruned tokens and the dummy item of a text-only sample get no gradient.
+      const dAll = backend.allocate('f32', visionActs.features.shape);
+      backend.copyRows(dFeatures, Int32Array.from(kept.keys()), dAll, kept);
+      vision.backward(visionActs, dAll);
 
       const compared = [...grads.keys()];
       for (const name of compared) {
         if (name === EMBED) assertTableGradient(stored, grads.get(name)!, config.hiddenSize);
         else assertGradClose(name, grads.get(name)!.data as Float32Array, stored.read(`grad/${name}`).data as Float32Array);
       }
-      // Everything the stage trains outside the vision encoder was compared.
-      assert.deepEqual(compared.sort(), [...trained].filter((n) => !n.includes('vision_encoder')).sort());
+      // Everything the stage trains was compared.
+      assert.deepEqual(compared.sort(), [...trained].sort());
       inputs.close();
       stored.close();
     });
@@ -153,28 +164,25 @@ describe('decoder and projector training against PyTorch autograd', { skip: !fix
 });
 
 /**
- * The projector's input: our encoder's merged features of every item, the text-only dummy item's dropped (README step
- * 4), and with `pruned` only the tokens the stored DiffFP mask keeps.
+ * The encoder's training forward over every item, and which of its merged rows the projector reads: the text-only
+ * dummy item's are dropped (README step 4), and with `pruned` only the tokens the stored DiffFP mask keeps.
  */
-function visualFeatures(inputs: SafetensorsFile, stored: SafetensorsFile, pruned: boolean, encoder: VisionEncoder, backend: Backend): Tensor {
+function encode(inputs: SafetensorsFile, stored: SafetensorsFile, pruned: boolean, vision: VisionEncoderTraining): { visionActs: VisionActivations; kept: Int32Array } {
   const modals = JSON.parse(inputs.metadata.modals!) as string[];
   const grids = ints(inputs.read('grid_sizes'));
   const merges = ints(inputs.read('merge_sizes'));
   const items = modals.map((modal, i) => ({ modal, frames: grids[3 * i]!, gridH: grids[3 * i + 1]!, gridW: grids[3 * i + 2]!, mergeSize: merges[i]! }));
-  const all = encoder.encode(inputs.read('pixel_values'), items);
-  const keep: number[] = [];
+  const visionActs = vision.forward(inputs.read('pixel_values'), items);
+  const visual: number[] = [];
   let row = 0;
   for (const item of items) {
     const tokens = (item.frames * item.gridH * item.gridW) / item.mergeSize ** 2;
-    if (item.modal !== 'text') for (let t = 0; t < tokens; t++) keep.push(row + t);
+    if (item.modal !== 'text') for (let t = 0; t < tokens; t++) visual.push(row + t);
     row += tokens;
   }
   const mask = stored.read('compression_mask').data as Uint8Array;
-  assert.equal(mask.length, keep.length, 'the DiffFP mask covers every visual token');
-  const kept = pruned ? keep.filter((_, j) => mask[j]) : keep;
-  const out = backend.allocate('f32', [kept.length, all.dim(1)]);
-  backend.copyRows(all, Int32Array.from(kept), out, Int32Array.from(kept.keys()));
-  return out;
+  assert.equal(mask.length, visual.length, 'the DiffFP mask covers every visual token');
+  return { visionActs, kept: Int32Array.from(pruned ? visual.filter((_, j) => mask[j]) : visual) };
 }
 
 /** The tied table's gradient: the stored rows, and the whole-tensor sums (README Conventions). */
