@@ -147,9 +147,9 @@ export class Qwen2Training {
   /**
    * The loss of spec 10.5: for every position i with labels[i + 1] ≠ IGNORE_INDEX, the cross-entropy of the LM head's
    * logits of hidden[i] against labels[i + 1]; the backward starts from d(scale · Σ)/d(hidden), and the LM head's
-   * gradient (the embedding table's, when tied) is added here.
+   * gradient (the embedding table's, when tied) is added here. Without `withGradient`, only the losses (dHidden zero).
    */
-  loss(acts: DecoderActivations, labels: ArrayLike<number>, scale: number): LossResult {
+  loss(acts: DecoderActivations, labels: ArrayLike<number>, scale: number, withGradient = true): LossResult {
     const b = this.backend;
     const L = acts.hidden.dim(0);
     const H = this.dims.hiddenSize;
@@ -169,7 +169,7 @@ export class Qwen2Training {
     b.write(targetIds, targets);
     const losses = b.allocate('f32', [n]);
     const dRows = b.allocate('f32', [n, H]);
-    b.crossEntropy(gathered, this.params.lmHead, targetIds, scale, losses, dRows, this.grads.lmHead);
+    b.crossEntropy(gathered, this.params.lmHead, targetIds, scale, losses, withGradient ? dRows : null, withGradient ? this.grads.lmHead : null);
     const dHidden = b.allocate('f32', [L, H]);
     b.copyRows(dRows, Int32Array.from(positions.keys()), dHidden, rows);
     const tokenLosses = Float32Array.from(b.download(losses).data as Float32Array);
