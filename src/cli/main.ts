@@ -18,6 +18,7 @@ import { inspectConversation } from './inspect.js';
 import { runCompareWeights, weightFormatList } from './compare-weights.js';
 import { DEFAULT_COMPARE_POSITIONS, DEFAULT_GREEDY_TOKENS } from '../api/compare-weights.js';
 import { printInfo } from './info.js';
+import { addTrainCommand } from './train.js';
 import { DownloadBars, ProgressBars } from './progress.js';
 
 export { EXIT } from './flags.js';
@@ -305,6 +306,8 @@ export function buildProgram(): Command {
           `${gb(result.bytesIn)} GB → ${gb(result.bytesOut)} GB in ${((performance.now() - started) / 1000).toFixed(1)} s\n`,
       );
     });
+
+  addTrainCommand(program);
 
   const dev = program.command('dev').description('developer tools');
   dev

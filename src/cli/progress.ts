@@ -114,3 +114,33 @@ export class DownloadBars extends TerminalBars {
 /** A name in a fixed width, keeping its end (the file name) when it is too long: bars fit 80 columns. */
 const fit = (name: string, width: number) => (name.length <= width ? name.padEnd(width) : `…${name.slice(name.length - width + 1)}`);
 
+
+/**
+ * The training bar: steps done of the run, with the last step's loss, learning rates and tokens/s, and cli-progress's
+ * ETA. Elsewhere than a terminal, one plain line per step.
+ */
+export class TrainingBar extends TerminalBars {
+  private bar?: SingleBar;
+
+  constructor(tty = process.stderr.isTTY === true) {
+    super(tty ? { format: ' training [{bar}] {value}/{total} steps | loss {loss} | lr {lr} | {speed} tok/s | ETA {eta_formatted}', barsize: 20, etaBuffer: 20 } : undefined);
+  }
+
+  start(done: number, total: number): void {
+    if (!this.multi || !this.drawing()) return;
+    this.bar = this.multi.create(total, done, { loss: '-', lr: '-', speed: '-' });
+  }
+
+  readonly update = (e: { step: number; totalSteps: number; loss: number; lr: Record<string, number>; tokensPerSecond: number }): void => {
+    const lr = Object.entries(e.lr)
+      .map(([group, value]) => `${group} ${value.toExponential(2)}`)
+      .join(', ');
+    const payload = { loss: e.loss.toFixed(4), lr, speed: e.tokensPerSecond.toFixed(0) };
+    if (!this.multi) {
+      process.stderr.write(`step ${e.step}/${e.totalSteps}: loss ${payload.loss}, lr ${lr}, ${payload.speed} tokens/s\n`);
+      return;
+    }
+    if (!this.drawing()) return;
+    this.bar?.update(e.step, payload);
+  };
+}

@@ -1,0 +1,224 @@
+/**
+ * The training loop of `vl3 train` (spec 10, the official `train.py` with transformers' Trainer): annotations in a
+ * seeded order per epoch, micro-batches of `batchSize` samples packed into one row, `gradAccum` micro-batches per
+ * optimizer step with the loss of each divided by the supervised tokens of the whole step, optional clipping, the
+ * cosine schedule with warm-up (the first step at multiplier 0, as LambdaLR gives it), AdamW; a JSONL log line per
+ * step, checkpoints every `saveEvery` steps and at the end, and on abort (Ctrl-C) a checkpoint of the last whole step.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { loadCheckpoint } from '../model/checkpoint.js';
+import { VideoLLaMA3Training } from '../model/videollama3-training.js';
+import { loadProcessorConfig } from '../processing/processor-config.js';
+import { Tokenizer } from '../processing/tokenizer.js';
+import { readAnnotationFile, type AnnotationSample } from '../processing/training-annotation.js';
+import { buildTrainingBatch } from '../processing/training-batch.js';
+import type { Backend } from '../tensor/backend.js';
+import { supervisedCount } from './accumulation.js';
+import { latestCheckpoint, loadCheckpointState, saveCheckpoint, saveModel, type TrainerState } from './checkpoints.js';
+import { clipGradNorm, globalGradNorm } from './clip.js';
+import { modelInputs, type ModelInputs } from './model-inputs.js';
+import { applyLrMultiplier, cosineSchedule } from './schedule.js';
+import { baseLrs, stageConfig, stageOptimizer, trainableByGroup, type StageOptions } from './stages.js';
+
+export interface TrainOptions {
+  stage: 1 | 2 | 3 | 4;
+  /** Overrides of the stage preset (lrs, merge sizes, DiffFP, warm-up ratio). */
+  stageOptions?: StageOptions;
+  /** The annotation file (JSON list or JSONL) and the folder its media paths are relative to. */
+  dataFile: string;
+  dataFolder: string;
+  /** A checkpoint folder (bf16 safetensors in the Hugging Face layout). */
+  modelDir: string;
+  outputDir: string;
+  backend: Backend;
+  epochs?: number;
+  /** Samples per micro-batch, packed into one row (`per_device_train_batch_size` with batch flattening). */
+  batchSize?: number;
+  gradAccum?: number;
+  /** Stop after this many optimizer steps (the schedule then spans them). */
+  maxSteps?: number;
+  /** Write `checkpoint-<step>` every this many steps (0: at the end only). */
+  saveEvery?: number;
+  /** Clip the global gradient norm to this (off by default, as in the official DeepSpeed runs). */
+  maxGradNorm?: number;
+  seed?: number;
+  /** The official data arguments. */
+  fps?: number;
+  maxFrames?: number;
+  modelMaxLength?: number;
+  mmMaxLength?: number;
+  /** Continue from the latest `checkpoint-<step>` of outputDir. */
+  resume?: boolean;
+  signal?: AbortSignal;
+  onStart?: (plan: TrainPlan) => void;
+  onStep?: (log: StepLog) => void;
+}
+
+export interface TrainPlan {
+  samples: number;
+  stepsPerEpoch: number;
+  totalSteps: number;
+  /** Steps already done (a resumed run). */
+  startStep: number;
+  trainableParameters: number;
+}
+
+export interface StepLog {
+  step: number;
+  totalSteps: number;
+  epoch: number;
+  loss: number;
+  lr: Record<string, number>;
+  gradNorm: number;
+  /** Tokens of the step's sequences (after DiffFP), and per second of this step. */
+  tokens: number;
+  tokensPerSecond: number;
+  seconds: number;
+}
+
+export interface TrainResult {
+  steps: number;
+  /** True when the signal stopped the run (a checkpoint of the last whole step was written). */
+  interrupted: boolean;
+  finalLoss: number | undefined;
+}
+
+export const TRAIN_LOG = 'train_log.jsonl';
+
+export async function train(options: TrainOptions): Promise<TrainResult> {
+  const stage = stageConfig(options.stage, options.stageOptions);
+  const batchSize = positive('batchSize', options.batchSize ?? 1);
+  const gradAccum = positive('gradAccum', options.gradAccum ?? 1);
+  const epochs = positive('epochs', options.epochs ?? 1);
+  const seed = options.seed ?? 42;
+  const annotations = await readAnnotationFile(options.dataFile);
+  if (annotations.length === 0) throw new Error(`${options.dataFile} holds no training sample`);
+  const microBatches = Math.ceil(annotations.length / batchSize);
+  const stepsPerEpoch = Math.ceil(microBatches / gradAccum);
+  const totalSteps = Math.min(stepsPerEpoch * epochs, options.maxSteps ?? Infinity);
+  const settings = { stage: options.stage, stageOptions: options.stageOptions ?? {}, dataFile: path.resolve(options.dataFile), batchSize, gradAccum, epochs, totalSteps };
+
+  const { config, weights } = loadCheckpoint(options.modelDir);
+  const names = VideoLLaMA3Training.parameterNames(config);
+  const trainable = new Set(trainableByGroup(names, stage).groups.flatMap((g) => g.names));
+  if (trainable.size === 0) throw new Error(`stage ${options.stage} with these learning rates trains nothing`);
+  const model = new VideoLLaMA3Training(config, { get: (spec) => weights.get(spec.name, spec.shape) }, (name) => trainable.has(name), options.backend);
+  weights.close();
+  const optimizer = stageOptimizer(model.parameters, stage);
+  const schedule = cosineSchedule(totalSteps, stage.warmupRatio);
+  const lrs = baseLrs(stage);
+
+  let startStep = 0;
+  if (options.resume) {
+    const dir = latestCheckpoint(options.outputDir);
+    if (!dir) throw new Error(`--resume: no checkpoint-<step> folder with ${'trainer_state.json'} in ${options.outputDir}`);
+    const saved = loadCheckpointState(dir, model.parameters, optimizer);
+    if (JSON.stringify(saved.settings) !== JSON.stringify(settings) || saved.seed !== seed) {
+      throw new Error(`--resume: ${dir} was written by a run with other settings (${JSON.stringify(saved.settings)}, seed ${saved.seed})`);
+    }
+    startStep = saved.globalStep;
+  }
+  fs.mkdirSync(options.outputDir, { recursive: true });
+  options.onStart?.({ samples: annotations.length, stepsPerEpoch, totalSteps, startStep, trainableParameters: [...model.parameters.values()].reduce((n, t) => n + t.numel, 0) });
+
+  const tokenizer = await Tokenizer.load(options.modelDir);
+  const processorConfig = await loadProcessorConfig(options.modelDir);
+  const dataOptions = {
+    tokenizer,
+    processorConfig,
+    dataFolder: options.dataFolder,
+    mmMaxLength: options.mmMaxLength ?? 10240,
+    imageMergeSize: stage.imageMergeSize,
+    videoMergeSize: stage.videoMergeSize,
+    fps: options.fps ?? 1,
+    maxFrames: options.maxFrames ?? 180,
+    modelMaxLength: options.modelMaxLength ?? 16384,
+  };
+  const state = (globalStep: number): TrainerState => ({ globalStep, totalSteps, seed, settings });
+  const checkpoint = (globalStep: number) => saveCheckpoint(options.modelDir, path.join(options.outputDir, `checkpoint-${globalStep}`), model.parameters, optimizer, state(globalStep));
+  const log = fs.openSync(path.join(options.outputDir, TRAIN_LOG), 'a');
+  let finalLoss: number | undefined;
+  try {
+    for (let step = startStep; step < totalSteps; step++) {
+      if (options.signal?.aborted) {
+        if (step > startStep) checkpoint(step);
+        return { steps: step, interrupted: true, finalLoss };
+      }
+      const started = performance.now();
+      const epoch = Math.floor(step / stepsPerEpoch);
+      const order = shuffled(annotations.length, seed + epoch);
+      const first = (step % stepsPerEpoch) * gradAccum;
+      const batches: ModelInputs[] = [];
+      try {
+        for (let m = first; m < Math.min(first + gradAccum, microBatches); m++) {
+          const entries: AnnotationSample[] = order.slice(m * batchSize, (m + 1) * batchSize).map((i) => annotations[i]!);
+          const batch = await buildTrainingBatch(entries, { ...dataOptions, signal: options.signal });
+          batches.push(modelInputs(batch, { imageTokenId: config.imageTokenIndex, useTokenCompression: stage.useTokenCompression }));
+        }
+      } catch (err) {
+        // Stopped while reading media: the step had not begun, so the last whole step is what is saved.
+        if (!options.signal?.aborted) throw err;
+        if (step > startStep) checkpoint(step);
+        return { steps: step, interrupted: true, finalLoss };
+      }
+      // transformers' num_items_in_batch: the supervised tokens of every micro-batch of the step.
+      const numItems = batches.reduce((n, b) => n + supervisedCount(b.labels), 0);
+      if (numItems === 0) throw new Error(`optimizer step ${step + 1} has no supervised token (every label is -100)`);
+      model.zeroGradients();
+      let lossSum = 0;
+      for (const b of batches) lossSum += model.step(b, 1 / numItems).lossSum;
+      const grads = [...model.gradients.values()].map((g) => g.data);
+      const gradNorm = options.maxGradNorm ? clipGradNorm(grads, options.maxGradNorm).norm : globalGradNorm(grads);
+      applyLrMultiplier(optimizer, lrs, schedule.multiplier(step));
+      optimizer.update(model.gradients);
+
+      const seconds = (performance.now() - started) / 1000;
+      const tokens = batches.reduce((n, b) => n + b.inputIds.length, 0);
+      finalLoss = lossSum / numItems;
+      const entry: StepLog = {
+        step: step + 1,
+        totalSteps,
+        epoch: (step + 1) / stepsPerEpoch,
+        loss: finalLoss,
+        lr: Object.fromEntries(optimizer.groups.map((g) => [g.name, g.lr])),
+        gradNorm,
+        tokens,
+        tokensPerSecond: tokens / seconds,
+        seconds,
+      };
+      fs.writeSync(log, JSON.stringify(entry) + '\n');
+      options.onStep?.(entry);
+      if (options.saveEvery && (step + 1) % options.saveEvery === 0 && step + 1 < totalSteps) checkpoint(step + 1);
+    }
+    checkpoint(totalSteps);
+    saveModel(options.modelDir, options.outputDir, model.parameters);
+    return { steps: totalSteps, interrupted: false, finalLoss };
+  } finally {
+    fs.closeSync(log);
+    tokenizer.close();
+  }
+}
+
+function positive(name: string, n: number): number {
+  if (!Number.isInteger(n) || n < 1) throw new RangeError(`${name} must be an integer >= 1, got ${n}`);
+  return n;
+}
+
+/** 0..n-1 in a seeded order (Fisher-Yates over mulberry32): the same seed and epoch give the same order on resume. */
+export function shuffled(n: number, seed: number): number[] {
+  let s = seed >>> 0;
+  const next = () => {
+    s = (s + 0x6d2b79f5) >>> 0;
+    let t = s;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
+  };
+  const order = Array.from({ length: n }, (_, i) => i);
+  for (let i = n - 1; i > 0; i--) {
+    const j = Math.floor(next() * (i + 1));
+    [order[i], order[j]] = [order[j]!, order[i]!];
+  }
+  return order;
+}
