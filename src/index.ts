@@ -63,3 +63,5 @@ export {
   type ModelRef,
   type PullResult,
 } from './hub/index.js';
+export { train, TRAIN_LOG, type StepLog, type TrainOptions, type TrainPlan, type TrainResult } from './train/trainer.js';
+export { STAGES, stageConfig, type ModuleGroup, type StageConfig, type StageOptions } from './train/stages.js';

@@ -112,7 +112,7 @@ describe('the README examples', { skip: !fixtures && FIXTURES_MISSING }, () => {
   it('has the examples this test knows how to run', () => {
     assert.deepEqual(
       blocks.map((b) => b.lang),
-      ['sh', 'sh', 'sh', 'json', 'ts', 'sh', 'ts', 'sh'],
+      ['sh', 'sh', 'sh', 'json', 'ts', 'sh', 'ts', 'sh', 'json', 'sh'],
       'a new example needs a way to be tested here',
     );
     for (const command of RUN_BY_CI) assert.ok(commands.includes(command), `README has "${command}"`);
@@ -123,6 +123,8 @@ describe('the README examples', { skip: !fixtures && FIXTURES_MISSING }, () => {
 
   it('runs every command line and each ends with exit code 0', { timeout: 600_000 }, async () => {
     const oneShot = commands.filter((c) => !RUN_BY_CI.includes(c) && !/^npx vl3 serve\b/.test(c));
+    // The fine-tuning example's annotations, which its `vl3 train` reads.
+    writeFileSync(join(project, 'train.json'), blocks.filter((b) => b.lang === 'json')[1]!.code);
     assert.ok(oneShot.length >= 3, oneShot.join('\n'));
     const randomOut = /--out (\S+)/.exec(oneShot.find((c) => c.includes('random-checkpoint'))!)![1]!;
     const existed = existsSync(randomOut);
