@@ -26,8 +26,9 @@ import {
 } from './training-annotation.js';
 import { decodeVideo, planVideo } from './video.js';
 
-/** Label of a position that is not supervised (PyTorch's cross-entropy `ignore_index`). */
-export const IGNORE_INDEX = -100;
+import { IGNORE_INDEX } from '../model/qwen2-training.js';
+
+export { IGNORE_INDEX };
 
 /**
  * The training template's generation prompt. The official processor finds it by rendering a message with and

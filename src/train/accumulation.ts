@@ -5,7 +5,7 @@
  * the step however the tokens fall into micro-batches.
  */
 
-export const IGNORE_INDEX = -100;
+import { IGNORE_INDEX } from '../model/qwen2-training.js';
 
 /** Supervised labels of a collated micro-batch (labels ≠ −100; the collator already set each sample's first to −100). */
 export function supervisedCount(labels: ArrayLike<number> | BigInt64Array): number {
