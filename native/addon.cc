@@ -445,6 +445,259 @@ Napi::Value Embedding(const Napi::CallbackInfo& info, Context& ctx) {
   return env.Undefined();
 }
 
+// ---------------------------------------------------------------------------------------------------------------
+// Backward passes (kernels.h MatmulBackwardArgs and what follows). As above, only lengths are checked here.
+
+// An optional f32 output: null/undefined gives nullptr; otherwise a Float32Array of `length` elements.
+bool optF32(const Napi::CallbackInfo& info, size_t i, float*& out, const char* op, const char* name, size_t length) {
+  out = nullptr;
+  if (info[i].IsNull() || info[i].IsUndefined()) return true;
+  View v;
+  if (!view(info, i, v, op, name) || !needF32(info.Env(), v, op, name, length)) return false;
+  out = static_cast<float*>(v.data);
+  return true;
+}
+
+// matmulBackward(dy, x, w, dx | null, dw | null, dbias | null, M, N, K)
+Napi::Value MatmulBackward(const Napi::CallbackInfo& info, Context& ctx) {
+  Napi::Env env = info.Env();
+  const char* op = "matmulBackward";
+  View dy, x, w;
+  if (!intArgs(info, 6, 3, op)) return env.Undefined();
+  MatmulBackwardArgs a{};
+  a.M = intArg(info, 6);
+  a.N = intArg(info, 7);
+  a.K = intArg(info, 8);
+  if (!view(info, 0, dy, op, "dy") || !view(info, 1, x, op, "x") || !view(info, 2, w, op, "w")) return env.Undefined();
+  if (!needF32(env, dy, op, "dy", a.M * a.N) || !needF32(env, x, op, "x", a.M * a.K) ||
+      !needFloat(env, w, op, "w", a.N * a.K) || !optF32(info, 3, a.dx, op, "dx", a.M * a.K) ||
+      !optF32(info, 4, a.dw, op, "dw", a.N * a.K) || !optF32(info, 5, a.dbias, op, "dbias", a.N))
+    return env.Undefined();
+  a.dy = static_cast<const float*>(dy.data);
+  a.x = static_cast<const float*>(x.data);
+  a.w = w.data;
+  a.wType = floatType(w);
+  OpScope scope(ctx);
+  ctx.k().matmulBackward(a);
+  return env.Undefined();
+}
+
+// attentionBackward(q, k, v, dout, dq, dk, dv, T, S, Hq, Hkv, D, scale, causal, queryOffset)
+Napi::Value AttentionBackward(const Napi::CallbackInfo& info, Context& ctx) {
+  Napi::Env env = info.Env();
+  const char* op = "attentionBackward";
+  if (!intArgs(info, 7, 5, op) || !intArgs(info, 14, 1, op)) return env.Undefined();
+  AttentionBackwardArgs a{};
+  a.T = intArg(info, 7);
+  a.S = intArg(info, 8);
+  a.Hq = intArg(info, 9);
+  a.Hkv = intArg(info, 10);
+  a.D = intArg(info, 11);
+  a.scale = static_cast<float>(numArg(info, 12));
+  a.causal = info[13].ToBoolean().Value();
+  a.queryOffset = intArg(info, 14);
+  if (a.Hkv == 0 || a.Hq % a.Hkv != 0) {
+    fail(env, "attentionBackward: query heads must be a multiple of KV heads");
+    return env.Undefined();
+  }
+  if (a.T > 0 && a.S == 0) {
+    fail(env, "attentionBackward: no keys");
+    return env.Undefined();
+  }
+  const char* names[] = {"q", "k", "v", "dout", "dq", "dk", "dv"};
+  const long qLen = a.T * a.Hq * a.D, kLen = a.S * a.Hkv * a.D;
+  const long lengths[] = {qLen, kLen, kLen, qLen, qLen, kLen, kLen};
+  float* p[7];
+  for (size_t i = 0; i < 7; i++) {
+    View v;
+    if (!view(info, i, v, op, names[i]) || !needF32(env, v, op, names[i], lengths[i])) return env.Undefined();
+    p[i] = static_cast<float*>(v.data);
+  }
+  a.q = p[0];
+  a.k = p[1];
+  a.v = p[2];
+  a.dout = p[3];
+  a.dq = p[4];
+  a.dk = p[5];
+  a.dv = p[6];
+  OpScope scope(ctx);
+  ctx.k().attentionBackward(a);
+  return env.Undefined();
+}
+
+// Ids outside [0, V) name the first one in a RangeError.
+bool idsInRange(Napi::Env env, const char* op, const int32_t* id, long n, long V) {
+  for (long t = 0; t < n; t++)
+    if (id[t] < 0 || id[t] >= V)
+      return fail(env, std::string(op) + ": ids[" + std::to_string(t) + "] = " + std::to_string(id[t]) +
+                           " is outside [0, " + std::to_string(V) + ")");
+  return true;
+}
+
+// crossEntropy(hidden, head, targets, scale, losses, dhidden | null, dhead | null, n, H, V)
+Napi::Value CrossEntropy(const Napi::CallbackInfo& info, Context& ctx) {
+  Napi::Env env = info.Env();
+  const char* op = "crossEntropy";
+  if (!intArgs(info, 7, 3, op)) return env.Undefined();
+  CrossEntropyArgs a{};
+  a.n = intArg(info, 7);
+  a.H = intArg(info, 8);
+  a.V = intArg(info, 9);
+  a.scale = static_cast<float>(numArg(info, 3));
+  View hidden, head, targets, losses;
+  if (!view(info, 0, hidden, op, "hidden") || !view(info, 1, head, op, "head") || !view(info, 2, targets, op, "targets") ||
+      !view(info, 4, losses, op, "losses"))
+    return env.Undefined();
+  if (!needF32(env, hidden, op, "hidden", a.n * a.H) || !needFloat(env, head, op, "head", a.V * a.H) ||
+      !needF32(env, losses, op, "losses", a.n) || !optF32(info, 5, a.dhidden, op, "dhidden", a.n * a.H) ||
+      !optF32(info, 6, a.dhead, op, "dhead", a.V * a.H))
+    return env.Undefined();
+  if (targets.type != napi_int32_array || static_cast<long>(targets.length) != a.n) {
+    fail(env, "crossEntropy: targets must be an Int32Array of n elements");
+    return env.Undefined();
+  }
+  a.targets = static_cast<const int32_t*>(targets.data);
+  if (!idsInRange(env, op, a.targets, a.n, a.V)) return env.Undefined();
+  a.hidden = static_cast<const float*>(hidden.data);
+  a.head = head.data;
+  a.headType = floatType(head);
+  a.losses = static_cast<float*>(losses.data);
+  OpScope scope(ctx);
+  ctx.k().crossEntropy(a);
+  return env.Undefined();
+}
+
+// rmsNormBackward(dy, x, weight, eps, dx, dweight | null) and layerNormBackward(…, dweight | null, dbias | null):
+// rows of weight.length.
+template <bool Layer>
+Napi::Value NormBackward(const Napi::CallbackInfo& info, Context& ctx) {
+  Napi::Env env = info.Env();
+  const char* op = Layer ? "layerNormBackward" : "rmsNormBackward";
+  View dy, x, w, dx;
+  if (!view(info, 0, dy, op, "dy") || !view(info, 1, x, op, "x") || !view(info, 2, w, op, "weight") ||
+      !view(info, 4, dx, op, "dx"))
+    return env.Undefined();
+  const long cols = static_cast<long>(w.length);
+  if (cols == 0 || x.length % cols != 0) {
+    fail(env, std::string(op) + ": x's length must be a multiple of weight's");
+    return env.Undefined();
+  }
+  float *dweight, *dbias = nullptr;
+  if (!needF32(env, dy, op, "dy", x.length) || !needF32(env, x, op, "x", x.length) ||
+      !needFloat(env, w, op, "weight", w.length) || !needF32(env, dx, op, "dx", x.length) ||
+      !optF32(info, 5, dweight, op, "dweight", cols) || (Layer && !optF32(info, 6, dbias, op, "dbias", cols)))
+    return env.Undefined();
+  const float eps = static_cast<float>(numArg(info, 3));
+  const long rows = static_cast<long>(x.length) / cols;
+  OpScope scope(ctx);
+  if (Layer)
+    ctx.k().layerNormBackward(static_cast<const float*>(dy.data), static_cast<const float*>(x.data), w.data,
+                              floatType(w), eps, static_cast<float*>(dx.data), dweight, dbias, rows, cols);
+  else
+    ctx.k().rmsNormBackward(static_cast<const float*>(dy.data), static_cast<const float*>(x.data), w.data,
+                            floatType(w), eps, static_cast<float*>(dx.data), dweight, rows, cols);
+  return env.Undefined();
+}
+
+// Float32Arrays all of arrays[0]'s length (n), read from info[0 .. count).
+bool sameLengthF32(const Napi::CallbackInfo& info, size_t count, const char* op, const char* const* names, float** out,
+                   long& n) {
+  for (size_t i = 0; i < count; i++) {
+    View v;
+    if (!view(info, i, v, op, names[i])) return false;
+    if (i == 0) n = static_cast<long>(v.length);
+    if (!needF32(info.Env(), v, op, names[i], n)) return false;
+    out[i] = static_cast<float*>(v.data);
+  }
+  return true;
+}
+
+// geluBackward(dy, x, dx, erf)
+Napi::Value GeluBackward(const Napi::CallbackInfo& info, Context& ctx) {
+  const char* names[] = {"dy", "x", "dx"};
+  float* p[3];
+  long n = 0;
+  if (!sameLengthF32(info, 3, "geluBackward", names, p, n)) return info.Env().Undefined();
+  OpScope scope(ctx);
+  ctx.k().geluBackward(p[0], p[1], p[2], n, info[3].ToBoolean().Value());
+  return info.Env().Undefined();
+}
+
+// siluMulBackward(dy, gate, up, dgate, dup)
+Napi::Value SiluMulBackward(const Napi::CallbackInfo& info, Context& ctx) {
+  const char* names[] = {"dy", "gate", "up", "dgate", "dup"};
+  float* p[5];
+  long n = 0;
+  if (!sameLengthF32(info, 5, "siluMulBackward", names, p, n)) return info.Env().Undefined();
+  OpScope scope(ctx);
+  ctx.k().siluMulBackward(p[0], p[1], p[2], p[3], p[4], n);
+  return info.Env().Undefined();
+}
+
+// ropeBackward(dy, cos, sin, dx, T, H, D)
+Napi::Value RopeBackward(const Napi::CallbackInfo& info, Context& ctx) {
+  Napi::Env env = info.Env();
+  const char* op = "ropeBackward";
+  View dy, c, s, dx;
+  if (!intArgs(info, 4, 3, op)) return env.Undefined();
+  const long T = intArg(info, 4), H = intArg(info, 5), D = intArg(info, 6);
+  if (!view(info, 0, dy, op, "dy") || !view(info, 1, c, op, "cos") || !view(info, 2, s, op, "sin") ||
+      !view(info, 3, dx, op, "dx"))
+    return env.Undefined();
+  if (D % 2 != 0) {
+    fail(env, "ropeBackward: D must be even");
+    return env.Undefined();
+  }
+  if (!needF32(env, dy, op, "dy", T * H * D) || !needF32(env, c, op, "cos", T * D / 2) ||
+      !needF32(env, s, op, "sin", T * D / 2) || !needF32(env, dx, op, "dx", T * H * D))
+    return env.Undefined();
+  OpScope scope(ctx);
+  ctx.k().ropeBackward(static_cast<const float*>(dy.data), static_cast<const float*>(c.data),
+                       static_cast<const float*>(s.data), static_cast<float*>(dx.data), T, H, D);
+  return env.Undefined();
+}
+
+// mergeBlocksBackward(dy, dx, cols, m): dy holds rows of cols, dx rows·m² rows.
+Napi::Value MergeBlocksBackward(const Napi::CallbackInfo& info, Context& ctx) {
+  Napi::Env env = info.Env();
+  const char* op = "mergeBlocksBackward";
+  View dy, dx;
+  if (!view(info, 0, dy, op, "dy") || !view(info, 1, dx, op, "dx") || !intArgs(info, 2, 2, op)) return env.Undefined();
+  const long cols = intArg(info, 2), m = intArg(info, 3);
+  if ((m != 1 && m != 2) || cols == 0 || dy.length % cols != 0) {
+    fail(env, "mergeBlocksBackward: merge size must be 1 or 2 and dy whole rows of cols");
+    return env.Undefined();
+  }
+  const long rows = static_cast<long>(dy.length) / cols;
+  if (!needF32(env, dy, op, "dy", rows * cols) || !needF32(env, dx, op, "dx", rows * m * m * cols)) return env.Undefined();
+  OpScope scope(ctx);
+  ctx.k().mergeBlocksBackward(static_cast<const float*>(dy.data), static_cast<float*>(dx.data), rows, cols,
+                              static_cast<int>(m));
+  return env.Undefined();
+}
+
+// embeddingBackward(dy, ids, dtable, D)
+Napi::Value EmbeddingBackward(const Napi::CallbackInfo& info, Context& ctx) {
+  Napi::Env env = info.Env();
+  const char* op = "embeddingBackward";
+  View dy, ids, table;
+  if (!intArgs(info, 3, 1, op)) return env.Undefined();
+  const long D = intArg(info, 3);
+  if (!view(info, 0, dy, op, "dy") || !view(info, 1, ids, op, "ids") || !view(info, 2, table, op, "dtable"))
+    return env.Undefined();
+  if (D == 0 || table.length % D != 0 || ids.type != napi_int32_array) {
+    fail(env, "embeddingBackward: dtable must be whole rows of D and ids an Int32Array");
+    return env.Undefined();
+  }
+  const long T = static_cast<long>(ids.length), V = static_cast<long>(table.length) / D;
+  const int32_t* id = static_cast<const int32_t*>(ids.data);
+  if (!needF32(env, dy, op, "dy", T * D) || !needF32(env, table, op, "dtable", V * D) || !idsInRange(env, op, id, T, V))
+    return env.Undefined();
+  OpScope scope(ctx);
+  ctx.k().embeddingBackward(static_cast<const float*>(dy.data), id, static_cast<float*>(table.data), T, D);
+  return env.Undefined();
+}
+
 // argmax(x): index of the first largest element (comparison by >, so NaNs never win after index 0); -1 if empty.
 Napi::Value Argmax(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -530,6 +783,16 @@ Napi::Function Context::Define(Napi::Env env) {
                          InstanceMethod("rope", &Context::Op<Rope>),
                          InstanceMethod("attention", &Context::Op<Attention>),
                          InstanceMethod("embedding", &Context::Op<Embedding>),
+                         InstanceMethod("matmulBackward", &Context::Op<MatmulBackward>),
+                         InstanceMethod("attentionBackward", &Context::Op<AttentionBackward>),
+                         InstanceMethod("crossEntropy", &Context::Op<CrossEntropy>),
+                         InstanceMethod("rmsNormBackward", &Context::Op<NormBackward<false>>),
+                         InstanceMethod("layerNormBackward", &Context::Op<NormBackward<true>>),
+                         InstanceMethod("geluBackward", &Context::Op<GeluBackward>),
+                         InstanceMethod("siluMulBackward", &Context::Op<SiluMulBackward>),
+                         InstanceMethod("ropeBackward", &Context::Op<RopeBackward>),
+                         InstanceMethod("mergeBlocksBackward", &Context::Op<MergeBlocksBackward>),
+                         InstanceMethod("embeddingBackward", &Context::Op<EmbeddingBackward>),
                          InstanceMethod("setThreads", &Context::SetThreads),
                          InstanceAccessor("threads", &Context::Threads, nullptr),
                          InstanceAccessor("isa", &Context::Isa, nullptr),

@@ -61,6 +61,43 @@ struct AttentionArgs {
   long queryOffset;  // causal only: query row t sees keys [0, queryOffset + t]
 };
 
+// The backward passes (the GradientOps of src/tensor/backend.ts; host-gradients.ts defines them). Parameter
+// gradients (dw, dbias, dweight, dtable, dhead) are added to; activation gradients are written. All products are
+// exact f32 whatever the context's compute mode (grad_impl.h says why).
+struct MatmulBackwardArgs {
+  const float* dy;  // [M,N]
+  const float* x;   // [M,K]
+  const void* w;    // [N,K], f32 or bf16
+  WType wType;
+  float* dx;     // [M,K] or null
+  float* dw;     // [N,K] or null
+  float* dbias;  // [N] or null
+  long M, N, K;
+};
+
+struct AttentionBackwardArgs {
+  const float *q, *k, *v, *dout;  // as AttentionArgs; dout [T,Hq,D]
+  float *dq, *dk, *dv;
+  long T, S, Hq, Hkv, D;
+  float scale;
+  bool causal;
+  long queryOffset;
+};
+
+// Losses of the logits hidden[n,H]·head[V,H]ᵀ against targets (ids in [0, V)), and for the loss scale·Σ losses,
+// dhidden (written) and dhead (added to), each optional.
+struct CrossEntropyArgs {
+  const float* hidden;
+  const void* head;
+  WType headType;
+  const int32_t* targets;
+  float scale;
+  float* losses;
+  float* dhidden;
+  float* dhead;
+  long n, H, V;
+};
+
 struct KernelTable {
   const char* name;
   // The tier multiplies bf16 values natively, so bf16 compute is faster than exact on it (and its default).
@@ -83,6 +120,21 @@ struct KernelTable {
   void (*attention)(const AttentionArgs&);
   // Widens (dequantizes) rows ids[t] of table[V,D] into out[t,D]; ids were bounds-checked by the caller.
   void (*embedding)(const void* table, WType type, const int32_t* ids, float* out, long T, long D, long V);
+  // Backward passes (see MatmulBackwardArgs). dx may be dy in rmsNorm/layerNorm/gelu/rope; dgate and dup may each
+  // be dy, gate or up.
+  void (*matmulBackward)(const MatmulBackwardArgs&);
+  void (*attentionBackward)(const AttentionBackwardArgs&);
+  void (*crossEntropy)(const CrossEntropyArgs&);
+  void (*rmsNormBackward)(const float* dy, const float* x, const void* w, WType wType, float eps, float* dx,
+                          float* dweight, long rows, long cols);
+  void (*layerNormBackward)(const float* dy, const float* x, const void* w, WType wType, float eps, float* dx,
+                            float* dweight, float* dbias, long rows, long cols);
+  void (*geluBackward)(const float* dy, const float* x, float* dx, long n, bool erf);
+  void (*siluMulBackward)(const float* dy, const float* gate, const float* up, float* dgate, float* dup, long n);
+  void (*ropeBackward)(const float* dy, const float* cos, const float* sin, float* dx, long T, long H, long D);
+  void (*mergeBlocksBackward)(const float* dy, float* dx, long rows, long cols, int m);
+  // ids were bounds-checked by the caller.
+  void (*embeddingBackward)(const float* dy, const int32_t* ids, float* dtable, long T, long D);
   // Measurement loops: `iters` rounds of an FMA-bound body (returns flops done, result kept live via sink), and a
   // read-only sum of n floats.
   double (*fmaLoop)(long iters, float* sink);

@@ -64,6 +64,41 @@ inline void packA(const float* x, long ldx, long mc, long kc, float* dst, bool r
   }
 }
 
+// The backward passes' operand layouts (exact f32 only): A read transposed (element (m, k) at x[k·lda + m]: dyᵀ for
+// dw = dyᵀ·x), B read transposed (element (n, k) at w[k·ldb + n]: wᵀ for dx = dy·w, xᵀ for dw), and C added to
+// (parameter gradients accumulate). Both transposed packs read rows contiguously, so they cost less than the forward's.
+struct GemmLayout {
+  bool aT = false;
+  long lda = 0;
+  bool bT = false;
+  long ldb = 0;
+  bool accumulate = false;
+};
+
+// Packs A as packA does from Aᵀ stored row-major: k-th row of the panel is MR consecutive elements of row k.
+inline void packAT(const float* x, long lda, long mc, long kc, float* dst) {
+  for (long i0 = 0; i0 < mc; i0 += MR) {
+    float* d = dst + i0 * kc;
+    const long mr = lmin(MR, mc - i0);
+    for (long k = 0; k < kc; k++) {
+      const float* s = x + k * lda + i0;
+      long r = 0;
+      for (; r < mr; r++) d[k * MR + r] = s[r];
+      for (; r < MR; r++) d[k * MR + r] = 0.0f;
+    }
+  }
+}
+
+// A B panel [kc][NR] from Bᵀ stored row-major (f32 or bf16, widened): row k of the panel is nr consecutive elements.
+inline void packBT(const void* w, WType type, long ldb, int nr, long kc, float* dst) {
+  for (long k = 0; k < kc; k++) {
+    float* d = dst + k * NR;
+    if (type == WType::BF16) widenBf16(static_cast<const uint16_t*>(w) + k * ldb, d, nr);
+    else std::memcpy(d, static_cast<const float*>(w) + k * ldb, nr * sizeof(float));
+    for (int j = nr; j < NR; j++) d[j] = 0.0f;
+  }
+}
+
 // A micro-tile that may be cut by the edge of C: full tiles go straight to the micro-kernel, edge tiles through a
 // local buffer.
 inline void tile(long kc, const float* A, const float* B, float* C, long ldc, long mr, long nr, bool accumulate,
@@ -92,7 +127,7 @@ constexpr long kPackedABytes = 32L << 20;
 // DOT: the operands are packed as bf16 pairs for the ISA's bf16 dot-product micro-kernel (Compute::Bf16 on such a
 // tier); otherwise as f32, rounded to bf16 values first when `round` (Compute::Bf16 elsewhere).
 template <bool DOT>
-void gemm(const MatmulArgs& a, const float* bias, bool round) {
+void gemm(const MatmulArgs& a, const float* bias, bool round, const GemmLayout& L = GemmLayout()) {
   const long M = a.M, N = a.N, K = a.K, esz = wBytes(a.wType);
   const long nPanels = cdiv(N, NR);
   const int threads = poolThreads();
@@ -121,6 +156,10 @@ void gemm(const MatmulArgs& a, const float* bias, bool round) {
     parallelTasks(kBlocks * rowChunks, [&](long task, int) {
       const long kb = task / rowChunks, r0 = (task % rowChunks) * MC;
       const long pc = kb * kcBlock, kc = lmin(kcBlock, K - pc), mc = lmin(MC, sM - r0);
+      if (L.aT) {
+        packAT(a.x + pc * L.lda + s0 + r0, L.lda, mc, kc, reinterpret_cast<float*>(blockA(kb, r0)));
+        return;
+      }
       const float* x = a.x + (s0 + r0) * K + pc;
 #if VL3_BF16_DOT
       if (DOT) {
@@ -149,7 +188,7 @@ void gemm(const MatmulArgs& a, const float* bias, bool round) {
       for (long kb = 0; kb < kBlocks; kb++) {
         const long pc = kb * kcBlock, kc = lmin(kcBlock, K - pc), kp = roundUp(kc, stepK);
         for (long p = p0; p < p1; p++) {
-          const void* w = static_cast<const char*>(a.w) + (p * NR * K + pc) * esz;
+          const void* w = static_cast<const char*>(a.w) + (L.bT ? pc * L.ldb + p * NR : p * NR * K + pc) * esz;
           const int nr = static_cast<int>(lmin(NR, N - p * NR));
           char* dst = bp + (p - p0) * kp * NR * elt;
 #if VL3_BF16_DOT
@@ -158,7 +197,8 @@ void gemm(const MatmulArgs& a, const float* bias, bool round) {
             continue;
           }
 #endif
-          packB(w, a.wType, K, nr, kc, reinterpret_cast<float*>(dst), round);
+          if (L.bT) packBT(w, a.wType, L.ldb, nr, kc, reinterpret_cast<float*>(dst));
+          else packB(w, a.wType, K, nr, kc, reinterpret_cast<float*>(dst), round);
         }
         for (long ic = m0; ic < m1; ic += mc0) {
           const long mc = lmin(mc0, m1 - ic);
@@ -178,7 +218,7 @@ void gemm(const MatmulArgs& a, const float* bias, bool round) {
               }
 #endif
               tile(kc, reinterpret_cast<const float*>(ap + ir * kc * elt), reinterpret_cast<const float*>(b), c, N, mr,
-                   nr, pc > 0, bb);
+                   nr, pc > 0 || L.accumulate, bb);
             }
           }
         }
@@ -1003,13 +1043,17 @@ void attention(const AttentionArgs& a) {
   else attentionRows(a);
 }
 
+#include "grad_impl.h"
+
 double fmaLoopK(long iters, float* sink) { return fmaLoop(iters, sink); }
 float sumK(const float* p, long n) { return sumRange(p, n); }
 
 // In KernelTable's field order.
 const KernelTable table = {
     VL3_ISA_NAME, VL3_BF16_DOT != 0, &matmul,    &add,  &mul,      &rmsNorm,   &layerNorm, &gelu, &mergeBlocks,
-    &siluMul,     &softmax,   &rope, &attention, &embedding, &fmaLoopK,  &sumK,
+    &siluMul,     &softmax,   &rope, &attention, &embedding,
+    &matmulBackward, &attentionBackward, &crossEntropy, &rmsNormBackward, &layerNormBackward, &geluBackward,
+    &siluMulBackward, &ropeBackward, &mergeBlocksBackward, &embeddingBackward, &fmaLoopK,  &sumK,
 };
 
 }  // namespace

@@ -9,6 +9,7 @@ import { writeFileSync } from 'node:fs';
 
 import { Rng } from '../src/engine/rng.js';
 import { bf16ToF32, f32ToBf16, isQuantized, QUANT_FORMATS, type QuantFormat } from '../src/tensor/dtype.js';
+import { hostGradients } from '../src/tensor/host-gradients.js';
 import { quantize } from '../src/tensor/quant.js';
 import { ReferenceBackend } from '../src/tensor/reference.js';
 import { Tensor } from '../src/tensor/tensor.js';
@@ -154,6 +155,95 @@ function attentionCase(T: number, S: number, Hq: number, Hkv: number, D: number,
   };
 }
 
+// The backward kernels against their definition (hostGradients), one case per output, with the tolerances of
+// native-gradients.test.ts made normwise (atol only): c·u·max|output| for the activation gradients, and for a
+// parameter gradient c·u·max|increment| plus two roundings of its previous contents (an input array).
+const U = 2 ** -24;
+const maxAbs = (t: Tensor) => (t.data as Float32Array).reduce((m, v) => Math.max(m, Math.abs(v)), 0);
+const minus = (a: Tensor<'f32'>, b: Tensor<'f32'>) => Tensor.f32(a.shape, a.data.map((v, i) => v - b.data[i]!));
+const copyF32 = (t: Tensor<'f32'>) => Tensor.f32(t.shape, t.data);
+
+function gradientCases(): HarnessCase[] {
+  const cases: HarnessCase[] = [];
+  const grad = (op: string, name: string, ints: number[], params: number[], atol: number, arrays: Tensor[]) =>
+    cases.push({ name, op: `grad.${op}`, ints, reals: [...params, 0, atol + 1e-30], arrays });
+  for (const [M, N, K, wType] of [[67, 45, 53, 'f32'], [300, 33, 41, 'bf16'], [1, 37, 19, 'bf16']] as const) {
+    const dy = randomF32([M, N]), x = randomF32([M, K]), w = randomFloat(wType, [N, K]);
+    const dw0 = randomF32([N, K]), db0 = randomF32([N]);
+    const dx = Tensor.empty('f32', [M, K]), dw = copyF32(dw0), db = copyF32(db0);
+    hostGradients.matmulBackward(dy, x, w, dx, dw, db);
+    // Σ|terms| ≤ n·max|dy| (x and w lie in [−1, 1]), and an f32 sum of n terms is within (n + 2)·u·Σ|terms|.
+    const name = `[${M},${N},${K}] w=${wType}`;
+    grad('matmulBackward.dx', name, [M, N, K], [], (N + 2) * U * N * maxAbs(dy), [dy, x, w, dx]);
+    grad('matmulBackward.dw', name, [M, N, K], [], (M + 2) * U * M * maxAbs(dy) + 2 * U * maxAbs(dw0), [dy, x, w, dw0, dw]);
+    grad('matmulBackward.dbias', name, [M, N, K], [], (M + 2) * U * M * maxAbs(dy) + 2 * U * maxAbs(db0), [dy, x, w, db0, db]);
+  }
+  for (const [T, S, Hq, Hkv, D, causal, offset] of [[37, 37, 2, 1, 24, 1, 0], [13, 140, 6, 2, 20, 1, 10], [20, 70, 4, 4, 16, 0, 0]] as const) {
+    const q = randomF32([T, Hq, D]), k = randomF32([S, Hkv, D]), v = randomF32([S, Hkv, D]), dout = randomF32([T, Hq, D]);
+    const outs = [Tensor.empty('f32', q.shape), Tensor.empty('f32', k.shape), Tensor.empty('f32', v.shape)] as const;
+    hostGradients.attentionBackward(q, k, v, dout, ...outs, { scale: 1 / Math.sqrt(D), causal: causal === 1, queryOffset: offset });
+    ['dq', 'dk', 'dv'].forEach((o, i) =>
+      grad(`attentionBackward.${o}`, `T=${T} S=${S} Hq=${Hq} Hkv=${Hkv} D=${D} causal=${causal} offset=${offset}`, [T, S, Hq, Hkv, D, causal, offset], [1 / Math.sqrt(D)], 4 * (S + D) * U * maxAbs(outs[i]!), [q, k, v, dout, outs[i]!]),
+    );
+  }
+  for (const [n, H, V, dtype] of [[70, 24, 4200, 'f32'], [3, 16, 300, 'bf16']] as const) {
+    const hidden = randomF32([n, H], 2), head = randomFloat(dtype, [V, H]), head0 = randomF32([V, H]);
+    const r = new Rng(seed++);
+    const targets = Tensor.i32([n], Array.from({ length: n }, () => Math.floor(r.next() * V)));
+    const losses = Tensor.empty('f32', [n]), dh = Tensor.empty('f32', [n, H]), dw = copyF32(head0);
+    hostGradients.crossEntropy(hidden, head, targets, 0.37, losses, dh, dw);
+    const name = `n=${n} H=${H} V=${V} head=${dtype}`;
+    grad('crossEntropy.losses', name, [n, H, V], [0.37], 4 * (4096 / 16 + H) * U * maxAbs(losses), [hidden, head, targets, head0, losses]);
+    grad('crossEntropy.dhidden', name, [n, H, V], [0.37], (V + n) * U * maxAbs(dh), [hidden, head, targets, head0, dh]);
+    grad('crossEntropy.dhead', name, [n, H, V], [0.37], (V + n) * U * maxAbs(minus(dw, head0)) + 2 * U * maxAbs(head0), [hidden, head, targets, head0, dw]);
+  }
+  for (const [rows, cols, wType] of [[1, 45, 'bf16'], [67, 300, 'f32']] as const) {
+    const x = randomF32([rows, cols], 3), dy = randomF32([rows, cols]), w = randomFloat(wType, [cols]), p0 = randomF32([cols]);
+    const rdx = Tensor.empty('f32', x.shape), rdw = copyF32(p0);
+    hostGradients.rmsNormBackward(dy, x, w, 1e-6, rdx, rdw);
+    const ldx = Tensor.empty('f32', x.shape), ldw = copyF32(p0), ldb = copyF32(p0);
+    hostGradients.layerNormBackward(dy, x, w, 1e-6, ldx, ldw, ldb);
+    const name = `[${rows},${cols}] w=${wType}`;
+    const param = (t: Tensor<'f32'>) => 16 * U * maxAbs(minus(t, p0)) + 2 * U * maxAbs(p0);
+    grad('rmsNormBackward.dx', name, [rows, cols], [1e-6], 16 * U * maxAbs(rdx), [dy, x, w, p0, rdx]);
+    grad('rmsNormBackward.dweight', name, [rows, cols], [1e-6], param(rdw), [dy, x, w, p0, rdw]);
+    grad('layerNormBackward.dx', name, [rows, cols], [1e-6], 16 * U * maxAbs(ldx), [dy, x, w, p0, ldx]);
+    grad('layerNormBackward.dweight', name, [rows, cols], [1e-6], param(ldw), [dy, x, w, p0, ldw]);
+    grad('layerNormBackward.dbias', name, [rows, cols], [1e-6], param(ldb), [dy, x, w, p0, ldb]);
+  }
+  const n = 3 * 256 + 77;
+  const x = randomF32([n], 4), up = randomF32([n], 2), dy = randomF32([n]);
+  for (const approximation of ['tanh', 'erf'] as const) {
+    const dx = Tensor.empty('f32', [n]);
+    hostGradients.geluBackward(dy, x, dx, approximation);
+    grad('geluBackward', `${approximation} n=${n}`, [n, approximation === 'erf' ? 1 : 0], [], 16 * U * maxAbs(dx), [dy, x, dx]);
+  }
+  const dg = Tensor.empty('f32', [n]), du = Tensor.empty('f32', [n]);
+  hostGradients.siluMulBackward(dy, x, up, dg, du);
+  grad('siluMulBackward.dgate', `n=${n}`, [n], [], 16 * U * maxAbs(dg), [dy, x, up, dg]);
+  grad('siluMulBackward.dup', `n=${n}`, [n], [], 16 * U * maxAbs(du), [dy, x, up, du]);
+  {
+    const [T, H, D] = [5, 3, 18];
+    const g = randomF32([T, H, D]), cos = randomF32([T, D / 2]), sin = randomF32([T, D / 2]), dx = Tensor.empty('f32', g.shape);
+    hostGradients.ropeBackward(g, cos, sin, dx);
+    grad('ropeBackward', `[${T},${H},${D}]`, [T, H, D], [], 4 * U * maxAbs(dx), [g, cos, sin, dx]);
+  }
+  for (const m of [1, 2]) {
+    const g = randomF32([7, 29]), dx = Tensor.empty('f32', [7 * m * m, 29]);
+    hostGradients.mergeBlocksBackward(g, m, dx);
+    grad('mergeBlocksBackward', `m=${m}`, [7, 29, m], [], 0, [g, dx]);
+  }
+  {
+    const [T, V, D] = [40, 9, 70];
+    const r = new Rng(seed++);
+    const ids = Tensor.i32([T], Array.from({ length: T }, () => Math.floor(r.next() * V)));
+    const g = randomF32([T, D]), table0 = randomF32([V, D]), table = copyF32(table0);
+    hostGradients.embeddingBackward(g, ids, table);
+    grad('embeddingBackward', `T=${T} V=${V} D=${D}`, [T, D], [], 0, [g, ids, table0, table]);
+  }
+  return cases;
+}
+
 export function harnessCases(): HarnessCase[] {
   seed = 1;
   const cases: HarnessCase[] = [];
@@ -181,6 +271,7 @@ export function harnessCases(): HarnessCase[] {
     ...matmulCase(9, 23, 27, 'bf16', 'none'),
   );
   cases.push(...roundingCases());
+  cases.push(...gradientCases());
   // Quantized weights: a short last row group (N % 4), K in whole chunks of 128 and not, M across the 4-row tiles
   // and the 64-row blocks of x.
   for (const format of QUANT_FORMATS) {

@@ -64,15 +64,27 @@ const CASES: [string, number][] = [
 
 const EMBED = 'model.embed_tokens.weight';
 
-describe('model training against PyTorch autograd', { skip: !fixtures && FIXTURES_MISSING }, () => {
+// On the reference backend (the TypeScript kernels) and on the native one (its own forward and backward kernels, on
+// the best tier this CPU has), both in exact compute: training's mode.
+for (const backendName of ['reference', 'native'] as const)
+describe(`model training against PyTorch autograd, ${backendName} backend`, { skip: !fixtures && FIXTURES_MISSING }, () => {
   let backend: Backend;
   let config: VideoLlama3Config;
   let weights: SafetensorsFile;
-  const f32Weights = { get: (spec: WeightSpec) => asF32(weights.read(spec.name)) };
+  // Widened once per weight, not once per case: the widening took most of a native case's time. Training reads the
+  // parameters and never writes them, so the cases can share them.
+  const widened = new Map<string, Tensor<'f32'>>();
+  const f32Weights = {
+    get: (spec: WeightSpec) => {
+      let t = widened.get(spec.name);
+      if (!t) widened.set(spec.name, (t = asF32(weights.read(spec.name))));
+      return t;
+    },
+  };
   before(() => {
     const checkpoint = join(fixtures!, TINY_CHECKPOINT);
     config = readModelConfig(join(checkpoint, 'config.json'));
-    backend = createBackend('reference');
+    backend = createBackend(backendName, { compute: 'exact' });
     weights = SafetensorsFile.open(join(checkpoint, 'model.safetensors'));
   });
 

@@ -144,6 +144,8 @@ void check(const std::vector<float>& got, const Case& c, const char* variant) {
 
 std::vector<float> copyOf(const Array& a) { return std::vector<float>(a.f32(), a.f32() + a.n); }
 
+void runGradientCase(const vl3::KernelTable& t, const Case& c);
+
 // Runs one case on table t: the out-of-place call, then the in-place forms the TS tests also check.
 void runCase(const vl3::KernelTable& t, const Case& c) {
   const auto& I = c.ints;
@@ -219,9 +221,72 @@ void runCase(const vl3::KernelTable& t, const Case& c) {
   } else if (c.op == "sum") {
     out[0] = t.sum(A[0].f32(), A[0].n);
     check(out, c, "");
+  } else if (c.op.rfind("grad.", 0) == 0) {
+    runGradientCase(t, c);
   } else {
     usage("unknown op " + c.op + " in case " + c.name);
   }
+}
+
+// The backward kernels, op "grad.NAME.OUTPUT": one output of NAME is compared (harness-cases.ts gradientCases). The
+// other outputs go to scratch vectors; a parameter gradient starts from the case's previous-contents array.
+void runGradientCase(const vl3::KernelTable& t, const Case& c) {
+  const auto& I = c.ints;
+  const auto& A = c.arrays;
+  const std::string op = c.op.substr(5);
+  const std::string name = op.substr(0, op.find('.')), output = op.find('.') == std::string::npos ? "" : op.substr(op.find('.') + 1);
+  auto scratchOf = [](long n) { return std::vector<float>(n, NAN); };
+  std::vector<float> out;
+  if (name == "matmulBackward") {
+    const long M = I[0], N = I[1], K = I[2];
+    out = output == "dx" ? scratchOf(M * K) : copyOf(A[3]);
+    vl3::MatmulBackwardArgs a{A[0].f32(), A[1].f32(), A[2].raw(), A[2].wtype(), nullptr, nullptr, nullptr, M, N, K};
+    (output == "dx" ? a.dx : output == "dw" ? a.dw : a.dbias) = out.data();
+    t.matmulBackward(a);
+  } else if (name == "attentionBackward") {
+    const long qn = I[0] * I[2] * I[4], kn = I[1] * I[3] * I[4];
+    std::vector<float> dq = scratchOf(qn), dk = scratchOf(kn), dv = scratchOf(kn);
+    vl3::AttentionBackwardArgs a{A[0].f32(), A[1].f32(), A[2].f32(), A[3].f32(), dq.data(), dk.data(), dv.data(),
+                                 I[0], I[1], I[2], I[3], I[4], static_cast<float>(c.reals[0]), I[5] != 0, I[6]};
+    t.attentionBackward(a);
+    out = output == "dq" ? dq : output == "dk" ? dk : dv;
+  } else if (name == "crossEntropy") {
+    const long n = I[0], H = I[1], V = I[2];
+    std::vector<float> losses = scratchOf(n), dh = scratchOf(n * H), dw = copyOf(A[3]);
+    vl3::CrossEntropyArgs a{A[0].f32(), A[1].raw(), A[1].wtype(), reinterpret_cast<const int32_t*>(A[2].raw()),
+                            static_cast<float>(c.reals[0]), losses.data(), dh.data(), dw.data(), n, H, V};
+    t.crossEntropy(a);
+    out = output == "losses" ? losses : output == "dhidden" ? dh : dw;
+  } else if (name == "rmsNormBackward" || name == "layerNormBackward") {
+    const long rows = I[0], cols = I[1];
+    std::vector<float> dx = scratchOf(rows * cols), dw = copyOf(A[3]), db = copyOf(A[3]);
+    const float eps = static_cast<float>(c.reals[0]);
+    if (name == "rmsNormBackward")
+      t.rmsNormBackward(A[0].f32(), A[1].f32(), A[2].raw(), A[2].wtype(), eps, dx.data(), dw.data(), rows, cols);
+    else
+      t.layerNormBackward(A[0].f32(), A[1].f32(), A[2].raw(), A[2].wtype(), eps, dx.data(), dw.data(), db.data(), rows,
+                          cols);
+    out = output == "dx" ? dx : output == "dweight" ? dw : db;
+  } else if (name == "geluBackward") {
+    out = scratchOf(I[0]);
+    t.geluBackward(A[0].f32(), A[1].f32(), out.data(), I[0], I[1] != 0);
+  } else if (name == "siluMulBackward") {
+    std::vector<float> dg = scratchOf(I[0]), du = scratchOf(I[0]);
+    t.siluMulBackward(A[0].f32(), A[1].f32(), A[2].f32(), dg.data(), du.data(), I[0]);
+    out = output == "dgate" ? dg : du;
+  } else if (name == "ropeBackward") {
+    out = scratchOf(I[0] * I[1] * I[2]);
+    t.ropeBackward(A[0].f32(), A[1].f32(), A[2].f32(), out.data(), I[0], I[1], I[2]);
+  } else if (name == "mergeBlocksBackward") {
+    out = scratchOf(I[0] * I[2] * I[2] * I[1]);
+    t.mergeBlocksBackward(A[0].f32(), out.data(), I[0], I[1], static_cast<int>(I[2]));
+  } else if (name == "embeddingBackward") {
+    out = copyOf(A[2]);
+    t.embeddingBackward(A[0].f32(), reinterpret_cast<const int32_t*>(A[1].raw()), out.data(), I[0], I[1]);
+  } else {
+    usage("unknown op " + c.op + " in case " + c.name);
+  }
+  check(out, c, "");
 }
 
 // The FMA loop has no reference value (its chains differ per ISA); what must hold is that it does the work it

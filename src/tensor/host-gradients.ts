@@ -12,7 +12,10 @@ const reader = (t: Tensor) => floatReader(t.dtype, t.data);
 const VOCAB_CHUNK = 4096;
 const ROW_BLOCK = 64;
 
-/** The gradient ops on host memory, shared by the reference and native backends until native kernels exist. */
+/**
+ * The gradient ops on host memory: the reference backend's kernels, and the definition the native ones
+ * (native/grad_impl.h) are tested against.
+ */
 export const hostGradients: GradientOps = {
   matmulBackward(dy: Tensor, x: Tensor, w: Tensor, dx: Tensor | null, dw: Tensor | null, dbias: Tensor | null): void {
     const [N, K] = w.shape as [number, number];

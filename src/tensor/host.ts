@@ -3,7 +3,7 @@
  * upload and download are the tensor itself, copies are typed-array copies (memmove, so a tensor may be copied over
  * itself shifted).
  */
-import type { Kernels } from './backend.js';
+import type { GradientOps, Kernels } from './backend.js';
 import { hostGradients } from './host-gradients.js';
 import type { DType } from './dtype.js';
 import { HostStorage, type Storage, type Tensor } from './tensor.js';
@@ -47,9 +47,10 @@ export const hostMemory: HostMemory = {
 
 /**
  * The CPU backends' kernels start from this: their memory ops are the host ones above, and their gradient ops the
- * TypeScript ones of host-gradients.ts (the native backend has no native backward kernels yet).
+ * TypeScript ones of host-gradients.ts, as methods so that a backend with its own kernels (NativeKernels) overrides
+ * them one by one.
  */
-export abstract class HostKernels {
+export abstract class HostKernels implements GradientOps {
   readonly device = hostMemory.device;
   readonly allocateStorage = hostMemory.allocateStorage;
   readonly upload = hostMemory.upload;
@@ -58,14 +59,34 @@ export abstract class HostKernels {
   readonly copy = hostMemory.copy;
   readonly copyRows = hostMemory.copyRows;
   readonly fill = hostMemory.fill;
-  readonly matmulBackward = hostGradients.matmulBackward;
-  readonly rmsNormBackward = hostGradients.rmsNormBackward;
-  readonly layerNormBackward = hostGradients.layerNormBackward;
-  readonly mergeBlocksBackward = hostGradients.mergeBlocksBackward;
-  readonly geluBackward = hostGradients.geluBackward;
-  readonly siluMulBackward = hostGradients.siluMulBackward;
-  readonly ropeBackward = hostGradients.ropeBackward;
-  readonly attentionBackward = hostGradients.attentionBackward;
-  readonly embeddingBackward = hostGradients.embeddingBackward;
-  readonly crossEntropy = hostGradients.crossEntropy;
+  matmulBackward(...a: Parameters<GradientOps['matmulBackward']>): void {
+    hostGradients.matmulBackward(...a);
+  }
+  rmsNormBackward(...a: Parameters<GradientOps['rmsNormBackward']>): void {
+    hostGradients.rmsNormBackward(...a);
+  }
+  layerNormBackward(...a: Parameters<GradientOps['layerNormBackward']>): void {
+    hostGradients.layerNormBackward(...a);
+  }
+  mergeBlocksBackward(...a: Parameters<GradientOps['mergeBlocksBackward']>): void {
+    hostGradients.mergeBlocksBackward(...a);
+  }
+  geluBackward(...a: Parameters<GradientOps['geluBackward']>): void {
+    hostGradients.geluBackward(...a);
+  }
+  siluMulBackward(...a: Parameters<GradientOps['siluMulBackward']>): void {
+    hostGradients.siluMulBackward(...a);
+  }
+  ropeBackward(...a: Parameters<GradientOps['ropeBackward']>): void {
+    hostGradients.ropeBackward(...a);
+  }
+  attentionBackward(...a: Parameters<GradientOps['attentionBackward']>): void {
+    hostGradients.attentionBackward(...a);
+  }
+  embeddingBackward(...a: Parameters<GradientOps['embeddingBackward']>): void {
+    hostGradients.embeddingBackward(...a);
+  }
+  crossEntropy(...a: Parameters<GradientOps['crossEntropy']>): void {
+    hostGradients.crossEntropy(...a);
+  }
 }

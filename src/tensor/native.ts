@@ -104,6 +104,32 @@ interface NativeContext {
     queryOffset: number,
   ): void;
   embedding(table: F32 | Half | Uint8Array, ids: Int32Array, out: F32, D: number, format?: number): void;
+  matmulBackward(dy: F32, x: F32, w: F32 | Half, dx: F32 | null, dw: F32 | null, dbias: F32 | null, M: number, N: number, K: number): void;
+  attentionBackward(
+    q: F32,
+    k: F32,
+    v: F32,
+    dout: F32,
+    dq: F32,
+    dk: F32,
+    dv: F32,
+    T: number,
+    S: number,
+    Hq: number,
+    Hkv: number,
+    D: number,
+    scale: number,
+    causal: boolean,
+    queryOffset: number,
+  ): void;
+  crossEntropy(hidden: F32, head: F32 | Half, targets: Int32Array, scale: number, losses: F32, dhidden: F32 | null, dhead: F32 | null, n: number, H: number, V: number): void;
+  rmsNormBackward(dy: F32, x: F32, weight: F32 | Half, eps: number, dx: F32, dweight: F32 | null): void;
+  layerNormBackward(dy: F32, x: F32, weight: F32 | Half, eps: number, dx: F32, dweight: F32 | null, dbias: F32 | null): void;
+  geluBackward(dy: F32, x: F32, dx: F32, erf: boolean): void;
+  siluMulBackward(dy: F32, gate: F32, up: F32, dgate: F32, dup: F32): void;
+  ropeBackward(dy: F32, cos: F32, sin: F32, dx: F32, T: number, H: number, D: number): void;
+  mergeBlocksBackward(dy: F32, dx: F32, cols: number, mergeSize: number): void;
+  embeddingBackward(dy: F32, ids: Int32Array, dtable: F32, D: number): void;
   setThreads(n: number): void;
   readonly threads: number;
   readonly isa: Isa;
@@ -347,6 +373,55 @@ export class NativeKernels extends HostKernels implements Kernels {
 
   embedding(table: Tensor, ids: Tensor, out: Tensor): void {
     this.ctx.embedding(table.data as F32 | Half | Uint8Array, ids.data as Int32Array, f32(out), table.dim(1), nativeFormat(table));
+  }
+
+  // -- gradients (native/grad_impl.h; exact f32 products in either compute mode, as host-gradients.ts defines them) --
+
+  override matmulBackward(dy: Tensor, x: Tensor, w: Tensor, dx: Tensor | null, dw: Tensor | null, dbias: Tensor | null): void {
+    const [N, K] = w.shape as [number, number];
+    const opt = (t: Tensor | null) => (t ? f32(t) : null);
+    this.ctx.matmulBackward(f32(dy), f32(x), floatData(w), opt(dx), opt(dw), opt(dbias), K === 0 ? dy.numel / Math.max(N, 1) : x.numel / K, N, K);
+  }
+
+  override rmsNormBackward(dy: Tensor, x: Tensor, weight: Tensor, eps: number, dx: Tensor, dweight: Tensor | null): void {
+    this.ctx.rmsNormBackward(f32(dy), f32(x), floatData(weight), eps, f32(dx), dweight ? f32(dweight) : null);
+  }
+
+  override layerNormBackward(dy: Tensor, x: Tensor, weight: Tensor, eps: number, dx: Tensor, dweight: Tensor | null, dbias: Tensor | null): void {
+    this.ctx.layerNormBackward(f32(dy), f32(x), floatData(weight), eps, f32(dx), dweight ? f32(dweight) : null, dbias ? f32(dbias) : null);
+  }
+
+  override mergeBlocksBackward(dy: Tensor, mergeSize: number, dx: Tensor): void {
+    this.ctx.mergeBlocksBackward(f32(dy), f32(dx), dy.dim(-1), mergeSize);
+  }
+
+  override geluBackward(dy: Tensor, x: Tensor, dx: Tensor, approximation: 'tanh' | 'erf'): void {
+    this.ctx.geluBackward(f32(dy), f32(x), f32(dx), approximation === 'erf');
+  }
+
+  override siluMulBackward(dy: Tensor, gate: Tensor, up: Tensor, dgate: Tensor, dup: Tensor): void {
+    this.ctx.siluMulBackward(f32(dy), f32(gate), f32(up), f32(dgate), f32(dup));
+  }
+
+  override ropeBackward(dy: Tensor, cos: Tensor, sin: Tensor, dx: Tensor): void {
+    const [T, H, D] = dy.shape as [number, number, number];
+    this.ctx.ropeBackward(f32(dy), f32(cos), f32(sin), f32(dx), T, H, D);
+  }
+
+  override attentionBackward(q: Tensor, k: Tensor, v: Tensor, dout: Tensor, dq: Tensor, dk: Tensor, dv: Tensor, options: AttentionOptions): void {
+    const [T, Hq, D] = q.shape as [number, number, number];
+    const [S, Hkv] = k.shape as [number, number, number];
+    const offset = options.causal ? (options.queryOffset ?? S - T) : 0;
+    this.ctx.attentionBackward(f32(q), f32(k), f32(v), f32(dout), f32(dq), f32(dk), f32(dv), T, S, Hq, Hkv, D, options.scale, options.causal, offset);
+  }
+
+  override embeddingBackward(dy: Tensor, ids: Tensor, dtable: Tensor): void {
+    this.ctx.embeddingBackward(f32(dy), ids.data as Int32Array, f32(dtable), dtable.dim(1));
+  }
+
+  override crossEntropy(hidden: Tensor, head: Tensor, targets: Tensor, scale: number, losses: Tensor, dhidden: Tensor | null, dhead: Tensor | null): void {
+    const [n, H] = hidden.shape as [number, number];
+    this.ctx.crossEntropy(f32(hidden), floatData(head), targets.data as Int32Array, scale, f32(losses), dhidden ? f32(dhidden) : null, dhead ? f32(dhead) : null, n, H, head.dim(0));
   }
 
   argmax(x: Tensor): number {
