@@ -12,7 +12,7 @@ import { Tensor } from '../tensor/tensor.js';
 import { canonicalWeightName } from './checkpoint.js';
 import type { VideoLlama3Config } from './config.js';
 import { AdapterError } from './errors.js';
-import { linearModules, loraParameterName, loraScaling, targetedModules, type AdapterMerge, type LoraConfig, type LoraPair } from './lora.js';
+import { linearModules, loraParameterName, loraScaling, targetedModules, type AdapterMerge, type LinearModule, type LoraConfig, type LoraPair } from './lora.js';
 import { SafetensorsFile, writeSafetensors } from './safetensors.js';
 
 export const ADAPTER_CONFIG_FILE = 'adapter_config.json';
@@ -89,13 +89,13 @@ export function loadAdapter(dir: string, model: VideoLlama3Config): LoraAdapter 
     throw new AdapterError(`${configFile}: cannot read (${(err as Error).message})`, configFile);
   }
   const config = readConfig(raw, configFile);
-  const targets = (() => {
-    try {
-      return targetedModules(model, config.targetModules);
-    } catch (err) {
-      throw new AdapterError(`${configFile}: ${(err as Error).message}`, configFile, (err as AdapterError).module);
-    }
-  })();
+  let targets: LinearModule[];
+  try {
+    targets = targetedModules(model, config.targetModules);
+  } catch (err) {
+    if (!(err instanceof AdapterError)) throw err;
+    throw new AdapterError(`${configFile}: ${err.message}`, configFile, err.module);
+  }
 
   const weightsFile = path.join(dir, ADAPTER_WEIGHTS_FILE);
   if (!fs.existsSync(weightsFile)) {
