@@ -54,7 +54,7 @@ describe('training from scratch learns', { skip: !fixtures && FIXTURES_MISSING }
   it('answers held-out colour and motion questions far above chance after vl3 train', { timeout: 600_000 }, async () => {
     const trained = await run([
       'train',
-      '--stage', '2',
+      '--stage', '3',
       '--model', join(dir, 'init'),
       '--data', join(dir, 'data', 'train.json'),
       '--data-folder', join(dir, 'data', 'media'),

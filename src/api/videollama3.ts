@@ -8,6 +8,7 @@ import { validateSampling, type SamplingOptions } from '../engine/sampling.js';
 import { ABORTED, Scheduler, type SchedulerStats } from '../engine/scheduler.js';
 import { resolveModel, type HubOptions } from '../hub/index.js';
 import { loadCheckpoint, type Checkpoint } from '../model/checkpoint.js';
+import { adapterMerge, loadAdapter } from '../model/lora-adapter.js';
 import type { Qwen2Model } from '../model/qwen2.js';
 import { VideoLLaMA3Model, type FeaturePlacement } from '../model/videollama3.js';
 import { FormattedWeights, type WeightFormats } from '../model/weight-formats.js';
@@ -52,6 +53,12 @@ export interface LoadOptions {
   weights?: WeightFormat;
   /** The same for the vision encoder's and projector's matmul weights; default $VL3_VISION_WEIGHTS, else as stored. */
   visionWeights?: WeightFormat;
+  /**
+   * A LoRA adapter folder in PEFT's format (adapter_config.json, adapter_model.safetensors), merged into the weights
+   * as they load (W + scaling·B·A in f32, rounded to the stored dtype, then quantized if asked), so that inference
+   * runs at the base model's speed. Default: $VL3_ADAPTER, else none.
+   */
+  adapter?: string;
   /** Default visual token budget of a request (spec 2.3); default: the checkpoint's `max_tokens` (16384). */
   maxVisualTokens?: number;
   minVisualTokens?: number;
@@ -266,8 +273,15 @@ export class VideoLLaMA3 implements ChatModel {
       }
       formats[part] = value as WeightFormat;
     }
+    const adapterDir = options.adapter ?? (process.env.VL3_ADAPTER || undefined);
+    if (adapterDir !== undefined && (typeof adapterDir !== 'string' || adapterDir === '')) {
+      throw invalid('adapter', `adapter must be the path of an adapter folder, got ${describeValue(adapterDir)}`);
+    }
     const checkpoint = loadCheckpoint(folder);
-    const weights = new FormattedWeights(checkpoint.weights, checkpoint.config.quantization, formats);
+    // B·A is summed in f32 whatever the model computes in: a bf16 backend would round A and B first.
+    const mergeBackend = () => (backend.compute === 'exact' ? backend : createBackend('native', { compute: 'exact', threads: backend.threads }));
+    const merge = adapterDir === undefined ? undefined : adapterMerge(loadAdapter(adapterDir, checkpoint.config), adapterDir, mergeBackend());
+    const weights = new FormattedWeights(checkpoint.weights, checkpoint.config.quantization, formats, merge);
     // Every tensor against the config, from the headers: a mismatch fails here, not on the first image request.
     for (const spec of checkpointWeightSpecs(checkpoint.config)) weights.check(spec);
     const tokenizer = await Tokenizer.load(folder);

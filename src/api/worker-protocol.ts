@@ -1,6 +1,6 @@
 // Messages between `ModelWorker` (the caller's thread) and the worker thread running the model.
 import type { ProgressEvent } from '../processing/processor.js';
-import { CheckpointError } from '../model/errors.js';
+import { AdapterError, CheckpointError } from '../model/errors.js';
 import type { BackendName } from '../tensor/index.js';
 import { AbortError, InvalidOptionError, InvalidRequestError } from './errors.js';
 import type { ChatInput, ChatOptions, ChatResult, LoadOptions, LoadProgressEvent, ModelInfo, ModelStats } from './videollama3.js';
@@ -42,15 +42,16 @@ export interface SerializedError {
   option?: string;
   file?: string;
   tensor?: string;
+  module?: string;
 }
 
 export function serializeError(e: unknown): SerializedError {
   if (!(e instanceof Error)) return { name: 'Error', message: String(e) };
-  const { path, option, file, tensor } = e as Error & Partial<Record<'path' | 'option' | 'file' | 'tensor', string>>;
-  return { name: e.name, message: e.message, stack: e.stack, path, option, file, tensor };
+  const { path, option, file, tensor, module } = e as Error & Partial<Record<'path' | 'option' | 'file' | 'tensor' | 'module', string>>;
+  return { name: e.name, message: e.message, stack: e.stack, path, option, file, tensor, module };
 }
 
-/** Re-creates the error classes callers tell apart (bad input, bad option, bad checkpoint, abort); others stay Error. */
+/** Re-creates the error classes callers tell apart (bad input, bad option, bad checkpoint or adapter, abort); others stay Error. */
 export function deserializeError(e: SerializedError): Error {
   const error =
     e.name === 'InvalidRequestError'
@@ -59,9 +60,11 @@ export function deserializeError(e: SerializedError): Error {
         ? new InvalidOptionError(e.option ?? '', e.message)
         : e.name === 'CheckpointError'
           ? new CheckpointError(e.message, e.file, e.tensor)
-          : e.name === 'AbortError'
-            ? new AbortError(e.message)
-            : new Error(e.message);
+          : e.name === 'AdapterError'
+            ? new AdapterError(e.message, e.file, e.module)
+            : e.name === 'AbortError'
+              ? new AbortError(e.message)
+              : new Error(e.message);
   if (e.stack) error.stack = e.stack;
   return error;
 }

@@ -6,6 +6,7 @@ import { ModelWorker } from '../api/model-worker.js';
 import { VideoLLaMA3, type LoadOptions } from '../api/videollama3.js';
 import { writeRandomCheckpoint } from '../model/random-checkpoint.js';
 import { writeQuantizedCheckpoint } from '../model/quantize-checkpoint.js';
+import { writeMergedCheckpoint } from '../model/merge-adapter.js';
 import { resolveModel } from '../hub/index.js';
 import type { ComputeMode, Isa } from '../tensor/index.js';
 import { WEIGHT_FORMATS, type WeightFormat } from '../tensor/dtype.js';
@@ -35,8 +36,11 @@ const modelOptions = (cmd: Command) =>
     .addOption(flag('--no-token-compression', 'keep every video token (turn the Differential Frame Pruner off)'))
     .addOption(flag('--weights <format>', 'language model weights: bf16, or int8, int4, int4m quantized at load (faster decode, less memory; default: as the checkpoint stores them)').choices([...WEIGHT_FORMATS]))
     .addOption(flag('--vision-weights <format>', 'vision encoder weights, as --weights (default: as the checkpoint stores them)').choices([...WEIGHT_FORMATS]))
+    .addOption(flag('--adapter <dir>', 'a LoRA adapter folder (PEFT format: adapter_config.json, adapter_model.safetensors), merged into the weights at load'))
     .addOption(flag('--feature-cache-bytes <n>', 'image and video features kept for later requests, LRU (e.g. 512MiB; 0: off; default 1GiB, ask and inspect: 0)').argParser(byteCount('--feature-cache-bytes')))
     .addOption(flag('--prefix-cache-bytes <n>', 'prompt KV caches kept so that a later prompt starting the same way prefills only the rest, LRU (0: off; default 2GiB, ask and inspect: 0)').argParser(byteCount('--prefix-cache-bytes')));
+
+const runtimeThreads = (cmd: Command) => cmd.addOption(flag('-t, --threads <n>', 'kernel threads (default: available cores)').argParser(integer('--threads', 1)));
 
 /** How the kernels run: the model commands' flags, and `vl3 info`'s, which shows what they resolve to. */
 const runtimeOptions = (cmd: Command) =>
@@ -50,6 +54,7 @@ const list = (value: string) => value.split(',').map((s) => s.trim()).filter(Boo
 const loadOptions = (o: Record<string, number | undefined>) => ({
   weights: o.weights as unknown as WeightFormat | undefined,
   visionWeights: o.visionWeights as unknown as WeightFormat | undefined,
+  adapter: o.adapter as unknown as string | undefined,
   compute: o.compute as unknown as ComputeMode | undefined,
   isa: o.isa as unknown as Isa | undefined,
   threads: o.threads,
@@ -308,6 +313,36 @@ export function buildProgram(): Command {
     });
 
   addTrainCommand(program);
+
+  runtimeThreads(
+    program
+      .command('merge-adapter')
+      .description('write a copy of a checkpoint with a LoRA adapter merged into its weights (W + scaling·B·A), which ask, chat and serve load like any checkpoint'),
+  )
+    .addOption(flag('-m, --model <ref>', 'bf16 checkpoint folder, or hub id ORG/NAME[@revision]').makeOptionMandatory())
+    .addOption(flag('--adapter <dir>', 'LoRA adapter folder (PEFT format: adapter_config.json, adapter_model.safetensors)').makeOptionMandatory())
+    .addOption(flag('-o, --out <dir>', 'output folder (new, or empty)').makeOptionMandatory())
+    .action(async (o) => {
+      const started = performance.now();
+      const downloads = new DownloadBars();
+      const bars = new ProgressBars();
+      let result;
+      try {
+        const from = await resolveModel(o.model, { onProgress: downloads.update });
+        downloads.stop();
+        result = writeMergedCheckpoint({
+          from,
+          adapter: o.adapter,
+          out: o.out,
+          threads: o.threads,
+          onProgress: (done, total) => bars.update({ stage: 'merge', done, total }),
+        });
+      } finally {
+        downloads.stop();
+        bars.stop();
+      }
+      process.stderr.write(`wrote ${o.out}: adapter merged into ${result.merged} of ${result.tensors} tensors in ${((performance.now() - started) / 1000).toFixed(1)} s\n`);
+    });
 
   const dev = program.command('dev').description('developer tools');
   dev

@@ -9,10 +9,11 @@ const LABELS: Record<BarEvent['stage'], string> = {
   encode: 'encoding frames',
   prefill: 'reading prompt',
   quantize: 'quantizing',
+  merge: 'merging adapter',
 };
 
-/** A stage of a model load, of a request, or of `vl3 quantize` (bytes of source weights done). */
-type BarEvent = ProgressEvent | LoadProgressEvent | { stage: 'quantize'; done: number; total: number };
+/** A stage of a model load, of a request, or of `vl3 quantize` and `vl3 merge-adapter` (bytes of source weights done). */
+type BarEvent = ProgressEvent | LoadProgressEvent | { stage: 'quantize' | 'merge'; done: number; total: number };
 
 /** Bars that are drawn only once something happens, and removed exactly once. */
 abstract class TerminalBars {
@@ -55,7 +56,7 @@ export class ProgressBars extends TerminalBars {
 
   readonly update = (event: BarEvent): void => {
     if (!this.drawing()) return;
-    const amount = event.stage === 'load' || event.stage === 'quantize' ? `${humanBytes(event.done)} of ${humanBytes(event.total)}` : `${event.done}/${event.total}`;
+    const amount = event.stage === 'load' || event.stage === 'quantize' || event.stage === 'merge' ? `${humanBytes(event.done)} of ${humanBytes(event.total)}` : `${event.done}/${event.total}`;
     let bar = this.bars.get(event.stage);
     if (!bar) {
       bar = this.multi!.create(event.total, 0, { stage: LABELS[event.stage].padEnd(16), amount });

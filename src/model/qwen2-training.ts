@@ -1,5 +1,6 @@
 import type { Backend } from '../tensor/backend.js';
 import type { Tensor } from '../tensor/tensor.js';
+import { TrainingLinear, type AdapterActivations, type LinearAdapter } from './lora-linear.js';
 import type { Qwen2Dims } from './qwen2.js';
 import { ropeInverseFrequencies, ropeTables } from './rope.js';
 import { decoderWeights, flattenSpecs, loadSpecs, type Loaded, type WeightSpec } from './weight-names.js';
@@ -9,6 +10,9 @@ export type DecoderParameters = Loaded<ReturnType<typeof decoderWeights>, Tensor
 type LayerParameters = DecoderParameters['layers'][number];
 /** The same structure holding each parameter's gradient, or null where the parameter is frozen. */
 type DecoderGradients = Loaded<ReturnType<typeof decoderWeights>, Tensor | null>;
+
+type Role = 'q' | 'k' | 'v' | 'o' | 'gate' | 'up' | 'down';
+type LayerLinears = Record<Role, TrainingLinear>;
 
 /** What one layer's backward needs from its forward (spec 8.2 names in comments). */
 interface LayerActivations {
@@ -23,6 +27,7 @@ interface LayerActivations {
   gate: Tensor;
   up: Tensor;
   act: Tensor; // SiLU(gate) ⊙ up
+  adapters: Partial<Record<Role, AdapterActivations | null>>; // each LoRA adapter's own
 }
 
 /** A training forward pass's saved state: per-layer activations, the final norm's input, and the RoPE tables. */
@@ -61,10 +66,12 @@ export class Qwen2Training {
   readonly headDim: number;
   private readonly invFreq: Float32Array;
   private readonly grads: DecoderGradients;
+  private readonly linears: LayerLinears[];
 
   /**
    * `params`: f32 tensors in the backend's memory; `gradientOf(spec)`: the f32 tensor of the spec's shape that the
-   * parameter's gradient is added to, or null for a frozen parameter (its gradient is not computed).
+   * parameter's gradient is added to, or null for a frozen parameter (its gradient is not computed);
+   * `adapterOf(spec)`: the LoRA adapter on the linear layer whose weight `spec` is, or null.
    */
   constructor(
     readonly dims: Qwen2Dims,
@@ -72,6 +79,7 @@ export class Qwen2Training {
     gradientOf: (spec: WeightSpec) => Tensor | null,
     readonly backend: Backend,
     lmHeadName = 'lm_head.weight',
+    adapterOf: (spec: WeightSpec) => LinearAdapter | null = () => null,
   ) {
     this.headDim = dims.hiddenSize / dims.numAttentionHeads;
     this.invFreq = ropeInverseFrequencies(this.headDim, dims.ropeTheta);
@@ -79,6 +87,14 @@ export class Qwen2Training {
     this.grads = loadSpecs(specs, gradientOf);
     // A tied head shares the embedding table's gradient, which then receives both uses.
     if (params.lmHead === params.embedTokens) this.grads.lmHead = this.grads.embedTokens;
+    const adapters = loadSpecs(specs, adapterOf);
+    this.linears = params.layers.map((p, l) => {
+      const g = this.grads.layers[l]!;
+      const a = adapters.layers[l]!;
+      const linear = (w: 'qProj' | 'kProj' | 'vProj' | 'oProj' | 'gateProj' | 'upProj' | 'downProj', bias?: 'qBias' | 'kBias' | 'vBias') =>
+        new TrainingLinear(backend, p[w], bias ? p[bias] : null, g[w], bias ? g[bias] : null, a[w]);
+      return { q: linear('qProj', 'qBias'), k: linear('kProj', 'kBias'), v: linear('vProj', 'vBias'), o: linear('oProj'), gate: linear('gateProj'), up: linear('upProj'), down: linear('downProj') };
+    });
   }
 
   /** Names of the decoder's parameters, in checkpoint order of roles. */
@@ -88,9 +104,9 @@ export class Qwen2Training {
 
   /**
    * Runs embeds [L, H] at `positions` (restarting at 0 where each packed sample starts; `bounds` lists the starts
-   * and ends with L). Nothing is written into `embeds`.
+   * and ends with L). Nothing is written into `embeds`. `training` applies the LoRA adapters' dropout.
    */
-  forward(embeds: Tensor, positions: ArrayLike<number>, bounds: readonly number[]): DecoderActivations {
+  forward(embeds: Tensor, positions: ArrayLike<number>, bounds: readonly number[], training = false): DecoderActivations {
     const { hiddenSize: H, intermediateSize: I, numAttentionHeads: Hq, numKeyValueHeads: Hkv, rmsNormEps: eps } = this.dims;
     const D = this.headDim;
     const L = embeds.dim(0);
@@ -105,7 +121,8 @@ export class Qwen2Training {
 
     let x = f32([L, H]);
     b.copy(embeds, x);
-    const layers = this.params.layers.map((p) => {
+    const layers = this.params.layers.map((p, l) => {
+      const linear = this.linears[l]!;
       const a: LayerActivations = {
         x,
         h1: f32([L, H]),
@@ -118,24 +135,26 @@ export class Qwen2Training {
         gate: f32([L, I]),
         up: f32([L, I]),
         act: f32([L, I]),
+        adapters: {},
       };
+      const ad = a.adapters;
       b.rmsNorm(a.x, p.inputNorm, eps, a.h1);
-      b.matmul(a.h1, p.qProj, p.qBias, a.q.reshape([L, H]));
-      b.matmul(a.h1, p.kProj, p.kBias, a.k.reshape([L, Hkv * D]));
-      b.matmul(a.h1, p.vProj, p.vBias, a.v.reshape([L, Hkv * D]));
+      ad.q = linear.q.forward(a.h1, a.q.reshape([L, H]), training);
+      ad.k = linear.k.forward(a.h1, a.k.reshape([L, Hkv * D]), training);
+      ad.v = linear.v.forward(a.h1, a.v.reshape([L, Hkv * D]), training);
       b.rope(a.q, cos, sin, a.q);
       b.rope(a.k, cos, sin, a.k);
       this.perSample(bounds, (s, e) =>
         b.attention(a.q.rows(s, e), a.k.rows(s, e), a.v.rows(s, e), a.attn.rows(s, e), { scale: 1 / Math.sqrt(D), causal: true, queryOffset: 0 }),
       );
-      b.matmul(a.attn.reshape([L, H]), p.oProj, null, a.x2);
+      ad.o = linear.o.forward(a.attn.reshape([L, H]), a.x2, training);
       b.add(a.x, a.x2, a.x2);
       b.rmsNorm(a.x2, p.postNorm, eps, a.h2);
-      b.matmul(a.h2, p.gateProj, null, a.gate);
-      b.matmul(a.h2, p.upProj, null, a.up);
+      ad.gate = linear.gate.forward(a.h2, a.gate, training);
+      ad.up = linear.up.forward(a.h2, a.up, training);
       b.siluMul(a.gate, a.up, a.act);
       x = f32([L, H]);
-      b.matmul(a.act, p.downProj, null, x);
+      ad.down = linear.down.forward(a.act, x, training);
       b.add(a.x2, x, x);
       return a;
     });
@@ -200,16 +219,18 @@ export class Qwen2Training {
       const p: LayerParameters = this.params.layers[l]!;
       const g = this.grads.layers[l]!;
       const a = acts.layers[l]!;
+      const linear = this.linears[l]!;
+      const ad = a.adapters;
       // MLP branch: out = x2 + down(SiLU(gate(h2)) ⊙ up(h2)), h2 = post_norm(x2).
-      b.matmulBackward(dx, a.act, p.downProj, dAct, g.downProj, null);
+      linear.down.backward(dx, a.act, ad.down ?? null, dAct);
       b.siluMulBackward(dAct, a.gate, a.up, dGate, dUp);
-      b.matmulBackward(dGate, a.h2, p.gateProj, dNormed, g.gateProj, null);
-      b.matmulBackward(dUp, a.h2, p.upProj, dBranch, g.upProj, null);
+      linear.gate.backward(dGate, a.h2, ad.gate ?? null, dNormed);
+      linear.up.backward(dUp, a.h2, ad.up ?? null, dBranch);
       b.add(dNormed, dBranch, dNormed);
       b.rmsNormBackward(dNormed, a.x2, p.postNorm, eps, dBranch, g.postNorm);
       b.add(dx, dBranch, dx);
       // Attention branch: x2 = x + o(attention(rope(q(h1)), rope(k(h1)), v(h1))), h1 = input_norm(x).
-      b.matmulBackward(dx, a.attn.reshape([L, H]), p.oProj, dAttn.reshape([L, H]), g.oProj, null);
+      linear.o.backward(dx, a.attn.reshape([L, H]), ad.o ?? null, dAttn.reshape([L, H]));
       this.perSample(acts.bounds, (s, e) =>
         b.attentionBackward(a.q.rows(s, e), a.k.rows(s, e), a.v.rows(s, e), dAttn.rows(s, e), dq.rows(s, e), dk.rows(s, e), dv.rows(s, e), {
           scale: 1 / Math.sqrt(D),
@@ -219,10 +240,10 @@ export class Qwen2Training {
       );
       b.ropeBackward(dq, acts.cos, acts.sin, dq);
       b.ropeBackward(dk, acts.cos, acts.sin, dk);
-      b.matmulBackward(dq.reshape([L, H]), a.h1, p.qProj, dNormed, g.qProj, g.qBias);
-      b.matmulBackward(dk.reshape([L, Hkv * D]), a.h1, p.kProj, dBranch, g.kProj, g.kBias);
+      linear.q.backward(dq.reshape([L, H]), a.h1, ad.q ?? null, dNormed);
+      linear.k.backward(dk.reshape([L, Hkv * D]), a.h1, ad.k ?? null, dBranch);
       b.add(dNormed, dBranch, dNormed);
-      b.matmulBackward(dv.reshape([L, Hkv * D]), a.h1, p.vProj, dBranch, g.vProj, g.vBias);
+      linear.v.backward(dv.reshape([L, Hkv * D]), a.h1, ad.v ?? null, dBranch);
       b.add(dNormed, dBranch, dNormed);
       b.rmsNormBackward(dNormed, a.x, p.inputNorm, eps, dBranch, g.inputNorm);
       const dIn = f32([L, H]);

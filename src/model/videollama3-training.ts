@@ -1,6 +1,8 @@
 import type { Backend } from '../tensor/backend.js';
 import { Tensor } from '../tensor/tensor.js';
 import type { VideoLlama3Config } from './config.js';
+import type { LinearAdapter } from './lora-linear.js';
+import { initialLoraPair, loraParameterName, loraScaling, targetedModules, type LoraConfig, type LoraPair } from './lora.js';
 import { ProjectorTraining } from './projector-training.js';
 import { packedBounds, Qwen2Training } from './qwen2-training.js';
 import { VisionEncoderTraining } from './vision-training.js';
@@ -25,6 +27,15 @@ export interface TrainingInputs {
   positionIds: ArrayLike<number>;
 }
 
+/** LoRA on the model (the official `--lora_enable`): adapters on the layers `config.targetModules` select. */
+export interface TrainingLora {
+  config: LoraConfig;
+  /** Starting A and B by module path (an adapter file's); a module without them starts as PEFT initialises it. */
+  initial?: ReadonlyMap<string, LoraPair>;
+  /** Uniform numbers in [0, 1) for A's initial values and the dropout masks: a seeded generator repeats a run. */
+  random: () => number;
+}
+
 export interface StepResult {
   /** Σ of the supervised tokens' cross-entropies (unscaled). */
   lossSum: number;
@@ -45,12 +56,19 @@ export class VideoLLaMA3Training {
   private readonly vision: VisionEncoderTraining;
   private readonly projector: ProjectorTraining;
   private readonly decoder: Qwen2Training;
+  /** The adapters' f32 masters by module path (trained or not), in PEFT's naming once saved. */
+  readonly loraPairs = new Map<string, LoraPair>();
 
+  /**
+   * `trainable(name)` decides for every parameter, the adapters' (`base_model.model.<module>.lora_A.weight`)
+   * included; with `lora`, the stage's choice (train/lora.ts) freezes the base weights.
+   */
   constructor(
     readonly config: VideoLlama3Config,
     weights: TrainingWeightSource,
     trainable: (name: string) => boolean,
     readonly backend: Backend,
+    readonly lora?: TrainingLora,
   ) {
     const b = backend;
     // By name, so that a tied head (the embedding table under the same name) is one tensor with one gradient.
@@ -78,26 +96,62 @@ export class VideoLLaMA3Training {
       }
       return grad;
     };
+    const adapters = lora ? this.makeAdapters(lora, trainable) : new Map<string, LinearAdapter>();
+    const adapterOf = (spec: WeightSpec) => adapters.get(spec.name) ?? null;
     const headName = config.tieWordEmbeddings ? 'model.embed_tokens.weight' : 'lm_head.weight';
-    this.decoder = new Qwen2Training(config, loadSpecs(decoderWeights(config, headName), load), gradientOf, b, headName);
+    this.decoder = new Qwen2Training(config, loadSpecs(decoderWeights(config, headName), load), gradientOf, b, headName, adapterOf);
     const v = config.visionEncoderConfig;
-    this.vision = new VisionEncoderTraining(v, loadSpecs(visionEncoderWeights(v), load), gradientOf, b);
-    this.projector = new ProjectorTraining(loadSpecs(projectorWeights(v.hiddenSize, config.hiddenSize), load), gradientOf, b);
+    this.vision = new VisionEncoderTraining(v, loadSpecs(visionEncoderWeights(v), load), gradientOf, b, undefined, adapterOf);
+    this.projector = new ProjectorTraining(loadSpecs(projectorWeights(v.hiddenSize, config.hiddenSize), load), gradientOf, b, undefined, adapterOf);
   }
 
-  /** Every parameter name of the model, in load order (what stage presets group). */
-  static parameterNames(config: VideoLlama3Config): string[] {
+  /** Every parameter name of the model, in load order (what stage presets group); with `lora`, the adapters' last. */
+  static parameterNames(config: VideoLlama3Config, lora?: LoraConfig): string[] {
     const v = config.visionEncoderConfig;
     const headName = config.tieWordEmbeddings ? 'model.embed_tokens.weight' : 'lm_head.weight';
     const names = [decoderWeights(config, headName), visionEncoderWeights(v), projectorWeights(v.hiddenSize, config.hiddenSize)].flatMap((s) => flattenSpecs(s).map((x) => x.name));
-    return [...new Set(names)];
+    const adapters = lora ? targetedModules(config, lora.targetModules).flatMap((l) => [loraParameterName(l.module, 'A'), loraParameterName(l.module, 'B')]) : [];
+    return [...new Set(names), ...adapters];
+  }
+
+  /** The adapters by the name of the weight they sit beside: f32 masters, with gradients where trained. */
+  private makeAdapters(lora: TrainingLora, trainable: (name: string) => boolean): Map<string, LinearAdapter> {
+    const { r, dropout } = lora.config;
+    const scaling = loraScaling(lora.config);
+    const adapters = new Map<string, LinearAdapter>();
+    const master = (name: string, t: Tensor<'f32'>) => {
+      const copy = Tensor.f32(t.shape, t.data);
+      let grad: Tensor<'f32'> | null = null;
+      if (trainable(name)) {
+        this.parameters.set(name, copy);
+        grad = Tensor.f32(t.shape);
+        this.gradients.set(name, grad);
+      }
+      return { copy, grad };
+    };
+    for (const layer of targetedModules(this.config, lora.config.targetModules)) {
+      const given = lora.initial?.get(layer.module);
+      if (given && (given.a.dim(0) !== r || given.a.dim(1) !== layer.inFeatures || given.b.dim(0) !== layer.outFeatures || given.b.dim(1) !== r)) {
+        throw new Error(`LoRA ${layer.module}: initial A ${given.a} and B ${given.b} do not fit r ${r} on a [${layer.outFeatures}, ${layer.inFeatures}] layer`);
+      }
+      const pair = given ?? initialLoraPair(layer, r, lora.random);
+      const a = master(loraParameterName(layer.module, 'A'), pair.a);
+      const bm = master(loraParameterName(layer.module, 'B'), pair.b);
+      this.loraPairs.set(layer.module, { a: a.copy, b: bm.copy });
+      const b = this.backend;
+      adapters.set(layer.weight.name, { a: b.upload(a.copy), b: b.upload(bm.copy), gradA: a.grad, gradB: bm.grad, scaling, dropout, random: lora.random });
+    }
+    return adapters;
   }
 
   zeroGradients(): void {
     for (const g of this.gradients.values()) this.backend.fill(g, 0);
   }
 
-  /** Forward and backward of one micro-batch, the loss scaled by `scale` (1 / supervised tokens of the whole step). */
+  /**
+   * Forward and backward of one micro-batch, the loss scaled by `scale` (1 / supervised tokens of the whole step);
+   * LoRA dropout applies here (training mode) and not in `loss`.
+   */
   step(inputs: TrainingInputs, scale: number): StepResult {
     return this.run(inputs, scale, true);
   }
@@ -125,12 +179,12 @@ export class VideoLLaMA3Training {
     // Vision only where the sequence reads a feature: a text-only batch's dummy item gives nothing, and its gradients
     // are exactly zero (README of the training fixtures, step 4), which the zeroed gradients already hold.
     const n = imagePositions.length;
-    const visual = n > 0 ? this.encode(inputs, n) : undefined;
+    const visual = n > 0 ? this.encode(inputs, n, backward) : undefined;
     const imageRows = Int32Array.from(imagePositions);
     const ordinal = Int32Array.from(imagePositions.keys());
     if (visual) b.copyRows(visual.projected.out, ordinal, embeds, imageRows);
 
-    const acts = this.decoder.forward(embeds, inputs.positionIds, packedBounds(inputs.positionIds));
+    const acts = this.decoder.forward(embeds, inputs.positionIds, packedBounds(inputs.positionIds), backward);
     const result = this.decoder.loss(acts, inputs.labels, scale, backward);
     if (!backward) return { lossSum: result.lossSum, supervised: result.positions.length };
 
@@ -161,12 +215,12 @@ export class VideoLLaMA3Training {
     return [...this.gradients.keys()].some((name) => name.includes('vision_encoder'));
   }
 
-  private encode(inputs: TrainingInputs, n: number) {
+  private encode(inputs: TrainingInputs, n: number, training: boolean) {
     const b = this.backend;
-    const acts = this.vision.forward(b.upload(inputs.pixelValues), inputs.items);
+    const acts = this.vision.forward(b.upload(inputs.pixelValues), inputs.items, training);
     const features = b.allocate('f32', [n, acts.features.dim(1)]);
     b.copyRows(acts.features, inputs.visualRows, features, Int32Array.from({ length: n }, (_, i) => i));
-    return { acts, projected: this.projector.forward(features) };
+    return { acts, projected: this.projector.forward(features, training) };
   }
 }
 

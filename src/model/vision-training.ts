@@ -1,11 +1,15 @@
 import type { Backend } from '../tensor/backend.js';
 import type { Tensor } from '../tensor/tensor.js';
+import { TrainingLinear, type AdapterActivations, type LinearAdapter } from './lora-linear.js';
 import type { VisionDims } from './vision-encoder.js';
 import { visionRopeTables, type VisualGrid } from './vision-rope.js';
 import { loadSpecs, visionEncoderWeights, type Loaded, type WeightSpec } from './weight-names.js';
 
 export type VisionParameters = Loaded<ReturnType<typeof visionEncoderWeights>, Tensor>;
 type VisionGradients = Loaded<ReturnType<typeof visionEncoderWeights>, Tensor | null>;
+
+type Role = 'q' | 'k' | 'v' | 'out' | 'fc1' | 'fc2';
+type LayerLinears = Record<Role, TrainingLinear>;
 
 /** What one encoder layer's backward needs from its forward. */
 interface LayerActivations {
@@ -19,6 +23,7 @@ interface LayerActivations {
   h2: Tensor; // layer_norm2(x2)
   pre: Tensor; // fc1(h2), before the GELU
   act: Tensor; // GELU(pre)
+  adapters: Partial<Record<Role, AdapterActivations | null>>; // each LoRA adapter's own
 }
 
 export interface VisionActivations {
@@ -43,23 +48,35 @@ export class VisionEncoderTraining {
   private readonly grads: VisionGradients;
   private readonly patchWeight: Tensor;
   private readonly patchGrad: Tensor | null;
+  private readonly linears: LayerLinears[];
 
+  /** `adapterOf(spec)`: the LoRA adapter on the linear layer whose weight `spec` is, or null. */
   constructor(
     readonly dims: VisionDims,
     readonly params: VisionParameters,
     gradientOf: (spec: WeightSpec) => Tensor | null,
     readonly backend: Backend,
     prefix = 'model.vision_encoder.',
+    adapterOf: (spec: WeightSpec) => LinearAdapter | null = () => null,
   ) {
     const { hiddenSize: C, numAttentionHeads: heads, patchSize: p, numChannels: ch } = dims;
     this.headDim = C / heads;
-    this.grads = loadSpecs(visionEncoderWeights(dims, prefix), gradientOf);
+    const specs = visionEncoderWeights(dims, prefix);
+    this.grads = loadSpecs(specs, gradientOf);
+    const adapters = loadSpecs(specs, adapterOf);
+    this.linears = params.layers.map((layer, l) => {
+      const g = this.grads.layers[l]!;
+      const a = adapters.layers[l]!;
+      const linear = (r: Role) => new TrainingLinear(backend, layer[r].weight, layer[r].bias, g[r].weight, g[r].bias, a[r].weight);
+      return { q: linear('q'), k: linear('k'), v: linear('v'), out: linear('out'), fc1: linear('fc1'), fc2: linear('fc2') };
+    });
     // The patch embedding is stored as a convolution [C, ch, p, p]; on 588-value patch rows it is a matmul.
     this.patchWeight = params.patchEmbed.weight.reshape([C, ch * p * p]);
     this.patchGrad = this.grads.patchEmbed.weight?.reshape([C, ch * p * p]) ?? null;
   }
 
-  forward(pixels: Tensor, grids: readonly VisualGrid[]): VisionActivations {
+  /** `training` applies the LoRA adapters' dropout. */
+  forward(pixels: Tensor, grids: readonly VisualGrid[], training = false): VisionActivations {
     const { hiddenSize: C, intermediateSize: I, numAttentionHeads: heads, layerNormEps: eps } = this.dims;
     const D = this.headDim;
     const b = this.backend;
@@ -70,7 +87,8 @@ export class VisionEncoderTraining {
 
     let x = f32([n, C]);
     b.matmul(pixels, this.patchWeight, this.params.patchEmbed.bias, x);
-    const layers = this.params.layers.map((p) => {
+    const layers = this.params.layers.map((p, l) => {
+      const linear = this.linears[l]!;
       const a: LayerActivations = {
         x,
         h1: f32([n, C]),
@@ -82,21 +100,23 @@ export class VisionEncoderTraining {
         h2: f32([n, C]),
         pre: f32([n, I]),
         act: f32([n, I]),
+        adapters: {},
       };
+      const ad = a.adapters;
       b.layerNorm(a.x, p.norm1.weight, p.norm1.bias, eps, a.h1);
-      b.matmul(a.h1, p.q.weight, p.q.bias, a.q.reshape([n, C]));
-      b.matmul(a.h1, p.k.weight, p.k.bias, a.k.reshape([n, C]));
-      b.matmul(a.h1, p.v.weight, p.v.bias, a.v.reshape([n, C]));
+      ad.q = linear.q.forward(a.h1, a.q.reshape([n, C]), training);
+      ad.k = linear.k.forward(a.h1, a.k.reshape([n, C]), training);
+      ad.v = linear.v.forward(a.h1, a.v.reshape([n, C]), training);
       b.rope(a.q, cos, sin, a.q);
       b.rope(a.k, cos, sin, a.k);
       this.perFrame(frames, (s, e) => b.attention(a.q.rows(s, e), a.k.rows(s, e), a.v.rows(s, e), a.attn.rows(s, e), { scale: 1 / Math.sqrt(D), causal: false }));
-      b.matmul(a.attn.reshape([n, C]), p.out.weight, p.out.bias, a.x2);
+      ad.out = linear.out.forward(a.attn.reshape([n, C]), a.x2, training);
       b.add(a.x, a.x2, a.x2);
       b.layerNorm(a.x2, p.norm2.weight, p.norm2.bias, eps, a.h2);
-      b.matmul(a.h2, p.fc1.weight, p.fc1.bias, a.pre);
+      ad.fc1 = linear.fc1.forward(a.h2, a.pre, training);
       b.gelu(a.pre, a.act, 'tanh');
       x = f32([n, C]);
-      b.matmul(a.act, p.fc2.weight, p.fc2.bias, x);
+      ad.fc2 = linear.fc2.forward(a.act, x, training);
       b.add(a.x2, x, x);
       return a;
     });
@@ -130,14 +150,16 @@ export class VisionEncoderTraining {
       const p = this.params.layers[l]!;
       const g = this.grads.layers[l]!;
       const a = acts.layers[l]!;
+      const linear = this.linears[l]!;
+      const ad = a.adapters;
       // MLP branch: out = x2 + fc2(GELU(fc1(norm2(x2)))).
-      b.matmulBackward(dx, a.act, p.fc2.weight, dAct, g.fc2.weight, g.fc2.bias);
+      linear.fc2.backward(dx, a.act, ad.fc2 ?? null, dAct);
       b.geluBackward(dAct, a.pre, dAct, 'tanh');
-      b.matmulBackward(dAct, a.h2, p.fc1.weight, dBranch, g.fc1.weight, g.fc1.bias);
+      linear.fc1.backward(dAct, a.h2, ad.fc1 ?? null, dBranch);
       b.layerNormBackward(dBranch, a.x2, p.norm2.weight, eps, dNormed, g.norm2.weight, g.norm2.bias);
       b.add(dx, dNormed, dx);
       // Attention branch: x2 = x + out(attention per frame(rope(q(h1)), rope(k(h1)), v(h1))), h1 = norm1(x).
-      b.matmulBackward(dx, a.attn.reshape([n, C]), p.out.weight, dAttn.reshape([n, C]), g.out.weight, g.out.bias);
+      linear.out.backward(dx, a.attn.reshape([n, C]), ad.out ?? null, dAttn.reshape([n, C]));
       this.perFrame(acts.frames, (s, e) =>
         b.attentionBackward(a.q.rows(s, e), a.k.rows(s, e), a.v.rows(s, e), dAttn.rows(s, e), dq.rows(s, e), dk.rows(s, e), dv.rows(s, e), {
           scale: 1 / Math.sqrt(D),
@@ -146,10 +168,10 @@ export class VisionEncoderTraining {
       );
       b.ropeBackward(dq, acts.cos, acts.sin, dq);
       b.ropeBackward(dk, acts.cos, acts.sin, dk);
-      b.matmulBackward(dq.reshape([n, C]), a.h1, p.q.weight, dNormed, g.q.weight, g.q.bias);
-      b.matmulBackward(dk.reshape([n, C]), a.h1, p.k.weight, dBranch, g.k.weight, g.k.bias);
+      linear.q.backward(dq.reshape([n, C]), a.h1, ad.q ?? null, dNormed);
+      linear.k.backward(dk.reshape([n, C]), a.h1, ad.k ?? null, dBranch);
       b.add(dNormed, dBranch, dNormed);
-      b.matmulBackward(dv.reshape([n, C]), a.h1, p.v.weight, dBranch, g.v.weight, g.v.bias);
+      linear.v.backward(dv.reshape([n, C]), a.h1, ad.v ?? null, dBranch);
       b.add(dNormed, dBranch, dNormed);
       b.layerNormBackward(dNormed, a.x, p.norm1.weight, eps, dBranch, g.norm1.weight, g.norm1.bias);
       const dIn = f32([n, C]);

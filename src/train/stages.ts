@@ -3,6 +3,8 @@
  * how a checkpoint's parameters fall into the optimizer groups: a name containing `vision_encoder` is in the vision
  * group, one containing `mm_projector` in the projector group, everything else (the tied embedding included) in the
  * LLM group; a group whose lr is unset is frozen (videollama3_trainer.py builds no optimizer group for it).
+ * With LoRA (`--lora_enable`) the adapters (`…lora_A.weight`, `…lora_B.weight`) fall into the groups by the same rule,
+ * PEFT freezes every other weight, and the projector is made trainable again (videollama3_arch.py:100-105).
  */
 import type { Tensor } from '../tensor/tensor.js';
 import { AdamW } from './adamw.js';
@@ -22,11 +24,13 @@ export interface StageConfig {
   betas: readonly [number, number];
   eps: number;
   weightDecay: number;
+  /** LoRA: only the adapters and the projector train (in the groups whose lr is set). */
+  lora: boolean;
 }
 
 export type StageOptions = Partial<Omit<StageConfig, 'lr'>> & { lr?: Partial<Record<ModuleGroup, number | null>> };
 
-const COMMON = { warmupRatio: 0.03, betas: [0.9, 0.999] as const, eps: 1e-8, weightDecay: 0, videoMergeSize: 2 };
+const COMMON = { warmupRatio: 0.03, betas: [0.9, 0.999] as const, eps: 1e-8, weightDecay: 0, videoMergeSize: 2, lora: false };
 const LATER_LRS = { llm: 1e-5, projector: 1e-5, vision: 2e-6 };
 
 export const STAGES: Readonly<Record<1 | 2 | 3 | 4, Readonly<StageConfig>>> = {
@@ -58,6 +62,8 @@ export function moduleGroupOf(name: string): ModuleGroup {
   return 'llm';
 }
 
+const isLoraParameter = (name: string) => /\.lora_[AB]\.weight$/.test(name);
+
 export interface TrainableGroup {
   group: ModuleGroup;
   lr: number;
@@ -66,12 +72,13 @@ export interface TrainableGroup {
 
 /** The trainable parameter names by group (frozen groups left out, names in the given order) and the frozen names. */
 export function trainableByGroup(names: readonly string[], config: StageConfig): { groups: TrainableGroup[]; frozen: string[] } {
+  const trains = (n: string) => config.lr[moduleGroupOf(n)] !== null && (!config.lora || isLoraParameter(n) || moduleGroupOf(n) === 'projector');
   const groups: TrainableGroup[] = [];
   for (const g of MODULE_GROUPS) {
     const lr = config.lr[g];
-    if (lr !== null) groups.push({ group: g, lr, names: names.filter((n) => moduleGroupOf(n) === g) });
+    if (lr !== null) groups.push({ group: g, lr, names: names.filter((n) => moduleGroupOf(n) === g && trains(n)) });
   }
-  const frozen = names.filter((n) => config.lr[moduleGroupOf(n)] === null);
+  const frozen = names.filter((n) => !trains(n));
   return { groups: groups.filter((g) => g.names.length > 0), frozen };
 }
 
