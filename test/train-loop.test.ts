@@ -8,6 +8,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { VideoLLaMA3 } from '../src/api/videollama3.js';
+import { loadCheckpoint } from '../src/model/checkpoint.js';
+import { adapterMerge, loadAdapter } from '../src/model/lora-adapter.js';
+import { FormattedWeights } from '../src/model/weight-formats.js';
+import { checkpointWeightSpecs } from '../src/model/weight-names.js';
+import { bf16ToF32, f32ToBf16 } from '../src/tensor/dtype.js';
 import { createBackend } from '../src/tensor/index.js';
 import { train, TRAIN_LOG, type StepLog, type TrainOptions } from '../src/train/trainer.js';
 import { fixturesDir, FIXTURES_MISSING, repoRoot, TINY_CHECKPOINT } from './fixtures.js';
@@ -74,6 +79,38 @@ describe('the training loop', { skip: !fixtures && FIXTURES_MISSING }, () => {
     // A resume with other settings would not continue the same run.
     await assert.rejects(train(options(split, { resume: true, gradAccum: 1 })), /written by a run with other settings/);
     await assert.rejects(train(options(join(dir, 'none'), { resume: true })), /no checkpoint-<step> folder/);
+  });
+
+  it('trains a LoRA adapter and the projector; --adapter loads the projector; resumes exactly without dropout', async () => {
+    const lora = { r: 4, alpha: 8, dropout: 0 };
+    const whole = join(dir, 'lora-whole');
+    const done = await train(options(whole, { lora, stageOptions: { lr: { llm: 1e-3, projector: 1e-3, vision: 1e-3 } } }));
+    assert.equal(done.steps, 4);
+    for (const f of ['adapter_config.json', 'adapter_model.safetensors', 'non_lora_trainables.safetensors']) assert.ok(existsSync(join(whole, f)), f);
+    assert.ok(!existsSync(join(whole, 'model.safetensors')), 'a LoRA run writes no whole model');
+
+    const split = join(dir, 'lora-split');
+    const stop = new AbortController();
+    const base = { lora, stageOptions: { lr: { llm: 1e-3, projector: 1e-3, vision: 1e-3 } } };
+    await train(options(split, { ...base, signal: stop.signal, onStep: (s) => s.step === 1 && stop.abort() }));
+    await train(options(split, { ...base, resume: true }));
+    for (const f of ['adapter_model.safetensors', 'non_lora_trainables.safetensors']) {
+      assert.ok(readFileSync(join(whole, f)).equals(readFileSync(join(split, f))), `${f} differs after a resume`);
+    }
+
+    // --adapter: the adapted weights are W + scaling·B·A, and the projector is the run's (rounded to bf16 as stored).
+    const checkpoint = loadCheckpoint(join(fixtures!, TINY_CHECKPOINT));
+    const adapter = loadAdapter(whole, checkpoint.config);
+    assert.ok(adapter.replacements?.has('model.mm_projector.readout.0.weight'));
+    const merge = adapterMerge(adapter, whole, createBackend('native', { compute: 'exact' }));
+    const weights = new FormattedWeights(checkpoint.weights, null, {}, merge);
+    const spec = (name: string) => checkpointWeightSpecs(checkpoint.config).find((s) => s.name === name)!;
+    const projector = weights.get(spec('model.mm_projector.readout.0.weight'));
+    const trained = adapter.replacements!.get('model.mm_projector.readout.0.weight')!.toFloat32();
+    assert.deepEqual(Array.from(projector.toFloat32()), Array.from(trained.data, (v) => bf16ToF32(f32ToBf16(v))));
+    const original = checkpoint.weights.get('model.mm_projector.readout.0.weight').toFloat32();
+    assert.notDeepEqual(Array.from(projector.toFloat32()), Array.from(original), 'the run changed the projector');
+    checkpoint.weights.close();
   });
 
   it('vl3 train: Ctrl-C saves the last whole step and exits 130; --resume finishes the run', async () => {

@@ -1,6 +1,7 @@
 // `vl3 train`: the official training recipe from the command line (spec 10): stage presets, overrides, a progress
 // bar, checkpoints, resume, and Ctrl-C saving the last whole step.
-import type { Command } from 'commander';
+import { InvalidArgumentError, type Command } from 'commander';
+import type { LoraConfig } from '../model/lora.js';
 import { dirname, resolve } from 'node:path';
 import { resolveModel } from '../hub/index.js';
 import { createBackend, type Isa } from '../tensor/index.js';
@@ -8,6 +9,22 @@ import { train, TRAIN_LOG } from '../train/trainer.js';
 import type { ModuleGroup, StageOptions } from '../train/stages.js';
 import { EXIT, flag, integer, number, positive } from './flags.js';
 import { DownloadBars, TrainingBar } from './progress.js';
+
+/** The LoRA flags given (the rest default to the official LoraArguments). */
+function loraOptions(o: Record<string, unknown>): Partial<LoraConfig> {
+  const lora: Partial<LoraConfig> = {};
+  if (o.loraR !== undefined) lora.r = o.loraR as number;
+  if (o.loraAlpha !== undefined) lora.alpha = o.loraAlpha as number;
+  if (o.loraDropout !== undefined) lora.dropout = o.loraDropout as number;
+  if (typeof o.loraTargetModules === 'string') lora.targetModules = o.loraTargetModules.split(',').map((t) => t.trim()).filter(Boolean);
+  return lora;
+}
+
+const probability = (name: string) => (value: string) => {
+  const p = Number(value);
+  if (!(p >= 0 && p < 1)) throw new InvalidArgumentError(`${name} must be a number in [0, 1)`);
+  return p;
+};
 
 /** A learning rate, or `frozen` (that module group is not trained). */
 const learningRate = (name: string) => (value: string) => (value === 'frozen' ? null : positive(name)(value));
@@ -41,6 +58,11 @@ export function addTrainCommand(program: Command): void {
     .addOption(flag('--max-frames <n>', 'most frames per video (default 180)').argParser(integer('--max-frames', 1)))
     .addOption(flag('--model-max-length <n>', 'tokens per sample at most (default 16384)').argParser(integer('--model-max-length', 2)))
     .addOption(flag('--mm-max-length <n>', 'visual token budget per image or frame set (default 10240)').argParser(integer('--mm-max-length', 1)))
+    .addOption(flag('--lora', 'train LoRA adapters and the projector instead of the weights (writes a PEFT adapter for --adapter)'))
+    .addOption(flag('--lora-r <n>', 'adapter rank (default 64)').argParser(integer('--lora-r', 1)))
+    .addOption(flag('--lora-alpha <x>', 'adapter scaling numerator: scaling = alpha / r (default 16)').argParser(positive('--lora-alpha')))
+    .addOption(flag('--lora-dropout <x>', 'dropout on the adapters\' input while training (default 0.05)').argParser(probability('--lora-dropout')))
+    .addOption(flag('--lora-target-modules <names>', 'comma-separated layer names matched as suffixes (default: every linear layer outside the vision encoder and projector, as the official find_all_linear_names)'))
     .addOption(flag('-t, --threads <n>', 'kernel threads (default: available cores)').argParser(integer('--threads', 1)))
     .addOption(flag('--isa <tier>', 'kernel tier (default: the best this CPU has)').choices(['scalar', 'avx2', 'avx512', 'avx512bf16', 'neon']))
     .action(async (o) => {
@@ -87,6 +109,7 @@ export function addTrainCommand(program: Command): void {
           modelMaxLength: o.modelMaxLength,
           mmMaxLength: o.mmMaxLength,
           resume: o.resume === true,
+          lora: o.lora || o.loraR !== undefined || o.loraAlpha !== undefined || o.loraDropout !== undefined || o.loraTargetModules !== undefined ? loraOptions(o) : undefined,
           signal: stop.signal,
           onStart: (plan) => {
             process.stderr.write(
@@ -104,7 +127,8 @@ export function addTrainCommand(program: Command): void {
           process.exitCode = EXIT.interrupted;
           return;
         }
-        process.stderr.write(`trained ${result.steps} steps, final loss ${result.finalLoss?.toFixed(4)}; model in ${where}, log in ${where}/${TRAIN_LOG}\n`);
+        const what = o.lora ? `adapter in ${where} (load it with --adapter ${where})` : `model in ${where}`;
+        process.stderr.write(`trained ${result.steps} steps, final loss ${result.finalLoss?.toFixed(4)}; ${what}, log in ${where}/${TRAIN_LOG}\n`);
       } finally {
         bar.stop();
         process.off('SIGINT', onSigint);

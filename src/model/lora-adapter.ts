@@ -24,7 +24,15 @@ export interface LoraAdapter {
   baseModel: string | null;
   /** A and B (f32) by module path, HF checkpoint naming. */
   pairs: Map<string, LoraPair>;
+  /**
+   * Weights trained whole beside the adapters (the projector, which the official `--lora_enable` run trains fully and
+   * saves as `non_lora_trainables.bin`), by checkpoint name: they replace the checkpoint's at load.
+   */
+  replacements?: Map<string, Tensor>;
 }
+
+/** Where a LoRA run keeps its fully trained weights (safetensors, checkpoint names; the official run's is a pickle). */
+export const NON_LORA_FILE = 'non_lora_trainables.safetensors';
 
 /** Writes `dir/adapter_config.json` and `dir/adapter_model.safetensors` as peft 0.4.0 does. */
 export function saveAdapter(dir: string, adapter: LoraAdapter): void {
@@ -56,6 +64,7 @@ export function saveAdapter(dir: string, adapter: LoraAdapter): void {
     tensors[loraParameterName(module, 'B')] = pair.b;
   }
   writeSafetensors(path.join(dir, ADAPTER_WEIGHTS_FILE), tensors, { format: 'pt' });
+  if (adapter.replacements?.size) writeSafetensors(path.join(dir, NON_LORA_FILE), Object.fromEntries(adapter.replacements), { format: 'pt' });
 }
 
 /** A JSON value; `{ float }` is a Python float, which json.dumps writes with a decimal point (0.0, not 0). */
@@ -141,7 +150,19 @@ export function loadAdapter(dir: string, model: VideoLlama3Config): LoraAdapter 
     }
     pairs.set(module, { a: entry.a, b: entry.b });
   }
-  return { config, baseModel: typeof raw['base_model_name_or_path'] === 'string' ? raw['base_model_name_or_path'] : null, pairs };
+  return { config, baseModel: typeof raw['base_model_name_or_path'] === 'string' ? raw['base_model_name_or_path'] : null, pairs, replacements: readReplacements(dir) };
+}
+
+/** The adapter folder's non-LoRA trainables, if it has them. */
+function readReplacements(dir: string): Map<string, Tensor> | undefined {
+  const file = path.join(dir, NON_LORA_FILE);
+  if (!fs.existsSync(file)) return undefined;
+  const f = SafetensorsFile.open(file);
+  try {
+    return new Map(f.names.map((name) => [canonicalWeightName(name), Tensor.f32(f.info(name).shape, f.read(name).toFloat32())]));
+  } finally {
+    f.close();
+  }
 }
 
 /** The fields of adapter_config.json this port applies, each checked; settings it does not implement are refused. */
@@ -175,5 +196,5 @@ function readConfig(raw: Record<string, unknown>, file: string): LoraConfig {
 /** What `FormattedWeights` needs to merge a loaded adapter at load: its pairs by the adapted weight's name. */
 export function adapterMerge(adapter: LoraAdapter, dir: string, backend: Backend): AdapterMerge {
   const pairs = new Map([...adapter.pairs].map(([module, pair]) => [`${module}.weight`, pair]));
-  return { pairs, scaling: loraScaling(adapter.config), backend, dir };
+  return { pairs, scaling: loraScaling(adapter.config), backend, dir, replacements: adapter.replacements };
 }

@@ -101,6 +101,8 @@ export interface AdapterMerge {
   backend: Backend;
   /** The adapter folder, for errors. */
   dir: string;
+  /** Whole weights trained beside the adapter (f32), by checkpoint name: they replace the checkpoint's. */
+  replacements?: ReadonlyMap<string, Tensor>;
 }
 
 /**

@@ -11,6 +11,7 @@ import type { WeightFormat } from '../tensor/dtype.js';
 import { canonicalWeightName, type CheckpointWeights } from './checkpoint.js';
 import type { CheckpointQuantization } from './config.js';
 import { AdapterError, CheckpointError } from './errors.js';
+import { f32ToBf16 } from '../tensor/dtype.js';
 import { mergeLoraPair, type AdapterMerge } from './lora.js';
 import type { WeightSpec } from './weight-names.js';
 
@@ -122,10 +123,10 @@ export class FormattedWeights implements WeightSource {
       this.check(spec);
       const bytes = this.weights.get(spec.name);
       tensor = new Tensor(storedFormat, spec.shape, bytes.storage, bytes.byteOffset);
-    } else if (format === 'bf16' && !this.adapter?.pairs.has(spec.name)) {
+    } else if (format === 'bf16' && !this.adapter?.pairs.has(spec.name) && !this.adapter?.replacements?.has(spec.name)) {
       tensor = this.weights.get(spec.name, spec.shape);
     } else {
-      const source = this.weights.get(spec.name, spec.shape, ['bf16', 'f32']);
+      const source = this.replacement(spec) ?? this.weights.get(spec.name, spec.shape, ['bf16', 'f32']);
       const pair = this.adapter?.pairs.get(spec.name);
       const merged = pair ? mergeLoraPair(source, pair, this.adapter!.scaling, this.adapter!.backend) : source;
       tensor = format === 'bf16' ? merged : this.quantize(spec, format, merged);
@@ -134,6 +135,20 @@ export class FormattedWeights implements WeightSource {
     }
     this.made.set(stored, tensor);
     return tensor;
+  }
+
+  /** A weight the adapter's run trained whole, in the stored weight's dtype (the checkpoint's shape checked). */
+  private replacement(spec: WeightSpec): Tensor | undefined {
+    const trained = this.adapter?.replacements?.get(spec.name);
+    if (!trained) return undefined;
+    const stored = this.weights.info(spec.name);
+    if (trained.shape.join() !== stored.shape.join()) {
+      throw new AdapterError(`adapter ${this.adapter!.dir}: ${spec.name} is [${trained.shape.join(', ')}], the checkpoint's [${stored.shape.join(', ')}]`, this.adapter!.dir, spec.name);
+    }
+    if (stored.dtype === 'f32') return trained;
+    const bits = new Uint16Array(trained.numel);
+    for (let i = 0; i < bits.length; i++) bits[i] = f32ToBf16(trained.data[i] as number);
+    return new Tensor('bf16', trained.shape, bits);
   }
 
   private quantize(spec: WeightSpec, format: Exclude<WeightFormat, 'bf16'>, source: Tensor): Tensor {

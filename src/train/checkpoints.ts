@@ -10,6 +10,8 @@ import { canonicalWeightName, loadCheckpoint } from '../model/checkpoint.js';
 import { INDEX_FILE_NAME, SafetensorsFile, SINGLE_FILE_NAME, writeSafetensorsFrom, type TensorSource } from '../model/safetensors.js';
 import { f32ToBf16 } from '../tensor/dtype.js';
 import { Tensor } from '../tensor/tensor.js';
+import { saveAdapter } from '../model/lora-adapter.js';
+import type { LoraConfig, LoraPair } from '../model/lora.js';
 import type { AdamW, AdamWState } from './adamw.js';
 
 export const TRAINER_STATE = 'trainer_state.json';
@@ -63,9 +65,21 @@ function encode(master: Tensor<'f32'>, dtype: 'bf16' | 'f32'): Uint8Array {
   return new Uint8Array(out.buffer);
 }
 
+/**
+ * What a LoRA run delivers (the official `--lora_enable` outputs): the adapter in PEFT's format, and the weights the
+ * run trained whole (the projector) beside it, which `--adapter` loads with it.
+ */
+export function saveLoraModel(dir: string, lora: LoraConfig, pairs: ReadonlyMap<string, LoraPair>, masters: ReadonlyMap<string, Tensor<'f32'>>, baseModel: string): void {
+  const replacements = new Map([...masters].filter(([name]) => !/\.lora_[AB]\.weight$/.test(name)));
+  saveAdapter(dir, { config: lora, baseModel, pairs: new Map(pairs), replacements: new Map<string, Tensor>(replacements) });
+}
+
+/** The model files of a checkpoint: a whole model, or an adapter (`saveModel` / `saveLoraModel`). */
+export type ModelWriter = (dir: string) => void;
+
 /** `checkpoint-<step>/`: the model, the masters and moments, and the trainer state. */
-export function saveCheckpoint(sourceDir: string, dir: string, masters: ReadonlyMap<string, Tensor<'f32'>>, optimizer: AdamW, state: TrainerState): void {
-  saveModel(sourceDir, dir, masters);
+export function saveCheckpoint(writeModel: ModelWriter, dir: string, masters: ReadonlyMap<string, Tensor<'f32'>>, optimizer: AdamW, state: TrainerState): void {
+  writeModel(dir);
   const { meta, tensors } = optimizer.toState();
   const sources: Record<string, TensorSource> = {};
   const add = (name: string, t: Tensor<'f32'>) => {

@@ -15,7 +15,8 @@ import { readAnnotationFile, type AnnotationSample } from '../processing/trainin
 import { buildTrainingBatch } from '../processing/training-batch.js';
 import type { Backend } from '../tensor/backend.js';
 import { supervisedCount } from './accumulation.js';
-import { latestCheckpoint, loadCheckpointState, saveCheckpoint, saveModel, type TrainerState } from './checkpoints.js';
+import { latestCheckpoint, loadCheckpointState, saveCheckpoint, saveLoraModel, saveModel, type TrainerState } from './checkpoints.js';
+import { findAllLinearNames, OFFICIAL_LORA_DEFAULTS, type LoraConfig } from '../model/lora.js';
 import { clipGradNorm, globalGradNorm } from './clip.js';
 import { modelInputs, type ModelInputs } from './model-inputs.js';
 import { applyLrMultiplier, cosineSchedule } from './schedule.js';
@@ -50,6 +51,12 @@ export interface TrainOptions {
   mmMaxLength?: number;
   /** Continue from the latest `checkpoint-<step>` of outputDir. */
   resume?: boolean;
+  /**
+   * LoRA (the official `--lora_enable`): adapters on the linear layers (default: every one `find_all_linear_names`
+   * gives, r 64, alpha 16, dropout 0.05), the projector trained whole, everything else frozen. The run writes the
+   * adapter (PEFT's format) and the projector, not a whole model.
+   */
+  lora?: Partial<LoraConfig>;
   signal?: AbortSignal;
   onStart?: (plan: TrainPlan) => void;
   onStep?: (log: StepLog) => void;
@@ -87,7 +94,7 @@ export interface TrainResult {
 export const TRAIN_LOG = 'train_log.jsonl';
 
 export async function train(options: TrainOptions): Promise<TrainResult> {
-  const stage = stageConfig(options.stage, options.stageOptions);
+  const stage = stageConfig(options.stage, { ...options.stageOptions, lora: options.lora !== undefined || options.stageOptions?.lora });
   const batchSize = positive('batchSize', options.batchSize ?? 1);
   const gradAccum = positive('gradAccum', options.gradAccum ?? 1);
   const epochs = positive('epochs', options.epochs ?? 1);
@@ -97,14 +104,19 @@ export async function train(options: TrainOptions): Promise<TrainResult> {
   const microBatches = Math.ceil(annotations.length / batchSize);
   const stepsPerEpoch = Math.ceil(microBatches / gradAccum);
   const totalSteps = Math.min(stepsPerEpoch * epochs, options.maxSteps ?? Infinity);
-  const settings = { stage: options.stage, stageOptions: options.stageOptions ?? {}, dataFile: path.resolve(options.dataFile), batchSize, gradAccum, epochs, totalSteps };
-
   const { config, weights } = loadCheckpoint(options.modelDir);
-  const names = VideoLLaMA3Training.parameterNames(config);
+  const lora: LoraConfig | undefined = stage.lora ? { ...OFFICIAL_LORA_DEFAULTS, targetModules: findAllLinearNames(config), ...options.lora } : undefined;
+  const settings = { stage: options.stage, stageOptions: options.stageOptions ?? {}, lora: lora ?? null, dataFile: path.resolve(options.dataFile), batchSize, gradAccum, epochs, totalSteps };
+  const names = VideoLLaMA3Training.parameterNames(config, lora);
   const trainable = new Set(trainableByGroup(names, stage).groups.flatMap((g) => g.names));
   if (trainable.size === 0) throw new Error(`stage ${options.stage} with these learning rates trains nothing`);
-  const model = new VideoLLaMA3Training(config, { get: (spec) => weights.get(spec.name, spec.shape) }, (name) => trainable.has(name), options.backend);
+  // One seeded stream for the adapters' initial values and the dropout masks: a resumed run draws its own, so
+  // dropout makes a resumed LoRA run differ from an uninterrupted one (without dropout they are the same).
+  const random = seededRandom(seed);
+  const model = new VideoLLaMA3Training(config, { get: (spec) => weights.get(spec.name, spec.shape) }, (name) => trainable.has(name), options.backend, lora && { config: lora, random });
   weights.close();
+  const writeModel = (dir: string) =>
+    lora ? saveLoraModel(dir, lora, model.loraPairs, model.parameters, options.modelDir) : saveModel(options.modelDir, dir, model.parameters);
   const optimizer = stageOptimizer(model.parameters, stage);
   const schedule = cosineSchedule(totalSteps, stage.warmupRatio);
   const lrs = baseLrs(stage);
@@ -136,7 +148,7 @@ export async function train(options: TrainOptions): Promise<TrainResult> {
     modelMaxLength: options.modelMaxLength ?? 16384,
   };
   const state = (globalStep: number): TrainerState => ({ globalStep, totalSteps, seed, settings });
-  const checkpoint = (globalStep: number) => saveCheckpoint(options.modelDir, path.join(options.outputDir, `checkpoint-${globalStep}`), model.parameters, optimizer, state(globalStep));
+  const checkpoint = (globalStep: number) => saveCheckpoint(writeModel, path.join(options.outputDir, `checkpoint-${globalStep}`), model.parameters, optimizer, state(globalStep));
   const log = fs.openSync(path.join(options.outputDir, TRAIN_LOG), 'a');
   let finalLoss: number | undefined;
   try {
@@ -192,7 +204,7 @@ export async function train(options: TrainOptions): Promise<TrainResult> {
       if (options.saveEvery && (step + 1) % options.saveEvery === 0 && step + 1 < totalSteps) checkpoint(step + 1);
     }
     checkpoint(totalSteps);
-    saveModel(options.modelDir, options.outputDir, model.parameters);
+    writeModel(options.outputDir);
     return { steps: totalSteps, interrupted: false, finalLoss };
   } finally {
     fs.closeSync(log);
@@ -205,16 +217,21 @@ function positive(name: string, n: number): number {
   return n;
 }
 
-/** 0..n-1 in a seeded order (Fisher-Yates over mulberry32): the same seed and epoch give the same order on resume. */
-export function shuffled(n: number, seed: number): number[] {
+/** Uniform numbers in [0, 1) from a seed (mulberry32). */
+function seededRandom(seed: number): () => number {
   let s = seed >>> 0;
-  const next = () => {
+  return () => {
     s = (s + 0x6d2b79f5) >>> 0;
     let t = s;
     t = Math.imul(t ^ (t >>> 15), t | 1);
     t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
     return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
   };
+}
+
+/** 0..n-1 in a seeded order (Fisher-Yates): the same seed and epoch give the same order on resume. */
+export function shuffled(n: number, seed: number): number[] {
+  const next = seededRandom(seed);
   const order = Array.from({ length: n }, (_, i) => i);
   for (let i = n - 1; i > 0; i--) {
     const j = Math.floor(next() * (i + 1));
