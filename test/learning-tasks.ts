@@ -1,4 +1,4 @@
-// Generated tasks that a small model can only answer by looking: the colour of a square in an image, and the way a dot
+// Generated tasks that a small model can only answer by looking: the colour of a square in an image, and whether a dot
 // moves across the frames of a video. Each sample is written as media plus an annotation in the official format.
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -6,7 +6,7 @@ import sharp from 'sharp';
 import { findFfmpeg, runTool } from '../src/processing/ffmpeg.js';
 
 export const COLOUR_QUESTION = 'What colour is the square?';
-export const MOTION_QUESTION = 'Which way does the dot move?';
+export const MOTION_QUESTION = 'Does the dot move?';
 const COLOURS = { red: [220, 30, 30], green: [30, 190, 40], blue: [30, 60, 220] } as const;
 export type Colour = keyof typeof COLOURS;
 const SIZE = 56;
@@ -43,12 +43,16 @@ async function squareImage(file: string, colour: Colour, rnd: () => number): Pro
   await sharp(pixels, { raw: { width: SIZE, height: SIZE, channels: 3 } }).png().toFile(file);
 }
 
-/** Four seconds at 1 fps of a white dot crossing a grey frame to the left or to the right (lossless, ffmpeg). */
-async function dotVideo(file: string, direction: 'left' | 'right', rnd: () => number): Promise<void> {
+/**
+ * Four seconds at 1 fps of a white dot on a grey frame that crosses it or stays where it is (lossless, ffmpeg): only the
+ * frames after the first tell them apart.
+ */
+async function dotVideo(file: string, moving: boolean, rnd: () => number): Promise<void> {
   const ffmpeg = await findFfmpeg();
   const y = 8 + Math.floor(rnd() * 36);
-  const step = 9 + Math.floor(rnd() * 3);
-  const x = direction === 'right' ? `4+t*${step}` : `${SIZE - 16}-t*${step}`;
+  const step = (9 + Math.floor(rnd() * 3)) * (rnd() < 0.5 ? 1 : -1);
+  const start = step > 0 ? 4 : SIZE - 16;
+  const x = moving ? `${start}+t*${step}` : String(4 + Math.floor(rnd() * 36));
   const args = ['-nostdin', '-loglevel', 'error', '-f', 'lavfi', '-i', `color=c=gray:s=${SIZE}x${SIZE}:r=1:d=4`];
   args.push('-vf', `drawbox=x='${x}':y=${y}:w=12:h=12:color=white:t=fill`, '-c:v', 'ffv1', '-y', file);
   const { code, stderr } = await runTool(ffmpeg.program, args);
@@ -64,21 +68,21 @@ export async function writeLearningTasks(dir: string, count: number, heldOut: nu
   mkdirSync(media, { recursive: true });
   const rnd = random(seed);
   const colours = Object.keys(COLOURS) as Colour[];
-  const directions = ['left', 'right'] as const;
+  const motions = ['yes', 'no'] as const;
   const train: object[] = [];
   const held: HeldOut[] = [];
   for (let i = 0; i < count + heldOut; i++) {
     const colour = colours[i % colours.length]!;
-    const direction = directions[i % directions.length]!;
+    const motion = motions[i % motions.length]!;
     const image = `square${i}.png`;
     const video = `dot${i}.mkv`;
     await squareImage(join(media, image), colour, rnd);
-    await dotVideo(join(media, video), direction, rnd);
+    await dotVideo(join(media, video), motion === 'yes', rnd);
     if (i < count) {
       train.push({ image, conversations: [{ from: 'human', value: `<image>\n${COLOUR_QUESTION}` }, { from: 'gpt', value: colour }] });
-      train.push({ video: [video], conversations: [{ from: 'human', value: `<video>\n${MOTION_QUESTION}` }, { from: 'gpt', value: direction }] });
+      train.push({ video: [video], conversations: [{ from: 'human', value: `<video>\n${MOTION_QUESTION}` }, { from: 'gpt', value: motion }] });
     } else {
-      held.push({ file: join(media, image), kind: 'image', answer: colour }, { file: join(media, video), kind: 'video', answer: direction });
+      held.push({ file: join(media, image), kind: 'image', answer: colour }, { file: join(media, video), kind: 'video', answer: motion });
     }
   }
   writeFileSync(join(dir, 'train.json'), JSON.stringify(train));

@@ -7,7 +7,7 @@ import { resolveModel } from '../hub/index.js';
 import { createBackend, type Isa } from '../tensor/index.js';
 import { train, TRAIN_LOG } from '../train/trainer.js';
 import type { ModuleGroup, StageOptions } from '../train/stages.js';
-import { EXIT, flag, integer, number, positive } from './flags.js';
+import { byteCount, EXIT, flag, integer, number, positive } from './flags.js';
 import { DownloadBars, TrainingBar } from './progress.js';
 
 /** The LoRA flags given (the rest default to the official LoraArguments). */
@@ -58,6 +58,7 @@ export function addTrainCommand(program: Command): void {
     .addOption(flag('--max-frames <n>', 'most frames per video (default 180)').argParser(integer('--max-frames', 1)))
     .addOption(flag('--model-max-length <n>', 'tokens per sample at most (default 16384)').argParser(integer('--model-max-length', 2)))
     .addOption(flag('--mm-max-length <n>', 'visual token budget per image or frame set (default 10240)').argParser(integer('--mm-max-length', 1)))
+    .addOption(flag('--sample-cache-bytes <n>', 'built samples (decoded, resized media) kept for later epochs, LRU (e.g. 4GiB; 0: off; default 1GiB)').argParser(byteCount('--sample-cache-bytes')))
     .addOption(flag('--lora', 'train LoRA adapters and the projector instead of the weights (writes a PEFT adapter for --adapter)'))
     .addOption(flag('--lora-r <n>', 'adapter rank (default 64)').argParser(integer('--lora-r', 1)))
     .addOption(flag('--lora-alpha <x>', 'adapter scaling numerator: scaling = alpha / r (default 16)').argParser(positive('--lora-alpha')))
@@ -108,6 +109,7 @@ export function addTrainCommand(program: Command): void {
           maxFrames: o.maxFrames,
           modelMaxLength: o.modelMaxLength,
           mmMaxLength: o.mmMaxLength,
+          sampleCacheBytes: o.sampleCacheBytes,
           resume: o.resume === true,
           lora: o.lora || o.loraR !== undefined || o.loraAlpha !== undefined || o.loraDropout !== undefined || o.loraTargetModules !== undefined ? loraOptions(o) : undefined,
           signal: stop.signal,

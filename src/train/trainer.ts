@@ -11,8 +11,10 @@ import { loadCheckpoint } from '../model/checkpoint.js';
 import { VideoLLaMA3Training } from '../model/videollama3-training.js';
 import { loadProcessorConfig } from '../processing/processor-config.js';
 import { Tokenizer } from '../processing/tokenizer.js';
-import { readAnnotationFile, type AnnotationSample } from '../processing/training-annotation.js';
-import { buildTrainingBatch } from '../processing/training-batch.js';
+import { readAnnotationFile } from '../processing/training-annotation.js';
+import { collateTrainingSamples } from '../processing/training-batch.js';
+import { buildTrainingSample, type TrainingSample } from '../processing/training-sample.js';
+import { LRUCache } from 'lru-cache';
 import type { Backend } from '../tensor/backend.js';
 import { supervisedCount } from './accumulation.js';
 import { latestCheckpoint, loadCheckpointState, saveCheckpoint, saveLoraModel, saveModel, type TrainerState } from './checkpoints.js';
@@ -49,6 +51,11 @@ export interface TrainOptions {
   maxFrames?: number;
   modelMaxLength?: number;
   mmMaxLength?: number;
+  /**
+   * Bytes of built samples (tokenized, media decoded and resized) kept for later epochs, LRU (default 1 GiB; 0: off):
+   * a sample is built the same way every time, so a small dataset is read once rather than once per epoch.
+   */
+  sampleCacheBytes?: number;
   /** Continue from the latest `checkpoint-<step>` of outputDir. */
   resume?: boolean;
   /**
@@ -147,6 +154,15 @@ export async function train(options: TrainOptions): Promise<TrainResult> {
     maxFrames: options.maxFrames ?? 180,
     modelMaxLength: options.modelMaxLength ?? 16384,
   };
+  const cacheBytes = options.sampleCacheBytes ?? 2 ** 30;
+  const built = cacheBytes > 0 ? new LRUCache<number, TrainingSample>({ maxSize: cacheBytes, sizeCalculation: (t) => Math.max(1, t.pixelValues.byteLength + 8 * t.inputIds.length) }) : undefined;
+  const sample = async (index: number): Promise<TrainingSample> => {
+    const cached = built?.get(index);
+    if (cached) return cached;
+    const made = await buildTrainingSample(annotations[index]!, { ...dataOptions, signal: options.signal });
+    built?.set(index, made);
+    return made;
+  };
   const state = (globalStep: number): TrainerState => ({ globalStep, totalSteps, seed, settings });
   const checkpoint = (globalStep: number) => saveCheckpoint(writeModel, path.join(options.outputDir, `checkpoint-${globalStep}`), model.parameters, optimizer, state(globalStep));
   const log = fs.openSync(path.join(options.outputDir, TRAIN_LOG), 'a');
@@ -164,8 +180,9 @@ export async function train(options: TrainOptions): Promise<TrainResult> {
       const batches: ModelInputs[] = [];
       try {
         for (let m = first; m < Math.min(first + gradAccum, microBatches); m++) {
-          const entries: AnnotationSample[] = order.slice(m * batchSize, (m + 1) * batchSize).map((i) => annotations[i]!);
-          const batch = await buildTrainingBatch(entries, { ...dataOptions, signal: options.signal });
+          const samples: TrainingSample[] = [];
+          for (const i of order.slice(m * batchSize, (m + 1) * batchSize)) samples.push(await sample(i));
+          const batch = collateTrainingSamples(samples, { modelMaxLength: dataOptions.modelMaxLength, imageTokenId: tokenizer.imageTokenId });
           batches.push(modelInputs(batch, { imageTokenId: config.imageTokenIndex, useTokenCompression: stage.useTokenCompression }));
         }
       } catch (err) {
