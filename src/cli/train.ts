@@ -59,7 +59,7 @@ export function addTrainCommand(program: Command): void {
     .addOption(flag('--model-max-length <n>', 'tokens per sample at most (default 16384)').argParser(integer('--model-max-length', 2)))
     .addOption(flag('--mm-max-length <n>', 'visual token budget per image or frame set (default 10240)').argParser(integer('--mm-max-length', 1)))
     .addOption(flag('--sample-cache-bytes <n>', 'built samples (decoded, resized media) kept for later epochs, LRU (e.g. 4GiB; 0: off; default 1GiB)').argParser(byteCount('--sample-cache-bytes')))
-    .addOption(flag('--lora', 'train LoRA adapters and the projector instead of the weights (writes a PEFT adapter for --adapter)'))
+    .addOption(flag('--lora', 'train LoRA adapters and the projector instead of the weights (writes a PEFT adapter, which ask, chat and serve load)'))
     .addOption(flag('--lora-r <n>', 'adapter rank (default 64)').argParser(integer('--lora-r', 1)))
     .addOption(flag('--lora-alpha <x>', 'adapter scaling numerator: scaling = alpha / r (default 16)').argParser(positive('--lora-alpha')))
     .addOption(flag('--lora-dropout <x>', 'dropout on the adapters\' input while training (default 0.05)').argParser(probability('--lora-dropout')))
