@@ -68,6 +68,25 @@ const loadOptions = (o: Record<string, number | undefined>) => ({
   prefixCacheBytes: o.prefixCacheBytes,
 });
 
+/**
+ * Writes a checkpoint derived from a model reference (`vl3 quantize`, `vl3 merge-adapter`): the reference resolved with
+ * download bars, then `write` with a progress bar for `stage`; the bars are gone when it returns.
+ */
+async function rewriteCheckpoint<R>(ref: string, stage: 'quantize' | 'merge', write: (from: string, onProgress: (done: number, total: number) => void) => R): Promise<{ result: R; seconds: number }> {
+  const started = performance.now();
+  const downloads = new DownloadBars();
+  const bars = new ProgressBars();
+  try {
+    const from = await resolveModel(ref, { onProgress: downloads.update });
+    downloads.stop();
+    const result = write(from, (done, total) => bars.update({ stage, done, total }));
+    return { result, seconds: (performance.now() - started) / 1000 };
+  } finally {
+    downloads.stop();
+    bars.stop();
+  }
+}
+
 /** One request per process: nothing is asked twice, so the caches would only hold memory (unless asked for). */
 const withoutCaches = <T extends Record<string, unknown>>(o: T): T => ({ ...o, featureCacheBytes: o.featureCacheBytes ?? 0, prefixCacheBytes: o.prefixCacheBytes ?? 0 });
 
@@ -288,27 +307,13 @@ export function buildProgram(): Command {
     .addOption(flag('--vision-weights <format>', 'vision encoder and projector weights').choices([...WEIGHT_FORMATS]).default('bf16'))
     .addOption(flag('-o, --out <dir>', 'output folder (new, or empty)').makeOptionMandatory())
     .action(async (o) => {
-      const started = performance.now();
-      const downloads = new DownloadBars();
-      const bars = new ProgressBars();
-      let result;
-      try {
-        const from = await resolveModel(o.model, { onProgress: downloads.update });
-        downloads.stop();
-        result = writeQuantizedCheckpoint({
-          from,
-          out: o.out,
-          formats: { language: o.weights, vision: o.visionWeights },
-          onProgress: (done, total) => bars.update({ stage: 'quantize', done, total }),
-        });
-      } finally {
-        downloads.stop();
-        bars.stop();
-      }
+      const { result, seconds } = await rewriteCheckpoint(o.model, 'quantize', (from, onProgress) =>
+        writeQuantizedCheckpoint({ from, out: o.out, formats: { language: o.weights, vision: o.visionWeights }, onProgress }),
+      );
       const gb = (b: number) => (b / 1e9).toFixed(2);
       process.stderr.write(
         `wrote ${o.out}: ${result.quantized} of ${result.tensors} tensors quantized (language ${o.weights}, vision ${o.visionWeights}), ` +
-          `${gb(result.bytesIn)} GB → ${gb(result.bytesOut)} GB in ${((performance.now() - started) / 1000).toFixed(1)} s\n`,
+          `${gb(result.bytesIn)} GB → ${gb(result.bytesOut)} GB in ${seconds.toFixed(1)} s\n`,
       );
     });
 
@@ -323,25 +328,10 @@ export function buildProgram(): Command {
     .addOption(flag('--adapter <dir>', 'LoRA adapter folder (PEFT format: adapter_config.json, adapter_model.safetensors)').makeOptionMandatory())
     .addOption(flag('-o, --out <dir>', 'output folder (new, or empty)').makeOptionMandatory())
     .action(async (o) => {
-      const started = performance.now();
-      const downloads = new DownloadBars();
-      const bars = new ProgressBars();
-      let result;
-      try {
-        const from = await resolveModel(o.model, { onProgress: downloads.update });
-        downloads.stop();
-        result = writeMergedCheckpoint({
-          from,
-          adapter: o.adapter,
-          out: o.out,
-          threads: o.threads,
-          onProgress: (done, total) => bars.update({ stage: 'merge', done, total }),
-        });
-      } finally {
-        downloads.stop();
-        bars.stop();
-      }
-      process.stderr.write(`wrote ${o.out}: adapter merged into ${result.merged} of ${result.tensors} tensors in ${((performance.now() - started) / 1000).toFixed(1)} s\n`);
+      const { result, seconds } = await rewriteCheckpoint(o.model, 'merge', (from, onProgress) =>
+        writeMergedCheckpoint({ from, adapter: o.adapter, out: o.out, threads: o.threads, onProgress }),
+      );
+      process.stderr.write(`wrote ${o.out}: adapter merged into ${result.merged} of ${result.tensors} tensors in ${seconds.toFixed(1)} s\n`);
     });
 
   const dev = program.command('dev').description('developer tools');

@@ -185,3 +185,15 @@ export function loadCheckpoint(folder: string): Checkpoint {
   const weights = new CheckpointWeights(SafetensorsCheckpoint.open(folder, config.quantization ? mapFile : undefined), config.tieWordEmbeddings);
   return { folder, config, generationConfig, weights };
 }
+
+/**
+ * Copies every file of a checkpoint folder except its weights (safetensors files and their index) and `except` —
+ * config, tokenizer, processor files — into `out`: what a rewritten checkpoint (quantized, merged, trained) keeps.
+ */
+export function copyCheckpointFiles(from: string, out: string, except: readonly string[] = []): void {
+  for (const entry of fs.readdirSync(from)) {
+    const source = path.join(from, entry);
+    if (except.includes(entry) || entry === INDEX_FILE_NAME || entry.endsWith('.safetensors')) continue;
+    if (fs.statSync(source).isFile()) fs.copyFileSync(source, path.join(out, entry));
+  }
+}

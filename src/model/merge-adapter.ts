@@ -7,11 +7,11 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { createBackend } from '../tensor/index.js';
-import { canonicalWeightName, loadCheckpoint } from './checkpoint.js';
+import { canonicalWeightName, copyCheckpointFiles, loadCheckpoint } from './checkpoint.js';
 import { AdapterError, CheckpointError } from './errors.js';
 import { adapterMerge, loadAdapter } from './lora-adapter.js';
 import { mergeLoraPair } from './lora.js';
-import { INDEX_FILE_NAME, SINGLE_FILE_NAME, writeSafetensorsFrom, type TensorSource } from './safetensors.js';
+import { SINGLE_FILE_NAME, writeSafetensorsFrom, type TensorSource } from './safetensors.js';
 
 export interface MergeAdapterOptions {
   /** A bf16 (or f32) checkpoint folder. */
@@ -77,11 +77,7 @@ export function writeMergedCheckpoint(options: MergeAdapterOptions): MergeAdapte
     fs.mkdirSync(out, { recursive: true });
     try {
       writeSafetensorsFrom(path.join(out, SINGLE_FILE_NAME), sources, { format: 'pt' });
-      for (const entry of fs.readdirSync(from)) {
-        const source = path.join(from, entry);
-        if (entry === INDEX_FILE_NAME || entry.endsWith('.safetensors')) continue;
-        if (fs.statSync(source).isFile()) fs.copyFileSync(source, path.join(out, entry));
-      }
+      copyCheckpointFiles(from, out);
     } catch (err) {
       fs.rmSync(out, { recursive: true, force: true });
       throw err;

@@ -8,10 +8,10 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { quantizeNative } from '../tensor/native.js';
 import { packedBytes, QuantizeRangeError } from '../tensor/quant.js';
-import { canonicalWeightName, loadCheckpoint } from './checkpoint.js';
+import { canonicalWeightName, copyCheckpointFiles, loadCheckpoint } from './checkpoint.js';
 import { QUANT_LAYOUT_VERSION, QUANT_METHOD } from './config.js';
 import { CheckpointError } from './errors.js';
-import { INDEX_FILE_NAME, SINGLE_FILE_NAME, writeSafetensorsFrom, type TensorSource } from './safetensors.js';
+import { SINGLE_FILE_NAME, writeSafetensorsFrom, type TensorSource } from './safetensors.js';
 import { formatOf, type WeightFormats } from './weight-formats.js';
 import { checkpointWeightSpecs, type WeightSpec } from './weight-names.js';
 
@@ -98,11 +98,7 @@ export function writeQuantizedCheckpoint(options: QuantizeCheckpointOptions): Qu
     try {
       writeSafetensorsFrom(path.join(out, SINGLE_FILE_NAME), sources, { format: 'pt' });
       writeConfig(path.join(from, 'config.json'), path.join(out, 'config.json'), formats);
-      for (const entry of fs.readdirSync(from)) {
-        const source = path.join(from, entry);
-        if (entry === 'config.json' || entry === INDEX_FILE_NAME || entry.endsWith('.safetensors')) continue;
-        if (fs.statSync(source).isFile()) fs.copyFileSync(source, path.join(out, entry));
-      }
+      copyCheckpointFiles(from, out, ['config.json']);
     } catch (err) {
       fs.rmSync(out, { recursive: true, force: true });
       throw err;

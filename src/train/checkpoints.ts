@@ -6,8 +6,8 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { canonicalWeightName, loadCheckpoint } from '../model/checkpoint.js';
-import { INDEX_FILE_NAME, SafetensorsFile, SINGLE_FILE_NAME, writeSafetensorsFrom, type TensorSource } from '../model/safetensors.js';
+import { canonicalWeightName, copyCheckpointFiles, loadCheckpoint } from '../model/checkpoint.js';
+import { SafetensorsFile, SINGLE_FILE_NAME, writeSafetensorsFrom, type TensorSource } from '../model/safetensors.js';
 import { f32ToBf16 } from '../tensor/dtype.js';
 import { Tensor } from '../tensor/tensor.js';
 import { saveAdapter } from '../model/lora-adapter.js';
@@ -48,11 +48,7 @@ export function saveModel(sourceDir: string, dir: string, masters: ReadonlyMap<s
     }
     fs.mkdirSync(dir, { recursive: true });
     writeSafetensorsFrom(path.join(dir, SINGLE_FILE_NAME), sources, { format: 'pt' });
-    for (const entry of fs.readdirSync(sourceDir)) {
-      const from = path.join(sourceDir, entry);
-      if (entry === INDEX_FILE_NAME || entry.endsWith('.safetensors') || !fs.statSync(from).isFile()) continue;
-      fs.copyFileSync(from, path.join(dir, entry));
-    }
+    copyCheckpointFiles(sourceDir, dir);
   } finally {
     source.weights.close();
   }
