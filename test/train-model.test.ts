@@ -41,7 +41,6 @@ function assertGradClose(name: string, actual: Float32Array, expected: Float32Ar
     maxRef = Math.max(maxRef, Math.abs(expected[i]!));
     maxDiff = Math.max(maxDiff, Math.abs(actual[i]! - expected[i]!));
   }
-  if (process.env.VL3_SHOW_GRAD_ERRORS) console.log(name, (maxDiff / maxRef).toExponential(2));
   assert.ok(maxDiff <= 1e-3 * maxRef + 1e-8, `${name}: max |Δ| ${maxDiff.toExponential(3)} against max |g| ${maxRef.toExponential(3)}`);
 }
 
