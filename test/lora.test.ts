@@ -20,31 +20,17 @@ import type { WeightSpec } from '../src/model/weight-names.js';
 import { Rng } from '../src/engine/rng.js';
 import { loadProcessorConfig } from '../src/processing/processor-config.js';
 import { Tokenizer } from '../src/processing/tokenizer.js';
-import { readAnnotationFile } from '../src/processing/training-annotation.js';
-import { buildTrainingBatch } from '../src/processing/training-batch.js';
 import { f32ToBf16 } from '../src/tensor/dtype.js';
 import { createBackend } from '../src/tensor/index.js';
 import { quantizeNative } from '../src/tensor/native.js';
 import { Tensor } from '../src/tensor/tensor.js';
-import { modelInputs, type ModelInputs } from '../src/train/model-inputs.js';
+import type { ModelInputs } from '../src/train/model-inputs.js';
 import { stageConfig, trainableByGroup } from '../src/train/stages.js';
 import { fixturesDir, FIXTURES_MISSING, repoRoot, TINY_CHECKPOINT } from './fixtures.js';
+import { assertGradClose, fixtureInputs } from './train-fixtures.js';
 
 const fixtures = fixturesDir();
 const loraDir = () => join(fixtures!, 'training', 'lora');
-
-/** max |a − b| ≤ 1e-3 · max |b| + 1e-8, the README's check for every gradient tensor. */
-function assertGradClose(name: string, actual: Float32Array, expected: Float32Array): void {
-  assert.equal(actual.length, expected.length, name);
-  let maxRef = 0;
-  let maxDiff = 0;
-  for (let i = 0; i < expected.length; i++) {
-    maxRef = Math.max(maxRef, Math.abs(expected[i]!));
-    maxDiff = Math.max(maxDiff, Math.abs(actual[i]! - expected[i]!));
-  }
-  assert.ok(maxRef > 0, `${name}: the stored gradient is zero`);
-  assert.ok(maxDiff <= 1e-3 * maxRef + 1e-8, `${name}: max |Δ| ${maxDiff.toExponential(3)} against max |g| ${maxRef.toExponential(3)}`);
-}
 
 const assertRelative = (what: string, actual: number, expected: number, tolerance = 1e-5) =>
   assert.ok(Math.abs(actual - expected) <= tolerance * Math.abs(expected), `${what}: ${actual} against ${expected}`);
@@ -64,20 +50,8 @@ describe('LoRA training against PyTorch autograd (fixtures/training/lora)', { sk
     weights = SafetensorsFile.open(join(checkpoint, 'model.safetensors'));
     golden = SafetensorsFile.open(join(loraDir(), 'lora_stage3_grads.safetensors'));
     const tokenizer = await Tokenizer.load(checkpoint);
-    const dir = join(fixtures!, 'training', 'samples', 'b_image_caption');
-    const batch = await buildTrainingBatch(await readAnnotationFile(join(dir, 'annotation.json')), {
-      tokenizer,
-      processorConfig: await loadProcessorConfig(checkpoint),
-      dataFolder: join(fixtures!, 'media'),
-      mmMaxLength: 256,
-      imageMergeSize: stage.imageMergeSize,
-      videoMergeSize: stage.videoMergeSize,
-      fps: 1,
-      maxFrames: 180,
-      modelMaxLength: 16384,
-    });
+    inputs = await fixtureInputs(fixtures!, 'b_image_caption', stage, { tokenizer, processorConfig: await loadProcessorConfig(checkpoint), imageTokenId: config.imageTokenIndex });
     tokenizer.close();
-    inputs = modelInputs(batch, { imageTokenId: config.imageTokenIndex, useTokenCompression: stage.useTokenCompression });
     // The fixture's settings: the official target list, r 8, alpha 16, no dropout; B ≠ 0 so that A gets gradients.
     lora = { r: 8, alpha: 16, dropout: 0, targetModules: findAllLinearNames(config) };
     initial = new Map(
@@ -123,7 +97,7 @@ describe('LoRA training against PyTorch autograd (fixtures/training/lora)', { sk
     assertRelative('loss', lossSum / supervised, golden.readF64('loss').data[0]!);
     const expected = golden.names.filter((n) => n.startsWith('grad/')).map((n) => n.slice(5));
     assert.deepEqual([...m.gradients.keys()].sort(), [...expected].sort(), 'exactly the parameters PyTorch trains have gradients');
-    for (const name of expected) assertGradClose(name, m.gradients.get(name)!.data, golden.read(`grad/${name}`).data as Float32Array);
+    for (const name of expected) assertGradClose(name, m.gradients.get(name)!.data, golden.read(`grad/${name}`).data as Float32Array, true);
   });
 
   it('the loss without the adapters, and with B·A merged into the weights', () => {

@@ -1,9 +1,16 @@
 // Reading the training goldens (fixtures/training, README "Conventions"): named f32 tensors, F64 scalars, and the
 // vocab-sized embedding that is stored only as listed rows.
+import assert from 'node:assert/strict';
 import * as path from 'node:path';
 import { loadCheckpoint } from '../src/model/checkpoint.js';
 import { SafetensorsFile } from '../src/model/safetensors.js';
 import { Tensor } from '../src/tensor/tensor.js';
+import type { ProcessorConfig } from '../src/processing/processor-config.js';
+import type { Tokenizer } from '../src/processing/tokenizer.js';
+import { readAnnotationFile } from '../src/processing/training-annotation.js';
+import { buildTrainingBatch } from '../src/processing/training-batch.js';
+import { modelInputs, type ModelInputs } from '../src/train/model-inputs.js';
+import type { StageConfig } from '../src/train/stages.js';
 import { TINY_CHECKPOINT } from './fixtures.js';
 
 export const EMBED = 'model.embed_tokens.weight';
@@ -72,4 +79,42 @@ export function compare(actual: Float32Array, expected: Float32Array): { maxRel:
     maxRel = Math.max(maxRel, Number.isNaN(rel) ? Infinity : rel);
   }
   return { maxRel, mismatched };
+}
+
+/**
+ * max |a − b| ≤ 1e-3 · max |b| + 1e-8, the README's check for every gradient tensor; `nonZero` also refuses a stored
+ * gradient that is all zero (where one that is, as stage 1 of a text-only sample, would make the check vacuous).
+ */
+export function assertGradClose(name: string, actual: Float32Array, expected: Float32Array, nonZero = false): void {
+  assert.equal(actual.length, expected.length, name);
+  let maxRef = 0;
+  let maxDiff = 0;
+  for (let i = 0; i < expected.length; i++) {
+    maxRef = Math.max(maxRef, Math.abs(expected[i]!));
+    maxDiff = Math.max(maxDiff, Math.abs(actual[i]! - expected[i]!));
+  }
+  if (nonZero) assert.ok(maxRef > 0, `${name}: the stored gradient is zero`);
+  assert.ok(maxDiff <= 1e-3 * maxRef + 1e-8, `${name}: max |Δ| ${maxDiff.toExponential(3)} against max |g| ${maxRef.toExponential(3)}`);
+}
+
+/** What the model trains on for a fixture sample under a stage: the scripts' data arguments with mm_max_length 256. */
+export async function fixtureInputs(
+  fixtures: string,
+  sample: string,
+  stage: StageConfig,
+  data: { tokenizer: Tokenizer; processorConfig: ProcessorConfig; imageTokenId: number },
+): Promise<ModelInputs> {
+  const dir = path.join(fixtures, 'training', 'samples', sample);
+  const batch = await buildTrainingBatch(await readAnnotationFile(path.join(dir, 'annotation.json')), {
+    tokenizer: data.tokenizer,
+    processorConfig: data.processorConfig,
+    dataFolder: path.join(fixtures, 'media'),
+    mmMaxLength: 256,
+    imageMergeSize: stage.imageMergeSize,
+    videoMergeSize: stage.videoMergeSize,
+    fps: 1,
+    maxFrames: 180,
+    modelMaxLength: 16384,
+  });
+  return modelInputs(batch, { imageTokenId: data.imageTokenId, useTokenCompression: stage.useTokenCompression });
 }

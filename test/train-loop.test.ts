@@ -10,6 +10,7 @@ import { after, before, describe, it } from 'node:test';
 import { VideoLLaMA3 } from '../src/api/videollama3.js';
 import { loadCheckpoint } from '../src/model/checkpoint.js';
 import { adapterMerge, loadAdapter } from '../src/model/lora-adapter.js';
+import { writeMergedCheckpoint } from '../src/model/merge-adapter.js';
 import { FormattedWeights } from '../src/model/weight-formats.js';
 import { checkpointWeightSpecs } from '../src/model/weight-names.js';
 import { bf16ToF32, f32ToBf16 } from '../src/tensor/dtype.js';
@@ -111,6 +112,13 @@ describe('the training loop', { skip: !fixtures && FIXTURES_MISSING }, () => {
     const original = checkpoint.weights.get('model.mm_projector.readout.0.weight').toFloat32();
     assert.notDeepEqual(Array.from(projector.toFloat32()), Array.from(original), 'the run changed the projector');
     checkpoint.weights.close();
+
+    // vl3 merge-adapter writes the same projector into the merged checkpoint.
+    const merged = join(dir, 'lora-merged');
+    writeMergedCheckpoint({ from: join(fixtures!, TINY_CHECKPOINT), adapter: whole, out: merged });
+    const written = loadCheckpoint(merged);
+    assert.deepEqual(Array.from(written.weights.get('model.mm_projector.readout.0.weight').toFloat32()), Array.from(projector.toFloat32()));
+    written.weights.close();
   });
 
   it('vl3 train: Ctrl-C saves the last whole step and exits 130; --resume finishes the run', async () => {

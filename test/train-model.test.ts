@@ -17,6 +17,7 @@ import { ProjectorTraining } from '../src/model/projector-training.js';
 import { VisionEncoderTraining, type VisionActivations } from '../src/model/vision-training.js';
 import { projectorWeights, visionEncoderWeights } from '../src/model/weight-names.js';
 import { fixturesDir, FIXTURES_MISSING, TINY_CHECKPOINT } from './fixtures.js';
+import { assertGradClose } from './train-fixtures.js';
 
 const fixtures = fixturesDir();
 const sampleDir = (sample: string) => join(fixtures!, 'training', 'samples', sample);
@@ -30,18 +31,6 @@ function ints(t: Tensor): number[] {
 function asF32(t: Tensor): Tensor<'f32'> {
   const read = floatReader(t.dtype, t.data);
   return new Tensor('f32', t.shape, Float32Array.from({ length: t.numel }, (_, i) => read(i)));
-}
-
-/** max |a − b| ≤ 1e-3 · max |b| + 1e-8 (the README's suggested check for every gradient tensor). */
-function assertGradClose(name: string, actual: Float32Array, expected: Float32Array): void {
-  assert.equal(actual.length, expected.length, name);
-  let maxRef = 0;
-  let maxDiff = 0;
-  for (let i = 0; i < expected.length; i++) {
-    maxRef = Math.max(maxRef, Math.abs(expected[i]!));
-    maxDiff = Math.max(maxDiff, Math.abs(actual[i]! - expected[i]!));
-  }
-  assert.ok(maxDiff <= 1e-3 * maxRef + 1e-8, `${name}: max |Δ| ${maxDiff.toExponential(3)} against max |g| ${maxRef.toExponential(3)}`);
 }
 
 /** The stored (sample, stage) pairs: README "Loss" table. */

@@ -10,13 +10,11 @@ import { SafetensorsFile } from '../src/model/safetensors.js';
 import { VideoLLaMA3Training } from '../src/model/videollama3-training.js';
 import { loadProcessorConfig, type ProcessorConfig } from '../src/processing/processor-config.js';
 import { Tokenizer } from '../src/processing/tokenizer.js';
-import { readAnnotationFile } from '../src/processing/training-annotation.js';
-import { buildTrainingBatch } from '../src/processing/training-batch.js';
 import { createBackend } from '../src/tensor/index.js';
-import { modelInputs, type ModelInputs } from '../src/train/model-inputs.js';
 import { applyLrMultiplier, cosineSchedule } from '../src/train/schedule.js';
 import { baseLrs, moduleGroupOf, stageConfig, stageOptimizer, trainableByGroup, type StageConfig } from '../src/train/stages.js';
 import { fixturesDir, FIXTURES_MISSING, TINY_CHECKPOINT } from './fixtures.js';
+import { fixtureInputs } from './train-fixtures.js';
 
 const fixtures = fixturesDir();
 const ints = (f: SafetensorsFile, name: string) => Array.from(f.read(name).data as ArrayLike<number | bigint>, (v) => Number(v));
@@ -38,22 +36,7 @@ describe('training steps against the fixtures', { skip: !fixtures && FIXTURES_MI
     weights?.close();
   });
 
-  /** The micro-batch of a sample as a stage trains on it (the scripts' data arguments, mm_max_length 256). */
-  async function inputsFor(sample: string, stage: StageConfig): Promise<ModelInputs> {
-    const dir = join(fixtures!, 'training', 'samples', sample);
-    const batch = await buildTrainingBatch(await readAnnotationFile(join(dir, 'annotation.json')), {
-      tokenizer,
-      processorConfig,
-      dataFolder: join(fixtures!, 'media'),
-      mmMaxLength: 256,
-      imageMergeSize: stage.imageMergeSize,
-      videoMergeSize: stage.videoMergeSize,
-      fps: 1,
-      maxFrames: 180,
-      modelMaxLength: 16384,
-    });
-    return modelInputs(batch, { imageTokenId: config.imageTokenIndex, useTokenCompression: stage.useTokenCompression });
-  }
+  const inputsFor = (sample: string, stage: StageConfig) => fixtureInputs(fixtures!, sample, stage, { tokenizer, processorConfig, imageTokenId: config.imageTokenIndex });
 
   function modelFor(stage: StageConfig): VideoLLaMA3Training {
     const names = VideoLLaMA3Training.parameterNames(config);

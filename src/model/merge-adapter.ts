@@ -12,6 +12,7 @@ import { AdapterError, CheckpointError } from './errors.js';
 import { adapterMerge, loadAdapter } from './lora-adapter.js';
 import { mergeLoraPair } from './lora.js';
 import { SINGLE_FILE_NAME, writeSafetensorsFrom, type TensorSource } from './safetensors.js';
+import { trainedReplacement } from './weight-formats.js';
 
 export interface MergeAdapterOptions {
   /** A bf16 (or f32) checkpoint folder. */
@@ -62,10 +63,12 @@ export function writeMergedCheckpoint(options: MergeAdapterOptions): MergeAdapte
         dtype: info.dtype,
         shape: info.shape,
         produce: (emit) => {
-          if (!pair) {
+          // A weight the adapter's run trained whole (the projector) replaces the stored one, as --adapter loads it.
+          const replaced = trainedReplacement(merge, name, info);
+          if (!pair && !replaced) {
             emit(new Uint8Array(weights.store.fileOf(stored).readBytes(stored)));
           } else {
-            const t = mergeLoraPair(weights.get(name, info.shape, ['bf16', 'f32']), pair, merge.scaling, merge.backend);
+            const t = pair ? mergeLoraPair(replaced ?? weights.get(name, info.shape, ['bf16', 'f32']), pair, merge.scaling, merge.backend) : replaced!;
             weights.forget(name);
             emit(new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength));
           }

@@ -137,18 +137,8 @@ export class FormattedWeights implements WeightSource {
     return tensor;
   }
 
-  /** A weight the adapter's run trained whole, in the stored weight's dtype (the checkpoint's shape checked). */
   private replacement(spec: WeightSpec): Tensor | undefined {
-    const trained = this.adapter?.replacements?.get(spec.name);
-    if (!trained) return undefined;
-    const stored = this.weights.info(spec.name);
-    if (trained.shape.join() !== stored.shape.join()) {
-      throw new AdapterError(`adapter ${this.adapter!.dir}: ${spec.name} is [${trained.shape.join(', ')}], the checkpoint's [${stored.shape.join(', ')}]`, this.adapter!.dir, spec.name);
-    }
-    if (stored.dtype === 'f32') return trained;
-    const bits = new Uint16Array(trained.numel);
-    for (let i = 0; i < bits.length; i++) bits[i] = f32ToBf16(trained.data[i] as number);
-    return new Tensor('bf16', trained.shape, bits);
+    return this.adapter && trainedReplacement(this.adapter, spec.name, this.weights.info(spec.name));
   }
 
   private quantize(spec: WeightSpec, format: Exclude<WeightFormat, 'bf16'>, source: Tensor): Tensor {
@@ -160,4 +150,20 @@ export class FormattedWeights implements WeightSource {
       throw new CheckpointError(`checkpoint file ${file}: tensor "${spec.name}" cannot be quantized to ${format}: ${err.message}`, file, spec.name);
     }
   }
+}
+
+/**
+ * A weight an adapter's run trained whole (`AdapterMerge.replacements`), in the stored weight's dtype, or undefined
+ * when the adapter has none for `name`; a shape other than the checkpoint's is an AdapterError naming the weight.
+ */
+export function trainedReplacement(adapter: AdapterMerge, name: string, stored: { dtype: string; shape: readonly number[] }): Tensor | undefined {
+  const trained = adapter.replacements?.get(name);
+  if (!trained) return undefined;
+  if (trained.shape.join() !== stored.shape.join()) {
+    throw new AdapterError(`adapter ${adapter.dir}: ${name} is [${trained.shape.join(', ')}], the checkpoint's [${stored.shape.join(', ')}]`, adapter.dir, name);
+  }
+  if (stored.dtype === 'f32') return trained;
+  const bits = new Uint16Array(trained.numel);
+  for (let i = 0; i < bits.length; i++) bits[i] = f32ToBf16(trained.data[i] as number);
+  return new Tensor('bf16', trained.shape, bits);
 }
