@@ -4,6 +4,7 @@
 // the optimizer update apart, counts the matmul FLOPs they do, and writes the micro-batch to a safetensors file so
 // that the PyTorch peer (bench/peer-torch-train.py) runs the same step on the same inputs.
 // Usage: node dist/bench/train.js <checkpoint-dir> <threads> <stage1|lora> [inputs-out.safetensors]
+// The compute mode is the backend's default: $VL3_COMPUTE, else the fastest the CPU has (printed with the figures).
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -16,7 +17,7 @@ import { Tokenizer } from '../src/processing/tokenizer.js';
 import { buildTrainingBatch } from '../src/processing/training-batch.js';
 import { parseAnnotations } from '../src/processing/training-annotation.js';
 import { createBackend, Tensor } from '../src/tensor/index.js';
-import { peakFlops } from '../src/tensor/native.js';
+import { nativeInfo, peakFlops, type PeakKind } from '../src/tensor/native.js';
 import { supervisedCount } from '../src/train/accumulation.js';
 import { modelInputs } from '../src/train/model-inputs.js';
 import { stageConfig, stageOptimizer, trainableByGroup } from '../src/train/stages.js';
@@ -25,6 +26,7 @@ import { round } from './stats.js';
 
 export interface TrainFigures {
   mode: 'stage1' | 'lora';
+  compute: string;
   threads: number;
   tokens: number;
   visualTokens: number;
@@ -35,7 +37,9 @@ export interface TrainFigures {
   /** Matmul and attention FLOPs of the forward and backward pass, over its time. */
   gflops: number;
   gflopsPerSecond: number;
-  /** The machine's f32 FMA peak on the same threads, measured in the same process. */
+  /** The peak of the instruction the matmuls use (bf16 dot products in bf16 mode where the CPU has them, else the
+   * f32 FMA) on the same threads, measured in the same process. */
+  peakKind: string;
   peakGflopsPerSecond: number;
   loss: number;
   peakRssBytes: number;
@@ -45,7 +49,7 @@ async function main(): Promise<void> {
   const [dir, threadsArg, modeArg, inputsOut] = process.argv.slice(2);
   if (!dir || (modeArg !== 'stage1' && modeArg !== 'lora')) throw new Error('usage: train.js <checkpoint-dir> <threads> <stage1|lora> [inputs-out.safetensors]');
   const threads = Number(threadsArg) || undefined;
-  const backend = createBackend('native', { threads, compute: 'exact' });
+  const backend = createBackend('native', { threads });
   const { config, weights } = loadCheckpoint(dir);
   const lora: LoraConfig | undefined = modeArg === 'lora' ? { ...OFFICIAL_LORA_DEFAULTS, dropout: 0, targetModules: findAllLinearNames(config) } : undefined;
   const stage = modeArg === 'lora' ? stageConfig(3, { lora: true }) : stageConfig(1);
@@ -96,10 +100,13 @@ async function main(): Promise<void> {
   const optimizerSeconds = (performance.now() - t) / 1000;
 
   const T = inputs.inputIds.length;
+  const dot: PeakKind = 'bf16-zmm';
+  const peakKind = backend.compute === 'bf16' && nativeInfo().peakKinds.includes(dot) ? dot : undefined;
   const P = batch.pixelValues.dim(0);
   const gflops = stepFlops(config, T, P, modeArg) / 1e9;
   const figures: TrainFigures = {
     mode: modeArg,
+    compute: backend.compute,
     threads: backend.threads,
     tokens: T,
     visualTokens: inputs.visualRows.length,
@@ -109,7 +116,8 @@ async function main(): Promise<void> {
     tokensPerSecond: round(T / (forwardBackwardSeconds + optimizerSeconds), 1),
     gflops: round(gflops, 0),
     gflopsPerSecond: round(gflops / forwardBackwardSeconds, 1),
-    peakGflopsPerSecond: round(peakFlops(backend.threads, 0.5), 1),
+    peakKind: peakKind ?? 'fp32 (widest)',
+    peakGflopsPerSecond: round(peakFlops(backend.threads, 0.5, peakKind), 1),
     loss: round(lossSum / numItems, 4),
     peakRssBytes: process.resourceUsage().maxRSS * 1024,
   };

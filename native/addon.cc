@@ -477,6 +477,7 @@ Napi::Value MatmulBackward(const Napi::CallbackInfo& info, Context& ctx) {
   a.x = static_cast<const float*>(x.data);
   a.w = w.data;
   a.wType = floatType(w);
+  a.compute = ctx.compute();
   OpScope scope(ctx);
   ctx.k().matmulBackward(a);
   return env.Undefined();

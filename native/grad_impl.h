@@ -1,8 +1,9 @@
 // Own backward kernels: training's passes written once over the forward's GEMM and ISA primitives, so every tier trains at native speed with numerics we define (src/tensor/host-gradients.ts is the definition they are tested against).
 // Included by ops_impl.h inside vl3::VL3_ISA's anonymous namespace, after the forward ops it reuses (gemm, matmul,
 // forRange, the ISA's gemvRows/expSubSum/maxOf/widenBf16). Every product here is exact f32 (kernels.h) whatever the
-// context's compute mode: training runs in exact mode, and the TypeScript definition multiplies exactly too, so a
-// bf16-mode backend gets the same gradients as an exact one rather than a rounded variant nothing checks.
+// context's compute mode, except matmulBackward's: its two GEMMs are most of a training step's work, so under
+// Compute::Bf16 they round their operands to bf16 and multiply them with the tier's bf16 dot product, as the forward
+// matmul does (the numerics of bf16 training on a GPU; host-gradients.ts defines them the same way).
 
 // ---------------------------------------------------------------------------------------------------------------
 // Matmul: out = x·wᵀ (+bias) gives dx = dy·w, dw += dyᵀ·x, dbias += Σ rows of dy. Both products are the forward's
@@ -22,6 +23,17 @@ inline void addColumnSums(const float* src, long M, long N, float* dst) {
   });
 }
 
+// The packed GEMM in the compute mode asked for: bf16 dot products on a tier with them, else f32 on (rounded) values.
+inline void backwardGemm(const MatmulArgs& a, const GemmLayout& L) {
+#if VL3_BF16_DOT
+  if (a.compute == Compute::Bf16) {
+    gemm<true>(a, nullptr, false, L);
+    return;
+  }
+#endif
+  gemm<false>(a, nullptr, a.compute == Compute::Bf16, L);
+}
+
 void matmulBackward(const MatmulBackwardArgs& g) {
   const long M = g.M, N = g.N, K = g.K;
   if (M == 0) return;
@@ -30,23 +42,23 @@ void matmulBackward(const MatmulBackwardArgs& g) {
       std::memset(g.dx, 0, M * K * sizeof(float));
     } else {
       // dx[M,K] = dy[M,N]·(wᵀ)ᵀ: the GEMM's B operand is wᵀ, element (k, n) at w[n·K + k].
-      const MatmulArgs a{g.dy, g.w, g.wType, nullptr, WType::None, g.dx, M, K, N, Compute::Exact};
+      const MatmulArgs a{g.dy, g.w, g.wType, nullptr, WType::None, g.dx, M, K, N, g.compute};
       GemmLayout L;
       L.bT = true;
       L.ldb = K;
-      gemm<false>(a, nullptr, false, L);
+      backwardGemm(a, L);
     }
   }
   if (g.dw && N > 0 && K > 0) {
     // dw[N,K] += dyᵀ[N,M]·(xᵀ)ᵀ: A is dyᵀ (element (n, m) at dy[m·N + n]), B is xᵀ (element (k, m) at x[m·K + k]).
-    const MatmulArgs a{g.dy, g.x, WType::F32, nullptr, WType::None, g.dw, N, K, M, Compute::Exact};
+    const MatmulArgs a{g.dy, g.x, WType::F32, nullptr, WType::None, g.dw, N, K, M, g.compute};
     GemmLayout L;
     L.aT = true;
     L.lda = N;
     L.bT = true;
     L.ldb = K;
     L.accumulate = true;
-    gemm<false>(a, nullptr, false, L);
+    backwardGemm(a, L);
   }
   if (g.dbias) addColumnSums(g.dy, M, N, g.dbias);
 }

@@ -62,8 +62,8 @@ struct AttentionArgs {
 };
 
 // The backward passes (the GradientOps of src/tensor/backend.ts; host-gradients.ts defines them). Parameter
-// gradients (dw, dbias, dweight, dtable, dhead) are added to; activation gradients are written. All products are
-// exact f32 whatever the context's compute mode (grad_impl.h says why).
+// gradients (dw, dbias, dweight, dtable, dhead) are added to; activation gradients are written. Products are exact
+// f32, except matmulBackward's, which follow the context's compute mode as matmul does (grad_impl.h says why).
 struct MatmulBackwardArgs {
   const float* dy;  // [M,N]
   const float* x;   // [M,K]
@@ -73,6 +73,8 @@ struct MatmulBackwardArgs {
   float* dw;     // [N,K] or null
   float* dbias;  // [N] or null
   long M, N, K;
+  // Bf16: dy, x and f32 w rounded to bf16 before their exact products are summed in f32, as matmul's Compute::Bf16.
+  Compute compute;
 };
 
 struct AttentionBackwardArgs {

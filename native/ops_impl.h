@@ -64,9 +64,10 @@ inline void packA(const float* x, long ldx, long mc, long kc, float* dst, bool r
   }
 }
 
-// The backward passes' operand layouts (exact f32 only): A read transposed (element (m, k) at x[k·lda + m]: dyᵀ for
-// dw = dyᵀ·x), B read transposed (element (n, k) at w[k·ldb + n]: wᵀ for dx = dy·w, xᵀ for dw), and C added to
-// (parameter gradients accumulate). Both transposed packs read rows contiguously, so they cost less than the forward's.
+// The backward passes' operand layouts: A read transposed (element (m, k) at x[k·lda + m]: dyᵀ for dw = dyᵀ·x), B
+// read transposed (element (n, k) at w[k·ldb + n]: wᵀ for dx = dy·w, xᵀ for dw), and C added to (parameter gradients
+// accumulate). Both transposed f32 packs read rows contiguously, so they cost less than the forward's; the bf16-dot
+// packs go through a transposed f32 copy of the block (transposeBlock), so every tier's own pair/quad layout serves.
 struct GemmLayout {
   bool aT = false;
   long lda = 0;
@@ -76,27 +77,47 @@ struct GemmLayout {
 };
 
 // Packs A as packA does from Aᵀ stored row-major: k-th row of the panel is MR consecutive elements of row k.
-inline void packAT(const float* x, long lda, long mc, long kc, float* dst) {
+inline void packAT(const float* x, long lda, long mc, long kc, float* dst, bool round) {
   for (long i0 = 0; i0 < mc; i0 += MR) {
     float* d = dst + i0 * kc;
     const long mr = lmin(MR, mc - i0);
     for (long k = 0; k < kc; k++) {
       const float* s = x + k * lda + i0;
       long r = 0;
-      for (; r < mr; r++) d[k * MR + r] = s[r];
+      if (round) for (; r < mr; r++) d[k * MR + r] = roundBf16(s[r]);
+      else for (; r < mr; r++) d[k * MR + r] = s[r];
       for (; r < MR; r++) d[k * MR + r] = 0.0f;
     }
   }
 }
 
 // A B panel [kc][NR] from Bᵀ stored row-major (f32 or bf16, widened): row k of the panel is nr consecutive elements.
-inline void packBT(const void* w, WType type, long ldb, int nr, long kc, float* dst) {
+inline void packBT(const void* w, WType type, long ldb, int nr, long kc, float* dst, bool round) {
   for (long k = 0; k < kc; k++) {
     float* d = dst + k * NR;
     if (type == WType::BF16) widenBf16(static_cast<const uint16_t*>(w) + k * ldb, d, nr);
+    else if (round) for (int j = 0; j < nr; j++) d[j] = roundBf16(static_cast<const float*>(w)[k * ldb + j]);
     else std::memcpy(d, static_cast<const float*>(w) + k * ldb, nr * sizeof(float));
     for (int j = nr; j < NR; j++) d[j] = 0.0f;
   }
+}
+
+// dst[r·kc + k] = src[k·ld + r] for r < rows, k < kc (bf16 widened exactly): a transposed operand block laid out as
+// the bf16-dot packs read a plain one. Blocks of 16×16 keep both sides' lines in L1.
+inline void transposeBlock(const void* src, WType type, long ld, long rows, long kc, float* dst) {
+  constexpr long kTile = 16;
+  for (long k0 = 0; k0 < kc; k0 += kTile)
+    for (long r0 = 0; r0 < rows; r0 += kTile)
+      for (long k = k0; k < lmin(kc, k0 + kTile); k++) {
+        const long r1 = lmin(rows, r0 + kTile);
+        if (type == WType::BF16) {
+          const uint16_t* s = static_cast<const uint16_t*>(src) + k * ld;
+          for (long r = r0; r < r1; r++) dst[r * kc + k] = bf16ToF32(s[r]);
+        } else {
+          const float* s = static_cast<const float*>(src) + k * ld;
+          for (long r = r0; r < r1; r++) dst[r * kc + k] = s[r];
+        }
+      }
 }
 
 // A micro-tile that may be cut by the edge of C: full tiles go straight to the micro-kernel, edge tiles through a
@@ -153,11 +174,21 @@ void gemm(const MatmulArgs& a, const float* bias, bool round, const GemmLayout& 
     auto blockA = [&](long kb, long r0) { return packed + (kb * sRows * kpMax + r0 * roundUp(lmin(kcBlock, K - kb * kcBlock), stepK)) * elt; };
     // Pack: K blocks × chunks of MC rows, spread over the pool.
     const long rowChunks = cdiv(sM, MC);
-    parallelTasks(kBlocks * rowChunks, [&](long task, int) {
+    parallelTasks(kBlocks * rowChunks, [&](long task, int tid) {
       const long kb = task / rowChunks, r0 = (task % rowChunks) * MC;
       const long pc = kb * kcBlock, kc = lmin(kcBlock, K - pc), mc = lmin(MC, sM - r0);
       if (L.aT) {
-        packAT(a.x + pc * L.lda + s0 + r0, L.lda, mc, kc, reinterpret_cast<float*>(blockA(kb, r0)));
+        const float* xT = a.x + pc * L.lda + s0 + r0;
+#if VL3_BF16_DOT
+        if (DOT) {
+          // kSlotB is free here: the column tasks below take it only after every pack task is done.
+          float* t = static_cast<float*>(scratch(tid, kSlotB, mc * kc * sizeof(float)));
+          transposeBlock(xT, WType::F32, L.lda, mc, kc, t);
+          packABf16(t, kc, mc, kc, reinterpret_cast<uint16_t*>(blockA(kb, r0)));
+          return;
+        }
+#endif
+        packAT(xT, L.lda, mc, kc, reinterpret_cast<float*>(blockA(kb, r0)), round);
         return;
       }
       const float* x = a.x + (s0 + r0) * K + pc;
@@ -193,11 +224,17 @@ void gemm(const MatmulArgs& a, const float* bias, bool round, const GemmLayout& 
           char* dst = bp + (p - p0) * kp * NR * elt;
 #if VL3_BF16_DOT
           if (DOT) {
-            packBBf16(w, a.wType, K, nr, kc, reinterpret_cast<uint16_t*>(dst));
+            if (L.bT) {
+              float* t = static_cast<float*>(scratch(tid, kSlotC, NR * kc * sizeof(float)));
+              transposeBlock(w, a.wType, L.ldb, nr, kc, t);
+              packBBf16(t, WType::F32, kc, nr, kc, reinterpret_cast<uint16_t*>(dst));
+            } else {
+              packBBf16(w, a.wType, K, nr, kc, reinterpret_cast<uint16_t*>(dst));
+            }
             continue;
           }
 #endif
-          if (L.bT) packBT(w, a.wType, L.ldb, nr, kc, reinterpret_cast<float*>(dst));
+          if (L.bT) packBT(w, a.wType, L.ldb, nr, kc, reinterpret_cast<float*>(dst), round);
           else packB(w, a.wType, K, nr, kc, reinterpret_cast<float*>(dst), round);
         }
         for (long ic = m0; ic < m1; ic += mc0) {
@@ -213,7 +250,7 @@ void gemm(const MatmulArgs& a, const float* bias, bool round, const GemmLayout& 
 #if VL3_BF16_DOT
               if (DOT) {
                 tileBf16(kp, reinterpret_cast<const uint16_t*>(ap + ir * kp * elt), reinterpret_cast<const uint16_t*>(b),
-                         c, N, mr, nr, pc > 0, bb);
+                         c, N, mr, nr, pc > 0 || L.accumulate, bb);
                 continue;
               }
 #endif

@@ -4,7 +4,7 @@ import { InvalidArgumentError, type Command } from 'commander';
 import type { LoraConfig } from '../model/lora.js';
 import { dirname, resolve } from 'node:path';
 import { resolveModel } from '../hub/index.js';
-import { createBackend, type Isa } from '../tensor/index.js';
+import { createBackend, type ComputeMode, type Isa } from '../tensor/index.js';
 import { train, TRAIN_LOG } from '../train/trainer.js';
 import type { ModuleGroup, StageOptions } from '../train/stages.js';
 import { byteCount, EXIT, flag, integer, number, positive } from './flags.js';
@@ -66,6 +66,7 @@ export function addTrainCommand(program: Command): void {
     .addOption(flag('--lora-target-modules <names>', 'comma-separated layer names matched as suffixes (default: every linear layer outside the vision encoder and projector, as the official find_all_linear_names)'))
     .addOption(flag('-t, --threads <n>', 'kernel threads (default: available cores)').argParser(integer('--threads', 1)))
     .addOption(flag('--isa <tier>', 'kernel tier (default: the best this CPU has)').choices(['scalar', 'avx2', 'avx512', 'avx512bf16', 'neon']))
+    .addOption(flag('--compute <mode>', 'matmul numerics, forward and backward: "exact" (f32, what the parity tests check) or "bf16" (operands rounded to bf16, sums in f32, as bf16 training on a GPU; f32 master weights and optimizer either way; fast where the CPU has bf16 dot products); default: the fastest this CPU has').choices(['exact', 'bf16']))
     .action(async (o) => {
       const downloads = new DownloadBars();
       const modelDir = await resolveModel(o.model, { onProgress: downloads.update }).finally(() => downloads.stop());
@@ -88,6 +89,7 @@ export function addTrainCommand(program: Command): void {
       };
       process.on('SIGINT', onSigint);
       const bar = new TrainingBar();
+      const backend = createBackend('native', { threads: o.threads, isa: o.isa as Isa | undefined, compute: o.compute as ComputeMode | undefined });
       try {
         const result = await train({
           stage: Number(o.stage) as 1 | 2 | 3 | 4,
@@ -96,8 +98,7 @@ export function addTrainCommand(program: Command): void {
           dataFolder: resolve(o.dataFolder ?? dirname(resolve(o.data))),
           modelDir,
           outputDir: resolve(o.output),
-          // Training runs in f32 ("exact"): the recipe's numerics, which the fixtures check against PyTorch.
-          backend: createBackend('native', { threads: o.threads, isa: o.isa as Isa | undefined, compute: 'exact' }),
+          backend,
           epochs: o.epochs,
           batchSize: o.batchSize,
           gradAccum: o.gradAccum,
@@ -116,7 +117,8 @@ export function addTrainCommand(program: Command): void {
           onStart: (plan) => {
             process.stderr.write(
               `${plan.samples} samples, ${plan.totalSteps} optimizer steps (${plan.stepsPerEpoch} per epoch), ` +
-                `${(plan.trainableParameters / 1e6).toFixed(2)} M trainable parameters${plan.startStep ? `; resuming after step ${plan.startStep}` : ''}\n`,
+                `${(plan.trainableParameters / 1e6).toFixed(2)} M trainable parameters, ${backend.compute} compute` +
+                `${plan.startStep ? `; resuming after step ${plan.startStep}` : ''}\n`,
             );
             bar.start(plan.startStep, plan.totalSteps);
           },

@@ -67,7 +67,10 @@ export const BATCH_ROWS = 16;
  * of activations (`dx`, `dq`, …) are written. All f32; weights read as f32 or bf16.
  */
 export interface GradientOps {
-  /** For out = x·wᵀ (+ bias): dx[M,K] = dy[M,N]·w, dw[N,K] += dyᵀ·x, dbias[N] += Σ rows of dy; each optional. */
+  /**
+   * For out = x·wᵀ (+ bias): dx[M,K] = dy[M,N]·w, dw[N,K] += dyᵀ·x, dbias[N] += Σ rows of dy; each optional. The
+   * products follow the backend's compute mode as matmul's do (in bf16 mode dy, x and w are rounded to bf16 first).
+   */
   matmulBackward(dy: Tensor, x: Tensor, w: Tensor, dx: Tensor | null, dw: Tensor | null, dbias: Tensor | null): void;
   /** For out = rmsNorm(x)·weight (rows of x): dx written, dweight added to (optional). */
   rmsNormBackward(dy: Tensor, x: Tensor, weight: Tensor, eps: number, dx: Tensor, dweight: Tensor | null): void;

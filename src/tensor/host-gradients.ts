@@ -1,11 +1,12 @@
 // Own backward kernels in TypeScript: the definition the native ones will be tested against, so the numerics are ours; sums run in f64, results are stored in f32.
-import type { AttentionOptions, GradientOps } from './backend.js';
-import { floatReader } from './dtype.js';
+import type { AttentionOptions, ComputeMode, GradientOps } from './backend.js';
+import { bf16ToF32, f32ToBf16, floatReader } from './dtype.js';
 import { erf } from './math.js';
 import type { Tensor } from './tensor.js';
 
 const f32 = (t: Tensor) => t.data as Float32Array;
 const reader = (t: Tensor) => floatReader(t.dtype, t.data);
+const toBf16 = (v: number) => bf16ToF32(f32ToBf16(v));
 
 /** Vocabulary rows per chunk of logits in `crossEntropy`, and rows of hidden states per block: the logits of one block
  * against one chunk are all that exists at once. */
@@ -16,13 +17,19 @@ const ROW_BLOCK = 64;
  * The gradient ops on host memory: the reference backend's kernels, and the definition the native ones
  * (native/grad_impl.h) are tested against.
  */
-export const hostGradients: GradientOps = {
-  matmulBackward(dy: Tensor, x: Tensor, w: Tensor, dx: Tensor | null, dw: Tensor | null, dbias: Tensor | null): void {
+export const hostGradients = {
+  /**
+   * In bf16 compute mode (the backend's, as for matmul) dy, x and w are rounded to bf16 before they multiply; dbias
+   * sums dy as it is, in both modes.
+   */
+  matmulBackward(dy: Tensor, x: Tensor, w: Tensor, dx: Tensor | null, dw: Tensor | null, dbias: Tensor | null, compute: ComputeMode = 'exact'): void {
     const [N, K] = w.shape as [number, number];
     const M = x.numel / K;
-    const g = f32(dy);
-    const xd = f32(x);
-    const wr = reader(w);
+    const bf16 = compute === 'bf16';
+    const g = bf16 ? f32(dy).map(toBf16) : f32(dy);
+    const xd = bf16 ? f32(x).map(toBf16) : f32(x);
+    const wf = reader(w);
+    const wr = bf16 ? (i: number) => toBf16(wf(i)) : wf;
     if (dx) {
       const out = f32(dx);
       const row = new Float64Array(K);
@@ -49,9 +56,10 @@ export const hostGradients: GradientOps = {
     }
     if (dbias) {
       const out = f32(dbias);
+      const d = f32(dy);
       for (let n = 0; n < N; n++) {
         let s = 0;
-        for (let m = 0; m < M; m++) s += g[m * N + n]!;
+        for (let m = 0; m < M; m++) s += d[m * N + n]!;
         out[n] += s;
       }
     }
@@ -335,4 +343,4 @@ export const hostGradients: GradientOps = {
       if (dh) for (let j = 0; j < (i1 - i0) * H; j++) dh[i0 * H + j] = dhRows[j]!;
     }
   },
-};
+} satisfies GradientOps;

@@ -3,7 +3,7 @@
  * upload and download are the tensor itself, copies are typed-array copies (memmove, so a tensor may be copied over
  * itself shifted).
  */
-import type { GradientOps, Kernels } from './backend.js';
+import type { ComputeMode, GradientOps, Kernels } from './backend.js';
 import { hostGradients } from './host-gradients.js';
 import type { DType } from './dtype.js';
 import { HostStorage, type Storage, type Tensor } from './tensor.js';
@@ -59,8 +59,10 @@ export abstract class HostKernels implements GradientOps {
   readonly copy = hostMemory.copy;
   readonly copyRows = hostMemory.copyRows;
   readonly fill = hostMemory.fill;
+  /** The compute mode matmul and matmulBackward multiply in. */
+  abstract readonly compute: ComputeMode;
   matmulBackward(...a: Parameters<GradientOps['matmulBackward']>): void {
-    hostGradients.matmulBackward(...a);
+    hostGradients.matmulBackward(...a, this.compute);
   }
   rmsNormBackward(...a: Parameters<GradientOps['rmsNormBackward']>): void {
     hostGradients.rmsNormBackward(...a);

@@ -375,7 +375,7 @@ export class NativeKernels extends HostKernels implements Kernels {
     this.ctx.embedding(table.data as F32 | Half | Uint8Array, ids.data as Int32Array, f32(out), table.dim(1), nativeFormat(table));
   }
 
-  // -- gradients (native/grad_impl.h; exact f32 products in either compute mode, as host-gradients.ts defines them) --
+  // -- gradients (native/grad_impl.h; exact f32 products, matmulBackward in the compute mode, as host-gradients.ts defines them) --
 
   override matmulBackward(dy: Tensor, x: Tensor, w: Tensor, dx: Tensor | null, dw: Tensor | null, dbias: Tensor | null): void {
     const [N, K] = w.shape as [number, number];
