@@ -89,7 +89,7 @@ async function main(): Promise<void> {
   const names = VideoLLaMA3Training.parameterNames(config, lora);
   const trainable = new Set(trainableByGroup(names, stage).groups.flatMap((g) => g.names));
   const model = new VideoLLaMA3Training(config, { get: (spec) => weights.get(spec.name, spec.shape) }, (n) => trainable.has(n), backend, lora && { config: lora, random: Math.random });
-  const optimizer = stageOptimizer(model.parameters, stage);
+  const optimizer = stageOptimizer(model.parameters, stage, backend);
   const numItems = supervisedCount(inputs.labels);
 
   let t = performance.now();

@@ -699,6 +699,28 @@ Napi::Value EmbeddingBackward(const Napi::CallbackInfo& info, Context& ctx) {
   return env.Undefined();
 }
 
+// adamw(p, g, m, v, decay, w1, b2, w2, stepSize, bc2Sqrt, eps): the scalars are kernels.h AdamWScalars, in its order.
+Napi::Value AdamW(const Napi::CallbackInfo& info, Context& ctx) {
+  Napi::Env env = info.Env();
+  const char* names[] = {"p", "g", "m", "v"};
+  float* a[4];
+  long n = 0;
+  if (!sameLengthF32(info, 4, "adamw", names, a, n)) return env.Undefined();
+  float scalars[7];
+  for (size_t i = 0; i < 7; i++) {
+    if (!info[4 + i].IsNumber()) {
+      fail(env, "adamw: argument " + std::to_string(4 + i) + " must be a number");
+      return env.Undefined();
+    }
+    // The values come rounded to float32 (host-gradients.ts adamwScalars): this conversion is exact.
+    scalars[i] = static_cast<float>(numArg(info, 4 + i));
+  }
+  const AdamWScalars s{scalars[0], scalars[1], scalars[2], scalars[3], scalars[4], scalars[5], scalars[6]};
+  OpScope scope(ctx);
+  ctx.k().adamw(a[0], a[1], a[2], a[3], n, s);
+  return env.Undefined();
+}
+
 // argmax(x): index of the first largest element (comparison by >, so NaNs never win after index 0); -1 if empty.
 Napi::Value Argmax(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -794,6 +816,7 @@ Napi::Function Context::Define(Napi::Env env) {
                          InstanceMethod("ropeBackward", &Context::Op<RopeBackward>),
                          InstanceMethod("mergeBlocksBackward", &Context::Op<MergeBlocksBackward>),
                          InstanceMethod("embeddingBackward", &Context::Op<EmbeddingBackward>),
+                         InstanceMethod("adamw", &Context::Op<AdamW>),
                          InstanceMethod("setThreads", &Context::SetThreads),
                          InstanceAccessor("threads", &Context::Threads, nullptr),
                          InstanceAccessor("isa", &Context::Isa, nullptr),

@@ -256,5 +256,6 @@ void embeddingBackward(const float* dy, const int32_t* ids, float* dtable, long 
   });
 }
 
+#include "grad_adamw.h"
 #include "grad_attention.h"
 #include "grad_cross_entropy.h"

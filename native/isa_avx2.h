@@ -637,6 +637,27 @@ inline float sumRange(const float* p, long n) {
   return s;
 }
 
+// AdamW over the whole vectors of 8 in [0, n): the element of grad_adamw.h lane by lane, with the same opaque
+// product. Returns the elements done; the driver finishes the rest.
+inline long adamwVectors(float* p, const float* g, float* m, float* v, long n, const AdamWScalars& s) {
+  const __m256 decay = _mm256_set1_ps(s.decay), w1 = _mm256_set1_ps(s.w1), b2 = _mm256_set1_ps(s.b2);
+  const __m256 w2 = _mm256_set1_ps(s.w2), step = _mm256_set1_ps(s.stepSize), bc2 = _mm256_set1_ps(s.bc2Sqrt);
+  const __m256 eps = _mm256_set1_ps(s.eps);
+  long i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 gi = _mm256_loadu_ps(g + i), m0 = _mm256_loadu_ps(m + i), v0 = _mm256_loadu_ps(v + i);
+    __m256 pi = _mm256_mul_ps(_mm256_loadu_ps(p + i), decay);
+    VL3_OPAQUE(pi);
+    const __m256 mi = _mm256_fmadd_ps(w1, _mm256_sub_ps(gi, m0), m0);
+    const __m256 vi = _mm256_fmadd_ps(_mm256_mul_ps(w2, gi), gi, _mm256_mul_ps(v0, b2));
+    const __m256 denom = _mm256_add_ps(_mm256_div_ps(_mm256_sqrt_ps(vi), bc2), eps);
+    _mm256_storeu_ps(p + i, _mm256_add_ps(pi, _mm256_div_ps(_mm256_mul_ps(step, mi), denom)));
+    _mm256_storeu_ps(m + i, mi);
+    _mm256_storeu_ps(v + i, vi);
+  }
+  return i;
+}
+
 // Quantized weights' integer dot (ops_impl.h quantMatmulInt) for a full group of 4 weight rows and MT rows of x, over
 // every whole chunk of 4 blocks (128 k). A row's chunk is two halves (quant.h halvesOffset); a ymm of either holds 16 k
 // of two blocks, as does the activation's, so the halves add into one vector of int32 lanes, 4 per block. Without an

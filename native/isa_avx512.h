@@ -735,6 +735,27 @@ inline float sumRange(const float* p, long n) {
   return s;
 }
 
+// AdamW over the whole vectors of 16 in [0, n): the element of grad_adamw.h lane by lane, with the same opaque
+// product. Returns the elements done; the driver finishes the rest.
+inline long adamwVectors(float* p, const float* g, float* m, float* v, long n, const AdamWScalars& s) {
+  const __m512 decay = _mm512_set1_ps(s.decay), w1 = _mm512_set1_ps(s.w1), b2 = _mm512_set1_ps(s.b2);
+  const __m512 w2 = _mm512_set1_ps(s.w2), step = _mm512_set1_ps(s.stepSize), bc2 = _mm512_set1_ps(s.bc2Sqrt);
+  const __m512 eps = _mm512_set1_ps(s.eps);
+  long i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512 gi = _mm512_loadu_ps(g + i), m0 = _mm512_loadu_ps(m + i), v0 = _mm512_loadu_ps(v + i);
+    __m512 pi = _mm512_mul_ps(_mm512_loadu_ps(p + i), decay);
+    VL3_OPAQUE(pi);
+    const __m512 mi = _mm512_fmadd_ps(w1, _mm512_sub_ps(gi, m0), m0);
+    const __m512 vi = _mm512_fmadd_ps(_mm512_mul_ps(w2, gi), gi, _mm512_mul_ps(v0, b2));
+    const __m512 denom = _mm512_add_ps(_mm512_div_ps(_mm512_sqrt_ps(vi), bc2), eps);
+    _mm512_storeu_ps(p + i, _mm512_add_ps(pi, _mm512_div_ps(_mm512_mul_ps(step, mi), denom)));
+    _mm512_storeu_ps(m + i, mi);
+    _mm512_storeu_ps(v + i, vi);
+  }
+  return i;
+}
+
 // Quantized weights' integer dot (ops_impl.h quantMatmulInt) for a full group of 4 weight rows and MT rows of x, over
 // every whole chunk of 4 blocks (128 k). A row's chunk is two halves of 64 codes (quant.h halvesOffset), each a vector
 // whose 128-bit lane b holds 16 k of block b, as are the activation's: both halves add into one vector of int32 lanes,

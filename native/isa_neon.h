@@ -800,6 +800,27 @@ inline float sumRange(const float* p, long n) {
   return s;
 }
 
+// AdamW over the whole vectors of 4 in [0, n): the element of grad_adamw.h lane by lane, with the same opaque
+// product (vfmaq_f32(a, b, c) is a + b·c rounded once). Returns the elements done; the driver finishes the rest.
+inline long adamwVectors(float* p, const float* g, float* m, float* v, long n, const AdamWScalars& s) {
+  const float32x4_t decay = vdupq_n_f32(s.decay), w1 = vdupq_n_f32(s.w1), b2 = vdupq_n_f32(s.b2);
+  const float32x4_t w2 = vdupq_n_f32(s.w2), step = vdupq_n_f32(s.stepSize), bc2 = vdupq_n_f32(s.bc2Sqrt);
+  const float32x4_t eps = vdupq_n_f32(s.eps);
+  long i = 0;
+  for (; i + 4 <= n; i += 4) {
+    const float32x4_t gi = vld1q_f32(g + i), m0 = vld1q_f32(m + i), v0 = vld1q_f32(v + i);
+    float32x4_t pi = vmulq_f32(vld1q_f32(p + i), decay);
+    VL3_OPAQUE(pi);
+    const float32x4_t mi = vfmaq_f32(m0, w1, vsubq_f32(gi, m0));
+    const float32x4_t vi = vfmaq_f32(vmulq_f32(v0, b2), vmulq_f32(w2, gi), gi);
+    const float32x4_t denom = vaddq_f32(vdivq_f32(vsqrtq_f32(vi), bc2), eps);
+    vst1q_f32(p + i, vaddq_f32(pi, vdivq_f32(vmulq_f32(step, mi), denom)));
+    vst1q_f32(m + i, mi);
+    vst1q_f32(v + i, vi);
+  }
+  return i;
+}
+
 // Quantized weights' integer dot (ops_impl.h quantMatmulInt) for a full group of 4 weight rows and MT rows of x, over
 // every whole chunk of 4 blocks (128 k). The codes are made signed (Int8: u XOR 0x80 = u − 128, Int4: u − 8; Int4m's
 // u ≤ 15 are already), so that signed products sum (u − z)·q directly and the activation's lane sums go unused.

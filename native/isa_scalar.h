@@ -209,6 +209,9 @@ inline float sumRange(const float* p, long n) {
   return s;
 }
 
+// AdamW has no vector body here: the driver's portable loop (grad_adamw.h) does every element.
+inline long adamwVectors(float*, const float*, float*, float*, long, const AdamWScalars&) { return 0; }
+
 }  // namespace
 }  // namespace scalar
 }  // namespace vl3

@@ -100,6 +100,31 @@ struct CrossEntropyArgs {
   long n, H, V;
 };
 
+// Makes x opaque to the optimizer: an empty asm that claims to rewrite x's register, so x is rounded as computed and
+// cannot be fused with the add that consumes it into one FMA. GCC contracts by default in C++ (-ffp-contract=fast:
+// across statements and through intrinsics, _mm256_mul_ps then _mm256_add_ps becomes one vfmadd; binding.gyp sets no
+// -ffp-contract), clang when asked to; kernels whose bits are specified mark the products that must stay rounded, so
+// that their bits do not depend on compiler or flags. Costs no instruction.
+#if defined(__x86_64__)
+#define VL3_OPAQUE(x) __asm__("" : "+v"(x))
+#elif defined(__aarch64__)
+#define VL3_OPAQUE(x) __asm__("" : "+w"(x))
+#else
+#define VL3_OPAQUE(x) __asm__("" : "+m"(x))
+#endif
+
+// One AdamW update's float32 scalars, formed on the TypeScript side (host-gradients.ts adamwScalars) so that no
+// pow or sqrt of ours has to agree with JavaScript's.
+struct AdamWScalars {
+  float decay;     // 1 − lr·wd (exactly 1 without weight decay)
+  float w1;        // 1 − β1
+  float b2;        // β2
+  float w2;        // 1 − β2
+  float stepSize;  // −lr / (1 − β1^t)
+  float bc2Sqrt;   // √(1 − β2^t)
+  float eps;
+};
+
 struct KernelTable {
   const char* name;
   // The tier multiplies bf16 values natively, so bf16 compute is faster than exact on it (and its default).
@@ -137,6 +162,9 @@ struct KernelTable {
   void (*mergeBlocksBackward)(const float* dy, float* dx, long rows, long cols, int m);
   // ids were bounds-checked by the caller.
   void (*embeddingBackward)(const float* dy, const int32_t* ids, float* dtable, long T, long D);
+  // AdamW on n elements: p, m, v updated in place from g (none overlapping), bit-identical to host-gradients.ts
+  // adamw on every tier (grad_adamw.h says how).
+  void (*adamw)(float* p, const float* g, float* m, float* v, long n, const AdamWScalars& s);
   // Measurement loops: `iters` rounds of an FMA-bound body (returns flops done, result kept live via sink), and a
   // read-only sum of n floats.
   double (*fmaLoop)(long iters, float* sink);

@@ -1090,7 +1090,7 @@ const KernelTable table = {
     VL3_ISA_NAME, VL3_BF16_DOT != 0, &matmul,    &add,  &mul,      &rmsNorm,   &layerNorm, &gelu, &mergeBlocks,
     &siluMul,     &softmax,   &rope, &attention, &embedding,
     &matmulBackward, &attentionBackward, &crossEntropy, &rmsNormBackward, &layerNormBackward, &geluBackward,
-    &siluMulBackward, &ropeBackward, &mergeBlocksBackward, &embeddingBackward, &fmaLoopK,  &sumK,
+    &siluMulBackward, &ropeBackward, &mergeBlocksBackward, &embeddingBackward, &adamw, &fmaLoopK,  &sumK,
 };
 
 }  // namespace

@@ -113,6 +113,9 @@ class DeviceKernels implements Kernels {
   embedding(table: Tensor, ids: Tensor, out: Tensor): void {
     this.cpu.embedding(hostView(table), hostView(ids), hostView(out));
   }
+  adamw(p: Tensor, g: Tensor, m: Tensor, v: Tensor, step: number, hyper: Parameters<Kernels['adamw']>[5]): void {
+    this.cpu.adamw(hostView(p), hostView(g), hostView(m), hostView(v), step, hyper);
+  }
   argmax(x: Tensor): number {
     return this.cpu.argmax(hostView(x));
   }

@@ -9,7 +9,7 @@ import { writeFileSync } from 'node:fs';
 
 import { Rng } from '../src/engine/rng.js';
 import { bf16ToF32, f32ToBf16, isQuantized, QUANT_FORMATS, type QuantFormat } from '../src/tensor/dtype.js';
-import { hostGradients } from '../src/tensor/host-gradients.js';
+import { adamwScalars, hostGradients } from '../src/tensor/host-gradients.js';
 import { quantize } from '../src/tensor/quant.js';
 import { ReferenceBackend } from '../src/tensor/reference.js';
 import { Tensor } from '../src/tensor/tensor.js';
@@ -240,6 +240,20 @@ function gradientCases(): HarnessCase[] {
     const g = randomF32([T, D]), table0 = randomF32([V, D]), table = copyF32(table0);
     hostGradients.embeddingBackward(g, ids, table);
     grad('embeddingBackward', `T=${T} V=${V} D=${D}`, [T, D], [], 0, [g, ids, table0, table]);
+  }
+  // AdamW's second step (moments already non-zero), exact: tolerance 0, the scalars as the addon receives them.
+  for (const [n, weightDecay] of [[7, 0], [1003, 0.1], [70001, 0.1]] as const) {
+    const hyper = { lr: 3e-4, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay };
+    const p0 = randomF32([n]), m0 = Tensor.f32([n]), v0 = Tensor.f32([n]);
+    hostGradients.adamw(p0, randomF32([n], 1e-3), m0, v0, 1, hyper);
+    const g = randomF32([n], 1e-2);
+    const p = copyF32(p0), m = copyF32(m0), v = copyF32(v0);
+    hostGradients.adamw(p, g, m, v, 2, hyper);
+    const s = adamwScalars(2, hyper);
+    const scalars = [s.decay, s.w1, s.b2, s.w2, s.stepSize, s.bc2Sqrt, s.eps];
+    for (const [output, result] of [['p', p], ['m', m], ['v', v]] as const) {
+      cases.push({ name: `n=${n} weight decay ${weightDecay}`, op: `grad.adamw.${output}`, ints: [n], reals: [...scalars, 0, 0], arrays: [p0, g, m0, v0, result] });
+    }
   }
   return cases;
 }

@@ -7,11 +7,14 @@ import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { describe, it } from 'node:test';
 import { SafetensorsFile, writeSafetensors } from '../src/model/safetensors.js';
+import type { Backend } from '../src/tensor/backend.js';
+import { NativeBackend } from '../src/tensor/native.js';
+import { ReferenceBackend } from '../src/tensor/reference.js';
 import { Tensor } from '../src/tensor/tensor.js';
 import { accumulateGradient, microBatchLoss, numItemsInBatch, stepLoss, supervisedCount } from '../src/train/accumulation.js';
 import { AdamW, type AdamWState } from '../src/train/adamw.js';
 import { clipGradNorm, globalGradNorm, sumOfSquares } from '../src/train/clip.js';
-import { fma32 } from '../src/train/fma32.js';
+import { fma32 } from '../src/tensor/fma32.js';
 import { applyLrMultiplier, cosineSchedule, warmupSteps } from '../src/train/schedule.js';
 import { baseLrs, MODULE_GROUPS, moduleGroupOf, stageConfig, stageOptimizer, trainableByGroup } from '../src/train/stages.js';
 import { FIXTURES_MISSING, fixturesDir, readJson } from './fixtures.js';
@@ -25,6 +28,13 @@ interface Manifest {
   grad_accum: { update_global_step: number };
 }
 const manifest = (): Manifest => readJson<Manifest>(path.join(fixtures!, 'training', 'manifest.json'));
+
+// The optimizer's arithmetic is the backend's adamw op: the TypeScript definition, and the native kernel at this
+// CPU's best tier (test/native-adamw.test.ts compares every tier with the definition bit for bit).
+const BACKENDS: [string, Backend][] = [
+  ['reference', new ReferenceBackend()],
+  ['native', new NativeBackend()],
+];
 
 // One stored two-update run per stage (README "Per-file contents").
 const ADAMW_CASES = [
@@ -82,80 +92,84 @@ describe('fma32', () => {
   });
 });
 
-describe('AdamW by hand', () => {
-  it('the first step moves each element by lr·g/(|g| + eps) and fills the moments', () => {
-    const p = Tensor.f32([4], [1, -2, 0.5, 3]);
-    const opt = new AdamW([{ name: 'g', lr: 0.01, params: { p } }]);
-    opt.update({ p: Float32Array.from([0.5, -0.25, 0, 1e-9]) });
-    const expected = [1 - 0.01, -2 + 0.01, 0.5, 3 - 0.01 * (1e-9 / (1e-9 + 1e-8))];
-    expected.forEach((e, i) => assert.ok(Math.abs(p.data[i]! - e) <= 1e-6 * Math.abs(e), `element ${i}: ${p.data[i]} vs ${e}`));
-    assert.deepEqual([...opt.moments('p').expAvg.data], [0.05, -0.025, 0, 1e-10].map(Math.fround));
-    assert.equal(opt.step, 1);
-  });
-
-  it('weight decay is decoupled: with zero gradient it only shrinks the parameter by 1 − lr·wd', () => {
-    const p = Tensor.f32([2], [2, -4]);
-    const opt = new AdamW([{ name: 'g', lr: 0.1, weightDecay: 0.5, params: { p } }]);
-    opt.update({ p: new Float32Array(2) });
-    // An L2 penalty added to the gradient would instead move each element by about lr (Adam normalises it).
-    assert.deepEqual([...p.data], [Math.fround(2 * 0.95), Math.fround(-4 * 0.95)]);
-  });
-
-  it('checks every gradient before moving any parameter', () => {
-    const a = Tensor.f32([2], [1, 2]);
-    const b = Tensor.f32([3], [1, 2, 3]);
-    const opt = new AdamW([{ name: 'g', lr: 0.1, params: { a, b } }]);
-    assert.throws(() => opt.update({ a: new Float32Array([1, 1]) }), /no gradient for "b"/);
-    assert.throws(() => opt.update({ a: new Float32Array([1, 1]), b: new Float32Array(2) }), /gradient of "b" is not 3/);
-    assert.deepEqual([...a.data], [1, 2]);
-    assert.equal(opt.step, 0);
-    assert.throws(() => new AdamW([{ name: 'x', lr: 1, params: { a } }, { name: 'y', lr: 1, params: { a } }]), /two groups/);
-  });
-
-  it('state saved to safetensors and restored continues exactly like an uninterrupted run', () => {
-    const init = () => ({ w: Tensor.f32([2, 3], [0.1, -0.2, 0.3, 0.4, -0.5, 0.6]), b: Tensor.f32([3], [1, 2, 3]) });
-    const grads = (k: number) => ({
-      w: Float32Array.from({ length: 6 }, (_, i) => Math.sin(k * 7 + i)),
-      b: Float32Array.from({ length: 3 }, (_, i) => Math.cos(k * 3 + i)),
+for (const [backendName, backend] of BACKENDS) {
+  describe(`AdamW by hand (${backendName} backend)`, () => {
+    it('the first step moves each element by lr·g/(|g| + eps) and fills the moments', () => {
+      const p = Tensor.f32([4], [1, -2, 0.5, 3]);
+      const opt = new AdamW(backend, [{ name: 'g', lr: 0.01, params: { p } }]);
+      opt.update({ p: Tensor.f32([4], [0.5, -0.25, 0, 1e-9]) });
+      const expected = [1 - 0.01, -2 + 0.01, 0.5, 3 - 0.01 * (1e-9 / (1e-9 + 1e-8))];
+      expected.forEach((e, i) => assert.ok(Math.abs(p.data[i]! - e) <= 1e-6 * Math.abs(e), `element ${i}: ${p.data[i]} vs ${e}`));
+      assert.deepEqual([...opt.moments('p').expAvg.data], [0.05, -0.025, 0, 1e-10].map(Math.fround));
+      assert.equal(opt.step, 1);
     });
-    const build = (p: ReturnType<typeof init>) => new AdamW([{ name: 'llm', lr: 1e-3, params: { w: p.w } }, { name: 'vision', lr: 2e-4, params: { b: p.b } }]);
 
-    const straight = init();
-    const reference = build(straight);
-    for (let k = 0; k < 3; k++) reference.update(grads(k));
+    it('weight decay is decoupled: with zero gradient it only shrinks the parameter by 1 − lr·wd', () => {
+      const p = Tensor.f32([2], [2, -4]);
+      const opt = new AdamW(backend, [{ name: 'g', lr: 0.1, weightDecay: 0.5, params: { p } }]);
+      opt.update({ p: Tensor.f32([2]) });
+      // An L2 penalty added to the gradient would instead move each element by about lr (Adam normalises it).
+      assert.deepEqual([...p.data], [Math.fround(2 * 0.95), Math.fround(-4 * 0.95)]);
+    });
 
-    const resumed = init();
-    const first = build(resumed);
-    first.update(grads(0));
-    first.update(grads(1));
-    const file = path.join(fs.mkdtempSync(path.join(tmpdir(), 'vl3-adamw-')), 'optimizer.safetensors');
-    const saved = first.toState();
-    writeSafetensors(file, saved.tensors, { adamw: JSON.stringify(saved.meta) });
-    const read = SafetensorsFile.open(file);
-    const state: AdamWState = {
-      meta: JSON.parse(read.metadata.adamw!),
-      tensors: Object.fromEntries(read.names.map((n) => [n, read.read(n) as Tensor<'f32'>])),
-    };
-    read.close();
-    fs.rmSync(path.dirname(file), { recursive: true });
-    assert.deepEqual(Object.keys(state.tensors).sort(), ['exp_avg/b', 'exp_avg/w', 'exp_avg_sq/b', 'exp_avg_sq/w']);
+    it('checks every gradient before moving any parameter', () => {
+      const a = Tensor.f32([2], [1, 2]);
+      const b = Tensor.f32([3], [1, 2, 3]);
+      const opt = new AdamW(backend, [{ name: 'g', lr: 0.1, params: { a, b } }]);
+      assert.throws(() => opt.update({ a: Tensor.f32([2], [1, 1]) }), /no gradient for "b"/);
+      assert.throws(() => opt.update({ a: Tensor.f32([2], [1, 1]), b: Tensor.f32([2]) }), /gradient of "b" is not an f32 \[3\] tensor/);
+      assert.throws(() => opt.update({ a: Tensor.f32([2], [1, 1]), b: Tensor.f32([3, 1]) }), /gradient of "b" is not an f32 \[3\] tensor/);
+      assert.deepEqual([...a.data], [1, 2]);
+      assert.equal(opt.step, 0);
+      assert.throws(() => new AdamW(backend, [{ name: 'x', lr: 1, params: { a } }, { name: 'y', lr: 1, params: { a } }]), /two groups/);
+    });
 
-    const second = build(resumed); // fresh optimizer over the parameters as they were saved
-    second.fromState(state);
-    assert.equal(second.step, 2);
-    second.update(grads(2));
-    assert.deepEqual([...resumed.w.data], [...straight.w.data]);
-    assert.deepEqual([...resumed.b.data], [...straight.b.data]);
-    assert.deepEqual([...second.moments('w').expAvgSq.data], [...reference.moments('w').expAvgSq.data]);
+    it('state saved to safetensors and restored continues exactly like an uninterrupted run', () => {
+      const init = () => ({ w: Tensor.f32([2, 3], [0.1, -0.2, 0.3, 0.4, -0.5, 0.6]), b: Tensor.f32([3], [1, 2, 3]) });
+      const grads = (k: number) => ({
+        w: Tensor.f32([2, 3], Array.from({ length: 6 }, (_, i) => Math.sin(k * 7 + i))),
+        b: Tensor.f32([3], Array.from({ length: 3 }, (_, i) => Math.cos(k * 3 + i))),
+      });
+      const build = (p: ReturnType<typeof init>) => new AdamW(backend, [{ name: 'llm', lr: 1e-3, params: { w: p.w } }, { name: 'vision', lr: 2e-4, params: { b: p.b } }]);
 
-    const other = new AdamW([{ name: 'llm', lr: 1e-3, params: { w: init().w } }]);
-    assert.throws(() => other.fromState(state), /other parameter groups/);
+      const straight = init();
+      const reference = build(straight);
+      for (let k = 0; k < 3; k++) reference.update(grads(k));
+
+      const resumed = init();
+      const first = build(resumed);
+      first.update(grads(0));
+      first.update(grads(1));
+      const file = path.join(fs.mkdtempSync(path.join(tmpdir(), 'vl3-adamw-')), 'optimizer.safetensors');
+      const saved = first.toState();
+      writeSafetensors(file, saved.tensors, { adamw: JSON.stringify(saved.meta) });
+      const read = SafetensorsFile.open(file);
+      const state: AdamWState = {
+        meta: JSON.parse(read.metadata.adamw!),
+        tensors: Object.fromEntries(read.names.map((n) => [n, read.read(n) as Tensor<'f32'>])),
+      };
+      read.close();
+      fs.rmSync(path.dirname(file), { recursive: true });
+      assert.deepEqual(Object.keys(state.tensors).sort(), ['exp_avg/b', 'exp_avg/w', 'exp_avg_sq/b', 'exp_avg_sq/w']);
+
+      const second = build(resumed); // fresh optimizer over the parameters as they were saved
+      second.fromState(state);
+      assert.equal(second.step, 2);
+      second.update(grads(2));
+      assert.deepEqual([...resumed.w.data], [...straight.w.data]);
+      assert.deepEqual([...resumed.b.data], [...straight.b.data]);
+      assert.deepEqual([...second.moments('w').expAvgSq.data], [...reference.moments('w').expAvgSq.data]);
+
+      const other = new AdamW(backend, [{ name: 'llm', lr: 1e-3, params: { w: init().w } }]);
+      assert.throws(() => other.fromState(state), /other parameter groups/);
+    });
   });
-});
+}
 
 describe('AdamW fed the stored gradients reproduces the stored updates bit for bit', { skip }, () => {
-  for (const { stage, sample } of ADAMW_CASES) {
-    it(`stage ${stage} (${sample}): update 1 with grad/…, update 2 with grad_at_update1_params/…`, () => {
+  const cases = BACKENDS.flatMap(([backendName, backend]) => ADAMW_CASES.map((c) => ({ ...c, backendName, backend })));
+  for (const { stage, sample, backendName, backend } of cases) {
+    it(`stage ${stage} (${sample}), ${backendName} backend: update 1 with grad/…, update 2 with grad_at_update1_params/…`, () => {
       const grads = new Golden(fixtures!, `samples/${sample}/stage${stage}.safetensors`);
       const gold = new Golden(fixtures!, `samples/${sample}/stage${stage}_adamw.safetensors`);
       const config = stageConfig(stage);
@@ -167,19 +181,19 @@ describe('AdamW fed the stored gradients reproduces the stored updates bit for b
       // The stored lrs are the stage's base lrs × the multipliers of global steps 3 and 4 of T = 100.
       const { schedule: s } = manifest();
       const schedule = cosineSchedule(100, config.warmupRatio);
-      const opt = stageOptimizer(params, config);
+      const opt = stageOptimizer(params, config, backend);
       const groupLrs = () => MODULE_GROUPS.map((g) => opt.groups.find((x) => x.name === g)?.lr ?? 0);
       applyLrMultiplier(opt, baseLrs(config), schedule.multiplier(s.step_index_update1));
       assert.deepEqual(groupLrs(), [...gold.f64('lr_update1_per_group')]);
       opt.update(storedTensors(grads, 'grad', params.keys()));
-      assertBitExact(`stage ${stage}`, new Map([...params].map(([n, p]) => [n, p.data])), gold, 'param_after_update1');
+      assertBitExact(`stage ${stage}, ${backendName}`, new Map([...params].map(([n, p]) => [n, p.data])), gold, 'param_after_update1');
 
       applyLrMultiplier(opt, baseLrs(config), schedule.multiplier(s.step_index_update2));
       assert.deepEqual(groupLrs(), [...gold.f64('lr_update2_per_group')]);
       opt.update(storedTensors(gold, 'grad_at_update1_params', params.keys()));
-      assertBitExact(`stage ${stage}`, new Map([...params].map(([n, p]) => [n, p.data])), gold, 'param_after_update2');
-      assertBitExact(`stage ${stage}`, new Map([...params.keys()].map((n) => [n, opt.moments(n).expAvg.data])), gold, 'exp_avg_after_update2');
-      assertBitExact(`stage ${stage}`, new Map([...params.keys()].map((n) => [n, opt.moments(n).expAvgSq.data])), gold, 'exp_avg_sq_after_update2');
+      assertBitExact(`stage ${stage}, ${backendName}`, new Map([...params].map(([n, p]) => [n, p.data])), gold, 'param_after_update2');
+      assertBitExact(`stage ${stage}, ${backendName}`, new Map([...params.keys()].map((n) => [n, opt.moments(n).expAvg.data])), gold, 'exp_avg_after_update2');
+      assertBitExact(`stage ${stage}, ${backendName}`, new Map([...params.keys()].map((n) => [n, opt.moments(n).expAvgSq.data])), gold, 'exp_avg_sq_after_update2');
       grads.close();
       gold.close();
     });
@@ -229,16 +243,18 @@ describe('gradient accumulation (stage 3, micro-batches b_image_caption + d_vide
     acc.close();
   });
 
-  it('one update from the accumulated gradients at the lr multiplier of global step 3', () => {
-    const acc = new Golden(fixtures!, 'grad_accum/stage3_accum.safetensors');
-    const params = trainableParams(3, acc.i64('vocab_row_index'));
-    const config = stageConfig(3);
-    const opt = stageOptimizer(params, config);
-    applyLrMultiplier(opt, baseLrs(config), cosineSchedule(100, config.warmupRatio).multiplier(manifest().grad_accum.update_global_step));
-    opt.update(storedTensors(acc, 'grad', params.keys()));
-    assertBitExact('accumulated', new Map([...params].map(([n, p]) => [n, p.data])), acc, 'param_after_update1');
-    acc.close();
-  });
+  for (const [backendName, backend] of BACKENDS) {
+    it(`one update from the accumulated gradients at the lr multiplier of global step 3 (${backendName} backend)`, () => {
+      const acc = new Golden(fixtures!, 'grad_accum/stage3_accum.safetensors');
+      const params = trainableParams(3, acc.i64('vocab_row_index'));
+      const config = stageConfig(3);
+      const opt = stageOptimizer(params, config, backend);
+      applyLrMultiplier(opt, baseLrs(config), cosineSchedule(100, config.warmupRatio).multiplier(manifest().grad_accum.update_global_step));
+      opt.update(storedTensors(acc, 'grad', params.keys()));
+      assertBitExact(`accumulated, ${backendName}`, new Map([...params].map(([n, p]) => [n, p.data])), acc, 'param_after_update1');
+      acc.close();
+    });
+  }
 });
 
 describe('cosine schedule with warm-up', { skip }, () => {

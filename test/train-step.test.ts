@@ -75,7 +75,7 @@ describe('training steps against the fixtures', { skip: !fixtures && FIXTURES_MI
       const config4 = stageConfig(stage);
       const inputs = await inputsFor(sample, config4);
       const model = modelFor(config4);
-      const optimizer = stageOptimizer(model.parameters, config4);
+      const optimizer = stageOptimizer(model.parameters, config4, model.backend);
       // The fixtures' stated point: T = 100, updates at global steps 3 and 4, fresh optimizer state.
       const schedule = cosineSchedule(100, config4.warmupRatio);
       const losses: number[] = [];

@@ -283,6 +283,13 @@ void runGradientCase(const vl3::KernelTable& t, const Case& c) {
   } else if (name == "embeddingBackward") {
     out = copyOf(A[2]);
     t.embeddingBackward(A[0].f32(), reinterpret_cast<const int32_t*>(A[1].raw()), out.data(), I[0], I[1]);
+  } else if (name == "adamw") {
+    // p, g, m, v, then the expected output; reals: the AdamWScalars in their order (exact: tolerance 0).
+    std::vector<float> p = copyOf(A[0]), m = copyOf(A[2]), v = copyOf(A[3]);
+    const auto f = [&](int i) { return static_cast<float>(c.reals[i]); };
+    const vl3::AdamWScalars s{f(0), f(1), f(2), f(3), f(4), f(5), f(6)};
+    t.adamw(p.data(), A[1].f32(), m.data(), v.data(), I[0], s);
+    out = output == "p" ? p : output == "m" ? m : v;
   } else {
     usage("unknown op " + c.op + " in case " + c.name);
   }

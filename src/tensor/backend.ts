@@ -62,9 +62,21 @@ export type ComputeMode = 'exact' | 'bf16';
 export const BATCH_ROWS = 16;
 
 /**
- * Backward passes of the ops training uses. Gradients of parameters (`dw`, `dbias`, `dweight`, `dtable`, `dhead`) are
- * added to what their tensors hold, so that micro-batches, and a table used twice (a tied LM head), sum up; gradients
- * of activations (`dx`, `dq`, …) are written. All f32; weights read as f32 or bf16.
+ * AdamW's hyperparameters for one update (`GradientOps.adamw`): the double-precision values torch holds as Python
+ * floats, rounded to float32 only where its kernels round them (host-gradients.ts `adamwScalars`).
+ */
+export interface AdamWHyper {
+  lr: number;
+  beta1: number;
+  beta2: number;
+  eps: number;
+  weightDecay: number;
+}
+
+/**
+ * Backward passes of the ops training uses, and the optimizer's update. Gradients of parameters (`dw`, `dbias`,
+ * `dweight`, `dtable`, `dhead`) are added to what their tensors hold, so that micro-batches, and a table used twice (a
+ * tied LM head), sum up; gradients of activations (`dx`, `dq`, …) are written. All f32; weights read as f32 or bf16.
  */
 export interface GradientOps {
   /**
@@ -97,6 +109,12 @@ export interface GradientOps {
    * logits are computed a vocabulary chunk at a time and never exist whole.
    */
   crossEntropy(hidden: Tensor, head: Tensor, targets: Tensor, scale: number, losses: Tensor, dhidden: Tensor | null, dhead: Tensor | null): void;
+  /**
+   * One AdamW update at Adam step `step` (1-based) in torch.optim.AdamW's float32 arithmetic (host-gradients.ts
+   * defines it): the parameter p and its moments m (exp_avg) and v (exp_avg_sq) updated in place from the gradient g.
+   * All f32 of one shape, no two sharing storage. Every backend gives the definition's bits.
+   */
+  adamw(p: Tensor, g: Tensor, m: Tensor, v: Tensor, step: number, hyper: AdamWHyper): void;
 }
 
 export interface Backend extends GradientOps {

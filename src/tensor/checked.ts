@@ -3,7 +3,7 @@
  * with an error naming the op and the operand, and then the backend's kernel runs on arguments known to be valid.
  * Backends implement kernels only (`Kernels`), so two backends can never disagree on what a call means.
  */
-import type { AttentionOptions, Backend, ComputeMode, Kernels, TopK } from './backend.js';
+import type { AdamWHyper, AttentionOptions, Backend, ComputeMode, Kernels, TopK } from './backend.js';
 import { BYTES_PER_ELEMENT, QUANT_FORMATS, byteSizeOf, type DType } from './dtype.js';
 import { assertDType, assertShape, numelOf, Tensor, type Storage } from './tensor.js';
 
@@ -474,6 +474,33 @@ export class CheckedBackend implements Backend {
     }
     if (dhidden && dhead) assertNoOverlap(op, dhidden, 'dhead', dhead);
     if (n > 0) this.kernels.crossEntropy(hidden, head, targets, scale, losses, dhidden, dhead);
+  }
+
+  adamw(p: Tensor, g: Tensor, m: Tensor, v: Tensor, step: number, hyper: AdamWHyper): void {
+    const op = 'adamw';
+    const operands = { p, g, m, v };
+    this.mine(op, operands);
+    for (const [name, t] of Object.entries(operands)) {
+      assertDType(`${op}: ${name}`, t, 'f32');
+      assertShape(`${op}: ${name}`, t, p.shape);
+    }
+    // Overlapping operands would make the result depend on the order a kernel visits elements in (its vector width,
+    // its threads), and a correct caller never has any.
+    const entries = Object.entries(operands);
+    entries.forEach(([an, a], i) => {
+      for (const [bn, b] of entries.slice(i + 1)) {
+        if (a.numel > 0 && overlaps(a, b)) throw new Error(`${op}: ${an} and ${bn} must not share storage`);
+      }
+    });
+    if (!Number.isInteger(step) || step < 1) throw new Error(`${op}: step must be an integer >= 1, got ${step}`);
+    const { lr, beta1, beta2, eps, weightDecay } = hyper;
+    for (const [name, value] of Object.entries({ lr, eps, weightDecay })) {
+      if (!Number.isFinite(value)) throw new Error(`${op}: ${name} must be finite, got ${value}`);
+    }
+    for (const [name, value] of Object.entries({ beta1, beta2 })) {
+      if (!(value >= 0 && value < 1)) throw new Error(`${op}: ${name} must be in [0, 1), got ${value}`);
+    }
+    if (p.numel > 0) this.kernels.adamw(p, g, m, v, step, { lr, beta1, beta2, eps, weightDecay });
   }
 
   /** Checks q, k, v and the options of an attention op; returns the causal query offset (0 when not causal). */

@@ -1,6 +1,7 @@
-// Own backward kernels in TypeScript: the definition the native ones will be tested against, so the numerics are ours; sums run in f64, results are stored in f32.
-import type { AttentionOptions, ComputeMode, GradientOps } from './backend.js';
+// Own backward kernels (and the optimizer's update) in TypeScript: the definition the native ones will be tested against, so the numerics are ours; sums run in f64, results are stored in f32.
+import type { AdamWHyper, AttentionOptions, ComputeMode, GradientOps } from './backend.js';
 import { bf16ToF32, f32ToBf16, floatReader } from './dtype.js';
+import { fma32 } from './fma32.js';
 import { erf } from './math.js';
 import type { Tensor } from './tensor.js';
 
@@ -12,6 +13,39 @@ const toBf16 = (v: number) => bf16ToF32(f32ToBf16(v));
  * against one chunk are all that exists at once. */
 const VOCAB_CHUNK = 4096;
 const ROW_BLOCK = 64;
+
+const f = Math.fround;
+
+/** The float32 scalars of one AdamW update, as `adamwScalars` forms them. */
+export interface AdamWScalars {
+  /** 1 − lr·wd: exactly 1 without weight decay, so multiplying by it then changes nothing. */
+  decay: number;
+  /** 1 − β1, the lerp weight of the first moment. */
+  w1: number;
+  b2: number;
+  w2: number;
+  /** −lr / (1 − β1^t). */
+  stepSize: number;
+  /** √(1 − β2^t). */
+  bc2Sqrt: number;
+  eps: number;
+}
+
+/**
+ * The scalars as torch forms them: in double on the Python side, rounded to float32 once where a kernel takes them.
+ * A native kernel takes these values rather than recomputing them, so that `**` and sqrt need not agree with C's.
+ */
+export function adamwScalars(step: number, h: AdamWHyper): AdamWScalars {
+  return {
+    decay: f(1 - h.lr * h.weightDecay),
+    w1: f(1 - h.beta1),
+    b2: f(h.beta2),
+    w2: f(1 - h.beta2),
+    stepSize: f(-(h.lr / (1 - h.beta1 ** step))),
+    bc2Sqrt: f(Math.sqrt(1 - h.beta2 ** step)),
+    eps: f(h.eps),
+  };
+}
 
 /**
  * The gradient ops on host memory: the reference backend's kernels, and the definition the native ones
@@ -341,6 +375,41 @@ export const hostGradients = {
         }
       }
       if (dh) for (let j = 0; j < (i1 - i0) * H; j++) dh[i0 * H + j] = dhRows[j]!;
+    }
+  },
+
+  /**
+   * AdamW as `torch.optim.AdamW` (torch >= 2.0, the single-tensor CPU path) computes it in float32: the official
+   * training runs use `optim="adamw_torch"` (spec 10.2, fixtures/training/README.md "Optimizer and schedule").
+   *
+   * Every tensor op of torch rounds to float32, and its Python-float scalars (lr, betas, bias corrections) are rounded
+   * to float32 when they meet a float32 tensor, so each step below is one `fround` at the same place. The two moment
+   * updates round once, as fused multiply-adds: so does the torch build that made the goldens (torch 2.x's vectorised
+   * lerp is an explicit fmadd, and FMA builds contract addcmul's `self + value·t1·t2`); with a rounding after each
+   * product instead, about half the moments after the second update are one ulp off. As written, the stored goldens
+   * are reproduced bit for bit (test/train-optimizer.test.ts). Every other f32 operation here (product, quotient, sum,
+   * square root) is correctly rounded in double and then to float32, which equals the float32 operation itself: the
+   * native kernels' vector instructions give these bits.
+   */
+  adamw(p: Tensor, g: Tensor, m: Tensor, v: Tensor, step: number, hyper: AdamWHyper): void {
+    const { decay, w1, b2, w2, stepSize, bc2Sqrt, eps } = adamwScalars(step, hyper);
+    const pd = f32(p);
+    const gd = f32(g);
+    const md = f32(m);
+    const vd = f32(v);
+    for (let i = 0; i < pd.length; i++) {
+      const gi = gd[i]!;
+      // param.mul_(1 - lr·weight_decay), which torch skips without weight decay: decay is then 1 and changes nothing.
+      const pi = f(pd[i]! * decay);
+      // exp_avg.lerp_(grad, 1 - β1): for weights below 0.5 torch's lerp is m + w·(g − m).
+      const mi = fma32(w1, f(gi - md[i]!), md[i]!);
+      // exp_avg_sq.mul_(β2).addcmul_(grad, grad, value=1 - β2)
+      const vi = fma32(f(w2 * gi), gi, f(vd[i]! * b2));
+      // denom = (exp_avg_sq.sqrt() / sqrt(bias_correction2)).add_(eps); param.addcdiv_(exp_avg, denom, value=-step_size)
+      const denom = f(f(f(Math.sqrt(vi)) / bc2Sqrt) + eps);
+      pd[i] = f(pi + f(f(stepSize * mi) / denom));
+      md[i] = mi;
+      vd[i] = vi;
     }
   },
 } satisfies GradientOps;

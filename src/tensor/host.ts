@@ -91,4 +91,7 @@ export abstract class HostKernels implements GradientOps {
   crossEntropy(...a: Parameters<GradientOps['crossEntropy']>): void {
     hostGradients.crossEntropy(...a);
   }
+  adamw(...a: Parameters<GradientOps['adamw']>): void {
+    hostGradients.adamw(...a);
+  }
 }

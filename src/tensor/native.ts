@@ -3,8 +3,9 @@ import { createRequire } from 'node:module';
 import { dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-import type { AttentionOptions, ComputeMode, Kernels, TopK } from './backend.js';
+import type { AdamWHyper, AttentionOptions, ComputeMode, Kernels, TopK } from './backend.js';
 import { CheckedBackend } from './checked.js';
+import { adamwScalars } from './host-gradients.js';
 import { HostKernels } from './host.js';
 import { isQuantized, type QuantFormat } from './dtype.js';
 import { packedBytes, QuantizeRangeError } from './quant.js';
@@ -130,6 +131,8 @@ interface NativeContext {
   ropeBackward(dy: F32, cos: F32, sin: F32, dx: F32, T: number, H: number, D: number): void;
   mergeBlocksBackward(dy: F32, dx: F32, cols: number, mergeSize: number): void;
   embeddingBackward(dy: F32, ids: Int32Array, dtable: F32, D: number): void;
+  /** The scalars are host-gradients.ts `adamwScalars`, in its field order. */
+  adamw(p: F32, g: F32, m: F32, v: F32, decay: number, w1: number, b2: number, w2: number, stepSize: number, bc2Sqrt: number, eps: number): void;
   setThreads(n: number): void;
   readonly threads: number;
   readonly isa: Isa;
@@ -422,6 +425,11 @@ export class NativeKernels extends HostKernels implements Kernels {
   override crossEntropy(hidden: Tensor, head: Tensor, targets: Tensor, scale: number, losses: Tensor, dhidden: Tensor | null, dhead: Tensor | null): void {
     const [n, H] = hidden.shape as [number, number];
     this.ctx.crossEntropy(f32(hidden), floatData(head), targets.data as Int32Array, scale, f32(losses), dhidden ? f32(dhidden) : null, dhead ? f32(dhead) : null, n, H, head.dim(0));
+  }
+
+  override adamw(p: Tensor, g: Tensor, m: Tensor, v: Tensor, step: number, hyper: AdamWHyper): void {
+    const s = adamwScalars(step, hyper);
+    this.ctx.adamw(f32(p), f32(g), f32(m), f32(v), s.decay, s.w1, s.b2, s.w2, s.stepSize, s.bc2Sqrt, s.eps);
   }
 
   argmax(x: Tensor): number {

@@ -6,6 +6,7 @@
  * With LoRA (`--lora_enable`) the adapters (`…lora_A.weight`, `…lora_B.weight`) fall into the groups by the same rule,
  * PEFT freezes every other weight, and the projector is made trainable again (videollama3_arch.py:100-105).
  */
+import type { Backend } from '../tensor/backend.js';
 import type { Tensor } from '../tensor/tensor.js';
 import { AdamW } from './adamw.js';
 
@@ -82,10 +83,14 @@ export function trainableByGroup(names: readonly string[], config: StageConfig):
   return { groups: groups.filter((g) => g.names.length > 0), frozen };
 }
 
-/** AdamW over the stage's trainable parameters, each group at its base lr (the scheduler scales it per step). */
-export function stageOptimizer(params: ReadonlyMap<string, Tensor<'f32'>>, config: StageConfig): AdamW {
+/**
+ * AdamW over the stage's trainable parameters (in `backend`'s memory), each group at its base lr (the scheduler
+ * scales it per step).
+ */
+export function stageOptimizer(params: ReadonlyMap<string, Tensor<'f32'>>, config: StageConfig, backend: Backend): AdamW {
   const { groups } = trainableByGroup([...params.keys()], config);
   return new AdamW(
+    backend,
     groups.map((g) => ({ name: g.group, lr: g.lr, params: new Map(g.names.map((n) => [n, params.get(n)!])) })),
     { betas: config.betas, eps: config.eps, weightDecay: config.weightDecay },
   );

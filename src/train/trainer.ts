@@ -124,7 +124,7 @@ export async function train(options: TrainOptions): Promise<TrainResult> {
   weights.close();
   const writeModel = (dir: string) =>
     lora ? saveLoraModel(dir, lora, model.loraPairs, model.parameters, options.modelDir) : saveModel(options.modelDir, dir, model.parameters);
-  const optimizer = stageOptimizer(model.parameters, stage);
+  const optimizer = stageOptimizer(model.parameters, stage, options.backend);
   const schedule = cosineSchedule(totalSteps, stage.warmupRatio);
   const lrs = baseLrs(stage);
 

@@ -1,7 +1,7 @@
 /**
  * Float32 fused multiply-add, `a·b + c` rounded once, for float32 inputs: what torch's CPU kernels compute where they
- * use an fmadd or the compiler contracts one (adamw.ts). JavaScript has no fma, so the exact product (a
- * float32 product fits a double exactly) is added in double with round-to-odd, which a final rounding to float32
+ * use an fmadd or the compiler contracts one (host-gradients.ts `adamw`). JavaScript has no fma, so the exact product
+ * (a float32 product fits a double exactly) is added in double with round-to-odd, which a final rounding to float32
  * turns into the correctly rounded sum: a double has more than 24 + 2 bits, the condition for round-to-odd to be safe.
  */
 const scratch = new Float64Array(1);
