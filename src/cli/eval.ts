@@ -1,6 +1,6 @@
 // `vl3 eval`: a benchmark of the paper with its official prompts and scoring, against a model or any
 // OpenAI-compatible server (spec 11).
-import { InvalidArgumentError, type Command } from 'commander';
+import type { Command } from 'commander';
 import { join } from 'node:path';
 import { VideoLLaMA3 } from '../api/videollama3.js';
 import { BENCHMARKS } from '../eval/registry.js';
@@ -31,7 +31,7 @@ export function addEvalCommand(program: Command, loadModel: (o: Record<string, u
     .addOption(flag('--weights <format>', 'language model weights: bf16, int8, int4, int4m (default: as stored)').choices([...WEIGHT_FORMATS]))
     .action(async (name: string, o: Record<string, unknown>, command: Command) => {
       const benchmark = BENCHMARKS.get(name);
-      if (!benchmark) throw new InvalidArgumentError(`unknown benchmark "${name}" (one of ${[...BENCHMARKS.keys()].join(', ')})`);
+      if (!benchmark) command.error(`vl3 eval: unknown benchmark "${name}" (one of ${[...BENCHMARKS.keys()].join(', ')})`);
       if ((o.model === undefined) === (o.server === undefined)) command.error('vl3 eval: give exactly one of --model and --server');
       if (o.server !== undefined && o.serverModel === undefined) command.error('vl3 eval: --server needs --server-model');
       if (o.robust && o.strictOfficial) command.error('vl3 eval: --robust and --strict-official exclude each other');

@@ -31,16 +31,16 @@ function* answered<S extends EvalSample>(samples: readonly S[], answers: Readonl
   }
 }
 
-function anlsBenchmark(name: string, title: string, layout: string, read: (dir: string) => { file: string; rows: Json[]; question: string; answers: string; image: (d: Json, file: string, where: string) => string; qid: string }): Benchmark<ImageSample> {
+function anlsBenchmark(name: string, title: string, layout: string, read: (dir: string) => { file: string; rows: Json[]; question: string; answers: string; image: (d: Json, file: string, where: string) => string; qid: string; where: (i: number) => string }): Benchmark<ImageSample> {
   return {
     name,
     title,
     modality: 'image',
     layout,
     async load(dir) {
-      const { file, rows, question, answers, image, qid } = read(dir);
+      const { file, rows, question, answers, image, qid, where: at } = read(dir);
       return rows.map((d, i) => {
-        const where = `[${i}]`;
+        const where = at(i);
         const gold = d[answers];
         const refs = typeof gold === 'string' ? [gold] : strings(d, answers, file, where);
         return imageSample(id(d, qid, file, where), 'val', [image(d, file, where)], `${str(d, question, file, where)}\n${SHORT}`, refs);
@@ -60,13 +60,14 @@ export const docvqa = anlsBenchmark('docvqa', 'DocVQA val', 'val.jsonl ({questio
   question: 'question',
   answers: 'answer',
   qid: 'question_id',
+  where: (i) => `line ${i + 1}`,
   image: (d, file, where) => mustExist(join(dir, str(d, 'image', file, where)), file, `${where}.image`),
 }));
 
 export const infovqa = anlsBenchmark('infovqa', 'InfoVQA val', 'infographicsVQA_val_v1.0_withQT.json ({data: [{questionId, question, answers, image_local_name}]}) and images/<image_local_name>', (dir) => {
   const file = join(dir, 'infographicsVQA_val_v1.0_withQT.json');
   const rows = list(object(readJson(file), file, '').data, file, '.data').map((r, i) => object(r, file, `.data[${i}]`));
-  return { file, rows, question: 'question', answers: 'answers', qid: 'questionId', image: (d, f, where) => mustExist(join(dir, 'images', str(d, 'image_local_name', f, where)), f, `${where}.image_local_name`) };
+  return { file, rows, question: 'question', answers: 'answers', qid: 'questionId', where: (i) => `.data[${i}]`, image: (d, f, where) => mustExist(join(dir, 'images', str(d, 'image_local_name', f, where)), f, `${where}.image_local_name`) };
 });
 
 export const chartqa: Benchmark<ImageSample> = {
