@@ -3,7 +3,7 @@
 // real `vl3 serve`.
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -148,7 +148,17 @@ describe('vl3 eval', { skip: !fixtures && FIXTURES_MISSING }, () => {
       child.stderr.on('data', (d: Buffer) => (err += d.toString()));
       const code = await new Promise<number | null>((resolve) => child.once('exit', resolve));
       assert.equal(code, 0, err);
-      assert.deepEqual(predictions(out), predictions(join(work, 'out', 'mvbench-whole')));
+      const library = join(work, 'out', 'mvbench-whole');
+      if (!existsSync(join(library, 'predictions.jsonl'))) assert.equal(run(evalArgs('mvbench', library)).status, 0);
+      assert.deepEqual(predictions(out), predictions(library));
+      // The clip fields are checked like every other number of a request.
+      const bad = await fetch(`${url}/v1/chat/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ model: 'VideoLLaMA3-2B-tiny-random', messages: [{ role: 'user', content: [{ type: 'video_url', video_url: { url: `file://${data('mvbench')}/video/perception/videos/b.mp4`, start_time: -1 } }] }] }),
+      });
+      assert.equal(bad.status, 400);
+      assert.match(((await bad.json()) as { error: { param: string } }).error.param, /messages\[0\]\.content\[0\]\.video_url\.start_time/);
     } finally {
       server.kill('SIGTERM');
     }

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { VideoLLaMA3 } from '../api/videollama3.js';
 import { BENCHMARKS } from '../eval/registry.js';
 import { formatTable } from '../eval/report.js';
-import { runEval } from '../eval/runner.js';
+import { loadSamples, runEval } from '../eval/runner.js';
 import { modelTarget, serverTarget, type Target } from '../eval/targets.js';
 import { WEIGHT_FORMATS, type WeightFormat } from '../tensor/dtype.js';
 import { EXIT, flag, integer } from './flags.js';
@@ -18,7 +18,7 @@ export function addEvalCommand(program: Command, loadModel: (o: Record<string, u
     .argument('<benchmark>', 'the benchmark (README, "Evaluation", gives each one\'s --data layout)')
     .addOption(flag('--data <dir>', 'the benchmark\'s files, in the layout of its release').makeOptionMandatory())
     .addOption(flag('-m, --model <ref>', 'checkpoint folder, or hub id ORG/NAME[@revision]'))
-    .addOption(flag('--server <url>', 'an OpenAI-compatible server to evaluate instead (ours: vl3 serve --max-frames 180 --allowed-local-media-path DATA)'))
+    .addOption(flag('--server <url>', 'an OpenAI-compatible server to evaluate instead (for vl3 serve: 180 frames allowed and the data folder readable; README, "Evaluation")'))
     .addOption(flag('--server-model <name>', 'the model name sent to --server'))
     .addOption(flag('--api-key <key>', 'bearer token for --server'))
     .addOption(flag('--limit <n>', 'the first n samples only').argParser(integer('--limit', 1)))
@@ -40,6 +40,8 @@ export function addEvalCommand(program: Command, loadModel: (o: Record<string, u
       process.once('SIGINT', onSigint);
       let model: VideoLLaMA3 | undefined;
       try {
+        // The data first: a wrong --data fails at once, not after the weights are read.
+        const samples = await loadSamples(benchmark, String(o.data));
         let target: Target;
         if (o.server !== undefined) target = serverTarget({ url: String(o.server), model: String(o.serverModel), apiKey: o.apiKey as string | undefined, maxNewTokens: o.maxNewTokens as number | undefined });
         else {
@@ -50,7 +52,7 @@ export function addEvalCommand(program: Command, loadModel: (o: Record<string, u
         const out = String(o.out ?? join('vl3-eval', benchmark.name));
         let result;
         try {
-          result = await runEval({ benchmark, data: String(o.data), target, out, mode: o.robust ? 'robust' : 'official', limit: o.limit as number | undefined, concurrency: o.concurrency as number | undefined, signal: abort.signal, onProgress: bar.update });
+          result = await runEval({ benchmark, samples, data: String(o.data), target, out, mode: o.robust ? 'robust' : 'official', limit: o.limit as number | undefined, concurrency: o.concurrency as number | undefined, signal: abort.signal, onProgress: bar.update });
         } finally {
           bar.stop();
         }

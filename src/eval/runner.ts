@@ -19,6 +19,8 @@ export interface RunOptions {
   /** Samples answered at once (default 1). */
   concurrency?: number;
   signal?: AbortSignal;
+  /** The benchmark's samples, when the caller loaded them already (to check the data before loading a model). */
+  samples?: EvalSample[];
   onProgress?: (e: { done: number; total: number; accuracy?: number }) => void;
 }
 
@@ -59,15 +61,21 @@ export const protocolContext: PromptContext = {
   },
 };
 
-export async function runEval(o: RunOptions): Promise<RunResult> {
-  mkdirSync(o.out, { recursive: true });
-  const all = await o.benchmark.load(o.data);
-  if (all.length === 0) throw new EvalDataError(o.data, undefined, `no ${o.benchmark.title} samples found`);
+/** A benchmark's samples, checked: at least one, ids unique. */
+export async function loadSamples(benchmark: Benchmark<EvalSample>, data: string): Promise<EvalSample[]> {
+  const all = await benchmark.load(data);
+  if (all.length === 0) throw new EvalDataError(data, undefined, `no ${benchmark.title} samples found`);
   const ids = new Set<string>();
   for (const s of all) {
-    if (ids.has(s.id)) throw new EvalDataError(o.data, s.id, 'two samples have this id');
+    if (ids.has(s.id)) throw new EvalDataError(data, s.id, 'two samples have this id');
     ids.add(s.id);
   }
+  return all;
+}
+
+export async function runEval(o: RunOptions): Promise<RunResult> {
+  mkdirSync(o.out, { recursive: true });
+  const all = o.samples ?? (await loadSamples(o.benchmark, o.data));
   const samples = o.limit !== undefined ? all.slice(0, o.limit) : all;
   const file = join(o.out, 'predictions.jsonl');
   const answers = readPredictions(file);
