@@ -25,7 +25,7 @@ const runAsync = (args: string[]) =>
 
 describe('vl3 command line', () => {
   it('documents every command with --help, each flag with its VL3_ twin', () => {
-    for (const command of ['ask', 'chat', 'serve', 'pull', 'ls', 'inspect', 'info', 'quantize', 'train']) {
+    for (const command of ['ask', 'chat', 'serve', 'pull', 'ls', 'inspect', 'info', 'quantize', 'train', 'eval']) {
       const r = run([command, '--help']);
       assert.equal(r.status, 0, `${command}: ${r.stderr}`);
       const flags = [...r.stdout.matchAll(/--([a-z][a-z0-9-]+)/g)].map((m) => m[1]!).filter((f) => f !== 'help');

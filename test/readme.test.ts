@@ -112,7 +112,7 @@ describe('the README examples', { skip: !fixtures && FIXTURES_MISSING }, () => {
   it('has the examples this test knows how to run', () => {
     assert.deepEqual(
       blocks.map((b) => b.lang),
-      ['sh', 'sh', 'sh', 'json', 'ts', 'sh', 'ts', 'sh', 'json', 'sh', 'sh'],
+      ['sh', 'sh', 'sh', 'json', 'ts', 'sh', 'ts', 'sh', 'json', 'sh', 'sh', 'sh'],
       'a new example needs a way to be tested here',
     );
     for (const command of RUN_BY_CI) assert.ok(commands.includes(command), `README has "${command}"`);
@@ -122,7 +122,7 @@ describe('the README examples', { skip: !fixtures && FIXTURES_MISSING }, () => {
   });
 
   it('runs every command line and each ends with exit code 0', { timeout: 600_000 }, async () => {
-    const oneShot = commands.filter((c) => !RUN_BY_CI.includes(c) && !/^npx vl3 serve\b/.test(c));
+    const oneShot = commands.filter((c) => !RUN_BY_CI.includes(c) && !/^npx vl3 (serve|eval)\b/.test(c));
     // The fine-tuning example's annotations, which its `vl3 train` reads.
     writeFileSync(join(project, 'train.json'), blocks.filter((b) => b.lang === 'json')[1]!.code);
     assert.ok(oneShot.length >= 3, oneShot.join('\n'));
@@ -136,6 +136,18 @@ describe('the README examples', { skip: !fixtures && FIXTURES_MISSING }, () => {
       }
     } finally {
       if (!existed) rmSync(randomOut, { recursive: true, force: true });
+    }
+  });
+
+  it('gives vl3 eval command lines that run up to the benchmark data, which only a real download provides', async () => {
+    const evals = commands.filter((c) => /^npx vl3 eval\b/.test(c));
+    assert.ok(evals.length >= 3, evals.join('\n'));
+    for (const command of evals) {
+      const data = /--data (\S+)/.exec(command)![1]!;
+      const r = await sh(command, project, env);
+      // Exit 1 naming the missing data, not 2 (bad usage): the benchmark, the model or server and every flag were accepted.
+      assert.equal(r.code, 1, `${command}\n${r.stderr}`);
+      assert.ok(r.stderr.includes(data) && /not found/.test(r.stderr), `${command}\n${r.stderr}`);
     }
   });
 

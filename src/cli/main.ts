@@ -20,6 +20,7 @@ import { runCompareWeights, weightFormatList } from './compare-weights.js';
 import { DEFAULT_COMPARE_POSITIONS, DEFAULT_GREEDY_TOKENS } from '../api/compare-weights.js';
 import { printInfo } from './info.js';
 import { addTrainCommand } from './train.js';
+import { addEvalCommand } from './eval.js';
 import { DownloadBars, ProgressBars } from './progress.js';
 
 export { EXIT } from './flags.js';
@@ -318,6 +319,7 @@ export function buildProgram(): Command {
     });
 
   addTrainCommand(program);
+  addEvalCommand(program, (o) => loadModel(o as Record<string, number | undefined> & { model?: unknown }));
 
   runtimeThreads(
     program

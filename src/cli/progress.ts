@@ -145,3 +145,33 @@ export class TrainingBar extends TerminalBars {
     this.bar?.update(e.step, payload);
   };
 }
+
+/**
+ * The `vl3 eval` bar: samples answered of the run, the running headline score, cli-progress's ETA. Elsewhere than a
+ * terminal, a plain line every tenth of the run.
+ */
+export class EvalBar extends TerminalBars {
+  private bar?: SingleBar;
+  private lastLine = -1;
+  private accuracy = '-';
+
+  constructor(
+    private readonly label: string,
+    tty = process.stderr.isTTY === true,
+  ) {
+    super(tty ? { format: ` ${label} [{bar}] {value}/{total} | score {accuracy} | ETA {eta_formatted}`, barsize: 24, etaBuffer: 20 } : undefined);
+  }
+
+  readonly update = (e: { done: number; total: number; accuracy?: number }): void => {
+    if (e.accuracy !== undefined && Number.isFinite(e.accuracy)) this.accuracy = e.accuracy.toFixed(1);
+    if (!this.multi) {
+      const tenth = Math.floor((e.done / Math.max(1, e.total)) * 10);
+      if (tenth !== this.lastLine) process.stderr.write(`${this.label}: ${e.done}/${e.total} answered, score ${this.accuracy}\n`);
+      this.lastLine = tenth;
+      return;
+    }
+    if (!this.drawing()) return;
+    this.bar ??= this.multi.create(e.total, e.done, { accuracy: this.accuracy });
+    this.bar.update(e.done, { accuracy: this.accuracy });
+  };
+}

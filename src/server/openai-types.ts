@@ -32,7 +32,7 @@ export interface RequestMessage {
 export type RequestPart =
   | { type: 'text'; text: string }
   | { type: 'image_url'; image_url: { url: string; detail?: string } }
-  | { type: 'video_url'; video_url: { url: string; fps?: number; max_frames?: number } };
+  | { type: 'video_url'; video_url: { url: string; fps?: number; max_frames?: number; start_time?: number; end_time?: number } };
 
 export interface CompletionUsage {
   prompt_tokens: number;

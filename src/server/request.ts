@@ -232,7 +232,16 @@ class RequestParser {
         const m = this.limits.model;
         const fps = number(spec, 'fps', { above: 0, max: m.fps }, `${param}.fps`, atMost(m.fps, '--fps').why);
         const maxFrames = number(spec, 'max_frames', { integer: true, min: 1, max: m.maxFrames }, `${param}.max_frames`, atMost(m.maxFrames, '--max-frames').why);
-        const video = (path: string) => ({ video_path: path, ...(fps !== undefined && { fps }), ...(maxFrames !== undefined && { max_frames: maxFrames }) });
+        // A clip of the video (seconds), as the official conversation format's start_time / end_time.
+        const startTime = number(spec, 'start_time', { min: 0 }, `${param}.start_time`);
+        const endTime = number(spec, 'end_time', { min: 0 }, `${param}.end_time`);
+        const video = (path: string) => ({
+          video_path: path,
+          ...(fps !== undefined && { fps }),
+          ...(maxFrames !== undefined && { max_frames: maxFrames }),
+          ...(startTime !== undefined && { start_time: startTime }),
+          ...(endTime !== undefined && { end_time: endTime }),
+        });
         content.push({ type: 'video', video: video(url) });
         this.media.push({ kind: 'video', url, param, assign: (source) => (content[index] = { type: 'video', video: video(source) }) });
         return;
