@@ -9,7 +9,7 @@ import { adamwScalars } from './host-gradients.js';
 import { HostKernels } from './host.js';
 import { isQuantized, type QuantFormat } from './dtype.js';
 import { packedBytes, QuantizeRangeError } from './quant.js';
-import type { Tensor } from './tensor.js';
+import { HostStorage, type Storage, type Tensor } from './tensor.js';
 
 export type { ComputeMode } from './backend.js';
 
@@ -153,6 +153,7 @@ interface Addon {
   readBandwidth(threads: number, bytes: number, repeats: number): number;
   quantize(format: QuantFormat, src: F32 | Half, dst: Uint8Array, N: number, K: number): number;
   mapFile(fd: number, offset: number, length: number): ArrayBuffer;
+  adviseHugePages(buffer: ArrayBuffer): void;
 }
 
 /** The WType numbers of native/kernels.h for the quantized formats. */
@@ -283,6 +284,9 @@ export function mapFile(fd: number, offset: number, length: number): MappedRange
  * mode fixed at construction, reading the tensors' host arrays in place. Instances share nothing, so two models on
  * two JS threads run at the same time, each with its own thread count. Arguments were checked by `CheckedBackend`.
  */
+/** Below this, few whole huge pages fit inside a buffer. */
+const HUGE_ALLOCATION_BYTES = 4 << 20;
+
 export class NativeKernels extends HostKernels implements Kernels {
   readonly name = 'native';
   private readonly ctx: NativeContext;
@@ -305,6 +309,16 @@ export class NativeKernels extends HostKernels implements Kernels {
       throw new Error(`NativeBackend: ${(err as Error).message}`);
     }
   }
+
+  /**
+   * Buffers of a few MiB and more (activations, gradients, optimizer state) are advised to the kernel as huge pages
+   * (native/addon.cc `adviseHugePages`) before their first touch, so they fault in 512 times less often.
+   */
+  override readonly allocateStorage = (bytes: number): Storage => {
+    const buffer = new ArrayBuffer(bytes);
+    if (bytes >= HUGE_ALLOCATION_BYTES) this.n.adviseHugePages(buffer);
+    return new HostStorage(buffer);
+  };
 
   get threads(): number {
     return this.ctx.threads;
