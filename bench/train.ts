@@ -3,6 +3,7 @@
 // official defaults r 64, alpha 16, no dropout here so that steps repeat). Times the forward and backward pass and
 // the optimizer update apart, counts the matmul FLOPs they do, and writes the micro-batch to a safetensors file so
 // that the PyTorch peer (bench/peer-torch-train.py) runs the same step on the same inputs.
+// VL3_ACTIVATION_CHECKPOINTING set (as for `vl3 train`): the step runs with activation checkpointing per layer.
 // Usage: node dist/bench/train.js <checkpoint-dir> <threads> <stage1|lora> [inputs-out.safetensors]
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -25,6 +26,7 @@ import { round } from './stats.js';
 
 export interface TrainFigures {
   mode: 'stage1' | 'lora';
+  activationCheckpointing: boolean;
   threads: number;
   tokens: number;
   visualTokens: number;
@@ -38,6 +40,8 @@ export interface TrainFigures {
   /** The machine's f32 FMA peak on the same threads, measured in the same process. */
   peakGflopsPerSecond: number;
   loss: number;
+  /** What the forward kept of the decoder's and vision encoder's layers for the backward. */
+  savedActivationBytes: number;
   peakRssBytes: number;
 }
 
@@ -46,6 +50,7 @@ async function main(): Promise<void> {
   if (!dir || (modeArg !== 'stage1' && modeArg !== 'lora')) throw new Error('usage: train.js <checkpoint-dir> <threads> <stage1|lora> [inputs-out.safetensors]');
   const threads = Number(threadsArg) || undefined;
   const backend = createBackend('native', { threads, compute: 'exact' });
+  const activationCheckpointing = process.env.VL3_ACTIVATION_CHECKPOINTING !== undefined;
   const { config, weights } = loadCheckpoint(dir);
   const lora: LoraConfig | undefined = modeArg === 'lora' ? { ...OFFICIAL_LORA_DEFAULTS, dropout: 0, targetModules: findAllLinearNames(config) } : undefined;
   const stage = modeArg === 'lora' ? stageConfig(3, { lora: true }) : stageConfig(1);
@@ -84,12 +89,14 @@ async function main(): Promise<void> {
 
   const names = VideoLLaMA3Training.parameterNames(config, lora);
   const trainable = new Set(trainableByGroup(names, stage).groups.flatMap((g) => g.names));
-  const model = new VideoLLaMA3Training(config, { get: (spec) => weights.get(spec.name, spec.shape) }, (n) => trainable.has(n), backend, lora && { config: lora, random: Math.random });
+  const model = new VideoLLaMA3Training(config, { get: (spec) => weights.get(spec.name, spec.shape) }, (n) => trainable.has(n), backend, lora && { config: lora, random: Math.random }, {
+    activationCheckpointing,
+  });
   const optimizer = stageOptimizer(model.parameters, stage);
   const numItems = supervisedCount(inputs.labels);
 
   let t = performance.now();
-  const { lossSum } = model.step(inputs, 1 / numItems);
+  const { lossSum, savedActivationBytes } = model.step(inputs, 1 / numItems);
   const forwardBackwardSeconds = (performance.now() - t) / 1000;
   t = performance.now();
   optimizer.update(model.gradients);
@@ -97,9 +104,10 @@ async function main(): Promise<void> {
 
   const T = inputs.inputIds.length;
   const P = batch.pixelValues.dim(0);
-  const gflops = stepFlops(config, T, P, modeArg) / 1e9;
+  const gflops = stepFlops(config, T, P, modeArg, activationCheckpointing) / 1e9;
   const figures: TrainFigures = {
     mode: modeArg,
+    activationCheckpointing,
     threads: backend.threads,
     tokens: T,
     visualTokens: inputs.visualRows.length,
@@ -111,6 +119,7 @@ async function main(): Promise<void> {
     gflopsPerSecond: round(gflops / forwardBackwardSeconds, 1),
     peakGflopsPerSecond: round(peakFlops(backend.threads, 0.5), 1),
     loss: round(lossSum / numItems, 4),
+    savedActivationBytes,
     peakRssBytes: process.resourceUsage().maxRSS * 1024,
   };
   process.stdout.write(JSON.stringify(figures) + '\n');
@@ -119,21 +128,23 @@ async function main(): Promise<void> {
 /**
  * Multiply-adds ×2 of the step's matmuls and attention products: the decoder's forward and its input gradient (its
  * weights are frozen in stage 1; in LoRA only the small adapters get weight gradients), the vision encoder's forward,
- * input gradient and, in stage 1, weight gradient. Adapters, norms, the projector and the LM head rows are left out
- * (under 2 % here).
+ * input gradient and, in stage 1, weight gradient; with activation checkpointing, every layer's forward once more.
+ * Adapters, norms, the projector and the LM head rows are left out (under 2 % here).
  */
-function stepFlops(c: ReturnType<typeof loadCheckpoint>['config'], T: number, P: number, mode: 'stage1' | 'lora'): number {
+function stepFlops(c: ReturnType<typeof loadCheckpoint>['config'], T: number, P: number, mode: 'stage1' | 'lora', recompute: boolean): number {
   const H = c.hiddenSize;
   const kv = (c.numKeyValueHeads * H) / c.numAttentionHeads;
   const decoderParams = c.numHiddenLayers * (2 * H * H + 2 * H * kv + 3 * H * c.intermediateSize);
   const v = c.visionEncoderConfig;
-  const visionParams = v.numHiddenLayers * (4 * v.hiddenSize * v.hiddenSize + 2 * v.hiddenSize * v.intermediateSize) + 588 * v.hiddenSize;
+  const visionLayerParams = v.numHiddenLayers * (4 * v.hiddenSize * v.hiddenSize + 2 * v.hiddenSize * v.intermediateSize);
+  const visionParams = visionLayerParams + 588 * v.hiddenSize;
   // Causal attention: QKᵀ and PV over half the keys on average, forward; its backward twice that.
   const decoderAttention = c.numHiddenLayers * 2 * T * T * H;
   const visionAttention = v.numHiddenLayers * 4 * P * P * v.hiddenSize;
   const decoder = 2 * decoderParams * T * 2 + decoderAttention * 3;
   const vision = 2 * visionParams * P * (mode === 'stage1' ? 3 : 2) + visionAttention * 3;
-  return decoder + vision;
+  const layersForward = 2 * decoderParams * T + decoderAttention + 2 * visionLayerParams * P + visionAttention;
+  return decoder + vision + (recompute ? layersForward : 0);
 }
 
 await main();
