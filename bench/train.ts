@@ -42,6 +42,8 @@ export interface TrainFigures {
   loss: number;
   /** What the forward kept of the decoder's and vision encoder's layers for the backward. */
   savedActivationBytes: number;
+  /** Peak RSS up to the end of the forward and backward, before AdamW allocates its moments. */
+  peakRssForwardBackwardBytes: number;
   peakRssBytes: number;
 }
 
@@ -98,6 +100,7 @@ async function main(): Promise<void> {
   let t = performance.now();
   const { lossSum, savedActivationBytes } = model.step(inputs, 1 / numItems);
   const forwardBackwardSeconds = (performance.now() - t) / 1000;
+  const peakRssForwardBackwardBytes = process.resourceUsage().maxRSS * 1024;
   t = performance.now();
   optimizer.update(model.gradients);
   const optimizerSeconds = (performance.now() - t) / 1000;
@@ -120,6 +123,7 @@ async function main(): Promise<void> {
     peakGflopsPerSecond: round(peakFlops(backend.threads, 0.5), 1),
     loss: round(lossSum / numItems, 4),
     savedActivationBytes,
+    peakRssForwardBackwardBytes,
     peakRssBytes: process.resourceUsage().maxRSS * 1024,
   };
   process.stdout.write(JSON.stringify(figures) + '\n');
