@@ -4,6 +4,7 @@
 // the optimizer update apart (of a second step: the first pays the one-time costs), counts the matmul FLOPs they do,
 // and writes the micro-batch to a safetensors file so that the PyTorch peer (bench/peer-torch-train.py) runs the same
 // step on the same inputs.
+// VL3_ACTIVATION_CHECKPOINTING set (as for `vl3 train`): the step runs with activation checkpointing per layer.
 // Usage: node dist/bench/train.js <checkpoint-dir> <threads> <stage1|lora> [inputs-out.safetensors]
 // The compute mode is the backend's default: $VL3_COMPUTE, else the fastest the CPU has (printed with the figures).
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -28,6 +29,7 @@ import { round } from './stats.js';
 export interface TrainFigures {
   mode: 'stage1' | 'lora';
   compute: string;
+  activationCheckpointing: boolean;
   threads: number;
   tokens: number;
   visualTokens: number;
@@ -45,6 +47,10 @@ export interface TrainFigures {
   peakKind: string;
   peakGflopsPerSecond: number;
   loss: number;
+  /** What the forward kept of the decoder's and vision encoder's layers for the backward. */
+  savedActivationBytes: number;
+  /** Peak RSS up to the end of the forward and backward, before AdamW allocates its moments. */
+  peakRssForwardBackwardBytes: number;
   peakRssBytes: number;
 }
 
@@ -53,6 +59,7 @@ async function main(): Promise<void> {
   if (!dir || (modeArg !== 'stage1' && modeArg !== 'lora')) throw new Error('usage: train.js <checkpoint-dir> <threads> <stage1|lora> [inputs-out.safetensors]');
   const threads = Number(threadsArg) || undefined;
   const backend = createBackend('native', { threads });
+  const activationCheckpointing = process.env.VL3_ACTIVATION_CHECKPOINTING !== undefined;
   const { config, weights } = loadCheckpoint(dir);
   const lora: LoraConfig | undefined = modeArg === 'lora' ? { ...OFFICIAL_LORA_DEFAULTS, dropout: 0, targetModules: findAllLinearNames(config) } : undefined;
   const stage = modeArg === 'lora' ? stageConfig(3, { lora: true }) : stageConfig(1);
@@ -91,33 +98,38 @@ async function main(): Promise<void> {
 
   const names = VideoLLaMA3Training.parameterNames(config, lora);
   const trainable = new Set(trainableByGroup(names, stage).groups.flatMap((g) => g.names));
-  const model = new VideoLLaMA3Training(config, { get: (spec) => weights.get(spec.name, spec.shape) }, (n) => trainable.has(n), backend, lora && { config: lora, random: Math.random });
+  const model = new VideoLLaMA3Training(config, { get: (spec) => weights.get(spec.name, spec.shape) }, (n) => trainable.has(n), backend, lora && { config: lora, random: Math.random }, {
+    activationCheckpointing,
+  });
   const optimizer = stageOptimizer(model.parameters, stage, backend);
   const numItems = supervisedCount(inputs.labels);
 
   // Two steps on the same micro-batch, the second timed: the first also pays what a run pays once (the frozen
   // weights' pages faulted in from the file, the optimizer's moments allocated).
+  let peakRssForwardBackwardBytes = 0;
   const timedStep = () => {
     model.zeroGradients();
     let t = performance.now();
-    const { lossSum } = model.step(inputs, 1 / numItems);
+    const { lossSum, savedActivationBytes } = model.step(inputs, 1 / numItems);
     const forwardBackward = (performance.now() - t) / 1000;
+    peakRssForwardBackwardBytes ||= process.resourceUsage().maxRSS * 1024;
     t = performance.now();
     optimizer.update(model.gradients);
-    return { lossSum, forwardBackward, optimizer: (performance.now() - t) / 1000 };
+    return { lossSum, savedActivationBytes, forwardBackward, optimizer: (performance.now() - t) / 1000 };
   };
   const first = timedStep();
   const { forwardBackward: forwardBackwardSeconds, optimizer: optimizerSeconds } = timedStep();
-  const lossSum = first.lossSum;
+  const { lossSum, savedActivationBytes } = first;
 
   const T = inputs.inputIds.length;
   const dot: PeakKind = 'bf16-zmm';
   const peakKind = backend.compute === 'bf16' && nativeInfo().peakKinds.includes(dot) ? dot : undefined;
   const P = batch.pixelValues.dim(0);
-  const gflops = stepFlops(config, T, P, modeArg) / 1e9;
+  const gflops = stepFlops(config, T, P, modeArg, activationCheckpointing) / 1e9;
   const figures: TrainFigures = {
     mode: modeArg,
     compute: backend.compute,
+    activationCheckpointing,
     threads: backend.threads,
     tokens: T,
     visualTokens: inputs.visualRows.length,
@@ -131,6 +143,8 @@ async function main(): Promise<void> {
     peakKind: peakKind ?? 'fp32 (widest)',
     peakGflopsPerSecond: round(peakFlops(backend.threads, 0.5, peakKind), 1),
     loss: round(lossSum / numItems, 4),
+    savedActivationBytes,
+    peakRssForwardBackwardBytes,
     peakRssBytes: process.resourceUsage().maxRSS * 1024,
   };
   process.stdout.write(JSON.stringify(figures) + '\n');
@@ -139,21 +153,23 @@ async function main(): Promise<void> {
 /**
  * Multiply-adds ×2 of the step's matmuls and attention products: the decoder's forward and its input gradient (its
  * weights are frozen in stage 1; in LoRA only the small adapters get weight gradients), the vision encoder's forward,
- * input gradient and, in stage 1, weight gradient. Adapters, norms, the projector and the LM head rows are left out
- * (under 2 % here).
+ * input gradient and, in stage 1, weight gradient; with activation checkpointing, every layer's forward once more.
+ * Adapters, norms, the projector and the LM head rows are left out (under 2 % here).
  */
-function stepFlops(c: ReturnType<typeof loadCheckpoint>['config'], T: number, P: number, mode: 'stage1' | 'lora'): number {
+function stepFlops(c: ReturnType<typeof loadCheckpoint>['config'], T: number, P: number, mode: 'stage1' | 'lora', recompute: boolean): number {
   const H = c.hiddenSize;
   const kv = (c.numKeyValueHeads * H) / c.numAttentionHeads;
   const decoderParams = c.numHiddenLayers * (2 * H * H + 2 * H * kv + 3 * H * c.intermediateSize);
   const v = c.visionEncoderConfig;
-  const visionParams = v.numHiddenLayers * (4 * v.hiddenSize * v.hiddenSize + 2 * v.hiddenSize * v.intermediateSize) + 588 * v.hiddenSize;
+  const visionLayerParams = v.numHiddenLayers * (4 * v.hiddenSize * v.hiddenSize + 2 * v.hiddenSize * v.intermediateSize);
+  const visionParams = visionLayerParams + 588 * v.hiddenSize;
   // Causal attention: QKᵀ and PV over half the keys on average, forward; its backward twice that.
   const decoderAttention = c.numHiddenLayers * 2 * T * T * H;
   const visionAttention = v.numHiddenLayers * 4 * P * P * v.hiddenSize;
   const decoder = 2 * decoderParams * T * 2 + decoderAttention * 3;
   const vision = 2 * visionParams * P * (mode === 'stage1' ? 3 : 2) + visionAttention * 3;
-  return decoder + vision;
+  const layersForward = 2 * decoderParams * T + decoderAttention + 2 * visionLayerParams * P + visionAttention;
+  return decoder + vision + (recompute ? layersForward : 0);
 }
 
 await main();

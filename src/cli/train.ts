@@ -58,6 +58,7 @@ export function addTrainCommand(program: Command): void {
     .addOption(flag('--max-frames <n>', 'most frames per video (default 180)').argParser(integer('--max-frames', 1)))
     .addOption(flag('--model-max-length <n>', 'tokens per sample at most (default 16384)').argParser(integer('--model-max-length', 2)))
     .addOption(flag('--mm-max-length <n>', 'visual token budget per image or frame set (default 10240)').argParser(integer('--mm-max-length', 1)))
+    .addOption(flag('--activation-checkpointing', 'keep only each layer\'s input for the backward and recompute the layer: far less activation memory, one more forward per layer'))
     .addOption(flag('--sample-cache-bytes <n>', 'built samples (decoded, resized media) kept for later epochs, LRU (e.g. 4GiB; 0: off; default 1GiB)').argParser(byteCount('--sample-cache-bytes')))
     .addOption(flag('--lora', 'train LoRA adapters and the projector instead of the weights (writes a PEFT adapter, which ask, chat and serve load)'))
     .addOption(flag('--lora-r <n>', 'adapter rank (default 64)').argParser(integer('--lora-r', 1)))
@@ -112,6 +113,7 @@ export function addTrainCommand(program: Command): void {
           mmMaxLength: o.mmMaxLength,
           sampleCacheBytes: o.sampleCacheBytes,
           resume: o.resume === true,
+          activationCheckpointing: o.activationCheckpointing === true,
           lora: o.lora || o.loraR !== undefined || o.loraAlpha !== undefined || o.loraDropout !== undefined || o.loraTargetModules !== undefined ? loraOptions(o) : undefined,
           signal: stop.signal,
           onStart: (plan) => {

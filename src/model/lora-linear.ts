@@ -36,20 +36,21 @@ export class TrainingLinear {
     readonly adapter: LinearAdapter | null,
   ) {}
 
-  /** out = the layer of x; `training` applies the adapter's dropout. Returns what the backward needs, if anything. */
-  forward(x: Tensor, out: Tensor, training: boolean): AdapterActivations | null {
+  /**
+   * out = the layer of x; `training` applies the adapter's dropout. Returns what the backward needs, if anything.
+   * `drawn`: the mask an earlier forward of this layer on the same x drew (null: it drew none), used instead of a new
+   * one, so that a checkpointed layer run again for its backward is the same function and the random stream is not
+   * advanced a second time.
+   */
+  forward(x: Tensor, out: Tensor, training: boolean, drawn?: Tensor | null): AdapterActivations | null {
     const b = this.backend;
     b.matmul(x, this.weight, this.bias, out);
     const ad = this.adapter;
     if (!ad) return null;
     const M = x.dim(0);
     let input = x;
-    let mask: Tensor | null = null;
-    if (training && ad.dropout > 0) {
-      // nn.Dropout: keep with probability 1 − p, kept values scaled by 1/(1 − p).
-      const keep = 1 / (1 - ad.dropout);
-      mask = b.allocate('f32', x.shape);
-      b.write(mask, Float32Array.from({ length: x.numel }, () => (ad.random() < ad.dropout ? 0 : keep)));
+    const mask = drawn !== undefined ? drawn : training && ad.dropout > 0 ? this.drawMask(x.shape, ad) : null;
+    if (mask) {
       input = b.allocate('f32', x.shape);
       b.mul(x, mask, input);
     }
@@ -82,6 +83,14 @@ export class TrainingLinear {
     if (!dx || !dInput) return;
     if (saved.mask) b.mul(dInput, saved.mask, dInput);
     b.add(dx, dInput, dx);
+  }
+
+  /** nn.Dropout's mask: keep with probability 1 − p, kept values scaled by 1/(1 − p). */
+  private drawMask(shape: readonly number[], ad: LinearAdapter): Tensor {
+    const keep = 1 / (1 - ad.dropout);
+    const mask = this.backend.allocate('f32', shape);
+    this.backend.write(mask, Float32Array.from({ length: mask.numel }, () => (ad.random() < ad.dropout ? 0 : keep)));
+    return mask;
   }
 
   /** The scaling as a vector over the output features (mul broadcasts it over rows). */

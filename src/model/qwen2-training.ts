@@ -1,5 +1,6 @@
 import type { Backend } from '../tensor/backend.js';
 import type { Tensor } from '../tensor/tensor.js';
+import { saveLayer, type DropoutMasks, type SavedLayer, type TrainingForward } from './layer-checkpoint.js';
 import { TrainingLinear, type AdapterActivations, type LinearAdapter } from './lora-linear.js';
 import type { Qwen2Dims } from './qwen2.js';
 import { ropeInverseFrequencies, ropeTables } from './rope.js';
@@ -30,16 +31,21 @@ interface LayerActivations {
   adapters: Partial<Record<Role, AdapterActivations | null>>; // each LoRA adapter's own
 }
 
-/** A training forward pass's saved state: per-layer activations, the final norm's input, and the RoPE tables. */
-export interface DecoderActivations {
-  layers: LayerActivations[];
-  beforeNorm: Tensor;
-  /** The final normed hidden states [L, H]: the loss reads them. */
-  hidden: Tensor;
+/** What every layer of one forward shares: the RoPE tables, the packed samples, whether dropout applies. */
+interface PassState {
   cos: Tensor;
   sin: Tensor;
   /** Start of each packed sample, and the total length last. */
   bounds: number[];
+  training: boolean;
+}
+
+/** A training forward pass's saved state: each layer's activations (or input), the final norm's input, and the pass's. */
+export interface DecoderActivations extends PassState {
+  layers: SavedLayer<LayerActivations, Role>[];
+  beforeNorm: Tensor;
+  /** The final normed hidden states [L, H]: the loss reads them. */
+  hidden: Tensor;
 }
 
 /** The loss of a micro-batch and what its backward starts from. */
@@ -58,9 +64,10 @@ export const IGNORE_INDEX = -100;
 
 /**
  * The Qwen2.5 decoder for training, its forward and backward side by side: the forward keeps what the backward
- * needs (every layer's activations, f32), the backward adds each trainable parameter's gradient into its tensor and
- * returns the gradient of the input embeddings. Packed samples (spec 10.5, `use_batch_flattening`) attend only
- * within themselves: attention runs per sample, each causal from its own first position.
+ * needs (every layer's activations, f32; or with `checkpointLayers` each layer's input, the layer then run again
+ * before its backward), the backward adds each trainable parameter's gradient into its tensor and returns the
+ * gradient of the input embeddings. Packed samples (spec 10.5, `use_batch_flattening`) attend only within
+ * themselves: attention runs per sample, each causal from its own first position.
  */
 export class Qwen2Training {
   readonly headDim: number;
@@ -104,63 +111,78 @@ export class Qwen2Training {
 
   /**
    * Runs embeds [L, H] at `positions` (restarting at 0 where each packed sample starts; `bounds` lists the starts
-   * and ends with L). Nothing is written into `embeds`. `training` applies the LoRA adapters' dropout.
+   * and ends with L). Nothing is written into `embeds`.
    */
-  forward(embeds: Tensor, positions: ArrayLike<number>, bounds: readonly number[], training = false): DecoderActivations {
-    const { hiddenSize: H, intermediateSize: I, numAttentionHeads: Hq, numKeyValueHeads: Hkv, rmsNormEps: eps } = this.dims;
+  forward(embeds: Tensor, positions: ArrayLike<number>, bounds: readonly number[], options: TrainingForward = {}): DecoderActivations {
+    const { hiddenSize: H, rmsNormEps: eps } = this.dims;
     const D = this.headDim;
     const L = embeds.dim(0);
     checkBounds(bounds, L);
     const b = this.backend;
-    const f32 = (shape: number[]) => b.allocate('f32', shape);
     const tables = ropeTables(this.invFreq, Array.from(positions));
-    const cos = f32([L, D / 2]);
-    const sin = f32([L, D / 2]);
-    b.write(cos, tables.cos);
-    b.write(sin, tables.sin);
+    const pass: PassState = { cos: b.allocate('f32', [L, D / 2]), sin: b.allocate('f32', [L, D / 2]), bounds: [...bounds], training: options.training ?? false };
+    b.write(pass.cos, tables.cos);
+    b.write(pass.sin, tables.sin);
 
-    let x = f32([L, H]);
+    let x: Tensor = b.allocate('f32', [L, H]);
     b.copy(embeds, x);
-    const layers = this.params.layers.map((p, l) => {
-      const linear = this.linears[l]!;
-      const a: LayerActivations = {
-        x,
-        h1: f32([L, H]),
-        q: f32([L, Hq, D]),
-        k: f32([L, Hkv, D]),
-        v: f32([L, Hkv, D]),
-        attn: f32([L, Hq, D]),
-        x2: f32([L, H]),
-        h2: f32([L, H]),
-        gate: f32([L, I]),
-        up: f32([L, I]),
-        act: f32([L, I]),
-        adapters: {},
-      };
-      const ad = a.adapters;
-      b.rmsNorm(a.x, p.inputNorm, eps, a.h1);
-      ad.q = linear.q.forward(a.h1, a.q.reshape([L, H]), training);
-      ad.k = linear.k.forward(a.h1, a.k.reshape([L, Hkv * D]), training);
-      ad.v = linear.v.forward(a.h1, a.v.reshape([L, Hkv * D]), training);
-      b.rope(a.q, cos, sin, a.q);
-      b.rope(a.k, cos, sin, a.k);
-      this.perSample(bounds, (s, e) =>
-        b.attention(a.q.rows(s, e), a.k.rows(s, e), a.v.rows(s, e), a.attn.rows(s, e), { scale: 1 / Math.sqrt(D), causal: true, queryOffset: 0 }),
-      );
-      ad.o = linear.o.forward(a.attn.reshape([L, H]), a.x2, training);
-      b.add(a.x, a.x2, a.x2);
-      b.rmsNorm(a.x2, p.postNorm, eps, a.h2);
-      ad.gate = linear.gate.forward(a.h2, a.gate, training);
-      ad.up = linear.up.forward(a.h2, a.up, training);
-      b.siluMul(a.gate, a.up, a.act);
-      x = f32([L, H]);
-      ad.down = linear.down.forward(a.act, x, training);
-      b.add(a.x2, x, x);
-      return a;
+    const layers = this.params.layers.map((_, l) => {
+      const { activations, out } = this.layer(l, x, pass);
+      x = out;
+      return saveLayer(activations, options.checkpointLayers);
     });
-    const hidden = f32([L, H]);
+    const hidden = b.allocate('f32', [L, H]);
     b.rmsNorm(x, this.params.finalNorm, eps, hidden);
-    return { layers, beforeNorm: x, hidden, cos, sin, bounds: [...bounds] };
+    return { ...pass, layers, beforeNorm: x, hidden };
+  }
+
+  /**
+   * Decoder layer l (spec 8.2) on its input x: its output and everything its backward reads. The forward runs it
+   * once; a checkpointed layer runs again on the saved input with the saved dropout `masks`, bit for bit the first run.
+   */
+  private layer(l: number, x: Tensor, pass: PassState, masks?: DropoutMasks<Role>): { activations: LayerActivations; out: Tensor } {
+    const { hiddenSize: H, intermediateSize: I, numAttentionHeads: Hq, numKeyValueHeads: Hkv, rmsNormEps: eps } = this.dims;
+    const D = this.headDim;
+    const L = x.dim(0);
+    const b = this.backend;
+    const f32 = (shape: number[]) => b.allocate('f32', shape);
+    const p = this.params.layers[l]!;
+    const linear = this.linears[l]!;
+    const { cos, sin, training } = pass;
+    const a: LayerActivations = {
+      x,
+      h1: f32([L, H]),
+      q: f32([L, Hq, D]),
+      k: f32([L, Hkv, D]),
+      v: f32([L, Hkv, D]),
+      attn: f32([L, Hq, D]),
+      x2: f32([L, H]),
+      h2: f32([L, H]),
+      gate: f32([L, I]),
+      up: f32([L, I]),
+      act: f32([L, I]),
+      adapters: {},
+    };
+    const ad = a.adapters;
+    b.rmsNorm(a.x, p.inputNorm, eps, a.h1);
+    ad.q = linear.q.forward(a.h1, a.q.reshape([L, H]), training, masks?.q);
+    ad.k = linear.k.forward(a.h1, a.k.reshape([L, Hkv * D]), training, masks?.k);
+    ad.v = linear.v.forward(a.h1, a.v.reshape([L, Hkv * D]), training, masks?.v);
+    b.rope(a.q, cos, sin, a.q);
+    b.rope(a.k, cos, sin, a.k);
+    this.perSample(pass.bounds, (s, e) =>
+      b.attention(a.q.rows(s, e), a.k.rows(s, e), a.v.rows(s, e), a.attn.rows(s, e), { scale: 1 / Math.sqrt(D), causal: true, queryOffset: 0 }),
+    );
+    ad.o = linear.o.forward(a.attn.reshape([L, H]), a.x2, training, masks?.o);
+    b.add(a.x, a.x2, a.x2);
+    b.rmsNorm(a.x2, p.postNorm, eps, a.h2);
+    ad.gate = linear.gate.forward(a.h2, a.gate, training, masks?.gate);
+    ad.up = linear.up.forward(a.h2, a.up, training, masks?.up);
+    b.siluMul(a.gate, a.up, a.act);
+    const out = f32([L, H]);
+    ad.down = linear.down.forward(a.act, out, training, masks?.down);
+    b.add(a.x2, out, out);
+    return { activations: a, out };
   }
 
   /**
@@ -218,7 +240,8 @@ export class Qwen2Training {
     for (let l = this.params.layers.length - 1; l >= 0; l--) {
       const p: LayerParameters = this.params.layers[l]!;
       const g = this.grads.layers[l]!;
-      const a = acts.layers[l]!;
+      const saved = acts.layers[l]!;
+      const a = 'activations' in saved ? saved.activations : this.layer(l, saved.input, acts, saved.masks).activations;
       const linear = this.linears[l]!;
       const ad = a.adapters;
       // MLP branch: out = x2 + down(SiLU(gate(h2)) ⊙ up(h2)), h2 = post_norm(x2).

@@ -1,6 +1,7 @@
 import type { Backend } from '../tensor/backend.js';
 import { Tensor } from '../tensor/tensor.js';
 import type { VideoLlama3Config } from './config.js';
+import { savedBytes, type TrainingForward } from './layer-checkpoint.js';
 import type { LinearAdapter } from './lora-linear.js';
 import { initialLoraPair, loraParameterName, loraScaling, targetedModules, type LoraConfig, type LoraPair } from './lora.js';
 import { ProjectorTraining } from './projector-training.js';
@@ -40,6 +41,13 @@ export interface StepResult {
   /** Σ of the supervised tokens' cross-entropies (unscaled). */
   lossSum: number;
   supervised: number;
+  /** Bytes the decoder's and the vision encoder's layers kept from the forward for the backward (`savedBytes`). */
+  savedActivationBytes: number;
+}
+
+export interface TrainingModelOptions {
+  /** Activation checkpointing per layer in the decoder and the vision encoder (`TrainingForward.checkpointLayers`). */
+  activationCheckpointing?: boolean;
 }
 
 /**
@@ -69,6 +77,7 @@ export class VideoLLaMA3Training {
     trainable: (name: string) => boolean,
     readonly backend: Backend,
     readonly lora?: TrainingLora,
+    readonly options: TrainingModelOptions = {},
   ) {
     const b = backend;
     // By name, so that a tied head (the embedding table under the same name) is one tensor with one gradient.
@@ -179,14 +188,20 @@ export class VideoLLaMA3Training {
     // Vision only where the sequence reads a feature: a text-only batch's dummy item gives nothing, and its gradients
     // are exactly zero (README of the training fixtures, step 4), which the zeroed gradients already hold.
     const n = imagePositions.length;
-    const visual = n > 0 ? this.encode(inputs, n, backward) : undefined;
+    const pass: TrainingForward = { training: backward, checkpointLayers: this.options.activationCheckpointing };
+    const visual = n > 0 ? this.encode(inputs, n, pass) : undefined;
     const imageRows = Int32Array.from(imagePositions);
     const ordinal = Int32Array.from(imagePositions.keys());
     if (visual) b.copyRows(visual.projected.out, ordinal, embeds, imageRows);
 
-    const acts = this.decoder.forward(embeds, inputs.positionIds, packedBounds(inputs.positionIds), backward);
+    const acts = this.decoder.forward(embeds, inputs.positionIds, packedBounds(inputs.positionIds), pass);
     const result = this.decoder.loss(acts, inputs.labels, scale, backward);
-    if (!backward) return { lossSum: result.lossSum, supervised: result.positions.length };
+    const done: StepResult = {
+      lossSum: result.lossSum,
+      supervised: result.positions.length,
+      savedActivationBytes: savedBytes(acts.layers) + (visual ? savedBytes(visual.acts.layers) : 0),
+    };
+    if (!backward) return done;
 
     const dEmbeds = this.decoder.backward(acts, result.dHidden);
     const tableGrad = this.gradients.get('model.embed_tokens.weight');
@@ -208,19 +223,19 @@ export class VideoLLaMA3Training {
         this.vision.backward(visual.acts, dAll);
       }
     }
-    return { lossSum: result.lossSum, supervised: result.positions.length };
+    return done;
   }
 
   private get visionTrainable(): boolean {
     return [...this.gradients.keys()].some((name) => name.includes('vision_encoder'));
   }
 
-  private encode(inputs: TrainingInputs, n: number, training: boolean) {
+  private encode(inputs: TrainingInputs, n: number, pass: TrainingForward) {
     const b = this.backend;
-    const acts = this.vision.forward(b.upload(inputs.pixelValues), inputs.items, training);
+    const acts = this.vision.forward(b.upload(inputs.pixelValues), inputs.items, pass);
     const features = b.allocate('f32', [n, acts.features.dim(1)]);
     b.copyRows(acts.features, inputs.visualRows, features, Int32Array.from({ length: n }, (_, i) => i));
-    return { acts, projected: this.projector.forward(features, training) };
+    return { acts, projected: this.projector.forward(features, pass.training) };
   }
 }
 

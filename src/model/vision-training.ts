@@ -1,5 +1,6 @@
 import type { Backend } from '../tensor/backend.js';
 import type { Tensor } from '../tensor/tensor.js';
+import { saveLayer, type DropoutMasks, type SavedLayer, type TrainingForward } from './layer-checkpoint.js';
 import { TrainingLinear, type AdapterActivations, type LinearAdapter } from './lora-linear.js';
 import type { VisionDims } from './vision-encoder.js';
 import { visionRopeTables, type VisualGrid } from './vision-rope.js';
@@ -26,22 +27,30 @@ interface LayerActivations {
   adapters: Partial<Record<Role, AdapterActivations | null>>; // each LoRA adapter's own
 }
 
-export interface VisionActivations {
-  pixels: Tensor;
+/** What every layer of one forward shares: each patch row's RoPE angles, the frames, whether dropout applies. */
+interface PassState {
+  cos: Tensor;
+  sin: Tensor;
+  /** One grid per frame, in patch-row order: attention stays inside each. */
   frames: VisualGrid[];
-  layers: LayerActivations[];
+  training: boolean;
+}
+
+export interface VisionActivations extends PassState {
+  pixels: Tensor;
+  /** Per layer its activations, or with checkpointing its input. */
+  layers: SavedLayer<LayerActivations, Role>[];
   beforeNorm: Tensor;
   /** Merged features [Σ t·(gh/m)·(gw/m), C], items in order: what the projector reads. */
   features: Tensor;
-  cos: Tensor;
-  sin: Tensor;
 }
 
 /**
  * The vision encoder (spec 6) for training: patch embedding, 2-D RoPE, pre-norm layers with attention inside each
  * image or frame, post-LayerNorm and the m×m merge; the forward keeps every layer's activations for the backward
- * beside it. All frames of a micro-batch run as one sequence of patch rows (training inputs are small by
- * `mm_max_length`); attention still never crosses a frame.
+ * beside it (or with `checkpointLayers` each layer's input, the layer then run again before its backward). All
+ * frames of a micro-batch run as one sequence of patch rows (training inputs are small by `mm_max_length`);
+ * attention still never crosses a frame.
  */
 export class VisionEncoderTraining {
   readonly headDim: number;
@@ -75,57 +84,71 @@ export class VisionEncoderTraining {
     this.patchGrad = this.grads.patchEmbed.weight?.reshape([C, ch * p * p]) ?? null;
   }
 
-  /** `training` applies the LoRA adapters' dropout. */
-  forward(pixels: Tensor, grids: readonly VisualGrid[], training = false): VisionActivations {
+  forward(pixels: Tensor, grids: readonly VisualGrid[], options: TrainingForward = {}): VisionActivations {
+    const { hiddenSize: C, layerNormEps: eps } = this.dims;
+    const b = this.backend;
+    const n = pixels.dim(0);
+    const frames = grids.flatMap((g) => Array.from({ length: g.frames }, () => g));
+    const pass: PassState = { ...this.ropeTables(frames, n), frames, training: options.training ?? false };
+
+    let x: Tensor = b.allocate('f32', [n, C]);
+    b.matmul(pixels, this.patchWeight, this.params.patchEmbed.bias, x);
+    const layers = this.params.layers.map((_, l) => {
+      const { activations, out } = this.layer(l, x, pass);
+      x = out;
+      return saveLayer(activations, options.checkpointLayers);
+    });
+    const normed = b.allocate('f32', [n, C]);
+    b.layerNorm(x, this.params.postNorm.weight, this.params.postNorm.bias, eps, normed);
+    const merged = frames.reduce((m, g) => m + (g.gridH * g.gridW) / g.mergeSize ** 2, 0);
+    const features = b.allocate('f32', [merged, C]);
+    this.perFrame(frames, (s, e, g, m) => b.mergeBlocks(normed.rows(s, e), g.mergeSize, features.rows(m, m + (e - s) / g.mergeSize ** 2)));
+    return { ...pass, pixels, layers, beforeNorm: x, features };
+  }
+
+  /**
+   * Encoder layer l on its input x: its output and everything its backward reads. The forward runs it once; a
+   * checkpointed layer runs again on the saved input with the saved dropout `masks`, bit for bit the first run.
+   */
+  private layer(l: number, x: Tensor, pass: PassState, masks?: DropoutMasks<Role>): { activations: LayerActivations; out: Tensor } {
     const { hiddenSize: C, intermediateSize: I, numAttentionHeads: heads, layerNormEps: eps } = this.dims;
     const D = this.headDim;
     const b = this.backend;
-    const n = pixels.dim(0);
+    const n = x.dim(0);
     const f32 = (shape: number[]) => b.allocate('f32', shape);
-    const frames = grids.flatMap((g) => Array.from({ length: g.frames }, () => g));
-    const { cos, sin } = this.ropeTables(frames, n);
-
-    let x = f32([n, C]);
-    b.matmul(pixels, this.patchWeight, this.params.patchEmbed.bias, x);
-    const layers = this.params.layers.map((p, l) => {
-      const linear = this.linears[l]!;
-      const a: LayerActivations = {
-        x,
-        h1: f32([n, C]),
-        q: f32([n, heads, D]),
-        k: f32([n, heads, D]),
-        v: f32([n, heads, D]),
-        attn: f32([n, heads, D]),
-        x2: f32([n, C]),
-        h2: f32([n, C]),
-        pre: f32([n, I]),
-        act: f32([n, I]),
-        adapters: {},
-      };
-      const ad = a.adapters;
-      b.layerNorm(a.x, p.norm1.weight, p.norm1.bias, eps, a.h1);
-      ad.q = linear.q.forward(a.h1, a.q.reshape([n, C]), training);
-      ad.k = linear.k.forward(a.h1, a.k.reshape([n, C]), training);
-      ad.v = linear.v.forward(a.h1, a.v.reshape([n, C]), training);
-      b.rope(a.q, cos, sin, a.q);
-      b.rope(a.k, cos, sin, a.k);
-      this.perFrame(frames, (s, e) => b.attention(a.q.rows(s, e), a.k.rows(s, e), a.v.rows(s, e), a.attn.rows(s, e), { scale: 1 / Math.sqrt(D), causal: false }));
-      ad.out = linear.out.forward(a.attn.reshape([n, C]), a.x2, training);
-      b.add(a.x, a.x2, a.x2);
-      b.layerNorm(a.x2, p.norm2.weight, p.norm2.bias, eps, a.h2);
-      ad.fc1 = linear.fc1.forward(a.h2, a.pre, training);
-      b.gelu(a.pre, a.act, 'tanh');
-      x = f32([n, C]);
-      ad.fc2 = linear.fc2.forward(a.act, x, training);
-      b.add(a.x2, x, x);
-      return a;
-    });
-    const normed = f32([n, C]);
-    b.layerNorm(x, this.params.postNorm.weight, this.params.postNorm.bias, eps, normed);
-    const merged = frames.reduce((m, g) => m + (g.gridH * g.gridW) / g.mergeSize ** 2, 0);
-    const features = f32([merged, C]);
-    this.perFrame(frames, (s, e, g, m) => b.mergeBlocks(normed.rows(s, e), g.mergeSize, features.rows(m, m + (e - s) / g.mergeSize ** 2)));
-    return { pixels, frames, layers, beforeNorm: x, features, cos, sin };
+    const p = this.params.layers[l]!;
+    const linear = this.linears[l]!;
+    const { cos, sin, training } = pass;
+    const a: LayerActivations = {
+      x,
+      h1: f32([n, C]),
+      q: f32([n, heads, D]),
+      k: f32([n, heads, D]),
+      v: f32([n, heads, D]),
+      attn: f32([n, heads, D]),
+      x2: f32([n, C]),
+      h2: f32([n, C]),
+      pre: f32([n, I]),
+      act: f32([n, I]),
+      adapters: {},
+    };
+    const ad = a.adapters;
+    b.layerNorm(a.x, p.norm1.weight, p.norm1.bias, eps, a.h1);
+    ad.q = linear.q.forward(a.h1, a.q.reshape([n, C]), training, masks?.q);
+    ad.k = linear.k.forward(a.h1, a.k.reshape([n, C]), training, masks?.k);
+    ad.v = linear.v.forward(a.h1, a.v.reshape([n, C]), training, masks?.v);
+    b.rope(a.q, cos, sin, a.q);
+    b.rope(a.k, cos, sin, a.k);
+    this.perFrame(pass.frames, (s, e) => b.attention(a.q.rows(s, e), a.k.rows(s, e), a.v.rows(s, e), a.attn.rows(s, e), { scale: 1 / Math.sqrt(D), causal: false }));
+    ad.out = linear.out.forward(a.attn.reshape([n, C]), a.x2, training, masks?.out);
+    b.add(a.x, a.x2, a.x2);
+    b.layerNorm(a.x2, p.norm2.weight, p.norm2.bias, eps, a.h2);
+    ad.fc1 = linear.fc1.forward(a.h2, a.pre, training, masks?.fc1);
+    b.gelu(a.pre, a.act, 'tanh');
+    const out = f32([n, C]);
+    ad.fc2 = linear.fc2.forward(a.act, out, training, masks?.fc2);
+    b.add(a.x2, out, out);
+    return { activations: a, out };
   }
 
   /** Adds the trainable parameters' gradients, from d(loss)/d(features). */
@@ -149,7 +172,8 @@ export class VisionEncoderTraining {
     for (let l = this.params.layers.length - 1; l >= 0; l--) {
       const p = this.params.layers[l]!;
       const g = this.grads.layers[l]!;
-      const a = acts.layers[l]!;
+      const saved = acts.layers[l]!;
+      const a = 'activations' in saved ? saved.activations : this.layer(l, saved.input, acts, saved.masks).activations;
       const linear = this.linears[l]!;
       const ad = a.adapters;
       // MLP branch: out = x2 + fc2(GELU(fc1(norm2(x2)))).

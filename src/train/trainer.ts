@@ -64,6 +64,12 @@ export interface TrainOptions {
    * adapter (PEFT's format) and the projector, not a whole model.
    */
   lora?: Partial<LoraConfig>;
+  /**
+   * Keep only each layer's input from the forward and run the layer again before its backward: activation memory of
+   * one layer plus every layer's input instead of every layer's, for one more forward per layer. The gradients are
+   * the same bits, so a run may resume with it switched either way.
+   */
+  activationCheckpointing?: boolean;
   signal?: AbortSignal;
   onStart?: (plan: TrainPlan) => void;
   onStep?: (log: StepLog) => void;
@@ -89,6 +95,8 @@ export interface StepLog {
   tokens: number;
   tokensPerSecond: number;
   seconds: number;
+  /** The most bytes a micro-batch's forward kept of the layers for its backward (what activation checkpointing cuts). */
+  savedActivationBytes: number;
 }
 
 export interface TrainResult {
@@ -120,7 +128,9 @@ export async function train(options: TrainOptions): Promise<TrainResult> {
   // One seeded stream for the adapters' initial values and the dropout masks: a resumed run draws its own, so
   // dropout makes a resumed LoRA run differ from an uninterrupted one (without dropout they are the same).
   const random = seededRandom(seed);
-  const model = new VideoLLaMA3Training(config, { get: (spec) => weights.get(spec.name, spec.shape) }, (name) => trainable.has(name), options.backend, lora && { config: lora, random });
+  const model = new VideoLLaMA3Training(config, { get: (spec) => weights.get(spec.name, spec.shape) }, (name) => trainable.has(name), options.backend, lora && { config: lora, random }, {
+    activationCheckpointing: options.activationCheckpointing,
+  });
   weights.close();
   const writeModel = (dir: string) =>
     lora ? saveLoraModel(dir, lora, model.loraPairs, model.parameters, options.modelDir) : saveModel(options.modelDir, dir, model.parameters);
@@ -196,7 +206,12 @@ export async function train(options: TrainOptions): Promise<TrainResult> {
       if (numItems === 0) throw new Error(`optimizer step ${step + 1} has no supervised token (every label is -100)`);
       model.zeroGradients();
       let lossSum = 0;
-      for (const b of batches) lossSum += model.step(b, 1 / numItems).lossSum;
+      let savedActivationBytes = 0;
+      for (const b of batches) {
+        const result = model.step(b, 1 / numItems);
+        lossSum += result.lossSum;
+        savedActivationBytes = Math.max(savedActivationBytes, result.savedActivationBytes);
+      }
       const grads = [...model.gradients.values()].map((g) => g.data);
       const gradNorm = options.maxGradNorm ? clipGradNorm(grads, options.maxGradNorm).norm : globalGradNorm(grads);
       applyLrMultiplier(optimizer, lrs, schedule.multiplier(step));
@@ -215,6 +230,7 @@ export async function train(options: TrainOptions): Promise<TrainResult> {
         tokens,
         tokensPerSecond: tokens / seconds,
         seconds,
+        savedActivationBytes,
       };
       fs.writeSync(log, JSON.stringify(entry) + '\n');
       options.onStep?.(entry);
