@@ -11,12 +11,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { Rng } from '../src/engine/rng.js';
-import { readModelConfig, type VideoLlama3Config } from '../src/model/config.js';
 import { findAllLinearNames, loraParameterName, targetedModules, type LoraConfig, type LoraPair } from '../src/model/lora.js';
 import { SafetensorsFile } from '../src/model/safetensors.js';
 import { VideoLLaMA3Training, type StepResult, type TrainingLora } from '../src/model/videollama3-training.js';
-import { loadProcessorConfig, type ProcessorConfig } from '../src/processing/processor-config.js';
-import { Tokenizer } from '../src/processing/tokenizer.js';
 import { createBackend } from '../src/tensor/index.js';
 import type { Tensor } from '../src/tensor/tensor.js';
 import { supervisedCount } from '../src/train/accumulation.js';
@@ -24,7 +21,7 @@ import type { ModelInputs } from '../src/train/model-inputs.js';
 import { stageConfig, trainableByGroup, type StageConfig } from '../src/train/stages.js';
 import { train, TRAIN_LOG, type StepLog } from '../src/train/trainer.js';
 import { fixturesDir, FIXTURES_MISSING, repoRoot, TINY_CHECKPOINT } from './fixtures.js';
-import { fixtureInputs } from './train-fixtures.js';
+import { tinyTrainingSuite } from './train-fixtures.js';
 
 const fixtures = fixturesDir();
 const samplesDir = () => join(fixtures!, 'training', 'samples');
@@ -58,33 +55,17 @@ interface Run {
 }
 
 describe('activation checkpointing: the same bits as keeping every activation', { skip: !fixtures && FIXTURES_MISSING }, () => {
-  const checkpoint = fixtures ? join(fixtures, TINY_CHECKPOINT) : '';
-  let config: VideoLlama3Config;
-  let tokenizer: Tokenizer;
-  let processorConfig: ProcessorConfig;
-  let weights: SafetensorsFile;
-  before(async () => {
-    config = readModelConfig(join(checkpoint, 'config.json'));
-    tokenizer = await Tokenizer.load(checkpoint);
-    processorConfig = await loadProcessorConfig(checkpoint);
-    weights = SafetensorsFile.open(join(checkpoint, 'model.safetensors'));
-  });
-  after(() => {
-    tokenizer?.close();
-    weights?.close();
-  });
-
-  const inputsFor = (sample: string, stage: StageConfig) => fixtureInputs(fixtures!, sample, stage, { tokenizer, processorConfig, imageTokenId: config.imageTokenIndex });
+  const tiny = tinyTrainingSuite(fixtures);
 
   /** One training step of a fresh model, as the trainer makes it for `stage`. */
   function step(backendName: 'reference' | 'native', stage: StageConfig, inputs: ModelInputs, activationCheckpointing: boolean, lora?: Omit<TrainingLora, 'random'> & { seed?: number }): Run {
-    const names = VideoLLaMA3Training.parameterNames(config, lora?.config);
+    const names = VideoLLaMA3Training.parameterNames(tiny.config, lora?.config);
     const trainable = new Set(trainableByGroup(names, stage).groups.flatMap((g) => g.names));
     const rng = new Rng(lora?.seed ?? 0);
     let draws = 0;
     const random = () => (draws++, rng.next());
     const backend = createBackend(backendName, { compute: 'exact' });
-    const model = new VideoLLaMA3Training(config, { get: (spec) => weights.read(spec.name) }, (n) => trainable.has(n), backend, lora && { ...lora, random }, {
+    const model = new VideoLLaMA3Training(tiny.config, { get: (spec) => tiny.weights.read(spec.name) }, (n) => trainable.has(n), backend, lora && { ...lora, random }, {
       activationCheckpointing,
     });
     const result = model.step(inputs, 1 / supervisedCount(inputs.labels));
@@ -105,15 +86,15 @@ describe('activation checkpointing: the same bits as keeping every activation', 
    */
   function expectedBytes(inputs: ModelInputs, checkpointed: boolean): number {
     const L = inputs.inputIds.length;
-    const H = config.hiddenSize;
-    const kv = (config.numKeyValueHeads * H) / config.numAttentionHeads;
-    const decoderLayer = checkpointed ? L * H : L * (6 * H + 2 * kv + 3 * config.intermediateSize);
-    const v = config.visionEncoderConfig;
+    const H = tiny.config.hiddenSize;
+    const kv = (tiny.config.numKeyValueHeads * H) / tiny.config.numAttentionHeads;
+    const decoderLayer = checkpointed ? L * H : L * (6 * H + 2 * kv + 3 * tiny.config.intermediateSize);
+    const v = tiny.config.visionEncoderConfig;
     const n = inputs.pixelValues.dim(0);
     const visionLayer = checkpointed ? n * v.hiddenSize : n * (8 * v.hiddenSize + 2 * v.intermediateSize);
     // The encoder runs only when the sequence reads a visual feature.
     const vision = inputs.visualRows.length > 0 ? v.numHiddenLayers * visionLayer : 0;
-    return 4 * (config.numHiddenLayers * decoderLayer + vision);
+    return 4 * (tiny.config.numHiddenLayers * decoderLayer + vision);
   }
 
   for (const backendName of ['native', 'reference'] as const) {
@@ -125,7 +106,7 @@ describe('activation checkpointing: the same bits as keeping every activation', 
       assert.ok(new Set(cases.map(([, s]) => s)).size === 4 && cases.some(([s]) => s.includes('packed')), 'the fixtures hold every stage and a packed sample');
       for (const [sample, stageNumber] of cases) {
         const stage = stageConfig(stageNumber);
-        const inputs = await inputsFor(sample, stage);
+        const inputs = await tiny.inputsFor(sample, stage);
         const off = step(backendName, stage, inputs, false);
         const on = step(backendName, stage, inputs, true);
         assertSameStep(on, off);
@@ -146,15 +127,15 @@ describe('activation checkpointing: the same bits as keeping every activation', 
     const stage = stageConfig(3, { lora: true });
     before(async () => {
       const golden = SafetensorsFile.open(join(fixtures!, 'training', 'lora', 'lora_stage3_grads.safetensors'));
-      lora = { r: 8, alpha: 16, dropout: 0, targetModules: findAllLinearNames(config) };
+      lora = { r: 8, alpha: 16, dropout: 0, targetModules: findAllLinearNames(tiny.config) };
       initial = new Map(
-        targetedModules(config, lora.targetModules).map((l) => {
+        targetedModules(tiny.config, lora.targetModules).map((l) => {
           const read = (m: 'A' | 'B') => golden.read(`init/${loraParameterName(l.module, m)}`) as Tensor<'f32'>;
           return [l.module, { a: read('A'), b: read('B') }];
         }),
       );
       golden.close();
-      inputs = await inputsFor('b_image_caption', stage);
+      inputs = await tiny.inputsFor('b_image_caption', stage);
     });
 
     for (const backendName of ['native', 'reference'] as const) {
@@ -173,7 +154,7 @@ describe('activation checkpointing: the same bits as keeping every activation', 
         // One draw per element of every adapted layer's input: the masks were drawn once, in the forward.
         const L = inputs.inputIds.length;
         const n = inputs.pixelValues.dim(0);
-        const adapted = targetedModules(config, lora.targetModules);
+        const adapted = targetedModules(tiny.config, lora.targetModules);
         const rowsOf = (module: string) => (module.includes('vision_encoder') ? n : L);
         assert.equal(off.draws, adapted.reduce((sum, l) => sum + rowsOf(l.module) * l.inFeatures, 0));
         // Checkpointed, each layer keeps its input and its adapters' masks (f32, the size of each adapted input).

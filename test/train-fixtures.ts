@@ -2,11 +2,13 @@
 // vocab-sized embedding that is stored only as listed rows.
 import assert from 'node:assert/strict';
 import * as path from 'node:path';
+import { after, before } from 'node:test';
 import { loadCheckpoint } from '../src/model/checkpoint.js';
+import { readModelConfig, type VideoLlama3Config } from '../src/model/config.js';
 import { SafetensorsFile } from '../src/model/safetensors.js';
 import { Tensor } from '../src/tensor/tensor.js';
-import type { ProcessorConfig } from '../src/processing/processor-config.js';
-import type { Tokenizer } from '../src/processing/tokenizer.js';
+import { loadProcessorConfig, type ProcessorConfig } from '../src/processing/processor-config.js';
+import { Tokenizer } from '../src/processing/tokenizer.js';
 import { readAnnotationFile } from '../src/processing/training-annotation.js';
 import { buildTrainingBatch } from '../src/processing/training-batch.js';
 import { modelInputs, type ModelInputs } from '../src/train/model-inputs.js';
@@ -117,4 +119,34 @@ export async function fixtureInputs(
     modelMaxLength: 16384,
   });
   return modelInputs(batch, { imageTokenId: data.imageTokenId, useTokenCompression: stage.useTokenCompression });
+}
+
+/** The tiny checkpoint as a training suite reads it; the fields are set before the suite's first test. */
+export interface TinyTraining {
+  config: VideoLlama3Config;
+  tokenizer: Tokenizer;
+  processorConfig: ProcessorConfig;
+  weights: SafetensorsFile;
+  /** `fixtureInputs` of a fixture sample under a stage. */
+  inputsFor(sample: string, stage: StageConfig): Promise<ModelInputs>;
+}
+
+/** Opens the tiny checkpoint before the calling suite's tests and closes it after them. */
+export function tinyTrainingSuite(fixtures: string | undefined): TinyTraining {
+  const checkpoint = fixtures ? path.join(fixtures, TINY_CHECKPOINT) : '';
+  const tiny = {
+    inputsFor: (sample: string, stage: StageConfig) =>
+      fixtureInputs(fixtures!, sample, stage, { tokenizer: tiny.tokenizer, processorConfig: tiny.processorConfig, imageTokenId: tiny.config.imageTokenIndex }),
+  } as TinyTraining;
+  before(async () => {
+    tiny.config = readModelConfig(path.join(checkpoint, 'config.json'));
+    tiny.tokenizer = await Tokenizer.load(checkpoint);
+    tiny.processorConfig = await loadProcessorConfig(checkpoint);
+    tiny.weights = SafetensorsFile.open(path.join(checkpoint, 'model.safetensors'));
+  });
+  after(() => {
+    tiny.tokenizer?.close();
+    tiny.weights?.close();
+  });
+  return tiny;
 }

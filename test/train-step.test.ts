@@ -4,44 +4,25 @@
 // after each update within 1e-5).
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
-import { after, before, describe, it } from 'node:test';
-import { readModelConfig, type VideoLlama3Config } from '../src/model/config.js';
+import { describe, it } from 'node:test';
 import { SafetensorsFile } from '../src/model/safetensors.js';
 import { VideoLLaMA3Training } from '../src/model/videollama3-training.js';
-import { loadProcessorConfig, type ProcessorConfig } from '../src/processing/processor-config.js';
-import { Tokenizer } from '../src/processing/tokenizer.js';
 import { createBackend } from '../src/tensor/index.js';
 import { applyLrMultiplier, cosineSchedule } from '../src/train/schedule.js';
 import { baseLrs, moduleGroupOf, stageConfig, stageOptimizer, trainableByGroup, type StageConfig } from '../src/train/stages.js';
-import { fixturesDir, FIXTURES_MISSING, TINY_CHECKPOINT } from './fixtures.js';
-import { fixtureInputs } from './train-fixtures.js';
+import { fixturesDir, FIXTURES_MISSING } from './fixtures.js';
+import { tinyTrainingSuite } from './train-fixtures.js';
 
 const fixtures = fixturesDir();
 const ints = (f: SafetensorsFile, name: string) => Array.from(f.read(name).data as ArrayLike<number | bigint>, (v) => Number(v));
 
 describe('training steps against the fixtures', { skip: !fixtures && FIXTURES_MISSING }, () => {
-  const checkpoint = fixtures ? join(fixtures, TINY_CHECKPOINT) : '';
-  let config: VideoLlama3Config;
-  let tokenizer: Tokenizer;
-  let processorConfig: ProcessorConfig;
-  let weights: SafetensorsFile;
-  before(async () => {
-    config = readModelConfig(join(checkpoint, 'config.json'));
-    tokenizer = await Tokenizer.load(checkpoint);
-    processorConfig = await loadProcessorConfig(checkpoint);
-    weights = SafetensorsFile.open(join(checkpoint, 'model.safetensors'));
-  });
-  after(() => {
-    tokenizer?.close();
-    weights?.close();
-  });
-
-  const inputsFor = (sample: string, stage: StageConfig) => fixtureInputs(fixtures!, sample, stage, { tokenizer, processorConfig, imageTokenId: config.imageTokenIndex });
+  const tiny = tinyTrainingSuite(fixtures);
 
   function modelFor(stage: StageConfig): VideoLLaMA3Training {
-    const names = VideoLLaMA3Training.parameterNames(config);
+    const names = VideoLLaMA3Training.parameterNames(tiny.config);
     const trainable = new Set(trainableByGroup(names, stage).groups.flatMap((g) => g.names));
-    return new VideoLLaMA3Training(config, { get: (spec) => weights.read(spec.name) }, (name) => trainable.has(name), createBackend('native', { compute: 'exact' }));
+    return new VideoLLaMA3Training(tiny.config, { get: (spec) => tiny.weights.read(spec.name) }, (name) => trainable.has(name), createBackend('native', { compute: 'exact' }));
   }
 
   for (const [sample, stage] of [
@@ -51,7 +32,7 @@ describe('training steps against the fixtures', { skip: !fixtures && FIXTURES_MI
   ] as const) {
     it(`${sample}, stage ${stage}: the sequence after DiffFP and the loss`, async () => {
       const stored = SafetensorsFile.open(join(fixtures!, 'training', 'samples', sample, `stage${stage}.safetensors`));
-      const inputs = await inputsFor(sample, stageConfig(stage));
+      const inputs = await tiny.inputsFor(sample, stageConfig(stage));
       assert.deepEqual(Array.from(inputs.inputIds), ints(stored, 'llm_input_ids'));
       assert.deepEqual(Array.from(inputs.labels), ints(stored, 'llm_labels'));
       assert.deepEqual(Array.from(inputs.positionIds), ints(stored, 'llm_position_ids'));
@@ -73,7 +54,7 @@ describe('training steps against the fixtures', { skip: !fixtures && FIXTURES_MI
     it(`${sample}, stage ${stage}: two AdamW updates from our own gradients`, async () => {
       const stored = SafetensorsFile.open(join(fixtures!, 'training', 'samples', sample, `stage${stage}_adamw.safetensors`));
       const config4 = stageConfig(stage);
-      const inputs = await inputsFor(sample, config4);
+      const inputs = await tiny.inputsFor(sample, config4);
       const model = modelFor(config4);
       const optimizer = stageOptimizer(model.parameters, config4, model.backend);
       // The fixtures' stated point: T = 100, updates at global steps 3 and 4, fresh optimizer state.
