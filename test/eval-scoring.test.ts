@@ -2,11 +2,13 @@
 // `evaluation/benchmarks/*.py` give for them worked out by hand from that code (quirks included).
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
+import { createHash } from 'node:crypto';
 import {
-  anls, ocrbenchCorrect, officialAI2D, officialCharadesSpans, officialEgoSchema, officialGQA, officialLetterIndex, officialLongVideoBench, officialLVBench, officialMME, officialMMMU,
+  activitynetVerdict, anls, captionJudgeChoice, chartqaJudgeAccepts, ocrbenchCorrect, officialAI2D, officialCharadesSpans, officialEgoSchema, officialGQA, officialLetterIndex, officialLongVideoBench, officialLVBench, officialMME, officialMMMU,
   officialPerceptionTest, officialTempCompass, officialVideoMME, relaxedCorrectness, robustLetterIndex, type Extracted,
 } from '../src/eval/extract.js';
-import { levenshtein, pyFloat, pySplit, pyStringList, pyStrip } from '../src/eval/python.js';
+import { activitynetJudgeMessages, captionJudgeMessages, chartqaJudgeMessages } from '../src/eval/judge-prompts.js';
+import { levenshtein, pyFloat, pyLiteral, pySplit, pyStringList, pyStrip, type PyValue } from '../src/eval/python.js';
 import { groundingIoU, interleaveSubtitles, subtitlesAt } from '../src/eval/video.js';
 import { mmmuContent } from '../src/eval/image.js';
 import { accuracySection } from '../src/eval/types.js';
@@ -179,5 +181,73 @@ describe('eval: Python semantics and prompt pieces', () => {
     const s = accuracySection('x', [{ task: 'b', correct: true }, { task: 'a', correct: false }, { task: 'b', correct: false }], ['a', 'b', 'c']);
     assert.deepEqual(s.rows, [{ task: 'a', value: 0, count: 1 }, { task: 'b', value: 50, count: 2 }]);
     assert.equal(s.overall.value, (1 / 3) * 100); // sum / len * 100, in that order, as the official code
+  });
+});
+
+/** A literal as JSON-like data (dicts as objects) to compare; undefined where literal_eval raises. */
+const literal = (text: string) => {
+  const r = pyLiteral(text);
+  const plain = (v: PyValue): unknown => (v instanceof Map ? Object.fromEntries([...v].map(([k, x]) => [String(k), plain(x)])) : Array.isArray(v) ? v.map(plain) : v);
+  return r === undefined ? 'ERROR' : plain(r.value);
+};
+
+describe('eval: the GPT judges', () => {
+  it('reads Python literals as ast.literal_eval does (results taken from Python 3.11)', () => {
+    const cases: [string, unknown][] = [
+      ["{'pred': 'yes', 'score': 4.8}", { pred: 'yes', score: 4.8 }],
+      ["\n{'pred':'yes','score':4}", { pred: 'yes', score: 4 }],
+      ["  {'a': 1}  \n", { a: 1 }],
+      [" \n {'a': 1}", 'ERROR'], // an indented first line: IndentationError
+      ["{'a': 1}.", 'ERROR'],
+      ["```python\n{'a': 1}\n```", 'ERROR'],
+      ["{'a': 1,}", { a: 1 }],
+      ["{'a':\n 1} # comment", { a: 1 }],
+      ["{'a': 'x' 'y', 'b': r'\\n', 'c': '\\x41\\u00e9'}", { a: 'xy', b: '\\n', c: 'Aé' }],
+      ["{'a': -1_0, 'b': .5, 'c': 1e3, 'd': 0x10}", { a: -10, b: 0.5, c: 1000, d: 16 }],
+      ["{'a': True, 'b': None, 'c': (1, 2), 'd': (1), 'e': ()}", { a: true, b: null, c: [1, 2], d: 1, e: [] }],
+      ["{'a': 1+2j}", { a: { complex: [1, 2] } }],
+      ["{'a': 1+2}", 'ERROR'],
+      ["{'a': --1}", 'ERROR'],
+      ["{'a': 01}", 'ERROR'],
+      ["{'a': b'x' 'y'}", 'ERROR'], // bytes and str do not join
+      ['{"pred": "no", "score": "3"}', { pred: 'no', score: '3' }],
+    ];
+    for (const [text, want] of cases) assert.deepEqual(literal(text), want, text);
+  });
+
+  it('ActivityNet-QA verdicts: float(score), pred == "yes" exactly, unreadable replies listed', () => {
+    const v = (reply: string, mode: 'official' | 'robust' = 'official') => {
+      const e = activitynetVerdict(reply, mode);
+      return e.ok ? e.value : 'FAIL';
+    };
+    assert.deepEqual(v("{'pred': 'yes', 'score': 4.8}"), { match: true, score: 4.8 });
+    assert.deepEqual(v("{'pred': 'Yes', 'score': 5}"), { match: false, score: 5 }); // "Yes" is not "yes"
+    assert.deepEqual(v("{'pred': 'no', 'score': ' 2 '}"), { match: false, score: 2 }); // float(' 2 ')
+    assert.deepEqual(v("{'pred': 'yes', 'score': True}"), { match: true, score: 1 });
+    assert.equal(v("{'pred': 'yes', 'score': 'high'}"), 'FAIL');
+    assert.equal(v("{'pred': 'yes'}"), 'FAIL');
+    assert.equal(v("['yes', 4]"), 'FAIL');
+    assert.equal(v("Sure! {'pred': 'yes', 'score': 4}"), 'FAIL');
+    assert.deepEqual(v("Sure! {'pred': 'yes', 'score': 4}", 'robust'), { match: true, score: 4 });
+    assert.deepEqual(v("```\n{'pred': 'no', 'score': 0}\n```", 'robust'), { match: false, score: 0 });
+  });
+
+  it('TempCompass captioning and ChartQA verdicts', () => {
+    assert.deepEqual(captionJudgeChoice('Reasoning: x\nAnswer: B. walking'), { ok: true, value: 'B' });
+    assert.deepEqual(captionJudgeChoice('Answer: None of them\nAnswer: A'), { ok: true, value: 'None' }); // the first found
+    assert.equal(captionJudgeChoice('Answer: E').ok, false);
+    assert.equal(captionJudgeChoice('answer: a').ok, false);
+    assert.equal(chartqaJudgeAccepts('True'), true);
+    assert.equal(chartqaJudgeAccepts('Not TRUE at all'), true); // "true" anywhere, as the official code reads it
+    assert.equal(chartqaJudgeAccepts('False'), false);
+  });
+
+  it('asks with the official judge prompts, word for word (hashes of the texts the official Python code builds)', () => {
+    const sha = (text: string) => createHash('sha256').update(text).digest('hex');
+    const [system, user] = activitynetJudgeMessages('what is he doing', 'dancing', 'He dances.');
+    assert.equal(sha(system!.content), '12b9e42d120081bf1e7f1999bb09db2db250add544abd3c183d61a2f938c6510');
+    assert.equal(sha(user!.content), '4863bce2f67b27c904b06f1a5365b97fe9e7c009768094b02d1dba6a55c96d8f');
+    assert.equal(sha(captionJudgeMessages('a man runs', "Info\nInformation A: {'x': 1}")[1]!.content), 'd788051df5238af9edd00125630306f0d690870f65e4cd7f99aef65f639640c2');
+    assert.equal(sha(chartqaJudgeMessages('Which bar is the longest?', 'Blue', 'blue bar')[0]!.content), 'b73d0961d9807871bd80548ac79dd2e7ed8b815d0d5cddbed7375f9ec464d8fb');
   });
 });

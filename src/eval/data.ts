@@ -51,11 +51,14 @@ export function readCsv(file: string): Record<string, string>[] {
   }
 }
 
-/** The rows of a Parquet file (as the Hugging Face hub stores datasets), binary columns as bytes. */
+/**
+ * The rows of a Parquet file (as the Hugging Face hub stores datasets): string columns (annotated UTF8, as pyarrow
+ * writes them) as strings, binary columns (an image's `bytes`) as bytes, not decoded as text.
+ */
 export async function readParquet(file: string): Promise<Json[]> {
   if (!existsSync(file)) throw new EvalDataError(file, undefined, 'not found');
   try {
-    return (await parquetReadObjects({ file: await asyncBufferFromFile(file), utf8: true })) as Json[];
+    return (await parquetReadObjects({ file: await asyncBufferFromFile(file), utf8: false })) as Json[];
   } catch (e) {
     throw new EvalDataError(file, undefined, `not a readable Parquet file: ${(e as Error).message}`);
   }
@@ -100,13 +103,13 @@ export function strings(o: Json, key: string, file: string, where: string): stri
   });
 }
 
-/** `<folder>/<name>.<mp4|avi|mov|mkv>`, the first that exists, as the official loaders look. */
-export function findVideo(folder: string, name: string, file: string, where: string): string {
-  for (const ext of ['mp4', 'avi', 'mov', 'mkv']) {
+/** `<folder>/<name>.<mp4|avi|mov|mkv>` (or the extensions given), the first that exists, as the official loaders look. */
+export function findVideo(folder: string, name: string, file: string, where: string, extensions: readonly string[] = ['mp4', 'avi', 'mov', 'mkv']): string {
+  for (const ext of extensions) {
     const path = join(folder, `${name}.${ext}`);
     if (existsSync(path)) return path;
   }
-  throw new EvalDataError(file, where, `no video ${name}.{mp4,avi,mov,mkv} in ${folder}`);
+  throw new EvalDataError(file, where, `no video ${name}.{${extensions.join(',')}} in ${folder}`);
 }
 
 export function mustExist(path: string, file: string, where: string): string {

@@ -1,7 +1,7 @@
 // Answer extraction as the official `evaluation/benchmarks/*.py` do it (`process_response`), quirks included, and the
 // documented robust extractor. An answer the official code cannot parse (it raises, asserts, or reads an undefined
 // name) is returned as `{ ok: false, reason }`: counted wrong and listed, never a crash.
-import { letters, levenshtein, pyFloat, pySplit, pyStrip } from './python.js';
+import { letters, levenshtein, pyFloat, pyFloatOf, pyLiteral, pySplit, pyStrip } from './python.js';
 
 export type Extracted<T> = { ok: true; value: T; note?: string } | { ok: false; reason: string };
 
@@ -259,3 +259,42 @@ export function ocrbenchCorrect(references: string | readonly string[], response
   const clean = (s: string) => pyStrip(s.toLowerCase()).replaceAll('\n', ' ');
   return refs.some((a) => clean(response).includes(clean(a)));
 }
+
+/**
+ * The ActivityNet-QA judge's reply (`activitynet_qa.py`): `ast.literal_eval` of the whole reply, a dict whose
+ * `float(score)` is the score and whose `pred == 'yes'` (exactly) is a match. A reply it cannot read is asked again in
+ * the official code (without end); here the last of a few is counted (no match, score 0) and listed. `--robust`
+ * also reads the first dict written inside other text (a code fence, a sentence around it).
+ */
+export function activitynetVerdict(reply: string, mode: ExtractMode): Extracted<{ match: boolean; score: number }> {
+  const read = (text: string): Extracted<{ match: boolean; score: number }> => {
+    const parsed = pyLiteral(text);
+    if (!parsed) return fail('the judge reply is not a Python literal (ast.literal_eval fails)');
+    const d = parsed.value;
+    if (!(d instanceof Map)) return fail('the judge reply is not a dict');
+    if (!d.has('score')) return fail("the judge reply has no 'score'");
+    const score = pyFloatOf(d.get('score'));
+    if (score === undefined) return fail(`the judge's score ${JSON.stringify(d.get('score'))} is not a number (float() fails)`);
+    if (!d.has('pred')) return fail("the judge reply has no 'pred'");
+    return ok({ match: d.get('pred') === 'yes', score });
+  };
+  const official = read(reply);
+  if (official.ok || mode === 'official') return official;
+  for (const m of reply.matchAll(/\{[^{}]*\}/g)) {
+    const e = read(m[0]);
+    if (e.ok) return e;
+  }
+  return official;
+}
+
+/**
+ * The TempCompass captioning judge's choice (`tempcompass.py`): the first "Answer: X" (X in A-D) or "Answer: None";
+ * none of them reads as "None" (counted wrong), listed here as unparsed.
+ */
+export function captionJudgeChoice(reply: string): Extracted<string> {
+  const m = /Answer: (?:[A-D]|None)/.exec(reply);
+  return m ? ok(pyStrip(m[0].split('Answer:')[1]!)) : fail('no "Answer: A-D" or "Answer: None" in the judge reply (the official code reads it as None)');
+}
+
+/** ChartQA's judge (`chartqa.py`): the answer is accepted when "true" is anywhere in the lower-cased reply. */
+export const chartqaJudgeAccepts = (reply: string): boolean => reply.toLowerCase().includes('true');

@@ -4,7 +4,8 @@ import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { EvalDataError } from './errors.js';
 import { id, list, mustExist, object, readJson, readJsonl, readParquet, str, strings, type Json } from './data.js';
-import { anls, officialAI2D, officialGQA, officialMME, officialMMMU, ocrbenchCorrect, relaxedCorrectness, robustLetterIndex, type Extracted } from './extract.js';
+import { anls, chartqaJudgeAccepts, officialAI2D, officialGQA, officialMME, officialMMMU, ocrbenchCorrect, relaxedCorrectness, robustLetterIndex, type Extracted } from './extract.js';
+import { chartqaJudgeMessages } from './judge-prompts.js';
 import { letters, pyStringList, pyStrip } from './python.js';
 import { accuracySection, UnparsedList, type Benchmark, type EvalPart, type EvalSample, type Report, type Section } from './types.js';
 
@@ -70,13 +71,15 @@ export const infovqa = anlsBenchmark('infovqa', 'InfoVQA val', 'infographicsVQA_
   return { file, rows, question: 'question', answers: 'answers', qid: 'questionId', where: (i) => `.data[${i}]`, image: (d, f, where) => mustExist(join(dir, 'images', str(d, 'image_local_name', f, where)), f, `${where}.image_local_name`) };
 });
 
-export const chartqa: Benchmark<ImageSample> = {
+type ChartSample = ImageSample & { question: string };
+
+export const chartqa: Benchmark<ChartSample> = {
   name: 'chartqa',
   title: 'ChartQA',
   modality: 'image',
   layout: 'test_augmented_renamed.jsonl and test_human_renamed.jsonl ({question_id, image, question, answer}) with the images they name',
   async load(dir) {
-    const out: ImageSample[] = [];
+    const out: ChartSample[] = [];
     for (const [task, name] of [['augmented', 'test_augmented_renamed.jsonl'], ['human', 'test_human_renamed.jsonl']] as const) {
       const file = join(dir, name);
       readJsonl(file).forEach((d, i) => {
@@ -84,25 +87,44 @@ export const chartqa: Benchmark<ImageSample> = {
         const gold = d.answer;
         const refs = typeof gold === 'string' ? [gold] : strings(d, 'answer', file, where);
         const image = mustExist(join(dir, str(d, 'image', file, where)), file, `${where}.image`);
-        out.push(imageSample(`${task}/${id(d, 'question_id', file, where)}`, task, [image], `${str(d, 'question', file, where)}\nAnswer the question using a single word or phrase.`, refs));
+        const question = str(d, 'question', file, where);
+        out.push({ ...imageSample(`${task}/${id(d, 'question_id', file, where)}`, task, [image], `${question}\nAnswer the question using a single word or phrase.`, refs), question });
       });
     }
     return out;
   },
-  score(samples, answers, { mode }) {
-    let judged = 0;
+  judgeAsks(s, response) {
+    const prediction = pyStrip(response);
+    const verdicts = (s.gold as string[]).map((g) => relaxedCorrectness(g, prediction));
+    // A reference already matched settles the answer (the official max() over the references): nothing to ask.
+    if (verdicts.includes(true)) return [];
+    return (s.gold as string[]).flatMap((g, k) =>
+      verdicts[k] === 'text' ? [{ key: `${s.id}#${k}`, messages: chartqaJudgeMessages(s.question, g, prediction), again: (reply: string) => pyStrip(reply) === '' }] : [],
+    );
+  },
+  score(samples, answers, { mode, judged, judge }) {
+    let text = 0;
+    let accepted = 0;
+    let unjudged = 0;
     const items = [...answered(samples, answers)].map(([s, r]) => {
       const verdicts = (s.gold as string[]).map((g) => relaxedCorrectness(g, pyStrip(r)));
-      if (!verdicts.includes(true) && verdicts.includes('text')) judged++;
-      return { task: s.task, correct: verdicts.includes(true) };
+      if (verdicts.includes(true) || !verdicts.includes('text')) return { task: s.task, correct: verdicts.includes(true) };
+      text++;
+      if (!judged) return { task: s.task, correct: false };
+      const replies = verdicts.map((v, k) => (v === 'text' ? judged.get(`${s.id}#${k}`) : undefined));
+      if (replies.some((reply, k) => verdicts[k] === 'text' && reply === undefined)) unjudged++;
+      const correct = replies.some((reply) => reply !== undefined && chartqaJudgeAccepts(reply));
+      if (correct) accepted++;
+      return { task: s.task, correct };
     });
     const sections = [accuracySection('ChartQA', items, ['augmented', 'human'])];
     const rows = sections[0]!.rows;
     // The official overall is the mean of the two splits.
     sections[0]!.overall = { task: 'Overall', value: rows.reduce((a, r) => a + r.value, 0) / rows.length, count: items.length };
-    return report('chartqa', mode, samples, answers, sections, [{ name: 'ChartQA', value: sections[0]!.overall.value }], [], [
-      `${judged} non-numeric answers differ from the reference as text; the official code then asks a GPT judge, which this harness does not call: they count as wrong (a lower bound).`,
-    ]);
+    const notes = judged
+      ? [`${text} non-numeric answers differ from the reference as text: judged by ${judge ?? 'the judge'} with the official prompt, ${accepted} accepted${unjudged ? `; ${unjudged} not judged yet (a judge request failed: run again), counted wrong` : ''}.`]
+      : [`${text} non-numeric answers differ from the reference as text; the official code then asks a GPT judge (--judge-url, --judge-model): without one they count as wrong (a lower bound).`];
+    return report('chartqa', mode, samples, answers, sections, [{ name: 'ChartQA', value: sections[0]!.overall.value }], [], notes);
   },
 };
 

@@ -5,7 +5,8 @@ import { join } from 'node:path';
 import { planVideo } from '../processing/video.js';
 import { EvalDataError } from './errors.js';
 import type { Target } from './targets.js';
-import { PROTOCOL, type Benchmark, type EvalSample, type PromptContext, type Report } from './types.js';
+import { PROTOCOL, type Benchmark, type EvalPart, type EvalSample, type PromptContext, type Report } from './types.js';
+import { judgeAnswers, type Judge } from './judge.js';
 import { formatMarkdown } from './report.js';
 
 export interface RunOptions {
@@ -22,6 +23,10 @@ export interface RunOptions {
   /** The benchmark's samples, when the caller loaded them already (to check the data before loading a model). */
   samples?: EvalSample[];
   onProgress?: (e: { done: number; total: number; accuracy?: number }) => void;
+  /** The GPT judge of the benchmark's judged parts (without one they are answered but not scored). */
+  judge?: Judge;
+  /** Told once before the judge is asked (see judgeAnswers). */
+  onJudge?: (e: { asking: number; kept: number }) => void;
 }
 
 export interface Failure {
@@ -34,6 +39,15 @@ export interface RunResult {
   /** Samples that failed (unreadable media, a server error): not scored, tried again by the next run. */
   failures: Failure[];
   interrupted: boolean;
+}
+
+/**
+ * The user turn a sample was asked, as predictions.jsonl keeps it beside the answer (to audit the official prompts
+ * and where media sit among them): text as is, media by path and clip range, data URLs by their size only.
+ */
+export function promptRecord(parts: readonly EvalPart[]): (string | { image: string } | { video: string; start?: number; end?: number })[] {
+  const media = (path: string) => (path.startsWith('data:') ? `${path.slice(0, path.indexOf(',') + 1)}… (${path.length} characters)` : path);
+  return parts.map((p) => (p.type === 'text' ? p.text : p.type === 'image' ? { image: media(p.path) } : { video: media(p.path), ...(p.start !== undefined && { start: p.start }), ...(p.end !== undefined && { end: p.end }) }));
 }
 
 /** The answers already in predictions.jsonl (a last line cut short by a crash is ignored). */
@@ -90,7 +104,9 @@ export async function runEval(o: RunOptions): Promise<RunResult> {
     const now = performance.now();
     if (force || now - lastScore > 2000) {
       lastScore = now;
-      accuracy = (o.benchmark.score(samples, answers, { mode: o.mode }) as Report).headline[0]?.value ?? undefined;
+      // Judged parts are not scored while answering: the judge is asked once all answers are in.
+      const report = o.benchmark.score(samples, answers, { mode: o.mode });
+      accuracy = report instanceof Promise ? undefined : (report.headline[0]?.value ?? undefined);
     }
     o.onProgress({ done, total, accuracy });
   };
@@ -103,7 +119,7 @@ export async function runEval(o: RunOptions): Promise<RunResult> {
         const parts = await sample.content(protocolContext);
         const response = await o.target.answer(parts, o.signal ?? new AbortController().signal);
         if (o.signal?.aborted) break;
-        appendFileSync(file, `${JSON.stringify({ id: sample.id, response })}\n`);
+        appendFileSync(file, `${JSON.stringify({ id: sample.id, response, prompt: promptRecord(parts) })}\n`);
         answers.set(sample.id, response);
       } catch (e) {
         if (o.signal?.aborted) break;
@@ -115,7 +131,13 @@ export async function runEval(o: RunOptions): Promise<RunResult> {
   };
   await Promise.all(Array.from({ length: Math.max(1, o.concurrency ?? 1) }, worker));
   const scored = new Map([...answers].filter(([id]) => samples.some((s) => s.id === id)));
-  const report = await o.benchmark.score(samples, scored, { mode: o.mode, outDir: o.out });
+  let judging: { judged?: Map<string, string>; judge?: string } = {};
+  if (o.judge && o.benchmark.judgeAsks && !o.signal?.aborted) {
+    const run = await judgeAnswers({ benchmark: o.benchmark, samples, answers: scored, judge: o.judge, out: o.out, mode: o.mode, concurrency: o.concurrency, signal: o.signal, onStart: o.onJudge });
+    failures.push(...run.failures);
+    judging = { judged: run.judged, judge: o.judge.name };
+  }
+  const report = await o.benchmark.score(samples, scored, { mode: o.mode, outDir: o.out, ...judging });
   writeFileSync(join(o.out, 'results.json'), `${JSON.stringify({ ...report, failures, target: o.target.name }, null, 2)}\n`);
   writeFileSync(join(o.out, 'results.md'), formatMarkdown(report, failures));
   return { report, failures, interrupted: o.signal?.aborted === true };

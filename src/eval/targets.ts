@@ -44,7 +44,7 @@ export interface ServerTargetOptions {
  * repetition penalty (the checkpoint's, for ours and vLLM).
  */
 export function serverTarget(o: ServerTargetOptions): Target {
-  const endpoint = `${o.url.replace(/\/+$/, '').replace(/\/v1$/, '')}/v1/chat/completions`;
+  const endpoint = chatEndpoint(o.url);
   return {
     name: `${o.model} at ${o.url}`,
     async answer(parts, signal) {
@@ -55,24 +55,32 @@ export function serverTarget(o: ServerTargetOptions): Target {
         return { type: 'video_url', video_url: { url: url(p.path), fps: PROTOCOL.fps, max_frames: PROTOCOL.maxFrames, ...(p.start !== undefined && { start_time: p.start }), ...(p.end !== undefined && { end_time: p.end }) } };
       });
       const body = { model: o.model, messages: [{ role: 'user', content }], temperature: 0, max_tokens: o.maxNewTokens ?? PROTOCOL.maxNewTokens };
-      let response: Response;
-      try {
-        response = await fetch(endpoint, { method: 'POST', signal, headers: { 'content-type': 'application/json', ...(o.apiKey && { authorization: `Bearer ${o.apiKey}` }) }, body: JSON.stringify(body) });
-      } catch (e) {
-        if (signal.aborted) throw e;
-        throw new EvalServerError(endpoint, undefined, `request failed: ${(e as Error).message}`);
-      }
-      const text = await response.text();
-      let json: { choices?: { message?: { content?: unknown } }[]; error?: { message?: string } } = {};
-      try {
-        json = JSON.parse(text);
-      } catch {
-        throw new EvalServerError(endpoint, response.status, `answered ${response.status} with a body that is not JSON: ${text.slice(0, 200)}`);
-      }
-      if (!response.ok) throw new EvalServerError(endpoint, response.status, `answered ${response.status}: ${json.error?.message ?? text.slice(0, 200)}`);
-      const answer = json.choices?.[0]?.message?.content;
-      if (typeof answer !== 'string') throw new EvalServerError(endpoint, response.status, 'choices[0].message.content is not a string');
-      return answer.trim();
+      return (await chatCompletion(endpoint, body, o.apiKey, signal)).trim();
     },
   };
+}
+
+/** `<url>/v1/chat/completions`, for a URL given with or without its `/v1`. */
+export const chatEndpoint = (url: string): string => `${url.replace(/\/+$/, '').replace(/\/v1$/, '')}/v1/chat/completions`;
+
+/** One chat completion: the first choice's message content, or an EvalServerError naming the endpoint and status. */
+export async function chatCompletion(endpoint: string, body: object, apiKey: string | undefined, signal: AbortSignal): Promise<string> {
+  let response: Response;
+  try {
+    response = await fetch(endpoint, { method: 'POST', signal, headers: { 'content-type': 'application/json', ...(apiKey && { authorization: `Bearer ${apiKey}` }) }, body: JSON.stringify(body) });
+  } catch (e) {
+    if (signal.aborted) throw e;
+    throw new EvalServerError(endpoint, undefined, `request failed: ${(e as Error).message}`);
+  }
+  const text = await response.text();
+  let json: { choices?: { message?: { content?: unknown } }[]; error?: { message?: string } } = {};
+  try {
+    json = JSON.parse(text);
+  } catch {
+    throw new EvalServerError(endpoint, response.status, `answered ${response.status} with a body that is not JSON: ${text.slice(0, 200)}`);
+  }
+  if (!response.ok) throw new EvalServerError(endpoint, response.status, `answered ${response.status}: ${json.error?.message ?? text.slice(0, 200)}`);
+  const answer = json.choices?.[0]?.message?.content;
+  if (typeof answer !== 'string') throw new EvalServerError(endpoint, response.status, 'choices[0].message.content is not a string');
+  return answer;
 }

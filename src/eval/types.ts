@@ -22,6 +22,24 @@ export interface ScoreOptions {
   mode: ExtractMode;
   /** Where a benchmark writes a submission file for an official server (EgoSchema, PerceptionTest). */
   outDir?: string;
+  /** The judge's replies by JudgeAsk key, when a judge was given (absent: the judged parts are not scored). */
+  judged?: ReadonlyMap<string, string>;
+  /** The judge, in words, for the report's notes. */
+  judge?: string;
+}
+
+export interface ChatMessage {
+  role: 'system' | 'user';
+  content: string;
+}
+
+/** One question to the GPT judge of a benchmark's judged part, with the official prompt. */
+export interface JudgeAsk {
+  /** Unique within the benchmark (a sample's id, or id#k for the k-th reference): the key of its reply. */
+  key: string;
+  messages: ChatMessage[];
+  /** Whether a reply is asked again, as the official code re-asks until it can read one (bounded here). */
+  again?(reply: string): boolean;
 }
 
 export interface Row {
@@ -65,6 +83,8 @@ export interface Benchmark<S extends EvalSample = EvalSample> {
   /** The --data layout, in words (README and --help). */
   layout: string;
   load(dir: string): Promise<S[]>;
+  /** The GPT-judged parts (ActivityNet-QA, TempCompass captioning, ChartQA's text answers): what to ask about an answer. */
+  judgeAsks?(sample: S, response: string, mode: ExtractMode): JudgeAsk[];
   score(samples: readonly S[], answers: ReadonlyMap<string, string>, options: ScoreOptions): Promise<Report> | Report;
 }
 

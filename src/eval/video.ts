@@ -4,8 +4,9 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { EvalDataError } from './errors.js';
 import { findVideo, id, list, mustExist, num, object, readCsv, readJson, readJsonl, readParquet, readSrt, str, strings, type Json, type SubtitleLine } from './data.js';
-import { officialCharadesSpans, officialEgoSchema, officialLetterIndex, officialLongVideoBench, officialLVBench, officialPerceptionTest, officialTempCompass, officialVideoMME, robustLetterIndex, type Extracted } from './extract.js';
-import { letters } from './python.js';
+import { activitynetVerdict, captionJudgeChoice, officialCharadesSpans, officialEgoSchema, officialLetterIndex, officialLongVideoBench, officialLVBench, officialPerceptionTest, officialTempCompass, officialVideoMME, robustLetterIndex, type Extracted } from './extract.js';
+import { activitynetJudgeMessages, captionJudgeMessages } from './judge-prompts.js';
+import { letters, pyStrip } from './python.js';
 import { accuracySection, UnparsedList, type Benchmark, type EvalPart, type EvalSample, type Report, type Section } from './types.js';
 import { existsSync } from 'node:fs';
 
@@ -389,14 +390,17 @@ export const longvideobench: Benchmark<LvbSample> = {
           const ts = whole.timestamps;
           const sequence = [...interleaveSubtitles(ts, subtitles, offset, duration, subFile), instruction];
           // Each run of frames is a video item holding exactly those frames: items on one file share one load
-          // spanning their ranges (spec 3.4), so the first starts at 0 and the last runs to the end of the video.
+          // spanning their ranges and each keeps the frames inside its own (spec 3.4). A run's range reaches halfway
+          // to the frames beside it (a run of one frame needs start < end), the first from 0 and the last to the
+          // end of the video, so the shared load is the whole video.
           const parts: EvalPart[] = [];
           let run: number[] = [];
           const flush = () => {
             if (run.length === 0) return;
-            const first = run[0] === 0;
-            const last = run.at(-1) === ts.length - 1;
-            parts.push(video(path, first ? 0 : ts[run[0]!], last ? whole.end : ts[run.at(-1)!]));
+            const [first, last] = [run[0]!, run.at(-1)!];
+            const start = first === 0 ? 0 : (ts[first - 1]! + ts[first]!) / 2;
+            const end = last === ts.length - 1 ? whole.end : (ts[last]! + ts[last + 1]!) / 2;
+            parts.push(video(path, start, end));
             run = [];
           };
           for (const el of sequence) {
@@ -478,45 +482,82 @@ export const lvbench: Benchmark<EvalSample & { task: string | string[]; letter: 
 // ---------------------------------------------------------------------------------------------------------------
 // TempCompass: <format>/test-00000-of-00001.parquet, videos/<video_id>.mp4
 
-type TempFormat = 'yes_no' | 'caption_matching' | 'multi-choice';
-const TEMP_FORMATS: TempFormat[] = ['yes_no', 'caption_matching', 'multi-choice'];
+type TempFormat = 'yes_no' | 'captioning' | 'caption_matching' | 'multi-choice';
+/** The official order of the formats (loading and the report). */
+const TEMP_FORMATS: TempFormat[] = ['yes_no', 'captioning', 'caption_matching', 'multi-choice'];
 const TEMP_DIMS = ['action', 'direction', 'speed', 'order', 'attribute_change'];
+const TEMP_TAILS: Record<TempFormat, string> = {
+  yes_no: "Please answer with 'yes' or 'no' directly.",
+  captioning: 'Please answer with the caption directly.',
+  caption_matching: 'Please directly give the best option:',
+  'multi-choice': "Please answer with the option's letter from the given choices directly and only give the best option.",
+};
 
-export const tempcompass: Benchmark<EvalSample & { task: string; format: TempFormat; answer: string }> = {
+type TempSample = EvalSample & { task: string; format: TempFormat; answer: string; question: string };
+
+export const tempcompass: Benchmark<TempSample> = {
   name: 'tempcompass',
   title: 'TempCompass',
   modality: 'video',
-  layout: '<format>/test-00000-of-00001.parquet for multi-choice, yes_no, caption_matching (lmms-lab/TempCompass) and videos/<video_id>.mp4',
+  layout: '<format>/test-00000-of-00001.parquet for multi-choice, yes_no, caption_matching and (optional, GPT-judged) captioning (lmms-lab/TempCompass) and videos/<video_id>.mp4',
   async load(dir) {
-    const out: (EvalSample & { task: string; format: TempFormat; answer: string })[] = [];
+    const out: TempSample[] = [];
     for (const format of TEMP_FORMATS) {
       const file = join(dir, format, 'test-00000-of-00001.parquet');
+      // Captioning is scored only by a GPT judge: a copy of the release without it still runs the other three.
+      if (format === 'captioning' && !existsSync(file)) continue;
       (await readParquet(file)).forEach((d, i) => {
         const where = `row ${i}`;
         const path = mustExist(join(dir, 'videos', `${str(d, 'video_id', file, where)}.mp4`), file, `${where}.video_id`);
         const question = str(d, 'question', file, where);
-        const tail = format === 'yes_no' ? "Please answer with 'yes' or 'no' directly." : format === 'caption_matching' ? 'Please directly give the best option:' : "Please answer with the option's letter from the given choices directly and only give the best option.";
-        const text = `Question: ${question}\n${tail}`;
-        out.push({ id: `${format}/${i}`, task: str(d, 'dim', file, where), format, answer: str(d, 'answer', file, where), content: async () => [video(path), { type: 'text', text }] });
+        const asked = format === 'captioning' ? pyStrip(question.replaceAll('Generated Caption:', '')) : question;
+        const text = `Question: ${asked}\n${TEMP_TAILS[format]}`;
+        out.push({ id: `${format}/${i}`, task: str(d, 'dim', file, where), format, question, answer: str(d, 'answer', file, where), content: async () => [video(path), { type: 'text', text }] });
       });
     }
     return out;
   },
-  score(samples, answers, { mode }) {
+  judgeAsks(s, response) {
+    if (s.format !== 'captioning') return [];
+    // The official evaluate() hands the judge the processed prediction, which for captioning is the answer lower-cased.
+    return [{ key: s.id, messages: captionJudgeMessages(response.toLowerCase(), pyStrip(s.question.replaceAll('\nGenerated Caption:', ''))) }];
+  },
+  score(samples, answers, { mode, judged, judge }) {
     const unparsed = new UnparsedList();
     const items: { task: string; format: TempFormat; correct: boolean }[] = [];
+    let captions = 0;
+    let unjudged = 0;
     for (const s of samples) {
       const r = answers.get(s.id);
       if (r === undefined) continue;
+      if (s.format === 'captioning') {
+        captions++;
+        const reply = judged?.get(s.id);
+        if (reply === undefined) {
+          unjudged++;
+          continue;
+        }
+        // The judge's option, prefix-matched against the letter of the gold answer ("B. dunking a basketball").
+        const choice = captionJudgeChoice(reply);
+        if (!choice.ok) unparsed.items.push({ id: s.id, response: r, reason: `${choice.reason}: ${JSON.stringify(reply.slice(0, 200))}` });
+        const gt = pyStrip(s.answer.split('.')[0]!).toLowerCase();
+        items.push({ task: s.task, format: s.format, correct: (choice.ok ? choice.value : 'None').toLowerCase().startsWith(gt) });
+        continue;
+      }
       // The official extraction never guesses beyond prefix matching; --robust keeps it and does not fail on yes/no.
       const e = officialTempCompass(s.format, r, s.answer);
       const value = mode === 'robust' && !e.ok ? r : unparsed.take(s.id, r, e);
       items.push({ task: s.task, format: s.format, correct: value === s.answer });
     }
-    const sections = [...TEMP_FORMATS.map((f) => accuracySection(f, items.filter((i) => i.format === f), TEMP_DIMS)), accuracySection('total', items, TEMP_DIMS)];
-    return report('tempcompass', mode, samples.length, answeredCount(samples, answers), sections, [{ name: 'TempCompass (3 formats)', value: sections.at(-1)!.overall.value }], unparsed.items, [
-      'The captioning format is judged by GPT in the official code and is not run here: "total" covers multi-choice, yes/no and caption matching.',
-    ]);
+    const judgedCaptions = captions > 0 && unjudged < captions;
+    const formats = TEMP_FORMATS.filter((f) => f !== 'captioning' || judgedCaptions);
+    const sections = [...formats.map((f) => accuracySection(f, items.filter((i) => i.format === f), TEMP_DIMS)), accuracySection('total', items, TEMP_DIMS)];
+    const notes: string[] = [];
+    if (captions === 0) notes.push('No captioning/test-00000-of-00001.parquet in --data: "total" covers multi-choice, yes/no and caption matching.');
+    else if (!judged) notes.push(`The ${captions} captioning answers are judged by a GPT model in the official code: give --judge-url and --judge-model to score them; "total" covers multi-choice, yes/no and caption matching.`);
+    else notes.push(`Captioning judged by ${judge ?? 'the judge'}${unjudged ? `; ${unjudged} of ${captions} captions not judged yet (a judge request failed: run again)` : ''}.`);
+    const headline = judgedCaptions && unjudged === 0 ? 'TempCompass' : 'TempCompass (3 formats)';
+    return report('tempcompass', mode, samples.length, answeredCount(samples, answers), sections, [{ name: headline, value: sections.at(-1)!.overall.value }], unparsed.items, notes);
   },
 };
 
@@ -569,5 +610,83 @@ export const charadesSta: Benchmark<EvalSample & { gold: [number, number] }> = {
     const rows = [0.3, 0.5, 0.7].map((t) => ({ task: `R1@${t}`, value: pct(ious.filter((x) => x >= t).length), count: ious.length }));
     const mIoU = { task: 'mIoU', value: pct(ious.reduce((a, b) => a + b, 0)), count: ious.length };
     return report('charades_sta', mode, samples.length, answeredCount(samples, answers), [{ name: 'Charades-STA', unit: '%', rows, overall: mIoU }], [{ name: 'Charades-STA mIoU', value: mIoU.value }], unparsed);
+  },
+};
+
+// ---------------------------------------------------------------------------------------------------------------
+// ActivityNet-QA: test_q.json, test_a.json, all_test/v_<video_name>.<ext>
+
+/** Question types of test_a.json (the numbering of the ActivityNet-QA evaluation code). */
+const ANET_TYPES = ['Motion', 'Spatial Relation', 'Temporal Relation', 'Yes/No', 'Color', 'Object', 'Location', 'Number', 'Other'];
+
+type AnetSample = EvalSample & { task: string; question: string; answer: string };
+
+export const activitynetQa: Benchmark<AnetSample> = {
+  name: 'activitynet_qa',
+  title: 'ActivityNet-QA',
+  modality: 'video',
+  layout: 'test_q.json, test_a.json and all_test/v_<video_name>.{mp4,avi,mov,mkv,webm} (MILVLG/activitynet-qa); GPT-judged: --judge-url',
+  async load(dir) {
+    const file = join(dir, 'test_q.json');
+    const answersFile = join(dir, 'test_a.json');
+    const answers = new Map<string, { answer: string; type: number }>();
+    list(readJson(answersFile), answersFile, '').forEach((entry, i) => {
+      const d = object(entry, answersFile, `[${i}]`);
+      answers.set(id(d, 'question_id', answersFile, `[${i}]`), { answer: str(d, 'answer', answersFile, `[${i}]`), type: num(d, 'type', answersFile, `[${i}]`) });
+    });
+    return list(readJson(file), file, '').map((entry, i) => {
+      const where = `[${i}]`;
+      const d = object(entry, file, where);
+      const qid = id(d, 'question_id', file, where);
+      const gold = answers.get(qid);
+      if (!gold) throw new EvalDataError(answersFile, qid, `no answer for question_id ${qid} of test_q.json`);
+      const task = ANET_TYPES[gold.type];
+      if (task === undefined) throw new EvalDataError(answersFile, `${qid}.type`, `expected a question type 0-8, got ${gold.type}`);
+      const path = findVideo(join(dir, 'all_test'), `v_${id(d, 'video_name', file, where)}`, file, `${where}.video_name`, ['mp4', 'avi', 'mov', 'mkv', 'webm']);
+      const question = str(d, 'question', file, where);
+      const text = `Question: ${question}\nPlease watch the video and answer the question clearly and concisely.\n`;
+      return { id: qid, task, question, answer: gold.answer, content: async () => [video(path), { type: 'text', text }] as EvalPart[] };
+    });
+  },
+  judgeAsks(s, response, mode) {
+    return [{ key: s.id, messages: activitynetJudgeMessages(s.question, s.answer, response), again: (reply) => !activitynetVerdict(reply, mode).ok }];
+  },
+  score(samples, answers, { mode, judged, judge }) {
+    const answered = answeredCount(samples, answers);
+    if (!judged) {
+      return report('activitynet_qa', mode, samples.length, answered, [], [{ name: 'ActivityNet-QA accuracy', value: null }, { name: 'ActivityNet-QA score', value: null }], [], [
+        'ActivityNet-QA is scored by a GPT judge: give --judge-url and --judge-model (an OpenAI-compatible endpoint) to score the answers kept here.',
+      ]);
+    }
+    const unparsed: Report['unparsed'] = [];
+    const items: { task: string; correct: boolean; score: number }[] = [];
+    let unjudged = 0;
+    for (const s of samples) {
+      const r = answers.get(s.id);
+      if (r === undefined) continue;
+      const reply = judged.get(s.id);
+      if (reply === undefined) {
+        unjudged++;
+        continue;
+      }
+      const v = activitynetVerdict(reply, mode);
+      // An unreadable verdict counts as "no" with score 0 (the official code would ask until it can read one).
+      if (!v.ok) unparsed.push({ id: s.id, response: r, reason: `${v.reason}: ${JSON.stringify(reply.slice(0, 200))}` });
+      items.push({ task: s.task, correct: v.ok && v.value.match, score: v.ok ? v.value.score : 0 });
+    }
+    const accuracy = accuracySection('ActivityNet-QA accuracy', items, ANET_TYPES);
+    const by = new Map<string, number[]>();
+    for (const t of ANET_TYPES) by.set(t, []);
+    for (const it of items) by.get(it.task)!.push(it.score);
+    const mean = (v: number[]) => (v.length === 0 ? NaN : v.reduce((a, b) => a + b, 0) / v.length);
+    const scores: Section = {
+      name: 'ActivityNet-QA score',
+      unit: 'score',
+      rows: [...by].filter(([, v]) => v.length > 0).map(([task, v]) => ({ task, value: mean(v), count: v.length })),
+      overall: { task: 'Overall', value: mean(items.map((i) => i.score)), count: items.length },
+    };
+    const notes = [`Judged by ${judge ?? 'the judge'} with the official prompt; accuracy is the share of "yes" verdicts, score their mean (0-5).`];
+    if (unjudged) notes.push(`${unjudged} answers not judged yet (a judge request failed: run again).`);
+    return report('activitynet_qa', mode, samples.length, answered, [accuracy, scores], [{ name: 'ActivityNet-QA accuracy', value: accuracy.overall.value }, { name: 'ActivityNet-QA score', value: scores.overall.value }], unparsed, notes);
   },
 };
