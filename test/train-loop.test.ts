@@ -12,6 +12,7 @@ import { loadCheckpoint } from '../src/model/checkpoint.js';
 import { adapterMerge, loadAdapter } from '../src/model/lora-adapter.js';
 import { writeMergedCheckpoint } from '../src/model/merge-adapter.js';
 import { FormattedWeights } from '../src/model/weight-formats.js';
+import { SafetensorsFile } from '../src/model/safetensors.js';
 import { checkpointWeightSpecs } from '../src/model/weight-names.js';
 import { bf16ToF32, f32ToBf16 } from '../src/tensor/dtype.js';
 import { createBackend } from '../src/tensor/index.js';
@@ -70,6 +71,19 @@ describe('the training loop', { skip: !fixtures && FIXTURES_MISSING }, () => {
     const losses = (out: string) => readFileSync(join(out, TRAIN_LOG), 'utf8').trim().split('\n').map((l) => (JSON.parse(l) as StepLog).loss);
     assert.deepEqual(losses(split), losses(whole));
     assert.notEqual(bytes(join(whole, 'model.safetensors')).compare(bytes(join(fixtures!, TINY_CHECKPOINT, 'model.safetensors'))), 0, 'training changed the weights');
+
+    // What the official code's from_pretrained reads is as the source checkpoint has it: every tensor under its name,
+    // shape and dtype (bf16), and the same config and processor files, so it loads the trained model as it loads that.
+    const layout = (dir: string) => {
+      const f = SafetensorsFile.open(join(dir, 'model.safetensors'));
+      const entries = [...f.names].sort().map((n) => [n, f.info(n).dtype, f.info(n).shape.join('×')].join(' '));
+      f.close();
+      return entries;
+    };
+    assert.deepEqual(layout(whole), layout(join(fixtures!, TINY_CHECKPOINT)));
+    for (const file of ['config.json', 'generation_config.json', 'preprocessor_config.json', 'processor_config.json', 'tokenizer_config.json', 'chat_template.json']) {
+      assert.ok(bytes(join(whole, file)).equals(bytes(join(fixtures!, TINY_CHECKPOINT, file))), `${file} is the source's`);
+    }
 
     // The trained model is a checkpoint like any other.
     const model = await VideoLLaMA3.load(whole);
