@@ -107,6 +107,43 @@ describe('vl3 eval', { skip: !fixtures && FIXTURES_MISSING }, () => {
     assert.match(readFileSync(join(resumed, 'results.md'), 'utf8'), /\| Object Shuffle \|/);
   });
 
+  it('Ctrl-C keeps the answers given so far and exits 130; the next run answers only the rest', async () => {
+    // DocVQA's layout with enough questions that the interrupt lands mid-run.
+    const dir = join(work, 'data', 'docvqa-many');
+    mkdirSync(join(dir, 'images'), { recursive: true });
+    copyFileSync(join(fixtures!, 'media', 'cat.jpg'), join(dir, 'images', 'cat.jpg'));
+    const n = 40;
+    writeFileSync(join(dir, 'val.jsonl'), Array.from({ length: n }, (_, i) => JSON.stringify({ question_id: i, image: 'images/cat.jpg', question: `What is in picture ${i}?`, answer: ['cat'] })).join('\n') + '\n');
+    const args = (out: string) => ['eval', 'docvqa', '--data', dir, '--model', checkpoint, '--out', out, '--max-new-tokens', '6'];
+    const out = join(work, 'out', 'interrupted');
+    const file = join(out, 'predictions.jsonl');
+    const lines = () => (existsSync(file) ? readFileSync(file, 'utf8').split('\n').filter(Boolean).length : 0);
+    const status = await new Promise<number | null>((resolve) => {
+      const child = spawn(process.execPath, [vl3, ...args(out)], { stdio: 'ignore', env: { ...process.env, VL3_THREADS: '2' } });
+      const poll = setInterval(() => {
+        if (lines() >= 2) {
+          clearInterval(poll);
+          child.kill('SIGINT');
+        }
+      }, 20);
+      child.once('exit', (code) => {
+        clearInterval(poll);
+        resolve(code);
+      });
+    });
+    assert.equal(status, 130);
+    const kept = lines();
+    assert.ok(kept >= 2 && kept < n, `${kept} answers kept of ${n}`);
+    const before = readFileSync(file, 'utf8');
+    const resumed = run(args(out));
+    assert.equal(resumed.status, 0, resumed.stderr);
+    assert.ok(readFileSync(file, 'utf8').startsWith(before), 'the kept answers stay as they were');
+    const whole = join(work, 'out', 'uninterrupted');
+    assert.equal(run(args(whole)).status, 0);
+    assert.deepEqual(predictions(out), predictions(whole));
+    assert.deepEqual(results(out).sections, results(whole).sections);
+  });
+
   it('runs VideoMME from its Parquet file, with and without subtitles', () => {
     const out = join(work, 'out', 'videomme');
     const r = run(evalArgs('videomme', out));
