@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { before, describe, it } from 'node:test';
 import { VideoLLaMA3 } from '../src/api/videollama3.js';
 import type { Message } from '../src/processing/conversation.js';
-import { fixturesDir, FIXTURES_MISSING, repoRoot, TINY_CHECKPOINT } from './fixtures.js';
+import { fixturesDir, FIXTURES_MISSING, repoRoot, servedUrl, TINY_CHECKPOINT } from './fixtures.js';
 
 const fixtures = fixturesDir();
 const vl3 = join(repoRoot(), 'dist', 'src', 'cli', 'vl3.js');
@@ -158,15 +158,7 @@ describe('vl3 chat and serve', { skip: !fixtures && FIXTURES_MISSING }, () => {
       env: { ...process.env, VL3_MODEL: checkpoint, VL3_PREFIX_CACHE_BYTES: '512MiB' },
       stdio: ['ignore', 'ignore', 'pipe'],
     });
-    let stderr = '';
-    const url = await new Promise<string>((resolve, reject) => {
-      server.stderr.on('data', (d: Buffer) => {
-        stderr += d.toString();
-        const m = / at (http:\/\/\S+) \(/.exec(stderr);
-        if (m) resolve(m[1]!);
-      });
-      server.once('exit', (code) => reject(new Error(`serve exited (${code}): ${stderr}`)));
-    });
+    const { url, stderr } = await servedUrl(server);
     const models = (await (await fetch(`${url}/v1/models`)).json()) as { data: { id: string }[] };
     assert.deepEqual(models.data.map((m) => m.id), ['VideoLLaMA3-2B-tiny-random']);
     const response = await fetch(`${url}/v1/chat/completions`, {
@@ -185,7 +177,7 @@ describe('vl3 chat and serve', { skip: !fixtures && FIXTURES_MISSING }, () => {
     assert.deepEqual([health.caches.prefix!.max_bytes, health.caches.prefix!.misses, health.caches.prefix!.entries], [512 * 2 ** 20, 1, 1]);
     const exited = new Promise<number | null>((resolve) => server.once('exit', resolve));
     server.kill('SIGTERM');
-    assert.equal(await exited, 0, stderr);
-    assert.match(stderr, /shutting down/);
+    assert.equal(await exited, 0, stderr());
+    assert.match(stderr(), /shutting down/);
   });
 });

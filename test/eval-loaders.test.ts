@@ -14,7 +14,7 @@ import { officialCharadesSpans, officialEgoSchema, officialMME, relaxedCorrectne
 import { pyStrip } from '../src/eval/python.js';
 import { groundingIoU } from '../src/eval/video.js';
 import { findFfmpeg, runTool } from '../src/processing/ffmpeg.js';
-import { fixturesDir, FIXTURES_MISSING, repoRoot, TINY_CHECKPOINT } from './fixtures.js';
+import { fixturesDir, FIXTURES_MISSING, repoRoot, servedUrl, TINY_CHECKPOINT } from './fixtures.js';
 
 const fixtures = fixturesDir();
 const vl3 = join(repoRoot(), 'dist', 'src', 'cli', 'vl3.js');
@@ -642,15 +642,7 @@ describe('vl3 eval: every loader on its release layout', { skip: !fixtures && FI
     assert.equal(library.size, 16, [...library.keys()].join(', '));
     const server = spawn(process.execPath, [vl3, 'serve', '--port', '0', '--model', join(fixtures!, TINY_CHECKPOINT), '--max-frames', '180', '--max-videos-per-request', '180', '--allowed-local-media-path', work, '--threads', '2'], { stdio: ['ignore', 'ignore', 'pipe'] });
     try {
-      let stderr = '';
-      const url = await new Promise<string>((resolve, reject) => {
-        server.stderr.on('data', (d: Buffer) => {
-          stderr += d.toString();
-          const m = / at (http:\/\/\S+) \(/.exec(stderr);
-          if (m) resolve(m[1]!);
-        });
-        server.once('exit', (code) => reject(new Error(`serve exited (${code}): ${stderr}`)));
-      });
+      const { url } = await servedUrl(server);
       for (const [bench, { data: dir, run }] of library) {
         const served = await evalServer(url, bench, dir, out(`${bench}-server`), ['--concurrency', '2']);
         assert.deepEqual([...served.predictions.values()].sort((a, b) => a.id.localeCompare(b.id)), [...run.predictions.values()].sort((a, b) => a.id.localeCompare(b.id)), bench);

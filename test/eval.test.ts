@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { ByteWriter, parquetWrite } from 'hyparquet-writer';
 import { findFfmpeg, runTool } from '../src/processing/ffmpeg.js';
-import { fixturesDir, FIXTURES_MISSING, repoRoot, TINY_CHECKPOINT } from './fixtures.js';
+import { fixturesDir, FIXTURES_MISSING, repoRoot, servedUrl, TINY_CHECKPOINT } from './fixtures.js';
 
 const fixtures = fixturesDir();
 const vl3 = join(repoRoot(), 'dist', 'src', 'cli', 'vl3.js');
@@ -170,15 +170,7 @@ describe('vl3 eval', { skip: !fixtures && FIXTURES_MISSING }, () => {
   it('evaluates a vl3 serve over HTTP with the same prompts: the same answers as the library', async () => {
     const server = spawn(process.execPath, [vl3, 'serve', '--port', '0', '--model', checkpoint, '--max-frames', '180', '--allowed-local-media-path', work, '--threads', '2'], { stdio: ['ignore', 'ignore', 'pipe'] });
     try {
-      let stderr = '';
-      const url = await new Promise<string>((resolve, reject) => {
-        server.stderr.on('data', (d: Buffer) => {
-          stderr += d.toString();
-          const m = / at (http:\/\/\S+) \(/.exec(stderr);
-          if (m) resolve(m[1]!);
-        });
-        server.once('exit', (code) => reject(new Error(`serve exited (${code}): ${stderr}`)));
-      });
+      const { url } = await servedUrl(server);
       const out = join(work, 'out', 'mvbench-server');
       const child = spawn(process.execPath, [vl3, 'eval', 'mvbench', '--data', data('mvbench'), '--server', url, '--server-model', 'VideoLLaMA3-2B-tiny-random', '--out', out, '--max-new-tokens', '6', '--concurrency', '2'], { stdio: ['ignore', 'pipe', 'pipe'] });
       let err = '';

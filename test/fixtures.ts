@@ -1,5 +1,6 @@
 // Where the golden fixtures of the official implementation live: `<repo>/../shared/fixtures`, or the folder named by
 // VL3_FIXTURES. Parity tests skip when they are missing, except in CI, where a missing folder is a failure.
+import type { ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -30,4 +31,20 @@ export const TINY_CHECKPOINT = join('checkpoint', 'VideoLLaMA3-2B-tiny-random');
 
 export function readJson<T = unknown>(file: string): T {
   return JSON.parse(readFileSync(file, 'utf8')) as T;
+}
+
+/**
+ * The URL a spawned `vl3 serve` listens at, from the line it prints to stderr once ready (rejects if it exits first),
+ * and everything it has printed to stderr so far.
+ */
+export function servedUrl(server: ChildProcess): Promise<{ url: string; stderr: () => string }> {
+  let stderr = '';
+  return new Promise((resolve, reject) => {
+    server.stderr!.on('data', (d: Buffer) => {
+      stderr += d.toString();
+      const m = / at (http:\/\/\S+) \(/.exec(stderr);
+      if (m) resolve({ url: m[1]!, stderr: () => stderr });
+    });
+    server.once('exit', (code) => reject(new Error(`serve exited (${code}): ${stderr}`)));
+  });
 }
