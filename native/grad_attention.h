@@ -47,16 +47,6 @@ void attentionBackward(const AttentionBackwardArgs& a) {
   float *k = head, *v = k + kvEnd * D, *dk = v + kvEnd * D, *dv = dk + kvEnd * D;
   float *q = dv + kvEnd * D, *dout = q + rowsMax * D, *dq = dout + rowsMax * D;
 
-  GemmLayout nt;  // A·Bᵀ with both as stored: scores
-  GemmLayout nn;  // dS·K: B read transposed
-  nn.bT = true;
-  nn.ldb = D;
-  GemmLayout tnAcc;  // Pᵀ·dO, dSᵀ·Q: both transposed, added to the head's gradients
-  tnAcc.aT = true;
-  tnAcc.bT = true;
-  tnAcc.ldb = D;
-  tnAcc.accumulate = true;
-
   for (long g = 0; g < Hkv; g++) {
     for (long j = 0; j < kvEnd; j++) {
       std::memcpy(k + j * D, a.k + (j * Hkv + g) * D, D * sizeof(float));
@@ -73,8 +63,8 @@ void attentionBackward(const AttentionBackwardArgs& a) {
       float *p = scores, *ds = scores + rows * nk;
       gatherRows(a.q, t0, rows, g, R, Hq, D, q);
       gatherRows(a.dout, t0, rows, g, R, Hq, D, dout);
-      attnGemm(q, k, p, rows, nk, D, nt);
-      attnGemm(dout, v, ds, rows, nk, D, nt);
+      attnGemm(q, k, p, rows, nk, D, GemmLayout());
+      attnGemm(dout, v, ds, rows, nk, D, GemmLayout());
       forRange(rows, lmax(1, kGrain / nk), [&](long r0, long r1, int) {
         for (long i = r0; i < r1; i++) {
           float* s = p + i * nk;
@@ -93,11 +83,10 @@ void attentionBackward(const AttentionBackwardArgs& a) {
           for (long j = lmax(0, vis); j < nk; j++) s[j] = d[j] = 0.0f;
         }
       });
-      attnGemm(ds, k, dq, rows, D, nk, nn);
+      attnGemm(ds, k, dq, rows, D, nk, layoutBT(D));
       scatterRows(dq, t0, rows, g, R, Hq, D, a.dq);
-      tnAcc.lda = nk;
-      attnGemm(p, dout, dv, nk, D, rows, tnAcc);
-      attnGemm(ds, q, dk, nk, D, rows, tnAcc);
+      attnGemm(p, dout, dv, nk, D, rows, layoutTransposedAdd(nk, D));
+      attnGemm(ds, q, dk, nk, D, rows, layoutTransposedAdd(nk, D));
     }
     for (long j = 0; j < kvEnd; j++) {
       std::memcpy(a.dk + (j * Hkv + g) * D, dk + j * D, D * sizeof(float));

@@ -71,23 +71,13 @@ void crossEntropy(const CrossEntropyArgs& a) {
         // dhidden[rows,H] += dl[rows,cv]·head_chunk: B is head_chunkᵀ, element (h, v) at head[v·H + h].
         const MatmulArgs m{logits, head + v0 * H * esz, a.headType, nullptr, WType::None, a.dhidden + i0 * H,
                            rows, H, cv, Compute::Exact};
-        GemmLayout L;
-        L.bT = true;
-        L.ldb = H;
-        L.accumulate = true;
-        gemm<false>(m, nullptr, false, L);
+        gemm<false>(m, nullptr, false, layoutBT(H, true));
       }
       if (a.dhead) {
         // dhead_chunk[cv,H] += dlᵀ[cv,rows]·hidden_block: A is dlᵀ, B is hidden_blockᵀ.
         const MatmulArgs m{logits, a.hidden + i0 * H, WType::F32, nullptr, WType::None, a.dhead + v0 * H,
                            cv, H, rows, Compute::Exact};
-        GemmLayout L;
-        L.aT = true;
-        L.lda = cv;
-        L.bT = true;
-        L.ldb = H;
-        L.accumulate = true;
-        gemm<false>(m, nullptr, false, L);
+        gemm<false>(m, nullptr, false, layoutTransposedAdd(cv, H));
       }
     }
   }

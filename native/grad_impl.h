@@ -43,22 +43,13 @@ void matmulBackward(const MatmulBackwardArgs& g) {
     } else {
       // dx[M,K] = dy[M,N]·(wᵀ)ᵀ: the GEMM's B operand is wᵀ, element (k, n) at w[n·K + k].
       const MatmulArgs a{g.dy, g.w, g.wType, nullptr, WType::None, g.dx, M, K, N, g.compute};
-      GemmLayout L;
-      L.bT = true;
-      L.ldb = K;
-      backwardGemm(a, L);
+      backwardGemm(a, layoutBT(K));
     }
   }
   if (g.dw && N > 0 && K > 0) {
     // dw[N,K] += dyᵀ[N,M]·(xᵀ)ᵀ: A is dyᵀ (element (n, m) at dy[m·N + n]), B is xᵀ (element (k, m) at x[m·K + k]).
     const MatmulArgs a{g.dy, g.x, WType::F32, nullptr, WType::None, g.dw, N, K, M, g.compute};
-    GemmLayout L;
-    L.aT = true;
-    L.lda = N;
-    L.bT = true;
-    L.ldb = K;
-    L.accumulate = true;
-    backwardGemm(a, L);
+    backwardGemm(a, layoutTransposedAdd(N, K));
   }
   if (g.dbias) addColumnSums(g.dy, M, N, g.dbias);
 }

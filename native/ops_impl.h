@@ -76,6 +76,23 @@ struct GemmLayout {
   bool accumulate = false;
 };
 
+// B read transposed (dx = dy·w), optionally added to C.
+inline GemmLayout layoutBT(long ldb, bool accumulate = false) {
+  GemmLayout L;
+  L.bT = true;
+  L.ldb = ldb;
+  L.accumulate = accumulate;
+  return L;
+}
+
+// Both read transposed and added to C: a parameter gradient dw += dyᵀ·x.
+inline GemmLayout layoutTransposedAdd(long lda, long ldb) {
+  GemmLayout L = layoutBT(ldb, true);
+  L.aT = true;
+  L.lda = lda;
+  return L;
+}
+
 // Packs A as packA does from Aᵀ stored row-major: k-th row of the panel is MR consecutive elements of row k.
 inline void packAT(const float* x, long lda, long mc, long kc, float* dst, bool round) {
   for (long i0 = 0; i0 < mc; i0 += MR) {

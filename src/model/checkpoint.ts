@@ -14,7 +14,7 @@ import {
   type GenerationConfig,
   type VideoLlama3Config,
 } from './config.js';
-import { INDEX_FILE_NAME, SafetensorsCheckpoint, SINGLE_FILE_NAME, type SafetensorsFile, type TensorInfo } from './safetensors.js';
+import { INDEX_FILE_NAME, SafetensorsCheckpoint, SINGLE_FILE_NAME, writeSafetensorsFrom, type SafetensorsFile, type TensorInfo, type TensorSource } from './safetensors.js';
 
 export const LM_HEAD = 'lm_head.weight';
 export const EMBED_TOKENS = 'model.embed_tokens.weight';
@@ -195,5 +195,52 @@ export function copyCheckpointFiles(from: string, out: string, except: readonly 
     const source = path.join(from, entry);
     if (except.includes(entry) || entry === INDEX_FILE_NAME || entry.endsWith('.safetensors')) continue;
     if (fs.statSync(source).isFile()) fs.copyFileSync(source, path.join(out, entry));
+  }
+}
+
+/** Refuses an output folder that exists and is not empty (a rewrite never mixes with what is there). */
+export function checkOutputFolder(out: string): void {
+  if (fs.existsSync(out) && (!fs.statSync(out).isDirectory() || fs.readdirSync(out).length > 0)) {
+    throw new Error(`--out ${out} exists and is not an empty folder`);
+  }
+}
+
+/** A stored tensor of a checkpoint being rewritten: its name in the file, its canonical name, where it lies. */
+export interface StoredTensor {
+  stored: string;
+  name: string;
+  info: TensorInfo & { file: string };
+}
+
+/**
+ * Writes a rewritten checkpoint (quantized, merged) into `out` as one safetensors file, a tensor at a time:
+ * `sourceOf` says how each stored tensor is written, after F64 ones (which no model holds) are refused; its sources
+ * call `advance` with the source bytes they have done, reported to `onProgress`. `writeFiles` then writes the other
+ * files (config, tokenizer). A failure removes `out`.
+ */
+export function rewriteCheckpoint(
+  weights: CheckpointWeights,
+  out: string,
+  sourceOf: (tensor: StoredTensor, advance: (bytes: number) => void) => TensorSource,
+  writeFiles: () => void,
+  onProgress?: (done: number, total: number) => void,
+): void {
+  let done = 0;
+  const total = weights.names.reduce((sum, name) => sum + weights.info(name).byteLength, 0);
+  const advance = (bytes: number) => onProgress?.((done += bytes), total);
+  const sources: Record<string, TensorSource> = {};
+  for (const stored of weights.store.names) {
+    const name = canonicalWeightName(stored);
+    const info = weights.info(name);
+    if (info.dtype === 'f64') throw new CheckpointError(`checkpoint file ${info.file}: tensor "${stored}" is F64, which a model checkpoint does not hold`, info.file, stored);
+    sources[stored] = sourceOf({ stored, name, info }, advance);
+  }
+  fs.mkdirSync(out, { recursive: true });
+  try {
+    writeSafetensorsFrom(path.join(out, SINGLE_FILE_NAME), sources, { format: 'pt' });
+    writeFiles();
+  } catch (err) {
+    fs.rmSync(out, { recursive: true, force: true });
+    throw err;
   }
 }

@@ -8,10 +8,10 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { quantizeNative } from '../tensor/native.js';
 import { packedBytes, QuantizeRangeError } from '../tensor/quant.js';
-import { canonicalWeightName, copyCheckpointFiles, loadCheckpoint } from './checkpoint.js';
+import { checkOutputFolder, copyCheckpointFiles, loadCheckpoint, rewriteCheckpoint } from './checkpoint.js';
 import { QUANT_LAYOUT_VERSION, QUANT_METHOD } from './config.js';
 import { CheckpointError } from './errors.js';
-import { SINGLE_FILE_NAME, writeSafetensorsFrom, type TensorSource } from './safetensors.js';
+import type { TensorSource } from './safetensors.js';
 import { formatOf, type WeightFormats } from './weight-formats.js';
 import { checkpointWeightSpecs, type WeightSpec } from './weight-names.js';
 
@@ -40,69 +40,58 @@ export function writeQuantizedCheckpoint(options: QuantizeCheckpointOptions): Qu
     if (config.quantization) {
       throw new CheckpointError(`checkpoint ${from} is already quantized (${config.quantization.languageModel}/${config.quantization.visionEncoder}): quantize its bf16 source instead`, from);
     }
-    if (fs.existsSync(out) && (!fs.statSync(out).isDirectory() || fs.readdirSync(out).length > 0)) {
-      throw new Error(`--out ${out} exists and is not an empty folder`);
-    }
+    checkOutputFolder(out);
     const specs = new Map<string, WeightSpec>(checkpointWeightSpecs(config).map((s) => [s.name, s]));
     for (const spec of specs.values()) if (weights.has(spec.name)) weights.check(spec.name, spec.shape);
 
-    const sources: Record<string, TensorSource> = {};
     let quantized = 0;
     let bytesIn = 0;
     let bytesOut = 0;
-    let done = 0;
-    const total = weights.names.reduce((sum, name) => sum + weights.info(name).byteLength, 0);
-    const advance = (bytes: number) => options.onProgress?.((done += bytes), total);
-    for (const stored of weights.store.names) {
-      const name = canonicalWeightName(stored);
-      const info = weights.info(name);
-      bytesIn += info.byteLength;
-      const spec = specs.get(name);
-      const format = spec ? formatOf(spec, formats) : 'bf16';
-      if (info.dtype === 'f64') throw new CheckpointError(`checkpoint file ${info.file}: tensor "${stored}" is F64, which a model checkpoint does not hold`, info.file, stored);
-      if (format === 'bf16') {
-        bytesOut += info.byteLength;
-        sources[stored] = {
-          dtype: info.dtype,
-          shape: info.shape,
+    rewriteCheckpoint(
+      weights,
+      out,
+      ({ stored, name, info }, advance): TensorSource => {
+        bytesIn += info.byteLength;
+        const spec = specs.get(name);
+        const format = spec ? formatOf(spec, formats) : 'bf16';
+        if (format === 'bf16') {
+          bytesOut += info.byteLength;
+          return {
+            dtype: info.dtype,
+            shape: info.shape,
+            produce: (emit) => {
+              emit(new Uint8Array(weights.store.fileOf(stored).readBytes(stored)));
+              advance(info.byteLength);
+            },
+          };
+        }
+        const [N, K] = spec!.shape as [number, number];
+        const bytes = packedBytes(format, N, K);
+        quantized++;
+        bytesOut += bytes;
+        return {
+          dtype: 'u8',
+          shape: [N, bytes / N],
           produce: (emit) => {
-            emit(new Uint8Array(weights.store.fileOf(stored).readBytes(stored)));
+            const source = weights.get(name, spec!.shape, ['bf16', 'f32']);
+            try {
+              emit(quantizeNative(format, source));
+            } catch (err) {
+              if (!(err instanceof QuantizeRangeError)) throw err;
+              throw new CheckpointError(`checkpoint file ${info.file}: tensor "${stored}" cannot be quantized to ${format}: ${err.message}`, info.file, stored);
+            } finally {
+              weights.forget(name);
+            }
             advance(info.byteLength);
           },
         };
-        continue;
-      }
-      const [N, K] = spec!.shape as [number, number];
-      const bytes = packedBytes(format, N, K);
-      quantized++;
-      bytesOut += bytes;
-      sources[stored] = {
-        dtype: 'u8',
-        shape: [N, bytes / N],
-        produce: (emit) => {
-          const source = weights.get(name, spec!.shape, ['bf16', 'f32']);
-          try {
-            emit(quantizeNative(format, source));
-          } catch (err) {
-            if (!(err instanceof QuantizeRangeError)) throw err;
-            throw new CheckpointError(`checkpoint file ${info.file}: tensor "${stored}" cannot be quantized to ${format}: ${err.message}`, info.file, stored);
-          } finally {
-            weights.forget(name);
-          }
-          advance(info.byteLength);
-        },
-      };
-    }
-
-    fs.mkdirSync(out, { recursive: true });
-    try {
-      writeSafetensorsFrom(path.join(out, SINGLE_FILE_NAME), sources, { format: 'pt' });
-      writeConfig(path.join(from, 'config.json'), path.join(out, 'config.json'), formats);
-      copyCheckpointFiles(from, out, ['config.json']);
-    } catch (err) {
-      fs.rmSync(out, { recursive: true, force: true });
-      throw err;
-    }
+      },
+      () => {
+        writeConfig(path.join(from, 'config.json'), path.join(out, 'config.json'), formats);
+        copyCheckpointFiles(from, out, ['config.json']);
+      },
+      options.onProgress,
+    );
     return { tensors: weights.store.names.length, quantized, bytesIn, bytesOut };
   } finally {
     checkpoint.weights.close();
