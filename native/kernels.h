@@ -130,6 +130,8 @@ struct KernelTable {
   // The tier multiplies bf16 values natively, so bf16 compute is faster than exact on it (and its default).
   bool bf16Dot;
   void (*matmul)(const MatmulArgs&);
+  // Several matmuls of one x (same M, K, compute): parts[i].out = x·parts[i].wᵀ (+ bias), each with its own matmul's bits.
+  void (*matmulMany)(const MatmulArgs* parts, int count);
   // out = a (op) b, where b has n elements (same shape) or bLen elements broadcast over rows of length bLen.
   void (*add)(const float* a, const float* b, float* out, long n, long bLen);
   void (*mul)(const float* a, const float* b, float* out, long n, long bLen);

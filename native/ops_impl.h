@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 #include "kernels.h"
 #include "pool.h"
@@ -406,8 +407,9 @@ inline long groupDot(WType t, const uint8_t* g, int rows, const quant::Quantized
 // decode reads them exactly once.
 constexpr long kQuantBlockBytes = 192L << 10;
 
-void quantMatmulInt(const MatmulArgs& a, const float* bias) {
-  const long M = a.M, N = a.N, K = a.K, nb = K / quant::kBlock;
+// x quantized per block into the call's scratch (kSlotE), in parallel over rows.
+inline quant::QuantizedRows quantizeX(const MatmulArgs& a) {
+  const long M = a.M, K = a.K, nb = K / quant::kBlock;
   const WType t = a.wType;
   char* s = static_cast<char*>(scratch(0, kSlotE, M * K + M * nb * 8 + M * K / 2 + 64));
   int8_t* q = reinterpret_cast<int8_t*>(s);
@@ -418,52 +420,67 @@ void quantMatmulInt(const MatmulArgs& a, const float* bias) {
     for (long m = m0; m < m1; m++)
       quant::quantizeActivationRow(t, a.x + m * K, K, q + m * K, d + m * nb, laneInit + m * (K / 8), dsum + m * nb);
   });
-  const quant::QuantizedRows A{q, d, laneInit, dsum, K};
-  const long kQuantRowsM = lmax(quant::kGroupRows, lmin(64, kQuantBlockBytes / (2 * K) / quant::kGroupRows * quant::kGroupRows));
-  const long groups = cdiv(N, quant::kGroupRows), mBlocks = cdiv(M, kQuantRowsM);
+  return {q, d, laneInit, dsum, K};
+}
+
+// Rows of x in one block of quantMatmulInt's tasks.
+inline long quantRowsM(long K) {
+  return lmax(quant::kGroupRows, lmin(64, kQuantBlockBytes / (2 * K) / quant::kGroupRows * quant::kGroupRows));
+}
+
+// Weight groups [g0, g1) against row block mb of x: every output of those rows and groups.
+inline void quantGroups(const MatmulArgs& a, const quant::QuantizedRows& A, const float* bias, long mb, long g0, long g1) {
+  const long M = a.M, N = a.N, rowsM = quantRowsM(a.K);
+  const long gBytes = quant::kGroupRows * quant::rowBytes(a.wType, a.K);
+  const long mEnd = lmin(M, (mb + 1) * rowsM);
+  for (long g = g0; g < g1; g++) {
+    const int rows = static_cast<int>(lmin(quant::kGroupRows, N - g * quant::kGroupRows));
+    const uint8_t* grp = static_cast<const uint8_t*>(a.w) + g * gBytes;
+    for (long m0 = mb * rowsM; m0 < mEnd; m0 += quant::kGroupRows) {
+      const int mt = static_cast<int>(lmin(quant::kGroupRows, mEnd - m0));
+      float res[quant::kGroupRows][quant::kGroupRows] = {};
+#if VL3_QUANT_DOT
+      const long done = groupDot(a.wType, grp, rows, A, m0, mt, res);
+#else
+      const long done = 0;
+#endif
+      quant::groupDotGeneric(a.wType, grp, rows, done, A, m0, mt, res);
+      for (int i = 0; i < mt; i++)
+        for (int r = 0; r < rows; r++) {
+          const long n = g * quant::kGroupRows + r;
+          a.out[(m0 + i) * N + n] = res[i][r] + (bias ? bias[n] : 0.0f);
+        }
+    }
+  }
+}
+
+void quantMatmulInt(const MatmulArgs& a, const float* bias) {
+  const long M = a.M, N = a.N, K = a.K;
+  const quant::QuantizedRows A = quantizeX(a);
+  const long groups = cdiv(N, quant::kGroupRows), mBlocks = cdiv(M, quantRowsM(K));
   const int threads = poolThreads();
   const long gTasks = threads == 1 || M * N * K < (1L << 15) ? 1 : lmax(1, lmin(groups, cdiv(4L * threads, mBlocks)));
-  const long gBytes = quant::kGroupRows * quant::rowBytes(t, K);
   auto body = [&](long task, int) {
-    const long mb = task / gTasks, gt = task % gTasks;
-    const long g0 = groups * gt / gTasks, g1 = groups * (gt + 1) / gTasks;
-    const long mEnd = lmin(M, (mb + 1) * kQuantRowsM);
-    for (long g = g0; g < g1; g++) {
-      const int rows = static_cast<int>(lmin(quant::kGroupRows, N - g * quant::kGroupRows));
-      const uint8_t* grp = static_cast<const uint8_t*>(a.w) + g * gBytes;
-      for (long m0 = mb * kQuantRowsM; m0 < mEnd; m0 += quant::kGroupRows) {
-        const int mt = static_cast<int>(lmin(quant::kGroupRows, mEnd - m0));
-        float res[quant::kGroupRows][quant::kGroupRows] = {};
-#if VL3_QUANT_DOT
-        const long done = groupDot(t, grp, rows, A, m0, mt, res);
-#else
-        const long done = 0;
-#endif
-        quant::groupDotGeneric(t, grp, rows, done, A, m0, mt, res);
-        for (int i = 0; i < mt; i++)
-          for (int r = 0; r < rows; r++) {
-            const long n = g * quant::kGroupRows + r;
-            a.out[(m0 + i) * N + n] = res[i][r] + (bias ? bias[n] : 0.0f);
-          }
-      }
-    }
+    const long gt = task % gTasks;
+    quantGroups(a, A, bias, task / gTasks, groups * gt / gTasks, groups * (gt + 1) / gTasks);
   };
   if (gTasks * mBlocks == 1) body(0, 0);
   else parallelTasks(gTasks * mBlocks, body);
 }
 
+// a's bias widened to f32 and padded to whole panels in b (roundUp(N, NR) floats): N values, negligible beside the
+// weights. Null without a bias.
+inline const float* widenBias(const MatmulArgs& a, float* b) {
+  if (!a.bias) return nullptr;
+  if (a.biasType == WType::BF16) widenBf16(static_cast<const uint16_t*>(a.bias), b, a.N);
+  else std::memcpy(b, a.bias, a.N * sizeof(float));
+  for (long i = a.N; i < roundUp(a.N, NR); i++) b[i] = 0.0f;
+  return b;
+}
+
 void matmul(const MatmulArgs& a) {
   if (a.M == 0 || a.N == 0) return;
-  const float* bias = nullptr;
-  if (a.bias) {
-    // Widened and padded to whole panels once per call: N values, negligible beside the weights.
-    const long np = roundUp(a.N, NR);
-    float* b = static_cast<float*>(scratch(0, kSlotShared, np * sizeof(float)));
-    if (a.biasType == WType::BF16) widenBf16(static_cast<const uint16_t*>(a.bias), b, a.N);
-    else std::memcpy(b, a.bias, a.N * sizeof(float));
-    for (long i = a.N; i < np; i++) b[i] = 0.0f;
-    bias = b;
-  }
+  const float* bias = a.bias ? widenBias(a, static_cast<float*>(scratch(0, kSlotShared, roundUp(a.N, NR) * sizeof(float)))) : nullptr;
   if (a.K == 0) {
     for (long m = 0; m < a.M; m++)
       for (long n = 0; n < a.N; n++) a.out[m * a.N + n] = bias ? bias[n] : 0.0f;
@@ -484,6 +501,70 @@ void matmul(const MatmulArgs& a) {
 #endif
   if (a.M <= kGemvMaxM) gemv(a, bias);
   else gemm<false>(a, bias, bf16);
+}
+
+// Matmuls of one x by several weights (a layer's q, k and v projections; gate and up) as one job where they take
+// the decode kernels (quantized or bf16 weights, bf16 compute, at most kBatchRows rows): every weight is a stream of its
+// own, and on small weights starting one costs about as much as reading it (BENCHMARKS.md run 10), so the rows of all
+// are split into tasks together. Parts share K and format, so a row (a 4-row group when quantized) costs the same
+// bytes in each and tasks are balanced by counting them. Every output gets the bits of its own matmul.
+void matmulMany(const MatmulArgs* parts, int count) {
+  const MatmulArgs& a0 = parts[0];
+  const bool quantized = quant::isQuantized(a0.wType);
+  bool fused = count > 1 && a0.M > 0 && a0.M <= kBatchRows && a0.K > 0 && a0.compute == Compute::Bf16 &&
+               (quantized || (VL3_BF16_DOT && a0.wType == WType::BF16));
+  for (int i = 1; i < count && fused; i++) fused = parts[i].wType == a0.wType && parts[i].N > 0;
+  if (!fused) {
+    for (int i = 0; i < count; i++) matmul(parts[i]);
+    return;
+  }
+  const long M = a0.M, K = a0.K;
+  std::vector<const float*> bias(count);
+  std::vector<long> unitEnd(count);  // the parts' units laid end to end: part i ends at unitEnd[i]
+  long biasFloats = 0, units = 0;
+  for (int i = 0; i < count; i++) biasFloats += roundUp(parts[i].N, NR);
+  float* biasBuf = static_cast<float*>(scratch(0, kSlotShared, biasFloats * sizeof(float)));
+  for (int i = 0; i < count; i++) {
+    bias[i] = widenBias(parts[i], biasBuf);
+    biasBuf += roundUp(parts[i].N, NR);
+    units += quantized ? cdiv(parts[i].N, quant::kGroupRows) : parts[i].N;
+    unitEnd[i] = units;
+  }
+  // Units [u0, u1) of the concatenation, part by part, with rows block mb of x (quantized) or all of them.
+  auto run = [&](long mb, long u0, long u1, const quant::QuantizedRows* A, const uint16_t* xb) {
+    for (int i = 0; i < count && u0 < u1; i++) {
+      const long start = unitEnd[i] - (quantized ? cdiv(parts[i].N, quant::kGroupRows) : parts[i].N);
+      const long a = lmax(u0, start), b = lmin(u1, unitEnd[i]);
+      if (a >= b) continue;
+      const MatmulArgs& p = parts[i];
+      if (quantized) {
+        quantGroups(p, *A, bias[i], mb, a - start, b - start);
+      } else {
+#if VL3_BF16_DOT
+        const long r0 = a - start;
+        gemvRowsBf16(xb, static_cast<int>(M), K, static_cast<const uint16_t*>(p.w) + r0 * K, b - a, p.out + r0, p.N,
+                     bias[i] ? bias[i] + r0 : nullptr);
+#else
+        (void)xb;
+#endif
+      }
+    }
+  };
+  const int threads = poolThreads();
+  if (quantized) {
+    const quant::QuantizedRows A = quantizeX(a0);
+    const long mBlocks = cdiv(M, quantRowsM(K));
+    const long uTasks = threads == 1 ? 1 : lmax(1, lmin(units, cdiv(4L * threads, mBlocks)));
+    parallelTasks(uTasks * mBlocks, [&](long task, int) {
+      const long ut = task % uTasks;
+      run(task / uTasks, units * ut / uTasks, units * (ut + 1) / uTasks, &A, nullptr);
+    });
+    return;
+  }
+  uint16_t* xb = static_cast<uint16_t*>(scratch(0, kSlotE, M * K * sizeof(uint16_t)));
+  for (long i = 0; i < M * K; i++) xb[i] = f32ToBf16(a0.x[i]);
+  const long tasks = threads == 1 ? 1 : lmin(cdiv(units, 16), 4L * threads);
+  parallelTasks(tasks, [&](long t, int) { run(0, units * t / tasks, units * (t + 1) / tasks, nullptr, xb); });
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -1104,7 +1185,7 @@ float sumK(const float* p, long n) { return sumRange(p, n); }
 
 // In KernelTable's field order.
 const KernelTable table = {
-    VL3_ISA_NAME, VL3_BF16_DOT != 0, &matmul,    &add,  &mul,      &rmsNorm,   &layerNorm, &gelu, &mergeBlocks,
+    VL3_ISA_NAME, VL3_BF16_DOT != 0, &matmul,    &matmulMany, &add,  &mul,      &rmsNorm,   &layerNorm, &gelu, &mergeBlocks,
     &siluMul,     &softmax,   &rope, &attention, &embedding,
     &matmulBackward, &attentionBackward, &crossEntropy, &rmsNormBackward, &layerNormBackward, &geluBackward,
     &siluMulBackward, &ropeBackward, &mergeBlocksBackward, &embeddingBackward, &adamw, &fmaLoopK,  &sumK,

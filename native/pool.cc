@@ -19,9 +19,11 @@
 namespace vl3 {
 namespace {
 
-// Workers keep spinning this long after a job before sleeping: long enough to bridge the gap between the ops of a
-// decode step (a JS call is ~1 µs), short enough not to burn a core while JS does something else.
-constexpr auto kSpinTime = std::chrono::microseconds(50);
+// Workers keep spinning this long after a job before sleeping: long enough to bridge the gaps between the pooled ops
+// of a decode step (a JS call is ~1 µs, but a step also runs ops on the caller alone, such as its attention, for
+// 30-50 µs), since waking a sleeping worker costs tens of µs on a VM (a 50 µs spin made a 1.3 MB weight's matmul
+// take 84 µs instead of 63: BENCHMARKS.md run 10); short enough not to burn a core while JS does something else.
+constexpr auto kSpinTime = std::chrono::microseconds(2000);
 
 inline void cpuRelax() {
 #if defined(__x86_64__) || defined(__i386__)

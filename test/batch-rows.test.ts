@@ -56,3 +56,50 @@ describe('a batch row gets the bits it gets alone', () => {
     for (const w of ws) assertRowIndependent(new ReferenceBackend(), w, null, 5, `${w.dtype} weights`);
   });
 });
+
+// matmuls runs the projections of one input as one job (q, k, v; gate, up): each part must get the bits of its own
+// matmul, whatever the parts' sizes (partial row groups, a part smaller than a task), formats, biases and rows.
+describe('matmuls gives each part the bits of its own matmul', () => {
+  const K = 32 * 13;
+  const sizes = [70, 6, 3, 41];
+  const parts = sizes.map((N) => weights(N, K));
+  for (const isa of nativeInfo().tiers) {
+    for (const compute of ['exact', 'bf16'] as const) {
+      test(`${isa}, ${compute} compute`, () => {
+        for (const threads of [1, 2]) {
+          const backend = new NativeBackend({ isa, compute, threads });
+          for (let f = 0; f < parts[0]!.length; f++) {
+            for (const M of [1, 3, 16, 40]) {
+              const x = new Tensor('f32', [M, K], Float32Array.from(random(M * K, 1)));
+              const list = parts.map((ws, i) => {
+                const N = sizes[i]!;
+                // Parts 0 and 2 with an f32 and a bf16 bias, 1 and 3 without.
+                const bias =
+                  i % 2 ? null
+                  : i === 0 ? new Tensor('f32', [N], Float32Array.from(random(N, 0.5)))
+                  : new Tensor('bf16', [N], Uint16Array.from(random(N, 0.5), f32ToBf16));
+                return { w: ws[f]!, bias, out: Tensor.empty('f32', [M, N]) };
+              });
+              backend.matmuls(x, list);
+              for (const [i, p] of list.entries()) {
+                const alone = Tensor.empty('f32', [M, sizes[i]!]);
+                backend.matmul(x, p.w, p.bias, alone);
+                const differ = alone.data.findIndex((v, n) => !Object.is(v, p.out.data[n]));
+                assert.equal(differ, -1, `${p.w.dtype} weights, part ${i}, M = ${M}, ${threads} thread(s): output ${differ}: ${alone.data[differ]} alone, ${p.out.data[differ]} in matmuls`);
+              }
+            }
+          }
+        }
+      });
+    }
+  }
+  test('the checking layer names the part', () => {
+    const backend = new NativeBackend({ threads: 1 });
+    const x = Tensor.f32([1, K]);
+    const w = parts[0]![0]!;
+    assert.throws(() => backend.matmuls(x, [{ w, bias: null, out: Tensor.f32([1, 70]) }, { w, bias: null, out: Tensor.f32([1, 69]) }]), /matmuls: parts\[1\]: out: expected shape \[1, 70\]/);
+    const out = Tensor.f32([1, 70]);
+    assert.throws(() => backend.matmuls(x, [{ w, bias: null, out }, { w, bias: null, out }]), /matmuls: parts\[1\]: out must not share storage with parts\[0\]\.out/);
+    assert.throws(() => backend.matmuls(x, []), /non-empty/);
+  });
+});

@@ -427,6 +427,14 @@ for (const { isa, mode, threads } of configs) {
       }
       const r = randomF32([151936], 10);
       assert.equal(native.argmax(r), reference.argmax(r));
+      // The native argmax works a block of 1024 at a time: a tie across blocks, a later block with only an equal value,
+      // signed zeros, NaNs (never chosen after index 0) and NaN first (index 0 stays).
+      const tie = Tensor.f32([5000], Array.from({ length: 5000 }, (_, i) => (i === 1500 || i === 3000 || i === 4999 ? 7 : i % 5)));
+      assert.equal(native.argmax(tie), 1500);
+      assert.equal(native.argmax(Tensor.f32([3000], Array.from({ length: 3000 }, (_, i) => (i < 1100 ? -1 : i === 1100 ? -0 : i === 2500 ? 0 : -2)))), 1100);
+      assert.equal(native.argmax(Tensor.f32([2100], Array.from({ length: 2100 }, (_, i) => (i % 3 ? NaN : i === 2049 ? 1 : 0)))), 2049);
+      assert.equal(native.argmax(Tensor.f32([2100], Array.from({ length: 2100 }, (_, i) => (i === 0 ? NaN : i)))), 0);
+      for (const t of [tie, Tensor.f32([2100], Array.from({ length: 2100 }, (_, i) => (i % 3 ? NaN : i === 2049 ? 1 : 0)))]) assert.equal(native.argmax(t), reference.argmax(t));
       assert.deepEqual(Array.from(native.topK(r, 40).indices), Array.from(reference.topK(r, 40).indices));
     });
   });

@@ -153,9 +153,11 @@ export class Qwen2Model {
     options.onHiddenState?.(0, x);
     this.layers.forEach((layer, l) => {
       b.rmsNorm(x, layer.inputNorm, eps, h);
-      b.matmul(h, layer.qProj, layer.qBias, q.reshape([T, H]));
-      b.matmul(h, layer.kProj, layer.kBias, k.reshape([T, Hkv * D]));
-      b.matmul(h, layer.vProj, layer.vBias, v.reshape([T, Hkv * D]));
+      b.matmuls(h, [
+        { w: layer.qProj, bias: layer.qBias, out: q.reshape([T, H]) },
+        { w: layer.kProj, bias: layer.kBias, out: k.reshape([T, Hkv * D]) },
+        { w: layer.vProj, bias: layer.vBias, out: v.reshape([T, Hkv * D]) },
+      ]);
       b.rope(q, cos, sin, q);
       b.rope(k, cos, sin, k);
       attend(l, q, k, v, attn);
@@ -163,8 +165,10 @@ export class Qwen2Model {
       b.add(x, h, x);
 
       b.rmsNorm(x, layer.postNorm, eps, h);
-      b.matmul(h, layer.gateProj, null, gate);
-      b.matmul(h, layer.upProj, null, up);
+      b.matmuls(h, [
+        { w: layer.gateProj, bias: null, out: gate },
+        { w: layer.upProj, bias: null, out: up },
+      ]);
       b.siluMul(gate, up, gate);
       b.matmul(gate, layer.downProj, null, h);
       b.add(x, h, x);

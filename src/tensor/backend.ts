@@ -10,6 +10,13 @@ export interface AttentionOptions {
   queryOffset?: number;
 }
 
+/** One of the matmuls of `Backend.matmuls`: out = x·wᵀ (+ bias). */
+export interface MatmulPart {
+  w: Tensor;
+  bias: Tensor | null;
+  out: Tensor;
+}
+
 export interface TopK {
   indices: Int32Array;
   values: Float32Array;
@@ -154,6 +161,14 @@ export interface Backend extends GradientOps {
    */
   matmul(x: Tensor, w: Tensor, bias: Tensor | null, out: Tensor): void;
 
+  /**
+   * Several matmuls of one x: parts[i].out = x·parts[i].wᵀ (+ bias), each with the values `matmul` gives it. The
+   * projections a layer takes of one input (q, k and v; gate and up) go through here, so that a backend can run them
+   * as one job: the CPU's decode kernels stream their weights together, where each small weight alone pays for
+   * starting its stream. No out may overlap x, a weight, a bias or another part's out.
+   */
+  matmuls(x: Tensor, parts: readonly MatmulPart[]): void;
+
   /** out = a + b. b has a's shape, or is a vector broadcast over a's last dimension. out may be a. */
   add(a: Tensor, b: Tensor, out: Tensor): void;
 
@@ -212,6 +227,7 @@ export interface Backend extends GradientOps {
  * What a backend implements: the ops of `Backend` without any checking (the one checking layer, `CheckedBackend`,
  * runs before every call and builds `allocate` on `allocateStorage`), on tensors of its own storage. When a kernel
  * runs its arguments are valid: shapes agree, dtypes are the allowed ones, ids are in range, outputs do not partly
- * overlap inputs, every tensor is in this backend's memory (`upload`'s argument excepted: a host tensor).
+ * overlap inputs, every tensor is in this backend's memory (`upload`'s argument excepted: a host tensor). `matmuls`
+ * is optional: without it the checking layer runs one `matmul` per part.
  */
-export type Kernels = Omit<Backend, 'allocate'>;
+export type Kernels = Omit<Backend, 'allocate' | 'matmuls'> & Partial<Pick<Backend, 'matmuls'>>;

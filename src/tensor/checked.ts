@@ -3,7 +3,7 @@
  * with an error naming the op and the operand, and then the backend's kernel runs on arguments known to be valid.
  * Backends implement kernels only (`Kernels`), so two backends can never disagree on what a call means.
  */
-import type { AdamWHyper, AttentionOptions, Backend, ComputeMode, Kernels, TopK } from './backend.js';
+import type { AdamWHyper, AttentionOptions, Backend, ComputeMode, Kernels, MatmulPart, TopK } from './backend.js';
 import { BYTES_PER_ELEMENT, QUANT_FORMATS, byteSizeOf, type DType } from './dtype.js';
 import { assertDType, assertShape, numelOf, Tensor, type Storage } from './tensor.js';
 
@@ -121,25 +121,40 @@ export class CheckedBackend implements Backend {
   // -- compute ---------------------------------------------------------------------------------------------------
 
   matmul(x: Tensor, w: Tensor, bias: Tensor | null, out: Tensor): void {
-    this.mine('matmul', { x, w, bias, out });
+    this.checkMatmul('matmul', x, w, bias, out);
+    this.kernels.matmul(x, w, bias, out);
+  }
+
+  matmuls(x: Tensor, parts: readonly MatmulPart[]): void {
+    if (!Array.isArray(parts) || parts.length === 0) throw new Error('matmuls: parts must be a non-empty array');
+    parts.forEach((p, i) => {
+      this.checkMatmul(`matmuls: parts[${i}]`, x, p.w, p.bias, p.out);
+      for (let j = 0; j < i; j++) assertNoOverlap(`matmuls: parts[${i}]`, p.out, `parts[${j}].out`, parts[j]!.out);
+    });
+    if (this.kernels.matmuls) this.kernels.matmuls(x, parts);
+    else for (const p of parts) this.kernels.matmul(x, p.w, p.bias, p.out);
+  }
+
+  /** matmul's operands; `op` prefixes every message ("matmul", or "matmuls: parts[i]"). */
+  private checkMatmul(op: string, x: Tensor, w: Tensor, bias: Tensor | null, out: Tensor): void {
+    this.mine(op, { x, w, bias, out });
     // x may carry leading dimensions ([..., K]); they are flattened into M rows and kept in out ([..., N]).
-    assertDType('matmul: x', x, 'f32');
-    assertRankAtLeast('matmul: x', x, 1);
-    assertDType('matmul: w', w, 'f32', 'bf16', ...QUANT_FORMATS);
-    assertRank('matmul: w', w, 2);
+    assertDType(`${op}: x`, x, 'f32');
+    assertRankAtLeast(`${op}: x`, x, 1);
+    assertDType(`${op}: w`, w, 'f32', 'bf16', ...QUANT_FORMATS);
+    assertRank(`${op}: w`, w, 2);
     const K = x.dim(-1);
     const N = w.dim(0);
-    assertShape('matmul: w', w, [N, K]);
+    assertShape(`${op}: w`, w, [N, K]);
     if (bias) {
-      assertDType('matmul: bias', bias, 'f32', 'bf16');
-      assertShape('matmul: bias', bias, [N]);
+      assertDType(`${op}: bias`, bias, 'f32', 'bf16');
+      assertShape(`${op}: bias`, bias, [N]);
     }
-    assertDType('matmul: out', out, 'f32');
-    assertShape('matmul: out', out, [...x.shape.slice(0, -1), N]);
-    assertNoOverlap('matmul', out, 'x', x);
-    assertNoOverlap('matmul', out, 'w', w);
-    if (bias) assertNoOverlap('matmul', out, 'bias', bias);
-    this.kernels.matmul(x, w, bias, out);
+    assertDType(`${op}: out`, out, 'f32');
+    assertShape(`${op}: out`, out, [...x.shape.slice(0, -1), N]);
+    assertNoOverlap(op, out, 'x', x);
+    assertNoOverlap(op, out, 'w', w);
+    if (bias) assertNoOverlap(op, out, 'bias', bias);
   }
 
   add(a: Tensor, b: Tensor, out: Tensor): void {

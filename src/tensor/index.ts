@@ -28,7 +28,7 @@ export function createBackend(name: BackendName = 'native', options: BackendOpti
 }
 
 export { CheckedBackend } from './checked.js';
-export type { AttentionOptions, Backend, ComputeMode, Kernels, TopK } from './backend.js';
+export type { AttentionOptions, Backend, ComputeMode, Kernels, MatmulPart, TopK } from './backend.js';
 export type { DType } from './dtype.js';
 export type { Isa } from './native.js';
 export { HostStorage, Tensor, type Storage } from './tensor.js';

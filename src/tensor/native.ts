@@ -3,7 +3,7 @@ import { createRequire } from 'node:module';
 import { dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-import type { AdamWHyper, AttentionOptions, ComputeMode, Kernels, TopK } from './backend.js';
+import type { AdamWHyper, AttentionOptions, ComputeMode, Kernels, MatmulPart, TopK } from './backend.js';
 import { CheckedBackend } from './checked.js';
 import { adamwScalars } from './host-gradients.js';
 import { HostKernels } from './host.js';
@@ -78,9 +78,13 @@ const ISAS: readonly Isa[] = ['scalar', 'avx2', 'avx512', 'avx512bf16', 'neon'];
 type F32 = Float32Array;
 type Half = Uint16Array;
 
+type NativeMatmulPart = [F32 | Half | Uint8Array, F32 | Half | null, F32, number, number | undefined];
+
 /** A backend's native half (native/addon.cc): its own thread pool, kernel tier and compute mode; ops run one at a time. */
 interface NativeContext {
   matmul(x: F32, w: F32 | Half | Uint8Array, bias: F32 | Half | null, out: F32, M: number, N: number, K: number, wFormat?: number): void;
+  /** Parts as [w, bias, out, N, wFormat]. */
+  matmuls(x: F32, parts: NativeMatmulPart[], M: number, K: number): void;
   add(a: F32, b: F32, out: F32): void;
   mul(a: F32, b: F32, out: F32): void;
   rmsNorm(x: F32, weight: F32 | Half, eps: number, out: F32): void;
@@ -343,6 +347,13 @@ export class NativeKernels extends HostKernels implements Kernels {
     const N = w.dim(0);
     const M = K === 0 ? out.numel / Math.max(N, 1) : x.numel / K;
     this.ctx.matmul(f32(x), w.data as F32 | Half | Uint8Array, bias ? floatData(bias) : null, f32(out), M, N, K, nativeFormat(w));
+  }
+
+  matmuls(x: Tensor, parts: readonly MatmulPart[]): void {
+    const K = x.dim(-1);
+    const M = K === 0 ? parts[0]!.out.numel / Math.max(parts[0]!.w.dim(0), 1) : x.numel / K;
+    const native = parts.map((p): NativeMatmulPart => [p.w.data as F32 | Half | Uint8Array, p.bias ? floatData(p.bias) : null, f32(p.out), p.w.dim(0), nativeFormat(p.w)]);
+    this.ctx.matmuls(f32(x), native, M, K);
   }
 
   add(a: Tensor, b: Tensor, out: Tensor): void {
