@@ -1,5 +1,6 @@
 // Own quantized-weight entry points: the encoder runs threaded in C++ because quantizing 7B weights at load in JS would take minutes, and file mapping needs mmap, which Node lacks.
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cerrno>
@@ -85,6 +86,31 @@ Napi::Value Quantize(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, bad.load() == N ? -1.0 : static_cast<double>(bad.load()));
 }
 
+// A private mapping of `size` bytes of fd from `start`, placed where its address and its file offset agree modulo
+// 2 MiB and advised as huge pages: the page cache holds large files in folios of up to 2 MiB (ext4 and others), and
+// only a mapping so placed can map such a folio whole, one TLB entry for 2 MiB of a weight that decode streams every
+// token (BENCHMARKS.md run 10). A plain mapping where the placement cannot be had.
+void* mapHugeAligned(size_t size, int fd, int64_t start) {
+  constexpr uintptr_t kHuge = uintptr_t{2} << 20;
+  const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+  const size_t mapped = (size + page - 1) / page * page;
+  void* reserve = ::mmap(nullptr, mapped + kHuge, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (reserve == MAP_FAILED) return ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, start);
+  const uintptr_t base = reinterpret_cast<uintptr_t>(reserve);
+  const uintptr_t at = base + (static_cast<uintptr_t>(start) % kHuge + kHuge - base % kHuge) % kHuge;
+  void* p = ::mmap(reinterpret_cast<void*>(at), size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED, fd, start);
+  if (p == MAP_FAILED) {
+    ::munmap(reserve, mapped + kHuge);
+    return p;
+  }
+  if (at > base) ::munmap(reserve, at - base);
+  if (base + mapped + kHuge > at + mapped) ::munmap(reinterpret_cast<void*>(at + mapped), base + mapped + kHuge - (at + mapped));
+#ifdef MADV_HUGEPAGE
+  ::madvise(p, size, MADV_HUGEPAGE);
+#endif
+  return p;
+}
+
 // mapFile(fd, offset, length): bytes [offset, offset + length) of an open file (the caller's descriptor, which it keeps
 // and may close: a mapping outlives it) as an ArrayBuffer over a private mapping that starts at offset rounded down to
 // 64 KiB (a multiple of every page size in use), so the caller's bytes begin at offset % 65536 of it. Pages are read
@@ -106,7 +132,7 @@ Napi::Value MapFile(const Napi::CallbackInfo& info) {
                                    " (1 to 4 GiB)").ThrowAsJavaScriptException();
     return env.Undefined();
   }
-  void* p = ::mmap(nullptr, static_cast<size_t>(size), PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, start);
+  void* p = mapHugeAligned(static_cast<size_t>(size), fd, start);
   if (p == MAP_FAILED) {
     Napi::Error::New(env, std::string("mapFile: mmap: ") + std::strerror(errno)).ThrowAsJavaScriptException();
     return env.Undefined();

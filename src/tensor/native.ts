@@ -262,10 +262,24 @@ function floatData(t: Tensor): F32 | Half {
  * Packs an f32 or bf16 [N, K] host tensor in a quantized format with the native encoder (threaded; byte-identical to
  * quant.ts `quantize`). A block holding a non-finite value, or needing a scale beyond f16, throws naming its row.
  */
+/**
+ * A zero-filled ArrayBuffer for bulk data that lives long or is swept often (weights read or quantized at load,
+ * activations, gradients): from 4 MiB on, its whole 2 MiB pages are advised as transparent huge pages before first
+ * touch (native/addon.cc `adviseHugePages`). They fault in 512 times less often, and a decode step, which streams
+ * every weight once, misses the TLB once per 2 MiB instead of once per 4 KiB (BENCHMARKS.md run 10).
+ */
+export function bulkBuffer(bytes: number): ArrayBuffer {
+  // Below this, few whole huge pages fit inside a buffer.
+  const HUGE_ALLOCATION_BYTES = 4 << 20;
+  const buffer = new ArrayBuffer(bytes);
+  if (bytes >= HUGE_ALLOCATION_BYTES) native().adviseHugePages(buffer);
+  return buffer;
+}
+
 export function quantizeNative(format: QuantFormat, t: Tensor): Uint8Array {
   if (t.rank !== 2 || (t.dtype !== 'f32' && t.dtype !== 'bf16')) throw new Error(`quantize: expected an f32 or bf16 matrix, got ${t}`);
   const [N, K] = t.shape as [number, number];
-  const dst = new Uint8Array(packedBytes(format, N, K));
+  const dst = new Uint8Array(bulkBuffer(packedBytes(format, N, K)));
   const bad = native().quantize(format, floatData(t), dst, N, K);
   if (bad >= 0) throw new QuantizeRangeError(bad, `row ${bad} holds a value that is not finite or needs a scale beyond the f16 range`);
   return dst;
@@ -288,8 +302,6 @@ export function mapFile(fd: number, offset: number, length: number): MappedRange
  * mode fixed at construction, reading the tensors' host arrays in place. Instances share nothing, so two models on
  * two JS threads run at the same time, each with its own thread count. Arguments were checked by `CheckedBackend`.
  */
-/** Below this, few whole huge pages fit inside a buffer. */
-const HUGE_ALLOCATION_BYTES = 4 << 20;
 
 export class NativeKernels extends HostKernels implements Kernels {
   readonly name = 'native';
@@ -318,11 +330,7 @@ export class NativeKernels extends HostKernels implements Kernels {
    * Buffers of a few MiB and more (activations, gradients, optimizer state) are advised to the kernel as huge pages
    * (native/addon.cc `adviseHugePages`) before their first touch, so they fault in 512 times less often.
    */
-  override readonly allocateStorage = (bytes: number): Storage => {
-    const buffer = new ArrayBuffer(bytes);
-    if (bytes >= HUGE_ALLOCATION_BYTES) this.n.adviseHugePages(buffer);
-    return new HostStorage(buffer);
-  };
+  override readonly allocateStorage = (bytes: number): Storage => new HostStorage(bulkBuffer(bytes));
 
   get threads(): number {
     return this.ctx.threads;
@@ -352,8 +360,8 @@ export class NativeKernels extends HostKernels implements Kernels {
   matmuls(x: Tensor, parts: readonly MatmulPart[]): void {
     const K = x.dim(-1);
     const M = K === 0 ? parts[0]!.out.numel / Math.max(parts[0]!.w.dim(0), 1) : x.numel / K;
-    const native = parts.map((p): NativeMatmulPart => [p.w.data as F32 | Half | Uint8Array, p.bias ? floatData(p.bias) : null, f32(p.out), p.w.dim(0), nativeFormat(p.w)]);
-    this.ctx.matmuls(f32(x), native, M, K);
+    const list = parts.map((p): NativeMatmulPart => [p.w.data as F32 | Half | Uint8Array, p.bias ? floatData(p.bias) : null, f32(p.out), p.w.dim(0), nativeFormat(p.w)]);
+    this.ctx.matmuls(f32(x), list, M, K);
   }
 
   add(a: Tensor, b: Tensor, out: Tensor): void {
