@@ -22,6 +22,10 @@
 #ifndef VL3_QUANT_DOT
 #define VL3_QUANT_DOT 0
 #endif
+// Set by an ISA header that gives quantizeActivationRowVec (quant::quantizeActivationRow's results, vectorized).
+#ifndef VL3_QUANT_ACTIVATIONS
+#define VL3_QUANT_ACTIVATIONS 0
+#endif
 
 namespace vl3 {
 namespace VL3_ISA {
@@ -417,8 +421,13 @@ inline quant::QuantizedRows quantizeX(const MatmulArgs& a) {
   float* dsum = d + M * nb;
   int32_t* laneInit = reinterpret_cast<int32_t*>(dsum + M * nb);
   forRange(M, lmax(1, (1L << 15) / K), [&](long m0, long m1, int) {
-    for (long m = m0; m < m1; m++)
+    for (long m = m0; m < m1; m++) {
+#if VL3_QUANT_ACTIVATIONS
+      quantizeActivationRowVec(t, a.x + m * K, K, q + m * K, d + m * nb, laneInit + m * (K / 8), dsum + m * nb);
+#else
       quant::quantizeActivationRow(t, a.x + m * K, K, q + m * K, d + m * nb, laneInit + m * (K / 8), dsum + m * nb);
+#endif
+    }
   });
   return {q, d, laneInit, dsum, K};
 }

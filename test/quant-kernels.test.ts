@@ -172,6 +172,39 @@ describe('quantized matmul and embedding on every tier', () => {
     });
   }
 
+  test('every tier quantizes activations to the reference codes, exactly', () => {
+    // Weight row n is zero but for one positive value at k = n (int4m's minimum is then 0), so out[n] = d_w·d_x·(u −
+    // z)·q_n, one product, exact in every implementation: any activation code or scale off by one shows as a different
+    // bit pattern. For int4m's Σq term, row b of a second weight is constant over block b (its scale is then 0, its
+    // minimum that constant): out[b] = m_w·(d_x·Σq). K spans whole chunks and a partial one, a block of .5 ties after
+    // scaling, a zero block, and magnitudes from 1e-3 to 1e2.
+    const K = 32 * 11;
+    const nb = K / 32;
+    const x = Tensor.empty('f32', [2, K]);
+    const next = new Rng(77);
+    for (let i = 0; i < x.numel; i++) x.data[i] = (next.next() * 2 - 1) * 10 ** Math.floor(next.next() * 6 - 3);
+    for (let k = 64; k < 96; k++) x.data[k] = k === 64 ? 127 : (k - 64) * 0.5 + 0.5; // scaled by 1: many .5 ties
+    for (let k = 96; k < 128; k++) x.data[k] = 0;
+    const diagonal = Tensor.empty('bf16', [K, K]);
+    for (let n = 0; n < K; n++) diagonal.data[n * K + n] = f32ToBf16(n % 2 ? 0.75 : 1.25);
+    const constantBlocks = Tensor.empty('bf16', [nb, K]);
+    for (let b = 0; b < nb; b++) for (let k = 0; k < 32; k++) constantBlocks.data[b * K + b * 32 + k] = f32ToBf16(0.5);
+    for (const format of QUANT_FORMATS) {
+      for (const w of format === 'int4m' ? [diagonal, constantBlocks] : [diagonal]) {
+        const packed = quantizedTensor(format, w);
+        const N = w.dim(0);
+        const expected = Tensor.empty('f32', [2, N]);
+        new ReferenceBackend({ compute: 'bf16' }).matmul(x, packed, null, expected);
+        for (const isa of tiers) {
+          const out = Tensor.empty('f32', [2, N]);
+          new NativeBackend({ isa, compute: 'bf16', threads: 1 }).matmul(x, packed, null, out);
+          const differ = out.data.findIndex((v, i) => !Object.is(v, expected.data[i]));
+          assert.equal(differ, -1, `${format} [${N}×${K}], ${isa}: output ${differ} is ${out.data[differ]}, the reference's ${expected.data[differ]}`);
+        }
+      }
+    }
+  });
+
   test('the fast mode is the int8-activation product, not the exact one', () => {
     // A kernel that silently ran the exact path would pass the exact comparison but not this one.
     const w = quantizedTensor('int4', randomBf16([8, 256], 7, 0.5));
