@@ -1,0 +1,317 @@
+/**
+ * The WebGPU backend: tensors live in GPU buffers (one per storage) and ops are WGSL kernels (plan functions in
+ * kernels/), recorded through the device proxy and run in batches on the device thread. Only readbacks sync: download,
+ * argmax and topK (and the ids the checking layer reads back, which come from the host anyway).
+ */
+import type { AdamWHyper, AttentionOptions, ComputeMode, Kernels, TopK } from '../backend.js';
+import { CheckedBackend } from '../checked.js';
+import type { DType, QuantFormat } from '../dtype.js';
+import { HostStorage, Tensor, type Storage } from '../tensor.js';
+import { WebGpuDevice, type DeviceOptions } from './device.js';
+import type { BufferRef, KernelDispatch, Slice } from './dispatch.js';
+import { limitError, WebGpuError, type AdapterSummary } from './errors.js';
+import { binaryPlan, copyBytesPlan, fillPlan, geluPlan, siluMulPlan } from './kernels/elementwise.js';
+import { embeddingPlan, mergeBlocks2Plan } from './kernels/gather.js';
+import { layerNormPlan, rmsNormPlan, softmaxPlan } from './kernels/norms.js';
+import { f32Bits } from './kernels/operands.js';
+import { argmaxPlan, argmaxScratchBytes, topKPlan, topKScratchBytes } from './kernels/reduce.js';
+import { ropePlan } from './kernels/rope.js';
+
+export const WEBGPU_DEVICE = 'webgpu';
+
+/** One GPU buffer (its size rounded up to 4 bytes, as WebGPU copies and u32 bindings need). */
+export class WebGpuStorage implements Storage {
+  readonly device = WEBGPU_DEVICE;
+  constructor(
+    readonly ref: BufferRef,
+    readonly byteLength: number,
+  ) {}
+  get memory(): object {
+    return this;
+  }
+}
+
+const padded = (bytes: number) => Math.max(4, Math.ceil(bytes / 4) * 4);
+
+/** Where an operand lies on the device: what plan functions take. */
+export function sliceOf(t: Tensor): Slice {
+  if (!(t.storage instanceof WebGpuStorage)) throw new Error(`${t} is not in WebGPU memory`);
+  return { buffer: t.storage.ref, byteOffset: t.byteOffset };
+}
+
+export interface WebGpuOptions extends DeviceOptions {
+  /** How matmul multiplies (its kernels decide what 'bf16' means on the device). Default 'exact'. */
+  compute?: ComputeMode;
+}
+
+export class WebGpuKernels implements Kernels {
+  readonly name = 'webgpu';
+  readonly device = WEBGPU_DEVICE;
+  /** The CPU threads this backend uses for its kernels: none beyond the model's own (the device runs them). */
+  readonly threads = 1;
+  readonly compute: ComputeMode;
+  readonly gpu: WebGpuDevice;
+  // Buffers are freed when their storage is collected, as host memory is: model code never frees explicitly.
+  private readonly finalizer = new FinalizationRegistry<number>((id) => {
+    if (!this.closed) this.gpu.enqueue({ op: 'destroy', id });
+  });
+  private closed = false;
+
+  constructor(options: WebGpuOptions = {}) {
+    this.compute = options.compute ?? 'exact';
+    this.gpu = WebGpuDevice.open(options);
+  }
+
+  /** The adapter: its name, features (shader-f16, subgroups) and limits, for plans and error messages. */
+  get adapter(): AdapterSummary {
+    return this.gpu.adapter;
+  }
+
+  /** Ends the device thread; tensors of this backend are unusable afterwards. */
+  close(): void {
+    this.closed = true;
+    this.gpu.close();
+  }
+
+  // -- memory ----------------------------------------------------------------------------------------------------
+
+  allocateStorage(bytes: number): Storage {
+    return this.newStorage(bytes, 'an allocation');
+  }
+
+  upload<D extends DType>(host: Tensor<D>): Tensor<D> {
+    const bytes = host.byteLength;
+    const source = host.data as unknown as ArrayBufferView;
+    // A copy of exactly the tensor's bytes: posting a view would clone the whole buffer behind it (a checkpoint file).
+    const data = new Uint8Array(padded(bytes));
+    data.set(new Uint8Array(source.buffer, source.byteOffset, bytes));
+    const storage = this.newStorage(bytes, `the weight ${host}`, data);
+    return new Tensor(host.dtype, host.shape, storage);
+  }
+
+  write(dst: Tensor, values: ArrayLike<number>): void {
+    const host = Tensor.empty(dst.dtype, dst.shape);
+    (host.data as Float32Array | Int32Array | Uint8Array).set(values);
+    const bytes = new Uint8Array((host.storage as HostStorage).buffer as ArrayBuffer);
+    this.writeBytes(sliceOf(dst), bytes);
+  }
+
+  download<D extends DType>(t: Tensor<D>): Tensor<D> {
+    const data = this.gpu.read(sliceOf(t).buffer.id, t.byteOffset, t.byteLength);
+    return new Tensor(t.dtype, t.shape, new HostStorage(data));
+  }
+
+  copy(src: Tensor, dst: Tensor): void {
+    if (src.storage === dst.storage && src.byteOffset === dst.byteOffset) return;
+    this.copyBytes(sliceOf(src), sliceOf(dst), src.byteLength);
+  }
+
+  copyRows(src: Tensor, srcRows: Int32Array, dst: Tensor, dstRows: Int32Array): void {
+    const rowBytes = src.dim(0) === 0 ? 0 : src.byteLength / src.dim(0);
+    if (rowBytes === 0) return;
+    const s = sliceOf(src);
+    const d = sliceOf(dst);
+    for (let i = 0; i < srcRows.length; i++) {
+      this.copyBytes({ buffer: s.buffer, byteOffset: s.byteOffset + srcRows[i]! * rowBytes }, { buffer: d.buffer, byteOffset: d.byteOffset + dstRows[i]! * rowBytes }, rowBytes);
+    }
+  }
+
+  fill(t: Tensor, value: number): void {
+    if (t.numel === 0) return;
+    const pattern = t.dtype === 'f32' ? f32Bits(value) : t.dtype === 'i32' ? value | 0 : (value & 0xff) * 0x01010101;
+    this.run(fillPlan(sliceOf(t), t.byteLength, pattern));
+  }
+
+  // -- compute ---------------------------------------------------------------------------------------------------
+
+  matmul(x: Tensor, w: Tensor, bias: Tensor | null, out: Tensor): void {
+    void [x, w, bias, out];
+    throw notYet('matmul');
+  }
+
+  add(a: Tensor, b: Tensor, out: Tensor): void {
+    if (a.numel > 0) this.run(binaryPlan('add', sliceOf(a), sliceOf(b), sliceOf(out), a.numel, b.numel));
+  }
+
+  mul(a: Tensor, b: Tensor, out: Tensor): void {
+    if (a.numel > 0) this.run(binaryPlan('mul', sliceOf(a), sliceOf(b), sliceOf(out), a.numel, b.numel));
+  }
+
+  rmsNorm(x: Tensor, weight: Tensor, eps: number, out: Tensor): void {
+    const d = x.dim(-1);
+    this.run(rmsNormPlan(sliceOf(x), sliceOf(weight), weight.dtype === 'bf16', sliceOf(out), x.numel / d, d, eps));
+  }
+
+  layerNorm(x: Tensor, weight: Tensor, bias: Tensor, eps: number, out: Tensor): void {
+    const d = x.dim(-1);
+    this.run(layerNormPlan(sliceOf(x), sliceOf(weight), weight.dtype === 'bf16', sliceOf(bias), bias.dtype === 'bf16', sliceOf(out), x.numel / d, d, eps));
+  }
+
+  gelu(x: Tensor, out: Tensor, approximation: 'tanh' | 'erf'): void {
+    this.run(geluPlan(sliceOf(x), sliceOf(out), x.numel, approximation));
+  }
+
+  siluMul(gate: Tensor, up: Tensor, out: Tensor): void {
+    this.run(siluMulPlan(sliceOf(gate), sliceOf(up), sliceOf(out), gate.numel));
+  }
+
+  softmax(x: Tensor, out: Tensor): void {
+    const d = x.dim(-1);
+    this.run(softmaxPlan(sliceOf(x), sliceOf(out), x.numel / d, d));
+  }
+
+  rope(x: Tensor, cos: Tensor, sin: Tensor, out: Tensor): void {
+    const [T, H, D] = x.shape as [number, number, number];
+    this.run(ropePlan(sliceOf(x), sliceOf(cos), sliceOf(sin), sliceOf(out), T, H, D));
+  }
+
+  attention(q: Tensor, k: Tensor, v: Tensor, out: Tensor, options: AttentionOptions): void {
+    void [q, k, v, out, options];
+    throw notYet('attention');
+  }
+
+  mergeBlocks(x: Tensor, mergeSize: number, out: Tensor): void {
+    if (mergeSize === 1) this.copy(x, out);
+    else this.run(mergeBlocks2Plan(sliceOf(x), sliceOf(out), out.dim(0), x.dim(-1)));
+  }
+
+  embedding(table: Tensor, ids: Tensor, out: Tensor): void {
+    const [V, D] = table.shape as [number, number];
+    this.run(embeddingPlan(sliceOf(table), table.dtype as 'f32' | 'bf16' | QuantFormat, sliceOf(ids), sliceOf(out), ids.dim(0), V, D));
+  }
+
+  argmax(x: Tensor): number {
+    const scratch = this.scratch(argmaxScratchBytes(x.numel));
+    this.run(argmaxPlan(sliceOf(x), x.numel, scratch));
+    const pair = new Uint32Array(this.gpu.read(scratch.id, scratch.byteLength - 8, 8));
+    this.gpu.enqueue({ op: 'destroy', id: scratch.id });
+    return pair[1]!;
+  }
+
+  topK(x: Tensor, k: number): TopK {
+    if (k === 0) return { indices: new Int32Array(0), values: new Float32Array(0) };
+    const scratch = this.scratch(topKScratchBytes(x.numel));
+    this.run(topKPlan(sliceOf(x), x.numel, scratch));
+    const pairs = this.gpu.read(scratch.id, 0, 8 * k);
+    this.gpu.enqueue({ op: 'destroy', id: scratch.id });
+    const words = new Uint32Array(pairs);
+    const values = new Float32Array(k);
+    const indices = new Int32Array(k);
+    const asF32 = new Float32Array(pairs);
+    for (let i = 0; i < k; i++) {
+      values[i] = asF32[2 * i]!;
+      indices[i] = words[2 * i + 1]!;
+    }
+    return { indices, values };
+  }
+
+  // -- gradients (W3's kernels; until then a clear refusal) -------------------------------------------------------
+
+  matmulBackward(): void {
+    throw notYet('matmulBackward');
+  }
+  rmsNormBackward(): void {
+    throw notYet('rmsNormBackward');
+  }
+  layerNormBackward(): void {
+    throw notYet('layerNormBackward');
+  }
+  mergeBlocksBackward(): void {
+    throw notYet('mergeBlocksBackward');
+  }
+  geluBackward(): void {
+    throw notYet('geluBackward');
+  }
+  siluMulBackward(): void {
+    throw notYet('siluMulBackward');
+  }
+  ropeBackward(): void {
+    throw notYet('ropeBackward');
+  }
+  attentionBackward(): void {
+    throw notYet('attentionBackward');
+  }
+  embeddingBackward(): void {
+    throw notYet('embeddingBackward');
+  }
+  crossEntropy(): void {
+    throw notYet('crossEntropy');
+  }
+  adamw(p: Tensor, g: Tensor, m: Tensor, v: Tensor, step: number, hyper: AdamWHyper): void {
+    void [p, g, m, v, step, hyper];
+    throw notYet('adamw');
+  }
+
+  // -- plumbing ----------------------------------------------------------------------------------------------------
+
+  /** Records a plan's dispatches (the seam every kernel goes through: plans are pure, this runs them). */
+  run(plan: readonly KernelDispatch[]): void {
+    this.gpu.dispatch(plan);
+  }
+
+  /** A buffer for a kernel's own use, freed by the caller (`gpu.enqueue({ op: 'destroy' })`) after its last use. */
+  scratch(bytes: number): BufferRef {
+    const error = limitError(this.adapter, 'a scratch buffer', bytes);
+    if (error) throw error;
+    const id = this.gpu.newBufferId();
+    this.gpu.enqueue({ op: 'create', id, size: padded(bytes) });
+    return { id, byteLength: padded(bytes) };
+  }
+
+  private newStorage(bytes: number, what: string, data?: Uint8Array): WebGpuStorage {
+    const error = limitError(this.adapter, what, bytes);
+    if (error) throw error;
+    const id = this.gpu.newBufferId();
+    const size = padded(bytes);
+    this.gpu.enqueue({ op: 'create', id, size, data });
+    const storage = new WebGpuStorage({ id, byteLength: size }, bytes);
+    this.finalizer.register(storage, id);
+    return storage;
+  }
+
+  /** Host bytes into the device at a slice: a queued write where WebGPU allows it, else via a staging buffer and a copy kernel. */
+  private writeBytes(at: Slice, bytes: Uint8Array): void {
+    if (bytes.byteLength === 0) return;
+    if (at.byteOffset % 4 === 0 && bytes.byteLength % 4 === 0) {
+      this.gpu.enqueue({ op: 'write', id: at.buffer.id, offset: at.byteOffset, data: bytes.slice() });
+      return;
+    }
+    const staging = this.scratch(bytes.byteLength);
+    const data = new Uint8Array(staging.byteLength);
+    data.set(bytes);
+    this.gpu.enqueue({ op: 'write', id: staging.id, offset: 0, data });
+    this.run(copyBytesPlan({ buffer: staging, byteOffset: 0 }, at, bytes.byteLength));
+    this.gpu.enqueue({ op: 'destroy', id: staging.id });
+  }
+
+  private copyBytes(src: Slice, dst: Slice, bytes: number): void {
+    if (bytes === 0) return;
+    const aligned = src.byteOffset % 4 === 0 && dst.byteOffset % 4 === 0 && bytes % 4 === 0;
+    if (aligned && src.buffer.id !== dst.buffer.id) {
+      this.gpu.enqueue({ op: 'copy', src: src.buffer.id, srcOffset: src.byteOffset, dst: dst.buffer.id, dstOffset: dst.byteOffset, size: bytes });
+    } else {
+      this.run(copyBytesPlan(src, dst, bytes));
+    }
+  }
+}
+
+function notYet(op: string): WebGpuError {
+  return new WebGpuError('not-implemented', `${op} is not yet implemented on webgpu (use --device cpu)`);
+}
+
+/** The WebGPU kernels behind the checking layer. Creating one starts the device thread and waits for its device. */
+export class WebGpuBackend extends CheckedBackend {
+  declare protected readonly kernels: WebGpuKernels;
+
+  constructor(options: WebGpuOptions = {}) {
+    super(new WebGpuKernels(options));
+  }
+
+  get adapter(): AdapterSummary {
+    return this.kernels.adapter;
+  }
+
+  close(): void {
+    this.kernels.close();
+  }
+}

@@ -1,0 +1,124 @@
+// Hand-written WGSL for argmax and top-k, so that only ids and a few scores leave the device.
+import type { BufferRef, KernelDispatch, Slice } from '../dispatch.js';
+import { bind, dispatchOver, elementwiseMain, GRID_BUILTINS, GROUP_INDEX, grid } from './operands.js';
+
+const WG = 256;
+/** −∞'s bits, passed as a uniform: WGSL refuses an infinite constant. */
+const NEG_INF = 0xff800000;
+/** Elements one argmax workgroup scans in its first pass. */
+const CHUNK = WG * 16;
+
+/** Scratch words argmaxPlan needs for n elements: a (value, index) pair per first-pass workgroup and one for the result. */
+export function argmaxScratchBytes(n: number): number {
+  return (Math.ceil(n / CHUNK) + 1) * 8;
+}
+
+/**
+ * The order argmax and topK rank by: the larger value first, on ties the lower index (the reference's scan keeps the
+ * first). An invocation without elements holds (−∞, 0xffffffff), which every element ranks before.
+ */
+const COMBINE = `
+fn before(va: f32, ia: u32, vb: f32, ib: u32) -> bool { return va > vb || (va == vb && ia < ib); }
+var<workgroup> best_v: array<f32, ${WG}>;
+var<workgroup> best_i: array<u32, ${WG}>;
+fn reduce_best(v: f32, i: u32, lid: u32) {
+  best_v[lid] = v;
+  best_i[lid] = i;
+  workgroupBarrier();
+  for (var s = ${WG / 2}u; s > 0u; s >>= 1u) {
+    if (lid < s && before(best_v[lid + s], best_i[lid + s], best_v[lid], best_i[lid])) { best_v[lid] = best_v[lid + s]; best_i[lid] = best_i[lid + s]; }
+    workgroupBarrier();
+  }
+}
+`;
+
+/** Two passes: each workgroup's best of a chunk into scratch, then one workgroup's best of those; the index lands in the scratch's last pair. */
+export function argmaxPlan(x: Slice, n: number, scratch: BufferRef): KernelDispatch[] {
+  const groups = Math.ceil(n / CHUNK);
+  const first = bind(
+    [
+      { name: 'x', at: x, as: 'f32' },
+      { name: 'p', at: { buffer: scratch, byteOffset: 0 }, as: 'f32', write: true },
+    ],
+    ['n', 'ninf'],
+  );
+  const pass1 = `@compute @workgroup_size(${WG}) fn main(${GRID_BUILTINS}) {
+  let g = ${GROUP_INDEX};
+  let start = g * ${CHUNK}u;
+  var bv = bitcast<f32>(u.ninf);
+  var bi = 0xffffffffu;
+  for (var k = 0u; k < ${CHUNK / WG}u; k++) {
+    let i = start + k * ${WG}u + lid;
+    if (i < u.n) { let v = x_ld(i); if (before(v, i, bv, bi)) { bv = v; bi = i; } }
+  }
+  reduce_best(bv, bi, lid);
+  if (lid == 0u) { p_st(2u * g, best_v[0]); b${first.variant.includes('p0') ? 0 : 1}[u.p_o + 2u * g + 1u] = best_i[0]; }
+}
+`;
+  const second = bind([{ name: 'p', at: { buffer: scratch, byteOffset: 0 }, as: 'f32', write: true }], ['groups', 'ninf']);
+  const pass2 = `@compute @workgroup_size(${WG}) fn main(@builtin(local_invocation_index) lid: u32) {
+  var bv = bitcast<f32>(u.ninf);
+  var bi = 0xffffffffu;
+  for (var g = lid; g < u.groups; g += ${WG}u) {
+    let v = p_ld(2u * g);
+    let i = b0[2u * g + 1u];
+    if (before(v, i, bv, bi)) { bv = v; bi = i; }
+  }
+  reduce_best(bv, bi, lid);
+  if (lid == 0u) { p_st(2u * u.groups, best_v[0]); b0[2u * u.groups + 1u] = best_i[0]; }
+}
+`;
+  return [
+    { key: `argmax-1:${first.variant}`, wgsl: () => first.header + COMBINE + pass1, buffers: first.buffers, uniforms: first.uniforms([n, NEG_INF]), workgroups: grid(groups) },
+    { key: 'argmax-2', wgsl: () => second.header + COMBINE + pass2, buffers: second.buffers, uniforms: second.uniforms([groups, NEG_INF]), workgroups: [1, 1, 1] },
+  ];
+}
+
+/** The padded length topKPlan sorts (a power of two ≥ n) and the bytes of its scratch: a (value, index) pair each. */
+export function topKScratchBytes(n: number): number {
+  return 8 * 2 ** Math.ceil(Math.log2(Math.max(n, 1)));
+}
+
+/**
+ * Sorts (value, index) pairs of x into the `before` order with a bitonic network over a power-of-two length (padding
+ * ranks last), one dispatch per compare-exchange stage: O(n log² n) work, no host round trip, any k up to n. The
+ * first k pairs of the scratch are then the top k.
+ */
+export function topKPlan(x: Slice, n: number, scratch: BufferRef): KernelDispatch[] {
+  const size = topKScratchBytes(n) / 8;
+  const init = bind(
+    [
+      { name: 'x', at: x, as: 'f32' },
+      { name: 'p', at: { buffer: scratch, byteOffset: 0 }, as: 'f32', write: true },
+    ],
+    ['n', 'len', 'ninf'],
+  );
+  const pairs = init.variant.includes('p0') ? 'b0' : 'b1';
+  const initBody = `  let inside = gi < u.len;
+  p_st(2u * gi, select(bitcast<f32>(u.ninf), x_ld(min(gi, u.len - 1u)), inside));
+  ${pairs}[2u * gi + 1u] = select(0xffffffffu, gi, inside);`;
+  const plan: KernelDispatch[] = [
+    dispatchOver(`topk-init:${init.variant}`, () => init.header + elementwiseMain(WG, initBody), init, [size, n, NEG_INF], size, WG),
+  ];
+  const step = bind([{ name: 'p', at: { buffer: scratch, byteOffset: 0 }, as: 'f32', write: true }], ['n', 'k', 'j']);
+  // Invocation gi compares pair gi with pair gi ^ j (the lower one of the two does the work); within a run of k the
+  // order is `before` where bit k of gi is clear and reversed where it is set, which merges into one sorted run.
+  const stepBody = `  let l = gi ^ u.j;
+  if (l <= gi) { return; }
+  let va = bitcast<f32>(b0[2u * gi]);
+  let ia = b0[2u * gi + 1u];
+  let vb = bitcast<f32>(b0[2u * l]);
+  let ib = b0[2u * l + 1u];
+  let forward = (gi & u.k) == 0u;
+  let swap = select(before(va, ia, vb, ib), before(vb, ib, va, ia), forward);
+  if (swap) {
+    b0[2u * gi] = bitcast<u32>(vb); b0[2u * gi + 1u] = ib;
+    b0[2u * l] = bitcast<u32>(va); b0[2u * l + 1u] = ia;
+  }`;
+  const stepWgsl = () =>
+    step.header + 'fn before(va: f32, ia: u32, vb: f32, ib: u32) -> bool { return va > vb || (va == vb && ia < ib); }\n' + elementwiseMain(WG, stepBody);
+  for (let k = 2; k <= size; k *= 2) {
+    for (let j = k / 2; j >= 1; j /= 2) plan.push(dispatchOver('topk-step', stepWgsl, step, [size, k, j], size, WG));
+  }
+  return plan;
+}
