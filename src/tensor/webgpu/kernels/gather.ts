@@ -46,7 +46,7 @@ fn f16_at(at: u32) -> f32 {
   let e = (h >> 10u) & 31u;
   let f = h & 1023u;
   if (e == 0u) { return sign * f32(f) * 5.9604644775390625e-8; }
-  if (e == 31u) { return select(sign * bitcast<f32>(0x7f800000u), bitcast<f32>(0x7fc00000u), f != 0u); }
+  if (e == 31u) { return bitcast<f32>(((h & 0x8000u) << 16u) | 0x7f800000u | (f << 13u)); }
   return bitcast<f32>(((h & 0x8000u) << 16u) | ((e + 112u) << 23u) | (f << 13u));
 }
 fn dequant(n: u32, k: u32, N: u32, K: u32) -> f32 {

@@ -1,0 +1,291 @@
+// The WebGPU backend (on lavapipe here) against the TypeScript reference: every kernel of src/tensor/webgpu/kernels
+// on odd sizes (not multiples of a workgroup), in place and with operands sharing a storage, bf16 weights and
+// quantized tables; the memory ops round trip; and its typed errors. Sizes stay small: lavapipe is slow.
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { Rng } from '../src/engine/rng.js';
+import type { Backend } from '../src/tensor/backend.js';
+import { f32ToBf16, QUANT_FORMATS, type DType } from '../src/tensor/dtype.js';
+import { quantize } from '../src/tensor/quant.js';
+import { ReferenceBackend } from '../src/tensor/reference.js';
+import { Tensor } from '../src/tensor/tensor.js';
+import { WebGpuBackend, WebGpuKernels } from '../src/tensor/webgpu/backend.js';
+import { WebGpuError } from '../src/tensor/webgpu/errors.js';
+
+let seed = 1;
+function random(shape: number[], scale = 1, offset = 0): Tensor<'f32'> {
+  const r = new Rng(seed++ * 7919);
+  const t = Tensor.empty('f32', shape);
+  for (let i = 0; i < t.numel; i++) t.data[i] = (r.next() * 2 - 1) * scale + offset;
+  return t;
+}
+
+function bf16Of(t: Tensor<'f32'>): Tensor<'bf16'> {
+  const out = Tensor.empty('bf16', t.shape);
+  for (let i = 0; i < t.numel; i++) out.data[i] = f32ToBf16(t.data[i]!);
+  return out;
+}
+
+/**
+ * |actual − expected| ≤ rtol·|expected| + atol everywhere, the worst element named on failure. Bounds are stated per
+ * op below; each is far below what a wrong kernel (a wrong element, index or formula) produces.
+ */
+function assertClose(actual: Float32Array, expected: Float32Array, what: string, rtol: number, atol = 0): void {
+  assert.equal(actual.length, expected.length, `${what}: length`);
+  for (let i = 0; i < actual.length; i++) {
+    const a = actual[i]!;
+    const e = expected[i]!;
+    if (Number.isNaN(e) && Number.isNaN(a)) continue;
+    if (!(Math.abs(a - e) <= rtol * Math.abs(e) + atol)) assert.fail(`${what}: element ${i} is ${a}, expected ${e} (rtol ${rtol}, atol ${atol})`);
+  }
+}
+
+describe('WebGPU backend', () => {
+  let gpu: WebGpuBackend;
+  const ref: Backend = new ReferenceBackend();
+  before(() => {
+    gpu = new WebGpuBackend();
+  });
+  after(() => gpu?.close());
+
+  const up = <D extends DType>(t: Tensor<D>) => gpu.upload(t);
+  const down = (t: Tensor) => gpu.download(t).toFloat32();
+
+  describe('memory', () => {
+    it('uploads and downloads every dtype bit for bit, odd byte lengths included', () => {
+      const f = random([3, 37]);
+      const cases: Tensor[] = [f, bf16Of(random([5, 7])), Tensor.i32([3], [-1, 0, 2 ** 31 - 1]), new Tensor('u8', [5], Uint8Array.of(1, 2, 250, 4, 5))];
+      for (const format of QUANT_FORMATS) cases.push(new Tensor(format, [5, 64], quantize(format, (i) => f.data[i % f.numel]!, 5, 64)));
+      for (const t of cases) {
+        const back = gpu.download(up(t));
+        assert.equal(back.dtype, t.dtype);
+        assert.deepEqual(back.shape, t.shape);
+        assert.deepEqual(new Uint8Array((back.data as Uint8Array).buffer, 0, t.byteLength), new Uint8Array((t.data as Uint8Array).buffer, (t.data as Uint8Array).byteOffset, t.byteLength), `${t}`);
+      }
+    });
+
+    it('allocates zeros, writes views at any offset, and reads views back', () => {
+      const t = gpu.allocate('f32', [4, 9]);
+      assert.deepEqual([...down(t)], new Array(36).fill(0));
+      gpu.write(t.rows(1, 3), Array.from({ length: 18 }, (_, i) => i + 0.5));
+      assert.deepEqual([...down(t.rows(1, 2))], Array.from({ length: 9 }, (_, i) => i + 0.5));
+      assert.equal(down(t)[35], 0);
+      const bytes = gpu.allocate('u8', [11]);
+      gpu.fill(bytes, 7);
+      gpu.write(bytes.rows(3, 8), [1, 2, 3, 4, 5]);
+      assert.deepEqual([...down(bytes)], [7, 7, 7, 1, 2, 3, 4, 5, 7, 7, 7]);
+      const ids = gpu.allocate('i32', [5]);
+      gpu.write(ids.rows(1, 4), [-3, 2 ** 31 - 1, 9]);
+      assert.deepEqual([...gpu.download(ids).data], [0, -3, 2 ** 31 - 1, 9, 0]);
+    });
+
+    it('fills f32, i32 and byte views without touching their neighbours', () => {
+      const t = gpu.allocate('f32', [5, 3]);
+      gpu.fill(t.rows(1, 4), -2.5);
+      assert.deepEqual([...down(t)], [0, 0, 0, ...new Array(9).fill(-2.5), 0, 0, 0]);
+      const i = gpu.allocate('i32', [3]);
+      gpu.fill(i, -7);
+      assert.deepEqual([...gpu.download(i).data], [-7, -7, -7]);
+      const u = gpu.allocate('u8', [13]);
+      gpu.fill(u.rows(5, 10), 255);
+      assert.deepEqual([...gpu.download(u).data], [0, 0, 0, 0, 0, 255, 255, 255, 255, 255, 0, 0, 0]);
+    });
+
+    it('copies between storages, within one storage, and at byte offsets', () => {
+      const src = random([6, 5]);
+      const a = up(src);
+      const b = gpu.allocate('f32', [6, 5]);
+      gpu.copy(a, b);
+      assert.deepEqual(down(b), src.data);
+      // Within one storage: rows 0..2 over rows 3..5 (disjoint ranges of one buffer).
+      gpu.copy(a.rows(0, 3), a.rows(3, 6));
+      assert.deepEqual(down(a.rows(3, 6)), src.data.subarray(0, 15));
+      const bytes = up(new Tensor('u8', [9], Uint8Array.of(1, 2, 3, 4, 5, 6, 7, 8, 9)));
+      gpu.copy(bytes.rows(0, 3), bytes.rows(5, 8));
+      assert.deepEqual([...gpu.download(bytes).data], [1, 2, 3, 4, 5, 1, 2, 3, 9]);
+      const other = gpu.allocate('u8', [7]);
+      gpu.copy(bytes.rows(1, 6), other.rows(2, 7));
+      assert.deepEqual([...gpu.download(other).data], [0, 0, 2, 3, 4, 5, 1]);
+    });
+
+    it('copies rows by index, f32 and byte rows', () => {
+      const src = random([5, 7]);
+      const dst = gpu.allocate('f32', [4, 7]);
+      gpu.copyRows(up(src), Int32Array.of(4, 0, 2), dst, Int32Array.of(0, 3, 1));
+      const expected = Tensor.empty('f32', [4, 7]);
+      ref.copyRows(src, Int32Array.of(4, 0, 2), expected, Int32Array.of(0, 3, 1));
+      assert.deepEqual(down(dst), expected.data);
+      const bytes = up(new Tensor('u8', [3, 3], Uint8Array.of(1, 2, 3, 4, 5, 6, 7, 8, 9)));
+      const into = gpu.allocate('u8', [3, 3]);
+      gpu.copyRows(bytes, Int32Array.of(2, 0), into, Int32Array.of(1, 2));
+      assert.deepEqual([...gpu.download(into).data], [0, 0, 0, 7, 8, 9, 1, 2, 3]);
+    });
+  });
+
+  /**
+   * Runs `op` on the reference with host tensors and on the device with uploads of the same tensors, then compares
+   * what `pick` returns (the output tensor). In-place variants pass the input itself as out on both.
+   */
+  function compare(what: string, inputs: Tensor[], op: (b: Backend, t: Tensor[]) => Tensor, rtol: number, atol = 0): void {
+    const hostCopies = inputs.map((t) => new Tensor(t.dtype, t.shape, (t.data as Uint8Array).slice()));
+    const expected = op(ref, hostCopies).toFloat32();
+    const actual = down(op(gpu, inputs.map(up)));
+    assertClose(actual, expected, what, rtol, atol);
+  }
+
+  describe('elementwise', () => {
+    // add and mul are one f32 operation: exact.
+    for (const op of ['add', 'mul'] as const) {
+      it(`${op}: same shape, broadcast over the last dimension, in place, and b a view of a's storage`, () => {
+        const a = random([3, 37, 29], 3);
+        compare(`${op} same shape`, [a, random([3, 37, 29])], (b, [x, y]) => {
+          const out = b.allocate('f32', x!.shape);
+          b[op](x!, y!, out);
+          return out;
+        }, 0);
+        compare(`${op} broadcast in place`, [a, random([29])], (b, [x, y]) => (b[op](x!, y!, x!), x!), 0);
+        // Rows 0..1 of one storage, and its row 2 as the broadcast vector: two operands, one buffer.
+        compare(`${op} shared storage`, [random([3, 29])], (b, [x]) => {
+          const out = b.allocate('f32', [2, 29]);
+          b[op](x!.rows(0, 2), x!.rows(2, 3).reshape([29]), out);
+          return out;
+        }, 0);
+      });
+    }
+
+    // GELU: u·σ(2z) and u·Φ(u) in f32 against the double-precision reference; exp and erfc are good to a few ulp,
+    // so 2e-6 relative. And 1e-15 absolute: the reference's 1 + tanh and 1 + erf cancel in double for negative u
+    // (its erf is exactly −1 below −6), so below about 1e-16·|u| it is the reference that is off.
+    for (const approximation of ['tanh', 'erf'] as const) {
+      it(`gelu ${approximation} over [−12, 12], out of place and in place`, () => {
+        const x = random([7, 301], 12);
+        compare(`gelu ${approximation}`, [x], (b, [t]) => {
+          const out = b.allocate('f32', t!.shape);
+          b.gelu(t!, out, approximation);
+          return out;
+        }, 2e-6, 1e-15);
+        compare(`gelu ${approximation} in place`, [random([3, 37], 4)], (b, [t]) => (b.gelu(t!, t!, approximation), t!), 2e-6, 1e-15);
+      });
+    }
+
+    // siluMul: one exp, a division and a product in f32: 1e-6 relative.
+    it('siluMul out of place, over gate and over up', () => {
+      const gate = random([5, 37], 9);
+      const upT = random([5, 37], 2);
+      compare('siluMul', [gate, upT], (b, [g, u]) => {
+        const out = b.allocate('f32', g!.shape);
+        b.siluMul(g!, u!, out);
+        return out;
+      }, 1e-6, 1e-37);
+      compare('siluMul over gate', [gate, upT], (b, [g, u]) => (b.siluMul(g!, u!, g!), g!), 1e-6, 1e-37);
+      compare('siluMul over up', [gate, upT], (b, [g, u]) => (b.siluMul(g!, u!, u!), u!), 1e-6, 1e-37);
+    });
+  });
+
+  describe('rows', () => {
+    // Norms: the sums run in f32 in a tree (the reference sums in double): 2e-6 relative to each element, plus 1e-6
+    // absolute for elements near zero, where the mean's rounding is all there is.
+    for (const [rows, d] of [[37, 29], [3, 301], [1, 1]] as const) {
+      for (const wdtype of ['f32', 'bf16'] as const) {
+        it(`rmsNorm and layerNorm of ${rows}×${d}, ${wdtype} weights, out of place and in place`, () => {
+          const w = (t: Tensor<'f32'>) => (wdtype === 'bf16' ? bf16Of(t) : t);
+          const x = random([rows, d], 3, 0.5);
+          const weight = w(random([d], 2));
+          const bias = w(random([d], 1));
+          compare('rmsNorm', [x, weight], (b, [t, wt]) => {
+            const out = b.allocate('f32', t!.shape);
+            b.rmsNorm(t!, wt!, 1e-6, out);
+            return out;
+          }, 2e-6, 1e-6);
+          compare('rmsNorm in place', [x, weight], (b, [t, wt]) => (b.rmsNorm(t!, wt!, 1e-6, t!), t!), 2e-6, 1e-6);
+          compare('layerNorm', [x, weight, bias], (b, [t, wt, bs]) => {
+            const out = b.allocate('f32', t!.shape);
+            b.layerNorm(t!, wt!, bs!, 1e-5, out);
+            return out;
+          }, 2e-6, 1e-6);
+          compare('layerNorm in place', [x, weight, bias], (b, [t, wt, bs]) => (b.layerNorm(t!, wt!, bs!, 1e-5, t!), t!), 2e-6, 1e-6);
+        });
+      }
+    }
+
+    // Softmax: exp per element and a sum in f32: 2e-6 relative, 1e-12 absolute for the tiny probabilities.
+    it('softmax of odd rows, in place, with a row wider than a workgroup', () => {
+      compare('softmax', [random([37, 29], 8)], (b, [t]) => {
+        const out = b.allocate('f32', t!.shape);
+        b.softmax(t!, out);
+        return out;
+      }, 2e-6, 1e-12);
+      compare('softmax in place', [random([2, 1001], 20)], (b, [t]) => (b.softmax(t!, t!), t!), 2e-6, 1e-12);
+    });
+
+    // rope: two products and a sum, which a compiler may fuse into an fma: within 2 ulp of the larger product.
+    it('rope on [5, 3, 18] out of place and in place', () => {
+      const x = random([5, 3, 18], 2);
+      const angles = random([5, 9], 6);
+      const cos = Tensor.f32([5, 9], angles.data.map(Math.cos));
+      const sin = Tensor.f32([5, 9], angles.data.map(Math.sin));
+      compare('rope', [x, cos, sin], (b, [t, c, s]) => {
+        const out = b.allocate('f32', t!.shape);
+        b.rope(t!, c!, s!, out);
+        return out;
+      }, 0, 2 * 2 ** -23 * 2);
+      compare('rope in place', [x, cos, sin], (b, [t, c, s]) => (b.rope(t!, c!, s!, t!), t!), 0, 2 * 2 ** -23 * 2);
+    });
+
+    // mergeBlocks: products by 0.5 are exact and each sum rounds once as the reference's does: bit for bit.
+    it('mergeBlocks 2 and 1', () => {
+      compare('merge 2', [random([12, 29], 5)], (b, [t]) => {
+        const out = b.allocate('f32', [3, 29]);
+        b.mergeBlocks(t!, 2, out);
+        return out;
+      }, 0);
+      compare('merge 1', [random([5, 29])], (b, [t]) => {
+        const out = b.allocate('f32', [5, 29]);
+        b.mergeBlocks(t!, 1, out);
+        return out;
+      }, 0);
+    });
+
+    // embedding: a lookup, bf16 widening and the quantized formats' d·(u − z) (and d·u + m, whose product is exact)
+    // are exact in f32: bit for bit.
+    for (const dtype of ['f32', 'bf16', ...QUANT_FORMATS] as const) {
+      it(`embedding of an ${dtype} table [37, 96]`, () => {
+        const values = random([37, 96], 2);
+        const table = dtype === 'f32' ? values : dtype === 'bf16' ? bf16Of(values) : new Tensor(dtype, [37, 96], quantize(dtype, (i) => values.data[i]!, 37, 96));
+        const ids = Tensor.i32([11], [0, 36, 5, 5, 17, 33, 2, 34, 35, 1, 20]);
+        compare(`embedding ${dtype}`, [table, ids], (b, [t, i]) => {
+          const out = b.allocate('f32', [11, 96]);
+          b.embedding(t!, i!, out);
+          return out;
+        }, 0);
+      });
+    }
+  });
+
+  describe('reductions', () => {
+    it('argmax: the first index on ties, across first-pass chunks', () => {
+      const x = random([9001], 1);
+      x.data[7777] = 5;
+      x.data[8999] = 5;
+      x.data[4100] = 5;
+      assert.equal(gpu.argmax(up(x)), ref.argmax(x));
+      assert.equal(gpu.argmax(up(x)), 4100);
+      const small = Tensor.f32([3], [-Infinity, -Infinity, -Infinity]);
+      assert.equal(gpu.argmax(up(small)), 0);
+      assert.equal(gpu.argmax(up(Tensor.f32([5], [1, 9, 3, 9, 9]))), 1);
+    });
+
+    it('topK: largest first, ties by lower index, any k up to n', () => {
+      const x = random([300], 1);
+      for (const i of [17, 3, 250, 299]) x.data[i] = 2;
+      for (const k of [1, 7, 300]) {
+        const a = gpu.topK(up(x), k);
+        const e = ref.topK(x, k);
+        assert.deepEqual([...a.indices], [...e.indices], `k=${k} indices`);
+        assert.deepEqual([...a.values], [...e.values], `k=${k} values`);
+      }
+      assert.deepEqual([...gpu.topK(up(Tensor.f32([1], [4])), 1).indices], [0]);
+      assert.equal(gpu.topK(up(x), 0).indices.length, 0);
+    });
+  });
+});
