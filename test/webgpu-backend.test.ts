@@ -9,7 +9,7 @@ import { f32ToBf16, QUANT_FORMATS, type DType } from '../src/tensor/dtype.js';
 import { quantize } from '../src/tensor/quant.js';
 import { ReferenceBackend } from '../src/tensor/reference.js';
 import { Tensor } from '../src/tensor/tensor.js';
-import { WebGpuBackend, WebGpuKernels } from '../src/tensor/webgpu/backend.js';
+import { sliceOf, WebGpuBackend, WebGpuKernels } from '../src/tensor/webgpu/backend.js';
 import { WebGpuError } from '../src/tensor/webgpu/errors.js';
 
 let seed = 1;
@@ -286,6 +286,62 @@ describe('WebGPU backend', () => {
       }
       assert.deepEqual([...gpu.topK(up(Tensor.f32([1], [4])), 1).indices], [0]);
       assert.equal(gpu.topK(up(x), 0).indices.length, 0);
+    });
+  });
+
+  describe('errors', () => {
+    it('refuses a buffer past the binding limit or the buffer limit, naming the adapter, the limit and the bytes', () => {
+      const { maxStorageBufferBindingSize, maxBufferSize } = gpu.adapter.limits;
+      const check = (bytes: number, limit: string) => {
+        assert.throws(
+          () => gpu.allocateStorage(bytes),
+          (e: unknown) => {
+            assert.ok(e instanceof WebGpuError, String(e));
+            assert.equal(e.code, 'limit');
+            assert.match(e.message, new RegExp(`${limit} = \\d+ bytes`));
+            assert.ok(e.message.includes(gpu.adapter.name), e.message);
+            assert.ok(e.message.includes(`${bytes} bytes`), e.message);
+            assert.match(e.message, /--device cpu/);
+            return true;
+          },
+        );
+      };
+      check(maxStorageBufferBindingSize + 4, 'maxStorageBufferBindingSize');
+      check(maxBufferSize + 4, 'maxBufferSize');
+      // A tensor just within the binding limit's accounting is made (and freed with its storage).
+      assert.equal(gpu.allocateStorage(4096).byteLength, 4096);
+    });
+
+    it('says which ops are not on webgpu yet, with a typed error', () => {
+      const x = gpu.allocate('f32', [2, 32]);
+      const w = gpu.allocate('f32', [3, 32]);
+      assert.throws(() => gpu.matmul(x, w, null, gpu.allocate('f32', [2, 3])), (e: unknown) => e instanceof WebGpuError && e.code === 'not-implemented' && /matmul/.test(e.message));
+    });
+
+    it('reports a kernel WebGPU refuses as a validation error at the next sync, and goes on working', () => {
+      const kernels = new WebGpuKernels();
+      try {
+        const t = kernels.upload(Tensor.f32([3], [1, 2, 3]));
+        kernels.run([
+          {
+            key: 'broken',
+            wgsl: () => '@compute @workgroup_size(1) fn main() { let x: f32 = undefined_name; }',
+            buffers: [{ buffer: sliceOf(t).buffer, write: true }],
+            uniforms: new Uint32Array(1),
+            workgroups: [1, 1, 1],
+          },
+        ]);
+        assert.throws(() => kernels.download(t), (e: unknown) => e instanceof WebGpuError && e.code === 'validation' && /undefined_name/.test(e.message));
+        assert.deepEqual([...kernels.download(t).data], [1, 2, 3]);
+      } finally {
+        kernels.close();
+      }
+    });
+
+    it('refuses work after close', () => {
+      const kernels = new WebGpuKernels();
+      kernels.close();
+      assert.throws(() => kernels.allocateStorage(16), (e: unknown) => e instanceof WebGpuError && e.code === 'device-lost');
     });
   });
 });
