@@ -11,7 +11,7 @@ import { CONTROL_WORDS, LOST, SIGNAL, type Answer, type Batch, type Command, typ
 Object.assign(globalThis, globals);
 process.env.XDG_RUNTIME_DIR ??= (await import('node:os')).tmpdir();
 
-const { control, port, hardwareOnly } = workerData as DeviceThreadData;
+const { control, port, hardwareOnly, mode } = workerData as DeviceThreadData;
 const words = new Int32Array(control, 0, CONTROL_WORDS);
 
 function answer(a: Answer, transfer: ArrayBuffer[] = []): void {
@@ -199,6 +199,22 @@ async function open(): Promise<void> {
   answer({ seq: 0, adapter: summary });
 }
 
+/**
+ * Every adapter Dawn offers: it answers one per request, so each power preference and the fallback adapter are
+ * asked for, and duplicates dropped. The first is the one a device is opened on.
+ */
+async function list(): Promise<void> {
+  const found = new Map<string, unknown>();
+  const requests: GPURequestAdapterOptions[] = [{ powerPreference: 'high-performance' }, { powerPreference: 'low-power' }, { forceFallbackAdapter: true }];
+  for (const options of requests) {
+    const adapter = await gpu.requestAdapter(options).catch(() => null);
+    if (!adapter) continue;
+    const summary = summarize(adapter);
+    found.set(JSON.stringify(summary), summary);
+  }
+  answer({ seq: 0, adapters: [...found.values()] });
+}
+
 port.on('message', (batch: Batch) => {
   queue = queue.then(async () => {
     if (!executor) return answer({ seq: batch.seq, error: { code: 'device-lost', message: 'the WebGPU device is not open' } });
@@ -212,4 +228,4 @@ port.on('message', (batch: Batch) => {
   });
 });
 
-await open();
+await (mode === 'list' ? list() : open());

@@ -24,6 +24,7 @@ const MAX_IN_FLIGHT = 4;
 
 export class WebGpuDevice {
   readonly adapter: AdapterSummary;
+  private readonly found: AdapterSummary[];
   private readonly worker: Worker;
   private readonly port: MessagePort;
   private readonly words: Int32Array;
@@ -40,13 +41,13 @@ export class WebGpuDevice {
   private nextBuffer = 1;
   private closed = false;
 
-  private constructor(options: DeviceOptions) {
+  private constructor(options: DeviceOptions, mode: 'open' | 'list' = 'open') {
     this.timeoutMs = options.timeoutMs ?? 600_000;
     const control = new SharedArrayBuffer(CONTROL_WORDS * 4);
     this.words = new Int32Array(control);
     const { port1, port2 } = new MessageChannel();
     this.port = port1;
-    const data: DeviceThreadData = { control, port: port2, hardwareOnly: options.hardwareOnly === true };
+    const data: DeviceThreadData = { control, port: port2, hardwareOnly: options.hardwareOnly === true, mode };
     this.worker = new Worker(new URL('./device-thread.js', import.meta.url), { workerData: data, transferList: [port2] });
     // The device thread must not keep a finished program alive; the port is only ever read synchronously.
     this.worker.unref();
@@ -60,6 +61,14 @@ export class WebGpuDevice {
       throw e;
     }
     this.adapter = first.adapter as AdapterSummary;
+    this.found = (first.adapters as AdapterSummary[] | undefined) ?? [];
+  }
+
+  /** The adapters this machine offers (none where WebGPU finds none), the one a device opens on first. */
+  static list(): AdapterSummary[] {
+    const probe = new WebGpuDevice({}, 'list');
+    probe.close();
+    return probe.found;
   }
 
   /** Starts the device thread and waits (blocking) until it has a device or has failed. */
@@ -171,7 +180,7 @@ export class WebGpuDevice {
     this.inFlight.delete(answer.seq);
     // Only a read's bytes and the adapter are asked for; an error of a batch nobody waits for (it was sent for its
     // size) is thrown at the next wait.
-    if (answer.data || answer.adapter) this.answers.set(answer.seq, answer);
+    if (answer.data || answer.adapter || answer.adapters) this.answers.set(answer.seq, answer);
   }
 
   private throwFailure(): void {

@@ -38,6 +38,8 @@ export interface Answer {
   data?: ArrayBuffer;
   /** The first answer (seq 0): the adapter the device thread opened. */
   adapter?: unknown;
+  /** The first answer in 'list' mode: every adapter found. */
+  adapters?: unknown[];
 }
 
 /** Words of the shared control block. */
@@ -50,4 +52,6 @@ export interface DeviceThreadData {
   port: MessagePort;
   /** Refuse a software adapter (--device auto): the device thread answers 'no-adapter' instead of opening it. */
   hardwareOnly: boolean;
+  /** 'list': answer with the adapters found, open nothing. */
+  mode: 'open' | 'list';
 }
