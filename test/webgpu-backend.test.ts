@@ -11,6 +11,11 @@ import { ReferenceBackend } from '../src/tensor/reference.js';
 import { Tensor } from '../src/tensor/tensor.js';
 import { sliceOf, WebGpuBackend, WebGpuKernels } from '../src/tensor/webgpu/backend.js';
 import { WebGpuError } from '../src/tensor/webgpu/errors.js';
+import { isSoftware } from '../src/tensor/webgpu/adapters.js';
+import { WebGpuDevice } from '../src/tensor/webgpu/device.js';
+import { backendForDevice } from '../src/tensor/index.js';
+import { VideoLLaMA3 } from '../src/api/videollama3.js';
+import { InvalidOptionError } from '../src/api/errors.js';
 
 let seed = 1;
 function random(shape: number[], scale = 1, offset = 0): Tensor<'f32'> {
@@ -342,6 +347,45 @@ describe('WebGPU backend', () => {
       const kernels = new WebGpuKernels();
       kernels.close();
       assert.throws(() => kernels.allocateStorage(16), (e: unknown) => e instanceof WebGpuError && e.code === 'device-lost');
+    });
+  });
+
+  describe('device choice', () => {
+    it("auto opens WebGPU only on an adapter that is not a software rasterizer", () => {
+      const chosen = backendForDevice('auto');
+      try {
+        if (chosen.name === 'webgpu') assert.equal((chosen as WebGpuBackend).adapter.software, false);
+        else {
+          // The device thread opens the first adapter listed: auto passed it over, so it is absent or software.
+          const first = WebGpuDevice.list()[0];
+          assert.ok(!first || first.software, `auto passed over ${first?.name}`);
+        }
+      } finally {
+        if (chosen instanceof WebGpuBackend) chosen.close();
+      }
+      assert.equal(gpu.adapter.software, isSoftware(gpu.adapter, false));
+    });
+
+    it('counts llvmpipe, lavapipe and SwiftShader as software', () => {
+      const info = { vendor: '', architecture: '', device: '', description: '' };
+      assert.ok(isSoftware({ ...info, description: 'llvmpipe (LLVM 15.0.6, 256 bits)' }, false));
+      assert.ok(isSoftware({ ...info, device: 'SwiftShader Device (Subzero)' }, false));
+      assert.ok(isSoftware({ ...info, vendor: 'mesa', description: 'lavapipe' }, false));
+      assert.ok(isSoftware(info, true));
+      assert.ok(!isSoftware({ vendor: 'nvidia', architecture: 'hopper', device: 'NVIDIA H100', description: 'NVIDIA H100 80GB HBM3' }, false));
+    });
+
+    it('load refuses an unknown device, naming the option or $VL3_DEVICE, before reading any file', async () => {
+      await assert.rejects(VideoLLaMA3.load('/nonexistent', { device: 'tpu' as never }), (e: unknown) => e instanceof InvalidOptionError && e.option === 'device' && /cpu, webgpu, auto/.test(e.message));
+      const saved = process.env.VL3_DEVICE;
+      process.env.VL3_DEVICE = 'gpu';
+      try {
+        await assert.rejects(VideoLLaMA3.load('/nonexistent'), (e: unknown) => e instanceof InvalidOptionError && /\$VL3_DEVICE/.test(e.message));
+      } finally {
+        if (saved === undefined) delete process.env.VL3_DEVICE;
+        else process.env.VL3_DEVICE = saved;
+      }
+      await assert.rejects(VideoLLaMA3.load('/nonexistent', { device: 'webgpu', backend: 'reference' }), (e: unknown) => e instanceof InvalidOptionError && e.option === 'device');
     });
   });
 });
