@@ -343,6 +343,19 @@ describe('WebGPU backend', () => {
       }
     });
 
+    it('a lost device is an error at the next sync, and stays one, never a hang', () => {
+      const kernels = new WebGpuKernels();
+      try {
+        const t = kernels.upload(Tensor.f32([3], [1, 2, 3]));
+        kernels.gpu.enqueue({ op: 'destroy-device' });
+        const lost = (e: unknown) => e instanceof WebGpuError && e.code === 'device-lost' && e.message.includes(kernels.adapter.name);
+        assert.throws(() => kernels.download(t), lost);
+        assert.throws(() => kernels.argmax(t), lost);
+      } finally {
+        kernels.close();
+      }
+    });
+
     it('refuses work after close', () => {
       const kernels = new WebGpuKernels();
       kernels.close();

@@ -27,17 +27,22 @@ class Executor {
   private readonly pipelines = new Map<string, GPUComputePipeline>();
   private readonly uniformAlign: number;
 
-  constructor(private readonly device: GPUDevice) {
+  constructor(
+    private readonly device: GPUDevice,
+    private readonly adapter: string,
+  ) {
     this.uniformAlign = device.limits.minUniformBufferOffsetAlignment;
   }
 
   async run(batch: Batch): Promise<Answer> {
+    if (lostMessage) return { seq: batch.seq, error: { code: 'device-lost', message: lostMessage } };
     const device = this.device;
     device.pushErrorScope('out-of-memory');
     device.pushErrorScope('validation');
     const temporaries: GPUBuffer[] = [];
     const freed: GPUBuffer[] = [];
     let readback: { staging: GPUBuffer; skip: number; size: number } | null = null;
+    let destroyDevice = false;
     let thrown: unknown = null;
     try {
       const uniforms = this.uniformBuffer(batch.commands);
@@ -99,6 +104,9 @@ class Executor {
             readback = { staging, skip: c.offset - start, size: c.size };
             break;
           }
+          case 'destroy-device':
+            destroyDevice = true;
+            break;
         }
       }
       endPass();
@@ -121,6 +129,10 @@ class Executor {
     for (const b of freed) b.destroy();
     const validation = await device.popErrorScope();
     const memory = await device.popErrorScope();
+    if (destroyDevice) {
+      lose(`WebGPU device "${this.adapter}" was closed`);
+      device.destroy();
+    }
     if (memory) return { seq: batch.seq, error: { code: 'out-of-memory', message: memory.message } };
     if (validation) return { seq: batch.seq, error: { code: 'validation', message: validation.message } };
     if (thrown !== null) return { seq: batch.seq, error: { code: 'validation', message: thrown instanceof Error ? thrown.message : String(thrown) } };
@@ -165,6 +177,16 @@ class Executor {
   }
 }
 
+let lostMessage: string | null = null;
+
+/** Marks the device lost (once) and wakes the proxy, which then throws instead of waiting for answers. */
+function lose(message: string): void {
+  if (lostMessage) return;
+  lostMessage = message;
+  Atomics.store(words, LOST, 1);
+  answer({ seq: -1, error: { code: 'device-lost', message } });
+}
+
 // Held for the thread's life: Dawn frees its instance when this is collected, and event processing then crashes.
 const gpu = create([]);
 let executor: Executor | null = null;
@@ -188,14 +210,11 @@ async function open(): Promise<void> {
     answer({ seq: 0, error: { code: 'no-adapter', message: `WebGPU adapter "${summary.name}" gave no device: ${e instanceof Error ? e.message : String(e)}` } });
     return;
   }
-  void device.lost.then((info) => {
-    Atomics.store(words, LOST, 1);
-    answer({ seq: -1, error: { code: 'device-lost', message: `WebGPU device "${summary.name}" was lost (${info.reason}): ${info.message}` } });
-  });
+  void device.lost.then((info) => lose(`WebGPU device "${summary.name}" was lost (${info.reason}): ${info.message || 'no reason given'}`));
   device.onuncapturederror = (event) => {
     answer({ seq: -1, error: { code: 'validation', message: (event as GPUUncapturedErrorEvent).error.message } });
   };
-  executor = new Executor(device);
+  executor = new Executor(device, summary.name);
   answer({ seq: 0, adapter: summary });
 }
 

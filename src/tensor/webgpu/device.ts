@@ -127,6 +127,15 @@ export class WebGpuDevice {
   /** Ends the device thread (buffers and pipelines go with it); the device is unusable afterwards. */
   close(): void {
     if (this.closed) return;
+    // Destroying the device frees its memory now, rather than when the thread's heap goes.
+    try {
+      this.commands = [{ op: 'destroy-device' }];
+      this.transfers = [];
+      const seq = this.flush();
+      if (seq !== null) this.wait(seq, 10_000);
+    } catch {
+      // Closing a device that failed or was lost: nothing left to free.
+    }
     this.closed = true;
     this.commands = [];
     void this.worker.terminate();

@@ -25,7 +25,9 @@ export type Command =
       workgroups: [number, number, number];
     }
   /** The batch's last command when present: bytes [offset, offset + size) come back in the answer. */
-  | { op: 'read'; id: number; offset: number; size: number };
+  | { op: 'read'; id: number; offset: number; size: number }
+  /** After the batch: destroys the device (its memory is freed at once); the device is lost from then on. */
+  | { op: 'destroy-device' };
 
 export interface Batch {
   seq: number;
