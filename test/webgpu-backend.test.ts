@@ -294,6 +294,36 @@ describe('WebGPU backend', () => {
     });
   });
 
+  describe('syncs', () => {
+    it('reads ids the host wrote without waiting for the device, until the device writes them', () => {
+      const kernels = new WebGpuKernels();
+      try {
+        const ids = kernels.allocateStorage(12);
+        const t = new Tensor('i32', [3], ids);
+        kernels.write(t, [2, 0, 1]);
+        const table = kernels.upload(random([3, 33]));
+        const out = new Tensor('f32', [3, 33], kernels.allocateStorage(3 * 33 * 4));
+        const before = kernels.gpu.readbacks;
+        // The checking layer's id check, and the lookup: no readback.
+        assert.deepEqual([...kernels.download(t).data], [2, 0, 1]);
+        kernels.write(t.rows(1, 2) as Tensor, [2]);
+        assert.deepEqual([...kernels.download(t).data], [2, 2, 1]);
+        kernels.embedding(table, t, out);
+        assert.equal(kernels.gpu.readbacks, before);
+        // A device write (fill, a copy into it) drops the host copy: the next read asks the device.
+        kernels.fill(t, 1);
+        assert.deepEqual([...kernels.download(t).data], [1, 1, 1]);
+        assert.equal(kernels.gpu.readbacks, before + 1);
+        kernels.write(t, [0, 1, 2]);
+        kernels.copy(kernels.upload(Tensor.i32([3], [2, 2, 2])), t);
+        assert.deepEqual([...kernels.download(t).data], [2, 2, 2]);
+        assert.equal(kernels.gpu.readbacks, before + 2);
+      } finally {
+        kernels.close();
+      }
+    });
+  });
+
   describe('errors', () => {
     it('refuses a buffer past the binding limit or the buffer limit, naming the adapter, the limit and the bytes', () => {
       const { maxStorageBufferBindingSize, maxBufferSize } = gpu.adapter.limits;

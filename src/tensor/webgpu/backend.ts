@@ -31,6 +31,9 @@ export class WebGpuStorage implements Storage {
   }
 }
 
+/** The largest buffer kept mirrored on the host (ids are small; activations never mirror). */
+const MIRROR_BYTES = 64 * 1024;
+
 const padded = (bytes: number) => Math.max(4, Math.ceil(bytes / 4) * 4);
 
 /** Where an operand lies on the device: what plan functions take. */
@@ -53,8 +56,15 @@ export class WebGpuKernels implements Kernels {
   readonly gpu: WebGpuDevice;
   // Buffers are freed when their storage is collected, as host memory is: model code never frees explicitly.
   private readonly finalizer = new FinalizationRegistry<number>((id) => {
+    this.mirrors.delete(id);
     if (!this.closed) this.gpu.enqueue({ op: 'destroy', id });
   });
+  /**
+   * Host copies of small buffers last written whole from the host (token ids, positions): the checking layer reads
+   * ids back before every embedding, and a copy answers without waiting for the device. Any write to the buffer on
+   * the device (a kernel binding it writable, a copy into it) drops its copy.
+   */
+  private readonly mirrors = new Map<number, Uint8Array>();
   private closed = false;
 
   constructor(options: WebGpuOptions = {}) {
@@ -93,11 +103,17 @@ export class WebGpuKernels implements Kernels {
     const host = Tensor.empty(dst.dtype, dst.shape);
     (host.data as Float32Array | Int32Array | Uint8Array).set(values);
     const bytes = new Uint8Array((host.storage as HostStorage).buffer as ArrayBuffer);
-    this.writeBytes(sliceOf(dst), bytes);
+    const at = sliceOf(dst);
+    this.writeBytes(at, bytes);
+    const mirror = this.mirrors.get(at.buffer.id);
+    if (mirror) mirror.set(bytes, at.byteOffset);
+    else if (at.byteOffset === 0 && bytes.byteLength === dst.storage.byteLength && bytes.byteLength <= MIRROR_BYTES) this.mirrors.set(at.buffer.id, bytes.slice());
   }
 
   download<D extends DType>(t: Tensor<D>): Tensor<D> {
-    const data = this.gpu.read(sliceOf(t).buffer.id, t.byteOffset, t.byteLength);
+    const id = sliceOf(t).buffer.id;
+    const mirror = this.mirrors.get(id);
+    const data = mirror ? mirror.slice(t.byteOffset, t.byteOffset + t.byteLength).buffer : this.gpu.read(id, t.byteOffset, t.byteLength);
     return new Tensor(t.dtype, t.shape, new HostStorage(data));
   }
 
@@ -246,6 +262,7 @@ export class WebGpuKernels implements Kernels {
 
   /** Records a plan's dispatches (the seam every kernel goes through: plans are pure, this runs them). */
   run(plan: readonly KernelDispatch[]): void {
+    for (const d of plan) for (const b of d.buffers) if (b.write) this.mirrors.delete(b.buffer.id);
     this.gpu.dispatch(plan);
   }
 
@@ -288,6 +305,7 @@ export class WebGpuKernels implements Kernels {
     if (bytes === 0) return;
     const aligned = src.byteOffset % 4 === 0 && dst.byteOffset % 4 === 0 && bytes % 4 === 0;
     if (aligned && src.buffer.id !== dst.buffer.id) {
+      this.mirrors.delete(dst.buffer.id);
       this.gpu.enqueue({ op: 'copy', src: src.buffer.id, srcOffset: src.byteOffset, dst: dst.buffer.id, dstOffset: dst.byteOffset, size: bytes });
     } else {
       this.run(copyBytesPlan(src, dst, bytes));

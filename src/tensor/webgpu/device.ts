@@ -25,6 +25,8 @@ const MAX_IN_FLIGHT = 4;
 export class WebGpuDevice {
   readonly adapter: AdapterSummary;
   private readonly found: AdapterSummary[];
+  /** Reads so far: each is a wait for the device (tests check that only what must sync does). */
+  readbacks = 0;
   private readonly worker: Worker;
   private readonly port: MessagePort;
   private readonly words: Int32Array;
@@ -110,6 +112,7 @@ export class WebGpuDevice {
 
   /** Bytes [offset, offset + size) of a buffer after everything recorded so far: a sync point. */
   read(id: number, offset: number, size: number): ArrayBuffer {
+    this.readbacks++;
     this.enqueue({ op: 'read', id, offset, size });
     const seq = this.flush()!;
     // Batches run in order: when this one is answered, the earlier ones are too (and their errors received).
