@@ -9,7 +9,8 @@ import { f32ToBf16, QUANT_FORMATS, type DType } from '../src/tensor/dtype.js';
 import { quantize } from '../src/tensor/quant.js';
 import { ReferenceBackend } from '../src/tensor/reference.js';
 import { Tensor } from '../src/tensor/tensor.js';
-import { sliceOf, WebGpuBackend, WebGpuKernels } from '../src/tensor/webgpu/backend.js';
+import { sliceOf, WebGpuBackend, WebGpuKernels, WebGpuStorage } from '../src/tensor/webgpu/backend.js';
+import { CheckedBackend } from '../src/tensor/checked.js';
 import { WebGpuError } from '../src/tensor/webgpu/errors.js';
 import { isSoftware } from '../src/tensor/webgpu/adapters.js';
 import { WebGpuDevice } from '../src/tensor/webgpu/device.js';
@@ -291,6 +292,37 @@ describe('WebGPU backend', () => {
       }
       assert.deepEqual([...gpu.topK(up(Tensor.f32([1], [4])), 1).indices], [0]);
       assert.equal(gpu.topK(up(x), 0).indices.length, 0);
+    });
+  });
+
+  describe('weights past the binding limit', () => {
+    // A binding limit of 1 KiB: a [37, 29] f32 table (4292 bytes) becomes pages of 8 rows, an int4 [37, 64] table
+    // (36 bytes a row) pages of 28 rows (whole groups of 4).
+    it('are split into pages of rows that embedding reads, and download whole', () => {
+      const kernels = new WebGpuKernels({ bindingLimit: 1024 });
+      const small = new CheckedBackend(kernels);
+      try {
+        const values = random([37, 64], 2);
+        const tables: Tensor[] = [random([37, 29]), bf16Of(random([37, 29])), new Tensor('int4', [37, 64], quantize('int4', (i) => values.data[i]!, 37, 64))];
+        const ids = Tensor.i32([4], [36, 0, 8, 27]);
+        for (const table of tables) {
+          const onDevice = small.upload(table);
+          assert.ok((onDevice.storage as WebGpuStorage).pages!.length > 1, `${table} was not split`);
+          assert.deepEqual(new Uint8Array((small.download(onDevice).data as Uint8Array).buffer), new Uint8Array((table.data as Uint8Array).buffer), `${table} round trip`);
+          const out = small.allocate('f32', [4, table.dim(1)]);
+          small.embedding(onDevice, small.upload(ids), out);
+          const expected = Tensor.empty('f32', [4, table.dim(1)]);
+          ref.embedding(table, ids, expected);
+          assert.deepEqual(small.download(out).data, expected.data, `${table} embedding`);
+        }
+        // Other ops take whole buffers: a split weight is refused by name, never read wrong.
+        const split = small.upload(tables[0]!);
+        assert.throws(() => small.add(split, split, split), (e: unknown) => e instanceof WebGpuError && e.code === 'limit' && /pages of rows/.test(e.message));
+        // An activation is never split: past the limit it is the limit error.
+        assert.throws(() => small.allocate('f32', [300]), (e: unknown) => e instanceof WebGpuError && /maxStorageBufferBindingSize = 1024 bytes/.test(e.message));
+      } finally {
+        kernels.close();
+      }
     });
   });
 

@@ -5,11 +5,11 @@
  */
 import type { AdamWHyper, AttentionOptions, ComputeMode, Kernels, TopK } from '../backend.js';
 import { CheckedBackend } from '../checked.js';
-import type { DType, QuantFormat } from '../dtype.js';
+import { isQuantized, type DType, type QuantFormat } from '../dtype.js';
 import { HostStorage, Tensor, type Storage } from '../tensor.js';
 import { WebGpuDevice, type DeviceOptions } from './device.js';
 import type { BufferRef, KernelDispatch, Slice } from './dispatch.js';
-import { limitError, WebGpuError, type AdapterSummary } from './errors.js';
+import { limitError, WebGpuError, type AdapterSummary, type DeviceLimits } from './errors.js';
 import { binaryPlan, copyBytesPlan, fillPlan, geluPlan, siluMulPlan } from './kernels/elementwise.js';
 import { embeddingPlan, mergeBlocks2Plan } from './kernels/gather.js';
 import { layerNormPlan, rmsNormPlan, softmaxPlan } from './kernels/norms.js';
@@ -19,12 +19,23 @@ import { ropePlan } from './kernels/rope.js';
 
 export const WEBGPU_DEVICE = 'webgpu';
 
-/** One GPU buffer (its size rounded up to 4 bytes, as WebGPU copies and u32 bindings need). */
+/** Rows [row, row + rows) of a weight split into pages, in a buffer of their own. */
+export interface RowPage {
+  readonly row: number;
+  readonly rows: number;
+  readonly at: Slice;
+}
+
+/**
+ * One GPU buffer (its size rounded up to 4 bytes, as WebGPU copies and u32 bindings need); or, for an uploaded weight
+ * past the binding limit, one buffer per page of whole rows (`pages`), which only the ops that take weights read.
+ */
 export class WebGpuStorage implements Storage {
   readonly device = WEBGPU_DEVICE;
   constructor(
     readonly ref: BufferRef,
     readonly byteLength: number,
+    readonly pages: readonly RowPage[] | null = null,
   ) {}
   get memory(): object {
     return this;
@@ -39,12 +50,29 @@ const padded = (bytes: number) => Math.max(4, Math.ceil(bytes / 4) * 4);
 /** Where an operand lies on the device: what plan functions take. */
 export function sliceOf(t: Tensor): Slice {
   if (!(t.storage instanceof WebGpuStorage)) throw new Error(`${t} is not in WebGPU memory`);
+  if (t.storage.pages) {
+    throw new WebGpuError('limit', `${t} is split into ${t.storage.pages.length} pages of rows (it exceeds the storage binding limit): only embedding and matmul read a split weight`);
+  }
   return { buffer: t.storage.ref, byteOffset: t.byteOffset };
+}
+
+/** A weight's pages of rows: one page, the whole tensor, unless its upload split it. Plans that take weights loop over these. */
+export function pagesOf(t: Tensor): readonly RowPage[] {
+  if (t.storage instanceof WebGpuStorage && t.storage.pages) {
+    if (t.byteOffset !== 0 || t.byteLength !== t.storage.byteLength) throw new WebGpuError('limit', `${t} is a view of a weight split into pages of rows: only the whole weight can be read`);
+    return t.storage.pages;
+  }
+  return [{ row: 0, rows: t.dim(0), at: sliceOf(t) }];
 }
 
 export interface WebGpuOptions extends DeviceOptions {
   /** How matmul multiplies (its kernels decide what 'bf16' means on the device). Default 'exact'. */
   compute?: ComputeMode;
+  /**
+   * The largest buffer a kernel binds, in bytes: an uploaded weight beyond it is split into pages of rows. Default
+   * and most: the adapter's maxStorageBufferBindingSize.
+   */
+  bindingLimit?: number;
 }
 
 export class WebGpuKernels implements Kernels {
@@ -55,9 +83,11 @@ export class WebGpuKernels implements Kernels {
   readonly compute: ComputeMode;
   readonly gpu: WebGpuDevice;
   // Buffers are freed when their storage is collected, as host memory is: model code never frees explicitly.
-  private readonly finalizer = new FinalizationRegistry<number>((id) => {
-    this.mirrors.delete(id);
-    if (!this.closed) this.gpu.enqueue({ op: 'destroy', id });
+  private readonly finalizer = new FinalizationRegistry<number[]>((ids) => {
+    for (const id of ids) {
+      this.mirrors.delete(id);
+      if (!this.closed) this.gpu.enqueue({ op: 'destroy', id });
+    }
   });
   /**
    * Host copies of small buffers last written whole from the host (token ids, positions): the checking layer reads
@@ -67,9 +97,14 @@ export class WebGpuKernels implements Kernels {
   private readonly mirrors = new Map<number, Uint8Array>();
   private closed = false;
 
+  /** The adapter's limits, with the binding limit the options may lower: what allocations and plans must fit. */
+  readonly limits: DeviceLimits;
+
   constructor(options: WebGpuOptions = {}) {
     this.compute = options.compute ?? 'exact';
     this.gpu = WebGpuDevice.open(options);
+    const limits = this.gpu.adapter.limits;
+    this.limits = { ...limits, maxStorageBufferBindingSize: Math.min(limits.maxStorageBufferBindingSize, options.bindingLimit ?? Infinity) };
   }
 
   /** The adapter: its name, features (shader-f16, subgroups) and limits, for plans and error messages. */
@@ -93,9 +128,30 @@ export class WebGpuKernels implements Kernels {
     const bytes = host.byteLength;
     const source = host.data as unknown as ArrayBufferView;
     // A copy of exactly the tensor's bytes: posting a view would clone the whole buffer behind it (a checkpoint file).
-    const data = new Uint8Array(padded(bytes));
-    data.set(new Uint8Array(source.buffer, source.byteOffset, bytes));
-    const storage = this.newStorage(bytes, `the weight ${host}`, data);
+    const all = new Uint8Array(source.buffer, source.byteOffset, bytes);
+    const rows = host.rank === 0 ? 1 : host.dim(0);
+    if (bytes <= this.limits.maxStorageBufferBindingSize || rows < 2) {
+      const data = new Uint8Array(padded(bytes));
+      data.set(all);
+      return new Tensor(host.dtype, host.shape, this.newStorage(bytes, `the weight ${host}`, data));
+    }
+    // Pages of whole rows (whole groups of 4 rows for the quantized formats, whose layout interleaves a group's rows),
+    // each a buffer a kernel can bind.
+    const rowBytes = bytes / rows;
+    const unit = isQuantized(host.dtype) ? 4 : 1;
+    const pageRows = Math.floor(this.limits.maxStorageBufferBindingSize / (rowBytes * unit)) * unit;
+    if (pageRows === 0) throw limitError(this.adapter, `a row of the weight ${host}`, rowBytes * unit, this.limits)!;
+    const pages: RowPage[] = [];
+    for (let row = 0; row < rows; row += pageRows) {
+      const n = Math.min(pageRows, rows - row);
+      const data = new Uint8Array(padded(n * rowBytes));
+      data.set(all.subarray(row * rowBytes, (row + n) * rowBytes));
+      const page = this.newStorage(n * rowBytes, `a page of the weight ${host}`, data, false);
+      pages.push({ row, rows: n, at: { buffer: page.ref, byteOffset: 0 } });
+    }
+    const storage = new WebGpuStorage(pages[0]!.at.buffer, bytes, pages);
+    // The pages' own storages are dropped here: the weight's storage frees all their buffers.
+    this.finalizer.register(storage, pages.map((p) => p.at.buffer.id));
     return new Tensor(host.dtype, host.shape, storage);
   }
 
@@ -111,6 +167,12 @@ export class WebGpuKernels implements Kernels {
   }
 
   download<D extends DType>(t: Tensor<D>): Tensor<D> {
+    if (t.storage instanceof WebGpuStorage && t.storage.pages) {
+      const whole = new Uint8Array(t.byteLength);
+      const rowBytes = t.byteLength / t.dim(0);
+      for (const p of pagesOf(t)) whole.set(new Uint8Array(this.gpu.read(p.at.buffer.id, 0, p.rows * rowBytes)), p.row * rowBytes);
+      return new Tensor(t.dtype, t.shape, new HostStorage(whole.buffer));
+    }
     const id = sliceOf(t).buffer.id;
     const mirror = this.mirrors.get(id);
     const data = mirror ? mirror.slice(t.byteOffset, t.byteOffset + t.byteLength).buffer : this.gpu.read(id, t.byteOffset, t.byteLength);
@@ -192,8 +254,10 @@ export class WebGpuKernels implements Kernels {
   }
 
   embedding(table: Tensor, ids: Tensor, out: Tensor): void {
-    const [V, D] = table.shape as [number, number];
-    this.run(embeddingPlan(sliceOf(table), table.dtype as 'f32' | 'bf16' | QuantFormat, sliceOf(ids), sliceOf(out), ids.dim(0), V, D));
+    const D = table.dim(1);
+    for (const p of pagesOf(table)) {
+      this.run(embeddingPlan(p.at, table.dtype as 'f32' | 'bf16' | QuantFormat, sliceOf(ids), sliceOf(out), ids.dim(0), p.rows, D, p.row));
+    }
   }
 
   argmax(x: Tensor): number {
@@ -268,21 +332,22 @@ export class WebGpuKernels implements Kernels {
 
   /** A buffer for a kernel's own use, freed by the caller (`gpu.enqueue({ op: 'destroy' })`) after its last use. */
   scratch(bytes: number): BufferRef {
-    const error = limitError(this.adapter, 'a scratch buffer', bytes);
+    const error = limitError(this.adapter, 'a scratch buffer', bytes, this.limits);
     if (error) throw error;
     const id = this.gpu.newBufferId();
     this.gpu.enqueue({ op: 'create', id, size: padded(bytes) });
     return { id, byteLength: padded(bytes) };
   }
 
-  private newStorage(bytes: number, what: string, data?: Uint8Array): WebGpuStorage {
-    const error = limitError(this.adapter, what, bytes);
+  /** A buffer and its storage, freed when the storage is collected (`owned`: unless a paged weight's storage frees it). */
+  private newStorage(bytes: number, what: string, data?: Uint8Array, owned = true): WebGpuStorage {
+    const error = limitError(this.adapter, what, bytes, this.limits);
     if (error) throw error;
     const id = this.gpu.newBufferId();
     const size = padded(bytes);
     this.gpu.enqueue({ op: 'create', id, size, data });
     const storage = new WebGpuStorage({ id, byteLength: size }, bytes);
-    this.finalizer.register(storage, id);
+    if (owned) this.finalizer.register(storage, [id]);
     return storage;
   }
 

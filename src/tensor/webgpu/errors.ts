@@ -53,11 +53,11 @@ export interface AdapterSummary {
   limits: DeviceLimits;
 }
 
-const mib = (bytes: number) => `${(bytes / 2 ** 20).toFixed(bytes < 2 ** 20 ? 3 : 0)} MiB`;
+const mib = (bytes: number) => (bytes < 2 ** 20 ? `${+(bytes / 1024).toFixed(1)} KiB` : `${+(bytes / 2 ** 20).toFixed(1)} MiB`);
 
 /** The error for a buffer past a limit: the adapter, the limit, the bytes asked and what to do. */
-export function limitError(adapter: AdapterSummary, what: string, bytes: number): WebGpuError | null {
-  const { maxBufferSize, maxStorageBufferBindingSize } = adapter.limits;
+export function limitError(adapter: AdapterSummary, what: string, bytes: number, limits: DeviceLimits = adapter.limits): WebGpuError | null {
+  const { maxBufferSize, maxStorageBufferBindingSize } = limits;
   const [limit, value] =
     bytes > maxBufferSize ? ['maxBufferSize', maxBufferSize] : bytes > maxStorageBufferBindingSize ? ['maxStorageBufferBindingSize', maxStorageBufferBindingSize] : [null, 0];
   if (!limit) return null;

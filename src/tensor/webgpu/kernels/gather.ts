@@ -68,8 +68,12 @@ fn dequant(n: u32, k: u32, N: u32, K: u32) -> f32 {
 `;
 }
 
-/** out[t, :] = row ids[t] of table[V, D] (f32, bf16, or quantized and dequantized here); ids were checked on the host. */
-export function embeddingPlan(table: Slice, dtype: 'f32' | 'bf16' | QuantFormat, ids: Slice, out: Slice, T: number, V: number, D: number): KernelDispatch[] {
+/**
+ * out[t, :] = row ids[t] of table[V, D] (f32, bf16, or quantized and dequantized here); ids were checked on the host.
+ * A table split into row pages (a weight past the binding limit) is looked up a page at a time: `table` then holds
+ * rows [firstRow, firstRow + V) and ids outside them are left to the other pages' dispatches.
+ */
+export function embeddingPlan(table: Slice, dtype: 'f32' | 'bf16' | QuantFormat, ids: Slice, out: Slice, T: number, V: number, D: number, firstRow = 0): KernelDispatch[] {
   const quantized = dtype !== 'f32' && dtype !== 'bf16';
   const access: Access = quantized ? 'u8' : dtype;
   const bound = bind(
@@ -78,13 +82,14 @@ export function embeddingPlan(table: Slice, dtype: 'f32' | 'bf16' | QuantFormat,
       { name: 'i', at: ids, as: 'i32' },
       { name: 'o', at: out, as: 'f32', write: true },
     ],
-    ['n', 'd', 'v'],
+    ['n', 'd', 'v', 'row0'],
   );
   const read = quantized ? 'dequant(id, col, u.v, u.d)' : 't_ld(id * u.d + col)';
-  const body = `  let id = u32(i_ld(gi / u.d));
+  const body = `  let id = u32(i_ld(gi / u.d)) - u.row0;
+  if (id >= u.v) { return; }
   let col = gi % u.d;
   o_st(gi, ${read});`;
   const wgsl = () => bound.header + (quantized ? dequantWgsl(dtype) : '') + elementwiseMain(WG, body);
   const n = T * D;
-  return [dispatchOver(`embedding-${dtype}:${bound.variant}`, wgsl, bound, [n, D, V], n, WG)];
+  return [dispatchOver(`embedding-${dtype}:${bound.variant}`, wgsl, bound, [n, D, V, firstRow], n, WG)];
 }
