@@ -287,7 +287,7 @@ export class VideoLLaMA3 implements ChatModel {
     const checkpoint = loadCheckpoint(folder);
     // B·A is summed in f32 whatever the model computes in: a bf16 backend would round A and B first.
     // The adapter's tensors are host tensors: a device backend merges them on the CPU too.
-    const mergeBackend = () => (backend.compute === 'exact' && backend.device === 'host' ? backend : createBackend('native', { compute: 'exact', threads: backend.threads }));
+    const mergeBackend = () => (backend.compute === 'exact' && backend.device === 'host' ? backend : createBackend('native', { compute: 'exact', threads: backend.device === 'host' ? backend.threads : undefined }));
     const merge = adapterDir === undefined ? undefined : adapterMerge(loadAdapter(adapterDir, checkpoint.config), adapterDir, mergeBackend());
     const weights = new FormattedWeights(checkpoint.weights, checkpoint.config.quantization, formats, merge);
     // Every tensor against the config, from the headers: a mismatch fails here, not on the first image request.
