@@ -3,6 +3,8 @@
  * kernels/), recorded through the device proxy and run in batches on the device thread. Only readbacks sync: download,
  * argmax and topK (and the ids the checking layer reads back, which come from the host anyway).
  */
+import v8 from 'node:v8';
+import vm from 'node:vm';
 import type { AdamWHyper, AttentionOptions, ComputeMode, Kernels, TopK } from '../backend.js';
 import { CheckedBackend } from '../checked.js';
 import { isQuantized, type DType, type QuantFormat } from '../dtype.js';
@@ -73,6 +75,24 @@ export interface WebGpuOptions extends DeviceOptions {
    * and most: the adapter's maxStorageBufferBindingSize.
    */
   bindingLimit?: number;
+  /** Bytes allocated (allocateStorage) between forced garbage collections; default 256 MiB. See `collect`. */
+  collectAfterBytes?: number;
+}
+
+let fullCollection: (() => void) | null = null;
+
+/**
+ * GPU buffers are freed when their storages are collected, as host memory is; but V8 does not see GPU memory, and a
+ * quiet heap can keep dead KV caches and features (promoted to the old generation) for a long time. So after every
+ * `collectAfterBytes` allocated, a full collection is asked for: dead storages' finalizers then run at the next turn
+ * of the event loop and destroy their buffers. The collector is reached through --expose-gc, set at run time.
+ */
+function collect(): void {
+  if (!fullCollection) {
+    v8.setFlagsFromString('--expose-gc');
+    fullCollection = vm.runInNewContext('gc') as () => void;
+  }
+  fullCollection();
 }
 
 export class WebGpuKernels implements Kernels {
@@ -86,6 +106,7 @@ export class WebGpuKernels implements Kernels {
   private readonly finalizer = new FinalizationRegistry<number[]>((ids) => {
     for (const id of ids) {
       this.mirrors.delete(id);
+      this.liveBuffers--;
       if (!this.closed) this.gpu.enqueue({ op: 'destroy', id });
     }
   });
@@ -100,8 +121,14 @@ export class WebGpuKernels implements Kernels {
   /** The adapter's limits, with the binding limit the options may lower: what allocations and plans must fit. */
   readonly limits: DeviceLimits;
 
+  /** Buffers on the device now (created and not yet destroyed): what the collection keeps bounded. */
+  liveBuffers = 0;
+  private readonly collectAfterBytes: number;
+  private allocatedSinceCollect = 0;
+
   constructor(options: WebGpuOptions = {}) {
     this.compute = options.compute ?? 'exact';
+    this.collectAfterBytes = options.collectAfterBytes ?? 256 * 2 ** 20;
     this.gpu = WebGpuDevice.open(options);
     const limits = this.gpu.adapter.limits;
     this.limits = { ...limits, maxStorageBufferBindingSize: Math.min(limits.maxStorageBufferBindingSize, options.bindingLimit ?? Infinity) };
@@ -121,6 +148,11 @@ export class WebGpuKernels implements Kernels {
   // -- memory ----------------------------------------------------------------------------------------------------
 
   allocateStorage(bytes: number): Storage {
+    this.allocatedSinceCollect += bytes;
+    if (this.allocatedSinceCollect > this.collectAfterBytes) {
+      this.allocatedSinceCollect = 0;
+      collect();
+    }
     return this.newStorage(bytes, 'an allocation');
   }
 
@@ -346,6 +378,7 @@ export class WebGpuKernels implements Kernels {
     const id = this.gpu.newBufferId();
     const size = padded(bytes);
     this.gpu.enqueue({ op: 'create', id, size, data });
+    this.liveBuffers++;
     const storage = new WebGpuStorage({ id, byteLength: size }, bytes);
     if (owned) this.finalizer.register(storage, [id]);
     return storage;
