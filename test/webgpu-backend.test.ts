@@ -2,6 +2,7 @@
 // on odd sizes (not multiples of a workgroup), in place and with operands sharing a storage, bf16 weights and
 // quantized tables; the memory ops round trip; and its typed errors. Sizes stay small: lavapipe is slow.
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { after, before, describe, it } from 'node:test';
 import { Rng } from '../src/engine/rng.js';
 import type { Backend } from '../src/tensor/backend.js';
@@ -451,6 +452,22 @@ describe('WebGPU backend', () => {
       } finally {
         kernels.close();
       }
+    });
+
+    it('lets the program exit while work is in flight (the device is closed first)', () => {
+      // 40 MiB of uploads (a batch is sent at 32 MiB and is being run), then process.exit: without the exit hook
+      // Dawn's binding aborts the process (FATAL ERROR … napi_throw, status 134) every time here.
+      const backendUrl = new URL('../src/tensor/webgpu/backend.js', import.meta.url).href;
+      const tensorUrl = new URL('../src/tensor/tensor.js', import.meta.url).href;
+      const script = `
+        const { WebGpuBackend } = await import(${JSON.stringify(backendUrl)});
+        const { Tensor } = await import(${JSON.stringify(tensorUrl)});
+        const b = new WebGpuBackend();
+        const w = Tensor.f32([1 << 18], new Float32Array(1 << 18).fill(1));
+        for (let i = 0; i < 40; i++) b.upload(w);
+        process.exit(7);`;
+      const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8', timeout: 120_000 });
+      assert.equal(r.status, 7, r.stderr);
     });
 
     it('refuses work after close', () => {

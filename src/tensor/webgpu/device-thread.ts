@@ -4,15 +4,23 @@
  * through the shared signal word. A lost device sets the lost word and wakes it too, so a waiter never hangs.
  */
 import { workerData } from 'node:worker_threads';
-import { create, globals } from 'webgpu';
 import { deviceDescriptor, summarize } from './adapters.js';
 import { CONTROL_WORDS, LOST, SIGNAL, type Answer, type Batch, type Command, type DeviceThreadData } from './protocol.js';
 
-Object.assign(globalThis, globals);
-process.env.XDG_RUNTIME_DIR ??= (await import('node:os')).tmpdir();
-
 const { control, port, hardwareOnly, mode } = workerData as DeviceThreadData;
 const words = new Int32Array(control, 0, CONTROL_WORDS);
+
+// Loaded here rather than imported, so that a missing or broken native package is an answer to the waiting proxy
+// (which cannot hear a failed thread while it blocks) instead of a silent timeout.
+let webgpu: typeof import('webgpu');
+try {
+  webgpu = await import('webgpu');
+} catch (e) {
+  answer({ seq: 0, error: { code: 'no-adapter', message: `the webgpu package (Dawn for Node) did not load: ${e instanceof Error ? e.message : String(e)}` } });
+  process.exit(1);
+}
+Object.assign(globalThis, webgpu.globals);
+process.env.XDG_RUNTIME_DIR ??= (await import('node:os')).tmpdir();
 
 function answer(a: Answer, transfer: ArrayBuffer[] = []): void {
   port.postMessage(a, transfer);
@@ -188,7 +196,7 @@ function lose(message: string): void {
 }
 
 // Held for the thread's life: Dawn frees its instance when this is collected, and event processing then crashes.
-const gpu = create([]);
+const gpu = webgpu.create([]);
 let executor: Executor | null = null;
 let queue: Promise<void> = Promise.resolve();
 

@@ -22,6 +22,14 @@ const FLUSH_COMMANDS = 2048;
 /** Batches in flight before the proxy waits for the oldest: bounds the memory of data not yet on the device. */
 const MAX_IN_FLIGHT = 4;
 
+/**
+ * Devices not yet closed. Terminating a device thread while Dawn is busy (a batch in flight when the program calls
+ * process.exit) aborts the process inside Dawn's Node binding, so at exit each is closed first: its pending batches
+ * run, its device is destroyed, and only then its thread ends.
+ */
+const openDevices = new Set<WebGpuDevice>();
+let exitHook = false;
+
 export class WebGpuDevice {
   readonly adapter: AdapterSummary;
   private readonly found: AdapterSummary[];
@@ -50,7 +58,12 @@ export class WebGpuDevice {
     const { port1, port2 } = new MessageChannel();
     this.port = port1;
     const data: DeviceThreadData = { control, port: port2, hardwareOnly: options.hardwareOnly === true, mode };
-    this.worker = new Worker(new URL('./device-thread.js', import.meta.url), { workerData: data, transferList: [port2] });
+    // The device thread runs one file of ours: none of the program's own flags (--input-type, loaders) apply to it.
+    this.worker = new Worker(new URL('./device-thread.js', import.meta.url), { workerData: data, transferList: [port2], execArgv: [] });
+    // A thread that fails later is heard when the program next waits: its error becomes the device's.
+    this.worker.on('error', (e) => {
+      this.failure ??= new WebGpuError('device-lost', `the WebGPU device thread failed: ${e.message}`);
+    });
     // The device thread must not keep a finished program alive; the port is only ever read synchronously.
     this.worker.unref();
     this.port.unref();
@@ -64,6 +77,13 @@ export class WebGpuDevice {
     }
     this.adapter = first.adapter as AdapterSummary;
     this.found = (first.adapters as AdapterSummary[] | undefined) ?? [];
+    openDevices.add(this);
+    if (!exitHook) {
+      exitHook = true;
+      process.on('exit', () => {
+        for (const device of openDevices) device.close();
+      });
+    }
   }
 
   /** The adapters this machine offers (none where WebGPU finds none), the one a device opens on first. */
@@ -130,6 +150,7 @@ export class WebGpuDevice {
   /** Ends the device thread (buffers and pipelines go with it); the device is unusable afterwards. */
   close(): void {
     if (this.closed) return;
+    openDevices.delete(this);
     // Destroying the device frees its memory now, rather than when the thread's heap goes.
     try {
       this.commands = [{ op: 'destroy-device' }];
