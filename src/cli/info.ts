@@ -48,7 +48,8 @@ export function printInfo(options: NativeBackendOptions, json: boolean, device: 
     lines.push(
       `webgpu    ${a.name} (vendor ${a.vendor || '?'}, ${a.architecture || '?'}, ${a.backend}${a.software ? ', software rasterizer' : ''})`,
       `          limits: buffer ${gib(l.maxBufferSize)}, storage binding ${gib(l.maxStorageBufferBindingSize)}, ${l.maxStorageBuffersPerShaderStage} storage buffers, ` +
-        `workgroup ${l.maxComputeWorkgroupStorageSize / 1024} KiB / ${l.maxComputeInvocationsPerWorkgroup} invocations`,
+        `workgroup ${l.maxComputeWorkgroupStorageSize / 1024} KiB / ${l.maxComputeInvocationsPerWorkgroup} invocations` +
+        (a.subgroupMaxSize ? `, subgroups of ${a.subgroupMinSize === a.subgroupMaxSize ? a.subgroupMinSize : `${a.subgroupMinSize}–${a.subgroupMaxSize}`}` : ''),
       `          features: ${a.features.join(' ')}`,
     );
   }

@@ -15,7 +15,7 @@ export function isSoftware(info: { vendor: string; architecture: string; device:
 const PLATFORM_BACKEND: Record<string, string> = { linux: 'vulkan', darwin: 'metal', win32: 'd3d12' };
 
 export function summarize(adapter: GPUAdapter): AdapterSummary {
-  const info = adapter.info as GPUAdapterInfo & { isFallbackAdapter?: boolean; backendType?: string };
+  const info = adapter.info as GPUAdapterInfo & { isFallbackAdapter?: boolean; backendType?: string; subgroupMinSize?: number; subgroupMaxSize?: number };
   const l = adapter.limits;
   const limits: DeviceLimits = {
     maxBufferSize: l.maxBufferSize,
@@ -38,6 +38,8 @@ export function summarize(adapter: GPUAdapter): AdapterSummary {
     backend: info.backendType ?? PLATFORM_BACKEND[process.platform] ?? 'unknown',
     software: isSoftware(base, info.isFallbackAdapter === true),
     features: [...adapter.features].sort(),
+    subgroupMinSize: info.subgroupMinSize ?? 0,
+    subgroupMaxSize: info.subgroupMaxSize ?? 0,
     limits,
   };
 }

@@ -9,6 +9,7 @@ import type { AdamWHyper, AttentionOptions, ComputeMode, Kernels, TopK } from '.
 import { CheckedBackend } from '../checked.js';
 import { isQuantized, type DType, type QuantFormat } from '../dtype.js';
 import { HostStorage, Tensor, type Storage } from '../tensor.js';
+import { OPTIONAL_FEATURES } from './adapters.js';
 import { WebGpuDevice, type DeviceOptions } from './device.js';
 import type { BufferRef, KernelDispatch, Slice } from './dispatch.js';
 import { limitError, WebGpuError, type AdapterSummary, type DeviceLimits } from './errors.js';
@@ -120,6 +121,11 @@ export class WebGpuKernels implements Kernels {
 
   /** The adapter's limits, with the binding limit the options may lower: what allocations and plans must fit. */
   readonly limits: DeviceLimits;
+  /**
+   * The optional features the device was made with (of OPTIONAL_FEATURES, those the adapter has): a plan may emit
+   * `enable f16;` where 'shader-f16' is here, and subgroup builtins where 'subgroups' is.
+   */
+  readonly features: ReadonlySet<string>;
 
   /** Buffers on the device now (created and not yet destroyed): what the collection keeps bounded. */
   liveBuffers = 0;
@@ -132,6 +138,7 @@ export class WebGpuKernels implements Kernels {
     this.gpu = WebGpuDevice.open(options);
     const limits = this.gpu.adapter.limits;
     this.limits = { ...limits, maxStorageBufferBindingSize: Math.min(limits.maxStorageBufferBindingSize, options.bindingLimit ?? Infinity) };
+    this.features = new Set(OPTIONAL_FEATURES.filter((f) => this.gpu.adapter.features.includes(f)));
   }
 
   /** The adapter: its name, features (shader-f16, subgroups) and limits, for plans and error messages. */

@@ -50,6 +50,9 @@ export interface AdapterSummary {
   /** A CPU rasterizer (llvmpipe/lavapipe, SwiftShader): correct, but slower than the CPU backend. */
   software: boolean;
   features: string[];
+  /** The subgroup sizes the adapter may run (0 where it does not say). */
+  subgroupMinSize: number;
+  subgroupMaxSize: number;
   limits: DeviceLimits;
 }
 
