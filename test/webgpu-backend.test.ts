@@ -421,6 +421,33 @@ describe('WebGPU backend', () => {
       assert.throws(() => gpu.matmul(x, w, null, gpu.allocate('f32', [2, 3])), (e: unknown) => e instanceof WebGpuError && e.code === 'not-implemented' && /matmul/.test(e.message));
     });
 
+    it('runs a kernel that leaves one of its bindings unused (layouts follow the bindings, not the shader)', () => {
+      const kernels = new WebGpuKernels();
+      try {
+        const t = kernels.upload(Tensor.f32([2], [1, 2]));
+        const unused = kernels.upload(Tensor.f32([1], [0]));
+        kernels.run([
+          {
+            key: 'unused-binding',
+            wgsl: () => `@group(0) @binding(0) var<storage, read_write> a: array<f32>;
+@group(0) @binding(1) var<storage, read> b: array<f32>;
+struct U { x: u32 }
+@group(0) @binding(2) var<uniform> u: U;
+@compute @workgroup_size(1) fn main() { a[1] = f32(u.x); }`,
+            buffers: [
+              { buffer: sliceOf(t).buffer, write: true },
+              { buffer: sliceOf(unused).buffer, write: false },
+            ],
+            uniforms: Uint32Array.of(5),
+            workgroups: [1, 1, 1],
+          },
+        ]);
+        assert.deepEqual([...kernels.download(t).data], [1, 5]);
+      } finally {
+        kernels.close();
+      }
+    });
+
     it('reports a kernel WebGPU refuses as a validation error at the next sync, and goes on working', () => {
       const kernels = new WebGpuKernels();
       try {

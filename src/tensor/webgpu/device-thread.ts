@@ -32,7 +32,7 @@ const USAGE = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.
 
 class Executor {
   private readonly buffers = new Map<number, GPUBuffer>();
-  private readonly pipelines = new Map<string, GPUComputePipeline>();
+  private readonly pipelines = new Map<string, { pipeline: GPUComputePipeline; layout: GPUBindGroupLayout }>();
   private readonly uniformAlign: number;
 
   constructor(
@@ -93,13 +93,13 @@ class Executor {
             break;
           }
           case 'dispatch': {
-            const pipeline = this.pipeline(c);
+            const { pipeline, layout } = this.pipeline(c);
             const entries: GPUBindGroupEntry[] = c.buffers.map(([id], i) => ({ binding: i, resource: { buffer: this.buffer(id) } }));
             const at = uniforms!.offsets[dispatchIndex++]!;
             entries.push({ binding: c.buffers.length, resource: { buffer: uniforms!.buffer, offset: at.offset, size: at.size } });
             pass ??= encoder.beginComputePass();
             pass.setPipeline(pipeline);
-            pass.setBindGroup(0, device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries }));
+            pass.setBindGroup(0, device.createBindGroup({ layout, entries }));
             pass.dispatchWorkgroups(...c.workgroups);
             break;
           }
@@ -167,15 +167,31 @@ class Executor {
     return { buffer, offsets };
   }
 
-  private pipeline(c: Extract<Command, { op: 'dispatch' }>): GPUComputePipeline {
-    let pipeline = this.pipelines.get(c.key);
-    if (!pipeline) {
+  /**
+   * The pipeline of a key, with a layout made from the dispatch's bindings rather than 'auto', which would drop a
+   * binding the shader happens not to use and then refuse the bind group that has it.
+   */
+  private pipeline(c: Extract<Command, { op: 'dispatch' }>): { pipeline: GPUComputePipeline; layout: GPUBindGroupLayout } {
+    let entry = this.pipelines.get(c.key);
+    if (!entry) {
       if (c.wgsl === undefined) throw new Error(`kernel ${c.key}: no WGSL sent with its first dispatch`);
+      const entries: GPUBindGroupLayoutEntry[] = c.buffers.map(([, write], i) => ({
+        binding: i,
+        visibility: GPUShaderStage.COMPUTE,
+        buffer: { type: write ? 'storage' : 'read-only-storage' },
+      }));
+      entries.push({ binding: c.buffers.length, visibility: GPUShaderStage.COMPUTE, buffer: { type: 'uniform' } });
+      const layout = this.device.createBindGroupLayout({ entries, label: c.key });
       const module = this.device.createShaderModule({ code: c.wgsl, label: c.key });
-      pipeline = this.device.createComputePipeline({ layout: 'auto', compute: { module, entryPoint: c.entryPoint }, label: c.key });
-      this.pipelines.set(c.key, pipeline);
+      const pipeline = this.device.createComputePipeline({
+        layout: this.device.createPipelineLayout({ bindGroupLayouts: [layout] }),
+        compute: { module, entryPoint: c.entryPoint },
+        label: c.key,
+      });
+      entry = { pipeline, layout };
+      this.pipelines.set(c.key, entry);
     }
-    return pipeline;
+    return entry;
   }
 
   private buffer(id: number): GPUBuffer {
