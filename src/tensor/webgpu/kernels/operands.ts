@@ -37,7 +37,7 @@ function accessors(o: Operand, b: string): string {
 export interface Bound {
   buffers: BufferBinding[];
   /** Bindings, the uniform struct U (operand offsets, then `params`), the accessors. */
-  header: string;
+  readonly header: string;
   /** The binding map, for the key. */
   variant: string;
   /** The uniform words: operand offsets in elements, then the params' words in order. */
@@ -47,7 +47,6 @@ export interface Bound {
 /** Binds `operands` (params: names of further u32 uniforms; f32 ones are passed as bits, see f32Bits). */
 export function bind(operands: readonly Operand[], params: readonly string[]): Bound {
   const slots = new Map<number, { index: number; write: boolean; binding: BufferBinding }>();
-  const ids: number[] = [];
   for (const o of operands) {
     const offset = o.at.byteOffset / ELEMENT_BYTES[o.as];
     if (!Number.isInteger(offset)) throw new Error(`${o.name}: byte offset ${o.at.byteOffset} is not aligned for ${o.as}`);
@@ -55,20 +54,26 @@ export function bind(operands: readonly Operand[], params: readonly string[]): B
     if (!slot) {
       slot = { index: slots.size, write: false, binding: { buffer: o.at.buffer, write: false } };
       slots.set(o.at.buffer.id, slot);
-      ids.push(o.at.buffer.id);
     }
     slot.write ||= o.write === true;
   }
   const list = [...slots.values()];
   const buffers = list.map((s) => ({ buffer: s.binding.buffer, write: s.write }));
-  const fields = [...operands.map((o) => `${o.name}_o: u32`), ...params.map((p) => `${p}: u32`)];
-  let header = list.map((s) => `@group(0) @binding(${s.index}) var<storage, ${s.write ? 'read_write' : 'read'}> b${s.index}: array<u32>;\n`).join('');
-  header += `struct U { ${fields.join(', ')} }\n@group(0) @binding(${list.length}) var<uniform> u: U;\n`;
-  for (const o of operands) header += accessors(o, `b${slots.get(o.at.buffer.id)!.index}`);
+  // The source is only asked for when a key is new: built then, not on every call of a plan.
+  const makeHeader = () => {
+    const fields = [...operands.map((o) => `${o.name}_o: u32`), ...params.map((p) => `${p}: u32`)];
+    let header = list.map((s) => `@group(0) @binding(${s.index}) var<storage, ${s.write ? 'read_write' : 'read'}> b${s.index}: array<u32>;\n`).join('');
+    header += `struct U { ${fields.join(', ')} }\n@group(0) @binding(${list.length}) var<uniform> u: U;\n`;
+    for (const o of operands) header += accessors(o, `b${slots.get(o.at.buffer.id)!.index}`);
+    return header;
+  };
   const variant = operands.map((o) => `${o.name}${slots.get(o.at.buffer.id)!.index}${CODE[o.as]}${o.write ? 'w' : ''}`).join('.');
+  let header: string | undefined;
   return {
     buffers,
-    header,
+    get header() {
+      return (header ??= makeHeader());
+    },
     variant,
     uniforms: (values) => Uint32Array.from([...operands.map((o) => o.at.byteOffset / ELEMENT_BYTES[o.as]), ...values]),
   };
