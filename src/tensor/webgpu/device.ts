@@ -156,7 +156,7 @@ export class WebGpuDevice {
       this.commands = [{ op: 'destroy-device' }];
       this.transfers = [];
       const seq = this.flush();
-      if (seq !== null) this.wait(seq, 10_000);
+      if (seq !== null) this.wait(seq, 60_000);
     } catch {
       // Closing a device that failed or was lost: nothing left to free.
     }
