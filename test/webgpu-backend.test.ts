@@ -136,6 +136,26 @@ describe('WebGPU backend', () => {
       const into = gpu.allocate('u8', [3, 3]);
       gpu.copyRows(bytes, Int32Array.of(2, 0), into, Int32Array.of(1, 2));
       assert.deepEqual([...gpu.download(into).data], [0, 0, 0, 7, 8, 9, 1, 2, 3]);
+      // i32 rows whose bits are NaN patterns as f32 arrive unchanged (words are copied, not floats).
+      const ints = up(Tensor.i32([2, 2], [-1, 0x7fc00001, 0x7f800001, -4194304]));
+      const intsInto = gpu.allocate('i32', [3, 2]);
+      gpu.copyRows(ints, Int32Array.of(1, 0), intsInto, Int32Array.of(0, 2));
+      assert.deepEqual([...gpu.download(intsInto).data], [0x7f800001, -4194304, 0, 0, -1, 0x7fc00001]);
+    });
+
+    it('copies rows within one storage, and in order where a destination row repeats', () => {
+      const host = random([6, 5]);
+      const t = up(host);
+      // Rows 0..2 are the source and rows 3..5 the destination: two views of one buffer.
+      gpu.copyRows(t.rows(0, 3), Int32Array.of(2, 0, 1), t.rows(3, 6), Int32Array.of(0, 1, 2));
+      const expected = Tensor.f32([6, 5], host.data);
+      ref.copyRows(expected.rows(0, 3), Int32Array.of(2, 0, 1), expected.rows(3, 6), Int32Array.of(0, 1, 2));
+      assert.deepEqual(down(t), expected.data);
+      const dst = gpu.allocate('f32', [2, 5]);
+      gpu.copyRows(up(host), Int32Array.of(0, 4, 3), dst, Int32Array.of(1, 1, 0));
+      const e2 = Tensor.empty('f32', [2, 5]);
+      ref.copyRows(host, Int32Array.of(0, 4, 3), e2, Int32Array.of(1, 1, 0));
+      assert.deepEqual(down(dst), e2.data);
     });
   });
 

@@ -13,7 +13,7 @@ import { OPTIONAL_FEATURES } from './adapters.js';
 import { WebGpuDevice, type DeviceOptions } from './device.js';
 import type { BufferRef, KernelDispatch, Slice } from './dispatch.js';
 import { limitError, WebGpuError, type AdapterSummary, type DeviceLimits } from './errors.js';
-import { binaryPlan, copyBytesPlan, fillPlan, geluPlan, siluMulPlan } from './kernels/elementwise.js';
+import { binaryPlan, copyBytesPlan, copyRowsPlan, fillPlan, geluPlan, siluMulPlan } from './kernels/elementwise.js';
 import { embeddingPlan, mergeBlocks2Plan } from './kernels/gather.js';
 import { layerNormPlan, rmsNormPlan, softmaxPlan } from './kernels/norms.js';
 import { f32Bits } from './kernels/operands.js';
@@ -225,9 +225,23 @@ export class WebGpuKernels implements Kernels {
 
   copyRows(src: Tensor, srcRows: Int32Array, dst: Tensor, dstRows: Int32Array): void {
     const rowBytes = src.dim(0) === 0 ? 0 : src.byteLength / src.dim(0);
-    if (rowBytes === 0) return;
+    if (rowBytes === 0 || srcRows.length === 0) return;
     const s = sliceOf(src);
     const d = sliceOf(dst);
+    // Many rows of whole words (the visual features' scatter into the prompt) in one dispatch, the row pairs in a
+    // buffer; a repeated destination row keeps the order of the copies instead (the last one wins).
+    const words = rowBytes % 4 === 0 && s.byteOffset % 4 === 0 && d.byteOffset % 4 === 0;
+    if (words && srcRows.length > 1 && new Set(dstRows).size === dstRows.length) {
+      const pairs = new Int32Array(2 * srcRows.length);
+      srcRows.forEach((r, i) => {
+        pairs[2 * i] = r;
+        pairs[2 * i + 1] = dstRows[i]!;
+      });
+      const table = this.scratch(pairs.byteLength, new Uint8Array(pairs.buffer));
+      this.run(copyRowsPlan(s, d, { buffer: table, byteOffset: 0 }, srcRows.length, rowBytes / 4));
+      this.gpu.enqueue({ op: 'destroy', id: table.id });
+      return;
+    }
     for (let i = 0; i < srcRows.length; i++) {
       this.copyBytes({ buffer: s.buffer, byteOffset: s.byteOffset + srcRows[i]! * rowBytes }, { buffer: d.buffer, byteOffset: d.byteOffset + dstRows[i]! * rowBytes }, rowBytes);
     }
@@ -369,13 +383,19 @@ export class WebGpuKernels implements Kernels {
     this.gpu.dispatch(plan);
   }
 
-  /** A buffer for a kernel's own use, freed by the caller (`gpu.enqueue({ op: 'destroy' })`) after its last use. */
-  scratch(bytes: number): BufferRef {
+  /** A buffer for a kernel's own use (zeros, or `data`), freed by the caller (`gpu.enqueue({ op: 'destroy' })`) after its last use. */
+  scratch(bytes: number, data?: Uint8Array): BufferRef {
     const error = limitError(this.adapter, 'a scratch buffer', bytes, this.limits);
     if (error) throw error;
     const id = this.gpu.newBufferId();
-    this.gpu.enqueue({ op: 'create', id, size: padded(bytes) });
-    return { id, byteLength: padded(bytes) };
+    const size = padded(bytes);
+    let initial: Uint8Array | undefined;
+    if (data) {
+      initial = new Uint8Array(size);
+      initial.set(data);
+    }
+    this.gpu.enqueue({ op: 'create', id, size, data: initial });
+    return { id, byteLength: size };
   }
 
   /** A buffer and its storage, freed when the storage is collected (`owned`: unless a paged weight's storage frees it). */

@@ -125,4 +125,24 @@ export function copyBytesPlan(src: Slice, dst: Slice, bytes: number): KernelDisp
   return [dispatchOver(`copy-bytes:${bound.variant}`, () => bound.header + elementwiseMain(WG, body), bound, params, words, WG)];
 }
 
+/**
+ * Rows of whole words: dst row pairs[2i + 1] ← src row pairs[2i], for `count` pairs (i32, in a buffer) of rows of
+ * `rowWords` words; one invocation a word. Destination rows are distinct (the caller copies in order otherwise).
+ */
+export function copyRowsPlan(src: Slice, dst: Slice, pairs: Slice, count: number, rowWords: number): KernelDispatch[] {
+  const bound = bind(
+    [
+      { name: 's', at: src, as: 'u32' },
+      { name: 'd', at: dst, as: 'u32', write: true },
+      { name: 'p', at: pairs, as: 'u32' },
+    ],
+    ['n', 'row'],
+  );
+  const body = `  let i = gi / u.row;
+  let w = gi % u.row;
+  d_st(p_ld(2u * i + 1u) * u.row + w, s_ld(p_ld(2u * i) * u.row + w));`;
+  const n = count * rowWords;
+  return [dispatchOver(`copy-rows:${bound.variant}`, () => bound.header + elementwiseMain(WG, body), bound, [n, rowWords], n, WG)];
+}
+
 export { f32Bits };

@@ -6,8 +6,8 @@
  */
 import type { BufferBinding, KernelDispatch, Slice } from '../dispatch.js';
 
-/** How the shader reads an operand: f32, i32, bf16 (as f32) or bytes (u8, packed quantized blocks). */
-export type Access = 'f32' | 'i32' | 'bf16' | 'u8';
+/** How the shader reads an operand: f32, i32, raw words (u32), bf16 (as f32) or bytes (u8, packed quantized blocks). */
+export type Access = 'f32' | 'i32' | 'u32' | 'bf16' | 'u8';
 
 export interface Operand {
   name: string;
@@ -16,8 +16,8 @@ export interface Operand {
   write?: boolean;
 }
 
-const ELEMENT_BYTES: Record<Access, number> = { f32: 4, i32: 4, bf16: 2, u8: 1 };
-const CODE: Record<Access, string> = { f32: 'f', i32: 'i', bf16: 'h', u8: 'b' };
+const ELEMENT_BYTES: Record<Access, number> = { f32: 4, i32: 4, u32: 4, bf16: 2, u8: 1 };
+const CODE: Record<Access, string> = { f32: 'f', i32: 'i', u32: 'u', bf16: 'h', u8: 'b' };
 
 function accessors(o: Operand, b: string): string {
   const e = `u.${o.name}_o + i`;
@@ -26,6 +26,8 @@ function accessors(o: Operand, b: string): string {
       return `fn ${o.name}_ld(i: u32) -> f32 { return bitcast<f32>(${b}[${e}]); }\n` + (o.write ? `fn ${o.name}_st(i: u32, v: f32) { ${b}[${e}] = bitcast<u32>(v); }\n` : '');
     case 'i32':
       return `fn ${o.name}_ld(i: u32) -> i32 { return bitcast<i32>(${b}[${e}]); }\n` + (o.write ? `fn ${o.name}_st(i: u32, v: i32) { ${b}[${e}] = bitcast<u32>(v); }\n` : '');
+    case 'u32':
+      return `fn ${o.name}_ld(i: u32) -> u32 { return ${b}[${e}]; }\n` + (o.write ? `fn ${o.name}_st(i: u32, v: u32) { ${b}[${e}] = v; }\n` : '');
     case 'bf16':
       // Little-endian halves: an even element is the low 16 bits of its word; bf16 bits are the top half of an f32's.
       return `fn ${o.name}_ld(i: u32) -> f32 { let e = ${e}; let w = ${b}[e >> 1u]; return bitcast<f32>(select(w << 16u, w & 0xffff0000u, (e & 1u) == 1u)); }\n`;
