@@ -328,6 +328,16 @@ describe('WebGPU backend', () => {
         assert.deepEqual([...a.indices], [...e.indices], `k=${k} indices`);
         assert.deepEqual([...a.values], [...e.values], `k=${k} values`);
       }
+      // Past one workgroup's block (1024 pairs): stages across blocks, ties in different blocks, −∞ among the values.
+      const long = random([3001], 1);
+      for (const i of [2999, 5, 1500, 1024, 1023]) long.data[i] = 3;
+      long.data[7] = -Infinity;
+      for (const k of [1, 50, 3001]) {
+        const a = gpu.topK(up(long), k);
+        const e = ref.topK(long, k);
+        assert.deepEqual([...a.indices], [...e.indices], `n=3001 k=${k} indices`);
+        assert.deepEqual([...a.values], [...e.values], `n=3001 k=${k} values`);
+      }
       assert.deepEqual([...gpu.topK(up(Tensor.f32([1], [4])), 1).indices], [0]);
       assert.equal(gpu.topK(up(x), 0).indices.length, 0);
     });
