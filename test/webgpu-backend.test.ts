@@ -338,6 +338,9 @@ describe('WebGPU backend', () => {
         assert.deepEqual([...a.indices], [...e.indices], `n=3001 k=${k} indices`);
         assert.deepEqual([...a.values], [...e.values], `n=3001 k=${k} values`);
       }
+      // All negative, so that a stray zero (a pair read past the sorted length) would show; k = 1 and k = n − 1.
+      const negative = random([37], 1, -2);
+      for (const k of [1, 5, 9, 36]) assert.deepEqual([...gpu.topK(up(negative), k).indices], [...ref.topK(negative, k).indices], `negative k=${k}`);
       assert.deepEqual([...gpu.topK(up(Tensor.f32([1], [4])), 1).indices], [0]);
       assert.equal(gpu.topK(up(x), 0).indices.length, 0);
     });

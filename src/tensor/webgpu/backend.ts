@@ -323,14 +323,15 @@ export class WebGpuKernels implements Kernels {
 
   topK(x: Tensor, k: number): TopK {
     if (k === 0) return { indices: new Int32Array(0), values: new Float32Array(0) };
-    const scratch = this.scratch(topKScratchBytes(x.numel));
-    this.run(topKPlan(sliceOf(x), x.numel, scratch));
-    const pairs = this.gpu.read(scratch.id, 0, 8 * k);
+    const scratch = this.scratch(topKScratchBytes(x.numel, k));
+    const { plan, byteOffset } = topKPlan(sliceOf(x), x.numel, k, scratch);
+    this.run(plan);
+    const pairs = this.gpu.read(scratch.id, byteOffset, 8 * k);
     this.gpu.enqueue({ op: 'destroy', id: scratch.id });
     const words = new Uint32Array(pairs);
+    const asF32 = new Float32Array(pairs);
     const values = new Float32Array(k);
     const indices = new Int32Array(k);
-    const asF32 = new Float32Array(pairs);
     for (let i = 0; i < k; i++) {
       values[i] = asF32[2 * i]!;
       indices[i] = words[2 * i + 1]!;
