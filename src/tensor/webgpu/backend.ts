@@ -69,7 +69,7 @@ export function pagesOf(t: Tensor): readonly RowPage[] {
 }
 
 export interface WebGpuOptions extends DeviceOptions {
-  /** How matmul multiplies (its kernels decide what 'bf16' means on the device). Default 'exact'. */
+  /** How matmul multiplies (its kernels decide what 'bf16' means on the device). Default $VL3_COMPUTE, else 'exact'. */
   compute?: ComputeMode;
   /**
    * The largest buffer a kernel binds, in bytes: an uploaded weight beyond it is split into pages of rows. Default
@@ -94,6 +94,14 @@ function collect(): void {
     fullCollection = vm.runInNewContext('gc') as () => void;
   }
   fullCollection();
+}
+
+/** $VL3_COMPUTE, as the native backend reads it; else 'exact' (the matmul kernels say what 'bf16' is on a device). */
+function computeFromEnvironment(): ComputeMode {
+  const value = process.env.VL3_COMPUTE || undefined;
+  if (value === undefined) return 'exact';
+  if (value !== 'exact' && value !== 'bf16') throw new Error(`$VL3_COMPUTE must be 'exact' or 'bf16', got '${value}'`);
+  return value;
 }
 
 export class WebGpuKernels implements Kernels {
@@ -133,7 +141,7 @@ export class WebGpuKernels implements Kernels {
   private allocatedSinceCollect = 0;
 
   constructor(options: WebGpuOptions = {}) {
-    this.compute = options.compute ?? 'exact';
+    this.compute = options.compute ?? computeFromEnvironment();
     this.collectAfterBytes = options.collectAfterBytes ?? 256 * 2 ** 20;
     this.gpu = WebGpuDevice.open(options);
     const limits = this.gpu.adapter.limits;
