@@ -481,6 +481,36 @@ struct U { x: u32 }
       }
     });
 
+    it('makes the device with the adapter\'s shader-f16 and subgroups, for the kernels that use them', (t) => {
+      const kernels = new WebGpuKernels();
+      try {
+        const wanted = ['shader-f16', 'subgroups'].filter((f) => kernels.adapter.features.includes(f));
+        assert.deepEqual([...kernels.features].filter((f) => wanted.includes(f)).sort(), wanted.sort());
+        if (wanted.length < 2) return t.skip(`the adapter lacks ${['shader-f16', 'subgroups'].filter((f) => !wanted.includes(f)).join(' and ')}`);
+        const out = kernels.upload(Tensor.f32([2], [0, 0]));
+        kernels.run([
+          {
+            key: 'features',
+            wgsl: () => `enable f16;
+enable subgroups;
+@group(0) @binding(0) var<storage, read_write> a: array<f32>;
+struct U { x: u32 }
+@group(0) @binding(1) var<uniform> u: U;
+@compute @workgroup_size(64) fn main(@builtin(local_invocation_index) lid: u32, @builtin(subgroup_size) size: u32) {
+  let total = subgroupAdd(1u);
+  if (lid == 0u) { a[0] = f32(total == size); a[1] = f32(f16(1.5) * f16(u.x)); }
+}`,
+            buffers: [{ buffer: sliceOf(out).buffer, write: true }],
+            uniforms: Uint32Array.of(3),
+            workgroups: [1, 1, 1],
+          },
+        ]);
+        assert.deepEqual([...kernels.download(out).data], [1, 4.5]);
+      } finally {
+        kernels.close();
+      }
+    });
+
     it('reports a kernel WebGPU refuses as a validation error at the next sync, and goes on working', () => {
       const kernels = new WebGpuKernels();
       try {
