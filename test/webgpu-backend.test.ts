@@ -583,6 +583,21 @@ struct U { x: u32 }
       assert.equal(gpu.adapter.software, isSoftware(gpu.adapter, false));
     });
 
+    it('vl3 info lists the adapter the backend opens, its limits and features, and what auto picks', () => {
+      const cli = new URL('../src/cli/vl3.js', import.meta.url).pathname;
+      const r = spawnSync(process.execPath, [cli, 'info', '--json', '--device', 'auto'], { encoding: 'utf8', timeout: 120_000 });
+      assert.equal(r.status, 0, r.stderr);
+      const info = JSON.parse(r.stdout) as { adapters: { name: string; limits: { maxBufferSize: number }; features: string[] }[]; auto: string; device: string };
+      assert.equal(info.adapters[0]!.name, gpu.adapter.name);
+      assert.equal(info.adapters[0]!.limits.maxBufferSize, gpu.adapter.limits.maxBufferSize);
+      assert.deepEqual(info.adapters[0]!.features, gpu.adapter.features);
+      assert.equal(info.auto, gpu.adapter.software ? 'cpu' : 'webgpu');
+      assert.equal(info.device, info.auto);
+      const text = spawnSync(process.execPath, [cli, 'info'], { encoding: 'utf8', timeout: 120_000 });
+      assert.ok(text.stdout.includes(`webgpu    ${gpu.adapter.name}`), text.stdout);
+      assert.match(text.stdout, /^auto {6}(webgpu on |cpu \()/m);
+    });
+
     it('counts llvmpipe, lavapipe and SwiftShader as software', () => {
       const info = { vendor: '', architecture: '', device: '', description: '' };
       assert.ok(isSoftware({ ...info, description: 'llvmpipe (LLVM 15.0.6, 256 bits)' }, false));
