@@ -57,7 +57,8 @@ describe('loading a model', { skip: !fixtures && FIXTURES_MISSING }, () => {
       [{ maxImagePixels: Infinity }, 'maxImagePixels', /got Infinity/],
       [{ compute: 'fast' as never }, 'compute', /compute must be 'exact' or 'bf16', got the string "fast"/],
       [{ isa: foreignTier }, 'isa', new RegExp(`isa '${foreignTier}' is not available: this CPU lacks`)],
-      [{ backend: 'gpu' as never }, 'backend', /backend must be 'native', 'reference' or a Backend, got the string "gpu"/],
+      [{ backend: 'gpu' as never }, 'backend', /backend must be 'native', 'reference', 'webgpu' or a Backend, got the string "gpu"/],
+      [{ device: 'gpu' as never }, 'device', /device must be one of cpu, webgpu, auto, got the string "gpu"/],
     ];
     for (const [options, option, message] of cases) {
       await assert.rejects(VideoLLaMA3.load(tiny, options), (e: unknown) => {

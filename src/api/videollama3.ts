@@ -23,7 +23,7 @@ import { Tokenizer } from '../processing/tokenizer.js';
 import type { Tensor } from '../tensor/tensor.js';
 import { WEIGHT_FORMATS, type WeightFormat } from '../tensor/dtype.js';
 import type { ChatModel } from './chat-model.js';
-import { createBackend, type Backend, type BackendName, type ComputeMode, type Isa } from '../tensor/index.js';
+import { backendForDevice, createBackend, DEVICE_NAMES, type Backend, type BackendName, type ComputeMode, type DeviceName, type Isa } from '../tensor/index.js';
 import { ChatStreamSource } from './chat-stream.js';
 import { AbortError, InvalidOptionError, InvalidRequestError } from './errors.js';
 import { CHAT_RULES, checkBudgets, checkNumbers, LOAD_RULES } from './options.js';
@@ -35,6 +35,12 @@ export interface LoadOptions {
   threads?: number;
   /** 'native' (default), 'reference' (plain TypeScript, slow; for checking), or a backend of your own making. */
   backend?: BackendName | Backend;
+  /**
+   * Where the model runs: 'cpu' (the `backend` named), 'webgpu' (weights uploaded once to the GPU, activations and KV
+   * caches kept there), or 'auto': webgpu where an adapter is a real GPU (not llvmpipe/lavapipe or SwiftShader, which
+   * the CPU outruns), else cpu. Default: $VL3_DEVICE, else 'cpu'. `vl3 info` shows the adapters and auto's choice.
+   */
+  device?: DeviceName;
   /**
    * How matmul multiplies: 'exact' (f32 activations, the fixtures' numerics) or 'bf16' (activations rounded to bf16,
    * products summed in f32: the official model's numerics in bf16, and the fast path of CPUs with bf16 dot
@@ -99,8 +105,8 @@ export interface LoadProgressEvent {
 
 /** What a loaded model is and allows: for servers that bound requests and commands that show it. */
 export interface ModelInfo {
-  /** What runs the model: backend name, kernel threads, compute mode (and the native kernel tier). */
-  backend: { name: string; threads: number; compute: ComputeMode; isa?: string };
+  /** What runs the model: backend name, kernel threads, compute mode (and the native kernel tier, or the WebGPU adapter). */
+  backend: { name: string; threads: number; compute: ComputeMode; isa?: string; adapter?: string };
   /** The formats the language model's and the vision side's matmul weights are held in. */
   weights: WeightFormats;
   /** Prompt plus answer, in tokens (the checkpoint's max_position_embeddings). */
@@ -248,21 +254,22 @@ export class VideoLLaMA3 implements ChatModel {
       prefixCacheBytes: cacheBound(options, 'prefixCacheBytes', 'VL3_PREFIX_CACHE_BYTES', DEFAULT_PREFIX_CACHE_BYTES),
     };
     const named = typeof options.backend === 'string' || options.backend === undefined;
-    if (named && options.backend !== undefined && options.backend !== 'native' && options.backend !== 'reference') {
-      throw invalid('backend', `backend must be 'native', 'reference' or a Backend, got ${describeValue(options.backend)}`);
+    if (named && options.backend !== undefined && options.backend !== 'native' && options.backend !== 'reference' && options.backend !== 'webgpu') {
+      throw invalid('backend', `backend must be 'native', 'reference', 'webgpu' or a Backend, got ${describeValue(options.backend)}`);
     }
+    const device = loadDevice(options, named, invalid);
     const folder = await resolveModel(ref, options.hub);
     if (options.compute !== undefined && options.compute !== 'exact' && options.compute !== 'bf16') {
       throw invalid('compute', `compute must be 'exact' or 'bf16', got ${describeValue(options.compute)}`);
     }
     let backend: Backend;
     try {
-      backend = named
-        ? createBackend((options.backend as BackendName | undefined) ?? 'native', { threads: options.threads, compute: options.compute, isa: options.isa })
-        : (options.backend as Backend);
+      const runtime = { threads: options.threads, compute: options.compute, isa: options.isa };
+      const name = (options.backend as BackendName | undefined) ?? 'native';
+      backend = !named ? (options.backend as Backend) : name === 'webgpu' ? createBackend('webgpu', runtime) : backendForDevice(device, name, runtime);
     } catch (e) {
-      // An unknown tier, or one this CPU lacks: the option (or $VL3_ISA) named in the message.
-      throw invalid(options.isa !== undefined ? 'isa' : 'backend', (e as Error).message);
+      // An unknown tier, or one this CPU lacks: the option (or $VL3_ISA) named in the message; or no WebGPU device.
+      throw invalid(options.isa !== undefined ? 'isa' : device !== 'cpu' ? 'device' : 'backend', (e as Error).message);
     }
     const formats: Partial<WeightFormats> = {};
     for (const [option, env, part] of [['weights', 'VL3_WEIGHTS', 'language'], ['visionWeights', 'VL3_VISION_WEIGHTS', 'vision']] as const) {
@@ -279,7 +286,8 @@ export class VideoLLaMA3 implements ChatModel {
     }
     const checkpoint = loadCheckpoint(folder);
     // B·A is summed in f32 whatever the model computes in: a bf16 backend would round A and B first.
-    const mergeBackend = () => (backend.compute === 'exact' ? backend : createBackend('native', { compute: 'exact', threads: backend.threads }));
+    // The adapter's tensors are host tensors: a device backend merges them on the CPU too.
+    const mergeBackend = () => (backend.compute === 'exact' && backend.device === 'host' ? backend : createBackend('native', { compute: 'exact', threads: backend.device === 'host' ? backend.threads : undefined }));
     const merge = adapterDir === undefined ? undefined : adapterMerge(loadAdapter(adapterDir, checkpoint.config), adapterDir, mergeBackend());
     const weights = new FormattedWeights(checkpoint.weights, checkpoint.config.quantization, formats, merge);
     // Every tensor against the config, from the headers: a mismatch fails here, not on the first image request.
@@ -316,7 +324,13 @@ export class VideoLLaMA3 implements ChatModel {
     const d = this.defaults;
     const b = this.model.backend;
     return {
-      backend: { name: b.name, threads: b.threads, compute: b.compute, ...('isa' in b && { isa: String(b.isa) }) },
+      backend: {
+        name: b.name,
+        threads: b.threads,
+        compute: b.compute,
+        ...('isa' in b && { isa: String(b.isa) }),
+        ...('adapter' in b && { adapter: (b.adapter as { name: string }).name }),
+      },
       weights: { ...this.model.weights.formats },
       contextLength: this.config.maxPositionEmbeddings,
       vocabSize: this.config.vocabSize,
@@ -700,4 +714,20 @@ function cacheBound(options: LoadOptions, option: 'featureCacheBytes' | 'prefixC
     throw new InvalidOptionError(option, `${option}${given === undefined ? ` ($${env})` : ''} must be an integer number of bytes >= 0, got ${describeValue(raw)}`);
   }
   return value;
+}
+
+/** The device option (or $VL3_DEVICE), checked: a Backend object, or the reference backend, decides for itself. */
+function loadDevice(options: LoadOptions, named: boolean, invalid: (option: string, message: string) => Error): DeviceName {
+  const fromEnv = options.device === undefined;
+  const device = options.device ?? (process.env.VL3_DEVICE || undefined);
+  if (device === undefined) return 'cpu';
+  const source = fromEnv ? 'device ($VL3_DEVICE)' : 'device';
+  if (!(DEVICE_NAMES as readonly unknown[]).includes(device)) {
+    throw invalid('device', `${source} must be one of ${DEVICE_NAMES.join(', ')}, got ${describeValue(device)}`);
+  }
+  if (!fromEnv && device !== 'cpu' && (!named || options.backend === 'reference')) {
+    throw invalid('device', `device '${device}' cannot be combined with backend ${named ? "'reference'" : 'given as a Backend'}: that backend decides where it runs`);
+  }
+  if (fromEnv && (!named || options.backend === 'reference')) return 'cpu';
+  return device as DeviceName;
 }

@@ -8,7 +8,7 @@ import { writeRandomCheckpoint } from '../model/random-checkpoint.js';
 import { writeQuantizedCheckpoint } from '../model/quantize-checkpoint.js';
 import { writeMergedCheckpoint } from '../model/merge-adapter.js';
 import { resolveModel } from '../hub/index.js';
-import type { ComputeMode, Isa } from '../tensor/index.js';
+import { DEVICE_NAMES, type ComputeMode, type DeviceName, type Isa } from '../tensor/index.js';
 import { WEIGHT_FORMATS, type WeightFormat } from '../tensor/dtype.js';
 import type { ContentPart, Message } from '../processing/conversation.js';
 import { runChat } from './chat.js';
@@ -25,8 +25,11 @@ import { DownloadBars, ProgressBars } from './progress.js';
 
 export { EXIT } from './flags.js';
 
+const deviceOption = (cmd: Command) =>
+  cmd.addOption(flag('--device <name>', 'where the model runs: cpu, webgpu (a GPU through WebGPU), or auto (webgpu on a real GPU, else cpu; `vl3 info` shows the adapters); default: cpu').choices([...DEVICE_NAMES]));
+
 const modelOptions = (cmd: Command) =>
-  runtimeOptions(cmd)
+  deviceOption(runtimeOptions(cmd))
     .addOption(flag('-m, --model <ref>', 'checkpoint folder, or hub id ORG/NAME[@revision] (downloaded into the Hugging Face cache)').makeOptionMandatory())
     .addOption(flag('--max-active-requests <n>', 'requests holding memory at once; more wait their turn (default 4)').argParser(integer('--max-active-requests', 1)))
     .addOption(flag('--max-visual-tokens <n>', 'visual token budget of a request (default: the checkpoint\'s, 16384)').argParser(integer('--max-visual-tokens', 1)))
@@ -58,6 +61,7 @@ const loadOptions = (o: Record<string, number | undefined>) => ({
   adapter: o.adapter as unknown as string | undefined,
   compute: o.compute as unknown as ComputeMode | undefined,
   isa: o.isa as unknown as Isa | undefined,
+  device: o.device as unknown as DeviceName | undefined,
   threads: o.threads,
   maxVisualTokens: o.maxVisualTokens,
   minVisualTokens: o.minVisualTokens,
@@ -294,11 +298,13 @@ export function buildProgram(): Command {
 
   addHubCommands(program);
 
-  runtimeOptions(
-    program.command('info').description('show the CPU features found, the kernel tiers this machine can run, and what a model would use'),
+  deviceOption(
+    runtimeOptions(
+      program.command('info').description('show the CPU features found, the kernel tiers this machine can run, the WebGPU adapters, and what a model would use'),
+    ),
   )
     .addOption(flag('--json', 'print one JSON object'))
-    .action((o) => printInfo({ threads: o.threads, compute: o.compute, isa: o.isa }, o.json === true));
+    .action((o) => printInfo({ threads: o.threads, compute: o.compute, isa: o.isa }, o.json === true, o.device as DeviceName | undefined));
 
   program
     .command('quantize')
