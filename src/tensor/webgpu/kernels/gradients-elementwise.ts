@@ -1,0 +1,278 @@
+// Our WGSL for the elementwise backward ops, the embedding's scatter and AdamW: their numerics are defined by
+// host-gradients.ts, and AdamW must give that definition's bits, which no generic kernel promises.
+import type { AdamWHyper } from '../../backend.js';
+import { adamwScalars } from '../../host-gradients.js';
+import type { KernelDispatch, Slice } from '../dispatch.js';
+import { type DeviceTraits, dispatch, f32u, grid, u32u } from './gradients-common.js';
+
+const WG = 256;
+
+/** One invocation per element i < u.n (wrapped in a grid of WG-wide workgroups). */
+const elementwise = (body: string) => `
+@compute @workgroup_size(${WG}) fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u,
+    @builtin(local_invocation_index) lid: u32) {
+  let i = item(wg, nwg) * ${WG}u + lid;
+  if (i >= u.n) { return; }
+${body}
+}`;
+
+const groups = (n: number) => Math.ceil(n / WG);
+
+/**
+ * An f32 fused multiply-add rounded once, from f32 operations alone: WGSL's `fma` may round twice (Vulkan lets it;
+ * lavapipe does), and a compiler may contract a product into the add after it (SPIR-V allows it unless
+ * NoContraction, which WGSL cannot ask for). So every product and sum goes through `keep`, an xor with a uniform
+ * zero the compiler cannot see through, and the fused result is built as Boldo and Melquiond's emulated FMA: the
+ * exact product (Dekker's split), an exact sum with c, the two error terms added rounding to odd, one final rounding.
+ * Exact while the product's error term is a normal number: a product below 2^-60 is scaled by 2^64 first, or, beside
+ * a c of 2^-30 or more, changes nothing. Overflowing operands (above 2^115) are out of its range.
+ */
+const FMA_WGSL = `
+fn keep(x: f32) -> f32 { return bitcast<f32>(bitcast<u32>(x) ^ u.zero); }
+fn twoSum(a: f32, b: f32) -> vec2f {
+  let s = keep(a + b);
+  let bb = keep(s - a);
+  return vec2f(s, keep(keep(a - keep(s - bb)) + keep(b - bb)));
+}
+fn split(a: f32) -> vec2f {
+  let c = keep(4097.0 * a);
+  let hi = keep(c - keep(c - a));
+  return vec2f(hi, keep(a - hi));
+}
+fn twoProd(a: f32, b: f32) -> vec2f {
+  let p = keep(a * b);
+  let x = split(a);
+  let y = split(b);
+  let e = keep(keep(keep(keep(x.x * y.x) - p) + keep(x.x * y.y)) + keep(x.y * y.x));
+  return vec2f(p, keep(e + keep(x.y * y.y)));
+}
+fn fmaExact(a: f32, b: f32, c: f32) -> f32 {
+  let u = twoProd(a, b);
+  let t = twoSum(c, u.x);
+  let w = twoSum(t.y, u.y);
+  var v = w.x;
+  let bits = bitcast<u32>(v);
+  // Round to odd: an inexact sum that rounded to an even significand moves one ulp towards the exact value.
+  if (w.y != 0.0 && (bits & 1u) == 0u) { v = bitcast<f32>(select(bits - 1u, bits + 1u, (w.y > 0.0) == (v > 0.0))); }
+  return keep(t.x + v);
+}
+fn fma32(a: f32, b: f32, c: f32) -> f32 {
+  let p = abs(keep(a * b));
+  if (p >= 0x1p-60f) { return fmaExact(a, b, c); }
+  if (abs(c) >= 0x1p-30f) { return c; }
+  return keep(fmaExact(a * 0x1p32f, b * 0x1p32f, c * 0x1p64f) * 0x1p-64f);
+}`;
+
+/**
+ * AdamW in the float32 arithmetic of host-gradients.ts `adamw`, bit for bit: its two single-rounding moment updates
+ * through `fma32`, every other product kept apart from the add after it. Bit-exactness also needs correctly rounded
+ * division and sqrt, which Vulkan does not promise and lavapipe (LLVM on the CPU) gives; test/webgpu-gradients.test.ts
+ * checks the bits.
+ */
+export function adamwPlan(t: DeviceTraits, o: { p: Slice; g: Slice; m: Slice; v: Slice; n: number; step: number; hyper: AdamWHyper }): KernelDispatch[] {
+  const s = adamwScalars(o.step, o.hyper);
+  return [
+    dispatch(t, {
+      op: 'adamw',
+      operands: [
+        { name: 'p', slice: o.p, elem: 'f32', write: true },
+        { name: 'g', slice: o.g, elem: 'f32' },
+        { name: 'm', slice: o.m, elem: 'f32', write: true },
+        { name: 'v', slice: o.v, elem: 'f32', write: true },
+      ],
+      uniforms: {
+        n: u32u(o.n),
+        zero: u32u(0),
+        decay: f32u(s.decay),
+        w1: f32u(s.w1),
+        b2: f32u(s.b2),
+        w2: f32u(s.w2),
+        stepSize: f32u(s.stepSize),
+        bc2Sqrt: f32u(s.bc2Sqrt),
+        eps: f32u(s.eps),
+      },
+      body: `${FMA_WGSL}
+${elementwise(`
+  let gi = ld_g(i);
+  let m0 = ld_m(i);
+  let v0 = ld_v(i);
+  let pi = keep(ld_p(i) * u.decay);
+  let mi = fma32(u.w1, keep(gi - m0), m0);
+  let vi = fma32(keep(u.w2 * gi), gi, keep(v0 * u.b2));
+  let denom = keep(sqrt(vi) / u.bc2Sqrt) + u.eps;
+  st_p(i, pi + keep(u.stepSize * mi) / denom);
+  st_m(i, mi);
+  st_v(i, vi);`)}`,
+      workgroups: grid(t, groups(o.n)),
+    }),
+  ];
+}
+
+/**
+ * erf in f32 (WGSL has none): Abramowitz–Stegun 7.1.26 is too coarse (1.5e-7 absolute, but its relative error near 0
+ * is large), so a Taylor series below 2 and the complement's continued fraction above, as math.ts does in f64.
+ */
+const ERF_WGSL = `
+fn erf32(x: f32) -> f32 {
+  let ax = abs(x);
+  if (ax < 2.0) {
+    let x2 = ax * ax;
+    var term = ax;
+    var sum = ax;
+    for (var n = 1u; n < 40u; n++) {
+      term = term * (-x2 / f32(n));
+      sum += term / f32(2u * n + 1u);
+    }
+    return sign(x) * 1.1283791670955126 * sum;
+  }
+  if (ax > 6.0) { return sign(x); }
+  var f = ax;
+  for (var k = 40u; k >= 1u; k--) { f = ax + (f32(k) * 0.5) / f; }
+  return sign(x) * (1.0 - exp(-ax * ax) * 0.5641895835477563 / f);
+}`;
+
+/** dx = dy · gelu'(x); dx may be dy or x (each element is read before it is written). */
+export function geluBackwardPlan(t: DeviceTraits, o: { dy: Slice; x: Slice; dx: Slice; n: number; approximation: 'tanh' | 'erf' }): KernelDispatch[] {
+  const slope =
+    o.approximation === 'tanh'
+      ? `let c = 0.7978845608028654;
+  let th = tanh(c * (u0 + 0.044715 * u0 * u0 * u0));
+  let slope = 0.5 * (1.0 + th) + 0.5 * u0 * (1.0 - th * th) * c * (1.0 + 3.0 * 0.044715 * u0 * u0);`
+      : `let slope = 0.5 * (1.0 + erf32(u0 * 0.7071067811865476)) + u0 * exp(-0.5 * u0 * u0) * 0.3989422804014327;`;
+  return [
+    dispatch(t, {
+      op: 'geluBackward',
+      variant: o.approximation,
+      operands: [
+        { name: 'dy', slice: o.dy, elem: 'f32' },
+        { name: 'x', slice: o.x, elem: 'f32' },
+        { name: 'dx', slice: o.dx, elem: 'f32', write: true },
+      ],
+      uniforms: { n: u32u(o.n) },
+      body: `${o.approximation === 'erf' ? ERF_WGSL : ''}
+${elementwise(`
+  let u0 = ld_x(i);
+  let g = ld_dy(i);
+  ${slope}
+  st_dx(i, g * slope);`)}`,
+      workgroups: grid(t, groups(o.n)),
+    }),
+  ];
+}
+
+/** For out = silu(gate) ⊙ up: dgate and dup written; each may be dy, gate or up itself. */
+export function siluMulBackwardPlan(t: DeviceTraits, o: { dy: Slice; gate: Slice; up: Slice; dgate: Slice; dup: Slice; n: number }): KernelDispatch[] {
+  return [
+    dispatch(t, {
+      op: 'siluMulBackward',
+      operands: [
+        { name: 'dy', slice: o.dy, elem: 'f32' },
+        { name: 'gate', slice: o.gate, elem: 'f32' },
+        { name: 'up', slice: o.up, elem: 'f32' },
+        { name: 'dgate', slice: o.dgate, elem: 'f32', write: true },
+        { name: 'dup', slice: o.dup, elem: 'f32', write: true },
+      ],
+      uniforms: { n: u32u(o.n) },
+      body: elementwise(`
+  let g = ld_dy(i);
+  let a = ld_gate(i);
+  let up = ld_up(i);
+  let s = 1.0 / (1.0 + exp(-a));
+  st_dup(i, g * a * s);
+  st_dgate(i, g * up * s * (1.0 + a * (1.0 - s)));`),
+      workgroups: grid(t, groups(o.n)),
+    }),
+  ];
+}
+
+/** dy[T,H,D] rotated back by −θ (half-split layout); dx may be dy. One invocation per (t, h, j < D/2) pair. */
+export function ropeBackwardPlan(t: DeviceTraits, o: { dy: Slice; cos: Slice; sin: Slice; dx: Slice; T: number; H: number; D: number }): KernelDispatch[] {
+  const half = o.D / 2;
+  const n = o.T * o.H * half;
+  return [
+    dispatch(t, {
+      op: 'ropeBackward',
+      operands: [
+        { name: 'dy', slice: o.dy, elem: 'f32' },
+        { name: 'cos', slice: o.cos, elem: 'f32' },
+        { name: 'sin', slice: o.sin, elem: 'f32' },
+        { name: 'dx', slice: o.dx, elem: 'f32', write: true },
+      ],
+      uniforms: { n: u32u(n), H: u32u(o.H), half: u32u(half) },
+      body: elementwise(`
+  let j = i % u.half;
+  let th = i / u.half;
+  let tk = th / u.H;
+  let base = th * 2u * u.half + j;
+  let g1 = ld_dy(base);
+  let g2 = ld_dy(base + u.half);
+  let c = ld_cos(tk * u.half + j);
+  let s = ld_sin(tk * u.half + j);
+  st_dx(base, g1 * c + g2 * s);
+  st_dx(base + u.half, g2 * c - g1 * s);`),
+      workgroups: grid(t, groups(n)),
+    }),
+  ];
+}
+
+/** dy[rows, C] → dx[rows·m², C]: each row of a block gets dy / m² (exact: m² is a power of two). */
+export function mergeBlocksBackwardPlan(t: DeviceTraits, o: { dy: Slice; dx: Slice; rows: number; C: number; mergeSize: number }): KernelDispatch[] {
+  const group = o.mergeSize * o.mergeSize;
+  const n = o.rows * group * o.C;
+  return [
+    dispatch(t, {
+      op: 'mergeBlocksBackward',
+      operands: [
+        { name: 'dy', slice: o.dy, elem: 'f32' },
+        { name: 'dx', slice: o.dx, elem: 'f32', write: true },
+      ],
+      uniforms: { n: u32u(n), C: u32u(o.C), group: u32u(group), inv: f32u(1 / group) },
+      body: elementwise(`
+  let c = i % u.C;
+  let r = i / u.C / u.group;
+  st_dx(i, ld_dy(r * u.C + c) * u.inv);`),
+      workgroups: grid(t, groups(n)),
+    }),
+  ];
+}
+
+/**
+ * dtable[ids[t]] += dy[t] without float atomics: one workgroup per position t, which does the work only when t is
+ * the first position holding its id, adding every later position's row in order. The sums are then the reference's
+ * own sequence of f32 additions, so the result is bit-exact and independent of scheduling.
+ */
+export function embeddingBackwardPlan(t: DeviceTraits, o: { dy: Slice; ids: Slice; dtable: Slice; T: number; D: number }): KernelDispatch[] {
+  return [
+    dispatch(t, {
+      op: 'embeddingBackward',
+      operands: [
+        { name: 'dy', slice: o.dy, elem: 'f32' },
+        { name: 'ids', slice: o.ids, elem: 'i32' },
+        { name: 'dtable', slice: o.dtable, elem: 'f32', write: true },
+      ],
+      uniforms: { T: u32u(o.T), D: u32u(o.D) },
+      body: `
+// Every writer stores the same 1, so the unsynchronised stores cannot disagree.
+var<workgroup> seen: u32;
+@compute @workgroup_size(64) fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u,
+    @builtin(local_invocation_index) lid: u32) {
+  let tk = item(wg, nwg);
+  if (tk >= u.T) { return; }
+  let id = ld_ids(tk);
+  for (var s = lid; s < tk; s += 64u) {
+    if (ld_ids(s) == id) { seen = 1u; }
+  }
+  if (workgroupUniformLoad(&seen) != 0u) { return; }
+  let row = u32(id) * u.D;
+  for (var d = lid; d < u.D; d += 64u) {
+    var acc = ld_dtable(row + d);
+    for (var s = tk; s < u.T; s++) {
+      if (ld_ids(s) == id) { acc += ld_dy(s * u.D + d); }
+    }
+    st_dtable(row + d, acc);
+  }
+}`,
+      workgroups: grid(t, o.T),
+    }),
+  ];
+}

@@ -1,0 +1,10 @@
+// The WebGPU backend's training kernels: a plan per GradientOps op (backend.ts), each defined by host-gradients.ts.
+export type { DeviceTraits } from './gradients-common.js';
+export {
+  adamwPlan,
+  embeddingBackwardPlan,
+  geluBackwardPlan,
+  mergeBlocksBackwardPlan,
+  ropeBackwardPlan,
+  siluMulBackwardPlan,
+} from './gradients-elementwise.js';

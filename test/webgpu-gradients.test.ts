@@ -1,0 +1,196 @@
+// Every gradient kernel plan (src/tensor/webgpu/kernels/gradients*.ts) run on a WebGPU device (lavapipe here) against
+// the TypeScript definition of its op (hostGradients), on odd sizes, with operands sharing buffers where the op allows.
+// Tolerances: the reference sums in f64, the kernels in f32 in another order, so a result may differ by a few ulps
+// of the sum of its terms' magnitudes; each check is stated against that scale, and a wrong term is far above it.
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import type { AdamWHyper } from '../src/tensor/backend.js';
+import { f32ToBf16 } from '../src/tensor/dtype.js';
+import { hostGradients } from '../src/tensor/host-gradients.js';
+import { Tensor } from '../src/tensor/tensor.js';
+import type { BufferRef, Slice } from '../src/tensor/webgpu/dispatch.js';
+import type { DeviceTraits } from '../src/tensor/webgpu/kernels/gradients.js';
+import * as k from '../src/tensor/webgpu/kernels/gradients.js';
+import { TestGpu } from './webgpu-harness.js';
+
+function random(seed: number): () => number {
+  let s = seed >>> 0;
+  return () => {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    return s / 2 ** 32 - 0.5;
+  };
+}
+
+const values = (n: number, rnd: () => number, scale = 1) => Float32Array.from({ length: n }, () => rnd() * 2 * scale);
+const t32 = (shape: number[], data: Float32Array) => new Tensor('f32', shape, data);
+const bf16Bits = (data: Float32Array) => Uint16Array.from(data, (v) => f32ToBf16(v));
+
+/** |got − want| ≤ tol · scale[i] element for element (scale: the magnitude the error is relative to). */
+function assertClose(name: string, got: Float32Array, want: Float32Array, tol: number, scale: ArrayLike<number> | number): void {
+  assert.equal(got.length, want.length, `${name}: length`);
+  for (let i = 0; i < want.length; i++) {
+    const s = typeof scale === 'number' ? scale : scale[i]!;
+    const err = Math.abs(got[i]! - want[i]!);
+    if (!(err <= tol * s)) assert.fail(`${name}[${i}]: got ${got[i]}, want ${want[i]} (error ${err} > ${tol} · ${s})`);
+  }
+}
+
+const maxAbs = (a: ArrayLike<number>) => Array.from(a).reduce((m, v) => Math.max(m, Math.abs(v)), 0);
+
+describe('WebGPU gradient kernels against hostGradients', () => {
+  let gpu: TestGpu;
+  let traits: DeviceTraits;
+  before(async () => {
+    gpu = await TestGpu.open();
+    const l = gpu.device.limits;
+    traits = {
+      maxWorkgroupsPerDimension: l.maxComputeWorkgroupsPerDimension,
+      maxStorageBufferBindingSize: l.maxStorageBufferBindingSize,
+      maxWorkgroupStorageBytes: l.maxComputeWorkgroupStorageSize,
+      maxInvocations: l.maxComputeInvocationsPerWorkgroup,
+      subgroups: gpu.device.features.has('subgroups'),
+      shaderF16: gpu.device.features.has('shader-f16'),
+    };
+  });
+  after(() => gpu?.destroy());
+
+  /** One buffer holding each array at a 16-byte-aligned offset after a little padding: slices into one buffer. */
+  function pack(...parts: ArrayBufferView[]): { buffer: BufferRef; slices: Slice[] } {
+    const offsets: number[] = [];
+    let at = 12; // an offset no binding alignment would allow, so the kernels' offsets are exercised
+    for (const p of parts) {
+      offsets.push(at);
+      at += Math.ceil(p.byteLength / 4) * 4 + 8;
+    }
+    const bytes = new Uint8Array(at);
+    parts.forEach((p, i) => bytes.set(new Uint8Array(p.buffer, p.byteOffset, p.byteLength), offsets[i]));
+    const buffer = gpu.buffer(at, bytes);
+    return { buffer, slices: offsets.map((byteOffset) => ({ buffer, byteOffset })) };
+  }
+  const own = (data: ArrayBufferView): Slice => ({ buffer: gpu.buffer(data.byteLength, data), byteOffset: 0 });
+  const readF32 = async (s: Slice, n: number) => new Float32Array(await gpu.read(s.buffer, s.byteOffset, n * 4));
+  const run = (d: Parameters<TestGpu['run']>[0]) => gpu.errors(() => gpu.run(d));
+
+  describe('adamw', () => {
+    const cases: [string, AdamWHyper][] = [
+      ['weight decay', { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0.01 }],
+      ['no weight decay', { lr: 2e-5, beta1: 0.9, beta2: 0.95, eps: 1e-6, weightDecay: 0 }],
+    ];
+    for (const [name, hyper] of cases) {
+      it(`gives the definition's bits over five steps (${name})`, async () => {
+        const rnd = random(11);
+        const n = 3 * 37 * 29;
+        const p = values(n, rnd);
+        const m = new Float32Array(n);
+        const v = new Float32Array(n);
+        // p, m and v share one buffer, g has its own: both binding maps run.
+        const { slices } = pack(p, m, v);
+        const [ps, ms, vs] = slices as [Slice, Slice, Slice];
+        const pt = t32([n], p.slice());
+        const mt = t32([n], m.slice());
+        const vt = t32([n], v.slice());
+        for (let step = 1; step <= 5; step++) {
+          const g = values(n, rnd, 0.01 * step);
+          await run(k.adamwPlan(traits, { p: ps, g: own(g), m: ms, v: vs, n, step, hyper }));
+          hostGradients.adamw(pt, t32([n], g), mt, vt, step, hyper);
+        }
+        for (const [label, s, want] of [['p', ps, pt], ['m', ms, mt], ['v', vs, vt]] as const) {
+          const got = await readF32(s, n);
+          const wantBits = new Uint32Array((want.data as Float32Array).buffer);
+          const gotBits = new Uint32Array(got.buffer);
+          let off = 0;
+          for (let i = 0; i < n; i++) if (gotBits[i] !== wantBits[i]) off++;
+          assert.equal(off, 0, `${label}: ${off} of ${n} elements differ from the definition's bits`);
+        }
+      });
+    }
+  });
+
+  describe('elementwise backward ops', () => {
+    for (const approximation of ['tanh', 'erf'] as const) {
+      for (const inPlace of [false, true]) {
+        it(`geluBackward ${approximation}${inPlace ? ', dx = dy' : ''}`, async () => {
+          const rnd = random(approximation === 'tanh' ? 21 : 22);
+          const n = 5 * 77;
+          const dy = values(n, rnd);
+          const x = values(n, rnd, 4);
+          const want = new Float32Array(n);
+          hostGradients.geluBackward(t32([n], dy), t32([n], x), t32([n], want), approximation);
+          const { slices } = pack(dy, x);
+          const [dys, xs] = slices as [Slice, Slice];
+          const dx = inPlace ? dys : own(new Float32Array(n));
+          await run(k.geluBackwardPlan(traits, { dy: dys, x: xs, dx, n, approximation }));
+          // f32 tanh/exp/erf: a few ulps of the slope (at most ~1.1), times |dy| ≤ 1.
+          assertClose('dx', await readF32(dx, n), want, 2e-6, 1);
+        });
+      }
+    }
+
+    it('siluMulBackward, with dgate over gate and dup over dy', async () => {
+      const rnd = random(31);
+      const n = 3 * 91;
+      const dy = values(n, rnd);
+      const gate = values(n, rnd, 5);
+      const up = values(n, rnd, 2);
+      const wantGate = new Float32Array(n);
+      const wantUp = new Float32Array(n);
+      hostGradients.siluMulBackward(t32([n], dy), t32([n], gate), t32([n], up), t32([n], wantGate), t32([n], wantUp));
+      for (const shared of [false, true]) {
+        const { slices } = pack(dy, gate, up);
+        const [dys, gs, us] = slices as [Slice, Slice, Slice];
+        const dgate = shared ? gs : own(new Float32Array(n));
+        const dup = shared ? dys : own(new Float32Array(n));
+        await run(k.siluMulBackwardPlan(traits, { dy: dys, gate: gs, up: us, dgate, dup, n }));
+        const scale = Float32Array.from(dy, (g, i) => Math.abs(g) * (1 + Math.abs(gate[i]!)) * (1 + Math.abs(up[i]!)));
+        assertClose(`dgate${shared ? ' (in place)' : ''}`, await readF32(dgate, n), wantGate, 1e-6, scale);
+        assertClose(`dup${shared ? ' (in place)' : ''}`, await readF32(dup, n), wantUp, 1e-6, scale);
+      }
+    });
+
+    for (const inPlace of [false, true]) {
+      it(`ropeBackward${inPlace ? ', dx = dy' : ''}`, async () => {
+        const rnd = random(41);
+        const [T, H, D] = [5, 3, 38];
+        const dy = values(T * H * D, rnd);
+        const cos = values((T * D) / 2, rnd);
+        const sin = values((T * D) / 2, rnd);
+        const want = new Float32Array(T * H * D);
+        hostGradients.ropeBackward(t32([T, H, D], dy), t32([T, D / 2], cos), t32([T, D / 2], sin), t32([T, H, D], want));
+        const { slices } = pack(cos, dy, sin);
+        const [cs, dys, ss] = slices as [Slice, Slice, Slice];
+        const dx = inPlace ? dys : own(new Float32Array(T * H * D));
+        await run(k.ropeBackwardPlan(traits, { dy: dys, cos: cs, sin: ss, dx, T, H, D }));
+        // Two products and a sum of terms below 1/2 each: a few ulps of 1.
+        assertClose('dx', await readF32(dx, T * H * D), want, 3e-7, 1);
+      });
+    }
+
+    for (const mergeSize of [1, 2]) {
+      it(`mergeBlocksBackward m=${mergeSize}`, async () => {
+        const rnd = random(51 + mergeSize);
+        const [rows, C] = [7, 41];
+        const dy = values(rows * C, rnd);
+        const n = rows * mergeSize * mergeSize * C;
+        const want = new Float32Array(n);
+        hostGradients.mergeBlocksBackward(t32([rows, C], dy), mergeSize, t32([rows * mergeSize * mergeSize, C], want));
+        const { slices } = pack(dy, new Float32Array(n));
+        await run(k.mergeBlocksBackwardPlan(traits, { dy: slices[0]!, dx: slices[1]!, rows, C, mergeSize }));
+        assert.deepEqual(await readF32(slices[1]!, n), want);
+      });
+    }
+
+    it('embeddingBackward adds repeated ids in order, bit for bit', async () => {
+      const rnd = random(61);
+      const [V, D, T] = [53, 45, 29];
+      const ids = Int32Array.from({ length: T }, (_, i) => (i % 4 === 0 ? 7 : i % 5 === 0 ? 52 : Math.floor((rnd() + 0.5) * V)));
+      const dy = values(T * D, rnd);
+      const table = values(V * D, rnd, 3);
+      const want = table.slice();
+      hostGradients.embeddingBackward(t32([T, D], dy), new Tensor('i32', [T], ids), t32([V, D], want));
+      const { slices } = pack(ids, dy);
+      const dtable = own(table);
+      await run(k.embeddingBackwardPlan(traits, { dy: slices[1]!, ids: slices[0]!, dtable, T, D }));
+      assert.deepEqual(await readF32(dtable, V * D), want);
+    });
+  });
+});
