@@ -106,6 +106,72 @@ describe('WebGPU gradient kernels against hostGradients', () => {
     }
   });
 
+  describe('matmulBackward', () => {
+    const cases = [
+      { M: 7, N: 67, K: 93, weight: 'f32', compute: 'exact' },
+      { M: 70, N: 37, K: 41, weight: 'bf16', compute: 'exact' },
+      { M: 5, N: 66, K: 37, weight: 'f32', compute: 'bf16' },
+      { M: 3, N: 41, K: 96, weight: 'bf16', compute: 'bf16' },
+    ] as const;
+    for (const { M, N, K, weight, compute } of cases) {
+      it(`${M}×${K} by ${N}×${K}, ${weight} weight, ${compute} compute`, async () => {
+        const rnd = random(M * 1000 + N + K);
+        const dy = values(M * N, rnd);
+        const x = values(M * K, rnd);
+        const wf = values(N * K, rnd);
+        const dw0 = values(N * K, rnd);
+        const db0 = values(N, rnd);
+        const w = weight === 'bf16' ? new Tensor('bf16', [N, K], bf16Bits(wf)) : t32([N, K], wf);
+        const abs = (a: Float32Array) => a.map(Math.abs);
+        const wAbs = weight === 'bf16' ? new Tensor('bf16', [N, K], bf16Bits(wf).map((b) => b & 0x7fff)) : t32([N, K], abs(wf));
+        const want = { dx: new Float32Array(M * K), dw: dw0.slice(), db: db0.slice() };
+        hostGradients.matmulBackward(t32([M, N], dy), t32([M, K], x), w, t32([M, K], want.dx), t32([N, K], want.dw), t32([N], want.db), compute);
+        // Σ |terms| of each result (and what it was added to): f32 sums of L terms are within L·2⁻²⁴ of that.
+        const mag = { dx: new Float32Array(M * K), dw: abs(dw0), db: abs(db0) };
+        hostGradients.matmulBackward(t32([M, N], abs(dy)), t32([M, K], abs(x)), wAbs, t32([M, K], mag.dx), t32([N, K], mag.dw), t32([N], mag.db), compute);
+        // dy and x share a buffer, dx and dbias another.
+        const inputs = pack(dy, x);
+        const outputs = pack(new Float32Array(M * K), db0);
+        const dw = own(dw0);
+        const wSlice = own(w.data as ArrayBufferView);
+        await run(
+          k.matmulBackwardPlan(traits, {
+            dy: inputs.slices[0]!,
+            x: inputs.slices[1]!,
+            w: wSlice,
+            weightType: weight,
+            dx: outputs.slices[0]!,
+            dw,
+            dbias: outputs.slices[1]!,
+            M,
+            N,
+            K,
+            compute,
+          }),
+        );
+        assertClose('dx', await readF32(outputs.slices[0]!, M * K), want.dx, (N + 1) * 2 ** -24, mag.dx);
+        assertClose('dw', await readF32(dw, N * K), want.dw, (M + 1) * 2 ** -24, mag.dw);
+        assertClose('dbias', await readF32(outputs.slices[1]!, N), want.db, (M + 1) * 2 ** -24, mag.db);
+      });
+    }
+
+    it('computes only the gradients asked for', async () => {
+      const [M, N, K] = [4, 38, 39];
+      const rnd = random(99);
+      const dy = values(M * N, rnd);
+      const x = values(M * K, rnd);
+      const w = values(N * K, rnd);
+      const dw0 = values(N * K, rnd);
+      const want = dw0.slice();
+      hostGradients.matmulBackward(t32([M, N], dy), t32([M, K], x), t32([N, K], w), null, t32([N, K], want), null);
+      const dw = own(dw0);
+      const plans = k.matmulBackwardPlan(traits, { dy: own(dy), x: own(x), w: own(w), weightType: 'f32', dx: null, dw, dbias: null, M, N, K, compute: 'exact' });
+      assert.equal(plans.length, 1);
+      await run(plans);
+      assertClose('dw', await readF32(dw, N * K), want, 1e-5, maxAbs(want));
+    });
+  });
+
   describe('elementwise backward ops', () => {
     for (const approximation of ['tanh', 'erf'] as const) {
       for (const inPlace of [false, true]) {

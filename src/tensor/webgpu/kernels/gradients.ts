@@ -8,3 +8,4 @@ export {
   ropeBackwardPlan,
   siluMulBackwardPlan,
 } from './gradients-elementwise.js';
+export { matmulBackwardPlan } from './gradients-matmul.js';
