@@ -172,6 +172,49 @@ describe('WebGPU gradient kernels against hostGradients', () => {
     });
   });
 
+  describe('norms', () => {
+    const cases = [
+      { rows: 5, cols: 300, weight: 'f32', inPlace: false, dweight: true, dbias: true },
+      { rows: 3, cols: 37, weight: 'bf16', inPlace: true, dweight: true, dbias: false },
+      { rows: 7, cols: 64, weight: 'f32', inPlace: true, dweight: false, dbias: true },
+      { rows: 4, cols: 51, weight: 'bf16', inPlace: false, dweight: false, dbias: false },
+    ] as const;
+    for (const layer of [false, true]) {
+      for (const c of cases) {
+        const { rows, cols, weight, inPlace } = c;
+        const dbiasToo = layer && c.dbias;
+        const name = `${layer ? 'layerNorm' : 'rmsNorm'}Backward ${rows}×${cols}, ${weight} weight${inPlace ? ', dx = dy' : ''}${c.dweight ? ', dweight' : ''}${dbiasToo ? ', dbias' : ''}`;
+        it(name, async () => {
+          const rnd = random(rows * cols + (layer ? 1 : 0));
+          const n = rows * cols;
+          const dy = values(n, rnd);
+          // An offset, so that LayerNorm's mean matters.
+          const x = values(n, rnd, 2).map((v) => v + 1.5);
+          const wf = values(cols, rnd, 2);
+          const w = weight === 'bf16' ? new Tensor('bf16', [cols], bf16Bits(wf)) : t32([cols], wf);
+          const dw0 = values(cols, rnd);
+          const db0 = values(cols, rnd);
+          const want = { dx: new Float32Array(n), dw: dw0.slice(), db: db0.slice() };
+          const eps = 1e-5;
+          const dwT = c.dweight ? t32([cols], want.dw) : null;
+          if (layer) hostGradients.layerNormBackward(t32([rows, cols], dy), t32([rows, cols], x), w, eps, t32([rows, cols], want.dx), dwT, dbiasToo ? t32([cols], want.db) : null);
+          else hostGradients.rmsNormBackward(t32([rows, cols], dy), t32([rows, cols], x), w, eps, t32([rows, cols], want.dx), dwT);
+          const { slices } = pack(x, dy, dw0);
+          const [xs, dys, dws] = slices as [Slice, Slice, Slice];
+          const dx = inPlace ? dys : own(new Float32Array(n));
+          const dbias = own(db0);
+          const o = { dy: dys, x: xs, weight: own(w.data as ArrayBufferView), weightType: weight, eps, dx, dweight: c.dweight ? dws : null, rows, cols };
+          await run(layer ? k.layerNormBackwardPlan(traits, { ...o, dbias: dbiasToo ? dbias : null }) : k.rmsNormBackwardPlan(traits, o));
+          // f32 reductions over ≤ 300 terms and over the rows: within 2e-5 of the largest result (a missing term
+          // is off by a sizeable part of it).
+          assertClose('dx', await readF32(dx, n), want.dx, 2e-5, maxAbs(want.dx));
+          assertClose('dweight', await readF32(dws, cols), want.dw, 2e-5, maxAbs(want.dw));
+          assertClose('dbias', await readF32(dbias, cols), want.db, 2e-5, maxAbs(want.db));
+        });
+      }
+    }
+  });
+
   describe('elementwise backward ops', () => {
     for (const approximation of ['tanh', 'erf'] as const) {
       for (const inPlace of [false, true]) {

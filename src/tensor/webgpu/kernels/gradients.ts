@@ -9,3 +9,4 @@ export {
   siluMulBackwardPlan,
 } from './gradients-elementwise.js';
 export { matmulBackwardPlan } from './gradients-matmul.js';
+export { layerNormBackwardPlan, rmsNormBackwardPlan } from './gradients-norm.js';
