@@ -215,6 +215,62 @@ describe('WebGPU gradient kernels against hostGradients', () => {
     }
   });
 
+  describe('crossEntropy', () => {
+    const cases = [
+      { n: 5, H: 45, V: 130, head: 'f32', dhidden: true, dhead: true },
+      { n: 3, H: 300, V: 53, head: 'bf16', dhidden: false, dhead: true },
+      { n: 7, H: 37, V: 300, head: 'f32', dhidden: true, dhead: false },
+      { n: 4, H: 40, V: 77, head: 'bf16', dhidden: false, dhead: false },
+    ] as const;
+    for (const c of cases) {
+      const { n, H, V, head } = c;
+      it(`${n} rows, H ${H}, vocabulary ${V}, ${head} head${c.dhidden ? ', dhidden' : ''}${c.dhead ? ', dhead' : ''}`, async () => {
+        const rnd = random(n * H + V);
+        const hidden = values(n * H, rnd);
+        const hf = values(V * H, rnd, 0.5);
+        const headT = head === 'bf16' ? new Tensor('bf16', [V, H], bf16Bits(hf)) : t32([V, H], hf);
+        const targets = Int32Array.from({ length: n }, (_, i) => (i === 1 ? V - 1 : Math.floor((rnd() + 0.5) * V)));
+        const dhead0 = values(V * H, rnd);
+        const scale = 1 / n;
+        const want = { losses: new Float32Array(n), dhidden: new Float32Array(n * H), dhead: dhead0.slice() };
+        hostGradients.crossEntropy(
+          t32([n, H], hidden),
+          headT,
+          new Tensor('i32', [n], targets),
+          scale,
+          t32([n], want.losses),
+          c.dhidden ? t32([n, H], want.dhidden) : null,
+          c.dhead ? t32([V, H], want.dhead) : null,
+        );
+        // hidden, targets and losses in one buffer, dhidden and dhead in another.
+        const inputs = pack(hidden, targets, new Float32Array(n));
+        const [hs, ts, ls] = inputs.slices as [Slice, Slice, Slice];
+        const outputs = pack(new Float32Array(n * H), dhead0);
+        const [dhs, dws] = outputs.slices as [Slice, Slice];
+        await run(
+          k.crossEntropyPlan(traits, {
+            hidden: hs,
+            head: own(headT.data as ArrayBufferView),
+            headType: head,
+            targets: ts,
+            scale,
+            losses: ls,
+            dhidden: c.dhidden ? dhs : null,
+            dhead: c.dhead ? dws : null,
+            n,
+            H,
+            V,
+          }),
+        );
+        // f32 logits (sums over H), exp and log against f64: within 1e-5 of the largest value (a wrong
+        // normaliser or a missing target term moves them by far more).
+        assertClose('losses', await readF32(ls, n), want.losses, 1e-5, maxAbs(want.losses));
+        if (c.dhidden) assertClose('dhidden', await readF32(dhs, n * H), want.dhidden, 1e-5, maxAbs(want.dhidden));
+        assertClose('dhead', await readF32(dws, V * H), want.dhead, 1e-5, maxAbs(want.dhead));
+      });
+    }
+  });
+
   describe('elementwise backward ops', () => {
     for (const approximation of ['tanh', 'erf'] as const) {
       for (const inPlace of [false, true]) {

@@ -10,3 +10,4 @@ export {
 } from './gradients-elementwise.js';
 export { matmulBackwardPlan } from './gradients-matmul.js';
 export { layerNormBackwardPlan, rmsNormBackwardPlan } from './gradients-norm.js';
+export { crossEntropyPlan } from './gradients-loss.js';
