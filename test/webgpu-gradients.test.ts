@@ -271,6 +271,46 @@ describe('WebGPU gradient kernels against hostGradients', () => {
     }
   });
 
+  describe('attentionBackward', () => {
+    const cases = [
+      { T: 5, S: 7, Hq: 4, Hkv: 2, D: 38, causal: true, queryOffset: undefined },
+      { T: 3, S: 9, Hq: 3, Hkv: 1, D: 70, causal: false, queryOffset: undefined },
+      { T: 6, S: 6, Hq: 2, Hkv: 2, D: 16, causal: true, queryOffset: 0 },
+      { T: 3, S: 70, Hq: 6, Hkv: 2, D: 38, causal: true, queryOffset: 1 },
+    ] as const;
+    for (const { T, S, Hq, Hkv, D, causal, queryOffset } of cases) {
+      it(`T ${T}, S ${S}, heads ${Hq}/${Hkv}, D ${D}, ${causal ? `causal from ${queryOffset ?? S - T}` : 'full'}`, async () => {
+        const rnd = random(T * S * Hq + D);
+        const q = values(T * Hq * D, rnd);
+        const kk = values(S * Hkv * D, rnd);
+        const v = values(S * Hkv * D, rnd);
+        const dout = values(T * Hq * D, rnd);
+        const options = { scale: 1 / Math.sqrt(D), causal, queryOffset };
+        const want = { dq: new Float32Array(T * Hq * D), dk: new Float32Array(S * Hkv * D), dv: new Float32Array(S * Hkv * D) };
+        hostGradients.attentionBackward(
+          t32([T, Hq, D], q),
+          t32([S, Hkv, D], kk),
+          t32([S, Hkv, D], v),
+          t32([T, Hq, D], dout),
+          t32([T, Hq, D], want.dq),
+          t32([S, Hkv, D], want.dk),
+          t32([S, Hkv, D], want.dv),
+          options,
+        );
+        // Inputs in one buffer, the three gradients in another.
+        const inputs = pack(q, kk, v, dout);
+        const outputs = pack(want.dq.map(() => 0), want.dk.map(() => 0), want.dv.map(() => 0));
+        const [qs, ks, vs, os] = inputs.slices as [Slice, Slice, Slice, Slice];
+        const [dqs, dks, dvs] = outputs.slices as [Slice, Slice, Slice];
+        await run(k.attentionBackwardPlan(traits, { q: qs, k: ks, v: vs, dout: os, dq: dqs, dk: dks, dv: dvs, T, S, Hq, Hkv, D, options }));
+        // f32 dot products over D and sums over keys or queries against f64: within 1e-5 of the largest gradient.
+        assertClose('dq', await readF32(dqs, T * Hq * D), want.dq, 1e-5, maxAbs(want.dq));
+        assertClose('dk', await readF32(dks, S * Hkv * D), want.dk, 1e-5, maxAbs(want.dk));
+        assertClose('dv', await readF32(dvs, S * Hkv * D), want.dv, 1e-5, maxAbs(want.dv));
+      });
+    }
+  });
+
   describe('elementwise backward ops', () => {
     for (const approximation of ['tanh', 'erf'] as const) {
       for (const inPlace of [false, true]) {

@@ -11,3 +11,4 @@ export {
 export { matmulBackwardPlan } from './gradients-matmul.js';
 export { layerNormBackwardPlan, rmsNormBackwardPlan } from './gradients-norm.js';
 export { crossEntropyPlan } from './gradients-loss.js';
+export { attentionBackwardPlan } from './gradients-attention.js';
