@@ -71,331 +71,338 @@ describe('WebGPU gradient kernels against hostGradients', () => {
   const readF32 = async (s: Slice, n: number) => new Float32Array(await gpu.read(s.buffer, s.byteOffset, n * 4));
   const run = (d: Parameters<TestGpu['run']>[0]) => gpu.errors(() => gpu.run(d));
 
-  describe('adamw', () => {
-    const cases: [string, AdamWHyper][] = [
-      ['weight decay', { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0.01 }],
-      ['no weight decay', { lr: 2e-5, beta1: 0.9, beta2: 0.95, eps: 1e-6, weightDecay: 0 }],
-    ];
-    for (const [name, hyper] of cases) {
-      it(`gives the definition's bits over five steps (${name})`, async () => {
-        const rnd = random(11);
-        const n = 3 * 37 * 29;
-        const p = values(n, rnd);
-        const m = new Float32Array(n);
-        const v = new Float32Array(n);
-        // p, m and v share one buffer, g has its own: both binding maps run.
-        const { slices } = pack(p, m, v);
-        const [ps, ms, vs] = slices as [Slice, Slice, Slice];
-        const pt = t32([n], p.slice());
-        const mt = t32([n], m.slice());
-        const vt = t32([n], v.slice());
-        for (let step = 1; step <= 5; step++) {
-          const g = values(n, rnd, 0.01 * step);
-          await run(k.adamwPlan(traits, { p: ps, g: own(g), m: ms, v: vs, n, step, hyper }));
-          hostGradients.adamw(pt, t32([n], g), mt, vt, step, hyper);
+  // The device's own limits, then at most 8 workgroups per dimension, so that every plan's
+  // grid folding (over y, and over z beyond 64 workgroups) runs.
+  for (const tight of [false, true]) {
+    const limits = (): DeviceTraits => (tight ? { ...traits, maxWorkgroupsPerDimension: 8 } : traits);
+    describe(tight ? 'at most 8 workgroups per dimension' : 'the device limits', () => {
+      describe('adamw', () => {
+        const cases: [string, AdamWHyper][] = [
+          ['weight decay', { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0.01 }],
+          ['no weight decay', { lr: 2e-5, beta1: 0.9, beta2: 0.95, eps: 1e-6, weightDecay: 0 }],
+        ];
+        for (const [name, hyper] of cases) {
+          it(`gives the definition's bits over five steps (${name})`, async () => {
+            const rnd = random(11);
+            const n = 3 * 37 * 29;
+            const p = values(n, rnd);
+            const m = new Float32Array(n);
+            const v = new Float32Array(n);
+            // p, m and v share one buffer, g has its own: both binding maps run.
+            const { slices } = pack(p, m, v);
+            const [ps, ms, vs] = slices as [Slice, Slice, Slice];
+            const pt = t32([n], p.slice());
+            const mt = t32([n], m.slice());
+            const vt = t32([n], v.slice());
+            for (let step = 1; step <= 5; step++) {
+              const g = values(n, rnd, 0.01 * step);
+              await run(k.adamwPlan(limits(), { p: ps, g: own(g), m: ms, v: vs, n, step, hyper }));
+              hostGradients.adamw(pt, t32([n], g), mt, vt, step, hyper);
+            }
+            for (const [label, s, want] of [['p', ps, pt], ['m', ms, mt], ['v', vs, vt]] as const) {
+              const got = await readF32(s, n);
+              const wantBits = new Uint32Array((want.data as Float32Array).buffer);
+              const gotBits = new Uint32Array(got.buffer);
+              let off = 0;
+              for (let i = 0; i < n; i++) if (gotBits[i] !== wantBits[i]) off++;
+              assert.equal(off, 0, `${label}: ${off} of ${n} elements differ from the definition's bits`);
+            }
+          });
         }
-        for (const [label, s, want] of [['p', ps, pt], ['m', ms, mt], ['v', vs, vt]] as const) {
-          const got = await readF32(s, n);
-          const wantBits = new Uint32Array((want.data as Float32Array).buffer);
-          const gotBits = new Uint32Array(got.buffer);
-          let off = 0;
-          for (let i = 0; i < n; i++) if (gotBits[i] !== wantBits[i]) off++;
-          assert.equal(off, 0, `${label}: ${off} of ${n} elements differ from the definition's bits`);
+      });
+
+      describe('matmulBackward', () => {
+        const cases = [
+          { M: 7, N: 67, K: 93, weight: 'f32', compute: 'exact' },
+          { M: 70, N: 37, K: 41, weight: 'bf16', compute: 'exact' },
+          { M: 5, N: 66, K: 37, weight: 'f32', compute: 'bf16' },
+          { M: 3, N: 41, K: 96, weight: 'bf16', compute: 'bf16' },
+        ] as const;
+        for (const { M, N, K, weight, compute } of cases) {
+          it(`${M}×${K} by ${N}×${K}, ${weight} weight, ${compute} compute`, async () => {
+            const rnd = random(M * 1000 + N + K);
+            const dy = values(M * N, rnd);
+            const x = values(M * K, rnd);
+            const wf = values(N * K, rnd);
+            const dw0 = values(N * K, rnd);
+            const db0 = values(N, rnd);
+            const w = weight === 'bf16' ? new Tensor('bf16', [N, K], bf16Bits(wf)) : t32([N, K], wf);
+            const abs = (a: Float32Array) => a.map(Math.abs);
+            const wAbs = weight === 'bf16' ? new Tensor('bf16', [N, K], bf16Bits(wf).map((b) => b & 0x7fff)) : t32([N, K], abs(wf));
+            const want = { dx: new Float32Array(M * K), dw: dw0.slice(), db: db0.slice() };
+            hostGradients.matmulBackward(t32([M, N], dy), t32([M, K], x), w, t32([M, K], want.dx), t32([N, K], want.dw), t32([N], want.db), compute);
+            // Σ |terms| of each result (and what it was added to): f32 sums of L terms are within L·2⁻²⁴ of that.
+            const mag = { dx: new Float32Array(M * K), dw: abs(dw0), db: abs(db0) };
+            hostGradients.matmulBackward(t32([M, N], abs(dy)), t32([M, K], abs(x)), wAbs, t32([M, K], mag.dx), t32([N, K], mag.dw), t32([N], mag.db), compute);
+            // dy and x share a buffer, dx and dbias another.
+            const inputs = pack(dy, x);
+            const outputs = pack(new Float32Array(M * K), db0);
+            const dw = own(dw0);
+            const wSlice = own(w.data as ArrayBufferView);
+            await run(
+              k.matmulBackwardPlan(limits(), {
+                dy: inputs.slices[0]!,
+                x: inputs.slices[1]!,
+                w: wSlice,
+                weightType: weight,
+                dx: outputs.slices[0]!,
+                dw,
+                dbias: outputs.slices[1]!,
+                M,
+                N,
+                K,
+                compute,
+              }),
+            );
+            assertClose('dx', await readF32(outputs.slices[0]!, M * K), want.dx, (N + 1) * 2 ** -24, mag.dx);
+            assertClose('dw', await readF32(dw, N * K), want.dw, (M + 1) * 2 ** -24, mag.dw);
+            assertClose('dbias', await readF32(outputs.slices[1]!, N), want.db, (M + 1) * 2 ** -24, mag.db);
+          });
+        }
+
+        it('computes only the gradients asked for', async () => {
+          const [M, N, K] = [4, 38, 39];
+          const rnd = random(99);
+          const dy = values(M * N, rnd);
+          const x = values(M * K, rnd);
+          const w = values(N * K, rnd);
+          const dw0 = values(N * K, rnd);
+          const want = dw0.slice();
+          hostGradients.matmulBackward(t32([M, N], dy), t32([M, K], x), t32([N, K], w), null, t32([N, K], want), null);
+          const dw = own(dw0);
+          const plans = k.matmulBackwardPlan(limits(), { dy: own(dy), x: own(x), w: own(w), weightType: 'f32', dx: null, dw, dbias: null, M, N, K, compute: 'exact' });
+          assert.equal(plans.length, 1);
+          await run(plans);
+          assertClose('dw', await readF32(dw, N * K), want, 1e-5, maxAbs(want));
+        });
+      });
+
+      describe('norms', () => {
+        const cases = [
+          { rows: 5, cols: 300, weight: 'f32', inPlace: false, dweight: true, dbias: true },
+          { rows: 3, cols: 37, weight: 'bf16', inPlace: true, dweight: true, dbias: false },
+          { rows: 7, cols: 64, weight: 'f32', inPlace: true, dweight: false, dbias: true },
+          { rows: 4, cols: 51, weight: 'bf16', inPlace: false, dweight: false, dbias: false },
+        ] as const;
+        for (const layer of [false, true]) {
+          for (const c of cases) {
+            const { rows, cols, weight, inPlace } = c;
+            const dbiasToo = layer && c.dbias;
+            const name = `${layer ? 'layerNorm' : 'rmsNorm'}Backward ${rows}×${cols}, ${weight} weight${inPlace ? ', dx = dy' : ''}${c.dweight ? ', dweight' : ''}${dbiasToo ? ', dbias' : ''}`;
+            it(name, async () => {
+              const rnd = random(rows * cols + (layer ? 1 : 0));
+              const n = rows * cols;
+              const dy = values(n, rnd);
+              // An offset, so that LayerNorm's mean matters.
+              const x = values(n, rnd, 2).map((v) => v + 1.5);
+              const wf = values(cols, rnd, 2);
+              const w = weight === 'bf16' ? new Tensor('bf16', [cols], bf16Bits(wf)) : t32([cols], wf);
+              const dw0 = values(cols, rnd);
+              const db0 = values(cols, rnd);
+              const want = { dx: new Float32Array(n), dw: dw0.slice(), db: db0.slice() };
+              const eps = 1e-5;
+              const dwT = c.dweight ? t32([cols], want.dw) : null;
+              if (layer) hostGradients.layerNormBackward(t32([rows, cols], dy), t32([rows, cols], x), w, eps, t32([rows, cols], want.dx), dwT, dbiasToo ? t32([cols], want.db) : null);
+              else hostGradients.rmsNormBackward(t32([rows, cols], dy), t32([rows, cols], x), w, eps, t32([rows, cols], want.dx), dwT);
+              const { slices } = pack(x, dy, dw0);
+              const [xs, dys, dws] = slices as [Slice, Slice, Slice];
+              const dx = inPlace ? dys : own(new Float32Array(n));
+              const dbias = own(db0);
+              const o = { dy: dys, x: xs, weight: own(w.data as ArrayBufferView), weightType: weight, eps, dx, dweight: c.dweight ? dws : null, rows, cols };
+              await run(layer ? k.layerNormBackwardPlan(limits(), { ...o, dbias: dbiasToo ? dbias : null }) : k.rmsNormBackwardPlan(limits(), o));
+              // f32 reductions over ≤ 300 terms and over the rows: within 2e-5 of the largest result (a missing term
+              // is off by a sizeable part of it).
+              assertClose('dx', await readF32(dx, n), want.dx, 2e-5, maxAbs(want.dx));
+              assertClose('dweight', await readF32(dws, cols), want.dw, 2e-5, maxAbs(want.dw));
+              assertClose('dbias', await readF32(dbias, cols), want.db, 2e-5, maxAbs(want.db));
+            });
+          }
         }
       });
-    }
-  });
 
-  describe('matmulBackward', () => {
-    const cases = [
-      { M: 7, N: 67, K: 93, weight: 'f32', compute: 'exact' },
-      { M: 70, N: 37, K: 41, weight: 'bf16', compute: 'exact' },
-      { M: 5, N: 66, K: 37, weight: 'f32', compute: 'bf16' },
-      { M: 3, N: 41, K: 96, weight: 'bf16', compute: 'bf16' },
-    ] as const;
-    for (const { M, N, K, weight, compute } of cases) {
-      it(`${M}×${K} by ${N}×${K}, ${weight} weight, ${compute} compute`, async () => {
-        const rnd = random(M * 1000 + N + K);
-        const dy = values(M * N, rnd);
-        const x = values(M * K, rnd);
-        const wf = values(N * K, rnd);
-        const dw0 = values(N * K, rnd);
-        const db0 = values(N, rnd);
-        const w = weight === 'bf16' ? new Tensor('bf16', [N, K], bf16Bits(wf)) : t32([N, K], wf);
-        const abs = (a: Float32Array) => a.map(Math.abs);
-        const wAbs = weight === 'bf16' ? new Tensor('bf16', [N, K], bf16Bits(wf).map((b) => b & 0x7fff)) : t32([N, K], abs(wf));
-        const want = { dx: new Float32Array(M * K), dw: dw0.slice(), db: db0.slice() };
-        hostGradients.matmulBackward(t32([M, N], dy), t32([M, K], x), w, t32([M, K], want.dx), t32([N, K], want.dw), t32([N], want.db), compute);
-        // Σ |terms| of each result (and what it was added to): f32 sums of L terms are within L·2⁻²⁴ of that.
-        const mag = { dx: new Float32Array(M * K), dw: abs(dw0), db: abs(db0) };
-        hostGradients.matmulBackward(t32([M, N], abs(dy)), t32([M, K], abs(x)), wAbs, t32([M, K], mag.dx), t32([N, K], mag.dw), t32([N], mag.db), compute);
-        // dy and x share a buffer, dx and dbias another.
-        const inputs = pack(dy, x);
-        const outputs = pack(new Float32Array(M * K), db0);
-        const dw = own(dw0);
-        const wSlice = own(w.data as ArrayBufferView);
-        await run(
-          k.matmulBackwardPlan(traits, {
-            dy: inputs.slices[0]!,
-            x: inputs.slices[1]!,
-            w: wSlice,
-            weightType: weight,
-            dx: outputs.slices[0]!,
-            dw,
-            dbias: outputs.slices[1]!,
-            M,
-            N,
-            K,
-            compute,
-          }),
-        );
-        assertClose('dx', await readF32(outputs.slices[0]!, M * K), want.dx, (N + 1) * 2 ** -24, mag.dx);
-        assertClose('dw', await readF32(dw, N * K), want.dw, (M + 1) * 2 ** -24, mag.dw);
-        assertClose('dbias', await readF32(outputs.slices[1]!, N), want.db, (M + 1) * 2 ** -24, mag.db);
+      describe('crossEntropy', () => {
+        const cases = [
+          { n: 5, H: 45, V: 130, head: 'f32', dhidden: true, dhead: true },
+          { n: 3, H: 300, V: 53, head: 'bf16', dhidden: false, dhead: true },
+          { n: 7, H: 37, V: 300, head: 'f32', dhidden: true, dhead: false },
+          { n: 4, H: 40, V: 77, head: 'bf16', dhidden: false, dhead: false },
+        ] as const;
+        for (const c of cases) {
+          const { n, H, V, head } = c;
+          it(`${n} rows, H ${H}, vocabulary ${V}, ${head} head${c.dhidden ? ', dhidden' : ''}${c.dhead ? ', dhead' : ''}`, async () => {
+            const rnd = random(n * H + V);
+            const hidden = values(n * H, rnd);
+            const hf = values(V * H, rnd, 0.5);
+            const headT = head === 'bf16' ? new Tensor('bf16', [V, H], bf16Bits(hf)) : t32([V, H], hf);
+            const targets = Int32Array.from({ length: n }, (_, i) => (i === 1 ? V - 1 : Math.floor((rnd() + 0.5) * V)));
+            const dhead0 = values(V * H, rnd);
+            const scale = 1 / n;
+            const want = { losses: new Float32Array(n), dhidden: new Float32Array(n * H), dhead: dhead0.slice() };
+            hostGradients.crossEntropy(
+              t32([n, H], hidden),
+              headT,
+              new Tensor('i32', [n], targets),
+              scale,
+              t32([n], want.losses),
+              c.dhidden ? t32([n, H], want.dhidden) : null,
+              c.dhead ? t32([V, H], want.dhead) : null,
+            );
+            // hidden, targets and losses in one buffer, dhidden and dhead in another.
+            const inputs = pack(hidden, targets, new Float32Array(n));
+            const [hs, ts, ls] = inputs.slices as [Slice, Slice, Slice];
+            const outputs = pack(new Float32Array(n * H), dhead0);
+            const [dhs, dws] = outputs.slices as [Slice, Slice];
+            await run(
+              k.crossEntropyPlan(limits(), {
+                hidden: hs,
+                head: own(headT.data as ArrayBufferView),
+                headType: head,
+                targets: ts,
+                scale,
+                losses: ls,
+                dhidden: c.dhidden ? dhs : null,
+                dhead: c.dhead ? dws : null,
+                n,
+                H,
+                V,
+              }),
+            );
+            // f32 logits (sums over H), exp and log against f64: within 1e-5 of the largest value (a wrong
+            // normaliser or a missing target term moves them by far more).
+            assertClose('losses', await readF32(ls, n), want.losses, 1e-5, maxAbs(want.losses));
+            if (c.dhidden) assertClose('dhidden', await readF32(dhs, n * H), want.dhidden, 1e-5, maxAbs(want.dhidden));
+            assertClose('dhead', await readF32(dws, V * H), want.dhead, 1e-5, maxAbs(want.dhead));
+          });
+        }
       });
-    }
 
-    it('computes only the gradients asked for', async () => {
-      const [M, N, K] = [4, 38, 39];
-      const rnd = random(99);
-      const dy = values(M * N, rnd);
-      const x = values(M * K, rnd);
-      const w = values(N * K, rnd);
-      const dw0 = values(N * K, rnd);
-      const want = dw0.slice();
-      hostGradients.matmulBackward(t32([M, N], dy), t32([M, K], x), t32([N, K], w), null, t32([N, K], want), null);
-      const dw = own(dw0);
-      const plans = k.matmulBackwardPlan(traits, { dy: own(dy), x: own(x), w: own(w), weightType: 'f32', dx: null, dw, dbias: null, M, N, K, compute: 'exact' });
-      assert.equal(plans.length, 1);
-      await run(plans);
-      assertClose('dw', await readF32(dw, N * K), want, 1e-5, maxAbs(want));
-    });
-  });
+      describe('attentionBackward', () => {
+        const cases = [
+          { T: 5, S: 7, Hq: 4, Hkv: 2, D: 38, causal: true, queryOffset: undefined },
+          { T: 3, S: 9, Hq: 3, Hkv: 1, D: 70, causal: false, queryOffset: undefined },
+          { T: 6, S: 6, Hq: 2, Hkv: 2, D: 16, causal: true, queryOffset: 0 },
+          { T: 3, S: 70, Hq: 6, Hkv: 2, D: 38, causal: true, queryOffset: 1 },
+        ] as const;
+        for (const { T, S, Hq, Hkv, D, causal, queryOffset } of cases) {
+          it(`T ${T}, S ${S}, heads ${Hq}/${Hkv}, D ${D}, ${causal ? `causal from ${queryOffset ?? S - T}` : 'full'}`, async () => {
+            const rnd = random(T * S * Hq + D);
+            const q = values(T * Hq * D, rnd);
+            const kk = values(S * Hkv * D, rnd);
+            const v = values(S * Hkv * D, rnd);
+            const dout = values(T * Hq * D, rnd);
+            const options = { scale: 1 / Math.sqrt(D), causal, queryOffset };
+            const want = { dq: new Float32Array(T * Hq * D), dk: new Float32Array(S * Hkv * D), dv: new Float32Array(S * Hkv * D) };
+            hostGradients.attentionBackward(
+              t32([T, Hq, D], q),
+              t32([S, Hkv, D], kk),
+              t32([S, Hkv, D], v),
+              t32([T, Hq, D], dout),
+              t32([T, Hq, D], want.dq),
+              t32([S, Hkv, D], want.dk),
+              t32([S, Hkv, D], want.dv),
+              options,
+            );
+            // Inputs in one buffer, the three gradients in another.
+            const inputs = pack(q, kk, v, dout);
+            const outputs = pack(want.dq.map(() => 0), want.dk.map(() => 0), want.dv.map(() => 0));
+            const [qs, ks, vs, os] = inputs.slices as [Slice, Slice, Slice, Slice];
+            const [dqs, dks, dvs] = outputs.slices as [Slice, Slice, Slice];
+            await run(k.attentionBackwardPlan(limits(), { q: qs, k: ks, v: vs, dout: os, dq: dqs, dk: dks, dv: dvs, T, S, Hq, Hkv, D, options }));
+            // f32 dot products over D and sums over keys or queries against f64: within 1e-5 of the largest gradient.
+            assertClose('dq', await readF32(dqs, T * Hq * D), want.dq, 1e-5, maxAbs(want.dq));
+            assertClose('dk', await readF32(dks, S * Hkv * D), want.dk, 1e-5, maxAbs(want.dk));
+            assertClose('dv', await readF32(dvs, S * Hkv * D), want.dv, 1e-5, maxAbs(want.dv));
+          });
+        }
+      });
 
-  describe('norms', () => {
-    const cases = [
-      { rows: 5, cols: 300, weight: 'f32', inPlace: false, dweight: true, dbias: true },
-      { rows: 3, cols: 37, weight: 'bf16', inPlace: true, dweight: true, dbias: false },
-      { rows: 7, cols: 64, weight: 'f32', inPlace: true, dweight: false, dbias: true },
-      { rows: 4, cols: 51, weight: 'bf16', inPlace: false, dweight: false, dbias: false },
-    ] as const;
-    for (const layer of [false, true]) {
-      for (const c of cases) {
-        const { rows, cols, weight, inPlace } = c;
-        const dbiasToo = layer && c.dbias;
-        const name = `${layer ? 'layerNorm' : 'rmsNorm'}Backward ${rows}×${cols}, ${weight} weight${inPlace ? ', dx = dy' : ''}${c.dweight ? ', dweight' : ''}${dbiasToo ? ', dbias' : ''}`;
-        it(name, async () => {
-          const rnd = random(rows * cols + (layer ? 1 : 0));
-          const n = rows * cols;
+      describe('elementwise backward ops', () => {
+        for (const approximation of ['tanh', 'erf'] as const) {
+          for (const inPlace of [false, true]) {
+            it(`geluBackward ${approximation}${inPlace ? ', dx = dy' : ''}`, async () => {
+              const rnd = random(approximation === 'tanh' ? 21 : 22);
+              const n = 5 * 77;
+              const dy = values(n, rnd);
+              const x = values(n, rnd, 4);
+              const want = new Float32Array(n);
+              hostGradients.geluBackward(t32([n], dy), t32([n], x), t32([n], want), approximation);
+              const { slices } = pack(dy, x);
+              const [dys, xs] = slices as [Slice, Slice];
+              const dx = inPlace ? dys : own(new Float32Array(n));
+              await run(k.geluBackwardPlan(limits(), { dy: dys, x: xs, dx, n, approximation }));
+              // f32 tanh/exp/erf: a few ulps of the slope (at most ~1.1), times |dy| ≤ 1.
+              assertClose('dx', await readF32(dx, n), want, 2e-6, 1);
+            });
+          }
+        }
+
+        it('siluMulBackward, with dgate over gate and dup over dy', async () => {
+          const rnd = random(31);
+          const n = 3 * 91;
           const dy = values(n, rnd);
-          // An offset, so that LayerNorm's mean matters.
-          const x = values(n, rnd, 2).map((v) => v + 1.5);
-          const wf = values(cols, rnd, 2);
-          const w = weight === 'bf16' ? new Tensor('bf16', [cols], bf16Bits(wf)) : t32([cols], wf);
-          const dw0 = values(cols, rnd);
-          const db0 = values(cols, rnd);
-          const want = { dx: new Float32Array(n), dw: dw0.slice(), db: db0.slice() };
-          const eps = 1e-5;
-          const dwT = c.dweight ? t32([cols], want.dw) : null;
-          if (layer) hostGradients.layerNormBackward(t32([rows, cols], dy), t32([rows, cols], x), w, eps, t32([rows, cols], want.dx), dwT, dbiasToo ? t32([cols], want.db) : null);
-          else hostGradients.rmsNormBackward(t32([rows, cols], dy), t32([rows, cols], x), w, eps, t32([rows, cols], want.dx), dwT);
-          const { slices } = pack(x, dy, dw0);
-          const [xs, dys, dws] = slices as [Slice, Slice, Slice];
-          const dx = inPlace ? dys : own(new Float32Array(n));
-          const dbias = own(db0);
-          const o = { dy: dys, x: xs, weight: own(w.data as ArrayBufferView), weightType: weight, eps, dx, dweight: c.dweight ? dws : null, rows, cols };
-          await run(layer ? k.layerNormBackwardPlan(traits, { ...o, dbias: dbiasToo ? dbias : null }) : k.rmsNormBackwardPlan(traits, o));
-          // f32 reductions over ≤ 300 terms and over the rows: within 2e-5 of the largest result (a missing term
-          // is off by a sizeable part of it).
-          assertClose('dx', await readF32(dx, n), want.dx, 2e-5, maxAbs(want.dx));
-          assertClose('dweight', await readF32(dws, cols), want.dw, 2e-5, maxAbs(want.dw));
-          assertClose('dbias', await readF32(dbias, cols), want.db, 2e-5, maxAbs(want.db));
+          const gate = values(n, rnd, 5);
+          const up = values(n, rnd, 2);
+          const wantGate = new Float32Array(n);
+          const wantUp = new Float32Array(n);
+          hostGradients.siluMulBackward(t32([n], dy), t32([n], gate), t32([n], up), t32([n], wantGate), t32([n], wantUp));
+          for (const shared of [false, true]) {
+            const { slices } = pack(dy, gate, up);
+            const [dys, gs, us] = slices as [Slice, Slice, Slice];
+            const dgate = shared ? gs : own(new Float32Array(n));
+            const dup = shared ? dys : own(new Float32Array(n));
+            await run(k.siluMulBackwardPlan(limits(), { dy: dys, gate: gs, up: us, dgate, dup, n }));
+            const scale = Float32Array.from(dy, (g, i) => Math.abs(g) * (1 + Math.abs(gate[i]!)) * (1 + Math.abs(up[i]!)));
+            assertClose(`dgate${shared ? ' (in place)' : ''}`, await readF32(dgate, n), wantGate, 1e-6, scale);
+            assertClose(`dup${shared ? ' (in place)' : ''}`, await readF32(dup, n), wantUp, 1e-6, scale);
+          }
         });
-      }
-    }
-  });
 
-  describe('crossEntropy', () => {
-    const cases = [
-      { n: 5, H: 45, V: 130, head: 'f32', dhidden: true, dhead: true },
-      { n: 3, H: 300, V: 53, head: 'bf16', dhidden: false, dhead: true },
-      { n: 7, H: 37, V: 300, head: 'f32', dhidden: true, dhead: false },
-      { n: 4, H: 40, V: 77, head: 'bf16', dhidden: false, dhead: false },
-    ] as const;
-    for (const c of cases) {
-      const { n, H, V, head } = c;
-      it(`${n} rows, H ${H}, vocabulary ${V}, ${head} head${c.dhidden ? ', dhidden' : ''}${c.dhead ? ', dhead' : ''}`, async () => {
-        const rnd = random(n * H + V);
-        const hidden = values(n * H, rnd);
-        const hf = values(V * H, rnd, 0.5);
-        const headT = head === 'bf16' ? new Tensor('bf16', [V, H], bf16Bits(hf)) : t32([V, H], hf);
-        const targets = Int32Array.from({ length: n }, (_, i) => (i === 1 ? V - 1 : Math.floor((rnd() + 0.5) * V)));
-        const dhead0 = values(V * H, rnd);
-        const scale = 1 / n;
-        const want = { losses: new Float32Array(n), dhidden: new Float32Array(n * H), dhead: dhead0.slice() };
-        hostGradients.crossEntropy(
-          t32([n, H], hidden),
-          headT,
-          new Tensor('i32', [n], targets),
-          scale,
-          t32([n], want.losses),
-          c.dhidden ? t32([n, H], want.dhidden) : null,
-          c.dhead ? t32([V, H], want.dhead) : null,
-        );
-        // hidden, targets and losses in one buffer, dhidden and dhead in another.
-        const inputs = pack(hidden, targets, new Float32Array(n));
-        const [hs, ts, ls] = inputs.slices as [Slice, Slice, Slice];
-        const outputs = pack(new Float32Array(n * H), dhead0);
-        const [dhs, dws] = outputs.slices as [Slice, Slice];
-        await run(
-          k.crossEntropyPlan(traits, {
-            hidden: hs,
-            head: own(headT.data as ArrayBufferView),
-            headType: head,
-            targets: ts,
-            scale,
-            losses: ls,
-            dhidden: c.dhidden ? dhs : null,
-            dhead: c.dhead ? dws : null,
-            n,
-            H,
-            V,
-          }),
-        );
-        // f32 logits (sums over H), exp and log against f64: within 1e-5 of the largest value (a wrong
-        // normaliser or a missing target term moves them by far more).
-        assertClose('losses', await readF32(ls, n), want.losses, 1e-5, maxAbs(want.losses));
-        if (c.dhidden) assertClose('dhidden', await readF32(dhs, n * H), want.dhidden, 1e-5, maxAbs(want.dhidden));
-        assertClose('dhead', await readF32(dws, V * H), want.dhead, 1e-5, maxAbs(want.dhead));
-      });
-    }
-  });
+        for (const inPlace of [false, true]) {
+          it(`ropeBackward${inPlace ? ', dx = dy' : ''}`, async () => {
+            const rnd = random(41);
+            const [T, H, D] = [5, 3, 38];
+            const dy = values(T * H * D, rnd);
+            const cos = values((T * D) / 2, rnd);
+            const sin = values((T * D) / 2, rnd);
+            const want = new Float32Array(T * H * D);
+            hostGradients.ropeBackward(t32([T, H, D], dy), t32([T, D / 2], cos), t32([T, D / 2], sin), t32([T, H, D], want));
+            const { slices } = pack(cos, dy, sin);
+            const [cs, dys, ss] = slices as [Slice, Slice, Slice];
+            const dx = inPlace ? dys : own(new Float32Array(T * H * D));
+            await run(k.ropeBackwardPlan(limits(), { dy: dys, cos: cs, sin: ss, dx, T, H, D }));
+            // Two products and a sum of terms below 1/2 each: a few ulps of 1.
+            assertClose('dx', await readF32(dx, T * H * D), want, 3e-7, 1);
+          });
+        }
 
-  describe('attentionBackward', () => {
-    const cases = [
-      { T: 5, S: 7, Hq: 4, Hkv: 2, D: 38, causal: true, queryOffset: undefined },
-      { T: 3, S: 9, Hq: 3, Hkv: 1, D: 70, causal: false, queryOffset: undefined },
-      { T: 6, S: 6, Hq: 2, Hkv: 2, D: 16, causal: true, queryOffset: 0 },
-      { T: 3, S: 70, Hq: 6, Hkv: 2, D: 38, causal: true, queryOffset: 1 },
-    ] as const;
-    for (const { T, S, Hq, Hkv, D, causal, queryOffset } of cases) {
-      it(`T ${T}, S ${S}, heads ${Hq}/${Hkv}, D ${D}, ${causal ? `causal from ${queryOffset ?? S - T}` : 'full'}`, async () => {
-        const rnd = random(T * S * Hq + D);
-        const q = values(T * Hq * D, rnd);
-        const kk = values(S * Hkv * D, rnd);
-        const v = values(S * Hkv * D, rnd);
-        const dout = values(T * Hq * D, rnd);
-        const options = { scale: 1 / Math.sqrt(D), causal, queryOffset };
-        const want = { dq: new Float32Array(T * Hq * D), dk: new Float32Array(S * Hkv * D), dv: new Float32Array(S * Hkv * D) };
-        hostGradients.attentionBackward(
-          t32([T, Hq, D], q),
-          t32([S, Hkv, D], kk),
-          t32([S, Hkv, D], v),
-          t32([T, Hq, D], dout),
-          t32([T, Hq, D], want.dq),
-          t32([S, Hkv, D], want.dk),
-          t32([S, Hkv, D], want.dv),
-          options,
-        );
-        // Inputs in one buffer, the three gradients in another.
-        const inputs = pack(q, kk, v, dout);
-        const outputs = pack(want.dq.map(() => 0), want.dk.map(() => 0), want.dv.map(() => 0));
-        const [qs, ks, vs, os] = inputs.slices as [Slice, Slice, Slice, Slice];
-        const [dqs, dks, dvs] = outputs.slices as [Slice, Slice, Slice];
-        await run(k.attentionBackwardPlan(traits, { q: qs, k: ks, v: vs, dout: os, dq: dqs, dk: dks, dv: dvs, T, S, Hq, Hkv, D, options }));
-        // f32 dot products over D and sums over keys or queries against f64: within 1e-5 of the largest gradient.
-        assertClose('dq', await readF32(dqs, T * Hq * D), want.dq, 1e-5, maxAbs(want.dq));
-        assertClose('dk', await readF32(dks, S * Hkv * D), want.dk, 1e-5, maxAbs(want.dk));
-        assertClose('dv', await readF32(dvs, S * Hkv * D), want.dv, 1e-5, maxAbs(want.dv));
-      });
-    }
-  });
+        for (const mergeSize of [1, 2]) {
+          it(`mergeBlocksBackward m=${mergeSize}`, async () => {
+            const rnd = random(51 + mergeSize);
+            const [rows, C] = [7, 41];
+            const dy = values(rows * C, rnd);
+            const n = rows * mergeSize * mergeSize * C;
+            const want = new Float32Array(n);
+            hostGradients.mergeBlocksBackward(t32([rows, C], dy), mergeSize, t32([rows * mergeSize * mergeSize, C], want));
+            const { slices } = pack(dy, new Float32Array(n));
+            await run(k.mergeBlocksBackwardPlan(limits(), { dy: slices[0]!, dx: slices[1]!, rows, C, mergeSize }));
+            assert.deepEqual(await readF32(slices[1]!, n), want);
+          });
+        }
 
-  describe('elementwise backward ops', () => {
-    for (const approximation of ['tanh', 'erf'] as const) {
-      for (const inPlace of [false, true]) {
-        it(`geluBackward ${approximation}${inPlace ? ', dx = dy' : ''}`, async () => {
-          const rnd = random(approximation === 'tanh' ? 21 : 22);
-          const n = 5 * 77;
-          const dy = values(n, rnd);
-          const x = values(n, rnd, 4);
-          const want = new Float32Array(n);
-          hostGradients.geluBackward(t32([n], dy), t32([n], x), t32([n], want), approximation);
-          const { slices } = pack(dy, x);
-          const [dys, xs] = slices as [Slice, Slice];
-          const dx = inPlace ? dys : own(new Float32Array(n));
-          await run(k.geluBackwardPlan(traits, { dy: dys, x: xs, dx, n, approximation }));
-          // f32 tanh/exp/erf: a few ulps of the slope (at most ~1.1), times |dy| ≤ 1.
-          assertClose('dx', await readF32(dx, n), want, 2e-6, 1);
+        it('embeddingBackward adds repeated ids in order, bit for bit', async () => {
+          const rnd = random(61);
+          const [V, D, T] = [53, 45, 29];
+          const ids = Int32Array.from({ length: T }, (_, i) => (i % 4 === 0 ? 7 : i % 5 === 0 ? 52 : Math.floor((rnd() + 0.5) * V)));
+          const dy = values(T * D, rnd);
+          const table = values(V * D, rnd, 3);
+          const want = table.slice();
+          hostGradients.embeddingBackward(t32([T, D], dy), new Tensor('i32', [T], ids), t32([V, D], want));
+          const { slices } = pack(ids, dy);
+          const dtable = own(table);
+          await run(k.embeddingBackwardPlan(limits(), { dy: slices[1]!, ids: slices[0]!, dtable, T, D }));
+          assert.deepEqual(await readF32(dtable, V * D), want);
         });
-      }
-    }
-
-    it('siluMulBackward, with dgate over gate and dup over dy', async () => {
-      const rnd = random(31);
-      const n = 3 * 91;
-      const dy = values(n, rnd);
-      const gate = values(n, rnd, 5);
-      const up = values(n, rnd, 2);
-      const wantGate = new Float32Array(n);
-      const wantUp = new Float32Array(n);
-      hostGradients.siluMulBackward(t32([n], dy), t32([n], gate), t32([n], up), t32([n], wantGate), t32([n], wantUp));
-      for (const shared of [false, true]) {
-        const { slices } = pack(dy, gate, up);
-        const [dys, gs, us] = slices as [Slice, Slice, Slice];
-        const dgate = shared ? gs : own(new Float32Array(n));
-        const dup = shared ? dys : own(new Float32Array(n));
-        await run(k.siluMulBackwardPlan(traits, { dy: dys, gate: gs, up: us, dgate, dup, n }));
-        const scale = Float32Array.from(dy, (g, i) => Math.abs(g) * (1 + Math.abs(gate[i]!)) * (1 + Math.abs(up[i]!)));
-        assertClose(`dgate${shared ? ' (in place)' : ''}`, await readF32(dgate, n), wantGate, 1e-6, scale);
-        assertClose(`dup${shared ? ' (in place)' : ''}`, await readF32(dup, n), wantUp, 1e-6, scale);
-      }
-    });
-
-    for (const inPlace of [false, true]) {
-      it(`ropeBackward${inPlace ? ', dx = dy' : ''}`, async () => {
-        const rnd = random(41);
-        const [T, H, D] = [5, 3, 38];
-        const dy = values(T * H * D, rnd);
-        const cos = values((T * D) / 2, rnd);
-        const sin = values((T * D) / 2, rnd);
-        const want = new Float32Array(T * H * D);
-        hostGradients.ropeBackward(t32([T, H, D], dy), t32([T, D / 2], cos), t32([T, D / 2], sin), t32([T, H, D], want));
-        const { slices } = pack(cos, dy, sin);
-        const [cs, dys, ss] = slices as [Slice, Slice, Slice];
-        const dx = inPlace ? dys : own(new Float32Array(T * H * D));
-        await run(k.ropeBackwardPlan(traits, { dy: dys, cos: cs, sin: ss, dx, T, H, D }));
-        // Two products and a sum of terms below 1/2 each: a few ulps of 1.
-        assertClose('dx', await readF32(dx, T * H * D), want, 3e-7, 1);
       });
-    }
-
-    for (const mergeSize of [1, 2]) {
-      it(`mergeBlocksBackward m=${mergeSize}`, async () => {
-        const rnd = random(51 + mergeSize);
-        const [rows, C] = [7, 41];
-        const dy = values(rows * C, rnd);
-        const n = rows * mergeSize * mergeSize * C;
-        const want = new Float32Array(n);
-        hostGradients.mergeBlocksBackward(t32([rows, C], dy), mergeSize, t32([rows * mergeSize * mergeSize, C], want));
-        const { slices } = pack(dy, new Float32Array(n));
-        await run(k.mergeBlocksBackwardPlan(traits, { dy: slices[0]!, dx: slices[1]!, rows, C, mergeSize }));
-        assert.deepEqual(await readF32(slices[1]!, n), want);
-      });
-    }
-
-    it('embeddingBackward adds repeated ids in order, bit for bit', async () => {
-      const rnd = random(61);
-      const [V, D, T] = [53, 45, 29];
-      const ids = Int32Array.from({ length: T }, (_, i) => (i % 4 === 0 ? 7 : i % 5 === 0 ? 52 : Math.floor((rnd() + 0.5) * V)));
-      const dy = values(T * D, rnd);
-      const table = values(V * D, rnd, 3);
-      const want = table.slice();
-      hostGradients.embeddingBackward(t32([T, D], dy), new Tensor('i32', [T], ids), t32([V, D], want));
-      const { slices } = pack(ids, dy);
-      const dtable = own(table);
-      await run(k.embeddingBackwardPlan(traits, { dy: slices[1]!, ids: slices[0]!, dtable, T, D }));
-      assert.deepEqual(await readF32(dtable, V * D), want);
     });
-  });
+  }
 });

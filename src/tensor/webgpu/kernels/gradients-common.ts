@@ -122,19 +122,21 @@ export function dispatch(
 }
 
 /**
- * Workgroups for `count` independent work items, laid out over x then y so no dimension passes the device's limit;
- * kernels recover the item as `item(wg, nwg)` and return when it is ≥ count.
+ * Workgroups for `count` independent work items, laid out over x, then y, then z so no dimension passes the device's
+ * limit; kernels recover the item as `item(wg, nwg)` and return when it is ≥ count.
  */
 export function grid(traits: DeviceTraits, count: number): [number, number, number] {
   const max = traits.maxWorkgroupsPerDimension;
   if (count <= max) return [Math.max(1, count), 1, 1];
-  const y = Math.ceil(count / max);
-  if (y > max) throw new Error(`WebGPU: ${count} workgroups exceed ${max}² (maxComputeWorkgroupsPerDimension)`);
-  return [max, y, 1];
+  const rest = Math.ceil(count / max);
+  if (rest <= max) return [max, rest, 1];
+  const z = Math.ceil(rest / max);
+  if (z > max) throw new Error(`WebGPU: ${count} workgroups exceed ${max}³ (maxComputeWorkgroupsPerDimension)`);
+  return [max, max, z];
 }
 
 const COMMON_WGSL = `
-fn item(wg: vec3u, nwg: vec3u) -> u32 { return wg.x + wg.y * nwg.x; }
+fn item(wg: vec3u, nwg: vec3u) -> u32 { return wg.x + nwg.x * (wg.y + nwg.y * wg.z); }
 // Round to bf16, to nearest even, kept widened: the 'bf16' compute mode's operand rounding (dtype.ts f32ToBf16).
 fn roundBf16(v: f32) -> f32 {
   let b = bitcast<u32>(v);

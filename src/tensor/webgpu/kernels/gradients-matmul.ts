@@ -33,8 +33,6 @@ function gemm(
 ): KernelDispatch {
   const tilesJ = Math.ceil(o.J / TILE);
   const tilesI = Math.ceil(o.I / TILE);
-  if (tilesJ > t.maxWorkgroupsPerDimension || tilesI > t.maxWorkgroupsPerDimension)
-    throw new Error(`WebGPU matmulBackward: a ${o.I}×${o.J} output needs more than ${t.maxWorkgroupsPerDimension} tiles of ${TILE} in a dimension`);
   const staged = (v: string) => (o.compute === 'bf16' ? `roundBf16(${v})` : v);
   return dispatch(t, {
     op: 'gemm',
@@ -45,6 +43,8 @@ function gemm(
       { name: 'c', slice: o.c, elem: 'f32', write: true },
     ],
     uniforms: {
+      tilesJ: u32u(tilesJ),
+      tiles: u32u(tilesI * tilesJ),
       I: u32u(o.I),
       J: u32u(o.J),
       L: u32u(o.L),
@@ -56,10 +56,12 @@ function gemm(
     body: `
 var<workgroup> As: array<f32, ${TILE * DEPTH}>;
 var<workgroup> Bs: array<f32, ${TILE * DEPTH}>;
-@compute @workgroup_size(16, 16) fn main(@builtin(workgroup_id) wg: vec3u, @builtin(local_invocation_id) lid3: vec3u,
-    @builtin(local_invocation_index) lid: u32) {
-  let i0 = wg.y * ${TILE}u;
-  let j0 = wg.x * ${TILE}u;
+@compute @workgroup_size(16, 16) fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u,
+    @builtin(local_invocation_id) lid3: vec3u, @builtin(local_invocation_index) lid: u32) {
+  let tile = item(wg, nwg);
+  if (tile >= u.tiles) { return; }
+  let i0 = (tile / u.tilesJ) * ${TILE}u;
+  let j0 = (tile % u.tilesJ) * ${TILE}u;
   var acc: array<f32, 16>;
   for (var l0 = 0u; l0 < u.L; l0 += ${DEPTH}u) {
     for (var e = lid; e < ${TILE * DEPTH}u; e += 256u) {
@@ -94,7 +96,7 @@ var<workgroup> Bs: array<f32, ${TILE * DEPTH}>;
     }
   }
 }`,
-    workgroups: [tilesJ, tilesI, 1],
+    workgroups: grid(t, tilesI * tilesJ),
   });
 }
 
