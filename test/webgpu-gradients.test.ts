@@ -6,11 +6,13 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import type { AdamWHyper } from '../src/tensor/backend.js';
 import { f32ToBf16 } from '../src/tensor/dtype.js';
+import { fma32 } from '../src/tensor/fma32.js';
 import { hostGradients } from '../src/tensor/host-gradients.js';
 import { Tensor } from '../src/tensor/tensor.js';
 import type { BufferRef, Slice } from '../src/tensor/webgpu/dispatch.js';
 import type { DeviceTraits } from '../src/tensor/webgpu/kernels/gradients.js';
 import * as k from '../src/tensor/webgpu/kernels/gradients.js';
+import { dispatch, u32u } from '../src/tensor/webgpu/kernels/gradients-common.js';
 import { TestGpu } from './webgpu-harness.js';
 
 function random(seed: number): () => number {
@@ -70,6 +72,53 @@ describe('WebGPU gradient kernels against hostGradients', () => {
   const own = (data: ArrayBufferView): Slice => ({ buffer: gpu.buffer(data.byteLength, data), byteOffset: 0 });
   const readF32 = async (s: Slice, n: number) => new Float32Array(await gpu.read(s.buffer, s.byteOffset, n * 4));
   const run = (d: Parameters<TestGpu['run']>[0]) => gpu.errors(() => gpu.run(d));
+
+  it('fma32 (WGSL) rounds once, as fma32.ts: random, cancelling and tiny products', async () => {
+    const rnd = random(7);
+    const n = 3 * 4096;
+    const [a, b, c] = [new Float32Array(n), new Float32Array(n), new Float32Array(n)];
+    const pow = (lo: number, hi: number) => 2 ** Math.floor(lo + (rnd() + 0.5) * (hi - lo));
+    for (let i = 0; i < n; i++) {
+      a[i] = rnd() * 2;
+      b[i] = rnd() * 2;
+      const kind = i % 3;
+      if (kind === 0) {
+        a[i] *= pow(-20, 20);
+        b[i] *= pow(-20, 20);
+        c[i] = rnd() * pow(-30, 30);
+      } else if (kind === 1) {
+        // c cancels the rounded product, leaving its rounding error (and a little more) to be rounded.
+        c[i] = -Math.fround(a[i]! * b[i]!) * (1 + rnd() * 2 ** -20);
+      } else {
+        // Products below 2^-60: the scaled path, or c alone.
+        a[i] *= pow(-45, -35);
+        b[i] *= pow(-45, -35);
+        c[i] = rnd() * pow(-90, -20);
+      }
+    }
+    const want = Uint32Array.from({ length: n }, (_, i) => new Uint32Array(Float32Array.of(fma32(a[i]!, b[i]!, c[i]!)).buffer)[0]!);
+    const out = own(new Float32Array(n));
+    await run([
+      dispatch(traits, {
+        op: 'test.fma32',
+        operands: [
+          { name: 'a', slice: own(a), elem: 'f32' },
+          { name: 'b', slice: own(b), elem: 'f32' },
+          { name: 'c', slice: own(c), elem: 'f32' },
+          { name: 'out', slice: out, elem: 'f32', write: true },
+        ],
+        uniforms: { n: u32u(n), zero: u32u(0) },
+        body: `${k.FMA32_WGSL}
+@compute @workgroup_size(64) fn main(@builtin(global_invocation_id) id: vec3u) {
+  if (id.x < u.n) { st_out(id.x, fma32(ld_a(id.x), ld_b(id.x), ld_c(id.x))); }
+}`,
+        workgroups: [n / 64, 1, 1],
+      }),
+    ]);
+    const got = new Uint32Array((await readF32(out, n)).buffer);
+    const wrong = [...got.keys()].filter((i) => got[i] !== want[i]);
+    assert.deepEqual(wrong.slice(0, 5).map((i) => [a[i], b[i], c[i]]), [], `${wrong.length} of ${n} differ`);
+  });
 
   // The device's own limits, then at most 8 workgroups per dimension, so that every plan's
   // grid folding (over y, and over z beyond 64 workgroups) runs.

@@ -25,9 +25,10 @@ const groups = (n: number) => Math.ceil(n / WG);
  * zero the compiler cannot see through, and the fused result is built as Boldo and Melquiond's emulated FMA: the
  * exact product (Dekker's split), an exact sum with c, the two error terms added rounding to odd, one final rounding.
  * Exact while the product's error term is a normal number: a product below 2^-60 is scaled by 2^64 first, or, beside
- * a c of 2^-30 or more, changes nothing. Overflowing operands (above 2^115) are out of its range.
+ * a c of 2^-30 or more, changes nothing. Overflowing operands (above 2^115) are out of its range. Needs a uniform
+ * u32 `u.zero` holding 0.
  */
-const FMA_WGSL = `
+export const FMA32_WGSL = `
 fn keep(x: f32) -> f32 { return bitcast<f32>(bitcast<u32>(x) ^ u.zero); }
 fn twoSum(a: f32, b: f32) -> vec2f {
   let s = keep(a + b);
@@ -91,7 +92,7 @@ export function adamwPlan(t: DeviceTraits, o: { p: Slice; g: Slice; m: Slice; v:
         bc2Sqrt: f32u(s.bc2Sqrt),
         eps: f32u(s.eps),
       },
-      body: `${FMA_WGSL}
+      body: `${FMA32_WGSL}
 ${elementwise(`
   let gi = ld_g(i);
   let m0 = ld_m(i);

@@ -2,6 +2,7 @@
 export type { DeviceTraits } from './gradients-common.js';
 export {
   adamwPlan,
+  FMA32_WGSL,
   embeddingBackwardPlan,
   geluBackwardPlan,
   mergeBlocksBackwardPlan,
