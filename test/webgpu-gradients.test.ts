@@ -70,6 +70,13 @@ describe('WebGPU gradient kernels against hostGradients', () => {
     return { buffer, slices: offsets.map((byteOffset) => ({ buffer, byteOffset })) };
   }
   const own = (data: ArrayBufferView): Slice => ({ buffer: gpu.buffer(data.byteLength, data), byteOffset: 0 });
+  /** A weight 2 bytes into its buffer: bf16 weights then start in the high half of a word. */
+  const weightAt2 = (data: ArrayBufferView): Slice => {
+    const bytes = new Uint8Array(data.byteLength + 2);
+    bytes.set(new Uint8Array(data.buffer, data.byteOffset, data.byteLength), 2);
+    return { buffer: gpu.buffer(bytes.length, bytes), byteOffset: 2 };
+  };
+  const weightSlice = (t: Tensor): Slice => (t.dtype === 'bf16' ? weightAt2(t.data) : own(t.data));
   const readF32 = async (s: Slice, n: number) => new Float32Array(await gpu.read(s.buffer, s.byteOffset, n * 4));
   const run = (d: Parameters<TestGpu['run']>[0]) => gpu.errors(() => gpu.run(d));
 
@@ -187,7 +194,7 @@ describe('WebGPU gradient kernels against hostGradients', () => {
             const inputs = pack(dy, x);
             const outputs = pack(new Float32Array(M * K), db0);
             const dw = own(dw0);
-            const wSlice = own(w.data as ArrayBufferView);
+            const wSlice = weightSlice(w);
             await run(
               k.matmulBackwardPlan(limits(), {
                 dy: inputs.slices[0]!,
@@ -257,7 +264,7 @@ describe('WebGPU gradient kernels against hostGradients', () => {
               const [xs, dys, dws] = slices as [Slice, Slice, Slice];
               const dx = inPlace ? dys : own(new Float32Array(n));
               const dbias = own(db0);
-              const o = { dy: dys, x: xs, weight: own(w.data as ArrayBufferView), weightType: weight, eps, dx, dweight: c.dweight ? dws : null, rows, cols };
+              const o = { dy: dys, x: xs, weight: weightSlice(w), weightType: weight, eps, dx, dweight: c.dweight ? dws : null, rows, cols };
               await run(layer ? k.layerNormBackwardPlan(limits(), { ...o, dbias: dbiasToo ? dbias : null }) : k.rmsNormBackwardPlan(limits(), o));
               // f32 reductions over ≤ 300 terms and over the rows: within 2e-5 of the largest result (a missing term
               // is off by a sizeable part of it).
@@ -304,7 +311,7 @@ describe('WebGPU gradient kernels against hostGradients', () => {
             await run(
               k.crossEntropyPlan(limits(), {
                 hidden: hs,
-                head: own(headT.data as ArrayBufferView),
+                head: weightSlice(headT),
                 headType: head,
                 targets: ts,
                 scale,
@@ -367,8 +374,8 @@ describe('WebGPU gradient kernels against hostGradients', () => {
 
       describe('elementwise backward ops', () => {
         for (const approximation of ['tanh', 'erf'] as const) {
-          for (const inPlace of [false, true]) {
-            it(`geluBackward ${approximation}${inPlace ? ', dx = dy' : ''}`, async () => {
+          for (const inPlace of [false, 'dy', 'x'] as const) {
+            it(`geluBackward ${approximation}${inPlace ? `, dx = ${inPlace}` : ''}`, async () => {
               const rnd = random(approximation === 'tanh' ? 21 : 22);
               const n = 5 * 77;
               const dy = values(n, rnd);
@@ -377,7 +384,7 @@ describe('WebGPU gradient kernels against hostGradients', () => {
               hostGradients.geluBackward(t32([n], dy), t32([n], x), t32([n], want), approximation);
               const { slices } = pack(dy, x);
               const [dys, xs] = slices as [Slice, Slice];
-              const dx = inPlace ? dys : own(new Float32Array(n));
+              const dx = inPlace === 'dy' ? dys : inPlace === 'x' ? xs : own(new Float32Array(n));
               await run(k.geluBackwardPlan(limits(), { dy: dys, x: xs, dx, n, approximation }));
               // f32 tanh/exp/erf: a few ulps of the slope (at most ~1.1), times |dy| ≤ 1.
               assertClose('dx', await readF32(dx, n), want, 2e-6, 1);
