@@ -283,9 +283,11 @@ describe('WebGPU gradient kernels against hostGradients', () => {
           { n: 7, H: 37, V: 300, head: 'f32', dhidden: true, dhead: false },
           { n: 4, H: 40, V: 77, head: 'bf16', dhidden: false, dhead: false },
         ] as const;
-        for (const c of cases) {
+        // Direct; then through a scratch of 100 f32 (one row per block, chunks of at most 100 entries) and of 4096.
+        for (const c of cases) for (const scratch of [0, 100, 4096]) {
           const { n, H, V, head } = c;
-          it(`${n} rows, H ${H}, vocabulary ${V}, ${head} head${c.dhidden ? ', dhidden' : ''}${c.dhead ? ', dhead' : ''}`, async () => {
+          const how = scratch ? `, scratch of ${scratch}` : '';
+          it(`${n} rows, H ${H}, vocabulary ${V}, ${head} head${c.dhidden ? ', dhidden' : ''}${c.dhead ? ', dhead' : ''}${how}`, async () => {
             const rnd = random(n * H + V);
             const hidden = values(n * H, rnd);
             const hf = values(V * H, rnd, 0.5);
@@ -303,13 +305,13 @@ describe('WebGPU gradient kernels against hostGradients', () => {
               c.dhidden ? t32([n, H], want.dhidden) : null,
               c.dhead ? t32([V, H], want.dhead) : null,
             );
-            // hidden, targets and losses in one buffer, dhidden and dhead in another.
+            // hidden, targets and losses in one buffer; dhidden, dhead and the scratch in another.
             const inputs = pack(hidden, targets, new Float32Array(n));
             const [hs, ts, ls] = inputs.slices as [Slice, Slice, Slice];
-            const outputs = pack(new Float32Array(n * H), dhead0);
-            const [dhs, dws] = outputs.slices as [Slice, Slice];
+            const outputs = pack(new Float32Array(n * H), dhead0, new Float32Array(scratch));
+            const [dhs, dws, scs] = outputs.slices as [Slice, Slice, Slice];
             await run(
-              k.crossEntropyPlan(limits(), {
+              (scratch ? k.crossEntropyTiledPlan : k.crossEntropyPlan)(limits(), {
                 hidden: hs,
                 head: weightSlice(headT),
                 headType: head,
@@ -321,6 +323,8 @@ describe('WebGPU gradient kernels against hostGradients', () => {
                 n,
                 H,
                 V,
+                scratch: scs,
+                scratchBytes: scratch * 4,
               }),
             );
             // f32 logits (sums over H), exp and log against f64: within 1e-5 of the largest value (a wrong

@@ -145,6 +145,9 @@ fn roundBf16(v: f32) -> f32 {
 }
 `;
 
+/** The slice `elements` elements of `bytes` each past `s`. */
+export const advance = (s: Slice, elements: number, bytes: number): Slice => ({ buffer: s.buffer, byteOffset: s.byteOffset + elements * bytes });
+
 export const f32u = (v: number): UniformValue => ({ f32: v });
 export const u32u = (v: number): UniformValue => ({ u32: v });
 export const i32u = (v: number): UniformValue => ({ i32: v });

@@ -11,9 +11,10 @@ const DEPTH = 16;
 /**
  * C[i,j] = Σ_l A(i,l)·B(l,j) over l in order (written, or added to what C holds), A(i,l) at a + i·sAi + l·sAl and
  * B(l,j) at b + l·sBl + j·sBj: one kernel serves dy·w and dyᵀ·x. A 16×16 workgroup computes a 64×64 tile, 4×4 per
- * invocation at rows and columns 16 apart, from A and B slabs staged in workgroup memory DEPTH deep.
+ * invocation at rows and columns 16 apart, from A and B slabs staged in workgroup memory DEPTH deep. C's rows are J
+ * apart.
  */
-function gemm(
+export function gemm(
   t: DeviceTraits,
   o: {
     a: Slice;

@@ -13,3 +13,4 @@ export { matmulBackwardPlan } from './gradients-matmul.js';
 export { layerNormBackwardPlan, rmsNormBackwardPlan } from './gradients-norm.js';
 export { crossEntropyPlan } from './gradients-loss.js';
 export { attentionBackwardPlan } from './gradients-attention.js';
+export { crossEntropyTiledPlan } from './gradients-loss-tiled.js';
