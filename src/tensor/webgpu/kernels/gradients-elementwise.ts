@@ -24,9 +24,10 @@ const groups = (n: number) => Math.ceil(n / WG);
  * NoContraction, which WGSL cannot ask for). So every product and sum goes through `keep`, an xor with a uniform
  * zero the compiler cannot see through, and the fused result is built as Boldo and Melquiond's emulated FMA: the
  * exact product (Dekker's split), an exact sum with c, the two error terms added rounding to odd, one final rounding.
- * Exact while the product's error term is a normal number: a product below 2^-60 is scaled by 2^64 first, or, beside
- * a c of 2^-30 or more, changes nothing. Overflowing operands (above 2^115) are out of its range. Needs a uniform
- * u32 `u.zero` holding 0.
+ * Exact while the product's error term is a normal number: a product below 2^-60 changes nothing beside a c of 2^-30
+ * or more, and is otherwise scaled by 2^64 first and the result back, which rounds twice where that result is
+ * subnormal (below 2^-126): there it may be one step of 2^-149 off. Operands above 2^115 are out of its range.
+ * Needs a uniform u32 `u.zero` holding 0.
  */
 export const FMA32_WGSL = `
 fn keep(x: f32) -> f32 { return bitcast<f32>(bitcast<u32>(x) ^ u.zero); }
@@ -67,8 +68,9 @@ fn fma32(a: f32, b: f32, c: f32) -> f32 {
 /**
  * AdamW in the float32 arithmetic of host-gradients.ts `adamw`, bit for bit: its two single-rounding moment updates
  * through `fma32`, every other product kept apart from the add after it. Bit-exactness also needs correctly rounded
- * division and sqrt, which Vulkan does not promise and lavapipe (LLVM on the CPU) gives; test/webgpu-gradients.test.ts
- * checks the bits.
+ * division and sqrt and kept subnormals, which Vulkan does not promise and lavapipe (LLVM on the CPU) gives;
+ * test/webgpu-gradients.test.ts checks the bits. A moment that decays below 2^-126 (a gradient that stays zero for
+ * hundreds of steps) may be one subnormal step off (see fma32).
  */
 export function adamwPlan(t: DeviceTraits, o: { p: Slice; g: Slice; m: Slice; v: Slice; n: number; step: number; hyper: AdamWHyper }): KernelDispatch[] {
   const s = adamwScalars(o.step, o.hyper);
