@@ -267,12 +267,11 @@ var<workgroup> seen: u32;
   }
   if (workgroupUniformLoad(&seen) != 0u) { return; }
   let row = u32(id) * u.D;
-  for (var d = lid; d < u.D; d += 64u) {
-    var acc = ld_dtable(row + d);
-    for (var s = tk; s < u.T; s++) {
-      if (ld_ids(s) == id) { acc += ld_dy(s * u.D + d); }
+  // Ids are scanned once; each match adds its row, every element by the one invocation that owns it.
+  for (var s = tk; s < u.T; s++) {
+    if (ld_ids(s) == id) {
+      for (var d = lid; d < u.D; d += 64u) { add_dtable(row + d, ld_dy(s * u.D + d)); }
     }
-    st_dtable(row + d, acc);
   }
 }`,
       workgroups: grid(t, o.T),
