@@ -127,6 +127,29 @@ describe('WebGPU gradient kernels against hostGradients', () => {
     assert.deepEqual(wrong.slice(0, 5).map((i) => [a[i], b[i], c[i]]), [], `${wrong.length} of ${n} differ`);
   });
 
+  it('gives the same bits when run again (no order-dependent sums)', async () => {
+    const rnd = random(123);
+    const [T, S, Hq, Hkv, D] = [7, 9, 4, 2, 38];
+    const [n, H, V] = [6, 45, 130];
+    const inputs = [values(T * Hq * D, rnd), values(S * Hkv * D, rnd), values(S * Hkv * D, rnd), values(T * Hq * D, rnd), values(n * H, rnd), values(V * H, rnd)];
+    const targets = Int32Array.from({ length: n }, (_, i) => (i * 37) % V);
+    const lnWeight = values(H, rnd);
+    const outputs = async () => {
+      const [q, kk, v, dout, hidden, head] = inputs.map((a) => own(a)) as [Slice, Slice, Slice, Slice, Slice, Slice];
+      const [dq, dk, dv] = [T * Hq * D, S * Hkv * D, S * Hkv * D].map((m) => own(new Float32Array(m))) as [Slice, Slice, Slice];
+      const [losses, dhidden, dhead, scratch, dx] = [n, n * H, V * H, 300, n * H].map((m) => own(new Float32Array(m))) as [Slice, Slice, Slice, Slice, Slice];
+      const options = { scale: 0.3, causal: true };
+      await run([
+        ...k.attentionBackwardPlan(traits, { q, k: kk, v, dout, dq, dk, dv, T, S, Hq, Hkv, D, options }),
+        ...k.crossEntropyTiledPlan(traits, { hidden, head, headType: 'f32', targets: own(targets), scale: 0.5, losses, dhidden, dhead, n, H, V, scratch, scratchBytes: 1200 }),
+        ...k.layerNormBackwardPlan(traits, { dy: dhidden, x: hidden, weight: own(lnWeight), weightType: 'f32', eps: 1e-6, dx, dweight: own(new Float32Array(H)), dbias: null, rows: n, cols: H }),
+      ]);
+      const all = await Promise.all([dq, dk, dv, losses, dhidden, dhead, dx].map((s) => gpu.read(s.buffer)));
+      return all.map((b) => Buffer.from(b).toString('base64'));
+    };
+    assert.deepEqual(await outputs(), await outputs());
+  });
+
   // The device's own limits, then at most 8 workgroups per dimension, so that every plan's
   // grid folding (over y, and over z beyond 64 workgroups) runs.
   for (const tight of [false, true]) {
