@@ -1,36 +1,72 @@
-// Our WGSL for attention's backward (host-gradients.ts defines it): probabilities recomputed from q and k a block of
-// keys or queries at a time, never T×S of them; grouped KV heads and causal offsets as the forward; no atomics.
+// Our WGSL for attention's backward (host-gradients.ts defines it): probabilities recomputed from q and k a 16×16
+// tile at a time, never T×S of them; grouped KV heads and causal offsets as the forward; no atomics.
 import type { AttentionOptions } from '../../backend.js';
 import type { KernelDispatch, Slice } from '../dispatch.js';
 import { type DeviceTraits, dispatch, f32u, grid, type Operand, u32u } from './gradients-common.js';
 
-const WG = 64;
+/** Query rows and keys per tile (a 16×16 workgroup holds one score per invocation), and head dimensions staged at once. */
+const B = 16;
+const DC = 32;
 
 const COMMON = `
-fn dotQK(t: u32, h: u32, s: u32, g: u32) -> f32 {
-  var a = 0.0;
-  for (var d = 0u; d < u.D; d++) { a += ld_q((t * u.Hq + h) * u.D + d) * ld_k((s * u.Hkv + g) * u.D + d); }
-  return a * u.scale;
-}
-fn dotOV(t: u32, h: u32, s: u32, g: u32) -> f32 {
-  var a = 0.0;
-  for (var d = 0u; d < u.D; d++) { a += ld_dout((t * u.Hq + h) * u.D + d) * ld_v((s * u.Hkv + g) * u.D + d); }
-  return a;
-}
 // Keys query row t sees.
 fn visible(t: u32) -> u32 { return select(u.S, min(u.S, u.offset + t + 1u), u.causal != 0u); }
-var<workgroup> ra: array<f32, ${WG}>;
-var<workgroup> rb: array<f32, ${WG}>;`;
+var<workgroup> Qs: array<f32, ${B * DC}>;
+var<workgroup> Os: array<f32, ${B * DC}>;
+var<workgroup> Ks: array<f32, ${B * DC}>;
+var<workgroup> Vs: array<f32, ${B * DC}>;
+// (scaled score, dP) of query row t0 + lid/16 (head h) against key j0 + lid%16 (KV head g), from q, dout, k and v
+// staged ${DC} dimensions at a time; both summed over d in order, so every pass sees the same bits. Out-of-range rows
+// and keys read zeros.
+fn tile(t0: u32, h: u32, j0: u32, g: u32, lid: u32) -> vec2f {
+  let r = lid / ${B}u;
+  let c = lid % ${B}u;
+  var s = 0.0;
+  var dp = 0.0;
+  for (var d0 = 0u; d0 < u.D; d0 += ${DC}u) {
+    for (var e = lid; e < ${B * DC}u; e += ${B * B}u) {
+      let row = e / ${DC}u;
+      let d = d0 + e % ${DC}u;
+      let tq = t0 + row;
+      let j = j0 + row;
+      var qv = 0.0;
+      var ov = 0.0;
+      var kv = 0.0;
+      var vv = 0.0;
+      if (d < u.D && tq < u.T) {
+        qv = ld_q((tq * u.Hq + h) * u.D + d);
+        ov = ld_dout((tq * u.Hq + h) * u.D + d);
+      }
+      if (d < u.D && j < u.S) {
+        kv = ld_k((j * u.Hkv + g) * u.D + d);
+        vv = ld_v((j * u.Hkv + g) * u.D + d);
+      }
+      Qs[e] = qv;
+      Os[e] = ov;
+      Ks[e] = kv;
+      Vs[e] = vv;
+    }
+    workgroupBarrier();
+    let n = min(${DC}u, u.D - d0);
+    for (var d = 0u; d < n; d++) {
+      s += Qs[r * ${DC}u + d] * Ks[c * ${DC}u + d];
+      dp += Os[r * ${DC}u + d] * Vs[c * ${DC}u + d];
+    }
+    workgroupBarrier();
+  }
+  return vec2f(s * u.scale, dp);
+}
+fn valid(tq: u32, j: u32) -> bool { return tq < u.T && j < visible(tq); }`;
 
-const HEAD = `@compute @workgroup_size(${WG}) fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u,
+const HEAD = `@compute @workgroup_size(${B * B}) fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u,
     @builtin(local_invocation_index) lid: u32)`;
 
 /**
- * For out = attention(q[T,Hq,D], k, v [S,Hkv,D]): dq, dk, dv written. Three passes: (1) per query row and head, its
- * log-sum-exp and Σ P·dP (= dout·out), parked in the first two elements of that row of dq, which no other pass
- * needs until the last; (2) per key and KV head, dk and dv summed over the group's heads and the query rows in
- * order, 64 (head, row) pairs' probabilities at a time in workgroup memory; (3) per query row and head, dq, 64 keys
- * at a time. Needs D ≥ 2 (for the parked statistics).
+ * For out = attention(q[T,Hq,D], k, v [S,Hkv,D]): dq, dk, dv written, flash-style: scores and dP of 16 query rows
+ * against 16 keys at a time, never more. Three passes: (1) per 16-row query block and head, each row's log-sum-exp and
+ * Σ P·dP (= dout·out), online over key blocks, parked in the first two elements of that row of dq until the last
+ * pass; (2) per 16-key block and KV head, dk and dv summed over the group's heads and the query rows in order; (3) per
+ * query block and head, dq over the key blocks in order. Needs D ≥ 2 (for the parked statistics).
  */
 export function attentionBackwardPlan(
   t: DeviceTraits,
@@ -69,149 +105,189 @@ export function attentionBackwardPlan(
     { name: 'v', slice: o.v, elem: 'f32' },
     { name: 'dout', slice: o.dout, elem: 'f32' },
   ];
-  const per = Math.ceil(o.D / WG);
-  const tree = (combine: string) => `
-  workgroupBarrier();
-  for (var w = ${WG / 2}u; w > 0u; w >>= 1u) {
-    if (lid < w) { ${combine} }
-    workgroupBarrier();
-  }`;
+  // Head dimensions each invocation accumulates (16 lanes share a row or key), baked in as accumulator sizes.
+  const per = Math.ceil(o.D / B);
+  const queryBlocks = Math.ceil(o.T / B) * o.Hq;
   const stats = dispatch(t, {
     op: 'attentionBackward.stats',
     operands: [...inputs, { name: 'dq', slice: o.dq, elem: 'f32', write: true }],
-    uniforms,
+    uniforms: { ...uniforms, blocks: u32u(queryBlocks) },
     body: `${COMMON}
+var<workgroup> Ms: array<f32, ${B * B}>;
+var<workgroup> Ss: array<f32, ${B * B}>;
+var<workgroup> As: array<f32, ${B * B}>;
 ${HEAD} {
-  let row = item(wg, nwg);
-  if (row >= u.T * u.Hq) { return; }
-  let tq = row / u.Hq;
-  let h = row % u.Hq;
+  let blk = item(wg, nwg);
+  if (blk >= u.blocks) { return; }
+  let h = blk % u.Hq;
   let g = h / u.group;
-  let n = visible(tq);
+  let t0 = (blk / u.Hq) * ${B}u;
+  let c = lid % ${B}u;
+  let tq = t0 + lid / ${B}u;
+  let keys = visible(min(t0 + ${B - 1}u, u.T - 1u));
   var m = -3.0e38;
   var s = 0.0;
-  for (var j = lid; j < n; j += ${WG}u) {
-    let l = dotQK(tq, h, j, g);
-    if (l > m) { s = s * exp(m - l) + 1.0; m = l; } else { s += exp(l - m); }
+  var a = 0.0;
+  for (var j0 = 0u; j0 < keys; j0 += ${B}u) {
+    let sd = tile(t0, h, j0, g, lid);
+    if (valid(tq, j0 + c)) {
+      if (sd.x > m) {
+        let f = exp(m - sd.x);
+        s = s * f + 1.0;
+        a = a * f + sd.y;
+        m = sd.x;
+      } else {
+        let e = exp(sd.x - m);
+        s += e;
+        a += e * sd.y;
+      }
+    }
   }
-  ra[lid] = m;
-  rb[lid] = s;
-  ${tree('let m2 = max(ra[lid], ra[lid + w]); rb[lid] = rb[lid] * exp(ra[lid] - m2) + rb[lid + w] * exp(ra[lid + w] - m2); ra[lid] = m2;')}
-  let lse = ra[0] + log(rb[0]);
+  Ms[lid] = m;
+  Ss[lid] = s;
+  As[lid] = a;
   workgroupBarrier();
-  var pdp = 0.0;
-  for (var j = lid; j < n; j += ${WG}u) { pdp += exp(dotQK(tq, h, j, g) - lse) * dotOV(tq, h, j, g); }
-  ra[lid] = pdp;
-  ${tree('ra[lid] += ra[lid + w];')}
-  if (lid == 0u) {
-    st_dq(row * u.D, lse);
-    st_dq(row * u.D + 1u, ra[0]);
+  for (var w = ${B / 2}u; w > 0u; w >>= 1u) {
+    if (c < w) {
+      let top = max(Ms[lid], Ms[lid + w]);
+      let f1 = exp(Ms[lid] - top);
+      let f2 = exp(Ms[lid + w] - top);
+      Ss[lid] = Ss[lid] * f1 + Ss[lid + w] * f2;
+      As[lid] = As[lid] * f1 + As[lid + w] * f2;
+      Ms[lid] = top;
+    }
+    workgroupBarrier();
+  }
+  if (c == 0u && tq < u.T) {
+    let row = (tq * u.Hq + h) * u.D;
+    st_dq(row, Ms[lid] + log(Ss[lid]));
+    st_dq(row + 1u, As[lid] / Ss[lid]);
   }
 }`,
-    workgroups: grid(t, o.T * o.Hq),
+    workgroups: grid(t, queryBlocks),
   });
-  const parked: Operand = { name: 'dq', slice: o.dq, elem: 'f32' };
+  const keyBlocks = Math.ceil(o.S / B) * o.Hkv;
   const kv = dispatch(t, {
     op: 'attentionBackward.dkdv',
     variant: `per${per}`,
-    operands: [...inputs, parked, { name: 'dk', slice: o.dk, elem: 'f32', write: true }, { name: 'dv', slice: o.dv, elem: 'f32', write: true }],
-    uniforms,
+    operands: [...inputs, { name: 'dq', slice: o.dq, elem: 'f32' }, { name: 'dk', slice: o.dk, elem: 'f32', write: true }, { name: 'dv', slice: o.dv, elem: 'f32', write: true }],
+    uniforms: { ...uniforms, blocks: u32u(keyBlocks) },
     body: `${COMMON}
-var<workgroup> pair: array<u32, ${WG}>;
+var<workgroup> Ps: array<f32, ${B * B}>;
+var<workgroup> Ds: array<f32, ${B * B}>;
 ${HEAD} {
-  let key = item(wg, nwg);
-  if (key >= u.S * u.Hkv) { return; }
-  let j = key / u.Hkv;
-  let g = key % u.Hkv;
+  let blk = item(wg, nwg);
+  if (blk >= u.blocks) { return; }
+  let g = blk % u.Hkv;
+  let j0 = (blk / u.Hkv) * ${B}u;
+  let r = lid / ${B}u;
+  let c = lid % ${B}u;
+  // Accumulation: invocation (key, lane) owns dk and dv of key j0 + key at dimensions lane, lane + 16, …
+  let key = lid / ${B}u;
+  let lane = lid % ${B}u;
   var ak: array<f32, ${per}>;
   var av: array<f32, ${per}>;
-  let pairs = u.group * u.T;
-  for (var e0 = 0u; e0 < pairs; e0 += ${WG}u) {
-    let e = e0 + lid;
-    var p = 0.0;
-    var ds = 0.0;
-    var row = 0u;
-    if (e < pairs) {
-      let h = g * u.group + e / u.T;
-      let tq = e % u.T;
-      row = tq * u.Hq + h;
-      if (j < visible(tq)) {
-        p = exp(dotQK(tq, h, j, g) - ld_dq(row * u.D));
-        ds = p * (dotOV(tq, h, j, g) - ld_dq(row * u.D + 1u)) * u.scale;
+  // The first query row that sees key j0.
+  let first = select(0u, select(0u, j0 - u.offset, j0 > u.offset), u.causal != 0u);
+  for (var hh = 0u; hh < u.group; hh++) {
+    let h = g * u.group + hh;
+    for (var t0 = (first / ${B}u) * ${B}u; t0 < u.T; t0 += ${B}u) {
+      let sd = tile(t0, h, j0, g, lid);
+      let tq = t0 + r;
+      var p = 0.0;
+      var ds = 0.0;
+      if (valid(tq, j0 + c)) {
+        let row = (tq * u.Hq + h) * u.D;
+        p = exp(sd.x - ld_dq(row));
+        ds = p * (sd.y - ld_dq(row + 1u)) * u.scale;
       }
-    }
-    ra[lid] = p;
-    rb[lid] = ds;
-    pair[lid] = row;
-    workgroupBarrier();
-    let count = min(${WG}u, pairs - e0);
-    for (var c = 0u; c < ${per}u; c++) {
-      let d = lid + c * ${WG}u;
-      if (d < u.D) {
-        var sk = ak[c];
-        var sv = av[c];
-        for (var x = 0u; x < count; x++) {
-          let at = pair[x] * u.D + d;
-          sk += rb[x] * ld_q(at);
-          sv += ra[x] * ld_dout(at);
+      Ps[lid] = p;
+      Ds[lid] = ds;
+      workgroupBarrier();
+      let rows = min(${B}u, u.T - t0);
+      for (var i = 0u; i < ${per}u; i++) {
+        let d = lane + i * ${B}u;
+        if (d < u.D) {
+          var sk = ak[i];
+          var sv = av[i];
+          for (var x = 0u; x < rows; x++) {
+            let at = ((t0 + x) * u.Hq + h) * u.D + d;
+            sk += Ds[x * ${B}u + key] * ld_q(at);
+            sv += Ps[x * ${B}u + key] * ld_dout(at);
+          }
+          ak[i] = sk;
+          av[i] = sv;
         }
-        ak[c] = sk;
-        av[c] = sv;
       }
+      workgroupBarrier();
     }
-    workgroupBarrier();
   }
-  for (var c = 0u; c < ${per}u; c++) {
-    let d = lid + c * ${WG}u;
-    if (d < u.D) {
-      st_dk(key * u.D + d, ak[c]);
-      st_dv(key * u.D + d, av[c]);
+  let j = j0 + key;
+  if (j < u.S) {
+    for (var i = 0u; i < ${per}u; i++) {
+      let d = lane + i * ${B}u;
+      if (d < u.D) {
+        st_dk((j * u.Hkv + g) * u.D + d, ak[i]);
+        st_dv((j * u.Hkv + g) * u.D + d, av[i]);
+      }
     }
   }
 }`,
-    workgroups: grid(t, o.S * o.Hkv),
+    workgroups: grid(t, keyBlocks),
   });
   const dq = dispatch(t, {
     op: 'attentionBackward.dq',
     variant: `per${per}`,
     operands: [...inputs, { name: 'dq', slice: o.dq, elem: 'f32', write: true }],
-    uniforms,
+    uniforms: { ...uniforms, blocks: u32u(queryBlocks) },
     body: `${COMMON}
+var<workgroup> Ds: array<f32, ${B * B}>;
 ${HEAD} {
-  let row = item(wg, nwg);
-  if (row >= u.T * u.Hq) { return; }
-  let tq = row / u.Hq;
-  let h = row % u.Hq;
+  let blk = item(wg, nwg);
+  if (blk >= u.blocks) { return; }
+  let h = blk % u.Hq;
   let g = h / u.group;
-  let n = visible(tq);
-  let lse = ld_dq(row * u.D);
-  let pdp = ld_dq(row * u.D + 1u);
+  let t0 = (blk / u.Hq) * ${B}u;
+  let r = lid / ${B}u;
+  let c = lid % ${B}u;
+  let tq = t0 + r;
+  let row = (tq * u.Hq + h) * u.D;
+  var lse = 0.0;
+  var pdp = 0.0;
+  if (tq < u.T) {
+    lse = ld_dq(row);
+    pdp = ld_dq(row + 1u);
+  }
   // Everyone has read the parked statistics before anyone overwrites them.
   workgroupBarrier();
   var acc: array<f32, ${per}>;
-  for (var j0 = 0u; j0 < n; j0 += ${WG}u) {
-    let j = j0 + lid;
+  let keys = visible(min(t0 + ${B - 1}u, u.T - 1u));
+  for (var j0 = 0u; j0 < keys; j0 += ${B}u) {
+    let sd = tile(t0, h, j0, g, lid);
     var ds = 0.0;
-    if (j < n) { ds = exp(dotQK(tq, h, j, g) - lse) * (dotOV(tq, h, j, g) - pdp) * u.scale; }
-    ra[lid] = ds;
+    if (valid(tq, j0 + c)) { ds = exp(sd.x - lse) * (sd.y - pdp) * u.scale; }
+    Ds[lid] = ds;
     workgroupBarrier();
-    let count = min(${WG}u, n - j0);
-    for (var c = 0u; c < ${per}u; c++) {
-      let d = lid + c * ${WG}u;
+    let n = min(${B}u, u.S - j0);
+    // Invocation (r, lane) owns dq of row tq at dimensions lane, lane + 16, …
+    for (var i = 0u; i < ${per}u; i++) {
+      let d = c + i * ${B}u;
       if (d < u.D) {
-        var s = acc[c];
-        for (var x = 0u; x < count; x++) { s += ra[x] * ld_k(((j0 + x) * u.Hkv + g) * u.D + d); }
-        acc[c] = s;
+        var s = acc[i];
+        for (var x = 0u; x < n; x++) { s += Ds[r * ${B}u + x] * ld_k(((j0 + x) * u.Hkv + g) * u.D + d); }
+        acc[i] = s;
       }
     }
     workgroupBarrier();
   }
-  for (var c = 0u; c < ${per}u; c++) {
-    let d = lid + c * ${WG}u;
-    if (d < u.D) { st_dq(row * u.D + d, acc[c]); }
+  if (tq < u.T) {
+    for (var i = 0u; i < ${per}u; i++) {
+      let d = c + i * ${B}u;
+      if (d < u.D) { st_dq(row + d, acc[i]); }
+    }
   }
 }`,
-    workgroups: grid(t, o.T * o.Hq),
+    workgroups: grid(t, queryBlocks),
   });
   return [stats, kv, dq];
 }
