@@ -90,7 +90,7 @@ describe('WebGPU gradient kernels against hostGradients', () => {
     return gpu.errors(() => gpu.run(d));
   };
 
-  it('fma32 (WGSL) rounds once, as fma32.ts: random, cancelling and tiny products', async () => {
+  it('fma32 (WGSL) rounds once, as fma32.ts: random, cancelling and tiny products, subnormal results', async () => {
     const rnd = random(7);
     const n = 3 * 4096;
     const [a, b, c] = [new Float32Array(n), new Float32Array(n), new Float32Array(n)];
@@ -98,7 +98,7 @@ describe('WebGPU gradient kernels against hostGradients', () => {
     for (let i = 0; i < n; i++) {
       a[i] = rnd() * 2;
       b[i] = rnd() * 2;
-      const kind = i % 3;
+      const kind = i % 4;
       if (kind === 0) {
         a[i] *= pow(-20, 20);
         b[i] *= pow(-20, 20);
@@ -106,11 +106,16 @@ describe('WebGPU gradient kernels against hostGradients', () => {
       } else if (kind === 1) {
         // c cancels the rounded product, leaving its rounding error (and a little more) to be rounded.
         c[i] = -Math.fround(a[i]! * b[i]!) * (1 + rnd() * 2 ** -20);
-      } else {
+      } else if (kind === 2) {
         // Products below 2^-60: the scaled path, or c alone.
         a[i] *= pow(-45, -35);
         b[i] *= pow(-45, -35);
         c[i] = rnd() * pow(-90, -20);
+      } else {
+        // Results near and below 2^-126 (subnormal), c sometimes subnormal itself or cancelling the product.
+        a[i] *= pow(-70, -60);
+        b[i] *= pow(-70, -60);
+        c[i] = i % 8 === 3 ? -Math.fround(a[i]! * b[i]!) * (1 + rnd() * 2 ** -10) : rnd() * pow(-135, -120);
       }
     }
     const want = Uint32Array.from({ length: n }, (_, i) => new Uint32Array(Float32Array.of(fma32(a[i]!, b[i]!, c[i]!)).buffer)[0]!);
@@ -166,12 +171,12 @@ describe('WebGPU gradient kernels against hostGradients', () => {
     const limits = (): DeviceTraits => (tight ? { ...traits, maxWorkgroupsPerDimension: 8 } : traits);
     describe(tight ? 'at most 8 workgroups per dimension' : 'the device limits', () => {
       describe('adamw', () => {
-        // Gradients of 1e-2, and of 1e-15 (w2·g² then falls below 2^-60, fma32's scaled path, while every moment
-        // stays a normal number: subnormal moments are outside the promise, see gradients-elementwise.ts).
+        // Gradients of 1e-2; of 1e-15 (w2·g² then falls below 2^-60, fma32's scaled path); of 1e-38 (subnormal moments).
         const cases: [string, AdamWHyper, number][] = [
           ['weight decay', { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0.01 }, 1e-2],
           ['no weight decay', { lr: 2e-5, beta1: 0.9, beta2: 0.95, eps: 1e-6, weightDecay: 0 }, 1e-2],
           ['tiny gradients', { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0.01 }, 1e-15],
+          ['subnormal moments', { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0.01 }, 1e-38],
         ];
         for (const [name, hyper, gscale] of cases) {
           it(`gives the definition's bits over five steps (${name})`, async () => {

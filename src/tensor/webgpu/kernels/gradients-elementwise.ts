@@ -24,10 +24,10 @@ const groups = (n: number) => Math.ceil(n / WG);
  * NoContraction, which WGSL cannot ask for). So every product and sum goes through `keep`, an xor with a uniform
  * zero the compiler cannot see through, and the fused result is built as Boldo and Melquiond's emulated FMA: the
  * exact product (Dekker's split), an exact sum with c, the two error terms added rounding to odd, one final rounding.
- * Exact while the product's error term is a normal number: a product below 2^-60 changes nothing beside a c of 2^-30
- * or more, and is otherwise scaled by 2^64 first and the result back, which rounds twice where that result is
- * subnormal (below 2^-126): there it may be one step of 2^-149 off. Operands above 2^115 are out of its range.
- * Needs a uniform u32 `u.zero` holding 0.
+ * That needs the product's error term to be a normal number: a product below 2^-60 changes nothing beside a c of
+ * 2^-30 or more, and is otherwise computed scaled by 2^64, then rounded onto the subnormal grid from the scaled
+ * result's significand and the sign of what its rounding left out, so subnormal results are exact too (on a device
+ * that keeps subnormals). Operands above 2^115 are out of its range. Needs a uniform u32 `u.zero` holding 0.
  */
 export const FMA32_WGSL = `
 fn keep(x: f32) -> f32 { return bitcast<f32>(bitcast<u32>(x) ^ u.zero); }
@@ -48,7 +48,9 @@ fn twoProd(a: f32, b: f32) -> vec2f {
   let e = keep(keep(keep(keep(x.x * y.x) - p) + keep(x.x * y.y)) + keep(x.y * y.x));
   return vec2f(p, keep(e + keep(x.y * y.y)));
 }
-fn fmaExact(a: f32, b: f32, c: f32) -> f32 {
+// (a·b + c rounded once, then two terms whose sum has the sign of what that rounding left out: the first, when not
+// zero, outweighs the second).
+fn fmaParts(a: f32, b: f32, c: f32) -> vec3f {
   let u = twoProd(a, b);
   let t = twoSum(c, u.x);
   let w = twoSum(t.y, u.y);
@@ -56,21 +58,41 @@ fn fmaExact(a: f32, b: f32, c: f32) -> f32 {
   let bits = bitcast<u32>(v);
   // Round to odd: an inexact sum that rounded to an even significand moves one ulp towards the exact value.
   if (w.y != 0.0 && (bits & 1u) == 0u) { v = bitcast<f32>(select(bits - 1u, bits + 1u, (w.y > 0.0) == (v > 0.0))); }
-  return keep(t.x + v);
+  let r = twoSum(t.x, v);
+  return vec3f(r.x, r.y, keep(keep(w.x - v) + w.y));
+}
+// The result of fmaParts computed 2^64 larger, scaled back: below 2^-126 it is rounded to a multiple of 2^-149
+// directly (scaling the rounded value would round twice).
+fn unscale(p: vec3f) -> f32 {
+  let mag = abs(p.x);
+  if (mag >= 0x1p-62f) { return keep(p.x * 0x1p-64f); }
+  let neg = p.x < 0.0;
+  let sgn = select(0u, 0x80000000u, neg);
+  // Below half a step, and not a tie (2^-86 is representable, so a value above it would not round below it).
+  if (mag < 0x1p-86f) { return bitcast<f32>(sgn); }
+  var rest = select(p.z, p.y, p.y != 0.0);
+  if (neg) { rest = -rest; }
+  let bits = bitcast<u32>(mag);
+  let k = 65u - (bits >> 23u);
+  let sig = (bits & 0x7fffffu) | 0x800000u;
+  let low = sig & ((1u << k) - 1u);
+  let half = 1u << (k - 1u);
+  let q = sig >> k;
+  let up = low > half || (low == half && (rest > 0.0 || (rest == 0.0 && (q & 1u) == 1u)));
+  return bitcast<f32>((q + select(0u, 1u, up)) | sgn);
 }
 fn fma32(a: f32, b: f32, c: f32) -> f32 {
   let p = abs(keep(a * b));
-  if (p >= 0x1p-60f) { return fmaExact(a, b, c); }
+  if (p >= 0x1p-60f) { return fmaParts(a, b, c).x; }
   if (abs(c) >= 0x1p-30f) { return c; }
-  return keep(fmaExact(a * 0x1p32f, b * 0x1p32f, c * 0x1p64f) * 0x1p-64f);
+  return unscale(fmaParts(a * 0x1p32f, b * 0x1p32f, c * 0x1p64f));
 }`;
 
 /**
  * AdamW in the float32 arithmetic of host-gradients.ts `adamw`, bit for bit: its two single-rounding moment updates
  * through `fma32`, every other product kept apart from the add after it. Bit-exactness also needs correctly rounded
  * division and sqrt and kept subnormals, which Vulkan does not promise and lavapipe (LLVM on the CPU) gives;
- * test/webgpu-gradients.test.ts checks the bits. A moment that decays below 2^-126 (a gradient that stays zero for
- * hundreds of steps) may be one subnormal step off (see fma32).
+ * test/webgpu-gradients.test.ts checks the bits.
  */
 export function adamwPlan(t: DeviceTraits, o: { p: Slice; g: Slice; m: Slice; v: Slice; n: number; step: number; hyper: AdamWHyper }): KernelDispatch[] {
   const s = adamwScalars(o.step, o.hyper);
