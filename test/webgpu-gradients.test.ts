@@ -257,6 +257,54 @@ describe('WebGPU gradient kernels against hostGradients', () => {
           });
         }
 
+        it('runs a weight split by rows as one plan per piece', async () => {
+          const [M, N, K, n1] = [5, 70, 39, 29];
+          const rnd = random(77);
+          const dy = values(M * N, rnd);
+          const x = values(M * K, rnd);
+          const w = values(N * K, rnd);
+          const dw0 = values(N * K, rnd);
+          const db0 = values(N, rnd);
+          const want = { dx: new Float32Array(M * K), dw: dw0.slice(), db: db0.slice() };
+          hostGradients.matmulBackward(t32([M, N], dy), t32([M, K], x), t32([N, K], w), t32([M, K], want.dx), t32([N, K], want.dw), t32([N], want.db));
+          const dys = own(dy);
+          const xs = own(x);
+          const dx = own(new Float32Array(M * K));
+          const pieces = [
+            [0, n1],
+            [n1, N],
+          ] as const;
+          const outs = pieces.map(([n0, n]) => ({ dw: own(dw0.subarray(n0 * K, n * K)), db: own(db0.subarray(n0, n)) }));
+          await run(
+            pieces.flatMap(([n0, n], i) =>
+              k.matmulBackwardPlan(limits(), {
+                dy: { buffer: dys.buffer, byteOffset: n0 * 4 },
+                x: xs,
+                w: own(w.subarray(n0 * K, n * K)),
+                weightType: 'f32',
+                dx,
+                dw: outs[i]!.dw,
+                dbias: outs[i]!.db,
+                M,
+                N: n - n0,
+                K,
+                compute: 'exact',
+                dyStride: N,
+                dxAdd: i > 0,
+              }),
+            ),
+          );
+          assertClose('dx', await readF32(dx, M * K), want.dx, 1e-5, maxAbs(want.dx));
+          const dw = new Float32Array(N * K);
+          const db = new Float32Array(N);
+          for (const [i, [n0, n]] of pieces.entries()) {
+            dw.set(await readF32(outs[i]!.dw, (n - n0) * K), n0 * K);
+            db.set(await readF32(outs[i]!.db, n - n0), n0);
+          }
+          assertClose('dw', dw, want.dw, 1e-5, maxAbs(want.dw));
+          assertClose('dbias', db, want.db, 1e-5, maxAbs(want.db));
+        });
+
         it('computes only the gradients asked for', async () => {
           const [M, N, K] = [4, 38, 39];
           const rnd = random(99);
@@ -491,6 +539,26 @@ describe('WebGPU gradient kernels against hostGradients', () => {
             assert.deepEqual(await readF32(slices[1]!, n), want);
           });
         }
+
+        it('embeddingBackward on a table split by rows, one plan per piece', async () => {
+          const rnd = random(62);
+          const [V, D, T, v1] = [53, 40, 31, 20];
+          const ids = Int32Array.from({ length: T }, (_, i) => (i % 3 === 0 ? 19 : i % 7 === 0 ? 20 : Math.floor((rnd() + 0.5) * V)));
+          const dy = values(T * D, rnd);
+          const table = values(V * D, rnd, 3);
+          const want = table.slice();
+          hostGradients.embeddingBackward(t32([T, D], dy), new Tensor('i32', [T], ids), t32([V, D], want));
+          const { slices } = pack(ids, dy);
+          const parts = [own(table.subarray(0, v1 * D)), own(table.subarray(v1 * D))];
+          await run([
+            ...k.embeddingBackwardPlan(limits(), { dy: slices[1]!, ids: slices[0]!, dtable: parts[0]!, T, D, rowStart: 0, rows: v1 }),
+            ...k.embeddingBackwardPlan(limits(), { dy: slices[1]!, ids: slices[0]!, dtable: parts[1]!, T, D, rowStart: v1, rows: V - v1 }),
+          ]);
+          const got = new Float32Array(V * D);
+          got.set(await readF32(parts[0]!, v1 * D));
+          got.set(await readF32(parts[1]!, (V - v1) * D), v1 * D);
+          assert.deepEqual(got, want);
+        });
 
         it('embeddingBackward adds repeated ids in order, bit for bit', async () => {
           const rnd = random(61);

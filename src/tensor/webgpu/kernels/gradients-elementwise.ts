@@ -264,9 +264,13 @@ export function mergeBlocksBackwardPlan(t: DeviceTraits, o: { dy: Slice; dx: Sli
 /**
  * dtable[ids[t]] += dy[t] without float atomics: one workgroup per position t, which does the work only when t is
  * the first position holding its id, adding every later position's row in order. The sums are then the reference's
- * own sequence of f32 additions, so the result is bit-exact and independent of scheduling.
+ * own sequence of f32 additions, so the result is bit-exact and independent of scheduling. A table split by rows
+ * across buffers runs as one plan per piece: `dtable` holds rows [rowStart, rowStart + rows), other ids are skipped.
  */
-export function embeddingBackwardPlan(t: DeviceTraits, o: { dy: Slice; ids: Slice; dtable: Slice; T: number; D: number }): KernelDispatch[] {
+export function embeddingBackwardPlan(
+  t: DeviceTraits,
+  o: { dy: Slice; ids: Slice; dtable: Slice; T: number; D: number; rowStart?: number; rows?: number },
+): KernelDispatch[] {
   return [
     dispatch(t, {
       op: 'embeddingBackward',
@@ -275,7 +279,7 @@ export function embeddingBackwardPlan(t: DeviceTraits, o: { dy: Slice; ids: Slic
         { name: 'ids', slice: o.ids, elem: 'i32' },
         { name: 'dtable', slice: o.dtable, elem: 'f32', write: true },
       ],
-      uniforms: { T: u32u(o.T), D: u32u(o.D) },
+      uniforms: { T: u32u(o.T), D: u32u(o.D), rowStart: u32u(o.rowStart ?? 0), rows: u32u(o.rows ?? 0xffffffff) },
       body: `
 // Every writer stores the same 1, so the unsynchronised stores cannot disagree.
 var<workgroup> seen: u32;
@@ -284,11 +288,13 @@ var<workgroup> seen: u32;
   let tk = item(wg, nwg);
   if (tk >= u.T) { return; }
   let id = ld_ids(tk);
+  // An id of another piece is skipped like a repeat (its value is not uniform, so the decision goes through \`seen\`).
+  if (u32(id) < u.rowStart || u32(id) - u.rowStart >= u.rows) { seen = 1u; }
   for (var s = lid; s < tk; s += 64u) {
     if (ld_ids(s) == id) { seen = 1u; }
   }
   if (workgroupUniformLoad(&seen) != 0u) { return; }
-  let row = u32(id) * u.D;
+  let row = (u32(id) - u.rowStart) * u.D;
   // Ids are scanned once; each match adds its row, every element by the one invocation that owns it.
   for (var s = tk; s < u.T; s++) {
     if (ld_ids(s) == id) {

@@ -104,6 +104,10 @@ var<workgroup> Bs: array<f32, ${TILE * DEPTH}>;
 /**
  * For out[M,N] = x[M,K]·w[N,K]ᵀ (+ bias): dx = dy·w written, dw += dyᵀ·x, dbias += Σ rows of dy (each optional).
  * dbias sums each column in row order, one invocation per column, as dy is (not rounded) in both modes.
+ *
+ * A weight split by rows across buffers (one binding cannot reach it whole) runs as one plan per piece of rows
+ * [n0, n0 + N): dy advanced by n0 with `dyStride` the whole weight's row count, and `dxAdd` on every piece but the
+ * first, so dx sums the pieces' products.
  */
 export function matmulBackwardPlan(
   t: DeviceTraits,
@@ -119,13 +123,16 @@ export function matmulBackwardPlan(
     N: number;
     K: number;
     compute: ComputeMode;
+    dyStride?: number;
+    dxAdd?: boolean;
   },
 ): KernelDispatch[] {
   const { M, N, K, compute } = o;
+  const stride = o.dyStride ?? N;
   const plans: KernelDispatch[] = [];
   if (o.dx)
-    plans.push(gemm(t, { a: o.dy, b: o.w, bElem: o.weightType, c: o.dx, I: M, J: K, L: N, sAi: N, sAl: 1, sBl: K, sBj: 1, add: false, compute }));
-  if (o.dw) plans.push(gemm(t, { a: o.dy, b: o.x, bElem: 'f32', c: o.dw, I: N, J: K, L: M, sAi: 1, sAl: N, sBl: K, sBj: 1, add: true, compute }));
+    plans.push(gemm(t, { a: o.dy, b: o.w, bElem: o.weightType, c: o.dx, I: M, J: K, L: N, sAi: stride, sAl: 1, sBl: K, sBj: 1, add: !!o.dxAdd, compute }));
+  if (o.dw) plans.push(gemm(t, { a: o.dy, b: o.x, bElem: 'f32', c: o.dw, I: N, J: K, L: M, sAi: 1, sAl: stride, sBl: K, sBj: 1, add: true, compute }));
   if (o.dbias)
     plans.push(
       dispatch(t, {
@@ -134,14 +141,14 @@ export function matmulBackwardPlan(
           { name: 'dy', slice: o.dy, elem: 'f32' },
           { name: 'dbias', slice: o.dbias, elem: 'f32', write: true },
         ],
-        uniforms: { M: u32u(M), N: u32u(N) },
+        uniforms: { M: u32u(M), N: u32u(N), stride: u32u(stride) },
         body: `
 @compute @workgroup_size(64) fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u,
     @builtin(local_invocation_index) lid: u32) {
   let n = item(wg, nwg) * 64u + lid;
   if (n >= u.N) { return; }
   var s = 0.0;
-  for (var m = 0u; m < u.M; m++) { s += ld_dy(m * u.N + n); }
+  for (var m = 0u; m < u.M; m++) { s += ld_dy(m * u.stride + n); }
   add_dbias(n, s);
 }`,
         workgroups: grid(t, Math.ceil(N / 64)),
