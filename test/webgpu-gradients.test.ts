@@ -366,6 +366,33 @@ describe('WebGPU gradient kernels against hostGradients', () => {
       });
 
       describe('crossEntropy', () => {
+        it('with a bf16 head split by rows across buffers (tiled)', async () => {
+          const [n, H, V, v1] = [5, 45, 130, 57];
+          const rnd = random(555);
+          const hidden = values(n * H, rnd);
+          const bits = bf16Bits(values(V * H, rnd, 0.5));
+          // Targets in both pieces, at their edges.
+          const targets = Int32Array.of(0, v1 - 1, v1, V - 1, 77);
+          const dhead0 = values(V * H, rnd);
+          const want = { losses: new Float32Array(n), dhidden: new Float32Array(n * H), dhead: dhead0.slice() };
+          const ht = t32([n, H], hidden);
+          hostGradients.crossEntropy(ht, new Tensor('bf16', [V, H], bits), new Tensor('i32', [n], targets), 0.25, t32([n], want.losses), t32([n, H], want.dhidden), t32([V, H], want.dhead));
+          const pieces = [
+            { head: weightSlice(new Tensor('bf16', [v1, H], bits.slice(0, v1 * H))), dhead: own(dhead0.slice(0, v1 * H)), rows: v1 },
+            { head: weightSlice(new Tensor('bf16', [V - v1, H], bits.slice(v1 * H))), dhead: own(dhead0.slice(v1 * H)), rows: V - v1 },
+          ];
+          const losses = own(new Float32Array(n));
+          const dhidden = own(new Float32Array(n * H));
+          const o = { hidden: own(hidden), headType: 'bf16' as const, targets: own(targets), scale: 0.25, losses, dhidden, n, H, V };
+          await run(k.crossEntropyTiledPlan(traits, { ...o, head: pieces[0]!.head, dhead: null, scratch: own(new Float32Array(100)), scratchBytes: 400, pieces }));
+          assertClose('losses', await readF32(losses, n), want.losses, 1e-5, maxAbs(want.losses));
+          assertClose('dhidden', await readF32(dhidden, n * H), want.dhidden, 1e-5, maxAbs(want.dhidden));
+          const dhead = new Float32Array(V * H);
+          dhead.set(await readF32(pieces[0]!.dhead, v1 * H));
+          dhead.set(await readF32(pieces[1]!.dhead, (V - v1) * H), v1 * H);
+          assertClose('dhead', dhead, want.dhead, 1e-5, maxAbs(want.dhead));
+        });
+
         const cases = [
           { n: 5, H: 45, V: 130, head: 'f32', dhidden: true, dhead: true },
           { n: 3, H: 300, V: 53, head: 'bf16', dhidden: false, dhead: true },

@@ -13,7 +13,8 @@ const MAX_CHUNK = 8192;
  * vocabulary entry up to the chunk, ideally rows·chunk) for one block of logits at a time: per row block, (1) for
  * each chunk, logits = hidden·headᵀ (GEMM) and each row's log-sum-exp merged into `losses`; then, when gradients are
  * asked for, per chunk, the logits again, dlogits in place, dhidden (+)= dlogits·head and dhead += dlogitsᵀ·hidden
- * (GEMMs); last, losses = log-sum-exp − the target's logit. Every sum runs in a fixed order.
+ * (GEMMs); last, losses = log-sum-exp − the target's logit. Every sum runs in a fixed order. A head (and dhead) split
+ * by rows across buffers is given as `pieces`, chunked piece by piece.
  */
 export function crossEntropyTiledPlan(
   t: DeviceTraits,
@@ -31,9 +32,13 @@ export function crossEntropyTiledPlan(
     V: number;
     scratch: Slice;
     scratchBytes: number;
+    /** A head split by rows across buffers: its pieces in vocabulary order (then `head` and `dhead` are unused). */
+    pieces?: readonly HeadPiece[];
   },
 ): KernelDispatch[] {
   const { n, H, V } = o;
+  const pieces = o.pieces ?? [{ head: o.head, dhead: o.dhead, rows: V }];
+  if (pieces.reduce((s, p) => s + p.rows, 0) !== V) throw new Error(`WebGPU crossEntropy: the head's pieces do not add up to ${V} rows`);
   const room = Math.floor(o.scratchBytes / 4);
   if (room < 1) throw new Error('WebGPU crossEntropy: the scratch buffer holds no f32');
   const chunk = Math.min(V, MAX_CHUNK, room);
@@ -41,49 +46,45 @@ export function crossEntropyTiledPlan(
   const headBytes = o.headType === 'bf16' ? 2 : 4;
   const plans: KernelDispatch[] = [];
   const grads = !!(o.dhidden || o.dhead);
+  // The chunks of every piece, in vocabulary order: [first entry, width, head rows, dhead rows].
+  const chunks: [number, number, Slice, Slice | null][] = [];
+  let base = 0;
+  for (const p of pieces) {
+    for (let v = 0; v < p.rows; v += chunk)
+      chunks.push([base + v, Math.min(chunk, p.rows - v), advance(p.head, v * H, headBytes), p.dhead && advance(p.dhead, v * H, 4)]);
+    base += p.rows;
+  }
   for (let r0 = 0; r0 < n; r0 += rowsPer) {
     const rows = Math.min(rowsPer, n - r0);
     const hidden = advance(o.hidden, r0 * H, 4);
-    const logits = (v0: number, width: number) =>
-      gemm(t, {
-        a: hidden,
-        b: advance(o.head, v0 * H, headBytes),
-        bElem: o.headType,
-        c: o.scratch,
-        I: rows,
-        J: width,
-        L: H,
-        sAi: H,
-        sAl: 1,
-        sBl: 1,
-        sBj: H,
-        add: false,
-        compute: 'exact',
-      });
-    for (let v0 = 0; v0 < V; v0 += chunk) {
-      const width = Math.min(chunk, V - v0);
-      plans.push(logits(v0, width), mergeLse(t, { scratch: o.scratch, losses: advance(o.losses, r0, 4), rows, width, first: v0 === 0 }));
-    }
+    const losses = advance(o.losses, r0, 4);
+    const logits = (head: Slice, width: number) =>
+      gemm(t, { a: hidden, b: head, bElem: o.headType, c: o.scratch, I: rows, J: width, L: H, sAi: H, sAl: 1, sBl: 1, sBj: H, add: false, compute: 'exact' });
+    for (const [v0, width, head] of chunks) plans.push(logits(head, width), mergeLse(t, { scratch: o.scratch, losses, rows, width, first: v0 === 0 }));
     if (!grads) continue;
-    for (let v0 = 0; v0 < V; v0 += chunk) {
-      const width = Math.min(chunk, V - v0);
-      plans.push(
-        logits(v0, width),
-        dlogits(t, { scratch: o.scratch, losses: advance(o.losses, r0, 4), targets: advance(o.targets, r0, 4), rows, width, v0, scale: o.scale }),
-      );
-      const head = advance(o.head, v0 * H, headBytes);
+    for (const [v0, width, head, dhead] of chunks) {
+      plans.push(logits(head, width), dlogits(t, { scratch: o.scratch, losses, targets: advance(o.targets, r0, 4), rows, width, v0, scale: o.scale }));
       if (o.dhidden) {
         const c = advance(o.dhidden, r0 * H, 4);
         plans.push(gemm(t, { a: o.scratch, b: head, bElem: o.headType, c, I: rows, J: H, L: width, sAi: width, sAl: 1, sBl: H, sBj: 1, add: v0 > 0, compute: 'exact' }));
       }
-      if (o.dhead) {
-        const c = advance(o.dhead, v0 * H, 4);
-        plans.push(gemm(t, { a: o.scratch, b: hidden, bElem: 'f32', c, I: width, J: H, L: rows, sAi: 1, sAl: width, sBl: H, sBj: 1, add: true, compute: 'exact' }));
-      }
+      if (dhead)
+        plans.push(gemm(t, { a: o.scratch, b: hidden, bElem: 'f32', c: dhead, I: width, J: H, L: rows, sAi: 1, sAl: width, sBl: H, sBj: 1, add: true, compute: 'exact' }));
     }
   }
-  plans.push(finalLoss(t, o));
+  base = 0;
+  for (const p of pieces) {
+    plans.push(finalLoss(t, { ...o, head: p.head, vStart: base, vCount: p.rows }));
+    base += p.rows;
+  }
   return plans;
+}
+
+/** Rows [start, start + rows) of a head split across buffers, and of its gradient when one is asked for. */
+export interface HeadPiece {
+  readonly head: Slice;
+  readonly dhead: Slice | null;
+  readonly rows: number;
 }
 
 const HEAD = `@compute @workgroup_size(${WG}) fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u,
@@ -155,8 +156,14 @@ function dlogits(t: DeviceTraits, o: { scratch: Slice; losses: Slice; targets: S
   });
 }
 
-/** losses[i] ← log-sum-exp − hidden[i]·head[target[i]], the dot summed in order as the GEMM sums it. */
-function finalLoss(t: DeviceTraits, o: { hidden: Slice; head: Slice; headType: 'f32' | 'bf16'; targets: Slice; losses: Slice; n: number; H: number }): KernelDispatch {
+/**
+ * losses[i] ← log-sum-exp − hidden[i]·head[target[i]] for the targets in this piece of the head (vocabulary entries
+ * [vStart, vStart + vCount)), the dot summed in order as the GEMM sums it.
+ */
+function finalLoss(
+  t: DeviceTraits,
+  o: { hidden: Slice; head: Slice; headType: 'f32' | 'bf16'; targets: Slice; losses: Slice; n: number; H: number; vStart: number; vCount: number },
+): KernelDispatch {
   const operands: Operand[] = [
     { name: 'hidden', slice: o.hidden, elem: 'f32' },
     { name: 'head', slice: o.head, elem: o.headType },
@@ -166,13 +173,14 @@ function finalLoss(t: DeviceTraits, o: { hidden: Slice; head: Slice; headType: '
   return dispatch(t, {
     op: 'crossEntropy.finalLoss',
     operands,
-    uniforms: { n: u32u(o.n), H: u32u(o.H) },
+    uniforms: { n: u32u(o.n), H: u32u(o.H), vStart: u32u(o.vStart), vCount: u32u(o.vCount) },
     body: `
 @compute @workgroup_size(${WG}) fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u,
     @builtin(local_invocation_index) lid: u32) {
   let i = item(wg, nwg) * ${WG}u + lid;
   if (i >= u.n) { return; }
-  let v = u32(ld_targets(i));
+  let v = u32(ld_targets(i)) - u.vStart;
+  if (u32(ld_targets(i)) < u.vStart || v >= u.vCount) { return; }
   var s = 0.0;
   for (var c = 0u; c < u.H; c++) { s += ld_hidden(i * u.H + c) * ld_head(v * u.H + c); }
   st_losses(i, ld_losses(i) - s);
