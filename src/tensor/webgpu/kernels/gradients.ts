@@ -12,7 +12,7 @@
 // - Weights split by rows across buffers: matmulBackward per piece (dyStride, dxAdd), embeddingBackward per piece
 //   (rowStart, rows), crossEntropyTiledPlan with `pieces`. Any other operand must lie in one buffer no larger than
 //   maxStorageBufferBindingSize (a plan throws otherwise).
-// - Workgroups: at most 256 invocations and 8 KiB of workgroup memory (WebGPU's guaranteed minimums); grids fold
+// - Workgroups: at most 256 invocations and 12 KiB of workgroup memory (WebGPU guarantees 256 and 16 KiB); grids fold
 //   over y and z to stay within maxComputeWorkgroupsPerDimension.
 // - adamw gives host-gradients.ts's bits where division and sqrt are correctly rounded and subnormals kept (lavapipe
 //   does both); other ops agree with the definition within f32 rounding, and all are deterministic.
