@@ -35,9 +35,14 @@ export function gemm(
   const tilesJ = Math.ceil(o.J / TILE);
   const tilesI = Math.ceil(o.I / TILE);
   const staged = (v: string) => (o.compute === 'bf16' ? `roundBf16(${v})` : v);
+  // Neighbouring invocations load neighbouring addresses: along l where the operand is contiguous in l.
+  const aAlongL = o.sAl === 1 && o.sAi !== 1;
+  const bAlongL = o.sBl === 1 && o.sBj !== 1;
+  const slab = (alongL: boolean) =>
+    alongL ? `let r = e / ${DEPTH}u;\n      let dl = e % ${DEPTH}u;` : `let r = e % ${TILE}u;\n      let dl = e / ${TILE}u;`;
   return dispatch(t, {
     op: 'gemm',
-    variant: `${o.add ? 'add' : 'write'}.${o.compute}`,
+    variant: `${o.add ? 'add' : 'write'}.${o.compute}.${aAlongL ? 'al' : 'ar'}${bAlongL ? 'bl' : 'bj'}`,
     operands: [
       { name: 'a', slice: o.a, elem: 'f32' },
       { name: 'b', slice: o.b, elem: o.bElem },
@@ -66,14 +71,20 @@ var<workgroup> Bs: array<f32, ${TILE * DEPTH}>;
   var acc: array<f32, 16>;
   for (var l0 = 0u; l0 < u.L; l0 += ${DEPTH}u) {
     for (var e = lid; e < ${TILE * DEPTH}u; e += 256u) {
-      let r = e % ${TILE}u;
-      let l = l0 + e / ${TILE}u;
-      var av = 0.0;
-      if (i0 + r < u.I && l < u.L) { av = ${staged('ld_a((i0 + r) * u.sAi + l * u.sAl)')}; }
-      As[e] = av;
-      var bv = 0.0;
-      if (j0 + r < u.J && l < u.L) { bv = ${staged('ld_b(l * u.sBl + (j0 + r) * u.sBj)')}; }
-      Bs[e] = bv;
+      {
+        ${slab(aAlongL)}
+        let l = l0 + dl;
+        var av = 0.0;
+        if (i0 + r < u.I && l < u.L) { av = ${staged('ld_a((i0 + r) * u.sAi + l * u.sAl)')}; }
+        As[dl * ${TILE}u + r] = av;
+      }
+      {
+        ${slab(bAlongL)}
+        let l = l0 + dl;
+        var bv = 0.0;
+        if (j0 + r < u.J && l < u.L) { bv = ${staged('ld_b(l * u.sBl + (j0 + r) * u.sBj)')}; }
+        Bs[dl * ${TILE}u + r] = bv;
+      }
     }
     workgroupBarrier();
     for (var l = 0u; l < ${DEPTH}u; l++) {
