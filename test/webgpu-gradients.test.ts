@@ -146,18 +146,30 @@ describe('WebGPU gradient kernels against hostGradients', () => {
     const rnd = random(123);
     const [T, S, Hq, Hkv, D] = [7, 9, 4, 2, 38];
     const [n, H, V] = [6, 45, 130];
-    const inputs = [values(T * Hq * D, rnd), values(S * Hkv * D, rnd), values(S * Hkv * D, rnd), values(T * Hq * D, rnd), values(n * H, rnd), values(V * H, rnd)];
+    const inputs = [T * Hq * D, S * Hkv * D, S * Hkv * D, T * Hq * D, n * H, V * H].map((m) => values(m, rnd));
     const targets = Int32Array.from({ length: n }, (_, i) => (i * 37) % V);
     const lnWeight = values(H, rnd);
     const outputs = async () => {
       const [q, kk, v, dout, hidden, head] = inputs.map((a) => own(a)) as [Slice, Slice, Slice, Slice, Slice, Slice];
       const [dq, dk, dv] = [T * Hq * D, S * Hkv * D, S * Hkv * D].map((m) => own(new Float32Array(m))) as [Slice, Slice, Slice];
-      const [losses, dhidden, dhead, scratch, dx] = [n, n * H, V * H, 300, n * H].map((m) => own(new Float32Array(m))) as [Slice, Slice, Slice, Slice, Slice];
+      const [losses, dhidden, dhead, scratch, dx] = [n, n * H, V * H, 300, n * H].map((m) => own(new Float32Array(m))) as [
+        Slice,
+        Slice,
+        Slice,
+        Slice,
+        Slice,
+      ];
       const options = { scale: 0.3, causal: true };
       await run([
         ...k.attentionBackwardPlan(traits, { q, k: kk, v, dout, dq, dk, dv, T, S, Hq, Hkv, D, options }),
-        ...k.crossEntropyTiledPlan(traits, { hidden, head, headType: 'f32', targets: own(targets), scale: 0.5, losses, dhidden, dhead, n, H, V, scratch, scratchBytes: 1200 }),
-        ...k.layerNormBackwardPlan(traits, { dy: dhidden, x: hidden, weight: own(lnWeight), weightType: 'f32', eps: 1e-6, dx, dweight: own(new Float32Array(H)), dbias: null, rows: n, cols: H }),
+        ...k.crossEntropyTiledPlan(traits, {
+          ...{ hidden, head, headType: 'f32', targets: own(targets), scale: 0.5, losses, dhidden, dhead, n, H, V },
+          ...{ scratch, scratchBytes: 1200 },
+        }),
+        ...k.layerNormBackwardPlan(traits, {
+          ...{ dy: dhidden, x: hidden, weight: own(lnWeight), weightType: 'f32', eps: 1e-6, dx },
+          ...{ dweight: own(new Float32Array(H)), dbias: null, rows: n, cols: H },
+        }),
       ]);
       const all = await Promise.all([dq, dk, dv, losses, dhidden, dhead, dx].map((s) => gpu.read(s.buffer)));
       return all.map((b) => Buffer.from(b).toString('base64'));
@@ -230,7 +242,8 @@ describe('WebGPU gradient kernels against hostGradients', () => {
             hostGradients.matmulBackward(t32([M, N], dy), t32([M, K], x), w, t32([M, K], want.dx), t32([N, K], want.dw), t32([N], want.db), compute);
             // Σ |terms| of each result (and what it was added to): f32 sums of L terms are within L·2⁻²⁴ of that.
             const mag = { dx: new Float32Array(M * K), dw: abs(dw0), db: abs(db0) };
-            hostGradients.matmulBackward(t32([M, N], abs(dy)), t32([M, K], abs(x)), wAbs, t32([M, K], mag.dx), t32([N, K], mag.dw), t32([N], mag.db), compute);
+            const magOut = [t32([M, K], mag.dx), t32([N, K], mag.dw), t32([N], mag.db)] as const;
+            hostGradients.matmulBackward(t32([M, N], abs(dy)), t32([M, K], abs(x)), wAbs, ...magOut, compute);
             // dy and x share a buffer, dx and dbias another.
             const inputs = pack(dy, x);
             const outputs = pack(new Float32Array(M * K), db0);
@@ -266,7 +279,8 @@ describe('WebGPU gradient kernels against hostGradients', () => {
           const dw0 = values(N * K, rnd);
           const db0 = values(N, rnd);
           const want = { dx: new Float32Array(M * K), dw: dw0.slice(), db: db0.slice() };
-          hostGradients.matmulBackward(t32([M, N], dy), t32([M, K], x), t32([N, K], w), t32([M, K], want.dx), t32([N, K], want.dw), t32([N], want.db));
+          const wantOut = [t32([M, K], want.dx), t32([N, K], want.dw), t32([N], want.db)] as const;
+          hostGradients.matmulBackward(t32([M, N], dy), t32([M, K], x), t32([N, K], w), ...wantOut);
           const dys = own(dy);
           const xs = own(x);
           const dx = own(new Float32Array(M * K));
@@ -315,7 +329,8 @@ describe('WebGPU gradient kernels against hostGradients', () => {
           const want = dw0.slice();
           hostGradients.matmulBackward(t32([M, N], dy), t32([M, K], x), t32([N, K], w), null, t32([N, K], want), null);
           const dw = own(dw0);
-          const plans = k.matmulBackwardPlan(limits(), { dy: own(dy), x: own(x), w: own(w), weightType: 'f32', dx: null, dw, dbias: null, M, N, K, compute: 'exact' });
+          const operands = { dy: own(dy), x: own(x), w: own(w), weightType: 'f32' as const, dx: null, dw, dbias: null };
+          const plans = k.matmulBackwardPlan(limits(), { ...operands, M, N, K, compute: 'exact' });
           assert.equal(plans.length, 1);
           await run(plans);
           assertClose('dw', await readF32(dw, N * K), want, 1e-5, maxAbs(want));
@@ -333,7 +348,8 @@ describe('WebGPU gradient kernels against hostGradients', () => {
           for (const c of cases) {
             const { rows, cols, weight, inPlace } = c;
             const dbiasToo = layer && c.dbias;
-            const name = `${layer ? 'layerNorm' : 'rmsNorm'}Backward ${rows}×${cols}, ${weight} weight${inPlace ? ', dx = dy' : ''}${c.dweight ? ', dweight' : ''}${dbiasToo ? ', dbias' : ''}`;
+            const outputs = `${inPlace ? ', dx = dy' : ''}${c.dweight ? ', dweight' : ''}${dbiasToo ? ', dbias' : ''}`;
+            const name = `${layer ? 'layerNorm' : 'rmsNorm'}Backward ${rows}×${cols}, ${weight} weight${outputs}`;
             it(name, async () => {
               const rnd = random(rows * cols + (layer ? 1 : 0));
               const n = rows * cols;
@@ -347,7 +363,8 @@ describe('WebGPU gradient kernels against hostGradients', () => {
               const want = { dx: new Float32Array(n), dw: dw0.slice(), db: db0.slice() };
               const eps = 1e-5;
               const dwT = c.dweight ? t32([cols], want.dw) : null;
-              if (layer) hostGradients.layerNormBackward(t32([rows, cols], dy), t32([rows, cols], x), w, eps, t32([rows, cols], want.dx), dwT, dbiasToo ? t32([cols], want.db) : null);
+              const dbT = dbiasToo ? t32([cols], want.db) : null;
+              if (layer) hostGradients.layerNormBackward(t32([rows, cols], dy), t32([rows, cols], x), w, eps, t32([rows, cols], want.dx), dwT, dbT);
               else hostGradients.rmsNormBackward(t32([rows, cols], dy), t32([rows, cols], x), w, eps, t32([rows, cols], want.dx), dwT);
               const { slices } = pack(x, dy, dw0);
               const [xs, dys, dws] = slices as [Slice, Slice, Slice];
@@ -376,7 +393,8 @@ describe('WebGPU gradient kernels against hostGradients', () => {
           const dhead0 = values(V * H, rnd);
           const want = { losses: new Float32Array(n), dhidden: new Float32Array(n * H), dhead: dhead0.slice() };
           const ht = t32([n, H], hidden);
-          hostGradients.crossEntropy(ht, new Tensor('bf16', [V, H], bits), new Tensor('i32', [n], targets), 0.25, t32([n], want.losses), t32([n, H], want.dhidden), t32([V, H], want.dhead));
+          const outs = [t32([n], want.losses), t32([n, H], want.dhidden), t32([V, H], want.dhead)] as const;
+          hostGradients.crossEntropy(ht, new Tensor('bf16', [V, H], bits), new Tensor('i32', [n], targets), 0.25, ...outs);
           const pieces = [
             { head: weightSlice(new Tensor('bf16', [v1, H], bits.slice(0, v1 * H))), dhead: own(dhead0.slice(0, v1 * H)), rows: v1 },
             { head: weightSlice(new Tensor('bf16', [V - v1, H], bits.slice(v1 * H))), dhead: own(dhead0.slice(v1 * H)), rows: V - v1 },
@@ -384,7 +402,8 @@ describe('WebGPU gradient kernels against hostGradients', () => {
           const losses = own(new Float32Array(n));
           const dhidden = own(new Float32Array(n * H));
           const o = { hidden: own(hidden), headType: 'bf16' as const, targets: own(targets), scale: 0.25, losses, dhidden, n, H, V };
-          await run(k.crossEntropyTiledPlan(traits, { ...o, head: pieces[0]!.head, dhead: null, scratch: own(new Float32Array(100)), scratchBytes: 400, pieces }));
+          const scratch = own(new Float32Array(100));
+          await run(k.crossEntropyTiledPlan(traits, { ...o, head: pieces[0]!.head, dhead: null, scratch, scratchBytes: 400, pieces }));
           assertClose('losses', await readF32(losses, n), want.losses, 1e-5, maxAbs(want.losses));
           assertClose('dhidden', await readF32(dhidden, n * H), want.dhidden, 1e-5, maxAbs(want.dhidden));
           const dhead = new Float32Array(V * H);

@@ -170,7 +170,12 @@ ${HEAD} {
   const kv = dispatch(t, {
     op: 'attentionBackward.dkdv',
     variant: `per${per}`,
-    operands: [...inputs, { name: 'dq', slice: o.dq, elem: 'f32' }, { name: 'dk', slice: o.dk, elem: 'f32', write: true }, { name: 'dv', slice: o.dv, elem: 'f32', write: true }],
+    operands: [
+      ...inputs,
+      { name: 'dq', slice: o.dq, elem: 'f32' },
+      { name: 'dk', slice: o.dk, elem: 'f32', write: true },
+      { name: 'dv', slice: o.dv, elem: 'f32', write: true },
+    ],
     uniforms: { ...uniforms, blocks: u32u(keyBlocks) },
     body: `${COMMON}
 var<workgroup> Ps: array<f32, ${B * B}>;

@@ -38,7 +38,8 @@ function bindOperands(operands: readonly Operand[], traits: DeviceTraits): { buf
           `maxStorageBufferBindingSize (${traits.maxStorageBufferBindingSize}): allocate it in smaller buffers`,
       );
     const align = o.elem === 'bf16' ? 2 : 4;
-    if (o.slice.byteOffset % align !== 0) throw new Error(`WebGPU: operand ${o.name} at byte offset ${o.slice.byteOffset} is not ${align}-byte aligned`);
+    if (o.slice.byteOffset % align !== 0)
+      throw new Error(`WebGPU: operand ${o.name} at byte offset ${o.slice.byteOffset} is not ${align}-byte aligned`);
     const at = slot.get(o.slice.buffer.id);
     if (at === undefined) {
       slot.set(o.slice.buffer.id, buffers.length);

@@ -94,7 +94,10 @@ fn fma32(a: f32, b: f32, c: f32) -> f32 {
  * division and sqrt and kept subnormals, which Vulkan does not promise and lavapipe (LLVM on the CPU) gives;
  * test/webgpu-gradients.test.ts checks the bits.
  */
-export function adamwPlan(t: DeviceTraits, o: { p: Slice; g: Slice; m: Slice; v: Slice; n: number; step: number; hyper: AdamWHyper }): KernelDispatch[] {
+export function adamwPlan(
+  t: DeviceTraits,
+  o: { p: Slice; g: Slice; m: Slice; v: Slice; n: number; step: number; hyper: AdamWHyper },
+): KernelDispatch[] {
   const s = adamwScalars(o.step, o.hyper);
   return [
     dispatch(t, {
@@ -186,7 +189,10 @@ ${elementwise(`
 }
 
 /** For out = silu(gate) ⊙ up: dgate and dup written; each may be dy, gate or up itself. */
-export function siluMulBackwardPlan(t: DeviceTraits, o: { dy: Slice; gate: Slice; up: Slice; dgate: Slice; dup: Slice; n: number }): KernelDispatch[] {
+export function siluMulBackwardPlan(
+  t: DeviceTraits,
+  o: { dy: Slice; gate: Slice; up: Slice; dgate: Slice; dup: Slice; n: number },
+): KernelDispatch[] {
   return [
     dispatch(t, {
       op: 'siluMulBackward',
@@ -211,7 +217,10 @@ export function siluMulBackwardPlan(t: DeviceTraits, o: { dy: Slice; gate: Slice
 }
 
 /** dy[T,H,D] rotated back by −θ (half-split layout); dx may be dy. One invocation per (t, h, j < D/2) pair. */
-export function ropeBackwardPlan(t: DeviceTraits, o: { dy: Slice; cos: Slice; sin: Slice; dx: Slice; T: number; H: number; D: number }): KernelDispatch[] {
+export function ropeBackwardPlan(
+  t: DeviceTraits,
+  o: { dy: Slice; cos: Slice; sin: Slice; dx: Slice; T: number; H: number; D: number },
+): KernelDispatch[] {
   const half = o.D / 2;
   const n = o.T * o.H * half;
   return [

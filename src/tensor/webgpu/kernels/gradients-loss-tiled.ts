@@ -58,18 +58,25 @@ export function crossEntropyTiledPlan(
     const rows = Math.min(rowsPer, n - r0);
     const hidden = advance(o.hidden, r0 * H, 4);
     const losses = advance(o.losses, r0, 4);
+    const scratch = o.scratch;
+    const compute = 'exact';
     const logits = (head: Slice, width: number) =>
-      gemm(t, { a: hidden, b: head, bElem: o.headType, c: o.scratch, I: rows, J: width, L: H, sAi: H, sAl: 1, sBl: 1, sBj: H, add: false, compute: 'exact' });
-    for (const [v0, width, head] of chunks) plans.push(logits(head, width), mergeLse(t, { scratch: o.scratch, losses, rows, width, first: v0 === 0 }));
+      gemm(t, { a: hidden, b: head, bElem: o.headType, c: scratch, I: rows, J: width, L: H, sAi: H, sAl: 1, sBl: 1, sBj: H, add: false, compute });
+    for (const [v0, width, head] of chunks) plans.push(logits(head, width), mergeLse(t, { scratch, losses, rows, width, first: v0 === 0 }));
     if (!grads) continue;
+    const targets = advance(o.targets, r0, 4);
     for (const [v0, width, head, dhead] of chunks) {
-      plans.push(logits(head, width), dlogits(t, { scratch: o.scratch, losses, targets: advance(o.targets, r0, 4), rows, width, v0, scale: o.scale }));
+      plans.push(logits(head, width), dlogits(t, { scratch, losses, targets, rows, width, v0, scale: o.scale }));
       if (o.dhidden) {
         const c = advance(o.dhidden, r0 * H, 4);
-        plans.push(gemm(t, { a: o.scratch, b: head, bElem: o.headType, c, I: rows, J: H, L: width, sAi: width, sAl: 1, sBl: H, sBj: 1, add: v0 > 0, compute: 'exact' }));
+        // Written by the first chunk, added to by the others.
+        const add = v0 > 0;
+        plans.push(gemm(t, { a: scratch, b: head, bElem: o.headType, c, I: rows, J: H, L: width, sAi: width, sAl: 1, sBl: H, sBj: 1, add, compute }));
       }
       if (dhead)
-        plans.push(gemm(t, { a: o.scratch, b: hidden, bElem: 'f32', c: dhead, I: width, J: H, L: rows, sAi: 1, sAl: width, sBl: H, sBj: 1, add: true, compute: 'exact' }));
+        plans.push(
+          gemm(t, { a: scratch, b: hidden, bElem: 'f32', c: dhead, I: width, J: H, L: rows, sAi: 1, sAl: width, sBl: H, sBj: 1, add: true, compute }),
+        );
     }
   }
   base = 0;
@@ -133,7 +140,10 @@ ${HEAD} {
 }
 
 /** The scratch's logits become scale·(softmax − one-hot(target)), in place. */
-function dlogits(t: DeviceTraits, o: { scratch: Slice; losses: Slice; targets: Slice; rows: number; width: number; v0: number; scale: number }): KernelDispatch {
+function dlogits(
+  t: DeviceTraits,
+  o: { scratch: Slice; losses: Slice; targets: Slice; rows: number; width: number; v0: number; scale: number },
+): KernelDispatch {
   const count = o.rows * o.width;
   return dispatch(t, {
     op: 'crossEntropy.dlogits',

@@ -141,9 +141,11 @@ export function matmulBackwardPlan(
   const { M, N, K, compute } = o;
   const stride = o.dyStride ?? N;
   const plans: KernelDispatch[] = [];
-  if (o.dx)
-    plans.push(gemm(t, { a: o.dy, b: o.w, bElem: o.weightType, c: o.dx, I: M, J: K, L: N, sAi: stride, sAl: 1, sBl: K, sBj: 1, add: !!o.dxAdd, compute }));
-  if (o.dw) plans.push(gemm(t, { a: o.dy, b: o.x, bElem: 'f32', c: o.dw, I: N, J: K, L: M, sAi: 1, sAl: stride, sBl: K, sBj: 1, add: true, compute }));
+  const add = !!o.dxAdd;
+  const bElem = o.weightType;
+  if (o.dx) plans.push(gemm(t, { a: o.dy, b: o.w, bElem, c: o.dx, I: M, J: K, L: N, sAi: stride, sAl: 1, sBl: K, sBj: 1, add, compute }));
+  if (o.dw)
+    plans.push(gemm(t, { a: o.dy, b: o.x, bElem: 'f32', c: o.dw, I: N, J: K, L: M, sAi: 1, sAl: stride, sBl: K, sBj: 1, add: true, compute }));
   if (o.dbias)
     plans.push(
       dispatch(t, {

@@ -40,13 +40,26 @@ ${
 }
 }`;
 
+/** The operands both norms' backward passes share (x and dy are rows × cols). */
+export interface NormBackwardOperands {
+  dy: Slice;
+  x: Slice;
+  weight: Slice;
+  weightType: 'f32' | 'bf16';
+  eps: number;
+  dx: Slice;
+  dweight: Slice | null;
+  rows: number;
+  cols: number;
+}
+
 const HEAD = `@compute @workgroup_size(${WG}) fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u,
     @builtin(local_invocation_index) lid: u32)`;
 
 function normBackward(
   t: DeviceTraits,
   layer: boolean,
-  o: { dy: Slice; x: Slice; weight: Slice; weightType: 'f32' | 'bf16'; eps: number; dx: Slice; dweight: Slice | null; dbias: Slice | null; rows: number; cols: number },
+  o: NormBackwardOperands & { dbias: Slice | null },
 ): KernelDispatch[] {
   const op = layer ? 'layerNormBackward' : 'rmsNormBackward';
   const uniforms = { rows: u32u(o.rows), D: u32u(o.cols), eps: f32u(o.eps) };
@@ -130,7 +143,7 @@ ${rowBody}
 /** For out = rmsNorm(x)·weight over rows of `cols`: dx written (dx may be dy), dweight added to. */
 export function rmsNormBackwardPlan(
   t: DeviceTraits,
-  o: { dy: Slice; x: Slice; weight: Slice; weightType: 'f32' | 'bf16'; eps: number; dx: Slice; dweight: Slice | null; rows: number; cols: number },
+  o: NormBackwardOperands,
 ): KernelDispatch[] {
   return normBackward(t, false, { ...o, dbias: null });
 }
@@ -138,7 +151,7 @@ export function rmsNormBackwardPlan(
 /** For out = layerNorm(x)·weight + bias over rows of `cols`: dx written (dx may be dy), dweight and dbias added to. */
 export function layerNormBackwardPlan(
   t: DeviceTraits,
-  o: { dy: Slice; x: Slice; weight: Slice; weightType: 'f32' | 'bf16'; eps: number; dx: Slice; dweight: Slice | null; dbias: Slice | null; rows: number; cols: number },
+  o: NormBackwardOperands & { dbias: Slice | null },
 ): KernelDispatch[] {
   return normBackward(t, true, o);
 }
