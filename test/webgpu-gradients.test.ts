@@ -142,6 +142,57 @@ describe('WebGPU gradient kernels against hostGradients', () => {
     assert.deepEqual(wrong.slice(0, 5).map((i) => [a[i], b[i], c[i]]), [], `${wrong.length} of ${n} differ`);
   });
 
+  it('divRN and sqrtRN round correctly, also from a device result a few ulps off', async () => {
+    const rnd = random(8);
+    const n = 4096;
+    const f = Math.fround;
+    const bitsOf = (x: number) => new Uint32Array(Float32Array.of(x).buffer)[0]!;
+    const pow = (lo: number, hi: number) => 2 ** Math.floor(lo + (rnd() + 0.5) * (hi - lo));
+    // Wide-range operands for the whole functions; operands in [1, 2) (or [1, 4)) with starts up to 3 ulps off for
+    // the corrections, as a device with inexact division or sqrt would hand them.
+    const a = Float32Array.from({ length: n }, () => rnd() * pow(-60, 60));
+    const b = Float32Array.from({ length: n }, () => (rnd() + 0.5 + 1e-3) * pow(-30, 10));
+    const x = Float32Array.from({ length: n }, () => (rnd() + 0.5) * pow(-100, 100));
+    const as = Float32Array.from({ length: n }, () => 1 + rnd() + 0.5);
+    const xs = Float32Array.from({ length: n }, () => 1 + 3 * (rnd() + 0.5));
+    const off = Int32Array.from({ length: n }, (_, i) => (i % 7) - 3);
+    const qStart = Float32Array.from(as, (v, i) => new Float32Array(Uint32Array.of(bitsOf(f(v / b[i]!)) + off[i]!).buffer)[0]!);
+    const sStart = Float32Array.from(xs, (v, i) => new Float32Array(Uint32Array.of(bitsOf(f(Math.sqrt(v))) + off[i]!).buffer)[0]!);
+    const bAbs = b.map(Math.abs);
+    const outs = [0, 1, 2, 3].map(() => own(new Float32Array(n)));
+    const inputs = { a, b, x, as, xs, bAbs, qs: qStart, ss: sStart };
+    const ins = Object.entries(inputs).map(([name, v]) => ({ name, slice: own(v), elem: 'f32' as const }));
+    await run([
+      dispatch(traits, {
+        op: 'test.divSqrt',
+        operands: [...ins, ...outs.map((slice, i) => ({ name: `o${i}`, slice, elem: 'f32' as const, write: true }))],
+        uniforms: { n: u32u(n), zero: u32u(0) },
+        body: `${k.FMA32_WGSL}
+${k.DIV_SQRT_WGSL}
+@compute @workgroup_size(64) fn main(@builtin(global_invocation_id) id: vec3u) {
+  let i = id.x;
+  if (i >= u.n) { return; }
+  st_o0(i, divRN(ld_a(i), ld_b(i)));
+  st_o1(i, sqrtRN(ld_x(i)));
+  st_o2(i, divFix(ld_as(i), ld_bAbs(i), ld_qs(i)));
+  st_o3(i, sqrtFix(ld_xs(i), ld_ss(i)));
+}`,
+        workgroups: [n / 64, 1, 1],
+      }),
+    ]);
+    const want = [
+      Float32Array.from(a, (v, i) => f(v / b[i]!)),
+      Float32Array.from(x, (v) => f(Math.sqrt(v))),
+      Float32Array.from(as, (v, i) => f(v / bAbs[i]!)),
+      Float32Array.from(xs, (v) => f(Math.sqrt(v))),
+    ];
+    for (const [i, label] of ['divRN', 'sqrtRN', 'divFix', 'sqrtFix'].entries()) {
+      const got = await readF32(outs[i]!, n);
+      const wrong = [...got.keys()].filter((j) => bitsOf(got[j]!) !== bitsOf(want[i]![j]!));
+      assert.equal(wrong.length, 0, `${label}: ${wrong.length} of ${n} differ, e.g. element ${wrong[0]}`);
+    }
+  });
+
   it('gives the same bits when run again (no order-dependent sums)', async () => {
     const rnd = random(123);
     const [T, S, Hq, Hkv, D] = [7, 9, 4, 2, 38];

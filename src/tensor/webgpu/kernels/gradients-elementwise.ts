@@ -89,9 +89,59 @@ fn fma32(a: f32, b: f32, c: f32) -> f32 {
 }`;
 
 /**
+ * Division and square root rounded to nearest even, whatever the device's own (Vulkan allows 2.5 ulp for division
+ * and more for sqrt): its result is stepped to a neighbour while the exact remainder (fma32) says the true value lies
+ * beyond the midpoint on that side. Operands are first scaled by powers of two into [1, 2) (or [1, 4) for sqrt),
+ * which changes no rounding; normal results only (others keep the device's value). Needs FMA32_WGSL.
+ */
+export const DIV_SQRT_WGSL = `
+fn pow2(k: i32) -> f32 { return bitcast<f32>(u32(k + 127) << 23u); }
+fn up1(x: f32) -> f32 { return bitcast<f32>(bitcast<u32>(x) + 1u); }
+fn down1(x: f32) -> f32 { return bitcast<f32>(bitcast<u32>(x) - 1u); }
+// RN(a/b) for a in [1, 2) and b within 2^±100, from a start q within a few ulps.
+fn divFix(a: f32, b: f32, start: f32) -> f32 {
+  var q = start;
+  for (var i = 0u; i < 6u; i++) {
+    let r = fma32(-q, b, a);
+    let hu = keep(keep(up1(q) - q) * b) * 0.5;
+    let hd = keep(keep(q - down1(q)) * b) * 0.5;
+    let odd = (bitcast<u32>(q) & 1u) == 1u;
+    if (r > hu || (r == hu && odd)) { q = up1(q); } else if (r < -hd || (r == -hd && odd)) { q = down1(q); } else { break; }
+  }
+  return q;
+}
+fn divRN(a: f32, b: f32) -> f32 {
+  let q0 = keep(a / b);
+  let A = abs(a);
+  let B = abs(b);
+  if (!(A >= 0x1p-126f && A <= 0x1p126f && B >= 0x1p-100f && B <= 0x1p100f)) { return q0; }
+  let e = i32(bitcast<u32>(A) >> 23u) - 127;
+  let As = keep(A * pow2(-e));
+  let q = keep(divFix(As, B, keep(As / B)) * pow2(e));
+  if (!(q >= 0x1p-126f && q <= 0x1p126f)) { return q0; }
+  return select(q, -q, (a < 0.0) != (b < 0.0));
+}
+// RN(√x) for x in [1, 4), from a start s within a few ulps: step up while x > (s + ulp/2)², which on the grid of
+// s² is r = x − s² > s·ulp; step down while x < (s − ulp/2)², r ≤ −s·ulp (the ulp below s).
+fn sqrtFix(x: f32, start: f32) -> f32 {
+  var s = start;
+  for (var i = 0u; i < 6u; i++) {
+    let r = fma32(-s, s, x);
+    if (r > keep(keep(up1(s) - s) * s)) { s = up1(s); } else if (r <= -keep(keep(s - down1(s)) * s)) { s = down1(s); } else { break; }
+  }
+  return s;
+}
+fn sqrtRN(x: f32) -> f32 {
+  if (!(x >= 0x1p-126f && x <= 0x1p126f)) { return sqrt(x); }
+  let k = (i32(bitcast<u32>(x) >> 23u) - 127) >> 1u;
+  let xs = keep(x * pow2(-2 * k));
+  return keep(sqrtFix(xs, keep(sqrt(xs))) * pow2(k));
+}`;
+
+/**
  * AdamW in the float32 arithmetic of host-gradients.ts `adamw`, bit for bit: its two single-rounding moment updates
- * through `fma32`, every other product kept apart from the add after it. Bit-exactness also needs correctly rounded
- * division and sqrt and kept subnormals, which Vulkan does not promise and lavapipe (LLVM on the CPU) gives;
+ * through `fma32`, every other product kept apart from the add after it, division and sqrt correctly rounded by
+ * `divRN` and `sqrtRN`. The device must keep subnormals for subnormal moments to match (lavapipe does);
  * test/webgpu-gradients.test.ts checks the bits.
  */
 export function adamwPlan(
@@ -120,6 +170,7 @@ export function adamwPlan(
         eps: f32u(s.eps),
       },
       body: `${FMA32_WGSL}
+${DIV_SQRT_WGSL}
 ${elementwise(`
   let gi = ld_g(i);
   let m0 = ld_m(i);
@@ -127,8 +178,8 @@ ${elementwise(`
   let pi = keep(ld_p(i) * u.decay);
   let mi = fma32(u.w1, keep(gi - m0), m0);
   let vi = fma32(keep(u.w2 * gi), gi, keep(v0 * u.b2));
-  let denom = keep(sqrt(vi) / u.bc2Sqrt) + u.eps;
-  st_p(i, pi + keep(u.stepSize * mi) / denom);
+  let denom = keep(divRN(sqrtRN(vi), u.bc2Sqrt)) + u.eps;
+  st_p(i, pi + keep(divRN(keep(u.stepSize * mi), denom)));
   st_m(i, mi);
   st_v(i, vi);`)}`,
       workgroups: grid(t, groups(o.n)),

@@ -15,13 +15,15 @@
 //   maxStorageBufferBindingSize (a plan throws otherwise).
 // - Workgroups: at most 256 invocations and 12 KiB of workgroup memory (WebGPU guarantees 256 and 16 KiB); grids fold
 //   over y and z to stay within maxComputeWorkgroupsPerDimension.
-// - adamw gives host-gradients.ts's bits where division and sqrt are correctly rounded and subnormals kept (lavapipe
-//   does both); other ops agree with the definition within f32 rounding, and all are deterministic.
+// - adamw gives host-gradients.ts's bits on any adapter (its fma, division and sqrt are made correctly rounded from
+//   f32 operations), for subnormal moments too where the adapter keeps subnormals (lavapipe does); the other ops
+//   agree with the definition within f32 rounding, and all are deterministic.
 export type { DeviceTraits } from './gradients-common.js';
 export { attentionBackwardPlan } from './gradients-attention.js';
 export {
   adamwPlan,
   embeddingBackwardPlan,
+  DIV_SQRT_WGSL,
   FMA32_WGSL,
   geluBackwardPlan,
   mergeBlocksBackwardPlan,
