@@ -193,6 +193,19 @@ ${k.DIV_SQRT_WGSL}
     }
   });
 
+  it('refuses a buffer over the binding limit and a grid over the workgroup limit, naming them', () => {
+    const small = { ...traits, maxStorageBufferBindingSize: 1 << 20 };
+    const big: Slice = { buffer: { id: 1 << 30, byteLength: 2 << 20 }, byteOffset: 0 };
+    const fine: Slice = { buffer: { id: (1 << 30) + 1, byteLength: 1024 }, byteOffset: 0 };
+    assert.throws(
+      () => k.geluBackwardPlan(small, { dy: big, x: fine, dx: fine, n: 10, approximation: 'tanh' }),
+      /operand dy lies in a buffer of 2097152 bytes, over the adapter's maxStorageBufferBindingSize \(1048576\)/,
+    );
+    const tiny = { ...traits, maxWorkgroupsPerDimension: 4 };
+    assert.throws(() => k.geluBackwardPlan(tiny, { dy: fine, x: fine, dx: fine, n: 256 * 65, approximation: 'tanh' }), /maxComputeWorkgroupsPerDimension/);
+    assert.equal(k.geluBackwardPlan(tiny, { dy: fine, x: fine, dx: fine, n: 256 * 64, approximation: 'tanh' })[0]!.workgroups.join(), '4,4,4');
+  });
+
   it('gives the same bits when run again (no order-dependent sums)', async () => {
     const rnd = random(123);
     const [T, S, Hq, Hkv, D] = [7, 9, 4, 2, 38];
