@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { createBackend, Tensor } from '../src/tensor/index.js';
 import type { Slice } from '../src/tensor/webgpu/dispatch.js';
-import { attentionPlan, attentionTiles } from '../src/tensor/webgpu/kernels/attention.js';
+import { attentionPlan, attentionSplits, attentionTiles } from '../src/tensor/webgpu/kernels/attention.js';
 import { traitsOf, type DeviceTraits } from '../src/tensor/webgpu/kernels/wgsl-common.js';
 import { TestGpu } from './webgpu-harness.js';
 
@@ -27,6 +27,8 @@ interface Case {
   queryOffset?: number;
   /** q, k, v (and out when 'all') views of one buffer. */
   shared?: 'qkv' | 'all';
+  /** Give the plan scratch, so that it may split the keys (decode); the test expects it to. */
+  split?: boolean;
   /** Spread of the scores: q and k scaled so that the softmax is neither flat nor one-hot. */
   amplitude?: number;
 }
@@ -115,6 +117,14 @@ describe('WebGPU attention kernel', () => {
       v = at(made.v, 0);
       out = { buffer: gpu.buffer(outBytes + 20), byteOffset: 20 };
     }
+    let scratch: Slice | null = null;
+    if (c.split) {
+      const { splits, scratchBytes } = attentionSplits(t, c);
+      assert.ok(splits > 1, `${JSON.stringify(c)} is not split`);
+      // Beside out in its buffer when out has its own, as a workspace would place it.
+      scratch = c.shared === 'all' ? { buffer: gpu.buffer(scratchBytes + 4), byteOffset: 4 } : { buffer: gpu.buffer(outBytes + 64 + scratchBytes), byteOffset: outBytes + 64 };
+      if (!c.shared) out = { buffer: scratch.buffer, byteOffset: 20 };
+    }
     const plan = attentionPlan(t, {
       q,
       k,
@@ -128,7 +138,8 @@ describe('WebGPU attention kernel', () => {
       scale: 1 / Math.sqrt(c.D),
       causal: c.causal,
       queryOffset: c.queryOffset ?? c.S - c.T,
-    });
+    }, scratch);
+    assert.equal(plan.length, c.split ? 2 : 1);
     await gpu.errors(() => gpu.run(plan));
     return new Float32Array(await gpu.read(out.buffer, out.byteOffset, outBytes));
   }
@@ -156,6 +167,14 @@ describe('WebGPU attention kernel', () => {
   it('decode: one query row against many keys', async () => {
     await check({ T: 1, S: 300, Hq: 6, Hkv: 2, D: 128, causal: true });
     await check({ T: 1, S: 77, Hq: 4, Hkv: 2, D: 16, causal: true });
+  });
+
+  it('decode with the keys split across workgroups and combined (flash-decoding)', async () => {
+    await check({ T: 1, S: 1000, Hq: 6, Hkv: 2, D: 128, causal: true, split: true });
+    await check({ T: 1, S: 300, Hq: 4, Hkv: 2, D: 16, causal: true, split: true, queryOffset: 150 });
+    await check({ T: 5, S: 301, Hq: 4, Hkv: 2, D: 72, causal: true, split: true });
+    await check({ T: 2, S: 257, Hq: 2, Hkv: 2, D: 24, causal: false, split: true, shared: 'all' });
+    await check({ T: 1, S: 500, Hq: 2, Hkv: 1, D: 40, causal: true, split: true, shared: 'qkv' });
   });
 
   it('a chunk of queries after a cached prefix, and explicit query offsets', async () => {
