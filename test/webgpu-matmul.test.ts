@@ -28,6 +28,7 @@ interface Case {
   bias: 'f32' | 'bf16' | null;
   /** 'separate': a buffer per operand at unaligned-to-16 offsets; 'shared': all in one buffer; 'pages': w in row pages. */
   layout?: 'separate' | 'shared' | 'pages';
+  gemmTile?: 64 | 128;
   seed?: number;
 }
 
@@ -142,7 +143,7 @@ describe('WebGPU matmul kernels', () => {
         w = { buffer: bufferWith(wOff, made.w), byteOffset: wOff };
       }
     }
-    const o: MatmulOperands = { x, w, wType: c.wType, bias, biasType: c.bias ?? 'f32', out, M: c.M, N: c.N, K: c.K, compute: c.compute };
+    const o: MatmulOperands = { x, w, wType: c.wType, bias, biasType: c.bias ?? 'f32', out, M: c.M, N: c.N, K: c.K, compute: c.compute, gemmTile: c.gemmTile };
     await gpu.errors(() => gpu.run(matmulPlan(t, o)));
     return new Float32Array(await gpu.read(out.buffer, out.byteOffset, outBytes));
   }
@@ -175,6 +176,17 @@ describe('WebGPU matmul kernels', () => {
           for (const bias of [null, 'f32', 'bf16'] as const) await check({ M: M!, N: N!, K: K!, wType, compute, bias });
     });
   }
+
+  it('the GEMM with 128×128 tiles (chosen for large matrices)', async () => {
+    // Its weight loads are the 64-tile GEMM's (tested above for every format); int4 and int4m are left out here only
+    // because llvmpipe takes tens of seconds to compile this kernel with their decoding.
+    for (const wType of ['f32', 'bf16', 'int8'] as const) {
+      await check({ M: 150, N: 131, K: 64, wType, compute: 'exact', bias: 'f32', gemmTile: 128 });
+      await check({ M: 17, N: 260, K: 96, wType, compute: 'exact', bias: null, gemmTile: 128, layout: 'pages' });
+    }
+    await check({ M: 131, N: 133, K: 37, wType: 'f32', compute: 'bf16', bias: 'bf16', gemmTile: 128 });
+    await check({ M: 129, N: 45, K: 37, wType: 'bf16', compute: 'bf16', bias: null, gemmTile: 128, layout: 'shared' });
+  });
 
   it('quantized weights ignore the compute mode (exactly dequantized in both)', async () => {
     await check({ M: 3, N: 21, K: 64, wType: 'int4m', compute: 'bf16', bias: 'f32' });
