@@ -29,7 +29,7 @@ export interface AttentionOperands {
   queryOffset: number;
 }
 
-const UNIFORMS = ['q_off', 'k_off', 'v_off', 'o_off', 'S', 'Hq', 'Hkv', 'G', 'R', 'qoff', 'scale', 'groups', 'splits', 'split_len'] as const;
+const UNIFORMS = ['q_off', 'k_off', 'v_off', 'o_off', 'S', 'Hq', 'Hkv', 'G', 'R', 'qoff', 'scale', 'groups', 'splits', 'split_len', 'causal'] as const;
 const THREADS_PER_ROW = 8;
 /** Below this many workgroups a device sits mostly idle, so decode splits the keys (flash-decoding). */
 const ENOUGH_GROUPS = 128;
@@ -105,13 +105,13 @@ export function attentionPlan(t: DeviceTraits, o: AttentionOperands, scratch: Sl
     groups,
     splits,
     split_len: splitLen,
+    causal: o.causal ? 1 : 0,
   };
   const uniforms = Uint32Array.from(UNIFORMS, (f) => values[f]);
-  const mode = o.causal ? 'causal' : 'full';
   const pass: KernelDispatch = {
-    key: `attention-d${D}-q${BQ}-s${BS}-${mode}-${split ? 'partial' : 'final'}-${bound.signature}`,
+    key: `attention-d${D}-q${BQ}-s${BS}-${split ? 'partial' : 'final'}-${bound.signature}`,
     wgsl: () =>
-      [bound.declarations(UNIFORMS), f32Access('q', qb), f32Access('k', kb), f32Access('v', vb), f32Access('o', ob, true), kernel(D, BQ, BS, o.causal, split)].join('\n'),
+      [bound.declarations(UNIFORMS), f32Access('q', qb), f32Access('k', kb), f32Access('v', vb), f32Access('o', ob, true), kernel(D, BQ, BS, split)].join('\n'),
     buffers: bound.buffers,
     uniforms,
     workgroups: grid(groups, t),
@@ -165,7 +165,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @
 }
 `;
 
-function kernel(D: number, BQ: number, BS: number, causal: boolean, split: boolean): string {
+function kernel(D: number, BQ: number, BS: number, split: boolean): string {
   const TPR = THREADS_PER_ROW;
   return `
 const D = ${D}u;
@@ -179,9 +179,10 @@ var<workgroup> Qs: array<f32, ${BQ * (D + 1)}>;
 var<workgroup> KV: array<f32, ${BS * (D + 1)}>;
 var<workgroup> Ss: array<f32, ${BQ * BS}>;
 
-// Keys 0..visible(t)−1 are seen by query time t.
+// Keys 0..visible(t)−1 are seen by query time t. (Causal is a uniform, not a variant: one shader less to compile.)
 fn visible(t: u32) -> u32 {
-  ${causal ? 'return u32(clamp(bitcast<i32>(u.qoff) + i32(t) + 1, 0, i32(u.S)));' : 'return u.S;'}
+  if (u.causal == 0u) { return u.S; }
+  return u32(clamp(bitcast<i32>(u.qoff) + i32(t) + 1, 0, i32(u.S)));
 }
 
 // Rows s0.. of K or V (one KV head) into KV; zeros past S.
