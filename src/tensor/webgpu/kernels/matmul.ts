@@ -46,6 +46,19 @@ export interface WeightPage {
   rows: number;
 }
 
+/**
+ * The most rows of an [N, K] weight one page may hold within the device's binding limit (a multiple of 4 for the
+ * quantized formats, whose pages must start on a row group): N when the whole weight fits.
+ */
+export function weightPageRows(t: DeviceTraits, wType: WeightType, N: number, K: number): number {
+  const rowBytes = wType === 'f32' ? 4 * K : wType === 'bf16' ? 2 * K : (K / 32) * { int8: 34, int4: 18, int4m: 20 }[wType];
+  // A bf16 page may start at 2 mod 4 in its buffer; a packed page at any byte: leave room for the rounding up to 4.
+  let rows = Math.floor((t.maxStorageBufferBindingSize - 4) / Math.max(1, rowBytes));
+  if (isQuant(wType)) rows -= rows % 4;
+  if (rows < 1) throw new Error(`matmul: one ${wType} weight row of ${rowBytes} bytes exceeds the device's maxStorageBufferBindingSize (${t.maxStorageBufferBindingSize})`);
+  return Math.min(N, rows);
+}
+
 export interface MatmulOperands {
   x: Slice;
   w: Slice | readonly WeightPage[];
