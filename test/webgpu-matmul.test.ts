@@ -221,6 +221,18 @@ describe('WebGPU matmul kernels', () => {
     assert.throws(() => weightPageRows({ ...t, maxStorageBufferBindingSize: 100 }, 'f32', 3, 32), /maxStorageBufferBindingSize/);
   });
 
+  it('refuses, naming the limit, a buffer past the binding limit and a packed page that splits a row group', () => {
+    const at = (id: number, byteLength: number): Slice => ({ buffer: { id, byteLength }, byteOffset: 0 });
+    const o: MatmulOperands = { x: at(1, 4096), w: at(2, 1 << 20), wType: 'int4', bias: null, biasType: 'f32', out: at(3, 4096), M: 1, N: 64, K: 64, compute: 'exact' };
+    assert.throws(() => matmulPlan({ ...traits, maxStorageBufferBindingSize: 1 << 19 }, o), /maxStorageBufferBindingSize \(524288\).*row pages/);
+    const pages = [
+      { slice: at(2, 4096), rows: 30 },
+      { slice: at(4, 4096), rows: 34 },
+    ];
+    assert.throws(() => matmulPlan(traits, { ...o, w: pages }), /30 rows, not a multiple of 4/);
+    assert.throws(() => matmulPlan(traits, { ...o, w: pages.slice(1) }), /34 rows, not 64/);
+  });
+
   it('splits a grid past maxComputeWorkgroupsPerDimension into two dimensions', async () => {
     const small = { ...traits, maxWorkgroupsPerDimension: 5 };
     for (const c of [
