@@ -177,6 +177,16 @@ describe('WebGPU attention kernel', () => {
     await check({ T: 1, S: 500, Hq: 2, Hkv: 1, D: 40, causal: true, split: true, shared: 'qkv' });
   });
 
+  it('without scratch, or with too little, decode runs in one pass', () => {
+    const at = (id: number, byteLength: number): Slice => ({ buffer: { id, byteLength }, byteOffset: 0 });
+    const o = { q: at(1, 1 << 16), k: at(2, 1 << 20), v: at(3, 1 << 20), out: at(4, 1 << 16), T: 1, S: 1000, Hq: 6, Hkv: 2, D: 128, scale: 0.1, causal: true, queryOffset: 999 };
+    const { splits, scratchBytes } = attentionSplits(traits, o);
+    assert.ok(splits > 1);
+    assert.equal(attentionPlan(traits, o).length, 1);
+    assert.equal(attentionPlan(traits, o, at(5, scratchBytes - 4)).length, 1);
+    assert.equal(attentionPlan(traits, o, at(5, scratchBytes)).length, 2);
+  });
+
   it('a chunk of queries after a cached prefix, and explicit query offsets', async () => {
     await check({ T: 5, S: 40, Hq: 4, Hkv: 2, D: 16, causal: true });
     await check({ T: 5, S: 40, Hq: 4, Hkv: 2, D: 16, causal: true, queryOffset: 10 });

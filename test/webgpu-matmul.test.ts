@@ -7,7 +7,7 @@ import { f32ToBf16 } from '../src/tensor/dtype.js';
 import { createBackend, HostStorage, Tensor } from '../src/tensor/index.js';
 import { quantize } from '../src/tensor/quant.js';
 import type { BufferRef, Slice } from '../src/tensor/webgpu/dispatch.js';
-import { matmulPlan, type MatmulOperands, type WeightPage, type WeightType } from '../src/tensor/webgpu/kernels/matmul.js';
+import { matmulPlan, weightPageRows, type MatmulOperands, type WeightPage, type WeightType } from '../src/tensor/webgpu/kernels/matmul.js';
 import { traitsOf, type DeviceTraits } from '../src/tensor/webgpu/kernels/wgsl-common.js';
 import { TestGpu } from './webgpu-harness.js';
 
@@ -208,6 +208,29 @@ describe('WebGPU matmul kernels', () => {
       await check({ M: 3, N: 29, K: 64, wType, compute: 'exact', bias: 'f32', layout: 'pages' });
       await check({ M: 19, N: 70, K: 32, wType, compute: 'exact', bias: null, layout: 'pages' });
     }
+  });
+
+  it('pages a weight past maxStorageBufferBindingSize (whole row groups for packed weights)', () => {
+    const t = { ...traits, maxStorageBufferBindingSize: 128 << 20 };
+    // The 2B model's tied LM head, 151936 × 1536: 445 MiB in bf16.
+    assert.equal(weightPageRows(t, 'bf16', 151936, 1536), Math.floor(((128 << 20) - 4) / 3072));
+    assert.equal(weightPageRows(t, 'int4', 151936, 1536), 151936);
+    // 14705 rows of 68 bytes would fit 1000000 bytes; a packed page ends on a row group.
+    assert.equal(weightPageRows({ ...t, maxStorageBufferBindingSize: 1000000 }, 'int8', 20000, 64), 14704);
+    assert.equal(weightPageRows(t, 'f32', 37, 64), 37);
+    assert.throws(() => weightPageRows({ ...t, maxStorageBufferBindingSize: 100 }, 'f32', 3, 32), /maxStorageBufferBindingSize/);
+  });
+
+  it('refuses, naming the limit, a buffer past the binding limit and a packed page that splits a row group', () => {
+    const at = (id: number, byteLength: number): Slice => ({ buffer: { id, byteLength }, byteOffset: 0 });
+    const o: MatmulOperands = { x: at(1, 4096), w: at(2, 1 << 20), wType: 'int4', bias: null, biasType: 'f32', out: at(3, 4096), M: 1, N: 64, K: 64, compute: 'exact' };
+    assert.throws(() => matmulPlan({ ...traits, maxStorageBufferBindingSize: 1 << 19 }, o), /maxStorageBufferBindingSize \(524288\).*row pages/);
+    const pages = [
+      { slice: at(2, 4096), rows: 30 },
+      { slice: at(4, 4096), rows: 34 },
+    ];
+    assert.throws(() => matmulPlan(traits, { ...o, w: pages }), /30 rows, not a multiple of 4/);
+    assert.throws(() => matmulPlan(traits, { ...o, w: pages.slice(1) }), /34 rows, not 64/);
   });
 
   it('splits a grid past maxComputeWorkgroupsPerDimension into two dimensions', async () => {

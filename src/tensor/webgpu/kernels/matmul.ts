@@ -46,6 +46,19 @@ export interface WeightPage {
   rows: number;
 }
 
+/**
+ * The most rows of an [N, K] weight one page may hold within the device's binding limit (a multiple of 4 for the
+ * quantized formats, whose pages must start on a row group): N when the whole weight fits.
+ */
+export function weightPageRows(t: DeviceTraits, wType: WeightType, N: number, K: number): number {
+  const rowBytes = wType === 'f32' ? 4 * K : wType === 'bf16' ? 2 * K : (K / 32) * { int8: 34, int4: 18, int4m: 20 }[wType];
+  // A bf16 page may start at 2 mod 4 in its buffer; a packed page at any byte: leave room for the rounding up to 4.
+  let rows = Math.floor((t.maxStorageBufferBindingSize - 4) / Math.max(1, rowBytes));
+  if (isQuant(wType)) rows -= rows % 4;
+  if (rows < 1) throw new Error(`matmul: one ${wType} weight row of ${rowBytes} bytes exceeds the device's maxStorageBufferBindingSize (${t.maxStorageBufferBindingSize})`);
+  return Math.min(N, rows);
+}
+
 export interface MatmulOperands {
   x: Slice;
   w: Slice | readonly WeightPage[];
@@ -189,6 +202,11 @@ function wUnit(w: WeightType, wb: string): string {
     for (var i = 0u; i < 4u; i++) { if (k + i < u.K) { v[i] = w_${w}(base + i); } }
   }
   return ${w === 'f32' ? 'rnd(v)' : 'v'};
+}
+fn w_quad(n0: u32, k: u32) -> array<vec4<f32>, 4> {
+  var w = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+  for (var r = 0u; r < 4u; r++) { if (n0 + r < u.N) { w[r] = w_unit(n0 + r, k); } }
+  return w;
 }`;
   }
   // quant.ts blockRef: rows in groups of 4, blocks in chunks of 4, scales (and minimums) first, then the codes.
@@ -202,20 +220,29 @@ function wUnit(w: WeightType, wb: string): string {
       : `let c = w_u32(codes + 16u * i + (j & 15u)) >> select(0u, 4u, j >= 16u);
   let q = vec4<f32>(f32(c & 0xfu), f32((c >> 8u) & 0xfu), f32((c >> 16u) & 0xfu), f32((c >> 24u) & 0xfu));
   ${w === 'int4' ? 'return d * (q - 8.0);' : 'return d * q + f16_to_f32(w_u16(chunk + rows * b * 2u + (r * b + i) * 2u));'}`;
-  return `fn w_unit(n: u32, k: u32) -> vec4<f32> {
-  let nb = u.K >> 5u;
-  let blk = k >> 5u;
-  let j = k & 31u;
-  let g = n >> 2u;
-  let rows = min(4u, u.N - (g << 2u));
-  let r = n & 3u;
-  let c0 = blk & ~3u;
-  let b = min(4u, nb - c0);
-  let i = blk - c0;
-  let chunk = u.w_off + (g * 4u * nb + rows * c0) * ${codeBytes + paramBytes}u;
+  // w_quad reads the 4 rows of a row group at once: their chunk is one place, found once.
+  return `fn w_decode(chunk: u32, rows: u32, b: u32, i: u32, j: u32, r: u32) -> vec4<f32> {
   let d = f16_to_f32(w_u16(chunk + (r * b + i) * 2u));
   let codes = chunk + rows * b * ${paramBytes}u + r * b * ${codeBytes}u;
   ${decode}
+}
+fn w_chunk(g: u32, rows: u32, blk: u32) -> u32 {
+  return u.w_off + (g * 4u * (u.K >> 5u) + rows * (blk & ~3u)) * ${codeBytes + paramBytes}u;
+}
+fn w_unit(n: u32, k: u32) -> vec4<f32> {
+  let blk = k >> 5u;
+  let rows = min(4u, u.N - (n & ~3u));
+  let b = min(4u, (u.K >> 5u) - (blk & ~3u));
+  return w_decode(w_chunk(n >> 2u, rows, blk), rows, b, blk & 3u, k & 31u, n & 3u);
+}
+fn w_quad(n0: u32, k: u32) -> array<vec4<f32>, 4> {
+  let blk = k >> 5u;
+  let rows = min(4u, u.N - n0);
+  let b = min(4u, (u.K >> 5u) - (blk & ~3u));
+  let chunk = w_chunk(n0 >> 2u, rows, blk);
+  var w = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+  for (var r = 0u; r < rows; r++) { w[r] = w_decode(chunk, rows, b, blk & 3u, k & 31u, r); }
+  return w;
 }`;
 }
 
@@ -233,18 +260,12 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @
   for (var m = 0u; m < u.M; m++) {
     var a = vec4<f32>(0.0);
     for (var k = lid * 4u; k < u.K; k += 256u) {
-      let w0 = w_unit(n0, k);
-      var w1 = vec4<f32>(0.0);
-      var w2 = vec4<f32>(0.0);
-      var w3 = vec4<f32>(0.0);
-      if (n0 + 1u < u.N) { w1 = w_unit(n0 + 1u, k); }
-      if (n0 + 2u < u.N) { w2 = w_unit(n0 + 2u, k); }
-      if (n0 + 3u < u.N) { w3 = w_unit(n0 + 3u, k); }
+      let w = w_quad(n0, k);
       let xv = x_unit(m, k);
-      a = fma(vec4<f32>(xv.x), vec4<f32>(w0.x, w1.x, w2.x, w3.x), a);
-      a = fma(vec4<f32>(xv.y), vec4<f32>(w0.y, w1.y, w2.y, w3.y), a);
-      a = fma(vec4<f32>(xv.z), vec4<f32>(w0.z, w1.z, w2.z, w3.z), a);
-      a = fma(vec4<f32>(xv.w), vec4<f32>(w0.w, w1.w, w2.w, w3.w), a);
+      a = fma(vec4<f32>(xv.x), vec4<f32>(w[0].x, w[1].x, w[2].x, w[3].x), a);
+      a = fma(vec4<f32>(xv.y), vec4<f32>(w[0].y, w[1].y, w[2].y, w[3].y), a);
+      a = fma(vec4<f32>(xv.z), vec4<f32>(w[0].z, w[1].z, w[2].z, w[3].z), a);
+      a = fma(vec4<f32>(xv.w), vec4<f32>(w[0].w, w[1].w, w[2].w, w[3].w), a);
     }
     for (var r = 0u; r < 4u; r++) { part[lid * 64u + ((m * 4u + r) ^ (lid & 31u))] = a[r]; }
   }
