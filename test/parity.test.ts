@@ -49,13 +49,13 @@ const mediaDir = fixtures && join(fixtures, 'media');
 
 /** The cases this version runs, and the backends each runs on (the reference backend is slow on long prompts). */
 const CASES: [string, BackendName[]][] = [
-  ['e_text_only', ['native', 'reference']],
-  ['a_single_image', ['native', 'reference']],
-  ['b_two_images', ['native']],
-  ['c_video', ['native']],
-  ['d_video_short', ['native']],
-  ['f_video_and_image', ['native']],
-  ['g_video_diffp_synthetic', ['native', 'reference']],
+  ['e_text_only', ['native', 'reference', 'webgpu']],
+  ['a_single_image', ['native', 'reference', 'webgpu']],
+  ['b_two_images', ['native', 'webgpu']],
+  ['c_video', ['native', 'webgpu']],
+  ['d_video_short', ['native', 'webgpu']],
+  ['f_video_and_image', ['native', 'webgpu']],
+  ['g_video_diffp_synthetic', ['native', 'reference', 'webgpu']],
 ];
 
 for (const [caseName, backends] of CASES) {
@@ -68,6 +68,8 @@ for (const [caseName, backends] of CASES) {
       let request: ProcessedRequest;
       let features: Tensor | undefined;
       const vision: Record<string, Float32Array> = {};
+      // A model tensor's values on the host, wherever the backend keeps it (the webgpu backend: on its device).
+      const host = (t: Tensor) => model.llm.backend.download(t).data as Float32Array;
 
       before(async () => {
         // The fixtures are fp32: exact compute (bf16 mode has its own tolerance, in parity-bf16.test.ts).
@@ -85,7 +87,7 @@ for (const [caseName, backends] of CASES) {
             // Some fixtures store only the first rows of a tensor: keep what they can be compared with.
             const all = (vision[name] ??= new Float32Array(files.vision!.info(name).shape.reduce((a, b) => a * b, 1)));
             const start = first * width;
-            if (start < all.length) all.set((rows.data as Float32Array).subarray(0, all.length - start), start);
+            if (start < all.length) all.set(host(rows).subarray(0, all.length - start), start);
           },
         });
       });
@@ -124,7 +126,7 @@ for (const [caseName, backends] of CASES) {
           assert.ok(vision[name], `no ${name} captured`);
           assertClose(vision[name]!, files.vision!.read(name).data as Float32Array, VISION_ABS, name);
         }
-        assertClose(features!.data as Float32Array, files.vision!.read('projector_out').data as Float32Array, VISION_ABS, 'projector_out');
+        assertClose(host(features!), files.vision!.read('projector_out').data as Float32Array, VISION_ABS, 'projector_out');
       });
 
       it('matches every hidden state and the logits within tolerance', () => {
@@ -132,7 +134,7 @@ for (const [caseName, backends] of CASES) {
         const cache = new KVCache(model.llm.backend, d.numHiddenLayers, d.numKeyValueHeads, model.llm.headDim, d.maxPositionEmbeddings);
         const hidden: Float32Array[] = [];
         const final = model.llm.forward(model.embed(request, features), cache, {
-          onHiddenState: (i, h) => (hidden[i] = Float32Array.from(h.data as Float32Array)),
+          onHiddenState: (i, h) => (hidden[i] = Float32Array.from(host(h))),
         });
         assert.equal(hidden.length, d.numHiddenLayers + 1);
         hidden.forEach((h, i) => assertClose(h, files.llm!.read(`hidden_states_${i}`).data as Float32Array, HIDDEN_ABS, `hidden_states_${i}`));
@@ -140,8 +142,9 @@ for (const [caseName, backends] of CASES) {
         const positions = ids(files.llm!.read('logits_positions'));
         const H = d.hiddenSize;
         const rows = Tensor.f32([positions.length, H]);
-        positions.forEach((p, r) => (rows.data as Float32Array).set((final.data as Float32Array).subarray(p * H, (p + 1) * H), r * H));
-        assertClose(model.llm.logits(rows).data as Float32Array, files.llm!.read('logits').data as Float32Array, LOGITS_ABS, 'logits');
+        const finalRows = host(final);
+        positions.forEach((p, r) => (rows.data as Float32Array).set(finalRows.subarray(p * H, (p + 1) * H), r * H));
+        assertClose(host(model.llm.logits(model.llm.backend.upload(rows))), files.llm!.read('logits').data as Float32Array, LOGITS_ABS, 'logits');
       });
 
       for (const variant of ['greedy', 'greedy_rep1.1']) {

@@ -18,7 +18,10 @@ import { embeddingPlan, mergeBlocks2Plan } from './kernels/gather.js';
 import { layerNormPlan, rmsNormPlan, softmaxPlan } from './kernels/norms.js';
 import { f32Bits } from './kernels/operands.js';
 import { argmaxPlan, argmaxScratchBytes, topKPlan, topKScratchBytes } from './kernels/reduce.js';
+import { attentionPlan, attentionSplits } from './kernels/attention.js';
+import { matmulPlan, type WeightType } from './kernels/matmul.js';
 import { ropePlan } from './kernels/rope.js';
+import { traitsOf, type DeviceTraits } from './kernels/wgsl-common.js';
 
 export const WEBGPU_DEVICE = 'webgpu';
 
@@ -134,6 +137,8 @@ export class WebGpuKernels implements Kernels {
    * `enable f16;` where 'shader-f16' is here, and subgroup builtins where 'subgroups' is.
    */
   readonly features: ReadonlySet<string>;
+  /** Limits and features as kernel plans size themselves by them. */
+  readonly traits: DeviceTraits;
 
   /** Buffers on the device now (created and not yet destroyed): what the collection keeps bounded. */
   liveBuffers = 0;
@@ -147,6 +152,7 @@ export class WebGpuKernels implements Kernels {
     const limits = this.gpu.adapter.limits;
     this.limits = { ...limits, maxStorageBufferBindingSize: Math.min(limits.maxStorageBufferBindingSize, options.bindingLimit ?? Infinity) };
     this.features = new Set(OPTIONAL_FEATURES.filter((f) => this.gpu.adapter.features.includes(f)));
+    this.traits = traitsOf(this.limits, this.features);
   }
 
   /** The adapter: its name, features (shader-f16, subgroups) and limits, for plans and error messages. */
@@ -264,8 +270,23 @@ export class WebGpuKernels implements Kernels {
   // -- compute ---------------------------------------------------------------------------------------------------
 
   matmul(x: Tensor, w: Tensor, bias: Tensor | null, out: Tensor): void {
-    void [x, w, bias, out];
-    throw notYet('matmul');
+    const K = x.dim(-1);
+    const N = w.dim(0);
+    const pages = pagesOf(w);
+    this.run(
+      matmulPlan(this.traits, {
+        x: sliceOf(x),
+        w: pages.length === 1 ? pages[0]!.at : pages.map((p) => ({ slice: p.at, rows: p.rows })),
+        wType: w.dtype as WeightType,
+        bias: bias ? sliceOf(bias) : null,
+        biasType: bias?.dtype === 'bf16' ? 'bf16' : 'f32',
+        out: sliceOf(out),
+        M: K === 0 ? out.numel / Math.max(N, 1) : x.numel / K,
+        N,
+        K,
+        compute: this.compute,
+      }),
+    );
   }
 
   add(a: Tensor, b: Tensor, out: Tensor): void {
@@ -305,8 +326,14 @@ export class WebGpuKernels implements Kernels {
   }
 
   attention(q: Tensor, k: Tensor, v: Tensor, out: Tensor, options: AttentionOptions): void {
-    void [q, k, v, out, options];
-    throw notYet('attention');
+    const [T, Hq, D] = q.shape as [number, number, number];
+    const [S, Hkv] = k.shape as [number, number];
+    const operands = { q: sliceOf(q), k: sliceOf(k), v: sliceOf(v), out: sliceOf(out), T, S, Hq, Hkv, D, scale: options.scale, causal: options.causal, queryOffset: options.queryOffset ?? S - T };
+    // Decode splits its keys across workgroups through a scratch buffer (attention.ts attentionSplits).
+    const { scratchBytes } = attentionSplits(this.traits, operands);
+    const scratch = scratchBytes > 0 ? this.scratch(scratchBytes) : null;
+    this.run(attentionPlan(this.traits, operands, scratch && { buffer: scratch, byteOffset: 0 }));
+    if (scratch) this.gpu.enqueue({ op: 'destroy', id: scratch.id });
   }
 
   mergeBlocks(x: Tensor, mergeSize: number, out: Tensor): void {

@@ -138,8 +138,10 @@ class Executor {
     const validation = await device.popErrorScope();
     const memory = await device.popErrorScope();
     if (destroyDevice) {
-      lose(`WebGPU device "${this.adapter}" was closed`);
       device.destroy();
+      // Only now: the lost word wakes the proxy, whose close() then terminates this thread, and a thread terminated
+      // inside a Dawn call aborts the process.
+      lose(`WebGPU device "${this.adapter}" was closed`);
     }
     if (memory) return { seq: batch.seq, error: { code: 'out-of-memory', message: memory.message } };
     if (validation) return { seq: batch.seq, error: { code: 'validation', message: validation.message } };

@@ -16,7 +16,9 @@ export interface DeviceTraits {
   shaderF16: boolean;
 }
 
-export function traitsOf(limits: GPUSupportedLimits, features: ReadonlySet<string>): DeviceTraits {
+type TraitLimits = Pick<GPUSupportedLimits, 'maxComputeWorkgroupsPerDimension' | 'maxStorageBufferBindingSize' | 'maxComputeWorkgroupStorageSize' | 'maxComputeInvocationsPerWorkgroup'>;
+
+export function traitsOf(limits: TraitLimits, features: ReadonlySet<string>): DeviceTraits {
   return {
     maxWorkgroupsPerDimension: limits.maxComputeWorkgroupsPerDimension,
     maxStorageBufferBindingSize: limits.maxStorageBufferBindingSize,
