@@ -44,15 +44,7 @@ describe('WebGPU gradient kernels against hostGradients', () => {
   let traits: DeviceTraits;
   before(async () => {
     gpu = await TestGpu.open();
-    const l = gpu.device.limits;
-    traits = {
-      maxWorkgroupsPerDimension: l.maxComputeWorkgroupsPerDimension,
-      maxStorageBufferBindingSize: l.maxStorageBufferBindingSize,
-      maxWorkgroupStorageBytes: l.maxComputeWorkgroupStorageSize,
-      maxInvocations: l.maxComputeInvocationsPerWorkgroup,
-      subgroups: gpu.device.features.has('subgroups'),
-      shaderF16: gpu.device.features.has('shader-f16'),
-    };
+    traits = k.deviceTraits(gpu.device.limits, gpu.device.features);
   });
   after(() => gpu?.destroy());
 

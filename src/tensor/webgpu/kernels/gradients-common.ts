@@ -1,8 +1,9 @@
 // What every gradient kernel plan shares: the device limits a plan obeys, the binding map that lets operands share a
 // buffer (WebGPU binds a buffer once per dispatch), uniforms by name, and grids that respect the workgroup-count limit.
 import type { BufferBinding, KernelDispatch, Slice } from '../dispatch.js';
+import type { DeviceLimits } from '../errors.js';
 
-/** What a plan needs to know of the device (the lead unifies this with the forward kernels' traits). */
+/** What a plan needs to know of the device: built once per device by `deviceTraits`. */
 export interface DeviceTraits {
   maxWorkgroupsPerDimension: number;
   maxStorageBufferBindingSize: number;
@@ -10,6 +11,23 @@ export interface DeviceTraits {
   maxInvocations: number;
   subgroups: boolean;
   shaderF16: boolean;
+}
+
+type TraitLimits = Pick<
+  DeviceLimits,
+  'maxComputeWorkgroupsPerDimension' | 'maxStorageBufferBindingSize' | 'maxComputeWorkgroupStorageSize' | 'maxComputeInvocationsPerWorkgroup'
+>;
+
+/** The traits of a device from its limits (a backend's, possibly lowered, or a GPUDevice's) and features. */
+export function deviceTraits(limits: TraitLimits, features: { has(name: string): boolean }): DeviceTraits {
+  return {
+    maxWorkgroupsPerDimension: limits.maxComputeWorkgroupsPerDimension,
+    maxStorageBufferBindingSize: limits.maxStorageBufferBindingSize,
+    maxWorkgroupStorageBytes: limits.maxComputeWorkgroupStorageSize,
+    maxInvocations: limits.maxComputeInvocationsPerWorkgroup,
+    subgroups: features.has('subgroups'),
+    shaderF16: features.has('shader-f16'),
+  };
 }
 
 /** How an operand's elements are stored: f32 and i32 one per word, bf16 two per word (the low half first). */

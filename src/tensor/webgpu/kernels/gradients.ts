@@ -18,7 +18,7 @@
 // - adamw gives host-gradients.ts's bits on any adapter (its fma, division and sqrt are made correctly rounded from
 //   f32 operations), for subnormal moments too where the adapter keeps subnormals (lavapipe does); the other ops
 //   agree with the definition within f32 rounding, and all are deterministic.
-export type { DeviceTraits } from './gradients-common.js';
+export { deviceTraits, type DeviceTraits } from './gradients-common.js';
 export { attentionBackwardPlan } from './gradients-attention.js';
 export {
   adamwPlan,
@@ -31,6 +31,6 @@ export {
   siluMulBackwardPlan,
 } from './gradients-elementwise.js';
 export { crossEntropyPlan } from './gradients-loss.js';
-export { crossEntropyTiledPlan, type HeadPiece } from './gradients-loss-tiled.js';
+export { crossEntropyScratchBytes, crossEntropyTiledPlan, type HeadPiece } from './gradients-loss-tiled.js';
 export { matmulBackwardPlan } from './gradients-matmul.js';
 export { layerNormBackwardPlan, rmsNormBackwardPlan } from './gradients-norm.js';
