@@ -79,7 +79,8 @@ describe('WebGPU backend gradients against the reference backend', () => {
   it('matmulBackward: dx, dw and dbias (added to), f32 and bf16 weights, each gradient alone', () => {
     for (const bf16 of [false, true]) {
       const w = random([37, 29]);
-      const inputs = { dy: random([2, 3, 37]), x: random([2, 3, 29]), w: bf16 ? bf16Of(w) : w, dx: random([2, 3, 29]), dw: random([37, 29]), dbias: random([37]) };
+      const grads = { dx: random([2, 3, 29]), dw: random([37, 29]), dbias: random([37]) };
+      const inputs = { dy: random([2, 3, 37]), x: random([2, 3, 29]), w: bf16 ? bf16Of(w) : w, ...grads };
       const what = `matmulBackward ${bf16 ? 'bf16' : 'f32'}`;
       check(what, inputs, ['dx', 'dw', 'dbias'], (b, t) => b.matmulBackward(t.dy!, t.x!, t.w!, t.dx!, t.dw!, t.dbias!));
       check(`${what} dx`, inputs, ['dx', 'dw', 'dbias'], (b, t) => b.matmulBackward(t.dy!, t.x!, t.w!, t.dx!, null, null));
@@ -108,7 +109,8 @@ describe('WebGPU backend gradients against the reference backend', () => {
   it('rmsNormBackward and layerNormBackward: f32 and bf16 weights, parameter gradients added to, dx in place of dy', () => {
     for (const bf16 of [false, true]) {
       const weight = random([37], 2);
-      const inputs = { dy: random([5, 37]), x: random([5, 37], 3), weight: bf16 ? bf16Of(weight) : weight, dx: random([5, 37]), dweight: random([37]), dbias: random([37]) };
+      const grads = { dx: random([5, 37]), dweight: random([37]), dbias: random([37]) };
+      const inputs = { dy: random([5, 37]), x: random([5, 37], 3), weight: bf16 ? bf16Of(weight) : weight, ...grads };
       const what = bf16 ? 'bf16' : 'f32';
       const all = ['dy', 'dx', 'dweight', 'dbias'];
       check(`rmsNorm ${what}`, inputs, all, (b, t) => b.rmsNormBackward(t.dy!, t.x!, t.weight!, 1e-6, t.dx!, t.dweight!));
@@ -148,9 +150,12 @@ describe('WebGPU backend gradients against the reference backend', () => {
   });
 
   it('attentionBackward: causal with grouped KV heads and a query offset, and full', () => {
-    const inputs = { q: random([7, 4, 18]), k: random([9, 2, 18]), v: random([9, 2, 18]), dout: random([7, 4, 18]), dq: random([7, 4, 18]), dk: random([9, 2, 18]), dv: random([9, 2, 18]) };
-    for (const options of [{ scale: 1 / Math.sqrt(18), causal: true }, { scale: 0.3, causal: true, queryOffset: 1 }, { scale: 0.25, causal: false }]) {
-      check(`attention ${JSON.stringify(options)}`, inputs, ['dq', 'dk', 'dv'], (b, t) => b.attentionBackward(t.q!, t.k!, t.v!, t.dout!, t.dq!, t.dk!, t.dv!, options), 1e-4);
+    const [qs, kvs] = [[7, 4, 18], [9, 2, 18]];
+    const inputs = { q: random(qs), k: random(kvs), v: random(kvs), dout: random(qs), dq: random(qs), dk: random(kvs), dv: random(kvs) };
+    const cases = [{ scale: 1 / Math.sqrt(18), causal: true }, { scale: 0.3, causal: true, queryOffset: 1 }, { scale: 0.25, causal: false }];
+    for (const options of cases) {
+      const op = (b: Backend, t: Inputs) => b.attentionBackward(t.q!, t.k!, t.v!, t.dout!, t.dq!, t.dk!, t.dv!, options);
+      check(`attention ${JSON.stringify(options)}`, inputs, ['dq', 'dk', 'dv'], op, 1e-4);
     }
   });
 
@@ -163,7 +168,8 @@ describe('WebGPU backend gradients against the reference backend', () => {
   it('crossEntropy: losses, dhidden and dhead (added to), f32 and bf16 heads, losses alone', () => {
     for (const bf16 of [false, true]) {
       const head = random([37, 29]);
-      const inputs = { hidden: random([5, 29], 2), head: bf16 ? bf16Of(head) : head, targets: ids(5, 37), losses: random([5]), dhidden: random([5, 29]), dhead: random([37, 29]) };
+      const grads = { losses: random([5]), dhidden: random([5, 29]), dhead: random([37, 29]) };
+      const inputs = { hidden: random([5, 29], 2), head: bf16 ? bf16Of(head) : head, targets: ids(5, 37), ...grads };
       const what = `crossEntropy ${bf16 ? 'bf16' : 'f32'}`;
       const all = ['losses', 'dhidden', 'dhead'];
       check(what, inputs, all, (b, t) => b.crossEntropy(t.hidden!, t.head!, t.targets!, 0.2, t.losses!, t.dhidden!, t.dhead!));
@@ -204,7 +210,8 @@ describe('WebGPU backend gradients against the reference backend', () => {
     it('matmulBackward reads a split weight and adds to a split dw', () => {
       for (const bf16 of [false, true]) {
         const w = random([37, 29]);
-        const inputs = { dy: random([6, 37]), x: random([6, 29]), w: bf16 ? bf16Of(w) : w, dx: random([6, 29]), dw: random([37, 29]), dbias: random([37]) };
+        const grads = { dx: random([6, 29]), dw: random([37, 29]), dbias: random([37]) };
+        const inputs = { dy: random([6, 37]), x: random([6, 29]), w: bf16 ? bf16Of(w) : w, ...grads };
         assert.ok(paged(small, inputs.w) > 1 && paged(small, inputs.dw) > 1, 'the weight and dw are split');
         const what = `split matmulBackward ${bf16 ? 'bf16' : 'f32'}`;
         check(what, inputs, ['dx', 'dw', 'dbias'], (b, t) => b.matmulBackward(t.dy!, t.x!, t.w!, t.dx!, t.dw!, t.dbias!), 1e-5, small);
@@ -214,9 +221,11 @@ describe('WebGPU backend gradients against the reference backend', () => {
 
     it('crossEntropy reads a split head and adds to a split dhead', () => {
       const head = bf16Of(random([37, 29]));
-      const inputs = { hidden: random([5, 29], 2), head, targets: Tensor.i32([5], [36, 0, 17, 8, 16]), losses: random([5]), dhidden: random([5, 29]), dhead: random([37, 29]) };
+      const grads = { losses: random([5]), dhidden: random([5, 29]), dhead: random([37, 29]) };
+      const inputs = { hidden: random([5, 29], 2), head, targets: Tensor.i32([5], [36, 0, 17, 8, 16]), ...grads };
       assert.ok(paged(small, inputs.head) > 1 && paged(small, inputs.dhead) > 1, 'the head and dhead are split');
-      check('split crossEntropy', inputs, ['losses', 'dhidden', 'dhead'], (b, t) => b.crossEntropy(t.hidden!, t.head!, t.targets!, 0.5, t.losses!, t.dhidden!, t.dhead!), 1e-5, small);
+      const op = (b: Backend, t: Inputs) => b.crossEntropy(t.hidden!, t.head!, t.targets!, 0.5, t.losses!, t.dhidden!, t.dhead!);
+      check('split crossEntropy', inputs, ['losses', 'dhidden', 'dhead'], op, 1e-5, small);
     });
 
     it('embeddingBackward adds to a split table', () => {

@@ -438,8 +438,8 @@ export class WebGpuKernels implements Kernels {
   }
 
   siluMulBackward(dy: Tensor, gate: Tensor, up: Tensor, dgate: Tensor, dup: Tensor): void {
-    const [dyAt, gateAt, upAt, dgateAt, dupAt] = [dy, gate, up, dgate, dup].map(sliceOf) as [Slice, Slice, Slice, Slice, Slice];
-    this.run(siluMulBackwardPlan(this.traits, { dy: dyAt, gate: gateAt, up: upAt, dgate: dgateAt, dup: dupAt, n: gate.numel }));
+    const operands = { dy: sliceOf(dy), gate: sliceOf(gate), up: sliceOf(up), dgate: sliceOf(dgate), dup: sliceOf(dup) };
+    this.run(siluMulBackwardPlan(this.traits, { ...operands, n: gate.numel }));
   }
 
   ropeBackward(dy: Tensor, cos: Tensor, sin: Tensor, dx: Tensor): void {
@@ -450,14 +450,14 @@ export class WebGpuKernels implements Kernels {
   attentionBackward(q: Tensor, k: Tensor, v: Tensor, dout: Tensor, dq: Tensor, dk: Tensor, dv: Tensor, options: AttentionOptions): void {
     const [T, Hq, D] = q.shape as [number, number, number];
     const [S, Hkv] = k.shape as [number, number];
-    const [qAt, kAt, vAt, doutAt, dqAt, dkAt, dvAt] = [q, k, v, dout, dq, dk, dv].map(sliceOf) as Slice[];
-    this.run(attentionBackwardPlan(this.traits, { q: qAt!, k: kAt!, v: vAt!, dout: doutAt!, dq: dqAt!, dk: dkAt!, dv: dvAt!, T, S, Hq, Hkv, D, options }));
+    const operands = { q: sliceOf(q), k: sliceOf(k), v: sliceOf(v), dout: sliceOf(dout), dq: sliceOf(dq), dk: sliceOf(dk), dv: sliceOf(dv) };
+    this.run(attentionBackwardPlan(this.traits, { ...operands, T, S, Hq, Hkv, D, options }));
   }
 
   embeddingBackward(dy: Tensor, ids: Tensor, dtable: Tensor): void {
-    const [dyAt, idsAt] = [sliceOf(dy), sliceOf(ids)];
+    const [dyAt, idsAt, T, D] = [sliceOf(dy), sliceOf(ids), ids.dim(0), dtable.dim(1)];
     for (const p of pagesOf(dtable)) {
-      this.run(embeddingBackwardPlan(this.traits, { dy: dyAt, ids: idsAt, dtable: p.at, T: ids.dim(0), D: dtable.dim(1), rowStart: p.row, rows: p.rows }));
+      this.run(embeddingBackwardPlan(this.traits, { dy: dyAt, ids: idsAt, dtable: p.at, T, D, rowStart: p.row, rows: p.rows }));
     }
   }
 
@@ -498,7 +498,8 @@ export class WebGpuKernels implements Kernels {
   private normOperands(dy: Tensor, x: Tensor, weight: Tensor, eps: number, dx: Tensor, dweight: Tensor | null): NormBackwardOperands {
     const cols = x.dim(-1);
     const weightType = weight.dtype as 'f32' | 'bf16';
-    return { dy: sliceOf(dy), x: sliceOf(x), weight: sliceOf(weight), weightType, eps, dx: sliceOf(dx), dweight: dweight && sliceOf(dweight), rows: x.numel / cols, cols };
+    const [rows, dweightAt] = [x.numel / cols, dweight && sliceOf(dweight)];
+    return { dy: sliceOf(dy), x: sliceOf(x), weight: sliceOf(weight), weightType, eps, dx: sliceOf(dx), dweight: dweightAt, rows, cols };
   }
 
   // -- plumbing ----------------------------------------------------------------------------------------------------
