@@ -138,8 +138,10 @@ class Executor {
     const validation = await device.popErrorScope();
     const memory = await device.popErrorScope();
     if (destroyDevice) {
-      lose(`WebGPU device "${this.adapter}" was closed`);
+      // Destroyed before the proxy is woken: it terminates this thread once awake, and Dawn's binding aborts the
+      // process when termination interrupts a call into it (device.destroy() reads every buffer's state).
       device.destroy();
+      lose(`WebGPU device "${this.adapter}" was closed`);
     }
     if (memory) return { seq: batch.seq, error: { code: 'out-of-memory', message: memory.message } };
     if (validation) return { seq: batch.seq, error: { code: 'validation', message: validation.message } };
