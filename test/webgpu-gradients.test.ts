@@ -12,6 +12,7 @@ import { Tensor } from '../src/tensor/tensor.js';
 import type { BufferRef, Slice } from '../src/tensor/webgpu/dispatch.js';
 import type { DeviceTraits } from '../src/tensor/webgpu/kernels/gradients.js';
 import * as k from '../src/tensor/webgpu/kernels/gradients.js';
+import { traitsOf } from '../src/tensor/webgpu/kernels/wgsl-common.js';
 import { dispatch, u32u } from '../src/tensor/webgpu/kernels/gradients-common.js';
 import { TestGpu } from './webgpu-harness.js';
 
@@ -44,15 +45,7 @@ describe('WebGPU gradient kernels against hostGradients', () => {
   let traits: DeviceTraits;
   before(async () => {
     gpu = await TestGpu.open();
-    const l = gpu.device.limits;
-    traits = {
-      maxWorkgroupsPerDimension: l.maxComputeWorkgroupsPerDimension,
-      maxStorageBufferBindingSize: l.maxStorageBufferBindingSize,
-      maxWorkgroupStorageBytes: l.maxComputeWorkgroupStorageSize,
-      maxInvocations: l.maxComputeInvocationsPerWorkgroup,
-      subgroups: gpu.device.features.has('subgroups'),
-      shaderF16: gpu.device.features.has('shader-f16'),
-    };
+    traits = traitsOf(gpu.device.limits, gpu.device.features);
   });
   after(() => gpu?.destroy());
 

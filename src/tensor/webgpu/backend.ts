@@ -15,6 +15,22 @@ import type { BufferRef, KernelDispatch, Slice } from './dispatch.js';
 import { limitError, WebGpuError, type AdapterSummary, type DeviceLimits } from './errors.js';
 import { binaryPlan, copyBytesPlan, copyRowsPlan, fillPlan, geluPlan, siluMulPlan } from './kernels/elementwise.js';
 import { embeddingPlan, mergeBlocks2Plan } from './kernels/gather.js';
+import {
+  adamwPlan,
+  attentionBackwardPlan,
+  crossEntropyScratchBytes,
+  crossEntropyTiledPlan,
+  embeddingBackwardPlan,
+  geluBackwardPlan,
+  layerNormBackwardPlan,
+  matmulBackwardPlan,
+  mergeBlocksBackwardPlan,
+  rmsNormBackwardPlan,
+  ropeBackwardPlan,
+  siluMulBackwardPlan,
+} from './kernels/gradients.js';
+import { advance } from './kernels/gradients-common.js';
+import type { NormBackwardOperands } from './kernels/gradients-norm.js';
 import { layerNormPlan, rmsNormPlan, softmaxPlan } from './kernels/norms.js';
 import { f32Bits } from './kernels/operands.js';
 import { argmaxPlan, argmaxScratchBytes, topKPlan, topKScratchBytes } from './kernels/reduce.js';
@@ -69,6 +85,31 @@ export function pagesOf(t: Tensor): readonly RowPage[] {
     return t.storage.pages;
   }
   return [{ row: 0, rows: t.dim(0), at: sliceOf(t) }];
+}
+
+/** Where rows [row, row + rows) of a weight lie, and of its gradient: within one page of each. */
+interface RowRun {
+  readonly row: number;
+  readonly rows: number;
+  readonly a: Slice;
+  readonly b: Slice | null;
+}
+
+/**
+ * A weight `a` and its gradient `b` (either split into pages, at rows of their own: a bf16 weight's pages hold twice
+ * the rows of its f32 gradient's) cut into runs of rows that lie in one page of each, for the plans that take a
+ * weight a piece at a time.
+ */
+function rowRuns(a: Tensor, b: Tensor | null): RowRun[] {
+  const rows = a.dim(0);
+  const pa = pagesOf(a);
+  const pb = b ? pagesOf(b) : [];
+  const cuts = [...new Set([...pa, ...pb].map((p) => p.row))].filter((row) => row < rows).sort((x, y) => x - y);
+  const at = (t: Tensor, pages: readonly RowPage[], row: number): Slice => {
+    const page = pages.filter((p) => p.row <= row).at(-1)!;
+    return { buffer: page.at.buffer, byteOffset: page.at.byteOffset + ((row - page.row) * t.byteLength) / rows };
+  };
+  return cuts.map((row, i) => ({ row, rows: (cuts[i + 1] ?? rows) - row, a: at(a, pa, row), b: b && at(b, pb, row) }));
 }
 
 export interface WebGpuOptions extends DeviceOptions {
@@ -374,41 +415,113 @@ export class WebGpuKernels implements Kernels {
     return { indices, values };
   }
 
-  // -- gradients (W3's kernels; until then a clear refusal) -------------------------------------------------------
+  // -- gradients ---------------------------------------------------------------------------------------------------
 
-  matmulBackward(): void {
-    throw notYet('matmulBackward');
+  matmulBackward(dy: Tensor, x: Tensor, w: Tensor, dx: Tensor | null, dw: Tensor | null, dbias: Tensor | null): void {
+    const [N, K] = w.shape as [number, number];
+    const [dyAt, xAt] = [sliceOf(dy), sliceOf(x)];
+    const [dxAt, dbiasAt] = [dx && sliceOf(dx), dbias && sliceOf(dbias)];
+    // A weight split into pages runs a plan per run of rows: its columns of dy, its rows of dw and dbias, dx summed.
+    for (const [i, run] of rowRuns(w, dw).entries()) {
+      this.run(
+        matmulBackwardPlan(this.traits, {
+          dy: advance(dyAt, run.row, 4),
+          x: xAt,
+          w: run.a,
+          weightType: w.dtype as 'f32' | 'bf16',
+          dx: dxAt,
+          dw: run.b,
+          dbias: dbiasAt && advance(dbiasAt, run.row, 4),
+          M: dy.numel / N,
+          N: run.rows,
+          K,
+          compute: this.compute,
+          dyStride: N,
+          dxAdd: i > 0,
+        }),
+      );
+    }
   }
-  rmsNormBackward(): void {
-    throw notYet('rmsNormBackward');
+
+  rmsNormBackward(dy: Tensor, x: Tensor, weight: Tensor, eps: number, dx: Tensor, dweight: Tensor | null): void {
+    this.run(rmsNormBackwardPlan(this.traits, this.normOperands(dy, x, weight, eps, dx, dweight)));
   }
-  layerNormBackward(): void {
-    throw notYet('layerNormBackward');
+
+  layerNormBackward(dy: Tensor, x: Tensor, weight: Tensor, eps: number, dx: Tensor, dweight: Tensor | null, dbias: Tensor | null): void {
+    this.run(layerNormBackwardPlan(this.traits, { ...this.normOperands(dy, x, weight, eps, dx, dweight), dbias: dbias && sliceOf(dbias) }));
   }
-  mergeBlocksBackward(): void {
-    throw notYet('mergeBlocksBackward');
+
+  mergeBlocksBackward(dy: Tensor, mergeSize: number, dx: Tensor): void {
+    this.run(mergeBlocksBackwardPlan(this.traits, { dy: sliceOf(dy), dx: sliceOf(dx), rows: dy.dim(0), C: dy.dim(1), mergeSize }));
   }
-  geluBackward(): void {
-    throw notYet('geluBackward');
+
+  geluBackward(dy: Tensor, x: Tensor, dx: Tensor, approximation: 'tanh' | 'erf'): void {
+    this.run(geluBackwardPlan(this.traits, { dy: sliceOf(dy), x: sliceOf(x), dx: sliceOf(dx), n: x.numel, approximation }));
   }
-  siluMulBackward(): void {
-    throw notYet('siluMulBackward');
+
+  siluMulBackward(dy: Tensor, gate: Tensor, up: Tensor, dgate: Tensor, dup: Tensor): void {
+    const operands = { dy: sliceOf(dy), gate: sliceOf(gate), up: sliceOf(up), dgate: sliceOf(dgate), dup: sliceOf(dup) };
+    this.run(siluMulBackwardPlan(this.traits, { ...operands, n: gate.numel }));
   }
-  ropeBackward(): void {
-    throw notYet('ropeBackward');
+
+  ropeBackward(dy: Tensor, cos: Tensor, sin: Tensor, dx: Tensor): void {
+    const [T, H, D] = dy.shape as [number, number, number];
+    this.run(ropeBackwardPlan(this.traits, { dy: sliceOf(dy), cos: sliceOf(cos), sin: sliceOf(sin), dx: sliceOf(dx), T, H, D }));
   }
-  attentionBackward(): void {
-    throw notYet('attentionBackward');
+
+  attentionBackward(q: Tensor, k: Tensor, v: Tensor, dout: Tensor, dq: Tensor, dk: Tensor, dv: Tensor, options: AttentionOptions): void {
+    const [T, Hq, D] = q.shape as [number, number, number];
+    const [S, Hkv] = k.shape as [number, number];
+    const operands = { q: sliceOf(q), k: sliceOf(k), v: sliceOf(v), dout: sliceOf(dout), dq: sliceOf(dq), dk: sliceOf(dk), dv: sliceOf(dv) };
+    this.run(attentionBackwardPlan(this.traits, { ...operands, T, S, Hq, Hkv, D, options }));
   }
-  embeddingBackward(): void {
-    throw notYet('embeddingBackward');
+
+  embeddingBackward(dy: Tensor, ids: Tensor, dtable: Tensor): void {
+    const [dyAt, idsAt, T, D] = [sliceOf(dy), sliceOf(ids), ids.dim(0), dtable.dim(1)];
+    for (const p of pagesOf(dtable)) {
+      this.run(embeddingBackwardPlan(this.traits, { dy: dyAt, ids: idsAt, dtable: p.at, T, D, rowStart: p.row, rows: p.rows }));
+    }
   }
-  crossEntropy(): void {
-    throw notYet('crossEntropy');
+
+  crossEntropy(hidden: Tensor, head: Tensor, targets: Tensor, scale: number, losses: Tensor, dhidden: Tensor | null, dhead: Tensor | null): void {
+    const [n, H] = hidden.shape as [number, number];
+    const V = head.dim(0);
+    const pieces = rowRuns(head, dhead).map((run) => ({ head: run.a, dhead: run.b, rows: run.rows }));
+    const scratchBytes = crossEntropyScratchBytes(n, V, this.limits.maxStorageBufferBindingSize);
+    const scratch = this.scratch(scratchBytes);
+    try {
+      this.run(
+        crossEntropyTiledPlan(this.traits, {
+          hidden: sliceOf(hidden),
+          head: pieces[0]!.head,
+          headType: head.dtype as 'f32' | 'bf16',
+          targets: sliceOf(targets),
+          scale,
+          losses: sliceOf(losses),
+          dhidden: dhidden && sliceOf(dhidden),
+          dhead: pieces[0]!.dhead,
+          n,
+          H,
+          V,
+          scratch: { buffer: scratch, byteOffset: 0 },
+          scratchBytes,
+          pieces,
+        }),
+      );
+    } finally {
+      this.gpu.enqueue({ op: 'destroy', id: scratch.id });
+    }
   }
+
   adamw(p: Tensor, g: Tensor, m: Tensor, v: Tensor, step: number, hyper: AdamWHyper): void {
-    void [p, g, m, v, step, hyper];
-    throw notYet('adamw');
+    this.run(adamwPlan(this.traits, { p: sliceOf(p), g: sliceOf(g), m: sliceOf(m), v: sliceOf(v), n: p.numel, step, hyper }));
+  }
+
+  private normOperands(dy: Tensor, x: Tensor, weight: Tensor, eps: number, dx: Tensor, dweight: Tensor | null): NormBackwardOperands {
+    const cols = x.dim(-1);
+    const weightType = weight.dtype as 'f32' | 'bf16';
+    const [rows, dweightAt] = [x.numel / cols, dweight && sliceOf(dweight)];
+    return { dy: sliceOf(dy), x: sliceOf(x), weight: sliceOf(weight), weightType, eps, dx: sliceOf(dx), dweight: dweightAt, rows, cols };
   }
 
   // -- plumbing ----------------------------------------------------------------------------------------------------

@@ -138,9 +138,9 @@ class Executor {
     const validation = await device.popErrorScope();
     const memory = await device.popErrorScope();
     if (destroyDevice) {
+      // Destroyed before the proxy is woken: it terminates this thread once awake, and Dawn's binding aborts the
+      // process when termination interrupts a call into it (device.destroy() reads every buffer's state).
       device.destroy();
-      // Only now: the lost word wakes the proxy, whose close() then terminates this thread, and a thread terminated
-      // inside a Dawn call aborts the process.
       lose(`WebGPU device "${this.adapter}" was closed`);
     }
     if (memory) return { seq: batch.seq, error: { code: 'out-of-memory', message: memory.message } };

@@ -1,16 +1,10 @@
 // What every gradient kernel plan shares: the device limits a plan obeys, the binding map that lets operands share a
 // buffer (WebGPU binds a buffer once per dispatch), uniforms by name, and grids that respect the workgroup-count limit.
 import type { BufferBinding, KernelDispatch, Slice } from '../dispatch.js';
+import { bf16Loader, bufferSlots, storageDecls } from './operands.js';
+import type { DeviceTraits } from './wgsl-common.js';
 
-/** What a plan needs to know of the device (the lead unifies this with the forward kernels' traits). */
-export interface DeviceTraits {
-  maxWorkgroupsPerDimension: number;
-  maxStorageBufferBindingSize: number;
-  maxWorkgroupStorageBytes: number;
-  maxInvocations: number;
-  subgroups: boolean;
-  shaderF16: boolean;
-}
+export type { DeviceTraits };
 
 /** How an operand's elements are stored: f32 and i32 one per word, bf16 two per word (the low half first). */
 export type Elem = 'f32' | 'bf16' | 'i32';
@@ -29,8 +23,6 @@ export interface Operand {
  * binding, and the key records which binding each operand got, since that changes the code.
  */
 function bindOperands(operands: readonly Operand[], traits: DeviceTraits): { buffers: BufferBinding[]; decls: string; key: string } {
-  const buffers: BufferBinding[] = [];
-  const slot = new Map<number, number>();
   for (const o of operands) {
     if (o.slice.buffer.byteLength > traits.maxStorageBufferBindingSize)
       throw new Error(
@@ -40,25 +32,15 @@ function bindOperands(operands: readonly Operand[], traits: DeviceTraits): { buf
     const align = o.elem === 'bf16' ? 2 : 4;
     if (o.slice.byteOffset % align !== 0)
       throw new Error(`WebGPU: operand ${o.name} at byte offset ${o.slice.byteOffset} is not ${align}-byte aligned`);
-    const at = slot.get(o.slice.buffer.id);
-    if (at === undefined) {
-      slot.set(o.slice.buffer.id, buffers.length);
-      buffers.push({ buffer: o.slice.buffer, write: !!o.write });
-    } else if (o.write) {
-      buffers[at] = { buffer: o.slice.buffer, write: true };
-    }
   }
-  const decls = buffers.map((b, i) => `@group(0) @binding(${i}) var<storage, ${b.write ? 'read_write' : 'read'}> b${i}: array<u32>;`);
+  const { buffers, slot } = bufferSlots(operands.map((o) => ({ buffer: o.slice.buffer, write: !!o.write })));
+  const decls = [storageDecls(buffers)];
   for (const o of operands) {
     const b = `b${slot.get(o.slice.buffer.id)}`;
     const off = `u.o_${o.name}`;
     if (o.elem === 'f32') decls.push(`fn ld_${o.name}(i: u32) -> f32 { return bitcast<f32>(${b}[${off} + i]); }`);
     else if (o.elem === 'i32') decls.push(`fn ld_${o.name}(i: u32) -> i32 { return bitcast<i32>(${b}[${off} + i]); }`);
-    else
-      decls.push(
-        `fn ld_${o.name}(i: u32) -> f32 { let h = ${off} + i; let w = ${b}[h >> 1u]; ` +
-          `return bitcast<f32>(select(w << 16u, w & 0xffff0000u, (h & 1u) == 1u)); }`,
-      );
+    else decls.push(bf16Loader(`ld_${o.name}`, b, `${off} + i`));
     if (o.write) {
       if (o.elem !== 'f32') throw new Error(`WebGPU: written operand ${o.name} must be f32`);
       decls.push(`fn st_${o.name}(i: u32, v: f32) { ${b}[${off} + i] = bitcast<u32>(v); }`);

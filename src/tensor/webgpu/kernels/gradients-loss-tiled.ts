@@ -7,6 +7,14 @@ import { gemm } from './gradients-matmul.js';
 const WG = 64;
 /** The widest vocabulary chunk: beyond it a bigger scratch buys more rows per block instead. */
 const MAX_CHUNK = 8192;
+/** Rows of a block of logits worth a scratch of their own: the head is read three times a block (gradients.ts). */
+const BLOCK_ROWS = 1024;
+
+/** The scratch `crossEntropyTiledPlan` wants for n rows against V entries: blocks of up to 1024 rows, within `maxBytes`. */
+export function crossEntropyScratchBytes(n: number, V: number, maxBytes: number): number {
+  const want = Math.min(n, BLOCK_ROWS) * Math.min(V, MAX_CHUNK) * 4;
+  return Math.max(4, Math.min(want, Math.floor(maxBytes / 4) * 4));
+}
 
 /**
  * As `crossEntropyPlan` (same operands and results, within f32 rounding), using `scratch` (at least one f32 per

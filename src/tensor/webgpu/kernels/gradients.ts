@@ -31,6 +31,6 @@ export {
   siluMulBackwardPlan,
 } from './gradients-elementwise.js';
 export { crossEntropyPlan } from './gradients-loss.js';
-export { crossEntropyTiledPlan, type HeadPiece } from './gradients-loss-tiled.js';
+export { crossEntropyScratchBytes, crossEntropyTiledPlan, type HeadPiece } from './gradients-loss-tiled.js';
 export { matmulBackwardPlan } from './gradients-matmul.js';
 export { layerNormBackwardPlan, rmsNormBackwardPlan } from './gradients-norm.js';

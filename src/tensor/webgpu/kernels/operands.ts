@@ -29,11 +29,39 @@ function accessors(o: Operand, b: string): string {
     case 'u32':
       return `fn ${o.name}_ld(i: u32) -> u32 { return ${b}[${e}]; }\n` + (o.write ? `fn ${o.name}_st(i: u32, v: u32) { ${b}[${e}] = v; }\n` : '');
     case 'bf16':
-      // Little-endian halves: an even element is the low 16 bits of its word; bf16 bits are the top half of an f32's.
-      return `fn ${o.name}_ld(i: u32) -> f32 { let e = ${e}; let w = ${b}[e >> 1u]; return bitcast<f32>(select(w << 16u, w & 0xffff0000u, (e & 1u) == 1u)); }\n`;
+      return `${bf16Loader(`${o.name}_ld`, b, e)}\n`;
     case 'u8':
       return `fn ${o.name}_ld(i: u32) -> u32 { let e = ${e}; return (${b}[e >> 2u] >> ((e & 3u) * 8u)) & 0xffu; }\n`;
   }
+}
+
+/** WGSL: `fn name(i: u32) -> f32`, the bf16 element at index `e` (an expression of i) of the u32 array `b`, widened. */
+export function bf16Loader(name: string, b: string, e: string): string {
+  // Little-endian halves: an even element is the low 16 bits of its word; bf16 bits are the top half of an f32's.
+  return `fn ${name}(i: u32) -> f32 { let e = ${e}; let w = ${b}[e >> 1u]; return bitcast<f32>(select(w << 16u, w & 0xffff0000u, (e & 1u) == 1u)); }`;
+}
+
+/**
+ * The bindings of operands (one use per operand): each distinct buffer once, in order of first use, written where any
+ * use writes it; and each buffer id's slot. Its WGSL declarations are `storageDecls(buffers)`: slot i is `b<i>`.
+ */
+export function bufferSlots(uses: readonly BufferBinding[]): { buffers: BufferBinding[]; slot: Map<number, number> } {
+  const buffers: BufferBinding[] = [];
+  const slot = new Map<number, number>();
+  for (const use of uses) {
+    const at = slot.get(use.buffer.id);
+    if (at === undefined) {
+      slot.set(use.buffer.id, buffers.length);
+      buffers.push({ buffer: use.buffer, write: use.write });
+    } else if (use.write && !buffers[at]!.write) {
+      buffers[at] = { buffer: use.buffer, write: true };
+    }
+  }
+  return { buffers, slot };
+}
+
+export function storageDecls(buffers: readonly BufferBinding[]): string {
+  return buffers.map((b, i) => `@group(0) @binding(${i}) var<storage, ${b.write ? 'read_write' : 'read'}> b${i}: array<u32>;\n`).join('');
 }
 
 export interface Bound {
@@ -48,28 +76,19 @@ export interface Bound {
 
 /** Binds `operands` (params: names of further u32 uniforms; f32 ones are passed as bits, see f32Bits). */
 export function bind(operands: readonly Operand[], params: readonly string[]): Bound {
-  const slots = new Map<number, { index: number; write: boolean; binding: BufferBinding }>();
   for (const o of operands) {
-    const offset = o.at.byteOffset / ELEMENT_BYTES[o.as];
-    if (!Number.isInteger(offset)) throw new Error(`${o.name}: byte offset ${o.at.byteOffset} is not aligned for ${o.as}`);
-    let slot = slots.get(o.at.buffer.id);
-    if (!slot) {
-      slot = { index: slots.size, write: false, binding: { buffer: o.at.buffer, write: false } };
-      slots.set(o.at.buffer.id, slot);
-    }
-    slot.write ||= o.write === true;
+    if (!Number.isInteger(o.at.byteOffset / ELEMENT_BYTES[o.as])) throw new Error(`${o.name}: byte offset ${o.at.byteOffset} is not aligned for ${o.as}`);
   }
-  const list = [...slots.values()];
-  const buffers = list.map((s) => ({ buffer: s.binding.buffer, write: s.write }));
+  const { buffers, slot } = bufferSlots(operands.map((o) => ({ buffer: o.at.buffer, write: o.write === true })));
   // The source is only asked for when a key is new: built then, not on every call of a plan.
   const makeHeader = () => {
     const fields = [...operands.map((o) => `${o.name}_o: u32`), ...params.map((p) => `${p}: u32`)];
-    let header = list.map((s) => `@group(0) @binding(${s.index}) var<storage, ${s.write ? 'read_write' : 'read'}> b${s.index}: array<u32>;\n`).join('');
-    header += `struct U { ${fields.join(', ')} }\n@group(0) @binding(${list.length}) var<uniform> u: U;\n`;
-    for (const o of operands) header += accessors(o, `b${slots.get(o.at.buffer.id)!.index}`);
+    let header = storageDecls(buffers);
+    header += `struct U { ${fields.join(', ')} }\n@group(0) @binding(${buffers.length}) var<uniform> u: U;\n`;
+    for (const o of operands) header += accessors(o, `b${slot.get(o.at.buffer.id)!}`);
     return header;
   };
-  const variant = operands.map((o) => `${o.name}${slots.get(o.at.buffer.id)!.index}${CODE[o.as]}${o.write ? 'w' : ''}`).join('.');
+  const variant = operands.map((o) => `${o.name}${slot.get(o.at.buffer.id)!}${CODE[o.as]}${o.write ? 'w' : ''}`).join('.');
   let header: string | undefined;
   return {
     buffers,

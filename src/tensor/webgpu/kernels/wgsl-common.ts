@@ -18,7 +18,7 @@ export interface DeviceTraits {
 
 type TraitLimits = Pick<GPUSupportedLimits, 'maxComputeWorkgroupsPerDimension' | 'maxStorageBufferBindingSize' | 'maxComputeWorkgroupStorageSize' | 'maxComputeInvocationsPerWorkgroup'>;
 
-export function traitsOf(limits: TraitLimits, features: ReadonlySet<string>): DeviceTraits {
+export function traitsOf(limits: TraitLimits, features: { has(name: string): boolean }): DeviceTraits {
   return {
     maxWorkgroupsPerDimension: limits.maxComputeWorkgroupsPerDimension,
     maxStorageBufferBindingSize: limits.maxStorageBufferBindingSize,
