@@ -587,10 +587,6 @@ export class WebGpuKernels implements Kernels {
   }
 }
 
-function notYet(op: string): WebGpuError {
-  return new WebGpuError('not-implemented', `${op} is not yet implemented on webgpu (use --device cpu)`);
-}
-
 /** The WebGPU kernels behind the checking layer. Creating one starts the device thread and waits for its device. */
 export class WebGpuBackend extends CheckedBackend {
   declare protected readonly kernels: WebGpuKernels;

@@ -12,9 +12,7 @@ export type WebGpuErrorCode =
   | 'out-of-memory'
   | 'device-lost'
   /** The device thread did not answer in time. */
-  | 'timeout'
-  /** An op whose kernels are not written for WebGPU yet. */
-  | 'not-implemented';
+  | 'timeout';
 
 export class WebGpuError extends Error {
   constructor(
