@@ -9,7 +9,6 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <vector>
 
 #include "kernels.h"
 #include "pool.h"
@@ -517,7 +516,16 @@ void matmul(const MatmulArgs& a) {
 // own, and on small weights starting one costs about as much as reading it (BENCHMARKS.md run 10), so the rows of all
 // are split into tasks together. Parts share K and format, so a row (a 4-row group when quantized) costs the same
 // bytes in each and tasks are balanced by counting them. Every output gets the bits of its own matmul.
+// At most this many parts per job (a layer has 3 at most); more run as several jobs. Fixed arrays rather than
+// std::vector: this header is compiled into every tier's object, where no exception-handling code may appear (the
+// linker could pick one tier's copy of a shared symbol for another).
+constexpr int kMaxMatmulParts = 8;
+
 void matmulMany(const MatmulArgs* parts, int count) {
+  if (count > kMaxMatmulParts) {
+    for (int first = 0; first < count; first += kMaxMatmulParts) matmulMany(parts + first, count - first < kMaxMatmulParts ? count - first : kMaxMatmulParts);
+    return;
+  }
   const MatmulArgs& a0 = parts[0];
   const bool quantized = quant::isQuantized(a0.wType);
   bool fused = count > 1 && a0.M > 0 && a0.M <= kBatchRows && a0.K > 0 && a0.compute == Compute::Bf16 &&
@@ -528,8 +536,8 @@ void matmulMany(const MatmulArgs* parts, int count) {
     return;
   }
   const long M = a0.M, K = a0.K;
-  std::vector<const float*> bias(count);
-  std::vector<long> unitEnd(count);  // the parts' units laid end to end: part i ends at unitEnd[i]
+  const float* bias[kMaxMatmulParts];
+  long unitEnd[kMaxMatmulParts];  // the parts' units laid end to end: part i ends at unitEnd[i]
   long biasFloats = 0, units = 0;
   for (int i = 0; i < count; i++) biasFloats += roundUp(parts[i].N, NR);
   float* biasBuf = static_cast<float*>(scratch(0, kSlotShared, biasFloats * sizeof(float)));
