@@ -5,16 +5,8 @@ import { after, before, describe, it } from 'node:test';
 import { createBackend, Tensor } from '../src/tensor/index.js';
 import type { Slice } from '../src/tensor/webgpu/dispatch.js';
 import { attentionPlan, attentionSplits, attentionTiles } from '../src/tensor/webgpu/kernels/attention.js';
-import { traitsOf, type DeviceTraits } from '../src/tensor/webgpu/kernels/wgsl-common.js';
-import { TestGpu } from './webgpu-harness.js';
-
-function random(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    return s / 2 ** 32;
-  };
-}
+import type { DeviceTraits } from '../src/tensor/webgpu/kernels/wgsl-common.js';
+import { random, TestGpu } from './webgpu-harness.js';
 
 interface Case {
   T: number;
@@ -83,7 +75,7 @@ describe('WebGPU attention kernel', () => {
   let traits: DeviceTraits;
   before(async () => {
     gpu = await TestGpu.open();
-    traits = traitsOf(gpu.device.limits, gpu.device.features);
+    traits = gpu.traits;
   });
   after(() => gpu?.destroy());
 

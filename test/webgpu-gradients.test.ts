@@ -12,16 +12,13 @@ import { Tensor } from '../src/tensor/tensor.js';
 import type { BufferRef, Slice } from '../src/tensor/webgpu/dispatch.js';
 import type { DeviceTraits } from '../src/tensor/webgpu/kernels/gradients.js';
 import * as k from '../src/tensor/webgpu/kernels/gradients.js';
-import { traitsOf } from '../src/tensor/webgpu/kernels/wgsl-common.js';
 import { dispatch, u32u } from '../src/tensor/webgpu/kernels/gradients-common.js';
-import { TestGpu } from './webgpu-harness.js';
+import { random, TestGpu } from './webgpu-harness.js';
 
-function random(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    return s / 2 ** 32 - 0.5;
-  };
+/** Uniform in [−0.5, 0.5). */
+function centred(seed: number): () => number {
+  const r = random(seed);
+  return () => r() - 0.5;
 }
 
 const values = (n: number, rnd: () => number, scale = 1) => Float32Array.from({ length: n }, () => rnd() * 2 * scale);
@@ -45,7 +42,7 @@ describe('WebGPU gradient kernels against hostGradients', () => {
   let traits: DeviceTraits;
   before(async () => {
     gpu = await TestGpu.open();
-    traits = traitsOf(gpu.device.limits, gpu.device.features);
+    traits = gpu.traits;
   });
   after(() => gpu?.destroy());
 
@@ -84,7 +81,7 @@ describe('WebGPU gradient kernels against hostGradients', () => {
   };
 
   it('fma32 (WGSL) rounds once, as fma32.ts: random, cancelling and tiny products, subnormal results', async () => {
-    const rnd = random(7);
+    const rnd = centred(7);
     const n = 3 * 4096;
     const [a, b, c] = [new Float32Array(n), new Float32Array(n), new Float32Array(n)];
     const pow = (lo: number, hi: number) => 2 ** Math.floor(lo + (rnd() + 0.5) * (hi - lo));
@@ -136,7 +133,7 @@ describe('WebGPU gradient kernels against hostGradients', () => {
   });
 
   it('divRN and sqrtRN round correctly, also from a device result a few ulps off', async () => {
-    const rnd = random(8);
+    const rnd = centred(8);
     const n = 4096;
     const f = Math.fround;
     const bitsOf = (x: number) => new Uint32Array(Float32Array.of(x).buffer)[0]!;
@@ -201,7 +198,7 @@ ${k.DIV_SQRT_WGSL}
   });
 
   it('gives the same bits when run again (no order-dependent sums)', async () => {
-    const rnd = random(123);
+    const rnd = centred(123);
     const [T, S, Hq, Hkv, D] = [7, 9, 4, 2, 38];
     const [n, H, V] = [6, 45, 130];
     const inputs = [T * Hq * D, S * Hkv * D, S * Hkv * D, T * Hq * D, n * H, V * H].map((m) => values(m, rnd));
@@ -250,7 +247,7 @@ ${k.DIV_SQRT_WGSL}
         ];
         for (const [name, hyper, gscale] of cases) {
           it(`gives the definition's bits over five steps (${name})`, async () => {
-            const rnd = random(11);
+            const rnd = centred(11);
             const n = 3 * 37 * 29;
             const p = values(n, rnd);
             const m = new Float32Array(n);
@@ -287,7 +284,7 @@ ${k.DIV_SQRT_WGSL}
         ] as const;
         for (const { M, N, K, weight, compute } of cases) {
           it(`${M}×${K} by ${N}×${K}, ${weight} weight, ${compute} compute`, async () => {
-            const rnd = random(M * 1000 + N + K);
+            const rnd = centred(M * 1000 + N + K);
             const dy = values(M * N, rnd);
             const x = values(M * K, rnd);
             const wf = values(N * K, rnd);
@@ -330,7 +327,7 @@ ${k.DIV_SQRT_WGSL}
 
         it('runs a weight split by rows as one plan per piece', async () => {
           const [M, N, K, n1] = [5, 70, 39, 29];
-          const rnd = random(77);
+          const rnd = centred(77);
           const dy = values(M * N, rnd);
           const x = values(M * K, rnd);
           const w = values(N * K, rnd);
@@ -379,7 +376,7 @@ ${k.DIV_SQRT_WGSL}
 
         it('computes only the gradients asked for', async () => {
           const [M, N, K] = [4, 38, 39];
-          const rnd = random(99);
+          const rnd = centred(99);
           const dy = values(M * N, rnd);
           const x = values(M * K, rnd);
           const w = values(N * K, rnd);
@@ -409,7 +406,7 @@ ${k.DIV_SQRT_WGSL}
             const outputs = `${inPlace ? ', dx = dy' : ''}${c.dweight ? ', dweight' : ''}${dbiasToo ? ', dbias' : ''}`;
             const name = `${layer ? 'layerNorm' : 'rmsNorm'}Backward ${rows}×${cols}, ${weight} weight${outputs}`;
             it(name, async () => {
-              const rnd = random(rows * cols + (layer ? 1 : 0));
+              const rnd = centred(rows * cols + (layer ? 1 : 0));
               const n = rows * cols;
               const dy = values(n, rnd);
               // An offset, so that LayerNorm's mean matters.
@@ -443,7 +440,7 @@ ${k.DIV_SQRT_WGSL}
       describe('crossEntropy', () => {
         it('with a bf16 head split by rows across buffers (tiled)', async () => {
           const [n, H, V, v1] = [5, 45, 130, 57];
-          const rnd = random(555);
+          const rnd = centred(555);
           const hidden = values(n * H, rnd);
           const bits = bf16Bits(values(V * H, rnd, 0.5));
           // Targets in both pieces, at their edges.
@@ -476,12 +473,12 @@ ${k.DIV_SQRT_WGSL}
           { n: 7, H: 37, V: 300, head: 'f32', dhidden: true, dhead: false },
           { n: 4, H: 40, V: 77, head: 'bf16', dhidden: false, dhead: false },
         ] as const;
-        // Direct; then through a scratch of 100 f32 (one row per block, chunks of at most 100 entries) and of 4096.
-        for (const c of cases) for (const scratch of [0, 100, 4096]) {
+        // A scratch of 100 f32 (one row per block, chunks of at most 100 entries), and of 4096 (several rows a block).
+        for (const c of cases) for (const scratch of [100, 4096]) {
           const { n, H, V, head } = c;
-          const how = scratch ? `, scratch of ${scratch}` : '';
+          const how = `, scratch of ${scratch}`;
           it(`${n} rows, H ${H}, vocabulary ${V}, ${head} head${c.dhidden ? ', dhidden' : ''}${c.dhead ? ', dhead' : ''}${how}`, async () => {
-            const rnd = random(n * H + V);
+            const rnd = centred(n * H + V);
             const hidden = values(n * H, rnd);
             const hf = values(V * H, rnd, 0.5);
             const headT = head === 'bf16' ? new Tensor('bf16', [V, H], bf16Bits(hf)) : t32([V, H], hf);
@@ -504,7 +501,7 @@ ${k.DIV_SQRT_WGSL}
             const outputs = pack(new Float32Array(n * H), dhead0, new Float32Array(scratch));
             const [dhs, dws, scs] = outputs.slices as [Slice, Slice, Slice];
             await run(
-              (scratch ? k.crossEntropyTiledPlan : k.crossEntropyPlan)(limits(), {
+              k.crossEntropyTiledPlan(limits(), {
                 hidden: hs,
                 head: weightSlice(headT),
                 headType: head,
@@ -540,7 +537,7 @@ ${k.DIV_SQRT_WGSL}
         ] as const;
         for (const { T, S, Hq, Hkv, D, causal, queryOffset } of cases) {
           it(`T ${T}, S ${S}, heads ${Hq}/${Hkv}, D ${D}, ${causal ? `causal from ${queryOffset ?? S - T}` : 'full'}`, async () => {
-            const rnd = random(T * S * Hq + D);
+            const rnd = centred(T * S * Hq + D);
             const q = values(T * Hq * D, rnd);
             const kk = values(S * Hkv * D, rnd);
             const v = values(S * Hkv * D, rnd);
@@ -575,7 +572,7 @@ ${k.DIV_SQRT_WGSL}
         for (const approximation of ['tanh', 'erf'] as const) {
           for (const inPlace of [false, 'dy', 'x'] as const) {
             it(`geluBackward ${approximation}${inPlace ? `, dx = ${inPlace}` : ''}`, async () => {
-              const rnd = random(approximation === 'tanh' ? 21 : 22);
+              const rnd = centred(approximation === 'tanh' ? 21 : 22);
               const n = 5 * 77;
               const dy = values(n, rnd);
               const x = values(n, rnd, 4);
@@ -592,7 +589,7 @@ ${k.DIV_SQRT_WGSL}
         }
 
         it('siluMulBackward, with dgate over gate and dup over dy', async () => {
-          const rnd = random(31);
+          const rnd = centred(31);
           const n = 3 * 91;
           const dy = values(n, rnd);
           const gate = values(n, rnd, 5);
@@ -614,7 +611,7 @@ ${k.DIV_SQRT_WGSL}
 
         for (const inPlace of [false, true]) {
           it(`ropeBackward${inPlace ? ', dx = dy' : ''}`, async () => {
-            const rnd = random(41);
+            const rnd = centred(41);
             const [T, H, D] = [5, 3, 38];
             const dy = values(T * H * D, rnd);
             const cos = values((T * D) / 2, rnd);
@@ -632,7 +629,7 @@ ${k.DIV_SQRT_WGSL}
 
         for (const mergeSize of [1, 2]) {
           it(`mergeBlocksBackward m=${mergeSize}`, async () => {
-            const rnd = random(51 + mergeSize);
+            const rnd = centred(51 + mergeSize);
             const [rows, C] = [7, 41];
             const dy = values(rows * C, rnd);
             const n = rows * mergeSize * mergeSize * C;
@@ -645,7 +642,7 @@ ${k.DIV_SQRT_WGSL}
         }
 
         it('embeddingBackward on a table split by rows, one plan per piece', async () => {
-          const rnd = random(62);
+          const rnd = centred(62);
           const [V, D, T, v1] = [53, 40, 31, 20];
           const ids = Int32Array.from({ length: T }, (_, i) => (i % 3 === 0 ? 19 : i % 7 === 0 ? 20 : Math.floor((rnd() + 0.5) * V)));
           const dy = values(T * D, rnd);
@@ -665,7 +662,7 @@ ${k.DIV_SQRT_WGSL}
         });
 
         it('embeddingBackward adds repeated ids in order, bit for bit', async () => {
-          const rnd = random(61);
+          const rnd = centred(61);
           const [V, D, T] = [53, 45, 29];
           const ids = Int32Array.from({ length: T }, (_, i) => (i % 4 === 0 ? 7 : i % 5 === 0 ? 52 : Math.floor((rnd() + 0.5) * V)));
           const dy = values(T * D, rnd);

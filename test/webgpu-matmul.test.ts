@@ -8,16 +8,8 @@ import { createBackend, HostStorage, Tensor } from '../src/tensor/index.js';
 import { quantize } from '../src/tensor/quant.js';
 import type { BufferRef, Slice } from '../src/tensor/webgpu/dispatch.js';
 import { matmulPlan, weightPageRows, type MatmulOperands, type WeightPage, type WeightType } from '../src/tensor/webgpu/kernels/matmul.js';
-import { traitsOf, type DeviceTraits } from '../src/tensor/webgpu/kernels/wgsl-common.js';
-import { TestGpu } from './webgpu-harness.js';
-
-function random(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    return s / 2 ** 32;
-  };
-}
+import type { DeviceTraits } from '../src/tensor/webgpu/kernels/wgsl-common.js';
+import { random, TestGpu } from './webgpu-harness.js';
 
 interface Case {
   M: number;
@@ -89,7 +81,7 @@ describe('WebGPU matmul kernels', () => {
   let traits: DeviceTraits;
   before(async () => {
     gpu = await TestGpu.open();
-    traits = traitsOf(gpu.device.limits, gpu.device.features);
+    traits = gpu.traits;
   });
   after(() => gpu?.destroy());
 
