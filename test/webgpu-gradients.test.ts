@@ -3,7 +3,7 @@
 // Tolerances: the reference sums in f64, the kernels in f32 in another order, so a result may differ by a few ulps
 // of the sum of its terms' magnitudes; each check is stated against that scale, and a wrong term is far above it.
 import assert from 'node:assert/strict';
-import { after, before, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 import type { AdamWHyper } from '../src/tensor/backend.js';
 import { f32ToBf16 } from '../src/tensor/dtype.js';
 import { fma32 } from '../src/tensor/fma32.js';
@@ -13,7 +13,7 @@ import type { BufferRef, Slice } from '../src/tensor/webgpu/dispatch.js';
 import type { DeviceTraits } from '../src/tensor/webgpu/kernels/gradients.js';
 import * as k from '../src/tensor/webgpu/kernels/gradients.js';
 import { dispatch, u32u } from '../src/tensor/webgpu/kernels/gradients-common.js';
-import { random, TestGpu } from './webgpu-harness.js';
+import { random, suiteGpu, type TestGpu } from './webgpu-harness.js';
 
 /** Uniform in [−0.5, 0.5). */
 function centred(seed: number): () => number {
@@ -38,13 +38,7 @@ function assertClose(name: string, got: Float32Array, want: Float32Array, tol: n
 const maxAbs = (a: ArrayLike<number>) => Array.from(a).reduce((m, v) => Math.max(m, Math.abs(v)), 0);
 
 describe('WebGPU gradient kernels against hostGradients', () => {
-  let gpu: TestGpu;
-  let traits: DeviceTraits;
-  before(async () => {
-    gpu = await TestGpu.open();
-    traits = gpu.traits;
-  });
-  after(() => gpu?.destroy());
+  const device = suiteGpu();
 
   /** One buffer holding each array at a 16-byte-aligned offset after a little padding: slices into one buffer. */
   function pack(...parts: ArrayBufferView[]): { buffer: BufferRef; slices: Slice[] } {
@@ -56,18 +50,18 @@ describe('WebGPU gradient kernels against hostGradients', () => {
     }
     const bytes = new Uint8Array(at);
     parts.forEach((p, i) => bytes.set(new Uint8Array(p.buffer, p.byteOffset, p.byteLength), offsets[i]));
-    const buffer = gpu.buffer(at, bytes);
+    const buffer = device.gpu.buffer(at, bytes);
     return { buffer, slices: offsets.map((byteOffset) => ({ buffer, byteOffset })) };
   }
-  const own = (data: ArrayBufferView): Slice => ({ buffer: gpu.buffer(data.byteLength, data), byteOffset: 0 });
+  const own = (data: ArrayBufferView): Slice => ({ buffer: device.gpu.buffer(data.byteLength, data), byteOffset: 0 });
   /** A weight 2 bytes into its buffer: bf16 weights then start in the high half of a word. */
   const weightAt2 = (data: ArrayBufferView): Slice => {
     const bytes = new Uint8Array(data.byteLength + 2);
     bytes.set(new Uint8Array(data.buffer, data.byteOffset, data.byteLength), 2);
-    return { buffer: gpu.buffer(bytes.length, bytes), byteOffset: 2 };
+    return { buffer: device.gpu.buffer(bytes.length, bytes), byteOffset: 2 };
   };
   const weightSlice = (t: Tensor): Slice => (t.dtype === 'bf16' ? weightAt2(t.data) : own(t.data));
-  const readF32 = async (s: Slice, n: number) => new Float32Array(await gpu.read(s.buffer, s.byteOffset, n * 4));
+  const readF32 = async (s: Slice, n: number) => new Float32Array(await device.gpu.read(s.buffer, s.byteOffset, n * 4));
   // Pipelines are cached by key, so a key must always name the same code: every dispatch is checked for it.
   const codeOfKey = new Map<string, string>();
   const run = (d: Parameters<TestGpu['run']>[0]) => {
@@ -77,7 +71,7 @@ describe('WebGPU gradient kernels against hostGradients', () => {
       if (known !== undefined && known !== code) assert.fail(`key ${x.key} names two different modules`);
       codeOfKey.set(x.key, code);
     }
-    return gpu.errors(() => gpu.run(d));
+    return device.gpu.errors(() => device.gpu.run(d));
   };
 
   it('fma32 (WGSL) rounds once, as fma32.ts: random, cancelling and tiny products, subnormal results', async () => {
@@ -111,7 +105,7 @@ describe('WebGPU gradient kernels against hostGradients', () => {
     const want = Uint32Array.from({ length: n }, (_, i) => new Uint32Array(Float32Array.of(fma32(a[i]!, b[i]!, c[i]!)).buffer)[0]!);
     const out = own(new Float32Array(n));
     await run([
-      dispatch(traits, {
+      dispatch(device.traits, {
         op: 'test.fma32',
         operands: [
           { name: 'a', slice: own(a), elem: 'f32' },
@@ -153,7 +147,7 @@ describe('WebGPU gradient kernels against hostGradients', () => {
     const inputs = { a, b, x, as, xs, bAbs, qs: qStart, ss: sStart };
     const ins = Object.entries(inputs).map(([name, v]) => ({ name, slice: own(v), elem: 'f32' as const }));
     await run([
-      dispatch(traits, {
+      dispatch(device.traits, {
         op: 'test.divSqrt',
         operands: [...ins, ...outs.map((slice, i) => ({ name: `o${i}`, slice, elem: 'f32' as const, write: true }))],
         uniforms: { n: u32u(n), zero: u32u(0) },
@@ -184,14 +178,14 @@ ${k.DIV_SQRT_WGSL}
   });
 
   it('refuses a buffer over the binding limit and a grid over the workgroup limit, naming them', () => {
-    const small = { ...traits, maxStorageBufferBindingSize: 1 << 20 };
+    const small = { ...device.traits, maxStorageBufferBindingSize: 1 << 20 };
     const big: Slice = { buffer: { id: 1 << 30, byteLength: 2 << 20 }, byteOffset: 0 };
     const fine: Slice = { buffer: { id: (1 << 30) + 1, byteLength: 1024 }, byteOffset: 0 };
     assert.throws(
       () => k.geluBackwardPlan(small, { dy: big, x: fine, dx: fine, n: 10, approximation: 'tanh' }),
       /operand dy lies in a buffer of 2097152 bytes, over the adapter's maxStorageBufferBindingSize \(1048576\)/,
     );
-    const tiny = { ...traits, maxWorkgroupsPerDimension: 4 };
+    const tiny = { ...device.traits, maxWorkgroupsPerDimension: 4 };
     const gelu = (n: number) => k.geluBackwardPlan(tiny, { dy: fine, x: fine, dx: fine, n, approximation: 'tanh' });
     assert.throws(() => gelu(256 * 65), /maxComputeWorkgroupsPerDimension/);
     assert.equal(gelu(256 * 64)[0]!.workgroups.join(), '4,4,4');
@@ -216,17 +210,17 @@ ${k.DIV_SQRT_WGSL}
       ];
       const options = { scale: 0.3, causal: true };
       await run([
-        ...k.attentionBackwardPlan(traits, { q, k: kk, v, dout, dq, dk, dv, T, S, Hq, Hkv, D, options }),
-        ...k.crossEntropyTiledPlan(traits, {
+        ...k.attentionBackwardPlan(device.traits, { q, k: kk, v, dout, dq, dk, dv, T, S, Hq, Hkv, D, options }),
+        ...k.crossEntropyTiledPlan(device.traits, {
           ...{ hidden, head, headType: 'f32', targets: own(targets), scale: 0.5, losses, dhidden, dhead, n, H, V },
           ...{ scratch, scratchBytes: 1200 },
         }),
-        ...k.layerNormBackwardPlan(traits, {
+        ...k.layerNormBackwardPlan(device.traits, {
           ...{ dy: dhidden, x: hidden, weight: own(lnWeight), weightType: 'f32', eps: 1e-6, dx },
           ...{ dweight: own(new Float32Array(H)), dbias: null, rows: n, cols: H },
         }),
       ]);
-      const all = await Promise.all([dq, dk, dv, losses, dhidden, dhead, dx].map((s) => gpu.read(s.buffer)));
+      const all = await Promise.all([dq, dk, dv, losses, dhidden, dhead, dx].map((s) => device.gpu.read(s.buffer)));
       return all.map((b) => Buffer.from(b).toString('base64'));
     };
     assert.deepEqual(await outputs(), await outputs());
@@ -235,7 +229,7 @@ ${k.DIV_SQRT_WGSL}
   // The device's own limits, then at most 8 workgroups per dimension, so that every plan's
   // grid folding (over y, and over z beyond 64 workgroups) runs.
   for (const tight of [false, true]) {
-    const limits = (): DeviceTraits => (tight ? { ...traits, maxWorkgroupsPerDimension: 8 } : traits);
+    const limits = (): DeviceTraits => (tight ? { ...device.traits, maxWorkgroupsPerDimension: 8 } : device.traits);
     describe(tight ? 'at most 8 workgroups per dimension' : 'the device limits', () => {
       describe('adamw', () => {
         // Gradients of 1e-2; of 1e-15 (w2·g² then falls below 2^-60, fma32's scaled path); of 1e-38 (subnormal moments).
@@ -458,7 +452,7 @@ ${k.DIV_SQRT_WGSL}
           const dhidden = own(new Float32Array(n * H));
           const o = { hidden: own(hidden), headType: 'bf16' as const, targets: own(targets), scale: 0.25, losses, dhidden, n, H, V };
           const scratch = own(new Float32Array(100));
-          await run(k.crossEntropyTiledPlan(traits, { ...o, head: pieces[0]!.head, dhead: null, scratch, scratchBytes: 400, pieces }));
+          await run(k.crossEntropyTiledPlan(device.traits, { ...o, head: pieces[0]!.head, dhead: null, scratch, scratchBytes: 400, pieces }));
           assertClose('losses', await readF32(losses, n), want.losses, 1e-5, maxAbs(want.losses));
           assertClose('dhidden', await readF32(dhidden, n * H), want.dhidden, 1e-5, maxAbs(want.dhidden));
           const dhead = new Float32Array(V * H);
@@ -641,14 +635,20 @@ ${k.DIV_SQRT_WGSL}
           });
         }
 
-        it('embeddingBackward on a table split by rows, one plan per piece', async () => {
-          const rnd = centred(62);
-          const [V, D, T, v1] = [53, 40, 31, 20];
-          const ids = Int32Array.from({ length: T }, (_, i) => (i % 3 === 0 ? 19 : i % 7 === 0 ? 20 : Math.floor((rnd() + 0.5) * V)));
+        /** T ids (`id`'s, a random row where it gives none), dy, a table, and the table after the reference's scatter. */
+        const embeddingCase = (seed: number, V: number, D: number, T: number, id: (i: number) => number | null) => {
+          const rnd = centred(seed);
+          const ids = Int32Array.from({ length: T }, (_, i) => id(i) ?? Math.floor((rnd() + 0.5) * V));
           const dy = values(T * D, rnd);
           const table = values(V * D, rnd, 3);
           const want = table.slice();
           hostGradients.embeddingBackward(t32([T, D], dy), new Tensor('i32', [T], ids), t32([V, D], want));
+          return { ids, dy, table, want };
+        };
+
+        it('embeddingBackward on a table split by rows, one plan per piece', async () => {
+          const [V, D, T, v1] = [53, 40, 31, 20];
+          const { ids, dy, table, want } = embeddingCase(62, V, D, T, (i) => (i % 3 === 0 ? 19 : i % 7 === 0 ? 20 : null));
           const { slices } = pack(ids, dy);
           const parts = [own(table.subarray(0, v1 * D)), own(table.subarray(v1 * D))];
           await run([
@@ -662,13 +662,8 @@ ${k.DIV_SQRT_WGSL}
         });
 
         it('embeddingBackward adds repeated ids in order, bit for bit', async () => {
-          const rnd = centred(61);
           const [V, D, T] = [53, 45, 29];
-          const ids = Int32Array.from({ length: T }, (_, i) => (i % 4 === 0 ? 7 : i % 5 === 0 ? 52 : Math.floor((rnd() + 0.5) * V)));
-          const dy = values(T * D, rnd);
-          const table = values(V * D, rnd, 3);
-          const want = table.slice();
-          hostGradients.embeddingBackward(t32([T, D], dy), new Tensor('i32', [T], ids), t32([V, D], want));
+          const { ids, dy, table, want } = embeddingCase(61, V, D, T, (i) => (i % 4 === 0 ? 7 : i % 5 === 0 ? 52 : null));
           const { slices } = pack(ids, dy);
           const dtable = own(table);
           await run(k.embeddingBackwardPlan(limits(), { dy: slices[1]!, ids: slices[0]!, dtable, T, D }));

@@ -1,5 +1,6 @@
 // Runs KernelDispatch lists on a real WebGPU device in the test's own thread (async), so that a kernel's plan can be
 // checked against the TypeScript reference before, and apart from, the backend's device thread.
+import { after, before } from 'node:test';
 import { create, globals } from 'webgpu';
 import { deviceDescriptor } from '../src/tensor/webgpu/adapters.js';
 import type { BufferRef, KernelDispatch } from '../src/tensor/webgpu/dispatch.js';
@@ -14,6 +15,30 @@ export function random(seed: number): () => number {
   return () => {
     s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
     return s / 2 ** 32;
+  };
+}
+
+/**
+ * The test device of the enclosing `describe`: opened before its tests, destroyed after them. Its `gpu` and `traits`
+ * are read inside the tests (they do not exist before the suite's `before` ran).
+ */
+export function suiteGpu(): { readonly gpu: TestGpu; readonly traits: DeviceTraits } {
+  let opened: TestGpu | undefined;
+  before(async () => {
+    opened = await TestGpu.open();
+  });
+  after(() => opened?.destroy());
+  const gpu = (): TestGpu => {
+    if (!opened) throw new Error('the test device is read before its suite opened it');
+    return opened;
+  };
+  return {
+    get gpu() {
+      return gpu();
+    },
+    get traits() {
+      return gpu().traits;
+    },
   };
 }
 
