@@ -1,20 +1,12 @@
 // The WGSL attention plan against the reference backend's attention: prefill and decode, causal and full, grouped KV
 // heads, explicit query offsets, odd head dimensions, operands sharing a buffer, and tiles shrunk to a small device.
 import assert from 'node:assert/strict';
-import { after, before, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 import { createBackend, Tensor } from '../src/tensor/index.js';
 import type { Slice } from '../src/tensor/webgpu/dispatch.js';
 import { attentionPlan, attentionSplits, attentionTiles } from '../src/tensor/webgpu/kernels/attention.js';
-import { traitsOf, type DeviceTraits } from '../src/tensor/webgpu/kernels/wgsl-common.js';
-import { TestGpu } from './webgpu-harness.js';
-
-function random(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    return s / 2 ** 32;
-  };
-}
+import type { DeviceTraits } from '../src/tensor/webgpu/kernels/wgsl-common.js';
+import { random, suiteGpu } from './webgpu-harness.js';
 
 interface Case {
   T: number;
@@ -79,15 +71,9 @@ function make(c: Case): Made {
 }
 
 describe('WebGPU attention kernel', () => {
-  let gpu: TestGpu;
-  let traits: DeviceTraits;
-  before(async () => {
-    gpu = await TestGpu.open();
-    traits = traitsOf(gpu.device.limits, gpu.device.features);
-  });
-  after(() => gpu?.destroy());
+  const device = suiteGpu();
 
-  async function run(c: Case, made: Made, t: DeviceTraits = traits): Promise<Float32Array> {
+  async function run(c: Case, made: Made, t: DeviceTraits = device.traits): Promise<Float32Array> {
     const bytes = (a: Float32Array) => new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
     const outBytes = made.expected.byteLength;
     let q: Slice, k: Slice, v: Slice, out: Slice;
@@ -101,28 +87,28 @@ describe('WebGPU attention kernel', () => {
       all.set(bytes(made.q), qAt);
       all.set(bytes(made.k), kAt);
       all.set(bytes(made.v), vAt);
-      const buf = gpu.buffer(all.byteLength, all);
+      const buf = device.gpu.buffer(all.byteLength, all);
       q = { buffer: buf, byteOffset: qAt };
       k = { buffer: buf, byteOffset: kAt };
       v = { buffer: buf, byteOffset: vAt };
-      out = c.shared === 'all' ? { buffer: buf, byteOffset: oAt } : { buffer: gpu.buffer(outBytes + 8), byteOffset: 8 };
+      out = c.shared === 'all' ? { buffer: buf, byteOffset: oAt } : { buffer: device.gpu.buffer(outBytes + 8), byteOffset: 8 };
     } else {
       const at = (a: Float32Array, off: number): Slice => {
         const b = new Uint8Array(off + a.byteLength);
         b.set(bytes(a), off);
-        return { buffer: gpu.buffer(b.byteLength, b), byteOffset: off };
+        return { buffer: device.gpu.buffer(b.byteLength, b), byteOffset: off };
       };
       q = at(made.q, 12);
       k = at(made.k, 4);
       v = at(made.v, 0);
-      out = { buffer: gpu.buffer(outBytes + 20), byteOffset: 20 };
+      out = { buffer: device.gpu.buffer(outBytes + 20), byteOffset: 20 };
     }
     let scratch: Slice | null = null;
     if (c.split) {
       const { splits, scratchBytes } = attentionSplits(t, c);
       assert.ok(splits > 1, `${JSON.stringify(c)} is not split`);
       // Beside out in its buffer when out has its own, as a workspace would place it.
-      scratch = c.shared === 'all' ? { buffer: gpu.buffer(scratchBytes + 4), byteOffset: 4 } : { buffer: gpu.buffer(outBytes + 64 + scratchBytes), byteOffset: outBytes + 64 };
+      scratch = c.shared === 'all' ? { buffer: device.gpu.buffer(scratchBytes + 4), byteOffset: 4 } : { buffer: device.gpu.buffer(outBytes + 64 + scratchBytes), byteOffset: outBytes + 64 };
       if (!c.shared) out = { buffer: scratch.buffer, byteOffset: 20 };
     }
     const plan = attentionPlan(t, {
@@ -140,8 +126,8 @@ describe('WebGPU attention kernel', () => {
       queryOffset: c.queryOffset ?? c.S - c.T,
     }, scratch);
     assert.equal(plan.length, c.split ? 2 : 1);
-    await gpu.errors(() => gpu.run(plan));
-    return new Float32Array(await gpu.read(out.buffer, out.byteOffset, outBytes));
+    await device.gpu.errors(() => device.gpu.run(plan));
+    return new Float32Array(await device.gpu.read(out.buffer, out.byteOffset, outBytes));
   }
 
   function assertClose(got: Float32Array, made: Made, what: string): void {
@@ -151,7 +137,7 @@ describe('WebGPU attention kernel', () => {
     }
   }
 
-  async function check(c: Case, t: DeviceTraits = traits): Promise<void> {
+  async function check(c: Case, t: DeviceTraits = device.traits): Promise<void> {
     const made = make(c);
     assertClose(await run(c, made, t), made, JSON.stringify(c));
   }
@@ -180,11 +166,11 @@ describe('WebGPU attention kernel', () => {
   it('without scratch, or with too little, decode runs in one pass', () => {
     const at = (id: number, byteLength: number): Slice => ({ buffer: { id, byteLength }, byteOffset: 0 });
     const o = { q: at(1, 1 << 16), k: at(2, 1 << 20), v: at(3, 1 << 20), out: at(4, 1 << 16), T: 1, S: 1000, Hq: 6, Hkv: 2, D: 128, scale: 0.1, causal: true, queryOffset: 999 };
-    const { splits, scratchBytes } = attentionSplits(traits, o);
+    const { splits, scratchBytes } = attentionSplits(device.traits, o);
     assert.ok(splits > 1);
-    assert.equal(attentionPlan(traits, o).length, 1);
-    assert.equal(attentionPlan(traits, o, at(5, scratchBytes - 4)).length, 1);
-    assert.equal(attentionPlan(traits, o, at(5, scratchBytes)).length, 2);
+    assert.equal(attentionPlan(device.traits, o).length, 1);
+    assert.equal(attentionPlan(device.traits, o, at(5, scratchBytes - 4)).length, 1);
+    assert.equal(attentionPlan(device.traits, o, at(5, scratchBytes)).length, 2);
   });
 
   it('a chunk of queries after a cached prefix, and explicit query offsets', async () => {
@@ -204,7 +190,7 @@ describe('WebGPU attention kernel', () => {
   });
 
   it('small tiles on a device with 16 KiB of workgroup memory, and a grid split in two dimensions', async () => {
-    const small = { ...traits, maxWorkgroupStorageBytes: 16384, maxWorkgroupsPerDimension: 4 };
+    const small = { ...device.traits, maxWorkgroupStorageBytes: 16384, maxWorkgroupsPerDimension: 4 };
     assert.deepEqual(attentionTiles(small, 100, 128), { BQ: 16, BS: 8 });
     await check({ T: 33, S: 45, Hq: 4, Hkv: 2, D: 128, causal: true }, small);
   });

@@ -3,7 +3,7 @@
 // Tolerances: the reference sums in f64, the kernels in f32 in another order, so a result may differ by a few ulps
 // of the sum of its terms' magnitudes; each check is stated against that scale, and a wrong term is far above it.
 import assert from 'node:assert/strict';
-import { after, before, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 import type { AdamWHyper } from '../src/tensor/backend.js';
 import { f32ToBf16 } from '../src/tensor/dtype.js';
 import { fma32 } from '../src/tensor/fma32.js';
@@ -12,16 +12,13 @@ import { Tensor } from '../src/tensor/tensor.js';
 import type { BufferRef, Slice } from '../src/tensor/webgpu/dispatch.js';
 import type { DeviceTraits } from '../src/tensor/webgpu/kernels/gradients.js';
 import * as k from '../src/tensor/webgpu/kernels/gradients.js';
-import { traitsOf } from '../src/tensor/webgpu/kernels/wgsl-common.js';
 import { dispatch, u32u } from '../src/tensor/webgpu/kernels/gradients-common.js';
-import { TestGpu } from './webgpu-harness.js';
+import { random, suiteGpu, type TestGpu } from './webgpu-harness.js';
 
-function random(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    return s / 2 ** 32 - 0.5;
-  };
+/** Uniform in [−0.5, 0.5). */
+function centred(seed: number): () => number {
+  const r = random(seed);
+  return () => r() - 0.5;
 }
 
 const values = (n: number, rnd: () => number, scale = 1) => Float32Array.from({ length: n }, () => rnd() * 2 * scale);
@@ -41,13 +38,7 @@ function assertClose(name: string, got: Float32Array, want: Float32Array, tol: n
 const maxAbs = (a: ArrayLike<number>) => Array.from(a).reduce((m, v) => Math.max(m, Math.abs(v)), 0);
 
 describe('WebGPU gradient kernels against hostGradients', () => {
-  let gpu: TestGpu;
-  let traits: DeviceTraits;
-  before(async () => {
-    gpu = await TestGpu.open();
-    traits = traitsOf(gpu.device.limits, gpu.device.features);
-  });
-  after(() => gpu?.destroy());
+  const device = suiteGpu();
 
   /** One buffer holding each array at a 16-byte-aligned offset after a little padding: slices into one buffer. */
   function pack(...parts: ArrayBufferView[]): { buffer: BufferRef; slices: Slice[] } {
@@ -59,18 +50,18 @@ describe('WebGPU gradient kernels against hostGradients', () => {
     }
     const bytes = new Uint8Array(at);
     parts.forEach((p, i) => bytes.set(new Uint8Array(p.buffer, p.byteOffset, p.byteLength), offsets[i]));
-    const buffer = gpu.buffer(at, bytes);
+    const buffer = device.gpu.buffer(at, bytes);
     return { buffer, slices: offsets.map((byteOffset) => ({ buffer, byteOffset })) };
   }
-  const own = (data: ArrayBufferView): Slice => ({ buffer: gpu.buffer(data.byteLength, data), byteOffset: 0 });
+  const own = (data: ArrayBufferView): Slice => ({ buffer: device.gpu.buffer(data.byteLength, data), byteOffset: 0 });
   /** A weight 2 bytes into its buffer: bf16 weights then start in the high half of a word. */
   const weightAt2 = (data: ArrayBufferView): Slice => {
     const bytes = new Uint8Array(data.byteLength + 2);
     bytes.set(new Uint8Array(data.buffer, data.byteOffset, data.byteLength), 2);
-    return { buffer: gpu.buffer(bytes.length, bytes), byteOffset: 2 };
+    return { buffer: device.gpu.buffer(bytes.length, bytes), byteOffset: 2 };
   };
   const weightSlice = (t: Tensor): Slice => (t.dtype === 'bf16' ? weightAt2(t.data) : own(t.data));
-  const readF32 = async (s: Slice, n: number) => new Float32Array(await gpu.read(s.buffer, s.byteOffset, n * 4));
+  const readF32 = async (s: Slice, n: number) => new Float32Array(await device.gpu.read(s.buffer, s.byteOffset, n * 4));
   // Pipelines are cached by key, so a key must always name the same code: every dispatch is checked for it.
   const codeOfKey = new Map<string, string>();
   const run = (d: Parameters<TestGpu['run']>[0]) => {
@@ -80,11 +71,11 @@ describe('WebGPU gradient kernels against hostGradients', () => {
       if (known !== undefined && known !== code) assert.fail(`key ${x.key} names two different modules`);
       codeOfKey.set(x.key, code);
     }
-    return gpu.errors(() => gpu.run(d));
+    return device.gpu.errors(() => device.gpu.run(d));
   };
 
   it('fma32 (WGSL) rounds once, as fma32.ts: random, cancelling and tiny products, subnormal results', async () => {
-    const rnd = random(7);
+    const rnd = centred(7);
     const n = 3 * 4096;
     const [a, b, c] = [new Float32Array(n), new Float32Array(n), new Float32Array(n)];
     const pow = (lo: number, hi: number) => 2 ** Math.floor(lo + (rnd() + 0.5) * (hi - lo));
@@ -114,7 +105,7 @@ describe('WebGPU gradient kernels against hostGradients', () => {
     const want = Uint32Array.from({ length: n }, (_, i) => new Uint32Array(Float32Array.of(fma32(a[i]!, b[i]!, c[i]!)).buffer)[0]!);
     const out = own(new Float32Array(n));
     await run([
-      dispatch(traits, {
+      dispatch(device.traits, {
         op: 'test.fma32',
         operands: [
           { name: 'a', slice: own(a), elem: 'f32' },
@@ -136,7 +127,7 @@ describe('WebGPU gradient kernels against hostGradients', () => {
   });
 
   it('divRN and sqrtRN round correctly, also from a device result a few ulps off', async () => {
-    const rnd = random(8);
+    const rnd = centred(8);
     const n = 4096;
     const f = Math.fround;
     const bitsOf = (x: number) => new Uint32Array(Float32Array.of(x).buffer)[0]!;
@@ -156,7 +147,7 @@ describe('WebGPU gradient kernels against hostGradients', () => {
     const inputs = { a, b, x, as, xs, bAbs, qs: qStart, ss: sStart };
     const ins = Object.entries(inputs).map(([name, v]) => ({ name, slice: own(v), elem: 'f32' as const }));
     await run([
-      dispatch(traits, {
+      dispatch(device.traits, {
         op: 'test.divSqrt',
         operands: [...ins, ...outs.map((slice, i) => ({ name: `o${i}`, slice, elem: 'f32' as const, write: true }))],
         uniforms: { n: u32u(n), zero: u32u(0) },
@@ -187,21 +178,21 @@ ${k.DIV_SQRT_WGSL}
   });
 
   it('refuses a buffer over the binding limit and a grid over the workgroup limit, naming them', () => {
-    const small = { ...traits, maxStorageBufferBindingSize: 1 << 20 };
+    const small = { ...device.traits, maxStorageBufferBindingSize: 1 << 20 };
     const big: Slice = { buffer: { id: 1 << 30, byteLength: 2 << 20 }, byteOffset: 0 };
     const fine: Slice = { buffer: { id: (1 << 30) + 1, byteLength: 1024 }, byteOffset: 0 };
     assert.throws(
       () => k.geluBackwardPlan(small, { dy: big, x: fine, dx: fine, n: 10, approximation: 'tanh' }),
       /operand dy lies in a buffer of 2097152 bytes, over the adapter's maxStorageBufferBindingSize \(1048576\)/,
     );
-    const tiny = { ...traits, maxWorkgroupsPerDimension: 4 };
+    const tiny = { ...device.traits, maxWorkgroupsPerDimension: 4 };
     const gelu = (n: number) => k.geluBackwardPlan(tiny, { dy: fine, x: fine, dx: fine, n, approximation: 'tanh' });
     assert.throws(() => gelu(256 * 65), /maxComputeWorkgroupsPerDimension/);
     assert.equal(gelu(256 * 64)[0]!.workgroups.join(), '4,4,4');
   });
 
   it('gives the same bits when run again (no order-dependent sums)', async () => {
-    const rnd = random(123);
+    const rnd = centred(123);
     const [T, S, Hq, Hkv, D] = [7, 9, 4, 2, 38];
     const [n, H, V] = [6, 45, 130];
     const inputs = [T * Hq * D, S * Hkv * D, S * Hkv * D, T * Hq * D, n * H, V * H].map((m) => values(m, rnd));
@@ -219,17 +210,17 @@ ${k.DIV_SQRT_WGSL}
       ];
       const options = { scale: 0.3, causal: true };
       await run([
-        ...k.attentionBackwardPlan(traits, { q, k: kk, v, dout, dq, dk, dv, T, S, Hq, Hkv, D, options }),
-        ...k.crossEntropyTiledPlan(traits, {
+        ...k.attentionBackwardPlan(device.traits, { q, k: kk, v, dout, dq, dk, dv, T, S, Hq, Hkv, D, options }),
+        ...k.crossEntropyTiledPlan(device.traits, {
           ...{ hidden, head, headType: 'f32', targets: own(targets), scale: 0.5, losses, dhidden, dhead, n, H, V },
           ...{ scratch, scratchBytes: 1200 },
         }),
-        ...k.layerNormBackwardPlan(traits, {
+        ...k.layerNormBackwardPlan(device.traits, {
           ...{ dy: dhidden, x: hidden, weight: own(lnWeight), weightType: 'f32', eps: 1e-6, dx },
           ...{ dweight: own(new Float32Array(H)), dbias: null, rows: n, cols: H },
         }),
       ]);
-      const all = await Promise.all([dq, dk, dv, losses, dhidden, dhead, dx].map((s) => gpu.read(s.buffer)));
+      const all = await Promise.all([dq, dk, dv, losses, dhidden, dhead, dx].map((s) => device.gpu.read(s.buffer)));
       return all.map((b) => Buffer.from(b).toString('base64'));
     };
     assert.deepEqual(await outputs(), await outputs());
@@ -238,7 +229,7 @@ ${k.DIV_SQRT_WGSL}
   // The device's own limits, then at most 8 workgroups per dimension, so that every plan's
   // grid folding (over y, and over z beyond 64 workgroups) runs.
   for (const tight of [false, true]) {
-    const limits = (): DeviceTraits => (tight ? { ...traits, maxWorkgroupsPerDimension: 8 } : traits);
+    const limits = (): DeviceTraits => (tight ? { ...device.traits, maxWorkgroupsPerDimension: 8 } : device.traits);
     describe(tight ? 'at most 8 workgroups per dimension' : 'the device limits', () => {
       describe('adamw', () => {
         // Gradients of 1e-2; of 1e-15 (w2·g² then falls below 2^-60, fma32's scaled path); of 1e-38 (subnormal moments).
@@ -250,7 +241,7 @@ ${k.DIV_SQRT_WGSL}
         ];
         for (const [name, hyper, gscale] of cases) {
           it(`gives the definition's bits over five steps (${name})`, async () => {
-            const rnd = random(11);
+            const rnd = centred(11);
             const n = 3 * 37 * 29;
             const p = values(n, rnd);
             const m = new Float32Array(n);
@@ -287,7 +278,7 @@ ${k.DIV_SQRT_WGSL}
         ] as const;
         for (const { M, N, K, weight, compute } of cases) {
           it(`${M}×${K} by ${N}×${K}, ${weight} weight, ${compute} compute`, async () => {
-            const rnd = random(M * 1000 + N + K);
+            const rnd = centred(M * 1000 + N + K);
             const dy = values(M * N, rnd);
             const x = values(M * K, rnd);
             const wf = values(N * K, rnd);
@@ -330,7 +321,7 @@ ${k.DIV_SQRT_WGSL}
 
         it('runs a weight split by rows as one plan per piece', async () => {
           const [M, N, K, n1] = [5, 70, 39, 29];
-          const rnd = random(77);
+          const rnd = centred(77);
           const dy = values(M * N, rnd);
           const x = values(M * K, rnd);
           const w = values(N * K, rnd);
@@ -379,7 +370,7 @@ ${k.DIV_SQRT_WGSL}
 
         it('computes only the gradients asked for', async () => {
           const [M, N, K] = [4, 38, 39];
-          const rnd = random(99);
+          const rnd = centred(99);
           const dy = values(M * N, rnd);
           const x = values(M * K, rnd);
           const w = values(N * K, rnd);
@@ -409,7 +400,7 @@ ${k.DIV_SQRT_WGSL}
             const outputs = `${inPlace ? ', dx = dy' : ''}${c.dweight ? ', dweight' : ''}${dbiasToo ? ', dbias' : ''}`;
             const name = `${layer ? 'layerNorm' : 'rmsNorm'}Backward ${rows}×${cols}, ${weight} weight${outputs}`;
             it(name, async () => {
-              const rnd = random(rows * cols + (layer ? 1 : 0));
+              const rnd = centred(rows * cols + (layer ? 1 : 0));
               const n = rows * cols;
               const dy = values(n, rnd);
               // An offset, so that LayerNorm's mean matters.
@@ -443,7 +434,7 @@ ${k.DIV_SQRT_WGSL}
       describe('crossEntropy', () => {
         it('with a bf16 head split by rows across buffers (tiled)', async () => {
           const [n, H, V, v1] = [5, 45, 130, 57];
-          const rnd = random(555);
+          const rnd = centred(555);
           const hidden = values(n * H, rnd);
           const bits = bf16Bits(values(V * H, rnd, 0.5));
           // Targets in both pieces, at their edges.
@@ -461,7 +452,7 @@ ${k.DIV_SQRT_WGSL}
           const dhidden = own(new Float32Array(n * H));
           const o = { hidden: own(hidden), headType: 'bf16' as const, targets: own(targets), scale: 0.25, losses, dhidden, n, H, V };
           const scratch = own(new Float32Array(100));
-          await run(k.crossEntropyTiledPlan(traits, { ...o, head: pieces[0]!.head, dhead: null, scratch, scratchBytes: 400, pieces }));
+          await run(k.crossEntropyTiledPlan(device.traits, { ...o, head: pieces[0]!.head, dhead: null, scratch, scratchBytes: 400, pieces }));
           assertClose('losses', await readF32(losses, n), want.losses, 1e-5, maxAbs(want.losses));
           assertClose('dhidden', await readF32(dhidden, n * H), want.dhidden, 1e-5, maxAbs(want.dhidden));
           const dhead = new Float32Array(V * H);
@@ -476,12 +467,12 @@ ${k.DIV_SQRT_WGSL}
           { n: 7, H: 37, V: 300, head: 'f32', dhidden: true, dhead: false },
           { n: 4, H: 40, V: 77, head: 'bf16', dhidden: false, dhead: false },
         ] as const;
-        // Direct; then through a scratch of 100 f32 (one row per block, chunks of at most 100 entries) and of 4096.
-        for (const c of cases) for (const scratch of [0, 100, 4096]) {
+        // A scratch of 100 f32 (one row per block, chunks of at most 100 entries), and of 4096 (several rows a block).
+        for (const c of cases) for (const scratch of [100, 4096]) {
           const { n, H, V, head } = c;
-          const how = scratch ? `, scratch of ${scratch}` : '';
+          const how = `, scratch of ${scratch}`;
           it(`${n} rows, H ${H}, vocabulary ${V}, ${head} head${c.dhidden ? ', dhidden' : ''}${c.dhead ? ', dhead' : ''}${how}`, async () => {
-            const rnd = random(n * H + V);
+            const rnd = centred(n * H + V);
             const hidden = values(n * H, rnd);
             const hf = values(V * H, rnd, 0.5);
             const headT = head === 'bf16' ? new Tensor('bf16', [V, H], bf16Bits(hf)) : t32([V, H], hf);
@@ -504,7 +495,7 @@ ${k.DIV_SQRT_WGSL}
             const outputs = pack(new Float32Array(n * H), dhead0, new Float32Array(scratch));
             const [dhs, dws, scs] = outputs.slices as [Slice, Slice, Slice];
             await run(
-              (scratch ? k.crossEntropyTiledPlan : k.crossEntropyPlan)(limits(), {
+              k.crossEntropyTiledPlan(limits(), {
                 hidden: hs,
                 head: weightSlice(headT),
                 headType: head,
@@ -540,7 +531,7 @@ ${k.DIV_SQRT_WGSL}
         ] as const;
         for (const { T, S, Hq, Hkv, D, causal, queryOffset } of cases) {
           it(`T ${T}, S ${S}, heads ${Hq}/${Hkv}, D ${D}, ${causal ? `causal from ${queryOffset ?? S - T}` : 'full'}`, async () => {
-            const rnd = random(T * S * Hq + D);
+            const rnd = centred(T * S * Hq + D);
             const q = values(T * Hq * D, rnd);
             const kk = values(S * Hkv * D, rnd);
             const v = values(S * Hkv * D, rnd);
@@ -575,7 +566,7 @@ ${k.DIV_SQRT_WGSL}
         for (const approximation of ['tanh', 'erf'] as const) {
           for (const inPlace of [false, 'dy', 'x'] as const) {
             it(`geluBackward ${approximation}${inPlace ? `, dx = ${inPlace}` : ''}`, async () => {
-              const rnd = random(approximation === 'tanh' ? 21 : 22);
+              const rnd = centred(approximation === 'tanh' ? 21 : 22);
               const n = 5 * 77;
               const dy = values(n, rnd);
               const x = values(n, rnd, 4);
@@ -592,7 +583,7 @@ ${k.DIV_SQRT_WGSL}
         }
 
         it('siluMulBackward, with dgate over gate and dup over dy', async () => {
-          const rnd = random(31);
+          const rnd = centred(31);
           const n = 3 * 91;
           const dy = values(n, rnd);
           const gate = values(n, rnd, 5);
@@ -614,7 +605,7 @@ ${k.DIV_SQRT_WGSL}
 
         for (const inPlace of [false, true]) {
           it(`ropeBackward${inPlace ? ', dx = dy' : ''}`, async () => {
-            const rnd = random(41);
+            const rnd = centred(41);
             const [T, H, D] = [5, 3, 38];
             const dy = values(T * H * D, rnd);
             const cos = values((T * D) / 2, rnd);
@@ -632,7 +623,7 @@ ${k.DIV_SQRT_WGSL}
 
         for (const mergeSize of [1, 2]) {
           it(`mergeBlocksBackward m=${mergeSize}`, async () => {
-            const rnd = random(51 + mergeSize);
+            const rnd = centred(51 + mergeSize);
             const [rows, C] = [7, 41];
             const dy = values(rows * C, rnd);
             const n = rows * mergeSize * mergeSize * C;
@@ -644,14 +635,20 @@ ${k.DIV_SQRT_WGSL}
           });
         }
 
-        it('embeddingBackward on a table split by rows, one plan per piece', async () => {
-          const rnd = random(62);
-          const [V, D, T, v1] = [53, 40, 31, 20];
-          const ids = Int32Array.from({ length: T }, (_, i) => (i % 3 === 0 ? 19 : i % 7 === 0 ? 20 : Math.floor((rnd() + 0.5) * V)));
+        /** T ids (`id`'s, a random row where it gives none), dy, a table, and the table after the reference's scatter. */
+        const embeddingCase = (seed: number, V: number, D: number, T: number, id: (i: number) => number | null) => {
+          const rnd = centred(seed);
+          const ids = Int32Array.from({ length: T }, (_, i) => id(i) ?? Math.floor((rnd() + 0.5) * V));
           const dy = values(T * D, rnd);
           const table = values(V * D, rnd, 3);
           const want = table.slice();
           hostGradients.embeddingBackward(t32([T, D], dy), new Tensor('i32', [T], ids), t32([V, D], want));
+          return { ids, dy, table, want };
+        };
+
+        it('embeddingBackward on a table split by rows, one plan per piece', async () => {
+          const [V, D, T, v1] = [53, 40, 31, 20];
+          const { ids, dy, table, want } = embeddingCase(62, V, D, T, (i) => (i % 3 === 0 ? 19 : i % 7 === 0 ? 20 : null));
           const { slices } = pack(ids, dy);
           const parts = [own(table.subarray(0, v1 * D)), own(table.subarray(v1 * D))];
           await run([
@@ -665,13 +662,8 @@ ${k.DIV_SQRT_WGSL}
         });
 
         it('embeddingBackward adds repeated ids in order, bit for bit', async () => {
-          const rnd = random(61);
           const [V, D, T] = [53, 45, 29];
-          const ids = Int32Array.from({ length: T }, (_, i) => (i % 4 === 0 ? 7 : i % 5 === 0 ? 52 : Math.floor((rnd() + 0.5) * V)));
-          const dy = values(T * D, rnd);
-          const table = values(V * D, rnd, 3);
-          const want = table.slice();
-          hostGradients.embeddingBackward(t32([T, D], dy), new Tensor('i32', [T], ids), t32([V, D], want));
+          const { ids, dy, table, want } = embeddingCase(61, V, D, T, (i) => (i % 4 === 0 ? 7 : i % 5 === 0 ? 52 : null));
           const { slices } = pack(ids, dy);
           const dtable = own(table);
           await run(k.embeddingBackwardPlan(limits(), { dy: slices[1]!, ids: slices[0]!, dtable, T, D }));

@@ -1,21 +1,17 @@
 // The test device itself: a buffer round-trips, and a one-line kernel runs, so a kernel test that fails points at its
 // kernel rather than at Dawn, Mesa or the harness.
 import assert from 'node:assert/strict';
-import { after, before, describe, it } from 'node:test';
-import { TestGpu } from './webgpu-harness.js';
+import { describe, it } from 'node:test';
+import { suiteGpu } from './webgpu-harness.js';
 
 describe('WebGPU test device', () => {
-  let gpu: TestGpu;
-  before(async () => {
-    gpu = await TestGpu.open();
-  });
-  after(() => gpu?.destroy());
+  const device = suiteGpu();
 
   it('runs a dispatch and reads its output back', async () => {
     const data = Float32Array.from({ length: 37 }, (_, i) => i - 18.5);
-    const buf = gpu.buffer(data.byteLength, data);
-    await gpu.errors(() =>
-      gpu.run([
+    const buf = device.gpu.buffer(data.byteLength, data);
+    await device.gpu.errors(() =>
+      device.gpu.run([
         {
           key: 'test-double',
           wgsl: () => `@group(0) @binding(0) var<storage, read_write> a: array<f32>;
@@ -28,7 +24,7 @@ struct P { n: u32 }
         },
       ]),
     );
-    const out = new Float32Array(await gpu.read(buf, 4, 36 * 4));
+    const out = new Float32Array(await device.gpu.read(buf, 4, 36 * 4));
     assert.deepEqual([...out], [...data.subarray(1)].map((x) => 2 * x));
   });
 });

@@ -1,10 +1,46 @@
 // Runs KernelDispatch lists on a real WebGPU device in the test's own thread (async), so that a kernel's plan can be
 // checked against the TypeScript reference before, and apart from, the backend's device thread.
+import { after, before } from 'node:test';
 import { create, globals } from 'webgpu';
+import { deviceDescriptor } from '../src/tensor/webgpu/adapters.js';
 import type { BufferRef, KernelDispatch } from '../src/tensor/webgpu/dispatch.js';
+import { traitsOf, type DeviceTraits } from '../src/tensor/webgpu/kernels/wgsl-common.js';
 
 Object.assign(globalThis, globals);
 process.env.XDG_RUNTIME_DIR ??= '/tmp';
+
+/** A seeded generator of uniform values in [0, 1), so that a failing case can be rerun as it was. */
+export function random(seed: number): () => number {
+  let s = seed >>> 0;
+  return () => {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    return s / 2 ** 32;
+  };
+}
+
+/**
+ * The test device of the enclosing `describe`: opened before its tests, destroyed after them. Its `gpu` and `traits`
+ * are read inside the tests (they do not exist before the suite's `before` ran).
+ */
+export function suiteGpu(): { readonly gpu: TestGpu; readonly traits: DeviceTraits } {
+  let opened: TestGpu | undefined;
+  before(async () => {
+    opened = await TestGpu.open();
+  });
+  after(() => opened?.destroy());
+  const gpu = (): TestGpu => {
+    if (!opened) throw new Error('the test device is read before its suite opened it');
+    return opened;
+  };
+  return {
+    get gpu() {
+      return gpu();
+    },
+    get traits() {
+      return gpu().traits;
+    },
+  };
+}
 
 export class TestGpu {
   private readonly buffers = new Map<number, GPUBuffer>();
@@ -15,26 +51,18 @@ export class TestGpu {
   // processing then crashes the process.
   private constructor(readonly gpu: GPU, readonly adapter: GPUAdapter, readonly device: GPUDevice) {}
 
-  /** The first adapter Dawn finds (lavapipe on a machine without a GPU), with its own limits requested. */
+  /** The first adapter Dawn finds (lavapipe on a machine without a GPU), requested as the backend requests it. */
   static async open(): Promise<TestGpu> {
     const gpu = create([]);
     const adapter = await gpu.requestAdapter();
     if (!adapter) throw new Error('no WebGPU adapter: install Mesa 25 (bookworm-backports mesa-vulkan-drivers) or a GPU driver');
-    const features = [...adapter.features].filter((f) => f === 'shader-f16' || f === 'subgroups') as GPUFeatureName[];
-    const l = adapter.limits;
-    const device = await adapter.requestDevice({
-      requiredFeatures: features,
-      requiredLimits: {
-        maxStorageBufferBindingSize: l.maxStorageBufferBindingSize,
-        maxBufferSize: l.maxBufferSize,
-        maxStorageBuffersPerShaderStage: l.maxStorageBuffersPerShaderStage,
-        maxComputeWorkgroupStorageSize: l.maxComputeWorkgroupStorageSize,
-        maxComputeInvocationsPerWorkgroup: l.maxComputeInvocationsPerWorkgroup,
-        maxComputeWorkgroupSizeX: l.maxComputeWorkgroupSizeX,
-        maxComputeWorkgroupSizeY: l.maxComputeWorkgroupSizeY,
-      },
-    });
+    const device = await adapter.requestDevice(deviceDescriptor(adapter));
     return new TestGpu(gpu, adapter, device);
+  }
+
+  /** What the plans are told about this device, read as the backend reads it. */
+  get traits(): DeviceTraits {
+    return traitsOf(this.device.limits, this.device.features);
   }
 
   /** A storage buffer of `bytes` (rounded up to 4), holding `data` from byte 0 when given. */

@@ -1,23 +1,15 @@
 // The WGSL matmul plans (GEMV for M ≤ 16, tiled GEMM above) against the reference backend's matmul, on odd sizes, for
 // every weight type and compute mode, with and without bias, with operands sharing a buffer and weights in row pages.
 import assert from 'node:assert/strict';
-import { after, before, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 import type { ComputeMode } from '../src/tensor/backend.js';
 import { f32ToBf16 } from '../src/tensor/dtype.js';
 import { createBackend, HostStorage, Tensor } from '../src/tensor/index.js';
 import { quantize } from '../src/tensor/quant.js';
 import type { BufferRef, Slice } from '../src/tensor/webgpu/dispatch.js';
 import { matmulPlan, weightPageRows, type MatmulOperands, type WeightPage, type WeightType } from '../src/tensor/webgpu/kernels/matmul.js';
-import { traitsOf, type DeviceTraits } from '../src/tensor/webgpu/kernels/wgsl-common.js';
-import { TestGpu } from './webgpu-harness.js';
-
-function random(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    return s / 2 ** 32;
-  };
-}
+import type { DeviceTraits } from '../src/tensor/webgpu/kernels/wgsl-common.js';
+import { random, suiteGpu } from './webgpu-harness.js';
 
 interface Case {
   M: number;
@@ -85,16 +77,10 @@ function assertClose(got: Float32Array, made: Made, K: number, what: string): vo
 const align = (n: number, a: number) => Math.ceil(n / a) * a;
 
 describe('WebGPU matmul kernels', () => {
-  let gpu: TestGpu;
-  let traits: DeviceTraits;
-  before(async () => {
-    gpu = await TestGpu.open();
-    traits = traitsOf(gpu.device.limits, gpu.device.features);
-  });
-  after(() => gpu?.destroy());
+  const device = suiteGpu();
 
   /** Places the operands as the case's layout says, runs the plan, returns out. */
-  async function run(c: Case, made: Made, t: DeviceTraits = traits): Promise<Float32Array> {
+  async function run(c: Case, made: Made, t: DeviceTraits = device.traits): Promise<Float32Array> {
     const wBytes = made.w.byteLength;
     const outBytes = c.M * c.N * 4;
     // Offsets that are not multiples of 16 (and a bf16 weight or bias at 2 mod 4) exercise the uniform offsets.
@@ -106,7 +92,7 @@ describe('WebGPU matmul kernels', () => {
     const bufferWith = (at: number, data: Uint8Array): BufferRef => {
       const bytes = new Uint8Array(at + data.byteLength);
       bytes.set(data, at);
-      return gpu.buffer(bytes.byteLength, bytes);
+      return device.gpu.buffer(bytes.byteLength, bytes);
     };
     const xBytes = new Uint8Array(made.x.buffer, made.x.byteOffset, made.x.byteLength);
     if (c.layout === 'shared') {
@@ -119,7 +105,7 @@ describe('WebGPU matmul kernels', () => {
       all.set(made.w, wAt);
       if (made.bias) all.set(made.bias, bAt);
       all.fill(0x7f, oAt);
-      const buf = gpu.buffer(all.byteLength, all);
+      const buf = device.gpu.buffer(all.byteLength, all);
       x = { buffer: buf, byteOffset: xAt };
       w = { buffer: buf, byteOffset: wAt };
       bias = made.bias ? { buffer: buf, byteOffset: bAt } : null;
@@ -127,7 +113,7 @@ describe('WebGPU matmul kernels', () => {
     } else {
       x = { buffer: bufferWith(xOff, xBytes), byteOffset: xOff };
       bias = made.bias ? { buffer: bufferWith(bOff, made.bias), byteOffset: bOff } : null;
-      out = { buffer: gpu.buffer(oOff + outBytes), byteOffset: oOff };
+      out = { buffer: device.gpu.buffer(oOff + outBytes), byteOffset: oOff };
       if (c.layout === 'pages') {
         // Three pages of unequal rows (multiples of 4 but the last, as quantized pages must be), each in its own buffer.
         const rows = [align(Math.ceil(c.N / 3), 4), align(Math.ceil(c.N / 4), 4)];
@@ -144,8 +130,8 @@ describe('WebGPU matmul kernels', () => {
       }
     }
     const o: MatmulOperands = { x, w, wType: c.wType, bias, biasType: c.bias ?? 'f32', out, M: c.M, N: c.N, K: c.K, compute: c.compute, gemmTile: c.gemmTile };
-    await gpu.errors(() => gpu.run(matmulPlan(t, o)));
-    return new Float32Array(await gpu.read(out.buffer, out.byteOffset, outBytes));
+    await device.gpu.errors(() => device.gpu.run(matmulPlan(t, o)));
+    return new Float32Array(await device.gpu.read(out.buffer, out.byteOffset, outBytes));
   }
 
   async function check(c: Case): Promise<void> {
@@ -211,7 +197,7 @@ describe('WebGPU matmul kernels', () => {
   });
 
   it('pages a weight past maxStorageBufferBindingSize (whole row groups for packed weights)', () => {
-    const t = { ...traits, maxStorageBufferBindingSize: 128 << 20 };
+    const t = { ...device.traits, maxStorageBufferBindingSize: 128 << 20 };
     // The 2B model's tied LM head, 151936 × 1536: 445 MiB in bf16.
     assert.equal(weightPageRows(t, 'bf16', 151936, 1536), Math.floor(((128 << 20) - 4) / 3072));
     assert.equal(weightPageRows(t, 'int4', 151936, 1536), 151936);
@@ -224,17 +210,17 @@ describe('WebGPU matmul kernels', () => {
   it('refuses, naming the limit, a buffer past the binding limit and a packed page that splits a row group', () => {
     const at = (id: number, byteLength: number): Slice => ({ buffer: { id, byteLength }, byteOffset: 0 });
     const o: MatmulOperands = { x: at(1, 4096), w: at(2, 1 << 20), wType: 'int4', bias: null, biasType: 'f32', out: at(3, 4096), M: 1, N: 64, K: 64, compute: 'exact' };
-    assert.throws(() => matmulPlan({ ...traits, maxStorageBufferBindingSize: 1 << 19 }, o), /maxStorageBufferBindingSize \(524288\).*row pages/);
+    assert.throws(() => matmulPlan({ ...device.traits, maxStorageBufferBindingSize: 1 << 19 }, o), /maxStorageBufferBindingSize \(524288\).*row pages/);
     const pages = [
       { slice: at(2, 4096), rows: 30 },
       { slice: at(4, 4096), rows: 34 },
     ];
-    assert.throws(() => matmulPlan(traits, { ...o, w: pages }), /30 rows, not a multiple of 4/);
-    assert.throws(() => matmulPlan(traits, { ...o, w: pages.slice(1) }), /34 rows, not 64/);
+    assert.throws(() => matmulPlan(device.traits, { ...o, w: pages }), /30 rows, not a multiple of 4/);
+    assert.throws(() => matmulPlan(device.traits, { ...o, w: pages.slice(1) }), /34 rows, not 64/);
   });
 
   it('splits a grid past maxComputeWorkgroupsPerDimension into two dimensions', async () => {
-    const small = { ...traits, maxWorkgroupsPerDimension: 5 };
+    const small = { ...device.traits, maxWorkgroupsPerDimension: 5 };
     for (const c of [
       { M: 2, N: 45, K: 64, wType: 'bf16', compute: 'exact', bias: 'f32' },
       { M: 130, N: 200, K: 32, wType: 'int4', compute: 'exact', bias: null },

@@ -61,6 +61,14 @@ fn valid(tq: u32, j: u32) -> bool { return tq < u.T && j < visible(tq); }`;
 const HEAD = `@compute @workgroup_size(${B * B}) fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u,
     @builtin(local_invocation_index) lid: u32)`;
 
+/** Passes (1) and (3): a workgroup per query block of B rows and query head h (of KV head g), from row t0. */
+const QUERY_BLOCK = `${HEAD} {
+  let blk = item(wg, nwg);
+  if (blk >= u.blocks) { return; }
+  let h = blk % u.Hq;
+  let g = h / u.group;
+  let t0 = (blk / u.Hq) * ${B}u;`;
+
 /**
  * For out = attention(q[T,Hq,D], k, v [S,Hkv,D]): dq, dk, dv written, flash-style: scores and dP of 16 query rows
  * against 16 keys at a time, never more. Three passes: (1) per 16-row query block and head, each row's log-sum-exp and
@@ -108,20 +116,19 @@ export function attentionBackwardPlan(
   // Head dimensions each invocation accumulates (16 lanes share a row or key), baked in as accumulator sizes.
   const per = Math.ceil(o.D / B);
   const queryBlocks = Math.ceil(o.T / B) * o.Hq;
+  // Passes (1) and (3) read the same operands and write dq (the parked statistics, then the gradient).
+  const perQueryBlock = {
+    operands: [...inputs, { name: 'dq', slice: o.dq, elem: 'f32', write: true } as const],
+    uniforms: { ...uniforms, blocks: u32u(queryBlocks) },
+  };
   const stats = dispatch(t, {
     op: 'attentionBackward.stats',
-    operands: [...inputs, { name: 'dq', slice: o.dq, elem: 'f32', write: true }],
-    uniforms: { ...uniforms, blocks: u32u(queryBlocks) },
+    ...perQueryBlock,
     body: `${COMMON}
 var<workgroup> Ms: array<f32, ${B * B}>;
 var<workgroup> Ss: array<f32, ${B * B}>;
 var<workgroup> As: array<f32, ${B * B}>;
-${HEAD} {
-  let blk = item(wg, nwg);
-  if (blk >= u.blocks) { return; }
-  let h = blk % u.Hq;
-  let g = h / u.group;
-  let t0 = (blk / u.Hq) * ${B}u;
+${QUERY_BLOCK}
   let c = lid % ${B}u;
   let tq = t0 + lid / ${B}u;
   let keys = visible(min(t0 + ${B - 1}u, u.T - 1u));
@@ -243,16 +250,10 @@ ${HEAD} {
   const dq = dispatch(t, {
     op: 'attentionBackward.dq',
     variant: `per${per}`,
-    operands: [...inputs, { name: 'dq', slice: o.dq, elem: 'f32', write: true }],
-    uniforms: { ...uniforms, blocks: u32u(queryBlocks) },
+    ...perQueryBlock,
     body: `${COMMON}
 var<workgroup> Ds: array<f32, ${B * B}>;
-${HEAD} {
-  let blk = item(wg, nwg);
-  if (blk >= u.blocks) { return; }
-  let h = blk % u.Hq;
-  let g = h / u.group;
-  let t0 = (blk / u.Hq) * ${B}u;
+${QUERY_BLOCK}
   let r = lid / ${B}u;
   let c = lid % ${B}u;
   let tq = t0 + r;

@@ -3,7 +3,7 @@
 import type { AdamWHyper } from '../../backend.js';
 import { adamwScalars } from '../../host-gradients.js';
 import type { KernelDispatch, Slice } from '../dispatch.js';
-import { type DeviceTraits, dispatch, f32u, grid, u32u } from './gradients-common.js';
+import { type DeviceTraits, dispatch, f32u, grid, type Operand, u32u, type UniformValue } from './gradients-common.js';
 
 const WG = 256;
 
@@ -16,7 +16,36 @@ const elementwise = (body: string) => `
 ${body}
 }`;
 
-const groups = (n: number) => Math.ceil(n / WG);
+/**
+ * The one dispatch of an elementwise op over n elements, all its operands f32: `reads`, then `writes`, named as the
+ * body's accessors name them; `helpers` is WGSL the body calls.
+ */
+function elementwisePlan(
+  t: DeviceTraits,
+  o: {
+    op: string;
+    variant?: string;
+    reads: Record<string, Slice>;
+    writes: Record<string, Slice>;
+    n: number;
+    uniforms?: Record<string, UniformValue>;
+    helpers?: string;
+    body: string;
+  },
+): KernelDispatch[] {
+  const operands = (slices: Record<string, Slice>, write: boolean): Operand[] =>
+    Object.entries(slices).map(([name, slice]) => ({ name, slice, elem: 'f32', write }));
+  return [
+    dispatch(t, {
+      op: o.op,
+      variant: o.variant,
+      operands: [...operands(o.reads, false), ...operands(o.writes, true)],
+      uniforms: { n: u32u(o.n), ...o.uniforms },
+      body: `${o.helpers ?? ''}${elementwise(o.body)}`,
+      workgroups: grid(t, Math.ceil(o.n / WG)),
+    }),
+  ];
+}
 
 /**
  * An f32 fused multiply-add rounded once, from f32 operations alone: WGSL's `fma` may round twice (Vulkan lets it;
@@ -149,29 +178,25 @@ export function adamwPlan(
   o: { p: Slice; g: Slice; m: Slice; v: Slice; n: number; step: number; hyper: AdamWHyper },
 ): KernelDispatch[] {
   const s = adamwScalars(o.step, o.hyper);
-  return [
-    dispatch(t, {
-      op: 'adamw',
-      operands: [
-        { name: 'p', slice: o.p, elem: 'f32', write: true },
-        { name: 'g', slice: o.g, elem: 'f32' },
-        { name: 'm', slice: o.m, elem: 'f32', write: true },
-        { name: 'v', slice: o.v, elem: 'f32', write: true },
-      ],
-      uniforms: {
-        n: u32u(o.n),
-        zero: u32u(0),
-        decay: f32u(s.decay),
-        w1: f32u(s.w1),
-        b2: f32u(s.b2),
-        w2: f32u(s.w2),
-        stepSize: f32u(s.stepSize),
-        bc2Sqrt: f32u(s.bc2Sqrt),
-        eps: f32u(s.eps),
-      },
-      body: `${FMA32_WGSL}
+  return elementwisePlan(t, {
+    op: 'adamw',
+    reads: { g: o.g },
+    writes: { p: o.p, m: o.m, v: o.v },
+    n: o.n,
+    uniforms: {
+      zero: u32u(0),
+      decay: f32u(s.decay),
+      w1: f32u(s.w1),
+      b2: f32u(s.b2),
+      w2: f32u(s.w2),
+      stepSize: f32u(s.stepSize),
+      bc2Sqrt: f32u(s.bc2Sqrt),
+      eps: f32u(s.eps),
+    },
+    helpers: `${FMA32_WGSL}
 ${DIV_SQRT_WGSL}
-${elementwise(`
+`,
+    body: `
   let gi = ld_g(i);
   let m0 = ld_m(i);
   let v0 = ld_v(i);
@@ -181,10 +206,8 @@ ${elementwise(`
   let denom = keep(divRN(sqrtRN(vi), u.bc2Sqrt)) + u.eps;
   st_p(i, pi + keep(divRN(keep(u.stepSize * mi), denom)));
   st_m(i, mi);
-  st_v(i, vi);`)}`,
-      workgroups: grid(t, groups(o.n)),
-    }),
-  ];
+  st_v(i, vi);`,
+  });
 }
 
 /**
@@ -218,25 +241,19 @@ export function geluBackwardPlan(t: DeviceTraits, o: { dy: Slice; x: Slice; dx: 
   let th = tanh(c * (u0 + 0.044715 * u0 * u0 * u0));
   let slope = 0.5 * (1.0 + th) + 0.5 * u0 * (1.0 - th * th) * c * (1.0 + 3.0 * 0.044715 * u0 * u0);`
       : `let slope = 0.5 * (1.0 + erf32(u0 * 0.7071067811865476)) + u0 * exp(-0.5 * u0 * u0) * 0.3989422804014327;`;
-  return [
-    dispatch(t, {
-      op: 'geluBackward',
-      variant: o.approximation,
-      operands: [
-        { name: 'dy', slice: o.dy, elem: 'f32' },
-        { name: 'x', slice: o.x, elem: 'f32' },
-        { name: 'dx', slice: o.dx, elem: 'f32', write: true },
-      ],
-      uniforms: { n: u32u(o.n) },
-      body: `${o.approximation === 'erf' ? ERF_WGSL : ''}
-${elementwise(`
+  return elementwisePlan(t, {
+    op: 'geluBackward',
+    variant: o.approximation,
+    reads: { dy: o.dy, x: o.x },
+    writes: { dx: o.dx },
+    n: o.n,
+    helpers: o.approximation === 'erf' ? `${ERF_WGSL}\n` : '\n',
+    body: `
   let u0 = ld_x(i);
   let g = ld_dy(i);
   ${slope}
-  st_dx(i, g * slope);`)}`,
-      workgroups: grid(t, groups(o.n)),
-    }),
-  ];
+  st_dx(i, g * slope);`,
+  });
 }
 
 /** For out = silu(gate) ⊙ up: dgate and dup written; each may be dy, gate or up itself. */
@@ -244,27 +261,19 @@ export function siluMulBackwardPlan(
   t: DeviceTraits,
   o: { dy: Slice; gate: Slice; up: Slice; dgate: Slice; dup: Slice; n: number },
 ): KernelDispatch[] {
-  return [
-    dispatch(t, {
-      op: 'siluMulBackward',
-      operands: [
-        { name: 'dy', slice: o.dy, elem: 'f32' },
-        { name: 'gate', slice: o.gate, elem: 'f32' },
-        { name: 'up', slice: o.up, elem: 'f32' },
-        { name: 'dgate', slice: o.dgate, elem: 'f32', write: true },
-        { name: 'dup', slice: o.dup, elem: 'f32', write: true },
-      ],
-      uniforms: { n: u32u(o.n) },
-      body: elementwise(`
+  return elementwisePlan(t, {
+    op: 'siluMulBackward',
+    reads: { dy: o.dy, gate: o.gate, up: o.up },
+    writes: { dgate: o.dgate, dup: o.dup },
+    n: o.n,
+    body: `
   let g = ld_dy(i);
   let a = ld_gate(i);
   let up = ld_up(i);
   let s = 1.0 / (1.0 + exp(-a));
   st_dup(i, g * a * s);
-  st_dgate(i, g * up * s * (1.0 + a * (1.0 - s)));`),
-      workgroups: grid(t, groups(o.n)),
-    }),
-  ];
+  st_dgate(i, g * up * s * (1.0 + a * (1.0 - s)));`,
+  });
 }
 
 /** dy[T,H,D] rotated back by −θ (half-split layout); dx may be dy. One invocation per (t, h, j < D/2) pair. */
@@ -274,17 +283,13 @@ export function ropeBackwardPlan(
 ): KernelDispatch[] {
   const half = o.D / 2;
   const n = o.T * o.H * half;
-  return [
-    dispatch(t, {
-      op: 'ropeBackward',
-      operands: [
-        { name: 'dy', slice: o.dy, elem: 'f32' },
-        { name: 'cos', slice: o.cos, elem: 'f32' },
-        { name: 'sin', slice: o.sin, elem: 'f32' },
-        { name: 'dx', slice: o.dx, elem: 'f32', write: true },
-      ],
-      uniforms: { n: u32u(n), H: u32u(o.H), half: u32u(half) },
-      body: elementwise(`
+  return elementwisePlan(t, {
+    op: 'ropeBackward',
+    reads: { dy: o.dy, cos: o.cos, sin: o.sin },
+    writes: { dx: o.dx },
+    n,
+    uniforms: { H: u32u(o.H), half: u32u(half) },
+    body: `
   let j = i % u.half;
   let th = i / u.half;
   let tk = th / u.H;
@@ -294,31 +299,25 @@ export function ropeBackwardPlan(
   let c = ld_cos(tk * u.half + j);
   let s = ld_sin(tk * u.half + j);
   st_dx(base, g1 * c + g2 * s);
-  st_dx(base + u.half, g2 * c - g1 * s);`),
-      workgroups: grid(t, groups(n)),
-    }),
-  ];
+  st_dx(base + u.half, g2 * c - g1 * s);`,
+  });
 }
 
 /** dy[rows, C] → dx[rows·m², C]: each row of a block gets dy / m² (exact: m² is a power of two). */
 export function mergeBlocksBackwardPlan(t: DeviceTraits, o: { dy: Slice; dx: Slice; rows: number; C: number; mergeSize: number }): KernelDispatch[] {
   const group = o.mergeSize * o.mergeSize;
   const n = o.rows * group * o.C;
-  return [
-    dispatch(t, {
-      op: 'mergeBlocksBackward',
-      operands: [
-        { name: 'dy', slice: o.dy, elem: 'f32' },
-        { name: 'dx', slice: o.dx, elem: 'f32', write: true },
-      ],
-      uniforms: { n: u32u(n), C: u32u(o.C), group: u32u(group), inv: f32u(1 / group) },
-      body: elementwise(`
+  return elementwisePlan(t, {
+    op: 'mergeBlocksBackward',
+    reads: { dy: o.dy },
+    writes: { dx: o.dx },
+    n,
+    uniforms: { C: u32u(o.C), group: u32u(group), inv: f32u(1 / group) },
+    body: `
   let c = i % u.C;
   let r = i / u.C / u.group;
-  st_dx(i, ld_dy(r * u.C + c) * u.inv);`),
-      workgroups: grid(t, groups(n)),
-    }),
-  ];
+  st_dx(i, ld_dy(r * u.C + c) * u.inv);`,
+  });
 }
 
 /**

@@ -17,8 +17,9 @@ export function crossEntropyScratchBytes(n: number, V: number, maxBytes: number)
 }
 
 /**
- * As `crossEntropyPlan` (same operands and results, within f32 rounding), using `scratch` (at least one f32 per
- * vocabulary entry up to the chunk, ideally rows·chunk) for one block of logits at a time: per row block, (1) for
+ * Cross-entropy of hidden[n,H]·head[V,H]ᵀ against targets[n]: losses[n] written; for the loss scale·Σ losses,
+ * dhidden written and dhead added to (each optional). `scratch` (at least one f32 per vocabulary entry up to the
+ * chunk, ideally rows·chunk) holds one block of logits at a time: per row block, (1) for
  * each chunk, logits = hidden·headᵀ (GEMM) and each row's log-sum-exp merged into `losses`; then, when gradients are
  * asked for, per chunk, the logits again, dlogits in place, dhidden (+)= dlogits·head and dhead += dlogitsᵀ·hidden
  * (GEMMs); last, losses = log-sum-exp − the target's logit. Every sum runs in a fixed order. A head (and dhead) split

@@ -7,9 +7,9 @@
 //   GradientOps says. In-place use is safe exactly where CheckedBackend allows it (dx = dy for the norms, gelu and
 //   rope; dgate/dup over dy, gate or up).
 // - attentionBackward parks two statistics per query row in dq between its passes (so dq must not overlap the
-//   inputs, which CheckedBackend already refuses). crossEntropyPlan needs nothing else; crossEntropyTiledPlan, the one
-//   to use at training sizes, needs a scratch buffer: rows × 8192 f32 for blocks of that many rows (the head is
-//   read three times per block, so 1024 rows, 32 MiB, beats 64 rows, 2 MiB, by far at a 152k vocabulary).
+//   inputs, which CheckedBackend already refuses). crossEntropyTiledPlan needs a scratch buffer: rows × 8192 f32 for
+//   blocks of that many rows (the head is read three times per block, so 1024 rows, 32 MiB, beats 64 rows, 2 MiB, by
+//   far at a 152k vocabulary; crossEntropyScratchBytes sizes it).
 // - Weights split by rows across buffers: matmulBackward per piece (dyStride, dxAdd), embeddingBackward per piece
 //   (rowStart, rows), crossEntropyTiledPlan with `pieces`. Any other operand must lie in one buffer no larger than
 //   maxStorageBufferBindingSize (a plan throws otherwise).
@@ -30,7 +30,6 @@ export {
   ropeBackwardPlan,
   siluMulBackwardPlan,
 } from './gradients-elementwise.js';
-export { crossEntropyPlan } from './gradients-loss.js';
 export { crossEntropyScratchBytes, crossEntropyTiledPlan, type HeadPiece } from './gradients-loss-tiled.js';
 export { matmulBackwardPlan } from './gradients-matmul.js';
 export { layerNormBackwardPlan, rmsNormBackwardPlan } from './gradients-norm.js';
