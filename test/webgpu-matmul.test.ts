@@ -18,8 +18,11 @@ interface Case {
   wType: WeightType;
   compute: ComputeMode;
   bias: 'f32' | 'bf16' | null;
-  /** 'separate': a buffer per operand at unaligned-to-16 offsets; 'shared': all in one buffer; 'pages': w in row pages. */
-  layout?: 'separate' | 'shared' | 'pages';
+  /**
+   * 'separate': a buffer per operand at offsets not multiples of 16; 'aligned': the same at offsets where x and the
+   * weight allow vector loads; 'shared': all in one buffer; 'pages': w in row pages.
+   */
+  layout?: 'separate' | 'aligned' | 'shared' | 'pages';
   gemmTile?: 64 | 128;
   seed?: number;
 }
@@ -80,12 +83,15 @@ describe('WebGPU matmul kernels', () => {
   const device = suiteGpu();
 
   /** Places the operands as the case's layout says, runs the plan, returns out. */
+  /** The pipeline keys of the last `run`'s plan: which variants it took. */
+  let lastKeys: string[] = [];
   async function run(c: Case, made: Made, t: DeviceTraits = device.traits): Promise<Float32Array> {
     const wBytes = made.w.byteLength;
     const outBytes = c.M * c.N * 4;
     // Offsets that are not multiples of 16 (and a bf16 weight or bias at 2 mod 4) exercise the uniform offsets.
-    const xOff = 12;
-    const wOff = c.wType === 'f32' ? 4 : c.wType === 'bf16' ? 6 : 5;
+    const aligned = c.layout === 'aligned';
+    const xOff = aligned ? 16 : 12;
+    const wOff = aligned ? (c.wType === 'bf16' ? 8 : 16) : c.wType === 'f32' ? 4 : c.wType === 'bf16' ? 6 : 5;
     const bOff = c.bias === 'bf16' ? 2 : 8;
     const oOff = 20;
     let x: Slice, w: Slice | WeightPage[], bias: Slice | null, out: Slice;
@@ -130,13 +136,15 @@ describe('WebGPU matmul kernels', () => {
       }
     }
     const o: MatmulOperands = { x, w, wType: c.wType, bias, biasType: c.bias ?? 'f32', out, M: c.M, N: c.N, K: c.K, compute: c.compute, gemmTile: c.gemmTile };
-    await device.gpu.errors(() => device.gpu.run(matmulPlan(t, o)));
+    const plan = matmulPlan(t, o);
+    lastKeys = plan.map((d) => d.key);
+    await device.gpu.errors(() => device.gpu.run(plan));
     return new Float32Array(await device.gpu.read(out.buffer, out.byteOffset, outBytes));
   }
 
-  async function check(c: Case): Promise<void> {
+  async function check(c: Case, t: DeviceTraits = device.traits): Promise<void> {
     const made = make(c);
-    const got = await run(c, made);
+    const got = await run(c, made, t);
     assertClose(got, made, c.K, `${c.M}×${c.N}×${c.K} ${c.wType} ${c.compute} bias ${c.bias} ${c.layout ?? 'separate'}`);
   }
 
@@ -243,27 +251,61 @@ describe('WebGPU matmul kernels', () => {
     }
   });
 
+  it('vector loads where x and the weight are aligned (and K a multiple of 4), scalar loads elsewhere', async () => {
+    for (const wType of ['f32', 'bf16'] as const)
+      for (const [M, N, K] of [
+        [3, 29, 96],
+        [40, 33, 68],
+      ])
+        for (const compute of ['exact', 'bf16'] as const) {
+          await check({ M: M!, N: N!, K: K!, wType, compute, bias: 'bf16', layout: 'aligned' });
+          assert.ok(lastKeys.every((k) => k.includes('-xv') && k.includes('-wv')), `aligned ${wType}: ${lastKeys.join()}`);
+          // x at byte 12 and w at 4 (f32) or 6 (bf16, 2 mod 4): the scalar loads.
+          await check({ M: M!, N: N!, K: K!, wType, compute, bias: null });
+          assert.ok(lastKeys.every((k) => !k.includes('-xv') && !k.includes('-wv')), `misaligned ${wType}: ${lastKeys.join()}`);
+        }
+    // K = 37: rows start off the vector even where the operands' offsets are aligned.
+    await check({ M: 5, N: 29, K: 37, wType: 'f32', compute: 'exact', bias: null, layout: 'aligned' });
+    assert.ok(lastKeys.every((k) => !k.includes('-xv') && !k.includes('-wv')), lastKeys.join());
+    // Quantized weights keep their byte reads; x alone is vectorised.
+    await check({ M: 70, N: 45, K: 64, wType: 'int8', compute: 'exact', bias: 'f32', layout: 'aligned' });
+    assert.ok(lastKeys.every((k) => k.includes('-xv') && !k.includes('-wv')), lastKeys.join());
+  });
+
+  it('the GEMV reduces with subgroups where the device has them, and in workgroup memory where told it has not', async () => {
+    const noSubgroups = { ...device.traits, subgroups: false };
+    for (const wType of ['f32', 'bf16', 'int4m'] as const)
+      for (const layout of ['separate', 'aligned'] as const) {
+        const c: Case = { M: 5, N: 29, K: 96, wType, compute: 'exact', bias: 'f32', layout };
+        await check(c);
+        assert.equal(lastKeys[0]!.includes('-sg'), device.traits.subgroups, lastKeys[0]);
+        await check(c, noSubgroups);
+        assert.ok(!lastKeys[0]!.includes('-sg'), lastKeys[0]);
+      }
+  });
+
   it('M ≤ 16: every row of out has the bits it gets alone', async () => {
-    for (const [wType, compute, K] of [
-      ['f32', 'exact', 96],
-      ['bf16', 'bf16', 37],
-      ['int4', 'exact', 64],
-      ['int8', 'exact', 128],
-    ] as const) {
-      const N = 23;
-      for (const M of [5, 16]) {
-        const batch: Case = { M, N, K, wType, compute, bias: 'f32', seed: 99 };
-        const made = make(batch);
-        const together = await run(batch, made);
-        for (let m = 0; m < M; m++) {
-          const one: Made = { ...made, x: made.x.subarray(m * K, (m + 1) * K) };
-          const alone = await run({ ...batch, M: 1 }, one);
-          const a = new Uint32Array(alone.buffer);
-          const b = new Uint32Array(together.buffer, m * N * 4, N);
-          assert.deepEqual([...b], [...a], `${wType} ${compute} M=${M}: row ${m} differs from the same row alone`);
+    for (const t of [device.traits, { ...device.traits, subgroups: false }])
+      for (const [wType, compute, K] of [
+        ['f32', 'exact', 96],
+        ['bf16', 'bf16', 37],
+        ['int4', 'exact', 64],
+        ['int8', 'exact', 128],
+      ] as const) {
+        const N = 23;
+        for (const M of [5, 16]) {
+          const batch: Case = { M, N, K, wType, compute, bias: 'f32', seed: 99 };
+          const made = make(batch);
+          const together = await run(batch, made, t);
+          for (let m = 0; m < M; m++) {
+            const one: Made = { ...made, x: made.x.subarray(m * K, (m + 1) * K) };
+            const alone = await run({ ...batch, M: 1 }, one, t);
+            const a = new Uint32Array(alone.buffer);
+            const b = new Uint32Array(together.buffer, m * N * 4, N);
+            assert.deepEqual([...b], [...a], `${wType} ${compute} M=${M} subgroups ${t.subgroups}: row ${m} differs from the same row alone`);
+          }
         }
       }
-    }
   });
 
   it('the tolerance tells the compute modes apart (a kernel that forgot to round would fail)', async () => {

@@ -4,8 +4,8 @@
  * - M ≤ BATCH_ROWS (decode, batched decode): a GEMV, a workgroup streaming 4 weight rows from memory once, for each
  *   row of x in turn (again from cache). One pipeline serves every M up to 16 with a loop over the rows, so each row
  *   of out is computed by the same instructions in the same order whatever M is: the bits of a row alone (backend.ts
- *   BATCH_ROWS). Its workgroup reduction is a fixed sequential sum in workgroup memory, not subgroup operations, whose
- *   order a driver may change with the subgroup size it picks per pipeline.
+ *   BATCH_ROWS). Its reduction of the thread partials uses subgroupAdd where the device has subgroups (the order a
+ *   driver picks per pipeline, the same for every M), else a fixed sequential sum in workgroup memory.
  * - Larger M (prefill, the vision encoder): a tiled GEMM, 128×128 output tiles over k-slices of 8 held in workgroup
  *   memory, each thread 8×8 outputs (64×64 tiles, 4×4 a thread, where the matrix has too few large tiles to fill the
  *   device).
@@ -136,14 +136,25 @@ function pageDispatch(t: DeviceTraits, o: MatmulOperands, page: WeightPage, nBas
   };
   // The compute mode and the bias's type are uniforms, tested where the values are loaded, not variants: every
   // variant is one more shader for a driver to compile (seconds each on a software rasteriser).
-  const key = `matmul-${gemv ? 'gemv' : `gemm${tile}`}-${o.wType}-${o.bias ? 'bias' : 'nobias'}-${bound.signature}`;
+  // Vector loads where the operand has its binding to itself and every 4-element unit (k a multiple of 4) starts on
+  // the vector: x and f32 weights as vec4<u32>, bf16 weights as vec2<u32>. The values loaded are the scalar ones.
+  const alone = (name: string) => bound.names.filter((n) => n === name).length === 1;
+  const xVec = alone(xb) && o.K % 4 === 0 && o.x.byteOffset % 16 === 0;
+  const wVecBytes = o.wType === 'f32' ? 16 : o.wType === 'bf16' ? 8 : 0;
+  const wVec = wVecBytes > 0 && alone(wb) && o.K % 4 === 0 && page.slice.byteOffset % wVecBytes === 0;
+  const elements: Record<string, string> = {};
+  if (xVec) elements[xb] = 'vec4<u32>';
+  if (wVec) elements[wb] = wVecBytes === 16 ? 'vec4<u32>' : 'vec2<u32>';
+  const sg = gemv && t.subgroups;
+  const key = `matmul-${gemv ? `gemv${sg ? '-sg' : ''}` : `gemm${tile}`}-${o.wType}${xVec ? '-xv' : ''}${wVec ? '-wv' : ''}-${o.bias ? 'bias' : 'nobias'}-${bound.signature}`;
   const head = () =>
     [
-      bound.declarations(UNIFORMS),
+      sg ? 'enable subgroups;' : '',
+      bound.declarations(UNIFORMS, elements),
       WGSL_CONVERSIONS,
-      f32Access('x', xb),
+      xVec ? '' : f32Access('x', xb),
       f32Access('o', ob, true),
-      o.wType === 'f32' ? f32Access('w', wb) : o.wType === 'bf16' ? bf16Access('w', wb) : byteAccess('w', wb),
+      wVec ? '' : o.wType === 'f32' ? f32Access('w', wb) : o.wType === 'bf16' ? bf16Access('w', wb) : byteAccess('w', wb),
       bb ? `${f32Access('bias', bb)}\n${bf16Access('bias', bb)}` : '',
       `fn bias_at(n: u32) -> f32 {
   ${bb ? 'if (u.bias_bf16 == 1u) { return bias_bf16(u.b_off + n); }\n  return bias_f32(u.b_off + n);' : 'return 0.0;'}
@@ -153,20 +164,28 @@ function pageDispatch(t: DeviceTraits, o: MatmulOperands, page: WeightPage, nBas
   if (u.bf16 == 0u) { return v; }
   return vec4<f32>(round_bf16(v.x), round_bf16(v.y), round_bf16(v.z), round_bf16(v.w));
 }`,
-      xUnit(),
-      wUnit(o.wType, wb),
+      xUnit(xVec ? xb : null),
+      wUnit(o.wType, wb, wVec),
     ].join('\n');
   return {
     key,
-    wgsl: () => `${head()}\n${gemv ? GEMV : gemm(tile)}`,
+    wgsl: () => `${head()}\n${gemv ? gemvKernel(sg) : gemm(tile)}`,
     buffers: bound.buffers,
     uniforms: Uint32Array.from(UNIFORMS, (f) => values[f]),
     workgroups: grid(groups, t),
   };
 }
 
-/** x[m, k..k+3] as f32 (0 past K), rounded to bf16 in 'bf16' compute. */
-function xUnit(): string {
+/**
+ * x[m, k..k+3] as f32 (0 past K), rounded to bf16 in 'bf16' compute. `vec`: x's binding as vec4<u32>, with K and its
+ * offset multiples of 4, so that a unit is whole or wholly past K.
+ */
+function xUnit(vec: string | null): string {
+  if (vec)
+    return `fn x_unit(m: u32, k: u32) -> vec4<f32> {
+  if (k + 4u > u.K) { return vec4<f32>(0.0); }
+  return rnd(bitcast<vec4<f32>>(${vec}[(u.x_off + m * u.K + k) >> 2u]));
+}`;
   return `fn x_unit(m: u32, k: u32) -> vec4<f32> {
   let base = u.x_off + m * u.K + k;
   var v = vec4<f32>(0.0);
@@ -179,8 +198,25 @@ function xUnit(): string {
 }`;
 }
 
-/** w[n, k..k+3] of the page as f32 (0 past K); k is a multiple of 4. */
-function wUnit(w: WeightType, wb: string): string {
+/** w[n, k..k+3] of the page as f32 (0 past K); k is a multiple of 4. `vec`: as xUnit says, for f32 and bf16. */
+function wUnit(w: WeightType, wb: string, vec: boolean): string {
+  const quad = `fn w_quad(n0: u32, k: u32) -> array<vec4<f32>, 4> {
+  var w = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+  for (var r = 0u; r < 4u; r++) { if (n0 + r < u.N) { w[r] = w_unit(n0 + r, k); } }
+  return w;
+}`;
+  if (vec) {
+    const load =
+      w === 'f32'
+        ? 'rnd(bitcast<vec4<f32>>(p))'
+        : 'vec4<f32>(bitcast<f32>(p.x << 16u), bitcast<f32>(p.x & 0xffff0000u), bitcast<f32>(p.y << 16u), bitcast<f32>(p.y & 0xffff0000u))';
+    return `fn w_unit(n: u32, k: u32) -> vec4<f32> {
+  if (k + 4u > u.K) { return vec4<f32>(0.0); }
+  let p = ${wb}[(u.w_off + n * u.K + k) >> 2u];
+  return ${load};
+}
+${quad}`;
+  }
   if (w === 'f32' || w === 'bf16') {
     // bf16: two whole words when the four halves start on a word.
     const whole =
@@ -203,11 +239,7 @@ function wUnit(w: WeightType, wb: string): string {
   }
   return ${w === 'f32' ? 'rnd(v)' : 'v'};
 }
-fn w_quad(n0: u32, k: u32) -> array<vec4<f32>, 4> {
-  var w = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
-  for (var r = 0u; r < 4u; r++) { if (n0 + r < u.N) { w[r] = w_unit(n0 + r, k); } }
-  return w;
-}`;
+${quad}`;
   }
   // quant.ts blockRef: rows in groups of 4, blocks in chunks of 4, scales (and minimums) first, then the codes.
   const codeBytes = w === 'int8' ? 32 : 16;
@@ -248,12 +280,17 @@ fn w_quad(n0: u32, k: u32) -> array<vec4<f32>, 4> {
 
 // The per-row arithmetic must not depend on M (see the top): the rows of x are taken one after another by the same
 // code, each with its own 4 accumulators (the workgroup's 4 weight rows) over k in the same order; the weight rows,
-// read again for each row of x, come from cache. Then each output's 64 thread partials are summed in thread order.
-// \`part\` is swizzled so that both its writes and its reads touch distinct banks.
-const GEMV = `
+// read again for each row of x, come from cache. Then each output's 64 thread partials are summed in a fixed order.
+// With subgroups (`sg`), each subgroup first adds its lanes' partials (subgroupAdd, in the order the driver has for
+// this pipeline's subgroup size: the same for every M, since one pipeline serves all), and the output's thread sums
+// the subgroup totals in the order of their first lanes; without, it sums all 64 partials in thread order.
+// `part` is swizzled so that both its writes and its reads touch distinct banks.
+function gemvKernel(sg: boolean): string {
+  return `
 var<workgroup> part: array<f32, ${64 * 4 * BATCH_ROWS}>;
+${sg ? 'var<workgroup> lead: array<u32, 64>;' : ''}
 @compute @workgroup_size(64)
-fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) lid: u32) {
+fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) lid: u32${sg ? ', @builtin(subgroup_invocation_id) sl: u32' : ''}) {
   let gi = ${LINEAR_GROUP};
   if (gi >= u.groups) { return; }
   let n0 = gi * 4u;
@@ -267,18 +304,20 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nwg: vec3u, @
       a = fma(vec4<f32>(xv.z), vec4<f32>(w[0].z, w[1].z, w[2].z, w[3].z), a);
       a = fma(vec4<f32>(xv.w), vec4<f32>(w[0].w, w[1].w, w[2].w, w[3].w), a);
     }
-    for (var r = 0u; r < 4u; r++) { part[lid * 64u + ((m * 4u + r) ^ (lid & 31u))] = a[r]; }
+    ${sg ? 'let t = subgroupAdd(a);\n    if (sl == 0u) { for (var r = 0u; r < 4u; r++) { part[lid * 64u + ((m * 4u + r) ^ (lid & 31u))] = t[r]; } }' : 'for (var r = 0u; r < 4u; r++) { part[lid * 64u + ((m * 4u + r) ^ (lid & 31u))] = a[r]; }'}
   }
+  ${sg ? 'lead[lid] = select(0u, 1u, sl == 0u);' : ''}
   workgroupBarrier();
   let m = lid >> 2u;
   let n = n0 + (lid & 3u);
   if (m < u.M && n < u.N) {
     var s = 0.0;
-    for (var i = 0u; i < 64u; i++) { s += part[i * 64u + (lid ^ (i & 31u))]; }
+    for (var i = 0u; i < 64u; i++) { ${sg ? 'if (lead[i] == 1u) { s += part[i * 64u + (lid ^ (i & 31u))]; }' : 's += part[i * 64u + (lid ^ (i & 31u))];'} }
     o_set(u.o_off + m * u.ldo + u.n_base + n, s + bias_at(u.n_base + n));
   }
 }
 `;
+}
 
 /**
  * The GEMM for T×T output tiles (T = 64 or 128) over k-slices of BK (16 or 8: T·BK = 1024, a 4-wide unit per thread

@@ -40,8 +40,11 @@ export interface Bindings {
   names: string[];
   /** The binding of each operand, e.g. "0.1.0.2": part of a pipeline key, since the WGSL differs with it. */
   signature: string;
-  /** Declarations of the storage bindings and of the uniform block `u` with the given u32 fields. */
-  declarations(uniformFields: readonly string[]): string;
+  /**
+   * Declarations of the storage bindings and of the uniform block `u` with the given u32 fields; `elements` may give a
+   * binding another element type (e.g. `{ b1: 'vec4<u32>' }` for 16-byte loads), the default being `u32`.
+   */
+  declarations(uniformFields: readonly string[], elements?: Readonly<Record<string, string>>): string;
 }
 
 /** One binding per distinct buffer, written when any operand in it is. */
@@ -61,9 +64,9 @@ export function bindOperands(operands: readonly Operand[]): Bindings {
     buffers,
     names: index.map((i) => `b${i}`),
     signature: index.join('.'),
-    declarations: (fields) =>
+    declarations: (fields, elements = {}) =>
       [
-        ...buffers.map((b, i) => `@group(0) @binding(${i}) var<storage, ${b.write ? 'read_write' : 'read'}> b${i}: array<u32>;`),
+        ...buffers.map((b, i) => `@group(0) @binding(${i}) var<storage, ${b.write ? 'read_write' : 'read'}> b${i}: array<${elements[`b${i}`] ?? 'u32'}>;`),
         `struct U { ${fields.map((f) => `${f}: u32`).join(', ')} }`,
         `@group(0) @binding(${buffers.length}) var<uniform> u: U;`,
       ].join('\n'),
