@@ -3,13 +3,13 @@
 // (prints one JSON object; defaults: the fastest compute mode, the weights as stored; decode-only skips the prefill runs)
 import { generateTokens } from '../src/engine/generate.js';
 import { Rng } from '../src/engine/rng.js';
-import { EMBED_TOKENS, loadCheckpoint } from '../src/model/checkpoint.js';
+import { loadCheckpoint } from '../src/model/checkpoint.js';
 import { FormattedWeights } from '../src/model/weight-formats.js';
-import { decoderWeights, flattenSpecs } from '../src/model/weight-names.js';
 import type { WeightFormat } from '../src/tensor/dtype.js';
 import { Qwen2Model } from '../src/model/qwen2.js';
 import { type ComputeMode, createBackend } from '../src/tensor/index.js';
 import { type NativeBackend, readBandwidth } from '../src/tensor/native.js';
+import { decodeBytesPerToken } from './quantized-run.js';
 import { median, round } from './stats.js';
 
 export interface LlmFigures {
@@ -60,9 +60,7 @@ async function main(): Promise<void> {
   const c = checkpoint.config;
   const layerParams =
     c.hiddenSize * c.hiddenSize * 2 + 2 * c.numKeyValueHeads * c.headDim * c.hiddenSize + 3 * c.hiddenSize * c.intermediateSize;
-  // Every weight a decode step reads once: all but the embedding table (one row of it), as loaded.
-  const read = new Set(flattenSpecs(decoderWeights(c)).filter((s) => s.name !== EMBED_TOKENS).map((s) => weights.get(s)));
-  const weightBytesPerToken = [...read].reduce((sum, t) => sum + t.byteLength, 0);
+  const weightBytesPerToken = decodeBytesPerToken(checkpoint, weights);
 
   const prefillRuns: number[] = [];
   if (decodeOnly !== 'decode-only') for (let r = 0; r < 2; r++) prefillRuns.push((await run(model, 1024, 1, 100 + r)).prefillMs / 1000);

@@ -31,7 +31,8 @@ const peersOnly = args.includes('--peers-only');
 const skipPeers = args.includes('--skip-peers');
 const peerThreadsFlag = args.indexOf('--peer-threads');
 // Ours and llama.cpp BF16 alternately this many times (0: not at all); each pair costs about a minute. The quantized
-// formats' rounds (ours bf16/int8/int4/int4m, llama.cpp Q8_0/Q4_0) run as many times, about three minutes each.
+// formats' rounds (ours bf16/int8/int4/int4m, llama.cpp Q8_0/Q4_0, in one process) run at least as many times, up to
+// three times as many while a runner has no run in a phase of the host that others met: about a minute each.
 const pairsFlag = args.indexOf('--decode-pairs');
 const decodePairs = pairsFlag >= 0 ? Number(args[pairsFlag + 1]) : 3;
 const modelFlag = args.indexOf('--model');

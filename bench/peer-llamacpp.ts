@@ -107,7 +107,7 @@ async function prefillSeconds(seq: Sequence, prompt: number[]): Promise<number> 
 }
 
 /** Seconds for `tokens` decode steps after the prompt's first token (bench/llm.ts's decodeMs). */
-async function decodeSeconds(seq: Sequence, prompt: number[], tokens: number): Promise<number> {
+export async function decodeSeconds(seq: Sequence, prompt: number[], tokens: number): Promise<number> {
   await seq.clearHistory();
   const { gen } = await firstToken(seq, prompt);
   const t0 = performance.now();

@@ -1,103 +1,103 @@
 // The "quantized weights" section of `npm run bench`: our decode with bf16, int8, int4 and int4m weights and llama.cpp's
-// with Q8_0 and Q4_0 GGUFs of the same checkpoint, in rounds, each figure beside the bandwidth bound measured in its own
-// process right after it.
-import type { LlmFigures } from './llm.js';
-import type { PeerReport, PeerRun } from './peer-common.js';
-import type { LlamaCppExtra } from './peer-llamacpp.js';
+// with Q8_0 and Q4_0 GGUFs of the same checkpoint, taking turns in one process (bench/quantized-run.ts), each decode
+// beside the read bandwidth measured right before and right after it.
+import { OURS, type QuantizedRunReport, type Runner, runGBs, runsByPhase, THEIRS } from './quantized-run.js';
 import { median, percent, round } from './stats.js';
 
 type Child = <T>(name: string, ...argv: string[]) => T;
 
-/** Our runs of a round, by weight format. */
-export const OURS = ['bf16', 'int8', 'int4', 'int4m'] as const;
-/** llama.cpp's runs of a round, by GGUF type: the formats ours are held to. */
-export const THEIRS = ['q8_0', 'q4_0'] as const;
-
-export interface QuantizedRound {
-  ours: Record<(typeof OURS)[number], { tokensPerSecond: number; bytesPerToken: number; readGBs: number }>;
-  llamaCpp: Partial<Record<(typeof THEIRS)[number], number>>;
-}
-
-/** A ratio of the issue's targets: its median over the rounds, and the target it is held to. */
+/** A ratio of the issue's targets in one phase: medians of each side's runs in that phase, and the target. */
 export interface QuantizedRatio {
   label: string;
-  ratios: number[];
-  median: number;
+  ratio: number;
   target: number;
+}
+
+/** What one phase of the host gave: its bandwidth, our formats and llama.cpp's, and the targets' ratios. */
+export interface QuantizedPhase {
+  /** Median read bandwidth of the steady runs in this phase (same threads). */
+  readGBs: number;
+  runs: number;
+  /** Per format: median decode tokens/s, bytes per token, and the median of the runs' fractions of their own bound. */
+  formats: { weights: string; runs: number; tokensPerSecond: number; bytesPerToken: number; percentOfBound: number }[];
+  theirs: { weights: string; runs: number; tokensPerSecond: number }[];
+  ratios: QuantizedRatio[];
 }
 
 export interface QuantizedFigures {
   threads: number;
   compute: string;
-  rounds: QuantizedRound[];
-  /** Per format: median decode tokens/s, bytes per token, and the median of the per-run fractions of the bound. */
-  formats: { weights: string; tokensPerSecond: number; bytesPerToken: number; percentOfBound: number }[];
-  llamaCpp: { weights: string; tokensPerSecond: number }[];
-  ratios: QuantizedRatio[];
+  isa: string;
+  llamaCpp?: { version?: string; skipped?: string };
+  rounds: number;
+  /** Runs whose bandwidth moved during every try (left out). */
+  unsteadyRuns: number;
+  /** Fastest phase first. */
+  phases: QuantizedPhase[];
+  report: QuantizedRunReport;
 }
 
+const TARGETS: [label: string, target: number, a: Runner, b: Runner][] = [
+  ['int8 ÷ our bf16', 1.8, 'int8', 'bf16'],
+  ['int4 ÷ our bf16', 3, 'int4', 'bf16'],
+  ['int4m ÷ our bf16', 3, 'int4m', 'bf16'],
+  ['int8 ÷ llama.cpp Q8_0', 1, 'int8', 'q8_0'],
+  ['int4 ÷ llama.cpp Q4_0', 1, 'int4', 'q4_0'],
+];
+
 /**
- * Decode runs at the bandwidth the host leaves this VM, which moves by ±15 % from minute to minute, so formats and
- * runtimes are compared within rounds: each round runs every one of ours and llama.cpp's Q8_0 and Q4_0 back to back,
- * ratios are taken per round and their median reported.
+ * Decode runs at the bandwidth the host leaves this VM, which has two phases (see bench/quantized-run.ts), so each
+ * run's bound is the bandwidth measured around it, and formats and runtimes are compared within a phase.
  */
 export function measureQuantizedRounds(o: { modelDir: string; threads: number; compute: string; rounds: number; llamaCpp: boolean; child: Child }): QuantizedFigures {
-  const rounds: QuantizedRound[] = [];
-  for (let r = 0; r < o.rounds; r++) {
-    const ours = {} as QuantizedRound['ours'];
-    for (const weights of OURS) {
-      const f = o.child<LlmFigures>('llm', o.modelDir, String(o.threads), o.compute, weights, 'decode-only');
-      ours[weights] = { tokensPerSecond: f.decode.tokensPerSecond, bytesPerToken: f.weightBytesPerToken, readGBs: f.readGBs };
-    }
-    const llamaCpp: QuantizedRound['llamaCpp'] = {};
-    if (o.llamaCpp) {
-      const report = o.child<PeerReport<LlamaCppExtra>>('peer-llamacpp', o.modelDir, String(o.threads), THEIRS.join(','));
-      for (const type of THEIRS) {
-        const run = report.runs.find((x: PeerRun) => x.weights.toLowerCase().startsWith(type));
-        if (run) llamaCpp[type] = run.decode.tokensPerSecond;
-      }
-    }
-    rounds.push({ ours, llamaCpp });
-  }
-  const ratio = (label: string, target: number, pick: (r: QuantizedRound) => number | undefined): QuantizedRatio | undefined => {
-    const ratios = rounds.map(pick).filter((x): x is number => x !== undefined && Number.isFinite(x)).map((x) => round(x, 2));
-    return ratios.length ? { label, ratios, median: round(median(ratios), 2), target } : undefined;
-  };
-  const ratios = [
-    ratio('int8 ÷ our bf16', 1.8, (r) => r.ours.int8.tokensPerSecond / r.ours.bf16.tokensPerSecond),
-    ratio('int4 ÷ our bf16', 3, (r) => r.ours.int4.tokensPerSecond / r.ours.bf16.tokensPerSecond),
-    ratio('int4m ÷ our bf16', 3, (r) => r.ours.int4m.tokensPerSecond / r.ours.bf16.tokensPerSecond),
-    ratio('int8 ÷ llama.cpp Q8_0', 1, (r) => (r.llamaCpp.q8_0 ? r.ours.int8.tokensPerSecond / r.llamaCpp.q8_0 : undefined)),
-    ratio('int4 ÷ llama.cpp Q4_0', 1, (r) => (r.llamaCpp.q4_0 ? r.ours.int4.tokensPerSecond / r.llamaCpp.q4_0 : undefined)),
-  ].filter((x): x is QuantizedRatio => x !== undefined);
+  const argv = [o.modelDir, String(o.threads), o.compute, String(o.rounds)];
+  const report = o.child<QuantizedRunReport>('quantized-run', ...(o.llamaCpp ? [...argv, 'llama'] : argv));
+  const { runs } = runsByPhase(report.rounds);
+  const tps = (xs: { tokensPerSecond: number }[]) => median(xs.map((x) => x.tokensPerSecond));
+  const phases = runs.map((phase): QuantizedPhase => {
+    const all = [...phase.values()].flat();
+    return {
+      readGBs: round(median(all.map(runGBs)), 1),
+      runs: all.length,
+      formats: OURS.flatMap((weights) => {
+        const xs = phase.get(weights) ?? [];
+        const bytesPerToken = report.bytesPerToken[weights] ?? 0;
+        return xs.length
+          ? [{ weights, runs: xs.length, tokensPerSecond: round(tps(xs), 2), bytesPerToken, percentOfBound: round(median(xs.map((x) => percent(x.tokensPerSecond, (runGBs(x) * 1e9) / bytesPerToken))), 1) }]
+          : [];
+      }),
+      theirs: THEIRS.flatMap((type) => {
+        const xs = phase.get(type) ?? [];
+        return xs.length ? [{ weights: `${type.toUpperCase()} GGUF`, runs: xs.length, tokensPerSecond: round(tps(xs), 2) }] : [];
+      }),
+      ratios: TARGETS.flatMap(([label, target, a, b]) => {
+        const xa = phase.get(a) ?? [], xb = phase.get(b) ?? [];
+        return xa.length && xb.length ? [{ label, ratio: round(tps(xa) / tps(xb), 2), target }] : [];
+      }),
+    };
+  });
   return {
-    threads: o.threads,
-    compute: o.compute,
-    rounds,
-    formats: OURS.map((weights) => {
-      const runs = rounds.map((r) => r.ours[weights]);
-      return {
-        weights,
-        tokensPerSecond: round(median(runs.map((x) => x.tokensPerSecond)), 2),
-        bytesPerToken: runs[0]!.bytesPerToken,
-        percentOfBound: round(median(runs.map((x) => percent(x.tokensPerSecond, (x.readGBs * 1e9) / x.bytesPerToken))), 1),
-      };
-    }),
-    llamaCpp: THEIRS.flatMap((type) => {
-      const runs = rounds.map((r) => r.llamaCpp[type]).filter((x): x is number => x !== undefined);
-      return runs.length ? [{ weights: `${type.toUpperCase()} GGUF`, tokensPerSecond: round(median(runs), 2) }] : [];
-    }),
-    ratios,
+    threads: report.threads,
+    compute: report.compute,
+    isa: report.isa,
+    llamaCpp: report.llamaCpp,
+    rounds: report.rounds.length,
+    unsteadyRuns: report.rounds.flatMap((r) => Object.values(r)).filter((x) => !x.steady).length,
+    phases,
+    report,
   };
 }
 
 export function printQuantized(q: QuantizedFigures, log: (line: string) => void): void {
-  log(`decode with quantized weights, ${q.threads} thread(s), ${q.compute} compute, ${q.rounds.length} rounds (64 tokens after 256; each of ours beside the bandwidth measured right after it):`);
-  for (const f of q.formats) {
-    log(`  ours ${f.weights}: ${f.tokensPerSecond} tokens/s, ${round(f.bytesPerToken / 1e9, 3)} GB read per token, ${f.percentOfBound}% of the bandwidth bound`);
-  }
-  for (const l of q.llamaCpp) log(`  llama.cpp ${l.weights}: ${l.tokensPerSecond} tokens/s`);
-  for (const r of q.ratios) {
-    log(`  ${r.label}: median ${r.median}× (target ≥ ${r.target}×: ${r.median >= r.target ? 'met' : 'NOT met'}; rounds ${r.ratios.join(', ')})`);
+  log(`decode with quantized weights, ${q.isa} ${q.compute}, ${q.threads} thread(s): ${q.rounds} rounds in one process taking turns ` +
+    `(64 tokens after 256, each run between two read-bandwidth measurements; ${q.unsteadyRuns} runs left out because the bandwidth moved during them)`);
+  if (q.llamaCpp?.skipped) log(`  llama.cpp skipped: ${q.llamaCpp.skipped}`);
+  for (const p of q.phases) {
+    log(`  runs that met ${p.readGBs} GB/s (${p.runs} runs):`);
+    for (const f of p.formats) {
+      log(`    ours ${f.weights}: ${f.tokensPerSecond} tokens/s (${f.runs} runs), ${round(f.bytesPerToken / 1e9, 3)} GB read per token, ${f.percentOfBound}% of the bandwidth bound (target ≥ 75 %: ${f.percentOfBound >= 75 ? 'met' : 'NOT met'})`);
+    }
+    for (const l of p.theirs) log(`    llama.cpp ${l.weights}: ${l.tokensPerSecond} tokens/s (${l.runs} runs)`);
+    for (const r of p.ratios) log(`    ${r.label}: ${r.ratio}× (target ≥ ${r.target}×: ${r.ratio >= r.target ? 'met' : 'NOT met'})`);
   }
 }

@@ -411,11 +411,44 @@ inline void gemvTileBf16(const uint16_t* x, long K, const uint16_t* w, float* ou
     for (int r = 0; r < R; r++) out[m * ldo + r] = hsum16(acc[m][r]) + (bias ? bias[r] : 0.0f);
 }
 
+// One row of x against S weight rows `apart` elements apart: gemvTileBf16<1, S>'s operations per row (each output one
+// chain over k), with S sequential weight streams. Six adjacent rows a tile read 21–23 GB/s from one Zen 4 core whose
+// read loop makes 31; six streams far apart make 25–31 (8 or 12 streams, or a software prefetch of the next rows into
+// L2, were slower).
+template <int S>
+inline void gemvStreamsTileBf16(const uint16_t* x, long K, const uint16_t* w, long apart, long outApart, float* out,
+                                const float* bias) {
+  __m512 acc[S];
+  for (int s = 0; s < S; s++) acc[s] = _mm512_setzero_ps();
+  long k = 0;
+  for (; k + 32 <= K; k += 32) {
+    const __m512bh xv = loadBf16x32(x + k);
+#pragma GCC unroll 8
+    for (int s = 0; s < S; s++) acc[s] = _mm512_dpbf16_ps(acc[s], loadBf16x32(w + s * apart + k), xv);
+  }
+  if (k < K) {
+    const __mmask32 mk = mask32(K - k);
+    const __m512bh xv = loadBf16x32Masked(x + k, mk);
+    for (int s = 0; s < S; s++) acc[s] = _mm512_dpbf16_ps(acc[s], loadBf16x32Masked(w + s * apart + k, mk), xv);
+  }
+  for (int s = 0; s < S; s++) out[s * outApart] = hsum16(acc[s]) + (bias ? bias[s * outApart] : 0.0f);
+}
+
+// gemvRowsBf16 for one row of x (decode): the rows in 6 equal ranges streamed together, the remainder one at a time.
+inline void gemvStreamsBf16(const uint16_t* x, long K, const uint16_t* w, long nRows, float* out, const float* bias) {
+  constexpr int S = 6;
+  const long part = nRows / S;
+  for (long n = 0; n < part; n++)
+    gemvStreamsTileBf16<S>(x, K, w + n * K, part * K, part, out + n, bias ? bias + n : nullptr);
+  for (long n = S * part; n < nRows; n++) gemvTileBf16<1, 1>(x, K, w + n * K, out + n, 1, bias ? bias + n : nullptr, nullptr, 0);
+}
+
 // Weight rows in blocks of ~128 KiB, in tiles of 6 (the last ones alone): the first group of up to 4 rows of x
 // streams a block from memory, the others find it in L2.
 inline void gemvRowsBf16(const uint16_t* x, int M, long K, const uint16_t* w, long nRows, float* out, long ldo,
                          const float* bias) {
   constexpr int R = 6;  // 4·6 accumulators, 6 weight vectors and one x vector in 32 registers
+  if (M == 1) return gemvStreamsBf16(x, K, w, nRows, out, bias);
   long block = (128L << 10) / (K * 2) / R * R;
   if (block < R) block = R;
   for (long n0 = 0; n0 < nRows; n0 += block) {
@@ -838,16 +871,43 @@ inline __m512i blockLanes(__m512i acc, __m512i w, __m512i x) {
 }
 #endif
 
+// Lanes 4b..4b+3 of row r's scale vector: element 4r + b of the chunk's scales (row, then block).
+inline void rowScaleIndices(__m512i (&scaleOf)[quant::kGroupRows]) {
+  for (int r = 0; r < quant::kGroupRows; r++)
+    scaleOf[r] = _mm512_add_epi32(_mm512_set1_epi32(4 * r), _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0));
+}
+
+// Row r's codes of a chunk as the operands of its two halves.
+template <WType T>
+inline void rowCodes(const uint8_t* codes, int r, __m512i& wLo, __m512i& wHi) {
+  if (T == WType::Int8) {
+    wLo = codeOperand<T>(_mm512_loadu_si512(codes + r * 128));
+    wHi = codeOperand<T>(_mm512_loadu_si512(codes + r * 128 + 64));
+  } else {
+    const __m512i v = _mm512_loadu_si512(codes + r * 64);
+    wLo = _mm512_and_si512(v, _mm512_set1_epi8(0x0f));
+    wHi = _mm512_and_si512(_mm512_srli_epi16(v, 4), _mm512_set1_epi8(0x0f));
+  }
+}
+
+// A group's accumulated rows (and int4m's minimum terms) added to their results.
+template <WType T>
+inline void addGroupRows(const __m512 (&acc)[quant::kGroupRows], __m512 accMin, float* res) {
+  alignas(64) float mins[16];
+  _mm512_store_ps(mins, accMin);
+  for (int r = 0; r < quant::kGroupRows; r++) {
+    res[r] += hsum16(acc[r]);
+    if (T == WType::Int4m) res[r] += (mins[4 * r] + mins[4 * r + 1]) + (mins[4 * r + 2] + mins[4 * r + 3]);
+  }
+}
+
 template <WType T, int MT>
 inline long groupDotT(const uint8_t* g, const quant::QuantizedRows& A, long m0, float (*res)[quant::kGroupRows]) {
   constexpr int R = quant::kGroupRows;
   const long K = A.K;
   const auto [nb, chunks, chunkBytes, paramBytes] = quant::groupChunks(T, K);
-  const __m512i nibble = _mm512_set1_epi8(0x0f);
-  // Lanes 4b..4b+3 of row r's scale vector: element 4r + b of the chunk's scales (row, then block).
   __m512i scaleOf[R];
-  for (int r = 0; r < R; r++)
-    scaleOf[r] = _mm512_add_epi32(_mm512_set1_epi32(4 * r), _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0));
+  rowScaleIndices(scaleOf);
   __m512 acc[MT][R], accMin[MT];
   for (int i = 0; i < MT; i++) {
     accMin[i] = _mm512_setzero_ps();
@@ -859,16 +919,7 @@ inline long groupDotT(const uint8_t* g, const quant::QuantizedRows& A, long m0, 
     const __m512 mw = T == WType::Int4m ? _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(ch + 32))) : dw;
     const uint8_t* codes = ch + paramBytes;
     __m512i wLo[R], wHi[R];
-    for (int r = 0; r < R; r++) {
-      if (T == WType::Int8) {
-        wLo[r] = codeOperand<T>(_mm512_loadu_si512(codes + r * 128));
-        wHi[r] = codeOperand<T>(_mm512_loadu_si512(codes + r * 128 + 64));
-      } else {
-        const __m512i v = _mm512_loadu_si512(codes + r * 64);
-        wLo[r] = _mm512_and_si512(v, nibble);
-        wHi[r] = _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble);
-      }
-    }
+    for (int r = 0; r < R; r++) rowCodes<T>(codes, r, wLo[r], wHi[r]);
     for (int i = 0; i < MT; i++) {
       const long m = m0 + i;
       const int8_t* xq = A.q + m * K + c * 128;
@@ -882,17 +933,56 @@ inline long groupDotT(const uint8_t* g, const quant::QuantizedRows& A, long m0, 
       }
     }
   }
-  for (int i = 0; i < MT; i++) {
-    alignas(64) float mins[16];
-    _mm512_store_ps(mins, accMin[i]);
-    for (int r = 0; r < R; r++) {
-      res[i][r] += hsum16(acc[i][r]);
-      if (T == WType::Int4m) res[i][r] += (mins[4 * r] + mins[4 * r + 1]) + (mins[4 * r + 2] + mins[4 * r + 3]);
-    }
-  }
+  for (int i = 0; i < MT; i++) addGroupRows<T>(acc[i], accMin[i], res[i]);
   return chunks * quant::kChunkBlocks;
 }
 #define VL3_QUANT_DOT 1
+
+// groupDotT<T, 1> for G groups at once, g, g + apart, g + 2·apart…, with the same operations per row: one activation
+// row's loads serve 4·G weight rows, and the groups are G sequential streams. One group at a time, at decode's k = 8960
+// the activation's codes, scales and lane sums (14 KiB) left L1 beside the streamed weights, and reloading them for
+// every 4 rows took the weight stream's fill buffers (the down projection streamed at two thirds of the others' rate).
+// The streams must be far apart: adjacent groups (a few KiB apart) halved the rate on Zen 4.
+template <WType T, int G>
+inline long groupsDotT(const uint8_t* g, long apart, const quant::QuantizedRows& A, long m, float (*res)[quant::kGroupRows]) {
+  constexpr int R = quant::kGroupRows;
+  const long K = A.K;
+  const auto [nb, chunks, chunkBytes, paramBytes] = quant::groupChunks(T, K);
+  __m512i scaleOf[R];
+  rowScaleIndices(scaleOf);
+  __m512 acc[G][R], accMin[G];
+  for (int h = 0; h < G; h++) {
+    accMin[h] = _mm512_setzero_ps();
+    for (int r = 0; r < R; r++) acc[h][r] = _mm512_setzero_ps();
+  }
+  const int8_t* xq = A.q + m * K;
+  for (long c = 0; c < chunks; c++) {
+    const __m512i xLo = _mm512_loadu_si512(xq + c * 128), xHi = _mm512_loadu_si512(xq + c * 128 + 64);
+    const __m512i init = kLaneInit<T> ? _mm512_loadu_si512(A.laneInit + m * (K / 8) + c * 16) : _mm512_setzero_si512();
+    const __m512 dx = _mm512_broadcast_f32x4(_mm_loadu_ps(A.d + m * nb + c * 4));
+#pragma GCC unroll 4
+    for (int h = 0; h < G; h++) {
+      const uint8_t* ch = g + h * apart + c * chunkBytes;
+      const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(ch)));
+      if (T == WType::Int4m) {
+        const __m512 mw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(ch + 32)));
+        accMin[h] = _mm512_fmadd_ps(mw, _mm512_broadcast_f32x4(_mm_loadu_ps(A.dsum + m * nb + c * 4)), accMin[h]);
+      }
+      const __m512 p = _mm512_mul_ps(dw, dx);
+      const uint8_t* codes = ch + paramBytes;
+#pragma GCC unroll 4
+      for (int r = 0; r < R; r++) {
+        __m512i wLo, wHi;
+        rowCodes<T>(codes, r, wLo, wHi);
+        const __m512i s = blockLanes<T>(blockLanes<T>(init, wLo, xLo), wHi, xHi);
+        acc[h][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_permutexvar_ps(scaleOf[r], p), acc[h][r]);
+      }
+    }
+  }
+  for (int h = 0; h < G; h++) addGroupRows<T>(acc[h], accMin[h], res[h]);
+  return chunks * quant::kChunkBlocks;
+}
+#define VL3_QUANT_GROUPS_DOT 1
 
 }  // namespace
 }  // namespace VL3_ISA

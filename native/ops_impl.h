@@ -21,6 +21,10 @@
 #ifndef VL3_QUANT_DOT
 #define VL3_QUANT_DOT 0
 #endif
+// Set by an ISA header that gives groupsDotT (groupDotT for one row of x against several groups).
+#ifndef VL3_QUANT_GROUPS_DOT
+#define VL3_QUANT_GROUPS_DOT 0
+#endif
 // Set by an ISA header that gives quantizeActivationRowVec (quant::quantizeActivationRow's results, vectorized).
 #ifndef VL3_QUANT_ACTIVATIONS
 #define VL3_QUANT_ACTIVATIONS 0
@@ -404,6 +408,25 @@ inline long groupDot(WType t, const uint8_t* g, int rows, const quant::Quantized
 }
 #endif
 
+#if VL3_QUANT_GROUPS_DOT
+// How many groups a decode step's matmul streams at once: more where k is long (more activation bytes per group), as
+// measured one thread at a time on Zen 4 (int8 with 4 was slower than with 3).
+inline int streamedGroups(WType t, long K) { return K <= 2048 ? 2 : t == WType::Int8 ? 3 : 4; }
+
+template <WType T>
+inline long groupsDot(int G, const uint8_t* g, long apart, const quant::QuantizedRows& A, long m, float (*res)[quant::kGroupRows]) {
+  if (G == 2) return groupsDotT<T, 2>(g, apart, A, m, res);
+  if (G == 3) return groupsDotT<T, 3>(g, apart, A, m, res);
+  return groupsDotT<T, 4>(g, apart, A, m, res);
+}
+
+inline long groupsDot(WType t, int G, const uint8_t* g, long apart, const quant::QuantizedRows& A, long m, float (*res)[quant::kGroupRows]) {
+  if (t == WType::Int8) return groupsDot<WType::Int8>(G, g, apart, A, m, res);
+  if (t == WType::Int4) return groupsDot<WType::Int4>(G, g, apart, A, m, res);
+  return groupsDot<WType::Int4m>(G, g, apart, A, m, res);
+}
+#endif
+
 // Quantized weights under Compute::Bf16 (kernels.h): x quantized once per call into scratch, then tasks of (row
 // block of x, range of 4-row weight groups). A row block of x (its codes, scales and lane sums, under 2 bytes per k, at most
 // kQuantBlockBytes, at most 64 rows) stays in L2 while its tasks stream the weights, read once per row block:
@@ -441,6 +464,26 @@ inline void quantGroups(const MatmulArgs& a, const quant::QuantizedRows& A, cons
   const long M = a.M, N = a.N, rowsM = quantRowsM(a.K);
   const long gBytes = quant::kGroupRows * quant::rowBytes(a.wType, a.K);
   const long mEnd = lmin(M, (mb + 1) * rowsM);
+#if VL3_QUANT_GROUPS_DOT
+  // One row of x (decode): the range's full groups in G equal parts, one group of each at a time (see groupsDotT).
+  if (mEnd - mb * rowsM == 1) {
+    const int G = streamedGroups(a.wType, a.K);
+    const long m = mb * rowsM, part = (lmin(g1, N / quant::kGroupRows) - g0) / G;
+    for (long i = 0; i < part; i++) {
+      const uint8_t* first = static_cast<const uint8_t*>(a.w) + (g0 + i) * gBytes;
+      float res[4][quant::kGroupRows] = {};
+      const long done = groupsDot(a.wType, G, first, part * gBytes, A, m, res);
+      for (int h = 0; h < G; h++) {
+        quant::groupDotGeneric(a.wType, first + h * part * gBytes, quant::kGroupRows, done, A, m, 1, &res[h]);
+        for (int r = 0; r < quant::kGroupRows; r++) {
+          const long n = (g0 + h * part + i) * quant::kGroupRows + r;
+          a.out[m * N + n] = res[h][r] + (bias ? bias[n] : 0.0f);
+        }
+      }
+    }
+    g0 += G * part;
+  }
+#endif
   for (long g = g0; g < g1; g++) {
     const int rows = static_cast<int>(lmin(quant::kGroupRows, N - g * quant::kGroupRows));
     const uint8_t* grp = static_cast<const uint8_t*>(a.w) + g * gBytes;
@@ -960,8 +1003,10 @@ void attentionRows(const AttentionArgs& a) {
   const int threads = poolThreads();
   const long base = hGroups * qTiles;
   long splits = 1;
+  // A split as short as one key block: a decode step at a few hundred keys reads its KV rows from DRAM (the weights'
+  // stream evicted them), and one thread alone took ~100 µs a layer for 0.6 MB.
   if (threads > 1 && base < 2L * threads)
-    splits = lmax(1, lmin(lmin(cdiv(2L * threads, base), kvEnd / (4 * BK)), kMaxSplits));
+    splits = lmax(1, lmin(lmin(cdiv(2L * threads, base), kvEnd / BK), kMaxSplits));
   const long splitLen = roundUp(cdiv(kvEnd, splits), BK);
   splits = lmax(1, cdiv(kvEnd, splitLen));
   // Partial results per task: each head's O rows, then its maxima and sums.

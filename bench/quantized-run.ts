@@ -1,0 +1,182 @@
+// The quantized-weights decode comparison in one process: ours at every weight format and llama.cpp at Q8_0 and Q4_0
+// take turns on the same machine, and every decode is bracketed by read-bandwidth measurements.
+// Usage: node dist/bench/quantized-run.js <checkpoint-dir> <threads> <exact|bf16> <rounds> [llama]
+// (prints one JSON object: QuantizedRunReport; bench/quantized.ts summarizes it)
+//
+// Why one process and brackets: this VM's two vCPUs read 56–62 GB/s together in some minutes and 32–38 GB/s in others
+// (one vCPU alone reads 31–33 either way), switching every few seconds to minutes. Separate processes per format
+// compared formats measured in different phases, and a bound measured after a decode could come from another phase
+// than the decode. Here a run counts only when the bandwidth before and after it agree, and formats are compared only
+// between runs that met the same phase.
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { generateTokens } from '../src/engine/generate.js';
+import { type Checkpoint, EMBED_TOKENS, loadCheckpoint } from '../src/model/checkpoint.js';
+import { Qwen2Model } from '../src/model/qwen2.js';
+import { FormattedWeights } from '../src/model/weight-formats.js';
+import { decoderWeights, flattenSpecs } from '../src/model/weight-names.js';
+import type { WeightFormat } from '../src/tensor/dtype.js';
+import { type ComputeMode, createBackend } from '../src/tensor/index.js';
+import { type NativeBackend, readBandwidth } from '../src/tensor/native.js';
+import { benchPrompt, DECODE } from './peer-common.js';
+import { decodeSeconds, ensureGguf, loadLlama } from './peer-llamacpp.js';
+import { round } from './stats.js';
+import { tmpdir } from 'node:os';
+
+/** Our runs of a round, by weight format. */
+export const OURS = ['bf16', 'int8', 'int4', 'int4m'] as const;
+/** llama.cpp's runs of a round, by GGUF type: the formats ours are held to. */
+export const THEIRS = ['q8_0', 'q4_0'] as const;
+export type Runner = (typeof OURS)[number] | (typeof THEIRS)[number];
+
+/** A run whose bandwidth before and after differ by more than this fraction of the larger met two phases. */
+const SAME_PHASE = 0.1;
+/** Tries per run before it is recorded as unsteady (the bandwidth moved during every try). */
+const TRIES = 3;
+
+export interface BracketedRun {
+  tokensPerSecond: number;
+  /** Read bandwidth (GB/s, same threads) right before and right after the decode. */
+  beforeGBs: number;
+  afterGBs: number;
+  /** Before and after agree (SAME_PHASE): the decode ran in one phase, and their mean is its bound. */
+  steady: boolean;
+  tries: number;
+}
+
+export interface QuantizedRunReport {
+  threads: number;
+  compute: ComputeMode;
+  isa: string;
+  /** Bytes one decode step reads per format, as loaded (ours: bench/llm.ts's count). */
+  bytesPerToken: Partial<Record<(typeof OURS)[number], number>>;
+  llamaCpp?: { version?: string; skipped?: string };
+  rounds: Partial<Record<Runner, BracketedRun>>[];
+}
+
+/** Bytes of LLM weights one decode step reads: every decoder layer, the final norm and the LM head, as loaded. */
+export function decodeBytesPerToken(checkpoint: Checkpoint, weights: FormattedWeights): number {
+  const read = new Set(flattenSpecs(decoderWeights(checkpoint.config)).filter((s) => s.name !== EMBED_TOKENS).map((s) => weights.get(s)));
+  return [...read].reduce((sum, t) => sum + t.byteLength, 0);
+}
+
+/** Seconds for DECODE.tokens greedy steps after a DECODE.promptTokens prompt (the prefill not counted). */
+export async function ourDecodeSeconds(model: Qwen2Model, seed: number): Promise<number> {
+  const tokens = generateTokens(model, {
+    promptEmbeds: model.embed(benchPrompt(DECODE.promptTokens, seed)),
+    maxNewTokens: DECODE.tokens + 1, // the token the prefill yields, then DECODE.tokens decode steps
+    sampling: { doSample: false, temperature: 1, topK: 0, topP: 1, repetitionPenalty: 1 },
+    stopTokenIds: [],
+  });
+  let next = await tokens.next();
+  while (!next.done) next = await tokens.next();
+  return next.value.decodeMs / 1000;
+}
+
+function samePhase(a: number, b: number): boolean {
+  return Math.abs(a - b) <= SAME_PHASE * Math.max(a, b);
+}
+
+async function bracketed(threads: number, decode: () => Promise<number>): Promise<BracketedRun> {
+  let run: BracketedRun | undefined;
+  for (let tries = 1; tries <= TRIES; tries++) {
+    const beforeGBs = readBandwidth(threads);
+    const seconds = await decode();
+    const afterGBs = readBandwidth(threads);
+    run = { tokensPerSecond: round(DECODE.tokens / seconds, 2), beforeGBs: round(beforeGBs, 1), afterGBs: round(afterGBs, 1), steady: samePhase(beforeGBs, afterGBs), tries };
+    if (run.steady) break;
+  }
+  return run!;
+}
+
+/** A steady run's bound bandwidth: the mean of the measurements around it. */
+export function runGBs(run: BracketedRun): number {
+  return (run.beforeGBs + run.afterGBs) / 2;
+}
+
+/**
+ * The host's phases among these bandwidths: split at the widest gap between sorted values when the upper side is over
+ * 1.25× the lower (the two phases here are ~35 and ~60 GB/s); one phase otherwise. Returns the lower bound of each
+ * phase, fastest first.
+ */
+export function phaseFloors(gbs: number[]): number[] {
+  const sorted = [...gbs].sort((a, b) => a - b);
+  let best = -1, gap = 1.25;
+  for (let i = 1; i < sorted.length; i++) {
+    if (sorted[i]! / sorted[i - 1]! > gap) {
+      gap = sorted[i]! / sorted[i - 1]!;
+      best = i;
+    }
+  }
+  return best < 0 ? [0] : [sorted[best]!, 0];
+}
+
+/** Steady runs of each runner, grouped by phase (index into phaseFloors). */
+export function runsByPhase(rounds: QuantizedRunReport['rounds']): { floors: number[]; runs: Map<Runner, BracketedRun[]>[] } {
+  const steady = rounds.flatMap((r) => Object.entries(r).filter(([, x]) => x.steady)) as [Runner, BracketedRun][];
+  const floors = phaseFloors(steady.map(([, x]) => runGBs(x)));
+  const runs = floors.map(() => new Map<Runner, BracketedRun[]>());
+  for (const [name, x] of steady) {
+    const phase = runs[floors.findIndex((f) => runGBs(x) >= f)]!;
+    phase.set(name, [...(phase.get(name) ?? []), x]);
+  }
+  return { floors, runs };
+}
+
+async function main(): Promise<void> {
+  const [dir, threadsArg, computeArg, roundsArg, llamaArg] = process.argv.slice(2);
+  if (!dir || !threadsArg || !computeArg || !roundsArg) throw new Error('usage: quantized-run.js <checkpoint-dir> <threads> <exact|bf16> <rounds> [llama]');
+  const threads = Number(threadsArg);
+  const wanted = Number(roundsArg);
+  const log = (line: string) => process.stderr.write(line + '\n');
+
+  const checkpoint = loadCheckpoint(dir);
+  const backend = createBackend('native', { threads, compute: computeArg as ComputeMode }) as NativeBackend;
+  const report: QuantizedRunReport = { threads: backend.threads, compute: backend.compute, isa: backend.isa, bytesPerToken: {}, rounds: [] };
+  const runners = new Map<Runner, () => Promise<number>>();
+  for (const format of OURS) {
+    const weights = new FormattedWeights(checkpoint.weights, checkpoint.config.quantization, { language: format as WeightFormat });
+    const model = new Qwen2Model(checkpoint.config, weights, backend);
+    report.bytesPerToken[format] = decodeBytesPerToken(checkpoint, weights);
+    let seed = DECODE.seed;
+    runners.set(format, () => ourDecodeSeconds(model, seed++));
+  }
+
+  // What llama.cpp holds, in the order it is released: contexts, then models, then the library.
+  const held: { dispose(): Promise<void> }[][] = [[], [], []];
+  if (llamaArg === 'llama') {
+    const loaded = await loadLlama(threads);
+    report.llamaCpp = { version: loaded.version };
+    if ('skipped' in loaded) report.llamaCpp.skipped = loaded.skipped;
+    else {
+      const ggufDir = process.env.VL3_BENCH_GGUF ?? path.join(tmpdir(), 'vl3-bench-gguf');
+      held[2]!.push(loaded.llama);
+      for (const type of THEIRS) {
+        const model = await loaded.llama.loadModel({ modelPath: ensureGguf(dir, ggufDir, type, log), gpuLayers: 0 });
+        const context = await model.createContext({ contextSize: 2048, batchSize: 512, sequences: 1, threads: { ideal: threads, min: threads } });
+        held[0]!.push(context);
+        held[1]!.push(model);
+        const seq = context.getSequence();
+        let seed = DECODE.seed;
+        runners.set(type, () => decodeSeconds(seq, benchPrompt(DECODE.promptTokens, seed++), DECODE.tokens));
+      }
+    }
+  }
+
+  // Every runner once untimed: page faults, first-call allocations and llama.cpp's graph set-up.
+  for (const decode of runners.values()) await decode();
+  // At least `wanted` rounds, then more (three times as many in all at most) while a runner has no steady run in a
+  // phase that others met.
+  for (let r = 0; r < 3 * wanted; r++) {
+    const roundRuns: Partial<Record<Runner, BracketedRun>> = {};
+    for (const [name, decode] of runners) roundRuns[name] = await bracketed(backend.threads, decode);
+    report.rounds.push(roundRuns);
+    log(`round ${r + 1}: ${[...Object.entries(roundRuns)].map(([n, x]) => `${n} ${x.tokensPerSecond} tokens/s at ${x.beforeGBs}/${x.afterGBs} GB/s`).join(', ')}`);
+    const { runs } = runsByPhase(report.rounds);
+    if (r + 1 >= wanted && runs.every((phase) => [...runners.keys()].every((name) => phase.has(name)))) break;
+  }
+  for (const h of held.flat()) await h.dispose();
+  process.stdout.write(JSON.stringify(report) + '\n');
+}
+
+if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.meta.url)) await main();
