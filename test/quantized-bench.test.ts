@@ -1,0 +1,30 @@
+// The quantized bench's grouping of decode runs by the host's bandwidth phase (bench/quantized-run.ts): the numbers
+// that decide which runs are compared with which.
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { type BracketedRun, phaseFloors, runsByPhase } from '../bench/quantized-run.js';
+
+const run = (tokensPerSecond: number, beforeGBs: number, afterGBs = beforeGBs, steady = true): BracketedRun => ({ tokensPerSecond, beforeGBs, afterGBs, steady, tries: 1 });
+
+test('phases split at the widest gap over 1.25×, one phase otherwise', () => {
+  assert.deepEqual(phaseFloors([35, 36.5, 61, 58.9, 37.2]), [58.9, 0]);
+  assert.deepEqual(phaseFloors([30, 33, 31.5, 36]), [0]); // 36/33 is under 1.25×
+  assert.deepEqual(phaseFloors([30, 38, 60]), [60, 0]); // 60/38 is the wider gap
+  assert.deepEqual(phaseFloors([42]), [0]);
+  assert.deepEqual(phaseFloors([]), [0]);
+});
+
+test('runs are grouped by phase, unsteady runs left out', () => {
+  const { floors, runs } = runsByPhase([
+    { bf16: run(15.9, 60.5, 60.1), int8: run(19.6, 36.3, 35.6), q8_0: run(14.4, 35.7, 36.7) },
+    { bf16: run(10.9, 36.2, 37.8), int8: run(27.6, 62.2, 60.3), q8_0: run(14.1, 61, 36, false) },
+  ]);
+  assert.equal(floors.length, 2);
+  const [fast, slow] = runs;
+  assert.deepEqual(fast!.get('bf16')?.map((r) => r.tokensPerSecond), [15.9]);
+  assert.deepEqual(fast!.get('int8')?.map((r) => r.tokensPerSecond), [27.6]);
+  assert.equal(fast!.get('q8_0'), undefined);
+  assert.deepEqual(slow!.get('bf16')?.map((r) => r.tokensPerSecond), [10.9]);
+  assert.deepEqual(slow!.get('int8')?.map((r) => r.tokensPerSecond), [19.6]);
+  assert.deepEqual(slow!.get('q8_0')?.map((r) => r.tokensPerSecond), [14.4]);
+});
