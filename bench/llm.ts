@@ -1,15 +1,17 @@
 // LLM throughput on one checkpoint, run as its own process so that its peak resident memory is the model's alone.
 // Usage: node dist/bench/llm.js <checkpoint-dir> <threads> [exact|bf16] [bf16|int8|int4|int4m] [decode-only]
 // (prints one JSON object; defaults: the fastest compute mode, the weights as stored; decode-only skips the prefill runs)
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { generateTokens } from '../src/engine/generate.js';
-import { Rng } from '../src/engine/rng.js';
-import { loadCheckpoint } from '../src/model/checkpoint.js';
+import { type Checkpoint, EMBED_TOKENS, loadCheckpoint } from '../src/model/checkpoint.js';
 import { FormattedWeights } from '../src/model/weight-formats.js';
+import { decoderWeights, flattenSpecs } from '../src/model/weight-names.js';
 import type { WeightFormat } from '../src/tensor/dtype.js';
 import { Qwen2Model } from '../src/model/qwen2.js';
 import { type ComputeMode, createBackend } from '../src/tensor/index.js';
 import { type NativeBackend, readBandwidth } from '../src/tensor/native.js';
-import { decodeBytesPerToken } from './quantized-run.js';
+import { benchPrompt } from './peer-common.js';
 import { median, round } from './stats.js';
 
 export interface LlmFigures {
@@ -31,12 +33,10 @@ export interface LlmFigures {
   peakRssBytes: number;
 }
 
-async function run(model: Qwen2Model, promptLength: number, newTokens: number, seed: number) {
-  const rng = new Rng(seed);
-  // Ordinary text ids, below the special tokens.
-  const ids = Array.from({ length: promptLength }, () => rng.nextU32() % 151643);
+/** One greedy generation of `newTokens` after a `promptLength`-token benchPrompt: its timings and tokens. */
+export async function greedyRun(model: Qwen2Model, promptLength: number, newTokens: number, seed: number) {
   const tokens = generateTokens(model, {
-    promptEmbeds: model.embed(ids),
+    promptEmbeds: model.embed(benchPrompt(promptLength, seed)),
     maxNewTokens: newTokens,
     sampling: { doSample: false, temperature: 1, topK: 0, topP: 1, repetitionPenalty: 1 },
     stopTokenIds: [],
@@ -44,6 +44,13 @@ async function run(model: Qwen2Model, promptLength: number, newTokens: number, s
   let next = await tokens.next();
   while (!next.done) next = await tokens.next();
   return next.value;
+}
+
+/** Bytes of LLM weights one decode step reads: every decoder layer, the final norm and the LM head, as loaded. */
+export function decodeBytesPerToken(checkpoint: Checkpoint, weights: FormattedWeights): number {
+  // Every weight once but the embedding table, of which a step reads one row.
+  const read = new Set(flattenSpecs(decoderWeights(checkpoint.config)).filter((s) => s.name !== EMBED_TOKENS).map((s) => weights.get(s)));
+  return [...read].reduce((sum, t) => sum + t.byteLength, 0);
 }
 
 async function main(): Promise<void> {
@@ -63,12 +70,12 @@ async function main(): Promise<void> {
   const weightBytesPerToken = decodeBytesPerToken(checkpoint, weights);
 
   const prefillRuns: number[] = [];
-  if (decodeOnly !== 'decode-only') for (let r = 0; r < 2; r++) prefillRuns.push((await run(model, 1024, 1, 100 + r)).prefillMs / 1000);
+  if (decodeOnly !== 'decode-only') for (let r = 0; r < 2; r++) prefillRuns.push((await greedyRun(model, 1024, 1, 100 + r)).prefillMs / 1000);
   const prefillSeconds = prefillRuns.length ? median(prefillRuns) : 0;
 
   const decodeRuns: number[] = [];
   for (let r = 0; r < 3; r++) {
-    const g = await run(model, 256, 65, 200 + r);
+    const g = await greedyRun(model, 256, 65, 200 + r);
     // 65 tokens = the one prefill yields + 64 decode steps.
     decodeRuns.push(g.decodeMs / 1000);
   }
@@ -93,4 +100,4 @@ async function main(): Promise<void> {
   process.stdout.write(JSON.stringify(figures) + '\n');
 }
 
-await main();
+if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.meta.url)) await main();

@@ -8,20 +8,19 @@
 // compared formats measured in different phases, and a bound measured after a decode could come from another phase
 // than the decode. Here a run counts only when the bandwidth before and after it agree, and formats are compared only
 // between runs that met the same phase.
+import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { generateTokens } from '../src/engine/generate.js';
-import { type Checkpoint, EMBED_TOKENS, loadCheckpoint } from '../src/model/checkpoint.js';
+import { loadCheckpoint } from '../src/model/checkpoint.js';
 import { Qwen2Model } from '../src/model/qwen2.js';
 import { FormattedWeights } from '../src/model/weight-formats.js';
-import { decoderWeights, flattenSpecs } from '../src/model/weight-names.js';
 import type { WeightFormat } from '../src/tensor/dtype.js';
 import { type ComputeMode, createBackend } from '../src/tensor/index.js';
 import { type NativeBackend, readBandwidth } from '../src/tensor/native.js';
+import { decodeBytesPerToken, greedyRun } from './llm.js';
 import { benchPrompt, DECODE } from './peer-common.js';
 import { decodeSeconds, ensureGguf, loadLlama } from './peer-llamacpp.js';
 import { round } from './stats.js';
-import { tmpdir } from 'node:os';
 
 /** Our runs of a round, by weight format. */
 export const OURS = ['bf16', 'int8', 'int4', 'int4m'] as const;
@@ -52,25 +51,6 @@ export interface QuantizedRunReport {
   bytesPerToken: Partial<Record<(typeof OURS)[number], number>>;
   llamaCpp?: { version?: string; skipped?: string };
   rounds: Partial<Record<Runner, BracketedRun>>[];
-}
-
-/** Bytes of LLM weights one decode step reads: every decoder layer, the final norm and the LM head, as loaded. */
-export function decodeBytesPerToken(checkpoint: Checkpoint, weights: FormattedWeights): number {
-  const read = new Set(flattenSpecs(decoderWeights(checkpoint.config)).filter((s) => s.name !== EMBED_TOKENS).map((s) => weights.get(s)));
-  return [...read].reduce((sum, t) => sum + t.byteLength, 0);
-}
-
-/** Seconds for DECODE.tokens greedy steps after a DECODE.promptTokens prompt (the prefill not counted). */
-export async function ourDecodeSeconds(model: Qwen2Model, seed: number): Promise<number> {
-  const tokens = generateTokens(model, {
-    promptEmbeds: model.embed(benchPrompt(DECODE.promptTokens, seed)),
-    maxNewTokens: DECODE.tokens + 1, // the token the prefill yields, then DECODE.tokens decode steps
-    sampling: { doSample: false, temperature: 1, topK: 0, topP: 1, repetitionPenalty: 1 },
-    stopTokenIds: [],
-  });
-  let next = await tokens.next();
-  while (!next.done) next = await tokens.next();
-  return next.value.decodeMs / 1000;
 }
 
 function samePhase(a: number, b: number): boolean {
@@ -139,27 +119,28 @@ async function main(): Promise<void> {
     const model = new Qwen2Model(checkpoint.config, weights, backend);
     report.bytesPerToken[format] = decodeBytesPerToken(checkpoint, weights);
     let seed = DECODE.seed;
-    runners.set(format, () => ourDecodeSeconds(model, seed++));
+    // DECODE.tokens + 1: the token the prefill yields, then the decode steps timed.
+    runners.set(format, async () => (await greedyRun(model, DECODE.promptTokens, DECODE.tokens + 1, seed++)).decodeMs / 1000);
   }
 
-  // What llama.cpp holds, in the order it is released: contexts, then models, then the library.
-  const held: { dispose(): Promise<void> }[][] = [[], [], []];
+  // What llama.cpp holds, released in this order.
+  const held: { dispose(): Promise<void> }[] = [];
   if (llamaArg === 'llama') {
     const loaded = await loadLlama(threads);
     report.llamaCpp = { version: loaded.version };
     if ('skipped' in loaded) report.llamaCpp.skipped = loaded.skipped;
     else {
       const ggufDir = process.env.VL3_BENCH_GGUF ?? path.join(tmpdir(), 'vl3-bench-gguf');
-      held[2]!.push(loaded.llama);
       for (const type of THEIRS) {
         const model = await loaded.llama.loadModel({ modelPath: ensureGguf(dir, ggufDir, type, log), gpuLayers: 0 });
         const context = await model.createContext({ contextSize: 2048, batchSize: 512, sequences: 1, threads: { ideal: threads, min: threads } });
-        held[0]!.push(context);
-        held[1]!.push(model);
+        held.unshift(context);
+        held.push(model);
         const seq = context.getSequence();
         let seed = DECODE.seed;
         runners.set(type, () => decodeSeconds(seq, benchPrompt(DECODE.promptTokens, seed++), DECODE.tokens));
       }
+      held.push(loaded.llama);
     }
   }
 
@@ -175,7 +156,7 @@ async function main(): Promise<void> {
     const { runs } = runsByPhase(report.rounds);
     if (r + 1 >= wanted && runs.every((phase) => [...runners.keys()].every((name) => phase.has(name)))) break;
   }
-  for (const h of held.flat()) await h.dispose();
+  for (const h of held) await h.dispose();
   process.stdout.write(JSON.stringify(report) + '\n');
 }
 

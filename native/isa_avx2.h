@@ -425,6 +425,17 @@ inline float loadW1(const void* w, WType type, long off) {
 // before the loads that need them reach the head of the queue); farther distances were slower again.
 constexpr long kGemvPrefetch = 64;
 
+// A weight row's dot with x from its U accumulators (summed in order) and the scalar tail from k on: one definition,
+// so that every GEMV shape gives a row the same bits.
+template <int U, WType TYPE>
+inline float rowDot(const __m256 (&acc)[U], const void* wRow, const float* x, long k, long K) {
+  __m256 a = acc[0];
+  for (int u = 1; u < U; u++) a = _mm256_add_ps(a, acc[u]);
+  float s = hsum(a);
+  for (; k < K; k++) s += loadW1(wRow, TYPE, k) * x[k];
+  return s;
+}
+
 // One weight row against MM (1 or 2) activation rows, U vectors of weights per step (32 weights, one line of bf16)
 // with U independent accumulators per activation row. Visiting rows one after another in memory order makes the whole
 // call one sequential stream that the hardware prefetcher follows. Every output is summed in the same order whatever
@@ -455,13 +466,7 @@ inline void gemvRow(const float* x, long K, const void* wRow, float* out, long l
     __m256 wv = loadW(wRow, TYPE, k);
     for (int m = 0; m < MM; m++) acc[m][0] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + m * K + k), acc[m][0]);
   }
-  for (int m = 0; m < MM; m++) {
-    __m256 a = acc[m][0];
-    for (int u = 1; u < U; u++) a = _mm256_add_ps(a, acc[m][u]);
-    float s = hsum(a);
-    for (long kk = k; kk < K; kk++) s += loadW1(wRow, TYPE, kk) * x[m * K + kk];
-    out[m * ldo] = s + bias;
-  }
+  for (int m = 0; m < MM; m++) out[m * ldo] = rowDot<U, TYPE>(acc[m], wRow, x + m * K, k, K) + bias;
 }
 
 // gemvRow<1, TYPE> for two weight rows at once (the same operations per row): each x vector serves both. With
@@ -492,15 +497,8 @@ inline void gemvRowPair(const float* x, long K, const void* w0, const void* w1, 
     const __m256 xv = _mm256_loadu_ps(x + k);
     for (int r = 0; r < 2; r++) acc[r][0] = _mm256_fmadd_ps(loadW(w[r], TYPE, k), xv, acc[r][0]);
   }
-  float* out[2] = {out0, out1};
-  const float bias[2] = {b0, b1};
-  for (int r = 0; r < 2; r++) {
-    __m256 a = acc[r][0];
-    for (int u = 1; u < U; u++) a = _mm256_add_ps(a, acc[r][u]);
-    float sum = hsum(a);
-    for (long kk = k; kk < K; kk++) sum += loadW1(w[r], TYPE, kk) * x[kk];
-    *out[r] = sum + bias[r];
-  }
+  *out0 = rowDot<U, TYPE>(acc[0], w0, x, k, K) + b0;
+  *out1 = rowDot<U, TYPE>(acc[1], w1, x, k, K) + b1;
 }
 
 template <WType TYPE>

@@ -287,6 +287,15 @@ inline __m512 loadW16Masked(const void* w, long off, __mmask16 m) {
   return _mm512_maskz_loadu_ps(m, static_cast<const float*>(w) + off);
 }
 
+// A weight row's dot from its U accumulators, summed in order: one definition, so that every GEMV shape gives a row
+// the same bits.
+template <int U>
+inline float rowDot(const __m512 (&acc)[U]) {
+  __m512 a = acc[0];
+  for (int u = 1; u < U; u++) a = _mm512_add_ps(a, acc[u]);
+  return hsum16(a);
+}
+
 // One weight row against MM activation rows, U vectors of weights per step with U accumulators per activation row,
 // rows visited in memory order as one stream. Every output is summed in the same order whatever MM is, so a row of x
 // gets the same bits alone (decode) as in a batch of decoding sequences (the engine's batched decode relies on it).
@@ -315,11 +324,7 @@ inline void gemvRow(const float* x, long K, const void* wRow, float* out, long l
     const __m512 wv = loadW16Masked<TYPE>(wRow, k, mk);
     for (int m = 0; m < MM; m++) acc[m][0] = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(mk, x + m * K + k), acc[m][0]);
   }
-  for (int m = 0; m < MM; m++) {
-    __m512 a = acc[m][0];
-    for (int u = 1; u < U; u++) a = _mm512_add_ps(a, acc[m][u]);
-    out[m * ldo] = hsum16(a) + bias;
-  }
+  for (int m = 0; m < MM; m++) out[m * ldo] = rowDot<U>(acc[m]) + bias;
 }
 
 // Weight rows in blocks of ~128 KiB: the first group of activation rows streams a block from memory, the others find
@@ -366,11 +371,7 @@ inline void gemvRowsFar(const float* x, long K, const char* w, long apart, float
     const __m512 xv = _mm512_maskz_loadu_ps(mk, x + k);
     for (int s = 0; s < S; s++) acc[s][0] = _mm512_fmadd_ps(loadW16Masked<TYPE>(w + s * apart, k, mk), xv, acc[s][0]);
   }
-  for (int s = 0; s < S; s++) {
-    __m512 a = acc[s][0];
-    for (int u = 1; u < U; u++) a = _mm512_add_ps(a, acc[s][u]);
-    out[s * outApart] = hsum16(a) + (bias ? bias[s * outApart] : 0.0f);
-  }
+  for (int s = 0; s < S; s++) out[s * outApart] = rowDot<U>(acc[s]) + (bias ? bias[s * outApart] : 0.0f);
 }
 
 template <WType TYPE>
@@ -455,8 +456,8 @@ inline void gemvTileBf16(const uint16_t* x, long K, const uint16_t* w, float* ou
 
 // One row of x against S weight rows `apart` elements apart: gemvTileBf16<1, S>'s operations per row (each output one
 // chain over k), with S sequential weight streams. Six adjacent rows a tile read 21–23 GB/s from one Zen 4 core whose
-// read loop makes 31; six streams far apart make 25–31 (8 or 12 streams, or a software prefetch of the next rows into
-// L2, were slower).
+// read loop makes 31; six streams far apart make 25–31 (8 or 12 streams were slower; a software prefetch of the next
+// rows into L2 was slower at k = 1536 and no faster at 8960).
 template <int S>
 inline void gemvStreamsTileBf16(const uint16_t* x, long K, const uint16_t* w, long apart, long outApart, float* out,
                                 const float* bias) {

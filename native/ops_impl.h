@@ -411,7 +411,8 @@ inline long groupDot(WType t, const uint8_t* g, int rows, const quant::Quantized
 #if VL3_QUANT_GROUPS_DOT
 // How many groups a decode step's matmul streams at once: more where k is long (more activation bytes per group), as
 // measured one thread at a time on Zen 4 (int8 with 4 was slower than with 3).
-inline int streamedGroups(WType t, long K) { return K <= 2048 ? 2 : t == WType::Int8 ? 3 : 4; }
+constexpr int kMaxStreamedGroups = 4;
+inline int streamedGroups(WType t, long K) { return K <= 2048 ? 2 : t == WType::Int8 ? 3 : kMaxStreamedGroups; }
 
 template <WType T>
 inline long groupsDot(int G, const uint8_t* g, long apart, const quant::QuantizedRows& A, long m, float (*res)[quant::kGroupRows]) {
@@ -471,7 +472,7 @@ inline void quantGroups(const MatmulArgs& a, const quant::QuantizedRows& A, cons
     const long m = mb * rowsM, part = (lmin(g1, N / quant::kGroupRows) - g0) / G;
     for (long i = 0; i < part; i++) {
       const uint8_t* first = static_cast<const uint8_t*>(a.w) + (g0 + i) * gBytes;
-      float res[4][quant::kGroupRows] = {};
+      float res[kMaxStreamedGroups][quant::kGroupRows] = {};
       const long done = groupsDot(a.wType, G, first, part * gBytes, A, m, res);
       for (int h = 0; h < G; h++) {
         quant::groupDotGeneric(a.wType, first + h * part * gBytes, quant::kGroupRows, done, A, m, 1, &res[h]);
