@@ -1026,6 +1026,9 @@ inline long groupsDotT(const uint8_t* g, long apart, const quant::QuantizedRows&
   return chunks * quant::kChunkBlocks;
 }
 #define VL3_QUANT_GROUPS_DOT 1
+// Groups streamed at once (ops_impl.h streamedGroups), as measured one thread at a time on Zen 4: more where k is
+// long (more activation bytes per group); int8 with 4 was slower than with 3.
+constexpr int kStreamedGroupsShortK = 2, kStreamedGroupsInt8 = 3;
 
 }  // namespace
 }  // namespace VL3_ISA

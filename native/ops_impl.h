@@ -409,10 +409,13 @@ inline long groupDot(WType t, const uint8_t* g, int rows, const quant::Quantized
 #endif
 
 #if VL3_QUANT_GROUPS_DOT
-// How many groups a decode step's matmul streams at once: more where k is long (more activation bytes per group), as
-// measured one thread at a time on Zen 4 (int8 with 4 was slower than with 3).
+// How many groups a decode step's matmul streams at once: the ISA's choice for k up to 2048 and for int8 (its
+// kStreamedGroupsShortK, kStreamedGroupsInt8), else the most.
 constexpr int kMaxStreamedGroups = 4;
-inline int streamedGroups(WType t, long K) { return K <= 2048 ? 2 : t == WType::Int8 ? 3 : kMaxStreamedGroups; }
+static_assert(kStreamedGroupsShortK <= kMaxStreamedGroups && kStreamedGroupsInt8 <= kMaxStreamedGroups, "");
+inline int streamedGroups(WType t, long K) {
+  return K <= 2048 ? kStreamedGroupsShortK : t == WType::Int8 ? kStreamedGroupsInt8 : kMaxStreamedGroups;
+}
 
 template <WType T>
 inline long groupsDot(int G, const uint8_t* g, long apart, const quant::QuantizedRows& A, long m, float (*res)[quant::kGroupRows]) {
