@@ -837,6 +837,7 @@ constexpr long kRowsPerTile = 48;  // query rows (queries × grouped heads) per 
 // are read as whole contiguous rows instead of one head's interleaved slices (decode is bound by that stream).
 constexpr long kDecodeRows = 12;
 constexpr long kMaxSplits = 64;  // key ranges of one decode step (bounds the merge's stack arrays)
+constexpr long kMaxDecodeHeads = 16;  // KV heads of a decode task that attnDots serves (more go through packing)
 
 // Scratch of one task, in floats: per KV head handled, packed Q, the output accumulator and the running max and sum
 // of each row; shared by the heads, one packed K block, a ragged-V panel, the scores, the packed probabilities, and
@@ -863,7 +864,7 @@ inline AttnLayout attnLayout(long D, long Dp, long rowsP, long heads) {
   off = heads * L.headStride;
   L.kp = take(BK * D);
   L.vp = take(NR * BK);
-  L.sc = take(rowsP * BK);
+  L.sc = take(heads * rowsP * BK);
   L.pp = take(rowsP * BK);
   L.kraw = take(BK * heads * D);
   L.vraw = take(BK * heads * D);
@@ -878,6 +879,7 @@ struct AttnTile {
   float *kp, *vp, *sc, *pp;
   const float *kBlock, *vBlock;  // the current key block's rows for this task's heads, ld floats apart
   long ld, g0;                   // g0: the first of those heads
+  bool dots;                     // decode: scores as dot products of Q rows with K rows read in place (attnDots)
 };
 
 struct AttnHead {
@@ -887,8 +889,14 @@ struct AttnHead {
 
 inline void attnBegin(const AttnTile& t, const AttnHead& h) {
   const AttentionArgs& a = *t.a;
-  // Packed as A panels [D][MR] with the scale folded in.
-  for (long i0 = 0; i0 < t.rowsP; i0 += MR) {
+  // Rows [nRows][D] for attnDots, else A panels [D][MR]; the scale folded in either way.
+  if (t.dots) {
+    for (long i = 0; i < t.nRows; i++) {
+      const float* src = a.q + ((t.t0 + i / t.R) * a.Hq + h.g * t.R + i % t.R) * t.D;
+      for (long k = 0; k < t.D; k++) h.qp[i * t.D + k] = src[k] * a.scale;
+    }
+  }
+  for (long i0 = 0; i0 < t.rowsP && !t.dots; i0 += MR) {
     float* d = h.qp + i0 * t.D;
     for (long r = 0; r < MR; r++) {
       const long i = i0 + r;
@@ -907,21 +915,38 @@ inline void attnBegin(const AttnTile& t, const AttnHead& h) {
   }
 }
 
-// Keys [j0, j0 + nb) for one KV head: scores, online-softmax update, then O += P·V.
+// A head's scores for keys [0, nb) of the block: rows of BK floats at sc.
+inline float* attnScoresOf(const AttnTile& t, const AttnHead& h) { return t.dots ? t.sc + (h.g - t.g0) * t.rowsP * BK : t.sc; }
+
+// Decode's scores for keys [0, nb) of the block, every head of the task: each row of the block's K copy is read once,
+// in memory order, as the GEMV reads a weight row. Packing K as a GEMM panel instead (a transposing copy of every key
+// block) cost more than the products at a few query rows per head: 49 → 33 µs a layer with the KV in cache.
+inline void attnDots(const AttnTile& t, const AttnHead* heads, long count, long nb) {
+  for (long j = 0; j < nb; j++) {
+    for (long gi = 0; gi < count; gi++)
+      gemvRows(heads[gi].qp, static_cast<int>(t.nRows), t.D, t.kBlock + j * t.ld + (heads[gi].g - t.g0) * t.D, WType::F32,
+               1, attnScoresOf(t, heads[gi]) + j, BK, nullptr);
+  }
+}
+
+// Keys [j0, j0 + nb) for one KV head: scores (unless attnDots made them), online-softmax update, then O += P·V.
 inline void attnBlock(const AttnTile& t, const AttnHead& h, long j0, long nb) {
   const AttentionArgs& a = *t.a;
   const long D = t.D, Dp = t.Dp, rowsP = t.rowsP;
-  const long kPanels = cdiv(nb, NR);
-  const float* kRows = t.kBlock + (h.g - t.g0) * D;
-  for (long p = 0; p < kPanels; p++)
-    packB(kRows + p * NR * t.ld, WType::F32, t.ld, static_cast<int>(lmin(NR, nb - p * NR)), D, t.kp + p * D * NR,
-          false);
-  for (long i0 = 0; i0 < rowsP; i0 += MR)
+  float* sc = attnScoresOf(t, h);
+  if (!t.dots) {
+    const long kPanels = cdiv(nb, NR);
+    const float* kRows = t.kBlock + (h.g - t.g0) * D;
     for (long p = 0; p < kPanels; p++)
-      microKernel(D, h.qp + i0 * D, t.kp + p * D * NR, NR, t.sc + i0 * BK + p * NR, BK, false, nullptr);
+      packB(kRows + p * NR * t.ld, WType::F32, t.ld, static_cast<int>(lmin(NR, nb - p * NR)), D, t.kp + p * D * NR,
+            false);
+    for (long i0 = 0; i0 < rowsP; i0 += MR)
+      for (long p = 0; p < kPanels; p++)
+        microKernel(D, h.qp + i0 * D, t.kp + p * D * NR, NR, sc + i0 * BK + p * NR, BK, false, nullptr);
+  }
 
   for (long i = 0; i < rowsP; i++) {
-    float* s = t.sc + i * BK;
+    float* s = sc + i * BK;
     long vis = 0;
     if (i < t.nRows) {
       const long lim = a.causal ? lmin(a.S, a.queryOffset + t.t0 + i / t.R + 1) : a.S;
@@ -946,7 +971,7 @@ inline void attnBlock(const AttnTile& t, const AttnHead& h, long j0, long nb) {
   for (long i0 = 0; i0 < rowsP; i0 += MR) {
     float* d = t.pp + i0 * BK;
     for (long j = 0; j < nb; j++)
-      for (long r = 0; r < MR; r++) d[j * MR + r] = t.sc[(i0 + r) * BK + j];
+      for (long r = 0; r < MR; r++) d[j * MR + r] = sc[(i0 + r) * BK + j];
   }
   const float* vBlock = t.vBlock + (h.g - t.g0) * D;
   const long dFull = D / NR * NR;
@@ -999,6 +1024,7 @@ void attentionRows(const AttentionArgs& a) {
   const long kvEnd = a.causal ? lmin(S, a.queryOffset + T) : S;  // no query sees keys at or past kvEnd
   const long Dp = roundUp(D, NR);
   const bool decode = qTiles == 1 && Tq * R <= kDecodeRows;
+  const bool dots = decode && Hkv <= kMaxDecodeHeads;
   const long gPer = decode ? Hkv : 1;  // KV heads per task
   const long hGroups = Hkv / gPer;
   const AttnLayout L = attnLayout(D, Dp, rowsP, gPer);
@@ -1009,9 +1035,10 @@ void attentionRows(const AttentionArgs& a) {
   long splits = 1;
   // A split as short as one key block: a decode step at a few hundred keys reads its KV rows from DRAM (the weights'
   // stream evicted them), and one thread alone took ~100 µs a layer for 0.6 MB.
+  const long splitUnit = dots ? 16 : BK;
   if (threads > 1 && base < 2L * threads)
-    splits = lmax(1, lmin(lmin(cdiv(2L * threads, base), kvEnd / BK), kMaxSplits));
-  const long splitLen = roundUp(cdiv(kvEnd, splits), BK);
+    splits = lmax(1, lmin(lmin(cdiv(2L * threads, base), kvEnd / splitUnit), kMaxSplits));
+  const long splitLen = roundUp(cdiv(kvEnd, splits), splitUnit);
   splits = lmax(1, cdiv(kvEnd, splitLen));
   // Partial results per task: each head's O rows, then its maxima and sums.
   const long partHead = rowsP * (Dp + 2), partTask = gPer * partHead;
@@ -1025,14 +1052,18 @@ void attentionRows(const AttentionArgs& a) {
     const long qt = qTiles - 1 - rest / hGroups;
     float* buf = static_cast<float*>(scratch(tid, kSlotC, L.total * sizeof(float)));
     AttnTile t{&a, R, D, Dp, qt * Tq, (lmin(T, qt * Tq + Tq) - qt * Tq) * R, rowsP,
-               buf + L.kp, buf + L.vp, buf + L.sc, buf + L.pp, nullptr, nullptr, gPer * D, hg * gPer};
+               buf + L.kp, buf + L.vp, buf + L.sc, buf + L.pp, nullptr, nullptr, gPer * D, hg * gPer, dots};
     float* kRaw = buf + L.kraw;
     float* vRaw = buf + L.vraw;
     auto head = [&](long gi) {
       float* hb = buf + gi * L.headStride;
       return AttnHead{hg * gPer + gi, hb + L.qp, hb + L.o, hb + L.m, hb + L.l};
     };
-    for (long gi = 0; gi < gPer; gi++) attnBegin(t, head(gi));
+    AttnHead heads[kMaxDecodeHeads];
+    for (long gi = 0; gi < gPer; gi++) {
+      if (gi < kMaxDecodeHeads) heads[gi] = head(gi);
+      attnBegin(t, head(gi));
+    }
     const long tileEnd = a.causal ? lmin(S, a.queryOffset + t.t0 + t.nRows / R) : S;
     const long kb = sp * splitLen, ke = lmin(lmin(kvEnd, kb + splitLen), tileEnd);
     const long ldkv = Hkv * D, span = gPer * D;
@@ -1051,6 +1082,7 @@ void attentionRows(const AttentionArgs& a) {
       }
       t.kBlock = kRaw;
       t.vBlock = vRaw;
+      if (dots) attnDots(t, heads, gPer, nb);
       for (long gi = 0; gi < gPer; gi++) attnBlock(t, head(gi), j0, nb);
     }
     for (long gi = 0; gi < gPer; gi++) {

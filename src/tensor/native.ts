@@ -259,10 +259,6 @@ function floatData(t: Tensor): F32 | Half {
 }
 
 /**
- * Packs an f32 or bf16 [N, K] host tensor in a quantized format with the native encoder (threaded; byte-identical to
- * quant.ts `quantize`). A block holding a non-finite value, or needing a scale beyond f16, throws naming its row.
- */
-/**
  * A zero-filled ArrayBuffer for bulk data that lives long or is swept often (weights read or quantized at load,
  * activations, gradients): from 4 MiB on, its whole 2 MiB pages are advised as transparent huge pages before first
  * touch (native/addon.cc `adviseHugePages`). They fault in 512 times less often, and a decode step, which streams
@@ -276,6 +272,10 @@ export function bulkBuffer(bytes: number): ArrayBuffer {
   return buffer;
 }
 
+/**
+ * Packs an f32 or bf16 [N, K] host tensor in a quantized format with the native encoder (threaded; byte-identical to
+ * quant.ts `quantize`). A block holding a non-finite value, or needing a scale beyond f16, throws naming its row.
+ */
 export function quantizeNative(format: QuantFormat, t: Tensor): Uint8Array {
   if (t.rank !== 2 || (t.dtype !== 'f32' && t.dtype !== 'bf16')) throw new Error(`quantize: expected an f32 or bf16 matrix, got ${t}`);
   const [N, K] = t.shape as [number, number];
