@@ -840,8 +840,8 @@ constexpr long kMaxSplits = 64;  // key ranges of one decode step (bounds the me
 constexpr long kMaxDecodeHeads = 16;  // KV heads of a decode task that attnDots serves (more go through packing)
 
 // Scratch of one task, in floats: per KV head handled, packed Q, the output accumulator and the running max and sum
-// of each row; shared by the heads, one packed K block, a ragged-V panel, the scores, the packed probabilities, and
-// the current key block's K and V rows for the task's heads.
+// of each row; shared by the heads, one packed K block, a ragged-V panel, the scores (a block's for each head under
+// attnDots), the packed probabilities, and the current key block's K and V rows for the task's heads.
 struct AttnLayout {
   long headStride, qp, o, m, l;  // offsets within a head's share
   long kp, vp, sc, pp, kraw, vraw;  // offsets after the heads' shares
@@ -879,7 +879,7 @@ struct AttnTile {
   float *kp, *vp, *sc, *pp;
   const float *kBlock, *vBlock;  // the current key block's rows for this task's heads, ld floats apart
   long ld, g0;                   // g0: the first of those heads
-  bool dots;                     // decode: scores as dot products of Q rows with K rows read in place (attnDots)
+  bool dots;                     // decode: scores as dot products of Q rows with the block's K rows (attnDots)
 };
 
 struct AttnHead {
@@ -1033,8 +1033,9 @@ void attentionRows(const AttentionArgs& a) {
   const int threads = poolThreads();
   const long base = hGroups * qTiles;
   long splits = 1;
-  // A split as short as one key block: a decode step at a few hundred keys reads its KV rows from DRAM (the weights'
-  // stream evicted them), and one thread alone took ~100 µs a layer for 0.6 MB.
+  // A split as short as one key block (16 keys under attnDots, which needs no whole panel): a decode step at a few
+  // hundred keys reads its KV rows from DRAM (the weights' stream evicted them), and one thread alone took ~100 µs a
+  // layer for 0.6 MB.
   const long splitUnit = dots ? 16 : BK;
   if (threads > 1 && base < 2L * threads)
     splits = lmax(1, lmin(lmin(cdiv(2L * threads, base), kvEnd / splitUnit), kMaxSplits));
