@@ -837,7 +837,6 @@ constexpr long kRowsPerTile = 48;  // query rows (queries × grouped heads) per 
 // are read as whole contiguous rows instead of one head's interleaved slices (decode is bound by that stream).
 constexpr long kDecodeRows = 12;
 constexpr long kMaxSplits = 64;  // key ranges of one decode step (bounds the merge's stack arrays)
-constexpr long kMaxDecodeHeads = 16;  // KV heads of a decode task that attnDots serves (more go through packing)
 
 // Scratch of one task, in floats: per KV head handled, packed Q, the output accumulator and the running max and sum
 // of each row; shared by the heads, one packed K block, a ragged-V panel, the scores (a block's for each head under
@@ -890,23 +889,15 @@ struct AttnHead {
 inline void attnBegin(const AttnTile& t, const AttnHead& h) {
   const AttentionArgs& a = *t.a;
   // Rows [nRows][D] for attnDots, else A panels [D][MR]; the scale folded in either way.
-  if (t.dots) {
-    for (long i = 0; i < t.nRows; i++) {
-      const float* src = a.q + ((t.t0 + i / t.R) * a.Hq + h.g * t.R + i % t.R) * t.D;
-      for (long k = 0; k < t.D; k++) h.qp[i * t.D + k] = src[k] * a.scale;
+  for (long i = 0; i < (t.dots ? t.nRows : t.rowsP); i++) {
+    float* d = t.dots ? h.qp + i * t.D : h.qp + i / MR * MR * t.D + i % MR;
+    const long step = t.dots ? 1 : MR;
+    if (i >= t.nRows) {
+      for (long k = 0; k < t.D; k++) d[k * step] = 0.0f;
+      continue;
     }
-  }
-  for (long i0 = 0; i0 < t.rowsP && !t.dots; i0 += MR) {
-    float* d = h.qp + i0 * t.D;
-    for (long r = 0; r < MR; r++) {
-      const long i = i0 + r;
-      if (i < t.nRows) {
-        const float* src = a.q + ((t.t0 + i / t.R) * a.Hq + h.g * t.R + i % t.R) * t.D;
-        for (long k = 0; k < t.D; k++) d[k * MR + r] = src[k] * a.scale;
-      } else {
-        for (long k = 0; k < t.D; k++) d[k * MR + r] = 0.0f;
-      }
-    }
+    const float* src = a.q + ((t.t0 + i / t.R) * a.Hq + h.g * t.R + i % t.R) * t.D;
+    for (long k = 0; k < t.D; k++) d[k * step] = src[k] * a.scale;
   }
   std::memset(h.o, 0, t.rowsP * t.Dp * sizeof(float));
   for (long i = 0; i < t.rowsP; i++) {
@@ -921,12 +912,14 @@ inline float* attnScoresOf(const AttnTile& t, const AttnHead& h) { return t.dots
 // Decode's scores for keys [0, nb) of the block, every head of the task: each row of the block's K copy is read once,
 // in memory order, as the GEMV reads a weight row. Packing K as a GEMM panel instead (a transposing copy of every key
 // block) cost more than the products at a few query rows per head: 49 → 33 µs a layer with the KV in cache.
-inline void attnDots(const AttnTile& t, const AttnHead* heads, long count, long nb) {
-  for (long j = 0; j < nb; j++) {
-    for (long gi = 0; gi < count; gi++)
-      gemvRows(heads[gi].qp, static_cast<int>(t.nRows), t.D, t.kBlock + j * t.ld + (heads[gi].g - t.g0) * t.D, WType::F32,
-               1, attnScoresOf(t, heads[gi]) + j, BK, nullptr);
-  }
+template <class Head>
+inline void attnDots(const AttnTile& t, const Head& head, long count, long nb) {
+  for (long j = 0; j < nb; j++)
+    for (long gi = 0; gi < count; gi++) {
+      const AttnHead h = head(gi);
+      gemvRows(h.qp, static_cast<int>(t.nRows), t.D, t.kBlock + j * t.ld + (h.g - t.g0) * t.D, WType::F32, 1,
+               attnScoresOf(t, h) + j, BK, nullptr);
+    }
 }
 
 // Keys [j0, j0 + nb) for one KV head: scores (unless attnDots made them), online-softmax update, then O += P·V.
@@ -1024,7 +1017,6 @@ void attentionRows(const AttentionArgs& a) {
   const long kvEnd = a.causal ? lmin(S, a.queryOffset + T) : S;  // no query sees keys at or past kvEnd
   const long Dp = roundUp(D, NR);
   const bool decode = qTiles == 1 && Tq * R <= kDecodeRows;
-  const bool dots = decode && Hkv <= kMaxDecodeHeads;
   const long gPer = decode ? Hkv : 1;  // KV heads per task
   const long hGroups = Hkv / gPer;
   const AttnLayout L = attnLayout(D, Dp, rowsP, gPer);
@@ -1036,7 +1028,7 @@ void attentionRows(const AttentionArgs& a) {
   // A split as short as one key block (16 keys under attnDots, which needs no whole panel): a decode step at a few
   // hundred keys reads its KV rows from DRAM (the weights' stream evicted them), and one thread alone took ~100 µs a
   // layer for 0.6 MB.
-  const long splitUnit = dots ? 16 : BK;
+  const long splitUnit = decode ? 16 : BK;
   if (threads > 1 && base < 2L * threads)
     splits = lmax(1, lmin(lmin(cdiv(2L * threads, base), kvEnd / splitUnit), kMaxSplits));
   const long splitLen = roundUp(cdiv(kvEnd, splits), splitUnit);
@@ -1053,18 +1045,14 @@ void attentionRows(const AttentionArgs& a) {
     const long qt = qTiles - 1 - rest / hGroups;
     float* buf = static_cast<float*>(scratch(tid, kSlotC, L.total * sizeof(float)));
     AttnTile t{&a, R, D, Dp, qt * Tq, (lmin(T, qt * Tq + Tq) - qt * Tq) * R, rowsP,
-               buf + L.kp, buf + L.vp, buf + L.sc, buf + L.pp, nullptr, nullptr, gPer * D, hg * gPer, dots};
+               buf + L.kp, buf + L.vp, buf + L.sc, buf + L.pp, nullptr, nullptr, gPer * D, hg * gPer, decode};
     float* kRaw = buf + L.kraw;
     float* vRaw = buf + L.vraw;
     auto head = [&](long gi) {
       float* hb = buf + gi * L.headStride;
       return AttnHead{hg * gPer + gi, hb + L.qp, hb + L.o, hb + L.m, hb + L.l};
     };
-    AttnHead heads[kMaxDecodeHeads];
-    for (long gi = 0; gi < gPer; gi++) {
-      if (gi < kMaxDecodeHeads) heads[gi] = head(gi);
-      attnBegin(t, head(gi));
-    }
+    for (long gi = 0; gi < gPer; gi++) attnBegin(t, head(gi));
     const long tileEnd = a.causal ? lmin(S, a.queryOffset + t.t0 + t.nRows / R) : S;
     const long kb = sp * splitLen, ke = lmin(lmin(kvEnd, kb + splitLen), tileEnd);
     const long ldkv = Hkv * D, span = gPer * D;
@@ -1083,7 +1071,7 @@ void attentionRows(const AttentionArgs& a) {
       }
       t.kBlock = kRaw;
       t.vBlock = vRaw;
-      if (dots) attnDots(t, heads, gPer, nb);
+      if (decode) attnDots(t, head, gPer, nb);
       for (long gi = 0; gi < gPer; gi++) attnBlock(t, head(gi), j0, nb);
     }
     for (long gi = 0; gi < gPer; gi++) {

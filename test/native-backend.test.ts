@@ -192,7 +192,7 @@ const attnCases: AttnCase[] = [
   attnCase(1, 3001, 12, 2, 128, true), // decode over a long cache: keys split across tasks
   attnCase(1, 777, 6, 6, 64, false),
   attnCase(2, 515, 6, 2, 128, true),
-  attnCase(1, 150, 34, 17, 8, true), // decode with more KV heads than its dot-product scores take: packed K blocks
+  attnCase(1, 150, 34, 17, 8, true), // decode with many KV heads in one task, each with its own block of scores
   // The tiled path (T > 1 and at least 64 query rows per KV head): key blocks of 96, tiles of up to 128 rows in panels
   // of 16, output rows in groups of 6 and 4. Sizes are multiples of none of them.
   attnCase(300, 300, 2, 2, 72, false), // the vision head size, several tiles
