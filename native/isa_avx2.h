@@ -436,15 +436,19 @@ inline float rowDot(const __m256 (&acc)[U], const void* wRow, const float* x, lo
   return s;
 }
 
-// One weight row against MM (1 or 2) activation rows, U vectors of weights per step (32 weights, one line of bf16)
-// with U independent accumulators per activation row. Visiting rows one after another in memory order makes the whole
-// call one sequential stream that the hardware prefetcher follows. Every output is summed in the same order whatever
-// MM is, so a row of x gets the same bits alone (decode) as in a batch of decoding sequences (the engine relies on it).
+// Accumulators per (weight row, activation row) in every GEMV shape below: each takes every other 8 k, so that one
+// row's sum has the same order in all of them (rowDot finishes it). Two, not four, so that a step over 4 rows at once
+// fits the 16 ymm registers.
+constexpr int kGemvAcc = 2;
+
+// One weight row against MM (1 or 2) activation rows, 32 weights per step (one line of bf16) into kGemvAcc
+// accumulators per activation row. Visiting rows one after another in memory order makes the whole call one
+// sequential stream that the hardware prefetcher follows. Every output is summed in the same order whatever MM is, so
+// a row of x gets the same bits alone (decode) as in a batch of decoding sequences (the engine relies on it).
 template <int MM, WType TYPE>
 inline void gemvRow(const float* x, long K, const void* wRow, float* out, long ldo, float bias) {
-  static_assert(MM <= 2, "MM·U accumulators and U weight vectors must fit the 16 ymm registers");
-  constexpr int U = 4;
-  constexpr long STEP = 8 * U;
+  constexpr int U = kGemvAcc;
+  constexpr long STEP = 32;
   const char* wb = static_cast<const char*>(wRow);
   constexpr long esz = TYPE == WType::BF16 ? 2 : 4;
   __m256 acc[MM][U];
@@ -453,13 +457,13 @@ inline void gemvRow(const float* x, long K, const void* wRow, float* out, long l
   long k = 0;
   for (; k + STEP <= K; k += STEP) {
     for (long off = 0; off < STEP * esz; off += 64) _mm_prefetch(wb + k * esz + off + kGemvPrefetch, _MM_HINT_T0);
-    __m256 wv[U];
-#pragma GCC unroll 8
-    for (int u = 0; u < U; u++) wv[u] = loadW(wRow, TYPE, k + 8 * u);
-#pragma GCC unroll 8
+    __m256 wv[4];
+#pragma GCC unroll 4
+    for (int v = 0; v < 4; v++) wv[v] = loadW(wRow, TYPE, k + 8 * v);
+#pragma GCC unroll 2
     for (int m = 0; m < MM; m++) {
-#pragma GCC unroll 8
-      for (int u = 0; u < U; u++) acc[m][u] = _mm256_fmadd_ps(wv[u], _mm256_loadu_ps(x + m * K + k + 8 * u), acc[m][u]);
+#pragma GCC unroll 4
+      for (int v = 0; v < 4; v++) acc[m][v % U] = _mm256_fmadd_ps(wv[v], _mm256_loadu_ps(x + m * K + k + 8 * v), acc[m][v % U]);
     }
   }
   for (; k + 8 <= K; k += 8) {
@@ -469,36 +473,33 @@ inline void gemvRow(const float* x, long K, const void* wRow, float* out, long l
   for (int m = 0; m < MM; m++) out[m * ldo] = rowDot<U, TYPE>(acc[m], wRow, x + m * K, k, K) + bias;
 }
 
-// gemvRow<1, TYPE> for two weight rows at once (the same operations per row): each x vector serves both. With
-// k = 8960 (the down projection) x is 35 KiB of f32, past L1, and reloading it for every row held one Zen 4 core to
-// 11 GB/s of bf16 weights against 29 at k = 1536. The rows are far apart, two sequential streams.
-template <WType TYPE>
-inline void gemvRowPair(const float* x, long K, const void* w0, const void* w1, float* out0, float* out1, float b0, float b1) {
-  constexpr int U = 4;
-  constexpr long STEP = 8 * U;
+// gemvRow<1, TYPE> for R weight rows at once, `apart` bytes apart (R sequential streams), with the same operations
+// per row: each x vector serves R rows. With k = 8960 (the down projection) x is 35 KiB of f32, past L1, and reloading
+// it for every row held one Zen 4 core to 11 GB/s of bf16 weights against 29 at k = 1536; for every 2 rows, to 16.
+template <int R, WType TYPE>
+inline void gemvRowsApart(const float* x, long K, const char* w, long apart, float* out, long outApart, const float* bias) {
+  constexpr int U = kGemvAcc;
+  constexpr long STEP = 32;
   constexpr long esz = TYPE == WType::BF16 ? 2 : 4;
-  const void* w[2] = {w0, w1};
-  __m256 acc[2][U];
-  for (int r = 0; r < 2; r++)
+  __m256 acc[R][U];
+  for (int r = 0; r < R; r++)
     for (int u = 0; u < U; u++) acc[r][u] = _mm256_setzero_ps();
   long k = 0;
   for (; k + STEP <= K; k += STEP) {
-    for (int r = 0; r < 2; r++)
-      for (long off = 0; off < STEP * esz; off += 64)
-        _mm_prefetch(static_cast<const char*>(w[r]) + k * esz + off + kGemvPrefetch, _MM_HINT_T0);
+    for (int r = 0; r < R; r++)
+      for (long off = 0; off < STEP * esz; off += 64) _mm_prefetch(w + r * apart + k * esz + off + kGemvPrefetch, _MM_HINT_T0);
+#pragma GCC unroll 4
+    for (int v = 0; v < 4; v++) {
+      const __m256 xv = _mm256_loadu_ps(x + k + 8 * v);
 #pragma GCC unroll 8
-    for (int u = 0; u < U; u++) {
-      const __m256 xv = _mm256_loadu_ps(x + k + 8 * u);
-      acc[0][u] = _mm256_fmadd_ps(loadW(w0, TYPE, k + 8 * u), xv, acc[0][u]);
-      acc[1][u] = _mm256_fmadd_ps(loadW(w1, TYPE, k + 8 * u), xv, acc[1][u]);
+      for (int r = 0; r < R; r++) acc[r][v % U] = _mm256_fmadd_ps(loadW(w + r * apart, TYPE, k + 8 * v), xv, acc[r][v % U]);
     }
   }
   for (; k + 8 <= K; k += 8) {
     const __m256 xv = _mm256_loadu_ps(x + k);
-    for (int r = 0; r < 2; r++) acc[r][0] = _mm256_fmadd_ps(loadW(w[r], TYPE, k), xv, acc[r][0]);
+    for (int r = 0; r < R; r++) acc[r][0] = _mm256_fmadd_ps(loadW(w + r * apart, TYPE, k), xv, acc[r][0]);
   }
-  *out0 = rowDot<U, TYPE>(acc[0], w0, x, k, K) + b0;
-  *out1 = rowDot<U, TYPE>(acc[1], w1, x, k, K) + b1;
+  for (int r = 0; r < R; r++) out[r * outApart] = rowDot<U, TYPE>(acc[r], w + r * apart, x, k, K) + (bias ? bias[r * outApart] : 0.0f);
 }
 
 template <WType TYPE>
@@ -510,12 +511,11 @@ inline void gemvRowsM(const float* x, int M, long K, const void* w, long nRows, 
   // must get the bits they get alone.)
   const long esz = TYPE == WType::BF16 ? 2 : 4;
   if (M == 1) {
-    const long half = nRows / 2;
+    constexpr int R = 4;
+    const long part = nRows / R;
     const char* wb = static_cast<const char*>(w);
-    for (long n = 0; n < half; n++)
-      gemvRowPair<TYPE>(x, K, wb + n * K * esz, wb + (half + n) * K * esz, out + n, out + half + n, bias ? bias[n] : 0.0f,
-                        bias ? bias[half + n] : 0.0f);
-    if (nRows % 2) gemvRow<1, TYPE>(x, K, wb + (nRows - 1) * K * esz, out + nRows - 1, ldo, bias ? bias[nRows - 1] : 0.0f);
+    for (long n = 0; n < part; n++) gemvRowsApart<R, TYPE>(x, K, wb + n * K * esz, part * K * esz, out + n, part, bias ? bias + n : nullptr);
+    for (long n = R * part; n < nRows; n++) gemvRow<1, TYPE>(x, K, wb + n * K * esz, out + n, ldo, bias ? bias[n] : 0.0f);
     return;
   }
   long block = (128L << 10) / (K * esz);
