@@ -425,14 +425,21 @@ inline float loadW1(const void* w, WType type, long off) {
 // before the loads that need them reach the head of the queue); farther distances were slower again.
 constexpr long kGemvPrefetch = 64;
 
+// x's elements as f32: stored as f32, or (a decode step under Compute::Bf16, whose x is rounded to bf16 anyway) as bf16
+// words, which widen exactly to the same values.
+inline __m256 loadX(const float* x, long k) { return _mm256_loadu_ps(x + k); }
+inline __m256 loadX(const uint16_t* x, long k) { return widenBf16x8(x + k); }
+inline float loadX1(const float* x, long k) { return x[k]; }
+inline float loadX1(const uint16_t* x, long k) { return bf16ToF32(x[k]); }
+
 // A weight row's dot with x from its U accumulators (summed in order) and the scalar tail from k on: one definition,
 // so that every GEMV shape gives a row the same bits.
-template <int U, WType TYPE>
-inline float rowDot(const __m256 (&acc)[U], const void* wRow, const float* x, long k, long K) {
+template <int U, WType TYPE, class X>
+inline float rowDot(const __m256 (&acc)[U], const void* wRow, const X* x, long k, long K) {
   __m256 a = acc[0];
   for (int u = 1; u < U; u++) a = _mm256_add_ps(a, acc[u]);
   float s = hsum(a);
-  for (; k < K; k++) s += loadW1(wRow, TYPE, k) * x[k];
+  for (; k < K; k++) s += loadW1(wRow, TYPE, k) * loadX1(x, k);
   return s;
 }
 
@@ -445,8 +452,8 @@ constexpr int kGemvAcc = 2;
 // accumulators per activation row. Visiting rows one after another in memory order makes the whole call one
 // sequential stream that the hardware prefetcher follows. Every output is summed in the same order whatever MM is, so
 // a row of x gets the same bits alone (decode) as in a batch of decoding sequences (the engine relies on it).
-template <int MM, WType TYPE>
-inline void gemvRow(const float* x, long K, const void* wRow, float* out, long ldo, float bias) {
+template <int MM, WType TYPE, class X = float>
+inline void gemvRow(const X* x, long K, const void* wRow, float* out, long ldo, float bias) {
   constexpr int U = kGemvAcc;
   constexpr long STEP = 32;
   const char* wb = static_cast<const char*>(wRow);
@@ -463,12 +470,12 @@ inline void gemvRow(const float* x, long K, const void* wRow, float* out, long l
 #pragma GCC unroll 2
     for (int m = 0; m < MM; m++) {
 #pragma GCC unroll 4
-      for (int v = 0; v < 4; v++) acc[m][v % U] = _mm256_fmadd_ps(wv[v], _mm256_loadu_ps(x + m * K + k + 8 * v), acc[m][v % U]);
+      for (int v = 0; v < 4; v++) acc[m][v % U] = _mm256_fmadd_ps(wv[v], loadX(x + m * K, k + 8 * v), acc[m][v % U]);
     }
   }
   for (; k + 8 <= K; k += 8) {
     __m256 wv = loadW(wRow, TYPE, k);
-    for (int m = 0; m < MM; m++) acc[m][0] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + m * K + k), acc[m][0]);
+    for (int m = 0; m < MM; m++) acc[m][0] = _mm256_fmadd_ps(wv, loadX(x + m * K, k), acc[m][0]);
   }
   for (int m = 0; m < MM; m++) out[m * ldo] = rowDot<U, TYPE>(acc[m], wRow, x + m * K, k, K) + bias;
 }
@@ -476,8 +483,8 @@ inline void gemvRow(const float* x, long K, const void* wRow, float* out, long l
 // gemvRow<1, TYPE> for R weight rows at once, `apart` bytes apart (R sequential streams), with the same operations
 // per row: each x vector serves R rows. With k = 8960 (the down projection) x is 35 KiB of f32, past L1, and reloading
 // it for every row held one Zen 4 core to 11 GB/s of bf16 weights against 29 at k = 1536; for every 2 rows, to 16.
-template <int R, WType TYPE>
-inline void gemvRowsApart(const float* x, long K, const char* w, long apart, float* out, long outApart, const float* bias) {
+template <int R, WType TYPE, class X>
+inline void gemvRowsApart(const X* x, long K, const char* w, long apart, float* out, long outApart, const float* bias) {
   constexpr int U = kGemvAcc;
   constexpr long STEP = 32;
   constexpr long esz = TYPE == WType::BF16 ? 2 : 4;
@@ -490,16 +497,27 @@ inline void gemvRowsApart(const float* x, long K, const char* w, long apart, flo
       for (long off = 0; off < STEP * esz; off += 64) _mm_prefetch(w + r * apart + k * esz + off + kGemvPrefetch, _MM_HINT_T0);
 #pragma GCC unroll 4
     for (int v = 0; v < 4; v++) {
-      const __m256 xv = _mm256_loadu_ps(x + k + 8 * v);
+      const __m256 xv = loadX(x, k + 8 * v);
 #pragma GCC unroll 8
       for (int r = 0; r < R; r++) acc[r][v % U] = _mm256_fmadd_ps(loadW(w + r * apart, TYPE, k + 8 * v), xv, acc[r][v % U]);
     }
   }
   for (; k + 8 <= K; k += 8) {
-    const __m256 xv = _mm256_loadu_ps(x + k);
+    const __m256 xv = loadX(x, k);
     for (int r = 0; r < R; r++) acc[r][0] = _mm256_fmadd_ps(loadW(w + r * apart, TYPE, k), xv, acc[r][0]);
   }
   for (int r = 0; r < R; r++) out[r * outApart] = rowDot<U, TYPE>(acc[r], w + r * apart, x, k, K) + (bias ? bias[r * outApart] : 0.0f);
+}
+
+// One row of x (decode) against nRows weight rows: R = 4 far-apart rows at a time, the rest one by one.
+template <WType TYPE, class X>
+inline void gemvOneRow(const X* x, long K, const void* w, long nRows, float* out, const float* bias) {
+  constexpr int R = 4;
+  constexpr long esz = TYPE == WType::BF16 ? 2 : 4;
+  const long part = nRows / R;
+  const char* wb = static_cast<const char*>(w);
+  for (long n = 0; n < part; n++) gemvRowsApart<R, TYPE>(x, K, wb + n * K * esz, part * K * esz, out + n, part, bias ? bias + n : nullptr);
+  for (long n = R * part; n < nRows; n++) gemvRow<1, TYPE>(x, K, wb + n * K * esz, out + n, 1, bias ? bias[n] : 0.0f);
 }
 
 template <WType TYPE>
@@ -511,11 +529,7 @@ inline void gemvRowsM(const float* x, int M, long K, const void* w, long nRows, 
   // must get the bits they get alone.)
   const long esz = TYPE == WType::BF16 ? 2 : 4;
   if (M == 1) {
-    constexpr int R = 4;
-    const long part = nRows / R;
-    const char* wb = static_cast<const char*>(w);
-    for (long n = 0; n < part; n++) gemvRowsApart<R, TYPE>(x, K, wb + n * K * esz, part * K * esz, out + n, part, bias ? bias + n : nullptr);
-    for (long n = R * part; n < nRows; n++) gemvRow<1, TYPE>(x, K, wb + n * K * esz, out + n, ldo, bias ? bias[n] : 0.0f);
+    gemvOneRow<TYPE>(x, K, w, nRows, out, bias);
     return;
   }
   long block = (128L << 10) / (K * esz);
@@ -540,6 +554,13 @@ inline void gemvRows(const float* x, int M, long K, const void* w, WType type, l
   if (type == WType::BF16) gemvRowsM<WType::BF16>(x, M, K, w, nRows, out, ldo, bias);
   else gemvRowsM<WType::F32>(x, M, K, w, nRows, out, ldo, bias);
 }
+
+// gemvRows for one row of x given as bf16 words and bf16 weights (ops_impl.h gemv, Compute::Bf16 decode): the same
+// bits as gemvRows on its widened values, from half the bytes of x, which at k = 8960 (17.5 KiB) stay in L1.
+inline void gemvRowBf16X(const uint16_t* x, long K, const uint16_t* w, long nRows, float* out, const float* bias) {
+  gemvOneRow<WType::BF16>(x, K, w, nRows, out, bias);
+}
+#define VL3_GEMV_BF16_X 1
 
 inline float maxOf(const float* x, long n) {
   long i = 0;

@@ -20,6 +20,9 @@
 #include "kernels.h"
 #include "quant.h"
 
+// The avx2 tier's bf16-word GEMV (ops_impl.h gemv) is not this tier's: its own GEMV takes x in f32.
+#undef VL3_GEMV_BF16_X
+
 namespace vl3 {
 namespace VL3_ISA {
 namespace {

@@ -315,19 +315,24 @@ void gemv(const MatmulArgs& a, const float* bias) {
   const bool bf16 = a.compute == Compute::Bf16;
   const int threads = poolThreads();
   const float* x = a.x;
+  // Under Compute::Bf16: x as bf16 words for a bf16-dot tier, and for a decode step on a tier whose GEMV takes them
+  // (gemvRowBf16X); else x rounded to bf16 values in f32.
 #if VL3_BF16_DOT
-  const uint16_t* xb = nullptr;
+  constexpr bool wordsX = true;
+#elif VL3_GEMV_BF16_X
+  const bool wordsX = M == 1;
+#else
+  constexpr bool wordsX = false;
 #endif
-  if (bf16) {
-#if VL3_BF16_DOT
+  [[maybe_unused]] const uint16_t* xb = nullptr;
+  if (bf16 && wordsX) {
     uint16_t* t = static_cast<uint16_t*>(scratch(0, kSlotE, M * K * sizeof(uint16_t)));
     for (long i = 0; i < M * K; i++) t[i] = f32ToBf16(a.x[i]);
     xb = t;
-#else
+  } else if (bf16) {
     float* t = static_cast<float*>(scratch(0, kSlotE, M * K * sizeof(float)));
     for (long i = 0; i < M * K; i++) t[i] = roundBf16(a.x[i]);
     x = t;
-#endif
   }
   // Several contiguous row ranges per thread so that one thread slowed by a noisy neighbour does not hold up the
   // others; tiny problems stay on one thread.
@@ -348,6 +353,12 @@ void gemv(const MatmulArgs& a, const float* bias) {
 #if VL3_BF16_DOT
       gemvRowsBf16(xb, static_cast<int>(M), K, w, r1 - r0, a.out + r0, N, bias ? bias + r0 : nullptr);
 #else
+#if VL3_GEMV_BF16_X
+      if (xb) {
+        gemvRowBf16X(xb, K, w, r1 - r0, a.out + r0, bias ? bias + r0 : nullptr);
+        continue;
+      }
+#endif
       gemvRows(x, static_cast<int>(M), K, w, WType::BF16, r1 - r0, a.out + r0, N, bias ? bias + r0 : nullptr);
 #endif
     }
