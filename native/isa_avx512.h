@@ -20,8 +20,6 @@
 #include "kernels.h"
 #include "quant.h"
 
-// The avx2 tier's bf16-word GEMV (ops_impl.h gemv) is not this tier's: its own GEMV takes x in f32.
-#undef VL3_GEMV_BF16_X
 
 namespace vl3 {
 namespace VL3_ISA {
@@ -290,6 +288,13 @@ inline __m512 loadW16Masked(const void* w, long off, __mmask16 m) {
   return _mm512_maskz_loadu_ps(m, static_cast<const float*>(w) + off);
 }
 
+// x's elements as f32: stored as f32, or (a decode step under Compute::Bf16, whose x is rounded to bf16 anyway) as bf16
+// words, which widen exactly to the same values.
+inline __m512 loadX16(const float* x, long k) { return _mm512_loadu_ps(x + k); }
+inline __m512 loadX16(const uint16_t* x, long k) { return widenBf16x16(x + k); }
+inline __m512 loadX16Masked(const float* x, long k, __mmask16 m) { return _mm512_maskz_loadu_ps(m, x + k); }
+inline __m512 loadX16Masked(const uint16_t* x, long k, __mmask16 m) { return widenBf16x16Masked(x + k, m); }
+
 // A weight row's dot from its U accumulators, summed in order: one definition, so that every GEMV shape gives a row
 // the same bits.
 template <int U>
@@ -302,8 +307,8 @@ inline float rowDot(const __m512 (&acc)[U]) {
 // One weight row against MM activation rows, U vectors of weights per step with U accumulators per activation row,
 // rows visited in memory order as one stream. Every output is summed in the same order whatever MM is, so a row of x
 // gets the same bits alone (decode) as in a batch of decoding sequences (the engine's batched decode relies on it).
-template <int MM, WType TYPE>
-inline void gemvRow(const float* x, long K, const void* wRow, float* out, long ldo, float bias) {
+template <int MM, WType TYPE, class X = float>
+inline void gemvRow(const X* x, long K, const void* wRow, float* out, long ldo, float bias) {
   constexpr int U = 4;
   constexpr long STEP = 16 * U;
   constexpr long esz = TYPE == WType::BF16 ? 2 : 4;
@@ -320,12 +325,12 @@ inline void gemvRow(const float* x, long K, const void* wRow, float* out, long l
 #pragma GCC unroll 8
     for (int m = 0; m < MM; m++)
 #pragma GCC unroll 8
-      for (int u = 0; u < U; u++) acc[m][u] = _mm512_fmadd_ps(wv[u], _mm512_loadu_ps(x + m * K + k + 16 * u), acc[m][u]);
+      for (int u = 0; u < U; u++) acc[m][u] = _mm512_fmadd_ps(wv[u], loadX16(x + m * K, k + 16 * u), acc[m][u]);
   }
   for (; k < K; k += 16) {
     const __mmask16 mk = mask16(K - k);
     const __m512 wv = loadW16Masked<TYPE>(wRow, k, mk);
-    for (int m = 0; m < MM; m++) acc[m][0] = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(mk, x + m * K + k), acc[m][0]);
+    for (int m = 0; m < MM; m++) acc[m][0] = _mm512_fmadd_ps(wv, loadX16Masked(x + m * K, k, mk), acc[m][0]);
   }
   for (int m = 0; m < MM; m++) out[m * ldo] = rowDot<U>(acc[m]) + bias;
 }
@@ -350,8 +355,8 @@ inline void gemvBlocks(int M, long K, long esz, long nRows, const Row& row) {
 // gemvRow<1, TYPE> for S weight rows `apart` bytes apart at once (the same operations per row): each x vector
 // serves S rows, which are S sequential streams. With k = 8960 (the down projection) x is 35 KiB of f32, past L1, and
 // reloading it for every row held one Zen 4 core to 12 GB/s of bf16 weights against 26 at k = 1536.
-template <int S, WType TYPE>
-inline void gemvRowsFar(const float* x, long K, const char* w, long apart, float* out, long outApart, const float* bias) {
+template <int S, WType TYPE, class X>
+inline void gemvRowsFar(const X* x, long K, const char* w, long apart, float* out, long outApart, const float* bias) {
   constexpr int U = 4;
   constexpr long STEP = 16 * U;
   constexpr long esz = TYPE == WType::BF16 ? 2 : 4;
@@ -364,17 +369,28 @@ inline void gemvRowsFar(const float* x, long K, const char* w, long apart, float
       for (long off = 0; off < STEP * esz; off += 64) _mm_prefetch(w + s * apart + k * esz + off + kGemvPrefetch, _MM_HINT_T0);
 #pragma GCC unroll 8
     for (int u = 0; u < U; u++) {
-      const __m512 xv = _mm512_loadu_ps(x + k + 16 * u);
+      const __m512 xv = loadX16(x, k + 16 * u);
 #pragma GCC unroll 8
       for (int s = 0; s < S; s++) acc[s][u] = _mm512_fmadd_ps(loadW16<TYPE>(w + s * apart, k + 16 * u), xv, acc[s][u]);
     }
   }
   for (; k < K; k += 16) {
     const __mmask16 mk = mask16(K - k);
-    const __m512 xv = _mm512_maskz_loadu_ps(mk, x + k);
+    const __m512 xv = loadX16Masked(x, k, mk);
     for (int s = 0; s < S; s++) acc[s][0] = _mm512_fmadd_ps(loadW16Masked<TYPE>(w + s * apart, k, mk), xv, acc[s][0]);
   }
   for (int s = 0; s < S; s++) out[s * outApart] = rowDot<U>(acc[s]) + (bias ? bias[s * outApart] : 0.0f);
+}
+
+// One row of x (decode) against nRows weight rows: S = 4 far-apart rows at a time, the rest one by one.
+template <WType TYPE, class X>
+inline void gemvOneRow(const X* x, long K, const void* w, long nRows, float* out, const float* bias) {
+  constexpr int S = 4;
+  constexpr long esz = TYPE == WType::BF16 ? 2 : 4;
+  const char* wb = static_cast<const char*>(w);
+  const long part = nRows / S;
+  for (long n = 0; n < part; n++) gemvRowsFar<S, TYPE>(x, K, wb + n * K * esz, part * K * esz, out + n, part, bias ? bias + n : nullptr);
+  for (long n = S * part; n < nRows; n++) gemvRow<1, TYPE>(x, K, wb + n * K * esz, out + n, 1, bias ? bias[n] : 0.0f);
 }
 
 template <WType TYPE>
@@ -383,11 +399,7 @@ inline void gemvRowsM(const float* x, int M, long K, const void* w, long nRows, 
   constexpr long esz = TYPE == WType::BF16 ? 2 : 4;
   const char* wb = static_cast<const char*>(w);
   if (M == 1) {
-    constexpr int S = 4;
-    const long part = nRows / S;
-    for (long n = 0; n < part; n++)
-      gemvRowsFar<S, TYPE>(x, K, wb + n * K * esz, part * K * esz, out + n, part, bias ? bias + n : nullptr);
-    for (long n = S * part; n < nRows; n++) gemvRow<1, TYPE>(x, K, wb + n * K * esz, out + n, ldo, bias ? bias[n] : 0.0f);
+    gemvOneRow<TYPE>(x, K, w, nRows, out, bias);
     return;
   }
   auto row = [&](int m0, int mm, long n) {
@@ -411,6 +423,13 @@ inline void gemvRows(const float* x, int M, long K, const void* w, WType type, l
   if (type == WType::BF16) gemvRowsM<WType::BF16>(x, M, K, w, nRows, out, ldo, bias);
   else gemvRowsM<WType::F32>(x, M, K, w, nRows, out, ldo, bias);
 }
+
+// gemvRows for one row of x given as bf16 words and bf16 weights (ops_impl.h gemv, Compute::Bf16 decode on this tier
+// without a bf16 dot): the same bits as gemvRows on its widened values, from half the bytes of x.
+inline void gemvRowBf16X(const uint16_t* x, long K, const uint16_t* w, long nRows, float* out, const float* bias) {
+  gemvOneRow<WType::BF16>(x, K, w, nRows, out, bias);
+}
+#define VL3_GEMV_BF16_X 1
 
 #if VL3_BF16_DOT
 // The same GEMV on bf16 words: x (rounded once by the driver) and w are both bf16, 32 per vector, multiplied in
