@@ -20,7 +20,6 @@
 #include "kernels.h"
 #include "quant.h"
 
-
 namespace vl3 {
 namespace VL3_ISA {
 namespace {
