@@ -484,7 +484,7 @@ inline void gemvRow(const X* x, long K, const void* wRow, float* out, long ldo, 
 // per row: each x vector serves R rows. With k = 8960 (the down projection) x is 35 KiB of f32, past L1, and reloading
 // it for every row held one Zen 4 core to 11 GB/s of bf16 weights against 29 at k = 1536; for every 2 rows, to 16.
 template <int R, WType TYPE, class X>
-inline void gemvRowsApart(const X* x, long K, const char* w, long apart, float* out, long outApart, const float* bias) {
+inline void gemvRowsFar(const X* x, long K, const char* w, long apart, float* out, long outApart, const float* bias) {
   constexpr int U = kGemvAcc;
   constexpr long STEP = 32;
   constexpr long esz = TYPE == WType::BF16 ? 2 : 4;
@@ -516,7 +516,7 @@ inline void gemvOneRow(const X* x, long K, const void* w, long nRows, float* out
   constexpr long esz = TYPE == WType::BF16 ? 2 : 4;
   const long part = nRows / R;
   const char* wb = static_cast<const char*>(w);
-  for (long n = 0; n < part; n++) gemvRowsApart<R, TYPE>(x, K, wb + n * K * esz, part * K * esz, out + n, part, bias ? bias + n : nullptr);
+  for (long n = 0; n < part; n++) gemvRowsFar<R, TYPE>(x, K, wb + n * K * esz, part * K * esz, out + n, part, bias ? bias + n : nullptr);
   for (long n = R * part; n < nRows; n++) gemvRow<1, TYPE>(x, K, wb + n * K * esz, out + n, 1, bias ? bias[n] : 0.0f);
 }
 
