@@ -420,12 +420,12 @@ inline long groupDot(WType t, const uint8_t* g, int rows, const quant::Quantized
 #endif
 
 #if VL3_QUANT_GROUPS_DOT
-// How many groups a decode step's matmul streams at once: the ISA's choice for k up to 2048 and for int8 (its
-// kStreamedGroupsShortK, kStreamedGroupsInt8), else the most.
+// How many groups a decode step's matmul streams at once: the ISA's choice for int8 and for k up to 2048 (its
+// kStreamedGroupsInt8, kStreamedGroupsShortK), else the most.
 constexpr int kMaxStreamedGroups = 4;
 static_assert(kStreamedGroupsShortK <= kMaxStreamedGroups && kStreamedGroupsInt8 <= kMaxStreamedGroups, "");
 inline int streamedGroups(WType t, long K) {
-  return K <= 2048 ? kStreamedGroupsShortK : t == WType::Int8 ? kStreamedGroupsInt8 : kMaxStreamedGroups;
+  return t == WType::Int8 ? kStreamedGroupsInt8 : K <= 2048 ? kStreamedGroupsShortK : kMaxStreamedGroups;
 }
 
 template <WType T>
