@@ -1009,7 +1009,7 @@ inline long groupDotT(const uint8_t* g, const quant::QuantizedRows& A, long m0, 
 // The streams must be far apart: adjacent groups (a few KiB apart) halved the rate on Zen 4. Within a chunk the streams
 // take turns row by row (128 bytes of int8 codes, 64 of int4) rather than group by group: with vpdpbusd, int8 has the
 // least work per byte, and a whole group's chunk (544 bytes) from one stream before the next held a decode's int8
-// matmuls to 0.81–0.89 of the read loop on Zen 4; row by row with 4 streams they make 1.07–1.09, like int4 and bf16.
+// matmuls to 0.81–0.94 of the read loop on Zen 4; row by row with 4 streams they make 1.07–1.09, like int4 and bf16.
 template <WType T, int G>
 inline long groupsDotT(const uint8_t* g, long apart, const quant::QuantizedRows& A, long m, float (*res)[quant::kGroupRows]) {
   constexpr int R = quant::kGroupRows;
