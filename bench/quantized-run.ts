@@ -7,7 +7,9 @@
 // (one vCPU alone reads 31–33 either way), switching every few seconds to minutes. Separate processes per format
 // compared formats measured in different phases, and a bound measured after a decode could come from another phase
 // than the decode. Here a run counts only when the bandwidth before and after it agree, and formats are compared only
-// between runs that met the same phase.
+// between runs that met the same phase. Each run also records how much faster its threads together run an in-cache
+// int4 GEMV than one thread does: in the fast phase two vCPUs compute at ~1.44× one, in the slow phase at ~1.76×
+// (BENCHMARKS.md run 14): the fast phase is where the formats with the most arithmetic per byte fall behind.
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -16,7 +18,8 @@ import { Qwen2Model } from '../src/model/qwen2.js';
 import { FormattedWeights } from '../src/model/weight-formats.js';
 import type { WeightFormat } from '../src/tensor/dtype.js';
 import { type ComputeMode, createBackend } from '../src/tensor/index.js';
-import { type NativeBackend, readBandwidth } from '../src/tensor/native.js';
+import { NativeBackend, quantizeNative, readBandwidth } from '../src/tensor/native.js';
+import { Tensor } from '../src/tensor/tensor.js';
 import { decodeBytesPerToken, greedyRun } from './llm.js';
 import { benchPrompt, DECODE } from './peer-common.js';
 import { decodeSeconds, ensureGguf, loadLlama } from './peer-llamacpp.js';
@@ -41,6 +44,8 @@ export interface BracketedRun {
   /** Before and after agree (SAME_PHASE): the decode ran in one phase, and their mean is its bound. */
   steady: boolean;
   tries: number;
+  /** The in-cache int4 GEMV rate on the run's threads ÷ on one thread, right after the decode (absent on one thread). */
+  computeScaling?: number;
 }
 
 export interface QuantizedRunReport {
@@ -57,13 +62,50 @@ function samePhase(a: number, b: number): boolean {
   return Math.abs(a - b) <= SAME_PHASE * Math.max(a, b);
 }
 
-async function bracketed(threads: number, decode: () => Promise<number>): Promise<BracketedRun> {
+/**
+ * How much faster `threads` threads run one int4 1536 × 1536 GEMV from cache than one thread does (median of 5 timings
+ * of 100 calls each way, about 30 ms in all): the host's arithmetic for this VM's threads at that moment, apart from
+ * its memory.
+ */
+export class ComputeScaling {
+  private readonly one = new NativeBackend({ threads: 1, compute: 'bf16' });
+  private readonly all: NativeBackend;
+  private readonly x = Tensor.empty('f32', [1, 1536]);
+  private readonly y = Tensor.empty('f32', [1, 1536]);
+  private readonly w: Tensor;
+
+  constructor(threads: number) {
+    this.all = new NativeBackend({ threads, compute: 'bf16' });
+    const dense = Tensor.empty('f32', [1536, 1536]);
+    for (let i = 0; i < dense.numel; i++) dense.data[i] = Math.sin(i) * 0.05;
+    for (let i = 0; i < 1536; i++) this.x.data[i] = Math.cos(i);
+    this.w = new Tensor('int4', [1536, 1536], quantizeNative('int4', dense));
+  }
+
+  measure(): number {
+    return round(this.seconds(this.one) / this.seconds(this.all), 2);
+  }
+
+  private seconds(backend: NativeBackend): number {
+    for (let i = 0; i < 20; i++) backend.matmul(this.x, this.w, null, this.y);
+    const times: number[] = [];
+    for (let r = 0; r < 5; r++) {
+      const t0 = performance.now();
+      for (let i = 0; i < 100; i++) backend.matmul(this.x, this.w, null, this.y);
+      times.push(performance.now() - t0);
+    }
+    return times.sort((a, b) => a - b)[2]!;
+  }
+}
+
+async function bracketed(threads: number, decode: () => Promise<number>, scaling: ComputeScaling | null): Promise<BracketedRun> {
   let run: BracketedRun | undefined;
   for (let tries = 1; tries <= TRIES; tries++) {
     const beforeGBs = readBandwidth(threads);
     const seconds = await decode();
     const afterGBs = readBandwidth(threads);
     run = { tokensPerSecond: round(DECODE.tokens / seconds, 2), beforeGBs: round(beforeGBs, 1), afterGBs: round(afterGBs, 1), steady: samePhase(beforeGBs, afterGBs), tries };
+    if (scaling) run.computeScaling = scaling.measure();
     if (run.steady) break;
   }
   return run!;
@@ -144,13 +186,14 @@ async function main(): Promise<void> {
     }
   }
 
+  const scaling = backend.threads > 1 ? new ComputeScaling(backend.threads) : null;
   // Every runner once untimed: page faults, first-call allocations and llama.cpp's graph set-up.
   for (const decode of runners.values()) await decode();
   // At least `wanted` rounds, then more (three times as many in all at most) while a runner has no steady run in a
   // phase that others met.
   for (let r = 0; r < 3 * wanted; r++) {
     const roundRuns: Partial<Record<Runner, BracketedRun>> = {};
-    for (const [name, decode] of runners) roundRuns[name] = await bracketed(backend.threads, decode);
+    for (const [name, decode] of runners) roundRuns[name] = await bracketed(backend.threads, decode, scaling);
     report.rounds.push(roundRuns);
     log(`round ${r + 1}: ${[...Object.entries(roundRuns)].map(([n, x]) => `${n} ${x.tokensPerSecond} tokens/s at ${x.beforeGBs}/${x.afterGBs} GB/s`).join(', ')}`);
     const { runs } = runsByPhase(report.rounds);

@@ -18,6 +18,8 @@ export interface QuantizedPhase {
   /** Median read bandwidth of the steady runs in this phase (same threads). */
   readGBs: number;
   runs: number;
+  /** Median over its runs of how much faster the threads together run an in-cache int4 GEMV than one (BracketedRun). */
+  computeScaling?: number;
   /** Per format: median decode tokens/s, bytes per token, and the median of the runs' fractions of their own bound. */
   formats: { weights: string; runs: number; tokensPerSecond: number; bytesPerToken: number; percentOfBound: number }[];
   theirs: { weights: string; runs: number; tokensPerSecond: number }[];
@@ -56,9 +58,11 @@ export function measureQuantizedRounds(o: { modelDir: string; threads: number; c
   const tps = (xs: { tokensPerSecond: number }[]) => median(xs.map((x) => x.tokensPerSecond));
   const phases = runs.map((phase): QuantizedPhase => {
     const all = [...phase.values()].flat();
+    const scalings = all.flatMap((x) => (x.computeScaling === undefined ? [] : [x.computeScaling]));
     return {
       readGBs: round(median(all.map(runGBs)), 1),
       runs: all.length,
+      ...(scalings.length ? { computeScaling: round(median(scalings), 2) } : {}),
       formats: OURS.flatMap((weights) => {
         const xs = phase.get(weights) ?? [];
         const bytesPerToken = report.bytesPerToken[weights] ?? 0;
@@ -93,7 +97,8 @@ export function printQuantized(q: QuantizedFigures, log: (line: string) => void)
     `(64 tokens after 256, each run between two read-bandwidth measurements; ${q.unsteadyRuns} runs left out because the bandwidth moved during them)`);
   if (q.llamaCpp?.skipped) log(`  llama.cpp skipped: ${q.llamaCpp.skipped}`);
   for (const p of q.phases) {
-    log(`  runs that met ${p.readGBs} GB/s (${p.runs} runs):`);
+    const scaling = p.computeScaling === undefined ? '' : `, where ${q.threads} threads ran an in-cache int4 GEMV ${p.computeScaling}× as fast as one`;
+    log(`  runs that met ${p.readGBs} GB/s (${p.runs} runs${scaling}):`);
     for (const f of p.formats) {
       log(`    ours ${f.weights}: ${f.tokensPerSecond} tokens/s (${f.runs} runs), ${round(f.bytesPerToken / 1e9, 3)} GB read per token, ${f.percentOfBound}% of the bandwidth bound (target ≥ 75 %: ${f.percentOfBound >= 75 ? 'met' : 'NOT met'})`);
     }

@@ -2,7 +2,8 @@
 // that decide which runs are compared with which.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { type BracketedRun, phaseFloors, runsByPhase } from '../bench/quantized-run.js';
+import { measureQuantizedRounds, printQuantized } from '../bench/quantized.js';
+import { type BracketedRun, ComputeScaling, phaseFloors, type QuantizedRunReport, runsByPhase } from '../bench/quantized-run.js';
 
 const run = (tokensPerSecond: number, beforeGBs: number, afterGBs = beforeGBs, steady = true): BracketedRun => ({ tokensPerSecond, beforeGBs, afterGBs, steady, tries: 1 });
 
@@ -27,4 +28,32 @@ test('runs are grouped by phase, unsteady runs left out', () => {
   assert.deepEqual(slow!.get('bf16')?.map((r) => r.tokensPerSecond), [10.9]);
   assert.deepEqual(slow!.get('int8')?.map((r) => r.tokensPerSecond), [19.6]);
   assert.deepEqual(slow!.get('q8_0')?.map((r) => r.tokensPerSecond), [14.4]);
+});
+
+test("each phase reports the median of its runs' compute scaling, and the summary names it", () => {
+  const scaled = (tokensPerSecond: number, gbs: number, computeScaling: number): BracketedRun => ({ ...run(tokensPerSecond, gbs), computeScaling });
+  const report: QuantizedRunReport = {
+    threads: 2,
+    compute: 'bf16',
+    isa: 'avx512bf16',
+    bytesPerToken: { bf16: 3e9, int4: 0.9e9 },
+    rounds: [
+      { bf16: scaled(15.5, 60, 1.4), int4: scaled(41, 59, 1.5) },
+      { bf16: scaled(10.2, 35, 1.8), int4: scaled(33, 35.5, 1.7), q4_0: run(26, 35) },
+      { bf16: scaled(15.7, 61, 1.3) },
+    ],
+  };
+  const q = measureQuantizedRounds({ modelDir: 'unused', threads: 2, compute: 'bf16', rounds: 3, llamaCpp: true, child: <T>() => report as T });
+  assert.deepEqual(q.phases.map((p) => p.computeScaling), [1.4, 1.75]);
+  const lines: string[] = [];
+  printQuantized(q, (l) => lines.push(l));
+  assert.ok(lines.some((l) => l.includes('runs that met 60 GB/s (3 runs, where 2 threads ran an in-cache int4 GEMV 1.4× as fast as one)')), lines.join('\n'));
+  // Without the field (one thread, or a report from before it existed) the line stays as it was.
+  const plain = measureQuantizedRounds({ modelDir: 'unused', threads: 1, compute: 'bf16', rounds: 1, llamaCpp: false, child: <T>() => ({ ...report, rounds: [{ bf16: run(8.3, 31) }] }) as T });
+  assert.equal(plain.phases[0]!.computeScaling, undefined);
+});
+
+test('ComputeScaling measures a positive ratio of the pool to one thread', () => {
+  const r = new ComputeScaling(2).measure();
+  assert.ok(Number.isFinite(r) && r > 0, String(r));
 });
