@@ -44,7 +44,7 @@ export interface BracketedRun {
   /** Before and after agree (SAME_PHASE): the decode ran in one phase, and their mean is its bound. */
   steady: boolean;
   tries: number;
-  /** The in-cache int4 GEMV rate on the run's threads ÷ on one thread, right after the decode (absent on one thread). */
+  /** The in-cache int4 GEMV rate on the run's threads ÷ on one thread, after the closing bandwidth measurement (absent on one thread). */
   computeScaling?: number;
 }
 
@@ -64,7 +64,7 @@ function samePhase(a: number, b: number): boolean {
 
 /**
  * How much faster `threads` threads run one int4 1536 × 1536 GEMV from cache than one thread does (median of 5 timings
- * of 100 calls each way, about 30 ms in all): the host's arithmetic for this VM's threads at that moment, apart from
+ * of 100 calls each way, 28–51 ms in all on Zen 4): the host's arithmetic for this VM's threads at that moment, apart from
  * its memory.
  */
 export class ComputeScaling {
