@@ -4,11 +4,13 @@
 // pool, kernel tier and compute mode.
 #include <napi.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -957,26 +959,77 @@ Napi::Value ReadBandwidth(const Napi::CallbackInfo& info) {
                                               static_cast<int>(intArg(info, 2))));
 }
 
-// adviseHugePages(buffer): asks the kernel to back the whole 2 MiB pages inside an ArrayBuffer's memory with
-// transparent huge pages, before anything touches them: a large activation then costs a page fault per 2 MiB rather
-// than per 4 KiB. A 2B training step allocates gigabytes of activations, and under a hypervisor its 4 KiB faults took
-// a fifth of the step. Node's large ArrayBuffers are fresh zeroed mappings (calloc leaves them untouched), so the
-// advice applies to all of them; the buffer stays an ordinary ArrayBuffer that V8 frees as ever. Advice only: where
-// the kernel has no THP it changes nothing.
-Napi::Value AdviseHugePages(const Napi::CallbackInfo& info) {
+// alignedBuffer(bytes): a zero-filled ArrayBuffer for bulk data (weights, activations) whose memory starts on a
+// 64-byte line, and from 4 MiB on, at a 2 MiB boundary of an anonymous mapping advised as transparent huge pages.
+// Node's own ArrayBuffers come from calloc, 16 bytes past a line, so every 64-byte vector load of their rows spans two
+// lines: on Zen 5 a decode step's matmuls streamed 9–15 % slower for it (BENCHMARKS.md run 15). Huge pages fault in
+// 512 times less often and a decode step, which streams every weight once, misses the TLB once per 2 MiB instead of
+// once per 4 KiB (run 10); a mapping is zero until touched, so nothing is written here. V8 is told of the memory so
+// that its collector weighs it as it weighs its own ArrayBuffers.
+struct AlignedBlock {
+  size_t bytes;
+  bool mapped;
+};
+
+Napi::Value AlignedBuffer(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (!info[0].IsArrayBuffer()) {
-    fail(env, "adviseHugePages: expected an ArrayBuffer");
+  const double want = info[0].IsNumber() ? info[0].As<Napi::Number>().DoubleValue() : -1;
+  if (!(want >= 1 && want <= 9007199254740991.0) || want != std::floor(want)) {
+    fail(env, "alignedBuffer: expected a whole number of bytes, at least 1");
     return env.Undefined();
   }
+  const size_t bytes = static_cast<size_t>(want);
+  constexpr size_t kHuge = size_t{2} << 20, kLine = 64;
+  void* p = nullptr;
+  bool mapped = false;
+  if (bytes >= 2 * kHuge) {
+    const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+    const size_t length = (bytes + page - 1) / page * page;
+    void* reserve = ::mmap(nullptr, length + kHuge, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (reserve != MAP_FAILED) {
+      const uintptr_t base = reinterpret_cast<uintptr_t>(reserve), at = (base + kHuge - 1) / kHuge * kHuge;
+      if (at > base) ::munmap(reserve, at - base);
+      if (base + kHuge > at) ::munmap(reinterpret_cast<void*>(at + length), base + kHuge - at);
+      p = reinterpret_cast<void*>(at);
+      mapped = true;
 #ifdef MADV_HUGEPAGE
-  Napi::ArrayBuffer buffer = info[0].As<Napi::ArrayBuffer>();
-  constexpr uintptr_t kHuge = uintptr_t{2} << 20;
-  const uintptr_t begin = reinterpret_cast<uintptr_t>(buffer.Data()), end = begin + buffer.ByteLength();
-  const uintptr_t first = (begin + kHuge - 1) / kHuge * kHuge, last = end / kHuge * kHuge;
-  if (last > first) ::madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
+      ::madvise(p, length, MADV_HUGEPAGE);
 #endif
-  return env.Undefined();
+    }
+  } else if (posix_memalign(&p, kLine, bytes) == 0) {
+    std::memset(p, 0, bytes);
+  } else {
+    p = nullptr;
+  }
+  if (!p) {
+    Napi::Error::New(env, "alignedBuffer: cannot allocate " + std::to_string(bytes) + " bytes").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  Napi::MemoryManagement::AdjustExternalMemory(env, static_cast<int64_t>(bytes));
+  return Napi::ArrayBuffer::New(env, p, bytes, [](Napi::Env env, void* data, AlignedBlock* block) {
+    if (block->mapped) {
+      const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+      ::munmap(data, (block->bytes + page - 1) / page * page);
+    } else {
+      std::free(data);
+    }
+    Napi::MemoryManagement::AdjustExternalMemory(env, -static_cast<int64_t>(block->bytes));
+    delete block;
+  }, new AlignedBlock{bytes, mapped});
+}
+
+// bufferAlignment(buffer): the largest power of two, up to 2 MiB, that divides the address of the buffer's memory (for
+// tests of alignedBuffer).
+Napi::Value BufferAlignment(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsArrayBuffer()) {
+    fail(env, "bufferAlignment: expected an ArrayBuffer");
+    return env.Undefined();
+  }
+  const uintptr_t at = reinterpret_cast<uintptr_t>(info[0].As<Napi::ArrayBuffer>().Data());
+  uintptr_t align = 1;
+  while (align < (uintptr_t{2} << 20) && at % (align * 2) == 0) align *= 2;
+  return Napi::Number::New(env, static_cast<double>(align));
 }
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
@@ -993,7 +1046,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   fn("peakKinds", PeakKinds);
   fn("peakFlops", PeakFlops);
   fn("readBandwidth", ReadBandwidth);
-  fn("adviseHugePages", AdviseHugePages);
+  fn("alignedBuffer", AlignedBuffer);
+  fn("bufferAlignment", BufferAlignment);
   registerResize(env, exports);
   registerQuant(env, exports);
   return exports;
