@@ -15,7 +15,7 @@ std::vector<const char*> peakKinds();
 // unknown or unavailable kind.
 double peakFlops(const std::string& kind, int threads, double seconds, std::string& error);
 // GB/s of a read-only sum over a `bytes` array split across `threads` threads of a pool of its own; the best of
-// `repeats` passes.
+// `repeats` passes of each of two orders: each thread's slice front to back, and as 4 parts read together.
 double readBandwidth(int threads, size_t bytes, int repeats);
 
 }  // namespace vl3

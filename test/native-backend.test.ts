@@ -8,7 +8,7 @@ import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 
 import { bf16ToF32, f32ToBf16 } from '../src/tensor/dtype.js';
-import { bufferAlignment, bulkBuffer, type ComputeMode, type Isa, NativeBackend, nativeInfo } from '../src/tensor/native.js';
+import { bufferAlignment, bulkBuffer, type ComputeMode, type Isa, NativeBackend, nativeInfo, readBandwidth } from '../src/tensor/native.js';
 import { ReferenceBackend } from '../src/tensor/reference.js';
 import { Tensor } from '../src/tensor/tensor.js';
 import { Rng } from '../src/engine/rng.js';
@@ -496,6 +496,16 @@ describe('NativeBackend checks and configuration', () => {
     const out = new Tensor('f32', [1, 2048], new Float32Array(bulkBuffer(2048 * 4)));
     backend.matmul(x, w, null, out);
     assert.ok(out.data.every((v) => v === 18));
+  });
+
+  test('the read bandwidth is a positive rate for any size and thread count; bad arguments name themselves', () => {
+    // Sizes whose slices are not whole numbers of 4 streams of vectors: both read orders handle the ends.
+    for (const [threads, bytes] of [[1, 1 << 20], [2, (1 << 20) + 4 * 37], [3, 4 * 1001]] as const) {
+      const gbs = readBandwidth(threads, bytes, 2);
+      assert.ok(Number.isFinite(gbs) && gbs > 0, `${threads} threads, ${bytes} bytes: ${gbs}`);
+    }
+    assert.throws(() => readBandwidth(0), /readBandwidth: threads must be a positive integer/);
+    assert.throws(() => readBandwidth(1, 1.5), /readBandwidth: bytes must be a positive integer/);
   });
 
   test('features, tiers and thread counts are reported; each backend has its own', () => {

@@ -18,6 +18,7 @@ import { FormattedWeights } from '../src/model/weight-formats.js';
 import { checkpointWeightSpecs } from '../src/model/weight-names.js';
 import type { Message } from '../src/processing/conversation.js';
 import { QUANT_FORMATS } from '../src/tensor/dtype.js';
+import { bufferAlignment } from '../src/tensor/native.js';
 import { Tensor } from '../src/tensor/tensor.js';
 import { fixturesDir, FIXTURES_MISSING, repoRoot, TINY_CHECKPOINT } from './fixtures.js';
 
@@ -47,6 +48,14 @@ describe('quantized weights', { skip: !fixtures && FIXTURES_MISSING }, () => {
 
       const written = loadCheckpoint(out);
       assert.ok(written.weights.store.files.every((f) => f.isMapped), 'a quantized checkpoint is memory-mapped');
+      // Every mapped tensor that is a whole number of cache lines starts on one, in the file and in memory.
+      for (const file of written.weights.store.files) {
+        for (const name of file.names.filter((n) => file.info(n).byteLength % 64 === 0)) {
+          assert.equal(file.info(name).fileOffset % 64, 0, name);
+          const t = file.read(name);
+          assert.ok(bufferAlignment(t.data.buffer as ArrayBuffer) >= 64 && t.data.byteOffset % 64 === 0, `${name} in memory`);
+        }
+      }
       const fromFile = new FormattedWeights(written.weights, written.config.quantization);
       const original = loadCheckpoint(source);
       const atLoad = new FormattedWeights(original.weights, null, { language: format, vision: 'int8' });

@@ -102,6 +102,34 @@ describe('safetensors round trip', () => {
     assert.deepEqual(SafetensorsFile.open(file).metadata, {});
   });
 
+  it('with an alignment of 64, the data and every tensor whose size is a multiple of 64 start at one', () => {
+    const file = path.join(dir, 'aligned.safetensors');
+    const source = (dtype: 'u8' | 'bf16' | 'f32', shape: number[], fill: number) => ({
+      dtype,
+      shape,
+      produce: (emit: (b: Uint8Array) => void) => emit(new Uint8Array(shape.reduce((a, b) => a * b, 1) * ({ u8: 1, bf16: 2, f32: 4 } as const)[dtype]).fill(fill)),
+    });
+    writeSafetensorsFrom(file, {
+      'odd.bias': source('bf16', [4304], 1),
+      'a.weight': source('u8', [4, 288], 2),
+      'z.weight': source('bf16', [64, 32], 3),
+      'norm': source('f32', [3], 4),
+      'b.weight': source('u8', [8, 72], 5),
+    }, { format: 'pt' }, 64);
+    const bytes = fs.readFileSync(file);
+    const n = Number(bytes.readBigUInt64LE(0));
+    assert.equal((8 + n) % 64, 0, 'the data starts on a 64-byte boundary');
+    const opened = SafetensorsFile.open(file);
+    const starts = Object.fromEntries(opened.names.map((name) => [name, opened.info(name).fileOffset]));
+    for (const name of ['a.weight', 'z.weight', 'b.weight']) assert.equal(starts[name]! % 64, 0, name);
+    // Whole multiples of 64 first (by element size, then name), the rest after them in the same order.
+    assert.deepEqual(opened.names, ['z.weight', 'a.weight', 'b.weight', 'norm', 'odd.bias']);
+    assert.deepEqual([...new Uint8Array(opened.read('b.weight').data.buffer, opened.read('b.weight').data.byteOffset, 3)], [5, 5, 5]);
+    assert.equal(opened.read('odd.bias').numel, 4304);
+    opened.close();
+    assert.throws(() => writeSafetensorsFrom(path.join(dir, 'bad.safetensors'), {}, undefined, 48), /alignment must be a power of two of at least 8, got 48/);
+  });
+
   it('streams sources and refuses a source that produces the wrong number of bytes, leaving no file', () => {
     const file = path.join(dir, 'stream.safetensors');
     writeSafetensorsFrom(file, {

@@ -239,7 +239,10 @@ export function peakFlops(threads: number, seconds = 0.5, kind?: PeakKind): numb
   return a.peakFlops(k, threads, seconds);
 }
 
-/** GB/s of a read-only sum over a `bytes` array (default 256 MiB) on `threads` threads; best of `repeats`. */
+/**
+ * GB/s of a read-only sum over a `bytes` array (default 256 MiB) on `threads` threads: the best of `repeats` passes in
+ * each of two orders, every thread's slice front to back and as 4 parts read together (native/measure.cc).
+ */
 export function readBandwidth(threads: number, bytes = 256 * 2 ** 20, repeats = 3): number {
   checkPositiveInt('readBandwidth', 'threads', threads);
   checkPositiveInt('readBandwidth', 'bytes', bytes);
