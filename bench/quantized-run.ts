@@ -4,7 +4,7 @@
 // (prints one JSON object: QuantizedRunReport; bench/quantized.ts summarizes it)
 //
 // Why one process and brackets: this VM's two vCPUs read 56–62 GB/s together in some minutes and 32–38 GB/s in others
-// (one vCPU alone reads 31–33 either way), switching every few seconds to minutes. Separate processes per format
+// on Zen 4 (one vCPU alone reads 31–33 either way), 50–86 and 28–35 on Zen 5, switching every few seconds to minutes. Separate processes per format
 // compared formats measured in different phases, and a bound measured after a decode could come from another phase
 // than the decode. Here a run counts only when the bandwidth before and after it agree, and formats are compared only
 // between runs that met the same phase. Each run also records how much faster its threads together run an in-cache
