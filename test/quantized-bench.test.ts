@@ -2,7 +2,7 @@
 // that decide which runs are compared with which.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { measureQuantizedRounds, printQuantized } from '../bench/quantized.js';
+import { measureQuantizedRounds, printQuantized, ratioMeets } from '../bench/quantized.js';
 import { type BracketedRun, ComputeScaling, phaseFloors, type QuantizedRunReport, runsByPhase } from '../bench/quantized-run.js';
 
 const run = (tokensPerSecond: number, beforeGBs: number, afterGBs = beforeGBs, steady = true): BracketedRun => ({ tokensPerSecond, beforeGBs, afterGBs, steady, tries: 1 });
@@ -51,6 +51,35 @@ test("each phase reports the median of its runs' compute scaling, and the summar
   // Without the field (one thread, or a report from before it existed) the line stays as it was.
   const plain = measureQuantizedRounds({ modelDir: 'unused', threads: 1, compute: 'bf16', rounds: 1, llamaCpp: false, child: <T>() => ({ ...report, rounds: [{ bf16: run(8.3, 31) }] }) as T });
   assert.equal(plain.phases[0]!.computeScaling, undefined);
+});
+
+test('ratios pair the runs of each round within a phase; the paired median decides the target', () => {
+  // bf16 drifts from round to round; int8 runs beside it at 1.85× its rate each time, but the two medians come
+  // from different rounds. Round 3's int8 ran in the other phase and round 4's bf16 was unsteady: neither pairs.
+  const report: QuantizedRunReport = {
+    threads: 2,
+    compute: 'bf16',
+    isa: 'avx512bf16',
+    bytesPerToken: { bf16: 3e9, int8: 1.6e9 },
+    rounds: [
+      { bf16: run(14, 80), int8: run(25.9, 80) },
+      { bf16: run(18, 82), int8: run(33.3, 82) },
+      { bf16: run(17, 81), int8: run(20, 35) },
+      { bf16: run(16, 80, 60, false), int8: run(30, 80) },
+      { bf16: run(10, 36), int8: run(18.5, 36) },
+    ],
+  };
+  const q = measureQuantizedRounds({ modelDir: 'unused', threads: 2, compute: 'bf16', rounds: 5, llamaCpp: false, child: <T>() => report as T });
+  const [fast, slow] = q.phases.map((p) => p.ratios.find((r) => r.label === 'int8 ÷ our bf16')!);
+  assert.deepEqual(fast!.paired, { ratio: 1.85, rounds: 2 });
+  assert.equal(fast!.ratio, 1.76); // median 30 (of 25.9, 33.3, 30) ÷ median 17 (of 14, 18, 17)
+  assert.ok(ratioMeets(fast!));
+  assert.deepEqual(slow!.paired, { ratio: 1.85, rounds: 1 });
+  assert.equal(ratioMeets({ label: 'x', ratio: 1.9, paired: { ratio: 1.7, rounds: 3 }, target: 1.8 }), false);
+  assert.equal(ratioMeets({ label: 'x', ratio: 1.9, target: 1.8 }), true);
+  const lines: string[] = [];
+  printQuantized(q, (l) => lines.push(l));
+  assert.ok(lines.includes('    int8 ÷ our bf16: 1.85× paired within 2 rounds (medians: 1.76×) (target ≥ 1.8×: met)'), lines.join('\n'));
 });
 
 test('ComputeScaling measures a positive ratio of the pool to one thread', () => {
