@@ -6,6 +6,13 @@ import { measureQuantizedRounds, printQuantized, ratioMeets } from '../bench/qua
 import { type BracketedRun, ComputeScaling, phaseFloors, type QuantizedRunReport, runsByPhase } from '../bench/quantized-run.js';
 
 const run = (tokensPerSecond: number, beforeGBs: number, afterGBs = beforeGBs, steady = true): BracketedRun => ({ tokensPerSecond, beforeGBs, afterGBs, steady, tries: 1 });
+const twoThreads = (bytesPerToken: QuantizedRunReport['bytesPerToken'], rounds: QuantizedRunReport['rounds']): QuantizedRunReport => ({
+  threads: 2,
+  compute: 'bf16',
+  isa: 'avx512bf16',
+  bytesPerToken,
+  rounds,
+});
 
 test('phases split at the widest gap over 1.25×, one phase otherwise', () => {
   assert.deepEqual(phaseFloors([35, 36.5, 61, 58.9, 37.2]), [58.9, 0]);
@@ -32,17 +39,11 @@ test('runs are grouped by phase, unsteady runs left out', () => {
 
 test("each phase reports the median of its runs' compute scaling, and the summary names it", () => {
   const scaled = (tokensPerSecond: number, gbs: number, computeScaling: number): BracketedRun => ({ ...run(tokensPerSecond, gbs), computeScaling });
-  const report: QuantizedRunReport = {
-    threads: 2,
-    compute: 'bf16',
-    isa: 'avx512bf16',
-    bytesPerToken: { bf16: 3e9, int4: 0.9e9 },
-    rounds: [
-      { bf16: scaled(15.5, 60, 1.4), int4: scaled(41, 59, 1.5) },
-      { bf16: scaled(10.2, 35, 1.8), int4: scaled(33, 35.5, 1.7), q4_0: run(26, 35) },
-      { bf16: scaled(15.7, 61, 1.3) },
-    ],
-  };
+  const report = twoThreads({ bf16: 3e9, int4: 0.9e9 }, [
+    { bf16: scaled(15.5, 60, 1.4), int4: scaled(41, 59, 1.5) },
+    { bf16: scaled(10.2, 35, 1.8), int4: scaled(33, 35.5, 1.7), q4_0: run(26, 35) },
+    { bf16: scaled(15.7, 61, 1.3) },
+  ]);
   const q = measureQuantizedRounds({ modelDir: 'unused', threads: 2, compute: 'bf16', rounds: 3, llamaCpp: true, child: <T>() => report as T });
   assert.deepEqual(q.phases.map((p) => p.computeScaling), [1.4, 1.75]);
   const lines: string[] = [];
@@ -56,19 +57,13 @@ test("each phase reports the median of its runs' compute scaling, and the summar
 test('ratios pair the runs of each round within a phase; the paired median decides the target', () => {
   // bf16 drifts from round to round; int8 runs beside it at 1.85× its rate each time, but the two medians come
   // from different rounds. Round 3's int8 ran in the other phase and round 4's bf16 was unsteady: neither pairs.
-  const report: QuantizedRunReport = {
-    threads: 2,
-    compute: 'bf16',
-    isa: 'avx512bf16',
-    bytesPerToken: { bf16: 3e9, int8: 1.6e9 },
-    rounds: [
-      { bf16: run(14, 80), int8: run(25.9, 80) },
-      { bf16: run(18, 82), int8: run(33.3, 82) },
-      { bf16: run(17, 81), int8: run(20, 35) },
-      { bf16: run(16, 80, 60, false), int8: run(30, 80) },
-      { bf16: run(10, 36), int8: run(18.5, 36) },
-    ],
-  };
+  const report = twoThreads({ bf16: 3e9, int8: 1.6e9 }, [
+    { bf16: run(14, 80), int8: run(25.9, 80) },
+    { bf16: run(18, 82), int8: run(33.3, 82) },
+    { bf16: run(17, 81), int8: run(20, 35) },
+    { bf16: run(16, 80, 60, false), int8: run(30, 80) },
+    { bf16: run(10, 36), int8: run(18.5, 36) },
+  ]);
   const q = measureQuantizedRounds({ modelDir: 'unused', threads: 2, compute: 'bf16', rounds: 5, llamaCpp: false, child: <T>() => report as T });
   const [fast, slow] = q.phases.map((p) => p.ratios.find((r) => r.label === 'int8 ÷ our bf16')!);
   assert.deepEqual(fast!.paired, { ratio: 1.85, rounds: 2 });
