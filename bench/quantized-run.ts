@@ -4,10 +4,10 @@
 // (prints one JSON object: QuantizedRunReport; bench/quantized.ts summarizes it)
 //
 // Why one process and brackets: this VM's two vCPUs read 56–62 GB/s together in some minutes and 32–38 GB/s in others
-// on Zen 4 (one vCPU alone reads 31–33 either way), 50–86 and 28–35 on Zen 5, switching every few seconds to minutes. Separate processes per format
-// compared formats measured in different phases, and a bound measured after a decode could come from another phase
-// than the decode. Here a run counts only when the bandwidth before and after it agree, and formats are compared only
-// between runs that met the same phase. Each run also records how much faster its threads together run an in-cache
+// on Zen 4 (one vCPU alone reads 31–33 either way), 50–86 and 28–35 on Zen 5, switching every few seconds to minutes.
+// Separate processes per format compared formats measured in different phases, and a bound measured after a decode
+// could come from another phase than the decode. Here a run counts only when the bandwidth before and after it agree,
+// and formats are compared only between runs that met the same phase. Each run also records how much faster its threads together run an in-cache
 // int4 GEMV than one thread does: in the fast phase two vCPUs compute at ~1.44× one, in the slow phase at ~1.76×
 // (BENCHMARKS.md run 14): the fast phase is where the formats with the most arithmetic per byte fall behind.
 import { tmpdir } from 'node:os';

@@ -962,7 +962,7 @@ Napi::Value ReadBandwidth(const Napi::CallbackInfo& info) {
 // alignedBuffer(bytes): a zero-filled ArrayBuffer for bulk data (weights, activations) whose memory starts on a
 // 64-byte line, and from 4 MiB on, at a 2 MiB boundary of an anonymous mapping advised as transparent huge pages.
 // Node's own ArrayBuffers come from calloc, 16 bytes past a line, so every 64-byte vector load of their rows spans two
-// lines: on Zen 5 a decode step's matmuls streamed 9–15 % slower for it (BENCHMARKS.md run 15). Huge pages fault in
+// lines: on Zen 5 a bf16 decode ran 16 % slower for it, int4m 8 % (BENCHMARKS.md run 15). Huge pages fault in
 // 512 times less often and a decode step, which streams every weight once, misses the TLB once per 2 MiB instead of
 // once per 4 KiB (run 10); a mapping is zero until touched, so nothing is written here. V8 is told of the memory so
 // that its collector weighs it as it weighs its own ArrayBuffers.

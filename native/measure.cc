@@ -100,8 +100,8 @@ Loop loopOf(const std::string& kind) {
 }
 
 // A read-only sum of kStreams equal parts of [p, p + S·part) read together, line by line: the order in which the
-// decode's matmuls read their weights (4–6 rows far apart per thread). On Zen 5 it made 12–18 % more than reading the
-// same bytes front to back, on Zen 4 no more (BENCHMARKS.md runs 14 and 15); the bound is the better of the two.
+// decode's matmuls read their weights (4–6 rows far apart per thread). On Zen 5 it read 17 % more than the same bytes
+// front to back on one thread, 26 % on two; on Zen 4 no more (BENCHMARKS.md runs 14 and 15): the bound is the better.
 // Written once with the compiler's vector type: inlined into a caller built for a wider instruction set, its adds and
 // loads take that width.
 constexpr int kStreams = 4;
