@@ -8,7 +8,7 @@ import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 
 import { bf16ToF32, f32ToBf16 } from '../src/tensor/dtype.js';
-import { bufferAlignment, bulkBuffer, type ComputeMode, type Isa, NativeBackend, nativeInfo, readBandwidth } from '../src/tensor/native.js';
+import { bufferAlignment, type ComputeMode, type Isa, NativeBackend, nativeInfo, readBandwidth, weightBuffer } from '../src/tensor/native.js';
 import { ReferenceBackend } from '../src/tensor/reference.js';
 import { Tensor } from '../src/tensor/tensor.js';
 import { Rng } from '../src/engine/rng.js';
@@ -469,7 +469,7 @@ describe('NativeBackend checks and configuration', () => {
     assert.throws(() => native.matmul(x, randomF32([4, 4]), null, out), /share storage with x/);
   });
 
-  test('bulk buffers are zero-filled, exactly sized, line-aligned from 16 KiB and 2 MiB-aligned from 4 MiB, and usable as tensors', () => {
+  test('weight buffers are zero-filled, exactly sized, line-aligned from 16 KiB and 2 MiB-aligned from 4 MiB, and usable as tensors', () => {
     for (const [bytes, least] of [
       [16 << 10, 64],
       [100_003, 64],
@@ -477,7 +477,7 @@ describe('NativeBackend checks and configuration', () => {
       [4 << 20, 2 << 20],
       [(5 << 20) + 3, 2 << 20],
     ] as const) {
-      const buffer = bulkBuffer(bytes);
+      const buffer = weightBuffer(bytes);
       assert.equal(buffer.byteLength, bytes);
       assert.ok(bufferAlignment(buffer) >= least, `${bytes} bytes: aligned to ${bufferAlignment(buffer)}, want ${least}`);
       const u = new Uint8Array(buffer);
@@ -486,14 +486,14 @@ describe('NativeBackend checks and configuration', () => {
       u[bytes - 1] = 2;
       assert.deepEqual([u[0], u[bytes - 1]], [1, 2]);
     }
-    assert.equal(bulkBuffer(100).byteLength, 100);
+    assert.equal(weightBuffer(100).byteLength, 100);
     assert.throws(() => bufferAlignment(new Uint8Array(4) as unknown as ArrayBuffer), /bufferAlignment: expected an ArrayBuffer/);
     // A matmul reads and writes tensors over such buffers like any other.
     const backend = new NativeBackend({ threads: 2, compute: 'exact' });
     const x = Tensor.f32([1, 8], [1, 2, 3, 4, 5, 6, 7, 8]);
-    const w = new Tensor('f32', [2048, 8], new Float32Array(bulkBuffer(2048 * 8 * 4)));
+    const w = new Tensor('f32', [2048, 8], new Float32Array(weightBuffer(2048 * 8 * 4)));
     w.data.fill(0.5);
-    const out = new Tensor('f32', [1, 2048], new Float32Array(bulkBuffer(2048 * 4)));
+    const out = new Tensor('f32', [1, 2048], new Float32Array(weightBuffer(2048 * 4)));
     backend.matmul(x, w, null, out);
     assert.ok(out.data.every((v) => v === 18));
   });

@@ -13,7 +13,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { arrayFor, BYTES_PER_ELEMENT, isQuantized, type DType, type QuantFormat, type TypedArrayFor } from '../tensor/dtype.js';
 import { HostStorage, numelOf, Tensor } from '../tensor/tensor.js';
-import { bulkBuffer } from '../tensor/native.js';
+import { weightBuffer } from '../tensor/native.js';
 
 // Typed arrays over the file's bytes are only meaningful on a little-endian host (every platform Node ships for).
 if (os.endianness() !== 'LE') throw new Error('safetensors: a little-endian host is required');
@@ -264,11 +264,11 @@ export class SafetensorsFile {
     return this.map !== null;
   }
 
-  /** The tensor's raw little-endian bytes in a new ArrayBuffer of exactly its size (huge pages where large: bulkBuffer). */
+  /** The tensor's raw little-endian bytes in a new ArrayBuffer of exactly its size (cache-line aligned, huge pages where large: weightBuffer). */
   readBytes(name: string): ArrayBuffer {
     const info = this.info(name);
     if (this.fd === null) fail(this.path, `read of "${name}" after close()`);
-    const buffer = bulkBuffer(info.byteLength);
+    const buffer = weightBuffer(info.byteLength);
     readFully(this.fd, this.path, new Uint8Array(buffer), info.fileOffset);
     return buffer;
   }

@@ -157,6 +157,7 @@ interface Addon {
   readBandwidth(threads: number, bytes: number, repeats: number): number;
   quantize(format: QuantFormat, src: F32 | Half, dst: Uint8Array, N: number, K: number): number;
   mapFile(fd: number, offset: number, length: number): ArrayBuffer;
+  adviseHugePages(buffer: ArrayBuffer): void;
   alignedBuffer(bytes: number): ArrayBuffer;
   bufferAlignment(buffer: ArrayBuffer): number;
 }
@@ -263,13 +264,27 @@ function floatData(t: Tensor): F32 | Half {
 }
 
 /**
- * A zero-filled ArrayBuffer for bulk data that lives long or is swept often (weights read or quantized at load,
- * activations, gradients): from 16 KiB on its memory starts on a 64-byte cache line (Node's own start 16 bytes past
- * one, and every vector load of their rows then spans two lines), and from 4 MiB on it is a 2 MiB-aligned mapping
- * advised as transparent huge pages (native/addon.cc `alignedBuffer`): they fault in 512 times less often, and a
- * decode step, which streams every weight once, misses the TLB once per 2 MiB instead of once per 4 KiB.
+ * A zero-filled ArrayBuffer for bulk data that lives long or is swept often (activations, gradients): from 4 MiB on,
+ * its whole 2 MiB pages are advised as transparent huge pages before first touch (native/addon.cc `adviseHugePages`).
+ * They fault in 512 times less often, and a sweep misses the TLB once per 2 MiB instead of once per 4 KiB
+ * (BENCHMARKS.md run 10). Node's allocator, so V8 frees it as soon as it collects it, even mid-step.
  */
 export function bulkBuffer(bytes: number): ArrayBuffer {
+  // Below this, few whole huge pages fit inside a buffer.
+  const HUGE_ALLOCATION_BYTES = 4 << 20;
+  const buffer = new ArrayBuffer(bytes);
+  if (bytes >= HUGE_ALLOCATION_BYTES) native().adviseHugePages(buffer);
+  return buffer;
+}
+
+/**
+ * A zero-filled ArrayBuffer for weights (read or quantized at load), which a decode step streams every token: from
+ * 16 KiB on its memory starts on a 64-byte cache line (Node's own start 16 bytes past one, so every vector load of a
+ * row spans two lines: a bf16 decode 16 % slower on Zen 5, BENCHMARKS.md run 15), and from 4 MiB on it is a 2 MiB-
+ * aligned mapping in huge pages (native/addon.cc `alignedBuffer`). Freed between turns of the event loop once
+ * collected, which suits buffers allocated once per load, not per op.
+ */
+export function weightBuffer(bytes: number): ArrayBuffer {
   // Below this, alignment is worth less than a call into the addon.
   const ALIGNED_ALLOCATION_BYTES = 16 << 10;
   return bytes >= ALIGNED_ALLOCATION_BYTES ? native().alignedBuffer(bytes) : new ArrayBuffer(bytes);
@@ -287,7 +302,7 @@ export function bufferAlignment(buffer: ArrayBuffer): number {
 export function quantizeNative(format: QuantFormat, t: Tensor): Uint8Array {
   if (t.rank !== 2 || (t.dtype !== 'f32' && t.dtype !== 'bf16')) throw new Error(`quantize: expected an f32 or bf16 matrix, got ${t}`);
   const [N, K] = t.shape as [number, number];
-  const dst = new Uint8Array(bulkBuffer(packedBytes(format, N, K)));
+  const dst = new Uint8Array(weightBuffer(packedBytes(format, N, K)));
   const bad = native().quantize(format, floatData(t), dst, N, K);
   if (bad >= 0) throw new QuantizeRangeError(bad, `row ${bad} holds a value that is not finite or needs a scale beyond the f16 range`);
   return dst;
@@ -335,8 +350,8 @@ export class NativeKernels extends HostKernels implements Kernels {
   }
 
   /**
-   * Activations, gradients and optimizer state come from `bulkBuffer`: cache-line aligned, and from 4 MiB on in huge
-   * pages that fault in 512 times less often.
+   * Buffers of a few MiB and more (activations, gradients, optimizer state) are advised to the kernel as huge pages
+   * (native/addon.cc `adviseHugePages`) before their first touch, so they fault in 512 times less often.
    */
   override readonly allocateStorage = (bytes: number): Storage => new HostStorage(bulkBuffer(bytes));
 
