@@ -981,79 +981,18 @@ Napi::Value AdviseHugePages(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
-// alignedBuffer(bytes): a zero-filled ArrayBuffer for weights whose memory starts on a 64-byte line, and from 4 MiB on,
-// at a 2 MiB boundary of an anonymous mapping advised as transparent huge pages. Not for activations: its memory is
-// freed by a finalizer that runs between turns of the event loop, so a long synchronous step would hold every buffer
-// it dropped (256 KiB allocations in a loop took 0.8 ms each instead of 32–64 µs).
-// Node's own ArrayBuffers come from calloc, 16 bytes past a line, so every 64-byte vector load of their rows spans two
-// lines: on Zen 5 a bf16 decode ran 16 % slower for it, int4m 8 % (BENCHMARKS.md run 15). Huge pages fault in
-// 512 times less often and a decode step, which streams every weight once, misses the TLB once per 2 MiB instead of
-// once per 4 KiB (run 10); a mapping is zero until touched, so nothing is written here. V8 is told of the memory so
-// that its collector weighs it as it weighs its own ArrayBuffers.
-struct AlignedBlock {
-  size_t bytes;
-  bool mapped;
-};
-
-Napi::Value AlignedBuffer(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  const double want = info[0].IsNumber() ? info[0].As<Napi::Number>().DoubleValue() : -1;
-  if (!(want >= 1 && want <= 9007199254740991.0) || want != std::floor(want)) {
-    fail(env, "alignedBuffer: expected a whole number of bytes, at least 1");
-    return env.Undefined();
-  }
-  const size_t bytes = static_cast<size_t>(want);
-  constexpr size_t kHuge = size_t{2} << 20, kLine = 64;
-  void* p = nullptr;
-  bool mapped = false;
-  if (bytes >= 2 * kHuge) {
-    const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
-    const size_t length = (bytes + page - 1) / page * page;
-    void* reserve = ::mmap(nullptr, length + kHuge, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (reserve != MAP_FAILED) {
-      const uintptr_t base = reinterpret_cast<uintptr_t>(reserve), at = (base + kHuge - 1) / kHuge * kHuge;
-      if (at > base) ::munmap(reserve, at - base);
-      if (base + kHuge > at) ::munmap(reinterpret_cast<void*>(at + length), base + kHuge - at);
-      p = reinterpret_cast<void*>(at);
-      mapped = true;
-#ifdef MADV_HUGEPAGE
-      ::madvise(p, length, MADV_HUGEPAGE);
-#endif
-    }
-  } else if (posix_memalign(&p, kLine, bytes) == 0) {
-    std::memset(p, 0, bytes);
-  } else {
-    p = nullptr;
-  }
-  if (!p) {
-    Napi::Error::New(env, "alignedBuffer: cannot allocate " + std::to_string(bytes) + " bytes").ThrowAsJavaScriptException();
-    return env.Undefined();
-  }
-  Napi::MemoryManagement::AdjustExternalMemory(env, static_cast<int64_t>(bytes));
-  return Napi::ArrayBuffer::New(env, p, bytes, [](Napi::Env env, void* data, AlignedBlock* block) {
-    if (block->mapped) {
-      const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
-      ::munmap(data, (block->bytes + page - 1) / page * page);
-    } else {
-      std::free(data);
-    }
-    Napi::MemoryManagement::AdjustExternalMemory(env, -static_cast<int64_t>(block->bytes));
-    delete block;
-  }, new AlignedBlock{bytes, mapped});
-}
-
-// bufferAlignment(buffer): the largest power of two, up to 2 MiB, that divides the address of the buffer's memory (for
-// tests of alignedBuffer).
-Napi::Value BufferAlignment(const Napi::CallbackInfo& info) {
+// lineOffset(buffer): how many bytes past the start of an ArrayBuffer's memory the next 64-byte line begins (0–63).
+// Node's ArrayBuffers come from calloc, 16 bytes past a line, so every 64-byte vector load of a weight row in one spans
+// two lines: on Zen 5 a bf16 decode ran 16–18 % slower for it, int4m 8 % (BENCHMARKS.md run 15). Weights are read
+// into a view that starts where this says (src/tensor/native.ts `weightBuffer`).
+Napi::Value LineOffset(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (!info[0].IsArrayBuffer()) {
-    fail(env, "bufferAlignment: expected an ArrayBuffer");
+    fail(env, "lineOffset: expected an ArrayBuffer");
     return env.Undefined();
   }
   const uintptr_t at = reinterpret_cast<uintptr_t>(info[0].As<Napi::ArrayBuffer>().Data());
-  uintptr_t align = 1;
-  while (align < (uintptr_t{2} << 20) && at % (align * 2) == 0) align *= 2;
-  return Napi::Number::New(env, static_cast<double>(align));
+  return Napi::Number::New(env, static_cast<double>((64 - at % 64) % 64));
 }
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
@@ -1071,8 +1010,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   fn("peakFlops", PeakFlops);
   fn("readBandwidth", ReadBandwidth);
   fn("adviseHugePages", AdviseHugePages);
-  fn("alignedBuffer", AlignedBuffer);
-  fn("bufferAlignment", BufferAlignment);
+  fn("lineOffset", LineOffset);
   registerResize(env, exports);
   registerQuant(env, exports);
   return exports;

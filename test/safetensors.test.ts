@@ -11,6 +11,7 @@ import {
   writeSafetensorsFrom,
   type F64Array,
 } from '../src/model/safetensors.js';
+import { startsOnLine } from '../src/tensor/native.js';
 import { Tensor } from '../src/tensor/tensor.js';
 import { FIXTURES_MISSING, fixturesDir, TINY_CHECKPOINT } from './fixtures.js';
 
@@ -65,8 +66,9 @@ describe('safetensors round trip', () => {
         assert.equal(back.dtype, t.dtype, name);
         assert.deepEqual(back.shape, t.shape, name);
         assert.deepEqual(Array.from(back.data as ArrayLike<unknown>), Array.from(t.data as ArrayLike<unknown>), name);
-        assert.equal(back.data.byteOffset, 0, `${name} owns a fresh buffer`);
-        assert.equal(back.data.buffer.byteLength, back.data.byteLength, `${name} buffer is exactly its size`);
+        // Its own buffer, at most a cache line longer: the data starts on a line (weightBuffer).
+        assert.ok(back.data.buffer.byteLength - back.data.byteLength <= 64, `${name} owns a fresh buffer`);
+        assert.ok(startsOnLine(back.data), `${name} starts on a cache line`);
       }
       assert.deepEqual(st.info('b.bf16').shape, [3]);
       assert.throws(() => st.read('f64'), /F64; read it with readF64/);

@@ -57,7 +57,7 @@ export function writeMergedCheckpoint(options: MergeAdapterOptions): MergeAdapte
             // A weight the adapter's run trained whole (the projector) replaces the stored one, as --adapter loads it.
             const replaced = trainedReplacement(merge, name, info);
             if (!pair && !replaced) {
-              emit(new Uint8Array(weights.store.fileOf(stored).readBytes(stored)));
+              emit(weights.store.fileOf(stored).readBytes(stored));
             } else {
               const t = pair ? mergeLoraPair(replaced ?? weights.get(name, info.shape, ['bf16', 'f32']), pair, merge.scaling, merge.backend) : replaced!;
               weights.forget(name);

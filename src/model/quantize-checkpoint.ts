@@ -60,7 +60,7 @@ export function writeQuantizedCheckpoint(options: QuantizeCheckpointOptions): Qu
             dtype: info.dtype,
             shape: info.shape,
             produce: (emit) => {
-              emit(new Uint8Array(weights.store.fileOf(stored).readBytes(stored)));
+              emit(weights.store.fileOf(stored).readBytes(stored));
               advance(info.byteLength);
             },
           };

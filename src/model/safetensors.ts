@@ -245,13 +245,15 @@ export class SafetensorsFile {
       }
       return new Tensor(dtype, info.shape, new HostStorage(range.buffer), range.byteOffset);
     }
-    return new Tensor(dtype, info.shape, arrayFor(dtype, this.readBytes(name), 0, numelOf(info.shape)) as TypedArrayFor<DType>);
+    const bytes = this.readBytes(name);
+    return new Tensor(dtype, info.shape, arrayFor(dtype, bytes.buffer, bytes.byteOffset, numelOf(info.shape)) as TypedArrayFor<DType>);
   }
 
   readF64(name: string): F64Array {
     const info = this.info(name);
     if (info.dtype !== 'f64') fail(this.path, `tensor "${name}" is ${STORED_TO_FILE_DTYPE[info.dtype]}, not F64`);
-    return { dtype: 'f64', shape: info.shape, data: new Float64Array(this.readBytes(name)) };
+    const bytes = this.readBytes(name);
+    return { dtype: 'f64', shape: info.shape, data: new Float64Array(bytes.buffer, bytes.byteOffset, numelOf(info.shape)) };
   }
 
   /** Either kind, for generic code such as copying a file. */
@@ -264,12 +266,12 @@ export class SafetensorsFile {
     return this.map !== null;
   }
 
-  /** The tensor's raw little-endian bytes in a new ArrayBuffer of exactly its size (cache-line aligned, huge pages where large: weightBuffer). */
-  readBytes(name: string): ArrayBuffer {
+  /** The tensor's raw little-endian bytes, new, starting on a cache line (huge pages where large: weightBuffer). */
+  readBytes(name: string): Uint8Array {
     const info = this.info(name);
     if (this.fd === null) fail(this.path, `read of "${name}" after close()`);
     const buffer = weightBuffer(info.byteLength);
-    readFully(this.fd, this.path, new Uint8Array(buffer), info.fileOffset);
+    readFully(this.fd, this.path, buffer, info.fileOffset);
     return buffer;
   }
 

@@ -158,8 +158,7 @@ interface Addon {
   quantize(format: QuantFormat, src: F32 | Half, dst: Uint8Array, N: number, K: number): number;
   mapFile(fd: number, offset: number, length: number): ArrayBuffer;
   adviseHugePages(buffer: ArrayBuffer): void;
-  alignedBuffer(bytes: number): ArrayBuffer;
-  bufferAlignment(buffer: ArrayBuffer): number;
+  lineOffset(buffer: ArrayBuffer): number;
 }
 
 /** The WType numbers of native/kernels.h for the quantized formats. */
@@ -278,21 +277,19 @@ export function bulkBuffer(bytes: number): ArrayBuffer {
 }
 
 /**
- * A zero-filled ArrayBuffer for weights (read or quantized at load), which a decode step streams every token: from
- * 16 KiB on its memory starts on a 64-byte cache line (Node's own start 16 bytes past one, so every vector load of a
- * row spans two lines: a bf16 decode 16 % slower on Zen 5, BENCHMARKS.md run 15), and from 4 MiB on it is a 2 MiB-
- * aligned mapping in huge pages (native/addon.cc `alignedBuffer`). Freed between turns of the event loop once
- * collected, which suits buffers allocated once per load, not per op.
+ * Zero-filled bytes for weights (read or quantized at load), which a decode step streams every token: a view of a
+ * `bulkBuffer` 64 bytes longer, starting on a 64-byte cache line. Node's ArrayBuffers start 16 bytes past one, so every
+ * vector load of a weight row would span two lines: a bf16 decode 16–18 % slower on Zen 5 (BENCHMARKS.md run 15).
  */
-export function weightBuffer(bytes: number): ArrayBuffer {
-  // Below this, alignment is worth less than a call into the addon.
-  const ALIGNED_ALLOCATION_BYTES = 16 << 10;
-  return bytes >= ALIGNED_ALLOCATION_BYTES ? native().alignedBuffer(bytes) : new ArrayBuffer(bytes);
+export function weightBuffer(bytes: number): Uint8Array {
+  const LINE = 64;
+  const buffer = bulkBuffer(bytes + LINE);
+  return new Uint8Array(buffer, native().lineOffset(buffer), bytes);
 }
 
-/** The largest power of two up to 2 MiB that divides the address of `buffer`'s memory. */
-export function bufferAlignment(buffer: ArrayBuffer): number {
-  return native().bufferAlignment(buffer);
+/** Whether a view's memory starts on a 64-byte cache line. */
+export function startsOnLine(view: ArrayBufferView): boolean {
+  return (view.byteOffset - native().lineOffset(view.buffer as ArrayBuffer)) % 64 === 0;
 }
 
 /**
@@ -302,7 +299,7 @@ export function bufferAlignment(buffer: ArrayBuffer): number {
 export function quantizeNative(format: QuantFormat, t: Tensor): Uint8Array {
   if (t.rank !== 2 || (t.dtype !== 'f32' && t.dtype !== 'bf16')) throw new Error(`quantize: expected an f32 or bf16 matrix, got ${t}`);
   const [N, K] = t.shape as [number, number];
-  const dst = new Uint8Array(weightBuffer(packedBytes(format, N, K)));
+  const dst = weightBuffer(packedBytes(format, N, K));
   const bad = native().quantize(format, floatData(t), dst, N, K);
   if (bad >= 0) throw new QuantizeRangeError(bad, `row ${bad} holds a value that is not finite or needs a scale beyond the f16 range`);
   return dst;

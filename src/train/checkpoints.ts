@@ -43,7 +43,7 @@ export function saveModel(sourceDir: string, dir: string, masters: ReadonlyMap<s
         if (info.dtype !== 'bf16' && info.dtype !== 'f32') throw new Error(`checkpoint ${sourceDir}: trained tensor "${stored}" is stored as ${info.dtype}`);
         sources[stored] = { dtype: info.dtype, shape: info.shape, produce: (emit) => emit(encode(master, info.dtype as 'bf16' | 'f32')) };
       } else {
-        sources[stored] = { dtype: info.dtype, shape: info.shape, produce: (emit) => emit(new Uint8Array(source.weights.store.fileOf(stored).readBytes(stored))) };
+        sources[stored] = { dtype: info.dtype, shape: info.shape, produce: (emit) => emit(source.weights.store.fileOf(stored).readBytes(stored)) };
       }
     }
     fs.mkdirSync(dir, { recursive: true });
