@@ -294,7 +294,8 @@ describe('training samples against the goldens (fixtures/training)', { skip: !fi
           // Bit-exact: the resize is Pillow's fixed-point bicubic and the normalisation numpy's float32 steps.
           const golden = inputs.read('pixel_values');
           assert.deepEqual(batch.pixelValues.shape, golden.shape);
-          assert.ok(Buffer.from(batch.pixelValues.data.buffer).equals(Buffer.from((golden.data as Float32Array).buffer)), 'pixel values differ');
+          const bytesOf = (a: Float32Array) => Buffer.from(a.buffer, a.byteOffset, a.byteLength);
+          assert.ok(bytesOf(batch.pixelValues.data as Float32Array).equals(bytesOf(golden.data as Float32Array)), 'pixel values differ');
         } finally {
           inputs.close();
         }
