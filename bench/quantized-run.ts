@@ -133,13 +133,18 @@ export function phaseFloors(gbs: number[]): number[] {
   return best < 0 ? [0] : [sorted[best]!, 0];
 }
 
+/** The phase a run met: the index of the first of `floors` (phaseFloors) its bandwidth reaches. */
+export function phaseIndex(floors: readonly number[], run: BracketedRun): number {
+  return floors.findIndex((f) => runGBs(run) >= f);
+}
+
 /** Steady runs of each runner, grouped by phase (index into phaseFloors). */
 export function runsByPhase(rounds: QuantizedRunReport['rounds']): { floors: number[]; runs: Map<Runner, BracketedRun[]>[] } {
   const steady = rounds.flatMap((r) => Object.entries(r).filter(([, x]) => x.steady)) as [Runner, BracketedRun][];
   const floors = phaseFloors(steady.map(([, x]) => runGBs(x)));
   const runs = floors.map(() => new Map<Runner, BracketedRun[]>());
   for (const [name, x] of steady) {
-    const phase = runs[floors.findIndex((f) => runGBs(x) >= f)]!;
+    const phase = runs[phaseIndex(floors, x)]!;
     phase.set(name, [...(phase.get(name) ?? []), x]);
   }
   return { floors, runs };

@@ -1,7 +1,7 @@
 // The "quantized weights" section of `npm run bench`: our decode with bf16, int8, int4 and int4m weights and llama.cpp's
 // with Q8_0 and Q4_0 GGUFs of the same checkpoint, taking turns in one process (bench/quantized-run.ts), each decode
 // beside the read bandwidth measured right before and right after it.
-import { type BracketedRun, OURS, type QuantizedRunReport, type Runner, runGBs, runsByPhase, THEIRS } from './quantized-run.js';
+import { OURS, phaseIndex, type QuantizedRunReport, type Runner, runGBs, runsByPhase, THEIRS } from './quantized-run.js';
 import { median, percent, round } from './stats.js';
 
 type Child = <T>(name: string, ...argv: string[]) => T;
@@ -67,11 +67,10 @@ export function measureQuantizedRounds(o: { modelDir: string; threads: number; c
   const report = o.child<QuantizedRunReport>('quantized-run', ...(o.llamaCpp ? [...argv, 'llama'] : argv));
   const { floors, runs } = runsByPhase(report.rounds);
   const tps = (xs: { tokensPerSecond: number }[]) => median(xs.map((x) => x.tokensPerSecond));
-  const phaseOf = (x: BracketedRun) => floors.findIndex((f) => runGBs(x) >= f);
   const paired = (phase: number, a: Runner, b: Runner): QuantizedRatio['paired'] => {
     const ratios = report.rounds.flatMap((r) => {
       const xa = r[a], xb = r[b];
-      return xa?.steady && xb?.steady && phaseOf(xa) === phase && phaseOf(xb) === phase ? [xa.tokensPerSecond / xb.tokensPerSecond] : [];
+      return xa?.steady && xb?.steady && phaseIndex(floors, xa) === phase && phaseIndex(floors, xb) === phase ? [xa.tokensPerSecond / xb.tokensPerSecond] : [];
     });
     return ratios.length ? { ratio: round(median(ratios), 2), rounds: ratios.length } : undefined;
   };

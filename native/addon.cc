@@ -4,13 +4,11 @@
 // pool, kernel tier and compute mode.
 #include <napi.h>
 #include <sys/mman.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
-#include <cstring>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -983,7 +981,7 @@ Napi::Value AdviseHugePages(const Napi::CallbackInfo& info) {
 
 // lineOffset(buffer): how many bytes past the start of an ArrayBuffer's memory the next 64-byte line begins (0–63).
 // Node's ArrayBuffers come from calloc, 16 bytes past a line, so every 64-byte vector load of a weight row in one spans
-// two lines: on Zen 5 a bf16 decode ran 16–18 % slower for it, int4m 8 % (BENCHMARKS.md run 15). Weights are read
+// two lines: on Zen 5 a bf16 decode ran 16–26 % slower for it, int4m 8 % (BENCHMARKS.md run 15). Weights are read
 // into a view that starts where this says (src/tensor/native.ts `weightBuffer`).
 Napi::Value LineOffset(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();

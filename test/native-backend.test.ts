@@ -476,7 +476,8 @@ describe('NativeBackend checks and configuration', () => {
       assert.ok(startsOnLine(bytesOf), `${bytes} bytes: not on a line`);
       assert.ok(bytesOf.every((v) => v === 0), `${bytes} bytes: not zero-filled`);
     }
-    assert.ok(!startsOnLine(new Uint8Array(weightBuffer(256).buffer, weightBuffer(256).byteOffset + 16)), 'a view 16 bytes in is off the line');
+    const lined = weightBuffer(256);
+    assert.ok(!startsOnLine(new Uint8Array(lined.buffer, lined.byteOffset + 16)), 'a view 16 bytes in is off the line');
     // A matmul reads and writes tensors over such views like any other.
     const backend = new NativeBackend({ threads: 2, compute: 'exact' });
     const x = Tensor.f32([1, 8], [1, 2, 3, 4, 5, 6, 7, 8]);

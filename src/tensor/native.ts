@@ -279,7 +279,7 @@ export function bulkBuffer(bytes: number): ArrayBuffer {
 /**
  * Zero-filled bytes for weights (read or quantized at load), which a decode step streams every token: a view of a
  * `bulkBuffer` 64 bytes longer, starting on a 64-byte cache line. Node's ArrayBuffers start 16 bytes past one, so every
- * vector load of a weight row would span two lines: a bf16 decode 16–18 % slower on Zen 5 (BENCHMARKS.md run 15).
+ * vector load of a weight row would span two lines: a bf16 decode 16–26 % slower on Zen 5 (BENCHMARKS.md run 15).
  */
 export function weightBuffer(bytes: number): Uint8Array {
   const LINE = 64;
