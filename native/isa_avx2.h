@@ -844,15 +844,16 @@ inline void addGroupRows(const __m256 (&acc)[2], float (&res)[quant::kGroupRows]
 template <WType T, int MT>
 inline long groupDotT(const uint8_t* g, const quant::QuantizedRows& A, long m0, float (*res)[quant::kGroupRows]) {
   constexpr int R = quant::kGroupRows;
-  const auto [nb, chunks, chunkBytes, paramBytes] = quant::groupChunks(T, A.K);
+  const quant::GroupChunks gc = quant::groupChunks(T, A.K);
+  const long nb = gc.blocks, chunks = gc.chunks;
   __m256 acc[MT][2];
   for (int i = 0; i < MT; i++) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
   for (long c = 0; c < chunks; c++) {
-    const uint8_t* ch = g + c * chunkBytes;
+    const auto [ch, codes] = quant::chunkPlace(gc, g, c);
     __m256 dw[2], mw[2];
     groupScales<T>(ch, dw, mw);
     __m256i w[R][2][2], sw[R][2][2] = {};
-    groupCodes<T>(ch + paramBytes, w, sw);
+    groupCodes<T>(codes, w, sw);
     for (int i = 0; i < MT; i++) addChunk<T>(w, sw, dw, mw, chunkX<T>(A, m0 + i, c, nb), acc[i]);
   }
   for (int i = 0; i < MT; i++) addGroupRows(acc[i], res[i]);
@@ -865,17 +866,18 @@ inline long groupDotT(const uint8_t* g, const quant::QuantizedRows& A, long m0, 
 template <WType T, int G>
 inline long groupsDotT(const uint8_t* g, long apart, const quant::QuantizedRows& A, long m, float (*res)[quant::kGroupRows]) {
   constexpr int R = quant::kGroupRows;
-  const auto [nb, chunks, chunkBytes, paramBytes] = quant::groupChunks(T, A.K);
+  const quant::GroupChunks gc = quant::groupChunks(T, A.K);
+  const long nb = gc.blocks, chunks = gc.chunks;
   __m256 acc[G][2];
   for (int h = 0; h < G; h++) acc[h][0] = acc[h][1] = _mm256_setzero_ps();
   for (long c = 0; c < chunks; c++) {
     const ChunkX X = chunkX<T>(A, m, c, nb);
     for (int h = 0; h < G; h++) {
-      const uint8_t* ch = g + h * apart + c * chunkBytes;
+      const auto [ch, codes] = quant::chunkPlace(gc, g + h * apart, c);
       __m256 dw[2], mw[2];
       groupScales<T>(ch, dw, mw);
       __m256i w[R][2][2], sw[R][2][2] = {};
-      groupCodes<T>(ch + paramBytes, w, sw);
+      groupCodes<T>(codes, w, sw);
       addChunk<T>(w, sw, dw, mw, X, acc[h]);
     }
   }

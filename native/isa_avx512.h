@@ -969,7 +969,8 @@ template <WType T, int MT>
 inline long groupDotT(const uint8_t* g, const quant::QuantizedRows& A, long m0, float (*res)[quant::kGroupRows]) {
   constexpr int R = quant::kGroupRows;
   const long K = A.K;
-  const auto [nb, chunks, chunkBytes, paramBytes] = quant::groupChunks(T, K);
+  const quant::GroupChunks gc = quant::groupChunks(T, K);
+  const long nb = gc.blocks, chunks = gc.chunks;
   __m512i scaleOf[R];
   rowScaleIndices(scaleOf);
   __m512 acc[MT][R], accMin[MT];
@@ -978,10 +979,9 @@ inline long groupDotT(const uint8_t* g, const quant::QuantizedRows& A, long m0, 
     for (int r = 0; r < R; r++) acc[i][r] = _mm512_setzero_ps();
   }
   for (long c = 0; c < chunks; c++) {
-    const uint8_t* ch = g + c * chunkBytes;
+    const auto [ch, codes] = quant::chunkPlace(gc, g, c);
     const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(ch)));
     const __m512 mw = T == WType::Int4m ? _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(ch + 32))) : dw;
-    const uint8_t* codes = ch + paramBytes;
     __m512i wLo[R], wHi[R];
     for (int r = 0; r < R; r++) rowCodes<T>(codes, r, wLo[r], wHi[r]);
     for (int i = 0; i < MT; i++) {
@@ -1014,7 +1014,8 @@ template <WType T, int G>
 inline long groupsDotT(const uint8_t* g, long apart, const quant::QuantizedRows& A, long m, float (*res)[quant::kGroupRows]) {
   constexpr int R = quant::kGroupRows;
   const long K = A.K;
-  const auto [nb, chunks, chunkBytes, paramBytes] = quant::groupChunks(T, K);
+  const quant::GroupChunks gc = quant::groupChunks(T, K);
+  const long nb = gc.blocks, chunks = gc.chunks;
   __m512i scaleOf[R];
   rowScaleIndices(scaleOf);
   __m512 acc[G][R], accMin[G];
@@ -1028,9 +1029,11 @@ inline long groupsDotT(const uint8_t* g, long apart, const quant::QuantizedRows&
     const __m512i init = kLaneInit<T> ? _mm512_loadu_si512(A.laneInit + m * (K / 8) + c * 16) : _mm512_setzero_si512();
     const __m512 dx = _mm512_broadcast_f32x4(_mm_loadu_ps(A.d + m * nb + c * 4));
     __m512 p[G];
+    const uint8_t* codes[G];
 #pragma GCC unroll 4
     for (int h = 0; h < G; h++) {
-      const uint8_t* ch = g + h * apart + c * chunkBytes;
+      const auto [ch, hCodes] = quant::chunkPlace(gc, g + h * apart, c);
+      codes[h] = hCodes;
       if (T == WType::Int4m) {
         const __m512 mw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(ch + 32)));
         accMin[h] = _mm512_fmadd_ps(mw, _mm512_broadcast_f32x4(_mm_loadu_ps(A.dsum + m * nb + c * 4)), accMin[h]);
@@ -1042,7 +1045,7 @@ inline long groupsDotT(const uint8_t* g, long apart, const quant::QuantizedRows&
 #pragma GCC unroll 4
       for (int h = 0; h < G; h++) {
         __m512i wLo, wHi;
-        rowCodes<T>(g + h * apart + c * chunkBytes + paramBytes, r, wLo, wHi);
+        rowCodes<T>(codes[h], r, wLo, wHi);
         const __m512i s = blockLanes<T>(blockLanes<T>(init, wLo, xLo), wHi, xHi);
         acc[h][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_permutexvar_ps(scaleOf[r], p[h]), acc[h][r]);
       }

@@ -870,13 +870,13 @@ template <WType T, int MT>
 inline long groupDotT(const uint8_t* g, const quant::QuantizedRows& A, long m0, float (*res)[quant::kGroupRows]) {
   constexpr int R = quant::kGroupRows, B = quant::kChunkBlocks;
   const long K = A.K;
-  const auto [nb, chunks, chunkBytes, paramBytes] = quant::groupChunks(T, K);
+  const quant::GroupChunks gc = quant::groupChunks(T, K);
+  const long nb = gc.blocks, chunks = gc.chunks;
   float32x4_t acc[MT][R];
   for (int i = 0; i < MT; i++)
     for (int r = 0; r < R; r++) acc[i][r] = vdupq_n_f32(0.0f);
   for (long c = 0; c < chunks; c++) {
-    const uint8_t* ch = g + c * chunkBytes;
-    const uint8_t* codes = ch + paramBytes;
+    const auto [ch, codes] = quant::chunkPlace(gc, g, c);
     for (int r = 0; r < R; r++) {
       int8x16_t w[8];
       if (T == WType::Int8) {

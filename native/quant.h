@@ -18,6 +18,11 @@ namespace {
 constexpr long kBlock = 32;
 // Rows are packed in groups of 4 (the last group of a matrix may hold fewer), blocks in chunks of 4 (the last chunk
 // of a row may hold fewer): one group's chunk is its rows' scales, then (Int4m) minimums, then codes, row by row.
+// Whole chunks go in pairs, both chunks' scales (and minimums) first, then both chunks' codes: a 4-row int4 or int8
+// chunk is 4.5 cache lines (288 or 544 bytes), so one after the other every second chunk's codes started 32 bytes
+// into a line and each of their vector loads took two lines; in pairs, a group that starts on a line keeps every
+// row's codes on lines (a chunk's scales and minimums are 32 or 64 bytes). A row's last whole chunk, when the count
+// is odd, and its partial chunk stand alone.
 constexpr int kGroupRows = 4;
 constexpr int kChunkBlocks = 4;
 
@@ -35,6 +40,21 @@ struct GroupChunks {
 inline GroupChunks groupChunks(WType t, long K) {
   const long blocks = K / kBlock;
   return {blocks, blocks / kChunkBlocks, kGroupRows * kChunkBlocks * blockBytes(t), kGroupRows * kChunkBlocks * paramBytes(t)};
+}
+
+// Whether whole chunk c of a row of `wholeChunks` is one of a pair (see kChunkBlocks).
+inline bool pairedChunk(long c, long wholeChunks) { return (c | 1) < wholeChunks; }
+
+// Where whole chunk c of a full group at g keeps its scales (then Int4m's minimums) and its rows' codes.
+struct ChunkPlace {
+  const uint8_t* params;
+  const uint8_t* codes;
+};
+inline ChunkPlace chunkPlace(const GroupChunks& gc, const uint8_t* g, long c) {
+  if (!pairedChunk(c, gc.chunks)) return {g + c * gc.chunkBytes, g + c * gc.chunkBytes + gc.paramBytes};
+  const uint8_t* pair = g + (c & ~1L) * gc.chunkBytes;
+  const long odd = c & 1;
+  return {pair + odd * gc.paramBytes, pair + 2 * gc.paramBytes + odd * (gc.chunkBytes - gc.paramBytes)};
 }
 
 // The code subtracted before scaling (Int4m has none: its minimum is a separate term).
@@ -87,11 +107,17 @@ struct BlockRef {
 inline BlockRef blockRef(WType t, const uint8_t* g, int rows, int r, long blk, long nBlocks) {
   const long c0 = blk / kChunkBlocks * kChunkBlocks, b = nBlocks - c0 < kChunkBlocks ? nBlocks - c0 : kChunkBlocks;
   const long i = blk - c0;
-  const uint8_t* chunk = g + rows * c0 * blockBytes(t);
+  const uint8_t *params = g + rows * c0 * blockBytes(t), *codes = params + rows * b * paramBytes(t);
+  if (pairedChunk(c0 / kChunkBlocks, nBlocks / kChunkBlocks)) {
+    const long odd = c0 / kChunkBlocks & 1;
+    const uint8_t* pair = g + rows * (c0 - odd * kChunkBlocks) * blockBytes(t);
+    params = pair + odd * rows * kChunkBlocks * paramBytes(t);
+    codes = pair + rows * kChunkBlocks * (2 * paramBytes(t) + odd * codeBytes(t));
+  }
   BlockRef ref;
-  ref.d = chunk + (r * b + i) * 2;
-  ref.m = t == WType::Int4m ? chunk + rows * b * 2 + (r * b + i) * 2 : nullptr;
-  ref.codes = chunk + rows * b * paramBytes(t) + r * b * codeBytes(t);
+  ref.d = params + (r * b + i) * 2;
+  ref.m = t == WType::Int4m ? params + rows * b * 2 + (r * b + i) * 2 : nullptr;
+  ref.codes = codes + r * b * codeBytes(t);
   ref.chunkBlocks = b;
   ref.index = i;
   return ref;

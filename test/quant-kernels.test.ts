@@ -54,6 +54,31 @@ describe('quantized formats', () => {
     assert.equal(roundHalfEven(3.5), 4);
   });
 
+  test('int4: a pair of whole chunks is both chunks\' scales, then both chunks\' codes, each row\'s on a 64-byte line', () => {
+    // Row n, block b: the codes (k + b + n) mod 16 at scale 0.5 + (4b + n)/64 (exact in f16), so every scale and every
+    // byte of codes says where it belongs. docs/quantization.md gives the layout.
+    const [N, K] = [4, 256];
+    const scale = (n: number, b: number) => 0.5 + (4 * b + n) / 64;
+    const code = (n: number, b: number, j: number) => (j + b + n) % 16;
+    const value = (i: number) => {
+      const [n, k] = [Math.floor(i / K), i % K];
+      const b = Math.floor(k / 32);
+      return (code(n, b, k % 32) - 8) * scale(n, b);
+    };
+    for (const bytes of [quantize('int4', value, N, K), quantizeNative('int4', Tensor.f32([N, K], Float32Array.from({ length: N * K }, (_, i) => value(i))))]) {
+      for (let n = 0; n < N; n++) {
+        for (let b = 0; b < K / 32; b++) {
+          const [chunk, i] = [Math.floor(b / 4), b % 4];
+          const at = 32 * chunk + 2 * (4 * n + i);
+          assert.equal(f16ToF32(bytes[at]! | (bytes[at + 1]! << 8)), scale(n, b), `scale of row ${n}, block ${b}`);
+          const codes = 64 + 256 * chunk + 64 * n;
+          assert.equal(codes % 64, 0);
+          for (let j = 0; j < 16; j++) assert.equal(bytes[codes + 16 * i + j], 0x11 * code(n, b, j), `row ${n}, block ${b}, byte ${j}`);
+        }
+      }
+    }
+  });
+
   for (const format of QUANT_FORMATS) {
     test(`${format}: the native encoder writes the reference's bytes`, () => {
       for (const [N, K] of [[13, 160], [4, 128], [6, 32], [9, 448]] as const) {

@@ -151,11 +151,14 @@ describe('WebGPU matmul kernels', () => {
   for (const wType of ['f32', 'bf16', 'int8', 'int4', 'int4m'] as const) {
     const quant = wType !== 'f32' && wType !== 'bf16';
     it(`${wType} weights: GEMV and GEMM on odd sizes, each compute mode, each bias`, async () => {
+      // Quantized k of 416 (13 blocks): a pair of whole chunks, a lone whole chunk and a partial one.
       const sizes = quant
         ? [
             [1, 37, 64],
             [5, 29, 96],
             [70, 133, 160],
+            [1, 37, 416],
+            [66, 21, 416],
           ]
         : [
             [1, 37, 64],

@@ -13,7 +13,10 @@
  * matrix may be shorter), blocks in chunks of 4 (the last chunk of a row may be shorter). Groups follow each other,
  * each taking rows·K/32 blocks' bytes; inside a group, chunks follow each other; a chunk of b blocks of a group of r
  * rows is: the r·b f16 scales (row-major: row, then block), for int4m the r·b f16 minimums, then each row's codes in
- * two halves, element j of a block being in the first when j < 16. int8: 32·b bytes, the first 16·b holding elements
+ * two halves, element j of a block being in the first when j < 16. Whole chunks go in pairs (chunks 0 and 1, 2 and 3…;
+ * the last whole chunk of a row, when their count is odd, and a shorter chunk stand alone): a pair is both chunks'
+ * scales (and minimums), then both chunks' codes, so that in a group that starts on a 64-byte line every row's codes
+ * of a whole chunk do too. int8: 32·b bytes, the first 16·b holding elements
  * 0..15 of blocks 0..b−1 (16 bytes a block), the last 16·b their elements 16..31; int4/int4m: 16·b bytes, 16 a block,
  * byte 16·i + j holding element j of block i in its low nibble and element 16 + j in its high nibble. So a 4-row
  * group's chunk is one contiguous run a vector kernel streams through, and both halves of a row's chunk add into one
@@ -81,11 +84,21 @@ function blockRef(f: QuantFormat, N: number, K: number, n: number, blk: number):
   const c0 = blk - (blk % CHUNK_BLOCKS);
   const b = Math.min(CHUNK_BLOCKS, nb - c0);
   const i = blk - c0;
-  const chunk = g * GROUP_ROWS * nb * blockBytes(f) + rows * c0 * blockBytes(f);
+  const group = g * GROUP_ROWS * nb * blockBytes(f);
+  let params = group + rows * c0 * blockBytes(f);
+  let codes = params + rows * b * paramBytes(f);
+  const c = c0 / CHUNK_BLOCKS;
+  if ((c | 1) < Math.floor(nb / CHUNK_BLOCKS)) {
+    // One of a pair of whole chunks: both chunks' scales (and minimums), then both chunks' codes.
+    const odd = c & 1;
+    const pair = group + rows * (c0 - odd * CHUNK_BLOCKS) * blockBytes(f);
+    params = pair + odd * rows * CHUNK_BLOCKS * paramBytes(f);
+    codes = pair + rows * CHUNK_BLOCKS * (2 * paramBytes(f) + odd * codeBytes(f));
+  }
   return {
-    d: chunk + (r * b + i) * 2,
-    m: f === 'int4m' ? chunk + rows * b * 2 + (r * b + i) * 2 : -1,
-    codes: chunk + rows * b * paramBytes(f) + r * b * codeBytes(f),
+    d: params + (r * b + i) * 2,
+    m: f === 'int4m' ? params + rows * b * 2 + (r * b + i) * 2 : -1,
+    codes: codes + r * b * codeBytes(f),
     chunkBlocks: b,
     index: i,
   };

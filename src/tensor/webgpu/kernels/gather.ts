@@ -27,7 +27,8 @@ export function mergeBlocks2Plan(x: Slice, out: Slice, n: number, C: number): Ke
  * The value of element (row, k) of a packed quantized [N, K] matrix, as quant.ts lays it out: rows in groups of 4,
  * blocks of 32 in chunks of 4; a chunk of b blocks of a group of r rows holds r·b f16 scales, for int4m r·b f16
  * minimums, then each row's codes (int8: first halves of the b blocks, then second halves; int4: a byte holds
- * elements j and j + 16 of a block in its low and high nibble).
+ * elements j and j + 16 of a block in its low and high nibble); whole chunks go in pairs, both chunks' scales (and
+ * minimums) before both chunks' codes, except a row's last whole chunk when their count is odd.
  */
 function dequantWgsl(format: QuantFormat): string {
   const blockBytes = { int8: 34, int4: 18, int4m: 20 }[format];
@@ -59,9 +60,18 @@ fn dequant(n: u32, k: u32, N: u32, K: u32) -> f32 {
   let c0 = blk - blk % 4u;
   let b = min(4u, nb - c0);
   let i = blk - c0;
-  let chunk = g * 4u * nb * ${blockBytes}u + rows * c0 * ${blockBytes}u;
+  let group = g * 4u * nb * ${blockBytes}u;
+  var chunk = group + rows * c0 * ${blockBytes}u;
+  var codes = chunk + rows * b * ${paramBytes}u;
+  let c = c0 / 4u;
+  if ((c | 1u) < nb / 4u) {
+    let odd = c & 1u;
+    let pair = group + rows * (c0 - odd * 4u) * ${blockBytes}u;
+    chunk = pair + odd * rows * ${4 * paramBytes}u;
+    codes = pair + rows * (${8 * paramBytes}u + odd * ${4 * codeBytes}u);
+  }
   let d = f16_at(chunk + (r * b + i) * 2u);
-  let codes = chunk + rows * b * ${paramBytes}u + r * b * ${codeBytes}u;
+  codes += r * b * ${codeBytes}u;
   ${code}
   return ${value};
 }

@@ -241,7 +241,8 @@ ${quad}`;
 }
 ${quad}`;
   }
-  // quant.ts blockRef: rows in groups of 4, blocks in chunks of 4, scales (and minimums) first, then the codes.
+  // quant.ts blockRef: rows in groups of 4, blocks in chunks of 4, scales (and minimums) first, then the codes; whole
+  // chunks in pairs, both scales first. A chunk's place is where its scales and its first row's codes start.
   const codeBytes = w === 'int8' ? 32 : 16;
   const paramBytes = w === 'int4m' ? 4 : 2;
   const decode =
@@ -251,15 +252,24 @@ ${quad}`;
   return d * (q - 128.0);`
       : `let c = w_u32(codes + 16u * i + (j & 15u)) >> select(0u, 4u, j >= 16u);
   let q = vec4<f32>(f32(c & 0xfu), f32((c >> 8u) & 0xfu), f32((c >> 16u) & 0xfu), f32((c >> 24u) & 0xfu));
-  ${w === 'int4' ? 'return d * (q - 8.0);' : 'return d * q + f16_to_f32(w_u16(chunk + rows * b * 2u + (r * b + i) * 2u));'}`;
+  ${w === 'int4' ? 'return d * (q - 8.0);' : 'return d * q + f16_to_f32(w_u16(chunk.x + rows * b * 2u + (r * b + i) * 2u));'}`;
   // w_quad reads the 4 rows of a row group at once: their chunk is one place, found once.
-  return `fn w_decode(chunk: u32, rows: u32, b: u32, i: u32, j: u32, r: u32) -> vec4<f32> {
-  let d = f16_to_f32(w_u16(chunk + (r * b + i) * 2u));
-  let codes = chunk + rows * b * ${paramBytes}u + r * b * ${codeBytes}u;
+  return `fn w_decode(chunk: vec2<u32>, rows: u32, b: u32, i: u32, j: u32, r: u32) -> vec4<f32> {
+  let d = f16_to_f32(w_u16(chunk.x + (r * b + i) * 2u));
+  let codes = chunk.y + r * b * ${codeBytes}u;
   ${decode}
 }
-fn w_chunk(g: u32, rows: u32, blk: u32) -> u32 {
-  return u.w_off + (g * 4u * (u.K >> 5u) + rows * (blk & ~3u)) * ${codeBytes + paramBytes}u;
+fn w_chunk(g: u32, rows: u32, blk: u32) -> vec2<u32> {
+  let nb = u.K >> 5u;
+  let c = blk >> 2u;
+  let group = u.w_off + g * 4u * nb * ${codeBytes + paramBytes}u;
+  if ((c | 1u) < (nb >> 2u)) {
+    let odd = c & 1u;
+    let pair = group + rows * ((c & ~1u) << 2u) * ${codeBytes + paramBytes}u;
+    return vec2<u32>(pair + odd * rows * ${4 * paramBytes}u, pair + rows * (${8 * paramBytes}u + odd * ${4 * codeBytes}u));
+  }
+  let params = group + rows * (blk & ~3u) * ${codeBytes + paramBytes}u;
+  return vec2<u32>(params, params + rows * min(4u, nb - (blk & ~3u)) * ${paramBytes}u);
 }
 fn w_unit(n: u32, k: u32) -> vec4<f32> {
   let blk = k >> 5u;
