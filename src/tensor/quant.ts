@@ -13,14 +13,14 @@
  * matrix may be shorter), blocks in chunks of 4 (the last chunk of a row may be shorter). Groups follow each other,
  * each taking rows·K/32 blocks' bytes; inside a group, chunks follow each other; a chunk of b blocks of a group of r
  * rows is: the r·b f16 scales (row-major: row, then block), for int4m the r·b f16 minimums, then each row's codes in
- * two halves, element j of a block being in the first when j < 16. Whole chunks go in pairs (chunks 0 and 1, 2 and 3…;
- * the last whole chunk of a row, when their count is odd, and a shorter chunk stand alone): a pair is both chunks'
- * scales (and minimums), then both chunks' codes, so that in a group that starts on a 64-byte line every row's codes
- * of a whole chunk do too. int8: 32·b bytes, the first 16·b holding elements
+ * two halves, element j of a block being in the first when j < 16. int8: 32·b bytes, the first 16·b holding elements
  * 0..15 of blocks 0..b−1 (16 bytes a block), the last 16·b their elements 16..31; int4/int4m: 16·b bytes, 16 a block,
- * byte 16·i + j holding element j of block i in its low nibble and element 16 + j in its high nibble. So a 4-row
- * group's chunk is one contiguous run a vector kernel streams through, and both halves of a row's chunk add into one
- * integer accumulator with a lane per 4 k of each block (native/quant.h orders the activation codes to match).
+ * byte 16·i + j holding element j of block i in its low nibble and element 16 + j in its high nibble. Whole chunks go
+ * in pairs (chunks 0 and 1, 2 and 3…; a row's last whole chunk, when their count is odd, and a shorter chunk stand
+ * alone): a pair is both chunks' scales (and minimums), then both chunks' codes, so that in a group that starts on a
+ * 64-byte line every row's codes of a whole chunk do too. So a 4-row group's pair of chunks is one contiguous run a
+ * vector kernel streams through, and both halves of a row's chunk add into one integer accumulator with a lane per
+ * 4 k of each block (native/quant.h orders the activation codes to match).
  */
 import { f16ToF32, type QuantFormat } from './dtype.js';
 
