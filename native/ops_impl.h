@@ -520,10 +520,10 @@ inline void quantGroups(const MatmulArgs& a, const quant::QuantizedRows& A, cons
   }
 }
 
-// A quantized matmul gives each thread one task per this many bytes of weights it streams, at least 1 and at most 4.
-// A task starts its streams cold: on Zen 5 eight tasks of a 1.33 MB matrix (20 µs at 66 GB/s) read it at 0.67 of the
-// read loop where two read it at 0.95 (a decode step's int8 matmuls +6 %, int4 +1.5 %; BENCHMARKS.md runs 15 and 16).
-// Large matrices keep 4 tasks a thread, so that a thread the host slows holds the others up by a quarter of its share.
+// Weight bytes a thread streams in one task of a quantized matmul before a second task each pays: a task starts its
+// streams cold, and on Zen 5 eight tasks of a 1.33 MB matrix (20 µs at 66 GB/s) read it at 0.67 of the read loop where
+// two read it at 0.95 (int4 decode +3.8 %, BENCHMARKS.md run 15). Larger matrices get up to 4 tasks a thread, so that a
+// thread the host slows holds the others up by a quarter of its share.
 constexpr long kQuantTaskBytes = 8L << 20;
 
 // Tasks over `units` weight units of `bytes` in all (4-row groups), for each of mBlocks row blocks of x.
