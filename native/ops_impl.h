@@ -520,25 +520,12 @@ inline void quantGroups(const MatmulArgs& a, const quant::QuantizedRows& A, cons
   }
 }
 
-// Weight bytes a thread streams in one task of a quantized matmul before a second task each pays: a task starts its
-// streams cold, and on Zen 5 eight tasks of a 1.33 MB matrix (20 µs at 66 GB/s) read it at 0.67 of the read loop where
-// two read it at 0.95 (int4 decode +3.8 %, BENCHMARKS.md run 15). Larger matrices get up to 4 tasks a thread, so that a
-// thread the host slows holds the others up by a quarter of its share.
-constexpr long kQuantTaskBytes = 8L << 20;
-
-// Tasks over `units` weight units of `bytes` in all (4-row groups), for each of mBlocks row blocks of x.
-inline long quantUnitTasks(long units, long bytes, long mBlocks, int threads) {
-  if (threads == 1) return 1;
-  const long perThread = lmax(1, lmin(4, bytes / (threads * kQuantTaskBytes)));
-  return lmax(1, lmin(units, cdiv(perThread * threads, mBlocks)));
-}
-
 void quantMatmulInt(const MatmulArgs& a, const float* bias) {
   const long M = a.M, N = a.N, K = a.K;
   const quant::QuantizedRows A = quantizeX(a);
   const long groups = cdiv(N, quant::kGroupRows), mBlocks = cdiv(M, quantRowsM(K));
   const int threads = poolThreads();
-  const long gTasks = M * N * K < (1L << 15) ? 1 : quantUnitTasks(groups, N * quant::rowBytes(a.wType, K), mBlocks, threads);
+  const long gTasks = threads == 1 || M * N * K < (1L << 15) ? 1 : lmax(1, lmin(groups, cdiv(4L * threads, mBlocks)));
   auto body = [&](long task, int) {
     const long gt = task % gTasks;
     quantGroups(a, A, bias, task / gTasks, groups * gt / gTasks, groups * (gt + 1) / gTasks);
@@ -642,9 +629,7 @@ void matmulMany(const MatmulArgs* parts, int count) {
   if (quantized) {
     const quant::QuantizedRows A = quantizeX(a0);
     const long mBlocks = cdiv(M, quantRowsM(K));
-    long rows = 0;
-    for (int i = 0; i < count; i++) rows += parts[i].N;
-    const long uTasks = quantUnitTasks(units, rows * quant::rowBytes(a0.wType, K), mBlocks, threads);
+    const long uTasks = threads == 1 ? 1 : lmax(1, lmin(units, cdiv(4L * threads, mBlocks)));
     parallelTasks(uTasks * mBlocks, [&](long task, int) {
       const long ut = task % uTasks;
       run(task / uTasks, units * ut / uTasks, units * (ut + 1) / uTasks, &A, nullptr);
