@@ -126,7 +126,8 @@ describe('safetensors round trip', () => {
     for (const name of ['a.weight', 'z.weight', 'b.weight']) assert.equal(starts[name]! % 64, 0, name);
     // Whole multiples of 64 first (by element size, then name), the rest after them in the same order.
     assert.deepEqual(opened.names, ['z.weight', 'a.weight', 'b.weight', 'norm', 'odd.bias']);
-    assert.deepEqual([...new Uint8Array(opened.read('b.weight').data.buffer, opened.read('b.weight').data.byteOffset, 3)], [5, 5, 5]);
+    const b = opened.read('b.weight').data;
+    assert.deepEqual([...new Uint8Array(b.buffer, b.byteOffset, 3)], [5, 5, 5]);
     assert.equal(opened.read('odd.bias').numel, 4304);
     opened.close();
     assert.throws(() => writeSafetensorsFrom(path.join(dir, 'bad.safetensors'), {}, undefined, 48), /alignment must be a power of two of at least 8, got 48/);
