@@ -428,6 +428,13 @@ inline int streamedGroups(WType t, long K) {
   return t == WType::Int8 ? kStreamedGroupsInt8 : K <= 2048 ? kStreamedGroupsShortK : kMaxStreamedGroups;
 }
 
+// Tasks per thread over a quantized matmul's weight groups (for each block of x's rows). Where two groups stream at once
+// (int4 and int4m rows of up to 2048 on AVX-512) one: those matrices are small (the 2B's o projection is 1.3 MB of int4),
+// and on two Zen 5 vCPUs each further task's start cost more than its balancing bought (BENCHMARKS.md run 17: q/k/v and
+// o 9-18 % faster, a whole int4 decode 2.7 %). Four elsewhere: at one, the down projection (k = 8960) measured 7 % slower
+// and an int8 decode 1 %; and more tasks let a thread the host slows hand work to the other.
+inline long quantTasksPerThread(WType t, long K) { return streamedGroups(t, K) == 2 ? 1 : 4; }
+
 template <WType T>
 inline long groupsDot(int G, const uint8_t* g, long apart, const quant::QuantizedRows& A, long m, float (*res)[quant::kGroupRows]) {
   if (G == 2) return groupsDotT<T, 2>(g, apart, A, m, res);
@@ -440,6 +447,8 @@ inline long groupsDot(WType t, int G, const uint8_t* g, long apart, const quant:
   if (t == WType::Int4) return groupsDot<WType::Int4>(G, g, apart, A, m, res);
   return groupsDot<WType::Int4m>(G, g, apart, A, m, res);
 }
+#else
+inline long quantTasksPerThread(WType, long) { return 4; }
 #endif
 
 // Quantized weights under Compute::Bf16 (kernels.h): x quantized once per call into scratch, then tasks of (row
@@ -525,7 +534,8 @@ void quantMatmulInt(const MatmulArgs& a, const float* bias) {
   const quant::QuantizedRows A = quantizeX(a);
   const long groups = cdiv(N, quant::kGroupRows), mBlocks = cdiv(M, quantRowsM(K));
   const int threads = poolThreads();
-  const long gTasks = threads == 1 || M * N * K < (1L << 15) ? 1 : lmax(1, lmin(groups, cdiv(4L * threads, mBlocks)));
+  const long gTasks =
+      threads == 1 || M * N * K < (1L << 15) ? 1 : lmax(1, lmin(groups, cdiv(quantTasksPerThread(a.wType, K) * threads, mBlocks)));
   auto body = [&](long task, int) {
     const long gt = task % gTasks;
     quantGroups(a, A, bias, task / gTasks, groups * gt / gTasks, groups * (gt + 1) / gTasks);
@@ -629,7 +639,7 @@ void matmulMany(const MatmulArgs* parts, int count) {
   if (quantized) {
     const quant::QuantizedRows A = quantizeX(a0);
     const long mBlocks = cdiv(M, quantRowsM(K));
-    const long uTasks = threads == 1 ? 1 : lmax(1, lmin(units, cdiv(4L * threads, mBlocks)));
+    const long uTasks = threads == 1 ? 1 : lmax(1, lmin(units, cdiv(quantTasksPerThread(a0.wType, K) * threads, mBlocks)));
     parallelTasks(uTasks * mBlocks, [&](long task, int) {
       const long ut = task % uTasks;
       run(task / uTasks, units * ut / uTasks, units * (ut + 1) / uTasks, &A, nullptr);
