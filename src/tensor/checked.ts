@@ -564,8 +564,12 @@ export class CheckedBackend implements Backend {
 
   /** Every operand must be in this backend's memory: a tensor of another device is refused by name. */
   private mine(op: string, operands: Record<string, Tensor | null>): void {
-    for (const [name, t] of Object.entries(operands)) {
-      if (t && t.storage.device !== this.kernels.device) {
+    // for…in rather than Object.entries: this runs on every kernel call (400 a decode token), and the entries' arrays
+    // were the largest item of a decode step's JavaScript.
+    const device = this.kernels.device;
+    for (const name in operands) {
+      const t = operands[name];
+      if (t && t.storage.device !== device) {
         throw new Error(`${op}: ${name} (${t}) lives on ${t.storage.device}, this backend (${this.name}) on ${this.kernels.device}: upload it first`);
       }
     }
