@@ -31,10 +31,12 @@ test('the decode profile counts each kernel call of a decode step once, by op an
   assert.equal(op('attention').callsPerToken, layers);
   assert.equal(op('rmsNorm').callsPerToken, 2 * layers + 1);
   for (const o of p.ops) {
-    assert.ok(o.medianMicros > 0 && o.medianMicros <= o.p90Micros && o.p90Micros <= o.maxMicros, `${o.op}: ${JSON.stringify(o)}`);
+    // A trivial call (a download of one value) may take under the 0.1 µs the figures are rounded to.
+    assert.ok(o.medianMicros >= 0 && o.medianMicros <= o.p90Micros && o.p90Micros <= o.maxMicros, `${o.op}: ${JSON.stringify(o)}`);
     assert.equal(o.medianGBs !== undefined, o.op.startsWith('matmul'), o.op);
   }
   const inKernels = p.ops.reduce((s, o) => s + o.msPerToken, 0);
-  assert.ok(inKernels > 0 && inKernels <= p.timedMsPerToken, `kernels ${inKernels} ms of a ${p.timedMsPerToken} ms token`);
+  // Both sides are rounded (to 0.001 and 0.01 ms).
+  assert.ok(inKernels > 0 && inKernels <= p.timedMsPerToken + 0.01, `kernels ${inKernels} ms of a ${p.timedMsPerToken} ms token`);
   assert.ok(p.untimedMsPerToken > 0 && p.readGBsBefore > 0 && p.readGBsAfter > 0);
 });
