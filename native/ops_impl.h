@@ -529,13 +529,18 @@ inline void quantGroups(const MatmulArgs& a, const quant::QuantizedRows& A, cons
   }
 }
 
+// Tasks over `units` weight groups, for each of mBlocks row blocks of x.
+inline long quantUnitTasks(WType t, long K, long units, long mBlocks, int threads) {
+  if (threads == 1) return 1;
+  return lmax(1, lmin(units, cdiv(quantTasksPerThread(t, K) * threads, mBlocks)));
+}
+
 void quantMatmulInt(const MatmulArgs& a, const float* bias) {
   const long M = a.M, N = a.N, K = a.K;
   const quant::QuantizedRows A = quantizeX(a);
   const long groups = cdiv(N, quant::kGroupRows), mBlocks = cdiv(M, quantRowsM(K));
   const int threads = poolThreads();
-  const long gTasks =
-      threads == 1 || M * N * K < (1L << 15) ? 1 : lmax(1, lmin(groups, cdiv(quantTasksPerThread(a.wType, K) * threads, mBlocks)));
+  const long gTasks = M * N * K < (1L << 15) ? 1 : quantUnitTasks(a.wType, K, groups, mBlocks, threads);
   auto body = [&](long task, int) {
     const long gt = task % gTasks;
     quantGroups(a, A, bias, task / gTasks, groups * gt / gTasks, groups * (gt + 1) / gTasks);
@@ -639,7 +644,7 @@ void matmulMany(const MatmulArgs* parts, int count) {
   if (quantized) {
     const quant::QuantizedRows A = quantizeX(a0);
     const long mBlocks = cdiv(M, quantRowsM(K));
-    const long uTasks = threads == 1 ? 1 : lmax(1, lmin(units, cdiv(quantTasksPerThread(a0.wType, K) * threads, mBlocks)));
+    const long uTasks = quantUnitTasks(a0.wType, K, units, mBlocks, threads);
     parallelTasks(uTasks * mBlocks, [&](long task, int) {
       const long ut = task % uTasks;
       run(task / uTasks, units * ut / uTasks, units * (ut + 1) / uTasks, &A, nullptr);
