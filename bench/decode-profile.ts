@@ -34,6 +34,8 @@ export interface DecodeProfile {
   threads: number;
   weights: string;
   tokens: number;
+  /** Prompt tokens before the decode: the KV cache each step's attention reads grows from there. */
+  promptTokens: number;
   /** The same decode through an untimed backend, and through the timed one (which adds the timing's own cost). */
   untimedMsPerToken: number;
   timedMsPerToken: number;
@@ -104,7 +106,13 @@ async function decode(model: Qwen2Model, promptLength: number, tokens: number, s
   return (performance.now() - t0) / tokens;
 }
 
-export async function profileDecode(dir: string, threads: number | undefined, format: WeightFormat | undefined, tokens: number): Promise<DecodeProfile> {
+export async function profileDecode(
+  dir: string,
+  threads: number | undefined,
+  format: WeightFormat | undefined,
+  tokens: number,
+  promptTokens: number = DECODE.promptTokens,
+): Promise<DecodeProfile> {
   const checkpoint = loadCheckpoint(dir);
   const weights = new FormattedWeights(checkpoint.weights, checkpoint.config.quantization, { language: format });
   const plain = new NativeKernels({ threads, compute: 'bf16' });
@@ -113,11 +121,11 @@ export async function profileDecode(dir: string, threads: number | undefined, fo
   const [untimedModel, timedModel] = backends.map((b) => new Qwen2Model(checkpoint.config, weights, b)) as [Qwen2Model, Qwen2Model];
   const n = plain.threads;
   // First runs: the weights are read (or quantized) and every path is compiled.
-  await decode(untimedModel, DECODE.promptTokens, 4, DECODE.seed);
-  await decode(timedModel, DECODE.promptTokens, 4, DECODE.seed);
+  await decode(untimedModel, promptTokens, 4, DECODE.seed);
+  await decode(timedModel, promptTokens, 4, DECODE.seed);
   const readGBsBefore = readBandwidth(n);
-  const untimedMsPerToken = await decode(untimedModel, DECODE.promptTokens, tokens, DECODE.seed + 1);
-  const timedMsPerToken = await decode(timedModel, DECODE.promptTokens, tokens, DECODE.seed + 1, () => {
+  const untimedMsPerToken = await decode(untimedModel, promptTokens, tokens, DECODE.seed + 1);
+  const timedMsPerToken = await decode(timedModel, promptTokens, tokens, DECODE.seed + 1, () => {
     timed.recording = true;
   });
   timed.recording = false;
@@ -143,6 +151,7 @@ export async function profileDecode(dir: string, threads: number | undefined, fo
     threads: n,
     weights: format ?? 'as stored',
     tokens,
+    promptTokens,
     untimedMsPerToken: round(untimedMsPerToken, 2),
     timedMsPerToken: round(timedMsPerToken, 2),
     outsideKernelsMsPerToken: round(timedMsPerToken - inKernels, 2),
@@ -153,7 +162,7 @@ export async function profileDecode(dir: string, threads: number | undefined, fo
 }
 
 export function printDecodeProfile(p: DecodeProfile): void {
-  console.log(`decode, ${p.weights} weights, ${p.threads} threads, ${p.tokens} tokens after ${DECODE.promptTokens}: ` +
+  console.log(`decode, ${p.weights} weights, ${p.threads} threads, ${p.tokens} tokens after ${p.promptTokens}: ` +
     `${p.untimedMsPerToken} ms a token untimed, ${p.timedMsPerToken} timed (${p.outsideKernelsMsPerToken} outside kernel calls); ` +
     `read bandwidth ${p.readGBsBefore} GB/s before, ${p.readGBsAfter} after`);
   console.log(`${'op'.padEnd(30)} ${'calls'.padStart(6)} ${'median µs'.padStart(10)} ${'p90'.padStart(8)} ${'max'.padStart(8)} ${'ms/token'.padStart(9)} ${'GB/s'.padStart(6)}`);
@@ -165,12 +174,14 @@ export function printDecodeProfile(p: DecodeProfile): void {
 
 async function main(): Promise<void> {
   const args = process.argv.slice(2).filter((a) => a !== '--json');
-  const [dir, threadsArg, formatArg, tokensArg] = args;
-  if (!dir) throw new Error('usage: decode-profile.js <checkpoint-dir> [threads] [bf16|int8|int4|int4m] [tokens] [--json]');
+  const [dir, threadsArg, formatArg, tokensArg, promptArg] = args;
+  if (!dir) throw new Error('usage: decode-profile.js <checkpoint-dir> [threads] [bf16|int8|int4|int4m] [tokens] [prompt tokens] [--json]');
   const threads = Number(threadsArg ?? 0) || undefined;
   const tokens = Number(tokensArg ?? DECODE.tokens);
   if (!Number.isInteger(tokens) || tokens < 1) throw new Error(`tokens must be a positive integer, got ${tokensArg}`);
-  const profile = await profileDecode(dir, threads, (formatArg || undefined) as WeightFormat | undefined, tokens);
+  const promptTokens = Number(promptArg ?? DECODE.promptTokens);
+  if (!Number.isInteger(promptTokens) || promptTokens < 1) throw new Error(`prompt tokens must be a positive integer, got ${promptArg}`);
+  const profile = await profileDecode(dir, threads, (formatArg || undefined) as WeightFormat | undefined, tokens, promptTokens);
   if (process.argv.includes('--json')) process.stdout.write(JSON.stringify(profile) + '\n');
   else printDecodeProfile(profile);
 }

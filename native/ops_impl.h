@@ -851,10 +851,10 @@ void embedding(const void* table, WType type, const int32_t* ids, float* out, lo
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Attention for few query rows (decode, short chunks; attentionTiled below takes the rest): flash-style with an
-// online softmax over blocks of BK keys. A task is one tile of queries for one KV head or for all KV heads (decode),
-// optionally one slice of the keys; the query heads sharing a KV head are rows of the same tile, so each K/V block is
-// packed once for all of them. A task's memory is a few tiles of rows × (BK or D) floats: scores never exist for more
+// Attention for few query rows (short chunks, and decode where attentionDecode in attn_decode.h does not take it;
+// attentionTiled below takes the rest): flash-style with an online softmax over blocks of BK keys. A task is one tile
+// of queries for one KV head or for all KV heads (decode-sized tiles), optionally one slice of the keys; the query
+// heads sharing a KV head are rows of the same tile, so each K/V block is packed once for all of them. A task's memory is a few tiles of rows × (BK or D) floats: scores never exist for more
 // than BK keys at a time.
 
 constexpr long BK = 64;             // keys per block: a packed 64×128 K block (32 KiB) stays in L1/L2
@@ -1148,7 +1148,7 @@ void attentionRows(const AttentionArgs& a) {
 // few tiles of rows × (D or BKT) floats per thread.
 
 // Packing K and V costs about as much as 1/rows of the arithmetic (rows = queries × grouped heads): below ~64 rows
-// attentionRows measured faster, for 1 and 6 query heads per KV head alike. Decode (T = 1) always stays there.
+// attentionRows measured faster, for 1 and 6 query heads per KV head alike. Decode (T = 1) never comes here.
 constexpr long kTiledMinRows = 64;
 constexpr long BKT = 16 * kAttnMR;  // keys per block: the panel's scores (6-12 KiB) stay in L1 between the two products
 constexpr long kTilePanels = 8;   // 128 query rows per task
@@ -1285,9 +1285,12 @@ void attentionTiled(const AttentionArgs& a) {
   }
 }
 
+#include "attn_decode.h"
+
 void attention(const AttentionArgs& a) {
   if (a.T == 0 || a.D == 0) return;
-  if (a.T > 1 && a.T * (a.Hq / a.Hkv) >= kTiledMinRows) attentionTiled(a);
+  if (attnDecodeFits(a)) attentionDecode(a);
+  else if (a.T > 1 && a.T * (a.Hq / a.Hkv) >= kTiledMinRows) attentionTiled(a);
   else attentionRows(a);
 }
 

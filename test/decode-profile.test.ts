@@ -14,9 +14,10 @@ test('the decode profile counts each kernel call of a decode step once, by op an
   const c = text.text_config ?? text;
   const [H, I, layers, V] = [c.hidden_size!, c.intermediate_size!, c.num_hidden_layers!, c.vocab_size!];
   const kv = (c.num_key_value_heads! * H) / c.num_attention_heads!;
-  const p = await profileDecode(dir, 2, 'int4', 3);
+  const p = await profileDecode(dir, 2, 'int4', 3, 40);
   assert.equal(p.threads, 2);
   assert.equal(p.tokens, 3);
+  assert.equal(p.promptTokens, 40);
   const op = (name: string) => {
     const found = p.ops.find((o) => o.op === name);
     assert.ok(found, `${name} among ${p.ops.map((o) => o.op).join(', ')}`);

@@ -375,6 +375,10 @@ export function harnessCases(): HarnessCase[] {
     attentionCase(1, 777, 6, 6, 64, false),
     attentionCase(2, 515, 6, 2, 128, true),
     attentionCase(1, 300, 64, 1, 16, true), // 64 rows from one query: still the decode path
+    // One query row, head size of whole 32- or 64-float tiles: the decode kernel (native/attn_decode.h).
+    attentionCase(1, 130, 28, 4, 128, true, 70), // GQA 7 (the 7B): keys past the query's position never seen
+    attentionCase(1, 65, 12, 2, 64, false),
+    attentionCase(1, 40, 8, 1, 256, true),
     // Tiled (T > 1, >= 64 rows per KV head): key blocks of 96, query panels of 16, output rows in groups of 6 and 4.
     attentionCase(300, 300, 2, 2, 72, false),
     attentionCase(30, 1000, 6, 1, 64, true), // GQA 6 after a long cached prefix

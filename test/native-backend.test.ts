@@ -206,6 +206,11 @@ const attnCases: AttnCase[] = [
   attnCase(70, 70, 1, 1, 1, true), // head size 1
   attnCase(64, 4500, 4, 4, 128, false), // K and V packed in two rounds of heads
   attnCase(1, 300, 64, 1, 16, true), // 64 rows from one query: still the decode path
+  // One query row with a head size of whole 64-float tiles (the decode kernel, native/attn_decode.h): query rows in
+  // register tiles of 6 (3 on 256-bit tiers) and a shorter last tile, keys in blocks of 64 with a short last one.
+  attnCase(1, 130, 28, 4, 128, true, 70), // GQA 7 (the 7B): keys past the query's position never seen
+  attnCase(1, 65, 12, 2, 64, false),
+  attnCase(1, 40, 8, 1, 256, true), // several column tiles per row
 ];
 
 // ---------------------------------------------------------------------------------------------------------------
