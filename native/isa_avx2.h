@@ -887,7 +887,7 @@ inline long groupsDotT(const uint8_t* g, long apart, const quant::QuantizedRows&
 #define VL3_QUANT_GROUPS_DOT 1
 // Groups streamed at once (ops_impl.h streamedGroups): 4 for every shape and format, as measured with this tier on one
 // Zen 4 core (int8 at k = 1536: 24.7 GB/s with one group per load, 29.8 with 4).
-constexpr int kStreamedGroupsShortK = 4, kStreamedGroupsInt8 = 4;
+constexpr int kStreamedGroupsShortK = 4;
 
 }  // namespace
 }  // namespace avx2

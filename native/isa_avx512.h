@@ -1054,10 +1054,11 @@ inline long groupsDotT(const uint8_t* g, long apart, const quant::QuantizedRows&
   return chunks * quant::kChunkBlocks;
 }
 #define VL3_QUANT_GROUPS_DOT 1
-// Groups streamed at once (ops_impl.h streamedGroups), as measured on Zen 4: int8 4 at every k (row by row above; 3
-// had been best group by group); int4 and int4m 2 where k is short and 4 where it is long (more activation bytes per
-// group).
-constexpr int kStreamedGroupsShortK = 2, kStreamedGroupsInt8 = 4;
+// Groups streamed at once where k is short (ops_impl.h streamedGroups; 4 where it is long, more activation bytes per
+// group): 2 for every format. On Zen 4, int4 and int4m measured best at 2, int8 at 4 (row by row above; 3 had been best
+// group by group, one task a thread not yet tried); on Zen 5, int8 at 2 with one task a thread streamed its short-k
+// matrices 11-17 % faster than at 4 with four tasks, a whole int8 decode 8 % (BENCHMARKS.md run 18).
+constexpr int kStreamedGroupsShortK = 2;
 
 }  // namespace
 }  // namespace VL3_ISA

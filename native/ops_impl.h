@@ -420,20 +420,18 @@ inline long groupDot(WType t, const uint8_t* g, int rows, const quant::Quantized
 #endif
 
 #if VL3_QUANT_GROUPS_DOT
-// How many groups a decode step's matmul streams at once: the ISA's choice for int8 and for k up to 2048 (its
-// kStreamedGroupsInt8, kStreamedGroupsShortK), else the most.
+// How many groups a decode step's matmul streams at once: the ISA's choice for k up to 2048 (its
+// kStreamedGroupsShortK), else the most.
 constexpr int kMaxStreamedGroups = 4;
-static_assert(kStreamedGroupsShortK <= kMaxStreamedGroups && kStreamedGroupsInt8 <= kMaxStreamedGroups, "");
-inline int streamedGroups(WType t, long K) {
-  return t == WType::Int8 ? kStreamedGroupsInt8 : K <= 2048 ? kStreamedGroupsShortK : kMaxStreamedGroups;
-}
+static_assert(kStreamedGroupsShortK <= kMaxStreamedGroups, "");
+inline int streamedGroups(long K) { return K <= 2048 ? kStreamedGroupsShortK : kMaxStreamedGroups; }
 
 // Tasks per thread over a quantized matmul's weight groups (for each block of x's rows). Where two groups stream at once
-// (int4 and int4m rows of up to 2048 on AVX-512) one: those matrices are small (the 2B's o projection is 1.3 MB of int4),
-// and on two Zen 5 vCPUs each further task's start cost more than its balancing bought (BENCHMARKS.md run 17: q/k/v and
-// o 9-18 % faster, a whole int4 decode 2.7 %). Four elsewhere: at one, the down projection (k = 8960) measured 7 % slower
-// and an int8 decode 1 %; and more tasks let a thread the host slows hand work to the other.
-inline long quantTasksPerThread(WType t, long K) { return streamedGroups(t, K) == 2 ? 1 : 4; }
+// (rows of up to 2048 on AVX-512) one: those matrices are small (the 2B's o projection is 1.3 MB of int4), and on two
+// Zen 5 vCPUs each further task's start cost more than its balancing bought (BENCHMARKS.md run 17: int4 q/k/v and o
+// 9-18 % faster, a whole int4 decode 2.7 %; run 18: int8 with its two streams, 8 %). Four elsewhere: at one, the down
+// projection (k = 8960) measured 7 % slower; and more tasks let a thread the host slows hand work to the other.
+inline long quantTasksPerThread(long K) { return streamedGroups(K) == 2 ? 1 : 4; }
 
 template <WType T>
 inline long groupsDot(int G, const uint8_t* g, long apart, const quant::QuantizedRows& A, long m, float (*res)[quant::kGroupRows]) {
@@ -448,7 +446,7 @@ inline long groupsDot(WType t, int G, const uint8_t* g, long apart, const quant:
   return groupsDot<WType::Int4m>(G, g, apart, A, m, res);
 }
 #else
-inline long quantTasksPerThread(WType, long) { return 4; }
+inline long quantTasksPerThread(long) { return 4; }
 #endif
 
 // Quantized weights under Compute::Bf16 (kernels.h): x quantized once per call into scratch, then tasks of (row
@@ -491,7 +489,7 @@ inline void quantGroups(const MatmulArgs& a, const quant::QuantizedRows& A, cons
 #if VL3_QUANT_GROUPS_DOT
   // One row of x (decode): the range's full groups in G equal parts, one group of each at a time (see groupsDotT).
   if (mEnd - mb * rowsM == 1) {
-    const int G = streamedGroups(a.wType, a.K);
+    const int G = streamedGroups(a.K);
     const long m = mb * rowsM, part = (lmin(g1, N / quant::kGroupRows) - g0) / G;
     for (long i = 0; i < part; i++) {
       const uint8_t* first = static_cast<const uint8_t*>(a.w) + (g0 + i) * gBytes;
@@ -532,7 +530,7 @@ inline void quantGroups(const MatmulArgs& a, const quant::QuantizedRows& A, cons
 // Tasks over `units` weight groups, for each of mBlocks row blocks of x.
 inline long quantUnitTasks(WType t, long K, long units, long mBlocks, int threads) {
   if (threads == 1) return 1;
-  return lmax(1, lmin(units, cdiv(quantTasksPerThread(t, K) * threads, mBlocks)));
+  return lmax(1, lmin(units, cdiv(quantTasksPerThread(K) * threads, mBlocks)));
 }
 
 void quantMatmulInt(const MatmulArgs& a, const float* bias) {
