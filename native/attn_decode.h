@@ -63,8 +63,8 @@ inline void attnDecodeDots(const float* q, const float* k, long D, float* sc, lo
   for (int r = 0; r < ROWS; r++) sc[r * ldsc] = attnLaneSum(acc[r]);
 }
 
-// o[r][d0, d0 + kTileFloats) += Σ_j p[r][j] · v[j][d0, …) over nb keys, for ROWS rows (o rows ldo floats apart, p rows
-// ldp, v rows ldv).
+// o[r][0, kTileFloats) += Σ_j p[r][j] · v[j][0, kTileFloats) over nb keys, for ROWS rows (o rows ldo floats apart, p
+// rows ldp, v rows ldv).
 template <int ROWS>
 inline void attnDecodePv(const float* p, long ldp, const float* v, long ldv, long nb, float* o, long ldo) {
   AttnVec acc[ROWS][4];
@@ -131,8 +131,8 @@ inline void attnPrefetchKey(const AttentionArgs& a, long j) {
 // sum) as attnMerge takes them. scratch: Hq·(D + kDecodeBlock) floats.
 inline void attnDecodeRange(const AttentionArgs& a, long kb, long ke, float* o, float* m, float* l, float* scratch) {
   const long D = a.D, Hq = a.Hq, Hkv = a.Hkv, R = Hq / Hkv, ldkv = Hkv * D;
-  float* q = scratch;                // [Hq][D], scaled
-  float* sc = scratch + Hq * D;      // [Hq][kDecodeBlock]
+  float* q = scratch;            // [Hq][D], scaled
+  float* sc = scratch + Hq * D;  // [Hq][kDecodeBlock]
   for (long i = 0; i < Hq * D; i++) q[i] = a.q[i] * a.scale;
   std::memset(o, 0, Hq * D * sizeof(float));
   for (long r = 0; r < Hq; r++) {
@@ -145,7 +145,8 @@ inline void attnDecodeRange(const AttentionArgs& a, long kb, long ke, float* o, 
     for (long j = 0; j < nb; j++) {
       if (j0 + j + kDecodePrefetchKeys < ke) attnPrefetchKey(a, j0 + j + kDecodePrefetchKeys);
       for (long g = 0; g < Hkv; g++)
-        attnDecodeTiles(R, AttnDecodeDots{q + g * R * D, a.k + (j0 + j) * ldkv + g * D, sc + g * R * kDecodeBlock + j, D});
+        attnDecodeTiles(R, AttnDecodeDots{q + g * R * D, a.k + (j0 + j) * ldkv + g * D,
+                                          sc + g * R * kDecodeBlock + j, D});
     }
     for (long r = 0; r < Hq; r++) {
       float* s = sc + r * kDecodeBlock;
@@ -159,7 +160,8 @@ inline void attnDecodeRange(const AttentionArgs& a, long kb, long ke, float* o, 
     }
     for (long g = 0; g < Hkv; g++)
       for (long d = 0; d < D; d += kTileFloats)
-        attnDecodeTiles(R, AttnDecodePv{sc + g * R * kDecodeBlock, a.v + j0 * ldkv + g * D + d, o + g * R * D + d, D, ldkv, nb});
+        attnDecodeTiles(R, AttnDecodePv{sc + g * R * kDecodeBlock, a.v + j0 * ldkv + g * D + d, o + g * R * D + d,
+                                        D, ldkv, nb});
   }
 }
 

@@ -528,7 +528,7 @@ inline void quantGroups(const MatmulArgs& a, const quant::QuantizedRows& A, cons
 }
 
 // Tasks over `units` weight groups, for each of mBlocks row blocks of x.
-inline long quantUnitTasks(WType t, long K, long units, long mBlocks, int threads) {
+inline long quantUnitTasks(long K, long units, long mBlocks, int threads) {
   if (threads == 1) return 1;
   return lmax(1, lmin(units, cdiv(quantTasksPerThread(K) * threads, mBlocks)));
 }
@@ -538,7 +538,7 @@ void quantMatmulInt(const MatmulArgs& a, const float* bias) {
   const quant::QuantizedRows A = quantizeX(a);
   const long groups = cdiv(N, quant::kGroupRows), mBlocks = cdiv(M, quantRowsM(K));
   const int threads = poolThreads();
-  const long gTasks = M * N * K < (1L << 15) ? 1 : quantUnitTasks(a.wType, K, groups, mBlocks, threads);
+  const long gTasks = M * N * K < (1L << 15) ? 1 : quantUnitTasks(K, groups, mBlocks, threads);
   auto body = [&](long task, int) {
     const long gt = task % gTasks;
     quantGroups(a, A, bias, task / gTasks, groups * gt / gTasks, groups * (gt + 1) / gTasks);
@@ -642,7 +642,7 @@ void matmulMany(const MatmulArgs* parts, int count) {
   if (quantized) {
     const quant::QuantizedRows A = quantizeX(a0);
     const long mBlocks = cdiv(M, quantRowsM(K));
-    const long uTasks = quantUnitTasks(a0.wType, K, units, mBlocks, threads);
+    const long uTasks = quantUnitTasks(K, units, mBlocks, threads);
     parallelTasks(uTasks * mBlocks, [&](long task, int) {
       const long ut = task % uTasks;
       run(task / uTasks, units * ut / uTasks, units * (ut + 1) / uTasks, &A, nullptr);
@@ -852,8 +852,8 @@ void embedding(const void* table, WType type, const int32_t* ids, float* out, lo
 // Attention for few query rows (short chunks, and decode where attentionDecode in attn_decode.h does not take it;
 // attentionTiled below takes the rest): flash-style with an online softmax over blocks of BK keys. A task is one tile
 // of queries for one KV head or for all KV heads (decode-sized tiles), optionally one slice of the keys; the query
-// heads sharing a KV head are rows of the same tile, so each K/V block is packed once for all of them. A task's memory is a few tiles of rows × (BK or D) floats: scores never exist for more
-// than BK keys at a time.
+// heads sharing a KV head are rows of the same tile, so each K/V block is packed once for all of them. A task's memory
+// is a few tiles of rows × (BK or D) floats: scores never exist for more than BK keys at a time.
 
 constexpr long BK = 64;             // keys per block: a packed 64×128 K block (32 KiB) stays in L1/L2
 constexpr long kRowsPerTile = 48;  // query rows (queries × grouped heads) per tile: 8 micro-tile rows
