@@ -5,8 +5,8 @@
 // A task takes a range of keys for every head, in blocks of kDecodeBlock keys: the block's K rows in memory order (all
 // KV heads of a key, then the next key), then its V rows, which the score loop has prefetched. The query heads sharing
 // a KV head are scored against a key's K row while it sits in registers; for P·V a tile of query rows × 2·NR columns
-// of the output stays in registers over the block's keys. At 256 keys (the 2B, 2 threads, KV from DRAM) this took a
-// layer's attention from 35-38 to 27-28 µs, at 8192 keys from 0.75-0.8 to 0.55 ms (BENCHMARKS.md run 18).
+// of the output stays in registers over the block's keys. Against the row kernel, on Zen 5 with the KV cache coming
+// from DRAM: 1.5-1.7× at 256 keys, 1.3-1.5× at 8192, AVX-512 and AVX2 alike (BENCHMARKS.md run 18).
 
 #if defined(__GNUC__) && !defined(__clang__)
 // These inline helpers pass vectors wider than the scalar tier's registers; nothing outside this file calls them, so
