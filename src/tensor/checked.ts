@@ -5,14 +5,47 @@
  */
 import type { AdamWHyper, AttentionOptions, Backend, ComputeMode, Kernels, MatmulPart, TopK } from './backend.js';
 import { BYTES_PER_ELEMENT, QUANT_FORMATS, byteSizeOf, type DType } from './dtype.js';
-import { assertDType, assertShape, numelOf, Tensor, type Storage } from './tensor.js';
+import { numelOf, Tensor, type Storage } from './tensor.js';
 
-function assertRank(name: string, t: Tensor, rank: number): void {
-  if (t.rank !== rank) throw new Error(`${name}: expected rank ${rank}, got shape [${t.shape.join(', ')}]`);
+// The checks below run on every kernel call (400 a decode token), between kernels that have just streamed the weights
+// through the caches: they name an operand "op: name" but build that text only when they fail, and take their dtype
+// lists as constants rather than fresh arrays (BENCHMARKS.md run 19).
+const F32: readonly DType[] = ['f32'];
+const I32: readonly DType[] = ['i32'];
+const FLOAT: readonly DType[] = ['f32', 'bf16'];
+const WEIGHT: readonly DType[] = ['f32', 'bf16', ...QUANT_FORMATS];
+const WRITABLE: readonly DType[] = ['f32', 'i32', 'u8'];
+
+function assertDType(op: string, name: string, t: Tensor, dtypes: readonly DType[]): void {
+  if (!dtypes.includes(t.dtype)) throw new Error(`${op}: ${name}: expected dtype ${dtypes.join(' or ')}, got ${t.dtype}`);
 }
 
-function assertRankAtLeast(name: string, t: Tensor, rank: number): void {
-  if (t.rank < rank) throw new Error(`${name}: expected rank >= ${rank}, got shape [${t.shape.join(', ')}]`);
+function shapeError(op: string, name: string, t: Tensor, shape: readonly number[]): Error {
+  return new Error(`${op}: ${name}: expected shape [${shape.join(', ')}], got [${t.shape.join(', ')}]`);
+}
+
+function assertShape(op: string, name: string, t: Tensor, shape: readonly number[]): void {
+  const have = t.shape;
+  let same = have.length === shape.length;
+  for (let i = 0; same && i < shape.length; i++) same = have[i] === shape[i];
+  if (!same) throw shapeError(op, name, t, shape);
+}
+
+/** t's shape is `like`'s with the last dimension `last` (a matmul's out against its x). */
+function assertShapeLastDim(op: string, name: string, t: Tensor, like: Tensor, last: number): void {
+  const have = t.shape;
+  const r = like.rank;
+  let same = have.length === r && have[r - 1] === last;
+  for (let i = 0; same && i < r - 1; i++) same = have[i] === like.shape[i];
+  if (!same) throw shapeError(op, name, t, [...like.shape.slice(0, -1), last]);
+}
+
+function assertRank(op: string, name: string, t: Tensor, rank: number): void {
+  if (t.rank !== rank) throw new Error(`${op}: ${name}: expected rank ${rank}, got shape [${t.shape.join(', ')}]`);
+}
+
+function assertRankAtLeast(op: string, name: string, t: Tensor, rank: number): void {
+  if (t.rank < rank) throw new Error(`${op}: ${name}: expected rank >= ${rank}, got shape [${t.shape.join(', ')}]`);
 }
 
 /** Byte ranges of two tensors' storage intersect (the same tensor twice counts). */
@@ -80,7 +113,7 @@ export class CheckedBackend implements Backend {
 
   write(dst: Tensor, values: ArrayLike<number>): void {
     this.mine('write', { dst });
-    assertDType('write: dst', dst, 'f32', 'i32', 'u8');
+    assertDType('write', 'dst', dst, WRITABLE);
     if (values.length !== dst.numel) throw new Error(`write: ${values.length} values for ${dst} of ${dst.numel} elements`);
     this.kernels.write(dst, values);
   }
@@ -100,8 +133,8 @@ export class CheckedBackend implements Backend {
 
   copyRows(src: Tensor, srcRows: Int32Array, dst: Tensor, dstRows: Int32Array): void {
     this.mine('copyRows', { src, dst });
-    assertRankAtLeast('copyRows: src', src, 1);
-    assertRankAtLeast('copyRows: dst', dst, 1);
+    assertRankAtLeast('copyRows', 'src', src, 1);
+    assertRankAtLeast('copyRows', 'dst', dst, 1);
     if (src.dtype !== dst.dtype) throw new Error(`copyRows: src is ${src.dtype}, dst is ${dst.dtype}`);
     const rowSize = (t: Tensor) => (t.dim(0) === 0 ? numelOf(t.shape.slice(1)) : t.numel / t.dim(0));
     if (rowSize(src) !== rowSize(dst)) throw new Error(`copyRows: rows of ${src} and ${dst} differ in size`);
@@ -114,7 +147,7 @@ export class CheckedBackend implements Backend {
 
   fill(t: Tensor, value: number): void {
     this.mine('fill', { t });
-    assertDType('fill: t', t, 'f32', 'i32', 'u8');
+    assertDType('fill', 't', t, WRITABLE);
     this.kernels.fill(t, value);
   }
 
@@ -139,19 +172,19 @@ export class CheckedBackend implements Backend {
   private checkMatmul(op: string, x: Tensor, w: Tensor, bias: Tensor | null, out: Tensor): void {
     this.mine(op, { x, w, bias, out });
     // x may carry leading dimensions ([..., K]); they are flattened into M rows and kept in out ([..., N]).
-    assertDType(`${op}: x`, x, 'f32');
-    assertRankAtLeast(`${op}: x`, x, 1);
-    assertDType(`${op}: w`, w, 'f32', 'bf16', ...QUANT_FORMATS);
-    assertRank(`${op}: w`, w, 2);
+    assertDType(op, 'x', x, F32);
+    assertRankAtLeast(op, 'x', x, 1);
+    assertDType(op, 'w', w, WEIGHT);
+    assertRank(op, 'w', w, 2);
     const K = x.dim(-1);
     const N = w.dim(0);
-    assertShape(`${op}: w`, w, [N, K]);
+    assertShape(op, 'w', w, [N, K]);
     if (bias) {
-      assertDType(`${op}: bias`, bias, 'f32', 'bf16');
-      assertShape(`${op}: bias`, bias, [N]);
+      assertDType(op, 'bias', bias, FLOAT);
+      assertShape(op, 'bias', bias, [N]);
     }
-    assertDType(`${op}: out`, out, 'f32');
-    assertShape(`${op}: out`, out, [...x.shape.slice(0, -1), N]);
+    assertDType(op, 'out', out, F32);
+    assertShapeLastDim(op, 'out', out, x, N);
     assertNoOverlap(op, out, 'x', x);
     assertNoOverlap(op, out, 'w', w);
     if (bias) assertNoOverlap(op, out, 'bias', bias);
@@ -169,12 +202,12 @@ export class CheckedBackend implements Backend {
 
   rmsNorm(x: Tensor, weight: Tensor, eps: number, out: Tensor): void {
     this.mine('rmsNorm', { x, weight, out });
-    assertDType('rmsNorm: x', x, 'f32');
-    assertRankAtLeast('rmsNorm: x', x, 1);
-    assertDType('rmsNorm: weight', weight, 'f32', 'bf16');
-    assertShape('rmsNorm: weight', weight, [x.dim(-1)]);
-    assertDType('rmsNorm: out', out, 'f32');
-    assertShape('rmsNorm: out', out, x.shape);
+    assertDType('rmsNorm', 'x', x, F32);
+    assertRankAtLeast('rmsNorm', 'x', x, 1);
+    assertDType('rmsNorm', 'weight', weight, FLOAT);
+    assertShape('rmsNorm', 'weight', weight, [x.dim(-1)]);
+    assertDType('rmsNorm', 'out', out, F32);
+    assertShape('rmsNorm', 'out', out, x.shape);
     checkEps('rmsNorm', eps);
     assertSameOrDisjoint('rmsNorm', out, 'x', x);
     assertNoOverlap('rmsNorm', out, 'weight', weight);
@@ -183,14 +216,14 @@ export class CheckedBackend implements Backend {
 
   layerNorm(x: Tensor, weight: Tensor, bias: Tensor, eps: number, out: Tensor): void {
     this.mine('layerNorm', { x, weight, bias, out });
-    assertDType('layerNorm: x', x, 'f32');
-    assertRankAtLeast('layerNorm: x', x, 1);
-    assertDType('layerNorm: weight', weight, 'f32', 'bf16');
-    assertShape('layerNorm: weight', weight, [x.dim(-1)]);
-    assertDType('layerNorm: bias', bias, 'f32', 'bf16');
-    assertShape('layerNorm: bias', bias, [x.dim(-1)]);
-    assertDType('layerNorm: out', out, 'f32');
-    assertShape('layerNorm: out', out, x.shape);
+    assertDType('layerNorm', 'x', x, F32);
+    assertRankAtLeast('layerNorm', 'x', x, 1);
+    assertDType('layerNorm', 'weight', weight, FLOAT);
+    assertShape('layerNorm', 'weight', weight, [x.dim(-1)]);
+    assertDType('layerNorm', 'bias', bias, FLOAT);
+    assertShape('layerNorm', 'bias', bias, [x.dim(-1)]);
+    assertDType('layerNorm', 'out', out, F32);
+    assertShape('layerNorm', 'out', out, x.shape);
     checkEps('layerNorm', eps);
     assertSameOrDisjoint('layerNorm', out, 'x', x);
     assertNoOverlap('layerNorm', out, 'weight', weight);
@@ -200,9 +233,9 @@ export class CheckedBackend implements Backend {
 
   gelu(x: Tensor, out: Tensor, approximation: 'tanh' | 'erf'): void {
     this.mine('gelu', { x, out });
-    assertDType('gelu: x', x, 'f32');
-    assertDType('gelu: out', out, 'f32');
-    assertShape('gelu: out', out, x.shape);
+    assertDType('gelu', 'x', x, F32);
+    assertDType('gelu', 'out', out, F32);
+    assertShape('gelu', 'out', out, x.shape);
     if (approximation !== 'tanh' && approximation !== 'erf') {
       throw new Error(`gelu: approximation must be 'tanh' or 'erf', got ${String(approximation)}`);
     }
@@ -213,25 +246,25 @@ export class CheckedBackend implements Backend {
   mergeBlocks(x: Tensor, mergeSize: number, out: Tensor): void {
     this.mine('mergeBlocks', { x, out });
     if (mergeSize !== 1 && mergeSize !== 2) throw new Error(`mergeBlocks: merge size ${mergeSize} is not supported (1 or 2)`);
-    assertDType('mergeBlocks: x', x, 'f32');
-    assertRankAtLeast('mergeBlocks: x', x, 1);
+    assertDType('mergeBlocks', 'x', x, F32);
+    assertRankAtLeast('mergeBlocks', 'x', x, 1);
     const C = x.dim(-1);
     const group = mergeSize * mergeSize;
     const rows = C === 0 ? 0 : x.numel / C;
     if (rows % group !== 0) throw new Error(`mergeBlocks: x has ${rows} rows, not a multiple of ${group} (merge size ${mergeSize})`);
-    assertDType('mergeBlocks: out', out, 'f32');
-    assertShape('mergeBlocks: out', out, [rows / group, C]);
+    assertDType('mergeBlocks', 'out', out, F32);
+    assertShape('mergeBlocks', 'out', out, [rows / group, C]);
     assertNoOverlap('mergeBlocks', out, 'x', x);
     if (out.numel > 0) this.kernels.mergeBlocks(x, mergeSize, out);
   }
 
   siluMul(gate: Tensor, up: Tensor, out: Tensor): void {
     this.mine('siluMul', { gate, up, out });
-    assertDType('siluMul: gate', gate, 'f32');
-    assertDType('siluMul: up', up, 'f32');
-    assertShape('siluMul: up', up, gate.shape);
-    assertDType('siluMul: out', out, 'f32');
-    assertShape('siluMul: out', out, gate.shape);
+    assertDType('siluMul', 'gate', gate, F32);
+    assertDType('siluMul', 'up', up, F32);
+    assertShape('siluMul', 'up', up, gate.shape);
+    assertDType('siluMul', 'out', out, F32);
+    assertShape('siluMul', 'out', out, gate.shape);
     assertSameOrDisjoint('siluMul', out, 'gate', gate);
     assertSameOrDisjoint('siluMul', out, 'up', up);
     if (gate.numel > 0) this.kernels.siluMul(gate, up, out);
@@ -239,26 +272,26 @@ export class CheckedBackend implements Backend {
 
   softmax(x: Tensor, out: Tensor): void {
     this.mine('softmax', { x, out });
-    assertDType('softmax: x', x, 'f32');
-    assertRankAtLeast('softmax: x', x, 1);
-    assertDType('softmax: out', out, 'f32');
-    assertShape('softmax: out', out, x.shape);
+    assertDType('softmax', 'x', x, F32);
+    assertRankAtLeast('softmax', 'x', x, 1);
+    assertDType('softmax', 'out', out, F32);
+    assertShape('softmax', 'out', out, x.shape);
     assertSameOrDisjoint('softmax', out, 'x', x);
     if (x.numel > 0) this.kernels.softmax(x, out);
   }
 
   rope(x: Tensor, cos: Tensor, sin: Tensor, out: Tensor): void {
     this.mine('rope', { x, cos, sin, out });
-    assertDType('rope: x', x, 'f32');
-    assertRank('rope: x', x, 3);
+    assertDType('rope', 'x', x, F32);
+    assertRank('rope', 'x', x, 3);
     const [T, , D] = x.shape as [number, number, number];
     if (D % 2 !== 0) throw new Error(`rope: head dimension must be even, got ${D}`);
-    assertDType('rope: cos', cos, 'f32');
-    assertShape('rope: cos', cos, [T, D / 2]);
-    assertDType('rope: sin', sin, 'f32');
-    assertShape('rope: sin', sin, [T, D / 2]);
-    assertDType('rope: out', out, 'f32');
-    assertShape('rope: out', out, x.shape);
+    assertDType('rope', 'cos', cos, F32);
+    assertShape('rope', 'cos', cos, [T, D / 2]);
+    assertDType('rope', 'sin', sin, F32);
+    assertShape('rope', 'sin', sin, [T, D / 2]);
+    assertDType('rope', 'out', out, F32);
+    assertShape('rope', 'out', out, x.shape);
     assertSameOrDisjoint('rope', out, 'x', x);
     assertNoOverlap('rope', out, 'cos', cos);
     assertNoOverlap('rope', out, 'sin', sin);
@@ -268,8 +301,8 @@ export class CheckedBackend implements Backend {
   attention(q: Tensor, k: Tensor, v: Tensor, out: Tensor, options: AttentionOptions): void {
     this.mine('attention', { q, k, v, out });
     const queryOffset = this.checkAttention('attention', q, k, v, options);
-    assertDType('attention: out', out, 'f32');
-    assertShape('attention: out', out, q.shape);
+    assertDType('attention', 'out', out, F32);
+    assertShape('attention', 'out', out, q.shape);
     assertNoOverlap('attention', out, 'q', q);
     assertNoOverlap('attention', out, 'k', k);
     assertNoOverlap('attention', out, 'v', v);
@@ -278,13 +311,13 @@ export class CheckedBackend implements Backend {
 
   embedding(table: Tensor, ids: Tensor, out: Tensor): void {
     this.mine('embedding', { table, ids, out });
-    assertDType('embedding: table', table, 'f32', 'bf16', ...QUANT_FORMATS);
-    assertRank('embedding: table', table, 2);
-    assertDType('embedding: ids', ids, 'i32');
-    assertRank('embedding: ids', ids, 1);
+    assertDType('embedding', 'table', table, WEIGHT);
+    assertRank('embedding', 'table', table, 2);
+    assertDType('embedding', 'ids', ids, I32);
+    assertRank('embedding', 'ids', ids, 1);
     const [V, D] = table.shape as [number, number];
-    assertDType('embedding: out', out, 'f32');
-    assertShape('embedding: out', out, [ids.dim(0), D]);
+    assertDType('embedding', 'out', out, F32);
+    assertShape('embedding', 'out', out, [ids.dim(0), D]);
     assertNoOverlap('embedding', out, 'table', table);
     this.checkIds('embedding', ids, V);
     if (out.numel > 0) this.kernels.embedding(table, ids, out);
@@ -292,16 +325,16 @@ export class CheckedBackend implements Backend {
 
   argmax(x: Tensor): number {
     this.mine('argmax', { x });
-    assertDType('argmax: x', x, 'f32');
-    assertRank('argmax: x', x, 1);
+    assertDType('argmax', 'x', x, F32);
+    assertRank('argmax', 'x', x, 1);
     if (x.numel === 0) throw new Error('argmax: x is empty');
     return this.kernels.argmax(x);
   }
 
   topK(x: Tensor, k: number): TopK {
     this.mine('topK', { x });
-    assertDType('topK: x', x, 'f32');
-    assertRank('topK: x', x, 1);
+    assertDType('topK', 'x', x, F32);
+    assertRank('topK', 'x', x, 1);
     if (!Number.isInteger(k) || k < 0 || k > x.numel) throw new Error(`topK: k must be an integer in [0, ${x.numel}], got ${k}`);
     return this.kernels.topK(x, k);
   }
@@ -311,20 +344,20 @@ export class CheckedBackend implements Backend {
   matmulBackward(dy: Tensor, x: Tensor, w: Tensor, dx: Tensor | null, dw: Tensor | null, dbias: Tensor | null): void {
     const op = 'matmulBackward';
     this.mine(op, { dy, x, w, dx, dw, dbias });
-    assertDType(`${op}: x`, x, 'f32');
-    assertRankAtLeast(`${op}: x`, x, 1);
-    assertDType(`${op}: w`, w, 'f32', 'bf16');
-    assertRank(`${op}: w`, w, 2);
+    assertDType(op, 'x', x, F32);
+    assertRankAtLeast(op, 'x', x, 1);
+    assertDType(op, 'w', w, FLOAT);
+    assertRank(op, 'w', w, 2);
     const [N, K] = w.shape as [number, number];
-    assertShape(`${op}: w`, w, [N, x.dim(-1)]);
-    assertDType(`${op}: dy`, dy, 'f32');
-    assertShape(`${op}: dy`, dy, [...x.shape.slice(0, -1), N]);
+    assertShape(op, 'w', w, [N, x.dim(-1)]);
+    assertDType(op, 'dy', dy, F32);
+    assertShapeLastDim(op, 'dy', dy, x, N);
     const outputs = { dx, dw, dbias };
     const shapes = { dx: x.shape, dw: [N, K], dbias: [N] };
     for (const [name, t] of Object.entries(outputs)) {
       if (!t) continue;
-      assertDType(`${op}: ${name}`, t, 'f32');
-      assertShape(`${op}: ${name}`, t, shapes[name as keyof typeof shapes]);
+      assertDType(op, name, t, F32);
+      assertShape(op, name, t, shapes[name as keyof typeof shapes]);
       for (const [inName, input] of Object.entries({ dy, x, w })) assertNoOverlap(op, t, inName, input);
     }
     if (dx && dw) assertNoOverlap(op, dx, 'dw', dw);
@@ -334,17 +367,17 @@ export class CheckedBackend implements Backend {
   rmsNormBackward(dy: Tensor, x: Tensor, weight: Tensor, eps: number, dx: Tensor, dweight: Tensor | null): void {
     const op = 'rmsNormBackward';
     this.mine(op, { dy, x, weight, dx, dweight });
-    assertDType(`${op}: x`, x, 'f32');
-    assertRankAtLeast(`${op}: x`, x, 1);
-    assertDType(`${op}: weight`, weight, 'f32', 'bf16');
-    assertShape(`${op}: weight`, weight, [x.dim(-1)]);
+    assertDType(op, 'x', x, F32);
+    assertRankAtLeast(op, 'x', x, 1);
+    assertDType(op, 'weight', weight, FLOAT);
+    assertShape(op, 'weight', weight, [x.dim(-1)]);
     for (const [name, t] of Object.entries({ dy, dx })) {
-      assertDType(`${op}: ${name}`, t, 'f32');
-      assertShape(`${op}: ${name}`, t, x.shape);
+      assertDType(op, name, t, F32);
+      assertShape(op, name, t, x.shape);
     }
     if (dweight) {
-      assertDType(`${op}: dweight`, dweight, 'f32');
-      assertShape(`${op}: dweight`, dweight, weight.shape);
+      assertDType(op, 'dweight', dweight, F32);
+      assertShape(op, 'dweight', dweight, weight.shape);
       assertNoOverlap(op, dweight, 'dx', dx);
     }
     checkEps(op, eps);
@@ -356,18 +389,18 @@ export class CheckedBackend implements Backend {
   layerNormBackward(dy: Tensor, x: Tensor, weight: Tensor, eps: number, dx: Tensor, dweight: Tensor | null, dbias: Tensor | null): void {
     const op = 'layerNormBackward';
     this.mine(op, { dy, x, weight, dx, dweight, dbias });
-    assertDType(`${op}: x`, x, 'f32');
-    assertRankAtLeast(`${op}: x`, x, 1);
-    assertDType(`${op}: weight`, weight, 'f32', 'bf16');
-    assertShape(`${op}: weight`, weight, [x.dim(-1)]);
+    assertDType(op, 'x', x, F32);
+    assertRankAtLeast(op, 'x', x, 1);
+    assertDType(op, 'weight', weight, FLOAT);
+    assertShape(op, 'weight', weight, [x.dim(-1)]);
     for (const [name, t] of Object.entries({ dy, dx })) {
-      assertDType(`${op}: ${name}`, t, 'f32');
-      assertShape(`${op}: ${name}`, t, x.shape);
+      assertDType(op, name, t, F32);
+      assertShape(op, name, t, x.shape);
     }
     for (const [name, t] of Object.entries({ dweight, dbias })) {
       if (!t) continue;
-      assertDType(`${op}: ${name}`, t, 'f32');
-      assertShape(`${op}: ${name}`, t, weight.shape);
+      assertDType(op, name, t, F32);
+      assertShape(op, name, t, weight.shape);
       assertNoOverlap(op, t, 'dx', dx);
     }
     if (dweight && dbias) assertNoOverlap(op, dweight, 'dbias', dbias);
@@ -381,10 +414,10 @@ export class CheckedBackend implements Backend {
     const op = 'mergeBlocksBackward';
     this.mine(op, { dy, dx });
     if (mergeSize !== 1 && mergeSize !== 2) throw new Error(`${op}: merge size ${mergeSize} is not supported (1 or 2)`);
-    assertDType(`${op}: dy`, dy, 'f32');
-    assertRank(`${op}: dy`, dy, 2);
-    assertDType(`${op}: dx`, dx, 'f32');
-    assertShape(`${op}: dx`, dx, [dy.dim(0) * mergeSize * mergeSize, dy.dim(1)]);
+    assertDType(op, 'dy', dy, F32);
+    assertRank(op, 'dy', dy, 2);
+    assertDType(op, 'dx', dx, F32);
+    assertShape(op, 'dx', dx, [dy.dim(0) * mergeSize * mergeSize, dy.dim(1)]);
     assertNoOverlap(op, dx, 'dy', dy);
     if (dy.numel > 0) this.kernels.mergeBlocksBackward(dy, mergeSize, dx);
   }
@@ -393,8 +426,8 @@ export class CheckedBackend implements Backend {
     const op = 'geluBackward';
     this.mine(op, { dy, x, dx });
     for (const [name, t] of Object.entries({ dy, x, dx })) {
-      assertDType(`${op}: ${name}`, t, 'f32');
-      assertShape(`${op}: ${name}`, t, x.shape);
+      assertDType(op, name, t, F32);
+      assertShape(op, name, t, x.shape);
     }
     if (approximation !== 'tanh' && approximation !== 'erf') throw new Error(`${op}: approximation must be 'tanh' or 'erf', got ${String(approximation)}`);
     assertSameOrDisjoint(op, dx, 'dy', dy);
@@ -406,8 +439,8 @@ export class CheckedBackend implements Backend {
     const op = 'siluMulBackward';
     this.mine(op, { dy, gate, up, dgate, dup });
     for (const [name, t] of Object.entries({ dy, gate, up, dgate, dup })) {
-      assertDType(`${op}: ${name}`, t, 'f32');
-      assertShape(`${op}: ${name}`, t, gate.shape);
+      assertDType(op, name, t, F32);
+      assertShape(op, name, t, gate.shape);
     }
     // Each element is read before it is written, so the gradients may replace dy, gate or up element for element.
     for (const [name, t] of Object.entries({ dy, gate, up })) {
@@ -421,17 +454,17 @@ export class CheckedBackend implements Backend {
   ropeBackward(dy: Tensor, cos: Tensor, sin: Tensor, dx: Tensor): void {
     const op = 'ropeBackward';
     this.mine(op, { dy, cos, sin, dx });
-    assertDType(`${op}: dy`, dy, 'f32');
-    assertRank(`${op}: dy`, dy, 3);
+    assertDType(op, 'dy', dy, F32);
+    assertRank(op, 'dy', dy, 3);
     const [T, , D] = dy.shape as [number, number, number];
     if (D % 2 !== 0) throw new Error(`${op}: head dimension must be even, got ${D}`);
     for (const [name, t] of Object.entries({ cos, sin })) {
-      assertDType(`${op}: ${name}`, t, 'f32');
-      assertShape(`${op}: ${name}`, t, [T, D / 2]);
+      assertDType(op, name, t, F32);
+      assertShape(op, name, t, [T, D / 2]);
       assertNoOverlap(op, dx, name, t);
     }
-    assertDType(`${op}: dx`, dx, 'f32');
-    assertShape(`${op}: dx`, dx, dy.shape);
+    assertDType(op, 'dx', dx, F32);
+    assertShape(op, 'dx', dx, dy.shape);
     assertSameOrDisjoint(op, dx, 'dy', dy);
     if (dy.numel > 0) this.kernels.ropeBackward(dy, cos, sin, dx);
   }
@@ -441,8 +474,8 @@ export class CheckedBackend implements Backend {
     this.mine(op, { q, k, v, dout, dq, dk, dv });
     const queryOffset = this.checkAttention(op, q, k, v, options);
     for (const [name, t, like] of [['dout', dout, q], ['dq', dq, q], ['dk', dk, k], ['dv', dv, v]] as const) {
-      assertDType(`${op}: ${name}`, t, 'f32');
-      assertShape(`${op}: ${name}`, t, like.shape);
+      assertDType(op, name, t, F32);
+      assertShape(op, name, t, like.shape);
     }
     for (const [outName, out] of Object.entries({ dq, dk, dv })) {
       for (const [name, t] of Object.entries({ q, k, v, dout })) assertNoOverlap(op, out, name, t);
@@ -454,12 +487,12 @@ export class CheckedBackend implements Backend {
   embeddingBackward(dy: Tensor, ids: Tensor, dtable: Tensor): void {
     const op = 'embeddingBackward';
     this.mine(op, { dy, ids, dtable });
-    assertDType(`${op}: dtable`, dtable, 'f32');
-    assertRank(`${op}: dtable`, dtable, 2);
-    assertDType(`${op}: ids`, ids, 'i32');
-    assertRank(`${op}: ids`, ids, 1);
-    assertDType(`${op}: dy`, dy, 'f32');
-    assertShape(`${op}: dy`, dy, [ids.dim(0), dtable.dim(1)]);
+    assertDType(op, 'dtable', dtable, F32);
+    assertRank(op, 'dtable', dtable, 2);
+    assertDType(op, 'ids', ids, I32);
+    assertRank(op, 'ids', ids, 1);
+    assertDType(op, 'dy', dy, F32);
+    assertShape(op, 'dy', dy, [ids.dim(0), dtable.dim(1)]);
     assertNoOverlap(op, dtable, 'dy', dy);
     this.checkIds(op, ids, dtable.dim(0));
     if (dy.numel > 0) this.kernels.embeddingBackward(dy, ids, dtable);
@@ -468,23 +501,23 @@ export class CheckedBackend implements Backend {
   crossEntropy(hidden: Tensor, head: Tensor, targets: Tensor, scale: number, losses: Tensor, dhidden: Tensor | null, dhead: Tensor | null): void {
     const op = 'crossEntropy';
     this.mine(op, { hidden, head, targets, losses, dhidden, dhead });
-    assertDType(`${op}: hidden`, hidden, 'f32');
-    assertRank(`${op}: hidden`, hidden, 2);
-    assertDType(`${op}: head`, head, 'f32', 'bf16');
-    assertRank(`${op}: head`, head, 2);
+    assertDType(op, 'hidden', hidden, F32);
+    assertRank(op, 'hidden', hidden, 2);
+    assertDType(op, 'head', head, FLOAT);
+    assertRank(op, 'head', head, 2);
     const [n, H] = hidden.shape as [number, number];
-    assertShape(`${op}: head`, head, [head.dim(0), H]);
-    assertDType(`${op}: targets`, targets, 'i32');
-    assertShape(`${op}: targets`, targets, [n]);
-    assertDType(`${op}: losses`, losses, 'f32');
-    assertShape(`${op}: losses`, losses, [n]);
+    assertShape(op, 'head', head, [head.dim(0), H]);
+    assertDType(op, 'targets', targets, I32);
+    assertShape(op, 'targets', targets, [n]);
+    assertDType(op, 'losses', losses, F32);
+    assertShape(op, 'losses', losses, [n]);
     if (!Number.isFinite(scale)) throw new Error(`${op}: scale must be finite, got ${scale}`);
     this.checkIds(op, targets, head.dim(0));
     const outputs: [string, Tensor | null, readonly number[]][] = [['dhidden', dhidden, hidden.shape], ['dhead', dhead, head.shape]];
     for (const [name, t, shape] of outputs) {
       if (!t) continue;
-      assertDType(`${op}: ${name}`, t, 'f32');
-      assertShape(`${op}: ${name}`, t, shape);
+      assertDType(op, name, t, F32);
+      assertShape(op, name, t, shape);
       for (const [inName, input] of Object.entries({ hidden, head, losses })) assertNoOverlap(op, t, inName, input);
     }
     if (dhidden && dhead) assertNoOverlap(op, dhidden, 'dhead', dhead);
@@ -496,8 +529,8 @@ export class CheckedBackend implements Backend {
     const operands = { p, g, m, v };
     this.mine(op, operands);
     for (const [name, t] of Object.entries(operands)) {
-      assertDType(`${op}: ${name}`, t, 'f32');
-      assertShape(`${op}: ${name}`, t, p.shape);
+      assertDType(op, name, t, F32);
+      assertShape(op, name, t, p.shape);
     }
     // Overlapping operands would make the result depend on the order a kernel visits elements in (its vector width,
     // its threads), and a correct caller never has any.
@@ -520,15 +553,15 @@ export class CheckedBackend implements Backend {
 
   /** Checks q, k, v and the options of an attention op; returns the causal query offset (0 when not causal). */
   private checkAttention(op: string, q: Tensor, k: Tensor, v: Tensor, options: AttentionOptions): number {
-    assertDType(`${op}: q`, q, 'f32');
-    assertRank(`${op}: q`, q, 3);
-    assertDType(`${op}: k`, k, 'f32');
-    assertRank(`${op}: k`, k, 3);
+    assertDType(op, 'q', q, F32);
+    assertRank(op, 'q', q, 3);
+    assertDType(op, 'k', k, F32);
+    assertRank(op, 'k', k, 3);
     const [T, Hq, D] = q.shape as [number, number, number];
     const [S, Hkv] = k.shape as [number, number, number];
-    assertShape(`${op}: k`, k, [S, Hkv, D]);
-    assertDType(`${op}: v`, v, 'f32');
-    assertShape(`${op}: v`, v, [S, Hkv, D]);
+    assertShape(op, 'k', k, [S, Hkv, D]);
+    assertDType(op, 'v', v, F32);
+    assertShape(op, 'v', v, [S, Hkv, D]);
     if (Hkv === 0 || Hq % Hkv !== 0) throw new Error(`${op}: query heads (${Hq}) must be a multiple of KV heads (${Hkv})`);
     if (T > 0 && S === 0) throw new Error(`${op}: k and v hold no keys`);
     if (!Number.isFinite(options.scale)) throw new Error(`${op}: scale must be finite, got ${options.scale}`);
@@ -549,15 +582,15 @@ export class CheckedBackend implements Backend {
 
   private checkBinary(op: string, a: Tensor, b: Tensor, out: Tensor): void {
     this.mine(op, { a, b, out });
-    assertDType(`${op}: a`, a, 'f32');
-    assertDType(`${op}: b`, b, 'f32');
+    assertDType(op, 'a', a, F32);
+    assertDType(op, 'b', b, F32);
     const sameShape = b.rank === a.rank && b.shape.every((d, i) => d === a.shape[i]);
     if (!sameShape) {
-      if (a.rank === 0) assertShape(`${op}: b`, b, a.shape);
-      assertShape(`${op}: b (a's shape or a vector over its last dimension)`, b, [a.dim(-1)]);
+      if (a.rank === 0) assertShape(op, 'b', b, a.shape);
+      assertShape(op, "b (a's shape or a vector over its last dimension)", b, [a.dim(-1)]);
     }
-    assertDType(`${op}: out`, out, 'f32');
-    assertShape(`${op}: out`, out, a.shape);
+    assertDType(op, 'out', out, F32);
+    assertShape(op, 'out', out, a.shape);
     assertSameOrDisjoint(op, out, 'a', a);
     assertSameOrDisjoint(op, out, 'b', b);
   }

@@ -167,14 +167,4 @@ export class Tensor<D extends DType = DType> {
   }
 }
 
-export function assertShape(name: string, t: Tensor, shape: readonly number[]): void {
-  if (t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i])) {
-    throw new Error(`${name}: expected shape [${shape.join(', ')}], got [${t.shape.join(', ')}]`);
-  }
-}
-
-export function assertDType(name: string, t: Tensor, ...dtypes: DType[]): void {
-  if (!dtypes.includes(t.dtype)) throw new Error(`${name}: expected dtype ${dtypes.join(' or ')}, got ${t.dtype}`);
-}
-
 export type { AnyTypedArray };
