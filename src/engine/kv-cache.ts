@@ -55,10 +55,19 @@ export class KVCache {
 
   /** Writes k and v [T, kvHeads, headDim] of `layer` at positions [length, length+T). Call `advance(T)` after all layers. */
   write(layer: number, k: Tensor, v: Tensor): void {
-    const T = k.dim(0);
-    if (this.length + T > this.capacity) throw new Error('KVCache.write past capacity: call reserve() first');
-    this.backend.copy(k, this.keys[layer]!.rows(this.length, this.length + T));
-    this.backend.copy(v, this.values[layer]!.rows(this.length, this.length + T));
+    const { keys, values } = this.slots(layer, k.dim(0));
+    this.backend.copy(k, keys);
+    this.backend.copy(v, values);
+  }
+
+  /**
+   * Positions [length, length+count) of `layer`'s keys and values, as views to compute into (a decode step's k and v
+   * projections write here, with no copy after). Call `advance(count)` after all layers.
+   */
+  slots(layer: number, count: number): { keys: Tensor<'f32'>; values: Tensor<'f32'> } {
+    if (this.length + count > this.capacity) throw new Error(`KVCache: positions ${this.length}..${this.length + count - 1} are past its capacity of ${this.capacity}: call reserve() first`);
+    const end = this.length + count;
+    return { keys: this.keys[layer]!.rows(this.length, end), values: this.values[layer]!.rows(this.length, end) };
   }
 
   /** Keys of `layer` for positions [0, end): a view. */

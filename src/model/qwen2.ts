@@ -25,6 +25,11 @@ export interface AttentionCache {
   readonly length: number;
   reserve(extra: number): void;
   write(layer: number, k: Tensor, v: Tensor): void;
+  /**
+   * Positions [length, length + count) of `layer` ([count, kvHeads, headDim] each), for a forward pass to compute its
+   * keys and values into directly rather than `write` them; `reserve` first.
+   */
+  slots(layer: number, count: number): { keys: Tensor; values: Tensor };
   keysUpTo(layer: number, end: number): Tensor;
   valuesUpTo(layer: number, end: number): Tensor;
   advance(count: number): void;
@@ -91,8 +96,8 @@ export class Qwen2Model {
     const start = cache.length;
     cache.reserve(T);
     const scale = 1 / Math.sqrt(this.headDim);
-    const out = this.run(embeds, Array.from({ length: T }, (_, t) => start + t), options, (l, q, k, v, attn) => {
-      cache.write(l, k, v);
+    const slots = (l: number) => cache.slots(l, T);
+    const out = this.run(embeds, Array.from({ length: T }, (_, t) => start + t), options, slots, (l, q, attn) => {
       const end = start + T;
       this.backend.attention(q, cache.keysUpTo(l, end), cache.valuesUpTo(l, end), attn, { scale, causal: true, queryOffset: start });
     });
@@ -113,9 +118,11 @@ export class Qwen2Model {
     const starts = caches.map((c) => c.length);
     for (const c of caches) c.reserve(1);
     const scale = 1 / Math.sqrt(this.headDim);
-    const out = this.run(embeds, starts, {}, (l, q, k, v, attn) => {
+    // One sequence computes its keys and values into its cache; several share the batch's rows and copy theirs out.
+    const slots = B === 1 ? (l: number) => caches[0]!.slots(l, 1) : null;
+    const out = this.run(embeds, starts, {}, slots, (l, q, attn, k, v) => {
       caches.forEach((cache, i) => {
-        cache.write(l, k.rows(i, i + 1), v.rows(i, i + 1));
+        if (!slots) cache.write(l, k.rows(i, i + 1), v.rows(i, i + 1));
         const end = starts[i]! + 1;
         this.backend.attention(q.rows(i, i + 1), cache.keysUpTo(l, end), cache.valuesUpTo(l, end), attn.rows(i, i + 1), {
           scale,
@@ -128,8 +135,17 @@ export class Qwen2Model {
     return out;
   }
 
-  /** The decoder layers over rows at `positions`; `attend` writes each layer's keys and values and fills `attn`. */
-  private run(x: Tensor, positions: number[], options: ForwardOptions, attend: (layer: number, q: Tensor, k: Tensor, v: Tensor, attn: Tensor) => void): Tensor {
+  /**
+   * The decoder layers over rows at `positions`. Each layer's keys and values go into `slots(layer)` where given (a
+   * cache's own rows), else into scratch rows that `attend` stores; `attend` fills `attn` from q and the cache.
+   */
+  private run(
+    x: Tensor,
+    positions: number[],
+    options: ForwardOptions,
+    slots: ((layer: number) => { keys: Tensor; values: Tensor }) | null,
+    attend: (layer: number, q: Tensor, attn: Tensor, k: Tensor, v: Tensor) => void,
+  ): Tensor {
     const { hiddenSize: H, intermediateSize: I, numAttentionHeads: Hq, numKeyValueHeads: Hkv, rmsNormEps: eps } = this.dims;
     const D = this.headDim;
     const T = x.dim(0);
@@ -144,14 +160,17 @@ export class Qwen2Model {
 
     const h = ws.take('h', 'f32', [T, H]);
     const q = ws.take('q', 'f32', [T, Hq, D]);
-    const k = ws.take('k', 'f32', [T, Hkv, D]);
-    const v = ws.take('v', 'f32', [T, Hkv, D]);
+    const kScratch = slots ? null : ws.take('k', 'f32', [T, Hkv, D]);
+    const vScratch = slots ? null : ws.take('v', 'f32', [T, Hkv, D]);
     const attn = ws.take('attn', 'f32', [T, Hq, D]);
     const gate = ws.take('gate', 'f32', [T, I]);
     const up = ws.take('up', 'f32', [T, I]);
 
     options.onHiddenState?.(0, x);
     this.layers.forEach((layer, l) => {
+      const slot = slots?.(l);
+      const k = slot ? slot.keys : kScratch!;
+      const v = slot ? slot.values : vScratch!;
       b.rmsNorm(x, layer.inputNorm, eps, h);
       b.matmuls(h, [
         { w: layer.qProj, bias: layer.qBias, out: q.reshape([T, H]) },
@@ -160,7 +179,7 @@ export class Qwen2Model {
       ]);
       b.rope(q, cos, sin, q);
       b.rope(k, cos, sin, k);
-      attend(l, q, k, v, attn);
+      attend(l, q, attn, k, v);
       b.matmul(attn.reshape([T, H]), layer.oProj, null, h);
       b.add(x, h, x);
 
