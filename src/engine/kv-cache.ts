@@ -65,8 +65,10 @@ export class KVCache {
    * projections write here, with no copy after). Call `advance(count)` after all layers.
    */
   slots(layer: number, count: number): { keys: Tensor<'f32'>; values: Tensor<'f32'> } {
-    if (this.length + count > this.capacity) throw new Error(`KVCache: positions ${this.length}..${this.length + count - 1} are past its capacity of ${this.capacity}: call reserve() first`);
     const end = this.length + count;
+    if (end > this.capacity) {
+      throw new Error(`KVCache: positions ${this.length}..${end - 1} are past its capacity of ${this.capacity}: call reserve() first`);
+    }
     return { keys: this.keys[layer]!.rows(this.length, end), values: this.values[layer]!.rows(this.length, end) };
   }
 
