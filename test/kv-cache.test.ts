@@ -21,19 +21,19 @@ describe('KVCache', () => {
     assert.deepEqual(Array.from(cache.valuesUpTo(0, 3).data), [10, 0, 11, 0, 12, 0]);
   });
 
-  it('hands out the next positions as views that the cache then holds, and refuses them past its capacity', () => {
+  it('hands out its positions as views that a forward pass computes into, and refuses those past its capacity', () => {
     const cache = new KVCache(backend, 2, 1, 2, 100, 2);
     cache.reserve(2);
     for (let l = 0; l < 2; l++) {
-      const { keys, values } = cache.slots(l, 2);
+      const keys = cache.keysUpTo(l, 2);
       assert.deepEqual(keys.shape, [2, 1, 2]);
       backend.write(keys, [l, 1, l, 2]);
-      backend.write(values, [l, 3, l, 4]);
+      backend.write(cache.valuesUpTo(l, 2), [l, 3, l, 4]);
     }
     cache.advance(2);
     assert.deepEqual(Array.from(cache.keysUpTo(1, 2).data), [1, 1, 1, 2]);
     assert.deepEqual(Array.from(cache.valuesUpTo(0, 2).data), [0, 3, 0, 4]);
-    assert.throws(() => cache.slots(0, 1), /positions 2\.\.2 are past its capacity of 2: call reserve\(\) first/);
+    assert.throws(() => cache.keysUpTo(0, 3), /KVCache: position 2 is past its capacity of 2: call reserve\(\) first/);
     assert.throws(() => cache.write(0, Tensor.f32([1, 1, 2], [0, 0]), Tensor.f32([1, 1, 2], [0, 0])), /past its capacity/);
   });
 

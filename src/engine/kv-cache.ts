@@ -55,30 +55,26 @@ export class KVCache {
 
   /** Writes k and v [T, kvHeads, headDim] of `layer` at positions [length, length+T). Call `advance(T)` after all layers. */
   write(layer: number, k: Tensor, v: Tensor): void {
-    const { keys, values } = this.slots(layer, k.dim(0));
-    this.backend.copy(k, keys);
-    this.backend.copy(v, values);
+    const end = this.length + k.dim(0);
+    this.backend.copy(k, this.keysUpTo(layer, end).rows(this.length, end));
+    this.backend.copy(v, this.valuesUpTo(layer, end).rows(this.length, end));
   }
 
   /**
-   * Positions [length, length+count) of `layer`'s keys and values, as views to compute into (a decode step's k and v
-   * projections write here, with no copy after). Call `advance(count)` after all layers.
+   * Keys of `layer` for positions [0, end): a view. Rows from `length` on are for a forward pass to compute its
+   * positions' keys into (`reserve` first, `advance` after all layers).
    */
-  slots(layer: number, count: number): { keys: Tensor<'f32'>; values: Tensor<'f32'> } {
-    const end = this.length + count;
-    if (end > this.capacity) {
-      throw new Error(`KVCache: positions ${this.length}..${end - 1} are past its capacity of ${this.capacity}: call reserve() first`);
-    }
-    return { keys: this.keys[layer]!.rows(this.length, end), values: this.values[layer]!.rows(this.length, end) };
-  }
-
-  /** Keys of `layer` for positions [0, end): a view. */
   keysUpTo(layer: number, end: number): Tensor<'f32'> {
-    return this.keys[layer]!.rows(0, end);
+    return this.keys[layer]!.rows(0, this.withinCapacity(end));
   }
 
   valuesUpTo(layer: number, end: number): Tensor<'f32'> {
-    return this.values[layer]!.rows(0, end);
+    return this.values[layer]!.rows(0, this.withinCapacity(end));
+  }
+
+  private withinCapacity(end: number): number {
+    if (end > this.capacity) throw new Error(`KVCache: position ${end - 1} is past its capacity of ${this.capacity}: call reserve() first`);
+    return end;
   }
 
   advance(T: number): void {

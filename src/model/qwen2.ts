@@ -1,4 +1,5 @@
 import { BATCH_ROWS, type Backend } from '../tensor/backend.js';
+import { decoderLayerOps } from '../tensor/decoder-layer.js';
 import type { Tensor } from '../tensor/tensor.js';
 import { Workspace } from '../tensor/workspace.js';
 import type { VideoLlama3Config } from './config.js';
@@ -26,10 +27,9 @@ export interface AttentionCache {
   reserve(extra: number): void;
   write(layer: number, k: Tensor, v: Tensor): void;
   /**
-   * Positions [length, length + count) of `layer` ([count, kvHeads, headDim] each), for a forward pass to compute its
-   * keys and values into directly rather than `write` them; `reserve` first.
+   * Positions [0, end) of `layer` ([end, kvHeads, headDim]), views: a forward pass of count positions computes its
+   * keys and values into the last count rows of keysUpTo(layer, length + count) directly; `reserve` first.
    */
-  slots(layer: number, count: number): { keys: Tensor; values: Tensor };
   keysUpTo(layer: number, end: number): Tensor;
   valuesUpTo(layer: number, end: number): Tensor;
   advance(count: number): void;
@@ -95,12 +95,7 @@ export class Qwen2Model {
     const T = embeds.dim(0);
     const start = cache.length;
     cache.reserve(T);
-    const scale = 1 / Math.sqrt(this.headDim);
-    const slots = (l: number) => cache.slots(l, T);
-    const out = this.run(embeds, Array.from({ length: T }, (_, t) => start + t), options, slots, (l, q, attn) => {
-      const end = start + T;
-      this.backend.attention(q, cache.keysUpTo(l, end), cache.valuesUpTo(l, end), attn, { scale, causal: true, queryOffset: start });
-    });
+    const out = this.run(embeds, Array.from({ length: T }, (_, t) => start + t), options, cache);
     cache.advance(T);
     return out;
   }
@@ -118,33 +113,36 @@ export class Qwen2Model {
     const starts = caches.map((c) => c.length);
     for (const c of caches) c.reserve(1);
     const scale = 1 / Math.sqrt(this.headDim);
-    // One sequence computes its keys and values into its cache; several share the batch's rows and copy theirs out.
-    const slots = B === 1 ? (l: number) => caches[0]!.slots(l, 1) : null;
-    const out = this.run(embeds, starts, {}, slots, (l, q, attn, k, v) => {
-      caches.forEach((cache, i) => {
-        if (!slots) cache.write(l, k.rows(i, i + 1), v.rows(i, i + 1));
-        const end = starts[i]! + 1;
-        this.backend.attention(q.rows(i, i + 1), cache.keysUpTo(l, end), cache.valuesUpTo(l, end), attn.rows(i, i + 1), {
-          scale,
-          causal: true,
-          queryOffset: starts[i]!,
-        });
-      });
-    });
+    // One sequence is a forward pass of one position; several share the layers' rows and copy their keys and values out.
+    const out =
+      B === 1
+        ? this.run(embeds, starts, {}, caches[0]!)
+        : this.run(embeds, starts, {}, null, (l, q, attn, k, v) => {
+            caches.forEach((cache, i) => {
+              cache.write(l, k.rows(i, i + 1), v.rows(i, i + 1));
+              const end = starts[i]! + 1;
+              this.backend.attention(q.rows(i, i + 1), cache.keysUpTo(l, end), cache.valuesUpTo(l, end), attn.rows(i, i + 1), {
+                scale,
+                causal: true,
+                queryOffset: starts[i]!,
+              });
+            });
+          });
     for (const c of caches) c.advance(1);
     return out;
   }
 
   /**
-   * The decoder layers over rows at `positions`. Each layer's keys and values go into `slots(layer)` where given (a
-   * cache's own rows), else into scratch rows that `attend` stores; `attend` fills `attn` from q and the cache.
+   * The decoder layers over rows at `positions`. With a cache, each layer is one `decoderLayer` over the cache's rows
+   * (its keys and values computed into them); without, the layer's ops with keys and values in scratch rows, and
+   * `attend` fills `attn` from q and them (a batch of sequences, each attending to its own cache).
    */
   private run(
     x: Tensor,
     positions: number[],
     options: ForwardOptions,
-    slots: ((layer: number) => { keys: Tensor; values: Tensor }) | null,
-    attend: (layer: number, q: Tensor, attn: Tensor, k: Tensor, v: Tensor) => void,
+    cache: AttentionCache | null,
+    attend?: (layer: number, q: Tensor, attn: Tensor, k: Tensor, v: Tensor) => void,
   ): Tensor {
     const { hiddenSize: H, intermediateSize: I, numAttentionHeads: Hq, numKeyValueHeads: Hkv, rmsNormEps: eps } = this.dims;
     const D = this.headDim;
@@ -158,39 +156,26 @@ export class Qwen2Model {
     b.write(cos, tables.cos);
     b.write(sin, tables.sin);
 
-    const h = ws.take('h', 'f32', [T, H]);
-    const q = ws.take('q', 'f32', [T, Hq, D]);
-    const kScratch = slots ? null : ws.take('k', 'f32', [T, Hkv, D]);
-    const vScratch = slots ? null : ws.take('v', 'f32', [T, Hkv, D]);
-    const attn = ws.take('attn', 'f32', [T, Hq, D]);
-    const gate = ws.take('gate', 'f32', [T, I]);
-    const up = ws.take('up', 'f32', [T, I]);
+    const scratch = {
+      h: ws.take('h', 'f32', [T, H]),
+      q: ws.take('q', 'f32', [T, Hq, D]),
+      attn: ws.take('attn', 'f32', [T, Hq, D]),
+      gate: ws.take('gate', 'f32', [T, I]),
+      up: ws.take('up', 'f32', [T, I]),
+    };
+    const k = cache ? null : ws.take('k', 'f32', [T, Hkv, D]);
+    const v = cache ? null : ws.take('v', 'f32', [T, Hkv, D]);
+    const end = cache ? cache.length + T : 0;
+    const scale = 1 / Math.sqrt(D);
 
     options.onHiddenState?.(0, x);
     this.layers.forEach((layer, l) => {
-      const slot = slots?.(l);
-      const k = slot ? slot.keys : kScratch!;
-      const v = slot ? slot.values : vScratch!;
-      b.rmsNorm(x, layer.inputNorm, eps, h);
-      b.matmuls(h, [
-        { w: layer.qProj, bias: layer.qBias, out: q.reshape([T, H]) },
-        { w: layer.kProj, bias: layer.kBias, out: k.reshape([T, Hkv * D]) },
-        { w: layer.vProj, bias: layer.vBias, out: v.reshape([T, Hkv * D]) },
-      ]);
-      b.rope(q, cos, sin, q);
-      b.rope(k, cos, sin, k);
-      attend(l, q, attn, k, v);
-      b.matmul(attn.reshape([T, H]), layer.oProj, null, h);
-      b.add(x, h, x);
-
-      b.rmsNorm(x, layer.postNorm, eps, h);
-      b.matmuls(h, [
-        { w: layer.gateProj, bias: null, out: gate },
-        { w: layer.upProj, bias: null, out: up },
-      ]);
-      b.siluMul(gate, up, gate);
-      b.matmul(gate, layer.downProj, null, h);
-      b.add(x, h, x);
+      if (cache) {
+        const step = { x, keys: cache.keysUpTo(l, end), values: cache.valuesUpTo(l, end), cos, sin, eps, scale, scratch };
+        b.decoderLayer(layer, step);
+      } else {
+        decoderLayerOps(b, layer, x, k!, v!, { cos, sin }, eps, scratch, (q, attn) => attend!(l, q, attn, k!, v!));
+      }
       if (l < this.layers.length - 1) options.onHiddenState?.(l + 1, x);
     });
     b.rmsNorm(x, this.finalNorm, eps, x);

@@ -17,6 +17,51 @@ export interface MatmulPart {
   out: Tensor;
 }
 
+/** One pre-norm decoder layer's weights (Qwen2, Llama): norms [H], projections [N, K] as `matmul` takes them. */
+export interface DecoderLayerWeights {
+  inputNorm: Tensor;
+  qProj: Tensor;
+  qBias: Tensor | null;
+  kProj: Tensor;
+  kBias: Tensor | null;
+  vProj: Tensor;
+  vBias: Tensor | null;
+  oProj: Tensor;
+  postNorm: Tensor;
+  gateProj: Tensor;
+  upProj: Tensor;
+  downProj: Tensor;
+}
+
+/** The f32 buffers a decoder layer works in, the caller's so that they are reused: h [T,H], q and attn [T,Hq,D], gate and up [T,I]. */
+export interface DecoderLayerScratch {
+  h: Tensor;
+  q: Tensor;
+  attn: Tensor;
+  gate: Tensor;
+  up: Tensor;
+}
+
+/** What `Backend.decoderLayer` runs one layer on. */
+export interface DecoderLayerStep {
+  /** [T, H], f32: the layer's input, replaced by its output. */
+  x: Tensor;
+  /**
+   * [S, Hkv, D], f32, S ≥ T: the sequence's keys and values. Rows S−T .. S−1 receive this layer's (the keys roped);
+   * query row t attends causally to rows up to S−T+t.
+   */
+  keys: Tensor;
+  values: Tensor;
+  /** [T, D/2], f32: the rotary tables of the T positions (as `rope` takes them). */
+  cos: Tensor;
+  sin: Tensor;
+  /** Both norms' epsilon. */
+  eps: number;
+  /** Attention's scale, usually 1/√D. */
+  scale: number;
+  scratch: DecoderLayerScratch;
+}
+
 export interface TopK {
   indices: Int32Array;
   values: Float32Array;
@@ -47,9 +92,11 @@ export type ComputeMode = 'exact' | 'bf16';
  * projector), siluMul (decoder MLP), softmax (sampling), rope (both rotary embeddings, tables from the host),
  * attention (causal with grouped KV heads for the decoder, blocked per frame for the encoder), mergeBlocks (the 2×2
  * video merge), embedding (token lookup), argmax/topK (greedy and sampled decoding, so only ids and a few scores
- * leave the device). Memory ops: allocate (activations, caches), upload (weights and pixels, once), write (small
- * host tables: rope angles, ids), download (logits for sampling, outputs), copy (KV appends, cache growth), copyRows
- * (the visual-feature scatter into the prompt), fill.
+ * leave the device). Two ops are others run together, for speed only: matmuls (a layer's projections of one input)
+ * and decoderLayer (a whole decoder layer, one call instead of 12); a backend without them gets their parts.
+ * Memory ops: allocate (activations, caches), upload (weights and pixels, once), write (small host tables: rope
+ * angles, ids), download (logits for sampling, outputs), copy (KV appends, cache growth), copyRows (the
+ * visual-feature scatter into the prompt), fill.
  *
  * Growing the interface without touching model code:
  * - Quantized weights (done): the block-quantized dtypes ('int8', 'int4', 'int4m'; quant.ts) are accepted for
@@ -169,6 +216,16 @@ export interface Backend extends GradientOps {
    */
   matmuls(x: Tensor, parts: readonly MatmulPart[]): void;
 
+  /**
+   * One pre-norm decoder layer with grouped-query attention and a SwiGLU MLP, exactly the ops `decoderLayerOps`
+   * (decoder-layer.ts) spells, with their bits: h = rmsNorm(x); q, k, v = h·W (+ bias), k and v into the last T rows
+   * of keys and values; rope on q and k; x += o(attention); h = rmsNorm(x); x += down(silu(gate(h)) ⊙ up(h)). A
+   * backend may run it as one call: a decode step spent more time in the JavaScript between a layer's 12 kernel
+   * calls, which runs from caches the weights have just swept, than in any op but the matmuls (BENCHMARKS.md run 20).
+   * No buffer of `step` may overlap another or a weight.
+   */
+  decoderLayer(weights: DecoderLayerWeights, step: DecoderLayerStep): void;
+
   /** out = a + b. b has a's shape, or is a vector broadcast over a's last dimension. out may be a. */
   add(a: Tensor, b: Tensor, out: Tensor): void;
 
@@ -228,6 +285,6 @@ export interface Backend extends GradientOps {
  * runs before every call and builds `allocate` on `allocateStorage`), on tensors of its own storage. When a kernel
  * runs its arguments are valid: shapes agree, dtypes are the allowed ones, ids are in range, outputs do not partly
  * overlap inputs, every tensor is in this backend's memory (`upload`'s argument excepted: a host tensor). `matmuls`
- * is optional: without it the checking layer runs one `matmul` per part.
+ * and `decoderLayer` are optional: without them the checking layer runs one `matmul` per part, and the layer's ops.
  */
-export type Kernels = Omit<Backend, 'allocate' | 'matmuls'> & Partial<Pick<Backend, 'matmuls'>>;
+export type Kernels = Omit<Backend, 'allocate' | 'matmuls' | 'decoderLayer'> & Partial<Pick<Backend, 'matmuls' | 'decoderLayer'>>;

@@ -3,7 +3,8 @@
  * with an error naming the op and the operand, and then the backend's kernel runs on arguments known to be valid.
  * Backends implement kernels only (`Kernels`), so two backends can never disagree on what a call means.
  */
-import type { AdamWHyper, AttentionOptions, Backend, ComputeMode, Kernels, MatmulPart, TopK } from './backend.js';
+import type { AdamWHyper, AttentionOptions, Backend, ComputeMode, DecoderLayerStep, DecoderLayerWeights, Kernels, MatmulPart, TopK } from './backend.js';
+import { DECODER_LAYER_WEIGHTS, decoderLayerOps, LayerWeightsMemo } from './decoder-layer.js';
 import { BYTES_PER_ELEMENT, QUANT_FORMATS, byteSizeOf, type DType } from './dtype.js';
 import { numelOf, Tensor, type Storage } from './tensor.js';
 
@@ -75,7 +76,13 @@ function checkRowIndices(op: string, name: string, rows: Int32Array, count: numb
   });
 }
 
+/** The buffers `decoderLayer` writes, as its checks name them. */
+const WRITTEN = ['x', 'keys', 'values', 'h', 'q', 'attn', 'gate', 'up'] as const;
+
 export class CheckedBackend implements Backend {
+  /** Layers' weights already checked, with the sizes they were checked against and the storage they live in. */
+  private readonly checkedLayers = new LayerWeightsMemo<{ sizes: number[]; memories: Set<unknown> }>();
+
   constructor(protected readonly kernels: Kernels) {}
 
   get name(): string {
@@ -188,6 +195,105 @@ export class CheckedBackend implements Backend {
     assertNoOverlap(op, out, 'x', x);
     assertNoOverlap(op, out, 'w', w);
     if (bias) assertNoOverlap(op, out, 'bias', bias);
+  }
+
+  decoderLayer(weights: DecoderLayerWeights, step: DecoderLayerStep): void {
+    const { x, keys, values, scale } = step;
+    if (!this.kernels.decoderLayer) {
+      assertRank('decoderLayer', 'x', x, 2);
+      assertRank('decoderLayer', 'keys', keys, 3);
+      const T = x.dim(0);
+      const S = keys.dim(0);
+      if (S < T) throw new Error(`decoderLayer: keys hold ${S} positions, fewer than x's ${T}`);
+      decoderLayerOps(this, weights, x, keys.rows(S - T, S), values.rows(S - T, S), step, step.eps, step.scratch, (q, attn) =>
+        this.attention(q, keys, values, attn, { scale, causal: true, queryOffset: S - T }),
+      );
+      return;
+    }
+    this.checkDecoderLayer(weights, step);
+    if (x.numel > 0) this.kernels.decoderLayer(weights, step);
+  }
+
+  /** Every operand of a one-call decoder layer: what its ops would check one by one, and that no buffer overlaps another. */
+  private checkDecoderLayer(w: DecoderLayerWeights, step: DecoderLayerStep): void {
+    const op = 'decoderLayer';
+    const { x, keys, values, cos, sin, scratch } = step;
+    const { h, q, attn, gate, up } = scratch;
+    const written = [x, keys, values, h, q, attn, gate, up];
+    for (let i = 0; i < written.length; i++) {
+      this.mineOne(op, WRITTEN[i]!, written[i]!);
+      assertDType(op, WRITTEN[i]!, written[i]!, F32);
+    }
+    assertRank(op, 'x', x, 2);
+    assertRank(op, 'keys', keys, 3);
+    assertRank(op, 'q', q, 3);
+    assertRank(op, 'gate', gate, 2);
+    const [T, H] = x.shape as [number, number];
+    const [S, Hkv, D] = keys.shape as [number, number, number];
+    const Hq = q.dim(1);
+    const I = gate.dim(1);
+    if (S < T) throw new Error(`${op}: keys hold ${S} positions, fewer than x's ${T}`);
+    if (D % 2 !== 0) throw new Error(`${op}: head dimension must be even, got ${D}`);
+    if (Hkv === 0 || Hq % Hkv !== 0) throw new Error(`${op}: query heads (${Hq}) must be a multiple of KV heads (${Hkv})`);
+    assertShape(op, 'values', values, keys.shape);
+    assertShape(op, 'q', q, [T, Hq, D]);
+    assertShape(op, 'attn', attn, q.shape);
+    assertShape(op, 'h', h, x.shape);
+    assertShape(op, 'gate', gate, [T, I]);
+    assertShape(op, 'up', up, gate.shape);
+    this.mineOne(op, 'cos', cos);
+    this.mineOne(op, 'sin', sin);
+    assertDType(op, 'cos', cos, F32);
+    assertShape(op, 'cos', cos, [T, D / 2]);
+    assertDType(op, 'sin', sin, F32);
+    assertShape(op, 'sin', sin, cos.shape);
+    checkEps(op, step.eps);
+    if (!Number.isFinite(step.scale)) throw new Error(`${op}: scale must be finite, got ${step.scale}`);
+
+    const sizes = [H, Hq, Hkv, D, I];
+    let layer = this.checkedLayers.get(w);
+    if (!layer || layer.sizes.some((n, i) => n !== sizes[i])) {
+      this.checkLayerWeights(w, sizes);
+      layer = { sizes, memories: new Set(DECODER_LAYER_WEIGHTS.map((name) => w[name]?.storage.memory)) };
+      this.checkedLayers.set(w, layer);
+    }
+    // The layer writes every buffer of `written` at some point while reading the others, cos, sin and the weights.
+    for (let i = 0; i < written.length; i++) {
+      const t = written[i]!;
+      if (t.numel === 0) continue;
+      for (let j = 0; j < i; j++) if (overlaps(t, written[j]!)) throw new Error(`${op}: ${WRITTEN[i]} and ${WRITTEN[j]} must not share storage`);
+      if (overlaps(t, cos) || overlaps(t, sin)) throw new Error(`${op}: ${WRITTEN[i]} must not share storage with cos or sin`);
+      if (!layer.memories.has(t.storage.memory)) continue;
+      for (const name of DECODER_LAYER_WEIGHTS) {
+        const weight = w[name];
+        if (weight && overlaps(t, weight)) throw new Error(`${op}: ${WRITTEN[i]} must not share storage with ${name}`);
+      }
+    }
+  }
+
+  /** A layer's weights against the sizes [H, Hq, Hkv, D, I] its activations give. */
+  private checkLayerWeights(w: DecoderLayerWeights, [H, Hq, Hkv, D, I]: number[]): void {
+    const op = 'decoderLayer';
+    this.mine(op, w as unknown as Record<string, Tensor | null>);
+    const linear = (name: string, t: Tensor, bias: Tensor | null, N: number, K: number) => {
+      assertDType(op, name, t, WEIGHT);
+      assertShape(op, name, t, [N, K]);
+      if (bias) {
+        assertDType(op, `${name} bias`, bias, FLOAT);
+        assertShape(op, `${name} bias`, bias, [N]);
+      }
+    };
+    for (const [name, t] of [['inputNorm', w.inputNorm], ['postNorm', w.postNorm]] as const) {
+      assertDType(op, name, t, FLOAT);
+      assertShape(op, name, t, [H!]);
+    }
+    linear('qProj', w.qProj, w.qBias, Hq! * D!, H!);
+    linear('kProj', w.kProj, w.kBias, Hkv! * D!, H!);
+    linear('vProj', w.vProj, w.vBias, Hkv! * D!, H!);
+    linear('oProj', w.oProj, null, H!, Hq! * D!);
+    linear('gateProj', w.gateProj, null, I!, H!);
+    linear('upProj', w.upProj, null, I!, H!);
+    linear('downProj', w.downProj, null, H!, I!);
   }
 
   add(a: Tensor, b: Tensor, out: Tensor): void {
@@ -595,16 +701,20 @@ export class CheckedBackend implements Backend {
     assertSameOrDisjoint(op, out, 'b', b);
   }
 
+  private mineOne(op: string, name: string, t: Tensor): void {
+    if (t.storage.device !== this.kernels.device) {
+      throw new Error(`${op}: ${name} (${t}) lives on ${t.storage.device}, this backend (${this.name}) on ${this.kernels.device}: upload it first`);
+    }
+  }
+
   /** Every operand must be in this backend's memory: a tensor of another device is refused by name. */
   private mine(op: string, operands: Record<string, Tensor | null>): void {
     // for…in rather than Object.entries: this runs on every kernel call (400 a decode token), and the entries' arrays
     // were the largest item of a decode step's JavaScript.
-    const device = this.kernels.device;
     for (const name in operands) {
       const t = operands[name];
-      if (t && t.storage.device !== device) {
-        throw new Error(`${op}: ${name} (${t}) lives on ${t.storage.device}, this backend (${this.name}) on ${this.kernels.device}: upload it first`);
-      }
+      if (t) this.mineOne(op, name, t);
     }
   }
+
 }

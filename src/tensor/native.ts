@@ -3,8 +3,9 @@ import { createRequire } from 'node:module';
 import { dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-import type { AdamWHyper, AttentionOptions, ComputeMode, Kernels, MatmulPart, TopK } from './backend.js';
+import type { AdamWHyper, AttentionOptions, ComputeMode, DecoderLayerStep, DecoderLayerWeights, Kernels, MatmulPart, TopK } from './backend.js';
 import { CheckedBackend } from './checked.js';
+import { DECODER_LAYER_WEIGHTS, LayerWeightsMemo } from './decoder-layer.js';
 import { adamwScalars } from './host-gradients.js';
 import { HostKernels } from './host.js';
 import { isQuantized, type QuantFormat } from './dtype.js';
@@ -85,6 +86,12 @@ interface NativeContext {
   matmul(x: F32, w: F32 | Half | Uint8Array, bias: F32 | Half | null, out: F32, M: number, N: number, K: number, wFormat?: number): void;
   /** Parts as [w, bias, out, N, wFormat]. */
   matmuls(x: F32, parts: NativeMatmulPart[], M: number, K: number): void;
+  /**
+   * Buffers x, h, q, attn, gate, up, keys, values, cos, sin, then the weights inputNorm, qProj, qBias, kProj, kBias,
+   * vProj, vBias, oProj, postNorm, gateProj, upProj, downProj (biases may be null); dims [T, S, H, Hq, Hkv, D, I, then
+   * the seven projections' formats, 0 for f32 or bf16].
+   */
+  decoderLayer(...args: [...(F32 | Half | Uint8Array | null)[], Int32Array, number, number]): void;
   add(a: F32, b: F32, out: F32): void;
   mul(a: F32, b: F32, out: F32): void;
   rmsNorm(x: F32, weight: F32 | Half, eps: number, out: F32): void;
@@ -382,6 +389,37 @@ export class NativeKernels extends HostKernels implements Kernels {
     const M = K === 0 ? parts[0]!.out.numel / Math.max(parts[0]!.w.dim(0), 1) : x.numel / K;
     const list = parts.map((p): NativeMatmulPart => [p.w.data as F32 | Half | Uint8Array, p.bias ? floatData(p.bias) : null, f32(p.out), p.w.dim(0), nativeFormat(p.w)]);
     this.ctx.matmuls(f32(x), list, M, K);
+  }
+
+  /** dims of `decoderLayer`'s native call, reused: a decode step makes one call a layer. */
+  private readonly layerDims = new Int32Array(14);
+  /** Each layer's weight arrays as the native call takes them, and their formats. */
+  private readonly layerArrays = new LayerWeightsMemo<{ arrays: (F32 | Half | Uint8Array | null)[]; formats: number[] }>();
+
+  decoderLayer(w: DecoderLayerWeights, step: DecoderLayerStep): void {
+    const { x, keys, scratch: s } = step;
+    let layer = this.layerArrays.get(w);
+    if (!layer) {
+      const arrays = DECODER_LAYER_WEIGHTS.map((name) => (w[name] ? (w[name].data as F32 | Half | Uint8Array) : null));
+      const formats = [w.qProj, w.kProj, w.vProj, w.oProj, w.gateProj, w.upProj, w.downProj].map((t) => nativeFormat(t) ?? 0);
+      layer = { arrays, formats };
+      this.layerArrays.set(w, layer);
+    }
+    const d = this.layerDims;
+    d[0] = x.dim(0);
+    d[1] = keys.dim(0);
+    d[2] = x.dim(1);
+    d[3] = s.q.dim(1);
+    d[4] = keys.dim(1);
+    d[5] = keys.dim(2);
+    d[6] = s.gate.dim(1);
+    for (let i = 0; i < 7; i++) d[7 + i] = layer.formats[i]!;
+    const [inputNorm, qProj, qBias, kProj, kBias, vProj, vBias, oProj, postNorm, gateProj, upProj, downProj] = layer.arrays;
+    this.ctx.decoderLayer(
+      f32(x), f32(s.h), f32(s.q), f32(s.attn), f32(s.gate), f32(s.up), f32(keys), f32(step.values), f32(step.cos), f32(step.sin),
+      inputNorm!, qProj!, qBias!, kProj!, kBias!, vProj!, vBias!, oProj!, postNorm!, gateProj!, upProj!, downProj!,
+      d, step.eps, step.scale,
+    );
   }
 
   add(a: Tensor, b: Tensor, out: Tensor): void {
