@@ -716,5 +716,4 @@ export class CheckedBackend implements Backend {
       if (t) this.mineOne(op, name, t);
     }
   }
-
 }

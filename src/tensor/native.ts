@@ -414,11 +414,9 @@ export class NativeKernels extends HostKernels implements Kernels {
     d[5] = keys.dim(2);
     d[6] = s.gate.dim(1);
     for (let i = 0; i < 7; i++) d[7 + i] = layer.formats[i]!;
-    const [inputNorm, qProj, qBias, kProj, kBias, vProj, vBias, oProj, postNorm, gateProj, upProj, downProj] = layer.arrays;
     this.ctx.decoderLayer(
       f32(x), f32(s.h), f32(s.q), f32(s.attn), f32(s.gate), f32(s.up), f32(keys), f32(step.values), f32(step.cos), f32(step.sin),
-      inputNorm!, qProj!, qBias!, kProj!, kBias!, vProj!, vBias!, oProj!, postNorm!, gateProj!, upProj!, downProj!,
-      d, step.eps, step.scale,
+      ...layer.arrays, d, step.eps, step.scale,
     );
   }
 
