@@ -292,7 +292,7 @@ Napi::Value DecoderLayer(const Napi::CallbackInfo& info, Context& ctx) {
       return env.Undefined();
     }
   const long T = dims[0], S = dims[1], H = dims[2], Hq = dims[3], Hkv = dims[4], D = dims[5], I = dims[6];
-  if (Hkv == 0 || Hq % Hkv != 0 || D % 2 != 0 || S < T || (T > 0 && S == 0)) {
+  if (Hkv == 0 || Hq % Hkv != 0 || D % 2 != 0 || S < T) {
     fail(env, "decoderLayer: needs Hq a multiple of Hkv > 0, an even D and S >= T");
     return env.Undefined();
   }

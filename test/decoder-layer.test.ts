@@ -174,7 +174,7 @@ describe('decoderLayer checks', () => {
     const kernels = new NativeKernels({ threads: 1 });
     const w = layerWeights('bf16');
     const s = layerStep(2, 5);
-    assert.throws(() => kernels.decoderLayer(w, { ...s, keys: Tensor.f32([5, Hkv, D]).rows(0, 5), values: Tensor.f32([4, Hkv, D]) }), /decoderLayer: values has 128 elements, expected 160/);
+    assert.throws(() => kernels.decoderLayer(w, { ...s, values: Tensor.f32([4, Hkv, D]) }), /decoderLayer: values has 128 elements, expected 160/);
     assert.throws(() => kernels.decoderLayer({ ...w, oProj: matrix('bf16', H, Hq * D - 32) }, s), /decoderLayer: oProj has 6144 elements, expected 9216/);
   });
 });

@@ -199,12 +199,12 @@ export class CheckedBackend implements Backend {
 
   decoderLayer(weights: DecoderLayerWeights, step: DecoderLayerStep): void {
     const { x, keys, values, scale } = step;
+    assertRank('decoderLayer', 'x', x, 2);
+    assertRank('decoderLayer', 'keys', keys, 3);
+    const T = x.dim(0);
+    const S = keys.dim(0);
+    if (S < T) throw new Error(`decoderLayer: keys hold ${S} positions, fewer than x's ${T}`);
     if (!this.kernels.decoderLayer) {
-      assertRank('decoderLayer', 'x', x, 2);
-      assertRank('decoderLayer', 'keys', keys, 3);
-      const T = x.dim(0);
-      const S = keys.dim(0);
-      if (S < T) throw new Error(`decoderLayer: keys hold ${S} positions, fewer than x's ${T}`);
       decoderLayerOps(this, weights, x, keys.rows(S - T, S), values.rows(S - T, S), step, step.eps, step.scratch, (q, attn) =>
         this.attention(q, keys, values, attn, { scale, causal: true, queryOffset: S - T }),
       );
@@ -224,15 +224,12 @@ export class CheckedBackend implements Backend {
       this.mineOne(op, WRITTEN[i]!, written[i]!);
       assertDType(op, WRITTEN[i]!, written[i]!, F32);
     }
-    assertRank(op, 'x', x, 2);
-    assertRank(op, 'keys', keys, 3);
     assertRank(op, 'q', q, 3);
     assertRank(op, 'gate', gate, 2);
     const [T, H] = x.shape as [number, number];
-    const [S, Hkv, D] = keys.shape as [number, number, number];
+    const [, Hkv, D] = keys.shape as [number, number, number];
     const Hq = q.dim(1);
     const I = gate.dim(1);
-    if (S < T) throw new Error(`${op}: keys hold ${S} positions, fewer than x's ${T}`);
     if (D % 2 !== 0) throw new Error(`${op}: head dimension must be even, got ${D}`);
     if (Hkv === 0 || Hq % Hkv !== 0) throw new Error(`${op}: query heads (${Hq}) must be a multiple of KV heads (${Hkv})`);
     assertShape(op, 'values', values, keys.shape);
