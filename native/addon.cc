@@ -883,8 +883,16 @@ Napi::Value Argmax(const Napi::CallbackInfo& info) {
   float bestValue = p[0];
   for (long b0 = 0; b0 < n; b0 += kBlock) {
     const long b1 = b0 + kBlock < n ? b0 + kBlock : n;
+    // 32 running maxima, so that the compiler's maxps chains run side by side rather than one after the other.
+    constexpr int kLanes = 32;
+    float lanes[kLanes];
+    for (int j = 0; j < kLanes; j++) lanes[j] = bestValue;
+    long i0 = b0;
+    for (; i0 + kLanes <= b1; i0 += kLanes)
+      for (int j = 0; j < kLanes; j++) lanes[j] = p[i0 + j] > lanes[j] ? p[i0 + j] : lanes[j];
     float m = bestValue;
-    for (long i = b0; i < b1; i++) m = p[i] > m ? p[i] : m;
+    for (int j = 0; j < kLanes; j++) m = lanes[j] > m ? lanes[j] : m;
+    for (; i0 < b1; i0++) m = p[i0] > m ? p[i0] : m;
     if (!(m > bestValue)) continue;
     long i = b0;
     while (p[i] != m) i++;

@@ -440,6 +440,11 @@ for (const { isa, mode, threads } of configs) {
       assert.equal(native.argmax(Tensor.f32([3000], Array.from({ length: 3000 }, (_, i) => (i < 1100 ? -1 : i === 1100 ? -0 : i === 2500 ? 0 : -2)))), 1100);
       assert.equal(native.argmax(Tensor.f32([2100], Array.from({ length: 2100 }, (_, i) => (i % 3 ? NaN : i === 2049 ? 1 : 0)))), 2049);
       assert.equal(native.argmax(Tensor.f32([2100], Array.from({ length: 2100 }, (_, i) => (i === 0 ? NaN : i)))), 0);
+      // Inside a block the maxima run in 32 lanes: a zero of either sign later in memory but in a lower lane, and the
+      // largest element in a block's (or a short vector's) elements past its last 32.
+      assert.equal(native.argmax(Tensor.f32([64], Array.from({ length: 64 }, (_, i) => (i === 8 ? -0 : i === 37 ? 0 : -1)))), 8);
+      assert.equal(native.argmax(Tensor.f32([1050], Array.from({ length: 1050 }, (_, i) => (i === 1049 ? 2 : i === 1030 ? 1 : 0)))), 1049);
+      assert.equal(native.argmax(Tensor.f32([45], Array.from({ length: 45 }, (_, i) => (i === 44 ? 1 : 0)))), 44);
       for (const t of [tie, Tensor.f32([2100], Array.from({ length: 2100 }, (_, i) => (i % 3 ? NaN : i === 2049 ? 1 : 0)))]) assert.equal(native.argmax(t), reference.argmax(t));
       assert.deepEqual(Array.from(native.topK(r, 40).indices), Array.from(reference.topK(r, 40).indices));
     });

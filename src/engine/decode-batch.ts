@@ -97,11 +97,16 @@ export class DecodeBatcher {
         model.embed(batch.map((e) => e.id)),
         batch.map((e) => e.cache),
       );
-      const vocab = model.dims.vocabSize;
-      if (!this.logitsRows || this.logitsRows.dim(0) < B) this.logitsRows = model.backend.allocate('f32', [B, vocab]);
-      const rows = this.logitsRows.rows(0, B);
-      model.logits(hidden, rows);
-      batch.forEach((e, i) => model.backend.copy(rows.rows(i, i + 1), e.logits));
+      if (B === 1) {
+        // One sequence: its logits go straight where it reads them (a vocabulary's worth of copying less a token).
+        model.logits(hidden, batch[0]!.logits);
+      } else {
+        const vocab = model.dims.vocabSize;
+        if (!this.logitsRows || this.logitsRows.dim(0) < B) this.logitsRows = model.backend.allocate('f32', [B, vocab]);
+        const rows = this.logitsRows.rows(0, B);
+        model.logits(hidden, rows);
+        batch.forEach((e, i) => model.backend.copy(rows.rows(i, i + 1), e.logits));
+      }
       this.tokens += B;
       this.batches++;
     } catch (e) {
