@@ -1,6 +1,6 @@
 // Where a decode step's time goes: every kernel call of a greedy decode timed, by op (and matmul shape), beside the same
 // decode untimed and the read bandwidth. The timed decode runs each layer as its ops (the untimed one makes one
-// `decoderLayer` call a layer, as a model does), so its time outside kernel calls is that of the ops' JavaScript.
+// `decoderLayers` call a token, as a model does), so its time outside kernel calls is that of the ops' JavaScript.
 // Medians say what an op costs; means include the host's multi-millisecond stalls, which a timed loop of one op hides
 // (BENCHMARKS.md run 17).
 // Usage: node dist/bench/decode-profile.js <checkpoint-dir> [threads] [bf16|int8|int4|int4m] [tokens] [--json]
@@ -39,7 +39,7 @@ export interface DecodeProfile {
   /** Prompt tokens before the decode: the KV cache each step's attention reads grows from there. */
   promptTokens: number;
   /**
-   * The same decode through an untimed backend (one `decoderLayer` call a layer), and through the timed one (each
+   * The same decode through an untimed backend (one `decoderLayers` call a token), and through the timed one (each
    * layer's ops, and the timing's own cost).
    */
   untimedMsPerToken: number;
@@ -59,8 +59,8 @@ class TimedKernels {
   wrap(inner: Kernels): Kernels {
     return new Proxy(inner, {
       get: (target, prop, receiver) => {
-        // Without the one-call layer the checking layer runs each layer as its ops, which are what this profile times.
-        if (prop === 'decoderLayer') return undefined;
+        // Without the one-call layers the checking layer runs each layer as its ops, which are what this profile times.
+        if (prop === 'decoderLayers') return undefined;
         const value = Reflect.get(target, prop, receiver) as unknown;
         if (typeof value !== 'function' || typeof prop !== 'string') return value;
         const fn = value as (...args: unknown[]) => unknown;

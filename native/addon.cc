@@ -261,102 +261,136 @@ Napi::Value Matmuls(const Napi::CallbackInfo& info, Context& ctx) {
   return env.Undefined();
 }
 
-// decoderLayer(x, h, q, attn, gate, up, keys, values, cos, sin, inputNorm, qProj, qBias, kProj, kBias, vProj, vBias,
-// oProj, postNorm, gateProj, upProj, downProj, dims, eps, scale): one pre-norm decoder layer (src/tensor/decoder-layer.ts
-// spells its ops) as the calls of those ops would run it, with their bits, in one call; biases may be null. dims is
-// an Int32Array [T, S, H, Hq, Hkv, D, I, then the formats of qProj, kProj, vProj, oProj, gateProj, upProj, downProj:
-// a WType number for packed blocks, 0 for the array's float type]. The layer's keys and values go to the last T rows
-// of keys and values [S, Hkv, D].
-Napi::Value DecoderLayer(const Napi::CallbackInfo& info, Context& ctx) {
+// decoderLayers(x, h, q, attn, gate, up, cos, sin, dims, eps, scale, then for each of L layers keys, values, inputNorm,
+// qProj, qBias, kProj, kBias, vProj, vBias, oProj, postNorm, gateProj, upProj, downProj): L pre-norm decoder layers one
+// after the other (src/tensor/decoder-layer.ts spells a layer's ops) as the calls of those ops would run them, with
+// their bits, in one call; biases may be null. dims is an Int32Array [T, S, H, Hq, Hkv, D, I, L, then each layer's
+// formats of qProj, kProj, vProj, oProj, gateProj, upProj, downProj: a WType number for packed blocks, 0 for the
+// array's float type]. Layer l's keys and values go to the last T rows of its keys and values [S, Hkv, D]. Every array
+// is checked before any layer runs.
+Napi::Value DecoderLayers(const Napi::CallbackInfo& info, Context& ctx) {
   Napi::Env env = info.Env();
-  const char* op = "decoderLayer";
-  enum { X, Hs, Q, Attn, Gate, Up, Keys, Values, Cos, Sin, InNorm, Wq, Bq, Wk, Bk, Wv, Bv, Wo, PostNorm, Wg, Wu, Wd, kViews };
-  static const char* const names[kViews] = {"x", "h", "q", "attn", "gate", "up", "keys", "values", "cos", "sin",
-                                            "inputNorm", "qProj", "qBias", "kProj", "kBias", "vProj", "vBias", "oProj",
-                                            "postNorm", "gateProj", "upProj", "downProj"};
-  View v[kViews], dimsView;
-  bool present[kViews];
-  for (int i = 0; i < kViews; i++) {
-    present[i] = !((i == Bq || i == Bk || i == Bv) && (info[i].IsNull() || info[i].IsUndefined()));
-    if (present[i] && !view(info, i, v[i], op, names[i])) return env.Undefined();
-  }
-  if (!view(info, kViews, dimsView, op, "dims")) return env.Undefined();
-  if (dimsView.type != napi_int32_array || dimsView.length != 14) {
-    fail(env, "decoderLayer: dims must be an Int32Array of 14");
+  const char* op = "decoderLayers";
+  enum { X, Hs, Q, Attn, Gate, Up, Cos, Sin, kActivations };
+  static const char* const activationNames[kActivations] = {"x", "h", "q", "attn", "gate", "up", "cos", "sin"};
+  enum { Keys, Values, InNorm, Wq, Bq, Wk, Bk, Wv, Bv, Wo, PostNorm, Wg, Wu, Wd, kPerLayer };
+  static const char* const layerNames[kPerLayer] = {"keys", "values", "inputNorm", "qProj", "qBias", "kProj", "kBias",
+                                                    "vProj", "vBias", "oProj", "postNorm", "gateProj", "upProj", "downProj"};
+  constexpr int kDims = kActivations, kEps = kActivations + 1, kScale = kActivations + 2, kFirstLayer = kActivations + 3;
+  View a[kActivations], dimsView;
+  for (int i = 0; i < kActivations; i++)
+    if (!view(info, i, a[i], op, activationNames[i])) return env.Undefined();
+  if (!view(info, kDims, dimsView, op, "dims")) return env.Undefined();
+  if (dimsView.type != napi_int32_array || dimsView.length < 8) {
+    fail(env, "decoderLayers: dims must be an Int32Array of 8 + 7 a layer");
     return env.Undefined();
   }
   const int32_t* dims = static_cast<const int32_t*>(dimsView.data);
-  for (int i = 0; i < 7; i++)
+  for (int i = 0; i < 8; i++)
     if (dims[i] < 0) {
-      fail(env, "decoderLayer: dims must be >= 0");
+      fail(env, "decoderLayers: dims must be >= 0");
       return env.Undefined();
     }
-  const long T = dims[0], S = dims[1], H = dims[2], Hq = dims[3], Hkv = dims[4], D = dims[5], I = dims[6];
+  const long T = dims[0], S = dims[1], H = dims[2], Hq = dims[3], Hkv = dims[4], D = dims[5], I = dims[6], L = dims[7];
+  if (dimsView.length != static_cast<size_t>(8 + 7 * L) || info.Length() != static_cast<size_t>(kFirstLayer + kPerLayer * L)) {
+    fail(env, "decoderLayers: dims must be an Int32Array of 8 + 7 a layer, and each layer must give " +
+                  std::to_string(kPerLayer) + " arrays");
+    return env.Undefined();
+  }
   if (Hkv == 0 || Hq % Hkv != 0 || D % 2 != 0 || S < T) {
-    fail(env, "decoderLayer: needs Hq a multiple of Hkv > 0, an even D and S >= T");
+    fail(env, "decoderLayers: needs Hq a multiple of Hkv > 0, an even D and S >= T");
     return env.Undefined();
   }
   const long qDim = Hq * D, kvDim = Hkv * D;
-  const struct { int view; long length; } activations[] = {{X, T * H}, {Hs, T * H}, {Q, T * qDim}, {Attn, T * qDim},
-      {Gate, T * I}, {Up, T * I}, {Keys, S * kvDim}, {Values, S * kvDim}, {Cos, T * D / 2}, {Sin, T * D / 2}};
-  for (const auto& a : activations)
-    if (!needF32(env, v[a.view], op, names[a.view], a.length)) return env.Undefined();
-  if (!needFloat(env, v[InNorm], op, "inputNorm", H) || !needFloat(env, v[PostNorm], op, "postNorm", H)) return env.Undefined();
-  // Each projection: its view, its bias's (or -1), rows and columns; its format is dims[7 + index].
+  const long activationLengths[kActivations] = {T * H, T * H, T * qDim, T * qDim, T * I, T * I, T * D / 2, T * D / 2};
+  for (int i = 0; i < kActivations; i++)
+    if (!needF32(env, a[i], op, activationNames[i], activationLengths[i])) return env.Undefined();
+  const double eps = numArg(info, kEps), scale = numArg(info, kScale);
+
+  // Each layer's arrays checked and its matmuls' arguments made before any layer runs.
+  struct Layer {
+    float *keys, *values;
+    const void *inputNorm, *postNorm;
+    WType inputNormType, postNormType;
+    MatmulArgs proj[7];
+  };
+  std::vector<Layer> layers(L);
+  thread_local std::vector<std::string> layerOps;
+  while (layerOps.size() < static_cast<size_t>(L)) layerOps.push_back("decoderLayers: layer " + std::to_string(layerOps.size()));
   const struct { int w, b; long N, K; } projections[7] = {{Wq, Bq, qDim, H}, {Wk, Bk, kvDim, H}, {Wv, Bv, kvDim, H},
       {Wo, -1, H, qDim}, {Wg, -1, I, H}, {Wu, -1, I, H}, {Wd, -1, H, I}};
-  MatmulArgs args[7];
-  for (int i = 0; i < 7; i++) {
-    const auto& p = projections[i];
-    const WType q = static_cast<WType>(dims[7 + i]);
-    if (dims[7 + i] != 0 && !quant::isQuantized(q)) {
-      fail(env, std::string(op) + ": " + names[p.w] + " has no weight format " + std::to_string(dims[7 + i]));
-      return env.Undefined();
+  for (long l = 0; l < L; l++) {
+    const char* at = layerOps[l].c_str();
+    const size_t first = kFirstLayer + kPerLayer * l;
+    View v[kPerLayer];
+    bool present[kPerLayer];
+    for (int i = 0; i < kPerLayer; i++) {
+      const Napi::Value arg = info[first + i];
+      present[i] = !((i == Bq || i == Bk || i == Bv) && (arg.IsNull() || arg.IsUndefined()));
+      if (present[i] && !viewOf(env, arg, v[i], at, layerNames[i])) return env.Undefined();
     }
-    const View& w = v[p.w];
-    if (q != WType::None ? !needPacked(env, w, q, op, names[p.w], p.N, p.K) : !needFloat(env, w, op, names[p.w], p.N * p.K))
+    if (!needF32(env, v[Keys], at, "keys", S * kvDim) || !needF32(env, v[Values], at, "values", S * kvDim) ||
+        !needFloat(env, v[InNorm], at, "inputNorm", H) || !needFloat(env, v[PostNorm], at, "postNorm", H))
       return env.Undefined();
-    const bool hasBias = p.b >= 0 && present[p.b];
-    if (hasBias && !needFloat(env, v[p.b], op, names[p.b], p.N)) return env.Undefined();
-    args[i] = {nullptr, w.data, q != WType::None ? q : floatType(w), hasBias ? v[p.b].data : nullptr,
-               hasBias ? floatType(v[p.b]) : WType::None, nullptr, T, p.N, p.K, ctx.compute()};
+    Layer& layer = layers[l];
+    layer.keys = static_cast<float*>(v[Keys].data);
+    layer.values = static_cast<float*>(v[Values].data);
+    layer.inputNorm = v[InNorm].data;
+    layer.inputNormType = floatType(v[InNorm]);
+    layer.postNorm = v[PostNorm].data;
+    layer.postNormType = floatType(v[PostNorm]);
+    for (int i = 0; i < 7; i++) {
+      const auto& p = projections[i];
+      const int32_t format = dims[8 + 7 * l + i];
+      const WType q = static_cast<WType>(format);
+      if (format != 0 && !quant::isQuantized(q)) {
+        fail(env, std::string(at) + ": " + layerNames[p.w] + " has no weight format " + std::to_string(format));
+        return env.Undefined();
+      }
+      const View& w = v[p.w];
+      if (q != WType::None ? !needPacked(env, w, q, at, layerNames[p.w], p.N, p.K) : !needFloat(env, w, at, layerNames[p.w], p.N * p.K))
+        return env.Undefined();
+      const bool hasBias = p.b >= 0 && present[p.b];
+      if (hasBias && !needFloat(env, v[p.b], at, layerNames[p.b], p.N)) return env.Undefined();
+      layer.proj[i] = {nullptr, w.data, q != WType::None ? q : floatType(w), hasBias ? v[p.b].data : nullptr,
+                       hasBias ? floatType(v[p.b]) : WType::None, nullptr, T, p.N, p.K, ctx.compute()};
+    }
   }
   if (T == 0) return env.Undefined();
-  float* x = static_cast<float*>(v[X].data);
-  float* h = static_cast<float*>(v[Hs].data);
-  float* q = static_cast<float*>(v[Q].data);
-  float* attn = static_cast<float*>(v[Attn].data);
-  float* gate = static_cast<float*>(v[Gate].data);
-  float* up = static_cast<float*>(v[Up].data);
-  float* keys = static_cast<float*>(v[Keys].data);
-  float* values = static_cast<float*>(v[Values].data);
-  const float* cos = static_cast<const float*>(v[Cos].data);
-  const float* sin = static_cast<const float*>(v[Sin].data);
-  float* kNew = keys + (S - T) * kvDim;
-  float* vNew = values + (S - T) * kvDim;
-  const float eps = static_cast<float>(numArg(info, kViews + 1));
-  auto into = [&](int i, const float* in, float* out) {
-    args[i].x = in;
-    args[i].out = out;
-    return args[i];
-  };
+  float* x = static_cast<float*>(a[X].data);
+  float* h = static_cast<float*>(a[Hs].data);
+  float* q = static_cast<float*>(a[Q].data);
+  float* attn = static_cast<float*>(a[Attn].data);
+  float* gate = static_cast<float*>(a[Gate].data);
+  float* up = static_cast<float*>(a[Up].data);
+  const float* cos = static_cast<const float*>(a[Cos].data);
+  const float* sin = static_cast<const float*>(a[Sin].data);
   OpScope scope(ctx);
   const KernelTable& k = ctx.k();
-  k.rmsNorm(x, v[InNorm].data, floatType(v[InNorm]), eps, h, T, H);
-  const MatmulArgs qkv[3] = {into(0, h, q), into(1, h, kNew), into(2, h, vNew)};
-  k.matmulMany(qkv, 3);
-  k.rope(q, cos, sin, q, T, Hq, D);
-  k.rope(kNew, cos, sin, kNew, T, Hkv, D);
-  AttentionArgs a{q, keys, values, attn, T, S, Hq, Hkv, D, static_cast<float>(numArg(info, kViews + 2)), true, S - T};
-  k.attention(a);
-  k.matmul(into(3, attn, h));
-  k.add(x, h, x, T * H, T * H);
-  k.rmsNorm(x, v[PostNorm].data, floatType(v[PostNorm]), eps, h, T, H);
-  const MatmulArgs gateUp[2] = {into(4, h, gate), into(5, h, up)};
-  k.matmulMany(gateUp, 2);
-  k.siluMul(gate, up, gate, T * I);
-  k.matmul(into(6, gate, h));
-  k.add(x, h, x, T * H, T * H);
+  for (Layer& layer : layers) {
+    auto into = [&](int i, const float* in, float* out) {
+      layer.proj[i].x = in;
+      layer.proj[i].out = out;
+      return layer.proj[i];
+    };
+    float* kNew = layer.keys + (S - T) * kvDim;
+    float* vNew = layer.values + (S - T) * kvDim;
+    k.rmsNorm(x, layer.inputNorm, layer.inputNormType, static_cast<float>(eps), h, T, H);
+    const MatmulArgs qkv[3] = {into(0, h, q), into(1, h, kNew), into(2, h, vNew)};
+    k.matmulMany(qkv, 3);
+    k.rope(q, cos, sin, q, T, Hq, D);
+    k.rope(kNew, cos, sin, kNew, T, Hkv, D);
+    AttentionArgs attention{q, layer.keys, layer.values, attn, T, S, Hq, Hkv, D, static_cast<float>(scale), true, S - T};
+    k.attention(attention);
+    k.matmul(into(3, attn, h));
+    k.add(x, h, x, T * H, T * H);
+    k.rmsNorm(x, layer.postNorm, layer.postNormType, static_cast<float>(eps), h, T, H);
+    const MatmulArgs gateUp[2] = {into(4, h, gate), into(5, h, up)};
+    k.matmulMany(gateUp, 2);
+    k.siluMul(gate, up, gate, T * I);
+    k.matmul(into(6, gate, h));
+    k.add(x, h, x, T * H, T * H);
+  }
   return env.Undefined();
 }
 
@@ -965,7 +999,7 @@ Napi::Function Context::Define(Napi::Env env) {
                      {
                          InstanceMethod("matmul", &Context::Op<Matmul>),
                          InstanceMethod("matmuls", &Context::Op<Matmuls>),
-                         InstanceMethod("decoderLayer", &Context::Op<DecoderLayer>),
+                         InstanceMethod("decoderLayers", &Context::Op<DecoderLayers>),
                          InstanceMethod("add", &Context::Op<Binary<true>>),
                          InstanceMethod("mul", &Context::Op<Binary<false>>),
                          InstanceMethod("rmsNorm", &Context::Op<RmsNorm>),

@@ -1,11 +1,12 @@
-// Backend.decoderLayer: the native backend's one call a layer gives the bits of the layer's ops one by one
-// (decoderLayerOps) on every tier, in both compute modes, for every weight format; a backend without the kernel runs
-// those ops; the checks name what is wrong, including weights changed after a layer was first checked.
+// Backend.decoderLayer and decoderLayers: the native backend's one call gives the bits of the layers' ops one by one
+// (decoderLayerOps) on every tier, in both compute modes, for every weight format, a stack of layers those of its
+// layers one after the other; a backend without the kernel runs those ops; the checks name what is wrong (and the
+// layer), including weights changed after a layer was first checked, before any layer runs.
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 
 import { Rng } from '../src/engine/rng.js';
-import type { DecoderLayerStep, DecoderLayerWeights } from '../src/tensor/backend.js';
+import type { DecoderLayersStep, DecoderLayerStep, DecoderLayerWeights } from '../src/tensor/backend.js';
 import { decoderLayerOps } from '../src/tensor/decoder-layer.js';
 import { f32ToBf16, QUANT_FORMATS } from '../src/tensor/dtype.js';
 import { NativeBackend, NativeKernels, nativeInfo, quantizeNative } from '../src/tensor/native.js';
@@ -129,6 +130,61 @@ describe('decoderLayer in one call gives the bits of its ops', () => {
   });
 });
 
+/** Layers' own keys and values for one step: layer l's are layerStep's, with other cached rows. */
+function stackStep(T: number, S: number, L: number): DecoderLayersStep {
+  const steps = Array.from({ length: L }, () => layerStep(T, S));
+  return { ...steps[0]!, keys: steps.map((s) => s.keys), values: steps.map((s) => s.values) };
+}
+
+function cloneStack(s: DecoderLayersStep): DecoderLayersStep {
+  return { ...s, x: copyOf(s.x as Tensor<'f32'>), keys: s.keys.map((k) => copyOf(k as Tensor<'f32'>)), values: s.values.map((v) => copyOf(v as Tensor<'f32'>)) };
+}
+
+describe('decoderLayers: a stack in one call gives the bits of its layers one by one', () => {
+  // One format a layer, so that each layer's formats reach the native call.
+  const stack = ['int8', 'int4m', 'bf16', 'f32', 'int4'].map(layerWeights);
+  const backends = [
+    ...(['exact', 'bf16'] as const).map((compute) => new NativeBackend({ compute, threads: 2 })),
+    new NativeBackend({ isa: nativeInfo().tiers[0], compute: 'bf16', threads: 1 }),
+    new ReferenceBackend(),
+  ];
+  for (const backend of backends) {
+    test(`${backend.name}`, () => {
+      for (const [T, S] of [[1, 9], [3, 7]] as const) {
+        const together = stackStep(T, S, stack.length);
+        const apart = cloneStack(together);
+        backend.decoderLayers(stack, together);
+        stack.forEach((w, l) => backend.decoderLayer(w, { ...apart, keys: apart.keys[l]!, values: apart.values[l]! }));
+        assert.equal(firstDifference(together.x, apart.x), -1, `T = ${T}: x`);
+        for (let l = 0; l < stack.length; l++) {
+          assert.equal(firstDifference(together.keys[l]!, apart.keys[l]!), -1, `T = ${T}: layer ${l}'s keys`);
+          assert.equal(firstDifference(together.values[l]!, apart.values[l]!), -1, `T = ${T}: layer ${l}'s values`);
+        }
+      }
+    });
+  }
+
+  test('bad layers are named, and refused before any layer runs', () => {
+    const backend = new NativeBackend({ threads: 1 });
+    const s = stackStep(1, 7, 3);
+    const x = Array.from(s.x.data as Float32Array);
+    const three = stack.slice(0, 3);
+    assert.throws(() => backend.decoderLayers(three, { ...s, values: s.values.slice(0, 2) }), /decoderLayers: 3 layers need as many keys and values, got 3 keys and 2 values/);
+    const keys = [...s.keys];
+    keys[2] = Tensor.f32([5, Hkv, D]);
+    assert.throws(() => backend.decoderLayers(three, { ...s, keys }), /decoderLayers: layer 2: keys hold 5 positions, layer 0's 7/);
+    const values = [...s.values];
+    values[1] = s.keys[1]!;
+    assert.throws(() => backend.decoderLayers(three, { ...s, values }), /decoderLayers: layer 1: values and keys must not share storage/);
+    assert.throws(() => backend.decoderLayers([three[0]!, { ...three[1]!, downProj: matrix('int8', H, I + 32) }, three[2]!], s), /decoderLayers: layer 1: downProj: expected shape \[96, 160\], got \[96, 192\]/);
+    // The native call itself, past the checks: layer 2's o projection short.
+    const kernels = new NativeKernels({ threads: 1 });
+    assert.throws(() => kernels.decoderLayers([three[0]!, three[1]!, { ...three[2]!, oProj: matrix('bf16', H, Hq * D - 32) }], s), /decoderLayers: layer 2: oProj has 6144 elements, expected 9216/);
+    assert.deepEqual(Array.from(s.x.data as Float32Array), x, 'x changed by a refused call');
+    assert.ok(s.keys.every((k) => (k.data as Float32Array).subarray(6 * Hkv * D).every((v) => v === 0)), 'keys written by a refused call');
+  });
+});
+
 describe('decoderLayer checks', () => {
   const backend = new NativeBackend({ threads: 1 });
 
@@ -174,7 +230,9 @@ describe('decoderLayer checks', () => {
     const kernels = new NativeKernels({ threads: 1 });
     const w = layerWeights('bf16');
     const s = layerStep(2, 5);
-    assert.throws(() => kernels.decoderLayer(w, { ...s, values: Tensor.f32([4, Hkv, D]) }), /decoderLayer: values has 128 elements, expected 160/);
-    assert.throws(() => kernels.decoderLayer({ ...w, oProj: matrix('bf16', H, Hq * D - 32) }, s), /decoderLayer: oProj has 6144 elements, expected 9216/);
+    const one = { ...s, keys: [s.keys], values: [s.values] };
+    assert.throws(() => kernels.decoderLayers([w], { ...one, values: [Tensor.f32([4, Hkv, D])] }), /decoderLayers: layer 0: values has 128 elements, expected 160/);
+    assert.throws(() => kernels.decoderLayers([{ ...w, oProj: matrix('bf16', H, Hq * D - 32) }], one), /decoderLayers: layer 0: oProj has 6144 elements, expected 9216/);
+    assert.throws(() => kernels.decoderLayers([w], { ...one, cos: Tensor.f32([1, D / 2]) }), /decoderLayers: cos has 8 elements, expected 16/);
   });
 });

@@ -133,8 +133,9 @@ export class Qwen2Model {
   }
 
   /**
-   * The decoder layers over rows at `positions`. With a cache, each layer is one `decoderLayer` over the cache's rows
-   * (its keys and values computed into them); without, the layer's ops with keys and values in scratch rows, and
+   * The decoder layers over rows at `positions`. With a cache, one `decoderLayers` call over the cache's rows (their
+   * keys and values computed into them), or one `decoderLayer` a layer when a caller reads each layer's hidden states;
+   * without, the layer's ops with keys and values in scratch rows, and
    * `attend` fills `attn` from q and them (a batch of sequences, each attending to its own cache).
    */
   private run(
@@ -169,15 +170,22 @@ export class Qwen2Model {
     const scale = 1 / Math.sqrt(D);
 
     options.onHiddenState?.(0, x);
-    this.layers.forEach((layer, l) => {
-      if (cache) {
-        const step = { x, keys: cache.keysUpTo(l, end), values: cache.valuesUpTo(l, end), cos, sin, eps, scale, scratch };
-        b.decoderLayer(layer, step);
-      } else {
-        decoderLayerOps(b, layer, x, k!, v!, { cos, sin }, eps, scratch, (q, attn) => attend!(l, q, attn, k!, v!));
-      }
-      if (l < this.layers.length - 1) options.onHiddenState?.(l + 1, x);
-    });
+    if (cache && !options.onHiddenState) {
+      // Every layer in one call: nobody reads the hidden states between them.
+      const keys = this.layers.map((_, l) => cache.keysUpTo(l, end));
+      const values = this.layers.map((_, l) => cache.valuesUpTo(l, end));
+      b.decoderLayers(this.layers, { x, keys, values, cos, sin, eps, scale, scratch });
+    } else {
+      this.layers.forEach((layer, l) => {
+        if (cache) {
+          const step = { x, keys: cache.keysUpTo(l, end), values: cache.valuesUpTo(l, end), cos, sin, eps, scale, scratch };
+          b.decoderLayer(layer, step);
+        } else {
+          decoderLayerOps(b, layer, x, k!, v!, { cos, sin }, eps, scratch, (q, attn) => attend!(l, q, attn, k!, v!));
+        }
+        if (l < this.layers.length - 1) options.onHiddenState?.(l + 1, x);
+      });
+    }
     b.rmsNorm(x, this.finalNorm, eps, x);
     options.onHiddenState?.(this.layers.length, x);
     return x;

@@ -62,6 +62,13 @@ export interface DecoderLayerStep {
   scratch: DecoderLayerScratch;
 }
 
+/** What `Backend.decoderLayers` runs a stack of layers on: `DecoderLayerStep` with one keys and one values tensor a layer. */
+export interface DecoderLayersStep extends Omit<DecoderLayerStep, 'keys' | 'values'> {
+  /** Layer l's keys and values, [S, Hkv, D] each, one S for all. */
+  keys: readonly Tensor[];
+  values: readonly Tensor[];
+}
+
 export interface TopK {
   indices: Int32Array;
   values: Float32Array;
@@ -93,7 +100,7 @@ export type ComputeMode = 'exact' | 'bf16';
  * attention (causal with grouped KV heads for the decoder, blocked per frame for the encoder), mergeBlocks (the 2×2
  * video merge), embedding (token lookup), argmax/topK (greedy and sampled decoding, so only ids and a few scores
  * leave the device). Two ops are others run together, for speed only: matmuls (a layer's projections of one input)
- * and decoderLayer (a whole decoder layer, one call instead of 12); a backend without them gets their parts.
+ * and decoderLayers (whole decoder layers, one call instead of 12 a layer); a backend without them gets their parts.
  * Memory ops: allocate (activations, caches), upload (weights and pixels, once), write (small host tables: rope
  * angles, ids), download (logits for sampling, outputs), copy (KV appends, cache growth), copyRows (the
  * visual-feature scatter into the prompt), fill.
@@ -226,6 +233,13 @@ export interface Backend extends GradientOps {
    */
   decoderLayer(weights: DecoderLayerWeights, step: DecoderLayerStep): void;
 
+  /**
+   * `decoderLayer` for each of `layers` in order, layer l with keys[l] and values[l], as one call: a decode step's
+   * JavaScript between its layers' calls cost ~5 % of an int8 token, and its kernels ran slower after it
+   * (BENCHMARKS.md run 21). All layers' buffers are checked before any layer runs.
+   */
+  decoderLayers(layers: readonly DecoderLayerWeights[], step: DecoderLayersStep): void;
+
   /** out = a + b. b has a's shape, or is a vector broadcast over a's last dimension. out may be a. */
   add(a: Tensor, b: Tensor, out: Tensor): void;
 
@@ -285,6 +299,7 @@ export interface Backend extends GradientOps {
  * runs before every call and builds `allocate` on `allocateStorage`), on tensors of its own storage. When a kernel
  * runs its arguments are valid: shapes agree, dtypes are the allowed ones, ids are in range, outputs do not partly
  * overlap inputs, every tensor is in this backend's memory (`upload`'s argument excepted: a host tensor). `matmuls`
- * and `decoderLayer` are optional: without them the checking layer runs one `matmul` per part, and the layer's ops.
+ * and `decoderLayers` are optional: without them the checking layer runs one `matmul` per part, and the layers' ops
+ * (`decoderLayer` is `decoderLayers` of one layer).
  */
-export type Kernels = Omit<Backend, 'allocate' | 'matmuls' | 'decoderLayer'> & Partial<Pick<Backend, 'matmuls' | 'decoderLayer'>>;
+export type Kernels = Omit<Backend, 'allocate' | 'matmuls' | 'decoderLayer' | 'decoderLayers'> & Partial<Pick<Backend, 'matmuls' | 'decoderLayers'>>;

@@ -3,7 +3,7 @@
  * with an error naming the op and the operand, and then the backend's kernel runs on arguments known to be valid.
  * Backends implement kernels only (`Kernels`), so two backends can never disagree on what a call means.
  */
-import type { AdamWHyper, AttentionOptions, Backend, ComputeMode, DecoderLayerStep, DecoderLayerWeights, Kernels, MatmulPart, TopK } from './backend.js';
+import type { AdamWHyper, AttentionOptions, Backend, ComputeMode, DecoderLayerStep, DecoderLayersStep, DecoderLayerWeights, Kernels, MatmulPart, TopK } from './backend.js';
 import { DECODER_LAYER_WEIGHTS, decoderLayerOps, LayerWeightsMemo } from './decoder-layer.js';
 import { BYTES_PER_ELEMENT, QUANT_FORMATS, byteSizeOf, type DType } from './dtype.js';
 import { numelOf, Tensor, type Storage } from './tensor.js';
@@ -76,8 +76,17 @@ function checkRowIndices(op: string, name: string, rows: Int32Array, count: numb
   });
 }
 
-/** The buffers `decoderLayer` writes, as its checks name them. */
-const WRITTEN = ['x', 'keys', 'values', 'h', 'q', 'attn', 'gate', 'up'] as const;
+/** The activations a one-call decoder layer writes, as its checks name them (keys and values besides). */
+const WRITTEN = ['x', 'h', 'q', 'attn', 'gate', 'up'] as const;
+
+/** What a layer writes: its keys and values, then the activations. */
+const WRITTEN_BY_LAYER = ['keys', 'values', ...WRITTEN] as const;
+
+/** How the checks of `decoderLayers`' layer l name it (built once per index: a decode step checks every layer). */
+const LAYER_OPS: string[] = [];
+function layerOp(op: 'decoderLayer' | 'decoderLayers', l: number): string {
+  return op === 'decoderLayer' ? op : (LAYER_OPS[l] ??= `decoderLayers: layer ${l}`);
+}
 
 export class CheckedBackend implements Backend {
   /** Layers' weights already checked, with the sizes they were checked against and the storage they live in. */
@@ -198,28 +207,51 @@ export class CheckedBackend implements Backend {
   }
 
   decoderLayer(weights: DecoderLayerWeights, step: DecoderLayerStep): void {
-    const { x, keys, values, scale } = step;
-    assertRank('decoderLayer', 'x', x, 2);
-    assertRank('decoderLayer', 'keys', keys, 3);
-    const T = x.dim(0);
-    const S = keys.dim(0);
-    if (S < T) throw new Error(`decoderLayer: keys hold ${S} positions, fewer than x's ${T}`);
-    if (!this.kernels.decoderLayer) {
-      decoderLayerOps(this, weights, x, keys.rows(S - T, S), values.rows(S - T, S), step, step.eps, step.scratch, (q, attn) =>
-        this.attention(q, keys, values, attn, { scale, causal: true, queryOffset: S - T }),
-      );
-      return;
-    }
-    this.checkDecoderLayer(weights, step);
-    if (x.numel > 0) this.kernels.decoderLayer(weights, step);
+    this.runLayers('decoderLayer', [weights], { ...step, keys: [step.keys], values: [step.values] });
   }
 
-  /** Every operand of a one-call decoder layer: what its ops would check one by one, and that no buffer overlaps another. */
-  private checkDecoderLayer(w: DecoderLayerWeights, step: DecoderLayerStep): void {
-    const op = 'decoderLayer';
-    const { x, keys, values, cos, sin, scratch } = step;
+  decoderLayers(layers: readonly DecoderLayerWeights[], step: DecoderLayersStep): void {
+    this.runLayers('decoderLayers', layers, step);
+  }
+
+  private runLayers(op: 'decoderLayer' | 'decoderLayers', layers: readonly DecoderLayerWeights[], step: DecoderLayersStep): void {
+    const { x, keys, values, scale } = step;
+    const L = layers.length;
+    if (keys.length !== L || values.length !== L) {
+      throw new Error(`${op}: ${L} layers need as many keys and values, got ${keys.length} keys and ${values.length} values`);
+    }
+    if (L === 0) return;
+    assertRank(op, 'x', x, 2);
+    const T = x.dim(0);
+    const S = keys[0]!.dim(0);
+    for (let l = 0; l < L; l++) {
+      const at = layerOp(op, l);
+      assertRank(at, 'keys', keys[l]!, 3);
+      if (keys[l]!.dim(0) !== S) throw new Error(`${at}: keys hold ${keys[l]!.dim(0)} positions, layer 0's ${S}`);
+    }
+    if (S < T) throw new Error(`${op}: keys hold ${S} positions, fewer than x's ${T}`);
+    if (!this.kernels.decoderLayers) {
+      for (let l = 0; l < L; l++) {
+        const k = keys[l]!, v = values[l]!;
+        decoderLayerOps(this, layers[l]!, x, k.rows(S - T, S), v.rows(S - T, S), step, step.eps, step.scratch, (q, attn) =>
+          this.attention(q, k, v, attn, { scale, causal: true, queryOffset: S - T }),
+        );
+      }
+      return;
+    }
+    const sizes = this.checkLayerActivations(op, step);
+    for (let l = 0; l < L; l++) this.checkLayer(layerOp(op, l), layers[l]!, keys[l]!, values[l]!, step, sizes);
+    if (x.numel > 0) this.kernels.decoderLayers(layers, step);
+  }
+
+  /**
+   * A one-call layer's activations, shared by all its layers: what their ops would check one by one, and that no
+   * buffer overlaps another. Returns the sizes [H, Hq, Hkv, D, I] they give.
+   */
+  private checkLayerActivations(op: string, step: DecoderLayersStep): number[] {
+    const { x, cos, sin, scratch } = step;
     const { h, q, attn, gate, up } = scratch;
-    const written = [x, keys, values, h, q, attn, gate, up];
+    const written = [x, h, q, attn, gate, up];
     for (let i = 0; i < written.length; i++) {
       this.mineOne(op, WRITTEN[i]!, written[i]!);
       assertDType(op, WRITTEN[i]!, written[i]!, F32);
@@ -227,12 +259,11 @@ export class CheckedBackend implements Backend {
     assertRank(op, 'q', q, 3);
     assertRank(op, 'gate', gate, 2);
     const [T, H] = x.shape as [number, number];
-    const [, Hkv, D] = keys.shape as [number, number, number];
-    const Hq = q.dim(1);
+    const [, Hq, D] = q.shape as [number, number, number];
+    const Hkv = step.keys[0]!.dim(1);
     const I = gate.dim(1);
     if (D % 2 !== 0) throw new Error(`${op}: head dimension must be even, got ${D}`);
     if (Hkv === 0 || Hq % Hkv !== 0) throw new Error(`${op}: query heads (${Hq}) must be a multiple of KV heads (${Hkv})`);
-    assertShape(op, 'values', values, keys.shape);
     assertShape(op, 'q', q, [T, Hq, D]);
     assertShape(op, 'attn', attn, q.shape);
     assertShape(op, 'h', h, x.shape);
@@ -246,31 +277,51 @@ export class CheckedBackend implements Backend {
     assertShape(op, 'sin', sin, cos.shape);
     checkEps(op, step.eps);
     if (!Number.isFinite(step.scale)) throw new Error(`${op}: scale must be finite, got ${step.scale}`);
-
-    const sizes = [H, Hq, Hkv, D, I];
-    let layer = this.checkedLayers.get(w);
-    if (!layer || layer.sizes.some((n, i) => n !== sizes[i])) {
-      this.checkLayerWeights(w, sizes);
-      layer = { sizes, memories: new Set(DECODER_LAYER_WEIGHTS.map((name) => w[name]?.storage.memory)) };
-      this.checkedLayers.set(w, layer);
-    }
-    // The layer writes every buffer of `written` at some point while reading the others, cos, sin and the weights.
+    // A layer writes every buffer of `written` at some point while reading the others, cos and sin.
     for (let i = 0; i < written.length; i++) {
       const t = written[i]!;
       if (t.numel === 0) continue;
       for (let j = 0; j < i; j++) if (overlaps(t, written[j]!)) throw new Error(`${op}: ${WRITTEN[i]} and ${WRITTEN[j]} must not share storage`);
       if (overlaps(t, cos) || overlaps(t, sin)) throw new Error(`${op}: ${WRITTEN[i]} must not share storage with cos or sin`);
-      if (!layer.memories.has(t.storage.memory)) continue;
+    }
+    return [H, Hq, Hkv, D, I];
+  }
+
+  /** One layer of a one-call layer stack: its keys and values, and its weights (checked once per weights object). */
+  private checkLayer(op: string, w: DecoderLayerWeights, keys: Tensor, values: Tensor, step: DecoderLayersStep, sizes: number[]): void {
+    const [, , Hkv, D] = sizes as [number, number, number, number, number];
+    const { x, cos, sin, scratch } = step;
+    const activations = [x, scratch.h, scratch.q, scratch.attn, scratch.gate, scratch.up];
+    for (const [name, t] of [['keys', keys], ['values', values]] as const) {
+      this.mineOne(op, name, t);
+      assertDType(op, name, t, F32);
+      assertShape(op, name, t, [keys.dim(0), Hkv, D]);
+      if (t.numel === 0) continue;
+      for (let j = 0; j < activations.length; j++) if (overlaps(t, activations[j]!)) throw new Error(`${op}: ${name} and ${WRITTEN[j]} must not share storage`);
+      if (overlaps(t, cos) || overlaps(t, sin)) throw new Error(`${op}: ${name} must not share storage with cos or sin`);
+    }
+    if (keys.numel > 0 && overlaps(keys, values)) throw new Error(`${op}: values and keys must not share storage`);
+
+    let layer = this.checkedLayers.get(w);
+    if (!layer || layer.sizes.some((n, i) => n !== sizes[i])) {
+      this.checkLayerWeights(op, w, sizes);
+      layer = { sizes, memories: new Set(DECODER_LAYER_WEIGHTS.map((name) => w[name]?.storage.memory)) };
+      this.checkedLayers.set(w, layer);
+    }
+    // The layer writes keys, values and the activations while reading its weights.
+    const written = [keys, values, ...activations];
+    for (let i = 0; i < written.length; i++) {
+      const t = written[i]!;
+      if (t.numel === 0 || !layer.memories.has(t.storage.memory)) continue;
       for (const name of DECODER_LAYER_WEIGHTS) {
         const weight = w[name];
-        if (weight && overlaps(t, weight)) throw new Error(`${op}: ${WRITTEN[i]} must not share storage with ${name}`);
+        if (weight && overlaps(t, weight)) throw new Error(`${op}: ${WRITTEN_BY_LAYER[i]} must not share storage with ${name}`);
       }
     }
   }
 
   /** A layer's weights against the sizes [H, Hq, Hkv, D, I] its activations give. */
-  private checkLayerWeights(w: DecoderLayerWeights, [H, Hq, Hkv, D, I]: number[]): void {
-    const op = 'decoderLayer';
+  private checkLayerWeights(op: string, w: DecoderLayerWeights, [H, Hq, Hkv, D, I]: number[]): void {
     this.mine(op, w as unknown as Record<string, Tensor | null>);
     const linear = (name: string, t: Tensor, bias: Tensor | null, N: number, K: number) => {
       assertDType(op, name, t, WEIGHT);

@@ -3,7 +3,7 @@ import { createRequire } from 'node:module';
 import { dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-import type { AdamWHyper, AttentionOptions, ComputeMode, DecoderLayerStep, DecoderLayerWeights, Kernels, MatmulPart, TopK } from './backend.js';
+import type { AdamWHyper, AttentionOptions, ComputeMode, DecoderLayersStep, DecoderLayerWeights, Kernels, MatmulPart, TopK } from './backend.js';
 import { CheckedBackend } from './checked.js';
 import { DECODER_LAYER_WEIGHTS, LayerWeightsMemo } from './decoder-layer.js';
 import { adamwScalars } from './host-gradients.js';
@@ -87,11 +87,11 @@ interface NativeContext {
   /** Parts as [w, bias, out, N, wFormat]. */
   matmuls(x: F32, parts: NativeMatmulPart[], M: number, K: number): void;
   /**
-   * Buffers x, h, q, attn, gate, up, keys, values, cos, sin, then the weights inputNorm, qProj, qBias, kProj, kBias,
-   * vProj, vBias, oProj, postNorm, gateProj, upProj, downProj (biases may be null); dims [T, S, H, Hq, Hkv, D, I, then
-   * the seven projections' formats, 0 for f32 or bf16].
+   * Buffers x, h, q, attn, gate, up, cos, sin; dims [T, S, H, Hq, Hkv, D, I, L, then each layer's seven projections'
+   * formats, 0 for f32 or bf16]; eps; scale; then for each of the L layers its keys, values and weights inputNorm,
+   * qProj, qBias, kProj, kBias, vProj, vBias, oProj, postNorm, gateProj, upProj, downProj (biases may be null).
    */
-  decoderLayer(...args: [...(F32 | Half | Uint8Array | null)[], Int32Array, number, number]): void;
+  decoderLayers(...args: (F32 | Half | Uint8Array | Int32Array | number | null)[]): void;
   add(a: F32, b: F32, out: F32): void;
   mul(a: F32, b: F32, out: F32): void;
   rmsNorm(x: F32, weight: F32 | Half, eps: number, out: F32): void;
@@ -391,33 +391,60 @@ export class NativeKernels extends HostKernels implements Kernels {
     this.ctx.matmuls(f32(x), list, M, K);
   }
 
-  /** dims of `decoderLayer`'s native call, reused: a decode step makes one call a layer. */
-  private readonly layerDims = new Int32Array(14);
   /** Each layer's weight arrays as the native call takes them, and their formats. */
   private readonly layerArrays = new LayerWeightsMemo<{ arrays: (F32 | Half | Uint8Array | null)[]; formats: number[] }>();
+  /** The native call's arguments and dims, reused: a decode step makes one call. */
+  private layerArgs: (F32 | Half | Uint8Array | Int32Array | number | null)[] = [];
+  private layerDims = new Int32Array(0);
 
-  decoderLayer(w: DecoderLayerWeights, step: DecoderLayerStep): void {
+  decoderLayers(layers: readonly DecoderLayerWeights[], step: DecoderLayersStep): void {
     const { x, keys, scratch: s } = step;
-    let layer = this.layerArrays.get(w);
-    if (!layer) {
-      const arrays = DECODER_LAYER_WEIGHTS.map((name) => (w[name] ? (w[name].data as F32 | Half | Uint8Array) : null));
-      const formats = [w.qProj, w.kProj, w.vProj, w.oProj, w.gateProj, w.upProj, w.downProj].map((t) => nativeFormat(t) ?? 0);
-      layer = { arrays, formats };
-      this.layerArrays.set(w, layer);
-    }
+    const L = layers.length;
+    const perLayer = 2 + DECODER_LAYER_WEIGHTS.length;
+    if (this.layerDims.length !== 8 + 7 * L) this.layerDims = new Int32Array(8 + 7 * L);
     const d = this.layerDims;
     d[0] = x.dim(0);
-    d[1] = keys.dim(0);
+    d[1] = keys[0]!.dim(0);
     d[2] = x.dim(1);
     d[3] = s.q.dim(1);
-    d[4] = keys.dim(1);
-    d[5] = keys.dim(2);
+    d[4] = keys[0]!.dim(1);
+    d[5] = keys[0]!.dim(2);
     d[6] = s.gate.dim(1);
-    for (let i = 0; i < 7; i++) d[7 + i] = layer.formats[i]!;
-    this.ctx.decoderLayer(
-      f32(x), f32(s.h), f32(s.q), f32(s.attn), f32(s.gate), f32(s.up), f32(keys), f32(step.values), f32(step.cos), f32(step.sin),
-      ...layer.arrays, d, step.eps, step.scale,
-    );
+    d[7] = L;
+    const args = this.layerArgs;
+    args.length = 11 + perLayer * L;
+    args[0] = f32(x);
+    args[1] = f32(s.h);
+    args[2] = f32(s.q);
+    args[3] = f32(s.attn);
+    args[4] = f32(s.gate);
+    args[5] = f32(s.up);
+    args[6] = f32(step.cos);
+    args[7] = f32(step.sin);
+    args[8] = d;
+    args[9] = step.eps;
+    args[10] = step.scale;
+    for (let l = 0; l < L; l++) {
+      const w = layers[l]!;
+      let layer = this.layerArrays.get(w);
+      if (!layer) {
+        const arrays = DECODER_LAYER_WEIGHTS.map((name) => (w[name] ? (w[name].data as F32 | Half | Uint8Array) : null));
+        const formats = [w.qProj, w.kProj, w.vProj, w.oProj, w.gateProj, w.upProj, w.downProj].map((t) => nativeFormat(t) ?? 0);
+        layer = { arrays, formats };
+        this.layerArrays.set(w, layer);
+      }
+      for (let i = 0; i < 7; i++) d[8 + 7 * l + i] = layer.formats[i]!;
+      const at = 11 + perLayer * l;
+      args[at] = f32(keys[l]!);
+      args[at + 1] = f32(step.values[l]!);
+      for (let i = 0; i < layer.arrays.length; i++) args[at + 2 + i] = layer.arrays[i]!;
+    }
+    try {
+      this.ctx.decoderLayers(...args);
+    } finally {
+      // The arrays stay referenced only while a call needs them.
+      args.fill(null);
+    }
   }
 
   add(a: Tensor, b: Tensor, out: Tensor): void {
