@@ -31,8 +31,8 @@ test('the decode profile counts each kernel call of a decode step once, by op an
   assert.equal(op(`matmul ${V}×${H}`).callsPerToken, 1);
   assert.equal(op('attention').callsPerToken, layers);
   assert.equal(op('rmsNorm').callsPerToken, 2 * layers + 1);
-  // Keys and values are computed into the cache: the one copy left is the logits row's.
-  assert.equal(op('copy').callsPerToken, 1);
+  // Keys and values are computed into the cache, and a lone sequence's logits into its own row: no copy at all.
+  assert.ok(!p.ops.some((o) => o.op === 'copy'), `a copy among ${p.ops.map((o) => o.op).join(', ')}`);
   for (const o of p.ops) {
     // A trivial call (a download of one value) may take under the 0.1 µs the figures are rounded to.
     assert.ok(o.medianMicros >= 0 && o.medianMicros <= o.p90Micros && o.p90Micros <= o.maxMicros, `${o.op}: ${JSON.stringify(o)}`);
