@@ -239,19 +239,20 @@ export class CheckedBackend implements Backend {
       }
       return;
     }
-    const sizes = this.checkLayerActivations(op, step);
-    for (let l = 0; l < L; l++) this.checkLayer(layerOp(op, l), layers[l]!, keys[l]!, values[l]!, step, sizes);
+    const { h, q, attn, gate, up } = step.scratch;
+    const activations = [x, h, q, attn, gate, up];
+    const sizes = this.checkLayerActivations(op, step, activations);
+    for (let l = 0; l < L; l++) this.checkLayer(layerOp(op, l), layers[l]!, keys[l]!, values[l]!, step, activations, sizes);
     if (x.numel > 0) this.kernels.decoderLayers(layers, step);
   }
 
   /**
-   * A one-call layer's activations, shared by all its layers: what their ops would check one by one, and that no
-   * buffer overlaps another. Returns the sizes [H, Hq, Hkv, D, I] they give.
+   * A one-call layer's activations (x, h, q, attn, gate, up: WRITTEN's order), shared by all its layers: what their
+   * ops would check one by one, and that no buffer overlaps another. Returns the sizes [H, Hq, Hkv, D, I] they give.
    */
-  private checkLayerActivations(op: string, step: DecoderLayersStep): number[] {
+  private checkLayerActivations(op: string, step: DecoderLayersStep, written: Tensor[]): number[] {
     const { x, cos, sin, scratch } = step;
     const { h, q, attn, gate, up } = scratch;
-    const written = [x, h, q, attn, gate, up];
     for (let i = 0; i < written.length; i++) {
       this.mineOne(op, WRITTEN[i]!, written[i]!);
       assertDType(op, WRITTEN[i]!, written[i]!, F32);
@@ -288,10 +289,16 @@ export class CheckedBackend implements Backend {
   }
 
   /** One layer of a one-call layer stack: its keys and values, and its weights (checked once per weights object). */
-  private checkLayer(op: string, w: DecoderLayerWeights, keys: Tensor, values: Tensor, step: DecoderLayersStep, sizes: number[]): void {
+  private checkLayer(
+    op: string,
+    w: DecoderLayerWeights,
+    keys: Tensor,
+    values: Tensor,
+    { cos, sin }: DecoderLayersStep,
+    activations: Tensor[],
+    sizes: number[],
+  ): void {
     const [, , Hkv, D] = sizes as [number, number, number, number, number];
-    const { x, cos, sin, scratch } = step;
-    const activations = [x, scratch.h, scratch.q, scratch.attn, scratch.gate, scratch.up];
     for (const [name, t] of [['keys', keys], ['values', values]] as const) {
       this.mineOne(op, name, t);
       assertDType(op, name, t, F32);
