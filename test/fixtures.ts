@@ -4,6 +4,7 @@ import type { ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import './lavapipe.js';
 
 /** The folder holding package.json, found by walking up from this file (tests run compiled, from dist/test). */
 export function repoRoot(): string {

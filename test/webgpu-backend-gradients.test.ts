@@ -12,6 +12,7 @@ import { f32ToBf16 } from '../src/tensor/dtype.js';
 import { createBackend } from '../src/tensor/index.js';
 import { Tensor } from '../src/tensor/tensor.js';
 import { WebGpuBackend, WebGpuKernels, WebGpuStorage } from '../src/tensor/webgpu/backend.js';
+import './lavapipe.js';
 
 let seed = 11;
 function random(shape: number[], scale = 1): Tensor<'f32'> {

@@ -18,6 +18,7 @@ import { WebGpuDevice } from '../src/tensor/webgpu/device.js';
 import { backendForDevice } from '../src/tensor/index.js';
 import { VideoLLaMA3 } from '../src/api/videollama3.js';
 import { InvalidOptionError } from '../src/api/errors.js';
+import './lavapipe.js';
 
 let seed = 1;
 function random(shape: number[], scale = 1, offset = 0): Tensor<'f32'> {

@@ -5,6 +5,7 @@ import { create, globals } from 'webgpu';
 import { deviceDescriptor } from '../src/tensor/webgpu/adapters.js';
 import type { BufferRef, KernelDispatch } from '../src/tensor/webgpu/dispatch.js';
 import { traitsOf, type DeviceTraits } from '../src/tensor/webgpu/kernels/wgsl-common.js';
+import './lavapipe.js';
 
 Object.assign(globalThis, globals);
 process.env.XDG_RUNTIME_DIR ??= '/tmp';
