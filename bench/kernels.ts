@@ -1,4 +1,5 @@
-import { type ComputeMode, type Isa, NativeBackend, nativeInfo, type PeakKind, peakFlops, readBandwidth } from '../src/tensor/native.js';
+import { QUANT_FORMATS, type QuantFormat } from '../src/tensor/dtype.js';
+import { type ComputeMode, type Isa, NativeBackend, nativeInfo, type PeakKind, peakFlops, quantizeNative, readBandwidth } from '../src/tensor/native.js';
 import { ReferenceBackend } from '../src/tensor/reference.js';
 import { Tensor } from '../src/tensor/tensor.js';
 import { percent, round, timeMedian } from './stats.js';
@@ -32,6 +33,8 @@ interface Figure {
 
 export interface KernelFigures {
   gemm: Array<Figure & { compute: ComputeMode; gflops: number; limit: PeakKind; percentOfPeak: number }>;
+  /** The same GEMM with block-quantized weights (bf16 compute: int8 activations × codes); GOP/s. */
+  quantGemm: Array<Figure & { format: QuantFormat; gops: number; limit: PeakKind | null; percentOfPeak: number | null }>;
   gemv: Array<Figure & { compute: ComputeMode; GBs: number; percentOfBandwidth: number }>;
   attention: Array<Figure & { case: string; unit: 'GFLOP/s' | 'GB/s'; rate: number; limit: PeakKind | 'read'; percentOfLimit: number }>;
   peer: { name: string; gemmGflops: number; gemvGBs: number };
@@ -48,6 +51,15 @@ export function limitOf(isa: Isa, compute: ComputeMode): PeakKind {
   if (isa === 'avx2') return 'fp32-ymm';
   if (isa === 'neon') return 'fp32-neon';
   return 'fp32-scalar';
+}
+
+/**
+ * The integer dot instruction a tier's quantized GEMM issues, where this CPU has a measured loop of it: `vpdpbusd` on
+ * the avx512bf16 tier (built with AVX512-VNNI). The other tiers' dots (`vpmaddubsw` + `vpmaddwd`, NEON `sdot`) have no
+ * measured peak yet: null.
+ */
+export function quantLimitOf(isa: Isa, peaks: MachineLimits['peaks']): PeakKind | null {
+  return isa === 'avx512bf16' && peaks['int8-zmm'] ? 'int8-zmm' : null;
 }
 
 function randomBf16(numel: number, seed: number): Tensor<'bf16'> {
@@ -89,8 +101,9 @@ export function measureLimits(threadCounts: number[]): MachineLimits {
 
 /**
  * On every tier (both compute modes for the matmuls) and thread count: GEMM 512×1536×8960 (the 2B model's gate
- * projection over a 512-token chunk) with bf16 weights; the decode GEMV 1×1536×8960 over enough distinct bf16
- * matrices (> 256 MiB) that every call reads its weights from DRAM; attention (f32 in both modes, so once per tier)
+ * projection over a 512-token chunk) with bf16 weights, and in bf16 mode with int8, int4 and int4m weights; the decode
+ * GEMV 1×1536×8960 over enough distinct bf16 matrices (> 256 MiB) that every call reads its weights from DRAM;
+ * attention (f32 in both modes, so once per tier)
  * for a causal 1024-token prefill, a 1024-patch vision image and one decode step over a 32k-token cache.
  */
 export function measureKernels(threadCounts: number[], limits: MachineLimits): KernelFigures {
@@ -101,7 +114,9 @@ export function measureKernels(threadCounts: number[], limits: MachineLimits): K
   const matrices = Array.from({ length: 12 }, (_, i) => randomBf16(N * K, 10 + i).reshape([N, K]));
   const x1 = randomF32([1, K], 3);
   const y1 = Tensor.empty('f32', [1, N]);
-  const figures: KernelFigures = { gemm: [], gemv: [], attention: [], peer: { name: '', gemmGflops: 0, gemvGBs: 0 } };
+  const dense = randomF32([N, K], 8);
+  const quantized = QUANT_FORMATS.map((format) => ({ format, w: new Tensor(format, [N, K], quantizeNative(format, dense)) }));
+  const figures: KernelFigures = { gemm: [], quantGemm: [], gemv: [], attention: [], peer: { name: '', gemmGflops: 0, gemvGBs: 0 } };
   const attention = attentionCases();
   for (const isa of [...limits.cpu.tiers].reverse()) {
     // The portable tier is an order of magnitude slower: fewer runs keep the bench short.
@@ -120,6 +135,12 @@ export function measureKernels(threadCounts: number[], limits: MachineLimits): K
         }, 7) / matrices.length;
         const GBs = (N * K * 2) / perCall / 1e9;
         figures.gemv.push({ isa, compute, threads: n, GBs: round(GBs), percentOfBandwidth: percent(GBs, limits.readGBs[n]!) });
+      }
+      const integer = new NativeBackend({ isa, compute: 'bf16', threads: n });
+      const dotLimit = quantLimitOf(isa, limits.peaks);
+      for (const { format, w: wq } of quantized) {
+        const gops = (2 * M * N * K) / timeBest(() => integer.matmul(x, wq, null, out), runs) / 1e9;
+        figures.quantGemm.push({ isa, format, threads: n, gops: round(gops), limit: dotLimit, percentOfPeak: dotLimit ? percent(gops, limits.peaks[dotLimit]![n]!) : null });
       }
       const native = new NativeBackend({ isa, compute: 'exact', threads: n });
       const limit = limitOf(isa, 'exact');

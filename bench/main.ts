@@ -61,6 +61,10 @@ const kernels = measureKernels(threadCounts, limits);
 for (const g of kernels.gemm) {
   log(`GEMM 512x1536x8960 bf16 weights, ${g.isa} ${g.compute}, ${g.threads} thread(s): ${g.gflops} GFLOP/s = ${g.percentOfPeak}% of the ${g.limit} peak`);
 }
+for (const q of kernels.quantGemm) {
+  const limit = q.limit ? `${q.percentOfPeak}% of the ${q.limit} peak` : 'no measured peak of its dot instruction';
+  log(`GEMM 512x1536x8960 ${q.format} weights, ${q.isa} bf16, ${q.threads} thread(s): ${q.gops} GOP/s = ${limit}`);
+}
 for (const v of kernels.gemv) {
   log(`GEMV 1x1536x8960 bf16 cold weights, ${v.isa} ${v.compute}, ${v.threads} thread(s): ${v.GBs} GB/s = ${v.percentOfBandwidth}% of read bandwidth`);
 }
