@@ -194,7 +194,9 @@ function native(): Addon {
   if (!path) {
     throw new Error(
       `videollama3: the native CPU backend is not built (looked for ${paths.join(' and ')}). ` +
-        'Run `npm install` in the package root (or `npm run install` to rebuild just the addon with npm\'s node-gyp).',
+        'Run `npm install` in the package root (or `npm run install` to rebuild just the addon with npm\'s node-gyp). ' +
+        'Installed as a dependency, it builds in videollama3\'s install script, which npm 12 skips unless the project ' +
+        'allows it: `npm install-scripts approve videollama3`, then `npm rebuild videollama3`.',
     );
   }
   const require = createRequire(import.meta.url);
