@@ -103,8 +103,8 @@ export function measureLimits(threadCounts: number[]): MachineLimits {
  * On every tier (both compute modes for the matmuls) and thread count: GEMM 512×1536×8960 (the 2B model's gate
  * projection over a 512-token chunk) with bf16 weights, and in bf16 mode with int8, int4 and int4m weights; the decode
  * GEMV 1×1536×8960 over enough distinct bf16 matrices (> 256 MiB) that every call reads its weights from DRAM;
- * attention (f32 in both modes, so once per tier)
- * for a causal 1024-token prefill, a 1024-patch vision image and one decode step over a 32k-token cache.
+ * attention (f32 in both modes, so once per tier) for a causal 1024-token prefill, a 1024-patch vision image and one
+ * decode step over a 32k-token cache.
  */
 export function measureKernels(threadCounts: number[], limits: MachineLimits): KernelFigures {
   const [M, K, N] = [512, 1536, 8960];
