@@ -726,159 +726,139 @@ inline long adamwVectors(float* p, const float* g, float* m, float* v, long n, c
 }
 
 // Quantized weights' integer dot (ops_impl.h quantMatmulInt) for a full group of 4 weight rows and MT rows of x, over
-// every whole chunk of 4 blocks (128 k). A row's chunk is two halves (quant.h halvesOffset); a ymm of either holds 16 k
-// of two blocks, as does the activation's, so the halves add into one vector of int32 lanes, 4 per block. Without an
-// int8 dot instruction, vpmaddubsw (u8·s8 pairs summed in int16, saturating) and vpmaddwd by ones give those lanes.
-// Int4 and Int4m codes (≤ 15) keep a pair within 2·15·127, and Int4 starts from the activation's lane sums −z·Σq so
-// that it sums (u − z)·q. Int8 codes reach 255, past what a pair may hold, so its weights are made signed (u XOR 0x80 =
-// u − 128): |u − 128| ≤ 128 is the unsigned operand and vpsignb gives the activation the weight's sign (pairs within
-// 2·128·127), which sums (u − z)·q directly. vphaddd folds two rows' lanes into one vector of (row, block) sums before
-// the f32 work, so that a conversion and an FMA serve 8 blocks; the scales are permuted once per chunk to match.
+// every whole chunk of 4 blocks (128 k). A chunk's codes are k-major (quant.h codeOffset): code vector s (Int8: 8 of
+// them; Int4, Int4m: 4, each two by its nibbles) is 64 bytes, one 32-bit word of 4 codes per (row, block) in the order
+// of the chunk's scales, so a ymm holds rows 2p and 2p + 1 (half p), and x's 16 bytes of the same s, broadcast to both
+// 128-bit lanes, are the other operand: each int32 lane sums a whole block, and one conversion and one FMA finish a
+// half's 8 blocks, with no shuffle of lanes or scales. Without an int8 dot instruction, vpmaddubsw (u8·s8 pairs summed
+// in int16, saturating) and vpmaddwd by ones give the lanes. Int4 and Int4m codes (≤ 15) keep a pair within 2·15·127
+// and a block's 8 code vectors' pairs within int16, so those add in int16 and widen once; Int4 then adds x's block
+// sums −z·Σq so that it sums (u − z)·q. Int8 codes reach 255, past what a pair may hold, so its weights are made
+// signed (u XOR 0x80 = u − 128): |u − 128| ≤ 128 is the unsigned operand and vpsignb gives the activation the
+// weight's sign (pairs within 2·128·127), which sums (u − z)·q directly.
 #define VL3_QUANT_DOT 1
 
-// The order of (row, block) after foldRows for rows 2p, 2p + 1: lane i holds row 2p + kFoldRow[i], block kFoldBlock[i].
-constexpr int kFoldRow[8] = {0, 0, 1, 1, 0, 0, 1, 1};
-constexpr int kFoldBlock[8] = {0, 2, 0, 2, 1, 3, 1, 3};
-
-// s[r][h]: row r's int32 lanes, h = 0 blocks 0–1, h = 1 blocks 2–3 (a 128-bit half per block, 4 lanes each).
-inline __m256i foldRows(const __m256i (&a)[2], const __m256i (&b)[2]) {
-  return _mm256_hadd_epi32(_mm256_hadd_epi32(a[0], a[1]), _mm256_hadd_epi32(b[0], b[1]));
-}
-
-// A chunk's scales for rows 2p, 2p + 1 in the fold's lane order (dw), and Int4m's minima (mw; dw elsewhere).
+// Code vectors per chunk: Int8 8, Int4 and Int4m 4 (two operands each, the low and high nibbles).
 template <WType T>
-inline void groupScales(const uint8_t* ch, __m256 (&dw)[2], __m256 (&mw)[2]) {
-  const __m256i rowScales = _mm256_setr_epi32(4 * kFoldRow[0] + kFoldBlock[0], 4 * kFoldRow[1] + kFoldBlock[1],
-                                              4 * kFoldRow[2] + kFoldBlock[2], 4 * kFoldRow[3] + kFoldBlock[3],
-                                              4 * kFoldRow[4] + kFoldBlock[4], 4 * kFoldRow[5] + kFoldBlock[5],
-                                              4 * kFoldRow[6] + kFoldBlock[6], 4 * kFoldRow[7] + kFoldBlock[7]);
-  const __m128i* params = reinterpret_cast<const __m128i*>(ch);
-  for (int p = 0; p < 2; p++) {
-    dw[p] = _mm256_permutevar8x32_ps(_mm256_cvtph_ps(_mm_loadu_si128(params + p)), rowScales);
-    mw[p] = T == WType::Int4m ? _mm256_permutevar8x32_ps(_mm256_cvtph_ps(_mm_loadu_si128(params + 2 + p)), rowScales) : dw[p];
+constexpr int kCodeVectors = T == WType::Int8 ? 8 : 4;
+
+// Half p of code vector s as operands: Int8 |u − 128| (w) and u − 128 (sign); Int4, Int4m the low nibbles (w) and
+// the high ones (sign).
+template <WType T>
+inline void codeOperands(const uint8_t* codes, int s, int p, __m256i& w, __m256i& sign) {
+  const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + 64 * s + 32 * p));
+  if (T == WType::Int8) {
+    sign = _mm256_xor_si256(v, _mm256_set1_epi8(static_cast<char>(0x80)));
+    w = _mm256_abs_epi8(sign);
+  } else {
+    const __m256i nibble = _mm256_set1_epi8(0x0f);
+    w = _mm256_and_si256(v, nibble);
+    sign = _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble);
   }
 }
 
-// w[r][half][h]: the unsigned operand of a chunk's codes; Int8: sw also u − 128, whose sign x takes.
-template <WType T>
-inline void groupCodes(const uint8_t* codes, __m256i (&w)[quant::kGroupRows][2][2], __m256i (&sw)[quant::kGroupRows][2][2]) {
-  const __m256i nibble = _mm256_set1_epi8(0x0f), flip = _mm256_set1_epi8(static_cast<char>(0x80));
-  for (int r = 0; r < quant::kGroupRows; r++) {
-    for (int h = 0; h < 2; h++) {
-      if (T == WType::Int8) {
-        for (int half = 0; half < 2; half++) {
-          const __m256i u = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + r * 128 + half * 64 + h * 32));
-          sw[r][half][h] = _mm256_xor_si256(u, flip);
-          w[r][half][h] = _mm256_abs_epi8(sw[r][half][h]);
-        }
-      } else {
-        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + r * 64 + h * 32));
-        w[r][0][h] = _mm256_and_si256(v, nibble);
-        w[r][1][h] = _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble);
-      }
-    }
-  }
-}
-
-// One row of x's share of chunk c: its codes, Int4's lane sums, and its block scales (and Int4m's scaled sums) in the
-// fold's lane order.
-struct ChunkX {
-  __m256i x[2][2], init[2];
-  __m256 dx, ds;
+// One half's integer chains: Int8 int32 lanes (even and odd s), Int4 int16 pairs (low and high nibbles).
+struct Chains {
+  __m256i a = _mm256_setzero_si256(), b = _mm256_setzero_si256();
 };
 
 template <WType T>
-inline ChunkX chunkX(const quant::QuantizedRows& A, long m, long c, long nb) {
-  constexpr int B = quant::kChunkBlocks;
-  const long K = A.K;
-  const __m256i blockScales = _mm256_setr_epi32(kFoldBlock[0], kFoldBlock[1], kFoldBlock[2], kFoldBlock[3],
-                                                kFoldBlock[4], kFoldBlock[5], kFoldBlock[6], kFoldBlock[7]);
-  ChunkX X;
-  const int8_t* xq = A.q + m * K + c * 128;
-  for (int half = 0; half < 2; half++)
-    for (int h = 0; h < 2; h++) X.x[half][h] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + half * 64 + h * 32));
-  for (int h = 0; h < 2; h++)
-    X.init[h] = T == WType::Int4 ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(A.laneInit + m * (K / 8) + c * 16 + h * 8))
-                                 : _mm256_setzero_si256();
-  const __m128 dx4 = _mm_loadu_ps(A.d + m * nb + c * B);
-  X.dx = _mm256_permutevar8x32_ps(_mm256_set_m128(dx4, dx4), blockScales);
-  if (T == WType::Int4m) {
-    const __m128 ds4 = _mm_loadu_ps(A.dsum + m * nb + c * B);
-    X.ds = _mm256_permutevar8x32_ps(_mm256_set_m128(ds4, ds4), blockScales);
+inline void addProducts(Chains& c, int s, __m256i w, __m256i sign, const __m256i (&xb)[8]) {
+  if (T == WType::Int8) {
+    const __m256i pairs = _mm256_madd_epi16(_mm256_maddubs_epi16(w, _mm256_sign_epi8(xb[s], sign)), _mm256_set1_epi16(1));
+    if (s & 1)
+      c.b = _mm256_add_epi32(c.b, pairs);
+    else
+      c.a = _mm256_add_epi32(c.a, pairs);
   } else {
-    X.ds = _mm256_setzero_ps();
+    c.a = _mm256_add_epi16(c.a, _mm256_maddubs_epi16(w, xb[s]));
+    c.b = _mm256_add_epi16(c.b, _mm256_maddubs_epi16(sign, xb[s + 4]));
   }
-  return X;
 }
 
-// acc[p] (rows 2p, 2p + 1, fold order) += one chunk of a group (decoded codes w/sw, scales dw/mw) against X.
+// x's codes of chunk c of row m as the 8 broadcast operands of code vectors s (and s + 4).
+inline void chunkX(const quant::QuantizedRows& A, long m, long c, __m256i (&xb)[8]) {
+  const int8_t* xq = A.q + m * A.K + c * 128;
+  for (int s = 0; s < 8; s++) xb[s] = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(xq + 16 * s)));
+}
+
+// acc (half p of a group) += the chunk's block sums times d_w·d_x (+ Int4m's minimum terms); ch: the chunk's scales.
 template <WType T>
-inline void addChunk(const __m256i (&w)[quant::kGroupRows][2][2], const __m256i (&sw)[quant::kGroupRows][2][2],
-                     const __m256 (&dw)[2], const __m256 (&mw)[2], const ChunkX& X, __m256 (&acc)[2]) {
-  const __m256i ones = _mm256_set1_epi16(1);
-  __m256i s[quant::kGroupRows][2];
-  for (int r = 0; r < quant::kGroupRows; r++)
-    for (int h = 0; h < 2; h++) {
-      s[r][h] = X.init[h];
-      for (int half = 0; half < 2; half++) {
-        const __m256i xs = T == WType::Int8 ? _mm256_sign_epi8(X.x[half][h], sw[r][half][h]) : X.x[half][h];
-        s[r][h] = _mm256_add_epi32(s[r][h], _mm256_madd_epi16(_mm256_maddubs_epi16(w[r][half][h], xs), ones));
-      }
-    }
-  for (int p = 0; p < 2; p++) {
-    acc[p] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(foldRows(s[2 * p], s[2 * p + 1])), _mm256_mul_ps(dw[p], X.dx), acc[p]);
-    if (T == WType::Int4m) acc[p] = _mm256_fmadd_ps(mw[p], X.ds, acc[p]);
+inline __m256 addChunk(const Chains& c, const uint8_t* ch, int p, const quant::QuantizedRows& A, long m, long c0, __m256 acc) {
+  const long nb = A.K / quant::kBlock;
+  __m256i s = T == WType::Int8 ? _mm256_add_epi32(c.a, c.b) : _mm256_madd_epi16(_mm256_add_epi16(c.a, c.b), _mm256_set1_epi16(1));
+  if (T == WType::Int4)
+    s = _mm256_add_epi32(s, _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(A.blockInit + m * nb + c0))));
+  const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(ch + 16 * p)));
+  acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, _mm256_broadcast_ps(reinterpret_cast<const __m128*>(A.d + m * nb + c0))), acc);
+  if (T == WType::Int4m) {
+    const __m256 mw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(ch + 32 + 16 * p)));
+    acc = _mm256_fmadd_ps(mw, _mm256_broadcast_ps(reinterpret_cast<const __m128*>(A.dsum + m * nb + c0)), acc);
   }
+  return acc;
 }
 
-// res[r] += the group's 4 rows' sums from acc, in one order for every kernel shape.
+// res[r] += the group's 4 rows' sums from acc (half p: rows 2p, 2p + 1, lanes 4r'..4r'+3), in one order for every
+// kernel shape.
 inline void addGroupRows(const __m256 (&acc)[2], float (&res)[quant::kGroupRows]) {
   for (int p = 0; p < 2; p++) {
     alignas(32) float lanes[8];
     _mm256_store_ps(lanes, acc[p]);
-    res[2 * p] += (lanes[0] + lanes[1]) + (lanes[4] + lanes[5]);
-    res[2 * p + 1] += (lanes[2] + lanes[3]) + (lanes[6] + lanes[7]);
+    res[2 * p] += (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
+    res[2 * p + 1] += (lanes[4] + lanes[5]) + (lanes[6] + lanes[7]);
   }
 }
 
 template <WType T, int MT>
 inline long groupDotT(const uint8_t* g, const quant::QuantizedRows& A, long m0, float (*res)[quant::kGroupRows]) {
-  constexpr int R = quant::kGroupRows;
+  constexpr int V = kCodeVectors<T>;
   const quant::GroupChunks gc = quant::groupChunks(T, A.K);
-  const long nb = gc.blocks, chunks = gc.chunks;
+  const long chunks = gc.chunks;
   __m256 acc[MT][2];
   for (int i = 0; i < MT; i++) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
   for (long c = 0; c < chunks; c++) {
     const auto [ch, codes] = quant::chunkPlace(gc, g, c);
-    __m256 dw[2], mw[2];
-    groupScales<T>(ch, dw, mw);
-    __m256i w[R][2][2], sw[R][2][2] = {};
-    groupCodes<T>(codes, w, sw);
-    for (int i = 0; i < MT; i++) addChunk<T>(w, sw, dw, mw, chunkX<T>(A, m0 + i, c, nb), acc[i]);
+    __m256i w[V][2], sign[V][2];
+    for (int s = 0; s < V; s++)
+      for (int p = 0; p < 2; p++) codeOperands<T>(codes, s, p, w[s][p], sign[s][p]);
+    for (int i = 0; i < MT; i++) {
+      __m256i xb[8];
+      chunkX(A, m0 + i, c, xb);
+      for (int p = 0; p < 2; p++) {
+        Chains sums;
+        for (int s = 0; s < V; s++) addProducts<T>(sums, s, w[s][p], sign[s][p], xb);
+        acc[i][p] = addChunk<T>(sums, ch, p, A, m0 + i, c * 4, acc[i][p]);
+      }
+    }
   }
   for (int i = 0; i < MT; i++) addGroupRows(acc[i], res[i]);
   return chunks * quant::kChunkBlocks;
 }
 
 // groupDotT for one row of x (decode) against G groups `apart` bytes apart, each chunk of x loaded once for all G:
-// G sequential weight streams, and x (14 KiB at k = 8960) no longer reloaded for every 4 rows after the weights
+// G sequential weight streams, and x (11 KiB at k = 8960) no longer reloaded for every 4 rows after the weights
 // pushed it out of L1. Each group's operations are groupDotT's, so its rows get the same bits.
 template <WType T, int G>
 inline long groupsDotT(const uint8_t* g, long apart, const quant::QuantizedRows& A, long m, float (*res)[quant::kGroupRows]) {
-  constexpr int R = quant::kGroupRows;
+  constexpr int V = kCodeVectors<T>;
   const quant::GroupChunks gc = quant::groupChunks(T, A.K);
-  const long nb = gc.blocks, chunks = gc.chunks;
+  const long chunks = gc.chunks;
   __m256 acc[G][2];
   for (int h = 0; h < G; h++) acc[h][0] = acc[h][1] = _mm256_setzero_ps();
   for (long c = 0; c < chunks; c++) {
-    const ChunkX X = chunkX<T>(A, m, c, nb);
+    __m256i xb[8];
+    chunkX(A, m, c, xb);
     for (int h = 0; h < G; h++) {
       const auto [ch, codes] = quant::chunkPlace(gc, g + h * apart, c);
-      __m256 dw[2], mw[2];
-      groupScales<T>(ch, dw, mw);
-      __m256i w[R][2][2], sw[R][2][2] = {};
-      groupCodes<T>(codes, w, sw);
-      addChunk<T>(w, sw, dw, mw, X, acc[h]);
+      for (int p = 0; p < 2; p++) {
+        Chains sums;
+        for (int s = 0; s < V; s++) {
+          __m256i w, sign;
+          codeOperands<T>(codes, s, p, w, sign);
+          addProducts<T>(sums, s, w, sign, xb);
+        }
+        acc[h][p] = addChunk<T>(sums, ch, p, A, m, c * 4, acc[h][p]);
+      }
     }
   }
   for (int h = 0; h < G; h++) addGroupRows(acc[h], res[h]);

@@ -856,12 +856,19 @@ inline long adamwVectors(float* p, const float* g, float* m, float* v, long n, c
 // quant::quantizeActivationRow a block of 32 at a time, with the same codes, scales and sums: x·inv is rounded to f32
 // by an explicitly rounded multiply (which no compiler fuses with what follows) and then to the nearest even integer,
 // as the portable loop's 1.5·2²³ addition does. A decode step quantizes every matmul's input on one thread while the
-// others wait: 9 µs for the 8960 k of the down projection in the portable loop, under 2 here.
-inline void quantizeActivationRowVec(WType t, const float* x, long K, int8_t* q, float* d, int32_t* laneInit, float* dsum) {
+// others wait: 9 µs for the 8960 k of the down projection in the portable loop, under 2 here. A whole chunk's four
+// blocks are put in k-major order (quant.h activationOffset) by two permutes of 32-bit words.
+inline void quantizeActivationRowVec(WType t, const float* x, long K, int8_t* q, float* d, int32_t* blockInit, float* dsum) {
   constexpr int kRne = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+  constexpr int B = quant::kChunkBlocks;
   const long nb = K / quant::kBlock;
   const __m512 absMask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
-  const __m128i minusZ = _mm_set1_epi32(-quant::zeroCode(t));
+  const int minusZ = -quant::zeroCode(t);
+  // Word (s, i) of a chunk, at 4s + i (s < 4) or 4(s − 4) + i, from word s of block i: blocks 0–1 are the first
+  // source (word 8i + s), blocks 2–3 the second (16 + 8(i − 2) + s).
+  const __m512i firstWords = _mm512_setr_epi32(0, 8, 16, 24, 1, 9, 17, 25, 2, 10, 18, 26, 3, 11, 19, 27);
+  const __m512i lastWords = _mm512_add_epi32(firstWords, _mm512_set1_epi32(4));
+  alignas(64) int8_t blocks[B * quant::kBlock];
   for (long b = 0; b < nb; b++) {
     const __m512 v0 = _mm512_loadu_ps(x + b * quant::kBlock), v1 = _mm512_loadu_ps(x + b * quant::kBlock + 16);
     // max(a, m) keeps m where a is NaN, as the portable loop's `a > m ? a : m` does.
@@ -871,184 +878,244 @@ inline void quantizeActivationRowVec(WType t, const float* x, long K, int8_t* q,
     d[b] = amax / 127.0f;
     const __m512i c0 = _mm512_cvt_roundps_epi32(_mm512_mul_round_ps(v0, inv, kRne), kRne);
     const __m512i c1 = _mm512_cvt_roundps_epi32(_mm512_mul_round_ps(v1, inv, kRne), kRne);
-    const long chunk0 = b / quant::kChunkBlocks * quant::kChunkBlocks;
-    const long chunkBlocks = nb - chunk0 < quant::kChunkBlocks ? nb - chunk0 : quant::kChunkBlocks;
+    const long chunk0 = b / B * B, chunkBlocks = nb - chunk0 < B ? nb - chunk0 : B;
+    int8_t* own = blocks + (b - chunk0) * quant::kBlock;
+    _mm_store_si128(reinterpret_cast<__m128i*>(own), _mm512_cvtepi32_epi8(c0));
+    _mm_store_si128(reinterpret_cast<__m128i*>(own + 16), _mm512_cvtepi32_epi8(c1));
+    const int sum = _mm512_reduce_add_epi32(_mm512_add_epi32(c0, c1));
+    if (t == WType::Int4m)
+      dsum[b] = d[b] * static_cast<float>(sum);
+    else
+      blockInit[b] = minusZ * sum;
+    if (b - chunk0 != chunkBlocks - 1) continue;
     int8_t* chunk = q + chunk0 * quant::kBlock;
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(chunk + quant::halvesOffset(chunkBlocks, b - chunk0, 0)), _mm512_cvtepi32_epi8(c0));
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(chunk + quant::halvesOffset(chunkBlocks, b - chunk0, 16)), _mm512_cvtepi32_epi8(c1));
-    const __m512i pairs = _mm512_add_epi32(c0, c1);  // element j + element 16 + j
-    if (t == WType::Int4m) {
-      dsum[b] = d[b] * static_cast<float>(_mm512_reduce_add_epi32(pairs));
+    if (chunkBlocks == B) {
+      const __m512i lo = _mm512_load_si512(blocks), hi = _mm512_load_si512(blocks + 64);
+      _mm512_storeu_si512(chunk, _mm512_permutex2var_epi32(lo, firstWords, hi));
+      _mm512_storeu_si512(chunk + 64, _mm512_permutex2var_epi32(lo, lastWords, hi));
     } else {
-      // Lane l: the sum of pairs 4l..4l+3, gathered from the first lane of each 128-bit quarter.
-      __m512i fours = _mm512_add_epi32(pairs, _mm512_shuffle_epi32(pairs, _MM_PERM_BADC));
-      fours = _mm512_add_epi32(fours, _mm512_shuffle_epi32(fours, _MM_PERM_CDAB));
-      const __m128i lanes = _mm512_castsi512_si128(_mm512_maskz_compress_epi32(0x1111, fours));
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(laneInit + b * 4), _mm_mullo_epi32(lanes, minusZ));
+      for (long i = 0; i < chunkBlocks; i++)
+        for (int w = 0; w < quant::kBlock / 4; w++)
+          std::memcpy(chunk + quant::activationOffset(chunkBlocks, i, 4 * w), blocks + i * quant::kBlock + 4 * w, 4);
     }
   }
 }
 #define VL3_QUANT_ACTIVATIONS 1
 
 // Quantized weights' integer dot (ops_impl.h quantMatmulInt) for a full group of 4 weight rows and MT rows of x, over
-// every whole chunk of 4 blocks (128 k). A row's chunk is two halves of 64 codes (quant.h halvesOffset), each a vector
-// whose 128-bit lane b holds 16 k of block b, as are the activation's: both halves add into one vector of int32 lanes,
-// 4 per block, summing (u − z)·q exactly, which one conversion and one FMA by d_w·d_x (broadcast per block) finish.
-// The integer step differs by instruction set (blockLanes below). Returns the blocks done; the rest is generic.
-#if defined(__AVX512VNNI__)
-// vpdpbusd multiplies the unsigned codes by the signed activations, starting from the activation's lane sums −z·Σq.
-template <WType T>
-constexpr bool kLaneInit = T != WType::Int4m;
+// every whole chunk of 4 blocks (128 k). A chunk's codes are k-major (quant.h codeOffset): code vector s (Int8: 8 of
+// them; Int4, Int4m: 4, each two by its nibbles) holds one 32-bit word of 4 codes per (row, block), lane 4·row + block
+// as the chunk's scales are ordered, and x's 16 bytes of the same s, broadcast to the 4 rows, are the other operand.
+// So each integer lane sums a whole block, and one conversion, one multiply of the scales and one FMA finish the
+// group's 16 blocks: no shuffle of lanes or scales. Two integer chains per group (even and odd s; Int4 the low and
+// high nibbles) halve the dependency chain of the dot instruction. The integer step differs by instruction set
+// (addProducts below). Returns the blocks done; the rest is generic.
+struct Chains {
+  __m512i a = _mm512_setzero_si512(), b = _mm512_setzero_si512();
+};
 
+#if defined(__AVX512VNNI__)
+// vpdpbusd multiplies the unsigned codes by the signed activations, and the sums start from x's −z·Σq per block.
+// Int4's high nibbles are taken in place (16·u, masked): their chain sums 16·Σu·q exactly, shifted back at the end.
 template <WType T>
-inline __m512i codeOperand(__m512i stored) {
-  return stored;
+constexpr bool kBlockInit = T != WType::Int4m;
+
+// The unsigned operands of code vector s: Int8 the codes (lo); Int4, Int4m the low nibbles (lo) and the high ones (hi).
+template <WType T>
+inline void codeOperands(const uint8_t* codes, int s, __m512i& lo, __m512i& hi) {
+  const __m512i v = _mm512_loadu_si512(codes + 64 * s);
+  if (T == WType::Int8) {
+    lo = hi = v;
+  } else {
+    lo = _mm512_and_si512(v, _mm512_set1_epi8(0x0f));
+    hi = _mm512_and_si512(v, _mm512_set1_epi8(static_cast<char>(0xf0)));
+  }
 }
 
 template <WType T>
-inline __m512i blockLanes(__m512i acc, __m512i w, __m512i x) {
-  return _mm512_dpbusd_epi32(acc, w, x);
+inline void addProducts(Chains& c, int s, __m512i lo, __m512i hi, const __m512i (&xb)[8]) {
+  if (T == WType::Int8) {
+    if (s & 1)
+      c.b = _mm512_dpbusd_epi32(c.b, lo, xb[s]);
+    else
+      c.a = _mm512_dpbusd_epi32(c.a, lo, xb[s]);
+  } else {
+    c.a = _mm512_dpbusd_epi32(c.a, lo, xb[s]);
+    c.b = _mm512_dpbusd_epi32(c.b, hi, xb[s + 4]);
+  }
+}
+
+template <WType T>
+inline __m512i blockSums(const Chains& c) {
+  return _mm512_add_epi32(c.a, T == WType::Int8 ? c.b : _mm512_srai_epi32(c.b, 4));
 }
 #else
 // Without VNNI (the avx512 tier): vpmaddubsw (u8·s8 pairs summed in int16, saturating) and vpmaddwd by ones (pairs of
-// those into int32 lanes of 4 k). Int4 and Int4m codes (≤ 15) keep a pair within 2·15·127. Int8 codes reach 255, past
-// what a pair may hold, so its weights are made signed (u XOR 0x80 = u − 128): |u − 128| ≤ 128 is the unsigned operand
-// and the activation takes the weight's sign, pairs within 2·128·127; that sums (u − z)·q directly, without lane sums.
+// those into int32 lanes of 4 k). Int4 and Int4m codes (≤ 15) keep a pair within 2·15·127, and a block's 8 code
+// vectors' pairs within int16 (8·2·15·127), so they add in int16 and widen once. Int8 codes reach 255, past what a
+// pair may hold, so its weights are made signed (u XOR 0x80 = u − 128): |u − 128| ≤ 128 is the unsigned operand and
+// the activation takes the weight's sign, pairs within 2·128·127; that sums (u − z)·q directly, without block sums.
 template <WType T>
-constexpr bool kLaneInit = T == WType::Int4;
+constexpr bool kBlockInit = T == WType::Int4;
 
 template <WType T>
-inline __m512i codeOperand(__m512i stored) {
-  return T == WType::Int8 ? _mm512_xor_si512(stored, _mm512_set1_epi8(static_cast<char>(0x80))) : stored;
+inline void codeOperands(const uint8_t* codes, int s, __m512i& lo, __m512i& hi) {
+  const __m512i v = _mm512_loadu_si512(codes + 64 * s);
+  if (T == WType::Int8) {
+    lo = hi = _mm512_xor_si512(v, _mm512_set1_epi8(static_cast<char>(0x80)));
+  } else {
+    lo = _mm512_and_si512(v, _mm512_set1_epi8(0x0f));
+    hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), _mm512_set1_epi8(0x0f));
+  }
 }
 
 template <WType T>
-inline __m512i blockLanes(__m512i acc, __m512i w, __m512i x) {
-  const __m512i ones = _mm512_set1_epi16(1);
+inline void addProducts(Chains& c, int s, __m512i lo, __m512i hi, const __m512i (&xb)[8]) {
   if (T == WType::Int8) {
-    // The sign mask taken at its use: hoisted per chunk, 8 of them outnumber the 7 usable mask registers, and their
-    // spills through general registers cost a third of the decode rate on streamed weights.
-    const __m512i xs = _mm512_mask_sub_epi8(x, _mm512_movepi8_mask(w), _mm512_setzero_si512(), x);
-    return _mm512_add_epi32(_mm512_madd_epi16(_mm512_maddubs_epi16(_mm512_abs_epi8(w), xs), ones), acc);
+    // The sign mask taken at its use: hoisted, 8 of them outnumber the 7 usable mask registers, and their spills
+    // through general registers cost a third of the decode rate on streamed weights.
+    const __m512i xs = _mm512_mask_sub_epi8(xb[s], _mm512_movepi8_mask(lo), _mm512_setzero_si512(), xb[s]);
+    const __m512i pairs = _mm512_madd_epi16(_mm512_maddubs_epi16(_mm512_abs_epi8(lo), xs), _mm512_set1_epi16(1));
+    if (s & 1)
+      c.b = _mm512_add_epi32(c.b, pairs);
+    else
+      c.a = _mm512_add_epi32(c.a, pairs);
+  } else {
+    c.a = _mm512_add_epi16(c.a, _mm512_maddubs_epi16(lo, xb[s]));
+    c.b = _mm512_add_epi16(c.b, _mm512_maddubs_epi16(hi, xb[s + 4]));
   }
-  return _mm512_add_epi32(_mm512_madd_epi16(_mm512_maddubs_epi16(w, x), ones), acc);
+}
+
+template <WType T>
+inline __m512i blockSums(const Chains& c) {
+  if (T == WType::Int8) return _mm512_add_epi32(c.a, c.b);
+  return _mm512_madd_epi16(_mm512_add_epi16(c.a, c.b), _mm512_set1_epi16(1));
 }
 #endif
 
-// Lanes 4b..4b+3 of row r's scale vector: element 4r + b of the chunk's scales (row, then block).
-inline void rowScaleIndices(__m512i (&scaleOf)[quant::kGroupRows]) {
-  for (int r = 0; r < quant::kGroupRows; r++)
-    scaleOf[r] = _mm512_add_epi32(_mm512_set1_epi32(4 * r), _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0));
+// Code vectors per chunk: Int8 8, Int4 and Int4m 4 (two operands each).
+template <WType T>
+constexpr int kCodeVectors = T == WType::Int8 ? 8 : 4;
+
+// x's codes of chunk c of row m as the 8 broadcast operands of code vectors s (and s + 4).
+inline void chunkX(const quant::QuantizedRows& A, long m, long c, __m512i (&xb)[8]) {
+  const int8_t* xq = A.q + m * A.K + c * 128;
+  for (int s = 0; s < 8; s++) xb[s] = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(xq + 16 * s)));
 }
 
-// Row r's codes of a chunk as the operands of its two halves.
+// acc += the chunk's block sums, converted and scaled by p (d_w·d_x per lane); the block init added first.
 template <WType T>
-inline void rowCodes(const uint8_t* codes, int r, __m512i& wLo, __m512i& wHi) {
-  if (T == WType::Int8) {
-    wLo = codeOperand<T>(_mm512_loadu_si512(codes + r * 128));
-    wHi = codeOperand<T>(_mm512_loadu_si512(codes + r * 128 + 64));
-  } else {
-    const __m512i v = _mm512_loadu_si512(codes + r * 64);
-    wLo = _mm512_and_si512(v, _mm512_set1_epi8(0x0f));
-    wHi = _mm512_and_si512(_mm512_srli_epi16(v, 4), _mm512_set1_epi8(0x0f));
-  }
+inline __m512 addChunk(const Chains& c, const quant::QuantizedRows& A, long m, long c0, __m512 p, __m512 acc) {
+  __m512i s = blockSums<T>(c);
+  if (kBlockInit<T>)
+    s = _mm512_add_epi32(s, _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(A.blockInit + m * (A.K / quant::kBlock) + c0))));
+  return _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), p, acc);
 }
 
-// A group's accumulated rows (and int4m's minimum terms) added to their results.
+// A group's accumulated lanes (and int4m's minimum terms) added to its rows' results: row r's blocks are lanes 4r..4r+3.
 template <WType T>
-inline void addGroupRows(const __m512 (&acc)[quant::kGroupRows], __m512 accMin, float* res) {
-  alignas(64) float mins[16];
+inline void addGroupRows(__m512 acc, __m512 accMin, float* res) {
+  alignas(64) float lanes[16], mins[16];
+  _mm512_store_ps(lanes, acc);
   _mm512_store_ps(mins, accMin);
   for (int r = 0; r < quant::kGroupRows; r++) {
-    res[r] += hsum16(acc[r]);
+    res[r] += (lanes[4 * r] + lanes[4 * r + 1]) + (lanes[4 * r + 2] + lanes[4 * r + 3]);
     if (T == WType::Int4m) res[r] += (mins[4 * r] + mins[4 * r + 1]) + (mins[4 * r + 2] + mins[4 * r + 3]);
   }
 }
 
-template <WType T, int MT>
-inline long groupDotT(const uint8_t* g, const quant::QuantizedRows& A, long m0, float (*res)[quant::kGroupRows]) {
-  constexpr int R = quant::kGroupRows;
-  const long K = A.K;
-  const quant::GroupChunks gc = quant::groupChunks(T, K);
+// G groups `apart` bytes apart against MT rows of x: res[h · MT + i] for group h and x row m0 + i. Each x broadcast
+// serves G groups: on Zen 4 a loop of one 16-byte broadcast per vpdpbusd ran at 64 % of the instruction's peak, one per
+// two at 85 %, and the prefill GEMM on one thread with two groups at 45 % against 41 % with one (BENCHMARKS.md run
+// 24). Each group's operations are one group's, so its rows get the same bits whatever G is.
+template <WType T, int MT, int G>
+inline long groupsRowsDotT(const uint8_t* g, long apart, const quant::QuantizedRows& A, long m0, float (*res)[quant::kGroupRows]) {
+  constexpr int V = kCodeVectors<T>;
+  const quant::GroupChunks gc = quant::groupChunks(T, A.K);
   const long nb = gc.blocks, chunks = gc.chunks;
-  __m512i scaleOf[R];
-  rowScaleIndices(scaleOf);
-  __m512 acc[MT][R], accMin[MT];
-  for (int i = 0; i < MT; i++) {
-    accMin[i] = _mm512_setzero_ps();
-    for (int r = 0; r < R; r++) acc[i][r] = _mm512_setzero_ps();
-  }
+  __m512 acc[G][MT], accMin[G][MT];
+  for (int h = 0; h < G; h++)
+    for (int i = 0; i < MT; i++) acc[h][i] = accMin[h][i] = _mm512_setzero_ps();
   for (long c = 0; c < chunks; c++) {
-    const auto [ch, codes] = quant::chunkPlace(gc, g, c);
-    const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(ch)));
-    const __m512 mw = T == WType::Int4m ? _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(ch + 32))) : dw;
-    __m512i wLo[R], wHi[R];
-    for (int r = 0; r < R; r++) rowCodes<T>(codes, r, wLo[r], wHi[r]);
+    __m512 dw[G], mw[G];
+    __m512i lo[G][V], hi[G][V];
+    for (int h = 0; h < G; h++) {
+      const auto [ch, codes] = quant::chunkPlace(gc, g + h * apart, c);
+      dw[h] = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(ch)));
+      mw[h] = T == WType::Int4m ? _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(ch + 32))) : dw[h];
+      for (int s = 0; s < V; s++) codeOperands<T>(codes, s, lo[h][s], hi[h][s]);
+    }
     for (int i = 0; i < MT; i++) {
       const long m = m0 + i;
-      const int8_t* xq = A.q + m * K + c * 128;
-      const __m512i xLo = _mm512_loadu_si512(xq), xHi = _mm512_loadu_si512(xq + 64);
-      const __m512i init = kLaneInit<T> ? _mm512_loadu_si512(A.laneInit + m * (K / 8) + c * 16) : _mm512_setzero_si512();
-      const __m512 p = _mm512_mul_ps(dw, _mm512_broadcast_f32x4(_mm_loadu_ps(A.d + m * nb + c * 4)));
-      if (T == WType::Int4m) accMin[i] = _mm512_fmadd_ps(mw, _mm512_broadcast_f32x4(_mm_loadu_ps(A.dsum + m * nb + c * 4)), accMin[i]);
-      for (int r = 0; r < R; r++) {
-        const __m512i s = blockLanes<T>(blockLanes<T>(init, wLo[r], xLo), wHi[r], xHi);
-        acc[i][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_permutexvar_ps(scaleOf[r], p), acc[i][r]);
+      __m512i xb[8];
+      chunkX(A, m, c, xb);
+      Chains sums[G];
+      for (int s = 0; s < V; s++)
+        for (int h = 0; h < G; h++) addProducts<T>(sums[h], s, lo[h][s], hi[h][s], xb);
+      const __m512 dx = _mm512_broadcast_f32x4(_mm_loadu_ps(A.d + m * nb + c * 4));
+      for (int h = 0; h < G; h++) {
+        acc[h][i] = addChunk<T>(sums[h], A, m, c * 4, _mm512_mul_ps(dw[h], dx), acc[h][i]);
+        if (T == WType::Int4m) accMin[h][i] = _mm512_fmadd_ps(mw[h], _mm512_broadcast_f32x4(_mm_loadu_ps(A.dsum + m * nb + c * 4)), accMin[h][i]);
       }
     }
   }
-  for (int i = 0; i < MT; i++) addGroupRows<T>(acc[i], accMin[i], res[i]);
+  for (int h = 0; h < G; h++)
+    for (int i = 0; i < MT; i++) addGroupRows<T>(acc[h][i], accMin[h][i], res[h * MT + i]);
   return chunks * quant::kChunkBlocks;
 }
-#define VL3_QUANT_DOT 1
 
-// groupDotT<T, 1> for G groups at once, g, g + apart, g + 2·apart…, with the same operations per row: one activation
+template <WType T, int MT>
+inline long groupDotT(const uint8_t* g, const quant::QuantizedRows& A, long m0, float (*res)[quant::kGroupRows]) {
+  return groupsRowsDotT<T, MT, 1>(g, 0, A, m0, res);
+}
+#define VL3_QUANT_DOT 1
+#define VL3_QUANT_PAIR_DOT 1
+
+// groupDotT<T, 1> for G groups at once, g, g + apart, g + 2·apart…, with the same operations per group: one activation
 // row's loads serve 4·G weight rows, and the groups are G sequential streams. One group at a time, at decode's k = 8960
-// the activation's codes, scales and lane sums (14 KiB) left L1 beside the streamed weights, and reloading them for
-// every 4 rows took the weight stream's fill buffers (the down projection streamed at two thirds of the others' rate).
-// The streams must be far apart: adjacent groups (a few KiB apart) halved the rate on Zen 4. Within a chunk the streams
-// take turns row by row (128 bytes of int8 codes, 64 of int4) rather than group by group: with vpdpbusd, int8 has the
-// least work per byte, and a whole group's chunk (544 bytes) from one stream before the next held a decode's int8
-// matmuls to 0.81–0.94 of the read loop on Zen 4; row by row with 4 streams they make 1.07–1.09, like int4 and bf16.
+// the activation's codes, scales and sums (11 KiB) left L1 beside the streamed weights, and reloading them for every
+// 4 rows took the weight stream's fill buffers (the down projection streamed at two thirds of the others' rate). The
+// streams must be far apart: adjacent groups (a few KiB apart) halved the rate on Zen 4. Within a chunk the streams
+// take turns a code vector (one 64-byte line) at a time rather than group by group: a whole group's chunk from one
+// stream before the next held a decode's int8 matmuls to 0.81–0.94 of the read loop on Zen 4, turns of a row's codes
+// (128 bytes) to 1.07–1.09 (BENCHMARKS.md run 14).
 template <WType T, int G>
 inline long groupsDotT(const uint8_t* g, long apart, const quant::QuantizedRows& A, long m, float (*res)[quant::kGroupRows]) {
-  constexpr int R = quant::kGroupRows;
-  const long K = A.K;
-  const quant::GroupChunks gc = quant::groupChunks(T, K);
+  constexpr int V = kCodeVectors<T>;
+  const quant::GroupChunks gc = quant::groupChunks(T, A.K);
   const long nb = gc.blocks, chunks = gc.chunks;
-  __m512i scaleOf[R];
-  rowScaleIndices(scaleOf);
-  __m512 acc[G][R], accMin[G];
-  for (int h = 0; h < G; h++) {
-    accMin[h] = _mm512_setzero_ps();
-    for (int r = 0; r < R; r++) acc[h][r] = _mm512_setzero_ps();
-  }
-  const int8_t* xq = A.q + m * K;
+  __m512 acc[G], accMin[G];
+  for (int h = 0; h < G; h++) acc[h] = accMin[h] = _mm512_setzero_ps();
   for (long c = 0; c < chunks; c++) {
-    const __m512i xLo = _mm512_loadu_si512(xq + c * 128), xHi = _mm512_loadu_si512(xq + c * 128 + 64);
-    const __m512i init = kLaneInit<T> ? _mm512_loadu_si512(A.laneInit + m * (K / 8) + c * 16) : _mm512_setzero_si512();
+    __m512i xb[8];
+    chunkX(A, m, c, xb);
     const __m512 dx = _mm512_broadcast_f32x4(_mm_loadu_ps(A.d + m * nb + c * 4));
-    __m512 p[G];
+    const uint8_t* params[G];
     const uint8_t* codes[G];
 #pragma GCC unroll 4
     for (int h = 0; h < G; h++) {
       const auto [ch, hCodes] = quant::chunkPlace(gc, g + h * apart, c);
+      params[h] = ch;
       codes[h] = hCodes;
-      if (T == WType::Int4m) {
-        const __m512 mw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(ch + 32)));
-        accMin[h] = _mm512_fmadd_ps(mw, _mm512_broadcast_f32x4(_mm_loadu_ps(A.dsum + m * nb + c * 4)), accMin[h]);
-      }
-      p[h] = _mm512_mul_ps(_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(ch))), dx);
     }
-#pragma GCC unroll 4
-    for (int r = 0; r < R; r++)
+    Chains sums[G];
+#pragma GCC unroll 8
+    for (int s = 0; s < V; s++)
 #pragma GCC unroll 4
       for (int h = 0; h < G; h++) {
-        __m512i wLo, wHi;
-        rowCodes<T>(codes[h], r, wLo, wHi);
-        const __m512i s = blockLanes<T>(blockLanes<T>(init, wLo, xLo), wHi, xHi);
-        acc[h][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_permutexvar_ps(scaleOf[r], p[h]), acc[h][r]);
+        __m512i lo, hi;
+        codeOperands<T>(codes[h], s, lo, hi);
+        addProducts<T>(sums[h], s, lo, hi, xb);
       }
+#pragma GCC unroll 4
+    for (int h = 0; h < G; h++) {
+      const __m512 p = _mm512_mul_ps(_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(params[h]))), dx);
+      acc[h] = addChunk<T>(sums[h], A, m, c * 4, p, acc[h]);
+      if (T == WType::Int4m) {
+        const __m512 mw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(params[h] + 32)));
+        accMin[h] = _mm512_fmadd_ps(mw, _mm512_broadcast_f32x4(_mm_loadu_ps(A.dsum + m * nb + c * 4)), accMin[h]);
+      }
+    }
   }
   for (int h = 0; h < G; h++) addGroupRows<T>(acc[h], accMin[h], res[h]);
   return chunks * quant::kChunkBlocks;

@@ -823,46 +823,47 @@ inline long adamwVectors(float* p, const float* g, float* m, float* v, long n, c
 
 // Quantized weights' integer dot (ops_impl.h quantMatmulInt) for a full group of 4 weight rows and MT rows of x, over
 // every whole chunk of 4 blocks (128 k). The codes are made signed (Int8: u XOR 0x80 = u − 128, Int4: u − 8; Int4m's
-// u ≤ 15 are already), so that signed products sum (u − z)·q directly and the activation's lane sums go unused.
-// Where the build has dotprod (the +bf16 one) sdot sums 4 products per int32 lane; the baseline ARMv8.0 build
-// multiplies into int16 (smull, smlal) as many products as int16 holds exactly, then widens pairwise (saddlp,
-// sadalp). Pairwise adds fold a row's 4 block sums into one vector, a lane per block, which is scaled by d_w·d_x in
-// f32 (the layout of the chunk's scales).
+// u ≤ 15 are already), so that signed products sum (u − z)·q directly and the activation's block sums go unused.
+// A chunk's codes are k-major (quant.h codeOffset): 16 bytes of code vector s are one row's 32-bit words of 4 codes
+// of its 4 blocks, and x's 16 bytes of the same s are the other operand, so each int32 lane sums one block, in the
+// order of the chunk's scales. Where the build has dotprod (the +bf16 one) sdot sums 4 products per int32 lane; the
+// baseline ARMv8.0 build multiplies into int16 (smull, smlal) as many products as int16 holds exactly, then widens
+// pairwise (saddlp, sadalp).
 #define VL3_QUANT_DOT 1
 
 inline float32x4_t widenF16x4(const uint8_t* p) { return vcvt_f32_f16(vreinterpret_f16_u8(vld1_u8(p))); }
 
-// The sums over blocks 0–3 of one chunk of a weight row times x's: w[b] and w[4 + b] are block b's two halves of 16
-// signed codes (quant.h halvesOffset), and x's codes come in the same order.
+// The sums over blocks 0–3 of one chunk of a weight row times x's: w[s] is code vector s of the row (Int4, Int4m:
+// s < 4 the low nibbles, s ≥ 4 the high ones, which pair with x's s), x the chunk's activation codes.
 template <WType T>
 inline int32x4_t chunkDot(const int8x16_t (&w)[8], const int8_t* x) {
 #if defined(__ARM_FEATURE_DOTPROD)
-  int32x4_t s[4];
-  for (int b = 0; b < 4; b++) {
-    const int32x4_t lo = vdotq_s32(vdupq_n_s32(0), w[b], vld1q_s8(x + 16 * b));
-    s[b] = vdotq_s32(lo, w[4 + b], vld1q_s8(x + 64 + 16 * b));
+  int32x4_t a = vdupq_n_s32(0), b = vdupq_n_s32(0);
+  for (int s = 0; s < 8; s += 2) {
+    a = vdotq_s32(a, w[s], vld1q_s8(x + 16 * s));
+    b = vdotq_s32(b, w[s + 1], vld1q_s8(x + 16 * s + 16));
   }
-  return vpaddq_s32(vpaddq_s32(s[0], s[1]), vpaddq_s32(s[2], s[3]));
+  return vaddq_s32(a, b);
 #else
   if (T == WType::Int8) {
-    // |(u − 128)·q| ≤ 128·127: two products per int16 lane.
-    int32x4_t s[4];
-    for (int b = 0; b < 4; b++) {
-      const int8x16_t x0 = vld1q_s8(x + 16 * b), x1 = vld1q_s8(x + 64 + 16 * b);
-      s[b] = vpaddlq_s16(vmlal_high_s8(vmull_s8(vget_low_s8(w[b]), vget_low_s8(x0)), w[b], x0));
-      s[b] = vpadalq_s16(s[b], vmlal_high_s8(vmull_s8(vget_low_s8(w[4 + b]), vget_low_s8(x1)), w[4 + b], x1));
+    // |(u − 128)·q| ≤ 128·127: two products per int16 lane; lanes of blocks 0–1 (low halves) and 2–3 apart.
+    int32x4_t s01 = vdupq_n_s32(0), s23 = vdupq_n_s32(0);
+    for (int s = 0; s < 8; s += 2) {
+      const int8x16_t x0 = vld1q_s8(x + 16 * s), x1 = vld1q_s8(x + 16 * s + 16);
+      s01 = vpadalq_s16(s01, vmlal_s8(vmull_s8(vget_low_s8(w[s]), vget_low_s8(x0)), vget_low_s8(w[s + 1]), vget_low_s8(x1)));
+      s23 = vpadalq_s16(s23, vmlal_high_s8(vmull_high_s8(w[s], x0), w[s + 1], x1));
     }
-    return vpaddq_s32(vpaddq_s32(s[0], s[1]), vpaddq_s32(s[2], s[3]));
+    return vpaddq_s32(s01, s23);
   }
-  // |u − z| ≤ 15: sixteen products (≤ 16·15·127) fit an int16 lane, so a block's 32 stay in int16 through two
-  // rounds of pairwise adds and are widened only once they are 4 lanes, one per block.
-  int16x8_t p[4];
-  for (int b = 0; b < 4; b++) {
-    const int8x16_t x0 = vld1q_s8(x + 16 * b), x1 = vld1q_s8(x + 64 + 16 * b);
-    p[b] = vmlal_high_s8(vmull_s8(vget_low_s8(w[b]), vget_low_s8(x0)), w[b], x0);
-    p[b] = vmlal_high_s8(vmlal_s8(p[b], vget_low_s8(w[4 + b]), vget_low_s8(x1)), w[4 + b], x1);
+  // |u − z| ≤ 15: a lane gathers 8 products (one per s), a pairwise add 16 (≤ 16·15·127, within int16), and the
+  // widening pairwise add makes each block's 32 in one int32 lane.
+  int16x8_t p01 = vdupq_n_s16(0), p23 = vdupq_n_s16(0);
+  for (int s = 0; s < 8; s++) {
+    const int8x16_t xs = vld1q_s8(x + 16 * s);
+    p01 = vmlal_s8(p01, vget_low_s8(w[s]), vget_low_s8(xs));
+    p23 = vmlal_high_s8(p23, w[s], xs);
   }
-  return vpaddlq_s16(vpaddq_s16(vpaddq_s16(p[0], p[1]), vpaddq_s16(p[2], p[3])));
+  return vpaddlq_s16(vpaddq_s16(p01, p23));
 #endif
 }
 
@@ -880,17 +881,15 @@ inline long groupDotT(const uint8_t* g, const quant::QuantizedRows& A, long m0, 
     for (int r = 0; r < R; r++) {
       int8x16_t w[8];
       if (T == WType::Int8) {
-        for (int j = 0; j < 8; j++)
-          w[j] = vreinterpretq_s8_u8(veorq_u8(vld1q_u8(codes + r * 128 + 16 * j), vdupq_n_u8(0x80)));
+        for (int s = 0; s < 8; s++) w[s] = vreinterpretq_s8_u8(veorq_u8(vld1q_u8(codes + 64 * s + 16 * r), vdupq_n_u8(0x80)));
       } else {
-        // Each 16 bytes of a row are one block: its first half in the low nibbles, its second in the high.
-        for (int j = 0; j < 4; j++) {
-          const uint8x16_t v = vld1q_u8(codes + r * 64 + 16 * j);
-          w[j] = vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(0x0f)));
-          w[4 + j] = vreinterpretq_s8_u8(vshrq_n_u8(v, 4));
+        for (int s = 0; s < 4; s++) {
+          const uint8x16_t v = vld1q_u8(codes + 64 * s + 16 * r);
+          w[s] = vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(0x0f)));
+          w[4 + s] = vreinterpretq_s8_u8(vshrq_n_u8(v, 4));
           if (T == WType::Int4) {
-            w[j] = vsubq_s8(w[j], vdupq_n_s8(8));
-            w[4 + j] = vsubq_s8(w[4 + j], vdupq_n_s8(8));
+            w[s] = vsubq_s8(w[s], vdupq_n_s8(8));
+            w[4 + s] = vsubq_s8(w[4 + s], vdupq_n_s8(8));
           }
         }
       }

@@ -25,6 +25,10 @@
 #ifndef VL3_QUANT_GROUPS_DOT
 #define VL3_QUANT_GROUPS_DOT 0
 #endif
+// Set by an ISA header that gives groupsRowsDotT (groupDotT for two groups at once).
+#ifndef VL3_QUANT_PAIR_DOT
+#define VL3_QUANT_PAIR_DOT 0
+#endif
 // Set by an ISA header that gives quantizeActivationRowVec (quant::quantizeActivationRow's results, vectorized).
 #ifndef VL3_QUANT_ACTIVATIONS
 #define VL3_QUANT_ACTIVATIONS 0
@@ -419,6 +423,25 @@ inline long groupDot(WType t, const uint8_t* g, int rows, const quant::Quantized
 }
 #endif
 
+#if VL3_QUANT_PAIR_DOT
+// The ISA's groupsRowsDotT for two full groups `apart` bytes apart: res[h · mt + i].
+template <WType T>
+inline long groupPairRows(const uint8_t* g, long apart, const quant::QuantizedRows& A, long m0, int mt, float (*res)[quant::kGroupRows]) {
+  switch (mt) {
+    case 1: return groupsRowsDotT<T, 1, 2>(g, apart, A, m0, res);
+    case 2: return groupsRowsDotT<T, 2, 2>(g, apart, A, m0, res);
+    case 3: return groupsRowsDotT<T, 3, 2>(g, apart, A, m0, res);
+    default: return groupsRowsDotT<T, 4, 2>(g, apart, A, m0, res);
+  }
+}
+
+inline long groupPairDot(WType t, const uint8_t* g, long apart, const quant::QuantizedRows& A, long m0, int mt, float (*res)[quant::kGroupRows]) {
+  if (t == WType::Int8) return groupPairRows<WType::Int8>(g, apart, A, m0, mt, res);
+  if (t == WType::Int4) return groupPairRows<WType::Int4>(g, apart, A, m0, mt, res);
+  return groupPairRows<WType::Int4m>(g, apart, A, m0, mt, res);
+}
+#endif
+
 #if VL3_QUANT_GROUPS_DOT
 // How many groups a decode step's matmul streams at once: the ISA's choice for k up to 2048 (its
 // kStreamedGroupsShortK), else the most.
@@ -450,7 +473,7 @@ inline long quantTasksPerThread(long) { return 4; }
 #endif
 
 // Quantized weights under Compute::Bf16 (kernels.h): x quantized once per call into scratch, then tasks of (row
-// block of x, range of 4-row weight groups). A row block of x (its codes, scales and lane sums, under 2 bytes per k, at most
+// block of x, range of 4-row weight groups). A row block of x (its codes, scales and block sums, under 2 bytes per k, at most
 // kQuantBlockBytes, at most 64 rows) stays in L2 while its tasks stream the weights, read once per row block:
 // decode reads them exactly once.
 constexpr long kQuantBlockBytes = 192L << 10;
@@ -459,21 +482,21 @@ constexpr long kQuantBlockBytes = 192L << 10;
 inline quant::QuantizedRows quantizeX(const MatmulArgs& a) {
   const long M = a.M, K = a.K, nb = K / quant::kBlock;
   const WType t = a.wType;
-  char* s = static_cast<char*>(scratch(0, kSlotE, M * K + M * nb * 8 + M * K / 2 + 64));
+  char* s = static_cast<char*>(scratch(0, kSlotE, M * K + M * nb * 12 + 64));
   int8_t* q = reinterpret_cast<int8_t*>(s);
   float* d = reinterpret_cast<float*>(s + roundUp(M * K, 64));
   float* dsum = d + M * nb;
-  int32_t* laneInit = reinterpret_cast<int32_t*>(dsum + M * nb);
+  int32_t* blockInit = reinterpret_cast<int32_t*>(dsum + M * nb);
   forRange(M, lmax(1, (1L << 15) / K), [&](long m0, long m1, int) {
     for (long m = m0; m < m1; m++) {
 #if VL3_QUANT_ACTIVATIONS
-      quantizeActivationRowVec(t, a.x + m * K, K, q + m * K, d + m * nb, laneInit + m * (K / 8), dsum + m * nb);
+      quantizeActivationRowVec(t, a.x + m * K, K, q + m * K, d + m * nb, blockInit + m * nb, dsum + m * nb);
 #else
-      quant::quantizeActivationRow(t, a.x + m * K, K, q + m * K, d + m * nb, laneInit + m * (K / 8), dsum + m * nb);
+      quant::quantizeActivationRow(t, a.x + m * K, K, q + m * K, d + m * nb, blockInit + m * nb, dsum + m * nb);
 #endif
     }
   });
-  return {q, d, laneInit, dsum, K};
+  return {q, d, blockInit, dsum, K};
 }
 
 // Rows of x in one block of quantMatmulInt's tasks.
@@ -506,9 +529,33 @@ inline void quantGroups(const MatmulArgs& a, const quant::QuantizedRows& A, cons
     g0 += G * part;
   }
 #endif
+  // res[i][r]: x row m0 + i against row r of group g.
+  auto store = [&](long g, int rows, long m0, int mt, const float (*res)[quant::kGroupRows]) {
+    for (int i = 0; i < mt; i++)
+      for (int r = 0; r < rows; r++) {
+        const long n = g * quant::kGroupRows + r;
+        a.out[(m0 + i) * N + n] = res[i][r] + (bias ? bias[n] : 0.0f);
+      }
+  };
   for (long g = g0; g < g1; g++) {
     const int rows = static_cast<int>(lmin(quant::kGroupRows, N - g * quant::kGroupRows));
     const uint8_t* grp = static_cast<const uint8_t*>(a.w) + g * gBytes;
+#if VL3_QUANT_PAIR_DOT
+    // Two full groups at once where the ISA has it (groupsRowsDotT).
+    if (g + 1 < g1 && (g + 2) * quant::kGroupRows <= N) {
+      for (long m0 = mb * rowsM; m0 < mEnd; m0 += quant::kGroupRows) {
+        const int mt = static_cast<int>(lmin(quant::kGroupRows, mEnd - m0));
+        float res[2 * quant::kGroupRows][quant::kGroupRows] = {};
+        const long done = groupPairDot(a.wType, grp, gBytes, A, m0, mt, res);
+        for (int h = 0; h < 2; h++) {
+          quant::groupDotGeneric(a.wType, grp + h * gBytes, quant::kGroupRows, done, A, m0, mt, res + h * mt);
+          store(g + h, quant::kGroupRows, m0, mt, res + h * mt);
+        }
+      }
+      g++;
+      continue;
+    }
+#endif
     for (long m0 = mb * rowsM; m0 < mEnd; m0 += quant::kGroupRows) {
       const int mt = static_cast<int>(lmin(quant::kGroupRows, mEnd - m0));
       float res[quant::kGroupRows][quant::kGroupRows] = {};
@@ -518,11 +565,7 @@ inline void quantGroups(const MatmulArgs& a, const quant::QuantizedRows& A, cons
       const long done = 0;
 #endif
       quant::groupDotGeneric(a.wType, grp, rows, done, A, m0, mt, res);
-      for (int i = 0; i < mt; i++)
-        for (int r = 0; r < rows; r++) {
-          const long n = g * quant::kGroupRows + r;
-          a.out[(m0 + i) * N + n] = res[i][r] + (bias ? bias[n] : 0.0f);
-        }
+      store(g, rows, m0, mt, res);
     }
   }
 }

@@ -17,7 +17,7 @@ namespace {
 // Int4m d·u + m, u in [0, 15].
 constexpr long kBlock = 32;
 // Rows are packed in groups of 4 (the last group of a matrix may hold fewer), blocks in chunks of 4 (the last chunk
-// of a row may hold fewer): one group's chunk is its rows' scales, then (Int4m) minimums, then codes, row by row.
+// of a row may hold fewer): one group's chunk is its rows' scales, then (Int4m) minimums, then codes (codeOffset).
 // Whole chunks go in pairs, both chunks' scales (and minimums) first, then both chunks' codes: a 4-row int4 or int8
 // chunk is 4.5 cache lines (288 or 544 bytes), so one after the other every second chunk's codes started 32 bytes
 // into a line and each of their vector loads took two lines; in pairs, a group that starts on a line keeps every
@@ -99,9 +99,10 @@ inline uint16_t f32ToF16(float f) {
 struct BlockRef {
   const uint8_t* d;      // f16 scale
   const uint8_t* m;      // f16 minimum (Int4m) or null
-  const uint8_t* codes;  // this row's codes of the whole chunk
+  const uint8_t* codes;  // the codes of the whole chunk, every row's
   long chunkBlocks;      // blocks in the chunk
   long index;            // the block's index within the chunk
+  int rows, row;         // the group's rows, and which of them this block is in
 };
 
 inline BlockRef blockRef(WType t, const uint8_t* g, int rows, int r, long blk, long nBlocks) {
@@ -117,33 +118,38 @@ inline BlockRef blockRef(WType t, const uint8_t* g, int rows, int r, long blk, l
   BlockRef ref;
   ref.d = params + (r * b + i) * 2;
   ref.m = t == WType::Int4m ? params + rows * b * 2 + (r * b + i) * 2 : nullptr;
-  ref.codes = codes + r * b * codeBytes(t);
+  ref.codes = codes;
   ref.chunkBlocks = b;
   ref.index = i;
+  ref.rows = rows;
+  ref.row = r;
   return ref;
 }
 
-// A row's codes in a chunk of b blocks come in two halves: elements 0..15 of blocks 0..b−1, then their elements
-// 16..31, so that both halves add into one integer accumulator with a lane per 4 k of each block. Int8 weight codes
-// and the activation codes are bytes in that order; Int4 and Int4m pack the halves into nibbles: byte 16·i + j of a
-// row holds element j of block i (low nibble) and element 16 + j (high nibble).
-inline long halvesOffset(long chunkBlocks, long index, long j) {
-  return (j >= 16 ? 16 * chunkBlocks : 0) + 16 * index + (j & 15);
+// A chunk's codes are k-major: 4-byte words, word (s, r, i) holding 4 consecutive elements 4s..4s+3 of row r's block
+// i (Int8: s = 0..7; Int4 and Int4m: s = 0..3, elements 4s..4s+3 in the low nibbles and 16+4s..16+4s+3 in the high).
+// So in a full group's whole chunk, a 512-bit vector s holds one word per (row, block), in the order of the chunk's
+// scales, and an int8 dot instruction sums a whole block into one int32 lane: no shuffle of lanes or scales.
+inline long codeOffset(WType t, const BlockRef& ref, long j) {
+  const long s = (t == WType::Int8 ? j : j & 15) >> 2;
+  return ((s * ref.rows + ref.row) * ref.chunkBlocks + ref.index) * 4 + (j & 3);
 }
 
+// The activation codes of a chunk of b blocks likewise: word (s, i) holds elements 4s..4s+3 of block i (s = 0..7),
+// the 16 bytes of one s being what every row's word s of the weight codes is multiplied by.
+inline long activationOffset(long chunkBlocks, long index, long j) { return ((j >> 2) * chunkBlocks + index) * 4 + (j & 3); }
+
 inline int codeAt(WType t, const BlockRef& ref, long j) {
-  if (t == WType::Int8) return ref.codes[halvesOffset(ref.chunkBlocks, ref.index, j)];
-  const uint8_t byte = ref.codes[16 * ref.index + (j & 15)];
-  return j < 16 ? byte & 15 : byte >> 4;
+  const uint8_t byte = ref.codes[codeOffset(t, ref, j)];
+  return t == WType::Int8 ? byte : j < 16 ? byte & 15 : byte >> 4;
 }
 
 inline void setCode(WType t, uint8_t* codes, const BlockRef& ref, long j, int u) {
-  if (t == WType::Int8) {
-    codes[halvesOffset(ref.chunkBlocks, ref.index, j)] = static_cast<uint8_t>(u);
-    return;
-  }
-  uint8_t& byte = codes[16 * ref.index + (j & 15)];
-  byte = static_cast<uint8_t>(j < 16 ? (byte & 0xf0) | u : (byte & 0x0f) | (u << 4));
+  uint8_t& byte = codes[codeOffset(t, ref, j)];
+  if (t == WType::Int8)
+    byte = static_cast<uint8_t>(u);
+  else
+    byte = static_cast<uint8_t>(j < 16 ? (byte & 0xf0) | u : (byte & 0x0f) | (u << 4));
 }
 
 // Encodes one block of 32 f32 values: scale (and minimum) as f16 bits and codes. False when a value or the scale is
@@ -214,15 +220,14 @@ inline void dequantizeRow(WType t, const uint8_t* w, long N, long K, long n, flo
 }
 
 // Activations of one matmul quantized per block of 32 for the integer dot: q = round-half-even(x · (127/amax)) in
-// [−127, 127], scale amax/127 (0 for an all-zero block). Per row of x: K codes (in each chunk of blocks, in the halves
-// order of the weight codes: halvesOffset), K/32 scales, and what each format's correction needs: K/8 lane sums, one
-// per 4 k of each half of a block (lane l of block i: −z·Σ of the codes of elements 4l..4l+3 and 16+4l..16+4l+3; Int8,
-// Int4: the integer dot starts from them so that it sums (u − z)·q exactly), or K/32 products scale·Σq (Int4m:
+// [−127, 127], scale amax/127 (0 for an all-zero block). Per row of x: K codes (in each chunk of blocks, in the
+// k-major order of activationOffset), K/32 scales, and what each format's correction needs: K/32 block sums −z·Σq
+// (Int8, Int4: the integer dot starts from them so that it sums (u − z)·q exactly), or K/32 products scale·Σq (Int4m:
 // multiplied by the weight minimum).
 struct QuantizedRows {
   const int8_t* q;
   const float* d;
-  const int32_t* laneInit;  // Int8, Int4
+  const int32_t* blockInit;  // Int8, Int4
   const float* dsum;        // Int4m
   long K;
 };
@@ -241,7 +246,7 @@ struct QuantizedRows {
 #endif
 
 VL3_NO_FP_CONTRACT inline void quantizeActivationRow(WType t, const float* x, long K, int8_t* q, float* d,
-                                                     int32_t* laneInit, float* dsum) {
+                                                     int32_t* blockInit, float* dsum) {
   VL3_NO_FP_CONTRACT_BODY
   const int z = zeroCode(t);
   const long nb = K / kBlock;
@@ -264,25 +269,30 @@ VL3_NO_FP_CONTRACT inline void quantizeActivationRow(WType t, const float* x, lo
     }
     const long c0 = b / kChunkBlocks * kChunkBlocks, chunkBlocks = nb - c0 < kChunkBlocks ? nb - c0 : kChunkBlocks;
     int8_t* chunk = q + c0 * kBlock;
-    std::memcpy(chunk + halvesOffset(chunkBlocks, b - c0, 0), qb, 16);
-    std::memcpy(chunk + halvesOffset(chunkBlocks, b - c0, 16), qb + 16, 16);
-    if (t == WType::Int4m) {
+    for (int s = 0; s < kBlock / 4; s++) std::memcpy(chunk + activationOffset(chunkBlocks, b - c0, 4 * s), qb + 4 * s, 4);
+    if (t == WType::Int4m)
       dsum[b] = d[b] * static_cast<float>(sum);
-    } else {
-      for (int l = 0; l < 4; l++) {
-        const int8_t* lo = qb + 4 * l;
-        const int8_t* hi = qb + 16 + 4 * l;
-        laneInit[b * 4 + l] = -z * ((lo[0] + lo[1] + lo[2] + lo[3]) + (hi[0] + hi[1] + hi[2] + hi[3]));
-      }
-    }
+    else
+      blockInit[b] = -z * sum;
   }
 }
 
 // Σ_k (u − z)·q over one block (Int4m: Σ u·q), exact in int32; qChunk: the activation codes of the block's chunk.
+// Word by word (codeOffset, activationOffset): the portable tier's whole matmul runs here.
 inline int32_t blockDot(WType t, const BlockRef& ref, const int8_t* qChunk) {
   const int z = zeroCode(t);
+  const long b = ref.chunkBlocks;
   int32_t s = 0;
-  for (long j = 0; j < kBlock; j++) s += (codeAt(t, ref, j) - z) * qChunk[halvesOffset(ref.chunkBlocks, ref.index, j)];
+  for (long w = 0; w < (t == WType::Int8 ? 8 : 4); w++) {
+    const uint8_t* u = ref.codes + ((w * ref.rows + ref.row) * b + ref.index) * 4;
+    const int8_t* q = qChunk + (w * b + ref.index) * 4;
+    if (t == WType::Int8) {
+      for (int e = 0; e < 4; e++) s += (u[e] - z) * q[e];
+    } else {
+      const int8_t* qHigh = qChunk + ((w + 4) * b + ref.index) * 4;
+      for (int e = 0; e < 4; e++) s += ((u[e] & 15) - z) * q[e] + ((u[e] >> 4) - z) * qHigh[e];
+    }
+  }
   return s;
 }
 

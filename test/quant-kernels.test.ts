@@ -54,7 +54,7 @@ describe('quantized formats', () => {
     assert.equal(roundHalfEven(3.5), 4);
   });
 
-  test('int4: a pair of whole chunks is both chunks\' scales, then both chunks\' codes, each row\'s on a 64-byte line', () => {
+  test('int4: a pair of whole chunks is both chunks\' scales, then both chunks\' codes, k-major, each code vector a 64-byte line', () => {
     // Row n, block b: the codes (k + b + n) mod 16 at scale 0.5 + (4b + n)/64 (exact in f16), so every scale and every
     // byte of codes says where it belongs. docs/quantization.md gives the layout.
     const [N, K] = [4, 256];
@@ -71,9 +71,13 @@ describe('quantized formats', () => {
           const [chunk, i] = [Math.floor(b / 4), b % 4];
           const at = 32 * chunk + 2 * (4 * n + i);
           assert.equal(f16ToF32(bytes[at]! | (bytes[at + 1]! << 8)), scale(n, b), `scale of row ${n}, block ${b}`);
-          const codes = 64 + 256 * chunk + 64 * n;
-          assert.equal(codes % 64, 0);
-          for (let j = 0; j < 16; j++) assert.equal(bytes[codes + 16 * i + j], 0x11 * code(n, b, j), `row ${n}, block ${b}, byte ${j}`);
+          // Code vector s of the chunk: a line holding, for every (row, block), elements 4s..4s+3 (low nibbles) and
+          // 16+4s..16+4s+3 (high nibbles), which this weight makes equal.
+          for (let s = 0; s < 4; s++) {
+            const vector = 64 + 256 * chunk + 64 * s;
+            assert.equal(vector % 64, 0);
+            for (let e = 0; e < 4; e++) assert.equal(bytes[vector + 16 * n + 4 * i + e], 0x11 * code(n, b, 4 * s + e), `row ${n}, block ${b}, element ${4 * s + e}`);
+          }
         }
       }
     }

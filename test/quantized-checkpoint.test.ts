@@ -44,7 +44,7 @@ describe('quantized weights', { skip: !fixtures && FIXTURES_MISSING }, () => {
       const result = writeQuantizedCheckpoint({ from: source, out, formats: { language: format, vision: 'int8' } });
       assert.ok(result.quantized > 0 && result.bytesOut < result.bytesIn, JSON.stringify(result));
       const config = JSON.parse(readFileSync(join(out, 'config.json'), 'utf8')) as Record<string, unknown>;
-      assert.deepEqual(config['quantization_config'], { quant_method: 'vl3', format_version: 3, block_size: 32, language_model: format, vision_encoder: 'int8' });
+      assert.deepEqual(config['quantization_config'], { quant_method: 'vl3', format_version: 4, block_size: 32, language_model: format, vision_encoder: 'int8' });
 
       const written = loadCheckpoint(out);
       assert.ok(written.weights.store.files.every((f) => f.isMapped), 'a quantized checkpoint is memory-mapped');
@@ -106,10 +106,10 @@ describe('quantized weights', { skip: !fixtures && FIXTURES_MISSING }, () => {
     tensors[name] = Tensor.empty('bf16', [N, K]);
     writeSafetensors(join(out, 'model.safetensors'), tensors, { format: 'pt' });
     await assert.rejects(VideoLLaMA3.load(out), (e: Error) => e instanceof CheckpointError && e.message.includes(`"${name}" is BF16`) && e.tensor === name);
-    // A checkpoint of the first packed layout (its codes in k order) would load and answer wrongly: it is refused.
-    config.quantization_config['format_version'] = 1;
+    // A checkpoint of an earlier packed layout (version 3: each row's codes apart) would load and answer wrongly: refused.
+    config.quantization_config['format_version'] = 3;
     writeFileSync(configPath, JSON.stringify(config));
-    await assert.rejects(VideoLLaMA3.load(out), (e: Error) => e instanceof CheckpointError && /format_version 1; this version of videollama3 reads 3; quantize the bf16 checkpoint again with `vl3 quantize`/.test(e.message));
+    await assert.rejects(VideoLLaMA3.load(out), (e: Error) => e instanceof CheckpointError && /format_version 3; this version of videollama3 reads 4; quantize the bf16 checkpoint again with `vl3 quantize`/.test(e.message));
   });
 
   it('refuses formats it cannot give, naming the option or variable', async () => {

@@ -20,7 +20,7 @@ export interface CheckpointQuantization {
 
 /** `quant_method` of our checkpoints, and the version of the packed layout they hold. */
 export const QUANT_METHOD = 'vl3';
-export const QUANT_LAYOUT_VERSION = 3;
+export const QUANT_LAYOUT_VERSION = 4;
 
 export interface VisionEncoderConfig {
   modelType: string;

@@ -12,15 +12,15 @@
  * Packed layout (what kernels read, and what a quantized checkpoint stores): rows in groups of 4 (the last group of a
  * matrix may be shorter), blocks in chunks of 4 (the last chunk of a row may be shorter). Groups follow each other,
  * each taking rows·K/32 blocks' bytes; inside a group, chunks follow each other; a chunk of b blocks of a group of r
- * rows is: the r·b f16 scales (row-major: row, then block), for int4m the r·b f16 minimums, then each row's codes in
- * two halves, element j of a block being in the first when j < 16. int8: 32·b bytes, the first 16·b holding elements
- * 0..15 of blocks 0..b−1 (16 bytes a block), the last 16·b their elements 16..31; int4/int4m: 16·b bytes, 16 a block,
- * byte 16·i + j holding element j of block i in its low nibble and element 16 + j in its high nibble. Whole chunks go
- * in pairs (chunks 0 and 1, 2 and 3…; a row's last whole chunk, when their count is odd, and a shorter chunk stand
+ * rows is: the r·b f16 scales (row-major: row, then block), for int4m the r·b f16 minimums, then the codes of every
+ * row, k-major: 4-byte words, word (s, r, i) holding elements 4s..4s+3 of row r's block i (int8: s = 0..7; int4 and
+ * int4m: s = 0..3, elements 4s..4s+3 in the low nibbles and 16+4s..16+4s+3 in the high ones). Whole chunks go in
+ * pairs (chunks 0 and 1, 2 and 3…; a row's last whole chunk, when their count is odd, and a shorter chunk stand
  * alone): a pair is both chunks' scales (and minimums), then both chunks' codes, so that in a group that starts on a
- * 64-byte line every row's codes of a whole chunk do too. So a 4-row group's pair of chunks is one contiguous run a
- * vector kernel streams through, and both halves of a row's chunk add into one integer accumulator with a lane per
- * 4 k of each block (native/quant.h orders the activation codes to match).
+ * 64-byte line every code vector of a whole chunk does too. So a 4-row group's pair of chunks is one contiguous run a
+ * vector kernel streams through, and in a whole chunk of a whole group 64 bytes of codes are one word per (row,
+ * block), in the order of the scales: an int8 dot instruction sums each block into its own lane (native/quant.h
+ * orders the activation codes to match).
  */
 import { f16ToF32, type QuantFormat } from './dtype.js';
 
@@ -68,12 +68,14 @@ export function roundHalfEven(v: number): number {
 const clamp = (v: number, lo: number, hi: number) => (v < lo ? lo : v > hi ? hi : v);
 
 interface BlockRef {
-  /** Byte offsets into the packed bytes. */
+  /** Byte offsets into the packed bytes (codes: the chunk's, every row's). */
   d: number;
   m: number;
   codes: number;
   chunkBlocks: number;
   index: number;
+  rows: number;
+  row: number;
 }
 
 function blockRef(f: QuantFormat, N: number, K: number, n: number, blk: number): BlockRef {
@@ -98,16 +100,18 @@ function blockRef(f: QuantFormat, N: number, K: number, n: number, blk: number):
   return {
     d: params + (r * b + i) * 2,
     m: f === 'int4m' ? params + rows * b * 2 + (r * b + i) * 2 : -1,
-    codes: codes + r * b * codeBytes(f),
+    codes,
     chunkBlocks: b,
     index: i,
+    rows,
+    row: r,
   };
 }
 
-/** Byte of element j of the block at `ref` among its row's codes in the chunk (int4: its low nibble when j < 16). */
+/** Byte of element j of the block at `ref` among its chunk's codes (int4: its low nibble when j < 16). */
 function codeOffset(f: QuantFormat, ref: BlockRef, j: number): number {
-  const inBlock = 16 * ref.index + (j & 15);
-  return f === 'int8' && j >= 16 ? 16 * ref.chunkBlocks + inBlock : inBlock;
+  const s = (f === 'int8' ? j : j & 15) >> 2;
+  return ((s * ref.rows + ref.row) * ref.chunkBlocks + ref.index) * 4 + (j & 3);
 }
 
 function codeAt(f: QuantFormat, bytes: Uint8Array, ref: BlockRef, j: number): number {

@@ -26,9 +26,9 @@ export function mergeBlocks2Plan(x: Slice, out: Slice, n: number, C: number): Ke
 /**
  * The value of element (row, k) of a packed quantized [N, K] matrix, as quant.ts lays it out: rows in groups of 4,
  * blocks of 32 in chunks of 4; a chunk of b blocks of a group of r rows holds r·b f16 scales, for int4m r·b f16
- * minimums, then each row's codes (int8: first halves of the b blocks, then second halves; int4: a byte holds
- * elements j and j + 16 of a block in its low and high nibble); whole chunks go in pairs, both chunks' scales (and
- * minimums) before both chunks' codes, except a row's last whole chunk when their count is odd.
+ * minimums, then the codes of every row, k-major: 4-byte words, word (s, r, i) holding elements 4s..4s+3 of row r's
+ * block i (int4: s < 4, elements 4s.. in the low nibbles and 16+4s.. in the high); whole chunks go in pairs, both
+ * chunks' scales (and minimums) before both chunks' codes, except a row's last whole chunk when their count is odd.
  */
 function dequantWgsl(format: QuantFormat): string {
   const blockBytes = { int8: 34, int4: 18, int4m: 20 }[format];
@@ -36,8 +36,8 @@ function dequantWgsl(format: QuantFormat): string {
   const codeBytes = format === 'int8' ? 32 : 16;
   const code =
     format === 'int8'
-      ? 'let code = t_ld(codes + 16u * i + (j & 15u) + select(0u, 16u * b, j >= 16u));'
-      : 'let byte = t_ld(codes + 16u * i + (j & 15u));\n  let code = select(byte & 15u, byte >> 4u, j >= 16u);';
+      ? 'let code = t_ld(codes + (((j >> 2u) * rows + r) * b + i) * 4u + (j & 3u));'
+      : 'let byte = t_ld(codes + ((((j & 15u) >> 2u) * rows + r) * b + i) * 4u + (j & 3u));\n  let code = select(byte & 15u, byte >> 4u, j >= 16u);';
   const value = format === 'int8' ? 'd * f32(i32(code) - 128)' : format === 'int4' ? 'd * f32(i32(code) - 8)' : 'd * f32(code) + f16_at(chunk + rows * b * 2u + (r * b + i) * 2u)';
   return `
 // f16 bits to f32, subnormals included (exact: an f16 is an f32).
@@ -71,7 +71,6 @@ fn dequant(n: u32, k: u32, N: u32, K: u32) -> f32 {
     codes = pair + rows * (${8 * paramBytes}u + odd * ${4 * codeBytes}u);
   }
   let d = f16_at(chunk + (r * b + i) * 2u);
-  codes += r * b * ${codeBytes}u;
   ${code}
   return ${value};
 }

@@ -241,22 +241,22 @@ ${quad}`;
 }
 ${quad}`;
   }
-  // quant.ts blockRef: rows in groups of 4, blocks in chunks of 4, scales (and minimums) first, then the codes; whole
-  // chunks in pairs, both scales first. A chunk's place is where its scales and its first row's codes start.
+  // quant.ts blockRef: rows in groups of 4, blocks in chunks of 4, scales (and minimums) first, then the codes, k-major
+  // (4-byte words of (s, row, block), so 4 k from j are one word); whole chunks in pairs, both scales first. A chunk's place is where its scales and its first row's codes start.
   const codeBytes = w === 'int8' ? 32 : 16;
   const paramBytes = w === 'int4m' ? 4 : 2;
   const decode =
     w === 'int8'
-      ? `let c = w_u32(codes + select(16u * b + 16u * i + j - 16u, 16u * i + j, j < 16u));
+      ? `let c = w_u32(codes + (((j >> 2u) * rows + r) * b + i) * 4u);
   let q = vec4<f32>(f32(c & 0xffu), f32((c >> 8u) & 0xffu), f32((c >> 16u) & 0xffu), f32(c >> 24u));
   return d * (q - 128.0);`
-      : `let c = w_u32(codes + 16u * i + (j & 15u)) >> select(0u, 4u, j >= 16u);
+      : `let c = w_u32(codes + ((((j & 15u) >> 2u) * rows + r) * b + i) * 4u) >> select(0u, 4u, j >= 16u);
   let q = vec4<f32>(f32(c & 0xfu), f32((c >> 8u) & 0xfu), f32((c >> 16u) & 0xfu), f32((c >> 24u) & 0xfu));
   ${w === 'int4' ? 'return d * (q - 8.0);' : 'return d * q + f16_to_f32(w_u16(chunk.x + rows * b * 2u + (r * b + i) * 2u));'}`;
   // w_quad reads the 4 rows of a row group at once: their chunk is one place, found once.
   return `fn w_decode(chunk: vec2<u32>, rows: u32, b: u32, i: u32, j: u32, r: u32) -> vec4<f32> {
   let d = f16_to_f32(w_u16(chunk.x + (r * b + i) * 2u));
-  let codes = chunk.y + r * b * ${codeBytes}u;
+  let codes = chunk.y;
   ${decode}
 }
 fn w_chunk(g: u32, rows: u32, blk: u32) -> vec2<u32> {
