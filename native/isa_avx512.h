@@ -915,7 +915,7 @@ struct Chains {
 };
 
 #if defined(__AVX512VNNI__)
-// vpdpbusd multiplies the unsigned codes by the signed activations, and the sums start from x's −z·Σq per block.
+// vpdpbusd multiplies the unsigned codes by the signed activations, and x's −z·Σq per block is added to the sums.
 // Int4's high nibbles are taken in place (16·u, masked): their chain sums 16·Σu·q exactly, shifted back at the end.
 template <WType T>
 constexpr bool kBlockInit = T != WType::Int4m;
