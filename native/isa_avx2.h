@@ -742,18 +742,18 @@ inline long adamwVectors(float* p, const float* g, float* m, float* v, long n, c
 template <WType T>
 constexpr int kCodeVectors = T == WType::Int8 ? 8 : 4;
 
-// Half p of code vector s as operands: Int8 |u − 128| (w) and u − 128 (sign); Int4, Int4m the low nibbles (w) and
-// the high ones (sign).
+// Half p of code vector s as operands: Int8 |u − 128| (w) and u − 128, whose sign x takes (other); Int4, Int4m the
+// low nibbles (w) and the high ones (other).
 template <WType T>
-inline void codeOperands(const uint8_t* codes, int s, int p, __m256i& w, __m256i& sign) {
+inline void codeOperands(const uint8_t* codes, int s, int p, __m256i& w, __m256i& other) {
   const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + 64 * s + 32 * p));
   if (T == WType::Int8) {
-    sign = _mm256_xor_si256(v, _mm256_set1_epi8(static_cast<char>(0x80)));
-    w = _mm256_abs_epi8(sign);
+    other = _mm256_xor_si256(v, _mm256_set1_epi8(static_cast<char>(0x80)));
+    w = _mm256_abs_epi8(other);
   } else {
     const __m256i nibble = _mm256_set1_epi8(0x0f);
     w = _mm256_and_si256(v, nibble);
-    sign = _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble);
+    other = _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble);
   }
 }
 
@@ -763,16 +763,16 @@ struct Chains {
 };
 
 template <WType T>
-inline void addProducts(Chains& c, int s, __m256i w, __m256i sign, const __m256i (&xb)[8]) {
+inline void addProducts(Chains& c, int s, __m256i w, __m256i other, const __m256i (&xb)[8]) {
   if (T == WType::Int8) {
-    const __m256i pairs = _mm256_madd_epi16(_mm256_maddubs_epi16(w, _mm256_sign_epi8(xb[s], sign)), _mm256_set1_epi16(1));
+    const __m256i pairs = _mm256_madd_epi16(_mm256_maddubs_epi16(w, _mm256_sign_epi8(xb[s], other)), _mm256_set1_epi16(1));
     if (s & 1)
       c.b = _mm256_add_epi32(c.b, pairs);
     else
       c.a = _mm256_add_epi32(c.a, pairs);
   } else {
     c.a = _mm256_add_epi16(c.a, _mm256_maddubs_epi16(w, xb[s]));
-    c.b = _mm256_add_epi16(c.b, _mm256_maddubs_epi16(sign, xb[s + 4]));
+    c.b = _mm256_add_epi16(c.b, _mm256_maddubs_epi16(other, xb[s + 4]));
   }
 }
 
@@ -818,15 +818,15 @@ inline long groupDotT(const uint8_t* g, const quant::QuantizedRows& A, long m0, 
   for (int i = 0; i < MT; i++) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
   for (long c = 0; c < chunks; c++) {
     const auto [ch, codes] = quant::chunkPlace(gc, g, c);
-    __m256i w[V][2], sign[V][2];
+    __m256i w[V][2], other[V][2];
     for (int s = 0; s < V; s++)
-      for (int p = 0; p < 2; p++) codeOperands<T>(codes, s, p, w[s][p], sign[s][p]);
+      for (int p = 0; p < 2; p++) codeOperands<T>(codes, s, p, w[s][p], other[s][p]);
     for (int i = 0; i < MT; i++) {
       __m256i xb[8];
       chunkX(A, m0 + i, c, xb);
       for (int p = 0; p < 2; p++) {
         Chains sums;
-        for (int s = 0; s < V; s++) addProducts<T>(sums, s, w[s][p], sign[s][p], xb);
+        for (int s = 0; s < V; s++) addProducts<T>(sums, s, w[s][p], other[s][p], xb);
         acc[i][p] = addChunk<T>(sums, ch, p, A, m0 + i, c * 4, acc[i][p]);
       }
     }
@@ -853,9 +853,9 @@ inline long groupsDotT(const uint8_t* g, long apart, const quant::QuantizedRows&
       for (int p = 0; p < 2; p++) {
         Chains sums;
         for (int s = 0; s < V; s++) {
-          __m256i w, sign;
-          codeOperands<T>(codes, s, p, w, sign);
-          addProducts<T>(sums, s, w, sign, xb);
+          __m256i w, other;
+          codeOperands<T>(codes, s, p, w, other);
+          addProducts<T>(sums, s, w, other, xb);
         }
         acc[h][p] = addChunk<T>(sums, ch, p, A, m, c * 4, acc[h][p]);
       }
