@@ -1003,13 +1003,25 @@ inline void chunkX(const quant::QuantizedRows& A, long m, long c, __m512i (&xb)[
   for (int s = 0; s < 8; s++) xb[s] = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(xq + 16 * s)));
 }
 
-// acc += the chunk's block sums, converted and scaled by p (d_w·d_x per lane); the block init added first.
+// A group's chunk scales d_w (16 lanes, (row, block)) and Int4m's minimums m_w (d_w elsewhere), from its params.
 template <WType T>
-inline __m512 addChunk(const Chains& c, const quant::QuantizedRows& A, long m, long c0, __m512 p, __m512 acc) {
-  __m512i s = blockSums<T>(c);
+inline void chunkScales(const uint8_t* params, __m512& dw, __m512& mw) {
+  dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(params)));
+  mw = T == WType::Int4m ? _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(params + 32))) : dw;
+}
+
+// acc += one group's chunk c against x row m: its block sums (and x's block init) converted and scaled by d_w·d_x
+// (dx: x's 4 block scales in each 128-bit lane); accMin += Int4m's m_w·d_x·Σq. One definition for the prefill and the
+// decode kernels, so that a row of x gets the same bits from both.
+template <WType T>
+inline void addChunk(const Chains& sums, __m512 dw, __m512 mw, __m512 dx, const quant::QuantizedRows& A, long m, long c,
+                     __m512& acc, __m512& accMin) {
+  const long nb = A.K / quant::kBlock;
+  __m512i s = blockSums<T>(sums);
   if (kBlockInit<T>)
-    s = _mm512_add_epi32(s, _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(A.blockInit + m * (A.K / quant::kBlock) + c0))));
-  return _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), p, acc);
+    s = _mm512_add_epi32(s, _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(A.blockInit + m * nb + c * 4))));
+  acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, dx), acc);
+  if (T == WType::Int4m) accMin = _mm512_fmadd_ps(mw, _mm512_broadcast_f32x4(_mm_loadu_ps(A.dsum + m * nb + c * 4)), accMin);
 }
 
 // A group's accumulated lanes (and int4m's minimum terms) added to its rows' results: row r's blocks are lanes 4r..4r+3.
@@ -1026,7 +1038,7 @@ inline void addGroupRows(__m512 acc, __m512 accMin, float* res) {
 
 // G groups `apart` bytes apart against MT rows of x: res[h · MT + i] for group h and x row m0 + i. Each x broadcast
 // serves G groups: on Zen 4 a loop of one 16-byte broadcast per vpdpbusd ran at 64 % of the instruction's peak, one per
-// two at 85 %, and the prefill GEMM on one thread with two groups at 45 % against 41 % with one (BENCHMARKS.md run
+// two at 87 %, and the prefill GEMM on one thread with two groups at 45 % against 41 % with one (BENCHMARKS.md run
 // 24). Each group's operations are one group's, so its rows get the same bits whatever G is.
 template <WType T, int MT, int G>
 inline long groupsRowsDotT(const uint8_t* g, long apart, const quant::QuantizedRows& A, long m0, float (*res)[quant::kGroupRows]) {
@@ -1041,8 +1053,7 @@ inline long groupsRowsDotT(const uint8_t* g, long apart, const quant::QuantizedR
     __m512i lo[G][V], hi[G][V];
     for (int h = 0; h < G; h++) {
       const auto [ch, codes] = quant::chunkPlace(gc, g + h * apart, c);
-      dw[h] = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(ch)));
-      mw[h] = T == WType::Int4m ? _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(ch + 32))) : dw[h];
+      chunkScales<T>(ch, dw[h], mw[h]);
       for (int s = 0; s < V; s++) codeOperands<T>(codes, s, lo[h][s], hi[h][s]);
     }
     for (int i = 0; i < MT; i++) {
@@ -1053,10 +1064,7 @@ inline long groupsRowsDotT(const uint8_t* g, long apart, const quant::QuantizedR
       for (int s = 0; s < V; s++)
         for (int h = 0; h < G; h++) addProducts<T>(sums[h], s, lo[h][s], hi[h][s], xb);
       const __m512 dx = _mm512_broadcast_f32x4(_mm_loadu_ps(A.d + m * nb + c * 4));
-      for (int h = 0; h < G; h++) {
-        acc[h][i] = addChunk<T>(sums[h], A, m, c * 4, _mm512_mul_ps(dw[h], dx), acc[h][i]);
-        if (T == WType::Int4m) accMin[h][i] = _mm512_fmadd_ps(mw[h], _mm512_broadcast_f32x4(_mm_loadu_ps(A.dsum + m * nb + c * 4)), accMin[h][i]);
-      }
+      for (int h = 0; h < G; h++) addChunk<T>(sums[h], dw[h], mw[h], dx, A, m, c, acc[h][i], accMin[h][i]);
     }
   }
   for (int h = 0; h < G; h++)
@@ -1109,12 +1117,9 @@ inline long groupsDotT(const uint8_t* g, long apart, const quant::QuantizedRows&
       }
 #pragma GCC unroll 4
     for (int h = 0; h < G; h++) {
-      const __m512 p = _mm512_mul_ps(_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(params[h]))), dx);
-      acc[h] = addChunk<T>(sums[h], A, m, c * 4, p, acc[h]);
-      if (T == WType::Int4m) {
-        const __m512 mw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(params[h] + 32)));
-        accMin[h] = _mm512_fmadd_ps(mw, _mm512_broadcast_f32x4(_mm_loadu_ps(A.dsum + m * nb + c * 4)), accMin[h]);
-      }
+      __m512 dw, mw;
+      chunkScales<T>(params[h], dw, mw);
+      addChunk<T>(sums[h], dw, mw, dx, A, m, c, acc[h], accMin[h]);
     }
   }
   for (int h = 0; h < G; h++) addGroupRows<T>(acc[h], accMin[h], res[h]);

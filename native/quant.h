@@ -281,15 +281,14 @@ VL3_NO_FP_CONTRACT inline void quantizeActivationRow(WType t, const float* x, lo
 // Word by word (codeOffset, activationOffset): the portable tier's whole matmul runs here.
 inline int32_t blockDot(WType t, const BlockRef& ref, const int8_t* qChunk) {
   const int z = zeroCode(t);
-  const long b = ref.chunkBlocks;
   int32_t s = 0;
-  for (long w = 0; w < (t == WType::Int8 ? 8 : 4); w++) {
-    const uint8_t* u = ref.codes + ((w * ref.rows + ref.row) * b + ref.index) * 4;
-    const int8_t* q = qChunk + (w * b + ref.index) * 4;
+  for (long j = 0; j < (t == WType::Int8 ? kBlock : kBlock / 2); j += 4) {
+    const uint8_t* u = ref.codes + codeOffset(t, ref, j);
+    const int8_t* q = qChunk + activationOffset(ref.chunkBlocks, ref.index, j);
     if (t == WType::Int8) {
       for (int e = 0; e < 4; e++) s += (u[e] - z) * q[e];
     } else {
-      const int8_t* qHigh = qChunk + ((w + 4) * b + ref.index) * 4;
+      const int8_t* qHigh = qChunk + activationOffset(ref.chunkBlocks, ref.index, j + 16);
       for (int e = 0; e < 4; e++) s += ((u[e] & 15) - z) * q[e] + ((u[e] >> 4) - z) * qHigh[e];
     }
   }
