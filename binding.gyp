@@ -1,7 +1,7 @@
 {
   # Own native CPU backend. Each kernel tier that needs instruction-set flags is a static library compiled with them:
-  # on x86-64, AVX2 (-mavx2 -mfma -mf16c), AVX-512 (-mavx512f/bw/dq/vl on top) and AVX-512 BF16 (-mavx512bf16 on top
-  # of that); on arm64 (Linux, macOS), the NEON tier's BF16 build (-march=armv8.2-a+bf16+dotprod), used only on CPUs
+  # on x86-64, AVX2 (-mavx2 -mfma -mf16c), AVX-VNNI (-mavxvnni on top), AVX-512 (-mavx512f/bw/dq/vl on top of AVX2)
+  # and AVX-512 BF16 (-mavx512bf16 on top of that); on arm64 (Linux, macOS), the NEON tier's BF16 build (-march=armv8.2-a+bf16+dotprod), used only on CPUs
   # with BF16 and dotprod. Everything else, the baseline NEON tier included (Advanced SIMD is part of every ARMv8-A),
   # is baseline x86-64 or ARMv8.0-A, and a backend picks a tier at run time from what the CPU has. Flags are set only
   # under their target_arch, and every kernels_*.cc compiles on every target (to a null table where its ISA is
@@ -25,6 +25,17 @@
         ["target_arch=='x64' or target_arch=='ia32'", {
           "cflags": ["-mavx2", "-mfma", "-mf16c"],
           "xcode_settings": {"OTHER_CFLAGS": ["-mavx2", "-mfma", "-mf16c"]}
+        }]
+      ]
+    },
+    {
+      "target_name": "vl3_avxvnni",
+      "type": "static_library",
+      "sources": ["native/kernels_avxvnni.cc"],
+      "conditions": [
+        ["target_arch=='x64'", {
+          "cflags": ["-mavx2", "-mfma", "-mf16c", "-mavxvnni"],
+          "xcode_settings": {"OTHER_CFLAGS": ["-mavx2", "-mfma", "-mf16c", "-mavxvnni"]}
         }]
       ]
     },
@@ -67,7 +78,7 @@
     },
     {
       "target_name": "vl3_native",
-      "dependencies": ["vl3_avx2", "vl3_avx512", "vl3_avx512bf16", "vl3_neon_bf16"],
+      "dependencies": ["vl3_avx2", "vl3_avxvnni", "vl3_avx512", "vl3_avx512bf16", "vl3_neon_bf16"],
       "sources": [
         "native/addon.cc",
         "native/cpu.cc",

@@ -48,18 +48,20 @@ export interface KernelFigures {
 export function limitOf(isa: Isa, compute: ComputeMode): PeakKind {
   if (isa === 'avx512bf16' && compute === 'bf16') return 'bf16-zmm';
   if (isa === 'avx512' || isa === 'avx512bf16') return 'fp32-zmm';
-  if (isa === 'avx2') return 'fp32-ymm';
+  if (isa === 'avx2' || isa === 'avxvnni') return 'fp32-ymm';
   if (isa === 'neon') return 'fp32-neon';
   return 'fp32-scalar';
 }
 
 /**
  * The integer dot instruction a tier's quantized GEMM issues, where this CPU has a measured loop of it: `vpdpbusd` on
- * the avx512bf16 tier (built with AVX512-VNNI). The other tiers' dots (`vpmaddubsw` + `vpmaddwd`, NEON `sdot`) have no
- * measured peak yet: null.
+ * zmm on the avx512bf16 tier (built with AVX512-VNNI), on ymm on the avxvnni tier. The other tiers' dots
+ * (`vpmaddubsw` + `vpmaddwd`, NEON `sdot`) have no measured peak yet: null.
  */
 export function quantLimitOf(isa: Isa, peaks: MachineLimits['peaks']): PeakKind | null {
-  return isa === 'avx512bf16' && peaks['int8-zmm'] ? 'int8-zmm' : null;
+  if (isa === 'avx512bf16' && peaks['int8-zmm']) return 'int8-zmm';
+  if (isa === 'avxvnni' && peaks['int8-ymm']) return 'int8-ymm';
+  return null;
 }
 
 function randomBf16(numel: number, seed: number): Tensor<'bf16'> {

@@ -90,8 +90,9 @@ struct Tier {
   std::vector<Need> needs;
 };
 
-// Worst first. The AVX-512 tiers are compiled with -mavx512f/bw/dq/vl (Skylake-SP's set, which every AVX-512 core
-// since has), on top of AVX2/FMA/F16C. neon needs only Advanced SIMD: where the CPU also has BF16 and dotprod,
+// Worst first. avxvnni is avx2 with AVX-VNNI's vpdpbusd for quantized weights: the best tier of the CPUs that have
+// it without AVX-512 (Intel client cores since Alder Lake). The AVX-512 tiers are compiled with -mavx512f/bw/dq/vl
+// (Skylake-SP's set, which every AVX-512 core since has), on top of AVX2/FMA/F16C. neon needs only Advanced SIMD: where the CPU also has BF16 and dotprod,
 // neonKernels() gives its +bf16+dotprod build, whose bf16Dot makes bf16 the default compute mode as on avx512bf16.
 const std::vector<Tier>& tiers() {
   static const std::vector<Need> avx2 = {{"avx2", &CpuFeatures::avx2}, {"fma", &CpuFeatures::fma}, {"f16c", &CpuFeatures::f16c}};
@@ -104,6 +105,11 @@ const std::vector<Tier>& tiers() {
   static const std::vector<Tier> t = {
       {"scalar", &scalarKernels, {}},
       {"avx2", &avx2Kernels, avx2},
+      {"avxvnni", &avxvnniKernels, [] {
+         std::vector<Need> n = avx2;
+         n.push_back({"avxvnni", &CpuFeatures::avxvnni});
+         return n;
+       }()},
       {"avx512", &avx512Kernels, avx512},
       {"avx512bf16", &avx512bf16Kernels, [] {
          std::vector<Need> n = avx512;

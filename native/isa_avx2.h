@@ -1,6 +1,7 @@
 // Own AVX2/FMA primitives: bf16 weights are widened in-register and the GEMM micro-kernel is hand-blocked, which no compiler auto-vectorizer gives us.
-// Included only by kernels_avx2.cc (compiled with -mavx2 -mfma -mf16c), inside an anonymous namespace, so none of
-// this code can be picked by the linker for a baseline translation unit.
+// Included by kernels_avx2.cc (compiled with -mavx2 -mfma -mf16c), kernels_avxvnni.cc (the same and -mavxvnni: the
+// quantized dot below then uses vpdpbusd; it names the namespace VL3_AVX2_NS) and isa_avx512.h, inside an anonymous
+// namespace, so none of this code can be picked by the linker for a baseline translation unit.
 #pragma once
 #include <immintrin.h>
 
@@ -11,8 +12,12 @@
 #include "kernels.h"
 #include "quant.h"
 
+#ifndef VL3_AVX2_NS
+#define VL3_AVX2_NS avx2
+#endif
+
 namespace vl3 {
-namespace avx2 {
+namespace VL3_AVX2_NS {
 namespace {
 
 constexpr int MR = 6;   // rows of a GEMM micro-tile: 12 accumulators + 2 B vectors + 1 broadcast fit in 16 ymm
@@ -730,17 +735,64 @@ inline long adamwVectors(float* p, const float* g, float* m, float* v, long n, c
 // them; Int4, Int4m: 4, each two by its nibbles) is 64 bytes, one 32-bit word of 4 codes per (row, block) in the order
 // of the chunk's scales, so a ymm holds rows 2p and 2p + 1 (half p), and x's 16 bytes of the same s, broadcast to both
 // 128-bit lanes, are the other operand: each int32 lane sums a whole block, and one conversion and one FMA finish a
-// half's 8 blocks, with no shuffle of lanes or scales. Without an int8 dot instruction, vpmaddubsw (u8·s8 pairs summed
-// in int16, saturating) and vpmaddwd by ones give the lanes. Int4 and Int4m codes (≤ 15) keep a pair within 2·15·127
-// and a block's 8 code vectors' pairs within int16, so those add in int16 and widen once; Int4 then adds x's block
-// sums −z·Σq so that it sums (u − z)·q. Int8 codes reach 255, past what a pair may hold, so its weights are made
-// signed (u XOR 0x80 = u − 128): |u − 128| ≤ 128 is the unsigned operand and vpsignb gives the activation the
-// weight's sign (pairs within 2·128·127), which sums (u − z)·q directly.
+// half's 8 blocks, with no shuffle of lanes or scales. The integer step depends on the instruction set (addProducts).
 #define VL3_QUANT_DOT 1
 
 // Code vectors per chunk: Int8 8, Int4 and Int4m 4 (two operands each, the low and high nibbles).
 template <WType T>
 constexpr int kCodeVectors = T == WType::Int8 ? 8 : 4;
+
+// One half's integer chains (even and odd s for Int8; the low and high nibbles for Int4, Int4m).
+struct Chains {
+  __m256i a = _mm256_setzero_si256(), b = _mm256_setzero_si256();
+};
+
+#if defined(__AVXVNNI__)
+// With AVX-VNNI (the avxvnni tier) vpdpbusd multiplies the unsigned codes by the signed activations into int32 lanes,
+// as on the AVX-512 VNNI tier: x's block init −z·Σq is added to the sums (Int8, Int4), and Int4's high nibbles are
+// taken in place (16·u, masked) into the second chain, which sums 16·Σu·q exactly and is shifted back at the end.
+template <WType T>
+constexpr bool kBlockInit = T != WType::Int4m;
+
+// Half p of code vector s as operands: Int8 the codes (w); Int4, Int4m the low nibbles (w) and the high ones (other).
+template <WType T>
+inline void codeOperands(const uint8_t* codes, int s, int p, __m256i& w, __m256i& other) {
+  const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + 64 * s + 32 * p));
+  if (T == WType::Int8) {
+    w = other = v;
+  } else {
+    w = _mm256_and_si256(v, _mm256_set1_epi8(0x0f));
+    other = _mm256_and_si256(v, _mm256_set1_epi8(static_cast<char>(0xf0)));
+  }
+}
+
+// xs: x's broadcast of code vector s; xsHigh: of s + 4 (Int4, Int4m: the high nibbles' activations).
+template <WType T>
+inline void addProducts(Chains& c, int s, __m256i w, __m256i other, __m256i xs, __m256i xsHigh) {
+  if (T == WType::Int8) {
+    if (s & 1)
+      c.b = _mm256_dpbusd_avx_epi32(c.b, w, xs);
+    else
+      c.a = _mm256_dpbusd_avx_epi32(c.a, w, xs);
+  } else {
+    c.a = _mm256_dpbusd_avx_epi32(c.a, w, xs);
+    c.b = _mm256_dpbusd_avx_epi32(c.b, other, xsHigh);
+  }
+}
+
+template <WType T>
+inline __m256i blockSums(const Chains& c) {
+  return _mm256_add_epi32(c.a, T == WType::Int8 ? c.b : _mm256_srai_epi32(c.b, 4));
+}
+#else
+// Without an int8 dot instruction (the avx2 tier), vpmaddubsw (u8·s8 pairs summed in int16, saturating) and vpmaddwd
+// by ones give the lanes. Int4 and Int4m codes (≤ 15) keep a pair within 2·15·127 and a block's 8 code vectors' pairs
+// within int16, so those add in int16 and widen once; Int4 then adds x's block init −z·Σq so that it sums (u − z)·q.
+// Int8 codes reach 255, past what a pair may hold, so its weights are made signed (u XOR 0x80 = u − 128): |u − 128| ≤
+// 128 is the unsigned operand and vpsignb gives the activation the weight's sign (pairs within 2·128·127), which sums
+// (u − z)·q directly.
+template <WType T>
+constexpr bool kBlockInit = T == WType::Int4;
 
 // Half p of code vector s as operands: Int8 |u − 128| (w) and u − 128, whose sign x takes (other); Int4, Int4m the
 // low nibbles (w) and the high ones (other).
@@ -757,37 +809,45 @@ inline void codeOperands(const uint8_t* codes, int s, int p, __m256i& w, __m256i
   }
 }
 
-// One half's integer chains: Int8 int32 lanes (even and odd s), Int4 int16 pairs (low and high nibbles).
-struct Chains {
-  __m256i a = _mm256_setzero_si256(), b = _mm256_setzero_si256();
-};
-
+// xs: x's broadcast of code vector s; xsHigh: of s + 4 (Int4, Int4m: the high nibbles' activations).
 template <WType T>
-inline void addProducts(Chains& c, int s, __m256i w, __m256i other, const __m256i (&xb)[8]) {
+inline void addProducts(Chains& c, int s, __m256i w, __m256i other, __m256i xs, __m256i xsHigh) {
   if (T == WType::Int8) {
-    const __m256i pairs = _mm256_madd_epi16(_mm256_maddubs_epi16(w, _mm256_sign_epi8(xb[s], other)), _mm256_set1_epi16(1));
+    const __m256i pairs = _mm256_madd_epi16(_mm256_maddubs_epi16(w, _mm256_sign_epi8(xs, other)), _mm256_set1_epi16(1));
     if (s & 1)
       c.b = _mm256_add_epi32(c.b, pairs);
     else
       c.a = _mm256_add_epi32(c.a, pairs);
   } else {
-    c.a = _mm256_add_epi16(c.a, _mm256_maddubs_epi16(w, xb[s]));
-    c.b = _mm256_add_epi16(c.b, _mm256_maddubs_epi16(other, xb[s + 4]));
+    c.a = _mm256_add_epi16(c.a, _mm256_maddubs_epi16(w, xs));
+    c.b = _mm256_add_epi16(c.b, _mm256_maddubs_epi16(other, xsHigh));
   }
+}
+
+template <WType T>
+inline __m256i blockSums(const Chains& c) {
+  if (T == WType::Int8) return _mm256_add_epi32(c.a, c.b);
+  return _mm256_madd_epi16(_mm256_add_epi16(c.a, c.b), _mm256_set1_epi16(1));
+}
+#endif
+
+// x's 16 codes that meet code vector s of a chunk (xq: the chunk's codes), broadcast to both 128-bit lanes.
+inline __m256i broadcastX(const int8_t* xq, int s) {
+  return _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(xq + 16 * s)));
 }
 
 // x's codes of chunk c of row m as the 8 broadcast operands of code vectors s (and s + 4).
 inline void chunkX(const quant::QuantizedRows& A, long m, long c, __m256i (&xb)[8]) {
   const int8_t* xq = A.q + m * A.K + c * 128;
-  for (int s = 0; s < 8; s++) xb[s] = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(xq + 16 * s)));
+  for (int s = 0; s < 8; s++) xb[s] = broadcastX(xq, s);
 }
 
 // acc (half p of a group) += the chunk's block sums times d_w·d_x (+ Int4m's minimum terms); ch: the chunk's scales.
 template <WType T>
 inline __m256 addChunk(const Chains& c, const uint8_t* ch, int p, const quant::QuantizedRows& A, long m, long c0, __m256 acc) {
   const long nb = A.K / quant::kBlock;
-  __m256i s = T == WType::Int8 ? _mm256_add_epi32(c.a, c.b) : _mm256_madd_epi16(_mm256_add_epi16(c.a, c.b), _mm256_set1_epi16(1));
-  if (T == WType::Int4)
+  __m256i s = blockSums<T>(c);
+  if (kBlockInit<T>)
     s = _mm256_add_epi32(s, _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(A.blockInit + m * nb + c0))));
   const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(ch + 16 * p)));
   acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, _mm256_broadcast_ps(reinterpret_cast<const __m128*>(A.d + m * nb + c0))), acc);
@@ -826,7 +886,7 @@ inline long groupDotT(const uint8_t* g, const quant::QuantizedRows& A, long m0, 
       chunkX(A, m0 + i, c, xb);
       for (int p = 0; p < 2; p++) {
         Chains sums;
-        for (int s = 0; s < V; s++) addProducts<T>(sums, s, w[s][p], other[s][p], xb);
+        for (int s = 0; s < V; s++) addProducts<T>(sums, s, w[s][p], other[s][p], xb[s], xb[T == WType::Int8 ? s : s + 4]);
         acc[i][p] = addChunk<T>(sums, ch, p, A, m0 + i, c * 4, acc[i][p]);
       }
     }
@@ -835,9 +895,12 @@ inline long groupDotT(const uint8_t* g, const quant::QuantizedRows& A, long m0, 
   return chunks * quant::kChunkBlocks;
 }
 
-// groupDotT for one row of x (decode) against G groups `apart` bytes apart, each chunk of x loaded once for all G:
-// G sequential weight streams, and x (11 KiB at k = 8960) no longer reloaded for every 4 rows after the weights
-// pushed it out of L1. Each group's operations are groupDotT's, so its rows get the same bits.
+// groupDotT for one row of x (decode) against G groups `apart` bytes apart: G sequential weight streams, which take
+// turns a code vector (one 64-byte line) at a time within a chunk, as on the AVX-512 tiers; a group's whole chunk
+// (512 bytes of int8) before the next stream's held the int8 decode on this tier to 16 GB/s on two Zen 5 threads
+// reading 85 (BENCHMARKS.md run 25). x's broadcasts are loaded at each use: held for the chunk, they and the 4·G
+// chains outnumber the 16 ymm registers. Each group's integer sums and float steps are groupDotT's, so its rows get
+// the same bits.
 template <WType T, int G>
 inline long groupsDotT(const uint8_t* g, long apart, const quant::QuantizedRows& A, long m, float (*res)[quant::kGroupRows]) {
   constexpr int V = kCodeVectors<T>;
@@ -846,29 +909,36 @@ inline long groupsDotT(const uint8_t* g, long apart, const quant::QuantizedRows&
   __m256 acc[G][2];
   for (int h = 0; h < G; h++) acc[h][0] = acc[h][1] = _mm256_setzero_ps();
   for (long c = 0; c < chunks; c++) {
-    __m256i xb[8];
-    chunkX(A, m, c, xb);
+    const int8_t* xq = A.q + m * A.K + c * 128;
+    const uint8_t* params[G];
+    const uint8_t* codes[G];
     for (int h = 0; h < G; h++) {
-      const auto [ch, codes] = quant::chunkPlace(gc, g + h * apart, c);
-      for (int p = 0; p < 2; p++) {
-        Chains sums;
-        for (int s = 0; s < V; s++) {
-          __m256i w, other;
-          codeOperands<T>(codes, s, p, w, other);
-          addProducts<T>(sums, s, w, other, xb);
-        }
-        acc[h][p] = addChunk<T>(sums, ch, p, A, m, c * 4, acc[h][p]);
-      }
+      const auto [ch, hCodes] = quant::chunkPlace(gc, g + h * apart, c);
+      params[h] = ch;
+      codes[h] = hCodes;
     }
+    Chains sums[G][2];
+    for (int s = 0; s < V; s++) {
+      const __m256i xs = broadcastX(xq, s), xsHigh = T == WType::Int8 ? xs : broadcastX(xq, s + 4);
+      for (int h = 0; h < G; h++)
+        for (int p = 0; p < 2; p++) {
+          __m256i w, other;
+          codeOperands<T>(codes[h], s, p, w, other);
+          addProducts<T>(sums[h][p], s, w, other, xs, xsHigh);
+        }
+    }
+    for (int h = 0; h < G; h++)
+      for (int p = 0; p < 2; p++) acc[h][p] = addChunk<T>(sums[h][p], params[h], p, A, m, c * 4, acc[h][p]);
   }
   for (int h = 0; h < G; h++) addGroupRows(acc[h], res[h]);
   return chunks * quant::kChunkBlocks;
 }
 #define VL3_QUANT_GROUPS_DOT 1
-// Groups streamed at once (ops_impl.h streamedGroups): 4 for every shape and format, as measured with this tier on one
-// Zen 4 core (int8 at k = 1536: 24.7 GB/s with one group per load, 29.8 with 4).
-constexpr int kStreamedGroupsShortK = 4;
+// Groups streamed at once where k is short (ops_impl.h streamedGroups; 4 where it is long): 2, as on the AVX-512
+// tiers. With the streams taking turns a line at a time, 4 groups' chains no longer fit the 16 ymm registers: the int8
+// decode's gate and up projections streamed 38 GB/s with 4 on two Zen 5 threads, 64 with 2 (BENCHMARKS.md run 25).
+constexpr int kStreamedGroupsShortK = 2;
 
 }  // namespace
-}  // namespace avx2
+}  // namespace VL3_AVX2_NS
 }  // namespace vl3

@@ -192,6 +192,7 @@ inline float roundBf16(float f) {
 const KernelTable* scalarKernels();
 // Each is null when this build has no such kernels (the x86 tiers on aarch64).
 const KernelTable* avx2Kernels();
+const KernelTable* avxvnniKernels();
 const KernelTable* avx512Kernels();
 const KernelTable* avx512bf16Kernels();
 // Null off aarch64. Where the CPU has BF16 and dotprod, the build whose bf16 compute multiplies with BFMMLA/BFDOT

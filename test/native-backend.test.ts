@@ -513,6 +513,7 @@ describe('NativeBackend checks and configuration', () => {
     const f = info.features;
     assert.ok(info.tiers.includes('scalar'));
     assert.equal(info.tiers.includes('avx2'), f.avx2 && f.fma && f.f16c);
+    assert.equal(info.tiers.includes('avxvnni'), info.tiers.includes('avx2') && f.avxvnni);
     assert.equal(info.tiers.includes('avx512'), info.tiers.includes('avx2') && f.avx512f && f.avx512bw && f.avx512dq && f.avx512vl);
     assert.equal(info.tiers.includes('avx512bf16'), info.tiers.includes('avx512') && f.avx512bf16);
     // The neon tier needs only Advanced SIMD; BF16 changes which of its builds runs, not whether it is there.
@@ -534,11 +535,11 @@ describe('NativeBackend checks and configuration', () => {
   });
 
   test('a tier the CPU lacks is an error naming it and the missing features; unknown names and modes too', () => {
-    for (const isa of ['scalar', 'avx2', 'avx512', 'avx512bf16', 'neon'] as const) {
+    for (const isa of ['scalar', 'avx2', 'avxvnni', 'avx512', 'avx512bf16', 'neon'] as const) {
       if (info.tiers.includes(isa)) continue;
       assert.throws(() => new NativeBackend({ isa }), new RegExp(`NativeBackend: isa '${isa}' is not available: this (CPU lacks [a-z0-9]+|build has no)`));
     }
-    assert.throws(() => new NativeBackend({ isa: 'sse9' as Isa }), /isa must be one of scalar, avx2, avx512, avx512bf16, neon, got sse9/);
+    assert.throws(() => new NativeBackend({ isa: 'sse9' as Isa }), /isa must be one of scalar, avx2, avxvnni, avx512, avx512bf16, neon, got sse9/);
     assert.throws(() => new NativeBackend({ compute: 'fp8' as ComputeMode }), /compute must be 'exact' or 'bf16', got fp8/);
   });
 
@@ -699,7 +700,7 @@ describe('NativeBackend checks and configuration', () => {
     assert.match(run.stderr, new RegExp(`NativeBackend: VL3_ISA=${missing}: isa '${missing}' is not available: this CPU lacks [a-z0-9]+`));
     const unknown = child({ VL3_ISA: 'avx9' }, 'm.nativeInfo()');
     assert.notEqual(unknown.status, 0);
-    assert.match(unknown.stderr, /VL3_ISA=avx9: isa 'avx9' is unknown \(expected scalar, avx2, avx512, avx512bf16 or neon\)/);
+    assert.match(unknown.stderr, /VL3_ISA=avx9: isa 'avx9' is unknown \(expected scalar, avx2, avxvnni, avx512, avx512bf16 or neon\)/);
   });
 
   test('VL3_COMPUTE sets the default compute mode on any tier; an invalid one is an error', () => {

@@ -47,7 +47,7 @@ export interface LoadOptions {
    * products). Default: $VL3_COMPUTE, else the fastest mode this CPU has.
    */
   compute?: ComputeMode;
-  /** The native kernel tier (scalar, avx2, avx512, avx512bf16, neon); default $VL3_ISA, else the best this CPU has. */
+  /** The native kernel tier (scalar, avx2, avxvnni, avx512, avx512bf16, neon); default $VL3_ISA, else the best this CPU has. */
   isa?: Isa;
   /**
    * The format of the language model's matmul weights, embedding table and LM head: 'bf16' (as stored), 'int8',

@@ -8,7 +8,7 @@ import { writeRandomCheckpoint } from '../model/random-checkpoint.js';
 import { writeQuantizedCheckpoint } from '../model/quantize-checkpoint.js';
 import { writeMergedCheckpoint } from '../model/merge-adapter.js';
 import { resolveModel } from '../hub/index.js';
-import { DEVICE_NAMES, type ComputeMode, type DeviceName, type Isa } from '../tensor/index.js';
+import { DEVICE_NAMES, ISAS, type ComputeMode, type DeviceName, type Isa } from '../tensor/index.js';
 import { WEIGHT_FORMATS, type WeightFormat } from '../tensor/dtype.js';
 import type { ContentPart, Message } from '../processing/conversation.js';
 import { runChat } from './chat.js';
@@ -51,7 +51,7 @@ const runtimeOptions = (cmd: Command) =>
   cmd
     .addOption(flag('-t, --threads <n>', 'kernel threads (default: available cores)').argParser(integer('--threads', 1)))
     .addOption(flag('--compute <mode>', 'matmul numerics: "exact" (f32) or "bf16" (as the official model in bf16; fast where the CPU has bf16 dot products); default: the fastest this CPU has').choices(['exact', 'bf16']))
-    .addOption(flag('--isa <tier>', 'kernel tier (default: the best this CPU has; `vl3 info` lists them)').choices(['scalar', 'avx2', 'avx512', 'avx512bf16', 'neon']));
+    .addOption(flag('--isa <tier>', 'kernel tier (default: the best this CPU has; `vl3 info` lists them)').choices([...ISAS]));
 
 const list = (value: string) => value.split(',').map((s) => s.trim()).filter(Boolean);
 

@@ -4,7 +4,7 @@ import { InvalidArgumentError, type Command } from 'commander';
 import type { LoraConfig } from '../model/lora.js';
 import { dirname, resolve } from 'node:path';
 import { resolveModel } from '../hub/index.js';
-import { createBackend, type ComputeMode, type Isa } from '../tensor/index.js';
+import { createBackend, ISAS, type ComputeMode, type Isa } from '../tensor/index.js';
 import { train, TRAIN_LOG } from '../train/trainer.js';
 import type { ModuleGroup, StageOptions } from '../train/stages.js';
 import { byteCount, EXIT, flag, integer, number, positive } from './flags.js';
@@ -66,7 +66,7 @@ export function addTrainCommand(program: Command): void {
     .addOption(flag('--lora-dropout <x>', 'dropout on the adapters\' input while training (default 0.05)').argParser(probability('--lora-dropout')))
     .addOption(flag('--lora-target-modules <names>', 'comma-separated layer names matched as suffixes (default: every linear layer outside the vision encoder and projector, as the official find_all_linear_names)'))
     .addOption(flag('-t, --threads <n>', 'kernel threads (default: available cores)').argParser(integer('--threads', 1)))
-    .addOption(flag('--isa <tier>', 'kernel tier (default: the best this CPU has)').choices(['scalar', 'avx2', 'avx512', 'avx512bf16', 'neon']))
+    .addOption(flag('--isa <tier>', 'kernel tier (default: the best this CPU has)').choices([...ISAS]))
     .addOption(flag('--compute <mode>', 'matmul numerics, forward and backward: "exact" (f32, what the parity tests check) or "bf16" (operands rounded to bf16, sums in f32, as bf16 training on a GPU; f32 master weights and optimizer either way; fast where the CPU has bf16 dot products); default: the fastest this CPU has').choices(['exact', 'bf16']))
     .action(async (o) => {
       const downloads = new DownloadBars();

@@ -62,4 +62,5 @@ export { WebGpuError } from './webgpu/errors.js';
 export type { AttentionOptions, Backend, ComputeMode, Kernels, MatmulPart, TopK } from './backend.js';
 export type { DType } from './dtype.js';
 export type { Isa } from './native.js';
+export { ISAS } from './native.js';
 export { HostStorage, Tensor, type Storage } from './tensor.js';

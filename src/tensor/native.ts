@@ -36,11 +36,12 @@ export interface CpuFeatures {
 }
 
 /**
- * A kernel tier: 'scalar' (portable loops), 'avx2' (AVX2+FMA+F16C), 'avx512' (AVX-512 F/BW/DQ/VL), 'avx512bf16'
+ * A kernel tier: 'scalar' (portable loops), 'avx2' (AVX2+FMA+F16C), 'avxvnni' (avx2 whose quantized matmuls use
+ * AVX-VNNI's vpdpbusd), 'avx512' (AVX-512 F/BW/DQ/VL), 'avx512bf16'
  * (avx512 whose bf16 compute mode multiplies with vdpbf16ps), 'neon' (aarch64 Advanced SIMD; on a CPU with BF16 its
  * bf16 compute mode multiplies with BFMMLA/BFDOT).
  */
-export type Isa = 'scalar' | 'avx2' | 'avx512' | 'avx512bf16' | 'neon';
+export type Isa = 'scalar' | 'avx2' | 'avxvnni' | 'avx512' | 'avx512bf16' | 'neon';
 
 
 /** An instruction kind whose peak `peakFlops` measures (GOP/s for the int8 kinds). */
@@ -74,7 +75,7 @@ export interface NativeBackendOptions {
   compute?: ComputeMode;
 }
 
-const ISAS: readonly Isa[] = ['scalar', 'avx2', 'avx512', 'avx512bf16', 'neon'];
+export const ISAS: readonly Isa[] = ['scalar', 'avx2', 'avxvnni', 'avx512', 'avx512bf16', 'neon'];
 
 type F32 = Float32Array;
 type Half = Uint16Array;
