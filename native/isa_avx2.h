@@ -742,15 +742,14 @@ inline long adamwVectors(float* p, const float* g, float* m, float* v, long n, c
 template <WType T>
 constexpr int kCodeVectors = T == WType::Int8 ? 8 : 4;
 
-// One half's integer chains (even and odd s for Int8; the low and high nibbles for Int4, Int4m).
-struct Chains {
-  __m256i a = _mm256_setzero_si256(), b = _mm256_setzero_si256();
-};
-
+// Every kernel below keeps one integer sum per (half, x row, group): the x rows and groups a step serves give the adds
+// their independence, so that 8 sums fit the 16 ymm registers beside a step's operands and x. With two sums per half
+// (even and odd code vectors, or the two nibbles) 4 decode streams spilled, and the 2 that fit where k ≤ 2048 decoded
+// int8 and int4 about 15 % slower than 4 of one sum on two Zen 3 cores; the GEMM held a chunk's operands for all its x
+// rows and spilled them (BENCHMARKS.md run 26).
 #if defined(__AVXVNNI__)
 // With AVX-VNNI (the avxvnni tier) vpdpbusd multiplies the unsigned codes by the signed activations into int32 lanes,
-// as on the AVX-512 VNNI tier: x's block init −z·Σq is added to the sums (Int8, Int4), and Int4's high nibbles are
-// taken in place (16·u, masked) into the second chain, which sums 16·Σu·q exactly and is shifted back at the end.
+// as on the AVX-512 VNNI tier: x's block init −z·Σq is added to the sums (Int8, Int4).
 template <WType T>
 constexpr bool kBlockInit = T != WType::Int4m;
 
@@ -761,36 +760,32 @@ inline void codeOperands(const uint8_t* codes, int s, int p, __m256i& w, __m256i
   if (T == WType::Int8) {
     w = other = v;
   } else {
-    w = _mm256_and_si256(v, _mm256_set1_epi8(0x0f));
-    other = _mm256_and_si256(v, _mm256_set1_epi8(static_cast<char>(0xf0)));
+    const __m256i nibble = _mm256_set1_epi8(0x0f);
+    w = _mm256_and_si256(v, nibble);
+    other = _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble);
   }
 }
 
-// xs: x's broadcast of code vector s; xsHigh: of s + 4 (Int4, Int4m: the high nibbles' activations).
+// sum + the operands' products with x: xs, x's broadcast of the code vector; xsHigh, of the one 4 further (Int4,
+// Int4m: the high nibbles' activations).
 template <WType T>
-inline void addProducts(Chains& c, int s, __m256i w, __m256i other, __m256i xs, __m256i xsHigh) {
-  if (T == WType::Int8) {
-    if (s & 1)
-      c.b = _mm256_dpbusd_avx_epi32(c.b, w, xs);
-    else
-      c.a = _mm256_dpbusd_avx_epi32(c.a, w, xs);
-  } else {
-    c.a = _mm256_dpbusd_avx_epi32(c.a, w, xs);
-    c.b = _mm256_dpbusd_avx_epi32(c.b, other, xsHigh);
-  }
+inline __m256i addProducts(__m256i sum, __m256i w, __m256i other, __m256i xs, __m256i xsHigh) {
+  if (T == WType::Int8) return _mm256_dpbusd_avx_epi32(sum, w, xs);
+  return _mm256_dpbusd_avx_epi32(_mm256_dpbusd_avx_epi32(sum, w, xs), other, xsHigh);
 }
 
+// A chunk's sum as one int32 per block.
 template <WType T>
-inline __m256i blockSums(const Chains& c) {
-  return _mm256_add_epi32(c.a, T == WType::Int8 ? c.b : _mm256_srai_epi32(c.b, 4));
+inline __m256i blockSums(__m256i sum) {
+  return sum;
 }
 #else
 // Without an int8 dot instruction (the avx2 tier), vpmaddubsw (u8·s8 pairs summed in int16, saturating) and vpmaddwd
-// by ones give the lanes. Int4 and Int4m codes (≤ 15) keep a pair within 2·15·127 and a block's 8 code vectors' pairs
-// within int16, so those add in int16 and widen once; Int4 then adds x's block init −z·Σq so that it sums (u − z)·q.
-// Int8 codes reach 255, past what a pair may hold, so its weights are made signed (u XOR 0x80 = u − 128): |u − 128| ≤
-// 128 is the unsigned operand and vpsignb gives the activation the weight's sign (pairs within 2·128·127), which sums
-// (u − z)·q directly.
+// by ones give the lanes. Int4 and Int4m codes (≤ 15) keep a pair within 2·15·127 and a block's 8 operands' pairs
+// within 8·2·15·127 = 30480, so those add in int16 and widen once; Int4 then adds x's block init −z·Σq so that it sums
+// (u − z)·q. Int8 codes reach 255, past what a pair may hold, so its weights are made signed (u XOR 0x80 = u − 128):
+// |u − 128| ≤ 128 is the unsigned operand and vpsignb gives the activation the weight's sign (pairs within 2·128·127),
+// which sums (u − z)·q directly.
 template <WType T>
 constexpr bool kBlockInit = T == WType::Int4;
 
@@ -809,25 +804,19 @@ inline void codeOperands(const uint8_t* codes, int s, int p, __m256i& w, __m256i
   }
 }
 
-// xs: x's broadcast of code vector s; xsHigh: of s + 4 (Int4, Int4m: the high nibbles' activations).
+// sum + the operands' products with x: xs, x's broadcast of the code vector; xsHigh, of the one 4 further (Int4,
+// Int4m: the high nibbles' activations). Int8 sums int32 lanes, Int4 and Int4m int16 lanes.
 template <WType T>
-inline void addProducts(Chains& c, int s, __m256i w, __m256i other, __m256i xs, __m256i xsHigh) {
-  if (T == WType::Int8) {
-    const __m256i pairs = _mm256_madd_epi16(_mm256_maddubs_epi16(w, _mm256_sign_epi8(xs, other)), _mm256_set1_epi16(1));
-    if (s & 1)
-      c.b = _mm256_add_epi32(c.b, pairs);
-    else
-      c.a = _mm256_add_epi32(c.a, pairs);
-  } else {
-    c.a = _mm256_add_epi16(c.a, _mm256_maddubs_epi16(w, xs));
-    c.b = _mm256_add_epi16(c.b, _mm256_maddubs_epi16(other, xsHigh));
-  }
+inline __m256i addProducts(__m256i sum, __m256i w, __m256i other, __m256i xs, __m256i xsHigh) {
+  if (T == WType::Int8)
+    return _mm256_add_epi32(sum, _mm256_madd_epi16(_mm256_maddubs_epi16(w, _mm256_sign_epi8(xs, other)), _mm256_set1_epi16(1)));
+  return _mm256_add_epi16(sum, _mm256_add_epi16(_mm256_maddubs_epi16(w, xs), _mm256_maddubs_epi16(other, xsHigh)));
 }
 
+// A chunk's sum as one int32 per block.
 template <WType T>
-inline __m256i blockSums(const Chains& c) {
-  if (T == WType::Int8) return _mm256_add_epi32(c.a, c.b);
-  return _mm256_madd_epi16(_mm256_add_epi16(c.a, c.b), _mm256_set1_epi16(1));
+inline __m256i blockSums(__m256i sum) {
+  return T == WType::Int8 ? sum : _mm256_madd_epi16(sum, _mm256_set1_epi16(1));
 }
 #endif
 
@@ -836,17 +825,11 @@ inline __m256i broadcastX(const int8_t* xq, int s) {
   return _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(xq + 16 * s)));
 }
 
-// x's codes of chunk c of row m as the 8 broadcast operands of code vectors s (and s + 4).
-inline void chunkX(const quant::QuantizedRows& A, long m, long c, __m256i (&xb)[8]) {
-  const int8_t* xq = A.q + m * A.K + c * 128;
-  for (int s = 0; s < 8; s++) xb[s] = broadcastX(xq, s);
-}
-
-// acc (half p of a group) += the chunk's block sums times d_w·d_x (+ Int4m's minimum terms); ch: the chunk's scales.
+// acc (half p of a group) += the chunk's block sums s (int32 lanes) times d_w·d_x (+ Int4m's minimum terms); ch: the
+// chunk's scales.
 template <WType T>
-inline __m256 addChunk(const Chains& c, const uint8_t* ch, int p, const quant::QuantizedRows& A, long m, long c0, __m256 acc) {
+inline __m256 addChunk(__m256i s, const uint8_t* ch, int p, const quant::QuantizedRows& A, long m, long c0, __m256 acc) {
   const long nb = A.K / quant::kBlock;
-  __m256i s = blockSums<T>(c);
   if (kBlockInit<T>)
     s = _mm256_add_epi32(s, _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(A.blockInit + m * nb + c0))));
   const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(ch + 16 * p)));
@@ -869,6 +852,8 @@ inline void addGroupRows(const __m256 (&acc)[2], float (&res)[quant::kGroupRows]
   }
 }
 
+// The chunk's operands are taken once for the MT rows of x, a code vector at a time (s outermost), and x's broadcasts
+// loaded at use: x's 8 broadcasts a row held for the chunk do not fit beside 2·MT sums.
 template <WType T, int MT>
 inline long groupDotT(const uint8_t* g, const quant::QuantizedRows& A, long m0, float (*res)[quant::kGroupRows]) {
   constexpr int V = kCodeVectors<T>;
@@ -878,18 +863,19 @@ inline long groupDotT(const uint8_t* g, const quant::QuantizedRows& A, long m0, 
   for (int i = 0; i < MT; i++) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
   for (long c = 0; c < chunks; c++) {
     const auto [ch, codes] = quant::chunkPlace(gc, g, c);
-    __m256i w[V][2], other[V][2];
-    for (int s = 0; s < V; s++)
-      for (int p = 0; p < 2; p++) codeOperands<T>(codes, s, p, w[s][p], other[s][p]);
-    for (int i = 0; i < MT; i++) {
-      __m256i xb[8];
-      chunkX(A, m0 + i, c, xb);
-      for (int p = 0; p < 2; p++) {
-        Chains sums;
-        for (int s = 0; s < V; s++) addProducts<T>(sums, s, w[s][p], other[s][p], xb[s], xb[T == WType::Int8 ? s : s + 4]);
-        acc[i][p] = addChunk<T>(sums, ch, p, A, m0 + i, c * 4, acc[i][p]);
+    __m256i sums[MT][2];
+    for (int i = 0; i < MT; i++) sums[i][0] = sums[i][1] = _mm256_setzero_si256();
+    for (int s = 0; s < V; s++) {
+      __m256i w[2], other[2];
+      for (int p = 0; p < 2; p++) codeOperands<T>(codes, s, p, w[p], other[p]);
+      for (int i = 0; i < MT; i++) {
+        const int8_t* xq = A.q + (m0 + i) * A.K + c * 128;
+        const __m256i xs = broadcastX(xq, s), xsHigh = T == WType::Int8 ? xs : broadcastX(xq, s + 4);
+        for (int p = 0; p < 2; p++) sums[i][p] = addProducts<T>(sums[i][p], w[p], other[p], xs, xsHigh);
       }
     }
+    for (int i = 0; i < MT; i++)
+      for (int p = 0; p < 2; p++) acc[i][p] = addChunk<T>(blockSums<T>(sums[i][p]), ch, p, A, m0 + i, c * 4, acc[i][p]);
   }
   for (int i = 0; i < MT; i++) addGroupRows(acc[i], res[i]);
   return chunks * quant::kChunkBlocks;
@@ -898,9 +884,9 @@ inline long groupDotT(const uint8_t* g, const quant::QuantizedRows& A, long m0, 
 // groupDotT for one row of x (decode) against G groups `apart` bytes apart: G sequential weight streams, which take
 // turns a code vector (one 64-byte line) at a time within a chunk, as on the AVX-512 tiers; a group's whole chunk
 // (512 bytes of int8) before the next stream's held the int8 decode on this tier to 16 GB/s on two Zen 5 threads
-// reading 85 (BENCHMARKS.md run 25). x's broadcasts are loaded at each use: held for the chunk, they and the 4·G
-// chains outnumber the 16 ymm registers. Each group's integer sums and float steps are groupDotT's, so its rows get
-// the same bits.
+// reading 85 (BENCHMARKS.md run 25). x's broadcasts are loaded at each use: held for the chunk, they and the 2·G sums
+// outnumber the 16 ymm registers. Each group's integer sums and float steps are groupDotT's, so its rows get the same
+// bits.
 template <WType T, int G>
 inline long groupsDotT(const uint8_t* g, long apart, const quant::QuantizedRows& A, long m, float (*res)[quant::kGroupRows]) {
   constexpr int V = kCodeVectors<T>;
@@ -917,27 +903,27 @@ inline long groupsDotT(const uint8_t* g, long apart, const quant::QuantizedRows&
       params[h] = ch;
       codes[h] = hCodes;
     }
-    Chains sums[G][2];
+    __m256i sums[G][2];
+    for (int h = 0; h < G; h++) sums[h][0] = sums[h][1] = _mm256_setzero_si256();
     for (int s = 0; s < V; s++) {
       const __m256i xs = broadcastX(xq, s), xsHigh = T == WType::Int8 ? xs : broadcastX(xq, s + 4);
       for (int h = 0; h < G; h++)
         for (int p = 0; p < 2; p++) {
           __m256i w, other;
           codeOperands<T>(codes[h], s, p, w, other);
-          addProducts<T>(sums[h][p], s, w, other, xs, xsHigh);
+          sums[h][p] = addProducts<T>(sums[h][p], w, other, xs, xsHigh);
         }
     }
     for (int h = 0; h < G; h++)
-      for (int p = 0; p < 2; p++) acc[h][p] = addChunk<T>(sums[h][p], params[h], p, A, m, c * 4, acc[h][p]);
+      for (int p = 0; p < 2; p++) acc[h][p] = addChunk<T>(blockSums<T>(sums[h][p]), params[h], p, A, m, c * 4, acc[h][p]);
   }
   for (int h = 0; h < G; h++) addGroupRows(acc[h], res[h]);
   return chunks * quant::kChunkBlocks;
 }
 #define VL3_QUANT_GROUPS_DOT 1
-// Groups streamed at once where k is short (ops_impl.h streamedGroups; 4 where it is long): 2, as on the AVX-512
-// tiers. With the streams taking turns a line at a time, 4 groups' chains no longer fit the 16 ymm registers: the int8
-// decode's gate and up projections streamed 38 GB/s with 4 on two Zen 5 threads, 64 with 2 (BENCHMARKS.md run 25).
-constexpr int kStreamedGroupsShortK = 2;
+// Groups streamed at once where k is short (ops_impl.h streamedGroups; 4 where it is long): 4 here too, with one sum
+// per half. With two (run 25), 4 groups' sums spilled and 2 streamed faster.
+constexpr int kStreamedGroupsShortK = 4;
 
 }  // namespace
 }  // namespace VL3_AVX2_NS

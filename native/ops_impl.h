@@ -450,10 +450,11 @@ static_assert(kStreamedGroupsShortK <= kMaxStreamedGroups, "");
 inline int streamedGroups(long K) { return K <= 2048 ? kStreamedGroupsShortK : kMaxStreamedGroups; }
 
 // Tasks per thread over a quantized matmul's weight groups (for each block of x's rows). Where two groups stream at once
-// (rows of up to 2048 on x86) one: those matrices are small (the 2B's o projection is 1.3 MB of int4), and on two
-// Zen 5 vCPUs each further task's start cost more than its balancing bought (BENCHMARKS.md run 17: int4 q/k/v and o
-// 9-18 % faster, a whole int4 decode 2.7 %; run 18: int8 with its two streams, 8 %). Four elsewhere: at one, the down
-// projection (k = 8960) measured 7 % slower; and more tasks let a thread the host slows hand work to the other.
+// (rows of up to 2048 on the AVX-512 tiers) one: those matrices are small (the 2B's o projection is 1.3 MB of int4),
+// and on two Zen 5 vCPUs each further task's start cost more than its balancing bought (BENCHMARKS.md run 17: int4
+// q/k/v and o 9-18 % faster, a whole int4 decode 2.7 %; run 18: int8 with its two streams, 8 %). Four elsewhere: at
+// one, the down projection (k = 8960) measured 7 % slower; and more tasks let a thread the host slows hand work to the
+// other (with 4 streams at k = 1536, one task a thread measured 0.98× on Zen 3, run 26).
 inline long quantTasksPerThread(long K) { return streamedGroups(K) == 2 ? 1 : 4; }
 
 template <WType T>

@@ -137,9 +137,13 @@ function assertNear(actual: Float32Array, expected: Float32Array, what: string, 
 }
 
 describe('quantized matmul and embedding on every tier', () => {
-  // M crosses the 4-row tiles and the 64-row blocks; N leaves a short row group; K whole chunks and partial ones.
+  // M crosses the 4-row tiles and the 64-row blocks; N leaves a short row group; K whole chunks and partial ones. The
+  // one-row cases with 9 and 5 groups give a decode's streamed groups (ops_impl.h groupsDot: up to 4 at once) whole
+  // parts at k ≤ 2048 and past it, beside the groups left over.
   const shapes: [number, number, number][] = [
     [1, 13, 160],
+    [1, 37, 416],
+    [1, 20, 2336],
     [3, 8, 512],
     [5, 17, 96],
     [70, 12, 256],
@@ -154,9 +158,8 @@ describe('quantized matmul and embedding on every tier', () => {
       return { M, N, K, w, x, bias, expected: new Map<ComputeMode, Float32Array>() };
     });
     // Every weight and activation at ± its block's largest magnitude: the extreme codes and |q| = 127 everywhere, so
-    // that a kernel whose int16 pair sums saturate (255·127·2 for int8) is far off.
-    {
-      const [M, N, K] = [5, 8, 256];
+    // that a kernel whose int16 pair sums saturate (255·127·2 for int8) is far off; the second one is a decode.
+    for (const [M, N, K] of [[5, 8, 256], [1, 16, 256]] as const) {
       const signs = new Rng(500);
       const w = Tensor.empty('bf16', [N, K]);
       for (let i = 0; i < w.numel; i++) w.data[i] = f32ToBf16(signs.next() < 0.5 ? -0.5 : 0.5);
