@@ -28,11 +28,14 @@ describe('PromptEncoder', { skip }, () => {
   let plain: (text: string) => number[];
   let json: Record<string, unknown>;
   let config: Record<string, unknown>;
+  /** Built as Tokenizer.load builds it, on the BPE model of the tokenizer with added tokens. */
   let encoder: PromptEncoder;
+  /** Built as the worker thread builds it, from the JSON alone. */
+  let unshared: PromptEncoder;
 
   /** An encoder that cuts every `pieceLength` units, and the number of pieces it has encoded. */
   function counting(pieceLength: number, tokenizerJson = json) {
-    const counted = PromptEncoder.fromJson(tokenizerJson, config, pieceLength);
+    const counted = PromptEncoder.fromJson(tokenizerJson, config, undefined, pieceLength);
     let pieces = 0;
     return {
       encoder: counted,
@@ -47,7 +50,8 @@ describe('PromptEncoder', { skip }, () => {
     tokenizer = await Tokenizer.load(checkpoint);
     json = loadJson('tokenizer.json');
     config = loadJson('tokenizer_config.json');
-    encoder = PromptEncoder.fromJson(json, config);
+    encoder = PromptEncoder.fromJson(json, config, new HfTokenizer(json, config));
+    unshared = PromptEncoder.fromJson(json, config);
     const reference = new HfTokenizer({ ...json, added_tokens: [] }, config);
     plain = (text) => (text.length === 0 ? [] : reference.encode(text, { add_special_tokens: false }).ids);
   });
@@ -56,14 +60,19 @@ describe('PromptEncoder', { skip }, () => {
     it('on every golden string', () => {
       const { cases } = readJson<{ cases: { name: string; text: string; ids: number[] }[] }>(join(fixtures!, 'tokenizer', 'golden_tokenization.json'));
       assert.equal(cases.length, 34);
-      for (const c of cases) assert.deepEqual(encoder.encode(c.text), c.ids, c.name);
+      for (const c of cases) {
+        assert.deepEqual(encoder.encode(c.text), c.ids, c.name);
+        assert.deepEqual(unshared.encode(c.text), c.ids, c.name);
+      }
     });
 
     it('on random texts of every script, whitespace run, NFC case and added token, short and long', () => {
       const rng = new Rng(20250601);
       for (let i = 0; i < 500; i++) {
         const text = randomText(rng, 1 + Math.floor(rng.next() * 120));
-        assert.deepEqual(encoder.encode(text), tokenizer.encode(text), JSON.stringify(text));
+        const ids = tokenizer.encode(text);
+        assert.deepEqual(encoder.encode(text), ids, JSON.stringify(text));
+        assert.deepEqual(unshared.encode(text), ids, JSON.stringify(text));
       }
       for (let i = 0; i < 4; i++) {
         const text = randomText(rng, 12_000); // about 40,000 units, cut into pieces
@@ -269,5 +278,23 @@ describe('PromptEncoder', { skip }, () => {
     assert.throws(() => flagged.encode('x'), /"<image>" has lstrip\/rstrip\/single_word\/normalized flags/);
     assert.throws(() => flagged.escape('x'), /encodePrompt does not support/);
     assert.equal(flagged.maxTokenBytes, 128);
+  });
+
+  it("runs on its own BPE model where the added tokens' model could turn plain text into an added token", () => {
+    // No pre-tokenizer: BPE sees "c" itself, which the vocabulary lacks (unknown as plain text) and an added token
+    // maps; a model shared with the tokenizer that has the added token would give the added token's id.
+    const tiny = {
+      added_tokens: [{ id: 3, content: 'c', special: true, normalized: false, lstrip: false, rstrip: false, single_word: false }],
+      normalizer: null,
+      pre_tokenizer: null,
+      post_processor: null,
+      decoder: { type: 'ByteLevel' },
+      model: { type: 'BPE', vocab: { '<unk>': 0, a: 1, b: 2, ab: 4 }, merges: [['a', 'b']], unk_token: '<unk>' },
+    };
+    const tinyEncoder = PromptEncoder.fromJson(tiny, {}, new HfTokenizer(tiny, {}));
+    const reference = new HfTokenizer({ ...tiny, added_tokens: [] }, {});
+    assert.deepEqual(reference.encode('abc', { add_special_tokens: false }).ids, [4, 0]);
+    assert.deepEqual(tinyEncoder.encode(tinyEncoder.escape('abc')), [4, 0]);
+    assert.deepEqual(tinyEncoder.encode('abc'), [4, 3]);
   });
 });

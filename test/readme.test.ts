@@ -121,7 +121,7 @@ describe('the README examples', { skip: !fixtures && FIXTURES_MISSING }, () => {
     assert.match(ci, /^npm test$/m, 'CI runs the README test command');
   });
 
-  it('runs every command line and each ends with exit code 0', { timeout: 600_000 }, async () => {
+  it('runs every command line and each ends with exit code 0', { timeout: 600_000 }, async (t) => {
     const oneShot = commands.filter((c) => !RUN_BY_CI.includes(c) && !/^npx vl3 (serve|eval)\b/.test(c));
     // The fine-tuning example's annotations, which its `vl3 train` reads.
     writeFileSync(join(project, 'train.json'), blocks.filter((b) => b.lang === 'json')[1]!.code);
@@ -131,6 +131,7 @@ describe('the README examples', { skip: !fixtures && FIXTURES_MISSING }, () => {
     try {
       for (const command of oneShot) {
         const r = await sh(command, project, env);
+        t.diagnostic(`${r.ms} ms: ${command}`);
         assert.equal(r.code, 0, `${command}\n${r.stderr}`);
         if (/^npx vl3 ask\b/.test(command)) assert.ok(r.stdout.trim().length > 0, `${command}: an answer`);
       }

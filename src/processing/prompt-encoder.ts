@@ -146,6 +146,24 @@ function addedTokens(json: Record<string, unknown>): { tokens: AddedTokenSpec[];
   return { tokens, unsupported };
 }
 
+/**
+ * Whether BPE can never output the string of an added token outside the vocabulary. The model of a tokenizer with added
+ * tokens also maps their strings to their ids, so only then does it encode plain text as one without them does. BPE
+ * outputs single characters of a pre-token and the results of merges.
+ */
+function bpeNeverMakesAddedTokens(model: Record<string, unknown>, tokens: AddedTokenSpec[]): boolean {
+  const vocab = isPlainObject(model.vocab) ? model.vocab : {};
+  const outside = new Set(tokens.map((t) => t.content).filter((c) => !Object.hasOwn(vocab, c)));
+  if ([...outside].some((c) => [...c].length === 1)) return false;
+  if (outside.size === 0) return true;
+  const lengths = new Set([...outside].map((c) => c.length));
+  const merges = Array.isArray(model.merges) ? (model.merges as unknown[]) : [];
+  return merges.every((m) => {
+    const [a = '', b = ''] = Array.isArray(m) ? (m as string[]) : String(m).split(' ', 2);
+    return !lengths.has(a.length + b.length) || !outside.has(a + b);
+  });
+}
+
 export class PromptEncoder {
   readonly summary: EncoderSummary;
   private readonly ids: ReadonlyMap<string, number>;
@@ -193,14 +211,21 @@ export class PromptEncoder {
 
   /**
    * Builds the encoder from a parsed tokenizer.json: a second `@huggingface/tokenizers` instance with `added_tokens`
-   * emptied does the BPE. It shares the parsed JSON (and with it the merges) with the first instance; its own
-   * vocabulary maps and merge ranks cost about 26 MB of heap for Qwen2 (measured with --expose-gc, 151,643 tokens
-   * and 151,387 merges) and about 0.2 s to build.
+   * emptied does the BPE. Given `shared`, the instance built from the same JSON with its added tokens, the second one
+   * runs on `shared`'s BPE model where that gives the same ids (see `bpeNeverMakesAddedTokens`): building a model's
+   * vocabulary maps and merge ranks is most of a tokenizer's load (0.4-0.5 s and 26 MB of heap for Qwen2's 151,643
+   * tokens and 151,387 merges).
    * `pieceLength` is for tests, which cut far more often to exercise every kind of cut point.
    */
-  static fromJson(json: Record<string, unknown>, config: Record<string, unknown>, pieceLength = PIECE_LENGTH): PromptEncoder {
+  static fromJson(json: Record<string, unknown>, config: Record<string, unknown>, shared?: HfTokenizer, pieceLength = PIECE_LENGTH): PromptEncoder {
     const { tokens, unsupported } = addedTokens(json);
-    const plain = new HfTokenizer({ ...json, added_tokens: [] }, config);
+    let plain: HfTokenizer;
+    if (shared?.model && isPlainObject(json.model) && json.model.type === 'BPE' && bpeNeverMakesAddedTokens(json.model, tokens)) {
+      plain = new HfTokenizer({ ...json, added_tokens: [], model: { ...json.model, vocab: {}, merges: [] } }, config);
+      plain.model = shared.model;
+    } else {
+      plain = new HfTokenizer({ ...json, added_tokens: [] }, config);
+    }
     let maxTokenBytes = 0;
     const vocab = isPlainObject(json.model) && isPlainObject(json.model.vocab) ? Object.keys(json.model.vocab) : [];
     for (const token of vocab) {

@@ -149,7 +149,7 @@ export class Tokenizer {
     let prompts: PromptEncoder;
     try {
       hf = new HfTokenizer(tokenizerJson, config);
-      prompts = PromptEncoder.fromJson(tokenizerJson, config);
+      prompts = PromptEncoder.fromJson(tokenizerJson, config, hf);
     } catch (err) {
       throw new Error(`${tokenizerFile}: cannot build the tokenizer: ${(err as Error).message}`);
     }
