@@ -52,7 +52,8 @@ describe('training from scratch learns', { skip: !fixtures && FIXTURES_MISSING }
   });
   after(() => rmSync(dir, { recursive: true, force: true }));
 
-  it('answers held-out colour and motion questions far above chance after vl3 train', { timeout: 600_000 }, async () => {
+  it('answers held-out colour and motion questions far above chance after vl3 train', { timeout: 600_000 }, async (t) => {
+    const started = Date.now();
     const trained = await run([
       'train',
       '--stage', '3',
@@ -69,6 +70,8 @@ describe('training from scratch learns', { skip: !fixtures && FIXTURES_MISSING }
       '--compute', 'bf16',
     ]);
     assert.equal(trained.status, 0, trained.stderr);
+    t.diagnostic(`vl3 train: ${Date.now() - started} ms`);
+    const asked = Date.now();
     const right = { image: 0, video: 0 };
     for (const sample of heldOut) {
       const media = sample.kind === 'image' ? ['--image', sample.file] : ['--video', sample.file];
@@ -78,6 +81,7 @@ describe('training from scratch learns', { skip: !fixtures && FIXTURES_MISSING }
       assert.equal(r.status, 0, r.stderr);
       if (r.stdout.trim().split(/\s+/)[0] === sample.answer) right[sample.kind]++;
     }
+    t.diagnostic(`${heldOut.length} vl3 ask runs: ${Date.now() - asked} ms`);
     // 8 held-out samples of each task: chance is 2.7 colours and 4 motions.
     assert.ok(right.image >= 7, `colours: ${right.image} of 8 right`);
     assert.ok(right.video >= 7, `motions: ${right.video} of 8 right`);
