@@ -50,7 +50,10 @@ describe('PromptEncoder', { skip }, () => {
     tokenizer = await Tokenizer.load(checkpoint);
     json = loadJson('tokenizer.json');
     config = loadJson('tokenizer_config.json');
-    encoder = PromptEncoder.fromJson(json, config, new HfTokenizer(json, config));
+    const withAdded = new HfTokenizer(json, config);
+    encoder = PromptEncoder.fromJson(json, config, withAdded);
+    // Qwen2's model is shared, as Tokenizer.load shares it: a load builds one.
+    assert.ok(encoder.runsOnModelOf(withAdded));
     unshared = PromptEncoder.fromJson(json, config);
     const reference = new HfTokenizer({ ...json, added_tokens: [] }, config);
     plain = (text) => (text.length === 0 ? [] : reference.encode(text, { add_special_tokens: false }).ids);
@@ -291,7 +294,9 @@ describe('PromptEncoder', { skip }, () => {
       decoder: { type: 'ByteLevel' },
       model: { type: 'BPE', vocab: { '<unk>': 0, a: 1, b: 2, ab: 4 }, merges: [['a', 'b']], unk_token: '<unk>' },
     };
-    const tinyEncoder = PromptEncoder.fromJson(tiny, {}, new HfTokenizer(tiny, {}));
+    const withAdded = new HfTokenizer(tiny, {});
+    const tinyEncoder = PromptEncoder.fromJson(tiny, {}, withAdded);
+    assert.ok(!tinyEncoder.runsOnModelOf(withAdded));
     const reference = new HfTokenizer({ ...tiny, added_tokens: [] }, {});
     assert.deepEqual(reference.encode('abc', { add_special_tokens: false }).ids, [4, 0]);
     assert.deepEqual(tinyEncoder.encode(tinyEncoder.escape('abc')), [4, 0]);

@@ -148,11 +148,15 @@ function addedTokens(json: Record<string, unknown>): { tokens: AddedTokenSpec[];
 
 /**
  * Whether BPE can never output the string of an added token outside the vocabulary. The model of a tokenizer with added
- * tokens also maps their strings to their ids, so only then does it encode plain text as one without them does. BPE
- * outputs single characters of a pre-token and the results of merges.
+ * tokens also maps their strings to their ids, so only then does it encode plain text as one without them does. A
+ * plain BPE model (no word suffixes or prefixes, no byte fallback, an unknown token in the vocabulary if any) outputs
+ * single characters of a pre-token, results of merges, vocabulary entries and its unknown token.
  */
 function bpeNeverMakesAddedTokens(model: Record<string, unknown>, tokens: AddedTokenSpec[]): boolean {
   const vocab = isPlainObject(model.vocab) ? model.vocab : {};
+  const { unk_token: unk } = model;
+  if (model.end_of_word_suffix || model.continuing_subword_prefix || model.continuing_subword_suffix || model.byte_fallback) return false;
+  if (unk !== null && unk !== undefined && !(typeof unk === 'string' && Object.hasOwn(vocab, unk))) return false;
   const outside = new Set(tokens.map((t) => t.content).filter((c) => !Object.hasOwn(vocab, c)));
   if ([...outside].some((c) => [...c].length === 1)) return false;
   if (outside.size === 0) return true;
@@ -235,6 +239,11 @@ export class PromptEncoder {
     }
     for (const { content } of tokens) maxTokenBytes = Math.max(maxTokenBytes, Buffer.byteLength(content));
     return new PromptEncoder(plain, tokens, unsupported, hasQwen2PreTokenization(json, config), maxTokenBytes, pieceLength);
+  }
+
+  /** Whether plain text is encoded on `tokenizer`'s BPE model (the one `fromJson` was given, where it could share it). */
+  runsOnModelOf(tokenizer: HfTokenizer): boolean {
+    return this.plain.model === tokenizer.model;
   }
 
   /** `text` with every added-token string escaped (see ESCAPE); unchanged when it has none and no ESCAPE. */
