@@ -1089,6 +1089,56 @@ inline long groupDotT(const uint8_t* g, const quant::QuantizedRows& A, long m0, 
 // (128 bytes) to 1.07–1.09 (BENCHMARKS.md run 14).
 template <WType T, int G>
 inline long groupsDotT(const uint8_t* g, long apart, const quant::QuantizedRows& A, long m, float (*res)[quant::kGroupRows]) {
+#if defined(__AVX512VNNI__)
+  // With VNNI the decode takes each line of codes as two 256-bit halves (lanes 0-7 and 8-15 of the 512-bit code
+  // vector) and joins their sums once a chunk: on Zen 5, one process alternating this and the 512-bit loop below with a
+  // no-op control arm, int8 decodes 1.148× as fast (18 of 18 rounds; control 1.020), int4 1.057× (15 of 18; control
+  // 0.993), int4m unchanged (0.989; 0.979) (BENCHMARKS.md run 29). The integer sums are the same, so are the bits.
+  constexpr int V = kCodeVectors<T>;
+  const quant::GroupChunks gc = quant::groupChunks(T, A.K);
+  const long nb = gc.blocks, chunks = gc.chunks;
+  __m512 acc[G], accMin[G];
+  for (int h = 0; h < G; h++) acc[h] = accMin[h] = _mm512_setzero_ps();
+  for (long c = 0; c < chunks; c++) {
+    const int8_t* xq = A.q + m * A.K + c * 128;
+    const __m512 dx = _mm512_broadcast_f32x4(_mm_loadu_ps(A.d + m * nb + c * 4));
+    const uint8_t* params[G];
+    const uint8_t* codes[G];
+    for (int h = 0; h < G; h++) {
+      const auto [ch, hCodes] = quant::chunkPlace(gc, g + h * apart, c);
+      params[h] = ch;
+      codes[h] = hCodes;
+    }
+    // [group][half]: the low nibbles' (Int8: the codes') sums, and the high nibbles' (16·u, as addProducts takes them).
+    __m256i low[G][2], high[G][2];
+    for (int h = 0; h < G; h++) low[h][0] = low[h][1] = high[h][0] = high[h][1] = _mm256_setzero_si256();
+    for (int s = 0; s < V; s++) {
+      const __m256i xs = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(xq + 16 * s)));
+      const __m256i xsHigh =
+          T == WType::Int8 ? xs : _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(xq + 16 * (s + 4))));
+      for (int h = 0; h < G; h++)
+        for (int p = 0; p < 2; p++) {
+          const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes[h] + 64 * s + 32 * p));
+          if (T == WType::Int8) {
+            low[h][p] = _mm256_dpbusd_epi32(low[h][p], v, xs);
+          } else {
+            low[h][p] = _mm256_dpbusd_epi32(low[h][p], _mm256_and_si256(v, _mm256_set1_epi8(0x0f)), xs);
+            high[h][p] = _mm256_dpbusd_epi32(high[h][p], _mm256_and_si256(v, _mm256_set1_epi8(static_cast<char>(0xf0))), xsHigh);
+          }
+        }
+    }
+    for (int h = 0; h < G; h++) {
+      Chains sums;
+      sums.a = _mm512_inserti64x4(_mm512_castsi256_si512(low[h][0]), low[h][1], 1);
+      sums.b = _mm512_inserti64x4(_mm512_castsi256_si512(high[h][0]), high[h][1], 1);
+      __m512 dw, mw;
+      chunkScales<T>(params[h], dw, mw);
+      addChunk<T>(sums, dw, mw, dx, A, m, c, acc[h], accMin[h]);
+    }
+  }
+  for (int h = 0; h < G; h++) addGroupRows<T>(acc[h], accMin[h], res[h]);
+  return chunks * quant::kChunkBlocks;
+#else
   constexpr int V = kCodeVectors<T>;
   const quant::GroupChunks gc = quant::groupChunks(T, A.K);
   const long nb = gc.blocks, chunks = gc.chunks;
@@ -1124,12 +1174,14 @@ inline long groupsDotT(const uint8_t* g, long apart, const quant::QuantizedRows&
   }
   for (int h = 0; h < G; h++) addGroupRows<T>(acc[h], accMin[h], res[h]);
   return chunks * quant::kChunkBlocks;
+#endif
 }
 #define VL3_QUANT_GROUPS_DOT 1
 // Groups streamed at once where k is short (ops_impl.h streamedGroups; 4 where it is long, more activation bytes per
 // group): 2 for every format. On Zen 4, int4 and int4m measured best at 2, int8 at 4 (row by row above; 3 had been best
 // group by group, one task a thread not yet tried); on Zen 5, int8 at 2 with one task a thread streamed its short-k
-// matrices 11-17 % faster than at 4 with four tasks, a whole int8 decode 8 % (BENCHMARKS.md run 18).
+// matrices 11-17 % faster than at 4 with four tasks, a whole int8 decode 8 % (BENCHMARKS.md run 18); with the 256-bit
+// decode loop, 4 measured 0.935× beside a control arm's 0.965× (run 29).
 constexpr int kStreamedGroupsShortK = 2;
 
 }  // namespace
