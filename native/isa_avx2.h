@@ -898,11 +898,7 @@ inline long groupsDotT(const uint8_t* g, long apart, const quant::QuantizedRows&
     const int8_t* xq = A.q + m * A.K + c * 128;
     const uint8_t* params[G];
     const uint8_t* codes[G];
-    for (int h = 0; h < G; h++) {
-      const auto [ch, hCodes] = quant::chunkPlace(gc, g + h * apart, c);
-      params[h] = ch;
-      codes[h] = hCodes;
-    }
+    quant::chunkPlaces<G>(gc, g, apart, c, params, codes);
     __m256i sums[G][2];
     for (int h = 0; h < G; h++) sums[h][0] = sums[h][1] = _mm256_setzero_si256();
     for (int s = 0; s < V; s++) {

@@ -1089,26 +1089,24 @@ inline long groupDotT(const uint8_t* g, const quant::QuantizedRows& A, long m0, 
 // (128 bytes) to 1.07–1.09 (BENCHMARKS.md run 14).
 template <WType T, int G>
 inline long groupsDotT(const uint8_t* g, long apart, const quant::QuantizedRows& A, long m, float (*res)[quant::kGroupRows]) {
-#if defined(__AVX512VNNI__)
-  // With VNNI the decode takes each line of codes as two 256-bit halves (lanes 0-7 and 8-15 of the 512-bit code
-  // vector) and joins their sums once a chunk: on Zen 5, one process alternating this and the 512-bit loop below with a
-  // no-op control arm, int8 decodes 1.148× as fast (18 of 18 rounds; control 1.020), int4 1.057× (15 of 18; control
-  // 0.993), int4m unchanged (0.989; 0.979) (BENCHMARKS.md run 29). The integer sums are the same, so are the bits.
   constexpr int V = kCodeVectors<T>;
   const quant::GroupChunks gc = quant::groupChunks(T, A.K);
   const long nb = gc.blocks, chunks = gc.chunks;
   __m512 acc[G], accMin[G];
   for (int h = 0; h < G; h++) acc[h] = accMin[h] = _mm512_setzero_ps();
   for (long c = 0; c < chunks; c++) {
-    const int8_t* xq = A.q + m * A.K + c * 128;
     const __m512 dx = _mm512_broadcast_f32x4(_mm_loadu_ps(A.d + m * nb + c * 4));
     const uint8_t* params[G];
     const uint8_t* codes[G];
-    for (int h = 0; h < G; h++) {
-      const auto [ch, hCodes] = quant::chunkPlace(gc, g + h * apart, c);
-      params[h] = ch;
-      codes[h] = hCodes;
-    }
+    quant::chunkPlaces<G>(gc, g, apart, c, params, codes);
+    Chains sums[G];
+#if defined(__AVX512VNNI__)
+    // With VNNI each line of codes goes in as two 256-bit halves (lanes 0-7 and 8-15 of the 512-bit code vector), their
+    // sums joined once a chunk: on Zen 5, one process alternating this and the 512-bit loop below with a no-op control
+    // arm, int8 decoded 1.07-1.15× as fast (three runs: 1.148, 1.067, 1.075; controls 1.020, 1.040, 0.985), int4 1.057×
+    // (control 0.993), int4m the same (0.989; 0.979) (BENCHMARKS.md run 29). The integer sums are the same, so are the
+    // bits.
+    const int8_t* xq = A.q + m * A.K + c * 128;
     // [group][half]: the low nibbles' (Int8: the codes') sums, and the high nibbles' (16·u, as addProducts takes them).
     __m256i low[G][2], high[G][2];
     for (int h = 0; h < G; h++) low[h][0] = low[h][1] = high[h][0] = high[h][1] = _mm256_setzero_si256();
@@ -1128,35 +1126,12 @@ inline long groupsDotT(const uint8_t* g, long apart, const quant::QuantizedRows&
         }
     }
     for (int h = 0; h < G; h++) {
-      Chains sums;
-      sums.a = _mm512_inserti64x4(_mm512_castsi256_si512(low[h][0]), low[h][1], 1);
-      sums.b = _mm512_inserti64x4(_mm512_castsi256_si512(high[h][0]), high[h][1], 1);
-      __m512 dw, mw;
-      chunkScales<T>(params[h], dw, mw);
-      addChunk<T>(sums, dw, mw, dx, A, m, c, acc[h], accMin[h]);
+      sums[h].a = _mm512_inserti64x4(_mm512_castsi256_si512(low[h][0]), low[h][1], 1);
+      sums[h].b = _mm512_inserti64x4(_mm512_castsi256_si512(high[h][0]), high[h][1], 1);
     }
-  }
-  for (int h = 0; h < G; h++) addGroupRows<T>(acc[h], accMin[h], res[h]);
-  return chunks * quant::kChunkBlocks;
 #else
-  constexpr int V = kCodeVectors<T>;
-  const quant::GroupChunks gc = quant::groupChunks(T, A.K);
-  const long nb = gc.blocks, chunks = gc.chunks;
-  __m512 acc[G], accMin[G];
-  for (int h = 0; h < G; h++) acc[h] = accMin[h] = _mm512_setzero_ps();
-  for (long c = 0; c < chunks; c++) {
     __m512i xb[8];
     chunkX(A, m, c, xb);
-    const __m512 dx = _mm512_broadcast_f32x4(_mm_loadu_ps(A.d + m * nb + c * 4));
-    const uint8_t* params[G];
-    const uint8_t* codes[G];
-#pragma GCC unroll 4
-    for (int h = 0; h < G; h++) {
-      const auto [ch, hCodes] = quant::chunkPlace(gc, g + h * apart, c);
-      params[h] = ch;
-      codes[h] = hCodes;
-    }
-    Chains sums[G];
 #pragma GCC unroll 8
     for (int s = 0; s < V; s++)
 #pragma GCC unroll 4
@@ -1165,6 +1140,7 @@ inline long groupsDotT(const uint8_t* g, long apart, const quant::QuantizedRows&
         codeOperands<T>(codes[h], s, lo, hi);
         addProducts<T>(sums[h], s, lo, hi, xb);
       }
+#endif
 #pragma GCC unroll 4
     for (int h = 0; h < G; h++) {
       __m512 dw, mw;
@@ -1174,7 +1150,6 @@ inline long groupsDotT(const uint8_t* g, long apart, const quant::QuantizedRows&
   }
   for (int h = 0; h < G; h++) addGroupRows<T>(acc[h], accMin[h], res[h]);
   return chunks * quant::kChunkBlocks;
-#endif
 }
 #define VL3_QUANT_GROUPS_DOT 1
 // Groups streamed at once where k is short (ops_impl.h streamedGroups; 4 where it is long, more activation bytes per

@@ -57,6 +57,18 @@ inline ChunkPlace chunkPlace(const GroupChunks& gc, const uint8_t* g, long c) {
   return {pair + odd * gc.paramBytes, pair + 2 * gc.paramBytes + odd * (gc.chunkBytes - gc.paramBytes)};
 }
 
+// chunkPlace for G groups `apart` bytes apart from g: each group's scales and codes of its chunk c.
+template <int G>
+inline void chunkPlaces(const GroupChunks& gc, const uint8_t* g, long apart, long c, const uint8_t* (&params)[G],
+                        const uint8_t* (&codes)[G]) {
+#pragma GCC unroll 4
+  for (int h = 0; h < G; h++) {
+    const ChunkPlace place = chunkPlace(gc, g + h * apart, c);
+    params[h] = place.params;
+    codes[h] = place.codes;
+  }
+}
+
 // The code subtracted before scaling (Int4m has none: its minimum is a separate term).
 inline int zeroCode(WType t) { return t == WType::Int8 ? 128 : t == WType::Int4 ? 8 : 0; }
 
