@@ -1104,8 +1104,8 @@ inline long groupsDotT(const uint8_t* g, long apart, const quant::QuantizedRows&
     // With VNNI each line of codes goes in as two 256-bit halves (lanes 0-7 and 8-15 of the 512-bit code vector), their
     // sums joined once a chunk: on Zen 5, one process alternating this and the 512-bit loop below with a no-op control
     // arm, int8 decoded 1.07-1.15× as fast (three runs: 1.148, 1.067, 1.075; controls 1.020, 1.040, 0.985), int4 1.057×
-    // (control 0.993), int4m the same (0.989; 0.979) (BENCHMARKS.md run 29). The integer sums are the same, so are the
-    // bits.
+    // (control 0.993), int4m the same (0.989; 0.979); a 512-bit loop arranged like this one ran int8 at 0.958× of it
+    // (BENCHMARKS.md run 29). The integer sums are the same, so are the bits.
     const int8_t* xq = A.q + m * A.K + c * 128;
     // [group][half]: the low nibbles' (Int8: the codes') sums, and the high nibbles' (16·u, as addProducts takes them).
     __m256i low[G][2], high[G][2];
