@@ -283,17 +283,22 @@ describe('PromptEncoder', { skip }, () => {
     assert.equal(flagged.maxTokenBytes, 128);
   });
 
-  it("runs on its own BPE model where the added tokens' model could turn plain text into an added token", () => {
-    // No pre-tokenizer: BPE sees "c" itself, which the vocabulary lacks (unknown as plain text) and an added token
-    // maps; a model shared with the tokenizer that has the added token would give the added token's id.
-    const tiny = {
-      added_tokens: [{ id: 3, content: 'c', special: true, normalized: false, lstrip: false, rstrip: false, single_word: false }],
+  /** A tokenizer.json with one special added token, no pre-tokenizer (BPE sees the whole text) and a BPE model. */
+  function tinyTokenizer(added: { id: number; content: string }, model: Record<string, unknown>): Record<string, unknown> {
+    return {
+      added_tokens: [{ ...added, special: true, normalized: false, lstrip: false, rstrip: false, single_word: false }],
       normalizer: null,
       pre_tokenizer: null,
       post_processor: null,
       decoder: { type: 'ByteLevel' },
-      model: { type: 'BPE', vocab: { '<unk>': 0, a: 1, b: 2, ab: 4 }, merges: [['a', 'b']], unk_token: '<unk>' },
+      model: { type: 'BPE', unk_token: '<unk>', ...model },
     };
+  }
+
+  it("runs on its own BPE model where the added tokens' model could turn plain text into an added token", () => {
+    // No pre-tokenizer: BPE sees "c" itself, which the vocabulary lacks (unknown as plain text) and an added token
+    // maps; a model shared with the tokenizer that has the added token would give the added token's id.
+    const tiny = tinyTokenizer({ id: 3, content: 'c' }, { vocab: { '<unk>': 0, a: 1, b: 2, ab: 4 }, merges: [['a', 'b']] });
     const withAdded = new HfTokenizer(tiny, {});
     const tinyEncoder = PromptEncoder.fromJson(tiny, {}, withAdded);
     assert.ok(!tinyEncoder.runsOnModelOf(withAdded));
@@ -301,5 +306,18 @@ describe('PromptEncoder', { skip }, () => {
     assert.deepEqual(reference.encode('abc', { add_special_tokens: false }).ids, [4, 0]);
     assert.deepEqual(tinyEncoder.encode(tinyEncoder.escape('abc')), [4, 0]);
     assert.deepEqual(tinyEncoder.encode('abc'), [4, 3]);
+  });
+
+  it('runs on its own BPE model where the model keeps whole pre-tokens found in its vocabulary (ignore_merges)', () => {
+    // With ignore_merges the model outputs a pre-token its map holds as it is; a map shared with the tokenizer that
+    // has the added token "xyz" holds it, so plain "xyz" would become the added token's id.
+    const tiny = tinyTokenizer({ id: 5, content: 'xyz' }, { vocab: { '<unk>': 0, x: 1, y: 2, z: 3 }, merges: [], ignore_merges: true });
+    const withAdded = new HfTokenizer(tiny, {});
+    const tinyEncoder = PromptEncoder.fromJson(tiny, {}, withAdded);
+    assert.ok(!tinyEncoder.runsOnModelOf(withAdded));
+    const reference = new HfTokenizer({ ...tiny, added_tokens: [] }, {});
+    assert.deepEqual(reference.encode('xyz', { add_special_tokens: false }).ids, [1, 2, 3]);
+    assert.deepEqual(tinyEncoder.encode(tinyEncoder.escape('xyz')), [1, 2, 3]);
+    assert.deepEqual(tinyEncoder.encode('xyz'), [5]);
   });
 });

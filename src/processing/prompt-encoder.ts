@@ -149,13 +149,16 @@ function addedTokens(json: Record<string, unknown>): { tokens: AddedTokenSpec[];
 /**
  * Whether BPE can never output the string of an added token outside the vocabulary. The model of a tokenizer with added
  * tokens also maps their strings to their ids, so only then does it encode plain text as one without them does. A
- * plain BPE model (no word suffixes or prefixes, no byte fallback, an unknown token in the vocabulary if any) outputs
- * single characters of a pre-token, results of merges, vocabulary entries and its unknown token.
+ * plain BPE model (no word suffixes or prefixes, no byte fallback or ignore_merges, an unknown token in the vocabulary
+ * if any) outputs single characters of a pre-token, results of merges, vocabulary entries and its unknown token.
  */
 function bpeNeverMakesAddedTokens(model: Record<string, unknown>, tokens: AddedTokenSpec[]): boolean {
   const vocab = isPlainObject(model.vocab) ? model.vocab : {};
   const { unk_token: unk } = model;
-  if (model.end_of_word_suffix || model.continuing_subword_prefix || model.continuing_subword_suffix || model.byte_fallback) return false;
+  // ignore_merges outputs a whole pre-token that the model's map holds, and a shared map holds the added tokens too.
+  if (model.end_of_word_suffix || model.continuing_subword_prefix || model.continuing_subword_suffix || model.byte_fallback || model.ignore_merges) {
+    return false;
+  }
   if (unk !== null && unk !== undefined && !(typeof unk === 'string' && Object.hasOwn(vocab, unk))) return false;
   const outside = new Set(tokens.map((t) => t.content).filter((c) => !Object.hasOwn(vocab, c)));
   if ([...outside].some((c) => [...c].length === 1)) return false;
