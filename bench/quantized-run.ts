@@ -18,7 +18,7 @@ import { Qwen2Model } from '../src/model/qwen2.js';
 import { FormattedWeights } from '../src/model/weight-formats.js';
 import type { WeightFormat } from '../src/tensor/dtype.js';
 import { type ComputeMode, createBackend } from '../src/tensor/index.js';
-import { NativeBackend, quantizeNative, readBandwidth } from '../src/tensor/native.js';
+import { type Interruptions, measureInterruptions, NativeBackend, quantizeNative, readBandwidth } from '../src/tensor/native.js';
 import { Tensor } from '../src/tensor/tensor.js';
 import { decodeBytesPerToken, greedyRun } from './llm.js';
 import { benchPrompt, DECODE } from './peer-common.js';
@@ -56,7 +56,15 @@ export interface QuantizedRunReport {
   bytesPerToken: Partial<Record<(typeof OURS)[number], number>>;
   llamaCpp?: { version?: string; skipped?: string };
   rounds: Partial<Record<Runner, BracketedRun>>[];
+  /**
+   * Before each round, what the machine took from the run's threads spinning for a second: a decode step waits for
+   * every thread at each matmul, so time that any of them spends off its core is lost to the whole step.
+   */
+  interruptions?: Interruptions[];
 }
+
+/** Seconds of each round's interruption measurement. */
+const INTERRUPTION_SECONDS = 1;
 
 function samePhase(a: number, b: number): boolean {
   return Math.abs(a - b) <= SAME_PHASE * Math.max(a, b);
@@ -197,10 +205,13 @@ async function main(): Promise<void> {
   // At least `wanted` rounds, then more (three times as many in all at most) while a runner has no steady run in a
   // phase that others met.
   for (let r = 0; r < 3 * wanted; r++) {
+    const took = measureInterruptions(backend.threads, INTERRUPTION_SECONDS);
+    (report.interruptions ??= []).push(took);
     const roundRuns: Partial<Record<Runner, BracketedRun>> = {};
     for (const [name, decode] of runners) roundRuns[name] = await bracketed(backend.threads, decode, scaling);
     report.rounds.push(roundRuns);
-    log(`round ${r + 1}: ${[...Object.entries(roundRuns)].map(([n, x]) => `${n} ${x.tokensPerSecond} tokens/s at ${x.beforeGBs}/${x.afterGBs} GB/s`).join(', ')}`);
+    log(`round ${r + 1}: ${[...Object.entries(roundRuns)].map(([n, x]) => `${n} ${x.tokensPerSecond} tokens/s at ${x.beforeGBs}/${x.afterGBs} GB/s`).join(', ')}; ` +
+      `threads off their cores ${round(took.anyLost * 100, 1)} % of a second before it`);
     const { runs } = runsByPhase(report.rounds);
     if (r + 1 >= wanted && runs.every((phase) => [...runners.keys()].every((name) => phase.has(name)))) break;
   }

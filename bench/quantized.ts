@@ -47,6 +47,8 @@ export interface QuantizedFigures {
   unsteadyRuns: number;
   /** Fastest phase first. */
   phases: QuantizedPhase[];
+  /** Medians over the rounds of the time at least one thread was off its core, and of that in gaps of 1 ms or more (%). */
+  interrupted?: { anyPercent: number; longPercent: number };
   report: QuantizedRunReport;
 }
 
@@ -108,6 +110,9 @@ export function measureQuantizedRounds(o: { modelDir: string; threads: number; c
     rounds: report.rounds.length,
     unsteadyRuns: report.rounds.flatMap((r) => Object.values(r)).filter((x) => !x.steady).length,
     phases,
+    ...(report.interruptions?.length
+      ? { interrupted: { anyPercent: round(median(report.interruptions.map((x) => x.anyLost * 100)), 1), longPercent: round(median(report.interruptions.map((x) => x.longLost * 100)), 1) } }
+      : {}),
     report,
   };
 }
@@ -116,6 +121,10 @@ export function printQuantized(q: QuantizedFigures, log: (line: string) => void)
   log(`decode with quantized weights, ${q.isa} ${q.compute}, ${q.threads} thread(s): ${q.rounds} rounds in one process taking turns ` +
     `(64 tokens after 256, each run between two read-bandwidth measurements; ${q.unsteadyRuns} runs left out because the bandwidth moved during them)`);
   if (q.llamaCpp?.skipped) log(`  llama.cpp skipped: ${q.llamaCpp.skipped}`);
+  if (q.interrupted) {
+    log(`  threads spinning before each round were off their cores ${q.interrupted.anyPercent} % of the time (at least one of them; ` +
+      `${q.interrupted.longPercent} % in gaps of 1 ms or more, medians): time a decode step, waiting for every thread at each op, loses`);
+  }
   for (const p of q.phases) {
     const scaling = p.computeScaling === undefined ? '' : `, where ${q.threads} threads ran an in-cache int4 GEMV ${p.computeScaling}× as fast as one`;
     log(`  runs that met ${p.readGBs} GB/s (${p.runs} runs${scaling}):`);

@@ -1099,6 +1099,24 @@ Napi::Value ReadBandwidth(const Napi::CallbackInfo& info) {
                                               static_cast<int>(intArg(info, 2))));
 }
 
+// measureInterruptions(threads, seconds, minGapUs) -> { lost: number[], anyLost, longLost, gapsPerSecond }.
+Napi::Value MeasureInterruptions(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsNumber() || !info[1].IsNumber() || !info[2].IsNumber()) {
+    fail(env, "measureInterruptions: expected (threads, seconds, minGapUs)");
+    return env.Undefined();
+  }
+  const Interruptions r = measureInterruptions(static_cast<int>(intArg(info, 0)), numArg(info, 1), numArg(info, 2));
+  Napi::Object out = Napi::Object::New(env);
+  Napi::Array lost = Napi::Array::New(env, r.lost.size());
+  for (size_t i = 0; i < r.lost.size(); i++) lost.Set(static_cast<uint32_t>(i), r.lost[i]);
+  out.Set("lost", lost);
+  out.Set("anyLost", r.anyLost);
+  out.Set("longLost", r.longLost);
+  out.Set("gapsPerSecond", r.gapsPerSecond);
+  return out;
+}
+
 // adviseHugePages(buffer): asks the kernel to back the whole 2 MiB pages inside an ArrayBuffer's memory with
 // transparent huge pages, before anything touches them: a large activation then costs a page fault per 2 MiB rather
 // than per 4 KiB. A 2B training step allocates gigabytes of activations, and under a hypervisor its 4 KiB faults took
@@ -1149,6 +1167,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   fn("peakKinds", PeakKinds);
   fn("peakFlops", PeakFlops);
   fn("readBandwidth", ReadBandwidth);
+  fn("measureInterruptions", MeasureInterruptions);
   fn("adviseHugePages", AdviseHugePages);
   fn("lineOffset", LineOffset);
   registerResize(env, exports);

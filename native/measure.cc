@@ -1,6 +1,7 @@
 // Own measurement kernels: the benchmark compares our ops with this machine's limits (peak of each instruction kind, DRAM read bandwidth), measured the same way on the same kind of thread pool.
 #include "measure.h"
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
@@ -244,6 +245,78 @@ double readBandwidth(int threads, size_t bytes, int repeats) {
   (void)keep;
   std::free(mem);
   return best;
+}
+
+namespace {
+
+// Total length of the union of [begin, end) intervals (seconds), given sorted by begin.
+double unionLength(const std::vector<std::pair<double, double>>& gaps) {
+  double total = 0, b = 0, e = -1;
+  for (const auto& [gb, ge] : gaps) {
+    if (gb > e) {
+      if (e > b) total += e - b;
+      b = gb;
+      e = ge;
+    } else if (ge > e) {
+      e = ge;
+    }
+  }
+  if (e > b) total += e - b;
+  return total;
+}
+
+}  // namespace
+
+Interruptions measureInterruptions(int threads, double seconds, double minGapUs) {
+  if (threads < 1) threads = 1;
+  PoolPtr pool = makePool(threads);
+  PoolScope scope(*pool);
+  threads = poolThreads();
+  const double minGap = minGapUs * 1e-6;
+  // Gaps as [begin, end) seconds since a start shared by every thread; reserved up front so that recording one never
+  // allocates (this host takes ~1,300 gaps a second from a spinning thread: a fifth of this in 10 s).
+  std::vector<std::vector<std::pair<double, double>>> gaps(threads);
+  for (auto& g : gaps) g.reserve(1 << 16);
+  // Every thread spins over the same window, from the moment the last one reaches the start to `seconds` later: a
+  // thread that is off its core then counts that time as a gap, and no share can exceed its window.
+  std::atomic<int> arrived{0};
+  std::atomic<bool> released{false};
+  double windowStart = 0;
+  const auto origin = Clock::now();
+  const auto since = [&] { return std::chrono::duration<double>(Clock::now() - origin).count(); };
+  parallelEach(threads, [&](long, int tid) {
+    if (arrived.fetch_add(1) == threads - 1) {
+      windowStart = since();
+      released.store(true, std::memory_order_release);
+    } else {
+      while (!released.load(std::memory_order_acquire)) {
+      }
+    }
+    auto& mine = gaps[tid];
+    const double stop = windowStart + seconds;
+    for (double prev = windowStart; prev < stop;) {
+      const double t = std::min(since(), stop);
+      if (t - prev >= minGap && mine.size() < mine.capacity()) mine.emplace_back(prev, t);
+      prev = t;
+    }
+  });
+  Interruptions r;
+  std::vector<std::pair<double, double>> all, longOnes;
+  for (const auto& g : gaps) {
+    double lost = 0;
+    for (const auto& [b, e] : g) {
+      lost += e - b;
+      all.emplace_back(b, e);
+      if (e - b >= 1e-3) longOnes.emplace_back(b, e);
+    }
+    r.lost.push_back(lost / seconds);
+  }
+  std::sort(all.begin(), all.end());
+  std::sort(longOnes.begin(), longOnes.end());
+  r.anyLost = unionLength(all) / seconds;
+  r.longLost = unionLength(longOnes) / seconds;
+  r.gapsPerSecond = static_cast<double>(all.size()) / seconds;
+  return r;
 }
 
 }  // namespace vl3

@@ -18,4 +18,16 @@ double peakFlops(const std::string& kind, int threads, double seconds, std::stri
 // `repeats` passes of each of two orders: each thread's slice front to back, and as 4 parts read together.
 double readBandwidth(int threads, size_t bytes, int repeats);
 
+// What the machine takes from threads that never block: `threads` threads of a pool of its own spin reading the clock
+// for `seconds`, and every gap of at least `minGapUs` between two reads is time the thread was off its core
+// (interrupts, the hypervisor, other tasks). A decode step waits for its slowest thread at every op, so `anyLost`
+// (time during which at least one thread was off) is what such a step can lose.
+struct Interruptions {
+  std::vector<double> lost;  // fraction of the time each thread was off its core
+  double anyLost = 0;        // fraction of the time at least one was
+  double longLost = 0;       // fraction of the time at least one was off in gaps of 1 ms or more
+  double gapsPerSecond = 0;  // gaps of all threads together
+};
+Interruptions measureInterruptions(int threads, double seconds, double minGapUs);
+
 }  // namespace vl3

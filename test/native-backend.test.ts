@@ -3,12 +3,13 @@
 // tiles. Then the bf16 rounding, backends that share nothing, and the tier/mode choice (VL3_ISA, VL3_COMPUTE).
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
+import { availableParallelism } from 'node:os';
 import { before, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 
 import { bf16ToF32, f32ToBf16 } from '../src/tensor/dtype.js';
-import { type ComputeMode, type Isa, NativeBackend, nativeInfo, readBandwidth, startsOnLine, weightBuffer } from '../src/tensor/native.js';
+import { type ComputeMode, type Isa, measureInterruptions, NativeBackend, nativeInfo, readBandwidth, startsOnLine, weightBuffer } from '../src/tensor/native.js';
 import { ReferenceBackend } from '../src/tensor/reference.js';
 import { Tensor } from '../src/tensor/tensor.js';
 import { Rng } from '../src/engine/rng.js';
@@ -507,6 +508,21 @@ describe('NativeBackend checks and configuration', () => {
     }
     assert.throws(() => readBandwidth(0), /readBandwidth: threads must be a positive integer/);
     assert.throws(() => readBandwidth(1, 1.5), /readBandwidth: bytes must be a positive integer/);
+  });
+
+  test('interruptions: threads beyond the cores are seen off them; the union lies between the largest share and the sum', () => {
+    // One spinning thread more than this process may run at once: at every moment one is off its core.
+    const threads = availableParallelism() + 1;
+    const took = measureInterruptions(threads, 0.3);
+    assert.equal(took.lost.length, threads);
+    const sum = took.lost.reduce((a, b) => a + b, 0);
+    assert.ok(sum > 0.5, `threads off their cores ${sum} of the time in all`);
+    assert.ok(took.anyLost > 0.5, `at least one off ${took.anyLost} of the time`);
+    assert.ok(took.anyLost >= Math.max(...took.lost) - 1e-9 && took.anyLost <= Math.min(1, sum) + 1e-9, JSON.stringify(took));
+    assert.ok(took.longLost >= 0 && took.longLost <= took.anyLost + 1e-9 && took.gapsPerSecond > 0, JSON.stringify(took));
+    assert.throws(() => measureInterruptions(0), /measureInterruptions: threads must be a positive integer/);
+    assert.throws(() => measureInterruptions(1, 0), /measureInterruptions: seconds must be in \(0, 60\]/);
+    assert.throws(() => measureInterruptions(1, 1, Number.NaN), /measureInterruptions: minGapUs must be a positive number/);
   });
 
   test('features, tiers and thread counts are reported; each backend has its own', () => {

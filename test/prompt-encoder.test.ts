@@ -320,4 +320,15 @@ describe('PromptEncoder', { skip }, () => {
     assert.deepEqual(tinyEncoder.encode(tinyEncoder.escape('xyz')), [1, 2, 3]);
     assert.deepEqual(tinyEncoder.encode('xyz'), [5]);
   });
+
+  it("counts the vocabulary as transformers' len(tokenizer): an added token already in the model's vocabulary once", () => {
+    const flags = { special: true, normalized: false, lstrip: false, rstrip: false, single_word: false };
+    const tiny = {
+      ...tinyTokenizer({ id: 3, content: 'ab' }, { vocab: { '<unk>': 0, a: 1, b: 2, ab: 3 }, merges: [['a', 'b']] }),
+      added_tokens: [{ id: 3, content: 'ab', ...flags }, { id: 4, content: '<x>', ...flags }, { id: 5, content: '<y>', ...flags }],
+    };
+    const library = new HfTokenizer(tiny, {});
+    assert.equal(PromptEncoder.fromJson(tiny, {}, library).vocabularySize, 6);
+    assert.equal(library.get_vocab(true).size, 6);
+  });
 });

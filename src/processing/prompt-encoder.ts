@@ -197,6 +197,12 @@ export class PromptEncoder {
     readonly cutting: boolean,
     /** Byte length of the longest token: no token covers more bytes of the (normalised) text. */
     readonly maxTokenBytes: number,
+    /**
+     * `len(tokenizer)` of transformers: the distinct strings of the model's vocabulary and the added tokens. Counted
+     * here, where the vocabulary's keys are listed anyway: the library's `get_vocab` builds a map of every token (~50
+     * ms a load).
+     */
+    readonly vocabularySize: number,
     private readonly pieceLength: number,
   ) {
     this.summary = { tokens, cutting, maxTokenBytes };
@@ -234,14 +240,16 @@ export class PromptEncoder {
       plain = new HfTokenizer({ ...json, added_tokens: [] }, config);
     }
     let maxTokenBytes = 0;
-    const vocab = isPlainObject(json.model) && isPlainObject(json.model.vocab) ? Object.keys(json.model.vocab) : [];
+    const vocabObject = isPlainObject(json.model) && isPlainObject(json.model.vocab) ? json.model.vocab : {};
+    const vocab = Object.keys(vocabObject);
+    const outside = new Set(tokens.map((t) => t.content).filter((c) => !Object.hasOwn(vocabObject, c)));
     for (const token of vocab) {
       // A byte-level entry has one character per byte; anything else is counted by its UTF-8, which is more.
       const bytes = BYTE_LEVEL_TOKEN.test(token) ? token.length : Buffer.byteLength(token);
       maxTokenBytes = Math.max(maxTokenBytes, bytes);
     }
     for (const { content } of tokens) maxTokenBytes = Math.max(maxTokenBytes, Buffer.byteLength(content));
-    return new PromptEncoder(plain, tokens, unsupported, hasQwen2PreTokenization(json, config), maxTokenBytes, pieceLength);
+    return new PromptEncoder(plain, tokens, unsupported, hasQwen2PreTokenization(json, config), maxTokenBytes, vocab.length + outside.size, pieceLength);
   }
 
   /** Whether plain text is encoded on `tokenizer`'s BPE model (the one `fromJson` was given, where it could share it). */

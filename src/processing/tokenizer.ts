@@ -104,7 +104,7 @@ export class Tokenizer {
   ) {
     this.maxTokenBytes = prompts.maxTokenBytes;
     this.addedTokens = new Map([...hf.get_added_tokens_decoder()].map(([id, token]) => [id, token.content]));
-    this.vocabSize = hf.get_vocab(true).size;
+    this.vocabSize = prompts.vocabularySize;
 
     const idOf = (token: string, role: string): number => {
       const id = hf.token_to_id(token);

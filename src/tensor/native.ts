@@ -163,6 +163,7 @@ interface Addon {
   peakKinds(): PeakKind[];
   peakFlops(kind: PeakKind, threads: number, seconds: number): number;
   readBandwidth(threads: number, bytes: number, repeats: number): number;
+  measureInterruptions(threads: number, seconds: number, minGapUs: number): Interruptions;
   quantize(format: QuantFormat, src: F32 | Half, dst: Uint8Array, N: number, K: number): number;
   mapFile(fd: number, offset: number, length: number): ArrayBuffer;
   adviseHugePages(buffer: ArrayBuffer): void;
@@ -258,6 +259,29 @@ export function readBandwidth(threads: number, bytes = 256 * 2 ** 20, repeats = 
   checkPositiveInt('readBandwidth', 'bytes', bytes);
   checkPositiveInt('readBandwidth', 'repeats', repeats);
   return native().readBandwidth(threads, bytes, repeats);
+}
+
+/** Time the machine took from spinning threads (`measureInterruptions`), as fractions of the measured time. */
+export interface Interruptions {
+  /** Each thread's time off its core. */
+  lost: number[];
+  /** Time at least one thread was off its core: what a step that waits for all its threads at every op can lose. */
+  anyLost: number;
+  /** The same, in gaps of 1 ms or more only. */
+  longLost: number;
+  /** Gaps of all threads together, a second. */
+  gapsPerSecond: number;
+}
+
+/**
+ * What this machine takes from `threads` threads that never block: each spins reading the clock for `seconds`, and a
+ * gap of `minGapUs` or more between two reads is time it was off its core (interrupts, the hypervisor, other tasks).
+ */
+export function measureInterruptions(threads: number, seconds = 1, minGapUs = 10): Interruptions {
+  checkPositiveInt('measureInterruptions', 'threads', threads);
+  if (!(seconds > 0 && seconds <= 60)) throw new Error(`measureInterruptions: seconds must be in (0, 60], got ${seconds}`);
+  if (!(minGapUs > 0 && Number.isFinite(minGapUs))) throw new Error(`measureInterruptions: minGapUs must be a positive number, got ${minGapUs}`);
+  return native().measureInterruptions(threads, seconds, minGapUs);
 }
 
 function checkPositiveInt(op: string, name: string, n: number): void {
