@@ -283,10 +283,10 @@ describe('PromptEncoder', { skip }, () => {
     assert.equal(flagged.maxTokenBytes, 128);
   });
 
-  /** A tokenizer.json with one special added token, no pre-tokenizer (BPE sees the whole text) and a BPE model. */
-  function tinyTokenizer(added: { id: number; content: string }, model: Record<string, unknown>): Record<string, unknown> {
+  /** A tokenizer.json with special added tokens, no pre-tokenizer (BPE sees the whole text) and a BPE model. */
+  function tinyTokenizer(added: { id: number; content: string }[], model: Record<string, unknown>): Record<string, unknown> {
     return {
-      added_tokens: [{ ...added, special: true, normalized: false, lstrip: false, rstrip: false, single_word: false }],
+      added_tokens: added.map((t) => ({ ...t, special: true, normalized: false, lstrip: false, rstrip: false, single_word: false })),
       normalizer: null,
       pre_tokenizer: null,
       post_processor: null,
@@ -298,7 +298,7 @@ describe('PromptEncoder', { skip }, () => {
   it("runs on its own BPE model where the added tokens' model could turn plain text into an added token", () => {
     // No pre-tokenizer: BPE sees "c" itself, which the vocabulary lacks (unknown as plain text) and an added token
     // maps; a model shared with the tokenizer that has the added token would give the added token's id.
-    const tiny = tinyTokenizer({ id: 3, content: 'c' }, { vocab: { '<unk>': 0, a: 1, b: 2, ab: 4 }, merges: [['a', 'b']] });
+    const tiny = tinyTokenizer([{ id: 3, content: 'c' }], { vocab: { '<unk>': 0, a: 1, b: 2, ab: 4 }, merges: [['a', 'b']] });
     const withAdded = new HfTokenizer(tiny, {});
     const tinyEncoder = PromptEncoder.fromJson(tiny, {}, withAdded);
     assert.ok(!tinyEncoder.runsOnModelOf(withAdded));
@@ -311,7 +311,7 @@ describe('PromptEncoder', { skip }, () => {
   it('runs on its own BPE model where the model keeps whole pre-tokens found in its vocabulary (ignore_merges)', () => {
     // With ignore_merges the model outputs a pre-token its map holds as it is; a map shared with the tokenizer that
     // has the added token "xyz" holds it, so plain "xyz" would become the added token's id.
-    const tiny = tinyTokenizer({ id: 5, content: 'xyz' }, { vocab: { '<unk>': 0, x: 1, y: 2, z: 3 }, merges: [], ignore_merges: true });
+    const tiny = tinyTokenizer([{ id: 5, content: 'xyz' }], { vocab: { '<unk>': 0, x: 1, y: 2, z: 3 }, merges: [], ignore_merges: true });
     const withAdded = new HfTokenizer(tiny, {});
     const tinyEncoder = PromptEncoder.fromJson(tiny, {}, withAdded);
     assert.ok(!tinyEncoder.runsOnModelOf(withAdded));
@@ -322,11 +322,10 @@ describe('PromptEncoder', { skip }, () => {
   });
 
   it("counts the vocabulary as transformers' len(tokenizer): an added token already in the model's vocabulary once", () => {
-    const flags = { special: true, normalized: false, lstrip: false, rstrip: false, single_word: false };
-    const tiny = {
-      ...tinyTokenizer({ id: 3, content: 'ab' }, { vocab: { '<unk>': 0, a: 1, b: 2, ab: 3 }, merges: [['a', 'b']] }),
-      added_tokens: [{ id: 3, content: 'ab', ...flags }, { id: 4, content: '<x>', ...flags }, { id: 5, content: '<y>', ...flags }],
-    };
+    const tiny = tinyTokenizer(
+      [{ id: 3, content: 'ab' }, { id: 4, content: '<x>' }, { id: 5, content: '<y>' }],
+      { vocab: { '<unk>': 0, a: 1, b: 2, ab: 3 }, merges: [['a', 'b']] },
+    );
     const library = new HfTokenizer(tiny, {});
     assert.equal(PromptEncoder.fromJson(tiny, {}, library).vocabularySize, 6);
     assert.equal(library.get_vocab(true).size, 6);

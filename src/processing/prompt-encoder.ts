@@ -147,12 +147,13 @@ function addedTokens(json: Record<string, unknown>): { tokens: AddedTokenSpec[];
 }
 
 /**
- * Whether BPE can never output the string of an added token outside the vocabulary. The model of a tokenizer with added
- * tokens also maps their strings to their ids, so only then does it encode plain text as one without them does. A
- * plain BPE model (no word suffixes or prefixes, no byte fallback or ignore_merges, an unknown token in the vocabulary
- * if any) outputs single characters of a pre-token, results of merges, vocabulary entries and its unknown token.
+ * Whether BPE can never output the string of an added token outside the vocabulary (`outside`). The model of a
+ * tokenizer with added tokens also maps their strings to their ids, so only then does it encode plain text as one
+ * without them does. A plain BPE model (no word suffixes or prefixes, no byte fallback or ignore_merges, an unknown
+ * token in the vocabulary if any) outputs single characters of a pre-token, results of merges, vocabulary entries and
+ * its unknown token.
  */
-function bpeNeverMakesAddedTokens(model: Record<string, unknown>, tokens: AddedTokenSpec[]): boolean {
+function bpeNeverMakesAddedTokens(model: Record<string, unknown>, outside: ReadonlySet<string>): boolean {
   const vocab = isPlainObject(model.vocab) ? model.vocab : {};
   const { unk_token: unk } = model;
   // ignore_merges outputs a whole pre-token that the model's map holds, and a shared map holds the added tokens too.
@@ -160,7 +161,6 @@ function bpeNeverMakesAddedTokens(model: Record<string, unknown>, tokens: AddedT
     return false;
   }
   if (unk !== null && unk !== undefined && !(typeof unk === 'string' && Object.hasOwn(vocab, unk))) return false;
-  const outside = new Set(tokens.map((t) => t.content).filter((c) => !Object.hasOwn(vocab, c)));
   if ([...outside].some((c) => [...c].length === 1)) return false;
   if (outside.size === 0) return true;
   const lengths = new Set([...outside].map((c) => c.length));
@@ -232,17 +232,18 @@ export class PromptEncoder {
    */
   static fromJson(json: Record<string, unknown>, config: Record<string, unknown>, shared?: HfTokenizer, pieceLength = PIECE_LENGTH): PromptEncoder {
     const { tokens, unsupported } = addedTokens(json);
+    const vocabObject = isPlainObject(json.model) && isPlainObject(json.model.vocab) ? json.model.vocab : {};
+    // Added tokens' strings outside the model's vocabulary.
+    const outside = new Set(tokens.map((t) => t.content).filter((c) => !Object.hasOwn(vocabObject, c)));
     let plain: HfTokenizer;
-    if (shared?.model && isPlainObject(json.model) && json.model.type === 'BPE' && bpeNeverMakesAddedTokens(json.model, tokens)) {
+    if (shared?.model && isPlainObject(json.model) && json.model.type === 'BPE' && bpeNeverMakesAddedTokens(json.model, outside)) {
       plain = new HfTokenizer({ ...json, added_tokens: [], model: { ...json.model, vocab: {}, merges: [] } }, config);
       plain.model = shared.model;
     } else {
       plain = new HfTokenizer({ ...json, added_tokens: [] }, config);
     }
     let maxTokenBytes = 0;
-    const vocabObject = isPlainObject(json.model) && isPlainObject(json.model.vocab) ? json.model.vocab : {};
     const vocab = Object.keys(vocabObject);
-    const outside = new Set(tokens.map((t) => t.content).filter((c) => !Object.hasOwn(vocabObject, c)));
     for (const token of vocab) {
       // A byte-level entry has one character per byte; anything else is counted by its UTF-8, which is more.
       const bytes = BYTE_LEVEL_TOKEN.test(token) ? token.length : Buffer.byteLength(token);
